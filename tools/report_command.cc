@@ -1,0 +1,4 @@
+#include "tools/commands.h"
+namespace strata::tools {
+void add_report_command(CLI::App& app, int* exit_code) {}
+}  // namespace strata::tools

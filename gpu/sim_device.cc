@@ -312,7 +312,9 @@ absl::Status SimDevice::copy_on_device(void* dst, const void* src, size_t bytes,
 }
 
 absl::Status SimDevice::launch_host_function(StreamId stream, std::function<void()> fn) {
-  return enqueue(stream, Engine::kCompute, [fn = std::move(fn)] {
+  // As with cudaLaunchHostFunc, the function runs on a host thread and does
+  // not occupy the device's compute engine.
+  return enqueue(stream, Engine::kNone, [fn = std::move(fn)] {
     fn();
     return absl::OkStatus();
   });

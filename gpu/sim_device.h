@@ -6,8 +6,9 @@
 // per direction (full duplex, like a GPU's two DMA engines) and take the
 // modelled time latency + bytes / bandwidth (defaults: PCIe Gen5 x16, about
 // 50 GB/s each way); if the real memcpy is slower, the real time counts.
-// Kernels and host functions run on one compute engine, so compute from
-// different streams is serialised, copies and compute overlap.
+// Kernels run on one compute engine, so compute from different streams is
+// serialised while copies and compute overlap; host functions run in stream
+// order without occupying it.
 //
 // With move_data = false copies move no bytes and only take their modelled
 // time; launch_timed_compute() occupies the compute engine without using a

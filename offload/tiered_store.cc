@@ -200,7 +200,7 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
     ts.stall_ns += static_cast<uint64_t>(monotonic_ns() - t0);
   }
   ++c.pins;
-  queue_prefetches_locked();
+  queue_prefetches_locked(tier);
   return TensorView{c.data, t.bytes};
 }
 
@@ -494,42 +494,44 @@ absl::Status TieredStore::flush() {
 
 uint64_t TieredStore::next_use_locked(TensorId id, Tier tier) const {
   const Tensor& t = tensors_[id];
-  if (!trace_valid_) return kNever / 2 - t.copies[idx(tier)].last_use;  // LRU
+  const TierTrace& tr = traces_[idx(tier)];
+  if (!tr.valid) return kNever / 2 - t.copies[idx(tier)].last_use;  // LRU
   const std::vector<uint64_t>& uses = t.uses[idx(tier)];
   if (uses.empty()) return kNever;
-  const uint64_t now = next_pos_;  // positions >= now are still ahead in this step
+  const uint64_t now = tr.next_pos;  // positions >= now are still ahead in this step
   auto it = std::lower_bound(uses.begin(), uses.end(), now);
   if (it != uses.end()) return *it - now + 1;
-  return uses.front() + trace_.size() - now + 1;  // next step
+  return uses.front() + tr.order.size() - now + 1;  // next step
 }
 
 void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   tensors_[id].copies[idx(tier)].last_use = ++clock_;
   if (!in_step_) return;
-  if (recording_) {
-    trace_.emplace_back(id, tier);
+  TierTrace& tr = traces_[idx(tier)];
+  if (tr.recording) {
+    tr.order.push_back(id);
     return;
   }
-  if (!trace_valid_) return;
-  if (next_pos_ < trace_.size() && trace_[next_pos_] == std::make_pair(id, tier)) {
-    ++next_pos_;
+  if (!tr.valid) return;
+  if (tr.next_pos < tr.order.size() && tr.order[tr.next_pos] == id) {
+    ++tr.next_pos;
     return;
   }
-  trace_valid_ = false;  // re-recorded on the next step
+  tr.valid = false;  // re-recorded on the next step
   ++stats_.trace_changes;
-  log::get("offload")->info("acquire order changed at position {} (\"{}\" on {}); re-recording",
-                            next_pos_, tensors_[id].spec.name, tier_name(tier));
+  log::get("offload")->info("{} acquire order changed at position {} (\"{}\"); re-recording",
+                            tier_name(tier), tr.next_pos, tensors_[id].spec.name);
 }
 
-void TieredStore::queue_prefetches_locked() {
-  if (!trace_valid_ || recording_ || !in_step_ || trace_.empty()) return;
+void TieredStore::queue_prefetches_locked(Tier tier) {
+  const TierTrace& tr = traces_[idx(tier)];
+  if (!tr.valid || !in_step_ || tr.order.empty()) return;
   uint64_t window = 0;
-  for (uint64_t k = 0; k < trace_.size() && window < options_.prefetch_window_bytes; ++k) {
-    const auto [id, tier] = trace_[(next_pos_ + k) % trace_.size()];
-    Tensor& t = tensors_[id];
-    Copy& c = t.copies[idx(tier)];
+  for (uint64_t k = 0; k < tr.order.size() && window < options_.prefetch_window_bytes; ++k) {
+    const TensorId id = tr.order[(tr.next_pos + k) % tr.order.size()];
+    Copy& c = tensors_[id].copies[idx(tier)];
     if (holds_data(c.state)) continue;
-    window += t.bytes;
+    window += tensors_[id].bytes;
     if (c.state == Residency::kResidencyAbsent && !c.queued) {
       c.queued = true;
       jobs_.push_back({id, tier});
@@ -560,31 +562,35 @@ void TieredStore::mover_loop() {
 void TieredStore::begin_step() {
   std::lock_guard lock(mu_);
   in_step_ = true;
-  next_pos_ = 0;
-  if (!trace_valid_) {
-    recording_ = true;
-    trace_.clear();
+  for (TierTrace& tr : traces_) {
+    tr.next_pos = 0;
+    if (!tr.valid) {
+      tr.recording = true;
+      tr.order.clear();
+    }
   }
 }
 
 void TieredStore::end_step() {
   std::lock_guard lock(mu_);
   ++stats_.steps;
-  if (recording_) {
-    recording_ = false;
-    trace_valid_ = !trace_.empty();
-    for (Tensor& t : tensors_) {
-      for (auto& u : t.uses) u.clear();
+  stats_.trace_length = 0;
+  for (int ti = 0; ti < kTierCount; ++ti) {
+    TierTrace& tr = traces_[ti];
+    if (tr.recording) {
+      tr.recording = false;
+      tr.valid = !tr.order.empty();
+      for (Tensor& t : tensors_) t.uses[ti].clear();
+      for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
+        tensors_[tr.order[pos]].uses[ti].push_back(pos);
+      }
+    } else if (tr.valid && tr.next_pos != tr.order.size()) {
+      tr.valid = false;  // this step stopped short of the trace
+      ++stats_.trace_changes;
     }
-    for (uint64_t pos = 0; pos < trace_.size(); ++pos) {
-      tensors_[trace_[pos].first].uses[idx(trace_[pos].second)].push_back(pos);
-    }
-  } else if (trace_valid_ && next_pos_ != trace_.size()) {
-    trace_valid_ = false;  // this step stopped short of the trace
-    ++stats_.trace_changes;
+    stats_.trace_length += tr.order.size();
   }
   in_step_ = false;
-  stats_.trace_length = trace_.size();
 }
 
 Residency TieredStore::residency(TensorId id, Tier tier) const {

@@ -17,7 +17,7 @@
 // the tier, its budget and what is pinned.
 //
 // Schedule: between begin_step() and end_step() of the first step, the order
-// of acquires is recorded (the trace). On later steps each acquire prefetches
+// of acquires is recorded per tier (the trace). On later steps each acquire prefetches
 // the next tensors of the trace, up to prefetch_window_bytes not yet
 // resident, on the store's mover threads; eviction drops the copy whose next
 // use in the trace is furthest away (Belady's rule, exact because the trace
@@ -113,7 +113,7 @@ struct TierStats {
 
 struct StoreStats {
   std::array<TierStats, kTierCount> tiers;
-  uint64_t trace_length = 0;
+  uint64_t trace_length = 0;   // acquires per step, all tiers
   uint64_t trace_changes = 0;  // times a recorded trace was found stale
   uint64_t steps = 0;
 };
@@ -202,7 +202,7 @@ class TieredStore {
   uint64_t next_use_locked(TensorId id, Tier tier) const;
   void record_acquire_locked(TensorId id, Tier tier);
   void mover_loop();
-  void queue_prefetches_locked();
+  void queue_prefetches_locked(Tier tier);
   absl::StatusOr<gpu::StreamId> take_stream();
   void return_stream(gpu::StreamId s);
 
@@ -223,12 +223,17 @@ class TieredStore {
   absl::Status background_error_;
   uint64_t clock_ = 0;  // acquire counter, for LRU
 
-  // Trace of (id, tier) acquires; positions index into it.
-  std::vector<std::pair<TensorId, Tier>> trace_;
-  bool recording_ = false;
-  bool trace_valid_ = false;
+  // One trace per tier: the device is acquired by the compute thread and the
+  // host by the optimizer threads, each in a repeatable order of its own,
+  // while the interleaving between them is not.
+  struct TierTrace {
+    std::vector<TensorId> order;
+    bool recording = false;
+    bool valid = false;
+    uint64_t next_pos = 0;  // the position the next acquire should match
+  };
+  std::array<TierTrace, kTierCount> traces_;
   bool in_step_ = false;
-  uint64_t next_pos_ = 0;  // the trace position the next acquire should match
 
   std::deque<Job> jobs_;
   bool stopping_ = false;

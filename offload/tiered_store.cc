@@ -283,6 +283,9 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   }
   c.state = Residency::kResidencyResident;
   stats_.tiers[idx(tier)].bytes_in += t.bytes;
+  if (from == Tier::kTierNvme && t.nvme_written) {
+    stats_.tiers[idx(Tier::kTierNvme)].bytes_out += t.padded;  // what the disk read
+  }
   if (prefetch) ++stats_.tiers[idx(tier)].prefetches;
   changed_.notify_all();
   return absl::OkStatus();
@@ -382,7 +385,10 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
     return annotate(s, absl::StrCat("writing back \"", t.spec.name, "\""));
   }
   if (to != t.spec.home) dst.state = Residency::kResidencyDirty;
-  if (to == Tier::kTierNvme) t.nvme_written = true;
+  if (to == Tier::kTierNvme) {
+    t.nvme_written = true;
+    stats_.tiers[idx(Tier::kTierNvme)].bytes_in += t.padded;  // what the disk wrote
+  }
   c.state = Residency::kResidencyResident;
   stats_.tiers[idx(tier)].bytes_out += t.bytes;
   changed_.notify_all();
@@ -527,6 +533,7 @@ void TieredStore::queue_prefetches_locked(Tier tier) {
   const TierTrace& tr = traces_[idx(tier)];
   if (!tr.valid || !in_step_ || tr.order.empty()) return;
   uint64_t window = 0;
+  bool queued = false;
   for (uint64_t k = 0; k < tr.order.size() && window < options_.prefetch_window_bytes; ++k) {
     const TensorId id = tr.order[(tr.next_pos + k) % tr.order.size()];
     Copy& c = tensors_[id].copies[idx(tier)];
@@ -535,9 +542,10 @@ void TieredStore::queue_prefetches_locked(Tier tier) {
     if (c.state == Residency::kResidencyAbsent && !c.queued) {
       c.queued = true;
       jobs_.push_back({id, tier});
+      queued = true;
     }
   }
-  changed_.notify_all();
+  if (queued) changed_.notify_all();
 }
 
 void TieredStore::mover_loop() {

@@ -105,8 +105,10 @@ struct TierStats {
   uint64_t hits = 0;         // acquires that found the copy resident
   uint64_t misses = 0;       // acquires that had to wait for it
   uint64_t stall_ns = 0;     // time acquires spent waiting
-  uint64_t bytes_in = 0;     // loaded into this tier from the one below
-  uint64_t bytes_out = 0;    // written back from this tier to the one below
+  // Device and host: bytes loaded into this tier from the one below, and
+  // written back from it. NVMe: bytes written to disk, and read from it.
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
   uint64_t evictions = 0;
   uint64_t prefetches = 0;   // loads started ahead of an acquire
 };

@@ -10,5 +10,6 @@ namespace strata::tools {
 void add_report_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
 void add_bench_memory_command(CLI::App& bench, int* exit_code);
+void add_bench_store_command(CLI::App& bench, int* exit_code);
 
 }  // namespace strata::tools

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "Measure what this box can do");
   bench->require_subcommand(1);
   strata::tools::add_bench_memory_command(*bench, &exit_code);
+  strata::tools::add_bench_store_command(*bench, &exit_code);
 
   // Logging is configured before any command callback runs.
   app.parse_complete_callback([&] {

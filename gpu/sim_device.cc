@@ -1,0 +1,433 @@
+#include "gpu/sim_device.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+
+namespace strata::gpu {
+
+// One host thread per stream, running its operations in order. The first
+// failure sticks (as a CUDA stream error does) and later work is skipped.
+class SimDevice::StreamWorker {
+ public:
+  StreamWorker() : thread_([this] { run(); }) {}
+  ~StreamWorker() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  void push(std::function<absl::Status()> op) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(std::move(op));
+      ++submitted_;
+    }
+    cv_.notify_all();
+  }
+
+  // Waits for everything submitted before the call; returns the sticky error.
+  absl::Status drain() {
+    std::unique_lock lock(mu_);
+    const uint64_t target = submitted_;
+    cv_.wait(lock, [&] { return finished_ >= target; });
+    return error_;
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and nothing left to do
+      std::function<absl::Status()> op = std::move(queue_.front());
+      queue_.pop_front();
+      const bool skip = !error_.ok();
+      lock.unlock();
+      absl::Status s = skip ? absl::OkStatus() : op();
+      lock.lock();
+      if (!s.ok() && error_.ok()) error_ = s;
+      ++finished_;
+      cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<absl::Status()>> queue_;
+  uint64_t submitted_ = 0;
+  uint64_t finished_ = 0;
+  absl::Status error_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts after the members it uses exist
+};
+
+SimDevice::SimDevice(SimDeviceOptions options) : options_(options) {
+  stats_.capacity_bytes = options_.capacity_bytes;
+}
+
+SimDevice::~SimDevice() {
+  // Stream threads first: their queued work may still touch device memory.
+  std::unordered_map<StreamId, std::unique_ptr<StreamWorker>> streams;
+  {
+    std::lock_guard lock(mu_);
+    streams.swap(streams_);
+  }
+  streams.clear();
+  for (auto& [start, bytes] : allocations_) std::free(reinterpret_cast<void*>(start));
+}
+
+std::string SimDevice::name() const {
+  return absl::StrCat("SimDevice (", options_.capacity_bytes >> 20, " MiB, H2D ",
+                      options_.h2d_gb_per_s, " GB/s, D2H ", options_.d2h_gb_per_s, " GB/s)");
+}
+
+absl::StatusOr<void*> SimDevice::allocate(size_t bytes) {
+  if (bytes == 0) return absl::InvalidArgumentError("device allocation of 0 bytes");
+  const size_t rounded = (bytes + 255) & ~size_t{255};
+  std::lock_guard lock(mu_);
+  if (stats_.used_bytes + rounded > stats_.capacity_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "device out of memory: requested ", rounded, " bytes with ", stats_.used_bytes, " of ",
+        stats_.capacity_bytes, " in use; lower the batch size or offload more state"));
+  }
+  void* p = std::aligned_alloc(256, rounded);
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("host memory for the simulated device exhausted (", rounded, " bytes)"));
+  }
+  allocations_.emplace(reinterpret_cast<uintptr_t>(p), rounded);
+  stats_.used_bytes += rounded;
+  stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.used_bytes);
+  return p;
+}
+
+void SimDevice::free(void* ptr) {
+  if (ptr == nullptr) return;
+  std::lock_guard lock(mu_);
+  auto it = allocations_.find(reinterpret_cast<uintptr_t>(ptr));
+  STRATA_CHECK_MSG(it != allocations_.end(), "SimDevice::free of a pointer it did not allocate");
+  stats_.used_bytes -= it->second;
+  allocations_.erase(it);
+  std::free(ptr);
+}
+
+DeviceMemoryStats SimDevice::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+absl::StatusOr<StreamId> SimDevice::create_stream() {
+  std::lock_guard lock(mu_);
+  StreamId id = next_stream_++;
+  streams_.emplace(id, std::make_unique<StreamWorker>());
+  return id;
+}
+
+void SimDevice::destroy_stream(StreamId id) {
+  std::unique_ptr<StreamWorker> worker;
+  {
+    std::lock_guard lock(mu_);
+    auto it = streams_.find(id);
+    if (it == streams_.end()) return;
+    worker = std::move(it->second);
+    streams_.erase(it);
+  }
+  // As in CUDA, work already queued completes before the stream goes away.
+  (void)worker->drain();
+}
+
+absl::StatusOr<EventId> SimDevice::create_event() {
+  std::lock_guard lock(mu_);
+  EventId id = next_event_++;
+  events_.emplace(id, EventState{});
+  return id;
+}
+
+void SimDevice::destroy_event(EventId event) {
+  std::lock_guard lock(mu_);
+  events_.erase(event);
+}
+
+absl::StatusOr<SimDevice::StreamWorker*> SimDevice::stream(StreamId id) {
+  std::lock_guard lock(mu_);
+  auto it = streams_.find(id);
+  if (it == streams_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown stream ", id));
+  }
+  return it->second.get();
+}
+
+absl::Status SimDevice::enqueue(StreamId id, Engine engine, std::function<absl::Status()> op) {
+  STRATA_ASSIGN_OR_RETURN(StreamWorker * worker, stream(id));
+  if (engine == Engine::kCompute) {
+    worker->push([this, op = std::move(op)] {
+      std::lock_guard engine_lock(compute_engine_);
+      return op();
+    });
+  } else {
+    worker->push(std::move(op));  // copies take their engine in run_copy
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SimDevice::record_event(EventId event, StreamId id) {
+  uint64_t generation;
+  {
+    std::lock_guard lock(mu_);
+    auto it = events_.find(event);
+    if (it == events_.end())
+      return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
+    generation = ++it->second.recorded;
+  }
+  return enqueue(id, Engine::kNone, [this, event, generation] {
+    std::lock_guard lock(mu_);
+    auto it = events_.find(event);
+    if (it != events_.end() && it->second.completed < generation) {
+      it->second.completed = generation;
+    }
+    events_cv_.notify_all();
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::wait_event(StreamId id, EventId event) {
+  uint64_t generation;
+  {
+    std::lock_guard lock(mu_);
+    auto it = events_.find(event);
+    if (it == events_.end())
+      return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
+    generation = it->second.recorded;
+  }
+  STRATA_ASSIGN_OR_RETURN(StreamWorker * worker, stream(id));
+  worker->push([this, event, generation] {
+    std::unique_lock lock(mu_);
+    events_cv_.wait(lock, [&] {
+      auto it = events_.find(event);
+      return it == events_.end() || it->second.completed >= generation;
+    });
+    return absl::OkStatus();
+  });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> SimDevice::query_event(EventId event) {
+  std::lock_guard lock(mu_);
+  auto it = events_.find(event);
+  if (it == events_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
+  return it->second.completed >= it->second.recorded;
+}
+
+absl::Status SimDevice::synchronize_event(EventId event) {
+  std::unique_lock lock(mu_);
+  auto it = events_.find(event);
+  if (it == events_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
+  const uint64_t generation = it->second.recorded;
+  events_cv_.wait(lock, [&] {
+    auto e = events_.find(event);
+    return e == events_.end() || e->second.completed >= generation;
+  });
+  return absl::OkStatus();
+}
+
+absl::Status SimDevice::synchronize_stream(StreamId id) {
+  STRATA_ASSIGN_OR_RETURN(StreamWorker * worker, stream(id));
+  return worker->drain();
+}
+
+absl::Status SimDevice::synchronize() {
+  std::vector<StreamWorker*> workers;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [id, w] : streams_) workers.push_back(w.get());
+  }
+  absl::Status first;
+  for (StreamWorker* w : workers) {
+    absl::Status s = w->drain();
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
+absl::Status SimDevice::check_device_range(const void* ptr, size_t bytes, const char* what) const {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  std::lock_guard lock(mu_);
+  auto it = allocations_.upper_bound(p);
+  if (it != allocations_.begin()) {
+    --it;
+    if (p >= it->first && p + bytes <= it->first + it->second) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(what, ": ", bytes, " bytes at ", absl::Hex(p),
+                                                 " are not inside one device allocation"));
+}
+
+void SimDevice::run_copy(Engine engine, void* dst, const void* src, size_t bytes) {
+  std::mutex& engine_mu = engine == Engine::kH2D ? h2d_engine_ : d2h_engine_;
+  const double gbps = engine == Engine::kH2D ? options_.h2d_gb_per_s : options_.d2h_gb_per_s;
+  std::lock_guard engine_lock(engine_mu);
+  const auto start = std::chrono::steady_clock::now();
+  if (options_.move_data) std::memcpy(dst, src, bytes);
+  const double seconds =
+      options_.copy_latency_us * 1e-6 + static_cast<double>(bytes) / (gbps * 1e9);
+  std::this_thread::sleep_until(start + std::chrono::duration<double>(seconds));
+  std::lock_guard lock(mu_);
+  (engine == Engine::kH2D ? stats_.h2d_bytes : stats_.d2h_bytes) += bytes;
+}
+
+absl::Status SimDevice::copy_to_device(void* device_dst, const void* host_src, size_t bytes,
+                                       StreamId stream) {
+  return enqueue(stream, Engine::kH2D, [=, this] {
+    STRATA_RETURN_IF_ERROR(check_device_range(device_dst, bytes, "copy_to_device destination"));
+    run_copy(Engine::kH2D, device_dst, host_src, bytes);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::copy_to_host(void* host_dst, const void* device_src, size_t bytes,
+                                     StreamId stream) {
+  return enqueue(stream, Engine::kD2H, [=, this] {
+    STRATA_RETURN_IF_ERROR(check_device_range(device_src, bytes, "copy_to_host source"));
+    run_copy(Engine::kD2H, host_dst, device_src, bytes);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::copy_on_device(void* dst, const void* src, size_t bytes, StreamId stream) {
+  return enqueue(stream, Engine::kCompute, [=, this] {
+    STRATA_RETURN_IF_ERROR(check_device_range(src, bytes, "copy_on_device source"));
+    STRATA_RETURN_IF_ERROR(check_device_range(dst, bytes, "copy_on_device destination"));
+    if (options_.move_data) std::memmove(dst, src, bytes);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::launch_host_function(StreamId stream, std::function<void()> fn) {
+  // As with cudaLaunchHostFunc, the function runs on a host thread and does
+  // not occupy the device's compute engine.
+  return enqueue(stream, Engine::kNone, [fn = std::move(fn)] {
+    fn();
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::launch_timed_compute(StreamId stream, double seconds) {
+  if (!(seconds >= 0)) return absl::InvalidArgumentError("timed compute needs seconds >= 0");
+  return enqueue(stream, Engine::kCompute, [seconds] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    return absl::OkStatus();
+  });
+}
+
+namespace {
+
+float load_element(const void* p, DType t, size_t i) {
+  switch (t) {
+    case DType::kFloat32:
+      return static_cast<const float*>(p)[i];
+    case DType::kFloat16:
+      return fp16_to_fp32(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBFloat16:
+      return bf16_to_fp32(static_cast<const uint16_t*>(p)[i]);
+  }
+  return 0;
+}
+
+void store_element(void* p, DType t, size_t i, float v) {
+  switch (t) {
+    case DType::kFloat32:
+      static_cast<float*>(p)[i] = v;
+      break;
+    case DType::kFloat16:
+      static_cast<uint16_t*>(p)[i] = fp32_to_fp16(v);
+      break;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(p)[i] = fp32_to_bf16(v);
+      break;
+  }
+}
+
+}  // namespace
+
+absl::Status SimDevice::cast(const void* src, DType src_type, void* dst, DType dst_type, size_t n,
+                             StreamId stream) {
+  return enqueue(stream, Engine::kCompute, [=, this] {
+    STRATA_RETURN_IF_ERROR(check_device_range(src, n * dtype_size(src_type), "cast source"));
+    STRATA_RETURN_IF_ERROR(check_device_range(dst, n * dtype_size(dst_type), "cast destination"));
+    if (!options_.move_data) return absl::OkStatus();
+    const auto* s16 = static_cast<const uint16_t*>(src);
+    auto* d16 = static_cast<uint16_t*>(dst);
+    if (src_type == dst_type) {
+      std::memmove(dst, src, n * dtype_size(src_type));
+    } else if (src_type == DType::kFloat32 && dst_type == DType::kFloat16) {
+      convert_fp32_to_fp16(static_cast<const float*>(src), d16, n);
+    } else if (src_type == DType::kFloat32 && dst_type == DType::kBFloat16) {
+      convert_fp32_to_bf16(static_cast<const float*>(src), d16, n);
+    } else if (src_type == DType::kFloat16 && dst_type == DType::kFloat32) {
+      convert_fp16_to_fp32(s16, static_cast<float*>(dst), n);
+    } else if (src_type == DType::kBFloat16 && dst_type == DType::kFloat32) {
+      convert_bf16_to_fp32(s16, static_cast<float*>(dst), n);
+    } else {
+      for (size_t i = 0; i < n; ++i)
+        store_element(dst, dst_type, i, load_element(src, src_type, i));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::scale(void* x, DType type, size_t n, float factor, StreamId stream) {
+  return enqueue(stream, Engine::kCompute, [=, this] {
+    STRATA_RETURN_IF_ERROR(check_device_range(x, n * dtype_size(type), "scale buffer"));
+    if (!options_.move_data) return absl::OkStatus();
+    for (size_t i = 0; i < n; ++i) store_element(x, type, i, load_element(x, type, i) * factor);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::squared_norm(const void* x, DType type, size_t n, float* out_sum_sq,
+                                     int32_t* out_nonfinite, StreamId stream) {
+  return enqueue(stream, Engine::kCompute, [=, this] {
+    STRATA_RETURN_IF_ERROR(check_device_range(x, n * dtype_size(type), "squared_norm input"));
+    STRATA_RETURN_IF_ERROR(check_device_range(out_sum_sq, sizeof(float), "squared_norm output"));
+    STRATA_RETURN_IF_ERROR(
+        check_device_range(out_nonfinite, sizeof(int32_t), "squared_norm nonfinite flag"));
+    if (!options_.move_data) return absl::OkStatus();
+    double sum = 0;
+    int32_t nonfinite = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const float v = load_element(x, type, i);
+      if (!std::isfinite(v)) nonfinite = 1;
+      sum += static_cast<double>(v) * v;
+    }
+    *out_sum_sq = static_cast<float>(sum);
+    *out_nonfinite = nonfinite;
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SimDevice::register_host_memory(void* ptr, size_t bytes) {
+  std::lock_guard lock(mu_);
+  if (!registered_.emplace(ptr, bytes).second) {
+    return absl::AlreadyExistsError("host memory registered twice");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SimDevice::unregister_host_memory(void* ptr) {
+  std::lock_guard lock(mu_);
+  if (registered_.erase(ptr) == 0) {
+    return absl::NotFoundError("unregister of host memory that was never registered");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace strata::gpu

@@ -1,0 +1,624 @@
+#include "offload/tiered_store.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "core/log.h"
+#include "core/status.h"
+
+namespace strata::offload {
+namespace {
+
+constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
+
+int idx(Tier t) { return static_cast<int>(t); }
+Tier below(Tier t) { return static_cast<Tier>(idx(t) + 1); }
+bool holds_data(Residency r) {
+  return r == Residency::kResidencyResident || r == Residency::kResidencyDirty;
+}
+
+}  // namespace
+
+const char* tier_name(Tier t) {
+  switch (t) {
+    case Tier::kTierDevice: return "device";
+    case Tier::kTierHost: return "host";
+    case Tier::kTierNvme: return "nvme";
+  }
+  return "?";
+}
+
+const char* residency_name(Residency r) {
+  switch (r) {
+    case Residency::kResidencyAbsent: return "absent";
+    case Residency::kResidencyLoading: return "loading";
+    case Residency::kResidencyResident: return "resident";
+    case Residency::kResidencyDirty: return "dirty";
+    case Residency::kResidencyWriting: return "writing";
+  }
+  return "?";
+}
+
+TieredStore::TieredStore(const Options& options) : options_(options) {
+  budget_[idx(Tier::kTierDevice)] = options.device_budget_bytes;
+  budget_[idx(Tier::kTierHost)] = options.host_budget_bytes;
+  budget_[idx(Tier::kTierNvme)] = kNever;
+  for (int t = 0; t < kTierCount; ++t) stats_.tiers[t].budget_bytes = budget_[t];
+}
+
+absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::create(const Options& options) {
+  if (options.mover_threads < 1) return absl::InvalidArgumentError("mover_threads must be >= 1");
+  std::unique_ptr<TieredStore> store(new TieredStore(options));
+  if (options.host_budget_bytes > 0) {
+    STRATA_ASSIGN_OR_RETURN(store->arena_,
+                            HostArena::create({.capacity_bytes = options.host_budget_bytes,
+                                               .pin_device = options.pin_device}),
+                            "creating the host tier");
+  }
+  for (int i = 0; i < options.mover_threads; ++i) {
+    store->movers_.emplace_back([s = store.get()] { s->mover_loop(); });
+  }
+  return store;
+}
+
+TieredStore::~TieredStore() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    jobs_.clear();
+  }
+  changed_.notify_all();
+  for (std::thread& t : movers_) t.join();
+  std::lock_guard lock(mu_);
+  for (Tensor& t : tensors_) {
+    for (Tier tier : {Tier::kTierDevice, Tier::kTierHost}) {
+      if (t.copies[idx(tier)].state != Residency::kResidencyAbsent) free_copy_locked(t, tier);
+    }
+  }
+  if (options_.device != nullptr) {
+    for (gpu::StreamId s : all_streams_) options_.device->destroy_stream(s);
+  }
+}
+
+absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
+  std::lock_guard lock(mu_);
+  if (finalized_) return absl::FailedPreconditionError("register_tensor after finalize()");
+  if (spec.numel == 0) return absl::InvalidArgumentError("tensor \"" + spec.name + "\" is empty");
+  for (const Tensor& t : tensors_) {
+    if (t.spec.name == spec.name) {
+      return absl::AlreadyExistsError("tensor \"" + spec.name + "\" registered twice");
+    }
+  }
+  Tensor t;
+  t.spec = spec;
+  t.bytes = spec.numel * dtype_size(spec.dtype);
+  t.padded = (t.bytes + 4095) & ~uint64_t{4095};
+  tensors_.push_back(std::move(t));
+  return static_cast<TensorId>(tensors_.size() - 1);
+}
+
+absl::Status TieredStore::finalize() {
+  std::unique_lock lock(mu_);
+  if (finalized_) return absl::FailedPreconditionError("finalize() called twice");
+  std::vector<swap::TensorSpec> on_nvme;
+  for (const Tensor& t : tensors_) {
+    if (t.spec.home == Tier::kTierNvme) on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
+    if (t.spec.home == Tier::kTierDevice && options_.device == nullptr) {
+      return absl::InvalidArgumentError("tensor \"" + t.spec.name +
+                                        "\" lives on the device but the store has no device");
+    }
+  }
+  if (!on_nvme.empty()) {
+    if (options_.io == nullptr || options_.swap_paths.empty()) {
+      return absl::InvalidArgumentError(
+          "tensors are placed on NVMe but no swap path is configured; set "
+          "offload_optimizer.nvme_path");
+    }
+    STRATA_ASSIGN_OR_RETURN(
+        swap_,
+        swap::SwapFile::create(*options_.io, options_.swap_paths, on_nvme,
+                               {.checksums = options_.verify_checksums}),
+        "creating the swap file");
+  }
+  // Home copies on the device and host are allocated now and never evicted.
+  for (Tensor& t : tensors_) {
+    Tier home = t.spec.home;
+    if (home == Tier::kTierNvme) {
+      t.copies[idx(Tier::kTierNvme)].state = Residency::kResidencyResident;
+      used_[idx(Tier::kTierNvme)] += t.padded;
+      continue;
+    }
+    const uint64_t size = home == Tier::kTierHost ? t.padded : t.bytes;
+    if (used_[idx(home)] + size > budget_[idx(home)]) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tensors homed on the ", tier_name(home), " need more than its budget of ",
+          budget_[idx(home)], " bytes (at \"", t.spec.name, "\"); raise the budget or offload "
+          "more to the tier below"));
+    }
+    STRATA_RETURN_IF_ERROR(allocate_copy_locked(t, home));
+    if (home == Tier::kTierHost) std::memset(t.copies[idx(home)].data, 0, t.padded);
+    t.copies[idx(home)].state = Residency::kResidencyResident;
+  }
+  finalized_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::check_tier(const Tensor& t, Tier tier) const {
+  if (tier == Tier::kTierNvme) {
+    return absl::InvalidArgumentError("tensors are acquired on the device or host, not on NVMe");
+  }
+  if (idx(tier) > idx(t.spec.home)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor \"", t.spec.name, "\" lives on the ",
+                                                   tier_name(t.spec.home), "; it has no ",
+                                                   tier_name(tier), " copy"));
+  }
+  if (tier == Tier::kTierDevice && options_.device == nullptr) {
+    return absl::FailedPreconditionError("the store has no device");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access access) {
+  std::unique_lock lock(mu_);
+  if (!finalized_) return absl::FailedPreconditionError("acquire before finalize()");
+  if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
+  Tensor& t = tensors_[id];
+  STRATA_RETURN_IF_ERROR(check_tier(t, tier));
+  record_acquire_locked(id, tier);
+  // Coherence: a newer copy above this tier comes down first.
+  for (int up = idx(tier) - 1; up >= 0; --up) {
+    Copy& above = t.copies[up];
+    while (above.state == Residency::kResidencyWriting) changed_.wait(lock);
+    if (above.state != Residency::kResidencyDirty) continue;
+    if (above.pins > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "\"", t.spec.name, "\" is acquired on the ", tier_name(tier), " while its modified ",
+          tier_name(static_cast<Tier>(up)), " copy is still held; release it first"));
+    }
+    STRATA_RETURN_IF_ERROR(write_back_locked(lock, id, static_cast<Tier>(up)));
+  }
+  Copy& c = t.copies[idx(tier)];
+  TierStats& ts = stats_.tiers[idx(tier)];
+  if (holds_data(c.state)) {
+    ++ts.hits;
+  } else {
+    ++ts.misses;
+    const int64_t t0 = monotonic_ns();
+    for (;;) {
+      if (holds_data(c.state)) break;
+      if (c.state == Residency::kResidencyAbsent) {
+        STRATA_RETURN_IF_ERROR(
+            load_locked(lock, id, tier, access != Access::kAccessWrite, /*prefetch=*/false),
+            absl::StrCat("loading \"", t.spec.name, "\" onto the ", tier_name(tier)));
+        continue;
+      }
+      changed_.wait(lock);  // loading or writing elsewhere
+    }
+    ts.stall_ns += static_cast<uint64_t>(monotonic_ns() - t0);
+  }
+  ++c.pins;
+  queue_prefetches_locked(tier);
+  return TensorView{c.data, t.bytes};
+}
+
+absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
+  std::unique_lock lock(mu_);
+  if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
+  Tensor& t = tensors_[id];
+  Copy& c = t.copies[idx(tier)];
+  STRATA_CHECK_MSG(c.pins > 0 && holds_data(c.state), "release without a matching acquire");
+  --c.pins;
+  // A home copy has no tier below to go stale against.
+  if (dirty && tier != t.spec.home) c.state = Residency::kResidencyDirty;
+  if (dirty) {
+    // Coherence: copies above now hold old data and are dropped.
+    for (int up = idx(tier) - 1; up >= 0; --up) {
+      Copy& above = t.copies[up];
+      while (above.state == Residency::kResidencyLoading) changed_.wait(lock);
+      if (above.state == Residency::kResidencyAbsent) continue;
+      if (above.pins > 0 || above.state != Residency::kResidencyResident) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "\"", t.spec.name, "\" was modified on the ", tier_name(tier), " while its ",
+            tier_name(static_cast<Tier>(up)), " copy is ", above.pins > 0 ? "held" : "modified",
+            " too; only one tier may be written at a time"));
+      }
+      free_copy_locked(t, static_cast<Tier>(up));
+    }
+  }
+  changed_.notify_all();
+  return absl::OkStatus();
+}
+
+void TieredStore::prefetch(TensorId id, Tier tier) {
+  std::unique_lock lock(mu_);
+  if (id >= tensors_.size() || !finalized_ || !check_tier(tensors_[id], tier).ok()) return;
+  Copy& c = tensors_[id].copies[idx(tier)];
+  if (c.state != Residency::kResidencyAbsent || c.queued) return;
+  c.queued = true;
+  jobs_.push_back({id, tier});
+  changed_.notify_all();
+}
+
+absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier,
+                                      bool need_data, bool prefetch) {
+  Tensor& t = tensors_[id];
+  Copy& c = t.copies[idx(tier)];
+  const uint64_t size = tier == Tier::kTierHost ? t.padded : t.bytes;
+  const uint64_t protect = prefetch ? next_use_locked(id, tier) : 0;
+  STRATA_RETURN_IF_ERROR(make_room_locked(lock, tier, size, protect));
+  if (c.state != Residency::kResidencyAbsent) return absl::OkStatus();  // someone else got it
+  STRATA_RETURN_IF_ERROR(allocate_copy_locked(t, tier));
+  c.state = Residency::kResidencyLoading;
+  if (!need_data) {
+    c.state = Residency::kResidencyResident;
+    changed_.notify_all();
+    return absl::OkStatus();
+  }
+  // The source is the tier below; bring it up first when it is only a cache.
+  const Tier from = below(tier);
+  Copy& src = t.copies[idx(from)];
+  absl::Status status;
+  while (!holds_data(src.state)) {
+    if (src.state == Residency::kResidencyAbsent) {
+      status = load_locked(lock, id, from, true, prefetch);
+      if (!status.ok()) break;
+    } else {
+      changed_.wait(lock);
+    }
+  }
+  if (status.ok()) {
+    ++src.pins;
+    lock.unlock();
+    status = transfer(t, from, tier);
+    lock.lock();
+    --src.pins;
+  }
+  if (!status.ok()) {
+    free_copy_locked(t, tier);
+    changed_.notify_all();
+    return status;
+  }
+  c.state = Residency::kResidencyResident;
+  stats_.tiers[idx(tier)].bytes_in += t.bytes;
+  if (from == Tier::kTierNvme && t.nvme_written) {
+    stats_.tiers[idx(Tier::kTierNvme)].bytes_out += t.padded;  // what the disk read
+  }
+  if (prefetch) ++stats_.tiers[idx(tier)].prefetches;
+  changed_.notify_all();
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, Tier tier,
+                                           uint64_t bytes, uint64_t protect_before) {
+  const int ti = idx(tier);
+  if (bytes > budget_[ti]) {
+    return absl::ResourceExhaustedError(absl::StrCat(bytes, " bytes do not fit the ", tier_name(tier),
+                                                     " budget of ", budget_[ti], " bytes at all"));
+  }
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.pinned_wait_ms);
+  while (used_[ti] + bytes > budget_[ti]) {
+    // Belady with a trace (furthest next use), else least recently used.
+    TensorId victim = 0;
+    uint64_t victim_next = 0;
+    bool found = false, in_flight = false;
+    uint64_t pinned_bytes = 0;
+    for (TensorId i = 0; i < tensors_.size(); ++i) {
+      const Tensor& t = tensors_[i];
+      const Copy& c = t.copies[ti];
+      if (t.spec.home == tier || c.state == Residency::kResidencyAbsent) continue;
+      if (!holds_data(c.state)) {
+        in_flight = true;
+        continue;
+      }
+      if (c.pins > 0) {
+        pinned_bytes += tier == Tier::kTierHost ? t.padded : t.bytes;
+        continue;
+      }
+      const uint64_t next = next_use_locked(i, tier);
+      if (next <= protect_before) continue;  // needed before what we are prefetching
+      if (!found || next > victim_next) {
+        victim = i;
+        victim_next = next;
+        found = true;
+      }
+    }
+    if (!found) {
+      if (protect_before > 0) return absl::UnavailableError("no room to prefetch");
+      if (!in_flight && pinned_bytes == 0) break;  // home copies fill the tier: fail below
+      if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !in_flight) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the ", tier_name(tier), " tier (budget ", budget_[ti], " bytes, ", used_[ti],
+            " used) cannot fit ", bytes, " more bytes: ", pinned_bytes,
+            " bytes are pinned by acquires not yet released; raise the budget or release "
+            "tensors sooner"));
+      }
+      continue;
+    }
+    Tensor& v = tensors_[victim];
+    if (v.copies[ti].state == Residency::kResidencyDirty) {
+      STRATA_RETURN_IF_ERROR(write_back_locked(lock, victim, tier));
+      if (v.copies[ti].pins > 0 || !holds_data(v.copies[ti].state)) continue;
+    }
+    free_copy_locked(v, tier);
+    ++stats_.tiers[ti].evictions;
+    changed_.notify_all();
+  }
+  if (used_[ti] + bytes > budget_[ti]) {
+    return absl::ResourceExhaustedError(absl::StrCat("the ", tier_name(tier), " budget of ",
+                                                     budget_[ti], " bytes is full"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, TensorId id,
+                                            Tier tier) {
+  Tensor& t = tensors_[id];
+  Copy& c = t.copies[idx(tier)];
+  const Tier to = below(tier);
+  Copy& dst = t.copies[idx(to)];
+  c.state = Residency::kResidencyWriting;
+  // The copy below is overwritten whole, so a missing one is allocated, not loaded.
+  while (!holds_data(dst.state)) {
+    if (dst.state == Residency::kResidencyAbsent) {
+      absl::Status s = load_locked(lock, id, to, /*need_data=*/false, /*prefetch=*/false);
+      if (!s.ok()) {
+        c.state = Residency::kResidencyDirty;
+        changed_.notify_all();
+        return s;
+      }
+    } else {
+      changed_.wait(lock);
+    }
+  }
+  ++dst.pins;
+  lock.unlock();
+  absl::Status s = transfer(t, tier, to);
+  lock.lock();
+  --dst.pins;
+  if (!s.ok()) {
+    c.state = Residency::kResidencyDirty;
+    changed_.notify_all();
+    return annotate(s, absl::StrCat("writing back \"", t.spec.name, "\""));
+  }
+  if (to != t.spec.home) dst.state = Residency::kResidencyDirty;
+  if (to == Tier::kTierNvme) {
+    t.nvme_written = true;
+    stats_.tiers[idx(Tier::kTierNvme)].bytes_in += t.padded;  // what the disk wrote
+  }
+  c.state = Residency::kResidencyResident;
+  stats_.tiers[idx(tier)].bytes_out += t.bytes;
+  changed_.notify_all();
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::allocate_copy_locked(Tensor& t, Tier tier) {
+  Copy& c = t.copies[idx(tier)];
+  if (tier == Tier::kTierHost) {
+    if (arena_ == nullptr) return absl::FailedPreconditionError("the store has no host budget");
+    STRATA_ASSIGN_OR_RETURN(c.block, arena_->allocate(t.padded));
+    c.data = c.block.data;
+    used_[idx(tier)] += t.padded;
+  } else {
+    STRATA_ASSIGN_OR_RETURN(c.data, options_.device->allocate(t.bytes));
+    used_[idx(tier)] += t.bytes;
+  }
+  TierStats& ts = stats_.tiers[idx(tier)];
+  ts.used_bytes = used_[idx(tier)];
+  ts.peak_bytes = std::max(ts.peak_bytes, ts.used_bytes);
+  return absl::OkStatus();
+}
+
+void TieredStore::free_copy_locked(Tensor& t, Tier tier) {
+  Copy& c = t.copies[idx(tier)];
+  if (c.data != nullptr) {
+    if (tier == Tier::kTierHost) {
+      arena_->free(c.block);
+      used_[idx(tier)] -= t.padded;
+    } else {
+      options_.device->free(c.data);
+      used_[idx(tier)] -= t.bytes;
+    }
+  }
+  c = Copy{};
+  stats_.tiers[idx(tier)].used_bytes = used_[idx(tier)];
+}
+
+absl::StatusOr<gpu::StreamId> TieredStore::take_stream() {
+  std::lock_guard lock(streams_mu_);
+  if (!free_streams_.empty()) {
+    gpu::StreamId s = free_streams_.back();
+    free_streams_.pop_back();
+    return s;
+  }
+  STRATA_ASSIGN_OR_RETURN(gpu::StreamId s, options_.device->create_stream());
+  all_streams_.push_back(s);
+  return s;
+}
+
+void TieredStore::return_stream(gpu::StreamId s) {
+  std::lock_guard lock(streams_mu_);
+  free_streams_.push_back(s);
+}
+
+// Runs without the store lock: the endpoints are pinned or in a transient
+// state that keeps everyone else off them.
+absl::Status TieredStore::transfer(Tensor& t, Tier from, Tier to) {
+  const Copy& src = t.copies[idx(from)];
+  const Copy& dst = t.copies[idx(to)];
+  if (from == Tier::kTierNvme) {
+    TraceScope scope(options_.trace, "nvme_read", "offload");
+    scope.arg("bytes", static_cast<int64_t>(t.padded));
+    if (!t.nvme_written) {  // never written: reads as zeros without touching the disk
+      std::memset(dst.data, 0, t.padded);
+      return absl::OkStatus();
+    }
+    return swap_->read_tensor(t.spec.name, dst.data, t.padded);
+  }
+  if (to == Tier::kTierNvme) {
+    TraceScope scope(options_.trace, "nvme_write", "offload");
+    scope.arg("bytes", static_cast<int64_t>(t.padded));
+    return swap_->write_tensor(t.spec.name, src.data, t.padded);
+  }
+  TraceScope scope(options_.trace, to == Tier::kTierDevice ? "h2d" : "d2h", "offload");
+  scope.arg("bytes", static_cast<int64_t>(t.bytes));
+  STRATA_ASSIGN_OR_RETURN(gpu::StreamId stream, take_stream());
+  absl::Status s = to == Tier::kTierDevice
+                       ? options_.device->copy_to_device(dst.data, src.data, t.bytes, stream)
+                       : options_.device->copy_to_host(dst.data, src.data, t.bytes, stream);
+  if (s.ok()) s = options_.device->synchronize_stream(stream);
+  return_stream(stream);
+  return s;
+}
+
+absl::Status TieredStore::flush() {
+  std::unique_lock lock(mu_);
+  for (Tier tier : {Tier::kTierDevice, Tier::kTierHost}) {
+    for (TensorId i = 0; i < tensors_.size(); ++i) {
+      Copy& c = tensors_[i].copies[idx(tier)];
+      while (c.state == Residency::kResidencyLoading || c.state == Residency::kResidencyWriting) {
+        changed_.wait(lock);
+      }
+      if (c.state != Residency::kResidencyDirty) continue;
+      if (c.pins > 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "flush while \"", tensors_[i].spec.name, "\" is still acquired on the ",
+            tier_name(tier), "; release it first"));
+      }
+      STRATA_RETURN_IF_ERROR(write_back_locked(lock, i, tier));
+    }
+  }
+  if (swap_ != nullptr) {
+    lock.unlock();
+    STRATA_RETURN_IF_ERROR(swap_->commit(), "making the swap file durable");
+  }
+  return absl::OkStatus();
+}
+
+uint64_t TieredStore::next_use_locked(TensorId id, Tier tier) const {
+  const Tensor& t = tensors_[id];
+  const TierTrace& tr = traces_[idx(tier)];
+  if (!tr.valid) return kNever / 2 - t.copies[idx(tier)].last_use;  // LRU
+  const std::vector<uint64_t>& uses = t.uses[idx(tier)];
+  if (uses.empty()) return kNever;
+  const uint64_t now = tr.next_pos;  // positions >= now are still ahead in this step
+  auto it = std::lower_bound(uses.begin(), uses.end(), now);
+  if (it != uses.end()) return *it - now + 1;
+  return uses.front() + tr.order.size() - now + 1;  // next step
+}
+
+void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
+  tensors_[id].copies[idx(tier)].last_use = ++clock_;
+  if (!in_step_) return;
+  TierTrace& tr = traces_[idx(tier)];
+  if (tr.recording) {
+    tr.order.push_back(id);
+    return;
+  }
+  if (!tr.valid) return;
+  if (tr.next_pos < tr.order.size() && tr.order[tr.next_pos] == id) {
+    ++tr.next_pos;
+    return;
+  }
+  tr.valid = false;  // re-recorded on the next step
+  ++stats_.trace_changes;
+  log::get("offload")->info("{} acquire order changed at position {} (\"{}\"); re-recording",
+                            tier_name(tier), tr.next_pos, tensors_[id].spec.name);
+}
+
+void TieredStore::queue_prefetches_locked(Tier tier) {
+  const TierTrace& tr = traces_[idx(tier)];
+  if (!tr.valid || !in_step_ || tr.order.empty()) return;
+  uint64_t window = 0;
+  bool queued = false;
+  for (uint64_t k = 0; k < tr.order.size() && window < options_.prefetch_window_bytes; ++k) {
+    const TensorId id = tr.order[(tr.next_pos + k) % tr.order.size()];
+    Copy& c = tensors_[id].copies[idx(tier)];
+    if (holds_data(c.state)) continue;
+    window += tensors_[id].bytes;
+    if (c.state == Residency::kResidencyAbsent && !c.queued) {
+      c.queued = true;
+      jobs_.push_back({id, tier});
+      queued = true;
+    }
+  }
+  if (queued) changed_.notify_all();
+}
+
+void TieredStore::mover_loop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    changed_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+    if (stopping_) return;
+    Job job = jobs_.front();
+    jobs_.pop_front();
+    Copy& c = tensors_[job.id].copies[idx(job.tier)];
+    c.queued = false;
+    if (c.state != Residency::kResidencyAbsent) continue;
+    absl::Status s = load_locked(lock, job.id, job.tier, true, /*prefetch=*/true);
+    if (!s.ok() && !absl::IsUnavailable(s) && !absl::IsResourceExhausted(s) &&
+        background_error_.ok()) {
+      background_error_ = s;
+      log::get("offload")->warn("prefetch failed: {}", std::string(s.message()));
+    }
+  }
+}
+
+void TieredStore::begin_step() {
+  std::lock_guard lock(mu_);
+  in_step_ = true;
+  for (TierTrace& tr : traces_) {
+    tr.next_pos = 0;
+    if (!tr.valid) {
+      tr.recording = true;
+      tr.order.clear();
+    }
+  }
+}
+
+void TieredStore::end_step() {
+  std::lock_guard lock(mu_);
+  ++stats_.steps;
+  stats_.trace_length = 0;
+  for (int ti = 0; ti < kTierCount; ++ti) {
+    TierTrace& tr = traces_[ti];
+    if (tr.recording) {
+      tr.recording = false;
+      tr.valid = !tr.order.empty();
+      for (Tensor& t : tensors_) t.uses[ti].clear();
+      for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
+        tensors_[tr.order[pos]].uses[ti].push_back(pos);
+      }
+    } else if (tr.valid && tr.next_pos != tr.order.size()) {
+      tr.valid = false;  // this step stopped short of the trace
+      ++stats_.trace_changes;
+    }
+    stats_.trace_length += tr.order.size();
+  }
+  in_step_ = false;
+}
+
+Residency TieredStore::residency(TensorId id, Tier tier) const {
+  std::lock_guard lock(mu_);
+  return tensors_.at(id).copies[idx(tier)].state;
+}
+
+const TensorSpec& TieredStore::spec(TensorId id) const {
+  std::lock_guard lock(mu_);
+  return tensors_.at(id).spec;
+}
+
+StoreStats TieredStore::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+absl::Status TieredStore::background_error() const {
+  std::lock_guard lock(mu_);
+  return background_error_;
+}
+
+}  // namespace strata::offload

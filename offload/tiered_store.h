@@ -1,0 +1,245 @@
+// TieredStore: every tensor of a training run, placed across GPU memory,
+// pinned host memory and NVMe, moved ahead of need within fixed budgets.
+//
+// A tensor has a spec (name, numel, dtype, role) and a home tier, where its
+// durable copy lives: kTierDevice (never offloaded), kTierHost (the host
+// arena) or kTierNvme (an extent of the swap file). Upper tiers hold caches
+// of it: a device copy of a host- or NVMe-homed tensor, a host copy of an
+// NVMe-homed one. Each copy has a residency: absent, loading, resident,
+// dirty, writing.
+//
+// acquire(id, tier, mode) blocks until the tensor is resident on `tier` and
+// pins it there; release(id, tier, dirty) unpins it and, when dirty, marks it
+// so. Nothing pinned is ever evicted; dirty data is written to the tier below
+// (device -> host -> NVMe) before the upper copy is dropped. The budget of
+// each tier is never exceeded: when a tier is full the store evicts, and when
+// everything in it is pinned acquire() fails with ResourceExhausted naming
+// the tier, its budget and what is pinned.
+//
+// Schedule: between begin_step() and end_step() of the first step, the order
+// of acquires is recorded per tier (the trace). On later steps each acquire prefetches
+// the next tensors of the trace, up to prefetch_window_bytes not yet
+// resident, on the store's mover threads; eviction drops the copy whose next
+// use in the trace is furthest away (Belady's rule, exact because the trace
+// repeats). An acquire off the trace marks the trace changed; it is recorded
+// again on the next step. Without a trace, eviction is least recently used.
+//
+// Threading: all methods are thread-safe; acquire() may be called from
+// several threads (the engine's compute, optimizer and I/O threads). The
+// store owns the host arena blocks, device memory and swap file it uses;
+// views stay valid while pinned. Transfers run outside the store's lock.
+//
+//   TieredStore::Options o{.device = dev, .host_budget_bytes = 8 << 30, ...};
+//   auto store = TieredStore::create(o);
+//   TensorId w = *(*store)->register_tensor({"h.0.mlp.w", n, DType::kFloat32,
+//                                            TensorRole::kRoleMaster32, Tier::kTierNvme});
+//   STRATA_RETURN_IF_ERROR((*store)->finalize());
+//   auto view = (*store)->acquire(w, Tier::kTierHost, Access::kAccessReadWrite);
+//   ... update view->data ...
+//   STRATA_RETURN_IF_ERROR((*store)->release(w, Tier::kTierHost, /*dirty=*/true));
+#pragma once
+
+#include <array>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/dtype.h"
+#include "core/trace.h"
+#include "gpu/device.h"
+#include "offload/host_arena.h"
+#include "swap/io_engine.h"
+#include "swap/swap_file.h"
+
+namespace strata::offload {
+
+enum class Tier : uint8_t { kTierDevice = 0, kTierHost = 1, kTierNvme = 2 };
+inline constexpr int kTierCount = 3;
+const char* tier_name(Tier t);  // "device", "host", "nvme"
+
+enum class Residency : uint8_t {
+  kResidencyAbsent,
+  kResidencyLoading,
+  kResidencyResident,
+  kResidencyDirty,
+  kResidencyWriting
+};
+const char* residency_name(Residency r);
+
+enum class TensorRole : uint8_t {
+  kRoleParam16,
+  kRoleMaster32,
+  kRoleExpAvg,
+  kRoleExpAvgSq,
+  kRoleGrad
+};
+
+// kAccessWrite: the caller overwrites the whole tensor, so nothing is loaded.
+enum class Access : uint8_t { kAccessRead, kAccessWrite, kAccessReadWrite };
+
+using TensorId = uint32_t;
+
+struct TensorSpec {
+  std::string name;
+  uint64_t numel = 0;
+  DType dtype = DType::kFloat32;
+  TensorRole role = TensorRole::kRoleMaster32;
+  Tier home = Tier::kTierHost;
+};
+
+struct TensorView {
+  void* data = nullptr;  // device memory for kTierDevice, host memory otherwise
+  uint64_t bytes = 0;
+};
+
+struct TierStats {
+  uint64_t budget_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t peak_bytes = 0;
+  uint64_t hits = 0;         // acquires that found the copy resident
+  uint64_t misses = 0;       // acquires that had to wait for it
+  uint64_t stall_ns = 0;     // time acquires spent waiting
+  // Device and host: bytes loaded into this tier from the one below, and
+  // written back from it. NVMe: bytes written to disk, and read from it.
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+  uint64_t evictions = 0;
+  uint64_t prefetches = 0;   // loads started ahead of an acquire
+};
+
+struct StoreStats {
+  std::array<TierStats, kTierCount> tiers;
+  uint64_t trace_length = 0;   // acquires per step, all tiers
+  uint64_t trace_changes = 0;  // times a recorded trace was found stale
+  uint64_t steps = 0;
+};
+
+class TieredStore {
+ public:
+  struct Options {
+    gpu::Device* device = nullptr;  // required when any tensor uses the device tier
+    uint64_t device_budget_bytes = 0;
+    uint64_t host_budget_bytes = 0;
+    gpu::Device* pin_device = nullptr;  // pin the host arena for DMA with this device
+    // NVMe tier: the engine and the swap file's stripe paths (one file per path).
+    swap::IoEngine* io = nullptr;
+    std::vector<std::string> swap_paths;
+    bool verify_checksums = true;
+    uint64_t prefetch_window_bytes = uint64_t{256} << 20;
+    int mover_threads = 2;
+    // How long an acquire waits for pinned copies to be released before it
+    // reports the tier as full.
+    int64_t pinned_wait_ms = 5000;
+    TraceRecorder* trace = nullptr;  // optional: every move becomes an event
+  };
+
+  static absl::StatusOr<std::unique_ptr<TieredStore>> create(const Options& options);
+  ~TieredStore();  // stops the movers; does not flush (call flush() first)
+  TieredStore(const TieredStore&) = delete;
+  TieredStore& operator=(const TieredStore&) = delete;
+
+  // Registration happens before finalize(); names are unique.
+  absl::StatusOr<TensorId> register_tensor(const TensorSpec& spec);
+  // Allocates home storage: host blocks, device memory, the swap file
+  // (preallocated: a full disk fails here, before training starts).
+  absl::Status finalize();
+
+  absl::StatusOr<TensorView> acquire(TensorId id, Tier tier, Access access);
+  absl::Status release(TensorId id, Tier tier, bool dirty);
+  // Starts loading onto `tier` without waiting or pinning; never evicts a
+  // copy needed sooner than this one. Best effort: a full tier skips it.
+  void prefetch(TensorId id, Tier tier);
+  // Writes every dirty copy down to its home tier and makes the swap file durable.
+  absl::Status flush();
+
+  void begin_step();
+  void end_step();
+
+  Residency residency(TensorId id, Tier tier) const;
+  const TensorSpec& spec(TensorId id) const;
+  StoreStats stats() const;
+  // The first error a background move hit (prefetches report nothing else).
+  absl::Status background_error() const;
+
+ private:
+  struct Copy {
+    Residency state = Residency::kResidencyAbsent;
+    void* data = nullptr;
+    HostBlock block;  // host copies
+    int pins = 0;
+    uint64_t last_use = 0;
+    bool queued = false;  // a prefetch job for it is waiting
+  };
+  struct Tensor {
+    TensorSpec spec;
+    uint64_t bytes = 0;
+    uint64_t padded = 0;  // 4 KiB multiple: what host blocks and extents hold
+    std::array<Copy, kTierCount> copies;
+    bool nvme_written = false;   // the extent holds data (else it reads as zeros)
+    std::array<std::vector<uint64_t>, kTierCount> uses;  // positions in the trace, per tier
+  };
+  struct Job {
+    TensorId id;
+    Tier tier;
+  };
+
+  explicit TieredStore(const Options& options);
+  absl::Status check_tier(const Tensor& t, Tier tier) const;
+  // Makes the copy resident; called with the lock held, may drop it during
+  // transfers. `prefetch` forbids evicting anything needed sooner.
+  absl::Status load_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier,
+                           bool need_data, bool prefetch);
+  absl::Status make_room_locked(std::unique_lock<std::mutex>& lock, Tier tier, uint64_t bytes,
+                                uint64_t protect_before);
+  absl::Status write_back_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier);
+  absl::Status allocate_copy_locked(Tensor& t, Tier tier);
+  void free_copy_locked(Tensor& t, Tier tier);
+  absl::Status transfer(Tensor& t, Tier from, Tier to);
+  uint64_t next_use_locked(TensorId id, Tier tier) const;
+  void record_acquire_locked(TensorId id, Tier tier);
+  void mover_loop();
+  void queue_prefetches_locked(Tier tier);
+  absl::StatusOr<gpu::StreamId> take_stream();
+  void return_stream(gpu::StreamId s);
+
+  const Options options_;
+  std::unique_ptr<HostArena> arena_;
+  std::unique_ptr<swap::SwapFile> swap_;
+  std::mutex streams_mu_;
+  std::vector<gpu::StreamId> free_streams_;  // one per concurrent transfer
+  std::vector<gpu::StreamId> all_streams_;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;  // any residency change
+  std::vector<Tensor> tensors_;
+  bool finalized_ = false;
+  std::array<uint64_t, kTierCount> budget_{};
+  std::array<uint64_t, kTierCount> used_{};
+  StoreStats stats_;
+  absl::Status background_error_;
+  uint64_t clock_ = 0;  // acquire counter, for LRU
+
+  // One trace per tier: the device is acquired by the compute thread and the
+  // host by the optimizer threads, each in a repeatable order of its own,
+  // while the interleaving between them is not.
+  struct TierTrace {
+    std::vector<TensorId> order;
+    bool recording = false;
+    bool valid = false;
+    uint64_t next_pos = 0;  // the position the next acquire should match
+  };
+  std::array<TierTrace, kTierCount> traces_;
+  bool in_step_ = false;
+
+  std::deque<Job> jobs_;
+  bool stopping_ = false;
+  std::vector<std::thread> movers_;
+};
+
+}  // namespace strata::offload

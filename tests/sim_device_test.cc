@@ -1,0 +1,93 @@
+#include "gpu/sim_device.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "core/trace.h"
+#include "gtest/gtest.h"
+
+namespace strata::gpu {
+namespace {
+
+double seconds_since(int64_t t0) { return (monotonic_ns() - t0) * 1e-9; }
+
+TEST(SimDevice, CapacityIsAHardLimit) {
+  SimDevice dev({.capacity_bytes = 1 << 20});
+  auto a = dev.allocate(600 << 10);
+  ASSERT_TRUE(a.ok());
+  auto b = dev.allocate(600 << 10);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(b.status().message().find("device out of memory"), absl::string_view::npos);
+  dev.free(*a);
+  EXPECT_EQ(dev.stats().used_bytes, 0u);
+  EXPECT_GE(dev.stats().peak_bytes, 600u << 10);
+  EXPECT_TRUE(dev.allocate(600 << 10).ok());
+}
+
+TEST(SimDevice, OutOfBoundsCopyFailsTheStream) {
+  SimDevice dev;
+  StreamId s = *dev.create_stream();
+  std::vector<char> host(4096);
+  void* d = *dev.allocate(1024);
+  ASSERT_TRUE(dev.copy_to_device(d, host.data(), 4096, s).ok());  // async: accepted
+  absl::Status st = dev.synchronize_stream(s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("not inside one device allocation"), absl::string_view::npos);
+  // Sticky, as a CUDA stream error is.
+  EXPECT_FALSE(dev.synchronize_stream(s).ok());
+  EXPECT_FALSE(dev.copy_to_device(d, host.data(), 16, 999).ok());  // unknown stream
+}
+
+TEST(SimDevice, LinkTimeFollowsTheModel) {
+  // 8 MiB at 1 GB/s should take about 8.4 ms plus latency.
+  SimDevice dev({.h2d_gb_per_s = 1.0, .d2h_gb_per_s = 1.0, .copy_latency_us = 0});
+  StreamId s = *dev.create_stream();
+  std::vector<char> host(8 << 20);
+  void* d = *dev.allocate(host.size());
+  int64_t t0 = monotonic_ns();
+  ASSERT_TRUE(dev.copy_to_device(d, host.data(), host.size(), s).ok());
+  ASSERT_TRUE(dev.synchronize_stream(s).ok());
+  EXPECT_GE(seconds_since(t0), host.size() / 1e9);
+}
+
+TEST(SimDevice, DirectionsAreFullDuplexAndEachEngineSerial) {
+  SimDeviceOptions o{
+      .h2d_gb_per_s = 1.0, .d2h_gb_per_s = 1.0, .copy_latency_us = 0, .move_data = false};
+  SimDevice dev(o);
+  StreamId a = *dev.create_stream(), b = *dev.create_stream(), c = *dev.create_stream();
+  std::vector<char> host(20 << 20);
+  void* d1 = *dev.allocate(host.size());
+  void* d2 = *dev.allocate(host.size());
+  const double one = host.size() / 1e9;  // ~21 ms per copy
+  // Two H2D copies on different streams share one engine: about 2x.
+  int64_t t0 = monotonic_ns();
+  ASSERT_TRUE(dev.copy_to_device(d1, host.data(), host.size(), a).ok());
+  ASSERT_TRUE(dev.copy_to_device(d2, host.data(), host.size(), b).ok());
+  ASSERT_TRUE(dev.synchronize().ok());
+  EXPECT_GE(seconds_since(t0), 2 * one);
+  // H2D and D2H at once overlap: clearly less than 2x (generous bound for a loaded CI box).
+  t0 = monotonic_ns();
+  ASSERT_TRUE(dev.copy_to_device(d1, host.data(), host.size(), a).ok());
+  ASSERT_TRUE(dev.copy_to_host(host.data(), d2, host.size(), c).ok());
+  ASSERT_TRUE(dev.synchronize().ok());
+  double both = seconds_since(t0);
+  EXPECT_GE(both, one);
+  EXPECT_LT(both, 1.9 * one) << "copy engines should run both directions at once";
+}
+
+TEST(SimDevice, DestroyWithWorkInFlightIsClean) {
+  auto dev = std::make_unique<SimDevice>(SimDeviceOptions{.h2d_gb_per_s = 0.5});
+  StreamId s = *dev->create_stream();
+  std::vector<char> host(1 << 20);
+  void* d = *dev->allocate(host.size());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(dev->copy_to_device(d, host.data(), host.size(), s).ok());
+  dev.reset();  // drains the queue, joins the stream thread, frees device memory
+}
+
+}  // namespace
+}  // namespace strata::gpu

@@ -1,0 +1,295 @@
+#include "offload/tiered_store.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "gpu/sim_device.h"
+#include "gtest/gtest.h"
+#include "swap/io_engine.h"
+
+namespace strata::offload {
+namespace {
+
+constexpr uint64_t kNumel = 64 * 1024;  // 256 KiB of fp32 per tensor
+constexpr uint64_t kBytes = kNumel * 4;
+
+class TieredStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("tiered_store_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+    swap::IoEngineOptions io;
+    io.allow_buffered = true;  // tmpfs TempDir on some machines
+    io.queue_depth = 8;
+    auto engine = swap::make_io_engine(io);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    io_ = std::move(*engine);
+  }
+  void TearDown() override {
+    io_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::unique_ptr<TieredStore> make_store(TieredStore::Options o) {
+    o.device = &device_;
+    o.io = io_.get();
+    o.swap_paths = {(dir_ / "store.swp").string()};
+    auto store = TieredStore::create(o);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? std::move(*store) : nullptr;
+  }
+
+  // Fills tensor `id` on the host with a pattern derived from (id, version).
+  static void fill(float* p, TensorId id, int version) {
+    for (uint64_t i = 0; i < kNumel; ++i) p[i] = static_cast<float>(id * 1000 + version) + i * 1e-3f;
+  }
+  static bool matches(const float* p, TensorId id, int version) {
+    for (uint64_t i = 0; i < kNumel; ++i) {
+      if (p[i] != static_cast<float>(id * 1000 + version) + i * 1e-3f) return false;
+    }
+    return true;
+  }
+  // Reads a device view back through a stream.
+  bool device_matches(const TensorView& v, TensorId id, int version) {
+    std::vector<float> host(kNumel);
+    gpu::StreamId s = *device_.create_stream();
+    EXPECT_TRUE(device_.copy_to_host(host.data(), v.data, v.bytes, s).ok());
+    EXPECT_TRUE(device_.synchronize_stream(s).ok());
+    device_.destroy_stream(s);
+    return matches(host.data(), id, version);
+  }
+
+  std::vector<TensorId> register_n(TieredStore& store, int n, Tier home) {
+    std::vector<TensorId> ids;
+    for (int i = 0; i < n; ++i) {
+      auto id = store.register_tensor(
+          {"t" + std::to_string(i), kNumel, DType::kFloat32, TensorRole::kRoleMaster32, home});
+      EXPECT_TRUE(id.ok());
+      ids.push_back(*id);
+    }
+    EXPECT_TRUE(store.finalize().ok());
+    return ids;
+  }
+
+  void write_all(TieredStore& store, const std::vector<TensorId>& ids, int version) {
+    for (TensorId id : ids) {
+      auto v = store.acquire(id, Tier::kTierHost, Access::kAccessWrite);
+      ASSERT_TRUE(v.ok()) << v.status();
+      fill(static_cast<float*>(v->data), id, version);
+      ASSERT_TRUE(store.release(id, Tier::kTierHost, true).ok());
+    }
+  }
+
+  std::filesystem::path dir_;
+  gpu::SimDevice device_{{.copy_latency_us = 0}};
+  std::unique_ptr<swap::IoEngine> io_;
+};
+
+TEST_F(TieredStoreTest, DeviceCacheOfHostTensorsStaysWithinBudget) {
+  auto store = make_store({.device_budget_bytes = 3 * kBytes, .host_budget_bytes = 16 * kBytes});
+  auto ids = register_n(*store, 8, Tier::kTierHost);
+  write_all(*store, ids, 1);
+  for (int round = 0; round < 3; ++round) {
+    for (TensorId id : ids) {
+      auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessRead);
+      ASSERT_TRUE(v.ok()) << v.status();
+      EXPECT_TRUE(device_matches(*v, id, 1)) << "tensor " << id;
+      ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+    }
+  }
+  StoreStats s = store->stats();
+  EXPECT_LE(s.tiers[0].peak_bytes, 3 * kBytes);
+  EXPECT_GT(s.tiers[0].evictions, 0u);
+  EXPECT_LE(device_.stats().peak_bytes, 3 * kBytes + 3 * 256);
+}
+
+TEST_F(TieredStoreTest, DirtyDeviceCopiesReachTheHostBeforeEviction) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 8 * kBytes});
+  auto ids = register_n(*store, 4, Tier::kTierHost);
+  write_all(*store, ids, 1);
+  // Modify each tensor on the device (write a new version through a host buffer).
+  std::vector<float> next(kNumel);
+  gpu::StreamId s = *device_.create_stream();
+  for (TensorId id : ids) {
+    auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessWrite);
+    ASSERT_TRUE(v.ok());
+    fill(next.data(), id, 2);
+    ASSERT_TRUE(device_.copy_to_device(v->data, next.data(), kBytes, s).ok());
+    ASSERT_TRUE(device_.synchronize_stream(s).ok());
+    ASSERT_TRUE(store->release(id, Tier::kTierDevice, true).ok());
+  }
+  // Two were evicted (written back); two are still dirty on the device and
+  // are brought down by the host acquire.
+  for (TensorId id : ids) {
+    auto v = store->acquire(id, Tier::kTierHost, Access::kAccessRead);
+    ASSERT_TRUE(v.ok());
+    EXPECT_TRUE(matches(static_cast<float*>(v->data), id, 2)) << "tensor " << id;
+    ASSERT_TRUE(store->release(id, Tier::kTierHost, false).ok());
+  }
+  EXPECT_GE(store->stats().tiers[0].bytes_out, 4 * kBytes);
+}
+
+TEST_F(TieredStoreTest, NvmeTensorsRoundTripThroughASmallHostTier) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 3 * kBytes});
+  auto ids = register_n(*store, 10, Tier::kTierNvme);
+  write_all(*store, ids, 7);  // 10 tensors through 3 slots: most go to NVMe
+  for (TensorId id : ids) {
+    auto v = store->acquire(id, Tier::kTierHost, Access::kAccessRead);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_TRUE(matches(static_cast<float*>(v->data), id, 7)) << "tensor " << id;
+    ASSERT_TRUE(store->release(id, Tier::kTierHost, false).ok());
+  }
+  // Staged onto the device through the host tier.
+  for (TensorId id : ids) {
+    auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessRead);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_TRUE(device_matches(*v, id, 7));
+    ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+  }
+  StoreStats s = store->stats();
+  EXPECT_LE(s.tiers[1].peak_bytes, 3 * kBytes);
+  EXPECT_GT(s.tiers[1].bytes_out, 0u);
+  EXPECT_TRUE(store->flush().ok());
+}
+
+TEST_F(TieredStoreTest, WritingTheHostCopyInvalidatesTheDeviceCopy) {
+  auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  auto ids = register_n(*store, 1, Tier::kTierHost);
+  write_all(*store, ids, 1);
+  auto v = store->acquire(ids[0], Tier::kTierDevice, Access::kAccessRead);
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kTierDevice, false).ok());
+  write_all(*store, ids, 2);  // the optimizer updates the host copy
+  EXPECT_EQ(store->residency(ids[0], Tier::kTierDevice), Residency::kResidencyAbsent);
+  v = store->acquire(ids[0], Tier::kTierDevice, Access::kAccessRead);
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(device_matches(*v, ids[0], 2));
+  ASSERT_TRUE(store->release(ids[0], Tier::kTierDevice, false).ok());
+}
+
+TEST_F(TieredStoreTest, TraceDrivesPrefetchAndBeladyEviction) {
+  // Cyclic access to 6 tensors with room for 4: LRU would miss every time;
+  // with the trace, eviction keeps the ones needed soonest and prefetch
+  // loads ahead.
+  auto store = make_store({.device_budget_bytes = 4 * kBytes,
+                           .host_budget_bytes = 8 * kBytes,
+                           .prefetch_window_bytes = 2 * kBytes});
+  auto ids = register_n(*store, 6, Tier::kTierHost);
+  write_all(*store, ids, 3);
+  for (int step = 0; step < 4; ++step) {
+    store->begin_step();
+    for (TensorId id : ids) {
+      auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessRead);
+      ASSERT_TRUE(v.ok()) << v.status();
+      EXPECT_TRUE(device_matches(*v, id, 3));
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // "compute"
+      ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+    }
+    store->end_step();
+  }
+  StoreStats s = store->stats();
+  EXPECT_EQ(s.trace_length, ids.size());
+  EXPECT_EQ(s.trace_changes, 0u);
+  EXPECT_GT(s.tiers[0].prefetches, 0u);
+  EXPECT_GT(s.tiers[0].hits, 6u) << "misses " << s.tiers[0].misses;
+  EXPECT_LE(s.tiers[0].peak_bytes, 4 * kBytes);
+  EXPECT_TRUE(store->background_error().ok());
+}
+
+TEST_F(TieredStoreTest, ChangedOrderIsDetectedAndReRecorded) {
+  auto store = make_store({.device_budget_bytes = 8 * kBytes, .host_budget_bytes = 8 * kBytes});
+  auto ids = register_n(*store, 3, Tier::kTierHost);
+  auto step = [&](std::vector<TensorId> order) {
+    store->begin_step();
+    for (TensorId id : order) {
+      ASSERT_TRUE(store->acquire(id, Tier::kTierDevice, Access::kAccessRead).ok());
+      ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+    }
+    store->end_step();
+  };
+  step({0, 1, 2});
+  step({0, 1, 2});
+  EXPECT_EQ(store->stats().trace_changes, 0u);
+  step({2, 1, 0});
+  EXPECT_EQ(store->stats().trace_changes, 1u);
+  step({2, 1, 0});  // re-recorded
+  step({2, 1, 0});
+  EXPECT_EQ(store->stats().trace_changes, 1u);
+  EXPECT_EQ(store->stats().trace_length, 3u);
+}
+
+TEST_F(TieredStoreTest, EverythingPinnedIsAClearError) {
+  auto store = make_store(
+      {.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 4 * kBytes, .pinned_wait_ms = 50});
+  auto ids = register_n(*store, 3, Tier::kTierHost);
+  ASSERT_TRUE(store->acquire(ids[0], Tier::kTierDevice, Access::kAccessRead).ok());
+  ASSERT_TRUE(store->acquire(ids[1], Tier::kTierDevice, Access::kAccessRead).ok());
+  auto third = store->acquire(ids[2], Tier::kTierDevice, Access::kAccessRead);
+  ASSERT_FALSE(third.ok());
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(third.status().message().find("pinned"), absl::string_view::npos)
+      << third.status().message();
+  ASSERT_TRUE(store->release(ids[0], Tier::kTierDevice, false).ok());
+  EXPECT_TRUE(store->acquire(ids[2], Tier::kTierDevice, Access::kAccessRead).ok());
+}
+
+TEST_F(TieredStoreTest, MisuseIsReported) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 4 * kBytes});
+  auto ids = register_n(*store, 1, Tier::kTierNvme);
+  EXPECT_EQ(store->acquire(ids[0], Tier::kTierNvme, Access::kAccessRead).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(store->acquire(99, Tier::kTierHost, Access::kAccessRead).ok());
+  EXPECT_FALSE(store->register_tensor({"late", 4}).ok());
+  // Flushing while a dirty copy is held is refused, not torn.
+  auto v = store->acquire(ids[0], Tier::kTierHost, Access::kAccessWrite);
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kTierHost, true).ok());
+  ASSERT_TRUE(store->acquire(ids[0], Tier::kTierHost, Access::kAccessRead).ok());
+  EXPECT_EQ(store->flush().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store->release(ids[0], Tier::kTierHost, false).ok());
+  EXPECT_TRUE(store->flush().ok());
+
+  // NVMe placement without a swap path.
+  auto bare = TieredStore::create({.host_budget_bytes = 4 * kBytes});
+  ASSERT_TRUE(bare.ok());
+  ASSERT_TRUE((*bare)->register_tensor({"w", 4, DType::kFloat32, TensorRole::kRoleExpAvg,
+                                        Tier::kTierNvme}).ok());
+  absl::Status s = (*bare)->finalize();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("nvme_path"), absl::string_view::npos);
+}
+
+TEST_F(TieredStoreTest, ConcurrentAcquiresKeepDataIntact) {
+  auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  auto ids = register_n(*store, 12, Tier::kTierNvme);
+  write_all(*store, ids, 5);
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 30; ++i) {
+        TensorId id = ids[(i * 5 + t * 3) % ids.size()];
+        auto v = store->acquire(id, Tier::kTierHost, Access::kAccessRead);
+        if (!v.ok()) {
+          ++bad;
+          continue;
+        }
+        if (!matches(static_cast<float*>(v->data), id, 5)) ++bad;
+        if (!store->release(id, Tier::kTierHost, false).ok()) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_LE(store->stats().tiers[1].peak_bytes, 4 * kBytes);
+}
+
+}  // namespace
+}  // namespace strata::offload

@@ -11,8 +11,8 @@ struct BuildInfo {
   std::string_view build_type;
   std::string_view compiler;
   std::string_view cxx_flags;
-  bool cuda;                     // CUDA device layer compiled in
-  std::string_view cuda_archs;   // e.g. "90;120"; empty without CUDA
+  bool cuda;                    // CUDA device layer compiled in
+  std::string_view cuda_archs;  // e.g. "90;120"; empty without CUDA
   std::string_view cuda_compiler_version;
   bool sanitizers;
 };

@@ -10,9 +10,12 @@ namespace strata {
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::kFloat32: return "fp32";
-    case DType::kFloat16: return "fp16";
-    case DType::kBFloat16: return "bf16";
+    case DType::kFloat32:
+      return "fp32";
+    case DType::kFloat16:
+      return "fp16";
+    case DType::kBFloat16:
+      return "bf16";
   }
   return "?";
 }
@@ -47,8 +50,8 @@ uint16_t fp32_to_fp16(float f) {
   uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) return sign | 0x7e00u | static_cast<uint16_t>((abs >> 13) & 0x3ffu);
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: infinity
-  if (abs >= 0x38800000u) {                        // normal in fp16 (>= 2^-14)
-    uint32_t r = abs - 0x38000000u;                // rebias exponent 127 -> 15
+  if (abs >= 0x38800000u) {                       // normal in fp16 (>= 2^-14)
+    uint32_t r = abs - 0x38000000u;               // rebias exponent 127 -> 15
     r += 0xfffu + ((r >> 13) & 1u);
     return sign | static_cast<uint16_t>(r >> 13);
   }
@@ -77,9 +80,12 @@ const Isa kIsa = detect_isa();
 
 std::string_view dtype_conversion_isa() {
   switch (kIsa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kScalar: return "scalar";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kScalar:
+      return "scalar";
   }
   return "scalar";
 }

@@ -33,9 +33,9 @@ STRATA_STREAM_KERNEL void triad_kernel(float* __restrict a, const float* __restr
 
 // Same loads and stores as a fused Adam step with fp16 grads and an fp16
 // copy-out; the arithmetic is cheap on purpose (this measures memory).
-STRATA_STREAM_KERNEL void adam_kernel(float* __restrict p, float* __restrict m,
-                                      float* __restrict v, const uint16_t* __restrict g,
-                                      uint16_t* __restrict out, size_t n) {
+STRATA_STREAM_KERNEL void adam_kernel(float* __restrict p, float* __restrict m, float* __restrict v,
+                                      const uint16_t* __restrict g, uint16_t* __restrict out,
+                                      size_t n) {
   for (size_t i = 0; i < n; ++i) {
     float gi = static_cast<float>(g[i]) * 1e-6f;
     float mi = 0.9f * m[i] + gi;
@@ -61,8 +61,8 @@ absl::StatusOr<Buffer<T>> allocate(size_t n) {
   size_t bytes = (n * sizeof(T) + 4095) & ~size_t{4095};
   void* p = std::aligned_alloc(4096, bytes);
   if (p == nullptr) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "memory bandwidth probe could not allocate ", bytes >> 20, " MiB; pass fewer elements"));
+    return absl::ResourceExhaustedError(absl::StrCat("memory bandwidth probe could not allocate ",
+                                                     bytes >> 20, " MiB; pass fewer elements"));
   }
   return Buffer<T>(static_cast<T*>(p));
 }
@@ -108,7 +108,11 @@ int resolve_threads(int threads) {
 
 BandwidthResult make_result(std::string kernel, size_t bytes_per_element, size_t n, int threads,
                             double seconds) {
-  return BandwidthResult{std::move(kernel), bytes_per_element, n, threads, seconds,
+  return BandwidthResult{std::move(kernel),
+                         bytes_per_element,
+                         n,
+                         threads,
+                         seconds,
                          static_cast<double>(bytes_per_element) * n / seconds / 1e9};
 }
 
@@ -161,8 +165,9 @@ absl::StatusOr<std::vector<BandwidthResult>> measure_memory_bandwidth(
       }
     });
     double copy = time_best(options.repeats, [&] {
-      parallel_ranges(arena, n,
-                      [&](size_t lo, size_t hi) { copy_kernel(a->get() + lo, b->get() + lo, hi - lo); });
+      parallel_ranges(arena, n, [&](size_t lo, size_t hi) {
+        copy_kernel(a->get() + lo, b->get() + lo, hi - lo);
+      });
     });
     results.push_back(make_result("copy", 8, n, threads, copy));
     double triad = time_best(options.repeats, [&] {

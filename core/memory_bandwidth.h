@@ -32,7 +32,7 @@ struct BandwidthResult {
   size_t elements;
   int threads;
   double best_seconds;
-  double gb_per_s;           // 1e9 bytes per second, best run
+  double gb_per_s;  // 1e9 bytes per second, best run
 };
 
 absl::StatusOr<std::vector<BandwidthResult>> measure_memory_bandwidth(

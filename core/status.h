@@ -33,13 +33,13 @@ namespace internal {
 
 }  // namespace strata
 
-#define STRATA_CHECK(cond)                                                  \
-  do {                                                                      \
+#define STRATA_CHECK(cond)                                                        \
+  do {                                                                            \
     if (!(cond)) ::strata::internal::check_failed(__FILE__, __LINE__, #cond, ""); \
   } while (0)
 
-#define STRATA_CHECK_MSG(cond, msg)                                            \
-  do {                                                                         \
+#define STRATA_CHECK_MSG(cond, msg)                                                \
+  do {                                                                             \
     if (!(cond)) ::strata::internal::check_failed(__FILE__, __LINE__, #cond, msg); \
   } while (0)
 
@@ -47,21 +47,20 @@ namespace internal {
 #define STRATA_STATUS_CONCAT(a, b) STRATA_STATUS_CONCAT_INNER(a, b)
 
 // STRATA_RETURN_IF_ERROR(expr) or STRATA_RETURN_IF_ERROR(expr, "context").
-#define STRATA_RETURN_IF_ERROR(expr, ...)                                      \
-  do {                                                                         \
-    ::absl::Status strata_status_ = (expr);                                    \
-    if (!strata_status_.ok()) {                                                \
+#define STRATA_RETURN_IF_ERROR(expr, ...)                                       \
+  do {                                                                          \
+    ::absl::Status strata_status_ = (expr);                                     \
+    if (!strata_status_.ok()) {                                                 \
       return ::strata::annotate(strata_status_, std::string_view{__VA_ARGS__}); \
-    }                                                                          \
+    }                                                                           \
   } while (0)
 
 // STRATA_ASSIGN_OR_RETURN(auto x, make_x()) or with a trailing context string.
-#define STRATA_ASSIGN_OR_RETURN(lhs, expr, ...)                                      \
-  STRATA_ASSIGN_OR_RETURN_IMPL(STRATA_STATUS_CONCAT(strata_or_, __LINE__), lhs, expr, \
-                               __VA_ARGS__)
-#define STRATA_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr, ...)                      \
-  auto tmp = (expr);                                                           \
-  if (!tmp.ok()) {                                                             \
-    return ::strata::annotate(tmp.status(), std::string_view{__VA_ARGS__});    \
-  }                                                                            \
+#define STRATA_ASSIGN_OR_RETURN(lhs, expr, ...) \
+  STRATA_ASSIGN_OR_RETURN_IMPL(STRATA_STATUS_CONCAT(strata_or_, __LINE__), lhs, expr, __VA_ARGS__)
+#define STRATA_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr, ...)                   \
+  auto tmp = (expr);                                                        \
+  if (!tmp.ok()) {                                                          \
+    return ::strata::annotate(tmp.status(), std::string_view{__VA_ARGS__}); \
+  }                                                                         \
   lhs = std::move(tmp).value()

@@ -27,7 +27,7 @@ uint32_t current_thread_id() {
 void TraceRecorder::record(std::string_view name, std::string_view category, int64_t start_ns,
                            int64_t duration_ns, std::vector<std::pair<std::string, int64_t>> args) {
   if (!enabled()) return;
-  TraceEvent e{std::string(name), std::string(category), 'X', start_ns, duration_ns,
+  TraceEvent e{std::string(name),   std::string(category), 'X', start_ns, duration_ns,
                current_thread_id(), std::move(args)};
   std::lock_guard lock(mu_);
   events_.push_back(std::move(e));
@@ -35,7 +35,7 @@ void TraceRecorder::record(std::string_view name, std::string_view category, int
 
 void TraceRecorder::counter(std::string_view name, int64_t value) {
   if (!enabled()) return;
-  TraceEvent e{std::string(name), "counter", 'C', monotonic_ns(), 0, current_thread_id(),
+  TraceEvent e{std::string(name),           "counter", 'C', monotonic_ns(), 0, current_thread_id(),
                {{std::string(name), value}}};
   std::lock_guard lock(mu_);
   events_.push_back(std::move(e));
@@ -56,8 +56,12 @@ absl::Status TraceRecorder::write_chrome_json(const std::string& path) const {
   const int pid = static_cast<int>(getpid());
   for (const TraceEvent& e : snapshot()) {
     // Chrome trace timestamps are microseconds (fractions allowed).
-    nlohmann::json j = {{"name", e.name}, {"cat", e.category}, {"ph", std::string(1, e.phase)},
-                        {"ts", e.start_ns / 1000.0}, {"pid", pid}, {"tid", e.thread_id}};
+    nlohmann::json j = {{"name", e.name},
+                        {"cat", e.category},
+                        {"ph", std::string(1, e.phase)},
+                        {"ts", e.start_ns / 1000.0},
+                        {"pid", pid},
+                        {"tid", e.thread_id}};
     if (e.phase == 'X') j["dur"] = e.duration_ns / 1000.0;
     if (!e.args.empty()) {
       nlohmann::json args = nlohmann::json::object();

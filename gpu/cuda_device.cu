@@ -16,8 +16,8 @@ namespace {
 
 absl::Status cuda_status(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return absl::OkStatus();
-  std::string msg = std::string(what) + ": " + cudaGetErrorName(err) + " (" +
-                    cudaGetErrorString(err) + ")";
+  std::string msg =
+      std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
   if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
   return absl::InternalError(msg);
 }
@@ -52,8 +52,8 @@ class CudaDevice final : public Device {
     void* p = nullptr;
     if (absl::Status s = cuda_status(cudaMalloc(&p, bytes), "cudaMalloc"); !s.ok()) {
       return absl::ResourceExhaustedError("device out of memory allocating " +
-                                          std::to_string(bytes) + " bytes: " +
-                                          std::string(s.message()));
+                                          std::to_string(bytes) +
+                                          " bytes: " + std::string(s.message()));
     }
     std::lock_guard lock(mu_);
     allocations_[p] = bytes;
@@ -82,8 +82,8 @@ class CudaDevice final : public Device {
   absl::StatusOr<StreamId> create_stream() override {
     cudaSetDevice(ordinal_);
     cudaStream_t s;
-    if (absl::Status st = cuda_status(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
-                                      "cudaStreamCreate");
+    if (absl::Status st =
+            cuda_status(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
         !st.ok()) {
       return st;
     }
@@ -104,8 +104,8 @@ class CudaDevice final : public Device {
   absl::StatusOr<EventId> create_event() override {
     cudaSetDevice(ordinal_);
     cudaEvent_t e;
-    if (absl::Status st = cuda_status(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
-                                      "cudaEventCreate");
+    if (absl::Status st =
+            cuda_status(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
         !st.ok()) {
       return st;
     }
@@ -242,8 +242,8 @@ class CudaDevice final : public Device {
     return {find_event(e), find_stream(s)};
   }
 
-  absl::Status copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                    StreamId stream, uint64_t DeviceMemoryStats::*counter) {
+  absl::Status copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, StreamId stream,
+                    uint64_t DeviceMemoryStats::*counter) {
     cudaStream_t s = find_stream(stream);
     if (s == nullptr) return unknown();
     if (absl::Status st = cuda_status(cudaMemcpyAsync(dst, src, bytes, kind, s), "cudaMemcpyAsync");
@@ -281,8 +281,7 @@ absl::StatusOr<std::unique_ptr<Device>> make_cuda_device(int ordinal) {
   }
   if (ordinal < 0 || ordinal >= count) {
     return absl::InvalidArgumentError("CUDA device " + std::to_string(ordinal) +
-                                      " does not exist; this machine has " +
-                                      std::to_string(count));
+                                      " does not exist; this machine has " + std::to_string(count));
   }
   auto device = std::make_unique<CudaDevice>(ordinal);
   if (absl::Status s = device->init(); !s.ok()) return s;

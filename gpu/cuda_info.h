@@ -23,11 +23,11 @@ struct CudaDeviceInfo {
 };
 
 struct CudaInfo {
-  bool compiled = false;        // this build has the CUDA device layer
-  int runtime_version = 0;      // e.g. 13000 for 13.0; 0 when not compiled
-  int driver_version = 0;       // highest CUDA version the driver supports; 0: no driver
+  bool compiled = false;    // this build has the CUDA device layer
+  int runtime_version = 0;  // e.g. 13000 for 13.0; 0 when not compiled
+  int driver_version = 0;   // highest CUDA version the driver supports; 0: no driver
   std::vector<CudaDeviceInfo> devices;
-  std::string why_none;         // set when devices is empty
+  std::string why_none;  // set when devices is empty
 };
 
 CudaInfo probe_cuda();

@@ -5,8 +5,9 @@ namespace strata::gpu {
 
 CudaInfo probe_cuda() {
   CudaInfo info;
-  info.why_none = "this build has no CUDA support (configured with STRATA_CUDA=OFF); "
-                  "rebuild on a machine with nvcc to use a GPU";
+  info.why_none =
+      "this build has no CUDA support (configured with STRATA_CUDA=OFF); "
+      "rebuild on a machine with nvcc to use a GPU";
   return info;
 }
 

@@ -12,17 +12,26 @@ constexpr int kThreads = 256;
 // round to nearest even and keep inf/nan.
 __device__ inline float load(const void* p, DType t, size_t i) {
   switch (t) {
-    case DType::kFloat16: return __half2float(static_cast<const __half*>(p)[i]);
-    case DType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
+    case DType::kFloat16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    case DType::kBFloat16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default:
+      return static_cast<const float*>(p)[i];
   }
 }
 
 __device__ inline void store(void* p, DType t, size_t i, float v) {
   switch (t) {
-    case DType::kFloat16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
-    case DType::kBFloat16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
-    default: static_cast<float*>(p)[i] = v; break;
+    case DType::kFloat16:
+      static_cast<__half*>(p)[i] = __float2half_rn(v);
+      break;
+    case DType::kBFloat16:
+      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+      break;
+    default:
+      static_cast<float*>(p)[i] = v;
+      break;
   }
 }
 
@@ -83,7 +92,8 @@ cudaError_t launch_squared_norm(const void* x, DType type, size_t n, float* out_
   if (cudaError_t e = cudaMemsetAsync(out_sum_sq, 0, sizeof(float), stream); e != cudaSuccess) {
     return e;
   }
-  if (cudaError_t e = cudaMemsetAsync(out_nonfinite, 0, sizeof(int32_t), stream); e != cudaSuccess) {
+  if (cudaError_t e = cudaMemsetAsync(out_nonfinite, 0, sizeof(int32_t), stream);
+      e != cudaSuccess) {
     return e;
   }
   squared_norm_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, type, n, out_sum_sq,

@@ -27,8 +27,8 @@ absl::Status check_limits(uint64_t bytes) {
   const uint64_t usable = host.memory.usable_bytes();
   if (usable != 0 && bytes > usable) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "host tier of ", gib(bytes), " does not fit: ", gib(usable),
-        " usable (MemAvailable", host.memory.cgroup_limit_bytes ? ", capped by the cgroup limit" : "",
+        "host tier of ", gib(bytes), " does not fit: ", gib(usable), " usable (MemAvailable",
+        host.memory.cgroup_limit_bytes ? ", capped by the cgroup limit" : "",
         "); lower the host budget, offload more to NVMe, or free memory"));
   }
   return absl::OkStatus();
@@ -139,9 +139,10 @@ absl::StatusOr<HostBlock> HostArena::allocate(uint64_t bytes, uint64_t alignment
     return HostBlock{start, size, static_cast<char*>(base_) + start};
   }
   const uint64_t largest = free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first;
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "host tier full: need ", size, " bytes, ", capacity_ - used_bytes_, " free, largest free block ",
-      largest, " bytes; raise the host budget or move state to NVMe"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("host tier full: need ", size, " bytes, ", capacity_ - used_bytes_,
+                   " free, largest free block ", largest,
+                   " bytes; raise the host budget or move state to NVMe"));
 }
 
 void HostArena::free(const HostBlock& block) {

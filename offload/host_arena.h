@@ -97,9 +97,9 @@ class HostArena {
   std::string huge_page_mode_ = "none";
 
   mutable std::mutex mu_;
-  std::map<uint64_t, uint64_t> free_by_offset_;            // offset -> bytes
+  std::map<uint64_t, uint64_t> free_by_offset_;           // offset -> bytes
   std::set<std::pair<uint64_t, uint64_t>> free_by_size_;  // (bytes, offset): best fit
-  std::map<uint64_t, uint64_t> used_;                      // offset -> bytes
+  std::map<uint64_t, uint64_t> used_;                     // offset -> bytes
   uint64_t used_bytes_ = 0;
   uint64_t peak_bytes_ = 0;
 };

@@ -100,7 +100,8 @@ absl::StatusOr<StoreBenchmarkResult> run_store_benchmark(const StoreBenchmarkOpt
   const std::string dir = o.nvme_dir + "/strata-bench-store";
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::InvalidArgumentError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
 
   swap::IoEngineOptions io_options;
   io_options.paths = {dir};
@@ -142,8 +143,8 @@ absl::StatusOr<StoreBenchmarkResult> run_store_benchmark(const StoreBenchmarkOpt
     };
     STRATA_ASSIGN_OR_RETURN(layers[i].param, reg("param", p, DType::kFloat16,
                                                  TensorRole::kRoleParam16, Tier::kTierHost));
-    STRATA_ASSIGN_OR_RETURN(layers[i].grad, reg("grad", p, DType::kFloat16, TensorRole::kRoleGrad,
-                                                Tier::kTierHost));
+    STRATA_ASSIGN_OR_RETURN(
+        layers[i].grad, reg("grad", p, DType::kFloat16, TensorRole::kRoleGrad, Tier::kTierHost));
     STRATA_ASSIGN_OR_RETURN(layers[i].master, reg("master", state, DType::kFloat32,
                                                   TensorRole::kRoleMaster32, Tier::kTierNvme));
     STRATA_ASSIGN_OR_RETURN(layers[i].exp_avg, reg("exp_avg", state, DType::kFloat32,
@@ -186,9 +187,12 @@ absl::StatusOr<StoreBenchmarkResult> run_store_benchmark(const StoreBenchmarkOpt
         (nv.bytes_in - before.tiers[2].bytes_in) / (result.nvme_write_gb_per_s * 1e9);
     r.optimizer_seconds = o.layers * o.optimizer_ms_per_layer * 1e-3;
     std::pair<const char*, double> res[] = {
-        {"compute", r.compute_seconds},       {"h2d", r.h2d_seconds},
-        {"d2h", r.d2h_seconds},               {"nvme_read", r.nvme_read_seconds},
-        {"nvme_write", r.nvme_write_seconds}, {"optimizer", r.optimizer_seconds},
+        {"compute", r.compute_seconds},
+        {"h2d", r.h2d_seconds},
+        {"d2h", r.d2h_seconds},
+        {"nvme_read", r.nvme_read_seconds},
+        {"nvme_write", r.nvme_write_seconds},
+        {"optimizer", r.optimizer_seconds},
         // One drive serves both directions: its busy time is their sum.
         {"nvme", r.nvme_read_seconds + r.nvme_write_seconds}};
     auto slowest = *std::max_element(std::begin(res), std::end(res),

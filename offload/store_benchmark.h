@@ -32,9 +32,9 @@ struct StoreBenchmarkOptions {
   double forward_ms_per_layer = 4.0;
   double backward_ms_per_layer = 8.0;
   double optimizer_ms_per_layer = 0.0;
-  double link_gb_per_s = 50.0;      // modelled PCIe, each direction
-  int device_layers = 4;            // device budget, in layers of params + grads
-  int host_state_layers = 4;        // host budget for NVMe-homed states, in layers
+  double link_gb_per_s = 50.0;         // modelled PCIe, each direction
+  int device_layers = 4;               // device budget, in layers of params + grads
+  int host_state_layers = 4;           // host budget for NVMe-homed states, in layers
   uint64_t prefetch_window_bytes = 0;  // 0: two layers of states
   int steps = 3;
   std::string nvme_dir = "/tmp";

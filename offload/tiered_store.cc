@@ -24,20 +24,28 @@ bool holds_data(Residency r) {
 
 const char* tier_name(Tier t) {
   switch (t) {
-    case Tier::kTierDevice: return "device";
-    case Tier::kTierHost: return "host";
-    case Tier::kTierNvme: return "nvme";
+    case Tier::kTierDevice:
+      return "device";
+    case Tier::kTierHost:
+      return "host";
+    case Tier::kTierNvme:
+      return "nvme";
   }
   return "?";
 }
 
 const char* residency_name(Residency r) {
   switch (r) {
-    case Residency::kResidencyAbsent: return "absent";
-    case Residency::kResidencyLoading: return "loading";
-    case Residency::kResidencyResident: return "resident";
-    case Residency::kResidencyDirty: return "dirty";
-    case Residency::kResidencyWriting: return "writing";
+    case Residency::kResidencyAbsent:
+      return "absent";
+    case Residency::kResidencyLoading:
+      return "loading";
+    case Residency::kResidencyResident:
+      return "resident";
+    case Residency::kResidencyDirty:
+      return "dirty";
+    case Residency::kResidencyWriting:
+      return "writing";
   }
   return "?";
 }
@@ -105,7 +113,8 @@ absl::Status TieredStore::finalize() {
   if (finalized_) return absl::FailedPreconditionError("finalize() called twice");
   std::vector<swap::TensorSpec> on_nvme;
   for (const Tensor& t : tensors_) {
-    if (t.spec.home == Tier::kTierNvme) on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
+    if (t.spec.home == Tier::kTierNvme)
+      on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
     if (t.spec.home == Tier::kTierDevice && options_.device == nullptr) {
       return absl::InvalidArgumentError("tensor \"" + t.spec.name +
                                         "\" lives on the device but the store has no device");
@@ -117,11 +126,10 @@ absl::Status TieredStore::finalize() {
           "tensors are placed on NVMe but no swap path is configured; set "
           "offload_optimizer.nvme_path");
     }
-    STRATA_ASSIGN_OR_RETURN(
-        swap_,
-        swap::SwapFile::create(*options_.io, options_.swap_paths, on_nvme,
-                               {.checksums = options_.verify_checksums}),
-        "creating the swap file");
+    STRATA_ASSIGN_OR_RETURN(swap_,
+                            swap::SwapFile::create(*options_.io, options_.swap_paths, on_nvme,
+                                                   {.checksums = options_.verify_checksums}),
+                            "creating the swap file");
   }
   // Home copies on the device and host are allocated now and never evicted.
   for (Tensor& t : tensors_) {
@@ -133,10 +141,11 @@ absl::Status TieredStore::finalize() {
     }
     const uint64_t size = home == Tier::kTierHost ? t.padded : t.bytes;
     if (used_[idx(home)] + size > budget_[idx(home)]) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "tensors homed on the ", tier_name(home), " need more than its budget of ",
-          budget_[idx(home)], " bytes (at \"", t.spec.name, "\"); raise the budget or offload "
-          "more to the tier below"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tensors homed on the ", tier_name(home), " need more than its budget of ",
+                       budget_[idx(home)], " bytes (at \"", t.spec.name,
+                       "\"); raise the budget or offload "
+                       "more to the tier below"));
     }
     STRATA_RETURN_IF_ERROR(allocate_copy_locked(t, home));
     if (home == Tier::kTierHost) std::memset(t.copies[idx(home)].data, 0, t.padded);
@@ -295,8 +304,9 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
                                            uint64_t bytes, uint64_t protect_before) {
   const int ti = idx(tier);
   if (bytes > budget_[ti]) {
-    return absl::ResourceExhaustedError(absl::StrCat(bytes, " bytes do not fit the ", tier_name(tier),
-                                                     " budget of ", budget_[ti], " bytes at all"));
+    return absl::ResourceExhaustedError(absl::StrCat(bytes, " bytes do not fit the ",
+                                                     tier_name(tier), " budget of ", budget_[ti],
+                                                     " bytes at all"));
   }
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.pinned_wait_ms);
@@ -348,8 +358,8 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
     changed_.notify_all();
   }
   if (used_[ti] + bytes > budget_[ti]) {
-    return absl::ResourceExhaustedError(absl::StrCat("the ", tier_name(tier), " budget of ",
-                                                     budget_[ti], " bytes is full"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the ", tier_name(tier), " budget of ", budget_[ti], " bytes is full"));
   }
   return absl::OkStatus();
 }
@@ -484,9 +494,9 @@ absl::Status TieredStore::flush() {
       }
       if (c.state != Residency::kResidencyDirty) continue;
       if (c.pins > 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "flush while \"", tensors_[i].spec.name, "\" is still acquired on the ",
-            tier_name(tier), "; release it first"));
+        return absl::FailedPreconditionError(absl::StrCat("flush while \"", tensors_[i].spec.name,
+                                                          "\" is still acquired on the ",
+                                                          tier_name(tier), "; release it first"));
       }
       STRATA_RETURN_IF_ERROR(write_back_locked(lock, i, tier));
     }

@@ -102,15 +102,15 @@ struct TierStats {
   uint64_t budget_bytes = 0;
   uint64_t used_bytes = 0;
   uint64_t peak_bytes = 0;
-  uint64_t hits = 0;         // acquires that found the copy resident
-  uint64_t misses = 0;       // acquires that had to wait for it
-  uint64_t stall_ns = 0;     // time acquires spent waiting
+  uint64_t hits = 0;      // acquires that found the copy resident
+  uint64_t misses = 0;    // acquires that had to wait for it
+  uint64_t stall_ns = 0;  // time acquires spent waiting
   // Device and host: bytes loaded into this tier from the one below, and
   // written back from it. NVMe: bytes written to disk, and read from it.
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   uint64_t evictions = 0;
-  uint64_t prefetches = 0;   // loads started ahead of an acquire
+  uint64_t prefetches = 0;  // loads started ahead of an acquire
 };
 
 struct StoreStats {
@@ -181,7 +181,7 @@ class TieredStore {
     uint64_t bytes = 0;
     uint64_t padded = 0;  // 4 KiB multiple: what host blocks and extents hold
     std::array<Copy, kTierCount> copies;
-    bool nvme_written = false;   // the extent holds data (else it reads as zeros)
+    bool nvme_written = false;  // the extent holds data (else it reads as zeros)
     std::array<std::vector<uint64_t>, kTierCount> uses;  // positions in the trace, per tier
   };
   struct Job {

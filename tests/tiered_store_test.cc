@@ -48,7 +48,8 @@ class TieredStoreTest : public ::testing::Test {
 
   // Fills tensor `id` on the host with a pattern derived from (id, version).
   static void fill(float* p, TensorId id, int version) {
-    for (uint64_t i = 0; i < kNumel; ++i) p[i] = static_cast<float>(id * 1000 + version) + i * 1e-3f;
+    for (uint64_t i = 0; i < kNumel; ++i)
+      p[i] = static_cast<float>(id * 1000 + version) + i * 1e-3f;
   }
   static bool matches(const float* p, TensorId id, int version) {
     for (uint64_t i = 0; i < kNumel; ++i) {
@@ -259,8 +260,10 @@ TEST_F(TieredStoreTest, MisuseIsReported) {
   // NVMe placement without a swap path.
   auto bare = TieredStore::create({.host_budget_bytes = 4 * kBytes});
   ASSERT_TRUE(bare.ok());
-  ASSERT_TRUE((*bare)->register_tensor({"w", 4, DType::kFloat32, TensorRole::kRoleExpAvg,
-                                        Tier::kTierNvme}).ok());
+  ASSERT_TRUE(
+      (*bare)
+          ->register_tensor({"w", 4, DType::kFloat32, TensorRole::kRoleExpAvg, Tier::kTierNvme})
+          .ok());
   absl::Status s = (*bare)->finalize();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("nvme_path"), absl::string_view::npos);

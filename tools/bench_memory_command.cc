@@ -8,12 +8,14 @@
 namespace strata::tools {
 
 void add_bench_memory_command(CLI::App& bench, int* exit_code) {
-  auto* cmd = bench.add_subcommand("memory", "DRAM bandwidth: copy, triad and the 28 B/param Adam stream");
+  auto* cmd =
+      bench.add_subcommand("memory", "DRAM bandwidth: copy, triad and the 28 B/param Adam stream");
   auto opts = std::make_shared<MemoryBandwidthOptions>();
   auto json = std::make_shared<bool>(false);
   cmd->add_option("--elements", opts->elements, "elements per array (default 32Mi)")
       ->check(CLI::Range(size_t{1} << 16, size_t{1} << 34));
-  cmd->add_option("--threads", opts->threads, "threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", opts->threads, "threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--repeats", opts->repeats, "timed runs; the best is reported")
       ->check(CLI::Range(1, 1000));
   cmd->add_flag("--json", *json, "print one JSON object on stdout");

@@ -27,7 +27,8 @@ void add_bench_store_command(CLI::App& bench, int* exit_code) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--steps", o->steps, "steps (the first records the trace)")
       ->check(CLI::Range(2, 1000));
-  cmd->add_option("--nvme-path", o->nvme_dir, "directory for the swap file")->check(CLI::ExistingDirectory);
+  cmd->add_option("--nvme-path", o->nvme_dir, "directory for the swap file")
+      ->check(CLI::ExistingDirectory);
   cmd->add_flag("--json", *json, "print one JSON object on stdout");
   cmd->callback([=] {
     o->layer_param_bytes = static_cast<uint64_t>(*layer_mb * (1 << 20)) & ~uint64_t{4095};
@@ -73,11 +74,11 @@ void add_bench_store_command(CLI::App& bench, int* exit_code) {
                    "ratio  stall(dev/host) s\n");
       int i = 0;
       for (const auto& s : r->steps) {
-        std::fprintf(stderr, "%4d  %7.3f  %7.3f %7.3f %7.3f  %7.3f  %7.3f  %-11s %6.3f  %.3f/%.3f%s\n",
-                     i, s.step_seconds, s.compute_seconds, s.h2d_seconds, s.d2h_seconds,
-                     s.nvme_read_seconds, s.nvme_write_seconds, s.slowest.c_str(), s.ratio,
-                     s.device_stall_seconds, s.host_stall_seconds,
-                     i == 0 ? "  (records the trace)" : "");
+        std::fprintf(
+            stderr, "%4d  %7.3f  %7.3f %7.3f %7.3f  %7.3f  %7.3f  %-11s %6.3f  %.3f/%.3f%s\n", i,
+            s.step_seconds, s.compute_seconds, s.h2d_seconds, s.d2h_seconds, s.nvme_read_seconds,
+            s.nvme_write_seconds, s.slowest.c_str(), s.ratio, s.device_stall_seconds,
+            s.host_stall_seconds, i == 0 ? "  (records the trace)" : "");
         ++i;
       }
     }

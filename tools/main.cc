@@ -13,8 +13,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(strata::build_info().version));
   std::string log_level;
-  app.add_option("--log-level", log_level,
-                 "trace|debug|info|warn|error|off, or info,swap=debug (default: $STRATA_LOG or info)");
+  app.add_option(
+      "--log-level", log_level,
+      "trace|debug|info|warn|error|off, or info,swap=debug (default: $STRATA_LOG or info)");
 
   int exit_code = 0;
   strata::tools::add_report_command(app, &exit_code);

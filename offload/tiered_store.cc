@@ -587,6 +587,9 @@ void TieredStore::begin_step() {
       tr.order.clear();
     }
   }
+  // Start the first window of each replayed trace now, so the head of the
+  // step overlaps with whatever runs before its first acquire.
+  for (int ti = 0; ti < kTierCount; ++ti) queue_prefetches_locked(static_cast<Tier>(ti));
 }
 
 void TieredStore::end_step() {

@@ -104,6 +104,16 @@ absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
   t.spec = spec;
   t.bytes = spec.numel * dtype_size(spec.dtype);
   t.padded = (t.bytes + 4095) & ~uint64_t{4095};
+  // A tensor must fit its home tier, and one homed on NVMe must fit the host
+  // tier it is staged through; anything else could never be acquired.
+  const Tier must_fit = spec.home == Tier::kTierNvme ? Tier::kTierHost : spec.home;
+  const uint64_t need = must_fit == Tier::kTierHost ? t.padded : t.bytes;
+  if (need > budget_[idx(must_fit)]) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor \"", spec.name, "\" (", need, " bytes) is larger than the whole ",
+                     tier_name(must_fit), " budget of ", budget_[idx(must_fit)],
+                     " bytes; raise the budget or split the tensor"));
+  }
   tensors_.push_back(std::move(t));
   return static_cast<TensorId>(tensors_.size() - 1);
 }
@@ -259,7 +269,15 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   const uint64_t protect = prefetch ? next_use_locked(id, tier) : 0;
   STRATA_RETURN_IF_ERROR(make_room_locked(lock, tier, size, protect));
   if (c.state != Residency::kResidencyAbsent) return absl::OkStatus();  // someone else got it
-  STRATA_RETURN_IF_ERROR(allocate_copy_locked(t, tier));
+  for (;;) {
+    absl::Status s = allocate_copy_locked(t, tier);
+    if (s.ok()) break;
+    if (tier != Tier::kTierHost || !absl::IsResourceExhausted(s)) return s;
+    // The budget has room but the arena has no block that large: evict one
+    // more copy (coalescing its block with its neighbours) and try again.
+    STRATA_RETURN_IF_ERROR(make_room_locked(lock, tier, size, protect, /*evict_one=*/true));
+    if (c.state != Residency::kResidencyAbsent) return absl::OkStatus();
+  }
   c.state = Residency::kResidencyLoading;
   if (!need_data) {
     c.state = Residency::kResidencyResident;
@@ -301,7 +319,8 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
 }
 
 absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, Tier tier,
-                                           uint64_t bytes, uint64_t protect_before) {
+                                           uint64_t bytes, uint64_t protect_before,
+                                           bool evict_one) {
   const int ti = idx(tier);
   if (bytes > budget_[ti]) {
     return absl::ResourceExhaustedError(absl::StrCat(bytes, " bytes do not fit the ",
@@ -310,7 +329,7 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
   }
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.pinned_wait_ms);
-  while (used_[ti] + bytes > budget_[ti]) {
+  while (used_[ti] + bytes > budget_[ti] || evict_one) {
     // Belady with a trace (furthest next use), else least recently used.
     TensorId victim = 0;
     uint64_t victim_next = 0;
@@ -338,7 +357,14 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
     }
     if (!found) {
       if (protect_before > 0) return absl::UnavailableError("no room to prefetch");
-      if (!in_flight && pinned_bytes == 0) break;  // home copies fill the tier: fail below
+      if (!in_flight && pinned_bytes == 0) {
+        if (evict_one) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "the ", tier_name(tier), " tier has ", budget_[ti] - used_[ti],
+              " bytes free but no free block of ", bytes, " bytes, and nothing left to evict"));
+        }
+        break;  // home copies fill the tier: fail below
+      }
       if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !in_flight) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "the ", tier_name(tier), " tier (budget ", budget_[ti], " bytes, ", used_[ti],
@@ -355,6 +381,7 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
     }
     free_copy_locked(v, tier);
     ++stats_.tiers[ti].evictions;
+    evict_one = false;
     changed_.notify_all();
   }
   if (used_[ti] + bytes > budget_[ti]) {

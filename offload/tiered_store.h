@@ -144,7 +144,9 @@ class TieredStore {
   TieredStore(const TieredStore&) = delete;
   TieredStore& operator=(const TieredStore&) = delete;
 
-  // Registration happens before finalize(); names are unique.
+  // Registration happens before finalize(); names are unique. A tensor
+  // larger than its home tier's budget (for NVMe-homed ones: the host
+  // budget it is staged through) is refused here with InvalidArgument.
   absl::StatusOr<TensorId> register_tensor(const TensorSpec& spec);
   // Allocates home storage: host blocks, device memory, the swap file
   // (preallocated: a full disk fails here, before training starts).
@@ -195,8 +197,10 @@ class TieredStore {
   // transfers. `prefetch` forbids evicting anything needed sooner.
   absl::Status load_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier,
                            bool need_data, bool prefetch);
+  // Evicts until `bytes` more fit the tier's budget; with evict_one, evicts
+  // at least one copy even when they already fit (a fragmented host arena).
   absl::Status make_room_locked(std::unique_lock<std::mutex>& lock, Tier tier, uint64_t bytes,
-                                uint64_t protect_before);
+                                uint64_t protect_before, bool evict_one = false);
   absl::Status write_back_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier);
   absl::Status allocate_copy_locked(Tensor& t, Tier tier);
   void free_copy_locked(Tensor& t, Tier tier);

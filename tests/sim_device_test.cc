@@ -55,6 +55,22 @@ TEST(SimDevice, LinkTimeFollowsTheModel) {
   EXPECT_GE(seconds_since(t0), host.size() / 1e9);
 }
 
+TEST(SimDevice, ModelledCopyTimeWithinTenPercent) {
+  // 200 MB at 2 GB/s plus 100 us latency: 100.1 ms by the model. No bytes
+  // move (move_data = false), so only the model's sleep is measured.
+  SimDevice dev({.h2d_gb_per_s = 2.0, .copy_latency_us = 100, .move_data = false});
+  StreamId s = *dev.create_stream();
+  const size_t bytes = 200'000'000;
+  void* d = *dev.allocate(bytes);
+  const double model = 100e-6 + bytes / 2e9;
+  int64_t t0 = monotonic_ns();
+  ASSERT_TRUE(dev.copy_to_device(d, nullptr, bytes, s).ok());
+  ASSERT_TRUE(dev.synchronize_stream(s).ok());
+  const double took = seconds_since(t0);
+  EXPECT_GE(took, model);
+  EXPECT_LE(took, 1.1 * model) << "took " << took << " s, model " << model << " s";
+}
+
 TEST(SimDevice, DirectionsAreFullDuplexAndEachEngineSerial) {
   SimDeviceOptions o{
       .h2d_gb_per_s = 1.0, .d2h_gb_per_s = 1.0, .copy_latency_us = 0, .move_data = false};

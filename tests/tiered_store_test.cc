@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -292,6 +293,115 @@ TEST_F(TieredStoreTest, ConcurrentAcquiresKeepDataIntact) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(bad.load(), 0);
   EXPECT_LE(store->stats().tiers[1].peak_bytes, 4 * kBytes);
+}
+
+TEST_F(TieredStoreTest, TensorLargerThanItsTierIsRefusedAtRegistration) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 2 * kBytes});
+  auto id = store->register_tensor(
+      {"huge", 3 * kNumel, DType::kFloat32, TensorRole::kRoleExpAvg, Tier::kTierNvme});
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(id.status().message().find("larger than the whole host budget"),
+            absl::string_view::npos)
+      << id.status().message();
+  EXPECT_FALSE(store
+                   ->register_tensor({"huge_dev", 3 * kNumel, DType::kFloat32,
+                                      TensorRole::kRoleParam16, Tier::kTierDevice})
+                   .ok());
+}
+
+// Random tensors, budgets and operation sequences: the budgets hold and
+// every read returns the last bytes written, whatever moves happened between.
+TEST_F(TieredStoreTest, RandomOperationsKeepBudgetsAndBytes) {
+  for (uint32_t seed = 1; seed <= 12; ++seed) {
+    std::mt19937 rng(seed);
+    const int n = 6 + static_cast<int>(rng() % 6);
+    std::vector<uint64_t> numel(n);
+    uint64_t largest = 0;
+    for (auto& e : numel) {
+      e = 1024 * (1 + rng() % 64);
+      largest = std::max(largest, e * 4);
+    }
+    const uint64_t device_budget = largest + 4096 * (rng() % 64);
+    const uint64_t host_budget = ((largest + 4095) & ~uint64_t{4095}) + 4096 * (rng() % 128);
+    auto store = make_store({.device_budget_bytes = device_budget,
+                             .host_budget_bytes = host_budget,
+                             .prefetch_window_bytes = rng() % 2 ? largest : 0});
+    std::vector<TensorId> ids;
+    std::vector<std::vector<float>> shadow(n);
+    for (int i = 0; i < n; ++i) {
+      auto id = store->register_tensor({"r" + std::to_string(i), numel[i], DType::kFloat32,
+                                        TensorRole::kRoleMaster32, Tier::kTierNvme});
+      ASSERT_TRUE(id.ok()) << id.status();
+      ids.push_back(*id);
+      shadow[i].assign(numel[i], 0.0f);  // never written: reads as zeros
+    }
+    ASSERT_TRUE(store->finalize().ok());
+    gpu::StreamId s = *device_.create_stream();
+    std::vector<float> buf;
+    for (int op = 0; op < 200; ++op) {
+      if (op % 40 == 0) store->begin_step();
+      const int i = static_cast<int>(rng() % n);
+      const bool on_device = rng() % 2;
+      const bool write = rng() % 3 == 0;
+      const Tier tier = on_device ? Tier::kTierDevice : Tier::kTierHost;
+      auto v = store->acquire(ids[i], tier, write ? Access::kAccessReadWrite : Access::kAccessRead);
+      ASSERT_TRUE(v.ok()) << "seed " << seed << " op " << op << ": " << v.status();
+      buf.assign(numel[i], 0.0f);
+      if (on_device) {
+        ASSERT_TRUE(device_.copy_to_host(buf.data(), v->data, v->bytes, s).ok());
+        ASSERT_TRUE(device_.synchronize_stream(s).ok());
+      } else {
+        std::memcpy(buf.data(), v->data, v->bytes);
+      }
+      ASSERT_EQ(buf, shadow[i]) << "seed " << seed << " op " << op << " tensor " << i;
+      if (write) {
+        for (auto& x : shadow[i]) x = static_cast<float>(rng() % 1000);
+        if (on_device) {
+          ASSERT_TRUE(device_.copy_to_device(v->data, shadow[i].data(), v->bytes, s).ok());
+          ASSERT_TRUE(device_.synchronize_stream(s).ok());
+        } else {
+          std::memcpy(v->data, shadow[i].data(), v->bytes);
+        }
+      }
+      ASSERT_TRUE(store->release(ids[i], tier, write).ok());
+      if (op % 40 == 39) store->end_step();
+    }
+    ASSERT_TRUE(store->flush().ok());
+    device_.destroy_stream(s);
+    StoreStats st = store->stats();
+    EXPECT_LE(st.tiers[0].peak_bytes, device_budget) << "seed " << seed;
+    EXPECT_LE(st.tiers[1].peak_bytes, host_budget) << "seed " << seed;
+    EXPECT_TRUE(store->background_error().ok());
+  }
+}
+
+// The same cyclic workload with and without prefetch, over a slow modelled
+// link: prefetch hides load time behind "compute", so acquires stall less.
+TEST_F(TieredStoreTest, PrefetchLowersStallTime) {
+  gpu::SimDevice slow({.h2d_gb_per_s = 0.5, .d2h_gb_per_s = 0.5, .copy_latency_us = 0});
+  auto run = [&](uint64_t window) -> uint64_t {
+    TieredStore::Options o{.device_budget_bytes = 4 * kBytes,
+                           .host_budget_bytes = 8 * kBytes,
+                           .prefetch_window_bytes = window};
+    o.device = &slow;
+    auto store = TieredStore::create(o);
+    EXPECT_TRUE(store.ok());
+    auto ids = register_n(**store, 6, Tier::kTierHost);
+    for (int step = 0; step < 3; ++step) {
+      (*store)->begin_step();
+      for (TensorId id : ids) {
+        EXPECT_TRUE((*store)->acquire(id, Tier::kTierDevice, Access::kAccessRead).ok());
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));  // compute > one load
+        EXPECT_TRUE((*store)->release(id, Tier::kTierDevice, false).ok());
+      }
+      (*store)->end_step();
+    }
+    return (*store)->stats().tiers[0].stall_ns;
+  };
+  const uint64_t without = run(0);
+  const uint64_t with = run(2 * kBytes);
+  EXPECT_LT(with, without) << "stall with prefetch " << with << " ns, without " << without;
 }
 
 }  // namespace

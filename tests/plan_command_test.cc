@@ -1,0 +1,263 @@
+// `strata plan`, run as a user would: the real binary on the shared fixture
+// and on configs written here, its JSON checked against numbers worked out by
+// hand from the formulas in tools/plan_command.cc; bad inputs exit 1 or 2
+// with one "strata: error:" line.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using nlohmann::json;
+
+const std::string kFixture = std::string(STRATA_FIXTURES_DIR) + "/ds_config_gpt2_rtx5090.json";
+
+// gpt2: 12 layers, 12 heads, 768 wide, vocab 50257, 1024 positions.
+constexpr int64_t kN = 124'439'808;
+constexpr int64_t kLargest = 50257 * 768;  // wte
+// Activations at micro batch 2, fp16: 12*2*1024*(34*768 + 5*12*1024) + 4*2*1024*50257.
+constexpr int64_t kGpt2Activations = 2'151'677'952 + 411'705'344;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class PlanCommandTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/strata_plan_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) std::system(("rm -rf '" + dir_ + "'").c_str());
+  }
+
+  std::string write(const std::string& name, const std::string& contents) {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path, std::ios::binary) << contents;
+    return path;
+  }
+
+  RunResult run(const std::string& args) {
+    const std::string out = dir_ + "/.stdout", err = dir_ + "/.stderr";
+    const std::string cmd = std::string("'") + STRATA_STRATA_BINARY + "' plan " + args + " >'" +
+                            out + "' 2>'" + err + "'";
+    const int status = std::system(cmd.c_str());
+    RunResult r;
+    EXPECT_TRUE(WIFEXITED(status)) << cmd;
+    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  json run_json(const std::string& args) {
+    RunResult r = run(args + " --json");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    json j = json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+    EXPECT_TRUE(j.is_object()) << "stdout is not one JSON object: " << r.out;
+    return j;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(PlanCommandTest, FixtureGpt2OnTheGpu) {
+  json j = run_json("--model gpt2 --deepspeed_config '" + kFixture +
+                    "' --gpu-mem 32GiB --host-mem 64GiB");
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(j["model"]["params"], kN);
+  EXPECT_EQ(j["model"]["largest_layer_params"], kLargest);
+  EXPECT_EQ(j["config"]["zero_stage"], 2);
+  EXPECT_EQ(j["config"]["precision"], "fp16");
+  EXPECT_EQ(j["config"]["micro_batch"], 2);
+
+  // Stage 2, no offload: every role on the GPU.
+  const json& gpu = j["tiers"]["gpu"];
+  EXPECT_EQ(gpu["roles"]["param16"], 2 * kN);
+  EXPECT_EQ(gpu["roles"]["grad16"], 2 * kN);
+  EXPECT_EQ(gpu["roles"]["grad32"], 4 * kN);
+  EXPECT_EQ(gpu["roles"]["master32"], 4 * kN);
+  EXPECT_EQ(gpu["roles"]["exp_avg"], 4 * kN);
+  EXPECT_EQ(gpu["roles"]["exp_avg_sq"], 4 * kN);
+  EXPECT_EQ(gpu["roles"]["activations"], kGpt2Activations);
+  EXPECT_EQ(gpu["roles"]["staging"], 0);
+  EXPECT_EQ(gpu["total"], 20 * kN + kGpt2Activations);
+  EXPECT_EQ(gpu["capacity"], int64_t{32} << 30);
+  EXPECT_EQ(gpu["fits"], true);
+  EXPECT_EQ(j["tiers"]["host"]["total"], 0);
+  EXPECT_EQ(j["tiers"]["host"]["capacity"], int64_t{64} << 30);
+  EXPECT_EQ(j["tiers"]["nvme"]["total"], 0);
+
+  // DeepSpeed's ZeRO-2 estimate without offload: GPU 2N + 18N, CPU 4N * 1.5.
+  EXPECT_EQ(j["deepspeed"]["estimator"], "estimate_zero2_model_states_mem_needs_all_live");
+  EXPECT_EQ(j["deepspeed"]["gpu"], 20 * kN);
+  EXPECT_EQ(j["deepspeed"]["cpu"], 6 * kN);
+  EXPECT_EQ(j["fits"], true);
+  EXPECT_TRUE(j["advice"].empty());
+}
+
+TEST_F(PlanCommandTest, WithoutGpuMemTheVerdictIsOpen) {
+  json j = run_json("--model gpt2 --deepspeed_config '" + kFixture + "' --host-mem 64GiB");
+  EXPECT_TRUE(j["tiers"]["gpu"]["capacity"].is_null());
+  EXPECT_TRUE(j["tiers"]["gpu"]["fits"].is_null());
+  EXPECT_TRUE(j["fits"].is_null());
+}
+
+TEST_F(PlanCommandTest, Gpt2XlDoesNotFitA32GiBGpuAndSaysWhatToChange) {
+  json j = run_json("--model gpt2-xl --deepspeed_config '" + kFixture +
+                    "' --gpu-mem 32GiB --host-mem 64GiB");
+  constexpr int64_t n = 1'557'611'200;
+  // 48*2*1024*(34*1600 + 5*25*1024) + 4*2*1024*50257
+  constexpr int64_t activations = 17'930'649'600 + 411'705'344;
+  EXPECT_EQ(j["tiers"]["gpu"]["roles"]["activations"], activations);
+  EXPECT_EQ(j["tiers"]["gpu"]["total"], 20 * n + activations);
+  EXPECT_EQ(j["tiers"]["gpu"]["fits"], false);
+  EXPECT_EQ(j["fits"], false);
+  const std::string advice = j["advice"].dump();
+  EXPECT_NE(advice.find("offload_optimizer.device"), std::string::npos) << advice;
+  EXPECT_NE(advice.find("train_micro_batch_size_per_gpu"), std::string::npos) << advice;
+}
+
+TEST_F(PlanCommandTest, CpuOffloadMovesTheOptimizerToTheHost) {
+  const std::string cfg = write("offload_cpu.json", R"({
+    "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+    "bf16": {"enabled": true},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": true}}
+  })");
+  json j =
+      run_json("--model gpt2 --deepspeed_config '" + cfg + "' --gpu-mem 32GiB --host-mem 2GiB");
+  const json& gpu = j["tiers"]["gpu"]["roles"];
+  EXPECT_EQ(gpu["param16"], 2 * kN);
+  EXPECT_EQ(gpu["grad16"], 2 * kN);
+  EXPECT_EQ(gpu["grad32"], 0);
+  EXPECT_EQ(gpu["master32"], 0);
+  const json& host = j["tiers"]["host"];
+  EXPECT_EQ(host["roles"]["param16"], 2 * kN);
+  EXPECT_EQ(host["roles"]["grad16"], 2 * kN);
+  EXPECT_EQ(host["roles"]["grad32"], 4 * kN);
+  EXPECT_EQ(host["roles"]["master32"], 4 * kN);
+  EXPECT_EQ(host["roles"]["exp_avg"], 4 * kN);
+  EXPECT_EQ(host["roles"]["exp_avg_sq"], 4 * kN);
+  EXPECT_EQ(host["total"], 20 * kN);  // 2.49 GB > 2 GiB
+  EXPECT_EQ(host["fits"], false);
+  EXPECT_EQ(j["config"]["precision"], "bf16");
+  // ZeRO-2 with offload: GPU 2N, CPU N * max(4, 16) * 1.5.
+  EXPECT_EQ(j["deepspeed"]["gpu"], 2 * kN);
+  EXPECT_EQ(j["deepspeed"]["cpu"], 24 * kN);
+  EXPECT_EQ(j["fits"], false);
+  EXPECT_NE(j["advice"].dump().find("\\\"nvme\\\""), std::string::npos) << j["advice"].dump();
+}
+
+TEST_F(PlanCommandTest, Stage3NvmeOffloadOfEverything) {
+  const std::string cfg = write("offload_nvme.json", R"({
+    "train_batch_size": 1, "fp16": {"enabled": true},
+    "optimizer": {"type": "Adam", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 3,
+      "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"},
+      "offload_param": {"device": "nvme", "nvme_path": "/tmp"}}
+  })");
+  json j = run_json("--model gpt2 --deepspeed_config '" + cfg +
+                    "' --gpu-mem 32GiB --host-mem 64GiB --nvme 1TiB");
+  const json& t = j["tiers"];
+  // GPU working set: (largest layer + stage3_prefetch_bucket_size 5e7) params, largest layer grads.
+  EXPECT_EQ(t["gpu"]["roles"]["param16"], (kLargest + 50'000'000) * 2);
+  EXPECT_EQ(t["gpu"]["roles"]["grad16"], kLargest * 2);
+  EXPECT_EQ(t["gpu"]["roles"]["master32"], 0);
+  EXPECT_EQ(t["nvme"]["roles"]["param16"], 2 * kN);
+  EXPECT_EQ(t["nvme"]["roles"]["master32"], 4 * kN);
+  EXPECT_EQ(t["nvme"]["roles"]["exp_avg"], 4 * kN);
+  EXPECT_EQ(t["nvme"]["roles"]["exp_avg_sq"], 4 * kN);
+  EXPECT_EQ(t["nvme"]["total"], 14 * kN);
+  EXPECT_EQ(t["host"]["roles"]["param16"], 0);
+  EXPECT_EQ(t["host"]["roles"]["grad16"], 2 * kN);
+  EXPECT_EQ(t["host"]["roles"]["grad32"], 4 * kN);
+  // offload_param: 5 buffers of min(1e8, N) fp16; optimizer: 4 of min(sub_group_size 1e9, N) fp32.
+  EXPECT_EQ(t["host"]["roles"]["staging"], 5 * 100'000'000LL * 2 + 4 * kN * 4);
+  EXPECT_EQ(t["nvme"]["capacity"], int64_t{1} << 40);
+  // ZeRO-3, everything offloaded: GPU 4 * largest layer, CPU 18N * 1.5.
+  EXPECT_EQ(j["deepspeed"]["estimator"], "estimate_zero3_model_states_mem_needs_all_live");
+  EXPECT_EQ(j["deepspeed"]["gpu"], 4 * kLargest);
+  EXPECT_EQ(j["deepspeed"]["cpu"], 27 * kN);
+  EXPECT_EQ(j["fits"], true);
+
+  // Too little host memory: the advice points at the swap buffers' sizes.
+  json small = run_json("--model gpt2 --deepspeed_config '" + cfg +
+                        "' --gpu-mem 32GiB --host-mem 1GiB --nvme 1TiB");
+  EXPECT_EQ(small["tiers"]["host"]["fits"], false);
+  const std::string advice = small["advice"].dump();
+  EXPECT_NE(advice.find("sub_group_size"), std::string::npos) << advice;
+  EXPECT_NE(advice.find("offload_param.buffer_size"), std::string::npos) << advice;
+}
+
+TEST_F(PlanCommandTest, HumanOutputGoesToStderr) {
+  RunResult r = run("--model gpt2-tiny --deepspeed_config '" + kFixture + "' --gpu-mem 8GiB");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  EXPECT_NE(r.err.find("gpt2-tiny"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("estimate_zero2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("verdict: fits"), std::string::npos) << r.err;
+}
+
+TEST_F(PlanCommandTest, UnknownModelSuggestsTheClosest) {
+  RunResult r = run("--model gpt2-larg --deepspeed_config '" + kFixture + "' --json");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  EXPECT_EQ(r.err.rfind("strata: error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find("did you mean \"gpt2-large\""), std::string::npos) << r.err;
+}
+
+TEST_F(PlanCommandTest, MissingConfigNamesThePath) {
+  const std::string missing = dir_ + "/no_such_config.json";
+  RunResult r = run("--model gpt2 --deepspeed_config '" + missing + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err.rfind("strata: error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(missing), std::string::npos) << r.err;
+}
+
+TEST_F(PlanCommandTest, InvalidConfigNamesTheKey) {
+  const std::string cfg = write("bad.json", R"({"train_batch_size": 8,
+    "zero_optimization": {"stage": 7}})");
+  RunResult r = run("--model gpt2 --deepspeed_config '" + cfg + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("zero_optimization.stage"), std::string::npos) << r.err;
+}
+
+TEST_F(PlanCommandTest, BadSizesAndMissingFlagsAreUsageErrors) {
+  for (const char* bad : {"32Q", "lots", "0", "1.2.3G", "-5G"}) {
+    RunResult r =
+        run("--model gpt2 --deepspeed_config '" + kFixture + "' --gpu-mem '" + bad + "' --json");
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+    EXPECT_NE(r.err.find("--gpu-mem"), std::string::npos) << r.err;
+  }
+  RunResult r = run("--deepspeed_config '" + kFixture + "'");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
+}
+
+TEST_F(PlanCommandTest, SizeUnits) {
+  json j = run_json("--model gpt2-tiny --deepspeed_config '" + kFixture +
+                    "' --gpu-mem 1.5GiB --host-mem 4096");
+  EXPECT_EQ(j["tiers"]["gpu"]["capacity"], int64_t{3} << 29);
+  EXPECT_EQ(j["tiers"]["host"]["capacity"], 4096);
+}
+
+}  // namespace

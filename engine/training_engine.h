@@ -1,0 +1,155 @@
+// TrainingEngine: the ZeRO-Offload training step (ZeRO stage 1/2, one
+// process, `sync` mode: DeepSpeed's order, all gradients, then the norm,
+// then the optimizer).
+//
+// Placement (per parameter of every layer, all in one TieredStore):
+//   param  compute dtype (fp16 / bf16, fp32 when neither is enabled)
+//   grad   compute dtype, written by the layer's backward on the device
+//   grad32 fp32 accumulator over gradient_accumulation_steps micro-batches
+//   master, exp_avg, exp_avg_sq  fp32
+// offload_optimizer.device cpu: master and states homed on the host; param
+// and grad homed on the host with a device cache, so the store moves them
+// (grad D2H when the host reads it, param H2D when forward acquires it
+// after the optimizer rewrote the host copy); grad32 on the host.
+// offload_optimizer.device nvme: as cpu, but master and states homed on
+// NVMe (a swap file under nvme_path), cached on the host within its budget.
+// offload_optimizer.device none: everything homed on the device; the
+// optimizer then runs on the device's memory from the host, which only a
+// host-addressable device (SimDevice) allows (no device-side Adam yet).
+//
+// Step: for each micro-batch, forward then backward layer by layer (loss
+// scaled by loss_scale / gradient_accumulation_steps, as DeepSpeed scales
+// the loss by 1/gas), each layer's gradient accumulated into grad32 in fp32
+// on the optimizer's tier (host when offloaded). Then cpu_adam::grad_stats
+// over all grad32 gives the norm and inf/nan; fp16 feeds the loss scaler
+// (overflow: the step is skipped, master, states, the Adam step count and
+// the LR schedule are untouched). With gradient_clipping > 0,
+// coef = max(1, (norm/loss_scale + 1e-6) / gradient_clipping) and every
+// layer runs cpu_adam::optimizer_step with grad_scale = 1/(loss_scale*coef),
+// writing the new compute-dtype param into the param's host copy.
+// Deliberate difference from DeepSpeed: with bf16 or fp32 (no loss scaler) a
+// non-finite gradient fails the step with an error instead of writing NaN
+// into the weights.
+//
+// Threading: not thread-safe; one thread calls train_step(). Errors: create()
+// rejects configs that parse but cannot run (no optimizer, ZeRO stage 3, an
+// unwritable nvme_path, budgets too small for one layer) with a message
+// naming the key or option to change.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/config/ds_config.h"
+#include "cpu_adam/optimizer.h"
+#include "engine/loss_scaler.h"
+#include "engine/lr_schedule.h"
+#include "engine/model.h"
+#include "gpu/device.h"
+#include "offload/tiered_store.h"
+#include "swap/io_engine.h"
+
+namespace strata::engine {
+
+struct EngineOptions {
+  // Device bytes the store may use; 0: what the device has free at creation.
+  uint64_t device_budget_bytes = 0;
+  // Host bytes for the host tier; 0: what the placement needs (every
+  // host-homed tensor plus a cache for NVMe-homed ones).
+  uint64_t host_budget_bytes = 0;
+  // NVMe I/O engine; null: the engine builds one from ds_config "aio".
+  swap::IoEngine* io = nullptr;
+  // For the engine's own IoEngine: accept filesystems without O_DIRECT.
+  bool allow_buffered_io = false;
+  // The LR schedule; null: make_lr_schedule(config.scheduler, optimizer.lr).
+  std::unique_ptr<LrSchedule> lr_schedule;
+  cpu_adam::ExecOptions exec;
+};
+
+struct StepStats {
+  int64_t step = 0;         // 1-based count of train_step() calls
+  double loss = 0;          // mean unscaled loss over the micro-batches
+  double loss_scale = 1;    // the scale this step's backward used
+  bool skipped = false;     // overflow: nothing applied
+  double grad_norm = 0;     // global L2 norm, unscaled, before clipping (inf on overflow)
+  double clip_coef = 1;     // the gradient was divided by this
+  double lr = 0;            // the rate applied (or that would have been)
+  double step_seconds = 0;  // wall time of train_step()
+  // Per tier (device, host, nvme), moved during this step; see TierStats.
+  std::array<uint64_t, offload::kTierCount> bytes_in{};
+  std::array<uint64_t, offload::kTierCount> bytes_out{};
+};
+
+// Which fp32 tensor of a parameter read_fp32() returns.
+enum class StateKind { kMaster, kExpAvg, kExpAvgSq, kGradAccum };
+
+class TrainingEngine {
+ public:
+  // `model` and `device` (and options.io) must outlive the engine.
+  static absl::StatusOr<std::unique_ptr<TrainingEngine>> create(const config::DsConfig& config,
+                                                                Model* model, gpu::Device* device,
+                                                                EngineOptions options = {});
+  ~TrainingEngine();
+  TrainingEngine(const TrainingEngine&) = delete;
+  TrainingEngine& operator=(const TrainingEngine&) = delete;
+
+  // One optimizer step over gradient_accumulation_steps micro-batches.
+  absl::StatusOr<StepStats> train_step();
+
+  // A copy of an fp32 tensor (for tests and checkpoints). grad32 holds the
+  // last step's accumulated, still scaled gradient.
+  absl::StatusOr<std::vector<float>> read_fp32(int layer, int param, StateKind kind);
+  // The compute-dtype param as fp32 (read back from its home).
+  absl::StatusOr<std::vector<float>> read_param(int layer, int param);
+
+  DType compute_dtype() const { return dtype_; }
+  const LossScaler* loss_scaler() const { return scaler_.get(); }
+  int64_t optimizer_steps() const { return adam_step_; }  // applied steps
+  offload::StoreStats store_stats() const { return store_->stats(); }
+  // Where the optimizer works: kTierHost when offloaded, kTierDevice otherwise.
+  offload::Tier optimizer_tier() const { return opt_tier_; }
+
+ private:
+  struct ParamIds {
+    std::string name;
+    uint64_t numel = 0;
+    offload::TensorId param, grad, grad32, master, exp_avg, exp_avg_sq;
+  };
+
+  TrainingEngine() = default;
+  absl::Status build(const config::DsConfig& config, Model* model, gpu::Device* device,
+                     EngineOptions options);
+  absl::Status initialize_params();
+  absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, double* loss);
+  absl::Status accumulate(bool first);
+  absl::Status apply_optimizer(double lr, double grad_scale);
+  absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
+                       uint64_t bytes);
+  absl::Status copy_out(offload::TensorView view, offload::Tier tier, void* dst, uint64_t bytes);
+
+  config::DsConfig config_;
+  Model* model_ = nullptr;
+  gpu::Device* device_ = nullptr;
+  gpu::StreamId stream_ = 0;
+  bool have_stream_ = false;
+  DType dtype_ = DType::kFloat32;
+  offload::Tier opt_tier_ = offload::Tier::kTierHost;
+  cpu_adam::Hyperparams hp_;
+  cpu_adam::ExecOptions exec_;
+  std::unique_ptr<swap::IoEngine> own_io_;
+  std::vector<std::string> swap_files_;
+  std::unique_ptr<offload::TieredStore> store_;
+  std::unique_ptr<LossScaler> scaler_;  // fp16 only
+  std::unique_ptr<LrSchedule> schedule_;
+  std::vector<std::vector<ParamIds>> layers_;
+  int64_t gas_ = 1;
+  int64_t micro_batches_ = 0;
+  int64_t steps_ = 0;
+  int64_t adam_step_ = 0;
+};
+
+}  // namespace strata::engine

@@ -1,0 +1,406 @@
+// TrainingEngine on SimDevice with a real-compute MLP: precision/offload
+// variants agree, overflow skips exactly, clipping matches a hand-computed
+// update, and configs that cannot run fail at creation.
+#include "engine/training_engine.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/config/ds_config.h"
+#include "gpu/sim_device.h"
+#include "gtest/gtest.h"
+#include "tests/mlp_test_model.h"
+
+namespace strata::engine {
+namespace {
+
+using test_models::MlpTestModel;
+
+// Constant learning rate; counts applied steps (lr_schedule.cc is tested on its own).
+class ConstantLr final : public LrSchedule {
+ public:
+  explicit ConstantLr(double lr) : lr_(lr) {}
+  double lr() const override { return lr_; }
+  void advance() override { ++iteration_; }
+  int64_t iteration() const override { return iteration_; }
+  void set_iteration(int64_t iteration) override { iteration_ = iteration; }
+
+ private:
+  double lr_;
+  int64_t iteration_ = 0;
+};
+
+class TrainingEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("training_engine_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // A ds_config with the given zero / fp16 / extra top-level JSON members.
+  config::DsConfig make_config(const std::string& members, int gas = 2) {
+    const std::string json =
+        "{\"train_micro_batch_size_per_gpu\": 32, \"gradient_accumulation_steps\": " +
+        std::to_string(gas) +
+        ", \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01}}, "
+        "\"strata\": {\"overlap\": \"sync\", \"prefetch_window_bytes\": 4096}" +
+        (members.empty() ? "" : ", " + members) + "}";
+    std::vector<std::string> warnings;
+    auto cfg = config::parse_ds_config(json, "test.json", &warnings);
+    EXPECT_TRUE(cfg.ok()) << cfg.status() << "\n" << json;
+    return cfg.ok() ? *cfg : config::DsConfig{};
+  }
+
+  absl::StatusOr<std::unique_ptr<TrainingEngine>> make_engine(const config::DsConfig& cfg,
+                                                              MlpTestModel* model,
+                                                              EngineOptions o = {},
+                                                              bool constant_lr = true) {
+    if (constant_lr) o.lr_schedule = std::make_unique<ConstantLr>(cfg.optimizer.lr);
+    o.allow_buffered_io = true;  // TempDir may be tmpfs
+    return TrainingEngine::create(cfg, model, &device_, std::move(o));
+  }
+
+  std::string nvme_zero() const {
+    return "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"nvme\", "
+           "\"nvme_path\": \"" +
+           dir_.string() + "\"}}";
+  }
+
+  // Every fp32 tensor of the engine, concatenated.
+  static std::vector<float> all(TrainingEngine& e, StateKind kind) {
+    std::vector<float> out;
+    for (int l = 0; l < 3; ++l) {
+      for (int p = 0; p < 2; ++p) {
+        auto v = e.read_fp32(l, p, kind);
+        EXPECT_TRUE(v.ok()) << v.status();
+        if (v.ok()) out.insert(out.end(), v->begin(), v->end());
+      }
+    }
+    return out;
+  }
+
+  std::filesystem::path dir_;
+  gpu::SimDevice device_;
+};
+
+constexpr const char* kCpuZero =
+    "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\"}}";
+constexpr const char* kFp16 = "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 10}";
+
+struct TrainRun {
+  std::vector<double> loss;
+  std::vector<float> master;
+  StepStats last;
+  int64_t skipped = 0;
+};
+
+// (a) fp32 without offload, fp16 offloaded to the host and fp16 offloaded to
+// NVMe learn the same curve: losses fall by more than 4x over 30 steps;
+// fp16 stays within 1% (relative) of fp32 at every step; the two fp16 runs
+// do the same arithmetic in different places, so they agree bit for bit.
+TEST_F(TrainingEngineTest, LossCurvesAgreeAcrossPrecisionAndOffload) {
+  constexpr int kSteps = 30;
+  auto train = [&](const config::DsConfig& cfg) {
+    TrainRun r;
+    MlpTestModel model;
+    auto engine = make_engine(cfg, &model);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    if (!engine.ok()) return r;
+    for (int s = 0; s < kSteps; ++s) {
+      auto st = (*engine)->train_step();
+      EXPECT_TRUE(st.ok()) << st.status();
+      if (!st.ok()) return r;
+      r.loss.push_back(st->loss);
+      r.skipped += st->skipped;
+      r.last = *st;
+    }
+    r.master = all(**engine, StateKind::kMaster);
+    return r;
+  };
+  const TrainRun fp32 = train(make_config(""));
+  const TrainRun cpu = train(make_config(std::string(kCpuZero) + ", " + kFp16));
+  const TrainRun nvme = train(make_config(nvme_zero() + ", " + kFp16));
+  ASSERT_EQ(fp32.loss.size(), kSteps);
+  ASSERT_EQ(cpu.loss.size(), kSteps);
+  ASSERT_EQ(nvme.loss.size(), kSteps);
+
+  EXPECT_LT(fp32.loss.back(), fp32.loss.front() / 4);
+  EXPECT_LT(cpu.loss.back(), cpu.loss.front() / 4);
+  EXPECT_EQ(cpu.skipped, 0);
+  for (int s = 0; s < kSteps; ++s) {
+    EXPECT_NEAR(cpu.loss[s], fp32.loss[s], 0.01 * fp32.loss[s]) << "step " << s;
+    EXPECT_EQ(cpu.loss[s], nvme.loss[s]) << "step " << s;
+  }
+  EXPECT_EQ(cpu.master, nvme.master);
+  double worst = 0;
+  for (int s = 0; s < kSteps; ++s)
+    worst = std::max(worst, std::abs(cpu.loss[s] - fp32.loss[s]) / fp32.loss[s]);
+  std::printf("loss fp32 %.5f -> %.5f, fp16 %.5f -> %.5f, worst relative gap %.2e\n",
+              fp32.loss.front(), fp32.loss.back(), cpu.loss.front(), cpu.loss.back(), worst);
+
+  // The offloaded runs really moved data: params H2D, grads D2H, and the
+  // NVMe run read and wrote its optimizer states (the host cache holds two
+  // of three layers).
+  EXPECT_GT(cpu.last.bytes_in[0], 0u);
+  EXPECT_GT(cpu.last.bytes_out[0], 0u);
+  EXPECT_EQ(cpu.last.bytes_in[2], 0u);
+  EXPECT_GT(nvme.last.bytes_in[2], 0u);
+  EXPECT_GT(nvme.last.bytes_out[2], 0u);
+  EXPECT_EQ(fp32.last.bytes_in[0], 0u);  // nothing leaves the device
+}
+
+// bf16 offloaded to the host follows the fp32 curve within bf16's precision.
+TEST_F(TrainingEngineTest, Bf16FollowsFp32) {
+  std::vector<double> losses[2];
+  const config::DsConfig cfgs[2] = {
+      make_config(""), make_config(std::string(kCpuZero) + ", \"bf16\": {\"enabled\": true}")};
+  for (int i = 0; i < 2; ++i) {
+    MlpTestModel model;
+    auto engine = make_engine(cfgs[i], &model);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    EXPECT_EQ((*engine)->compute_dtype(), i == 0 ? DType::kFloat32 : DType::kBFloat16);
+    for (int s = 0; s < 20; ++s) {
+      auto st = (*engine)->train_step();
+      ASSERT_TRUE(st.ok()) << st.status();
+      losses[i].push_back(st->loss);
+    }
+  }
+  EXPECT_LT(losses[1].back(), losses[1].front() / 3);
+  for (int s = 0; s < 20; ++s) EXPECT_NEAR(losses[1][s], losses[0][s], 0.1 * losses[0][s]);
+}
+
+// (b) An inf in one micro-batch's gradient skips the step: master, exp_avg
+// and exp_avg_sq stay bit-identical, the Adam step count and the schedule do
+// not advance. Hysteresis 2: the first overflow only uses up hysteresis, the
+// second halves the scale; a clean step then applies at the halved scale.
+TEST_F(TrainingEngineTest, OverflowSkipsStepAndFollowsHysteresis) {
+  for (const bool nvme : {false, true}) {
+    SCOPED_TRACE(nvme ? "nvme" : "cpu");
+    MlpTestModel model;
+    const config::DsConfig cfg =
+        make_config((nvme ? nvme_zero() : std::string(kCpuZero)) +
+                    ", \"fp16\": {\"enabled\": true, \"initial_scale_power\": 10, "
+                    "\"hysteresis\": 2}");
+    auto created = make_engine(cfg, &model);
+    ASSERT_TRUE(created.ok()) << created.status();
+    TrainingEngine& e = **created;
+    for (int s = 0; s < 3; ++s) ASSERT_TRUE(e.train_step().ok());
+    ASSERT_EQ(e.optimizer_steps(), 3);
+    const std::vector<float> master = all(e, StateKind::kMaster);
+    const std::vector<float> m = all(e, StateKind::kExpAvg);
+    const std::vector<float> v = all(e, StateKind::kExpAvgSq);
+    const std::vector<float> param = *e.read_param(2, 0);
+
+    model.poison(3 * 2 + 1);  // step 4, second micro-batch
+    auto st = e.train_step();
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_TRUE(st->skipped);
+    EXPECT_TRUE(std::isinf(st->grad_norm));
+    EXPECT_EQ(st->loss_scale, 1024);
+    EXPECT_EQ(e.loss_scaler()->scale(), 1024);  // hysteresis 2 -> 1, scale kept
+    EXPECT_EQ(e.loss_scaler()->hysteresis(), 1);
+    EXPECT_EQ(e.optimizer_steps(), 3);
+    EXPECT_EQ(all(e, StateKind::kMaster), master);
+    EXPECT_EQ(all(e, StateKind::kExpAvg), m);
+    EXPECT_EQ(all(e, StateKind::kExpAvgSq), v);
+    EXPECT_EQ(*e.read_param(2, 0), param);
+
+    model.poison(4 * 2);  // step 5, first micro-batch
+    st = e.train_step();
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_TRUE(st->skipped);
+    EXPECT_EQ(e.loss_scaler()->scale(), 512);  // hysteresis used up: halved
+    EXPECT_EQ(e.loss_scaler()->skipped_steps(), 2);
+    EXPECT_EQ(all(e, StateKind::kMaster), master);
+    EXPECT_EQ(all(e, StateKind::kExpAvgSq), v);
+
+    st = e.train_step();
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_FALSE(st->skipped);
+    EXPECT_EQ(st->loss_scale, 512);
+    EXPECT_TRUE(std::isfinite(st->grad_norm));
+    EXPECT_EQ(e.optimizer_steps(), 4);
+    EXPECT_NE(all(e, StateKind::kMaster), master);
+  }
+}
+
+// The ds_config scheduler drives the lr; a skipped step does not advance it.
+TEST_F(TrainingEngineTest, SchedulerFromConfigAdvancesOnAppliedStepsOnly) {
+  MlpTestModel model;
+  auto created = make_engine(
+      make_config(std::string(kCpuZero) + ", " + kFp16 +
+                  ", \"scheduler\": {\"type\": \"WarmupLR\", \"params\": {\"warmup_min_lr\": 0, "
+                  "\"warmup_max_lr\": 0.01, \"warmup_num_steps\": 10, \"warmup_type\": "
+                  "\"linear\"}}"),
+      &model, {}, /*constant_lr=*/false);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::vector<double> lr;
+  std::vector<bool> skipped;
+  for (int s = 0; s < 6; ++s) {
+    if (s == 2) model.poison(2 * 2);
+    auto st = (*created)->train_step();
+    ASSERT_TRUE(st.ok()) << st.status();
+    lr.push_back(st->lr);
+    skipped.push_back(st->skipped);
+  }
+  ASSERT_EQ(skipped, (std::vector<bool>{false, false, true, false, false, false}));
+  EXPECT_EQ(lr[3], lr[2]);  // the skipped step's lr is used by the next one
+  // DeepSpeed's WarmupLR: the first step runs at warmup_min_lr, then
+  // min + (max - min) * iteration / warmup_num_steps from iteration 0.
+  EXPECT_EQ(lr[0], 0.0);
+  EXPECT_NEAR(lr[2], 0.001, 1e-12);
+  EXPECT_NEAR(lr[4], 0.002, 1e-12);
+  EXPECT_NEAR(lr[5], 0.003, 1e-12);
+  EXPECT_LE(lr[5], 0.01);
+}
+
+// Without a loss scaler an inf gradient is an error, not NaN weights.
+TEST_F(TrainingEngineTest, NonFiniteGradientWithoutScalerFailsTheStep) {
+  MlpTestModel model;
+  auto e = make_engine(make_config(kCpuZero), &model);
+  ASSERT_TRUE(e.ok()) << e.status();
+  const std::vector<float> master = all(**e, StateKind::kMaster);
+  model.poison(0);
+  auto st = (*e)->train_step();
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(st.status().message()).find("inf or NaN"), std::string::npos);
+  EXPECT_EQ(all(**e, StateKind::kMaster), master);
+}
+
+// (c) With a static loss scale of 128 and gradient_clipping 0.05, the
+// update equals AdamW's first step on g = grad32 / (128 * coef) with
+// coef = (norm + 1e-6) / 0.05, computed here in double. At step 1 with bias
+// correction and no weight decay that is p - lr * g / (|g| + eps); eps is
+// large enough (1e-3) for the update to depend on the clipped magnitude.
+TEST_F(TrainingEngineTest, GradientClippingMatchesHandComputedUpdate) {
+  MlpTestModel model;
+  config::DsConfig cfg = make_config(std::string(kCpuZero) +
+                                         ", \"fp16\": {\"enabled\": true, \"loss_scale\": 128}, "
+                                         "\"gradient_clipping\": 0.05",
+                                     /*gas=*/1);
+  cfg.optimizer.eps = 1e-3;
+  auto created = make_engine(cfg, &model);
+  ASSERT_TRUE(created.ok()) << created.status();
+  TrainingEngine& e = **created;
+  const std::vector<float> before = all(e, StateKind::kMaster);
+  auto st = e.train_step();
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_FALSE(st->skipped);
+  const std::vector<float> grad = all(e, StateKind::kGradAccum);  // scaled by 128
+  const std::vector<float> after = all(e, StateKind::kMaster);
+  ASSERT_EQ(grad.size(), before.size());
+
+  double sum_sq = 0;
+  for (float g : grad) sum_sq += double(g) * g;
+  const double norm = std::sqrt(sum_sq) / 128;
+  EXPECT_NEAR(st->grad_norm, norm, 1e-6 * norm);
+  const double coef = (norm + 1e-6) / 0.05;
+  ASSERT_GT(coef, 2.0) << "the test needs clipping to be active";
+  EXPECT_NEAR(st->clip_coef, coef, 1e-6 * coef);  // grad_stats: within 1e-6 relative
+
+  const double lr = 0.01, eps = 1e-3;
+  int differs_from_unclipped = 0;
+  for (size_t i = 0; i < grad.size(); ++i) {
+    const double g = grad[i] / (128 * coef);
+    const double expected = before[i] - lr * g / (std::abs(g) + eps);
+    ASSERT_NEAR(after[i], expected, 1e-6) << "element " << i;
+    const double g_raw = grad[i] / 128.0;
+    const double unclipped = before[i] - lr * g_raw / (std::abs(g_raw) + eps);
+    differs_from_unclipped += std::abs(unclipped - expected) > 1e-4;
+  }
+  EXPECT_GT(differs_from_unclipped, static_cast<int>(grad.size()) / 2);
+}
+
+// (d) Configs that parse but cannot run fail at creation, saying what to change.
+TEST_F(TrainingEngineTest, NvmePathThatIsAFileFailsAtCreation) {
+  const std::filesystem::path file = dir_ / "not_a_dir";
+  std::ofstream(file) << "x";
+  for (const std::filesystem::path& p : {file, file / "sub"}) {
+    MlpTestModel model;
+    const config::DsConfig cfg = make_config(
+        "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"nvme\", "
+        "\"nvme_path\": \"" +
+        p.string() + "\"}}, " + kFp16);
+    auto e = make_engine(cfg, &model);
+    ASSERT_FALSE(e.ok());
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition) << e.status();
+    const std::string msg(e.status().message());
+    EXPECT_NE(msg.find("offload_optimizer.nvme_path"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("writable directory"), std::string::npos) << msg;
+  }
+}
+
+// An existing directory the process cannot create files in: a read-only
+// one, or /proc for root (who ignores permission bits).
+TEST_F(TrainingEngineTest, UnwritableNvmeDirFailsAtCreation) {
+  std::filesystem::path dir = "/proc";
+  if (geteuid() != 0) {
+    dir = dir_ / "ro";
+    std::filesystem::create_directories(dir);
+    ::chmod(dir.c_str(), 0500);
+  }
+  MlpTestModel model;
+  auto e = make_engine(
+      make_config("\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": "
+                  "\"nvme\", \"nvme_path\": \"" +
+                  dir.string() + "\"}}"),
+      &model);
+  if (geteuid() != 0) ::chmod(dir.c_str(), 0700);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition) << e.status();
+  const std::string msg(e.status().message());
+  EXPECT_NE(msg.find("cannot create files in \"" + dir.string() + "\""), std::string::npos) << msg;
+  EXPECT_NE(msg.find("offload_optimizer.nvme_path"), std::string::npos) << msg;
+}
+
+TEST_F(TrainingEngineTest, DeviceBudgetTooSmallForOneLayerFailsAtCreation) {
+  MlpTestModel model;  // layer 1: 32x32 + 32 params, fp16 param + grad = 4224 bytes
+  EngineOptions o;
+  o.device_budget_bytes = 4000;
+  auto e = make_engine(make_config(std::string(kCpuZero) + ", " + kFp16), &model, std::move(o));
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string msg(e.status().message());
+  EXPECT_NE(msg.find("layer 1 needs 4224 bytes"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("device budget of 4000"), std::string::npos) << msg;
+
+  // Without offload everything must fit: the error points at offload_optimizer.
+  EngineOptions o2;
+  o2.device_budget_bytes = 20000;
+  auto e2 = make_engine(make_config(kFp16), &model, std::move(o2));
+  ASSERT_FALSE(e2.ok());
+  EXPECT_NE(std::string(e2.status().message()).find("offload_optimizer.device"), std::string::npos)
+      << e2.status();
+}
+
+TEST_F(TrainingEngineTest, MissingOptimizerAndStage3AreRejected) {
+  MlpTestModel model;
+  config::DsConfig cfg = make_config(kCpuZero);
+  cfg.optimizer.type = config::OptimizerType::kNone;
+  auto e = make_engine(cfg, &model);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(std::string(e.status().message()).find("\"optimizer\""), std::string::npos)
+      << e.status();
+
+  cfg = make_config(kCpuZero);
+  cfg.zero.stage = 3;
+  e = make_engine(cfg, &model);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(std::string(e.status().message()).find("zero_optimization.stage"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace strata::engine

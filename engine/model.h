@@ -37,9 +37,12 @@ struct ParamSpec {
 struct LayerContext {
   gpu::Device* device = nullptr;
   gpu::StreamId stream = 0;
-  DType dtype = DType::kFloat32;    // of params and grads
-  int64_t micro_batch = 0;          // 0-based count of micro-batches run so far (selects data)
-  double loss_grad_scale = 1.0;     // backward: differentiate loss * loss_grad_scale
+  DType dtype = DType::kFloat32;  // of params and grads
+  int64_t micro_batch = 0;        // 0-based count of micro-batches run so far (selects data)
+  double loss_grad_scale = 1.0;   // backward: differentiate loss * loss_grad_scale
+  // false: an evaluation forward (TrainingEngine::evaluate): micro_batch is
+  // a validation batch index, and no backward follows.
+  bool training = true;
   std::vector<const void*> params;  // device memory, one per ParamSpec, in dtype
   std::vector<void*> grads;         // backward only: device memory to overwrite
 };

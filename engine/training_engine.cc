@@ -445,6 +445,39 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
   return absl::OkStatus();
 }
 
+absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
+  if (batches < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("evaluate: batches must be at least 1 (got ", batches, ")"));
+  }
+  double loss_sum = 0;
+  for (int64_t k = 0; k < batches; ++k) {
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      const std::vector<ParamIds>& ps = layers_[l];
+      LayerContext ctx{.device = device_,
+                       .stream = stream_,
+                       .dtype = dtype_,
+                       .micro_batch = k,
+                       .loss_grad_scale = 1.0,
+                       .training = false};
+      std::vector<Pin> pins;
+      pins.reserve(ps.size());
+      for (const ParamIds& p : ps) {
+        pins.emplace_back(store_.get(), p.param, Tier::kTierDevice);
+        STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kAccessRead));
+        ctx.params.push_back(v.data);
+      }
+      STRATA_RETURN_IF_ERROR(model_->forward(l, ctx),
+                             absl::StrCat("evaluate: batch ", k, ", forward of layer ", l));
+      STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_),
+                             absl::StrCat("evaluate: batch ", k, ", forward of layer ", l));
+      for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(/*dirty=*/false));
+    }
+    loss_sum += model_->loss();
+  }
+  return loss_sum / static_cast<double>(batches);
+}
+
 absl::Status TrainingEngine::accumulate(bool first) {
   // Reading the grad on the host makes the store write the device copy back (D2H).
   for (const std::vector<ParamIds>& ps : layers_) {

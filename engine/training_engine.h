@@ -100,6 +100,14 @@ class TrainingEngine {
   // One optimizer step over gradient_accumulation_steps micro-batches.
   absl::StatusOr<StepStats> train_step();
 
+  // Mean loss over validation batches 0..batches-1: forward only, every
+  // layer with LayerContext::training = false and micro_batch = the
+  // validation batch index. Params are acquired read-only and released
+  // clean; no step, micro-batch or optimizer count changes (the store may
+  // move data, and its acquire trace may be recorded again on the next
+  // step). InvalidArgument when batches < 1.
+  absl::StatusOr<double> evaluate(int64_t batches);
+
   // A copy of an fp32 tensor (for tests and checkpoints). grad32 holds the
   // last step's accumulated, still scaled gradient.
   absl::StatusOr<std::vector<float>> read_fp32(int layer, int param, StateKind kind);

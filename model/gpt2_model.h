@@ -1,0 +1,64 @@
+// Gpt2Model: the reference GPT-2 (learned positions, pre-LayerNorm blocks,
+// causal self-attention, GELU MLP, tied input/output embeddings) as an
+// engine::Model, computed with the CPU kernels in model/cpu on a device
+// whose memory the host can address (SimDevice).
+//
+// Layers, in the order the engine drives them: 0 = token + position
+// embedding (wte, wpe); 1..n_layer = transformer blocks; n_layer + 1 =
+// final LayerNorm and the language-model head, which reuses wte (tied): the
+// head reads the wte value captured by layer 0's forward and its wte
+// gradient is added into layer 0's wte gradient in backward.
+//
+// Parameters are held by the engine in the compute dtype (fp16, bf16 or
+// fp32); the model converts them to fp32 for compute and writes gradients
+// back in the compute dtype. Activations are the model's own (fp32, host).
+//
+// Data comes from a TokenSource, read by layer 0's forward on the calling
+// thread: with LayerContext::training, train_batch(ctx.micro_batch), else
+// val_batch(ctx.micro_batch) (TrainingEngine::evaluate). A token or target
+// outside the vocabulary (targets may be -1, ignored) fails that forward
+// with InvalidArgument. loss() is the mean cross-entropy of the last forward.
+//
+// Memory (fp32, host): per block ~12*B*T*C floats of saved activations, plus
+// B*T*V logits, an fp32 wte copy and its head gradient (2*V*C), and scratch
+// shared by all layers (~19*B*T*C).
+//
+// Threads: compute runs in launch_host_function on ctx.stream; the dense
+// layers use OpenBLAS's pool, whose size the caller sets once with
+// model::cpu::set_blas_threads (the model leaves it alone), the rest oneTBB.
+// Not thread-safe (the engine calls it from one thread); SimDevice only (it
+// dereferences device pointers).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/model.h"
+#include "model/gpt2_config.h"
+
+namespace strata::model {
+
+// Supplies token batches: inputs and next-token targets, each B x T int32.
+class TokenSource {
+ public:
+  virtual ~TokenSource() = default;
+  // Training batch number `index` (deterministic for a given index).
+  virtual void train_batch(int64_t index, int32_t* inputs, int32_t* targets) = 0;
+  // Validation batch number `index`.
+  virtual void val_batch(int64_t index, int32_t* inputs, int32_t* targets) = 0;
+};
+
+struct Gpt2ModelOptions {
+  Gpt2Config config;
+  int64_t micro_batch = 4;  // B
+  int64_t seq_len = 0;      // T; 0: config.seq_len
+  uint64_t seed = 1337;     // parameter initialisation
+};
+
+// InvalidArgument when seq_len exceeds the model's positions or the options
+// are inconsistent; the source must outlive the model.
+absl::StatusOr<std::unique_ptr<engine::Model>> make_gpt2_model(const Gpt2ModelOptions& options,
+                                                               TokenSource* source);
+
+}  // namespace strata::model

@@ -10,6 +10,7 @@ namespace strata::tools {
 void add_report_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
 void add_plan_command(CLI::App& app, int* exit_code);
+void add_train_command(CLI::App& app, int* exit_code);
 void add_bench_memory_command(CLI::App& bench, int* exit_code);
 void add_bench_cpu_adam_command(CLI::App& bench, int* exit_code);
 void add_bench_io_command(CLI::App& bench, int* exit_code);

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   strata::tools::add_report_command(app, &exit_code);
   strata::tools::add_config_command(app, &exit_code);
   strata::tools::add_plan_command(app, &exit_code);
+  strata::tools::add_train_command(app, &exit_code);
   CLI::App* bench = app.add_subcommand("bench", "Measure what this box can do");
   bench->require_subcommand(1);
   strata::tools::add_bench_memory_command(*bench, &exit_code);

@@ -1,0 +1,200 @@
+// ByteCorpus: which files a --data path names, the train/validation split,
+// the batches (targets shifted by one, deterministic offsets, validation
+// windows in order) and the errors for unusable inputs.
+#include "model/text_corpus.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace strata::model {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TextCorpusTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/strata_corpus_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  std::string write(const std::string& name, const std::string& contents) {
+    const fs::path p = fs::path(dir_) / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << contents;
+    return p.string();
+  }
+  std::string dir_;
+};
+
+std::string letters(size_t n, char first = 'a') {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s += static_cast<char>(first + i % 26);
+  return s;
+}
+
+TEST_F(TextCorpusTest, FolderIsWalkedSortedSkippingBinaryDatAndLinks) {
+  write("b.txt", "bbb\n");
+  write("a/z.txt", "zzz\n");
+  write("a/z.dat", "index");
+  write("bin", std::string("ab\0cd", 5));
+  fs::create_symlink(fs::path(dir_) / "b.txt", fs::path(dir_) / "b.u8");
+  auto files = list_corpus_files(dir_);
+  ASSERT_TRUE(files.ok()) << files.status();
+  // bin is listed (only reading tells it is binary); .dat and the link are not.
+  EXPECT_EQ(*files, (std::vector<std::string>{dir_ + "/a/z.txt", dir_ + "/b.txt", dir_ + "/bin"}));
+
+  auto c = load_byte_corpus(dir_, {.micro_batch = 1, .seq_len = 2, .val_fraction = 0.4});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->files(), (std::vector<std::string>{dir_ + "/a/z.txt", dir_ + "/b.txt"}));
+  EXPECT_EQ((*c)->train_tokens() + (*c)->val_tokens(), 8);  // "zzz\nbbb\n"
+}
+
+TEST_F(TextCorpusTest, GlobMatchesAndAddsMissingNewline) {
+  write("x1.txt", "hello");
+  write("x2.txt", "world");
+  write("y.txt", "other");
+  fs::create_symlink(fs::path(dir_) / "x1.txt", fs::path(dir_) / "x1.txt.u8");
+  auto files = list_corpus_files(dir_ + "/x*.txt*");
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(*files, (std::vector<std::string>{dir_ + "/x1.txt", dir_ + "/x2.txt"}));
+  auto c =
+      load_byte_corpus(dir_ + "/x*.txt", {.micro_batch = 1, .seq_len = 3, .val_fraction = 0.3});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->train_tokens() + (*c)->val_tokens(), 12);  // "hello\nworld\n"
+  // Validation: the last ceil(12*0.3) = 4 tokens, "rld\n".
+  EXPECT_EQ((*c)->val_tokens(), 4);
+  std::vector<int32_t> in(3), tg(3);
+  (*c)->val_batch(0, in.data(), tg.data());
+  EXPECT_EQ(in, (std::vector<int32_t>{'r', 'l', 'd'}));
+  EXPECT_EQ(tg, (std::vector<int32_t>{'l', 'd', '\n'}));
+}
+
+TEST_F(TextCorpusTest, SplitKeepsAtLeastOneValidationSequence) {
+  auto c = ByteCorpus::from_text(letters(1000), "mem", {.micro_batch = 2, .seq_len = 64});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->val_tokens(), 65);  // 5% would be 50 < T + 1
+  EXPECT_EQ((*c)->train_tokens(), 935);
+  auto big = ByteCorpus::from_text(letters(100000), "mem", {.micro_batch = 2, .seq_len = 64});
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ((*big)->val_tokens(), 5000);
+}
+
+TEST_F(TextCorpusTest, TrainBatchesAreShiftedDeterministicAndInsideTheTrainSplit) {
+  std::string text;
+  for (int i = 0; i < 4000; ++i) text += static_cast<char>(i % 251);  // position mod 251
+  const ByteCorpusOptions o{.micro_batch = 4, .seq_len = 16, .seed = 7};
+  auto c = ByteCorpus::from_text(text, "mem", o);
+  ASSERT_TRUE(c.ok());
+  std::vector<int32_t> in(64), tg(64), in2(64), tg2(64), in3(64), tg3(64);
+  (*c)->train_batch(3, in.data(), tg.data());
+  (*c)->train_batch(3, in2.data(), tg2.data());
+  (*c)->train_batch(4, in3.data(), tg3.data());
+  EXPECT_EQ(in, in2);
+  EXPECT_EQ(tg, tg2);
+  EXPECT_NE(in, in3);
+  std::set<int32_t> row_starts;
+  for (int r = 0; r < 4; ++r) {
+    row_starts.insert(in[r * 16]);
+    for (int t = 0; t < 16; ++t) {
+      EXPECT_EQ(tg[r * 16 + t], (in[r * 16 + t] + 1) % 251);
+      if (t + 1 < 16) {
+        EXPECT_EQ(in[r * 16 + t + 1], tg[r * 16 + t]);
+      }
+    }
+  }
+  EXPECT_GT(row_starts.size(), 1u);  // rows start at different offsets
+
+  // Over many batches no row reads a validation token.
+  std::string marked(3800, 'a');
+  marked += std::string(200, 'V');
+  auto m = ByteCorpus::from_text(marked, "mem", o);
+  ASSERT_TRUE(m.ok());
+  ASSERT_EQ((*m)->train_tokens(), 3800);
+  for (int64_t i = 0; i < 500; ++i) {
+    (*m)->train_batch(i, in.data(), tg.data());
+    for (int k = 0; k < 64; ++k) ASSERT_EQ(tg[k], 'a') << "batch " << i;
+  }
+  // A different seed draws different offsets.
+  auto other = ByteCorpus::from_text(text, "mem", {.micro_batch = 4, .seq_len = 16, .seed = 8});
+  ASSERT_TRUE(other.ok());
+  (*other)->train_batch(3, in2.data(), tg2.data());
+  EXPECT_NE(in, in2);
+}
+
+TEST_F(TextCorpusTest, ValidationWindowsAreConsecutiveAndWrap) {
+  std::string text = letters(200, 'a');
+  text += "0123456789";  // validation: the last 10 tokens (5% of 210 rounds up to 11)
+  auto c = ByteCorpus::from_text(text, "mem", {.micro_batch = 2, .seq_len = 4});
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ((*c)->val_tokens(), 11);
+  EXPECT_EQ((*c)->val_windows(), 2);  // (11 - 1) / 4
+  std::vector<int32_t> in(8), tg(8);
+  (*c)->val_batch(0, in.data(), tg.data());
+  const char first = text[199];  // the split starts one token before "0"
+  EXPECT_EQ(in, (std::vector<int32_t>{first, '0', '1', '2', '3', '4', '5', '6'}));
+  EXPECT_EQ(tg, (std::vector<int32_t>{'0', '1', '2', '3', '4', '5', '6', '7'}));
+  std::vector<int32_t> in1(8), tg1(8);
+  (*c)->val_batch(1, in1.data(), tg1.data());  // windows 2, 3 wrap to 0, 1
+  EXPECT_EQ(in1, in);
+  EXPECT_EQ(tg1, tg);
+}
+
+TEST_F(TextCorpusTest, ErrorsNameThePathAndWhatToDo) {
+  auto missing = load_byte_corpus(dir_ + "/nope", {});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find(dir_ + "/nope"), absl::string_view::npos);
+  EXPECT_NE(missing.status().message().find("no such file"), absl::string_view::npos);
+
+  auto no_match = load_byte_corpus(dir_ + "/*.none", {});
+  ASSERT_FALSE(no_match.ok());
+  EXPECT_NE(no_match.status().message().find("matches no file"), absl::string_view::npos);
+
+  const std::string empty = write("empty/e.txt", "");
+  auto e = load_byte_corpus(empty, {});
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("empty"), absl::string_view::npos);
+  EXPECT_NE(e.status().message().find(empty), absl::string_view::npos);
+
+  write("binonly/x", std::string("a\0b", 3));
+  auto b = load_byte_corpus(dir_ + "/binonly", {});
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("empty"), absl::string_view::npos);
+
+  auto empty_dir = load_byte_corpus((fs::create_directories(dir_ + "/none"), dir_ + "/none"), {});
+  ASSERT_FALSE(empty_dir.ok());
+  EXPECT_NE(empty_dir.status().message().find("no regular file"), absl::string_view::npos);
+
+  const std::string small = write("small.txt", letters(100));
+  auto s = load_byte_corpus(small, {.micro_batch = 1, .seq_len = 64});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("too few"), absl::string_view::npos) << s.status();
+  EXPECT_NE(s.status().message().find("--seq-len"), absl::string_view::npos);
+  EXPECT_TRUE(load_byte_corpus(small, {.micro_batch = 1, .seq_len = 32}).ok());
+}
+
+TEST(FortunesCorpus, DefaultCorpusLoadsWhenInstalled) {
+  const std::string path = "/usr/share/games/fortunes";
+  if (!fs::is_directory(path)) GTEST_SKIP() << path << " missing (apt-get install fortunes)";
+  auto c = load_byte_corpus(path, {.micro_batch = 8, .seq_len = 256});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_GT((*c)->train_tokens(), 1'000'000);
+  for (const std::string& f : (*c)->files()) EXPECT_NE(fs::path(f).extension(), ".dat");
+}
+
+}  // namespace
+}  // namespace strata::model

@@ -1,0 +1,233 @@
+// `strata train`, run as a user would: the real binary trains gpt2-tiny for
+// a few steps on a small corpus written here (short sequences, optimizer
+// offloaded to the CPU) and its per-step JSON lines are checked; bad inputs
+// fail before any work with exit 1 and one "strata: error:" line; Ctrl-C
+// ends the run after the current step with exit 130.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<json> json_lines(const std::string& path) {
+  std::vector<json> out;
+  std::istringstream in(slurp(path));
+  for (std::string line; std::getline(in, line);) {
+    out.push_back(json::parse(line, nullptr, /*allow_exceptions=*/false));
+  }
+  return out;
+}
+
+// fp16 with dynamic loss scaling (starting low, so no step is skipped),
+// AdamW at a constant rate, optimizer states on the host.
+constexpr char kConfig[] = R"({
+  "train_micro_batch_size_per_gpu": 2,
+  "gradient_accumulation_steps": 1,
+  "steps_per_print": 2,
+  "gradient_clipping": 1.0,
+  "fp16": {"enabled": true, "loss_scale": 0, "initial_scale_power": 8},
+  "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01}},
+  "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+  "strata": {"overlap": "sync"}
+})";
+
+class TrainCommandTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/strata_train_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    std::string text;
+    for (int i = 0; i < 400; ++i) {
+      text += "the quick brown fox jumps over the lazy dog " + std::to_string(i % 10) + "\n";
+    }
+    corpus_ = write("corpus/a.txt", text);
+    config_ = write("ds.json", kConfig);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::string write(const std::string& name, const std::string& contents) {
+    const fs::path p = fs::path(dir_) / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << contents;
+    return p.string();
+  }
+
+  // A run with small, fast defaults; `changes` replace (or add) flags.
+  std::string args(const std::map<std::string, std::string>& changes = {}) const {
+    std::map<std::string, std::string> flags = {{"--model", "gpt2-tiny"},
+                                                {"--data", dir_ + "/corpus"},
+                                                {"--deepspeed_config", config_},
+                                                {"--seq-len", "32"},
+                                                {"--steps", "5"},
+                                                {"--eval-every", "2"},
+                                                {"--eval-batches", "2"},
+                                                {"--log-json", log()}};
+    for (const auto& [k, v] : changes) flags[k] = v;
+    std::string out;
+    for (const auto& [k, v] : flags) out += k + " '" + v + "' ";
+    return out;
+  }
+  std::string log() const { return dir_ + "/log.jsonl"; }
+
+  RunResult run(const std::string& a) {
+    const std::string err = dir_ + "/.stderr";
+    const std::string cmd = std::string("'") + STRATA_STRATA_BINARY + "' train " + a + " >'" +
+                            dir_ + "/.stdout' 2>'" + err + "'";
+    const int status = std::system(cmd.c_str());
+    RunResult r;
+    EXPECT_TRUE(WIFEXITED(status)) << cmd;
+    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+    r.err = slurp(err);
+    return r;
+  }
+
+  // Fails before any work: exit 1, one error line containing `what`, no
+  // step run, no log written.
+  void expect_early_failure(const std::string& a, const std::string& what) {
+    fs::remove(log());
+    RunResult r = run(a);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_EQ(r.err.rfind("strata: error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("step "), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(log())) << "a log was started: " << a;
+  }
+
+  std::string dir_, corpus_, config_;
+};
+
+TEST_F(TrainCommandTest, TrainsAndLogsEveryStep) {
+  const std::string trace = dir_ + "/run.trace.json";
+  RunResult r = run(args({{"--trace", trace}}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("byte-level vocab 256"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("summary: 5 step(s)"), std::string::npos) << r.err;
+
+  const std::vector<json> lines = json_lines(log());
+  ASSERT_EQ(lines.size(), 5u);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const json& j = lines[i];
+    ASSERT_TRUE(j.is_object()) << "line " << i + 1 << " is not JSON";
+    EXPECT_EQ(j["step"], static_cast<int>(i + 1));
+    for (const char* key :
+         {"loss", "lr", "loss_scale", "grad_norm", "step_seconds", "tokens_per_second"}) {
+      ASSERT_TRUE(j.contains(key) && j[key].is_number()) << key << " in " << j.dump();
+      EXPECT_TRUE(std::isfinite(j[key].get<double>())) << key << " in " << j.dump();
+    }
+    EXPECT_TRUE(j["skipped"].is_boolean());
+    EXPECT_FALSE(j["skipped"].get<bool>()) << j.dump();
+    EXPECT_GT(j["tokens_per_second"].get<double>(), 0);
+    EXPECT_DOUBLE_EQ(j["lr"].get<double>(), 3e-3);
+    for (const char* dir : {"bytes_in", "bytes_out"}) {
+      for (const char* tier : {"device", "host", "nvme"}) {
+        EXPECT_TRUE(j[dir][tier].is_number_unsigned()) << dir << "." << tier << " " << j.dump();
+      }
+    }
+    // Evaluated every 2 steps and at the end.
+    const bool evaluated = (i + 1) % 2 == 0 || i + 1 == lines.size();
+    ASSERT_EQ(j.contains("val_loss"), evaluated) << j.dump();
+    if (evaluated) {
+      EXPECT_TRUE(std::isfinite(j["val_loss"].get<double>()));
+    }
+  }
+  // A repetitive corpus is learnt quickly: the loss falls from about ln 256.
+  const double first = lines.front()["loss"], last = lines.back()["loss"];
+  EXPECT_NEAR(first, std::log(256.0), 0.3);
+  EXPECT_LT(last, first - 0.1);
+
+  const json t = json::parse(slurp(trace), nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(t.is_object()) << "trace is not JSON";
+  int steps = 0;
+  for (const json& e : t["traceEvents"]) steps += e.value("name", "") == "train_step";
+  EXPECT_EQ(steps, 5);
+}
+
+TEST_F(TrainCommandTest, BadInputsFailBeforeAnyWork) {
+  expect_early_failure(args({{"--data", dir_ + "/missing"}}), dir_ + "/missing");
+  write("empty/e.txt", "");
+  expect_early_failure(args({{"--data", dir_ + "/empty"}}), "empty");
+  write("short.txt", "too short for one sequence");
+  expect_early_failure(args({{"--data", dir_ + "/short.txt"}}), "too few");
+  expect_early_failure(args({{"--seq-len", "257"}}),
+                       "--seq-len 257 is longer than gpt2-tiny allows");
+  expect_early_failure(args({{"--model", "gpt3"}}), "unknown model \"gpt3\"");
+  expect_early_failure(args({{"--deepspeed_config", dir_ + "/none.json"}}), "none.json");
+  // Here there is no GPU (or, on a GPU machine, no CUDA training path yet).
+  expect_early_failure(args({{"--device", "cuda"}}), "--device cuda");
+  RunResult cuda = run(args({{"--device", "cuda"}}));
+  EXPECT_NE(cuda.err.find("use --device cpu"), std::string::npos) << cuda.err;
+}
+
+TEST_F(TrainCommandTest, MalformedFlagsAreUsageErrors) {
+  EXPECT_EQ(run(args({{"--gpu-mem", "12Q"}})).exit_code, 2);
+  EXPECT_EQ(run(args({{"--device", "tpu"}})).exit_code, 2);
+  EXPECT_EQ(run(args({{"--steps", "0"}})).exit_code, 2);
+}
+
+TEST_F(TrainCommandTest, InterruptFinishesTheStepAndExits130) {
+  const std::string err = dir_ + "/.stderr";
+  const std::string cmd = "exec '" + std::string(STRATA_STRATA_BINARY) + "' train " +
+                          args({{"--steps", "100000"}, {"--eval-every", "100000"}}) + " 2>'" + err +
+                          "'";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Wait (up to 120 s) for the first logged step, then press Ctrl-C.
+  bool started = false, exited = false;
+  int status = 0;
+  for (int i = 0; i < 1200 && !started && !exited; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    started = slurp(log()).find('\n') != std::string::npos;
+    exited = ::waitpid(pid, &status, WNOHANG) == pid;
+  }
+  if (!exited) {
+    ::kill(pid, SIGINT);
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  }
+  ASSERT_TRUE(started) << slurp(err);
+  ASSERT_TRUE(WIFEXITED(status)) << slurp(err);
+  EXPECT_EQ(WEXITSTATUS(status), 130) << slurp(err);
+  const std::string text = slurp(err);
+  EXPECT_NE(text.find("summary: "), std::string::npos) << text;
+  EXPECT_NE(text.find("checkpoints are not implemented yet"), std::string::npos) << text;
+  // Every step that ran was logged completely.
+  for (const json& j : json_lines(log())) EXPECT_TRUE(j.is_object());
+}
+
+}  // namespace

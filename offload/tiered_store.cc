@@ -562,8 +562,8 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   }
   tr.valid = false;  // re-recorded on the next step
   ++stats_.trace_changes;
-  log::get("offload")->info("{} acquire order changed at position {} (\"{}\"); re-recording",
-                            tier_name(tier), tr.next_pos, tensors_[id].spec.name);
+  log::get("offload")->debug("{} acquire order changed at position {} (\"{}\"); re-recording",
+                             tier_name(tier), tr.next_pos, tensors_[id].spec.name);
 }
 
 void TieredStore::queue_prefetches_locked(Tier tier) {

@@ -15,58 +15,21 @@
 #include "core/file_util.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli_test_util.h"
 
 namespace {
 
-struct RunResult {
-  int exit_code = -1;
-  bool crashed = false;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using RunResult = strata::testing::CliRun;
 
 class ConfigCheckTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/strata_config_check_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    if (!dir_.empty()) std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
-
   std::string write(const std::string& name, const std::string& contents) {
-    std::string path = dir_ + "/" + name;
-    std::ofstream(path, std::ios::binary) << contents;
-    return path;
+    return scratch_.write(name, contents);
   }
+  RunResult run(const std::string& args) { return scratch_.run_strata("config check " + args); }
 
-  RunResult run(const std::string& args) {
-    const std::string out = dir_ + "/.stdout", err = dir_ + "/.stderr";
-    std::string cmd = std::string("'") + STRATA_STRATA_BINARY + "' config check " + args + " >'" +
-                      out + "' 2>'" + err + "'";
-    int status = std::system(cmd.c_str());
-    RunResult r;
-    // system() runs a shell, which reports a signal-killed child as 128 + signal.
-    if (WIFSIGNALED(status)) {
-      r.crashed = true;
-    } else {
-      r.exit_code = WEXITSTATUS(status);
-      r.crashed = r.exit_code > 128;
-    }
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-  }
-
-  std::string dir_;
+  strata::testing::ScratchDir scratch_{"strata_config_check_"};
+  const std::string dir_ = scratch_.path();
 };
 
 struct BadCase {

@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli_test_util.h"
 
 namespace {
 
@@ -25,45 +26,17 @@ constexpr int64_t kLargest = 50257 * 768;  // wte
 // Activations at micro batch 2, fp16: 12*2*1024*(34*768 + 5*12*1024) + 4*2*1024*50257.
 constexpr int64_t kGpt2Activations = 2'151'677'952 + 411'705'344;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using RunResult = strata::testing::CliRun;
 
 class PlanCommandTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/strata_plan_test_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    if (!dir_.empty()) std::system(("rm -rf '" + dir_ + "'").c_str());
-  }
-
   std::string write(const std::string& name, const std::string& contents) {
-    const std::string path = dir_ + "/" + name;
-    std::ofstream(path, std::ios::binary) << contents;
-    return path;
+    return scratch_.write(name, contents);
   }
 
   RunResult run(const std::string& args) {
-    const std::string out = dir_ + "/.stdout", err = dir_ + "/.stderr";
-    const std::string cmd = std::string("'") + STRATA_STRATA_BINARY + "' plan " + args + " >'" +
-                            out + "' 2>'" + err + "'";
-    const int status = std::system(cmd.c_str());
-    RunResult r;
-    EXPECT_TRUE(WIFEXITED(status)) << cmd;
-    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-    r.out = slurp(out);
-    r.err = slurp(err);
+    RunResult r = scratch_.run_strata("plan " + args);
+    EXPECT_GE(r.exit_code, 0) << args;
     return r;
   }
 
@@ -75,7 +48,8 @@ class PlanCommandTest : public ::testing::Test {
     return j;
   }
 
-  std::string dir_;
+  strata::testing::ScratchDir scratch_{"strata_plan_test_"};
+  const std::string dir_ = scratch_.path();
 };
 
 TEST_F(PlanCommandTest, FixtureGpt2OnTheGpu) {

@@ -10,51 +10,21 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli_test_util.h"
 
 namespace {
 
 using nlohmann::json;
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using strata::testing::CliRun;
 
 class ReportCommandTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl =
-        std::string(tmp != nullptr && *tmp ? tmp : "/tmp") + "/report_command_test.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    ::unlink((dir_ + "/out").c_str());
-    ::unlink((dir_ + "/err").c_str());
-    ::rmdir(dir_.c_str());
-  }
-
-  CliRun strata(const std::string& args) { return strata_with_prefix("", args); }
+  CliRun strata(const std::string& args) { return scratch_.run_strata(args); }
 
   // `shell_prefix` runs first in the same shell, e.g. "ulimit -l 64 && ".
   CliRun strata_with_prefix(const std::string& shell_prefix, const std::string& args) {
-    std::string cmd = shell_prefix + "'" + STRATA_STRATA_BINARY + "' " + args + " >'" + dir_ +
-                      "/out' 2>'" + dir_ + "/err'";
-    int status = std::system(cmd.c_str());
-    CliRun r;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(dir_ + "/out");
-    r.err = slurp(dir_ + "/err");
-    return r;
+    return scratch_.run_strata(args, shell_prefix);
   }
 
   // Runs `report --json ARGS` and returns the parsed object.
@@ -70,7 +40,8 @@ class ReportCommandTest : public ::testing::Test {
     return j;
   }
 
-  std::string dir_;
+  strata::testing::ScratchDir scratch_{"report_command_test."};
+  const std::string dir_ = scratch_.path();
 };
 
 TEST_F(ReportCommandTest, JsonHasEverySection) {

@@ -20,23 +20,15 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli_test_util.h"
 
 namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using RunResult = strata::testing::CliRun;
+using strata::testing::slurp;
 
 std::vector<json> json_lines(const std::string& path) {
   std::vector<json> out;
@@ -63,9 +55,6 @@ constexpr char kConfig[] = R"({
 class TrainCommandTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/strata_train_test_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
     std::string text;
     for (int i = 0; i < 400; ++i) {
       text += "the quick brown fox jumps over the lazy dog " + std::to_string(i % 10) + "\n";
@@ -73,16 +62,9 @@ class TrainCommandTest : public ::testing::Test {
     corpus_ = write("corpus/a.txt", text);
     config_ = write("ds.json", kConfig);
   }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
 
   std::string write(const std::string& name, const std::string& contents) {
-    const fs::path p = fs::path(dir_) / name;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p, std::ios::binary) << contents;
-    return p.string();
+    return scratch_.write(name, contents);
   }
 
   // A run with small, fast defaults; `changes` replace (or add) flags.
@@ -103,14 +85,8 @@ class TrainCommandTest : public ::testing::Test {
   std::string log() const { return dir_ + "/log.jsonl"; }
 
   RunResult run(const std::string& a) {
-    const std::string err = dir_ + "/.stderr";
-    const std::string cmd = std::string("'") + STRATA_STRATA_BINARY + "' train " + a + " >'" +
-                            dir_ + "/.stdout' 2>'" + err + "'";
-    const int status = std::system(cmd.c_str());
-    RunResult r;
-    EXPECT_TRUE(WIFEXITED(status)) << cmd;
-    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-    r.err = slurp(err);
+    RunResult r = scratch_.run_strata("train " + a);
+    EXPECT_GE(r.exit_code, 0) << a;
     return r;
   }
 
@@ -126,7 +102,9 @@ class TrainCommandTest : public ::testing::Test {
     EXPECT_FALSE(fs::exists(log())) << "a log was started: " << a;
   }
 
-  std::string dir_, corpus_, config_;
+  strata::testing::ScratchDir scratch_{"strata_train_test_"};
+  const std::string dir_ = scratch_.path();
+  std::string corpus_, config_;
 };
 
 TEST_F(TrainCommandTest, TrainsAndLogsEveryStep) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/cli_test_util.h"
 
 namespace strata::model {
 namespace {
@@ -21,22 +22,11 @@ namespace fs = std::filesystem;
 
 class TextCorpusTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/strata_corpus_test_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   std::string write(const std::string& name, const std::string& contents) {
-    const fs::path p = fs::path(dir_) / name;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p, std::ios::binary) << contents;
-    return p.string();
+    return scratch_.write(name, contents);
   }
-  std::string dir_;
+  strata::testing::ScratchDir scratch_{"strata_corpus_test_"};
+  const std::string dir_ = scratch_.path();
 };
 
 std::string letters(size_t n, char first = 'a') {

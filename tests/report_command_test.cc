@@ -46,11 +46,11 @@ class ReportCommandTest : public ::testing::Test {
 
 TEST_F(ReportCommandTest, JsonHasEverySection) {
   json j = report_json();
-  for (const char* key : {"build", "cpu", "memory", "numa", "topology", "io_uring", "direct_io",
-                          "cuda", "nccl", "problems"}) {
+  for (const char* key : {"build", "cpu", "memory", "numa", "topology", "io_uring", "io_engine",
+                          "direct_io", "cuda", "nccl", "problems"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
-  EXPECT_EQ(j.size(), 10u) << j.dump(2);
+  EXPECT_EQ(j.size(), 11u) << j.dump(2);
 
   EXPECT_TRUE(j["build"]["version"].is_string());
   EXPECT_FALSE(j["build"]["compiler"].get<std::string>().empty());
@@ -73,6 +73,10 @@ TEST_F(ReportCommandTest, JsonHasEverySection) {
 
   EXPECT_TRUE(j["io_uring"]["available"].is_boolean());
   EXPECT_TRUE(j["io_uring"]["features"].is_array());
+  // The swap engine in use follows the probe: io_uring when it works, else the thread pool.
+  EXPECT_EQ(j["io_engine"]["engine"],
+            j["io_uring"]["available"].get<bool>() ? "io_uring" : "threads");
+  EXPECT_FALSE(j["io_engine"]["reason"].get<std::string>().empty());
   EXPECT_TRUE(j["direct_io"]["ok"].is_boolean());
   EXPECT_TRUE(j["cuda"]["devices"].is_array());
   EXPECT_TRUE(j["nccl"]["available"].is_boolean());

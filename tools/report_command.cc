@@ -16,6 +16,7 @@
 #include "core/host_info.h"
 #include "core/topology.h"
 #include "gpu/cuda_info.h"
+#include "swap/io_engine.h"
 #include "swap/io_probe.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
@@ -38,6 +39,9 @@ struct Report {
   std::string nvme_path;
   absl::StatusOr<swap::DirectIoProbe> direct_io = absl::UnknownError("not probed");
   swap::IoUringProbe io_uring;
+  // The swap engine make_io_engine() picks with default options, and why.
+  std::string io_engine;
+  std::string io_engine_reason;
   gpu::CudaInfo cuda;
   gpu::NcclInfo nccl;
   std::vector<Problem> problems;
@@ -176,6 +180,12 @@ Report gather(const std::string& nvme_path_flag) {
   // An unusable --nvme-path is reported once, under direct_io; io_uring is
   // still worth knowing about, so it is tested in the temp directory instead.
   r.io_uring = swap::probe_io_uring(r.direct_io.ok() ? r.nvme_path : temp_dir());
+  if (auto engine = swap::make_io_engine(swap::IoEngineOptions{}); engine.ok()) {
+    r.io_engine = std::string((*engine)->name());
+    r.io_engine_reason = (*engine)->selection_reason();
+  } else {
+    r.io_engine_reason = std::string(engine.status().message());
+  }
   r.cuda = gpu::probe_cuda();
   r.nccl = gpu::probe_nccl();
   find_problems(r);
@@ -272,6 +282,8 @@ json to_json(const Report& r) {
                      {"test_dir", u.test_dir},
                      {"io_test_ok", u.io_test_ok},
                      {"why_not", u.why_not}};
+  out["io_engine"] = {{"engine", r.io_engine.empty() ? json(nullptr) : json(r.io_engine)},
+                      {"reason", r.io_engine_reason}};
 
   if (r.direct_io.ok()) {
     const swap::DirectIoProbe& d = *r.direct_io;
@@ -437,6 +449,9 @@ void print_human(const Report& r) {
     line("write+fsync+read", ok_or(u.io_test_ok, Mark::kNo),
          u.io_test_ok ? absl::StrCat("ok in ", u.test_dir) : u.why_not);
   }
+  line("swap engine", ok_or(!r.io_engine.empty(), Mark::kNo),
+       r.io_engine.empty() ? r.io_engine_reason
+                           : absl::StrCat(r.io_engine, " (", r.io_engine_reason, ")"));
 
   section("direct I/O (--nvme-path)");
   if (!r.direct_io.ok()) {

@@ -22,6 +22,8 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+#include "core/bf16_round_x86.h"
 #endif
 
 namespace strata::cpu_adam::detail {
@@ -132,14 +134,7 @@ inline __m128i to_fp16_bits(const xsimd::batch<float, Avx2>& x) {
   return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
 }
 inline __m128i to_bf16_bits(const xsimd::batch<float, Avx2>& x) {
-  const __m256i u = _mm256_castps_si256(x);
-  const __m256i abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
-  const __m256i is_nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r =
-      _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)),
-                         is_nan);
+  const __m256i r = ::strata::simd::bf16_round_avx2(_mm256_castps_si256(x));
   // packus works per 128-bit lane; both halves are in [0, 65535] so it only narrows.
   return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
 }
@@ -173,14 +168,7 @@ inline __m256i to_fp16_bits(const xsimd::batch<float, Avx512>& x) {
   return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
 }
 inline __m256i to_bf16_bits(const xsimd::batch<float, Avx512>& x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __m512i abs = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
-  const __mmask16 is_nan = _mm512_cmpgt_epi32_mask(abs, _mm512_set1_epi32(0x7f800000));
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r =
-      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  r = _mm512_mask_or_epi32(r, is_nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  return _mm512_cvtepi32_epi16(r);
+  return _mm512_cvtepi32_epi16(::strata::simd::bf16_round_avx512(_mm512_castps_si512(x)));
 }
 inline void store_fp16(Avx512, uint16_t* p, const xsimd::batch<float, Avx512>& x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_fp16_bits(x));

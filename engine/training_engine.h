@@ -114,6 +114,25 @@ class TrainingEngine {
   // The compute-dtype param as fp32 (read back from its home).
   absl::StatusOr<std::vector<float>> read_param(int layer, int param);
 
+  // Checkpoints (engine/checkpoint.cc). save_checkpoint writes DIR/meta.json
+  // (format version, step counters, loss-scaler state, LR-schedule
+  // iteration, compute dtype, the parameter table with each tensor's offset
+  // and XXH3-64 checksum) and DIR/tensors.bin (per parameter: fp32 master,
+  // exp_avg, exp_avg_sq, then the compute-dtype param). It writes into
+  // DIR.tmp-<pid>, fsyncs, moves an existing DIR to DIR.old, renames the new
+  // one to DIR and removes DIR.old, so a save interrupted at any point
+  // leaves a loadable checkpoint (DIR, or DIR.old, which load falls back to
+  // when DIR is missing). load_checkpoint validates everything before it
+  // writes anything into the engine: missing files, the format version, the
+  // compute dtype, the parameter table against this model (the first
+  // mismatch is named) and every checksum (the tensor and file are named).
+  // After a load, train_step() continues bit for bit as the saved run did
+  // (data is chosen by micro-batch index, which is restored). Call between
+  // steps, from the thread that calls train_step().
+  absl::Status save_checkpoint(const std::string& dir);
+  absl::Status load_checkpoint(const std::string& dir);
+  int64_t steps() const { return steps_; }  // train_step() calls, restored by a load
+
   DType compute_dtype() const { return dtype_; }
   const LossScaler* loss_scaler() const { return scaler_.get(); }
   int64_t optimizer_steps() const { return adam_step_; }  // applied steps
@@ -138,6 +157,9 @@ class TrainingEngine {
   absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
                        uint64_t bytes);
   absl::Status copy_out(offload::TensorView view, offload::Tier tier, void* dst, uint64_t bytes);
+  // Raw bytes of a tensor through the store on `tier` (checkpoint.cc).
+  absl::Status read_raw(offload::TensorId id, offload::Tier tier, void* dst, uint64_t bytes);
+  absl::Status write_raw(offload::TensorId id, offload::Tier tier, const void* src, uint64_t bytes);
 
   config::DsConfig config_;
   Model* model_ = nullptr;

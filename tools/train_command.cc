@@ -63,6 +63,9 @@ struct TrainArgs {
   std::string log_json;
   std::string trace;
   uint64_t seed = 1337;
+  int64_t save_every = 0;
+  std::string save_dir;
+  std::string resume;
 };
 
 volatile std::sig_atomic_t g_interrupted = 0;
@@ -242,6 +245,11 @@ int run_train(const TrainArgs& a) {
   auto gpu_mem = parse_size(a.gpu_mem, "--gpu-mem");
   if (!gpu_mem.ok()) return report_status(gpu_mem.status()) == 0 ? 0 : 2;  // usage
   s.gpu_mem = *gpu_mem;
+  if (a.save_every > 0 && a.save_dir.empty()) {
+    report_status(absl::InvalidArgumentError(
+        "--save-every needs --save-dir DIR (where the checkpoint is written)"));
+    return 2;  // usage
+  }
   if (absl::Status st = prepare(a, &s); !st.ok()) return report_status(st);
   const config::DsConfig& cfg = s.cfg;
 
@@ -271,6 +279,12 @@ int run_train(const TrainArgs& a) {
   auto eng = engine::TrainingEngine::create(cfg, net->get(), &device, std::move(eo));
   if (!eng.ok()) return report_status(eng.status());
   engine::TrainingEngine& engine = **eng;
+  if (!a.resume.empty()) {
+    if (absl::Status st = engine.load_checkpoint(a.resume); !st.ok()) {
+      return report_status(annotate(st, "--resume"));
+    }
+  }
+  const int64_t start_step = engine.steps();
 
   const char* precision = cfg.fp16.enabled ? "fp16" : cfg.bf16.enabled ? "bf16" : "fp32";
   std::string offload(config::to_string(cfg.zero.offload_optimizer.device));
@@ -299,6 +313,11 @@ int run_train(const TrainArgs& a) {
                format_count(static_cast<double>(s.corpus->train_tokens())).c_str(),
                format_count(static_cast<double>(s.corpus->val_tokens())).c_str());
 
+  if (!a.resume.empty()) {
+    std::fprintf(stderr, "strata train: resumed from %s after step %lld\n", a.resume.c_str(),
+                 static_cast<long long>(start_step));
+  }
+
   SigintGuard sigint;
   Progress progress(a.steps, cfg.steps_per_print);
   const int64_t t0 = monotonic_ns();
@@ -321,9 +340,23 @@ int run_train(const TrainArgs& a) {
     return v;
   };
 
+  int64_t saved_step = -1;
+  auto save = [&](int64_t step) -> absl::Status {
+    TraceScope scope(&trace, "save_checkpoint", "train");
+    const int64_t c0 = monotonic_ns();
+    STRATA_RETURN_IF_ERROR(engine.save_checkpoint(a.save_dir),
+                           absl::StrCat("--save-dir: saving after step ", step));
+    saved_step = step;
+    progress.note(absl::StrFormat("step %lld: checkpoint saved to %s (%.1fs)",
+                                  static_cast<long long>(step), a.save_dir,
+                                  (monotonic_ns() - c0) * 1e-9));
+    return absl::OkStatus();
+  };
+
   absl::Status failure;
-  if (auto v = evaluate(0); !v.ok()) failure = v.status();
-  for (int64_t i = 1; failure.ok() && i <= a.steps; ++i) {
+  if (auto v = evaluate(start_step); !v.ok()) failure = v.status();
+  // --steps is the total: a resumed run continues up to it.
+  for (int64_t i = start_step + 1; failure.ok() && i <= a.steps; ++i) {
     absl::StatusOr<engine::StepStats> st;
     {
       TraceScope scope(&trace, "train_step", "train");
@@ -368,11 +401,15 @@ int run_train(const TrainArgs& a) {
       if (val) j["val_loss"] = *val;
       *log << j.dump() << '\n' << std::flush;
     }
+    if (failure.ok() && a.save_every > 0 && i % a.save_every == 0) failure = save(i);
     if (stop) {
       interrupted = true;
       break;
     }
   }
+  // At the end and on Ctrl-C, unless the last step was just saved or failed.
+  const int64_t last_step = engine.steps();
+  if (failure.ok() && !a.save_dir.empty() && saved_step != last_step) failure = save(last_step);
   progress.end_line();
   const double wall = (monotonic_ns() - t0) * 1e-9;
 
@@ -395,10 +432,15 @@ int run_train(const TrainArgs& a) {
       static_cast<long long>(skipped));
   if (!failure.ok()) return report_status(failure);
   if (interrupted) {
-    std::fprintf(stderr,
-                 "strata train: interrupted after step %lld; checkpoints are not implemented yet, "
-                 "so nothing was saved\n",
-                 static_cast<long long>(steps_done));
+    if (a.save_dir.empty()) {
+      std::fprintf(stderr,
+                   "strata train: interrupted after step %lld; nothing was saved (pass "
+                   "--save-dir DIR to keep a checkpoint)\n",
+                   static_cast<long long>(engine.steps()));
+    } else {
+      std::fprintf(stderr, "strata train: interrupted after step %lld; resume with --resume %s\n",
+                   static_cast<long long>(engine.steps()), a.save_dir.c_str());
+    }
     return 130;
   }
   return 0;
@@ -430,6 +472,14 @@ void add_train_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--log-json", a->log_json, "write one JSON object per step to FILE");
   cmd->add_option("--trace", a->trace, "write a Chrome trace (chrome://tracing) to FILE");
   cmd->add_option("--seed", a->seed, "data order and weight initialisation (default 1337)");
+  cmd->add_option("--save-every", a->save_every,
+                  "save a checkpoint every N steps (needs --save-dir; also saved at the end)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  cmd->add_option("--save-dir", a->save_dir,
+                  "checkpoint directory, written at the end, on Ctrl-C and every --save-every");
+  cmd->add_option("--resume", a->resume,
+                  "continue from the checkpoint in DIR (same model, config and data); --steps "
+                  "stays the total");
   cmd->callback([=] { *exit_code = run_train(*a); });
 }
 

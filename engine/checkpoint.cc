@@ -1,0 +1,381 @@
+// TrainingEngine::save_checkpoint / load_checkpoint (contract in
+// training_engine.h).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/status.h"
+#include "engine/training_engine.h"
+#include "nlohmann/json.hpp"
+
+namespace strata::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using offload::Access;
+using offload::TensorView;
+using offload::Tier;
+
+constexpr int kFormatVersion = 1;
+constexpr const char* kMetaFile = "meta.json";
+constexpr const char* kTensorFile = "tensors.bin";
+constexpr const char* kKindNames[4] = {"master", "exp_avg", "exp_avg_sq", "compute"};
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
+  return buf;
+}
+
+absl::Status write_all(int fd, const void* data, uint64_t bytes, uint64_t offset,
+                       const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < bytes) {
+    const ssize_t w = ::pwrite(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno_status(errno, absl::StrCat("cannot write ", path));
+    done += static_cast<uint64_t>(w);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status read_all(int fd, void* data, uint64_t bytes, uint64_t offset,
+                      const std::string& path) {
+  auto* p = static_cast<uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < bytes) {
+    const ssize_t r = ::pread(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno_status(errno, absl::StrCat("cannot read ", path));
+    if (r == 0) {
+      return absl::DataLossError(absl::StrCat(path, " is truncated: ", offset + bytes,
+                                              " bytes expected; the checkpoint is damaged"));
+    }
+    done += static_cast<uint64_t>(r);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", path, " to fsync it"));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return errno_status(err, absl::StrCat("cannot fsync ", path));
+  return absl::OkStatus();
+}
+
+// The parent directory of `dir` ("." for a relative name without one).
+std::string parent_of(const std::string& dir) {
+  const fs::path parent = fs::path(dir).parent_path();
+  return parent.empty() ? std::string(".") : parent.string();
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+absl::Status TrainingEngine::read_raw(offload::TensorId id, Tier tier, void* dst, uint64_t bytes) {
+  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kAccessRead));
+  const absl::Status s = copy_out(v, tier, dst, bytes);
+  const absl::Status r = store_->release(id, tier, /*dirty=*/false);
+  STRATA_RETURN_IF_ERROR(s);
+  return r;
+}
+
+absl::Status TrainingEngine::write_raw(offload::TensorId id, Tier tier, const void* src,
+                                       uint64_t bytes) {
+  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kAccessWrite));
+  const absl::Status s = copy_in(v, tier, src, bytes);
+  // Dirty even on a failed copy: the copy's contents are unknown now.
+  const absl::Status r = store_->release(id, tier, /*dirty=*/true);
+  STRATA_RETURN_IF_ERROR(s);
+  return r;
+}
+
+absl::Status TrainingEngine::save_checkpoint(const std::string& dir_in) {
+  std::string dir = dir_in;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (dir.empty()) return absl::InvalidArgumentError("save_checkpoint: empty directory name");
+  const std::string tmp = absl::StrCat(dir, ".tmp-", ::getpid());
+  const std::string old = dir + ".old";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);  // our own leftover from an earlier failed save
+  if (!fs::create_directories(tmp, ec) || ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create checkpoint directory ", tmp, " (", ec ? ec.message() : "it exists",
+        "); check that ", parent_of(dir), " is writable"));
+  }
+  auto fail = [&](absl::Status s) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    return annotate(s, absl::StrCat("saving checkpoint ", dir));
+  };
+
+  const std::string bin_path = (fs::path(tmp) / kTensorFile).string();
+  json tensors = json::array();
+  {
+    Fd fd(::open(bin_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (fd.get() < 0) return fail(errno_status(errno, absl::StrCat("cannot create ", bin_path)));
+    uint64_t offset = 0;
+    std::vector<uint8_t> buf;
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i) {
+        const ParamIds& p = layers_[l][i];
+        const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
+        json entry = {{"layer", l}, {"param", i}, {"name", p.name}, {"numel", p.numel}};
+        for (int k = 0; k < 4; ++k) {
+          const bool compute = k == 3;
+          const uint64_t bytes = p.numel * (compute ? dtype_size(dtype_) : 4);
+          const Tier tier = compute ? store_->spec(p.param).home : opt_tier_;
+          buf.resize(bytes);
+          absl::Status s = read_raw(ids[k], tier, buf.data(), bytes);
+          if (!s.ok()) return fail(annotate(s, store_->spec(ids[k]).name));
+          s = write_all(fd.get(), buf.data(), bytes, offset, bin_path);
+          if (!s.ok()) return fail(s);
+          entry[kKindNames[k]] = {{"offset", offset},
+                                  {"bytes", bytes},
+                                  {"xxh3", hex64(XXH3_64bits(buf.data(), bytes))}};
+          offset += bytes;
+        }
+        tensors.push_back(std::move(entry));
+      }
+    }
+    if (::fsync(fd.get()) != 0) {
+      return fail(errno_status(errno, absl::StrCat("cannot fsync ", bin_path)));
+    }
+  }
+
+  json meta = {{"format", "strata-checkpoint"},
+               {"format_version", kFormatVersion},
+               {"compute_dtype", std::string(dtype_name(dtype_))},
+               {"steps", steps_},
+               {"optimizer_steps", adam_step_},
+               {"micro_batches", micro_batches_},
+               {"lr_schedule_iteration", schedule_->iteration()},
+               {"tensor_file", kTensorFile},
+               {"params", std::move(tensors)}};
+  if (scaler_ != nullptr) {
+    const LossScaler::State st = scaler_->state();
+    meta["loss_scaler"] = {{"scale", st.scale},
+                           {"hysteresis", st.hysteresis},
+                           {"iteration", st.iteration},
+                           {"last_overflow_iteration", st.last_overflow_iteration},
+                           {"skipped", st.skipped}};
+  }
+  absl::Status s = write_file_atomic((fs::path(tmp) / kMetaFile).string(), meta.dump(2) + "\n");
+  if (!s.ok()) return fail(s);
+  s = fsync_path(tmp);
+  if (!s.ok()) return fail(s);
+
+  // Swap in: DIR -> DIR.old, DIR.tmp -> DIR, drop DIR.old. At every point
+  // DIR or DIR.old holds a complete checkpoint.
+  // A DIR.old without a DIR is the only complete copy (a save killed between
+  // the renames): it stays until the new DIR is in place.
+  const bool had_previous = fs::exists(dir, ec);
+  if (had_previous) fs::remove_all(old, ec);
+  if (had_previous && ::rename(dir.c_str(), old.c_str()) != 0) {
+    return fail(errno_status(
+        errno, absl::StrCat("cannot move the previous checkpoint ", dir, " to ", old)));
+  }
+  if (::rename(tmp.c_str(), dir.c_str()) != 0) {
+    const absl::Status err = errno_status(errno, absl::StrCat("cannot rename ", tmp, " to ", dir));
+    if (had_previous) ::rename(old.c_str(), dir.c_str());
+    return fail(err);
+  }
+  STRATA_RETURN_IF_ERROR(fsync_path(parent_of(dir)), absl::StrCat("saving checkpoint ", dir));
+  fs::remove_all(old, ec);
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in) {
+  std::string dir = dir_in;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) && fs::is_directory(dir + ".old", ec)) {
+    // A save was interrupted between moving the previous checkpoint aside and
+    // renaming the new one into place.
+    dir += ".old";
+  }
+  const std::string ctx = absl::StrCat("loading checkpoint ", dir);
+  const std::string meta_path = (fs::path(dir) / kMetaFile).string();
+  if (!fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat(ctx,
+                                            ": no such directory; pass the directory a "
+                                            "save wrote (it holds ",
+                                            kMetaFile, " and ", kTensorFile, ")"));
+  }
+  STRATA_ASSIGN_OR_RETURN(std::string text, read_file(meta_path), ctx);
+  json meta = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto corrupt = [&](const std::string& what) {
+    return absl::DataLossError(absl::StrCat(ctx, ": ", meta_path, " ", what,
+                                            "; the checkpoint is damaged or not a strata one"));
+  };
+  if (meta.is_discarded() || !meta.is_object()) return corrupt("is not valid JSON");
+
+  try {
+    if (meta.value("format", "") != "strata-checkpoint") return corrupt("has no strata format tag");
+    const int version = meta.at("format_version").get<int>();
+    if (version != kFormatVersion) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(ctx, ": format version ", version, ", this build reads version ",
+                       kFormatVersion, "; load it with the strata version that wrote it"));
+    }
+    const std::string dtype = meta.at("compute_dtype").get<std::string>();
+    if (dtype != std::string(dtype_name(dtype_))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(ctx, ": saved with compute dtype ", dtype, " but this engine runs ",
+                       std::string(dtype_name(dtype_)),
+                       "; set fp16 / bf16 in ds_config as the saved run had them"));
+    }
+    if (meta.contains("loss_scaler") != (scaler_ != nullptr)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(ctx, ": the checkpoint ", scaler_ != nullptr ? "has no" : "has a",
+                       " loss-scaler state but this engine ", scaler_ != nullptr ? "has" : "has no",
+                       " loss scaler; use the saved run's fp16 settings"));
+    }
+
+    // The parameter table against this model: count, then each entry.
+    const json& params = meta.at("params");
+    size_t total = 0;
+    for (const auto& ps : layers_) total += ps.size();
+    size_t idx = 0;
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i, ++idx) {
+        const ParamIds& p = layers_[l][i];
+        const std::string here =
+            absl::StrCat("layer ", l, " param ", i, " (", p.name, ", ", p.numel, " elements)");
+        if (idx >= params.size()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              ctx, ": the checkpoint has ", params.size(), " parameters, this model ", total,
+              "; first missing: ", here, "; load it into the model it was saved from"));
+        }
+        const json& e = params[idx];
+        const int el = e.at("layer").get<int>(), ei = e.at("param").get<int>();
+        const std::string en = e.at("name").get<std::string>();
+        const uint64_t nn = e.at("numel").get<uint64_t>();
+        if (el != l || ei != i || en != p.name || nn != p.numel) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              ctx, ": parameter table mismatch at entry ", idx, ": the checkpoint has layer ", el,
+              " param ", ei, " (", en, ", ", nn, " elements), this model has ", here,
+              "; load it into the model it was saved from"));
+        }
+      }
+    }
+    if (params.size() != total) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(ctx, ": the checkpoint has ", params.size(), " parameters, this model ",
+                       total, "; load it into the model it was saved from"));
+    }
+
+    // Read and verify every tensor before anything is written into the engine.
+    const std::string bin_path =
+        (fs::path(dir) / meta.value("tensor_file", std::string(kTensorFile))).string();
+    Fd fd(::open(bin_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) {
+      return annotate(errno_status(errno, absl::StrCat("cannot open ", bin_path)), ctx);
+    }
+    std::vector<std::vector<uint8_t>> data;
+    data.reserve(total * 4);
+    idx = 0;
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i, ++idx) {
+        const ParamIds& p = layers_[l][i];
+        const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
+        for (int k = 0; k < 4; ++k) {
+          const std::string& tname = store_->spec(ids[k]).name;
+          const json& t = params[idx].at(kKindNames[k]);
+          const uint64_t want = p.numel * (k == 3 ? dtype_size(dtype_) : 4);
+          const uint64_t bytes = t.at("bytes").get<uint64_t>();
+          if (bytes != want) {
+            return corrupt(absl::StrCat("gives ", tname, " ", bytes, " bytes, expected ", want));
+          }
+          std::vector<uint8_t> buf(bytes);
+          STRATA_RETURN_IF_ERROR(
+              read_all(fd.get(), buf.data(), bytes, t.at("offset").get<uint64_t>(), bin_path),
+              absl::StrCat(ctx, ", tensor ", tname));
+          const std::string sum = hex64(XXH3_64bits(buf.data(), bytes));
+          if (sum != t.at("xxh3").get<std::string>()) {
+            return absl::DataLossError(
+                absl::StrCat(ctx, ": checksum mismatch for tensor ", tname, " in ", bin_path,
+                             " (xxh3 ", sum, ", recorded ", t.at("xxh3").get<std::string>(),
+                             "); the file is damaged; load an earlier checkpoint"));
+          }
+          data.push_back(std::move(buf));
+        }
+      }
+    }
+
+    const int64_t steps = meta.at("steps").get<int64_t>();
+    const int64_t adam_step = meta.at("optimizer_steps").get<int64_t>();
+    const int64_t micro_batches = meta.at("micro_batches").get<int64_t>();
+    const int64_t lr_iteration = meta.at("lr_schedule_iteration").get<int64_t>();
+    if (steps < 0 || adam_step < 0 || adam_step > steps || micro_batches < 0 || lr_iteration < -1) {
+      return corrupt("has inconsistent step counters");
+    }
+    LossScaler::State scaler_state{};
+    if (scaler_ != nullptr) {
+      const json& ls = meta.at("loss_scaler");
+      scaler_state = LossScaler::State{
+          .scale = ls.at("scale").get<double>(),
+          .hysteresis = ls.at("hysteresis").get<int>(),
+          .iteration = ls.at("iteration").get<int64_t>(),
+          .last_overflow_iteration = ls.at("last_overflow_iteration").get<int64_t>(),
+          .skipped = ls.at("skipped").get<int64_t>()};
+    }
+
+    // Everything checked: write the tensors and the counters.
+    size_t n = 0;
+    for (const auto& ps : layers_) {
+      for (const ParamIds& p : ps) {
+        const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
+        for (int k = 0; k < 4; ++k, ++n) {
+          // The compute param on its home (its device copy is then stale and
+          // dropped); the fp32 tensors on the optimizer's tier, reaching NVMe
+          // by write-back as at initialization.
+          const Tier tier = k == 3 ? store_->spec(p.param).home : opt_tier_;
+          STRATA_RETURN_IF_ERROR(write_raw(ids[k], tier, data[n].data(), data[n].size()),
+                                 absl::StrCat(ctx, ", tensor ", store_->spec(ids[k]).name));
+          std::vector<uint8_t>().swap(data[n]);
+        }
+      }
+    }
+    steps_ = steps;
+    adam_step_ = adam_step;
+    micro_batches_ = micro_batches;
+    schedule_->set_iteration(lr_iteration);
+    if (scaler_ != nullptr) scaler_->restore(scaler_state);
+  } catch (const json::exception& e) {
+    return corrupt(
+        absl::StrCat("is missing a field or has one of the wrong type (", e.what(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace strata::engine

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -177,6 +178,13 @@ class Gpt2Model final : public engine::Model {
         return std::fill(out, out + n, 0.0f);
     }
   }
+
+  // For sample_text(): swap the data source, read the last forward's logits.
+  TokenSource* exchange_source(TokenSource* s) { return std::exchange(source_, s); }
+  const float* logits_row(int64_t row) const { return logits_.data() + row * v_; }
+  int64_t seq_len() const { return t_; }
+  int64_t micro_batch() const { return b_; }
+  int64_t vocab() const { return v_; }
 
   absl::Status forward(int layer, const LayerContext& ctx) override {
     STRATA_RETURN_IF_ERROR(check_ctx(layer, ctx, false));
@@ -422,6 +430,73 @@ absl::StatusOr<std::unique_ptr<engine::Model>> make_gpt2_model(const Gpt2ModelOp
                      c.seq_len, " (0 uses ", c.seq_len, ")"));
   }
   return std::unique_ptr<engine::Model>(new Gpt2Model(options, source));
+}
+
+namespace {
+
+// Serves the sampling context as every validation batch: the context fills
+// the start of each row, the rest is padding, and no target counts.
+class ContextSource final : public TokenSource {
+ public:
+  ContextSource(const std::vector<int32_t>& context, int64_t b, int64_t t)
+      : context_(context), b_(b), t_(t) {}
+  void train_batch(int64_t, int32_t* inputs, int32_t* targets) override { fill(inputs, targets); }
+  void val_batch(int64_t, int32_t* inputs, int32_t* targets) override { fill(inputs, targets); }
+
+ private:
+  void fill(int32_t* inputs, int32_t* targets) const {
+    for (int64_t r = 0; r < b_; ++r) {
+      for (int64_t i = 0; i < t_; ++i) {
+        inputs[r * t_ + i] = i < static_cast<int64_t>(context_.size()) ? context_[i] : 0;
+        targets[r * t_ + i] = -1;
+      }
+    }
+  }
+  const std::vector<int32_t>& context_;
+  int64_t b_, t_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::Model& model,
+                                        std::string_view prompt, int tokens, double temperature,
+                                        uint64_t seed) {
+  auto* gpt = dynamic_cast<Gpt2Model*>(&model);
+  if (gpt == nullptr)
+    return absl::InvalidArgumentError("sample_text needs a model from make_gpt2_model");
+  if (gpt->vocab() != kGpt2ByteVocab) {
+    return absl::FailedPreconditionError("sample_text decodes byte-level models only (vocab 256)");
+  }
+  if (tokens < 0 || !(temperature >= 0)) {
+    return absl::InvalidArgumentError("sample_text needs tokens >= 0 and temperature >= 0");
+  }
+  std::string text(prompt.empty() ? std::string_view("\n") : prompt);
+  std::vector<int32_t> window;
+  ContextSource source(window, gpt->micro_batch(), gpt->seq_len());
+  TokenSource* saved = gpt->exchange_source(&source);
+  std::mt19937_64 rng(seed);
+  absl::Status status;
+  std::vector<double> p(static_cast<size_t>(gpt->vocab()));
+  for (int k = 0; k < tokens && status.ok(); ++k) {
+    const size_t keep = std::min<size_t>(text.size(), static_cast<size_t>(gpt->seq_len()));
+    window.assign(text.end() - static_cast<std::ptrdiff_t>(keep), text.end());
+    for (int32_t& b : window) b &= 0xff;  // char may be signed
+    if (auto v = engine.evaluate(1); !v.ok()) {
+      status = v.status();
+      break;
+    }
+    const float* logits = gpt->logits_row(static_cast<int64_t>(keep) - 1);
+    int next = static_cast<int>(std::max_element(logits, logits + gpt->vocab()) - logits);
+    if (temperature > 0) {
+      const double top = logits[next];
+      for (int64_t i = 0; i < gpt->vocab(); ++i) p[i] = std::exp((logits[i] - top) / temperature);
+      next = std::discrete_distribution<int>(p.begin(), p.end())(rng);
+    }
+    text.push_back(static_cast<char>(next));
+  }
+  gpt->exchange_source(saved);
+  if (!status.ok()) return annotate(status, "sampling");
+  return text.substr(prompt.empty() ? 1 : prompt.size());
 }
 
 }  // namespace strata::model

@@ -35,6 +35,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
+#include "engine/training_engine.h"
 #include "model/gpt2_config.h"
 
 namespace strata::model {
@@ -60,5 +61,16 @@ struct Gpt2ModelOptions {
 // are inconsistent; the source must outlive the model.
 absl::StatusOr<std::unique_ptr<engine::Model>> make_gpt2_model(const Gpt2ModelOptions& options,
                                                                TokenSource* source);
+
+// Continues `prompt` (byte tokens) by `tokens` bytes drawn from the model's
+// current weights: each new byte costs one forward-only pass of `engine`
+// over the last seq_len bytes (position-by-position causal attention makes
+// the padding after the context irrelevant). temperature 0 takes the most
+// likely byte; otherwise softmax(logits / temperature) sampled with `seed`.
+// `model` must come from make_gpt2_model with a byte-level vocabulary and be
+// the model `engine` drives. The model's TokenSource is restored afterwards.
+absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::Model& model,
+                                        std::string_view prompt, int tokens, double temperature,
+                                        uint64_t seed);
 
 }  // namespace strata::model

@@ -402,6 +402,54 @@ TEST(Gpt2ModelTest, TrainsAndEvaluatesInFp32Fp16AndBf16) {
       fp32.eval_before, fp32.eval_after, fp16.eval_before, fp16.eval_after);
 }
 
+// A byte-level model trained on the repeated alphabet continues "abc" with
+// the alphabet when sampling greedily, and sampling leaves training as it was.
+TEST(Gpt2ModelTest, SamplesWhatItLearned) {
+  Gpt2Config mc{.name = "test-bytes",
+                .n_layer = 2,
+                .n_head = 2,
+                .n_embd = 32,
+                .vocab_size = kGpt2ByteVocab,
+                .seq_len = 16};
+  constexpr int64_t kB = 4, kT = 16;
+  CyclingSource source("abcdefghijklmnopqrstuvwxyz ", kB, kT, mc.vocab_size);
+  auto model = make_gpt2_model({.config = mc, .micro_batch = kB, .seq_len = kT}, &source);
+  ASSERT_TRUE(model.ok()) << model.status();
+  gpu::SimDevice device;
+  auto engine = engine::TrainingEngine::create(make_config(""), model->get(), &device);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  double loss = 0;
+  for (int s = 0; s < 60; ++s) {
+    auto st = (*engine)->train_step();
+    ASSERT_TRUE(st.ok()) << st.status();
+    loss = st->loss;
+  }
+  EXPECT_LT(loss, 0.2);
+  auto text = sample_text(**engine, **model, "abc", 10, /*temperature=*/0, /*seed=*/1);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, "defghijklm");
+  auto warm = sample_text(**engine, **model, "", 5, /*temperature=*/0.8, /*seed=*/1);
+  ASSERT_TRUE(warm.ok()) << warm.status();
+  EXPECT_EQ(warm->size(), 5u);
+  // The training source is back in place: the next step trains as before.
+  auto st = (*engine)->train_step();
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_LT(st->loss, 0.2);
+  EXPECT_FALSE(sample_text(**engine, **model, "abc", -1, 0, 1).ok());
+}
+
+TEST(Gpt2ModelTest, SamplingNeedsAByteLevelModel) {
+  const Gpt2Config cfg = tiny_config();  // vocab 32
+  CyclingSource source("abc", 2, cfg.seq_len, cfg.vocab_size);
+  auto model = make_gpt2_model({.config = cfg, .micro_batch = 2}, &source);
+  ASSERT_TRUE(model.ok());
+  gpu::SimDevice device;
+  auto engine = engine::TrainingEngine::create(make_config(""), model->get(), &device);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto text = sample_text(**engine, **model, "abc", 3, 0, 1);
+  EXPECT_EQ(text.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 // (d) Options the model cannot run are refused with a message naming them.
 TEST(Gpt2ModelTest, RejectsBadOptions) {
   const Gpt2Config cfg = tiny_config();

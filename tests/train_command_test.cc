@@ -109,10 +109,14 @@ class TrainCommandTest : public ::testing::Test {
 
 TEST_F(TrainCommandTest, TrainsAndLogsEveryStep) {
   const std::string trace = dir_ + "/run.trace.json";
-  RunResult r = run(args({{"--trace", trace}}));
+  RunResult r = run(args({{"--trace", trace}, {"--sample", "16"}}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("byte-level vocab 256"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("summary: 5 step(s)"), std::string::npos) << r.err;
+  const size_t sample = r.err.find("sample (16 bytes, temperature 0.80):\n");
+  ASSERT_NE(sample, std::string::npos) << r.err;
+  EXPECT_GE(r.err.size() - sample,
+            std::string("sample (16 bytes, temperature 0.80):\n").size() + 16);
 
   const std::vector<json> lines = json_lines(log());
   ASSERT_EQ(lines.size(), 5u);

@@ -180,14 +180,24 @@ absl::Status SimDevice::enqueue(StreamId id, Engine engine, std::function<absl::
   return absl::OkStatus();
 }
 
+absl::StatusOr<SimDevice::EventState*> SimDevice::event_locked(EventId event) {
+  auto it = events_.find(event);
+  if (it == events_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
+  return &it->second;
+}
+
+bool SimDevice::reached_locked(EventId event, uint64_t generation) const {
+  auto it = events_.find(event);
+  return it == events_.end() ||
+         it->second.completed >= generation;  // destroyed: nothing to wait on
+}
+
 absl::Status SimDevice::record_event(EventId event, StreamId id) {
   uint64_t generation;
   {
     std::lock_guard lock(mu_);
-    auto it = events_.find(event);
-    if (it == events_.end())
-      return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
-    generation = ++it->second.recorded;
+    STRATA_ASSIGN_OR_RETURN(EventState * e, event_locked(event));
+    generation = ++e->recorded;
   }
   return enqueue(id, Engine::kNone, [this, event, generation] {
     std::lock_guard lock(mu_);
@@ -204,18 +214,13 @@ absl::Status SimDevice::wait_event(StreamId id, EventId event) {
   uint64_t generation;
   {
     std::lock_guard lock(mu_);
-    auto it = events_.find(event);
-    if (it == events_.end())
-      return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
-    generation = it->second.recorded;
+    STRATA_ASSIGN_OR_RETURN(EventState * e, event_locked(event));
+    generation = e->recorded;
   }
   STRATA_ASSIGN_OR_RETURN(StreamWorker * worker, stream(id));
   worker->push([this, event, generation] {
     std::unique_lock lock(mu_);
-    events_cv_.wait(lock, [&] {
-      auto it = events_.find(event);
-      return it == events_.end() || it->second.completed >= generation;
-    });
+    events_cv_.wait(lock, [&] { return reached_locked(event, generation); });
     return absl::OkStatus();
   });
   return absl::OkStatus();
@@ -223,20 +228,15 @@ absl::Status SimDevice::wait_event(StreamId id, EventId event) {
 
 absl::StatusOr<bool> SimDevice::query_event(EventId event) {
   std::lock_guard lock(mu_);
-  auto it = events_.find(event);
-  if (it == events_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
-  return it->second.completed >= it->second.recorded;
+  STRATA_ASSIGN_OR_RETURN(EventState * e, event_locked(event));
+  return e->completed >= e->recorded;
 }
 
 absl::Status SimDevice::synchronize_event(EventId event) {
   std::unique_lock lock(mu_);
-  auto it = events_.find(event);
-  if (it == events_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown event ", event));
-  const uint64_t generation = it->second.recorded;
-  events_cv_.wait(lock, [&] {
-    auto e = events_.find(event);
-    return e == events_.end() || e->second.completed >= generation;
-  });
+  STRATA_ASSIGN_OR_RETURN(EventState * e, event_locked(event));
+  const uint64_t generation = e->recorded;
+  events_cv_.wait(lock, [&] { return reached_locked(event, generation); });
   return absl::OkStatus();
 }
 

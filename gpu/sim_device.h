@@ -92,6 +92,10 @@ class SimDevice final : public Device {
   };
 
   absl::StatusOr<StreamWorker*> stream(StreamId id);
+  // Both with mu_ held. The event's state, or InvalidArgument for an unknown id.
+  absl::StatusOr<EventState*> event_locked(EventId event);
+  // Whether the work of record `generation` has finished (a destroyed event has).
+  bool reached_locked(EventId event, uint64_t generation) const;
   absl::Status enqueue(StreamId id, Engine engine, std::function<absl::Status()> op);
   absl::Status check_device_range(const void* ptr, size_t bytes, const char* what) const;
   void run_copy(Engine engine, void* dst, const void* src, size_t bytes);

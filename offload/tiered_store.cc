@@ -16,6 +16,12 @@ constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
 
 int idx(Tier t) { return static_cast<int>(t); }
 Tier below(Tier t) { return static_cast<Tier>(idx(t) + 1); }
+// Bytes a copy occupies in its tier: host copies are padded to 4 KiB (what
+// host blocks and swap extents hold), device copies are exact.
+uint64_t footprint(uint64_t bytes, uint64_t padded, Tier tier) {
+  return tier == Tier::kTierHost ? padded : bytes;
+}
+
 bool holds_data(Residency r) {
   return r == Residency::kResidencyResident || r == Residency::kResidencyDirty;
 }
@@ -107,7 +113,7 @@ absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
   // A tensor must fit its home tier, and one homed on NVMe must fit the host
   // tier it is staged through; anything else could never be acquired.
   const Tier must_fit = spec.home == Tier::kTierNvme ? Tier::kTierHost : spec.home;
-  const uint64_t need = must_fit == Tier::kTierHost ? t.padded : t.bytes;
+  const uint64_t need = footprint(t.bytes, t.padded, must_fit);
   if (need > budget_[idx(must_fit)]) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor \"", spec.name, "\" (", need, " bytes) is larger than the whole ",
@@ -149,7 +155,7 @@ absl::Status TieredStore::finalize() {
       used_[idx(Tier::kTierNvme)] += t.padded;
       continue;
     }
-    const uint64_t size = home == Tier::kTierHost ? t.padded : t.bytes;
+    const uint64_t size = footprint(t.bytes, t.padded, home);
     if (used_[idx(home)] + size > budget_[idx(home)]) {
       return absl::ResourceExhaustedError(
           absl::StrCat("tensors homed on the ", tier_name(home), " need more than its budget of ",
@@ -265,7 +271,7 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
                                       bool need_data, bool prefetch) {
   Tensor& t = tensors_[id];
   Copy& c = t.copies[idx(tier)];
-  const uint64_t size = tier == Tier::kTierHost ? t.padded : t.bytes;
+  const uint64_t size = footprint(t.bytes, t.padded, tier);
   const uint64_t protect = prefetch ? next_use_locked(id, tier) : 0;
   STRATA_RETURN_IF_ERROR(make_room_locked(lock, tier, size, protect));
   if (c.state != Residency::kResidencyAbsent) return absl::OkStatus();  // someone else got it
@@ -344,7 +350,7 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
         continue;
       }
       if (c.pins > 0) {
-        pinned_bytes += tier == Tier::kTierHost ? t.padded : t.bytes;
+        pinned_bytes += footprint(t.bytes, t.padded, tier);
         continue;
       }
       const uint64_t next = next_use_locked(i, tier);
@@ -438,11 +444,10 @@ absl::Status TieredStore::allocate_copy_locked(Tensor& t, Tier tier) {
     if (arena_ == nullptr) return absl::FailedPreconditionError("the store has no host budget");
     STRATA_ASSIGN_OR_RETURN(c.block, arena_->allocate(t.padded));
     c.data = c.block.data;
-    used_[idx(tier)] += t.padded;
   } else {
     STRATA_ASSIGN_OR_RETURN(c.data, options_.device->allocate(t.bytes));
-    used_[idx(tier)] += t.bytes;
   }
+  used_[idx(tier)] += footprint(t.bytes, t.padded, tier);
   TierStats& ts = stats_.tiers[idx(tier)];
   ts.used_bytes = used_[idx(tier)];
   ts.peak_bytes = std::max(ts.peak_bytes, ts.used_bytes);
@@ -454,11 +459,10 @@ void TieredStore::free_copy_locked(Tensor& t, Tier tier) {
   if (c.data != nullptr) {
     if (tier == Tier::kTierHost) {
       arena_->free(c.block);
-      used_[idx(tier)] -= t.padded;
     } else {
       options_.device->free(c.data);
-      used_[idx(tier)] -= t.bytes;
     }
+    used_[idx(tier)] -= footprint(t.bytes, t.padded, tier);
   }
   c = Copy{};
   stats_.tiers[idx(tier)].used_bytes = used_[idx(tier)];

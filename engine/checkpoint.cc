@@ -189,6 +189,7 @@ absl::Status TrainingEngine::save_checkpoint(const std::string& dir_in) {
                            {"last_overflow_iteration", st.last_overflow_iteration},
                            {"skipped", st.skipped}};
   }
+  if (!user_meta_.is_null()) meta["user"] = user_meta_;
   absl::Status s = write_file_atomic((fs::path(tmp) / kMetaFile).string(), meta.dump(2) + "\n");
   if (!s.ok()) return fail(s);
   s = fsync_path(tmp);
@@ -214,33 +215,62 @@ absl::Status TrainingEngine::save_checkpoint(const std::string& dir_in) {
   return absl::OkStatus();
 }
 
-absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in) {
-  std::string dir = dir_in;
+namespace {
+
+// The checkpoint directory a load reads (DIR, or DIR.old when a save was
+// interrupted between its renames) and its parsed meta.json.
+struct CheckpointMeta {
+  std::string dir;
+  std::string meta_path;
+  json meta;
+};
+
+absl::StatusOr<CheckpointMeta> read_meta(const std::string& dir_in) {
+  CheckpointMeta cm;
+  cm.dir = dir_in;
+  std::string& dir = cm.dir;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   std::error_code ec;
-  if (!fs::is_directory(dir, ec) && fs::is_directory(dir + ".old", ec)) {
-    // A save was interrupted between moving the previous checkpoint aside and
-    // renaming the new one into place.
-    dir += ".old";
-  }
+  if (!fs::is_directory(dir, ec) && fs::is_directory(dir + ".old", ec)) dir += ".old";
   const std::string ctx = absl::StrCat("loading checkpoint ", dir);
-  const std::string meta_path = (fs::path(dir) / kMetaFile).string();
+  cm.meta_path = (fs::path(dir) / kMetaFile).string();
   if (!fs::is_directory(dir, ec)) {
     return absl::NotFoundError(absl::StrCat(ctx,
                                             ": no such directory; pass the directory a "
                                             "save wrote (it holds ",
                                             kMetaFile, " and ", kTensorFile, ")"));
   }
-  STRATA_ASSIGN_OR_RETURN(std::string text, read_file(meta_path), ctx);
-  json meta = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  STRATA_ASSIGN_OR_RETURN(std::string text, read_file(cm.meta_path), ctx);
+  cm.meta = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (cm.meta.is_discarded() || !cm.meta.is_object() ||
+      cm.meta.value("format", "") != "strata-checkpoint") {
+    return absl::DataLossError(absl::StrCat(ctx, ": ", cm.meta_path,
+                                            " is not a strata checkpoint's meta.json; the "
+                                            "checkpoint is damaged or not a strata one"));
+  }
+  return cm;
+}
+
+}  // namespace
+
+absl::StatusOr<json> TrainingEngine::read_checkpoint_user_metadata(const std::string& dir) {
+  STRATA_ASSIGN_OR_RETURN(CheckpointMeta cm, read_meta(dir));
+  auto it = cm.meta.find("user");
+  return it == cm.meta.end() ? json() : *it;
+}
+
+absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in) {
+  STRATA_ASSIGN_OR_RETURN(CheckpointMeta cm, read_meta(dir_in));
+  const std::string& dir = cm.dir;
+  const std::string& meta_path = cm.meta_path;
+  const json& meta = cm.meta;
+  const std::string ctx = absl::StrCat("loading checkpoint ", dir);
   auto corrupt = [&](const std::string& what) {
     return absl::DataLossError(absl::StrCat(ctx, ": ", meta_path, " ", what,
                                             "; the checkpoint is damaged or not a strata one"));
   };
-  if (meta.is_discarded() || !meta.is_object()) return corrupt("is not valid JSON");
 
   try {
-    if (meta.value("format", "") != "strata-checkpoint") return corrupt("has no strata format tag");
     const int version = meta.at("format_version").get<int>();
     if (version != kFormatVersion) {
       return absl::FailedPreconditionError(

@@ -50,6 +50,7 @@
 #include "engine/lr_schedule.h"
 #include "engine/model.h"
 #include "gpu/device.h"
+#include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
 #include "swap/io_engine.h"
 
@@ -131,6 +132,14 @@ class TrainingEngine {
   // steps, from the thread that calls train_step().
   absl::Status save_checkpoint(const std::string& dir);
   absl::Status load_checkpoint(const std::string& dir);
+  // A JSON object saved in meta.json under "user" by later saves (the
+  // caller's description of the run: model shape, tokenizer, data);
+  // save_checkpoint stores it verbatim, load_checkpoint ignores it.
+  void set_checkpoint_user_metadata(nlohmann::json user) { user_meta_ = std::move(user); }
+  // The "user" object of the checkpoint in `dir` (or DIR.old, as
+  // load_checkpoint picks), null when it has none; NotFound / DataLoss
+  // naming the file when meta.json is missing or not a strata checkpoint.
+  static absl::StatusOr<nlohmann::json> read_checkpoint_user_metadata(const std::string& dir);
   int64_t steps() const { return steps_; }  // train_step() calls, restored by a load
 
   DType compute_dtype() const { return dtype_; }
@@ -180,6 +189,7 @@ class TrainingEngine {
   int64_t micro_batches_ = 0;
   int64_t steps_ = 0;
   int64_t adam_step_ = 0;
+  nlohmann::json user_meta_;
 };
 
 }  // namespace strata::engine

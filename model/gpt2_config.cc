@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/config/json_reader.h"
+#include "core/status.h"
 
 namespace strata::model {
 
@@ -61,6 +62,29 @@ int64_t gpt2_param_count(const Gpt2Config& c) {
 int64_t gpt2_largest_layer_params(const Gpt2Config& c) {
   const int64_t e = c.n_embd;
   return std::max({c.vocab_size * e, c.seq_len * e, e * 4 * e + 4 * e, 4 * e * e + e});
+}
+
+nlohmann::json gpt2_config_to_json(const Gpt2Config& c) {
+  return {{"name", c.name},     {"n_layer", c.n_layer},       {"n_head", c.n_head},
+          {"n_embd", c.n_embd}, {"vocab_size", c.vocab_size}, {"seq_len", c.seq_len}};
+}
+
+absl::StatusOr<Gpt2Config> gpt2_config_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("model description is not a JSON object");
+  Gpt2Config c;
+  c.name = j.value("name", std::string("custom"));
+  for (auto [key, field] : {std::pair{"n_layer", &c.n_layer}, std::pair{"n_head", &c.n_head},
+                            std::pair{"n_embd", &c.n_embd}, std::pair{"vocab_size", &c.vocab_size},
+                            std::pair{"seq_len", &c.seq_len}}) {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model description: \"", key, "\" is missing or not an integer"));
+    }
+    *field = it->get<int64_t>();
+  }
+  STRATA_RETURN_IF_ERROR(validate(c));
+  return c;
 }
 
 }  // namespace strata::model

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 
 namespace strata::model {
 
@@ -57,5 +58,11 @@ int64_t gpt2_param_count(const Gpt2Config& c);
 // for every named model, else mlp.c_fc or wpe. DeepSpeed's ZeRO-3 estimate
 // ("largest_layer_params") counts the same way.
 int64_t gpt2_largest_layer_params(const Gpt2Config& c);
+
+// {"name", "n_layer", "n_head", "n_embd", "vocab_size", "seq_len"}: how a
+// checkpoint records the model it holds (TrainingEngine user metadata, under
+// "model"). The reader validates and names the first missing or bad key.
+nlohmann::json gpt2_config_to_json(const Gpt2Config& c);
+absl::StatusOr<Gpt2Config> gpt2_config_from_json(const nlohmann::json& j);
 
 }  // namespace strata::model

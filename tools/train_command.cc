@@ -287,6 +287,10 @@ int run_train(const TrainArgs& a) {
     }
   }
   const int64_t start_step = engine.steps();
+  // What `strata sample` and `strata ckpt export` need to rebuild the model.
+  engine.set_checkpoint_user_metadata({{"model", model::gpt2_config_to_json(s.model)},
+                                       {"tokenizer", {{"kind", "bytes"}}},
+                                       {"train_seq_len", s.seq_len}});
 
   const char* precision = cfg.fp16.enabled ? "fp16" : cfg.bf16.enabled ? "bf16" : "fp32";
   std::string offload(config::to_string(cfg.zero.offload_optimizer.device));

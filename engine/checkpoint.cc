@@ -153,7 +153,7 @@ absl::Status TrainingEngine::save_checkpoint(const std::string& dir_in) {
         for (int k = 0; k < 4; ++k) {
           const bool compute = k == 3;
           const uint64_t bytes = p.numel * (compute ? dtype_size(dtype_) : 4);
-          const Tier tier = compute ? store_->spec(p.param).home : opt_tier_;
+          const Tier tier = compute ? param_tier(p) : opt_tier_;
           buf.resize(bytes);
           absl::Status s = read_raw(ids[k], tier, buf.data(), bytes);
           if (!s.ok()) return fail(annotate(s, store_->spec(ids[k]).name));
@@ -389,7 +389,7 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in) {
           // The compute param on its home (its device copy is then stale and
           // dropped); the fp32 tensors on the optimizer's tier, reaching NVMe
           // by write-back as at initialization.
-          const Tier tier = k == 3 ? store_->spec(p.param).home : opt_tier_;
+          const Tier tier = k == 3 ? param_tier(p) : opt_tier_;
           STRATA_RETURN_IF_ERROR(write_raw(ids[k], tier, data[n].data(), data[n].size()),
                                  absl::StrCat(ctx, ", tensor ", store_->spec(ids[k]).name));
           std::vector<uint8_t>().swap(data[n]);

@@ -140,6 +140,8 @@ absl::StatusOr<std::unique_ptr<TrainingEngine>> TrainingEngine::create(
 }
 
 TrainingEngine::~TrainingEngine() {
+  worker_.reset();  // its jobs use the store
+  if (flags_device_ != nullptr) device_->free(flags_device_);
   store_.reset();  // before the I/O engine and the stream it uses
   own_io_.reset();
   for (const std::string& f : swap_files_) {
@@ -165,10 +167,19 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     return absl::UnimplementedError(absl::StrCat(
         "world size ", config.world_size, ": the engine runs one process only; launch with 1"));
   }
-  if (config.zero.stage > 2) {
+  const config::OffloadDevice param_where = config.zero.offload_param.device;
+  const bool stage3 = config.zero.stage == 3;
+  if (!stage3 && param_where != config::OffloadDevice::kNone) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("zero_optimization.offload_param needs stage 3 (stage is ", config.zero.stage,
+                     "); set zero_optimization.stage to 3 or remove offload_param"));
+  }
+  if (param_where != config::OffloadDevice::kNone &&
+      config.zero.offload_optimizer.device == config::OffloadDevice::kNone) {
     return absl::UnimplementedError(
-        "zero_optimization.stage 3 is not supported by the engine yet; use stage 1 or 2 "
-        "(with offload_optimizer to cpu or nvme)");
+        "zero_optimization.offload_param without offload_optimizer: the optimizer would run on "
+        "the device, which strata cannot do yet; set offload_optimizer.device to \"cpu\" or "
+        "\"nvme\"");
   }
   if (config.strata.delayed_param_update) {
     return absl::UnimplementedError(
@@ -179,10 +190,7 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
         "zero_optimization.offload_optimizer.ratio ", config.zero.offload_optimizer.ratio,
         ": a partial CPU step is not implemented; set it to 1"));
   }
-  if (config.strata.overlap == config::OverlapMode::kOverlap) {
-    log::get("engine")->warn(
-        "strata.overlap \"overlap\" is not implemented yet; running \"sync\" (DeepSpeed's order)");
-  }
+  overlap_ = config.strata.overlap == config::OverlapMode::kOverlap;
   STRATA_ASSIGN_OR_RETURN(hp_.kind, optimizer_kind(config.optimizer.type));
   hp_.beta1 = config.optimizer.betas[0];
   hp_.beta2 = config.optimizer.betas[1];
@@ -224,7 +232,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   const Tier state_home = where == config::OffloadDevice::kNvme ? Tier::kTierNvme
                           : offload                             ? Tier::kTierHost
                                                                 : Tier::kTierDevice;
-  const Tier compute_home = offload ? Tier::kTierHost : Tier::kTierDevice;
+  // Stage 3 with offload_param nvme homes the compute params on NVMe too;
+  // otherwise they live on the host whenever the optimizer writes them there.
+  const Tier compute_home = param_where == config::OffloadDevice::kNvme ? Tier::kTierNvme
+                            : offload                                   ? Tier::kTierHost
+                                                                        : Tier::kTierDevice;
 
   // Sizes per tier, checked before anything is allocated.
   const uint64_t esize = dtype_size(dtype_);
@@ -242,7 +254,9 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
       if (!offload) {
         device_homed += 2 * b16 + 4 * b32;  // param, grad, grad32, master, m, v
       } else {
-        host_homed += 2 * padded(b16) + padded(b32);
+        host_homed += padded(b16) + padded(b32);  // grad, grad32
+        if (compute_home == Tier::kTierHost) host_homed += padded(b16);
+        if (compute_home == Tier::kTierNvme) layer_nvme += padded(b16);
         if (state_home == Tier::kTierHost) host_homed += states;
         if (state_home == Tier::kTierNvme) layer_nvme += states;
       }
@@ -254,17 +268,33 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     nvme_total += layer_nvme;
     largest_layer_nvme = std::max(largest_layer_nvme, layer_nvme);
   }
+  // The overflow check's scratch comes out of the device before the store's budget.
+  size_t max_layer_params = 0;
+  for (int l = 0; l < num_layers; ++l) {
+    max_layer_params = std::max(max_layer_params, model->layer_params(l).size());
+  }
+  const uint64_t flags_bytes = padded(max_layer_params * (sizeof(float) + sizeof(int32_t)));
   uint64_t device_budget = options.device_budget_bytes;
   if (device_budget == 0) {
     const gpu::DeviceMemoryStats ds = device->stats();
-    device_budget = ds.capacity_bytes > ds.used_bytes ? ds.capacity_bytes - ds.used_bytes : 0;
+    device_budget = ds.capacity_bytes > ds.used_bytes + flags_bytes
+                        ? ds.capacity_bytes - ds.used_bytes - flags_bytes
+                        : 0;
+    if (stage3) {
+      // DeepSpeed's cap on parameters live on the device, with their grads.
+      const uint64_t live =
+          static_cast<uint64_t>(config.zero.stage3_max_live_parameters) * 2 * esize;
+      device_budget = std::min(device_budget, std::max(live, largest_layer_device));
+    }
   }
   if (largest_layer_device > device_budget) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "layer ", largest_layer, " needs ", largest_layer_device, " bytes on the device for its ",
+        stage3 ? "ZeRO-3 fetches one layer at a time, but " : "", "layer ", largest_layer,
+        " needs ", largest_layer_device, " bytes on the device for its ",
         std::string(dtype_name(dtype_)), " params and grads, more than the device budget of ",
-        device_budget,
-        " bytes; raise the device budget, use a device with more memory or split the layer"));
+        device_budget, " bytes; ",
+        stage3 ? "use a device with more memory or a model with smaller layers"
+               : "raise the device budget, use a device with more memory or split the layer"));
   }
   if (device_homed > device_budget) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -291,13 +321,31 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   so.host_budget_bytes = offload ? host_budget : 0;
   so.pin_device = config.zero.offload_optimizer.pin_memory ? device : nullptr;
   so.prefetch_window_bytes = static_cast<uint64_t>(config.strata.prefetch_window_bytes);
-  if (state_home == Tier::kTierNvme) {
-    std::vector<std::string> dirs = config.zero.offload_optimizer.nvme_paths;
-    if (dirs.empty()) dirs = config.strata.nvme_paths;
+  if (state_home == Tier::kTierNvme || compute_home == Tier::kTierNvme) {
+    // One swap file per directory; NVMe-homed states and params are striped
+    // over all of them.
+    std::vector<std::string> dirs;
+    auto add_dirs = [&](const std::vector<std::string>& more) {
+      for (const std::string& d : more) {
+        if (std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
+      }
+    };
+    const char* who = nullptr;
+    if (state_home == Tier::kTierNvme) {
+      add_dirs(config.zero.offload_optimizer.nvme_paths);
+      if (config.zero.offload_optimizer.nvme_paths.empty()) who = "offload_optimizer";
+    }
+    if (compute_home == Tier::kTierNvme) {
+      add_dirs(config.zero.offload_param.nvme_paths);
+      if (config.zero.offload_param.nvme_paths.empty()) who = "offload_param";
+    }
+    if (who != nullptr) add_dirs(config.strata.nvme_paths);
     if (dirs.empty()) {
       return absl::InvalidArgumentError(
-          "zero_optimization.offload_optimizer.device is \"nvme\" but no nvme_path is set; set "
-          "zero_optimization.offload_optimizer.nvme_path to a directory on an NVMe drive");
+          absl::StrCat("zero_optimization.", who,
+                       ".device is \"nvme\" but no nvme_path is set; set "
+                       "zero_optimization.",
+                       who, ".nvme_path to a directory on an NVMe drive"));
     }
     for (const std::string& d : dirs) {
       STRATA_RETURN_IF_ERROR(check_nvme_dir(d));
@@ -335,7 +383,8 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
       };
       STRATA_ASSIGN_OR_RETURN(ids.param,
                               reg("param", dtype_, TensorRole::kRoleParam16, compute_home));
-      STRATA_ASSIGN_OR_RETURN(ids.grad, reg("grad", dtype_, TensorRole::kRoleGrad, compute_home));
+      STRATA_ASSIGN_OR_RETURN(ids.grad, reg("grad", dtype_, TensorRole::kRoleGrad,
+                                            offload ? Tier::kTierHost : Tier::kTierDevice));
       STRATA_ASSIGN_OR_RETURN(ids.grad32, reg("grad32", DType::kFloat32, TensorRole::kRoleGrad,
                                               offload ? Tier::kTierHost : Tier::kTierDevice));
       STRATA_ASSIGN_OR_RETURN(
@@ -350,7 +399,38 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   STRATA_RETURN_IF_ERROR(store_->finalize());
   STRATA_ASSIGN_OR_RETURN(stream_, device->create_stream());
   have_stream_ = true;
+
+  if (scaler_ != nullptr) {
+    STRATA_ASSIGN_OR_RETURN(flags_device_, device->allocate(flags_bytes),
+                            "allocating the device scratch of the overflow check");
+    flag_sums_.assign(max_layer_params, 0.0f);
+    flag_nonfinite_.assign(max_layer_params, 0);
+  }
+  grad_stats_.assign(num_layers, {});
+  stepped_.assign(num_layers, 0);
+  copy_at_.assign(num_layers, -1);
+  if (overlap_) {
+    worker_ = std::make_unique<OrderedWorker>();
+    keep_copies_ = scaler_ != nullptr || config.gradient_clipping > 0;
+    // The copies are host memory of their own; size them to what a step can
+    // use, never more than the configured buffer.
+    uint64_t state_floats = 0;
+    for (const auto& ps : layers_) {
+      for (const ParamIds& p : ps) state_floats += 3 * p.numel;
+    }
+    rollback_capacity_ =
+        keep_copies_
+            ? std::min<uint64_t>(
+                  state_floats,
+                  static_cast<uint64_t>(config.strata.rollback_buffer_bytes) / sizeof(float))
+            : 0;
+  }
   return initialize_params();
+}
+
+Tier TrainingEngine::param_tier(const ParamIds& p) const {
+  const Tier home = store_->spec(p.param).home;
+  return home == Tier::kTierNvme ? Tier::kTierHost : home;
 }
 
 absl::Status TrainingEngine::copy_in(TensorView view, Tier tier, const void* src, uint64_t bytes) {
@@ -390,12 +470,12 @@ absl::Status TrainingEngine::initialize_params() {
       };
       // The compute param goes to its home; the fp32 tensors are written on
       // the optimizer's tier and reach NVMe by write-back.
-      const Tier param_tier = store_->spec(p.param).home;
+      const Tier ptier = param_tier(p);
       for (const Init& x :
            {Init{p.param, compute, p.numel * dtype_size(dtype_)},
             Init{p.master, init.data(), p.numel * 4}, Init{p.exp_avg, zeros.data(), p.numel * 4},
             Init{p.exp_avg_sq, zeros.data(), p.numel * 4}}) {
-        const Tier tier = x.id == p.param ? param_tier : opt_tier_;
+        const Tier tier = x.id == p.param ? ptier : opt_tier_;
         Pin pin(store_.get(), x.id, tier);
         STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kAccessWrite));
         STRATA_RETURN_IF_ERROR(copy_in(v, tier, x.src, x.bytes));
@@ -406,7 +486,8 @@ absl::Status TrainingEngine::initialize_params() {
   return absl::OkStatus();
 }
 
-absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_scale, double* loss) {
+absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_scale, bool first,
+                                             bool last, double* loss, StepStats* st) {
   const int num_layers = static_cast<int>(layers_.size());
   auto run_layer = [&](int l, bool backward) -> absl::Status {
     const std::vector<ParamIds>& ps = layers_[l];
@@ -429,22 +510,60 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
         ctx.grads.push_back(v.data);
       }
     }
+    const char* what = backward ? "backward" : "forward";
     STRATA_RETURN_IF_ERROR(backward ? model_->backward(l, ctx) : model_->forward(l, ctx),
-                           absl::StrCat(backward ? "backward" : "forward", " of layer ", l));
-    // sync mode: the layer's buffers are unpinned only once its work is done.
+                           absl::StrCat(what, " of layer ", l));
+    if (backward && scaler_ != nullptr && !overflow_.load()) {
+      STRATA_RETURN_IF_ERROR(check_overflow(l, ctx));
+    }
+    // The layer's buffers are unpinned only once its work is done.
     STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_),
-                           absl::StrCat(backward ? "backward" : "forward", " of layer ", l));
+                           absl::StrCat(what, " of layer ", l));
     for (size_t i = 0; i < pins.size(); ++i) {
       STRATA_RETURN_IF_ERROR(pins[i].release(/*dirty=*/i >= ps.size()));
+    }
+    if (backward && scaler_ != nullptr && !overflow_.load()) {
+      for (size_t i = 0; i < ps.size(); ++i) {
+        if (flag_nonfinite_[i] != 0) {
+          overflow_.store(true);
+          st->overflow_layer = l;
+          st->overflow_param = ps[i].name;
+          log::get("engine")->warn(
+              "step {}: fp16 gradient overflow first seen in layer {} ({}), micro-batch {}, at "
+              "loss scale {}; the step is skipped (if this repeats, bf16 has no overflow)",
+              st->step, l, ps[i].name, micro, st->loss_scale);
+          break;
+        }
+      }
+    }
+    if (backward && overlap_ && !overflow_.load()) {
+      worker_->submit([this, l, first, last] { return layer_done(l, first, last); });
     }
     return absl::OkStatus();
   };
   for (int l = 0; l < num_layers; ++l) STRATA_RETURN_IF_ERROR(run_layer(l, false));
   *loss = model_->loss();
+  // The worker may still be reading the previous micro-batch's gradients.
+  if (overlap_) STRATA_RETURN_IF_ERROR(worker_->drain(), "gradient worker");
   for (int l = num_layers - 1; l >= 0; --l) STRATA_RETURN_IF_ERROR(run_layer(l, true));
+  if (!overlap_ && !overflow_.load()) {
+    for (int l = 0; l < num_layers; ++l) STRATA_RETURN_IF_ERROR(layer_done(l, first, last));
+  }
   return absl::OkStatus();
 }
 
+absl::Status TrainingEngine::check_overflow(int layer, const LayerContext& ctx) {
+  const std::vector<ParamIds>& ps = layers_[layer];
+  auto* sums = static_cast<float*>(flags_device_);
+  auto* flags = reinterpret_cast<int32_t*>(sums + flag_sums_.size());
+  std::fill(flag_nonfinite_.begin(), flag_nonfinite_.end(), 0);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    STRATA_RETURN_IF_ERROR(
+        device_->squared_norm(ctx.grads[i], dtype_, ps[i].numel, sums + i, flags + i, stream_));
+  }
+  // Only the flags come back: a few bytes per param, in stream order.
+  return device_->copy_to_host(flag_nonfinite_.data(), flags, ps.size() * sizeof(int32_t), stream_);
+}
 absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
   if (batches < 1) {
     return absl::InvalidArgumentError(
@@ -478,57 +597,133 @@ absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
   return loss_sum / static_cast<double>(batches);
 }
 
-absl::Status TrainingEngine::accumulate(bool first) {
-  // Reading the grad on the host makes the store write the device copy back (D2H).
-  for (const std::vector<ParamIds>& ps : layers_) {
-    for (const ParamIds& p : ps) {
-      Pin g(store_.get(), p.grad, opt_tier_);
-      Pin acc(store_.get(), p.grad32, opt_tier_);
-      STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kAccessRead));
-      STRATA_ASSIGN_OR_RETURN(TensorView av,
-                              acc.acquire(first ? Access::kAccessWrite : Access::kAccessReadWrite));
-      accumulate_into(static_cast<float*>(av.data), gv.data, dtype_, p.numel, first);
-      STRATA_RETURN_IF_ERROR(g.release(false));
-      STRATA_RETURN_IF_ERROR(acc.release(true));
-    }
+absl::Status TrainingEngine::accumulate_layer(int layer, bool first) {
+  // Reading the grad on the host makes the store copy the device's back (D2H).
+  for (const ParamIds& p : layers_[layer]) {
+    Pin g(store_.get(), p.grad, opt_tier_);
+    Pin acc(store_.get(), p.grad32, opt_tier_);
+    STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kAccessRead));
+    STRATA_ASSIGN_OR_RETURN(TensorView av,
+                            acc.acquire(first ? Access::kAccessWrite : Access::kAccessReadWrite));
+    accumulate_into(static_cast<float*>(av.data), gv.data, dtype_, p.numel, first);
+    STRATA_RETURN_IF_ERROR(g.release(false));
+    STRATA_RETURN_IF_ERROR(acc.release(true));
   }
   return absl::OkStatus();
 }
 
-absl::Status TrainingEngine::apply_optimizer(double lr, double grad_scale) {
-  const cpu_adam::StepArgs args{.lr = lr, .step = adam_step_, .grad_scale = grad_scale};
-  for (const std::vector<ParamIds>& ps : layers_) {
-    for (const ParamIds& p : ps) {
-      Pin grad(store_.get(), p.grad32, opt_tier_);
-      Pin master(store_.get(), p.master, opt_tier_);
-      Pin m(store_.get(), p.exp_avg, opt_tier_);
-      Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
-      Pin out(store_.get(), p.param, opt_tier_);
-      STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kAccessRead));
-      STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kAccessReadWrite));
-      STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kAccessReadWrite));
-      STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kAccessReadWrite));
-      STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kAccessWrite));
-      const bool fp32 = dtype_ == DType::kFloat32;
-      const cpu_adam::Buffers b{.n = p.numel,
-                                .param = static_cast<float*>(pv.data),
-                                .exp_avg = static_cast<float*>(mv.data),
-                                .exp_avg_sq = static_cast<float*>(vv.data),
-                                .grad = gv.data,
-                                .grad_dtype = DType::kFloat32,
-                                .param_out = fp32 ? nullptr : ov.data,
-                                .out_dtype = fp32 ? DType::kFloat16 : dtype_};
-      STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(hp_, args, b, exec_),
-                             absl::StrCat("optimizer step of ", store_->spec(p.master).name));
-      if (fp32) std::memcpy(ov.data, pv.data, p.numel * sizeof(float));
-      STRATA_RETURN_IF_ERROR(grad.release(false));
-      STRATA_RETURN_IF_ERROR(master.release(true));
-      STRATA_RETURN_IF_ERROR(m.release(true));
-      STRATA_RETURN_IF_ERROR(v.release(true));
-      // Dirtying the host copy drops the stale device copy; the next forward
-      // loads the new one (H2D).
-      STRATA_RETURN_IF_ERROR(out.release(true));
+absl::Status TrainingEngine::stats_layer(int layer) {
+  cpu_adam::GradStats total;
+  for (const ParamIds& p : layers_[layer]) {
+    Pin acc(store_.get(), p.grad32, opt_tier_);
+    STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kAccessRead));
+    STRATA_ASSIGN_OR_RETURN(cpu_adam::GradStats gs,
+                            cpu_adam::grad_stats(av.data, DType::kFloat32, p.numel, exec_));
+    STRATA_RETURN_IF_ERROR(acc.release(false));
+    total.sum_squares += gs.sum_squares;
+    total.nonfinite = total.nonfinite || gs.nonfinite;
+  }
+  grad_stats_[layer] = total;
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::layer_done(int layer, bool first, bool last) {
+  if (overflow_.load()) return absl::OkStatus();  // nothing more leaves the device
+  STRATA_RETURN_IF_ERROR(accumulate_layer(layer, first));
+  if (!last) return absl::OkStatus();
+  STRATA_RETURN_IF_ERROR(stats_layer(layer));
+  if (grad_stats_[layer].nonfinite) overflow_.store(true);
+  if (!overlap_ || overflow_.load()) return absl::OkStatus();
+
+  // Speculative step, when a rollback copy fits (or none is needed).
+  uint64_t floats = 0;
+  for (const ParamIds& p : layers_[layer]) floats += 3 * p.numel;
+  if (keep_copies_ && rollback_used_ + floats > rollback_capacity_) return absl::OkStatus();
+  STRATA_RETURN_IF_ERROR(step_layer(layer, spec_lr_, adam_step_ + 1, spec_grad_scale_,
+                                    /*keep_copy=*/keep_copies_),
+                         "speculative step");
+  stepped_[layer] = 1;
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step, double grad_scale,
+                                        bool keep_copy) {
+  const cpu_adam::StepArgs args{.lr = lr, .step = adam_step, .grad_scale = grad_scale};
+  if (keep_copy) {
+    uint64_t floats = 0;
+    for (const ParamIds& p : layers_[layer]) floats += 3 * p.numel;
+    if (rollback_.size() < rollback_capacity_) rollback_.resize(rollback_capacity_);
+    copy_at_[layer] = static_cast<int64_t>(rollback_used_);
+    rollback_used_ += floats;
+  }
+  uint64_t at = keep_copy ? static_cast<uint64_t>(copy_at_[layer]) : 0;
+  for (const ParamIds& p : layers_[layer]) {
+    Pin grad(store_.get(), p.grad32, opt_tier_);
+    Pin master(store_.get(), p.master, opt_tier_);
+    Pin m(store_.get(), p.exp_avg, opt_tier_);
+    Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
+    Pin out(store_.get(), p.param, opt_tier_);
+    STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kAccessRead));
+    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kAccessReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kAccessReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kAccessReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kAccessWrite));
+    if (keep_copy) {
+      const uint64_t bytes = p.numel * sizeof(float);
+      std::memcpy(rollback_.data() + at, pv.data, bytes);
+      std::memcpy(rollback_.data() + at + p.numel, mv.data, bytes);
+      std::memcpy(rollback_.data() + at + 2 * p.numel, vv.data, bytes);
+      at += 3 * p.numel;
     }
+    const bool fp32 = dtype_ == DType::kFloat32;
+    const cpu_adam::Buffers b{.n = p.numel,
+                              .param = static_cast<float*>(pv.data),
+                              .exp_avg = static_cast<float*>(mv.data),
+                              .exp_avg_sq = static_cast<float*>(vv.data),
+                              .grad = gv.data,
+                              .grad_dtype = DType::kFloat32,
+                              .param_out = fp32 ? nullptr : ov.data,
+                              .out_dtype = fp32 ? DType::kFloat16 : dtype_};
+    STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(hp_, args, b, exec_),
+                           absl::StrCat("optimizer step of ", store_->spec(p.master).name));
+    if (fp32) std::memcpy(ov.data, pv.data, p.numel * sizeof(float));
+    STRATA_RETURN_IF_ERROR(grad.release(false));
+    STRATA_RETURN_IF_ERROR(master.release(true));
+    STRATA_RETURN_IF_ERROR(m.release(true));
+    STRATA_RETURN_IF_ERROR(v.release(true));
+    // Dirtying the host copy drops the stale device copy; the next forward
+    // loads the new one (H2D).
+    STRATA_RETURN_IF_ERROR(out.release(true));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::restore_layer(int layer) {
+  STRATA_CHECK(copy_at_[layer] >= 0);
+  uint64_t at = static_cast<uint64_t>(copy_at_[layer]);
+  for (const ParamIds& p : layers_[layer]) {
+    Pin master(store_.get(), p.master, opt_tier_);
+    Pin m(store_.get(), p.exp_avg, opt_tier_);
+    Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
+    Pin out(store_.get(), p.param, opt_tier_);
+    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kAccessWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kAccessWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kAccessWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kAccessWrite));
+    const uint64_t bytes = p.numel * sizeof(float);
+    std::memcpy(pv.data, rollback_.data() + at, bytes);
+    std::memcpy(mv.data, rollback_.data() + at + p.numel, bytes);
+    std::memcpy(vv.data, rollback_.data() + at + 2 * p.numel, bytes);
+    at += 3 * p.numel;
+    // The compute param is always the master rounded to nearest even (the
+    // optimizer writes it so, and so do initialisation and checkpoints).
+    const auto* master32 = static_cast<const float*>(pv.data);
+    if (dtype_ == DType::kFloat32) std::memcpy(ov.data, master32, bytes);
+    if (dtype_ == DType::kFloat16)
+      convert_fp32_to_fp16(master32, static_cast<uint16_t*>(ov.data), p.numel);
+    if (dtype_ == DType::kBFloat16)
+      convert_fp32_to_bf16(master32, static_cast<uint16_t*>(ov.data), p.numel);
+    for (Pin* pin : {&master, &m, &v, &out}) STRATA_RETURN_IF_ERROR(pin->release(true));
   }
   return absl::OkStatus();
 }
@@ -541,10 +736,20 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   st.loss_scale = scaler_ != nullptr ? scaler_->scale() : 1.0;
   st.lr = schedule_->lr();
   store_->begin_step();
+  overflow_.store(false);
+  std::fill(stepped_.begin(), stepped_.end(), 0);
+  std::fill(copy_at_.begin(), copy_at_.end(), -1);
+  rollback_used_ = 0;
+  spec_lr_ = st.lr;
+  spec_grad_scale_ = 1.0 / st.loss_scale;
   struct EndStep {
-    offload::TieredStore* s;
-    ~EndStep() { s->end_step(); }
-  } end_step{store_.get()};
+    TrainingEngine* e;
+    ~EndStep() {
+      // On an error path the worker may still hold jobs; they use the store.
+      if (e->worker_ != nullptr) e->worker_->drain().IgnoreError();
+      e->store_->end_step();
+    }
+  } end_step{this};
 
   // DeepSpeed divides the loss by gradient_accumulation_steps, so grad32
   // holds loss_scale * (mean gradient over the micro-batches).
@@ -552,28 +757,25 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   double loss_sum = 0;
   for (int64_t k = 0; k < gas_; ++k) {
     double loss = 0;
-    STRATA_RETURN_IF_ERROR(run_micro_batch(micro_batches_++, loss_grad_scale, &loss),
-                           absl::StrCat("step ", st.step, ", micro-batch ", k));
+    STRATA_RETURN_IF_ERROR(
+        run_micro_batch(micro_batches_++, loss_grad_scale, k == 0, k == gas_ - 1, &loss, &st),
+        absl::StrCat("step ", st.step, ", micro-batch ", k));
     loss_sum += loss;
-    STRATA_RETURN_IF_ERROR(accumulate(k == 0));
   }
+  if (overlap_) STRATA_RETURN_IF_ERROR(worker_->drain(), absl::StrCat("step ", st.step));
   st.loss = loss_sum / static_cast<double>(gas_);
 
+  // The norm is summed in layer order in both modes, so they agree bit for bit.
+  const int num_layers = static_cast<int>(layers_.size());
+  bool nonfinite = overflow_.load();
   double sum_sq = 0;
-  bool nonfinite = false;
-  for (const std::vector<ParamIds>& ps : layers_) {
-    for (const ParamIds& p : ps) {
-      Pin acc(store_.get(), p.grad32, opt_tier_);
-      STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kAccessRead));
-      STRATA_ASSIGN_OR_RETURN(cpu_adam::GradStats gs,
-                              cpu_adam::grad_stats(av.data, DType::kFloat32, p.numel, exec_));
-      STRATA_RETURN_IF_ERROR(acc.release(false));
-      sum_sq += gs.sum_squares;
-      nonfinite = nonfinite || gs.nonfinite;
-    }
+  for (int l = 0; l < num_layers && !nonfinite; ++l) {
+    sum_sq += grad_stats_[l].sum_squares;
+    nonfinite = grad_stats_[l].nonfinite;
   }
   st.grad_norm =
       nonfinite ? std::numeric_limits<double>::infinity() : std::sqrt(sum_sq) / st.loss_scale;
+  for (int l = 0; l < num_layers; ++l) st.speculative_layers += stepped_[l];
 
   bool apply = true;
   if (scaler_ != nullptr) {
@@ -585,13 +787,27 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
         "gradient_clipping, or check the model's inputs"));
   }
   st.skipped = !apply;
-  if (apply) {
+  if (!apply) {
+    for (int l = 0; l < num_layers; ++l) {
+      if (!stepped_[l]) continue;
+      STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
+      ++st.rolled_back_layers;
+    }
+  } else {
     if (config_.gradient_clipping > 0) {
       st.clip_coef = std::max(1.0, (st.grad_norm + 1e-6) / config_.gradient_clipping);
     }
     ++adam_step_;
-    STRATA_RETURN_IF_ERROR(apply_optimizer(st.lr, 1.0 / (st.loss_scale * st.clip_coef)),
-                           absl::StrCat("step ", st.step));
+    const double grad_scale = 1.0 / (st.loss_scale * st.clip_coef);
+    for (int l = 0; l < num_layers; ++l) {
+      if (stepped_[l] && st.clip_coef == 1.0) continue;  // the speculation was right
+      if (stepped_[l]) {
+        STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
+        ++st.rolled_back_layers;
+      }
+      STRATA_RETURN_IF_ERROR(step_layer(l, st.lr, adam_step_, grad_scale, /*keep_copy=*/false),
+                             absl::StrCat("step ", st.step));
+    }
     schedule_->advance();
   }
   STRATA_RETURN_IF_ERROR(store_->background_error());
@@ -629,7 +845,7 @@ absl::StatusOr<std::vector<float>> TrainingEngine::read_param(int layer, int par
     return absl::InvalidArgumentError(absl::StrCat("no param ", param, " in layer ", layer));
   }
   const ParamIds& p = layers_[layer][param];
-  const Tier home = store_->spec(p.param).home;
+  const Tier home = param_tier(p);
   std::vector<uint8_t> raw(p.numel * dtype_size(dtype_));
   Pin pin(store_.get(), p.param, home);
   STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kAccessRead));

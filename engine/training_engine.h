@@ -1,6 +1,6 @@
-// TrainingEngine: the ZeRO-Offload training step (ZeRO stage 1/2, one
-// process, `sync` mode: DeepSpeed's order, all gradients, then the norm,
-// then the optimizer).
+// TrainingEngine: the ZeRO-Offload / ZeRO-Infinity training step (ZeRO
+// stage 1-3, one process), in `sync` mode (DeepSpeed's order: all
+// gradients, then the norm, then the optimizer) or `overlap` mode (below).
 //
 // Placement (per parameter of every layer, all in one TieredStore):
 //   param  compute dtype (fp16 / bf16, fp32 when neither is enabled)
@@ -13,6 +13,11 @@
 // after the optimizer rewrote the host copy); grad32 on the host.
 // offload_optimizer.device nvme: as cpu, but master and states homed on
 // NVMe (a swap file under nvme_path), cached on the host within its budget.
+// Stage 3 (offload_param.device cpu or nvme): the compute-dtype params are
+// homed on the host (cpu) or NVMe (nvme) and the device only caches the
+// layers in flight: its budget defaults to stage3_max_live_parameters
+// params plus their grads, so each step fetches every layer's params
+// through the store's prefetch. The arithmetic is that of stage 2.
 // offload_optimizer.device none: everything homed on the device; the
 // optimizer then runs on the device's memory from the host, which only a
 // host-addressable device (SimDevice) allows (no device-side Adam yet).
@@ -31,6 +36,25 @@
 // non-finite gradient fails the step with an error instead of writing NaN
 // into the weights.
 //
+// fp16 overflow is found on the device: after each layer's backward a
+// device-side norm of its gradients; the first overflowing layer is logged
+// and reported in StepStats, and no further gradient leaves the device in
+// that step (the skipped step costs no D2H and no optimizer work).
+//
+// `overlap` mode (strata.overlap, the default): as soon as a layer's
+// backward has finished, a worker thread copies its gradients to the host
+// and accumulates them while the device runs the next layers; on the last
+// micro-batch it also steps the layer speculatively (clip coefficient 1,
+// the step's loss scale). When the whole gradient shows an overflow, or a
+// norm above gradient_clipping, the stepped layers are restored from copies
+// of their master and optimizer states taken before the speculative step
+// (strata.rollback_buffer_bytes of host memory; layers beyond it wait for
+// the end of backward) and, for a clip, stepped again with the right
+// factor. Weights, states and params are then bit-identical to `sync`.
+// Copies are needed only when a rollback can happen (fp16 or clipping);
+// with bf16/fp32 and no clipping a non-finite gradient fails the step and
+// the layers already stepped keep their update.
+//
 // Threading: not thread-safe; one thread calls train_step(). Errors: create()
 // rejects configs that parse but cannot run (no optimizer, ZeRO stage 3, an
 // unwritable nvme_path, budgets too small for one layer) with a message
@@ -38,6 +62,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -49,6 +74,7 @@
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
 #include "engine/model.h"
+#include "engine/ordered_worker.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
@@ -80,6 +106,14 @@ struct StepStats {
   double clip_coef = 1;     // the gradient was divided by this
   double lr = 0;            // the rate applied (or that would have been)
   double step_seconds = 0;  // wall time of train_step()
+  // fp16 overflow: the first layer (in backward order) whose gradient
+  // overflowed on the device, and its first non-finite param; -1 / "" if none.
+  int overflow_layer = -1;
+  std::string overflow_param;
+  // overlap mode: layers stepped before the backward had finished, and how
+  // many of them were restored (overflow) or restored and redone (clip).
+  int speculative_layers = 0;
+  int rolled_back_layers = 0;
   // Per tier (device, host, nvme), moved during this step; see TierStats.
   std::array<uint64_t, offload::kTierCount> bytes_in{};
   std::array<uint64_t, offload::kTierCount> bytes_out{};
@@ -160,15 +194,28 @@ class TrainingEngine {
   absl::Status build(const config::DsConfig& config, Model* model, gpu::Device* device,
                      EngineOptions options);
   absl::Status initialize_params();
-  absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, double* loss);
-  absl::Status accumulate(bool first);
-  absl::Status apply_optimizer(double lr, double grad_scale);
+  absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, bool first, bool last,
+                               double* loss, StepStats* st);
+  // Enqueues the device-side overflow check of a layer's gradients (fp16):
+  // its flags land in flag_nonfinite_ once the stream has run.
+  absl::Status check_overflow(int layer, const LayerContext& ctx);
+  // Per-layer pieces of the step, run by the compute thread (sync) or the
+  // worker (overlap).
+  absl::Status accumulate_layer(int layer, bool first);
+  absl::Status stats_layer(int layer);
+  absl::Status step_layer(int layer, double lr, int64_t adam_step, double grad_scale,
+                          bool keep_copy);
+  absl::Status restore_layer(int layer);
+  absl::Status layer_done(int layer, bool first, bool last);
   absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
                        uint64_t bytes);
   absl::Status copy_out(offload::TensorView view, offload::Tier tier, void* dst, uint64_t bytes);
   // Raw bytes of a tensor through the store on `tier` (checkpoint.cc).
   absl::Status read_raw(offload::TensorId id, offload::Tier tier, void* dst, uint64_t bytes);
   absl::Status write_raw(offload::TensorId id, offload::Tier tier, const void* src, uint64_t bytes);
+  // Where the engine reads and writes a compute param outside the step: its
+  // home, or the host for an NVMe-homed one.
+  offload::Tier param_tier(const ParamIds& p) const;
 
   config::DsConfig config_;
   Model* model_ = nullptr;
@@ -190,6 +237,25 @@ class TrainingEngine {
   int64_t steps_ = 0;
   int64_t adam_step_ = 0;
   nlohmann::json user_meta_;
+
+  // The step in flight (written by the worker only between submit and drain).
+  bool overlap_ = false;
+  bool keep_copies_ = false;  // a rollback is possible: fp16 or clipping
+  std::unique_ptr<OrderedWorker> worker_;
+  std::atomic<bool> overflow_{false};
+  double spec_lr_ = 0;
+  double spec_grad_scale_ = 1;
+  std::vector<cpu_adam::GradStats> grad_stats_;  // per layer, summed in layer order
+  std::vector<char> stepped_;                    // per layer: stepped speculatively
+  std::vector<int64_t> copy_at_;                 // per layer: offset in rollback_, -1 none
+  std::vector<float> rollback_;
+  uint64_t rollback_used_ = 0;  // floats
+  uint64_t rollback_capacity_ = 0;
+  // Device scratch for the overflow check: per param of the largest layer a
+  // float sum and an int32 flag.
+  void* flags_device_ = nullptr;
+  std::vector<float> flag_sums_;
+  std::vector<int32_t> flag_nonfinite_;
 };
 
 }  // namespace strata::engine

@@ -17,100 +17,19 @@
 #include "core/config/ds_config.h"
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
+#include "tests/engine_test_fixture.h"
 #include "tests/mlp_test_model.h"
 
 namespace strata::engine {
 namespace {
 
-using test_models::MlpTestModel;
-
-// Constant learning rate; counts applied steps (lr_schedule.cc is tested on its own).
-class ConstantLr final : public LrSchedule {
- public:
-  explicit ConstantLr(double lr) : lr_(lr) {}
-  double lr() const override { return lr_; }
-  void advance() override { ++iteration_; }
-  int64_t iteration() const override { return iteration_; }
-  void set_iteration(int64_t iteration) override { iteration_ = iteration; }
-
- private:
-  double lr_;
-  int64_t iteration_ = 0;
-};
-
-class TrainingEngineTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           ("training_engine_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  // A ds_config with the given zero / fp16 / extra top-level JSON members.
-  config::DsConfig make_config(const std::string& members, int gas = 2) {
-    const std::string json =
-        "{\"train_micro_batch_size_per_gpu\": 32, \"gradient_accumulation_steps\": " +
-        std::to_string(gas) +
-        ", \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01}}, "
-        "\"strata\": {\"overlap\": \"sync\", \"prefetch_window_bytes\": 4096}" +
-        (members.empty() ? "" : ", " + members) + "}";
-    std::vector<std::string> warnings;
-    auto cfg = config::parse_ds_config(json, "test.json", &warnings);
-    EXPECT_TRUE(cfg.ok()) << cfg.status() << "\n" << json;
-    return cfg.ok() ? *cfg : config::DsConfig{};
-  }
-
-  absl::StatusOr<std::unique_ptr<TrainingEngine>> make_engine(const config::DsConfig& cfg,
-                                                              MlpTestModel* model,
-                                                              EngineOptions o = {},
-                                                              bool constant_lr = true) {
-    if (constant_lr) o.lr_schedule = std::make_unique<ConstantLr>(cfg.optimizer.lr);
-    o.allow_buffered_io = true;  // TempDir may be tmpfs
-    return TrainingEngine::create(cfg, model, &device_, std::move(o));
-  }
-
-  std::string nvme_zero() const {
-    return "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"nvme\", "
-           "\"nvme_path\": \"" +
-           dir_.string() + "\"}}";
-  }
-
-  // Every fp32 tensor of the engine, concatenated.
-  static std::vector<float> all(TrainingEngine& e, StateKind kind) {
-    std::vector<float> out;
-    for (int l = 0; l < 3; ++l) {
-      for (int p = 0; p < 2; ++p) {
-        auto v = e.read_fp32(l, p, kind);
-        EXPECT_TRUE(v.ok()) << v.status();
-        if (v.ok()) out.insert(out.end(), v->begin(), v->end());
-      }
-    }
-    return out;
-  }
-
-  std::filesystem::path dir_;
-  gpu::SimDevice device_;
-};
-
-constexpr const char* kCpuZero =
-    "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\"}}";
-constexpr const char* kFp16 = "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 10}";
-
-struct TrainRun {
-  std::vector<double> loss;
-  std::vector<float> master;
-  StepStats last;
-  int64_t skipped = 0;
-};
-
-// (a) fp32 without offload, fp16 offloaded to the host and fp16 offloaded to
-// NVMe learn the same curve: losses fall by more than 4x over 30 steps;
-// fp16 stays within 1% (relative) of fp32 at every step; the two fp16 runs
-// do the same arithmetic in different places, so they agree bit for bit.
+// (a) fp32 without offload, fp16 offloaded to the host, fp16 offloaded to
+// NVMe and fp16 ZeRO-3 (params and states on NVMe) learn the same curve:
+// losses fall by more than 4x over 50 steps; fp16 stays within 1%
+// (relative) of fp32 at every step; the fp16 runs do the same arithmetic in
+// different places, so they agree bit for bit.
 TEST_F(TrainingEngineTest, LossCurvesAgreeAcrossPrecisionAndOffload) {
-  constexpr int kSteps = 30;
+  constexpr int kSteps = 50;
   auto train = [&](const config::DsConfig& cfg) {
     TrainRun r;
     MlpTestModel model;
@@ -131,6 +50,13 @@ TEST_F(TrainingEngineTest, LossCurvesAgreeAcrossPrecisionAndOffload) {
   const TrainRun fp32 = train(make_config(""));
   const TrainRun cpu = train(make_config(std::string(kCpuZero) + ", " + kFp16));
   const TrainRun nvme = train(make_config(nvme_zero() + ", " + kFp16));
+  const TrainRun zero3 = train(make_config(
+      "\"zero_optimization\": {\"stage\": 3, \"offload_optimizer\": {\"device\": \"nvme\", "
+      "\"nvme_path\": \"" +
+      dir_.string() + "\"}, \"offload_param\": {\"device\": \"nvme\", \"nvme_path\": \"" +
+      dir_.string() + "\"}}, " + kFp16));
+  ASSERT_EQ(zero3.loss, nvme.loss);
+  EXPECT_EQ(zero3.master, nvme.master);
   ASSERT_EQ(fp32.loss.size(), kSteps);
   ASSERT_EQ(cpu.loss.size(), kSteps);
   ASSERT_EQ(nvme.loss.size(), kSteps);
@@ -385,7 +311,7 @@ TEST_F(TrainingEngineTest, DeviceBudgetTooSmallForOneLayerFailsAtCreation) {
       << e2.status();
 }
 
-TEST_F(TrainingEngineTest, MissingOptimizerAndStage3AreRejected) {
+TEST_F(TrainingEngineTest, MissingOptimizerAndMisplacedParamOffloadAreRejected) {
   MlpTestModel model;
   config::DsConfig cfg = make_config(kCpuZero);
   cfg.optimizer.type = config::OptimizerType::kNone;
@@ -394,12 +320,14 @@ TEST_F(TrainingEngineTest, MissingOptimizerAndStage3AreRejected) {
   EXPECT_NE(std::string(e.status().message()).find("\"optimizer\""), std::string::npos)
       << e.status();
 
+  // offload_param belongs to stage 3.
   cfg = make_config(kCpuZero);
-  cfg.zero.stage = 3;
+  cfg.zero.offload_param.device = config::OffloadDevice::kCpu;
   e = make_engine(cfg, &model);
   ASSERT_FALSE(e.ok());
-  EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(std::string(e.status().message()).find("zero_optimization.stage"), std::string::npos);
+  EXPECT_NE(std::string(e.status().message()).find("offload_param needs stage 3"),
+            std::string::npos)
+      << e.status();
 }
 
 }  // namespace

@@ -153,6 +153,10 @@ struct StrataConfig {
   std::string log_level;                // as STRATA_LOG ("info,swap=debug"); empty: unchanged
   bool delayed_param_update = false;    // one-step delayed parameter update
   int64_t prefetch_window_bytes = 1LL << 30;
+  // overlap mode: host bytes for copies of the optimizer states of layers
+  // stepped before the backward has finished, so an overflow or a clip can
+  // restore them exactly; layers beyond it are stepped after the backward.
+  int64_t rollback_buffer_bytes = 1LL << 30;
   bool operator==(const StrataConfig&) const = default;
 };
 

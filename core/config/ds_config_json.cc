@@ -150,7 +150,8 @@ json to_json(const DsConfig& c) {
                  {"trace_file", c.strata.trace_file},
                  {"log_level", c.strata.log_level},
                  {"delayed_param_update", c.strata.delayed_param_update},
-                 {"prefetch_window_bytes", c.strata.prefetch_window_bytes}};
+                 {"prefetch_window_bytes", c.strata.prefetch_window_bytes},
+                 {"rollback_buffer_bytes", c.strata.rollback_buffer_bytes}};
   return j;
 }
 

@@ -313,6 +313,8 @@ absl::Status parse_strata(ObjectReader& r, Diagnostics* diag, StrataConfig* s) {
   STRATA_RETURN_IF_ERROR(r.read_bool("delayed_param_update", &s->delayed_param_update));
   STRATA_RETURN_IF_ERROR(
       r.read_int("prefetch_window_bytes", &s->prefetch_window_bytes, 0, kI64Max));
+  STRATA_RETURN_IF_ERROR(
+      r.read_int("rollback_buffer_bytes", &s->rollback_buffer_bytes, 0, kI64Max));
   r.finish();
   return absl::OkStatus();
 }

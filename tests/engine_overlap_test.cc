@@ -1,0 +1,198 @@
+// TrainingEngine `overlap` mode and ZeRO-3 on SimDevice with a real-compute
+// MLP: overlap gives the weights, optimizer states and params of `sync` bit
+// for bit, with and without rollbacks (overflow, clipping, a rollback
+// buffer too small for every layer); stage 3 with params offloaded to the
+// host or NVMe computes exactly what stage 2 does while the device holds
+// only part of the model; fp16 overflow is found on the device and named.
+#include <string>
+#include <vector>
+
+#include "engine/training_engine.h"
+#include "gtest/gtest.h"
+#include "tests/engine_test_fixture.h"
+
+namespace strata::engine {
+namespace {
+
+struct Outcome {
+  std::vector<double> loss;
+  std::vector<float> master, exp_avg, exp_avg_sq, params;
+  std::vector<StepStats> steps;
+};
+
+class EngineOverlapTest : public TrainingEngineTest {
+ protected:
+  // Runs `steps` steps; micro-batches in `poison` get an inf gradient.
+  Outcome run(const config::DsConfig& cfg, int steps, std::vector<int64_t> poison = {},
+              EngineOptions o = {}) {
+    Outcome out;
+    MlpTestModel model;
+    auto created = make_engine(cfg, &model, std::move(o));
+    EXPECT_TRUE(created.ok()) << created.status();
+    if (!created.ok()) return out;
+    TrainingEngine& e = **created;
+    for (int s = 0; s < steps; ++s) {
+      const int64_t first = s * cfg.gradient_accumulation_steps;
+      for (int64_t p : poison) {
+        if (p >= first && p < first + cfg.gradient_accumulation_steps) model.poison(p);
+      }
+      auto st = e.train_step();
+      EXPECT_TRUE(st.ok()) << st.status();
+      if (!st.ok()) return out;
+      out.loss.push_back(st->loss);
+      out.steps.push_back(*st);
+    }
+    out.master = all(e, StateKind::kMaster);
+    out.exp_avg = all(e, StateKind::kExpAvg);
+    out.exp_avg_sq = all(e, StateKind::kExpAvgSq);
+    for (int l = 0; l < 3; ++l) {
+      for (int p = 0; p < 2; ++p) {
+        auto v = e.read_param(l, p);
+        EXPECT_TRUE(v.ok()) << v.status();
+        if (v.ok()) out.params.insert(out.params.end(), v->begin(), v->end());
+      }
+    }
+    return out;
+  }
+
+  static config::DsConfig with_mode(config::DsConfig cfg, config::OverlapMode mode) {
+    cfg.strata.overlap = mode;
+    return cfg;
+  }
+
+  static void expect_identical(const Outcome& a, const Outcome& b) {
+    ASSERT_EQ(a.loss.size(), b.loss.size());
+    for (size_t s = 0; s < a.loss.size(); ++s) {
+      EXPECT_EQ(a.loss[s], b.loss[s]) << "step " << s + 1;
+      EXPECT_EQ(a.steps[s].skipped, b.steps[s].skipped) << "step " << s + 1;
+      EXPECT_EQ(a.steps[s].grad_norm, b.steps[s].grad_norm) << "step " << s + 1;
+      EXPECT_EQ(a.steps[s].clip_coef, b.steps[s].clip_coef) << "step " << s + 1;
+    }
+    EXPECT_EQ(a.master, b.master);
+    EXPECT_EQ(a.exp_avg, b.exp_avg);
+    EXPECT_EQ(a.exp_avg_sq, b.exp_avg_sq);
+    EXPECT_EQ(a.params, b.params);
+  }
+};
+
+struct OverlapCase {
+  const char* name;
+  std::string members;  // ds_config members besides the defaults
+  std::vector<int64_t> poison;
+  int64_t rollback_buffer_bytes = 1 << 30;
+  // Expected per applied step: layers stepped during backward, and rolled back.
+  int speculative;
+  int rolled_back;
+};
+
+TEST_F(EngineOverlapTest, OverlapMatchesSyncBitForBit) {
+  const std::string clip = ", \"gradient_clipping\": 0.05";
+  const std::vector<OverlapCase> cases = {
+      // No rollback: every layer is stepped during backward and kept.
+      {"fp16 cpu", std::string(kCpuZero) + ", " + kFp16, {}, 1 << 30, 3, 0},
+      {"bf16 cpu", std::string(kCpuZero) + ", \"bf16\": {\"enabled\": true}", {}, 1 << 30, 3, 0},
+      {"fp32 on device", "", {}, 1 << 30, 3, 0},
+      // A clip on every step: each layer is restored and stepped again.
+      {"fp16 nvme clipped", nvme_zero() + ", " + kFp16 + clip, {}, 1 << 30, 3, 3},
+      {"bf16 cpu clipped",
+       std::string(kCpuZero) + ", \"bf16\": {\"enabled\": true}" + clip,
+       {},
+       1 << 30,
+       3,
+       3},
+      // Overflows (hysteresis 2: the second one halves the scale) roll back
+      // whatever was stepped before the poisoned layer's backward.
+      {"fp16 cpu overflow", std::string(kCpuZero) + ", " + kFp16, {5, 8, 13}, 1 << 30, 3, 0},
+      // Room for one layer's copies only (the last: 4 x 36 floats x 3): the
+      // others wait for the end of backward.
+      {"fp16 cpu clipped, small buffer",
+       std::string(kCpuZero) + ", " + kFp16 + clip,
+       {},
+       3 * 4 * 132,
+       1,
+       1},
+  };
+  for (const OverlapCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    config::DsConfig cfg = make_config(c.members);
+    cfg.strata.rollback_buffer_bytes = c.rollback_buffer_bytes;
+    const Outcome sync = run(with_mode(cfg, config::OverlapMode::kSync), 10, c.poison);
+    const Outcome overlap = run(with_mode(cfg, config::OverlapMode::kOverlap), 10, c.poison);
+    expect_identical(sync, overlap);
+    ASSERT_EQ(overlap.steps.size(), 10u);
+    int skipped = 0;
+    for (const StepStats& st : overlap.steps) {
+      if (st.skipped) {
+        ++skipped;
+        EXPECT_EQ(st.rolled_back_layers, st.speculative_layers) << "step " << st.step;
+        continue;
+      }
+      EXPECT_EQ(st.speculative_layers, c.speculative) << "step " << st.step;
+      EXPECT_EQ(st.rolled_back_layers, c.rolled_back) << "step " << st.step;
+    }
+    for (const StepStats& st : sync.steps) EXPECT_EQ(st.speculative_layers, 0);
+    EXPECT_EQ(skipped, static_cast<int>(c.poison.size()));
+  }
+}
+
+// The poisoned layer 0 runs its backward last: whatever the worker stepped
+// of layers 2 and 1 by then is rolled back (how much is a race); the
+// overflow is named by layer and param.
+TEST_F(EngineOverlapTest, OverflowIsFoundOnTheDeviceAndNamed) {
+  for (const auto mode : {config::OverlapMode::kSync, config::OverlapMode::kOverlap}) {
+    const Outcome o =
+        run(with_mode(make_config(std::string(kCpuZero) + ", " + kFp16, /*gas=*/1), mode), 3, {1});
+    ASSERT_EQ(o.steps.size(), 3u);
+    const StepStats& st = o.steps[1];
+    EXPECT_TRUE(st.skipped);
+    EXPECT_EQ(st.overflow_layer, 0);
+    EXPECT_EQ(st.overflow_param, "w");
+    EXPECT_EQ(st.rolled_back_layers, st.speculative_layers);
+    EXPECT_LE(st.speculative_layers, mode == config::OverlapMode::kOverlap ? 2 : 0);
+    EXPECT_EQ(o.steps[0].overflow_layer, -1);
+    EXPECT_EQ(o.steps[2].overflow_layer, -1);
+  }
+}
+
+// ZeRO-3: params homed on the host or NVMe, a device budget of about two
+// layers, so every step fetches every layer's params again; the numbers are
+// stage 2's exactly.
+TEST_F(EngineOverlapTest, Stage3MatchesStage2WithParamsOffloaded) {
+  const std::string fp16 = std::string(", ") + kFp16;
+  const Outcome stage2 = run(make_config(std::string(kCpuZero) + fp16), 8);
+  for (const char* where : {"cpu", "nvme"}) {
+    SCOPED_TRACE(where);
+    const std::string zero3 =
+        "\"zero_optimization\": {\"stage\": 3, \"offload_optimizer\": {\"device\": \"cpu\"}, "
+        "\"offload_param\": {\"device\": \"" +
+        std::string(where) + "\", \"nvme_path\": \"" + dir_.string() + "\"}}";
+    EngineOptions o;
+    o.device_budget_bytes = 8192;  // layer 1 alone needs 4224 (fp16 params + grads)
+    const Outcome stage3 = run(make_config(zero3 + fp16), 8, {}, std::move(o));
+    expect_identical(stage2, stage3);
+    ASSERT_FALSE(stage3.steps.empty());
+    // Params come back to the device every step: at least all of them.
+    const uint64_t param_bytes = (512 + 32 + 1024 + 32 + 128 + 4) * 2;
+    EXPECT_GE(stage3.steps.back().bytes_in[0], param_bytes);
+    if (std::string(where) == "nvme") EXPECT_GT(stage3.steps.back().bytes_in[2], 0u);
+  }
+}
+
+TEST_F(EngineOverlapTest, Stage3LayerLargerThanTheDeviceIsRefusedAtCreation) {
+  MlpTestModel model;
+  EngineOptions o;
+  o.device_budget_bytes = 4000;
+  auto e = make_engine(make_config("\"zero_optimization\": {\"stage\": 3, \"offload_optimizer\": "
+                                   "{\"device\": \"cpu\"}, \"offload_param\": {\"device\": "
+                                   "\"cpu\"}}, " +
+                                   std::string(kFp16)),
+                       &model, std::move(o));
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string msg(e.status().message());
+  EXPECT_NE(msg.find("ZeRO-3 fetches one layer at a time"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("layer 1 needs 4224 bytes"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace strata::engine

@@ -27,6 +27,23 @@ using offload::Tier;
 constexpr uint64_t kPage = 4096;
 uint64_t padded(uint64_t bytes) { return (bytes + kPage - 1) & ~(kPage - 1); }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Adds the scope's wall time to *total on exit.
+class AddElapsed {
+ public:
+  explicit AddElapsed(double* total) : total_(total), t0_(std::chrono::steady_clock::now()) {}
+  ~AddElapsed() { *total_ += seconds_since(t0_); }
+  AddElapsed(const AddElapsed&) = delete;
+  AddElapsed& operator=(const AddElapsed&) = delete;
+
+ private:
+  double* total_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
 // Releases a pinned store copy on scope exit unless released explicitly.
 class Pin {
  public:
@@ -629,9 +646,11 @@ absl::Status TrainingEngine::stats_layer(int layer) {
 
 absl::Status TrainingEngine::layer_done(int layer, bool first, bool last) {
   if (overflow_.load()) return absl::OkStatus();  // nothing more leaves the device
+  const auto t0 = std::chrono::steady_clock::now();
   STRATA_RETURN_IF_ERROR(accumulate_layer(layer, first));
+  if (last) STRATA_RETURN_IF_ERROR(stats_layer(layer));
+  grad_seconds_ += seconds_since(t0);
   if (!last) return absl::OkStatus();
-  STRATA_RETURN_IF_ERROR(stats_layer(layer));
   if (grad_stats_[layer].nonfinite) overflow_.store(true);
   if (!overlap_ || overflow_.load()) return absl::OkStatus();
 
@@ -648,6 +667,7 @@ absl::Status TrainingEngine::layer_done(int layer, bool first, bool last) {
 
 absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step, double grad_scale,
                                         bool keep_copy) {
+  const AddElapsed timed(&optimizer_seconds_);
   const cpu_adam::StepArgs args{.lr = lr, .step = adam_step, .grad_scale = grad_scale};
   if (keep_copy) {
     uint64_t floats = 0;
@@ -700,6 +720,7 @@ absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step,
 
 absl::Status TrainingEngine::restore_layer(int layer) {
   STRATA_CHECK(copy_at_[layer] >= 0);
+  const AddElapsed timed(&optimizer_seconds_);
   uint64_t at = static_cast<uint64_t>(copy_at_[layer]);
   for (const ParamIds& p : layers_[layer]) {
     Pin master(store_.get(), p.master, opt_tier_);
@@ -740,6 +761,8 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   std::fill(stepped_.begin(), stepped_.end(), 0);
   std::fill(copy_at_.begin(), copy_at_.end(), -1);
   rollback_used_ = 0;
+  grad_seconds_ = 0;
+  optimizer_seconds_ = 0;
   spec_lr_ = st.lr;
   spec_grad_scale_ = 1.0 / st.loss_scale;
   struct EndStep {
@@ -812,6 +835,8 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   }
   STRATA_RETURN_IF_ERROR(store_->background_error());
 
+  st.grad_seconds = grad_seconds_;
+  st.optimizer_seconds = optimizer_seconds_;
   const offload::StoreStats after = store_->stats();
   for (int t = 0; t < offload::kTierCount; ++t) {
     st.bytes_in[t] = after.tiers[t].bytes_in - before.tiers[t].bytes_in;

@@ -114,6 +114,10 @@ struct StepStats {
   // many of them were restored (overflow) or restored and redone (clip).
   int speculative_layers = 0;
   int rolled_back_layers = 0;
+  // Host time spent on the gradients (copy-out wait, fp32 accumulation,
+  // norm) and in the optimizer (steps, rollbacks), whichever thread ran it.
+  double grad_seconds = 0;
+  double optimizer_seconds = 0;
   // Per tier (device, host, nvme), moved during this step; see TierStats.
   std::array<uint64_t, offload::kTierCount> bytes_in{};
   std::array<uint64_t, offload::kTierCount> bytes_out{};
@@ -251,6 +255,8 @@ class TrainingEngine {
   std::vector<float> rollback_;
   uint64_t rollback_used_ = 0;  // floats
   uint64_t rollback_capacity_ = 0;
+  double grad_seconds_ = 0;  // of the step in flight
+  double optimizer_seconds_ = 0;
   // Device scratch for the overflow check: per param of the largest layer a
   // float sum and an int32 flag.
   void* flags_device_ = nullptr;

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -378,6 +380,9 @@ TEST_F(TieredStoreTest, RandomOperationsKeepBudgetsAndBytes) {
 
 // The same cyclic workload with and without prefetch, over a slow modelled
 // link: prefetch hides load time behind "compute", so acquires stall less.
+// Stall time is wall time: each variant runs three times and the least
+// stalled run counts, so a busy machine (CI running builds beside the test)
+// does not decide the comparison.
 TEST_F(TieredStoreTest, PrefetchLowersStallTime) {
   gpu::SimDevice slow({.h2d_gb_per_s = 0.5, .d2h_gb_per_s = 0.5, .copy_latency_us = 0});
   auto run = [&](uint64_t window) -> uint64_t {
@@ -399,8 +404,11 @@ TEST_F(TieredStoreTest, PrefetchLowersStallTime) {
     }
     return (*store)->stats().tiers[0].stall_ns;
   };
-  const uint64_t without = run(0);
-  const uint64_t with = run(2 * kBytes);
+  uint64_t without = UINT64_MAX, with = UINT64_MAX;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    without = std::min(without, run(0));
+    with = std::min(with, run(2 * kBytes));
+  }
   EXPECT_LT(with, without) << "stall with prefetch " << with << " ns, without " << without;
 }
 

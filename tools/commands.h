@@ -15,5 +15,6 @@ void add_bench_memory_command(CLI::App& bench, int* exit_code);
 void add_bench_cpu_adam_command(CLI::App& bench, int* exit_code);
 void add_bench_io_command(CLI::App& bench, int* exit_code);
 void add_bench_store_command(CLI::App& bench, int* exit_code);
+void add_bench_step_command(CLI::App& bench, int* exit_code);
 
 }  // namespace strata::tools

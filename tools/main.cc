@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   strata::tools::add_bench_cpu_adam_command(*bench, &exit_code);
   strata::tools::add_bench_io_command(*bench, &exit_code);
   strata::tools::add_bench_store_command(*bench, &exit_code);
+  strata::tools::add_bench_step_command(*bench, &exit_code);
 
   // Logging is configured before any command callback runs.
   app.parse_complete_callback([&] {

@@ -1,0 +1,188 @@
+#include "engine/step_benchmark.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/config/ds_config.h"
+#include "core/status.h"
+#include "engine/training_engine.h"
+#include "gpu/sim_device.h"
+#include "swap/io_bench.h"
+#include "tbb/task_arena.h"
+
+namespace strata::engine {
+namespace {
+
+// GPT-2's layer list with modelled compute: the engine drives it like the
+// real model, the device only spends time.
+class TimedGpt2Layers final : public Model {
+ public:
+  TimedGpt2Layers(const StepBenchmarkOptions& o, int64_t width, gpu::SimDevice* device)
+      : device_(device) {
+    const int64_t c = width, tokens = o.micro_batch * o.seq_len;
+    const double flops_per_s = o.tflops * 1e12;
+    layers_.push_back({{"wte", uint64_t(o.vocab_size * c)}, {"wpe", uint64_t(o.positions * c)}});
+    forward_seconds_.push_back(0);  // a lookup
+    std::vector<ParamSpec> block = {{"ln_1.w", uint64_t(c)},
+                                    {"ln_1.b", uint64_t(c)},
+                                    {"attn.qkv.w", uint64_t(3 * c * c)},
+                                    {"attn.qkv.b", uint64_t(3 * c)},
+                                    {"attn.proj.w", uint64_t(c * c)},
+                                    {"attn.proj.b", uint64_t(c)},
+                                    {"ln_2.w", uint64_t(c)},
+                                    {"ln_2.b", uint64_t(c)},
+                                    {"mlp.fc.w", uint64_t(4 * c * c)},
+                                    {"mlp.fc.b", uint64_t(4 * c)},
+                                    {"mlp.proj.w", uint64_t(4 * c * c)},
+                                    {"mlp.proj.b", uint64_t(c)}};
+    uint64_t block_params = 0;
+    for (const ParamSpec& p : block) block_params += p.numel;
+    const double block_flops =
+        2.0 * tokens * block_params + 2.0 * o.micro_batch * o.seq_len * o.seq_len * c;  // causal
+    for (int64_t l = 0; l < o.n_layer; ++l) {
+      layers_.push_back(block);
+      forward_seconds_.push_back(block_flops / flops_per_s);
+    }
+    layers_.push_back({{"ln_f.w", uint64_t(c)}, {"ln_f.b", uint64_t(c)}});
+    forward_seconds_.push_back(2.0 * tokens * o.vocab_size * c / flops_per_s);  // tied head
+  }
+
+  int num_layers() const override { return static_cast<int>(layers_.size()); }
+  std::vector<ParamSpec> layer_params(int layer) const override { return layers_[layer]; }
+  void init_param(int layer, int param, float* out) const override {
+    std::fill_n(out, layers_[layer][param].numel, 0.01f);
+  }
+  absl::Status forward(int layer, const LayerContext& ctx) override {
+    return device_->launch_timed_compute(ctx.stream, forward_seconds_[layer]);
+  }
+  absl::Status backward(int layer, const LayerContext& ctx) override {
+    return device_->launch_timed_compute(ctx.stream, 2 * forward_seconds_[layer]);
+  }
+  double loss() const override { return 0; }
+
+  double step_compute_seconds() const {
+    double s = 0;
+    for (double f : forward_seconds_) s += 3 * f;
+    return s;
+  }
+  int64_t params() const {
+    int64_t n = 0;
+    for (const auto& l : layers_) {
+      for (const ParamSpec& p : l) n += static_cast<int64_t>(p.numel);
+    }
+    return n;
+  }
+
+ private:
+  gpu::SimDevice* device_;
+  std::vector<std::vector<ParamSpec>> layers_;
+  std::vector<double> forward_seconds_;
+};
+
+absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
+                                              const std::string& mode, const std::string& dir) {
+  std::string zero =
+      absl::StrCat("{\"stage\": 2, \"offload_optimizer\": {\"device\": \"", o.offload, "\"");
+  if (o.offload == "nvme") absl::StrAppend(&zero, ", \"nvme_path\": \"", dir, "\"");
+  absl::StrAppend(&zero, "}}");
+  const std::string json = absl::StrCat(
+      "{\"train_micro_batch_size_per_gpu\": ", o.micro_batch,
+      ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps,
+      ", \"fp16\": {\"enabled\": true}, \"optimizer\": {\"type\": \"AdamW\", \"params\": "
+      "{\"lr\": 1e-4}}, \"zero_optimization\": ",
+      zero, ", \"strata\": {\"overlap\": \"", mode, "\"}}");
+  std::vector<std::string> warnings;
+  return config::parse_ds_config(json, "bench step", &warnings);
+}
+
+}  // namespace
+
+absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOptions& o) {
+  if (o.n_layer < 1 || o.width_divisor < 1 || o.n_embd % o.width_divisor != 0 ||
+      o.micro_batch < 1 || o.seq_len < 1 || o.seq_len > o.positions || o.steps < 2 ||
+      o.gradient_accumulation_steps < 1 || !(o.tflops > 0) || !(o.link_gb_per_s > 0) ||
+      (o.offload != "cpu" && o.offload != "nvme")) {
+    return absl::InvalidArgumentError(
+        "bench step needs n_layer >= 1, a width divisor that divides n_embd, seq_len <= "
+        "positions, steps >= 2, positive tflops and link rate, and offload cpu or nvme");
+  }
+  StepBenchmarkResult result;
+  result.options = o;
+  result.width = o.n_embd / o.width_divisor;
+  const std::string dir = o.nvme_dir + "/strata-bench-step";
+  if (o.offload == "nvme") {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+    }
+    swap::IoEngineOptions io;
+    io.paths = {dir};
+    io.queue_depth = 32;
+    io.allow_buffered = true;
+    STRATA_ASSIGN_OR_RETURN(swap::SequentialIoReport probe,
+                            swap::run_sequential_io(io, uint64_t{256} << 20, true, true),
+                            "probing NVMe throughput");
+    swap::remove_bench_files(io);
+    result.nvme_read_gb_per_s = probe.read->gb_per_s;
+    result.nvme_write_gb_per_s = probe.write->gb_per_s;
+  }
+
+  std::unique_ptr<tbb::task_arena> arena;
+  if (o.cpu_threads > 0) arena = std::make_unique<tbb::task_arena>(o.cpu_threads);
+  for (const char* mode : {"sync", "overlap"}) {
+    StepBenchmarkMode m;
+    m.mode = mode;
+    gpu::SimDevice device({.capacity_bytes = uint64_t{80} << 30,
+                           .h2d_gb_per_s = o.link_gb_per_s,
+                           .d2h_gb_per_s = o.link_gb_per_s,
+                           .move_data = false});
+    TimedGpt2Layers model(o, result.width, &device);
+    result.params = model.params();
+    STRATA_ASSIGN_OR_RETURN(config::DsConfig cfg, bench_config(o, mode, dir));
+    EngineOptions eo;
+    eo.allow_buffered_io = true;
+    eo.exec.arena = arena.get();
+    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<TrainingEngine> engine,
+                            TrainingEngine::create(cfg, &model, &device, std::move(eo)));
+    for (int s = 0; s < o.steps; ++s) {
+      STRATA_ASSIGN_OR_RETURN(StepStats st, engine->train_step(), absl::StrCat(mode, " step ", s));
+      StepBenchmarkStep r;
+      r.step_seconds = st.step_seconds;
+      r.compute_seconds = model.step_compute_seconds() * o.gradient_accumulation_steps;
+      r.h2d_seconds = st.bytes_in[0] / (o.link_gb_per_s * 1e9);
+      r.d2h_seconds = st.bytes_out[0] / (o.link_gb_per_s * 1e9);
+      r.host_seconds = st.grad_seconds + st.optimizer_seconds;
+      if (o.offload == "nvme") {
+        r.nvme_read_seconds = st.bytes_in[2] / (result.nvme_read_gb_per_s * 1e9);
+        r.nvme_write_seconds = st.bytes_out[2] / (result.nvme_write_gb_per_s * 1e9);
+      }
+      r.speculative_layers = st.speculative_layers;
+      r.rolled_back_layers = st.rolled_back_layers;
+      const std::pair<const char*, double> resources[] = {
+          {"compute", r.compute_seconds},
+          {"h2d", r.h2d_seconds},
+          {"d2h", r.d2h_seconds},
+          {"cpu", r.host_seconds},
+          // One drive serves both directions.
+          {"nvme", r.nvme_read_seconds + r.nvme_write_seconds}};
+      for (const auto& [name, seconds] : resources) {
+        if (seconds > r.slowest_seconds) {
+          r.slowest = name;
+          r.slowest_seconds = seconds;
+        }
+      }
+      r.ratio = r.slowest_seconds > 0 ? r.step_seconds / r.slowest_seconds : 0;
+      m.steps.push_back(std::move(r));
+    }
+    result.modes.push_back(std::move(m));
+  }
+  std::error_code ec;
+  if (o.offload == "nvme") std::filesystem::remove_all(dir, ec);
+  return result;
+}
+
+}  // namespace strata::engine

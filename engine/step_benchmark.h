@@ -1,0 +1,80 @@
+// A training step of a GPT-2-shaped model on SimDevice in timed mode, run
+// through the TrainingEngine in `sync` and in `overlap` mode, to measure how
+// close each comes to its slowest single resource (`strata bench step`).
+//
+// The device is modelled: forward and backward of each layer occupy the
+// SimDevice compute engine for flops / (tflops * 1e12) seconds (a block:
+// 2 * tokens * params + 2 * B * T^2 * C for causal attention; the tied head
+// 2 * tokens * V * C; backward twice forward), and copies take their time
+// over the modelled PCIe link without moving bytes. Everything on the host is
+// real: fp32 gradient accumulation, the CPU optimizer over the full
+// parameter count, the host arena and, with offload to NVMe, the swap I/O.
+// Widths can be divided (width_divisor) so a GPT-2-XL layer list fits this
+// machine's memory: every layer keeps its place and its relative size.
+//
+// Per step and mode it reports the wall time and the time of each single
+// resource: device compute (modelled), H2D and D2H (bytes the step moved /
+// link rate), the host's gradient and optimizer work (measured by the
+// engine), NVMe reads and writes (bytes / the rate a probe measured just
+// before); the slowest of them and step / slowest.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace strata::engine {
+
+struct StepBenchmarkOptions {
+  // The layer list: embeddings, n_layer blocks, final LayerNorm + tied head.
+  int64_t n_layer = 48;
+  int64_t n_embd = 1600;
+  int64_t vocab_size = 50257;
+  int64_t positions = 1024;
+  int64_t width_divisor = 4;  // n_embd / width_divisor is the width used
+  int64_t micro_batch = 8;    // B
+  int64_t seq_len = 1024;     // T
+  int64_t gradient_accumulation_steps = 1;
+  double tflops = 150;          // modelled device throughput
+  double link_gb_per_s = 50;    // modelled PCIe, each direction
+  std::string offload = "cpu";  // offload_optimizer.device: cpu or nvme
+  std::string nvme_dir = "/tmp";
+  int steps = 4;        // per mode; the first records the store's trace
+  int cpu_threads = 0;  // CPU optimizer threads; 0: all cores
+};
+
+struct StepBenchmarkStep {
+  double step_seconds = 0;
+  double compute_seconds = 0;
+  double h2d_seconds = 0;
+  double d2h_seconds = 0;
+  double host_seconds = 0;  // gradient accumulation + optimizer, measured
+  double nvme_read_seconds = 0;
+  double nvme_write_seconds = 0;
+  std::string slowest;
+  double slowest_seconds = 0;
+  double ratio = 0;  // step / slowest
+  int speculative_layers = 0;
+  int rolled_back_layers = 0;
+};
+
+struct StepBenchmarkMode {
+  std::string mode;  // "sync" or "overlap"
+  std::vector<StepBenchmarkStep> steps;
+};
+
+struct StepBenchmarkResult {
+  StepBenchmarkOptions options;
+  int64_t params = 0;  // of the (divided) model
+  int64_t width = 0;
+  double nvme_read_gb_per_s = 0;  // probe, NVMe offload only
+  double nvme_write_gb_per_s = 0;
+  std::vector<StepBenchmarkMode> modes;
+};
+
+// InvalidArgument for inconsistent options; errors of the engine otherwise.
+absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOptions& options);
+
+}  // namespace strata::engine

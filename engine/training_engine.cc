@@ -24,9 +24,6 @@ using offload::TensorRole;
 using offload::TensorView;
 using offload::Tier;
 
-constexpr uint64_t kPage = 4096;
-uint64_t padded(uint64_t bytes) { return (bytes + kPage - 1) & ~(kPage - 1); }
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -186,11 +183,6 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   }
   const config::OffloadDevice param_where = config.zero.offload_param.device;
   const bool stage3 = config.zero.stage == 3;
-  if (!stage3 && param_where != config::OffloadDevice::kNone) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("zero_optimization.offload_param needs stage 3 (stage is ", config.zero.stage,
-                     "); set zero_optimization.stage to 3 or remove offload_param"));
-  }
   if (param_where != config::OffloadDevice::kNone &&
       config.zero.offload_optimizer.device == config::OffloadDevice::kNone) {
     return absl::UnimplementedError(
@@ -246,51 +238,20 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
           device->name(), "); set offload_optimizer.device to \"cpu\" or \"nvme\""));
     }
   }
-  const Tier state_home = where == config::OffloadDevice::kNvme ? Tier::kTierNvme
-                          : offload                             ? Tier::kTierHost
-                                                                : Tier::kTierDevice;
-  // Stage 3 with offload_param nvme homes the compute params on NVMe too;
-  // otherwise they live on the host whenever the optimizer writes them there.
-  const Tier compute_home = param_where == config::OffloadDevice::kNvme ? Tier::kTierNvme
-                            : offload                                   ? Tier::kTierHost
-                                                                        : Tier::kTierDevice;
-
-  // Sizes per tier, checked before anything is allocated.
-  const uint64_t esize = dtype_size(dtype_);
-  uint64_t device_homed = 0, host_homed = 0, nvme_total = 0, largest_layer_nvme = 0;
-  uint64_t largest_layer_device = 0;
-  int largest_layer = 0;
   const int num_layers = model->num_layers();
-  if (num_layers <= 0) return absl::InvalidArgumentError("the model has no layers");
-  for (int l = 0; l < num_layers; ++l) {
-    uint64_t layer_device = 0, layer_nvme = 0;
-    for (const ParamSpec& p : model->layer_params(l)) {
-      const uint64_t b16 = p.numel * esize, b32 = p.numel * 4;
-      layer_device += 2 * b16;  // param + grad, both on the device during backward
-      const uint64_t states = 3 * (state_home == Tier::kTierDevice ? b32 : padded(b32));
-      if (!offload) {
-        device_homed += 2 * b16 + 4 * b32;  // param, grad, grad32, master, m, v
-      } else {
-        host_homed += padded(b16) + padded(b32);  // grad, grad32
-        if (compute_home == Tier::kTierHost) host_homed += padded(b16);
-        if (compute_home == Tier::kTierNvme) layer_nvme += padded(b16);
-        if (state_home == Tier::kTierHost) host_homed += states;
-        if (state_home == Tier::kTierNvme) layer_nvme += states;
-      }
-    }
-    if (layer_device > largest_layer_device) {
-      largest_layer_device = layer_device;
-      largest_layer = l;
-    }
-    nvme_total += layer_nvme;
-    largest_layer_nvme = std::max(largest_layer_nvme, layer_nvme);
-  }
+  std::vector<std::vector<ParamSpec>> specs(std::max(num_layers, 0));
+  for (int l = 0; l < num_layers; ++l) specs[l] = model->layer_params(l);
+  STRATA_ASSIGN_OR_RETURN(const Placement plan, plan_placement(config, specs));
+  const Tier state_home = plan.state_home;
+  const Tier compute_home = plan.compute_home;
+  const uint64_t esize = dtype_size(dtype_);
+  const uint64_t host_homed = plan.host_homed, largest_layer_nvme = plan.largest_layer_nvme;
+  const uint64_t largest_layer_device = plan.largest_layer_device;
+  const int largest_layer = plan.largest_layer;
   // The overflow check's scratch comes out of the device before the store's budget.
+  const uint64_t flags_bytes = plan.device_scratch;
   size_t max_layer_params = 0;
-  for (int l = 0; l < num_layers; ++l) {
-    max_layer_params = std::max(max_layer_params, model->layer_params(l).size());
-  }
-  const uint64_t flags_bytes = padded(max_layer_params * (sizeof(float) + sizeof(int32_t)));
+  for (const auto& ps : specs) max_layer_params = std::max(max_layer_params, ps.size());
   uint64_t device_budget = options.device_budget_bytes;
   if (device_budget == 0) {
     const gpu::DeviceMemoryStats ds = device->stats();
@@ -313,18 +274,14 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
         stage3 ? "use a device with more memory or a model with smaller layers"
                : "raise the device budget, use a device with more memory or split the layer"));
   }
-  if (device_homed > device_budget) {
+  if (plan.device_homed > device_budget) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "without optimizer offload every param, grad and optimizer state lives on the device: ",
-        device_homed, " bytes, more than the device budget of ", device_budget,
+        plan.device_homed, " bytes, more than the device budget of ", device_budget,
         " bytes; set zero_optimization.offload_optimizer.device to \"cpu\" or \"nvme\""));
   }
   uint64_t host_budget = options.host_budget_bytes;
-  if (host_budget == 0 && offload) {
-    // An NVMe cache of two layers' states, or the prefetch window if larger.
-    const uint64_t window = static_cast<uint64_t>(config.strata.prefetch_window_bytes);
-    host_budget = host_homed + std::min(nvme_total, std::max(2 * largest_layer_nvme, window));
-  }
+  if (host_budget == 0 && offload) host_budget = host_homed + plan.host_cache;
   if (offload && host_budget < host_homed + largest_layer_nvme) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the host budget of ", host_budget, " bytes cannot hold the host-homed tensors (",

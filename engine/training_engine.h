@@ -75,6 +75,7 @@
 #include "engine/lr_schedule.h"
 #include "engine/model.h"
 #include "engine/ordered_worker.h"
+#include "engine/placement.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"

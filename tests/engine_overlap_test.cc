@@ -174,7 +174,9 @@ TEST_F(EngineOverlapTest, Stage3MatchesStage2WithParamsOffloaded) {
     // Params come back to the device every step: at least all of them.
     const uint64_t param_bytes = (512 + 32 + 1024 + 32 + 128 + 4) * 2;
     EXPECT_GE(stage3.steps.back().bytes_in[0], param_bytes);
-    if (std::string(where) == "nvme") EXPECT_GT(stage3.steps.back().bytes_in[2], 0u);
+    if (std::string(where) == "nvme") {
+      EXPECT_GT(stage3.steps.back().bytes_in[2], 0u);
+    }
   }
 }
 

@@ -1,0 +1,53 @@
+// Placement: where the training engine homes every tensor of a model for a
+// ds_config, and the bytes that takes on each tier. TrainingEngine builds
+// its store from it; `strata plan` and `strata train` use it to predict the
+// run's memory, so the prediction and the run cannot drift apart.
+//
+// Per parameter (see training_engine.h): param and grad in the compute
+// dtype, grad32, master, exp_avg, exp_avg_sq in fp32. Host- and NVMe-homed
+// tensors are rounded up to 4 KiB (host arena blocks and swap extents);
+// device allocations to 256 bytes (as the devices allocate).
+//
+// Pure function of its inputs; thread-safe. Errors: InvalidArgument for a
+// model without layers or an offload_param outside stage 3.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/config/ds_config.h"
+#include "core/dtype.h"
+#include "engine/model.h"
+#include "offload/tiered_store.h"
+
+namespace strata::engine {
+
+struct Placement {
+  DType dtype = DType::kFloat32;
+  bool offload = false;                                     // offload_optimizer cpu or nvme
+  offload::Tier compute_home = offload::Tier::kTierDevice;  // param (and its grad's device copy)
+  offload::Tier state_home = offload::Tier::kTierDevice;    // master, exp_avg, exp_avg_sq
+
+  uint64_t device_homed = 0;  // homed on the device (offload none)
+  // Params + grads of one layer on the device during its backward; the largest.
+  uint64_t largest_layer_device = 0;
+  int largest_layer = 0;
+  // Params + grads of every layer as the device holds them when its budget
+  // allows (stage 1/2 keep them all; stage 3 a window).
+  uint64_t device_all_layers = 0;
+  uint64_t device_scratch = 0;  // the fp16 overflow check's flags
+  uint64_t host_homed = 0;      // host arena: tensors homed on the host
+  uint64_t nvme_total = 0;      // swap file: tensors homed on NVMe
+  uint64_t largest_layer_nvme = 0;
+  // Host arena beyond host_homed by default: a cache of two layers of
+  // NVMe-homed tensors, or strata.prefetch_window_bytes if larger.
+  uint64_t host_cache = 0;
+  // overlap mode: the rollback copies (fp16 or clipping), ordinary host memory.
+  uint64_t rollback = 0;
+};
+
+absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
+                                         const std::vector<std::vector<ParamSpec>>& layers);
+
+}  // namespace strata::engine

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <utility>
@@ -18,6 +19,7 @@
 #include "model/cpu/layernorm.h"
 #include "model/cpu/matmul.h"
 #include "model/cpu/residual.h"
+#include "model/cuda/gpt2_cuda_model.h"
 
 namespace strata::model {
 namespace {
@@ -100,13 +102,16 @@ class Gpt2Model final : public engine::Model {
         nl_(o.config.n_layer),
         n_(b_ * t_),
         seed_(o.seed),
-        source_(source) {
+        init_(o.init),
+        source_(source),
+        checkpoint_(o.checkpoint_activations) {
     const size_t nc = static_cast<size_t>(n_ * c_);
     inputs_.resize(n_);
     targets_.resize(n_);
     wte32_.resize(static_cast<size_t>(v_ * c_));
     head_dwte_.resize(wte32_.size());
-    blocks_.resize(nl_);
+    // Checkpointing: one set, recomputed in each block's backward.
+    blocks_.resize(checkpoint_ ? 1 : nl_);
     for (Acts& a : blocks_) {
       a.ln1.resize(nc);
       a.ln1_mean.resize(n_);
@@ -160,6 +165,7 @@ class Gpt2Model final : public engine::Model {
   }
 
   void init_param(int layer, int param, float* out) const override {
+    if (init_) return init_(layer, param, out);
     const uint64_t n = layer_params(layer)[param].numel;
     const uint64_t seed = seed_ ^ (0x5851F42D4C957F2DULL * (uint64_t(layer) * 64 + param + 1));
     if (layer == 0) return fill_normal(out, n, 0.02, seed);
@@ -181,7 +187,9 @@ class Gpt2Model final : public engine::Model {
 
   // For sample_text(): swap the data source, read the last forward's logits.
   TokenSource* exchange_source(TokenSource* s) { return std::exchange(source_, s); }
-  const float* logits_row(int64_t row) const { return logits_.data() + row * v_; }
+  const float* logits_row(int64_t row) const {
+    return cuda_ != nullptr ? cuda_->logits_row(row) : logits_.data() + row * v_;
+  }
   int64_t seq_len() const { return t_; }
   int64_t micro_batch() const { return b_; }
   int64_t vocab() const { return v_; }
@@ -205,12 +213,20 @@ class Gpt2Model final : public engine::Model {
                            "; ids must be in [0, ", v_, ") (targets may be -1 to be ignored)"));
         }
       }
+      if (uses_device_kernels(ctx.device)) {
+        STRATA_ASSIGN_OR_RETURN(Gpt2CudaPath * gpu, cuda_path(ctx));
+        return gpu->forward_embedding(ctx, in, tg);
+      }
       return ctx.device->launch_host_function(
           ctx.stream, [this, ctx, in = std::move(in), tg = std::move(tg)]() mutable {
             inputs_ = std::move(in);
             targets_ = std::move(tg);
             embedding_forward(ctx);
           });
+    }
+    if (uses_device_kernels(ctx.device)) {
+      STRATA_ASSIGN_OR_RETURN(Gpt2CudaPath * gpu, cuda_path(ctx));
+      return gpu->forward(layer, ctx);
     }
     if (layer == nl_ + 1) {
       return ctx.device->launch_host_function(ctx.stream, [this, ctx] { head_forward(ctx); });
@@ -221,6 +237,10 @@ class Gpt2Model final : public engine::Model {
 
   absl::Status backward(int layer, const LayerContext& ctx) override {
     STRATA_RETURN_IF_ERROR(check_ctx(layer, ctx, true));
+    if (uses_device_kernels(ctx.device)) {
+      STRATA_ASSIGN_OR_RETURN(Gpt2CudaPath * gpu, cuda_path(ctx));
+      return gpu->backward(layer, ctx, layer_params(layer));
+    }
     if (layer == 0) {
       return ctx.device->launch_host_function(ctx.stream, [this, ctx] { embedding_backward(ctx); });
     }
@@ -231,12 +251,40 @@ class Gpt2Model final : public engine::Model {
                                             [this, layer, ctx] { block_backward(layer, ctx); });
   }
 
-  double loss() const override { return loss_; }
+  double loss() const override { return cuda_ != nullptr ? cuda_->loss() : loss_; }
+
+  Gpt2ActivationMemory activation_memory() const {
+    auto bytes = [](const auto&... v) { return (uint64_t{0} + ... + v.size()) * sizeof(float); };
+    uint64_t acts = 0;
+    for (const Acts& a : blocks_) {
+      acts += bytes(a.ln1, a.ln1_mean, a.ln1_rstd, a.qkv, a.atty, a.lse, a.res2, a.ln2, a.ln2_mean,
+                    a.ln2_rstd, a.fch);
+    }
+    uint64_t residual = 0;
+    for (const auto& r : residual_) residual += bytes(r);
+    Gpt2ActivationMemory m;
+    m.saved_bytes = acts + residual;
+    m.total_bytes = m.saved_bytes + bytes(lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, ce_lse_) +
+                    bytes(wte32_, head_dwte_) +
+                    bytes(tmp_, dres_, dln_, datty_, dqkv_, fchg_, dfchg_, dfch_) +
+                    (inputs_.size() + targets_.size()) * sizeof(int32_t);
+    return m;
+  }
 
  private:
   struct Acts {  // what a block's backward needs from its forward
     std::vector<float> ln1, ln1_mean, ln1_rstd, qkv, atty, lse, res2, ln2, ln2_mean, ln2_rstd, fch;
   };
+
+  // The device-kernel path (model/cuda), made on the first call on a device
+  // whose memory the host cannot address.
+  absl::StatusOr<Gpt2CudaPath*> cuda_path(const LayerContext& ctx) {
+    if (cuda_ == nullptr) {
+      STRATA_ASSIGN_OR_RETURN(
+          cuda_, Gpt2CudaPath::create(*ctx.device, cfg_, b_, t_, ctx.dtype, checkpoint_));
+    }
+    return cuda_.get();
+  }
 
   absl::Status check_ctx(int layer, const LayerContext& ctx, bool backward) const {
     if (layer < 0 || layer >= num_layers()) {
@@ -311,11 +359,23 @@ class Gpt2Model final : public engine::Model {
     finish_grads(0, ctx);
   }
 
+  Acts& block_acts(int layer) { return blocks_[checkpoint_ ? 0 : layer - 1]; }
+
   void block_forward(int layer, const LayerContext& ctx) {
     const std::vector<const float*> p = params_fp32(layer, ctx);
-    Acts& a = blocks_[layer - 1];
+    Acts& a = block_acts(layer);
+    block_forward_acts(layer, p, a);
+    const int64_t nc = n_ * c_;
+    cpu::gelu_forward(fchg_.data(), a.fch.data(), 4 * nc);
+    cpu::matmul_forward(tmp_.data(), fchg_.data(), p[kFcProjW], p[kFcProjB], n_, 4 * c_, c_);
+    cpu::residual_forward(residual_[layer].data(), a.res2.data(), tmp_.data(), nc);
+  }
+
+  // The block's forward up to what its backward reads (a.fch, the MLP's
+  // pre-activation); block_forward finishes it, and a checkpointed backward
+  // calls this alone to rebuild `a` from the block's kept input.
+  void block_forward_acts(int layer, const std::vector<const float*>& p, Acts& a) {
     const float* x = residual_[layer - 1].data();
-    float* out = residual_[layer].data();
     const int64_t nc = n_ * c_;
     cpu::layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, p[kLn1W],
                            p[kLn1B], n_, c_);
@@ -326,9 +386,6 @@ class Gpt2Model final : public engine::Model {
     cpu::layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.res2.data(),
                            p[kLn2W], p[kLn2B], n_, c_);
     cpu::matmul_forward(a.fch.data(), a.ln2.data(), p[kFcW], p[kFcB], n_, c_, 4 * c_);
-    cpu::gelu_forward(fchg_.data(), a.fch.data(), 4 * nc);
-    cpu::matmul_forward(tmp_.data(), fchg_.data(), p[kFcProjW], p[kFcProjB], n_, 4 * c_, c_);
-    cpu::residual_forward(out, a.res2.data(), tmp_.data(), nc);
   }
 
   // dres_ holds d(loss)/d(block output) on entry and d(loss)/d(block input)
@@ -336,7 +393,8 @@ class Gpt2Model final : public engine::Model {
   void block_backward(int layer, const LayerContext& ctx) {
     const std::vector<const float*> p = params_fp32(layer, ctx);
     std::vector<float*> g = begin_grads(layer, ctx);
-    const Acts& a = blocks_[layer - 1];
+    Acts& a = block_acts(layer);
+    if (checkpoint_) block_forward_acts(layer, p, a);
     const float* x = residual_[layer - 1].data();
     const int64_t nc = n_ * c_;
     auto zero = [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 0.0f); };
@@ -396,7 +454,9 @@ class Gpt2Model final : public engine::Model {
   const Gpt2Config cfg_;
   const int64_t b_, t_, c_, v_, nh_, nl_, n_;
   const uint64_t seed_;
+  const std::function<void(int, int, float*)> init_;
   TokenSource* source_;
+  const bool checkpoint_;  // blocks_ holds one recompute set, not one per block
 
   std::vector<int32_t> inputs_, targets_;
   std::vector<float> wte32_;      // layer 0's wte in fp32, for the tied head
@@ -408,6 +468,7 @@ class Gpt2Model final : public engine::Model {
   std::vector<float> tmp_, dres_, dln_, datty_, dqkv_, fchg_, dfchg_, dfch_;
   std::vector<std::vector<float>> param_scratch_, grad_scratch_;
   double loss_ = 0;
+  std::unique_ptr<Gpt2CudaPath> cuda_;  // set once a layer ran on a CUDA device
 };
 
 }  // namespace
@@ -458,19 +519,36 @@ class ContextSource final : public TokenSource {
 
 }  // namespace
 
-absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::Model& model,
-                                        std::string_view prompt, int tokens, double temperature,
-                                        uint64_t seed) {
+absl::StatusOr<Gpt2ActivationMemory> gpt2_activation_memory(const engine::Model& model) {
+  const auto* gpt = dynamic_cast<const Gpt2Model*>(&model);
+  if (gpt == nullptr) {
+    return absl::InvalidArgumentError("gpt2_activation_memory needs a model from make_gpt2_model");
+  }
+  return gpt->activation_memory();
+}
+
+absl::StatusOr<std::vector<int32_t>> sample_tokens(engine::TrainingEngine& engine,
+                                                   engine::Model& model,
+                                                   std::span<const int32_t> context, int tokens,
+                                                   double temperature, uint64_t seed) {
   auto* gpt = dynamic_cast<Gpt2Model*>(&model);
-  if (gpt == nullptr)
-    return absl::InvalidArgumentError("sample_text needs a model from make_gpt2_model");
-  if (gpt->vocab() != kGpt2ByteVocab) {
-    return absl::FailedPreconditionError("sample_text decodes byte-level models only (vocab 256)");
+  if (gpt == nullptr) {
+    return absl::InvalidArgumentError("sampling needs a model from make_gpt2_model");
   }
   if (tokens < 0 || !(temperature >= 0)) {
-    return absl::InvalidArgumentError("sample_text needs tokens >= 0 and temperature >= 0");
+    return absl::InvalidArgumentError("sampling needs tokens >= 0 and temperature >= 0");
   }
-  std::string text(prompt.empty() ? std::string_view("\n") : prompt);
+  if (context.empty()) {
+    return absl::InvalidArgumentError("sampling needs a context of at least one token");
+  }
+  for (size_t i = 0; i < context.size(); ++i) {
+    if (context[i] < 0 || context[i] >= gpt->vocab()) {
+      return absl::InvalidArgumentError(absl::StrCat("context token ", context[i], " at position ",
+                                                     i, " is outside the model's vocabulary [0, ",
+                                                     gpt->vocab(), ")"));
+    }
+  }
+  std::vector<int32_t> ids(context.begin(), context.end());
   std::vector<int32_t> window;
   ContextSource source(window, gpt->micro_batch(), gpt->seq_len());
   TokenSource* saved = gpt->exchange_source(&source);
@@ -478,9 +556,8 @@ absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::
   absl::Status status;
   std::vector<double> p(static_cast<size_t>(gpt->vocab()));
   for (int k = 0; k < tokens && status.ok(); ++k) {
-    const size_t keep = std::min<size_t>(text.size(), static_cast<size_t>(gpt->seq_len()));
-    window.assign(text.end() - static_cast<std::ptrdiff_t>(keep), text.end());
-    for (int32_t& b : window) b &= 0xff;  // char may be signed
+    const size_t keep = std::min<size_t>(ids.size(), static_cast<size_t>(gpt->seq_len()));
+    window.assign(ids.end() - static_cast<std::ptrdiff_t>(keep), ids.end());
     if (auto v = engine.evaluate(1); !v.ok()) {
       status = v.status();
       break;
@@ -492,11 +569,30 @@ absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::
       for (int64_t i = 0; i < gpt->vocab(); ++i) p[i] = std::exp((logits[i] - top) / temperature);
       next = std::discrete_distribution<int>(p.begin(), p.end())(rng);
     }
-    text.push_back(static_cast<char>(next));
+    ids.push_back(next);
   }
   gpt->exchange_source(saved);
   if (!status.ok()) return annotate(status, "sampling");
-  return text.substr(prompt.empty() ? 1 : prompt.size());
+  return std::vector<int32_t>(ids.begin() + static_cast<std::ptrdiff_t>(context.size()), ids.end());
+}
+
+absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::Model& model,
+                                        std::string_view prompt, int tokens, double temperature,
+                                        uint64_t seed) {
+  auto* gpt = dynamic_cast<Gpt2Model*>(&model);
+  if (gpt == nullptr)
+    return absl::InvalidArgumentError("sample_text needs a model from make_gpt2_model");
+  if (gpt->vocab() != kGpt2ByteVocab) {
+    return absl::FailedPreconditionError("sample_text decodes byte-level models only (vocab 256)");
+  }
+  const std::string_view text = prompt.empty() ? std::string_view("\n") : prompt;
+  std::vector<int32_t> context(text.size());
+  for (size_t i = 0; i < text.size(); ++i) context[i] = static_cast<unsigned char>(text[i]);
+  STRATA_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                          sample_tokens(engine, model, context, tokens, temperature, seed));
+  std::string out(ids.size(), '\0');
+  for (size_t i = 0; i < ids.size(); ++i) out[i] = static_cast<char>(ids[i]);
+  return out;
 }
 
 }  // namespace strata::model

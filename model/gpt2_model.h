@@ -21,7 +21,13 @@
 //
 // Memory (fp32, host): per block ~12*B*T*C floats of saved activations, plus
 // B*T*V logits, an fp32 wte copy and its head gradient (2*V*C), and scratch
-// shared by all layers (~19*B*T*C).
+// shared by all layers (~19*B*T*C). With checkpoint_activations a block keeps
+// only its input (B*T*C floats, the residual stream) between forward and
+// backward; its backward first recomputes the block's forward into one set of
+// block activations shared by all blocks (the same kernels on the same
+// inputs, so gradients and losses are bit-identical to a run without it), at
+// the cost of about one more block forward per block in backward.
+// gpt2_activation_memory() reports the bytes either way.
 //
 // Threads: compute runs in launch_host_function on ctx.stream; the dense
 // layers use OpenBLAS's pool, whose size the caller sets once with
@@ -31,7 +37,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -55,6 +64,13 @@ struct Gpt2ModelOptions {
   int64_t micro_batch = 4;  // B
   int64_t seq_len = 0;      // T; 0: config.seq_len
   uint64_t seed = 1337;     // parameter initialisation
+  // Keep only each block's input through forward; recompute the block in
+  // its backward (see "Memory" above).
+  bool checkpoint_activations = false;
+  // When set, the initial fp32 value of parameter `param` of `layer` (its
+  // numel floats into out) in place of the seeded random one, e.g. weights
+  // from a file (Gpt2Init::fill in model/gpt2_weights.h); must not fail.
+  std::function<void(int layer, int param, float* out)> init;
 };
 
 // InvalidArgument when seq_len exceeds the model's positions or the options
@@ -62,13 +78,33 @@ struct Gpt2ModelOptions {
 absl::StatusOr<std::unique_ptr<engine::Model>> make_gpt2_model(const Gpt2ModelOptions& options,
                                                                TokenSource* source);
 
-// Continues `prompt` (byte tokens) by `tokens` bytes drawn from the model's
-// current weights: each new byte costs one forward-only pass of `engine`
-// over the last seq_len bytes (position-by-position causal attention makes
-// the padding after the context irrelevant). temperature 0 takes the most
-// likely byte; otherwise softmax(logits / temperature) sampled with `seed`.
-// `model` must come from make_gpt2_model with a byte-level vocabulary and be
-// the model `engine` drives. The model's TokenSource is restored afterwards.
+// Host bytes of a Gpt2Model's activations (fp32). saved_bytes: what
+// forward keeps for backward (every block's input and output, plus, without
+// checkpointing, every block's intermediate tensors; with it, one block's
+// worth of recompute space); total_bytes: every buffer the model holds
+// between calls (saved, logits, the fp32 wte copy and its head gradient,
+// and scratch). InvalidArgument when `model` is not from make_gpt2_model.
+struct Gpt2ActivationMemory {
+  uint64_t saved_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+absl::StatusOr<Gpt2ActivationMemory> gpt2_activation_memory(const engine::Model& model);
+
+// Continues `context` (token ids) by `tokens` ids drawn from the model's
+// current weights and returns the new ids: each costs one forward-only pass
+// of `engine` over the last seq_len ids (position-by-position causal
+// attention makes the padding after the context irrelevant). temperature 0
+// takes the most likely id; otherwise softmax(logits / temperature) sampled
+// with `seed`. `model` must come from make_gpt2_model and be the model
+// `engine` drives; its TokenSource is restored afterwards. InvalidArgument
+// for an empty context or an id outside [0, vocab_size), naming it.
+absl::StatusOr<std::vector<int32_t>> sample_tokens(engine::TrainingEngine& engine,
+                                                   engine::Model& model,
+                                                   std::span<const int32_t> context, int tokens,
+                                                   double temperature, uint64_t seed);
+
+// sample_tokens for a byte-level model (vocab 256): `prompt`'s bytes ("\n"
+// when empty) continued by `tokens` bytes, which are returned.
 absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::Model& model,
                                         std::string_view prompt, int tokens, double temperature,
                                         uint64_t seed);

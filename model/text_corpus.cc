@@ -108,38 +108,46 @@ absl::StatusOr<std::vector<std::string>> list_corpus_files(const std::string& pa
   return files;
 }
 
-absl::StatusOr<std::unique_ptr<ByteCorpus>> ByteCorpus::from_text(
-    std::string text, const std::string& source, const ByteCorpusOptions& options) {
+absl::StatusOr<std::unique_ptr<TextCorpus>> TextCorpus::from_text(
+    std::string_view text, const std::string& source, const TextCorpusOptions& options) {
   if (options.micro_batch < 1 || options.seq_len < 1 || !(options.val_fraction > 0) ||
       !(options.val_fraction < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "corpus options: micro batch ", options.micro_batch, ", seq_len ", options.seq_len,
         ", val_fraction ", options.val_fraction, "; need B >= 1, T >= 1 and 0 < fraction < 1"));
   }
-  const int64_t n = static_cast<int64_t>(text.size());
-  if (n == 0) {
+  if (text.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--data ", source, ": the corpus is empty; give files with text in them"));
   }
+  std::unique_ptr<TextCorpus> c(new TextCorpus());
+  if (options.tokenizer != nullptr) {
+    c->tokens_ = options.tokenizer->encode(text);
+    c->vocab_size_ = options.tokenizer->vocab_size();
+  } else {
+    c->tokens_.assign(reinterpret_cast<const unsigned char*>(text.data()),
+                      reinterpret_cast<const unsigned char*>(text.data()) + text.size());
+    c->vocab_size_ = kGpt2ByteVocab;
+  }
+  const int64_t n = static_cast<int64_t>(c->tokens_.size());
   const int64_t seq = options.seq_len + 1;  // one sequence and its last target
   const int64_t val = std::max<int64_t>(
       seq, static_cast<int64_t>(std::ceil(static_cast<double>(n) * options.val_fraction)));
   if (n - val < seq) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--data ", source, ": the corpus has ", n, " tokens (bytes), too few for a sequence of ",
+        "--data ", source, ": the corpus has ", n, " tokens (",
+        options.tokenizer != nullptr ? "BPE" : "bytes", "), too few for a sequence of ",
         options.seq_len, " in both the training split and the validation split (",
         options.val_fraction * 100, "%, at least ", seq, " tokens); need at least ", val + seq,
         " tokens: add text or lower --seq-len"));
   }
-  std::unique_ptr<ByteCorpus> c(new ByteCorpus());
-  c->text_ = std::move(text);
   c->split_ = n - val;
   c->options_ = options;
   return c;
 }
 
-absl::StatusOr<std::unique_ptr<ByteCorpus>> load_byte_corpus(const std::string& path,
-                                                             const ByteCorpusOptions& options) {
+absl::StatusOr<std::unique_ptr<TextCorpus>> load_text_corpus(const std::string& path,
+                                                             const TextCorpusOptions& options) {
   STRATA_ASSIGN_OR_RETURN(std::vector<std::string> files, list_corpus_files(path));
   const bool single_file = files.size() == 1 && files.front() == path;
   std::string text;
@@ -160,21 +168,21 @@ absl::StatusOr<std::unique_ptr<ByteCorpus>> load_byte_corpus(const std::string& 
         "--data ", path, ": the corpus is empty (", files.size(),
         " file(s), none with text; binary files are skipped); give files with text in them"));
   }
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<ByteCorpus> c,
-                          ByteCorpus::from_text(std::move(text), path, options));
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<TextCorpus> c,
+                          TextCorpus::from_text(text, path, options));
   c->files_ = std::move(used);
   return c;
 }
 
-void ByteCorpus::fill_row(int64_t start, int32_t* inputs, int32_t* targets) const {
-  const auto* p = reinterpret_cast<const unsigned char*>(text_.data()) + start;
+void TextCorpus::fill_row(int64_t start, int32_t* inputs, int32_t* targets) const {
+  const int32_t* p = tokens_.data() + start;
   for (int64_t t = 0; t < options_.seq_len; ++t) {
     inputs[t] = p[t];
     targets[t] = p[t + 1];
   }
 }
 
-void ByteCorpus::train_batch(int64_t index, int32_t* inputs, int32_t* targets) {
+void TextCorpus::train_batch(int64_t index, int32_t* inputs, int32_t* targets) {
   const int64_t b = options_.micro_batch, t = options_.seq_len;
   // Offsets 0..split_-T-1 keep every target inside the training split.
   const auto starts = static_cast<uint64_t>(split_ - t);
@@ -186,7 +194,7 @@ void ByteCorpus::train_batch(int64_t index, int32_t* inputs, int32_t* targets) {
   }
 }
 
-void ByteCorpus::val_batch(int64_t index, int32_t* inputs, int32_t* targets) {
+void TextCorpus::val_batch(int64_t index, int32_t* inputs, int32_t* targets) {
   const int64_t b = options_.micro_batch, t = options_.seq_len;
   const int64_t windows = val_windows();
   for (int64_t r = 0; r < b; ++r) {

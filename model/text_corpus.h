@@ -1,8 +1,10 @@
-// ByteCorpus: plain text as byte-level tokens (vocabulary 256, token = byte
-// value, no tokenizer, nothing to download), split into train and validation,
-// served as a model::TokenSource.
+// TextCorpus: plain text as tokens, split into train and validation, served
+// as a model::TokenSource. Tokens are bytes (vocabulary 256, token = byte
+// value, no tokenizer, nothing to download) or, given a BpeTokenizer, its
+// ids (the whole text encoded at load). Memory: 4 bytes a token (int32 ids),
+// plus the text itself while loading.
 //
-// Where the text comes from (load_byte_corpus / list_corpus_files): PATH is a
+// Where the text comes from (load_text_corpus / list_corpus_files): PATH is a
 // file (taken as is), a folder (walked recursively, regular files only; files
 // that look binary, i.e. contain a NUL byte, and fortune's ".dat" index files
 // are skipped) or a glob(3) pattern (each match as a file or folder; ".dat"
@@ -24,10 +26,10 @@
 // Errors (InvalidArgument, naming the path and what to do): a missing path,
 // a glob with no matches, no text file found, an empty corpus, too few
 // tokens for one train and one validation sequence. Threading: loading is a
-// pure function; a loaded ByteCorpus is immutable and its batch methods may
+// pure function; a loaded TextCorpus is immutable and its batch methods may
 // be called from any thread.
 //
-//   STRATA_ASSIGN_OR_RETURN(auto corpus, model::load_byte_corpus(
+//   STRATA_ASSIGN_OR_RETURN(auto corpus, model::load_text_corpus(
 //       "/usr/share/games/fortunes", {.micro_batch = 8, .seq_len = 256}));
 //   corpus->train_batch(0, inputs, targets);  // 8 x 256 each
 #pragma once
@@ -38,52 +40,67 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "model/bpe_tokenizer.h"
 #include "model/gpt2_model.h"
 
 namespace strata::model {
 
-struct ByteCorpusOptions {
+struct TextCorpusOptions {
   int64_t micro_batch = 4;     // B
   int64_t seq_len = 256;       // T
   uint64_t seed = 1337;        // training offsets
   double val_fraction = 0.05;  // of all tokens, taken from the end
+  // nullptr: byte tokens; else this tokenizer's ids (used while loading only).
+  const BpeTokenizer* tokenizer = nullptr;
 };
 
 // The files PATH names (see above), sorted. Errors as above.
 absl::StatusOr<std::vector<std::string>> list_corpus_files(const std::string& path);
 
-class ByteCorpus final : public TokenSource {
+class TextCorpus final : public TokenSource {
  public:
-  // `text` is the whole corpus; `source` names it in error messages.
-  static absl::StatusOr<std::unique_ptr<ByteCorpus>> from_text(std::string text,
+  // `text` is the whole corpus, tokenized as options.tokenizer says; `source`
+  // names it in error messages.
+  static absl::StatusOr<std::unique_ptr<TextCorpus>> from_text(std::string_view text,
                                                                const std::string& source,
-                                                               const ByteCorpusOptions& options);
+                                                               const TextCorpusOptions& options);
 
   void train_batch(int64_t index, int32_t* inputs, int32_t* targets) override;
   void val_batch(int64_t index, int32_t* inputs, int32_t* targets) override;
 
   int64_t train_tokens() const { return split_; }
-  int64_t val_tokens() const { return static_cast<int64_t>(text_.size()) - split_; }
+  int64_t val_tokens() const { return static_cast<int64_t>(tokens_.size()) - split_; }
   // Distinct validation windows of seq_len tokens (val_batch wraps after them).
   int64_t val_windows() const { return (val_tokens() - 1) / options_.seq_len; }
-  const ByteCorpusOptions& options() const { return options_; }
+  const TextCorpusOptions& options() const { return options_; }
+  // 256 for bytes, else the tokenizer's; every token is below it.
+  int64_t vocab_size() const { return vocab_size_; }
   // The files it was loaded from (empty for from_text).
   const std::vector<std::string>& files() const { return files_; }
 
  private:
-  friend absl::StatusOr<std::unique_ptr<ByteCorpus>> load_byte_corpus(const std::string&,
-                                                                      const ByteCorpusOptions&);
-  ByteCorpus() = default;
+  friend absl::StatusOr<std::unique_ptr<TextCorpus>> load_text_corpus(const std::string&,
+                                                                      const TextCorpusOptions&);
+  TextCorpus() = default;
   void fill_row(int64_t start, int32_t* inputs, int32_t* targets) const;
 
-  std::string text_;
+  std::vector<int32_t> tokens_;
   int64_t split_ = 0;  // first validation token
-  ByteCorpusOptions options_;
+  int64_t vocab_size_ = 0;
+  TextCorpusOptions options_;
   std::vector<std::string> files_;
 };
 
 // list_corpus_files(path), read and concatenated, then from_text.
-absl::StatusOr<std::unique_ptr<ByteCorpus>> load_byte_corpus(const std::string& path,
-                                                             const ByteCorpusOptions& options);
+absl::StatusOr<std::unique_ptr<TextCorpus>> load_text_corpus(const std::string& path,
+                                                             const TextCorpusOptions& options);
+
+// The byte-only names this class had; same behaviour with no tokenizer.
+using ByteCorpus = TextCorpus;
+using ByteCorpusOptions = TextCorpusOptions;
+inline absl::StatusOr<std::unique_ptr<TextCorpus>> load_byte_corpus(
+    const std::string& path, const TextCorpusOptions& options) {
+  return load_text_corpus(path, options);
+}
 
 }  // namespace strata::model

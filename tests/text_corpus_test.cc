@@ -1,4 +1,4 @@
-// ByteCorpus: which files a --data path names, the train/validation split,
+// TextCorpus: which files a --data path names, the train/validation split,
 // the batches (targets shifted by one, deterministic offsets, validation
 // windows in order) and the errors for unusable inputs.
 #include "model/text_corpus.h"
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/bpe_test_files.h"
 #include "tests/cli_test_util.h"
 
 namespace strata::model {
@@ -46,7 +47,7 @@ TEST_F(TextCorpusTest, FolderIsWalkedSortedSkippingBinaryDatAndLinks) {
   // bin is listed (only reading tells it is binary); .dat and the link are not.
   EXPECT_EQ(*files, (std::vector<std::string>{dir_ + "/a/z.txt", dir_ + "/b.txt", dir_ + "/bin"}));
 
-  auto c = load_byte_corpus(dir_, {.micro_batch = 1, .seq_len = 2, .val_fraction = 0.4});
+  auto c = load_text_corpus(dir_, {.micro_batch = 1, .seq_len = 2, .val_fraction = 0.4});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*c)->files(), (std::vector<std::string>{dir_ + "/a/z.txt", dir_ + "/b.txt"}));
   EXPECT_EQ((*c)->train_tokens() + (*c)->val_tokens(), 8);  // "zzz\nbbb\n"
@@ -61,7 +62,7 @@ TEST_F(TextCorpusTest, GlobMatchesAndAddsMissingNewline) {
   ASSERT_TRUE(files.ok()) << files.status();
   EXPECT_EQ(*files, (std::vector<std::string>{dir_ + "/x1.txt", dir_ + "/x2.txt"}));
   auto c =
-      load_byte_corpus(dir_ + "/x*.txt", {.micro_batch = 1, .seq_len = 3, .val_fraction = 0.3});
+      load_text_corpus(dir_ + "/x*.txt", {.micro_batch = 1, .seq_len = 3, .val_fraction = 0.3});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*c)->train_tokens() + (*c)->val_tokens(), 12);  // "hello\nworld\n"
   // Validation: the last ceil(12*0.3) = 4 tokens, "rld\n".
@@ -73,11 +74,11 @@ TEST_F(TextCorpusTest, GlobMatchesAndAddsMissingNewline) {
 }
 
 TEST_F(TextCorpusTest, SplitKeepsAtLeastOneValidationSequence) {
-  auto c = ByteCorpus::from_text(letters(1000), "mem", {.micro_batch = 2, .seq_len = 64});
+  auto c = TextCorpus::from_text(letters(1000), "mem", {.micro_batch = 2, .seq_len = 64});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*c)->val_tokens(), 65);  // 5% would be 50 < T + 1
   EXPECT_EQ((*c)->train_tokens(), 935);
-  auto big = ByteCorpus::from_text(letters(100000), "mem", {.micro_batch = 2, .seq_len = 64});
+  auto big = TextCorpus::from_text(letters(100000), "mem", {.micro_batch = 2, .seq_len = 64});
   ASSERT_TRUE(big.ok());
   EXPECT_EQ((*big)->val_tokens(), 5000);
 }
@@ -85,8 +86,8 @@ TEST_F(TextCorpusTest, SplitKeepsAtLeastOneValidationSequence) {
 TEST_F(TextCorpusTest, TrainBatchesAreShiftedDeterministicAndInsideTheTrainSplit) {
   std::string text;
   for (int i = 0; i < 4000; ++i) text += static_cast<char>(i % 251);  // position mod 251
-  const ByteCorpusOptions o{.micro_batch = 4, .seq_len = 16, .seed = 7};
-  auto c = ByteCorpus::from_text(text, "mem", o);
+  const TextCorpusOptions o{.micro_batch = 4, .seq_len = 16, .seed = 7};
+  auto c = TextCorpus::from_text(text, "mem", o);
   ASSERT_TRUE(c.ok());
   std::vector<int32_t> in(64), tg(64), in2(64), tg2(64), in3(64), tg3(64);
   (*c)->train_batch(3, in.data(), tg.data());
@@ -110,7 +111,7 @@ TEST_F(TextCorpusTest, TrainBatchesAreShiftedDeterministicAndInsideTheTrainSplit
   // Over many batches no row reads a validation token.
   std::string marked(3800, 'a');
   marked += std::string(200, 'V');
-  auto m = ByteCorpus::from_text(marked, "mem", o);
+  auto m = TextCorpus::from_text(marked, "mem", o);
   ASSERT_TRUE(m.ok());
   ASSERT_EQ((*m)->train_tokens(), 3800);
   for (int64_t i = 0; i < 500; ++i) {
@@ -118,7 +119,7 @@ TEST_F(TextCorpusTest, TrainBatchesAreShiftedDeterministicAndInsideTheTrainSplit
     for (int k = 0; k < 64; ++k) ASSERT_EQ(tg[k], 'a') << "batch " << i;
   }
   // A different seed draws different offsets.
-  auto other = ByteCorpus::from_text(text, "mem", {.micro_batch = 4, .seq_len = 16, .seed = 8});
+  auto other = TextCorpus::from_text(text, "mem", {.micro_batch = 4, .seq_len = 16, .seed = 8});
   ASSERT_TRUE(other.ok());
   (*other)->train_batch(3, in2.data(), tg2.data());
   EXPECT_NE(in, in2);
@@ -127,7 +128,7 @@ TEST_F(TextCorpusTest, TrainBatchesAreShiftedDeterministicAndInsideTheTrainSplit
 TEST_F(TextCorpusTest, ValidationWindowsAreConsecutiveAndWrap) {
   std::string text = letters(200, 'a');
   text += "0123456789";  // validation: the last 10 tokens (5% of 210 rounds up to 11)
-  auto c = ByteCorpus::from_text(text, "mem", {.micro_batch = 2, .seq_len = 4});
+  auto c = TextCorpus::from_text(text, "mem", {.micro_batch = 2, .seq_len = 4});
   ASSERT_TRUE(c.ok());
   ASSERT_EQ((*c)->val_tokens(), 11);
   EXPECT_EQ((*c)->val_windows(), 2);  // (11 - 1) / 4
@@ -142,45 +143,76 @@ TEST_F(TextCorpusTest, ValidationWindowsAreConsecutiveAndWrap) {
   EXPECT_EQ(tg1, tg);
 }
 
+TEST_F(TextCorpusTest, BpeTokensReplaceBytes) {
+  strata::testing::BpeFiles files;
+  files.merge("a", "b");  // "ab" = 256
+  auto tok = BpeTokenizer::parse(files.vocab.dump(), files.merges, "vocab.json", "merges.txt");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string text;
+  for (int i = 0; i < 100; ++i) text += "abc";  // one piece: ab c ab c ...
+  auto c = TextCorpus::from_text(text, "mem", {.micro_batch = 1, .seq_len = 4, .tokenizer = &*tok});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->vocab_size(), 258);  // 256 bytes, "ab", <|endoftext|>
+  EXPECT_EQ((*c)->train_tokens() + (*c)->val_tokens(), 200);
+  std::vector<int32_t> in(4), tg(4);
+  (*c)->val_batch(0, in.data(), tg.data());
+  EXPECT_TRUE((in == std::vector<int32_t>{256, 'c', 256, 'c'}) ||
+              (in == std::vector<int32_t>{'c', 256, 'c', 256}))
+      << in[0] << " " << in[1];
+  EXPECT_EQ(tg[0], in[1]);
+
+  // The byte path is unchanged: one token per byte, vocabulary 256.
+  auto bytes = TextCorpus::from_text(text, "mem", {.micro_batch = 1, .seq_len = 4});
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ((*bytes)->vocab_size(), 256);
+  EXPECT_EQ((*bytes)->train_tokens() + (*bytes)->val_tokens(), 300);
+
+  auto short_bpe =
+      TextCorpus::from_text("ababab", "mem", {.micro_batch = 1, .seq_len = 4, .tokenizer = &*tok});
+  ASSERT_FALSE(short_bpe.ok());
+  EXPECT_NE(short_bpe.status().message().find("3 tokens (BPE)"), absl::string_view::npos)
+      << short_bpe.status();
+}
+
 TEST_F(TextCorpusTest, ErrorsNameThePathAndWhatToDo) {
-  auto missing = load_byte_corpus(dir_ + "/nope", {});
+  auto missing = load_text_corpus(dir_ + "/nope", {});
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(missing.status().message().find(dir_ + "/nope"), absl::string_view::npos);
   EXPECT_NE(missing.status().message().find("no such file"), absl::string_view::npos);
 
-  auto no_match = load_byte_corpus(dir_ + "/*.none", {});
+  auto no_match = load_text_corpus(dir_ + "/*.none", {});
   ASSERT_FALSE(no_match.ok());
   EXPECT_NE(no_match.status().message().find("matches no file"), absl::string_view::npos);
 
   const std::string empty = write("empty/e.txt", "");
-  auto e = load_byte_corpus(empty, {});
+  auto e = load_text_corpus(empty, {});
   ASSERT_FALSE(e.ok());
   EXPECT_NE(e.status().message().find("empty"), absl::string_view::npos);
   EXPECT_NE(e.status().message().find(empty), absl::string_view::npos);
 
   write("binonly/x", std::string("a\0b", 3));
-  auto b = load_byte_corpus(dir_ + "/binonly", {});
+  auto b = load_text_corpus(dir_ + "/binonly", {});
   ASSERT_FALSE(b.ok());
   EXPECT_NE(b.status().message().find("empty"), absl::string_view::npos);
 
-  auto empty_dir = load_byte_corpus((fs::create_directories(dir_ + "/none"), dir_ + "/none"), {});
+  auto empty_dir = load_text_corpus((fs::create_directories(dir_ + "/none"), dir_ + "/none"), {});
   ASSERT_FALSE(empty_dir.ok());
   EXPECT_NE(empty_dir.status().message().find("no regular file"), absl::string_view::npos);
 
   const std::string small = write("small.txt", letters(100));
-  auto s = load_byte_corpus(small, {.micro_batch = 1, .seq_len = 64});
+  auto s = load_text_corpus(small, {.micro_batch = 1, .seq_len = 64});
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.status().message().find("too few"), absl::string_view::npos) << s.status();
   EXPECT_NE(s.status().message().find("--seq-len"), absl::string_view::npos);
-  EXPECT_TRUE(load_byte_corpus(small, {.micro_batch = 1, .seq_len = 32}).ok());
+  EXPECT_TRUE(load_text_corpus(small, {.micro_batch = 1, .seq_len = 32}).ok());
 }
 
 TEST(FortunesCorpus, DefaultCorpusLoadsWhenInstalled) {
   const std::string path = "/usr/share/games/fortunes";
   if (!fs::is_directory(path)) GTEST_SKIP() << path << " missing (apt-get install fortunes)";
-  auto c = load_byte_corpus(path, {.micro_batch = 8, .seq_len = 256});
+  auto c = load_text_corpus(path, {.micro_batch = 8, .seq_len = 256});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_GT((*c)->train_tokens(), 1'000'000);
   for (const std::string& f : (*c)->files()) EXPECT_NE(fs::path(f).extension(), ".dat");

@@ -2,7 +2,8 @@
 // a few steps on a small corpus written here (short sequences, optimizer
 // offloaded to the CPU) and its per-step JSON lines are checked; bad inputs
 // fail before any work with exit 1 and one "strata: error:" line; Ctrl-C
-// ends the run after the current step with exit 130.
+// ends the run after the current step with exit 130; GPT-2 BPE files switch
+// the data to their tokens; --plot draws the loss curve with gnuplot.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/bpe_test_files.h"
 #include "tests/cli_test_util.h"
 
 namespace {
@@ -241,6 +243,99 @@ TEST_F(TrainCommandTest, ResumeContinuesFromTheSavedStep) {
   RunResult wrong = run(args({{"--resume", dir_ + "/nope"}}));
   EXPECT_EQ(wrong.exit_code, 1) << wrong.err;
   EXPECT_NE(wrong.err.find("--resume"), std::string::npos) << wrong.err;
+}
+
+// --vocab/--merges: the corpus becomes BPE tokens, the model's vocabulary the
+// file's (256 bytes + 10 merges + <|endoftext|>), and the checkpoint records
+// the tokenizer files by absolute path (given here relative to the cwd).
+TEST_F(TrainCommandTest, BpeFilesSwitchTheCorpusToTheirTokens) {
+  const strata::testing::BpeFiles files = strata::testing::BpeFiles::english();
+  write("tok/vocab.json", files.vocab.dump());
+  write("tok/merges.txt", files.merges);
+  const std::string ckpt = dir_ + "/ckpt";
+  RunResult r = scratch_.run_strata("train " + args({{"--vocab", "tok/vocab.json"},
+                                                     {"--merges", "tok/merges.txt"},
+                                                     {"--save-dir", ckpt},
+                                                     {"--steps", "2"},
+                                                     {"--sample", "4"}}),
+                                    "cd '" + dir_ + "' && ");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("GPT-2 BPE vocab 267 (tok/vocab.json)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("sample (4 tokens, temperature 0.80):"), std::string::npos) << r.err;
+  const std::vector<json> lines = json_lines(log());
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_NEAR(lines.front()["loss"].get<double>(), std::log(267.0), 0.3);
+
+  const json meta = json::parse(slurp(ckpt + "/meta.json"), nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(meta.is_object());
+  const json& user = meta["user"];
+  EXPECT_EQ(user["model"]["vocab_size"], 267) << user.dump();
+  EXPECT_EQ(user["tokenizer"],
+            (json{{"kind", "bpe"},
+                  {"vocab", fs::canonical(dir_ + "/tok/vocab.json").string()},
+                  {"merges", fs::canonical(dir_ + "/tok/merges.txt").string()}}));
+  EXPECT_EQ(user["compute_dtype"], "fp16");
+  EXPECT_EQ(user["train_seq_len"], 32);
+}
+
+TEST_F(TrainCommandTest, TokenizerDataAndPlotInputsFailBeforeAnyWork) {
+  // --vocab and --merges come together (usage errors, exit 2).
+  RunResult v = run(args({{"--vocab", dir_ + "/v.json"}}));
+  EXPECT_EQ(v.exit_code, 2) << v.err;
+  EXPECT_NE(v.err.find("--vocab requires --merges"), std::string::npos) << v.err;
+  RunResult m = run(args({{"--merges", dir_ + "/m.txt"}}));
+  EXPECT_EQ(m.exit_code, 2) << m.err;
+  EXPECT_NE(m.err.find("--merges requires --vocab"), std::string::npos) << m.err;
+
+  // Malformed or missing tokenizer files are named with the line.
+  const strata::testing::BpeFiles files;
+  const std::string vocab = write("bad/vocab.json", files.vocab.dump());
+  const std::string merges = write("bad/merges.txt", "#version: 0.2\na b c\n");
+  expect_early_failure(args({{"--vocab", vocab}, {"--merges", merges}}),
+                       merges + ":2: expected two tokens");
+  expect_early_failure(args({{"--vocab", dir_ + "/none.json"}, {"--merges", merges}}),
+                       dir_ + "/none.json");
+
+  // A glob that matches nothing names the pattern.
+  expect_early_failure(args({{"--data", dir_ + "/corpus/*.none"}}),
+                       dir_ + "/corpus/*.none: the pattern matches no file");
+
+  // --plot with no gnuplot on PATH: said before training, with how to
+  // install it.
+  fs::remove(log());
+  RunResult p =
+      scratch_.run_strata("train " + args({{"--plot", dir_ + "/loss.png"}}), "PATH=/nonexistent ");
+  EXPECT_EQ(p.exit_code, 1) << p.err;
+  EXPECT_EQ(p.err.rfind("strata: error: --plot", 0), 0u) << p.err;
+  EXPECT_NE(p.err.find("apt-get install gnuplot-nox"), std::string::npos) << p.err;
+  EXPECT_EQ(p.err.find("step "), std::string::npos) << p.err;
+  EXPECT_FALSE(fs::exists(log()));
+  // Nor is a folder that is not there found out after training.
+  expect_early_failure(args({{"--plot", dir_ + "/no/such/loss.png"}}),
+                       "cannot write into " + dir_ + "/no/such");
+}
+
+// --plot draws the loss curve at the end: a PNG of the documented size.
+// The data is given as a glob here.
+TEST_F(TrainCommandTest, PlotWritesALossCurvePng) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "gnuplot is not installed (apt-get install gnuplot-nox)";
+  }
+  const std::string png = dir_ + "/loss.png";
+  RunResult r = run(args({{"--plot", png}, {"--steps", "3"}, {"--data", dir_ + "/corpus/*.txt"}}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("loss curve written to " + png), std::string::npos) << r.err;
+  const std::string data = slurp(png);
+  ASSERT_GE(data.size(), 24u);
+  EXPECT_EQ(data.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_EQ(data.substr(12, 4), "IHDR");  // after the chunk's 4-byte length
+  auto be32 = [&](size_t at) {
+    uint32_t v = 0;
+    for (size_t i = 0; i < 4; ++i) v = (v << 8) | static_cast<unsigned char>(data[at + i]);
+    return v;
+  };
+  EXPECT_EQ(be32(16), 960u);  // width, then height
+  EXPECT_EQ(be32(20), 540u);
 }
 
 }  // namespace

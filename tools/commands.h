@@ -11,10 +11,14 @@ void add_report_command(CLI::App& app, int* exit_code);
 void add_config_command(CLI::App& app, int* exit_code);
 void add_plan_command(CLI::App& app, int* exit_code);
 void add_train_command(CLI::App& app, int* exit_code);
+void add_sample_command(CLI::App& app, int* exit_code);
+void add_ckpt_command(CLI::App& app, int* exit_code);  // ckpt info / ckpt export
 void add_bench_memory_command(CLI::App& bench, int* exit_code);
 void add_bench_cpu_adam_command(CLI::App& bench, int* exit_code);
 void add_bench_io_command(CLI::App& bench, int* exit_code);
 void add_bench_store_command(CLI::App& bench, int* exit_code);
 void add_bench_step_command(CLI::App& bench, int* exit_code);
+void add_bench_pcie_command(CLI::App& bench, int* exit_code);
+void add_bench_train_command(CLI::App& bench, int* exit_code);
 
 }  // namespace strata::tools

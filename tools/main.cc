@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   strata::tools::add_config_command(app, &exit_code);
   strata::tools::add_plan_command(app, &exit_code);
   strata::tools::add_train_command(app, &exit_code);
+  strata::tools::add_sample_command(app, &exit_code);
+  strata::tools::add_ckpt_command(app, &exit_code);
   CLI::App* bench = app.add_subcommand("bench", "Measure what this box can do");
   bench->require_subcommand(1);
   strata::tools::add_bench_memory_command(*bench, &exit_code);
@@ -29,6 +31,8 @@ int main(int argc, char** argv) {
   strata::tools::add_bench_io_command(*bench, &exit_code);
   strata::tools::add_bench_store_command(*bench, &exit_code);
   strata::tools::add_bench_step_command(*bench, &exit_code);
+  strata::tools::add_bench_pcie_command(*bench, &exit_code);
+  strata::tools::add_bench_train_command(*bench, &exit_code);
 
   // Logging is configured before any command callback runs.
   app.parse_complete_callback([&] {

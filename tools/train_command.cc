@@ -1,18 +1,22 @@
 // strata train --model NAME --data PATH --deepspeed_config F [--steps N]
 //              [--device cpu|cuda] [--seq-len T] [--gpu-mem SIZE]
 //              [--eval-every N] [--eval-batches K] [--log-json FILE]
-//              [--trace FILE] [--seed S]
-// Trains a GPT-2 family model on byte-level text with the ZeRO-Offload
+//              [--trace FILE] [--seed S] [--vocab vocab.json --merges merges.txt]
+//              [--plot FILE.png]
+// Trains a GPT-2 family model on text (bytes, or GPT-2 BPE tokens with
+// --vocab/--merges) with the ZeRO-Offload
 // engine (engine/training_engine.h) on a simulated device (SimDevice: the
 // CPU kernels on host memory under a GPU-like capacity), the optimizer
 // offloaded as the ds_config says.
 //
 // Everything that can be checked cheaply is checked before any work (model
-// name, ds_config, device, sequence length, corpus), each failure one
+// name, gnuplot for --plot, ds_config, device, sequence length, tokenizer
+// files, corpus), each failure one
 // "strata: error:" line and exit 1; a malformed flag value exits 2.
 // Output: human text on stderr (a progress line rewritten in place on a
 // terminal, plain lines every steps_per_print steps otherwise), one JSON
-// object per step in --log-json. Ctrl-C finishes the current step, prints
+// object per step in --log-json, the loss curve in --plot at the end (also
+// after Ctrl-C). Ctrl-C finishes the current step, prints
 // the summary and exits 130.
 #include <unistd.h>
 
@@ -22,7 +26,9 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,18 +38,22 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/config/ds_config.h"
+#include "core/dtype.h"
 #include "core/status.h"
 #include "core/trace.h"
 #include "engine/training_engine.h"
 #include "gpu/device.h"
 #include "gpu/sim_device.h"
+#include "model/bpe_tokenizer.h"
 #include "model/cpu/matmul.h"
 #include "model/gpt2_config.h"
 #include "model/gpt2_model.h"
+#include "model/gpt2_weights.h"
 #include "model/text_corpus.h"
 #include "offload/tiered_store.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
+#include "tools/loss_plot.h"
 
 namespace strata::tools {
 namespace {
@@ -66,8 +76,12 @@ struct TrainArgs {
   int64_t save_every = 0;
   std::string save_dir;
   std::string resume;
+  std::string init;           // --init FILE.safetensors
+  std::string vocab, merges;  // GPT-2 BPE files; none: byte tokens
+  std::string plot;           // loss-curve PNG
   int sample_tokens = 0;
   double sample_temperature = 0.8;
+  bool checkpoint_activations = false;
 };
 
 volatile std::sig_atomic_t g_interrupted = 0;
@@ -140,16 +154,20 @@ struct Setup {
   config::DsConfig cfg;
   int64_t seq_len = 0;
   uint64_t gpu_mem = 0;
-  std::unique_ptr<model::ByteCorpus> corpus;
+  std::optional<model::BpeTokenizer> tokenizer;  // --vocab/--merges
+  std::unique_ptr<model::TextCorpus> corpus;
+  std::string gnuplot;  // --plot
 };
 
 absl::Status prepare(const TrainArgs& a, Setup* s) {
   STRATA_ASSIGN_OR_RETURN(s->model, model::gpt2_config_by_name(a.model));
-  if (s->model.vocab_size != model::kGpt2ByteVocab) {
+  // With --vocab/--merges the files set the vocabulary (loaded below).
+  if (a.vocab.empty() && s->model.vocab_size != model::kGpt2ByteVocab) {
     s->vocab_note = absl::StrCat("byte-level vocab 256 (the data is raw bytes; ", s->model.name,
-                                 "'s BPE vocab of ", s->model.vocab_size, " is not used)");
+                                 "'s BPE vocab of ", s->model.vocab_size,
+                                 " is not used; pass --vocab and --merges to use it)");
     s->model.vocab_size = model::kGpt2ByteVocab;
-  } else {
+  } else if (a.vocab.empty()) {
     s->vocab_note = "byte-level vocab 256";
   }
 
@@ -185,11 +203,17 @@ absl::Status prepare(const TrainArgs& a, Setup* s) {
         " positions); use --seq-len ", s->model.seq_len, " or less"));
   }
 
+  if (!a.vocab.empty()) {
+    STRATA_ASSIGN_OR_RETURN(s->tokenizer, model::BpeTokenizer::load(a.vocab, a.merges));
+    s->model.vocab_size = s->tokenizer->vocab_size();
+    s->vocab_note = absl::StrCat("GPT-2 BPE vocab ", s->model.vocab_size, " (", a.vocab, ")");
+  }
   STRATA_ASSIGN_OR_RETURN(
       s->corpus,
-      model::load_byte_corpus(a.data, {.micro_batch = s->cfg.train_micro_batch_size_per_gpu,
+      model::load_text_corpus(a.data, {.micro_batch = s->cfg.train_micro_batch_size_per_gpu,
                                        .seq_len = s->seq_len,
-                                       .seed = a.seed}));
+                                       .seed = a.seed,
+                                       .tokenizer = s->tokenizer ? &*s->tokenizer : nullptr}));
   return absl::OkStatus();
 }
 
@@ -252,7 +276,23 @@ int run_train(const TrainArgs& a) {
         "--save-every needs --save-dir DIR (where the checkpoint is written)"));
     return 2;  // usage
   }
+  if (!a.init.empty() && !a.resume.empty()) {
+    report_status(absl::InvalidArgumentError(
+        "--init and --resume both set the starting weights; pass one of them"));
+    return 2;  // usage
+  }
+  if (!a.plot.empty()) {
+    auto gnuplot = prepare_loss_plot(a.plot);
+    if (!gnuplot.ok()) return report_status(gnuplot.status());
+    s.gnuplot = *gnuplot;
+  }
   if (absl::Status st = prepare(a, &s); !st.ok()) return report_status(st);
+  std::function<void(int, int, float*)> init_weights;
+  if (!a.init.empty()) {
+    auto w = model::Gpt2Init::open(a.init, s.model);
+    if (!w.ok()) return report_status(annotate(w.status(), "--init"));
+    init_weights = [w = *std::move(w)](int l, int p, float* out) { w->fill(l, p, out); };
+  }
   const config::DsConfig& cfg = s.cfg;
 
   std::optional<std::ofstream> log;
@@ -272,7 +312,9 @@ int run_train(const TrainArgs& a) {
   auto net = model::make_gpt2_model({.config = s.model,
                                      .micro_batch = cfg.train_micro_batch_size_per_gpu,
                                      .seq_len = s.seq_len,
-                                     .seed = a.seed},
+                                     .seed = a.seed,
+                                     .checkpoint_activations = a.checkpoint_activations,
+                                     .init = init_weights},
                                     s.corpus.get());
   if (!net.ok()) return report_status(net.status());
   gpu::SimDevice device({.capacity_bytes = s.gpu_mem, .move_data = true});
@@ -288,9 +330,17 @@ int run_train(const TrainArgs& a) {
   }
   const int64_t start_step = engine.steps();
   // What `strata sample` and `strata ckpt export` need to rebuild the model.
-  engine.set_checkpoint_user_metadata({{"model", model::gpt2_config_to_json(s.model)},
-                                       {"tokenizer", {{"kind", "bytes"}}},
-                                       {"train_seq_len", s.seq_len}});
+  json tokenizer = {{"kind", "bytes"}};
+  if (s.tokenizer) {
+    tokenizer = {{"kind", "bpe"},
+                 {"vocab", std::filesystem::absolute(a.vocab).string()},
+                 {"merges", std::filesystem::absolute(a.merges).string()}};
+  }
+  engine.set_checkpoint_user_metadata(
+      {{"model", model::gpt2_config_to_json(s.model)},
+       {"tokenizer", std::move(tokenizer)},
+       {"compute_dtype", std::string(dtype_name(engine.compute_dtype()))},
+       {"train_seq_len", s.seq_len}});
 
   const char* precision = cfg.fp16.enabled ? "fp16" : cfg.bf16.enabled ? "bf16" : "fp32";
   std::string offload(config::to_string(cfg.zero.offload_optimizer.device));
@@ -319,6 +369,9 @@ int run_train(const TrainArgs& a) {
                format_count(static_cast<double>(s.corpus->train_tokens())).c_str(),
                format_count(static_cast<double>(s.corpus->val_tokens())).c_str());
 
+  if (!a.init.empty()) {
+    std::fprintf(stderr, "strata train: weights initialised from %s\n", a.init.c_str());
+  }
   if (!a.resume.empty()) {
     std::fprintf(stderr, "strata train: resumed from %s after step %lld\n", a.resume.c_str(),
                  static_cast<long long>(start_step));
@@ -329,6 +382,7 @@ int run_train(const TrainArgs& a) {
   const int64_t t0 = monotonic_ns();
   double train_seconds = 0;
   std::optional<double> first_loss, last_loss, first_val, last_val;
+  LossCurve curve{.title = absl::StrCat("strata train: ", s.model.name, " on ", a.data)};
   int64_t skipped = 0, steps_done = 0;
   bool interrupted = false;
 
@@ -339,6 +393,7 @@ int run_train(const TrainArgs& a) {
     STRATA_ASSIGN_OR_RETURN(double v, engine.evaluate(a.eval_batches),
                             absl::StrCat("evaluating after step ", step));
     if (!first_val) first_val = v;
+    curve.val.emplace_back(step, v);
     last_val = v;
     progress.note(absl::StrFormat(
         "step %lld: val_loss %.4f (%lld batches, %.1fs)", static_cast<long long>(step), v,
@@ -376,6 +431,7 @@ int run_train(const TrainArgs& a) {
     ++steps_done;
     train_seconds += st->step_seconds;
     if (!first_loss) first_loss = st->loss;
+    curve.train.emplace_back(st->step, st->loss);
     last_loss = st->loss;
     if (st->skipped) ++skipped;
     if (trace.enabled()) trace.counter("loss_scale", static_cast<int64_t>(st->loss_scale));
@@ -437,12 +493,24 @@ int run_train(const TrainArgs& a) {
       format_count(train_seconds > 0 ? steps_done * tokens_per_step / train_seconds : 0).c_str(),
       static_cast<long long>(skipped));
   if (!failure.ok()) return report_status(failure);
+  if (!a.plot.empty() && !curve.train.empty()) {
+    if (absl::Status p = write_loss_plot(s.gnuplot, curve, a.plot); !p.ok()) {
+      return report_status(p);
+    }
+    std::fprintf(stderr, "strata train: loss curve written to %s\n", a.plot.c_str());
+  }
   if (a.sample_tokens > 0 && !interrupted) {
-    auto text =
-        model::sample_text(engine, **net, "\n", a.sample_tokens, a.sample_temperature, a.seed);
+    absl::StatusOr<std::string> text;
+    if (s.tokenizer) {
+      auto ids = model::sample_tokens(engine, **net, s.tokenizer->encode("\n"), a.sample_tokens,
+                                      a.sample_temperature, a.seed);
+      text = ids.ok() ? absl::StatusOr<std::string>(s.tokenizer->decode(*ids)) : ids.status();
+    } else {
+      text = model::sample_text(engine, **net, "\n", a.sample_tokens, a.sample_temperature, a.seed);
+    }
     if (!text.ok()) return report_status(text.status());
-    std::fprintf(stderr, "sample (%d bytes, temperature %.2f):\n%s\n", a.sample_tokens,
-                 a.sample_temperature, text->c_str());
+    std::fprintf(stderr, "sample (%d %s, temperature %.2f):\n%s\n", a.sample_tokens,
+                 s.tokenizer ? "tokens" : "bytes", a.sample_temperature, text->c_str());
   }
   if (interrupted) {
     if (a.save_dir.empty()) {
@@ -485,8 +553,17 @@ void add_train_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--log-json", a->log_json, "write one JSON object per step to FILE");
   cmd->add_option("--trace", a->trace, "write a Chrome trace (chrome://tracing) to FILE");
   cmd->add_option("--seed", a->seed, "data order and weight initialisation (default 1337)");
+  auto* vocab = cmd->add_option("--vocab", a->vocab,
+                                "GPT-2 BPE vocab.json (encoder.json): with --merges the data is "
+                                "BPE tokens and the model's vocabulary is the file's");
+  auto* merges =
+      cmd->add_option("--merges", a->merges, "GPT-2 BPE merges.txt (vocab.bpe), with --vocab");
+  vocab->needs(merges);
+  merges->needs(vocab);
+  cmd->add_option("--plot", a->plot,
+                  "at the end, draw the loss curve into FILE.png (needs gnuplot)");
   cmd->add_option("--sample", a->sample_tokens,
-                  "after training, print this many bytes generated by the model (default 0)")
+                  "after training, print this many tokens generated by the model (default 0)")
       ->check(CLI::Range(0, 100000));
   cmd->add_option("--temperature", a->sample_temperature,
                   "sampling temperature for --sample; 0 takes the most likely byte (0.8)")
@@ -499,6 +576,12 @@ void add_train_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--resume", a->resume,
                   "continue from the checkpoint in DIR (same model, config and data); --steps "
                   "stays the total");
+  cmd->add_option("--init", a->init,
+                  "start from the GPT-2 weights in FILE.safetensors (Hugging Face or strata "
+                  "names, e.g. from `strata ckpt export`) instead of random ones");
+  cmd->add_flag("--checkpoint-activations", a->checkpoint_activations,
+                "keep only each block's input in forward and recompute the block in backward "
+                "(less memory, same results, ~1/3 more compute)");
   cmd->callback([=] { *exit_code = run_train(*a); });
 }
 

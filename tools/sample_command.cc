@@ -1,0 +1,182 @@
+// strata sample --ckpt DIR --prompt TEXT [--tokens N] [--temperature T]
+//               [--seed S]
+// Continues TEXT with a model that `strata train --save-dir DIR` saved: the
+// checkpoint's user metadata (model shape, tokenizer, compute dtype,
+// training sequence length) rebuilds the GPT-2 model and its tokenizer, an
+// engine on a simulated device loads the weights, and the prompt plus the
+// generated text go to stdout. Sampling looks back at most the training
+// sequence length (the positions the model learnt).
+//
+// Errors, each one "strata: error:" line and exit 1 before any sampling: a
+// missing or foreign checkpoint, one without the model description `strata
+// train` records, a BPE tokenizer whose files are gone or changed, a prompt
+// with a byte the model's vocabulary lacks.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/config/ds_config.h"
+#include "core/status.h"
+#include "engine/training_engine.h"
+#include "gpu/sim_device.h"
+#include "model/bpe_tokenizer.h"
+#include "model/cpu/matmul.h"
+#include "model/gpt2_config.h"
+#include "model/gpt2_model.h"
+#include "tools/cli_util.h"
+#include "tools/commands.h"
+
+namespace strata::tools {
+namespace {
+
+using nlohmann::json;
+
+struct SampleArgs {
+  std::string ckpt;
+  std::string prompt;
+  int tokens = 200;
+  double temperature = 0.8;
+  uint64_t seed = 1337;
+};
+
+// Never called: sampling serves its own context to the model.
+class NoData final : public model::TokenSource {
+ public:
+  void train_batch(int64_t, int32_t*, int32_t*) override {}
+  void val_batch(int64_t, int32_t*, int32_t*) override {}
+};
+
+// What the checkpoint says about the run that saved it.
+struct SavedRun {
+  model::Gpt2Config model;
+  std::optional<model::BpeTokenizer> bpe;  // none: byte tokens
+  std::string dtype = "fp32";
+  int64_t window = 0;  // positions to look back
+};
+
+absl::StatusOr<SavedRun> read_saved_run(const std::string& dir) {
+  STRATA_ASSIGN_OR_RETURN(json user, engine::TrainingEngine::read_checkpoint_user_metadata(dir),
+                          "--ckpt");
+  if (!user.is_object() || !user.contains("model")) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--ckpt ", dir,
+        ": the checkpoint does not say which model it holds (no \"model\" in its metadata); "
+        "sample needs a checkpoint saved by `strata train --save-dir`"));
+  }
+  SavedRun r;
+  STRATA_ASSIGN_OR_RETURN(r.model, model::gpt2_config_from_json(user["model"]),
+                          absl::StrCat("--ckpt ", dir));
+  const json tok = user.value("tokenizer", json::object());
+  const std::string kind = tok.is_object() ? tok.value("kind", "bytes") : "";
+  if (kind == "bpe") {
+    const std::string vocab = tok.value("vocab", ""), merges = tok.value("merges", "");
+    STRATA_ASSIGN_OR_RETURN(
+        r.bpe, model::BpeTokenizer::load(vocab, merges),
+        absl::StrCat("--ckpt ", dir, " was trained with the BPE files ", vocab, " and ", merges));
+    if (r.bpe->vocab_size() != r.model.vocab_size) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--ckpt ", dir, ": the model has a vocabulary of ", r.model.vocab_size,
+                       " but ", vocab, " now gives ", r.bpe->vocab_size(),
+                       "; the tokenizer files changed since training, restore them"));
+    }
+  } else if (kind != "bytes") {
+    return absl::FailedPreconditionError(absl::StrCat("--ckpt ", dir, ": unknown tokenizer ",
+                                                      tok.dump(), "; expected bytes or bpe"));
+  }
+  if (auto it = user.find("compute_dtype"); it != user.end() && it->is_string()) {
+    r.dtype = it->get<std::string>();
+  }
+  r.window = r.model.seq_len;
+  if (auto it = user.find("train_seq_len"); it != user.end() && it->is_number_integer()) {
+    r.window = std::clamp<int64_t>(it->get<int64_t>(), 1, r.model.seq_len);
+  }
+  return r;
+}
+
+absl::StatusOr<std::vector<int32_t>> encode_prompt(const SavedRun& run, const std::string& prompt) {
+  // An empty prompt starts the text after a newline.
+  const std::string text = prompt.empty() ? std::string("\n") : prompt;
+  if (run.bpe) return run.bpe->encode(text);
+  std::vector<int32_t> ids(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    ids[i] = static_cast<unsigned char>(text[i]);
+    if (ids[i] >= run.model.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--prompt: byte 0x%02X at offset %zu is outside the model's vocabulary (%lld byte "
+          "values); use text the model was trained on",
+          ids[i], i, static_cast<long long>(run.model.vocab_size)));
+    }
+  }
+  return ids;
+}
+
+std::string decode(const SavedRun& run, const std::vector<int32_t>& ids) {
+  if (run.bpe) return run.bpe->decode(ids);
+  std::string out(ids.size(), '\0');
+  for (size_t i = 0; i < ids.size(); ++i) out[i] = static_cast<char>(ids[i]);
+  return out;
+}
+
+absl::Status run_sample(const SampleArgs& a) {
+  STRATA_ASSIGN_OR_RETURN(SavedRun run, read_saved_run(a.ckpt));
+  STRATA_ASSIGN_OR_RETURN(std::vector<int32_t> context, encode_prompt(run, a.prompt));
+
+  const std::string ds = absl::StrCat(
+      R"({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,)",
+      R"( "optimizer": {"type": "AdamW", "params": {"lr": 0}},)", R"( "fp16": {"enabled": )",
+      run.dtype == "fp16" ? "true" : "false", "},", R"( "bf16": {"enabled": )",
+      run.dtype == "bf16" ? "true" : "false", "},", R"( "strata": {"overlap": "sync"}})");
+  STRATA_ASSIGN_OR_RETURN(config::DsConfig cfg, config::parse_ds_config(ds, "sampling", nullptr));
+
+  model::cpu::set_blas_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  NoData no_data;
+  STRATA_ASSIGN_OR_RETURN(
+      std::unique_ptr<engine::Model> net,
+      model::make_gpt2_model({.config = run.model, .micro_batch = 1, .seq_len = run.window},
+                             &no_data));
+  gpu::SimDevice device;
+  engine::EngineOptions eo;
+  eo.allow_buffered_io = true;
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::TrainingEngine> engine,
+                          engine::TrainingEngine::create(cfg, net.get(), &device, std::move(eo)));
+  STRATA_RETURN_IF_ERROR(engine->load_checkpoint(a.ckpt), "--ckpt");
+  const std::string tokens = run.bpe ? absl::StrCat("BPE ", run.model.vocab_size) : "byte";
+  std::fprintf(stderr, "strata sample: %s (%s, %s tokens) after %lld steps, temperature %.2f\n",
+               run.model.name.c_str(), run.dtype.c_str(), tokens.c_str(),
+               static_cast<long long>(engine->steps()), a.temperature);
+
+  STRATA_ASSIGN_OR_RETURN(
+      std::vector<int32_t> ids,
+      model::sample_tokens(*engine, *net, context, a.tokens, a.temperature, a.seed));
+  const std::string out = a.prompt + decode(run, ids);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void add_sample_command(CLI::App& app, int* exit_code) {
+  auto* cmd = app.add_subcommand(
+      "sample", "Continue a prompt with a model saved by `strata train --save-dir`");
+  auto a = std::make_shared<SampleArgs>();
+  cmd->add_option("--ckpt", a->ckpt, "the checkpoint directory strata train saved")->required();
+  cmd->add_option("--prompt", a->prompt, "the text to continue (empty: start a new line)")
+      ->required();
+  cmd->add_option("--tokens", a->tokens, "tokens to generate (default 200)")
+      ->check(CLI::Range(0, 100000));
+  cmd->add_option("--temperature", a->temperature,
+                  "0 takes the most likely token; higher is more varied (default 0.8)")
+      ->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--seed", a->seed, "sampling seed (default 1337)");
+  cmd->callback([=] { *exit_code = report_status(run_sample(*a)); });
+}
+
+}  // namespace strata::tools

@@ -519,6 +519,22 @@ class ContextSource final : public TokenSource {
 
 }  // namespace
 
+Gpt2ActivationMemory gpt2_activation_memory_for(const Gpt2ModelOptions& o) {
+  // Mirrors Gpt2Model's constructor; tests hold the two equal.
+  const uint64_t b = o.micro_batch, t = o.seq_len > 0 ? o.seq_len : o.config.seq_len;
+  const uint64_t c = o.config.n_embd, v = o.config.vocab_size, nh = o.config.n_head;
+  const uint64_t layers = o.config.n_layer, n = b * t, nc = n * c;
+  const uint64_t per_block = 11 * nc + 4 * n + b * nh * t;
+  const uint64_t saved = (o.checkpoint_activations ? 1 : layers) * per_block + (layers + 1) * nc;
+  Gpt2ActivationMemory m;
+  m.saved_bytes = saved * sizeof(float);
+  // ln_f and its statistics, logits, losses, the wte copy and its head
+  // gradient, backward scratch, token ids.
+  m.total_bytes =
+      (saved + nc + 2 * n + n * v + 2 * n + 2 * v * c + 19 * nc + 2 * n) * sizeof(float);
+  return m;
+}
+
 absl::StatusOr<Gpt2ActivationMemory> gpt2_activation_memory(const engine::Model& model) {
   const auto* gpt = dynamic_cast<const Gpt2Model*>(&model);
   if (gpt == nullptr) {

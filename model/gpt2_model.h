@@ -89,6 +89,9 @@ struct Gpt2ActivationMemory {
   uint64_t total_bytes = 0;
 };
 absl::StatusOr<Gpt2ActivationMemory> gpt2_activation_memory(const engine::Model& model);
+// The same figures before building a model (for `strata plan`), from its
+// shape alone; equal to gpt2_activation_memory of the model these options make.
+Gpt2ActivationMemory gpt2_activation_memory_for(const Gpt2ModelOptions& options);
 
 // Continues `context` (token ids) by `tokens` ids drawn from the model's
 // current weights and returns the new ids: each costs one forward-only pass

@@ -157,6 +157,31 @@ TEST(ActivationCheckpointTest, Fp16OffloadedIsBitIdentical) {
       "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}})"));
 }
 
+// `strata plan` predicts the model's buffers from its shape: the figures
+// must be the built model's, for several shapes, with and without checkpointing.
+TEST(ActivationCheckpointTest, MemoryFromTheShapeEqualsTheBuiltModel) {
+  struct NoData final : TokenSource {
+    void train_batch(int64_t, int32_t*, int32_t*) override {}
+    void val_batch(int64_t, int32_t*, int32_t*) override {}
+  } source;
+  for (const Gpt2Config& cfg :
+       {Gpt2Config{"a", 2, 4, 64, 256, 64}, Gpt2Config{"b", 3, 2, 32, 300, 40}}) {
+    for (const bool ckpt : {false, true}) {
+      for (const int64_t t : {int64_t{0}, int64_t{16}}) {
+        const Gpt2ModelOptions o{
+            .config = cfg, .micro_batch = 3, .seq_len = t, .checkpoint_activations = ckpt};
+        auto model = make_gpt2_model(o, &source);
+        ASSERT_TRUE(model.ok()) << model.status();
+        auto built = gpt2_activation_memory(**model);
+        ASSERT_TRUE(built.ok());
+        const Gpt2ActivationMemory predicted = gpt2_activation_memory_for(o);
+        EXPECT_EQ(predicted.saved_bytes, built->saved_bytes) << cfg.name << " " << ckpt << " " << t;
+        EXPECT_EQ(predicted.total_bytes, built->total_bytes) << cfg.name << " " << ckpt << " " << t;
+      }
+    }
+  }
+}
+
 TEST(ActivationCheckpointTest, MemoryNeedsAGpt2Model) {
   struct NotGpt2 final : engine::Model {
     int num_layers() const override { return 0; }

@@ -181,6 +181,40 @@ TEST_F(PlanCommandTest, Stage3NvmeOffloadOfEverything) {
   EXPECT_NE(advice.find("offload_param.buffer_size"), std::string::npos) << advice;
 }
 
+// --device cpu predicts strata train's peak RSS from the engine's own
+// placement: the host arena is every tensor rounded to 4 KiB pages.
+TEST_F(PlanCommandTest, DeviceCpuPredictsTheTrainRunsPeakRss) {
+  const std::string cfg = write("tiny.json", R"({
+    "train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": true},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+  })");
+  const std::string data = write("text.txt", std::string(1000, 'a'));
+  json j = run_json("--model gpt2-tiny --deepspeed_config '" + cfg +
+                    "' --device cpu --seq-len 64 --data '" + data + "'");
+  const json& e = j["train_rss_estimate"];
+  ASSERT_TRUE(e.is_object()) << j.dump();
+  int64_t parts = 0;
+  for (const char* k :
+       {"host_arena", "rollback", "simulated_device", "model_buffers", "data", "baseline"}) {
+    ASSERT_TRUE(e[k].is_number_integer()) << k;
+    parts += e[k].get<int64_t>();
+  }
+  EXPECT_EQ(e["total"], parts);
+  EXPECT_EQ(e["data"], 4000);                      // 4 bytes a token, a token a byte
+  EXPECT_EQ(e["rollback"], 0);                     // bf16 without clipping never rolls back
+  EXPECT_GT(e["host_arena"], 20 * 2 * 128 * 128);  // at least 20 B/param of the blocks
+  EXPECT_GT(e["model_buffers"], 0);
+  // Without --device cpu there is nothing to predict.
+  EXPECT_TRUE(run_json("--model gpt2-tiny --deepspeed_config '" + cfg + "'")["train_rss_estimate"]
+                  .is_null());
+  // A --data that is not there is named.
+  RunResult bad = run("--model gpt2-tiny --deepspeed_config '" + cfg + "' --device cpu --data '" +
+                      dir_ + "/missing.txt'");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("missing.txt"), std::string::npos) << bad.err;
+}
+
 TEST_F(PlanCommandTest, HumanOutputGoesToStderr) {
   RunResult r = run("--model gpt2-tiny --deepspeed_config '" + kFixture + "' --gpu-mem 8GiB");
   EXPECT_EQ(r.exit_code, 0) << r.err;

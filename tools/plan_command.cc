@@ -38,6 +38,7 @@
 
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,9 +47,12 @@
 #include "absl/strings/str_cat.h"
 #include "core/config/ds_config.h"
 #include "core/host_info.h"
+#include "core/status.h"
 #include "model/gpt2_config.h"
+#include "model/text_corpus.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
+#include "tools/train_memory.h"
 
 namespace strata::tools {
 namespace {
@@ -63,7 +67,22 @@ struct PlanArgs {
   std::string host_mem;
   std::string nvme;
   bool json = false;
+  // The `strata train --device cpu` run to predict the peak RSS of.
+  std::string device;
+  int64_t seq_len = 0;
+  int64_t vocab_size = 0;
+  std::string data;
+  bool checkpoint_activations = false;
 };
+
+// Bytes of text `strata train --data PATH` reads (one token a byte), or the error.
+absl::StatusOr<uint64_t> text_bytes(const std::string& path) {
+  STRATA_ASSIGN_OR_RETURN(std::vector<std::string> files, model::list_corpus_files(path), "--data");
+  uint64_t total = 0;
+  std::error_code ec;
+  for (const std::string& f : files) total += std::filesystem::file_size(f, ec);
+  return total;
+}
 
 // Bytes of each role on one tier.
 struct Roles {
@@ -261,7 +280,7 @@ void advise(const config::DsConfig& c, Plan* p) {
     } else if (z.offload_param.device == OffloadDevice::kNone) {
       p->advice.push_back(
           "GPU: ZeRO stage 3 with zero_optimization.offload_param.device \"cpu\" keeps only the "
-          "working layers on the GPU (strata train does not run stage 3 yet)");
+          "working layers on the GPU");
     }
     const int64_t b = c.train_micro_batch_size_per_gpu;
     if (b > 1) {
@@ -387,7 +406,6 @@ int run_plan(const PlanArgs& a) {
     p.optimizer = "AdamW";
     p.notes.push_back("the config has no \"optimizer\" section; AdamW (two fp32 states) assumed");
   }
-  if (cfg->zero.stage == 3) p.notes.push_back("strata train does not run ZeRO stage 3 yet");
   place(*model, *cfg, &p);
   deepspeed_estimate(*cfg, &p);
 
@@ -416,6 +434,28 @@ int run_plan(const PlanArgs& a) {
     }
   }
   advise(*cfg, &p);
+
+  // The peak RSS of `strata train --device cpu` for this run (the simulated
+  // GPU and the CPU model live in host memory).
+  std::optional<TrainMemoryEstimate> rss;
+  if (a.device == "cpu") {
+    model::Gpt2Config m = *model;
+    if (a.vocab_size > 0) m.vocab_size = a.vocab_size;
+    uint64_t data_bytes = 0;
+    if (!a.data.empty()) {
+      auto bytes = text_bytes(a.data);
+      if (!bytes.ok()) return report_status(bytes.status());
+      data_bytes = *bytes;
+    }
+    auto e = estimate_train_memory({.model = m,
+                                    .config = *cfg,
+                                    .seq_len = a.seq_len,
+                                    .simulated_device = true,
+                                    .checkpoint_activations = a.checkpoint_activations,
+                                    .data_tokens = static_cast<int64_t>(data_bytes)});
+    if (!e.ok()) return report_status(e.status());
+    rss = *e;
+  }
 
   bool short_somewhere = false, unchecked = false;
   for (const Tier* t : {&p.gpu, &p.host, &p.nvme}) {
@@ -460,12 +500,25 @@ int run_plan(const PlanArgs& a) {
           {"gpu", p.ds_gpu},
           {"cpu", p.ds_cpu}}},
         {"fits", fits_json},
+        {"train_rss_estimate", rss ? rss->to_json() : json(nullptr)},
         {"advice", p.advice},
         {"notes", p.notes},
         {"warnings", warnings}};
     print_json(j);
   } else {
     print_human(p, a.config_file);
+    if (rss) {
+      std::fprintf(stderr,
+                   "  strata train --device cpu: peak RSS about %s (host arena %s, rollback %s, "
+                   "simulated device %s, model buffers %s, data %s, program %s)\n",
+                   format_bytes(static_cast<double>(rss->total())).c_str(),
+                   format_bytes(static_cast<double>(rss->host_arena)).c_str(),
+                   format_bytes(static_cast<double>(rss->rollback)).c_str(),
+                   format_bytes(static_cast<double>(rss->simulated_device)).c_str(),
+                   format_bytes(static_cast<double>(rss->model_buffers)).c_str(),
+                   format_bytes(static_cast<double>(rss->data)).c_str(),
+                   format_bytes(static_cast<double>(rss->baseline)).c_str());
+    }
     std::fprintf(stderr, "%s\n",
                  short_somewhere ? "verdict: DOES NOT FIT (see \"to fit\" above)"
                  : unchecked     ? "verdict: nothing is short on the tiers checked; pass "
@@ -488,6 +541,17 @@ void add_plan_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--host-mem", a->host_mem, "host memory (default: MemAvailable / cgroup limit)");
   cmd->add_option("--nvme", a->nvme, "NVMe space (default: free space under nvme_path)");
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
+  cmd->add_option("--device", a->device,
+                  "cpu: also predict the peak RSS of strata train --device cpu for this run")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--seq-len", a->seq_len, "with --device cpu: train's --seq-len")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--vocab-size", a->vocab_size,
+                  "with --device cpu: the trained vocabulary (256 for byte-level text)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--data", a->data, "with --device cpu: train's --data (file or folder)");
+  cmd->add_flag("--checkpoint-activations", a->checkpoint_activations,
+                "with --device cpu: train's --checkpoint-activations");
   cmd->callback([=] { *exit_code = run_plan(*a); });
 }
 

@@ -54,6 +54,7 @@
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 #include "tools/loss_plot.h"
+#include "tools/train_memory.h"
 
 namespace strata::tools {
 namespace {
@@ -156,7 +157,8 @@ struct Setup {
   uint64_t gpu_mem = 0;
   std::optional<model::BpeTokenizer> tokenizer;  // --vocab/--merges
   std::unique_ptr<model::TextCorpus> corpus;
-  std::string gnuplot;  // --plot
+  std::string gnuplot;                // --plot
+  std::unique_ptr<gpu::Device> cuda;  // --device cuda
 };
 
 absl::Status prepare(const TrainArgs& a, Setup* s) {
@@ -191,9 +193,7 @@ absl::Status prepare(const TrainArgs& a, Setup* s) {
           absl::StrCat("--device cuda: no usable GPU (", why, ")",
                        why.find("--device cpu") == std::string::npos ? "; use --device cpu" : ""));
     }
-    return absl::UnimplementedError(
-        absl::StrCat("--device cuda: the CUDA training path is not implemented yet (found ",
-                     (*dev)->name(), "); use --device cpu"));
+    s->cuda = *std::move(dev);
   }
 
   s->seq_len = a.seq_len > 0 ? a.seq_len : s->model.seq_len;
@@ -317,7 +317,10 @@ int run_train(const TrainArgs& a) {
                                      .init = init_weights},
                                     s.corpus.get());
   if (!net.ok()) return report_status(net.status());
-  gpu::SimDevice device({.capacity_bytes = s.gpu_mem, .move_data = true});
+  // --device cuda: the model runs its CUDA kernels (model/cuda) on the GPU;
+  // otherwise the simulated device, whose memory the CPU kernels address.
+  gpu::SimDevice sim({.capacity_bytes = s.gpu_mem, .move_data = true});
+  gpu::Device& device = s.cuda != nullptr ? *s.cuda : static_cast<gpu::Device&>(sim);
   engine::EngineOptions eo;
   eo.allow_buffered_io = true;  // tmpfs and overlay filesystems have no O_DIRECT
   auto eng = engine::TrainingEngine::create(cfg, net->get(), &device, std::move(eo));
@@ -492,6 +495,29 @@ int run_train(const TrainArgs& a) {
       opt(first_val).c_str(), opt(last_val).c_str(),
       format_count(train_seconds > 0 ? steps_done * tokens_per_step / train_seconds : 0).c_str(),
       static_cast<long long>(skipped));
+  // The run's memory against what `strata plan --device cpu` predicts for it.
+  auto predicted =
+      estimate_train_memory({.model = s.model,
+                             .config = cfg,
+                             .seq_len = s.seq_len,
+                             .simulated_device = s.cuda == nullptr,
+                             .checkpoint_activations = a.checkpoint_activations,
+                             .data_tokens = s.corpus->train_tokens() + s.corpus->val_tokens()});
+  if (predicted.ok()) {
+    const uint64_t peak = peak_rss_bytes();
+    std::fprintf(stderr,
+                 "memory: peak RSS %s, strata plan predicted %s (%+.1f%%): host arena %s, "
+                 "rollback %s, simulated device %s, model buffers %s, data %s, baseline %s\n",
+                 format_bytes(static_cast<double>(peak)).c_str(),
+                 format_bytes(static_cast<double>(predicted->total())).c_str(),
+                 100.0 * (static_cast<double>(peak) / static_cast<double>(predicted->total()) - 1),
+                 format_bytes(static_cast<double>(predicted->host_arena)).c_str(),
+                 format_bytes(static_cast<double>(predicted->rollback)).c_str(),
+                 format_bytes(static_cast<double>(predicted->simulated_device)).c_str(),
+                 format_bytes(static_cast<double>(predicted->model_buffers)).c_str(),
+                 format_bytes(static_cast<double>(predicted->data)).c_str(),
+                 format_bytes(static_cast<double>(predicted->baseline)).c_str());
+  }
   if (!failure.ok()) return report_status(failure);
   if (!a.plot.empty() && !curve.train.empty()) {
     if (absl::Status p = write_loss_plot(s.gnuplot, curve, a.plot); !p.ok()) {

@@ -1,0 +1,81 @@
+#include "tools/train_memory.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/status.h"
+#include "engine/placement.h"
+#include "model/gpt2_model.h"
+
+namespace strata::tools {
+
+nlohmann::json TrainMemoryEstimate::to_json() const {
+  return {{"host_arena", host_arena},
+          {"rollback", rollback},
+          {"simulated_device", simulated_device},
+          {"model_buffers", model_buffers},
+          {"data", data},
+          {"baseline", baseline},
+          {"total", total()}};
+}
+
+absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInputs& in) {
+  const model::Gpt2Config& m = in.model;
+  STRATA_RETURN_IF_ERROR(model::validate(m));
+  // The engine's layer list, as Gpt2Model declares it.
+  const uint64_t c = m.n_embd;
+  std::vector<std::vector<engine::ParamSpec>> layers;
+  layers.push_back({{"wte", uint64_t(m.vocab_size) * c}, {"wpe", uint64_t(m.seq_len) * c}});
+  for (int64_t l = 0; l < m.n_layer; ++l) {
+    layers.push_back({{"ln_1.w", c},
+                      {"ln_1.b", c},
+                      {"attn.c_attn.w", 3 * c * c},
+                      {"attn.c_attn.b", 3 * c},
+                      {"attn.c_proj.w", c * c},
+                      {"attn.c_proj.b", c},
+                      {"ln_2.w", c},
+                      {"ln_2.b", c},
+                      {"mlp.c_fc.w", 4 * c * c},
+                      {"mlp.c_fc.b", 4 * c},
+                      {"mlp.c_proj.w", 4 * c * c},
+                      {"mlp.c_proj.b", c}});
+  }
+  layers.push_back({{"ln_f.w", c}, {"ln_f.b", c}});
+  STRATA_ASSIGN_OR_RETURN(engine::Placement p, engine::plan_placement(in.config, layers));
+
+  TrainMemoryEstimate e;
+  if (p.offload) e.host_arena = p.host_homed + p.host_cache;
+  e.rollback = p.rollback;
+  if (in.simulated_device) {
+    e.simulated_device = (p.offload ? p.device_all_layers : p.device_homed) + p.device_scratch;
+    const model::Gpt2ActivationMemory acts =
+        model::gpt2_activation_memory_for({.config = m,
+                                           .micro_batch = in.config.train_micro_batch_size_per_gpu,
+                                           .seq_len = in.seq_len,
+                                           .checkpoint_activations = in.checkpoint_activations});
+    e.model_buffers = acts.total_bytes;
+    if (p.dtype != DType::kFloat32) {
+      // fp32 copies of a layer's 16-bit params and grads, each slot sized to
+      // the largest tensor that ever uses it.
+      std::vector<uint64_t> slot;
+      for (const auto& layer : layers) {
+        slot.resize(std::max(slot.size(), layer.size()), 0);
+        for (size_t i = 0; i < layer.size(); ++i) slot[i] = std::max(slot[i], layer[i].numel);
+      }
+      for (uint64_t s : slot) e.model_buffers += 2 * s * sizeof(float);
+    }
+  }
+  e.data = static_cast<uint64_t>(in.data_tokens) * sizeof(int32_t);
+  e.baseline = kTrainBaselineBytes;
+  return e;
+}
+
+uint64_t peak_rss_bytes() {
+  rusage ru{};
+  if (::getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return static_cast<uint64_t>(ru.ru_maxrss) * 1024;  // kilobytes on Linux
+}
+
+}  // namespace strata::tools

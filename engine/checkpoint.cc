@@ -119,59 +119,123 @@ absl::Status TrainingEngine::write_raw(offload::TensorId id, Tier tier, const vo
   return r;
 }
 
-absl::Status TrainingEngine::save_checkpoint(const std::string& dir_in) {
-  std::string dir = dir_in;
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  if (dir.empty()) return absl::InvalidArgumentError("save_checkpoint: empty directory name");
-  const std::string tmp = absl::StrCat(dir, ".tmp-", ::getpid());
-  const std::string old = dir + ".old";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);  // our own leftover from an earlier failed save
-  if (!fs::create_directories(tmp, ec) || ec) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot create checkpoint directory ", tmp, " (", ec ? ec.message() : "it exists",
-        "); check that ", parent_of(dir), " is writable"));
-  }
-  auto fail = [&](absl::Status s) {
-    std::error_code ignored;
-    fs::remove_all(tmp, ignored);
-    return annotate(s, absl::StrCat("saving checkpoint ", dir));
-  };
+namespace {
 
-  const std::string bin_path = (fs::path(tmp) / kTensorFile).string();
+// Writes one checkpoint directory: DIR.tmp-PID first (tensors.bin appended
+// tensor by tensor, then meta.json), fsynced, then swapped in for DIR so that
+// DIR or DIR.old holds a complete checkpoint at every point. Owns no engine
+// state, so it can run on another thread.
+class CheckpointWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<CheckpointWriter>> create(const std::string& dir_in) {
+    std::string dir = dir_in;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    if (dir.empty()) return absl::InvalidArgumentError("save_checkpoint: empty directory name");
+    std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(dir));
+    std::error_code ec;
+    fs::remove_all(w->tmp_, ec);  // our own leftover from an earlier failed save
+    if (!fs::create_directories(w->tmp_, ec) || ec) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot create checkpoint directory ", w->tmp_, " (", ec ? ec.message() : "it exists",
+          "); check that ", parent_of(dir), " is writable"));
+    }
+    w->fd_ = ::open(w->bin_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (w->fd_ < 0) {
+      return w->fail(errno_status(errno, absl::StrCat("cannot create ", w->bin_path_)));
+    }
+    return w;
+  }
+
+  ~CheckpointWriter() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!done_) {
+      std::error_code ignored;
+      fs::remove_all(tmp_, ignored);
+    }
+  }
+
+  // Appends one tensor's bytes; returns its entry (offset, bytes, xxh3).
+  absl::StatusOr<json> append(const void* data, uint64_t bytes) {
+    absl::Status s = write_all(fd_, data, bytes, offset_, bin_path_);
+    if (!s.ok()) return fail(s);
+    json entry = {{"offset", offset_}, {"bytes", bytes}, {"xxh3", hex64(XXH3_64bits(data, bytes))}};
+    offset_ += bytes;
+    return entry;
+  }
+
+  absl::Status finish(const json& meta) {
+    if (::fsync(fd_) != 0) {
+      return fail(errno_status(errno, absl::StrCat("cannot fsync ", bin_path_)));
+    }
+    ::close(fd_);
+    fd_ = -1;
+    absl::Status s = write_file_atomic((fs::path(tmp_) / kMetaFile).string(), meta.dump(2) + "\n");
+    if (!s.ok()) return fail(s);
+    s = fsync_path(tmp_);
+    if (!s.ok()) return fail(s);
+
+    // Swap in: DIR -> DIR.old, DIR.tmp -> DIR, drop DIR.old. A DIR.old
+    // without a DIR is the only complete copy (a save killed between the
+    // renames): it stays until the new DIR is in place.
+    std::error_code ec;
+    const bool had_previous = fs::exists(dir_, ec);
+    if (had_previous) fs::remove_all(old_, ec);
+    if (had_previous && ::rename(dir_.c_str(), old_.c_str()) != 0) {
+      return fail(errno_status(
+          errno, absl::StrCat("cannot move the previous checkpoint ", dir_, " to ", old_)));
+    }
+    if (::rename(tmp_.c_str(), dir_.c_str()) != 0) {
+      const absl::Status err =
+          errno_status(errno, absl::StrCat("cannot rename ", tmp_, " to ", dir_));
+      if (had_previous) ::rename(old_.c_str(), dir_.c_str());
+      return fail(err);
+    }
+    done_ = true;
+    STRATA_RETURN_IF_ERROR(fsync_path(parent_of(dir_)), absl::StrCat("saving checkpoint ", dir_));
+    fs::remove_all(old_, ec);
+    return absl::OkStatus();
+  }
+
+  absl::Status fail(const absl::Status& s) const {
+    return annotate(s, absl::StrCat("saving checkpoint ", dir_));
+  }
+
+ private:
+  explicit CheckpointWriter(std::string dir)
+      : dir_(std::move(dir)),
+        tmp_(absl::StrCat(dir_, ".tmp-", ::getpid())),
+        old_(dir_ + ".old"),
+        bin_path_((fs::path(tmp_) / kTensorFile).string()) {}
+
+  std::string dir_, tmp_, old_, bin_path_;
+  int fd_ = -1;
+  uint64_t offset_ = 0;
+  bool done_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<json> TrainingEngine::checkpoint_meta(
+    const std::function<absl::StatusOr<json>(const void*, uint64_t)>& sink) {
   json tensors = json::array();
-  {
-    Fd fd(::open(bin_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (fd.get() < 0) return fail(errno_status(errno, absl::StrCat("cannot create ", bin_path)));
-    uint64_t offset = 0;
-    std::vector<uint8_t> buf;
-    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
-      for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i) {
-        const ParamIds& p = layers_[l][i];
-        const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
-        json entry = {{"layer", l}, {"param", i}, {"name", p.name}, {"numel", p.numel}};
-        for (int k = 0; k < 4; ++k) {
-          const bool compute = k == 3;
-          const uint64_t bytes = p.numel * (compute ? dtype_size(dtype_) : 4);
-          const Tier tier = compute ? param_tier(p) : opt_tier_;
-          buf.resize(bytes);
-          absl::Status s = read_raw(ids[k], tier, buf.data(), bytes);
-          if (!s.ok()) return fail(annotate(s, store_->spec(ids[k]).name));
-          s = write_all(fd.get(), buf.data(), bytes, offset, bin_path);
-          if (!s.ok()) return fail(s);
-          entry[kKindNames[k]] = {{"offset", offset},
-                                  {"bytes", bytes},
-                                  {"xxh3", hex64(XXH3_64bits(buf.data(), bytes))}};
-          offset += bytes;
-        }
-        tensors.push_back(std::move(entry));
+  std::vector<uint8_t> buf;
+  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+    for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i) {
+      const ParamIds& p = layers_[l][i];
+      const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
+      json entry = {{"layer", l}, {"param", i}, {"name", p.name}, {"numel", p.numel}};
+      for (int k = 0; k < 4; ++k) {
+        const bool compute = k == 3;
+        const uint64_t bytes = p.numel * (compute ? dtype_size(dtype_) : 4);
+        const Tier tier = compute ? param_tier(p) : opt_tier_;
+        buf.resize(bytes);
+        STRATA_RETURN_IF_ERROR(read_raw(ids[k], tier, buf.data(), bytes),
+                               store_->spec(ids[k]).name);
+        STRATA_ASSIGN_OR_RETURN(entry[kKindNames[k]], sink(buf.data(), bytes));
       }
-    }
-    if (::fsync(fd.get()) != 0) {
-      return fail(errno_status(errno, absl::StrCat("cannot fsync ", bin_path)));
+      tensors.push_back(std::move(entry));
     }
   }
-
   json meta = {{"format", "strata-checkpoint"},
                {"format_version", kFormatVersion},
                {"compute_dtype", std::string(dtype_name(dtype_))},
@@ -190,29 +254,55 @@ absl::Status TrainingEngine::save_checkpoint(const std::string& dir_in) {
                            {"skipped", st.skipped}};
   }
   if (!user_meta_.is_null()) meta["user"] = user_meta_;
-  absl::Status s = write_file_atomic((fs::path(tmp) / kMetaFile).string(), meta.dump(2) + "\n");
-  if (!s.ok()) return fail(s);
-  s = fsync_path(tmp);
-  if (!s.ok()) return fail(s);
+  return meta;
+}
 
-  // Swap in: DIR -> DIR.old, DIR.tmp -> DIR, drop DIR.old. At every point
-  // DIR or DIR.old holds a complete checkpoint.
-  // A DIR.old without a DIR is the only complete copy (a save killed between
-  // the renames): it stays until the new DIR is in place.
-  const bool had_previous = fs::exists(dir, ec);
-  if (had_previous) fs::remove_all(old, ec);
-  if (had_previous && ::rename(dir.c_str(), old.c_str()) != 0) {
-    return fail(errno_status(
-        errno, absl::StrCat("cannot move the previous checkpoint ", dir, " to ", old)));
+absl::Status TrainingEngine::save_checkpoint(const std::string& dir) {
+  STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+  // Streams tensor by tensor: no more memory than the largest tensor.
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::create(dir));
+  auto meta =
+      checkpoint_meta([&](const void* data, uint64_t bytes) { return w->append(data, bytes); });
+  if (!meta.ok()) return w->fail(meta.status());
+  return w->finish(*meta);
+}
+
+absl::Status TrainingEngine::save_checkpoint_async(const std::string& dir) {
+  STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+  // The snapshot: every tensor copied out now, between steps; the files are
+  // written from it while training goes on.
+  auto snapshot = std::make_shared<std::vector<uint8_t>>();
+  uint64_t total = 0;
+  for (const auto& ps : layers_) {
+    for (const ParamIds& p : ps) total += p.numel * (12 + dtype_size(dtype_));
   }
-  if (::rename(tmp.c_str(), dir.c_str()) != 0) {
-    const absl::Status err = errno_status(errno, absl::StrCat("cannot rename ", tmp, " to ", dir));
-    if (had_previous) ::rename(old.c_str(), dir.c_str());
-    return fail(err);
-  }
-  STRATA_RETURN_IF_ERROR(fsync_path(parent_of(dir)), absl::StrCat("saving checkpoint ", dir));
-  fs::remove_all(old, ec);
+  snapshot->reserve(total);
+  STRATA_ASSIGN_OR_RETURN(json meta, checkpoint_meta([&](const void* data, uint64_t bytes) {
+                            const uint64_t offset = snapshot->size();
+                            const auto* p = static_cast<const uint8_t*>(data);
+                            snapshot->insert(snapshot->end(), p, p + bytes);
+                            return absl::StatusOr<json>(json{{"offset", offset}, {"bytes", bytes}});
+                          }),
+                          absl::StrCat("saving checkpoint ", dir));
+  pending_save_ = std::async(std::launch::async, [dir, snapshot, meta = std::move(meta)]() mutable {
+    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::create(dir));
+    // The same file as a streamed save: entries get their checksums here.
+    for (json& entry : meta["params"]) {
+      for (const char* kind : kKindNames) {
+        json& e = entry[kind];
+        const uint64_t offset = e["offset"].get<uint64_t>(), bytes = e["bytes"].get<uint64_t>();
+        STRATA_ASSIGN_OR_RETURN(e, w->append(snapshot->data() + offset, bytes));
+      }
+    }
+    snapshot.reset();
+    return w->finish(meta);
+  });
   return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::wait_for_checkpoint() {
+  if (!pending_save_.valid()) return absl::OkStatus();
+  return pending_save_.get();
 }
 
 namespace {
@@ -260,6 +350,7 @@ absl::StatusOr<json> TrainingEngine::read_checkpoint_user_metadata(const std::st
 }
 
 absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in) {
+  STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
   STRATA_ASSIGN_OR_RETURN(CheckpointMeta cm, read_meta(dir_in));
   const std::string& dir = cm.dir;
   const std::string& meta_path = cm.meta_path;

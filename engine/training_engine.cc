@@ -154,6 +154,9 @@ absl::StatusOr<std::unique_ptr<TrainingEngine>> TrainingEngine::create(
 }
 
 TrainingEngine::~TrainingEngine() {
+  if (absl::Status s = wait_for_checkpoint(); !s.ok()) {
+    log::get("engine")->error("asynchronous checkpoint save failed: {}", std::string(s.message()));
+  }
   worker_.reset();  // its jobs use the store
   if (flags_device_ != nullptr) device_->free(flags_device_);
   store_.reset();  // before the I/O engine and the stream it uses

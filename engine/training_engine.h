@@ -64,6 +64,8 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -171,6 +173,15 @@ class TrainingEngine {
   // steps, from the thread that calls train_step().
   absl::Status save_checkpoint(const std::string& dir);
   absl::Status load_checkpoint(const std::string& dir);
+  // The same checkpoint, written in the background: the engine's tensors are
+  // copied into a host snapshot (about 12 + compute-dtype bytes per param)
+  // before it returns, and the files are written from the snapshot while
+  // training goes on. wait_for_checkpoint() returns the save's outcome (OK
+  // when none is pending); a later save, a load and the destructor wait for
+  // it first. An error of the background write leaves the previous
+  // checkpoint in place, as a failed save_checkpoint does.
+  absl::Status save_checkpoint_async(const std::string& dir);
+  absl::Status wait_for_checkpoint();
   // A JSON object saved in meta.json under "user" by later saves (the
   // caller's description of the run: model shape, tokenizer, data);
   // save_checkpoint stores it verbatim, load_checkpoint ignores it.
@@ -218,6 +229,10 @@ class TrainingEngine {
   // Raw bytes of a tensor through the store on `tier` (checkpoint.cc).
   absl::Status read_raw(offload::TensorId id, offload::Tier tier, void* dst, uint64_t bytes);
   absl::Status write_raw(offload::TensorId id, offload::Tier tier, const void* src, uint64_t bytes);
+  // Reads every tensor in checkpoint order and hands its bytes to `sink`,
+  // which returns the tensor's entry; the meta.json object (checkpoint.cc).
+  absl::StatusOr<nlohmann::json> checkpoint_meta(
+      const std::function<absl::StatusOr<nlohmann::json>(const void*, uint64_t)>& sink);
   // Where the engine reads and writes a compute param outside the step: its
   // home, or the host for an NVMe-homed one.
   offload::Tier param_tier(const ParamIds& p) const;
@@ -242,6 +257,7 @@ class TrainingEngine {
   int64_t steps_ = 0;
   int64_t adam_step_ = 0;
   nlohmann::json user_meta_;
+  std::future<absl::Status> pending_save_;  // save_checkpoint_async
 
   // The step in flight (written by the worker only between submit and drain).
   bool overlap_ = false;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -158,6 +159,41 @@ TEST_P(CheckpointTest, ResumedRunIsBitwiseIdentical) {
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(*p, ref_param);
   EXPECT_EQ(e->loss_scaler()->scale(), ref_scale);
+}
+
+// An asynchronous save taken after step 3 writes the very files a
+// synchronous save at that point writes, although training has moved on to
+// step 6 while it was written; and the engine then resumes from it.
+TEST_P(CheckpointTest, AsyncSaveWritesTheSnapshotWhileTrainingGoesOn) {
+  const bool nvme = GetParam();
+  const std::string sync_dir = (dir_ / "sync").string(), async_dir = (dir_ / "async").string();
+  MlpTestModel model;
+  auto e = make_engine(&model, nvme);
+  ASSERT_NE(e, nullptr);
+  train(*e, 3);
+  ASSERT_TRUE(e->save_checkpoint(sync_dir).ok());
+  ASSERT_TRUE(e->save_checkpoint_async(async_dir).ok());
+  const std::vector<double> later = train(*e, 3);  // overlaps the write
+  ASSERT_EQ(later.size(), 3u);
+  const absl::Status s = e->wait_for_checkpoint();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(e->wait_for_checkpoint().ok());  // nothing pending: OK
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  for (const char* f : {"tensors.bin", "meta.json"}) {
+    const std::string a = read(fs::path(sync_dir) / f), b = read(fs::path(async_dir) / f);
+    EXPECT_FALSE(a.empty()) << f;
+    EXPECT_TRUE(a == b) << f << " differs between the synchronous and the asynchronous save";
+  }
+  EXPECT_FALSE(fs::exists(async_dir + ".tmp-" + std::to_string(getpid())));
+
+  MlpTestModel fresh;
+  auto resumed = make_engine(&fresh, nvme);
+  ASSERT_NE(resumed, nullptr);
+  ASSERT_TRUE(resumed->load_checkpoint(async_dir).ok());
+  EXPECT_EQ(train(*resumed, 3), later);
 }
 
 INSTANTIATE_TEST_SUITE_P(Offload, CheckpointTest, ::testing::Values(false, true),

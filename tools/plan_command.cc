@@ -73,6 +73,7 @@ struct PlanArgs {
   int64_t vocab_size = 0;
   std::string data;
   bool checkpoint_activations = false;
+  bool async_save = false;
 };
 
 // Bytes of text `strata train --data PATH` reads (one token a byte), or the error.
@@ -452,7 +453,8 @@ int run_plan(const PlanArgs& a) {
                                     .seq_len = a.seq_len,
                                     .simulated_device = true,
                                     .checkpoint_activations = a.checkpoint_activations,
-                                    .data_tokens = static_cast<int64_t>(data_bytes)});
+                                    .data_tokens = static_cast<int64_t>(data_bytes),
+                                    .async_checkpoint = a.async_save});
     if (!e.ok()) return report_status(e.status());
     rss = *e;
   }
@@ -510,13 +512,15 @@ int run_plan(const PlanArgs& a) {
     if (rss) {
       std::fprintf(stderr,
                    "  strata train --device cpu: peak RSS about %s (host arena %s, rollback %s, "
-                   "simulated device %s, model buffers %s, data %s, program %s)\n",
+                   "simulated device %s, model buffers %s, data %s, checkpoint snapshot %s, "
+                   "program %s)\n",
                    format_bytes(static_cast<double>(rss->total())).c_str(),
                    format_bytes(static_cast<double>(rss->host_arena)).c_str(),
                    format_bytes(static_cast<double>(rss->rollback)).c_str(),
                    format_bytes(static_cast<double>(rss->simulated_device)).c_str(),
                    format_bytes(static_cast<double>(rss->model_buffers)).c_str(),
                    format_bytes(static_cast<double>(rss->data)).c_str(),
+                   format_bytes(static_cast<double>(rss->checkpoint_snapshot)).c_str(),
                    format_bytes(static_cast<double>(rss->baseline)).c_str());
     }
     std::fprintf(stderr, "%s\n",
@@ -552,6 +556,7 @@ void add_plan_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--data", a->data, "with --device cpu: train's --data (file or folder)");
   cmd->add_flag("--checkpoint-activations", a->checkpoint_activations,
                 "with --device cpu: train's --checkpoint-activations");
+  cmd->add_flag("--async-save", a->async_save, "with --device cpu: train's --async-save");
   cmd->callback([=] { *exit_code = run_plan(*a); });
 }
 

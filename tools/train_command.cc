@@ -83,6 +83,7 @@ struct TrainArgs {
   int sample_tokens = 0;
   double sample_temperature = 0.8;
   bool checkpoint_activations = false;
+  bool async_save = false;
 };
 
 volatile std::sig_atomic_t g_interrupted = 0;
@@ -405,15 +406,19 @@ int run_train(const TrainArgs& a) {
   };
 
   int64_t saved_step = -1;
-  auto save = [&](int64_t step) -> absl::Status {
+  // --async-save: periodic saves are written in the background from a
+  // snapshot; the last one is waited for before the run reports success.
+  auto save = [&](int64_t step, bool last) -> absl::Status {
     TraceScope scope(&trace, "save_checkpoint", "train");
     const int64_t c0 = monotonic_ns();
-    STRATA_RETURN_IF_ERROR(engine.save_checkpoint(a.save_dir),
-                           absl::StrCat("--save-dir: saving after step ", step));
+    const bool async = a.async_save && !last;
+    STRATA_RETURN_IF_ERROR(
+        async ? engine.save_checkpoint_async(a.save_dir) : engine.save_checkpoint(a.save_dir),
+        absl::StrCat("--save-dir: saving after step ", step));
     saved_step = step;
-    progress.note(absl::StrFormat("step %lld: checkpoint saved to %s (%.1fs)",
-                                  static_cast<long long>(step), a.save_dir,
-                                  (monotonic_ns() - c0) * 1e-9));
+    progress.note(absl::StrFormat(
+        "step %lld: checkpoint %s %s (%.1fs)", static_cast<long long>(step),
+        async ? "being written to" : "saved to", a.save_dir, (monotonic_ns() - c0) * 1e-9));
     return absl::OkStatus();
   };
 
@@ -466,7 +471,7 @@ int run_train(const TrainArgs& a) {
       if (val) j["val_loss"] = *val;
       *log << j.dump() << '\n' << std::flush;
     }
-    if (failure.ok() && a.save_every > 0 && i % a.save_every == 0) failure = save(i);
+    if (failure.ok() && a.save_every > 0 && i % a.save_every == 0) failure = save(i, false);
     if (stop) {
       interrupted = true;
       break;
@@ -474,7 +479,12 @@ int run_train(const TrainArgs& a) {
   }
   // At the end and on Ctrl-C, unless the last step was just saved or failed.
   const int64_t last_step = engine.steps();
-  if (failure.ok() && !a.save_dir.empty() && saved_step != last_step) failure = save(last_step);
+  if (failure.ok() && !a.save_dir.empty() && saved_step != last_step) {
+    failure = save(last_step, true);
+  }
+  if (absl::Status w = engine.wait_for_checkpoint(); failure.ok() && !w.ok()) {
+    failure = annotate(w, "--save-dir: the background save");
+  }
   progress.end_line();
   const double wall = (monotonic_ns() - t0) * 1e-9;
 
@@ -502,12 +512,14 @@ int run_train(const TrainArgs& a) {
                              .seq_len = s.seq_len,
                              .simulated_device = s.cuda == nullptr,
                              .checkpoint_activations = a.checkpoint_activations,
-                             .data_tokens = s.corpus->train_tokens() + s.corpus->val_tokens()});
+                             .data_tokens = s.corpus->train_tokens() + s.corpus->val_tokens(),
+                             .async_checkpoint = a.async_save && !a.save_dir.empty()});
   if (predicted.ok()) {
     const uint64_t peak = peak_rss_bytes();
     std::fprintf(stderr,
                  "memory: peak RSS %s, strata plan predicted %s (%+.1f%%): host arena %s, "
-                 "rollback %s, simulated device %s, model buffers %s, data %s, baseline %s\n",
+                 "rollback %s, simulated device %s, model buffers %s, data %s, checkpoint "
+                 "snapshot %s, program %s\n",
                  format_bytes(static_cast<double>(peak)).c_str(),
                  format_bytes(static_cast<double>(predicted->total())).c_str(),
                  100.0 * (static_cast<double>(peak) / static_cast<double>(predicted->total()) - 1),
@@ -516,6 +528,7 @@ int run_train(const TrainArgs& a) {
                  format_bytes(static_cast<double>(predicted->simulated_device)).c_str(),
                  format_bytes(static_cast<double>(predicted->model_buffers)).c_str(),
                  format_bytes(static_cast<double>(predicted->data)).c_str(),
+                 format_bytes(static_cast<double>(predicted->checkpoint_snapshot)).c_str(),
                  format_bytes(static_cast<double>(predicted->baseline)).c_str());
   }
   if (!failure.ok()) return report_status(failure);
@@ -605,6 +618,9 @@ void add_train_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--init", a->init,
                   "start from the GPT-2 weights in FILE.safetensors (Hugging Face or strata "
                   "names, e.g. from `strata ckpt export`) instead of random ones");
+  cmd->add_flag("--async-save", a->async_save,
+                "write periodic checkpoints in the background (a host snapshot of ~14 bytes "
+                "per parameter)");
   cmd->add_flag("--checkpoint-activations", a->checkpoint_activations,
                 "keep only each block's input in forward and recompute the block in backward "
                 "(less memory, same results, ~1/3 more compute)");

@@ -17,6 +17,7 @@ nlohmann::json TrainMemoryEstimate::to_json() const {
           {"simulated_device", simulated_device},
           {"model_buffers", model_buffers},
           {"data", data},
+          {"checkpoint_snapshot", checkpoint_snapshot},
           {"baseline", baseline},
           {"total", total()}};
 }
@@ -68,6 +69,13 @@ absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInput
     }
   }
   e.data = static_cast<uint64_t>(in.data_tokens) * sizeof(int32_t);
+  if (in.async_checkpoint) {
+    for (const auto& layer : layers) {
+      for (const engine::ParamSpec& s : layer) {
+        e.checkpoint_snapshot += s.numel * (12 + dtype_size(p.dtype));
+      }
+    }
+  }
   e.baseline = kTrainBaselineBytes;
   return e;
 }

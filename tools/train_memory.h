@@ -8,7 +8,8 @@
 // simulated device's memory (--device cpu: the "GPU" is host memory: params
 // and grads of every layer, or everything without offload), the CPU model's
 // buffers (gpt2_activation_memory_for plus its fp32 copies of one layer's
-// 16-bit params and grads), the corpus (4 bytes a token) and a fixed
+// 16-bit params and grads), the corpus (4 bytes a token), --async-save's
+// snapshot (fp32 master and states plus the compute param) and a fixed
 // baseline for the program, its libraries and thread pools.
 #pragma once
 
@@ -27,9 +28,11 @@ struct TrainMemoryEstimate {
   uint64_t simulated_device = 0;  // 0 on a real GPU
   uint64_t model_buffers = 0;     // 0 on a real GPU (activations live there)
   uint64_t data = 0;
+  uint64_t checkpoint_snapshot = 0;  // --async-save
   uint64_t baseline = 0;
   uint64_t total() const {
-    return host_arena + rollback + simulated_device + model_buffers + data + baseline;
+    return host_arena + rollback + simulated_device + model_buffers + data + checkpoint_snapshot +
+           baseline;
   }
   nlohmann::json to_json() const;
 };
@@ -41,6 +44,7 @@ struct TrainMemoryInputs {
   bool simulated_device = true;
   bool checkpoint_activations = false;
   int64_t data_tokens = 0;
+  bool async_checkpoint = false;
 };
 
 // `strata train`'s own: ~12 MiB before the run's first allocation, plus

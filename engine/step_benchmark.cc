@@ -90,8 +90,8 @@ absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
   absl::StrAppend(&zero, "}}");
   const std::string json = absl::StrCat(
       "{\"train_micro_batch_size_per_gpu\": ", o.micro_batch,
-      ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps,
-      ", \"fp16\": {\"enabled\": true}, \"optimizer\": {\"type\": \"AdamW\", \"params\": "
+      ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps, ", \"", o.precision,
+      "\": {\"enabled\": true}, \"optimizer\": {\"type\": \"AdamW\", \"params\": "
       "{\"lr\": 1e-4}}, \"zero_optimization\": ",
       zero, ", \"strata\": {\"overlap\": \"", mode, "\"}}");
   std::vector<std::string> warnings;
@@ -104,10 +104,12 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
   if (o.n_layer < 1 || o.width_divisor < 1 || o.n_embd % o.width_divisor != 0 ||
       o.micro_batch < 1 || o.seq_len < 1 || o.seq_len > o.positions || o.steps < 2 ||
       o.gradient_accumulation_steps < 1 || !(o.tflops > 0) || !(o.link_gb_per_s > 0) ||
-      (o.offload != "cpu" && o.offload != "nvme")) {
+      (o.offload != "cpu" && o.offload != "nvme") ||
+      (o.precision != "fp16" && o.precision != "bf16")) {
     return absl::InvalidArgumentError(
         "bench step needs n_layer >= 1, a width divisor that divides n_embd, seq_len <= "
-        "positions, steps >= 2, positive tflops and link rate, and offload cpu or nvme");
+        "positions, steps >= 2, positive tflops and link rate, offload cpu or nvme and "
+        "precision fp16 or bf16");
   }
   StepBenchmarkResult result;
   result.options = o;

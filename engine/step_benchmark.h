@@ -40,6 +40,9 @@ struct StepBenchmarkOptions {
   double tflops = 150;          // modelled device throughput
   double link_gb_per_s = 50;    // modelled PCIe, each direction
   std::string offload = "cpu";  // offload_optimizer.device: cpu or nvme
+  // fp16 (dynamic loss scaling: overlap keeps rollback copies) or bf16 (none
+  // needed without clipping).
+  std::string precision = "fp16";
   std::string nvme_dir = "/tmp";
   int steps = 4;        // per mode; the first records the store's trace
   int cpu_threads = 0;  // CPU optimizer threads; 0: all cores

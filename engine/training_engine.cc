@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/status.h"
 #include "gpu/sim_device.h"
+#include "oneapi/tbb/parallel_for.h"
 
 namespace strata::engine {
 namespace {
@@ -89,30 +90,46 @@ absl::StatusOr<cpu_adam::OptimizerKind> optimizer_kind(config::OptimizerType t) 
       "\"AdamW\", \"params\": {\"lr\": 1e-4}}");
 }
 
-// dst[i] (+)= float(src[i]) for a compute-dtype gradient.
-void accumulate_into(float* dst, const void* src, DType dtype, uint64_t n, bool first) {
-  constexpr uint64_t kChunk = 4096;
-  float tmp[kChunk];
-  for (uint64_t off = 0; off < n; off += kChunk) {
-    const uint64_t len = std::min(kChunk, n - off);
-    const float* f = tmp;
+// dst[i] (+)= float(src[i]) for a compute-dtype gradient, in chunks spread
+// over the optimizer's threads (the sum of each element does not depend on
+// the split). The first micro-batch converts straight into dst.
+void accumulate_into(float* dst, const void* src, DType dtype, uint64_t n, bool first,
+                     const cpu_adam::ExecOptions& exec) {
+  constexpr uint64_t kChunk = 16384;
+  auto convert = [&](uint64_t off, uint64_t len, float* out) {
     switch (dtype) {
       case DType::kFloat32:
-        f = static_cast<const float*>(src) + off;
+        std::memcpy(out, static_cast<const float*>(src) + off, len * sizeof(float));
         break;
       case DType::kFloat16:
-        convert_fp16_to_fp32(static_cast<const uint16_t*>(src) + off, tmp, len);
+        convert_fp16_to_fp32(static_cast<const uint16_t*>(src) + off, out, len);
         break;
       case DType::kBFloat16:
-        convert_bf16_to_fp32(static_cast<const uint16_t*>(src) + off, tmp, len);
+        convert_bf16_to_fp32(static_cast<const uint16_t*>(src) + off, out, len);
         break;
     }
+  };
+  auto chunk = [&](uint64_t c) {
+    const uint64_t off = c * kChunk, len = std::min(kChunk, n - off);
     float* d = dst + off;
-    if (first) {
-      std::memcpy(d, f, len * sizeof(float));
+    if (first) return convert(off, len, d);
+    float tmp[kChunk];
+    const float* f = tmp;
+    if (dtype == DType::kFloat32) {
+      f = static_cast<const float*>(src) + off;
     } else {
-      for (uint64_t i = 0; i < len; ++i) d[i] += f[i];
+      convert(off, len, tmp);
     }
+    for (uint64_t i = 0; i < len; ++i) d[i] += f[i];
+  };
+  const uint64_t chunks = (n + kChunk - 1) / kChunk;
+  auto run = [&] { tbb::parallel_for(uint64_t{0}, chunks, [&](uint64_t c) { chunk(c); }); };
+  if (chunks <= 1) {
+    if (chunks == 1) chunk(0);
+  } else if (exec.arena != nullptr) {
+    exec.arena->execute(run);
+  } else {
+    run();
   }
 }
 
@@ -582,7 +599,7 @@ absl::Status TrainingEngine::accumulate_layer(int layer, bool first) {
     STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kAccessRead));
     STRATA_ASSIGN_OR_RETURN(TensorView av,
                             acc.acquire(first ? Access::kAccessWrite : Access::kAccessReadWrite));
-    accumulate_into(static_cast<float*>(av.data), gv.data, dtype_, p.numel, first);
+    accumulate_into(static_cast<float*>(av.data), gv.data, dtype_, p.numel, first, exec_);
     STRATA_RETURN_IF_ERROR(g.release(false));
     STRATA_RETURN_IF_ERROR(acc.release(true));
   }

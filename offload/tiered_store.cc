@@ -575,7 +575,12 @@ void TieredStore::queue_prefetches_locked(Tier tier) {
   if (!tr.valid || !in_step_ || tr.order.empty()) return;
   uint64_t window = 0;
   bool queued = false;
-  for (uint64_t k = 0; k < tr.order.size() && window < options_.prefetch_window_bytes; ++k) {
+  // Every acquire runs this under the lock: looking at most kMaxLookahead
+  // acquires ahead keeps it O(1) when the tier already holds everything
+  // (a whole-trace scan per acquire made a 3,000-entry step quadratic).
+  constexpr uint64_t kMaxLookahead = 256;
+  const uint64_t lookahead = std::min<uint64_t>(tr.order.size(), kMaxLookahead);
+  for (uint64_t k = 0; k < lookahead && window < options_.prefetch_window_bytes; ++k) {
     const TensorId id = tr.order[(tr.next_pos + k) % tr.order.size()];
     Copy& c = tensors_[id].copies[idx(tier)];
     if (holds_data(c.state)) continue;

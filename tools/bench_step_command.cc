@@ -81,6 +81,8 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--offload", o->offload, "offload_optimizer.device: cpu or nvme (cpu)")
       ->check(CLI::IsMember({"cpu", "nvme"}));
+  cmd->add_option("--precision", o->precision, "fp16 or bf16 (fp16)")
+      ->check(CLI::IsMember({"fp16", "bf16"}));
   cmd->add_option("--nvme-path", o->nvme_dir, "directory for the NVMe swap file (/tmp)")
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--steps", o->steps, "steps per mode; the first records the trace (4)")
@@ -106,12 +108,12 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
     nlohmann::json modes = nlohmann::json::object();
     std::fprintf(stderr,
                  "%s layer list, width %lld (/%lld), %.1fM params; B=%lld T=%lld gas %lld; device "
-                 "%.0f TFLOPS, link %.0f GB/s; optimizer offload %s\n",
+                 "%.0f TFLOPS, link %.0f GB/s; %s, optimizer offload %s\n",
                  model->c_str(), static_cast<long long>(r->width),
                  static_cast<long long>(o->width_divisor), static_cast<double>(r->params) / 1e6,
                  static_cast<long long>(o->micro_batch), static_cast<long long>(o->seq_len),
                  static_cast<long long>(o->gradient_accumulation_steps), o->tflops,
-                 o->link_gb_per_s, o->offload.c_str());
+                 o->link_gb_per_s, o->precision.c_str(), o->offload.c_str());
     std::fprintf(stderr,
                  "mode     step s  compute   h2d     d2h     cpu    nvme   slowest  ratio  "
                  "speculative/rolled back\n");
@@ -139,6 +141,7 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   {"tflops", o->tflops},
                   {"link_gb_per_s", o->link_gb_per_s},
                   {"offload", o->offload},
+                  {"precision", o->precision},
                   {"nvme_read_gb_per_s", r->nvme_read_gb_per_s},
                   {"nvme_write_gb_per_s", r->nvme_write_gb_per_s},
                   {"modes", modes},

@@ -72,4 +72,34 @@ absl::Status write_file_atomic(const std::string& path, std::string_view content
   return absl::OkStatus();
 }
 
+absl::Status pwrite_all(int fd, const void* data, uint64_t bytes, uint64_t offset,
+                        const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < bytes) {
+    const ssize_t w = ::pwrite(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno_status(errno, absl::StrCat("cannot write ", path));
+    done += static_cast<uint64_t>(w);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status pread_all(int fd, void* data, uint64_t bytes, uint64_t offset,
+                       const std::string& path) {
+  auto* p = static_cast<uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < bytes) {
+    const ssize_t r = ::pread(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno_status(errno, absl::StrCat("cannot read ", path));
+    if (r == 0) {
+      return absl::DataLossError(absl::StrCat(path, " is truncated: ", offset + bytes,
+                                              " bytes expected, ", offset + done, " found"));
+    }
+    done += static_cast<uint64_t>(r);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace strata

@@ -1,6 +1,7 @@
 // Whole-file helpers with errors a user can act on (they name the path).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -14,5 +15,13 @@ absl::StatusOr<std::string> read_file(const std::string& path);
 // Writes `contents` to path.tmp, fsyncs it and renames it over `path`, so a
 // crash leaves either the old file or the new one, never a torn one.
 absl::Status write_file_atomic(const std::string& path, std::string_view contents);
+
+// pwrite / pread of exactly `bytes` at `offset` of an open file, resuming
+// short transfers and EINTR. Errors name `path` (the file behind fd); a read
+// past the end is DataLoss saying the file is truncated.
+absl::Status pwrite_all(int fd, const void* data, uint64_t bytes, uint64_t offset,
+                        const std::string& path);
+absl::Status pread_all(int fd, void* data, uint64_t bytes, uint64_t offset,
+                       const std::string& path);
 
 }  // namespace strata

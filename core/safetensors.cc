@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/dtype.h"
+#include "core/file_util.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
 
@@ -44,19 +45,6 @@ constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 constexpr const char* kMetadataKey = "__metadata__";
 
 const DtypeEntry& entry(Dtype d) { return kDtypes[static_cast<size_t>(d)]; }
-
-absl::Status pwrite_all(int fd, const void* data, uint64_t bytes, uint64_t offset,
-                        const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  uint64_t done = 0;
-  while (done < bytes) {
-    const ssize_t w = ::pwrite(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return errno_status(errno, absl::StrCat("cannot write ", path));
-    done += static_cast<uint64_t>(w);
-  }
-  return absl::OkStatus();
-}
 
 // numel * size, or nullopt on overflow (a hostile shape).
 std::optional<uint64_t> byte_size(const std::vector<int64_t>& shape, size_t size) {

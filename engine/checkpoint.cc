@@ -39,36 +39,6 @@ std::string hex64(uint64_t v) {
   return buf;
 }
 
-absl::Status write_all(int fd, const void* data, uint64_t bytes, uint64_t offset,
-                       const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  uint64_t done = 0;
-  while (done < bytes) {
-    const ssize_t w = ::pwrite(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return errno_status(errno, absl::StrCat("cannot write ", path));
-    done += static_cast<uint64_t>(w);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status read_all(int fd, void* data, uint64_t bytes, uint64_t offset,
-                      const std::string& path) {
-  auto* p = static_cast<uint8_t*>(data);
-  uint64_t done = 0;
-  while (done < bytes) {
-    const ssize_t r = ::pread(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno_status(errno, absl::StrCat("cannot read ", path));
-    if (r == 0) {
-      return absl::DataLossError(absl::StrCat(path, " is truncated: ", offset + bytes,
-                                              " bytes expected; the checkpoint is damaged"));
-    }
-    done += static_cast<uint64_t>(r);
-  }
-  return absl::OkStatus();
-}
-
 absl::Status fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", path, " to fsync it"));
@@ -156,7 +126,7 @@ class CheckpointWriter {
 
   // Appends one tensor's bytes; returns its entry (offset, bytes, xxh3).
   absl::StatusOr<json> append(const void* data, uint64_t bytes) {
-    absl::Status s = write_all(fd_, data, bytes, offset_, bin_path_);
+    absl::Status s = pwrite_all(fd_, data, bytes, offset_, bin_path_);
     if (!s.ok()) return fail(s);
     json entry = {{"offset", offset_}, {"bytes", bytes}, {"xxh3", hex64(XXH3_64bits(data, bytes))}};
     offset_ += bytes;
@@ -439,7 +409,7 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in) {
           }
           std::vector<uint8_t> buf(bytes);
           STRATA_RETURN_IF_ERROR(
-              read_all(fd.get(), buf.data(), bytes, t.at("offset").get<uint64_t>(), bin_path),
+              pread_all(fd.get(), buf.data(), bytes, t.at("offset").get<uint64_t>(), bin_path),
               absl::StrCat(ctx, ", tensor ", tname));
           const std::string sum = hex64(XXH3_64bits(buf.data(), bytes));
           if (sum != t.at("xxh3").get<std::string>()) {

@@ -100,6 +100,24 @@ absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
 
 }  // namespace
 
+void StepBenchmarkStep::rate_against_slowest() {
+  const std::pair<const char*, double> resources[] = {
+      {"compute", compute_seconds},
+      {"h2d", h2d_seconds},
+      {"d2h", d2h_seconds},
+      {"cpu", host_seconds},
+      {"nvme", nvme_read_seconds + nvme_write_seconds}};
+  slowest.clear();
+  slowest_seconds = 0;
+  for (const auto& [name, seconds] : resources) {
+    if (seconds > slowest_seconds) {
+      slowest = name;
+      slowest_seconds = seconds;
+    }
+  }
+  ratio = slowest_seconds > 0 ? step_seconds / slowest_seconds : 0;
+}
+
 absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOptions& o) {
   if (o.n_layer < 1 || o.width_divisor < 1 || o.n_embd % o.width_divisor != 0 ||
       o.micro_batch < 1 || o.seq_len < 1 || o.seq_len > o.positions || o.steps < 2 ||
@@ -164,20 +182,7 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
       }
       r.speculative_layers = st.speculative_layers;
       r.rolled_back_layers = st.rolled_back_layers;
-      const std::pair<const char*, double> resources[] = {
-          {"compute", r.compute_seconds},
-          {"h2d", r.h2d_seconds},
-          {"d2h", r.d2h_seconds},
-          {"cpu", r.host_seconds},
-          // One drive serves both directions.
-          {"nvme", r.nvme_read_seconds + r.nvme_write_seconds}};
-      for (const auto& [name, seconds] : resources) {
-        if (seconds > r.slowest_seconds) {
-          r.slowest = name;
-          r.slowest_seconds = seconds;
-        }
-      }
-      r.ratio = r.slowest_seconds > 0 ? r.step_seconds / r.slowest_seconds : 0;
+      r.rate_against_slowest();
       m.steps.push_back(std::move(r));
     }
     result.modes.push_back(std::move(m));

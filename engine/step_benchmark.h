@@ -61,6 +61,9 @@ struct StepBenchmarkStep {
   double ratio = 0;  // step / slowest
   int speculative_layers = 0;
   int rolled_back_layers = 0;
+  // Sets slowest, slowest_seconds and ratio from the resource times (NVMe
+  // read + write together: one drive serves both).
+  void rate_against_slowest();
 };
 
 struct StepBenchmarkMode {

@@ -1,4 +1,5 @@
 #include "model/gpt2_model.h"
+#include "model/gpt2_params.h"
 
 #include <algorithm>
 #include <cmath>
@@ -26,23 +27,6 @@ namespace {
 
 using engine::LayerContext;
 using engine::ParamSpec;
-
-// A block's parameters, in layer_params() order (llm.c's layout).
-enum BlockParam {
-  kLn1W,
-  kLn1B,
-  kQkvW,
-  kQkvB,
-  kAttnProjW,
-  kAttnProjB,
-  kLn2W,
-  kLn2B,
-  kFcW,
-  kFcB,
-  kFcProjW,
-  kFcProjB,
-  kBlockParams
-};
 
 // splitmix64: a portable stream, so init does not depend on the C++
 // library's distributions.
@@ -104,7 +88,8 @@ class Gpt2Model final : public engine::Model {
         seed_(o.seed),
         init_(o.init),
         source_(source),
-        checkpoint_(o.checkpoint_activations) {
+        checkpoint_(o.checkpoint_activations),
+        params_(gpt2_layer_params(o.config)) {
     const size_t nc = static_cast<size_t>(n_ * c_);
     inputs_.resize(n_);
     targets_.resize(n_);
@@ -146,23 +131,7 @@ class Gpt2Model final : public engine::Model {
 
   int num_layers() const override { return static_cast<int>(nl_) + 2; }
 
-  std::vector<ParamSpec> layer_params(int layer) const override {
-    const uint64_t c = c_;
-    if (layer == 0) return {{"wte", uint64_t(v_) * c}, {"wpe", uint64_t(cfg_.seq_len) * c}};
-    if (layer == nl_ + 1) return {{"ln_f.w", c}, {"ln_f.b", c}};
-    return {{"ln_1.w", c},
-            {"ln_1.b", c},
-            {"attn.c_attn.w", 3 * c * c},
-            {"attn.c_attn.b", 3 * c},
-            {"attn.c_proj.w", c * c},
-            {"attn.c_proj.b", c},
-            {"ln_2.w", c},
-            {"ln_2.b", c},
-            {"mlp.c_fc.w", 4 * c * c},
-            {"mlp.c_fc.b", 4 * c},
-            {"mlp.c_proj.w", 4 * c * c},
-            {"mlp.c_proj.b", c}};
-  }
+  std::vector<ParamSpec> layer_params(int layer) const override { return params_[layer]; }
 
   void init_param(int layer, int param, float* out) const override {
     if (init_) return init_(layer, param, out);
@@ -457,6 +426,7 @@ class Gpt2Model final : public engine::Model {
   const std::function<void(int, int, float*)> init_;
   TokenSource* source_;
   const bool checkpoint_;  // blocks_ holds one recompute set, not one per block
+  const std::vector<std::vector<ParamSpec>> params_;  // per layer
 
   std::vector<int32_t> inputs_, targets_;
   std::vector<float> wte32_;      // layer 0's wte in fp32, for the tied head
@@ -609,6 +579,28 @@ absl::StatusOr<std::string> sample_text(engine::TrainingEngine& engine, engine::
   std::string out(ids.size(), '\0');
   for (size_t i = 0; i < ids.size(); ++i) out[i] = static_cast<char>(ids[i]);
   return out;
+}
+
+std::vector<std::vector<ParamSpec>> gpt2_layer_params(const Gpt2Config& cfg) {
+  const uint64_t c = cfg.n_embd;
+  std::vector<std::vector<ParamSpec>> layers;
+  layers.push_back({{"wte", uint64_t(cfg.vocab_size) * c}, {"wpe", uint64_t(cfg.seq_len) * c}});
+  for (int64_t l = 0; l < cfg.n_layer; ++l) {
+    layers.push_back({{"ln_1.w", c},
+                      {"ln_1.b", c},
+                      {"attn.c_attn.w", 3 * c * c},
+                      {"attn.c_attn.b", 3 * c},
+                      {"attn.c_proj.w", c * c},
+                      {"attn.c_proj.b", c},
+                      {"ln_2.w", c},
+                      {"ln_2.b", c},
+                      {"mlp.c_fc.w", 4 * c * c},
+                      {"mlp.c_fc.b", 4 * c},
+                      {"mlp.c_proj.w", 4 * c * c},
+                      {"mlp.c_proj.b", c}});
+  }
+  layers.push_back({{"ln_f.w", c}, {"ln_f.b", c}});
+  return layers;
 }
 
 }  // namespace strata::model

@@ -39,19 +39,7 @@ engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m) {
     a.nvme_read_seconds += s.nvme_read_seconds / n;
     a.nvme_write_seconds += s.nvme_write_seconds / n;
   }
-  const std::pair<const char*, double> resources[] = {
-      {"compute", a.compute_seconds},
-      {"h2d", a.h2d_seconds},
-      {"d2h", a.d2h_seconds},
-      {"cpu", a.host_seconds},
-      {"nvme", a.nvme_read_seconds + a.nvme_write_seconds}};
-  for (const auto& [name, seconds] : resources) {
-    if (seconds > a.slowest_seconds) {
-      a.slowest = name;
-      a.slowest_seconds = seconds;
-    }
-  }
-  a.ratio = a.step_seconds / a.slowest_seconds;
+  a.rate_against_slowest();
   return a;
 }
 

@@ -215,23 +215,6 @@ struct ExportArgs {
   bool json = false;
 };
 
-absl::Status read_exact(int fd, void* dst, uint64_t bytes, uint64_t offset,
-                        const std::string& path) {
-  auto* p = static_cast<uint8_t*>(dst);
-  uint64_t done = 0;
-  while (done < bytes) {
-    const ssize_t r = ::pread(fd, p + done, bytes - done, static_cast<off_t>(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno_status(errno, absl::StrCat("cannot read ", path));
-    if (r == 0) {
-      return absl::DataLossError(absl::StrCat(path, " is truncated: ", offset + bytes,
-                                              " bytes expected; the checkpoint is damaged"));
-    }
-    done += static_cast<uint64_t>(r);
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<json> export_checkpoint(const ExportArgs& a) {
   STRATA_ASSIGN_OR_RETURN(const Checkpoint ck, open_checkpoint(a.dir));
   STRATA_ASSIGN_OR_RETURN(const DType dtype, parse_dtype(a.dtype), "--dtype");
@@ -291,7 +274,7 @@ absl::StatusOr<json> export_checkpoint(const ExportArgs& a) {
                                               " fp32 elements; the checkpoint is damaged"));
     }
     master.resize(p.numel);
-    STRATA_RETURN_IF_ERROR(read_exact(fd, master.data(), p.bytes, p.offset, ck.tensor_path),
+    STRATA_RETURN_IF_ERROR(pread_all(fd, master.data(), p.bytes, p.offset, ck.tensor_path),
                            absl::StrCat("tensor ", tname));
     char sum[17];
     std::snprintf(sum, sizeof(sum), "%016" PRIx64, XXH3_64bits(master.data(), p.bytes));

@@ -8,6 +8,7 @@
 #include "core/status.h"
 #include "engine/placement.h"
 #include "model/gpt2_model.h"
+#include "model/gpt2_params.h"
 
 namespace strata::tools {
 
@@ -25,25 +26,7 @@ nlohmann::json TrainMemoryEstimate::to_json() const {
 absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInputs& in) {
   const model::Gpt2Config& m = in.model;
   STRATA_RETURN_IF_ERROR(model::validate(m));
-  // The engine's layer list, as Gpt2Model declares it.
-  const uint64_t c = m.n_embd;
-  std::vector<std::vector<engine::ParamSpec>> layers;
-  layers.push_back({{"wte", uint64_t(m.vocab_size) * c}, {"wpe", uint64_t(m.seq_len) * c}});
-  for (int64_t l = 0; l < m.n_layer; ++l) {
-    layers.push_back({{"ln_1.w", c},
-                      {"ln_1.b", c},
-                      {"attn.c_attn.w", 3 * c * c},
-                      {"attn.c_attn.b", 3 * c},
-                      {"attn.c_proj.w", c * c},
-                      {"attn.c_proj.b", c},
-                      {"ln_2.w", c},
-                      {"ln_2.b", c},
-                      {"mlp.c_fc.w", 4 * c * c},
-                      {"mlp.c_fc.b", 4 * c},
-                      {"mlp.c_proj.w", 4 * c * c},
-                      {"mlp.c_proj.b", c}});
-  }
-  layers.push_back({{"ln_f.w", c}, {"ln_f.b", c}});
+  const std::vector<std::vector<engine::ParamSpec>> layers = model::gpt2_layer_params(m);
   STRATA_ASSIGN_OR_RETURN(engine::Placement p, engine::plan_placement(in.config, layers));
 
   TrainMemoryEstimate e;

@@ -7,28 +7,12 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "gpu/sim_device.h"
+#include "model/gpt2_params.h"
 
 namespace strata::model {
 namespace {
 
 using engine::LayerContext;
-
-// A block's parameters, in Gpt2Model::layer_params() order (llm.c's layout).
-enum BlockParam {
-  kLn1W,
-  kLn1B,
-  kQkvW,
-  kQkvB,
-  kAttnProjW,
-  kAttnProjB,
-  kLn2W,
-  kLn2B,
-  kFcW,
-  kFcB,
-  kFcProjW,
-  kFcProjB,
-  kBlockParams
-};
 
 // Gradient sub-buffers start on 256-byte boundaries (cuBLAS's preferred
 // alignment for tensor-core paths).

@@ -229,6 +229,7 @@ absl::StatusOr<json> TrainingEngine::checkpoint_meta(
 
 absl::Status TrainingEngine::save_checkpoint(const std::string& dir) {
   STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+  STRATA_RETURN_IF_ERROR(finish_pending_update());
   // Streams tensor by tensor: no more memory than the largest tensor.
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::create(dir));
   auto meta =
@@ -239,6 +240,7 @@ absl::Status TrainingEngine::save_checkpoint(const std::string& dir) {
 
 absl::Status TrainingEngine::save_checkpoint_async(const std::string& dir) {
   STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+  STRATA_RETURN_IF_ERROR(finish_pending_update());
   // The snapshot: every tensor copied out now, between steps; the files are
   // written from it while training goes on.
   auto snapshot = std::make_shared<std::vector<uint8_t>>();
@@ -321,6 +323,7 @@ absl::StatusOr<json> TrainingEngine::read_checkpoint_user_metadata(const std::st
 
 absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in) {
   STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+  STRATA_RETURN_IF_ERROR(finish_pending_update());  // a load replaces it anyway
   STRATA_ASSIGN_OR_RETURN(CheckpointMeta cm, read_meta(dir_in));
   const std::string& dir = cm.dir;
   const std::string& meta_path = cm.meta_path;

@@ -50,10 +50,11 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       p.device_all_layers += 2 * round_up(b16, 256);
       state_bytes += 3 * b32;
       const uint64_t states = 3 * (p.state_home == Tier::kTierDevice ? b32 : padded(b32));
+      const bool delayed = config.strata.delayed_param_update;  // + param_next
       if (!p.offload) {
-        p.device_homed += 2 * b16 + 4 * b32;  // param, grad, grad32, master, m, v
+        p.device_homed += (delayed ? 3 : 2) * b16 + 4 * b32;  // param, grad, grad32, master, m, v
       } else {
-        p.host_homed += padded(b16) + padded(b32);  // grad, grad32
+        p.host_homed += (delayed ? 2 : 1) * padded(b16) + padded(b32);  // grad, grad32
         if (p.compute_home == Tier::kTierHost) p.host_homed += padded(b16);
         if (p.compute_home == Tier::kTierNvme) layer_nvme += padded(b16);
         if (p.state_home == Tier::kTierHost) p.host_homed += states;

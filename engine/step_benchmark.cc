@@ -93,7 +93,8 @@ absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
       ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps, ", \"", o.precision,
       "\": {\"enabled\": true}, \"optimizer\": {\"type\": \"AdamW\", \"params\": "
       "{\"lr\": 1e-4}}, \"zero_optimization\": ",
-      zero, ", \"strata\": {\"overlap\": \"", mode, "\"}}");
+      zero, ", \"strata\": {\"overlap\": \"", mode == "sync" ? "sync" : "overlap",
+      "\", \"delayed_param_update\": ", mode == "delayed" ? "true" : "false", "}}");
   std::vector<std::string> warnings;
   return config::parse_ds_config(json, "bench step", &warnings);
 }
@@ -153,7 +154,7 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
 
   std::unique_ptr<tbb::task_arena> arena;
   if (o.cpu_threads > 0) arena = std::make_unique<tbb::task_arena>(o.cpu_threads);
-  for (const char* mode : {"sync", "overlap"}) {
+  for (const char* mode : {"sync", "overlap", "delayed"}) {
     StepBenchmarkMode m;
     m.mode = mode;
     gpu::SimDevice device({.capacity_bytes = uint64_t{80} << 30,

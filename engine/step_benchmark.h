@@ -1,6 +1,7 @@
 // A training step of a GPT-2-shaped model on SimDevice in timed mode, run
-// through the TrainingEngine in `sync` and in `overlap` mode, to measure how
-// close each comes to its slowest single resource (`strata bench step`).
+// through the TrainingEngine in `sync` mode, `overlap` mode and overlap with
+// the delayed parameter update ("delayed"), to measure how close each comes
+// to its slowest single resource (`strata bench step`).
 //
 // The device is modelled: forward and backward of each layer occupy the
 // SimDevice compute engine for flops / (tflops * 1e12) seconds (a block:
@@ -67,7 +68,7 @@ struct StepBenchmarkStep {
 };
 
 struct StepBenchmarkMode {
-  std::string mode;  // "sync" or "overlap"
+  std::string mode;  // "sync", "overlap" or "delayed"
   std::vector<StepBenchmarkStep> steps;
 };
 

@@ -25,20 +25,21 @@ using offload::TensorRole;
 using offload::TensorView;
 using offload::Tier;
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 // Adds the scope's wall time to *total on exit.
 class AddElapsed {
  public:
-  explicit AddElapsed(double* total) : total_(total), t0_(std::chrono::steady_clock::now()) {}
-  ~AddElapsed() { *total_ += seconds_since(t0_); }
+  explicit AddElapsed(std::atomic<int64_t>* total_ns)
+      : total_(total_ns), t0_(std::chrono::steady_clock::now()) {}
+  ~AddElapsed() {
+    total_->fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0_)
+            .count());
+  }
   AddElapsed(const AddElapsed&) = delete;
   AddElapsed& operator=(const AddElapsed&) = delete;
 
  private:
-  double* total_;
+  std::atomic<int64_t>* total_;
   std::chrono::steady_clock::time_point t0_;
 };
 
@@ -210,16 +211,13 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
         "the device, which strata cannot do yet; set offload_optimizer.device to \"cpu\" or "
         "\"nvme\"");
   }
-  if (config.strata.delayed_param_update) {
-    return absl::UnimplementedError(
-        "strata.delayed_param_update is not implemented yet; set it to false");
-  }
   if (config.zero.offload_optimizer.ratio < 1.0) {
     return absl::UnimplementedError(absl::StrCat(
         "zero_optimization.offload_optimizer.ratio ", config.zero.offload_optimizer.ratio,
         ": a partial CPU step is not implemented; set it to 1"));
   }
   overlap_ = config.strata.overlap == config::OverlapMode::kOverlap;
+  dpu_ = config.strata.delayed_param_update;
   STRATA_ASSIGN_OR_RETURN(hp_.kind, optimizer_kind(config.optimizer.type));
   hp_.beta1 = config.optimizer.betas[0];
   hp_.beta2 = config.optimizer.betas[1];
@@ -377,6 +375,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
       };
       STRATA_ASSIGN_OR_RETURN(ids.param,
                               reg("param", dtype_, TensorRole::kRoleParam16, compute_home));
+      if (dpu_) {
+        // The delayed update's output, swapped into param between steps.
+        STRATA_ASSIGN_OR_RETURN(ids.param_next,
+                                reg("param_next", dtype_, TensorRole::kRoleParam16, opt_tier_));
+      }
       STRATA_ASSIGN_OR_RETURN(ids.grad, reg("grad", dtype_, TensorRole::kRoleGrad,
                                             offload ? Tier::kTierHost : Tier::kTierDevice));
       STRATA_ASSIGN_OR_RETURN(ids.grad32, reg("grad32", DType::kFloat32, TensorRole::kRoleGrad,
@@ -403,8 +406,8 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   grad_stats_.assign(num_layers, {});
   stepped_.assign(num_layers, 0);
   copy_at_.assign(num_layers, -1);
-  if (overlap_) {
-    worker_ = std::make_unique<OrderedWorker>();
+  if (overlap_ || dpu_) worker_ = std::make_unique<OrderedWorker>();
+  if (overlap_ && !dpu_) {
     keep_copies_ = scaler_ != nullptr || config.gradient_clipping > 0;
     // The copies are host memory of their own; size them to what a step can
     // use, never more than the configured buffer.
@@ -530,17 +533,18 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
         }
       }
     }
-    if (backward && overlap_ && !overflow_.load()) {
+    if (backward && worker_ != nullptr && !overflow_.load()) {
       worker_->submit([this, l, first, last] { return layer_done(l, first, last); });
     }
     return absl::OkStatus();
   };
   for (int l = 0; l < num_layers; ++l) STRATA_RETURN_IF_ERROR(run_layer(l, false));
   *loss = model_->loss();
-  // The worker may still be reading the previous micro-batch's gradients.
-  if (overlap_) STRATA_RETURN_IF_ERROR(worker_->drain(), "gradient worker");
+  // The worker may still be reading the previous micro-batch's gradients
+  // (a delayed update it may be running touches no gradient on the device).
+  if (worker_ != nullptr && !first) STRATA_RETURN_IF_ERROR(worker_->drain(), "gradient worker");
   for (int l = num_layers - 1; l >= 0; --l) STRATA_RETURN_IF_ERROR(run_layer(l, true));
-  if (!overlap_ && !overflow_.load()) {
+  if (worker_ == nullptr && !overflow_.load()) {
     for (int l = 0; l < num_layers; ++l) STRATA_RETURN_IF_ERROR(layer_done(l, first, last));
   }
   return absl::OkStatus();
@@ -623,13 +627,14 @@ absl::Status TrainingEngine::stats_layer(int layer) {
 
 absl::Status TrainingEngine::layer_done(int layer, bool first, bool last) {
   if (overflow_.load()) return absl::OkStatus();  // nothing more leaves the device
-  const auto t0 = std::chrono::steady_clock::now();
-  STRATA_RETURN_IF_ERROR(accumulate_layer(layer, first));
-  if (last) STRATA_RETURN_IF_ERROR(stats_layer(layer));
-  grad_seconds_ += seconds_since(t0);
+  {
+    const AddElapsed timed(&grad_ns_);
+    STRATA_RETURN_IF_ERROR(accumulate_layer(layer, first));
+    if (last) STRATA_RETURN_IF_ERROR(stats_layer(layer));
+  }
   if (!last) return absl::OkStatus();
   if (grad_stats_[layer].nonfinite) overflow_.store(true);
-  if (!overlap_ || overflow_.load()) return absl::OkStatus();
+  if (!overlap_ || dpu_ || overflow_.load()) return absl::OkStatus();
 
   // Speculative step, when a rollback copy fits (or none is needed).
   uint64_t floats = 0;
@@ -643,8 +648,8 @@ absl::Status TrainingEngine::layer_done(int layer, bool first, bool last) {
 }
 
 absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step, double grad_scale,
-                                        bool keep_copy) {
-  const AddElapsed timed(&optimizer_seconds_);
+                                        bool keep_copy, bool to_next) {
+  const AddElapsed timed(&optimizer_ns_);
   const cpu_adam::StepArgs args{.lr = lr, .step = adam_step, .grad_scale = grad_scale};
   if (keep_copy) {
     uint64_t floats = 0;
@@ -659,7 +664,7 @@ absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step,
     Pin master(store_.get(), p.master, opt_tier_);
     Pin m(store_.get(), p.exp_avg, opt_tier_);
     Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
-    Pin out(store_.get(), p.param, opt_tier_);
+    Pin out(store_.get(), to_next ? p.param_next : p.param, opt_tier_);
     STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kAccessRead));
     STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kAccessReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kAccessReadWrite));
@@ -697,7 +702,7 @@ absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step,
 
 absl::Status TrainingEngine::restore_layer(int layer) {
   STRATA_CHECK(copy_at_[layer] >= 0);
-  const AddElapsed timed(&optimizer_seconds_);
+  const AddElapsed timed(&optimizer_ns_);
   uint64_t at = static_cast<uint64_t>(copy_at_[layer]);
   for (const ParamIds& p : layers_[layer]) {
     Pin master(store_.get(), p.master, opt_tier_);
@@ -726,6 +731,29 @@ absl::Status TrainingEngine::restore_layer(int layer) {
   return absl::OkStatus();
 }
 
+absl::Status TrainingEngine::swap_in_update() {
+  if (!update_pending_) return absl::OkStatus();
+  update_pending_ = false;
+  for (const std::vector<ParamIds>& ps : layers_) {
+    for (const ParamIds& p : ps) {
+      Pin next(store_.get(), p.param_next, opt_tier_);
+      Pin param(store_.get(), p.param, opt_tier_);
+      STRATA_ASSIGN_OR_RETURN(TensorView nv, next.acquire(Access::kAccessRead));
+      STRATA_ASSIGN_OR_RETURN(TensorView pv, param.acquire(Access::kAccessWrite));
+      std::memcpy(pv.data, nv.data, p.numel * dtype_size(dtype_));
+      STRATA_RETURN_IF_ERROR(next.release(false));
+      // Dirty: the device copy is stale; the next forward loads this one.
+      STRATA_RETURN_IF_ERROR(param.release(true));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::finish_pending_update() {
+  if (worker_ != nullptr) STRATA_RETURN_IF_ERROR(worker_->drain(), "the delayed update");
+  return swap_in_update();
+}
+
 absl::StatusOr<StepStats> TrainingEngine::train_step() {
   const auto t0 = std::chrono::steady_clock::now();
   const offload::StoreStats before = store_->stats();
@@ -738,8 +766,6 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   std::fill(stepped_.begin(), stepped_.end(), 0);
   std::fill(copy_at_.begin(), copy_at_.end(), -1);
   rollback_used_ = 0;
-  grad_seconds_ = 0;
-  optimizer_seconds_ = 0;
   spec_lr_ = st.lr;
   spec_grad_scale_ = 1.0 / st.loss_scale;
   struct EndStep {
@@ -762,7 +788,11 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
         absl::StrCat("step ", st.step, ", micro-batch ", k));
     loss_sum += loss;
   }
-  if (overlap_) STRATA_RETURN_IF_ERROR(worker_->drain(), absl::StrCat("step ", st.step));
+  // Also finishes the delayed update of the previous step, which the worker
+  // ran while this step's forward and backward did; its params go in now.
+  if (worker_ != nullptr) STRATA_RETURN_IF_ERROR(worker_->drain(), absl::StrCat("step ", st.step));
+  STRATA_RETURN_IF_ERROR(swap_in_update(), absl::StrCat("step ", st.step));
+  STRATA_RETURN_IF_ERROR(swap_in_update(), absl::StrCat("step ", st.step));
   st.loss = loss_sum / static_cast<double>(gas_);
 
   // The norm is summed in layer order in both modes, so they agree bit for bit.
@@ -799,7 +829,19 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
     }
     ++adam_step_;
     const double grad_scale = 1.0 / (st.loss_scale * st.clip_coef);
-    for (int l = 0; l < num_layers; ++l) {
+    if (dpu_) {
+      // Delayed: the worker steps every layer while the next step's forward
+      // and backward run on the params of the step before.
+      const double lr = st.lr;
+      const int64_t adam_step = adam_step_;
+      for (int l = 0; l < num_layers; ++l) {
+        worker_->submit([this, l, lr, adam_step, grad_scale] {
+          return step_layer(l, lr, adam_step, grad_scale, /*keep_copy=*/false, /*to_next=*/true);
+        });
+      }
+      update_pending_ = true;
+    }
+    for (int l = 0; l < num_layers && !dpu_; ++l) {
       if (stepped_[l] && st.clip_coef == 1.0) continue;  // the speculation was right
       if (stepped_[l]) {
         STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
@@ -812,8 +854,13 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   }
   STRATA_RETURN_IF_ERROR(store_->background_error());
 
-  st.grad_seconds = grad_seconds_;
-  st.optimizer_seconds = optimizer_seconds_;
+  // Totals since the last step's end: a delayed update run during this step
+  // counts here.
+  const int64_t grad_ns = grad_ns_.load(), optimizer_ns = optimizer_ns_.load();
+  st.grad_seconds = (grad_ns - grad_ns_reported_) * 1e-9;
+  st.optimizer_seconds = (optimizer_ns - optimizer_ns_reported_) * 1e-9;
+  grad_ns_reported_ = grad_ns;
+  optimizer_ns_reported_ = optimizer_ns;
   const offload::StoreStats after = store_->stats();
   for (int t = 0; t < offload::kTierCount; ++t) {
     st.bytes_in[t] = after.tiers[t].bytes_in - before.tiers[t].bytes_in;
@@ -824,6 +871,7 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
 }
 
 absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int param, StateKind kind) {
+  STRATA_RETURN_IF_ERROR(finish_pending_update());
   if (layer < 0 || layer >= static_cast<int>(layers_.size()) || param < 0 ||
       param >= static_cast<int>(layers_[layer].size())) {
     return absl::InvalidArgumentError(absl::StrCat("no param ", param, " in layer ", layer));
@@ -842,6 +890,7 @@ absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int para
 }
 
 absl::StatusOr<std::vector<float>> TrainingEngine::read_param(int layer, int param) {
+  STRATA_RETURN_IF_ERROR(finish_pending_update());
   if (layer < 0 || layer >= static_cast<int>(layers_.size()) || param < 0 ||
       param >= static_cast<int>(layers_[layer].size())) {
     return absl::InvalidArgumentError(absl::StrCat("no param ", param, " in layer ", layer));

@@ -55,6 +55,17 @@
 // with bf16/fp32 and no clipping a non-finite gradient fails the step and
 // the layers already stepped keep their update.
 //
+// strata.delayed_param_update (the ZeRO-Offload paper's DPU, off by
+// default): gradients move as in overlap mode, but the optimizer step of
+// step n runs on the worker while step n+1's forward and backward run, on
+// params one step stale; the update writes a param_next tensor (host, one
+// more compute-dtype copy per param) that replaces param at the end of step
+// n+1. Nothing is speculative: the step is decided once the whole gradient
+// is known. evaluate() sees the params the next step will use; read_fp32,
+// read_param and checkpoint saves and loads first finish the pending update
+// (so a run that saves at step k continues as its resumed copy does, and
+// differs from one that does not save there in which update step k+1 sees).
+//
 // Threading: not thread-safe; one thread calls train_step(). Errors: create()
 // rejects configs that parse but cannot run (no optimizer, ZeRO stage 3, an
 // unwritable nvme_path, budgets too small for one layer) with a message
@@ -204,6 +215,7 @@ class TrainingEngine {
     std::string name;
     uint64_t numel = 0;
     offload::TensorId param, grad, grad32, master, exp_avg, exp_avg_sq;
+    offload::TensorId param_next = 0;  // delayed_param_update only
   };
 
   TrainingEngine() = default;
@@ -220,7 +232,11 @@ class TrainingEngine {
   absl::Status accumulate_layer(int layer, bool first);
   absl::Status stats_layer(int layer);
   absl::Status step_layer(int layer, double lr, int64_t adam_step, double grad_scale,
-                          bool keep_copy);
+                          bool keep_copy, bool to_next = false);
+  // Delayed parameter update: copies param_next into param once the worker
+  // has finished the update (swap_in_update), or waits for it first.
+  absl::Status swap_in_update();
+  absl::Status finish_pending_update();
   absl::Status restore_layer(int layer);
   absl::Status layer_done(int layer, bool first, bool last);
   absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
@@ -261,7 +277,9 @@ class TrainingEngine {
 
   // The step in flight (written by the worker only between submit and drain).
   bool overlap_ = false;
-  bool keep_copies_ = false;  // a rollback is possible: fp16 or clipping
+  bool dpu_ = false;             // strata.delayed_param_update
+  bool update_pending_ = false;  // the worker runs (or ran) a delayed update
+  bool keep_copies_ = false;     // a rollback is possible: fp16 or clipping
   std::unique_ptr<OrderedWorker> worker_;
   std::atomic<bool> overflow_{false};
   double spec_lr_ = 0;
@@ -272,8 +290,11 @@ class TrainingEngine {
   std::vector<float> rollback_;
   uint64_t rollback_used_ = 0;  // floats
   uint64_t rollback_capacity_ = 0;
-  double grad_seconds_ = 0;  // of the step in flight
-  double optimizer_seconds_ = 0;
+  // Host time in gradient handling and in the optimizer, totals (any thread).
+  std::atomic<int64_t> grad_ns_{0};
+  std::atomic<int64_t> optimizer_ns_{0};
+  int64_t grad_ns_reported_ = 0;  // the totals at the end of the last step
+  int64_t optimizer_ns_reported_ = 0;
   // Device scratch for the overflow check: per param of the largest layer a
   // float sum and an int32 flag.
   void* flags_device_ = nullptr;

@@ -24,7 +24,7 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
   EXPECT_EQ(r->width, 32);
   // wte + wpe + 2 blocks of 12 C^2 + 13 C + ln_f.
   EXPECT_EQ(r->params, 256 * 32 + 64 * 32 + 2 * (12 * 32 * 32 + 13 * 32) + 2 * 32);
-  ASSERT_EQ(r->modes.size(), 2u);
+  ASSERT_EQ(r->modes.size(), 3u);
   const double tokens = 2 * 64;
   const double block = 2 * tokens * (12 * 32 * 32 + 13 * 32) + 2.0 * 2 * 64 * 64 * 32;
   const double head = 2 * tokens * 256 * 32;
@@ -39,12 +39,13 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       EXPECT_GT(s.d2h_seconds, 0);
       EXPECT_FALSE(s.slowest.empty());
       EXPECT_GT(s.ratio, 0);
-      EXPECT_EQ(s.speculative_layers, m.mode == "overlap" ? 4 : 0);
+      EXPECT_EQ(s.speculative_layers, m.mode == "overlap" ? 4 : 0);  // delayed: none needed
       EXPECT_EQ(s.rolled_back_layers, 0);
     }
   }
   EXPECT_EQ(r->modes[0].mode, "sync");
   EXPECT_EQ(r->modes[1].mode, "overlap");
+  EXPECT_EQ(r->modes[2].mode, "delayed");
 }
 
 TEST(StepBenchmarkTest, RefusesInconsistentOptions) {

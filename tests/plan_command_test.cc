@@ -215,6 +215,31 @@ TEST_F(PlanCommandTest, DeviceCpuPredictsTheTrainRunsPeakRss) {
   EXPECT_NE(bad.err.find("missing.txt"), std::string::npos) << bad.err;
 }
 
+// The predicted step time per resource follows from the bytes and flops of
+// the placement and the rates given.
+TEST_F(PlanCommandTest, StepTimePerResourceFromTheRatesGiven) {
+  const std::string cfg = write("offload_nvme.json", R"({
+    "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+    "bf16": {"enabled": true},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme",
+                                                            "nvme_path": "/tmp"}}
+  })");
+  json j = run_json("--model gpt2 --deepspeed_config '" + cfg +
+                    "' --gpu-tflops 100 --pcie-bw 20 --nvme-bw 4 --cpu-gbps 50");
+  const json& t = j["step_seconds"];
+  ASSERT_TRUE(t.is_object()) << j.dump();
+  const double n = static_cast<double>(kN), tokens = 2 * 4 * 1024.0;
+  EXPECT_NEAR(t["gpu_compute"].get<double>(), tokens * (6 * n + 12.0 * 12 * 768 * 1024) / 100e12,
+              1e-9);
+  EXPECT_NEAR(t["pcie_h2d"].get<double>(), n * 2 / 20e9, 1e-9);
+  EXPECT_NEAR(t["pcie_d2h"].get<double>(), 4 * n * 2 / 20e9, 1e-9);
+  EXPECT_NEAR(t["cpu_optimizer"].get<double>(), n * (28 + 4 * (2 + 8)) / 50e9, 1e-9);
+  EXPECT_NEAR(t["nvme"].get<double>(), 24 * n / 4e9, 1e-9);
+  EXPECT_EQ(t["cpu_rate_source"], "--cpu-gbps");
+  EXPECT_NEAR(t["slowest"].get<double>(), t["nvme"].get<double>(), 1e-12);
+}
+
 TEST_F(PlanCommandTest, HumanOutputGoesToStderr) {
   RunResult r = run("--model gpt2-tiny --deepspeed_config '" + kFixture + "' --gpu-mem 8GiB");
   EXPECT_EQ(r.exit_code, 0) << r.err;

@@ -36,6 +36,7 @@
 // flag value exits 2.
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -47,6 +48,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/config/ds_config.h"
 #include "core/host_info.h"
+#include "core/memory_bandwidth.h"
 #include "core/status.h"
 #include "model/gpt2_config.h"
 #include "model/text_corpus.h"
@@ -74,7 +76,73 @@ struct PlanArgs {
   std::string data;
   bool checkpoint_activations = false;
   bool async_save = false;
+  // Rates for the predicted step time; 0 for the CPU: measured now.
+  double gpu_tflops = 200;  // achieved, dense fp16/bf16
+  double pcie_gbps = 25;    // each direction
+  double nvme_gbps = 3;
+  double cpu_gbps = 0;  // the optimizer's memory stream
 };
+
+// The time one optimizer step takes on each resource, from the bytes and
+// flops the placement implies and the rates given (or measured).
+struct StepTimes {
+  double compute = 0, h2d = 0, d2h = 0, cpu = 0, nvme = 0;
+  double cpu_gbps = 0;
+  std::string cpu_source;
+  json to_json() const {
+    const double sync = compute + d2h + cpu + nvme;
+    const double slowest = std::max({compute, h2d, d2h, cpu, nvme});
+    return {{"gpu_compute", compute},
+            {"pcie_h2d", h2d},
+            {"pcie_d2h", d2h},
+            {"cpu_optimizer", cpu},
+            {"nvme", nvme},
+            {"slowest", slowest},
+            {"sync_step", sync},
+            {"cpu_gb_per_s", cpu_gbps},
+            {"cpu_rate_source", cpu_source}};
+  }
+};
+
+absl::StatusOr<StepTimes> predict_step(const PlanArgs& a, const model::Gpt2Config& m,
+                                       const config::DsConfig& c, int64_t params, int cb) {
+  StepTimes t;
+  const double n = static_cast<double>(params);
+  const double gas = static_cast<double>(c.gradient_accumulation_steps);
+  const double seq = static_cast<double>(a.seq_len > 0 ? a.seq_len : m.seq_len);
+  const double tokens = static_cast<double>(c.train_micro_batch_size_per_gpu) * gas * seq;
+  // 6 flops per parameter per token, plus attention's 12 * layers * width * seq.
+  const double flops = tokens * (6 * n + 12.0 * static_cast<double>(m.n_layer * m.n_embd) * seq);
+  t.compute = flops / (a.gpu_tflops * 1e12);
+  const bool opt_off = c.zero.offload_optimizer.device != OffloadDevice::kNone;
+  const bool par_off = c.zero.offload_param.device != OffloadDevice::kNone;
+  const double link = a.pcie_gbps * 1e9;
+  t.cpu_source = "no optimizer offload";
+  if (opt_off) {
+    // Updated params go up once a step; at stage 3 they come up for each
+    // micro-batch's forward and again for its backward. Grads come down
+    // once a micro-batch.
+    t.h2d = (par_off ? 2 * gas : 1) * n * cb / link;
+    t.d2h = gas * n * cb / link;
+    t.cpu_gbps = a.cpu_gbps;
+    t.cpu_source = "--cpu-gbps";
+    if (t.cpu_gbps <= 0) {
+      STRATA_ASSIGN_OR_RETURN(BandwidthResult bw,
+                              measure_adam_stream({.elements = size_t{16} << 20, .repeats = 3}),
+                              "measuring the CPU optimizer's memory stream");
+      t.cpu_gbps = bw.gb_per_s;
+      t.cpu_source = "measured now (Adam-like stream)";
+    }
+    // 28 B/param for the step, (compute bytes + 8) per micro-batch to
+    // accumulate the gradient in fp32.
+    t.cpu = n * (28 + gas * (cb + 8)) / (t.cpu_gbps * 1e9);
+  }
+  double nvme_bytes = 0;
+  if (c.zero.offload_optimizer.device == OffloadDevice::kNvme) nvme_bytes += 2 * 12 * n;
+  if (c.zero.offload_param.device == OffloadDevice::kNvme) nvme_bytes += 2 * gas * n * cb + n * cb;
+  t.nvme = nvme_bytes / (a.nvme_gbps * 1e9);
+  return t;
+}
 
 // Bytes of text `strata train --data PATH` reads (one token a byte), or the error.
 absl::StatusOr<uint64_t> text_bytes(const std::string& path) {
@@ -436,6 +504,9 @@ int run_plan(const PlanArgs& a) {
   }
   advise(*cfg, &p);
 
+  auto times = predict_step(a, *model, *cfg, p.params, p.compute_bytes);
+  if (!times.ok()) return report_status(times.status());
+
   // The peak RSS of `strata train --device cpu` for this run (the simulated
   // GPU and the CPU model live in host memory).
   std::optional<TrainMemoryEstimate> rss;
@@ -503,12 +574,21 @@ int run_plan(const PlanArgs& a) {
           {"cpu", p.ds_cpu}}},
         {"fits", fits_json},
         {"train_rss_estimate", rss ? rss->to_json() : json(nullptr)},
+        {"step_seconds", times->to_json()},
         {"advice", p.advice},
         {"notes", p.notes},
         {"warnings", warnings}};
     print_json(j);
   } else {
     print_human(p, a.config_file);
+    const json st = times->to_json();
+    std::fprintf(stderr,
+                 "  step time per resource: GPU %.3f s (%.0f TFLOPS), PCIe H2D %.3f s / D2H %.3f s "
+                 "(%.0f GB/s), CPU optimizer %.3f s (%.1f GB/s, %s), NVMe %.3f s (%.1f GB/s); "
+                 "sync order about %.3f s, fully overlapped (delayed update) about %.3f s\n",
+                 times->compute, a.gpu_tflops, times->h2d, times->d2h, a.pcie_gbps, times->cpu,
+                 times->cpu_gbps, times->cpu_source.c_str(), times->nvme, a.nvme_gbps,
+                 st["sync_step"].get<double>(), st["slowest"].get<double>());
     if (rss) {
       std::fprintf(stderr,
                    "  strata train --device cpu: peak RSS about %s (host arena %s, rollback %s, "
@@ -557,6 +637,13 @@ void add_plan_command(CLI::App& app, int* exit_code) {
   cmd->add_flag("--checkpoint-activations", a->checkpoint_activations,
                 "with --device cpu: train's --checkpoint-activations");
   cmd->add_flag("--async-save", a->async_save, "with --device cpu: train's --async-save");
+  cmd->add_option("--gpu-tflops", a->gpu_tflops, "achieved GPU TFLOPS for the step time (200)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--pcie-bw", a->pcie_gbps, "PCIe GB/s each way (25)")->check(CLI::PositiveNumber);
+  cmd->add_option("--nvme-bw", a->nvme_gbps, "NVMe GB/s (3)")->check(CLI::PositiveNumber);
+  cmd->add_option("--cpu-gbps", a->cpu_gbps,
+                  "the CPU optimizer's GB/s (default: an Adam-like stream measured now)")
+      ->check(CLI::PositiveNumber);
   cmd->callback([=] { *exit_code = run_plan(*a); });
 }
 

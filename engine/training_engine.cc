@@ -770,9 +770,12 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   spec_grad_scale_ = 1.0 / st.loss_scale;
   struct EndStep {
     TrainingEngine* e;
+    bool ok = false;
     ~EndStep() {
-      // On an error path the worker may still hold jobs; they use the store.
-      if (e->worker_ != nullptr) e->worker_->drain().IgnoreError();
+      // On an error path the worker may still hold this step's jobs, which
+      // use the store; on success only a delayed update may be left, and it
+      // is meant to run beside the next step.
+      if (!ok && e->worker_ != nullptr) e->worker_->drain().IgnoreError();
       e->store_->end_step();
     }
   } end_step{this};
@@ -867,6 +870,7 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
     st.bytes_out[t] = after.tiers[t].bytes_out - before.tiers[t].bytes_out;
   }
   st.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  end_step.ok = true;
   return st;
 }
 

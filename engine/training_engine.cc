@@ -218,6 +218,15 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   }
   overlap_ = config.strata.overlap == config::OverlapMode::kOverlap;
   dpu_ = config.strata.delayed_param_update;
+  if (dpu_ && config.zero.offload_optimizer.device == config::OffloadDevice::kNvme) {
+    // Measured (bench step): its update's reads fall across the store's
+    // steps, the host tier's trace keeps changing and eviction falls back
+    // to LRU, so the states cross NVMe about twice per step.
+    log::get("engine")->warn(
+        "strata.delayed_param_update with offload_optimizer nvme moves about twice the NVMe "
+        "bytes of overlap mode in this version and is slower; it pays off with "
+        "offload_optimizer cpu");
+  }
   STRATA_ASSIGN_OR_RETURN(hp_.kind, optimizer_kind(config.optimizer.type));
   hp_.beta1 = config.optimizer.betas[0];
   hp_.beta2 = config.optimizer.betas[1];

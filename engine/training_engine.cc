@@ -195,6 +195,7 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   model_ = model;
   device_ = device;
   exec_ = options.exec;
+  speculation_ = options.speculation;
   gas_ = std::max<int64_t>(1, config.gradient_accumulation_steps);
 
   // What this engine runs; each refusal names the key to change.
@@ -552,7 +553,12 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
   // The worker may still be reading the previous micro-batch's gradients
   // (a delayed update it may be running touches no gradient on the device).
   if (worker_ != nullptr && !first) STRATA_RETURN_IF_ERROR(worker_->drain(), "gradient worker");
+  const auto backward_start = std::chrono::steady_clock::now();
   for (int l = num_layers - 1; l >= 0; --l) STRATA_RETURN_IF_ERROR(run_layer(l, true));
+  if (last) {
+    last_backward_seconds_ =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - backward_start).count();
+  }
   if (worker_ == nullptr && !overflow_.load()) {
     for (int l = 0; l < num_layers; ++l) STRATA_RETURN_IF_ERROR(layer_done(l, first, last));
   }
@@ -643,7 +649,7 @@ absl::Status TrainingEngine::layer_done(int layer, bool first, bool last) {
   }
   if (!last) return absl::OkStatus();
   if (grad_stats_[layer].nonfinite) overflow_.store(true);
-  if (!overlap_ || dpu_ || overflow_.load()) return absl::OkStatus();
+  if (!overlap_ || dpu_ || !speculate_ || overflow_.load()) return absl::OkStatus();
 
   // Speculative step, when a rollback copy fits (or none is needed).
   uint64_t floats = 0;
@@ -776,6 +782,12 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   std::fill(copy_at_.begin(), copy_at_.end(), -1);
   rollback_used_ = 0;
   spec_lr_ = st.lr;
+  // Speculation pays when the host has idle time during backward; with
+  // copies to take, a host that could not keep up last step would only be
+  // slowed down by them (it then steps after backward, as sync does).
+  speculate_ = speculation_ == EngineOptions::Speculation::kAlways ||
+               (speculation_ == EngineOptions::Speculation::kAuto &&
+                (!keep_copies_ || last_host_seconds_ <= last_backward_seconds_));
   spec_grad_scale_ = 1.0 / st.loss_scale;
   struct EndStep {
     TrainingEngine* e;
@@ -870,6 +882,7 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   // counts here.
   const int64_t grad_ns = grad_ns_.load(), optimizer_ns = optimizer_ns_.load();
   st.grad_seconds = (grad_ns - grad_ns_reported_) * 1e-9;
+  last_host_seconds_ = (grad_ns - grad_ns_reported_ + optimizer_ns - optimizer_ns_reported_) * 1e-9;
   st.optimizer_seconds = (optimizer_ns - optimizer_ns_reported_) * 1e-9;
   grad_ns_reported_ = grad_ns;
   optimizer_ns_reported_ = optimizer_ns;

@@ -51,6 +51,8 @@
 // (strata.rollback_buffer_bytes of host memory; layers beyond it wait for
 // the end of backward) and, for a clip, stepped again with the right
 // factor. Weights, states and params are then bit-identical to `sync`.
+// EngineOptions::speculation (default kAuto) skips the speculative steps for
+// a step when the host did not keep up with backward in the step before.
 // Copies are needed only when a rollback can happen (fp16 or clipping);
 // with bf16/fp32 and no clipping a non-finite gradient fails the step and
 // the layers already stepped keep their update.
@@ -109,6 +111,12 @@ struct EngineOptions {
   // The LR schedule; null: make_lr_schedule(config.scheduler, optimizer.lr).
   std::unique_ptr<LrSchedule> lr_schedule;
   cpu_adam::ExecOptions exec;
+  // overlap mode with rollback copies (fp16 or clipping): kAuto steps
+  // speculatively only while the host kept up with backward in the previous
+  // step (when it did not, the copies' memory traffic only slows a
+  // CPU-bound step); kAlways / kNever force it (tests, benchmarks).
+  enum class Speculation { kAuto, kAlways, kNever };
+  Speculation speculation = Speculation::kAuto;
 };
 
 struct StepStats {
@@ -280,6 +288,10 @@ class TrainingEngine {
   bool dpu_ = false;             // strata.delayed_param_update
   bool update_pending_ = false;  // the worker runs (or ran) a delayed update
   bool keep_copies_ = false;     // a rollback is possible: fp16 or clipping
+  EngineOptions::Speculation speculation_ = EngineOptions::Speculation::kAuto;
+  bool speculate_ = true;             // this step (overlap mode)
+  double last_backward_seconds_ = 0;  // of the last micro-batch, previous step
+  double last_host_seconds_ = 0;      // the previous step's gradient + optimizer time
   std::unique_ptr<OrderedWorker> worker_;
   std::atomic<bool> overflow_{false};
   double spec_lr_ = 0;

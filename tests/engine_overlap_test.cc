@@ -28,6 +28,8 @@ class EngineOverlapTest : public TrainingEngineTest {
               EngineOptions o = {}) {
     Outcome out;
     MlpTestModel model;
+    // Every step speculative, whatever the timing (the tests count layers).
+    o.speculation = EngineOptions::Speculation::kAlways;
     auto created = make_engine(cfg, &model, std::move(o));
     EXPECT_TRUE(created.ok()) << created.status();
     if (!created.ok()) return out;

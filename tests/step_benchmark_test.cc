@@ -39,7 +39,13 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       EXPECT_GT(s.d2h_seconds, 0);
       EXPECT_FALSE(s.slowest.empty());
       EXPECT_GT(s.ratio, 0);
-      EXPECT_EQ(s.speculative_layers, m.mode == "overlap" ? 4 : 0);  // delayed: none needed
+      if (m.mode == "overlap") {
+        // fp16 keeps rollback copies, so speculation follows the timing:
+        // all layers or none (the step after a host that fell behind).
+        EXPECT_TRUE(s.speculative_layers == 0 || s.speculative_layers == 4) << s.speculative_layers;
+      } else {
+        EXPECT_EQ(s.speculative_layers, 0);  // sync; delayed needs none
+      }
       EXPECT_EQ(s.rolled_back_layers, 0);
     }
   }

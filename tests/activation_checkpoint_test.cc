@@ -18,6 +18,7 @@
 #include "model/gpt2_config.h"
 #include "model/gpt2_model.h"
 #include "model/text_corpus.h"
+#include "tests/test_ds_config.h"
 
 namespace strata::model {
 namespace {
@@ -31,10 +32,7 @@ config::DsConfig make_config(const std::string& extra) {
     "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01}},
     "strata": {"overlap": "sync"})" +
                            extra + "}";
-  std::vector<std::string> warnings;
-  auto cfg = config::parse_ds_config(json, "test.json", &warnings);
-  EXPECT_TRUE(cfg.ok()) << cfg.status() << "\n" << json;
-  return cfg.ok() ? *cfg : config::DsConfig{};
+  return strata::testing::parse_test_config(json);
 }
 
 // What one run leaves to compare: per step the loss and every accumulated

@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/mlp_test_model.h"
+#include "tests/test_ds_config.h"
 
 namespace strata::engine {
 namespace {
@@ -50,10 +51,7 @@ class CheckpointFixture : public ::testing::Test {
         "\"strata\": {\"overlap\": \"sync\", \"prefetch_window_bytes\": 4096}, "
         "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": " +
         offload + "}}";
-    std::vector<std::string> warnings;
-    auto cfg = config::parse_ds_config(json, "test.json", &warnings);
-    EXPECT_TRUE(cfg.ok()) << cfg.status() << "\n" << json;
-    return cfg.ok() ? *cfg : config::DsConfig{};
+    return strata::testing::parse_test_config(json);
   }
 
   std::unique_ptr<TrainingEngine> make_engine(MlpTestModel* model, bool nvme = false) {

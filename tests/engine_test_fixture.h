@@ -15,6 +15,7 @@
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
 #include "tests/mlp_test_model.h"
+#include "tests/test_ds_config.h"
 
 namespace strata::engine {
 
@@ -52,10 +53,7 @@ class TrainingEngineTest : public ::testing::Test {
         ", \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01}}, "
         "\"strata\": {\"overlap\": \"sync\", \"prefetch_window_bytes\": 4096}" +
         (members.empty() ? "" : ", " + members) + "}";
-    std::vector<std::string> warnings;
-    auto cfg = config::parse_ds_config(json, "test.json", &warnings);
-    EXPECT_TRUE(cfg.ok()) << cfg.status() << "\n" << json;
-    return cfg.ok() ? *cfg : config::DsConfig{};
+    return strata::testing::parse_test_config(json);
   }
 
   absl::StatusOr<std::unique_ptr<TrainingEngine>> make_engine(const config::DsConfig& cfg,

@@ -16,6 +16,7 @@
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
+#include "tests/test_ds_config.h"
 
 namespace strata::model {
 namespace {
@@ -296,10 +297,7 @@ config::DsConfig make_config(const std::string& members) {
       "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01, \"weight_decay\": 0.0}}, "
       "\"strata\": {\"overlap\": \"sync\"}" +
       (members.empty() ? "" : ", " + members) + "}";
-  std::vector<std::string> warnings;
-  auto cfg = config::parse_ds_config(json, "test.json", &warnings);
-  EXPECT_TRUE(cfg.ok()) << cfg.status() << "\n" << json;
-  return cfg.ok() ? *cfg : config::DsConfig{};
+  return strata::testing::parse_test_config(json);
 }
 
 struct TrainRun {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/test_ds_config.h"
 
 namespace strata::engine {
 namespace {
@@ -17,10 +18,7 @@ config::DsConfig parse(const std::string& members) {
       "{\"train_micro_batch_size_per_gpu\": 1, \"optimizer\": {\"type\": \"AdamW\", \"params\": "
       "{\"lr\": 1e-3}}" +
       (members.empty() ? "" : ", " + members) + "}";
-  std::vector<std::string> warnings;
-  auto cfg = config::parse_ds_config(json, "test.json", &warnings);
-  EXPECT_TRUE(cfg.ok()) << cfg.status();
-  return cfg.ok() ? *cfg : config::DsConfig{};
+  return strata::testing::parse_test_config(json);
 }
 
 // Two layers: 1000 + 10 params, and 5000 params.

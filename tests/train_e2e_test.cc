@@ -22,6 +22,7 @@
 #include "model/text_corpus.h"
 #include "nlohmann/json.hpp"
 #include "tests/cli_test_util.h"
+#include "tests/test_ds_config.h"
 
 namespace strata {
 namespace {
@@ -39,10 +40,7 @@ config::DsConfig make_config(const std::string& extra) {
     "optimizer": {"type": "AdamW", "params": {"lr": 6e-3, "weight_decay": 0.01}},
     "strata": {"overlap": "sync"})" +
                            extra + "}";
-  std::vector<std::string> warnings;
-  auto cfg = config::parse_ds_config(text, "test.json", &warnings);
-  EXPECT_TRUE(cfg.ok()) << cfg.status() << "\n" << text;
-  return cfg.ok() ? *cfg : config::DsConfig{};
+  return strata::testing::parse_test_config(text);
 }
 
 struct Curve {

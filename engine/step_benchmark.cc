@@ -135,19 +135,8 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
   result.width = o.n_embd / o.width_divisor;
   const std::string dir = o.nvme_dir + "/strata-bench-step";
   if (o.offload == "nvme") {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-    }
-    swap::IoEngineOptions io;
-    io.paths = {dir};
-    io.queue_depth = 32;
-    io.allow_buffered = true;
     STRATA_ASSIGN_OR_RETURN(swap::SequentialIoReport probe,
-                            swap::run_sequential_io(io, uint64_t{256} << 20, true, true),
-                            "probing NVMe throughput");
-    swap::remove_bench_files(io);
+                            swap::probe_directory(dir, uint64_t{256} << 20));
     result.nvme_read_gb_per_s = probe.read->gb_per_s;
     result.nvme_write_gb_per_s = probe.write->gb_per_s;
   }

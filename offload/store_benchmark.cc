@@ -98,22 +98,13 @@ absl::StatusOr<StoreBenchmarkResult> run_store_benchmark(const StoreBenchmarkOpt
   StoreBenchmarkResult result;
   result.options = o;
   const std::string dir = o.nvme_dir + "/strata-bench-store";
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec)
-    return absl::InvalidArgumentError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-
-  swap::IoEngineOptions io_options;
-  io_options.paths = {dir};
-  io_options.queue_depth = 32;
-  io_options.allow_buffered = true;
   STRATA_ASSIGN_OR_RETURN(swap::SequentialIoReport probe,
-                          swap::run_sequential_io(io_options, o.nvme_probe_bytes, true, true),
-                          "probing NVMe throughput");
-  swap::remove_bench_files(io_options);
+                          swap::probe_directory(dir, o.nvme_probe_bytes));
   result.nvme_read_gb_per_s = probe.read->gb_per_s;
   result.nvme_write_gb_per_s = probe.write->gb_per_s;
-  io_options.paths.clear();
+  swap::IoEngineOptions io_options;
+  io_options.queue_depth = 32;
+  io_options.allow_buffered = true;
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<swap::IoEngine> io, swap::make_io_engine(io_options));
   result.io_engine = std::string(io->name());
 
@@ -210,6 +201,7 @@ absl::StatusOr<StoreBenchmarkResult> run_store_benchmark(const StoreBenchmarkOpt
   }
   store.reset();
   io.reset();
+  std::error_code ec;
   std::filesystem::remove_all(dir, ec);
   return result;
 }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
@@ -151,6 +152,22 @@ absl::StatusOr<SequentialIoReport> run_sequential_io(const IoEngineOptions& opti
   }
   for (AlignedBuffer& b : buffers) (void)engine->unregister_buffer(b.data());
   STRATA_RETURN_IF_ERROR(engine->close(file));
+  return report;
+}
+
+absl::StatusOr<SequentialIoReport> probe_directory(const std::string& dir, uint64_t bytes) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec)
+    return absl::InvalidArgumentError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  IoEngineOptions io;
+  io.paths = {dir};
+  io.queue_depth = 32;
+  io.allow_buffered = true;
+  auto report = run_sequential_io(io, bytes, true, true);
+  remove_bench_files(io);
+  if (!report.ok())
+    return annotate(report.status(), absl::StrCat("probing NVMe throughput in ", dir));
   return report;
 }
 

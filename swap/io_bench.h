@@ -47,4 +47,9 @@ absl::StatusOr<SequentialIoReport> run_sequential_io(const IoEngineOptions& opti
 std::vector<std::string> bench_files(const IoEngineOptions& options);
 void remove_bench_files(const IoEngineOptions& options);
 
+// The write and read rates of `dir` (created if missing) for the schedule
+// benchmarks: `bytes` written then read sequentially at queue depth 32
+// (buffered I/O where O_DIRECT is refused), the files removed afterwards.
+absl::StatusOr<SequentialIoReport> probe_directory(const std::string& dir, uint64_t bytes);
+
 }  // namespace strata::swap

@@ -590,18 +590,9 @@ int run_plan(const PlanArgs& a) {
                  times->cpu_gbps, times->cpu_source.c_str(), times->nvme, a.nvme_gbps,
                  st["sync_step"].get<double>(), st["slowest"].get<double>());
     if (rss) {
-      std::fprintf(stderr,
-                   "  strata train --device cpu: peak RSS about %s (host arena %s, rollback %s, "
-                   "simulated device %s, model buffers %s, data %s, checkpoint snapshot %s, "
-                   "program %s)\n",
+      std::fprintf(stderr, "  strata train --device cpu: peak RSS about %s (%s)\n",
                    format_bytes(static_cast<double>(rss->total())).c_str(),
-                   format_bytes(static_cast<double>(rss->host_arena)).c_str(),
-                   format_bytes(static_cast<double>(rss->rollback)).c_str(),
-                   format_bytes(static_cast<double>(rss->simulated_device)).c_str(),
-                   format_bytes(static_cast<double>(rss->model_buffers)).c_str(),
-                   format_bytes(static_cast<double>(rss->data)).c_str(),
-                   format_bytes(static_cast<double>(rss->checkpoint_snapshot)).c_str(),
-                   format_bytes(static_cast<double>(rss->baseline)).c_str());
+                   rss->describe_parts().c_str());
     }
     std::fprintf(stderr, "%s\n",
                  short_somewhere ? "verdict: DOES NOT FIT (see \"to fit\" above)"

@@ -516,20 +516,11 @@ int run_train(const TrainArgs& a) {
                              .async_checkpoint = a.async_save && !a.save_dir.empty()});
   if (predicted.ok()) {
     const uint64_t peak = peak_rss_bytes();
-    std::fprintf(stderr,
-                 "memory: peak RSS %s, strata plan predicted %s (%+.1f%%): host arena %s, "
-                 "rollback %s, simulated device %s, model buffers %s, data %s, checkpoint "
-                 "snapshot %s, program %s\n",
+    std::fprintf(stderr, "memory: peak RSS %s, strata plan predicted %s (%+.1f%%): %s\n",
                  format_bytes(static_cast<double>(peak)).c_str(),
                  format_bytes(static_cast<double>(predicted->total())).c_str(),
                  100.0 * (static_cast<double>(peak) / static_cast<double>(predicted->total()) - 1),
-                 format_bytes(static_cast<double>(predicted->host_arena)).c_str(),
-                 format_bytes(static_cast<double>(predicted->rollback)).c_str(),
-                 format_bytes(static_cast<double>(predicted->simulated_device)).c_str(),
-                 format_bytes(static_cast<double>(predicted->model_buffers)).c_str(),
-                 format_bytes(static_cast<double>(predicted->data)).c_str(),
-                 format_bytes(static_cast<double>(predicted->checkpoint_snapshot)).c_str(),
-                 format_bytes(static_cast<double>(predicted->baseline)).c_str());
+                 predicted->describe_parts().c_str());
   }
   if (!failure.ok()) return report_status(failure);
   if (!a.plot.empty() && !curve.train.empty()) {

@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "engine/placement.h"
 #include "model/gpt2_model.h"
 #include "model/gpt2_params.h"
+#include "tools/cli_util.h"
 
 namespace strata::tools {
 
@@ -21,6 +23,14 @@ nlohmann::json TrainMemoryEstimate::to_json() const {
           {"checkpoint_snapshot", checkpoint_snapshot},
           {"baseline", baseline},
           {"total", total()}};
+}
+
+std::string TrainMemoryEstimate::describe_parts() const {
+  auto b = [](uint64_t v) { return format_bytes(static_cast<double>(v)); };
+  return absl::StrCat("host arena ", b(host_arena), ", rollback ", b(rollback),
+                      ", simulated device ", b(simulated_device), ", model buffers ",
+                      b(model_buffers), ", data ", b(data), ", checkpoint snapshot ",
+                      b(checkpoint_snapshot), ", program ", b(baseline));
 }
 
 absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInputs& in) {

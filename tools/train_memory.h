@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "core/config/ds_config.h"
@@ -35,6 +36,8 @@ struct TrainMemoryEstimate {
            baseline;
   }
   nlohmann::json to_json() const;
+  // "host arena 11.6 MiB, rollback 0 B, ..., program 24.0 MiB": the parts.
+  std::string describe_parts() const;
 };
 
 struct TrainMemoryInputs {

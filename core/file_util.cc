@@ -11,8 +11,9 @@
 
 namespace strata {
 
-absl::StatusOr<std::string> read_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+absl::StatusOr<std::string> read_file(const std::string& path, uint64_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO with no writer would otherwise hang here.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
@@ -20,9 +21,17 @@ absl::StatusOr<std::string> read_file(const std::string& path) {
     ::close(fd);
     return errno_status(err, absl::StrCat("cannot stat ", path));
   }
-  if (S_ISDIR(st.st_mode)) {
+  if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, " is a directory, expected a file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, S_ISDIR(st.st_mode) ? " is a directory" : " is not a regular file",
+                     " (a FIFO, socket or device); expected a file"));
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, " is ", st.st_size,
+                                                   " bytes, more than the ", max_bytes,
+                                                   " this reader accepts; is it the right file?"));
   }
   std::string out;
   char buf[1 << 16];
@@ -35,6 +44,12 @@ absl::StatusOr<std::string> read_file(const std::string& path) {
       return errno_status(err, absl::StrCat("cannot read ", path));
     }
     if (r == 0) break;
+    // Files in /proc and /sys report size 0 and may grow while read.
+    if (out.size() + static_cast<uint64_t>(r) > max_bytes) {
+      ::close(fd);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " grew past the ", max_bytes, " bytes this reader accepts"));
+    }
     out.append(buf, static_cast<size_t>(r));
   }
   ::close(fd);

@@ -9,8 +9,17 @@
 
 namespace strata {
 
-// Reads a whole file. NotFound names the path; a directory is an error.
-absl::StatusOr<std::string> read_file(const std::string& path);
+// Largest file read_file reads whole unless told otherwise: a config, a
+// meta.json or a vocabulary is far smaller; anything larger is streamed.
+inline constexpr uint64_t kMaxWholeFileBytes = uint64_t{256} << 20;
+
+// Reads a whole regular file of at most `max_bytes`. NotFound names the path;
+// a directory, FIFO, socket or device (/dev/zero, a pipe that would block
+// forever) is InvalidArgument, and so is a file larger than `max_bytes`
+// (the message gives both sizes). Never blocks on a FIFO: it is opened
+// non-blocking and refused.
+absl::StatusOr<std::string> read_file(const std::string& path,
+                                      uint64_t max_bytes = kMaxWholeFileBytes);
 
 // Writes `contents` to path.tmp, fsyncs it and renames it over `path`, so a
 // crash leaves either the old file or the new one, never a torn one.

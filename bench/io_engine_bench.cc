@@ -26,10 +26,10 @@ constexpr uint64_t kFileBytes = 64 << 20;
 // Args: engine (0 uring, 1 threads), block size KiB, queue depth, write?
 void BM_Sequential(benchmark::State& state) {
   IoEngineOptions o;
-  o.kind = state.range(0) == 0 ? IoEngineKind::kIoEngineUring : IoEngineKind::kIoEngineThreads;
+  o.kind = state.range(0) == 0 ? IoEngineKind::kUring : IoEngineKind::kThreads;
   o.block_size = static_cast<size_t>(state.range(1)) << 10;
   o.queue_depth = static_cast<int>(state.range(2));
-  const IoOp op = state.range(3) != 0 ? IoOp::kIoWrite : IoOp::kIoRead;
+  const IoOp op = state.range(3) != 0 ? IoOp::kWrite : IoOp::kRead;
   auto engine = make_io_engine(o);
   if (!engine.ok()) {
     state.SkipWithError(std::string(engine.status().message()).c_str());
@@ -50,8 +50,8 @@ void BM_Sequential(benchmark::State& state) {
   for (auto _ : state) {
     // One request of the whole file: the engine splits it into block_size
     // pieces and keeps queue_depth of them in flight.
-    absl::Status s = op == IoOp::kIoWrite ? (*engine)->write(*file, 0, buf.data(), buf.size())
-                                          : (*engine)->read(*file, 0, buf.data(), buf.size());
+    absl::Status s = op == IoOp::kWrite ? (*engine)->write(*file, 0, buf.data(), buf.size())
+                                        : (*engine)->read(*file, 0, buf.data(), buf.size());
     if (!s.ok()) {
       state.SkipWithError(std::string(s.message()).c_str());
       break;

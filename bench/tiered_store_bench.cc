@@ -21,15 +21,15 @@ void BM_AcquireReleaseResident(benchmark::State& state) {
   }
   (void)(*store)->finalize();
   for (TensorId id : ids) {  // make every device copy resident
-    (void)(*store)->acquire(id, Tier::kTierDevice, Access::kAccessRead);
-    (void)(*store)->release(id, Tier::kTierDevice, false);
+    (void)(*store)->acquire(id, Tier::kDevice, Access::kRead);
+    (void)(*store)->release(id, Tier::kDevice, false);
   }
   size_t i = 0;
   for (auto _ : state) {
     TensorId id = ids[i++ % ids.size()];
-    auto v = (*store)->acquire(id, Tier::kTierDevice, Access::kAccessRead);
+    auto v = (*store)->acquire(id, Tier::kDevice, Access::kRead);
     benchmark::DoNotOptimize(v);
-    (void)(*store)->release(id, Tier::kTierDevice, false);
+    (void)(*store)->release(id, Tier::kDevice, false);
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
 }

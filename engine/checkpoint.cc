@@ -72,7 +72,7 @@ class Fd {
 }  // namespace
 
 absl::Status TrainingEngine::read_raw(offload::TensorId id, Tier tier, void* dst, uint64_t bytes) {
-  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kAccessRead));
+  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kRead));
   const absl::Status s = copy_out(v, tier, dst, bytes);
   const absl::Status r = store_->release(id, tier, /*dirty=*/false);
   STRATA_RETURN_IF_ERROR(s);
@@ -81,7 +81,7 @@ absl::Status TrainingEngine::read_raw(offload::TensorId id, Tier tier, void* dst
 
 absl::Status TrainingEngine::write_raw(offload::TensorId id, Tier tier, const void* src,
                                        uint64_t bytes) {
-  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kAccessWrite));
+  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kWrite));
   const absl::Status s = copy_in(v, tier, src, bytes);
   // Dirty even on a failed copy: the copy's contents are unknown now.
   const absl::Status r = store_->release(id, tier, /*dirty=*/true);

@@ -29,14 +29,14 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
             : config.bf16.enabled ? DType::kBFloat16
                                   : DType::kFloat32;
   p.offload = where != config::OffloadDevice::kNone;
-  p.state_home = where == config::OffloadDevice::kNvme ? Tier::kTierNvme
-                 : p.offload                           ? Tier::kTierHost
-                                                       : Tier::kTierDevice;
+  p.state_home = where == config::OffloadDevice::kNvme ? Tier::kNvme
+                 : p.offload                           ? Tier::kHost
+                                                       : Tier::kDevice;
   // Stage 3 with offload_param nvme homes the compute params on NVMe too;
   // otherwise they live on the host whenever the optimizer writes them there.
-  p.compute_home = param_where == config::OffloadDevice::kNvme ? Tier::kTierNvme
-                   : p.offload                                 ? Tier::kTierHost
-                                                               : Tier::kTierDevice;
+  p.compute_home = param_where == config::OffloadDevice::kNvme ? Tier::kNvme
+                   : p.offload                                 ? Tier::kHost
+                                                               : Tier::kDevice;
 
   const uint64_t esize = dtype_size(p.dtype);
   uint64_t state_bytes = 0;
@@ -49,16 +49,16 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       layer_device += 2 * b16;  // param + grad, both on the device during backward
       p.device_all_layers += 2 * round_up(b16, 256);
       state_bytes += 3 * b32;
-      const uint64_t states = 3 * (p.state_home == Tier::kTierDevice ? b32 : padded(b32));
+      const uint64_t states = 3 * (p.state_home == Tier::kDevice ? b32 : padded(b32));
       const bool delayed = config.strata.delayed_param_update;  // + param_next
       if (!p.offload) {
         p.device_homed += (delayed ? 3 : 2) * b16 + 4 * b32;  // param, grad, grad32, master, m, v
       } else {
         p.host_homed += (delayed ? 2 : 1) * padded(b16) + padded(b32);  // grad, grad32
-        if (p.compute_home == Tier::kTierHost) p.host_homed += padded(b16);
-        if (p.compute_home == Tier::kTierNvme) layer_nvme += padded(b16);
-        if (p.state_home == Tier::kTierHost) p.host_homed += states;
-        if (p.state_home == Tier::kTierNvme) layer_nvme += states;
+        if (p.compute_home == Tier::kHost) p.host_homed += padded(b16);
+        if (p.compute_home == Tier::kNvme) layer_nvme += padded(b16);
+        if (p.state_home == Tier::kHost) p.host_homed += states;
+        if (p.state_home == Tier::kNvme) layer_nvme += states;
       }
     }
     if (layer_device > p.largest_layer_device) {

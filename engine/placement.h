@@ -25,9 +25,9 @@ namespace strata::engine {
 
 struct Placement {
   DType dtype = DType::kFloat32;
-  bool offload = false;                                     // offload_optimizer cpu or nvme
-  offload::Tier compute_home = offload::Tier::kTierDevice;  // param (and its grad's device copy)
-  offload::Tier state_home = offload::Tier::kTierDevice;    // master, exp_avg, exp_avg_sq
+  bool offload = false;                                 // offload_optimizer cpu or nvme
+  offload::Tier compute_home = offload::Tier::kDevice;  // param (and its grad's device copy)
+  offload::Tier state_home = offload::Tier::kDevice;    // master, exp_avg, exp_avg_sq
 
   uint64_t device_homed = 0;  // homed on the device (offload none)
   // Params + grads of one layer on the device during its backward; the largest.

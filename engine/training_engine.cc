@@ -255,7 +255,7 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
 
   const config::OffloadDevice where = config.zero.offload_optimizer.device;
   const bool offload = where != config::OffloadDevice::kNone;
-  opt_tier_ = offload ? Tier::kTierHost : Tier::kTierDevice;
+  opt_tier_ = offload ? Tier::kHost : Tier::kDevice;
   if (!offload) {
     // The optimizer then reads and writes device memory from the host.
     auto* sim = dynamic_cast<gpu::SimDevice*>(device);
@@ -323,7 +323,7 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   so.host_budget_bytes = offload ? host_budget : 0;
   so.pin_device = config.zero.offload_optimizer.pin_memory ? device : nullptr;
   so.prefetch_window_bytes = static_cast<uint64_t>(config.strata.prefetch_window_bytes);
-  if (state_home == Tier::kTierNvme || compute_home == Tier::kTierNvme) {
+  if (state_home == Tier::kNvme || compute_home == Tier::kNvme) {
     // One swap file per directory; NVMe-homed states and params are striped
     // over all of them.
     std::vector<std::string> dirs;
@@ -333,11 +333,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
       }
     };
     const char* who = nullptr;
-    if (state_home == Tier::kTierNvme) {
+    if (state_home == Tier::kNvme) {
       add_dirs(config.zero.offload_optimizer.nvme_paths);
       if (config.zero.offload_optimizer.nvme_paths.empty()) who = "offload_optimizer";
     }
-    if (compute_home == Tier::kTierNvme) {
+    if (compute_home == Tier::kNvme) {
       add_dirs(config.zero.offload_param.nvme_paths);
       if (config.zero.offload_param.nvme_paths.empty()) who = "offload_param";
     }
@@ -383,23 +383,22 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
                      Tier home) -> absl::StatusOr<offload::TensorId> {
         return store_->register_tensor({absl::StrCat(base, ".", suffix), p.numel, dt, role, home});
       };
-      STRATA_ASSIGN_OR_RETURN(ids.param,
-                              reg("param", dtype_, TensorRole::kRoleParam16, compute_home));
+      STRATA_ASSIGN_OR_RETURN(ids.param, reg("param", dtype_, TensorRole::kParam16, compute_home));
       if (dpu_) {
         // The delayed update's output, swapped into param between steps.
         STRATA_ASSIGN_OR_RETURN(ids.param_next,
-                                reg("param_next", dtype_, TensorRole::kRoleParam16, opt_tier_));
+                                reg("param_next", dtype_, TensorRole::kParam16, opt_tier_));
       }
-      STRATA_ASSIGN_OR_RETURN(ids.grad, reg("grad", dtype_, TensorRole::kRoleGrad,
-                                            offload ? Tier::kTierHost : Tier::kTierDevice));
-      STRATA_ASSIGN_OR_RETURN(ids.grad32, reg("grad32", DType::kFloat32, TensorRole::kRoleGrad,
-                                              offload ? Tier::kTierHost : Tier::kTierDevice));
       STRATA_ASSIGN_OR_RETURN(
-          ids.master, reg("master", DType::kFloat32, TensorRole::kRoleMaster32, state_home));
+          ids.grad, reg("grad", dtype_, TensorRole::kGrad, offload ? Tier::kHost : Tier::kDevice));
+      STRATA_ASSIGN_OR_RETURN(ids.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad,
+                                              offload ? Tier::kHost : Tier::kDevice));
+      STRATA_ASSIGN_OR_RETURN(ids.master,
+                              reg("master", DType::kFloat32, TensorRole::kMaster32, state_home));
       STRATA_ASSIGN_OR_RETURN(ids.exp_avg,
-                              reg("exp_avg", DType::kFloat32, TensorRole::kRoleExpAvg, state_home));
-      STRATA_ASSIGN_OR_RETURN(ids.exp_avg_sq, reg("exp_avg_sq", DType::kFloat32,
-                                                  TensorRole::kRoleExpAvgSq, state_home));
+                              reg("exp_avg", DType::kFloat32, TensorRole::kExpAvg, state_home));
+      STRATA_ASSIGN_OR_RETURN(
+          ids.exp_avg_sq, reg("exp_avg_sq", DType::kFloat32, TensorRole::kExpAvgSq, state_home));
       layers_[l].push_back(std::move(ids));
     }
   }
@@ -437,11 +436,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
 
 Tier TrainingEngine::param_tier(const ParamIds& p) const {
   const Tier home = store_->spec(p.param).home;
-  return home == Tier::kTierNvme ? Tier::kTierHost : home;
+  return home == Tier::kNvme ? Tier::kHost : home;
 }
 
 absl::Status TrainingEngine::copy_in(TensorView view, Tier tier, const void* src, uint64_t bytes) {
-  if (tier != Tier::kTierDevice) {
+  if (tier != Tier::kDevice) {
     std::memcpy(view.data, src, bytes);
     return absl::OkStatus();
   }
@@ -450,7 +449,7 @@ absl::Status TrainingEngine::copy_in(TensorView view, Tier tier, const void* src
 }
 
 absl::Status TrainingEngine::copy_out(TensorView view, Tier tier, void* dst, uint64_t bytes) {
-  if (tier != Tier::kTierDevice) {
+  if (tier != Tier::kDevice) {
     std::memcpy(dst, view.data, bytes);
     return absl::OkStatus();
   }
@@ -484,7 +483,7 @@ absl::Status TrainingEngine::initialize_params() {
             Init{p.exp_avg_sq, zeros.data(), p.numel * 4}}) {
         const Tier tier = x.id == p.param ? ptier : opt_tier_;
         Pin pin(store_.get(), x.id, tier);
-        STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kAccessWrite));
+        STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kWrite));
         STRATA_RETURN_IF_ERROR(copy_in(v, tier, x.src, x.bytes));
         STRATA_RETURN_IF_ERROR(pin.release(/*dirty=*/true));
       }
@@ -506,14 +505,14 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
     std::vector<Pin> pins;
     pins.reserve(2 * ps.size());
     for (const ParamIds& p : ps) {
-      pins.emplace_back(store_.get(), p.param, Tier::kTierDevice);
-      STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kAccessRead));
+      pins.emplace_back(store_.get(), p.param, Tier::kDevice);
+      STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
       ctx.params.push_back(v.data);
     }
     if (backward) {
       for (const ParamIds& p : ps) {
-        pins.emplace_back(store_.get(), p.grad, Tier::kTierDevice);
-        STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kAccessWrite));
+        pins.emplace_back(store_.get(), p.grad, Tier::kDevice);
+        STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kWrite));
         ctx.grads.push_back(v.data);
       }
     }
@@ -595,8 +594,8 @@ absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
       std::vector<Pin> pins;
       pins.reserve(ps.size());
       for (const ParamIds& p : ps) {
-        pins.emplace_back(store_.get(), p.param, Tier::kTierDevice);
-        STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kAccessRead));
+        pins.emplace_back(store_.get(), p.param, Tier::kDevice);
+        STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
         ctx.params.push_back(v.data);
       }
       STRATA_RETURN_IF_ERROR(model_->forward(l, ctx),
@@ -615,9 +614,9 @@ absl::Status TrainingEngine::accumulate_layer(int layer, bool first) {
   for (const ParamIds& p : layers_[layer]) {
     Pin g(store_.get(), p.grad, opt_tier_);
     Pin acc(store_.get(), p.grad32, opt_tier_);
-    STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kAccessRead));
+    STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kRead));
     STRATA_ASSIGN_OR_RETURN(TensorView av,
-                            acc.acquire(first ? Access::kAccessWrite : Access::kAccessReadWrite));
+                            acc.acquire(first ? Access::kWrite : Access::kReadWrite));
     accumulate_into(static_cast<float*>(av.data), gv.data, dtype_, p.numel, first, exec_);
     STRATA_RETURN_IF_ERROR(g.release(false));
     STRATA_RETURN_IF_ERROR(acc.release(true));
@@ -629,7 +628,7 @@ absl::Status TrainingEngine::stats_layer(int layer) {
   cpu_adam::GradStats total;
   for (const ParamIds& p : layers_[layer]) {
     Pin acc(store_.get(), p.grad32, opt_tier_);
-    STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kAccessRead));
+    STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kRead));
     STRATA_ASSIGN_OR_RETURN(cpu_adam::GradStats gs,
                             cpu_adam::grad_stats(av.data, DType::kFloat32, p.numel, exec_));
     STRATA_RETURN_IF_ERROR(acc.release(false));
@@ -680,11 +679,11 @@ absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step,
     Pin m(store_.get(), p.exp_avg, opt_tier_);
     Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
     Pin out(store_.get(), to_next ? p.param_next : p.param, opt_tier_);
-    STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kAccessRead));
-    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kAccessReadWrite));
-    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kAccessReadWrite));
-    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kAccessReadWrite));
-    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kAccessWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kRead));
+    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
     if (keep_copy) {
       const uint64_t bytes = p.numel * sizeof(float);
       std::memcpy(rollback_.data() + at, pv.data, bytes);
@@ -724,10 +723,10 @@ absl::Status TrainingEngine::restore_layer(int layer) {
     Pin m(store_.get(), p.exp_avg, opt_tier_);
     Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
     Pin out(store_.get(), p.param, opt_tier_);
-    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kAccessWrite));
-    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kAccessWrite));
-    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kAccessWrite));
-    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kAccessWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
     const uint64_t bytes = p.numel * sizeof(float);
     std::memcpy(pv.data, rollback_.data() + at, bytes);
     std::memcpy(mv.data, rollback_.data() + at + p.numel, bytes);
@@ -753,8 +752,8 @@ absl::Status TrainingEngine::swap_in_update() {
     for (const ParamIds& p : ps) {
       Pin next(store_.get(), p.param_next, opt_tier_);
       Pin param(store_.get(), p.param, opt_tier_);
-      STRATA_ASSIGN_OR_RETURN(TensorView nv, next.acquire(Access::kAccessRead));
-      STRATA_ASSIGN_OR_RETURN(TensorView pv, param.acquire(Access::kAccessWrite));
+      STRATA_ASSIGN_OR_RETURN(TensorView nv, next.acquire(Access::kRead));
+      STRATA_ASSIGN_OR_RETURN(TensorView pv, param.acquire(Access::kWrite));
       std::memcpy(pv.data, nv.data, p.numel * dtype_size(dtype_));
       STRATA_RETURN_IF_ERROR(next.release(false));
       // Dirty: the device copy is stale; the next forward loads this one.
@@ -909,7 +908,7 @@ absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int para
                                                               : p.grad32;
   std::vector<float> out(p.numel);
   Pin pin(store_.get(), id, opt_tier_);
-  STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kAccessRead));
+  STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kRead));
   STRATA_RETURN_IF_ERROR(copy_out(v, opt_tier_, out.data(), p.numel * 4));
   STRATA_RETURN_IF_ERROR(pin.release(false));
   return out;
@@ -925,7 +924,7 @@ absl::StatusOr<std::vector<float>> TrainingEngine::read_param(int layer, int par
   const Tier home = param_tier(p);
   std::vector<uint8_t> raw(p.numel * dtype_size(dtype_));
   Pin pin(store_.get(), p.param, home);
-  STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kAccessRead));
+  STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kRead));
   STRATA_RETURN_IF_ERROR(copy_out(v, home, raw.data(), raw.size()));
   STRATA_RETURN_IF_ERROR(pin.release(false));
   std::vector<float> out(p.numel);

@@ -215,7 +215,7 @@ class TrainingEngine {
   const LossScaler* loss_scaler() const { return scaler_.get(); }
   int64_t optimizer_steps() const { return adam_step_; }  // applied steps
   offload::StoreStats store_stats() const { return store_->stats(); }
-  // Where the optimizer works: kTierHost when offloaded, kTierDevice otherwise.
+  // Where the optimizer works: kHost when offloaded, kDevice otherwise.
   offload::Tier optimizer_tier() const { return opt_tier_; }
 
  private:
@@ -267,7 +267,7 @@ class TrainingEngine {
   gpu::StreamId stream_ = 0;
   bool have_stream_ = false;
   DType dtype_ = DType::kFloat32;
-  offload::Tier opt_tier_ = offload::Tier::kTierHost;
+  offload::Tier opt_tier_ = offload::Tier::kHost;
   cpu_adam::Hyperparams hp_;
   cpu_adam::ExecOptions exec_;
   std::unique_ptr<swap::IoEngine> own_io_;

@@ -47,19 +47,19 @@ absl::Status compute_pass(TieredStore& store, gpu::SimDevice& dev, gpu::StreamId
                           const std::vector<Layer>& layers, const StoreBenchmarkOptions& o,
                           LayerQueue& done) {
   for (const Layer& l : layers) {
-    STRATA_RETURN_IF_ERROR(store.acquire(l.param, Tier::kTierDevice, Access::kAccessRead).status());
+    STRATA_RETURN_IF_ERROR(store.acquire(l.param, Tier::kDevice, Access::kRead).status());
     STRATA_RETURN_IF_ERROR(dev.launch_timed_compute(stream, o.forward_ms_per_layer * 1e-3));
     STRATA_RETURN_IF_ERROR(dev.synchronize_stream(stream));
-    STRATA_RETURN_IF_ERROR(store.release(l.param, Tier::kTierDevice, false));
+    STRATA_RETURN_IF_ERROR(store.release(l.param, Tier::kDevice, false));
   }
   for (int i = static_cast<int>(layers.size()) - 1; i >= 0; --i) {
     const Layer& l = layers[i];
-    STRATA_RETURN_IF_ERROR(store.acquire(l.param, Tier::kTierDevice, Access::kAccessRead).status());
-    STRATA_RETURN_IF_ERROR(store.acquire(l.grad, Tier::kTierDevice, Access::kAccessWrite).status());
+    STRATA_RETURN_IF_ERROR(store.acquire(l.param, Tier::kDevice, Access::kRead).status());
+    STRATA_RETURN_IF_ERROR(store.acquire(l.grad, Tier::kDevice, Access::kWrite).status());
     STRATA_RETURN_IF_ERROR(dev.launch_timed_compute(stream, o.backward_ms_per_layer * 1e-3));
     STRATA_RETURN_IF_ERROR(dev.synchronize_stream(stream));
-    STRATA_RETURN_IF_ERROR(store.release(l.param, Tier::kTierDevice, false));
-    STRATA_RETURN_IF_ERROR(store.release(l.grad, Tier::kTierDevice, true));
+    STRATA_RETURN_IF_ERROR(store.release(l.param, Tier::kDevice, false));
+    STRATA_RETURN_IF_ERROR(store.release(l.grad, Tier::kDevice, true));
     done.push(i);
   }
   done.push(-1);
@@ -71,17 +71,17 @@ absl::Status optimizer_pass(TieredStore& store, const std::vector<Layer>& layers
   for (int i = done.pop(); i >= 0; i = done.pop()) {
     const Layer& l = layers[i];
     // The gradient comes down from the device (D2H) on this acquire.
-    STRATA_RETURN_IF_ERROR(store.acquire(l.grad, Tier::kTierHost, Access::kAccessRead).status());
+    STRATA_RETURN_IF_ERROR(store.acquire(l.grad, Tier::kHost, Access::kRead).status());
     for (TensorId s : {l.master, l.exp_avg, l.exp_avg_sq}) {
-      STRATA_RETURN_IF_ERROR(store.acquire(s, Tier::kTierHost, Access::kAccessReadWrite).status());
+      STRATA_RETURN_IF_ERROR(store.acquire(s, Tier::kHost, Access::kReadWrite).status());
     }
-    STRATA_RETURN_IF_ERROR(store.acquire(l.param, Tier::kTierHost, Access::kAccessWrite).status());
+    STRATA_RETURN_IF_ERROR(store.acquire(l.param, Tier::kHost, Access::kWrite).status());
     std::this_thread::sleep_for(std::chrono::duration<double>(o.optimizer_ms_per_layer * 1e-3));
-    STRATA_RETURN_IF_ERROR(store.release(l.grad, Tier::kTierHost, false));
+    STRATA_RETURN_IF_ERROR(store.release(l.grad, Tier::kHost, false));
     for (TensorId s : {l.master, l.exp_avg, l.exp_avg_sq}) {
-      STRATA_RETURN_IF_ERROR(store.release(s, Tier::kTierHost, true));
+      STRATA_RETURN_IF_ERROR(store.release(s, Tier::kHost, true));
     }
-    STRATA_RETURN_IF_ERROR(store.release(l.param, Tier::kTierHost, true));
+    STRATA_RETURN_IF_ERROR(store.release(l.param, Tier::kHost, true));
   }
   return absl::OkStatus();
 }
@@ -132,16 +132,16 @@ absl::StatusOr<StoreBenchmarkResult> run_store_benchmark(const StoreBenchmarkOpt
       return store->register_tensor(
           {absl::StrCat("h.", i, ".", what), bytes / dtype_size(dt), dt, role, home});
     };
-    STRATA_ASSIGN_OR_RETURN(layers[i].param, reg("param", p, DType::kFloat16,
-                                                 TensorRole::kRoleParam16, Tier::kTierHost));
-    STRATA_ASSIGN_OR_RETURN(
-        layers[i].grad, reg("grad", p, DType::kFloat16, TensorRole::kRoleGrad, Tier::kTierHost));
+    STRATA_ASSIGN_OR_RETURN(layers[i].param,
+                            reg("param", p, DType::kFloat16, TensorRole::kParam16, Tier::kHost));
+    STRATA_ASSIGN_OR_RETURN(layers[i].grad,
+                            reg("grad", p, DType::kFloat16, TensorRole::kGrad, Tier::kHost));
     STRATA_ASSIGN_OR_RETURN(layers[i].master, reg("master", state, DType::kFloat32,
-                                                  TensorRole::kRoleMaster32, Tier::kTierNvme));
+                                                  TensorRole::kMaster32, Tier::kNvme));
     STRATA_ASSIGN_OR_RETURN(layers[i].exp_avg, reg("exp_avg", state, DType::kFloat32,
-                                                   TensorRole::kRoleExpAvg, Tier::kTierNvme));
+                                                   TensorRole::kExpAvg, Tier::kNvme));
     STRATA_ASSIGN_OR_RETURN(layers[i].exp_avg_sq, reg("exp_avg_sq", state, DType::kFloat32,
-                                                      TensorRole::kRoleExpAvgSq, Tier::kTierNvme));
+                                                      TensorRole::kExpAvgSq, Tier::kNvme));
   }
   STRATA_RETURN_IF_ERROR(store->finalize());
   STRATA_ASSIGN_OR_RETURN(gpu::StreamId stream, dev.create_stream());

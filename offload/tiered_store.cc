@@ -19,22 +19,20 @@ Tier below(Tier t) { return static_cast<Tier>(idx(t) + 1); }
 // Bytes a copy occupies in its tier: host copies are padded to 4 KiB (what
 // host blocks and swap extents hold), device copies are exact.
 uint64_t footprint(uint64_t bytes, uint64_t padded, Tier tier) {
-  return tier == Tier::kTierHost ? padded : bytes;
+  return tier == Tier::kHost ? padded : bytes;
 }
 
-bool holds_data(Residency r) {
-  return r == Residency::kResidencyResident || r == Residency::kResidencyDirty;
-}
+bool holds_data(Residency r) { return r == Residency::kResident || r == Residency::kDirty; }
 
 }  // namespace
 
 const char* tier_name(Tier t) {
   switch (t) {
-    case Tier::kTierDevice:
+    case Tier::kDevice:
       return "device";
-    case Tier::kTierHost:
+    case Tier::kHost:
       return "host";
-    case Tier::kTierNvme:
+    case Tier::kNvme:
       return "nvme";
   }
   return "?";
@@ -42,24 +40,24 @@ const char* tier_name(Tier t) {
 
 const char* residency_name(Residency r) {
   switch (r) {
-    case Residency::kResidencyAbsent:
+    case Residency::kAbsent:
       return "absent";
-    case Residency::kResidencyLoading:
+    case Residency::kLoading:
       return "loading";
-    case Residency::kResidencyResident:
+    case Residency::kResident:
       return "resident";
-    case Residency::kResidencyDirty:
+    case Residency::kDirty:
       return "dirty";
-    case Residency::kResidencyWriting:
+    case Residency::kWriting:
       return "writing";
   }
   return "?";
 }
 
 TieredStore::TieredStore(const Options& options) : options_(options) {
-  budget_[idx(Tier::kTierDevice)] = options.device_budget_bytes;
-  budget_[idx(Tier::kTierHost)] = options.host_budget_bytes;
-  budget_[idx(Tier::kTierNvme)] = kNever;
+  budget_[idx(Tier::kDevice)] = options.device_budget_bytes;
+  budget_[idx(Tier::kHost)] = options.host_budget_bytes;
+  budget_[idx(Tier::kNvme)] = kNever;
   for (int t = 0; t < kTierCount; ++t) stats_.tiers[t].budget_bytes = budget_[t];
 }
 
@@ -88,8 +86,8 @@ TieredStore::~TieredStore() {
   for (std::thread& t : movers_) t.join();
   std::lock_guard lock(mu_);
   for (Tensor& t : tensors_) {
-    for (Tier tier : {Tier::kTierDevice, Tier::kTierHost}) {
-      if (t.copies[idx(tier)].state != Residency::kResidencyAbsent) free_copy_locked(t, tier);
+    for (Tier tier : {Tier::kDevice, Tier::kHost}) {
+      if (t.copies[idx(tier)].state != Residency::kAbsent) free_copy_locked(t, tier);
     }
   }
   if (options_.device != nullptr) {
@@ -112,7 +110,7 @@ absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
   t.padded = (t.bytes + 4095) & ~uint64_t{4095};
   // A tensor must fit its home tier, and one homed on NVMe must fit the host
   // tier it is staged through; anything else could never be acquired.
-  const Tier must_fit = spec.home == Tier::kTierNvme ? Tier::kTierHost : spec.home;
+  const Tier must_fit = spec.home == Tier::kNvme ? Tier::kHost : spec.home;
   const uint64_t need = footprint(t.bytes, t.padded, must_fit);
   if (need > budget_[idx(must_fit)]) {
     return absl::InvalidArgumentError(
@@ -129,9 +127,8 @@ absl::Status TieredStore::finalize() {
   if (finalized_) return absl::FailedPreconditionError("finalize() called twice");
   std::vector<swap::TensorSpec> on_nvme;
   for (const Tensor& t : tensors_) {
-    if (t.spec.home == Tier::kTierNvme)
-      on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
-    if (t.spec.home == Tier::kTierDevice && options_.device == nullptr) {
+    if (t.spec.home == Tier::kNvme) on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
+    if (t.spec.home == Tier::kDevice && options_.device == nullptr) {
       return absl::InvalidArgumentError("tensor \"" + t.spec.name +
                                         "\" lives on the device but the store has no device");
     }
@@ -150,9 +147,9 @@ absl::Status TieredStore::finalize() {
   // Home copies on the device and host are allocated now and never evicted.
   for (Tensor& t : tensors_) {
     Tier home = t.spec.home;
-    if (home == Tier::kTierNvme) {
-      t.copies[idx(Tier::kTierNvme)].state = Residency::kResidencyResident;
-      used_[idx(Tier::kTierNvme)] += t.padded;
+    if (home == Tier::kNvme) {
+      t.copies[idx(Tier::kNvme)].state = Residency::kResident;
+      used_[idx(Tier::kNvme)] += t.padded;
       continue;
     }
     const uint64_t size = footprint(t.bytes, t.padded, home);
@@ -164,15 +161,15 @@ absl::Status TieredStore::finalize() {
                        "more to the tier below"));
     }
     STRATA_RETURN_IF_ERROR(allocate_copy_locked(t, home));
-    if (home == Tier::kTierHost) std::memset(t.copies[idx(home)].data, 0, t.padded);
-    t.copies[idx(home)].state = Residency::kResidencyResident;
+    if (home == Tier::kHost) std::memset(t.copies[idx(home)].data, 0, t.padded);
+    t.copies[idx(home)].state = Residency::kResident;
   }
   finalized_ = true;
   return absl::OkStatus();
 }
 
 absl::Status TieredStore::check_tier(const Tensor& t, Tier tier) const {
-  if (tier == Tier::kTierNvme) {
+  if (tier == Tier::kNvme) {
     return absl::InvalidArgumentError("tensors are acquired on the device or host, not on NVMe");
   }
   if (idx(tier) > idx(t.spec.home)) {
@@ -180,7 +177,7 @@ absl::Status TieredStore::check_tier(const Tensor& t, Tier tier) const {
                                                    tier_name(t.spec.home), "; it has no ",
                                                    tier_name(tier), " copy"));
   }
-  if (tier == Tier::kTierDevice && options_.device == nullptr) {
+  if (tier == Tier::kDevice && options_.device == nullptr) {
     return absl::FailedPreconditionError("the store has no device");
   }
   return absl::OkStatus();
@@ -196,8 +193,8 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
   // Coherence: a newer copy above this tier comes down first.
   for (int up = idx(tier) - 1; up >= 0; --up) {
     Copy& above = t.copies[up];
-    while (above.state == Residency::kResidencyWriting) changed_.wait(lock);
-    if (above.state != Residency::kResidencyDirty) continue;
+    while (above.state == Residency::kWriting) changed_.wait(lock);
+    if (above.state != Residency::kDirty) continue;
     if (above.pins > 0) {
       return absl::FailedPreconditionError(absl::StrCat(
           "\"", t.spec.name, "\" is acquired on the ", tier_name(tier), " while its modified ",
@@ -214,9 +211,9 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
     const int64_t t0 = monotonic_ns();
     for (;;) {
       if (holds_data(c.state)) break;
-      if (c.state == Residency::kResidencyAbsent) {
+      if (c.state == Residency::kAbsent) {
         STRATA_RETURN_IF_ERROR(
-            load_locked(lock, id, tier, access != Access::kAccessWrite, /*prefetch=*/false),
+            load_locked(lock, id, tier, access != Access::kWrite, /*prefetch=*/false),
             absl::StrCat("loading \"", t.spec.name, "\" onto the ", tier_name(tier)));
         continue;
       }
@@ -237,14 +234,14 @@ absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
   STRATA_CHECK_MSG(c.pins > 0 && holds_data(c.state), "release without a matching acquire");
   --c.pins;
   // A home copy has no tier below to go stale against.
-  if (dirty && tier != t.spec.home) c.state = Residency::kResidencyDirty;
+  if (dirty && tier != t.spec.home) c.state = Residency::kDirty;
   if (dirty) {
     // Coherence: copies above now hold old data and are dropped.
     for (int up = idx(tier) - 1; up >= 0; --up) {
       Copy& above = t.copies[up];
-      while (above.state == Residency::kResidencyLoading) changed_.wait(lock);
-      if (above.state == Residency::kResidencyAbsent) continue;
-      if (above.pins > 0 || above.state != Residency::kResidencyResident) {
+      while (above.state == Residency::kLoading) changed_.wait(lock);
+      if (above.state == Residency::kAbsent) continue;
+      if (above.pins > 0 || above.state != Residency::kResident) {
         return absl::FailedPreconditionError(absl::StrCat(
             "\"", t.spec.name, "\" was modified on the ", tier_name(tier), " while its ",
             tier_name(static_cast<Tier>(up)), " copy is ", above.pins > 0 ? "held" : "modified",
@@ -261,7 +258,7 @@ void TieredStore::prefetch(TensorId id, Tier tier) {
   std::unique_lock lock(mu_);
   if (id >= tensors_.size() || !finalized_ || !check_tier(tensors_[id], tier).ok()) return;
   Copy& c = tensors_[id].copies[idx(tier)];
-  if (c.state != Residency::kResidencyAbsent || c.queued) return;
+  if (c.state != Residency::kAbsent || c.queued) return;
   c.queued = true;
   jobs_.push_back({id, tier});
   changed_.notify_all();
@@ -274,19 +271,19 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   const uint64_t size = footprint(t.bytes, t.padded, tier);
   const uint64_t protect = prefetch ? next_use_locked(id, tier) : 0;
   STRATA_RETURN_IF_ERROR(make_room_locked(lock, tier, size, protect));
-  if (c.state != Residency::kResidencyAbsent) return absl::OkStatus();  // someone else got it
+  if (c.state != Residency::kAbsent) return absl::OkStatus();  // someone else got it
   for (;;) {
     absl::Status s = allocate_copy_locked(t, tier);
     if (s.ok()) break;
-    if (tier != Tier::kTierHost || !absl::IsResourceExhausted(s)) return s;
+    if (tier != Tier::kHost || !absl::IsResourceExhausted(s)) return s;
     // The budget has room but the arena has no block that large: evict one
     // more copy (coalescing its block with its neighbours) and try again.
     STRATA_RETURN_IF_ERROR(make_room_locked(lock, tier, size, protect, /*evict_one=*/true));
-    if (c.state != Residency::kResidencyAbsent) return absl::OkStatus();
+    if (c.state != Residency::kAbsent) return absl::OkStatus();
   }
-  c.state = Residency::kResidencyLoading;
+  c.state = Residency::kLoading;
   if (!need_data) {
-    c.state = Residency::kResidencyResident;
+    c.state = Residency::kResident;
     changed_.notify_all();
     return absl::OkStatus();
   }
@@ -295,7 +292,7 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   Copy& src = t.copies[idx(from)];
   absl::Status status;
   while (!holds_data(src.state)) {
-    if (src.state == Residency::kResidencyAbsent) {
+    if (src.state == Residency::kAbsent) {
       status = load_locked(lock, id, from, true, prefetch);
       if (!status.ok()) break;
     } else {
@@ -314,10 +311,10 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
     changed_.notify_all();
     return status;
   }
-  c.state = Residency::kResidencyResident;
+  c.state = Residency::kResident;
   stats_.tiers[idx(tier)].bytes_in += t.bytes;
-  if (from == Tier::kTierNvme && t.nvme_written) {
-    stats_.tiers[idx(Tier::kTierNvme)].bytes_out += t.padded;  // what the disk read
+  if (from == Tier::kNvme && t.nvme_written) {
+    stats_.tiers[idx(Tier::kNvme)].bytes_out += t.padded;  // what the disk read
   }
   if (prefetch) ++stats_.tiers[idx(tier)].prefetches;
   changed_.notify_all();
@@ -344,7 +341,7 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
     for (TensorId i = 0; i < tensors_.size(); ++i) {
       const Tensor& t = tensors_[i];
       const Copy& c = t.copies[ti];
-      if (t.spec.home == tier || c.state == Residency::kResidencyAbsent) continue;
+      if (t.spec.home == tier || c.state == Residency::kAbsent) continue;
       if (!holds_data(c.state)) {
         in_flight = true;
         continue;
@@ -381,7 +378,7 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
       continue;
     }
     Tensor& v = tensors_[victim];
-    if (v.copies[ti].state == Residency::kResidencyDirty) {
+    if (v.copies[ti].state == Residency::kDirty) {
       STRATA_RETURN_IF_ERROR(write_back_locked(lock, victim, tier));
       if (v.copies[ti].pins > 0 || !holds_data(v.copies[ti].state)) continue;
     }
@@ -403,13 +400,13 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
   Copy& c = t.copies[idx(tier)];
   const Tier to = below(tier);
   Copy& dst = t.copies[idx(to)];
-  c.state = Residency::kResidencyWriting;
+  c.state = Residency::kWriting;
   // The copy below is overwritten whole, so a missing one is allocated, not loaded.
   while (!holds_data(dst.state)) {
-    if (dst.state == Residency::kResidencyAbsent) {
+    if (dst.state == Residency::kAbsent) {
       absl::Status s = load_locked(lock, id, to, /*need_data=*/false, /*prefetch=*/false);
       if (!s.ok()) {
-        c.state = Residency::kResidencyDirty;
+        c.state = Residency::kDirty;
         changed_.notify_all();
         return s;
       }
@@ -423,16 +420,16 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
   lock.lock();
   --dst.pins;
   if (!s.ok()) {
-    c.state = Residency::kResidencyDirty;
+    c.state = Residency::kDirty;
     changed_.notify_all();
     return annotate(s, absl::StrCat("writing back \"", t.spec.name, "\""));
   }
-  if (to != t.spec.home) dst.state = Residency::kResidencyDirty;
-  if (to == Tier::kTierNvme) {
+  if (to != t.spec.home) dst.state = Residency::kDirty;
+  if (to == Tier::kNvme) {
     t.nvme_written = true;
-    stats_.tiers[idx(Tier::kTierNvme)].bytes_in += t.padded;  // what the disk wrote
+    stats_.tiers[idx(Tier::kNvme)].bytes_in += t.padded;  // what the disk wrote
   }
-  c.state = Residency::kResidencyResident;
+  c.state = Residency::kResident;
   stats_.tiers[idx(tier)].bytes_out += t.bytes;
   changed_.notify_all();
   return absl::OkStatus();
@@ -440,7 +437,7 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
 
 absl::Status TieredStore::allocate_copy_locked(Tensor& t, Tier tier) {
   Copy& c = t.copies[idx(tier)];
-  if (tier == Tier::kTierHost) {
+  if (tier == Tier::kHost) {
     if (arena_ == nullptr) return absl::FailedPreconditionError("the store has no host budget");
     STRATA_ASSIGN_OR_RETURN(c.block, arena_->allocate(t.padded));
     c.data = c.block.data;
@@ -457,7 +454,7 @@ absl::Status TieredStore::allocate_copy_locked(Tensor& t, Tier tier) {
 void TieredStore::free_copy_locked(Tensor& t, Tier tier) {
   Copy& c = t.copies[idx(tier)];
   if (c.data != nullptr) {
-    if (tier == Tier::kTierHost) {
+    if (tier == Tier::kHost) {
       arena_->free(c.block);
     } else {
       options_.device->free(c.data);
@@ -490,7 +487,7 @@ void TieredStore::return_stream(gpu::StreamId s) {
 absl::Status TieredStore::transfer(Tensor& t, Tier from, Tier to) {
   const Copy& src = t.copies[idx(from)];
   const Copy& dst = t.copies[idx(to)];
-  if (from == Tier::kTierNvme) {
+  if (from == Tier::kNvme) {
     TraceScope scope(options_.trace, "nvme_read", "offload");
     scope.arg("bytes", static_cast<int64_t>(t.padded));
     if (!t.nvme_written) {  // never written: reads as zeros without touching the disk
@@ -499,15 +496,15 @@ absl::Status TieredStore::transfer(Tensor& t, Tier from, Tier to) {
     }
     return swap_->read_tensor(t.spec.name, dst.data, t.padded);
   }
-  if (to == Tier::kTierNvme) {
+  if (to == Tier::kNvme) {
     TraceScope scope(options_.trace, "nvme_write", "offload");
     scope.arg("bytes", static_cast<int64_t>(t.padded));
     return swap_->write_tensor(t.spec.name, src.data, t.padded);
   }
-  TraceScope scope(options_.trace, to == Tier::kTierDevice ? "h2d" : "d2h", "offload");
+  TraceScope scope(options_.trace, to == Tier::kDevice ? "h2d" : "d2h", "offload");
   scope.arg("bytes", static_cast<int64_t>(t.bytes));
   STRATA_ASSIGN_OR_RETURN(gpu::StreamId stream, take_stream());
-  absl::Status s = to == Tier::kTierDevice
+  absl::Status s = to == Tier::kDevice
                        ? options_.device->copy_to_device(dst.data, src.data, t.bytes, stream)
                        : options_.device->copy_to_host(dst.data, src.data, t.bytes, stream);
   if (s.ok()) s = options_.device->synchronize_stream(stream);
@@ -517,13 +514,13 @@ absl::Status TieredStore::transfer(Tensor& t, Tier from, Tier to) {
 
 absl::Status TieredStore::flush() {
   std::unique_lock lock(mu_);
-  for (Tier tier : {Tier::kTierDevice, Tier::kTierHost}) {
+  for (Tier tier : {Tier::kDevice, Tier::kHost}) {
     for (TensorId i = 0; i < tensors_.size(); ++i) {
       Copy& c = tensors_[i].copies[idx(tier)];
-      while (c.state == Residency::kResidencyLoading || c.state == Residency::kResidencyWriting) {
+      while (c.state == Residency::kLoading || c.state == Residency::kWriting) {
         changed_.wait(lock);
       }
-      if (c.state != Residency::kResidencyDirty) continue;
+      if (c.state != Residency::kDirty) continue;
       if (c.pins > 0) {
         return absl::FailedPreconditionError(absl::StrCat("flush while \"", tensors_[i].spec.name,
                                                           "\" is still acquired on the ",
@@ -585,7 +582,7 @@ void TieredStore::queue_prefetches_locked(Tier tier) {
     Copy& c = tensors_[id].copies[idx(tier)];
     if (holds_data(c.state)) continue;
     window += tensors_[id].bytes;
-    if (c.state == Residency::kResidencyAbsent && !c.queued) {
+    if (c.state == Residency::kAbsent && !c.queued) {
       c.queued = true;
       jobs_.push_back({id, tier});
       queued = true;
@@ -603,7 +600,7 @@ void TieredStore::mover_loop() {
     jobs_.pop_front();
     Copy& c = tensors_[job.id].copies[idx(job.tier)];
     c.queued = false;
-    if (c.state != Residency::kResidencyAbsent) continue;
+    if (c.state != Residency::kAbsent) continue;
     absl::Status s = load_locked(lock, job.id, job.tier, true, /*prefetch=*/true);
     if (!s.ok() && !absl::IsUnavailable(s) && !absl::IsResourceExhausted(s) &&
         background_error_.ok()) {

@@ -2,8 +2,8 @@
 // pinned host memory and NVMe, moved ahead of need within fixed budgets.
 //
 // A tensor has a spec (name, numel, dtype, role) and a home tier, where its
-// durable copy lives: kTierDevice (never offloaded), kTierHost (the host
-// arena) or kTierNvme (an extent of the swap file). Upper tiers hold caches
+// durable copy lives: kDevice (never offloaded), kHost (the host
+// arena) or kNvme (an extent of the swap file). Upper tiers hold caches
 // of it: a device copy of a host- or NVMe-homed tensor, a host copy of an
 // NVMe-homed one. Each copy has a residency: absent, loading, resident,
 // dirty, writing.
@@ -32,11 +32,11 @@
 //   TieredStore::Options o{.device = dev, .host_budget_bytes = 8 << 30, ...};
 //   auto store = TieredStore::create(o);
 //   TensorId w = *(*store)->register_tensor({"h.0.mlp.w", n, DType::kFloat32,
-//                                            TensorRole::kRoleMaster32, Tier::kTierNvme});
+//                                            TensorRole::kMaster32, Tier::kNvme});
 //   STRATA_RETURN_IF_ERROR((*store)->finalize());
-//   auto view = (*store)->acquire(w, Tier::kTierHost, Access::kAccessReadWrite);
+//   auto view = (*store)->acquire(w, Tier::kHost, Access::kReadWrite);
 //   ... update view->data ...
-//   STRATA_RETURN_IF_ERROR((*store)->release(w, Tier::kTierHost, /*dirty=*/true));
+//   STRATA_RETURN_IF_ERROR((*store)->release(w, Tier::kHost, /*dirty=*/true));
 #pragma once
 
 #include <array>
@@ -59,29 +59,17 @@
 
 namespace strata::offload {
 
-enum class Tier : uint8_t { kTierDevice = 0, kTierHost = 1, kTierNvme = 2 };
+enum class Tier : uint8_t { kDevice = 0, kHost = 1, kNvme = 2 };
 inline constexpr int kTierCount = 3;
 const char* tier_name(Tier t);  // "device", "host", "nvme"
 
-enum class Residency : uint8_t {
-  kResidencyAbsent,
-  kResidencyLoading,
-  kResidencyResident,
-  kResidencyDirty,
-  kResidencyWriting
-};
+enum class Residency : uint8_t { kAbsent, kLoading, kResident, kDirty, kWriting };
 const char* residency_name(Residency r);
 
-enum class TensorRole : uint8_t {
-  kRoleParam16,
-  kRoleMaster32,
-  kRoleExpAvg,
-  kRoleExpAvgSq,
-  kRoleGrad
-};
+enum class TensorRole : uint8_t { kParam16, kMaster32, kExpAvg, kExpAvgSq, kGrad };
 
-// kAccessWrite: the caller overwrites the whole tensor, so nothing is loaded.
-enum class Access : uint8_t { kAccessRead, kAccessWrite, kAccessReadWrite };
+// kWrite: the caller overwrites the whole tensor, so nothing is loaded.
+enum class Access : uint8_t { kRead, kWrite, kReadWrite };
 
 using TensorId = uint32_t;
 
@@ -89,12 +77,12 @@ struct TensorSpec {
   std::string name;
   uint64_t numel = 0;
   DType dtype = DType::kFloat32;
-  TensorRole role = TensorRole::kRoleMaster32;
-  Tier home = Tier::kTierHost;
+  TensorRole role = TensorRole::kMaster32;
+  Tier home = Tier::kHost;
 };
 
 struct TensorView {
-  void* data = nullptr;  // device memory for kTierDevice, host memory otherwise
+  void* data = nullptr;  // device memory for kDevice, host memory otherwise
   uint64_t bytes = 0;
 };
 
@@ -171,7 +159,7 @@ class TieredStore {
 
  private:
   struct Copy {
-    Residency state = Residency::kResidencyAbsent;
+    Residency state = Residency::kAbsent;
     void* data = nullptr;
     HostBlock block;  // host copies
     int pins = 0;

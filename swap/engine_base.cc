@@ -18,13 +18,13 @@
 namespace strata::swap {
 
 absl::Status IoEngine::read(FileId file, uint64_t offset, void* buffer, size_t length) {
-  STRATA_ASSIGN_OR_RETURN(Ticket t, submit({IoOp::kIoRead, file, offset, buffer, length, {}}));
+  STRATA_ASSIGN_OR_RETURN(Ticket t, submit({IoOp::kRead, file, offset, buffer, length, {}}));
   return wait(t);
 }
 
 absl::Status IoEngine::write(FileId file, uint64_t offset, const void* buffer, size_t length) {
   STRATA_ASSIGN_OR_RETURN(
-      Ticket t, submit({IoOp::kIoWrite, file, offset, const_cast<void*>(buffer), length, {}}));
+      Ticket t, submit({IoOp::kWrite, file, offset, const_cast<void*>(buffer), length, {}}));
   return wait(t);
 }
 
@@ -249,7 +249,7 @@ absl::StatusOr<Ticket> EngineBase::submit(IoRequest req) {
   if (!entry) {
     return absl::InvalidArgumentError(absl::StrCat("submit: file id ", req.file, " is not open"));
   }
-  const char* verb = req.op == IoOp::kIoRead ? "read" : "write";
+  const char* verb = req.op == IoOp::kRead ? "read" : "write";
   std::string where = absl::StrFormat("%s of %s at offset %u length %u", verb, describe(req.file),
                                       req.offset, req.length);
   if (req.buffer == nullptr || req.length == 0) {

@@ -40,7 +40,7 @@ struct FileEntry {
 // One submitted request; shared by its pieces.
 struct Op {
   Ticket ticket = kNoTicket;
-  IoOp op = IoOp::kIoRead;
+  IoOp op = IoOp::kRead;
   FileId file = -1;
   uint64_t offset = 0;
   size_t length = 0;
@@ -64,7 +64,7 @@ struct Chunk {
   size_t length = 0;
   size_t done = 0;     // bytes already transferred (short transfers resume here)
   int buf_index = -1;  // registered buffer, -1 when none
-  bool is_read() const { return op->op == IoOp::kIoRead; }
+  bool is_read() const { return op->op == IoOp::kRead; }
 };
 
 // Registered-buffer lookup shared by the engines.

@@ -139,15 +139,15 @@ absl::StatusOr<SequentialIoReport> run_sequential_io(const IoEngineOptions& opti
   // blocks as fio's does on an existing file, and the read pass has data.
   STRATA_ASSIGN_OR_RETURN(uint64_t have, engine->size(file));
   if (have < size) {
-    STRATA_RETURN_IF_ERROR(pass(*engine, file, IoOp::kIoWrite, size, buffers).status(),
+    STRATA_RETURN_IF_ERROR(pass(*engine, file, IoOp::kWrite, size, buffers).status(),
                            "bench io: laying out the file");
   }
   if (do_write) {
-    STRATA_ASSIGN_OR_RETURN(report.write, pass(*engine, file, IoOp::kIoWrite, size, buffers),
+    STRATA_ASSIGN_OR_RETURN(report.write, pass(*engine, file, IoOp::kWrite, size, buffers),
                             "bench io write pass");
   }
   if (do_read) {
-    STRATA_ASSIGN_OR_RETURN(report.read, pass(*engine, file, IoOp::kIoRead, size, buffers),
+    STRATA_ASSIGN_OR_RETURN(report.read, pass(*engine, file, IoOp::kRead, size, buffers),
                             "bench io read pass");
   }
   for (AlignedBuffer& b : buffers) (void)engine->unregister_buffer(b.data());

@@ -24,12 +24,12 @@ int io_uring_setup_errno() {
 absl::StatusOr<std::unique_ptr<IoEngine>> make_io_engine(const IoEngineOptions& options) {
   if (absl::Status s = validate(options); !s.ok()) return s;
   std::string reason;
-  if (options.kind == IoEngineKind::kIoEngineThreads) {
+  if (options.kind == IoEngineKind::kThreads) {
     auto engine = make_thread_engine(options);
     engine->set_selection_reason("thread engine requested (engine=threads)");
     return engine;
   }
-  if (options.kind == IoEngineKind::kIoEngineUring) {
+  if (options.kind == IoEngineKind::kUring) {
     auto engine = make_uring_engine(options);
     if (!engine.ok()) return engine.status();
     (*engine)->set_selection_reason("io_uring requested (engine=uring)");

@@ -35,7 +35,7 @@
 //
 //   auto engine = make_io_engine(options);          // StatusOr<unique_ptr>
 //   STRATA_ASSIGN_OR_RETURN(FileId f, (*engine)->open("/nvme/a.swp", {.create = true}));
-//   STRATA_ASSIGN_OR_RETURN(Ticket t, (*engine)->submit({IoOp::kIoWrite, f, 0, buf, len}));
+//   STRATA_ASSIGN_OR_RETURN(Ticket t, (*engine)->submit({IoOp::kWrite, f, 0, buf, len}));
 //   STRATA_RETURN_IF_ERROR((*engine)->wait(t));
 #pragma once
 
@@ -60,7 +60,7 @@ using FileId = int32_t;
 using Ticket = uint64_t;
 inline constexpr Ticket kNoTicket = 0;  // returned for detached requests
 
-enum class IoOp : uint8_t { kIoRead, kIoWrite };
+enum class IoOp : uint8_t { kRead, kWrite };
 
 struct OpenOptions {
   bool create = false;    // O_CREAT (mode 0644)
@@ -69,7 +69,7 @@ struct OpenOptions {
 };
 
 struct IoRequest {
-  IoOp op = IoOp::kIoRead;
+  IoOp op = IoOp::kRead;
   FileId file = -1;
   uint64_t offset = 0;  // logical offset in the (striped) file
   void* buffer = nullptr;
@@ -132,7 +132,7 @@ class IoEngine {
   std::string reason_;
 };
 
-// Builds the engine options.kind asks for. kIoEngineAuto: io_uring unless
+// Builds the engine options.kind asks for. kAuto: io_uring unless
 // io_uring_queue_init fails with ENOSYS / EPERM / EACCES (old kernel,
 // seccomp, io_uring_disabled sysctl), then the thread engine; the choice and
 // the reason are in selection_reason() and logged.

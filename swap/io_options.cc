@@ -9,20 +9,20 @@ namespace strata::swap {
 
 std::string_view io_engine_kind_name(IoEngineKind kind) {
   switch (kind) {
-    case IoEngineKind::kIoEngineAuto:
+    case IoEngineKind::kAuto:
       return "auto";
-    case IoEngineKind::kIoEngineUring:
+    case IoEngineKind::kUring:
       return "uring";
-    case IoEngineKind::kIoEngineThreads:
+    case IoEngineKind::kThreads:
       return "threads";
   }
   return "?";
 }
 
 absl::StatusOr<IoEngineKind> parse_io_engine_kind(std::string_view name) {
-  if (name == "auto") return IoEngineKind::kIoEngineAuto;
-  if (name == "uring" || name == "io_uring") return IoEngineKind::kIoEngineUring;
-  if (name == "threads" || name == "thread") return IoEngineKind::kIoEngineThreads;
+  if (name == "auto") return IoEngineKind::kAuto;
+  if (name == "uring" || name == "io_uring") return IoEngineKind::kUring;
+  if (name == "threads" || name == "thread") return IoEngineKind::kThreads;
   return absl::InvalidArgumentError(absl::StrCat("unknown I/O engine '", std::string(name),
                                                  "' (expected auto, uring or threads)"));
 }

@@ -22,9 +22,9 @@
 namespace strata::swap {
 
 enum class IoEngineKind {
-  kIoEngineAuto,     // io_uring unless the kernel refuses it
-  kIoEngineUring,    // io_uring or an error
-  kIoEngineThreads,  // pread/pwrite on a thread pool
+  kAuto,     // io_uring unless the kernel refuses it
+  kUring,    // io_uring or an error
+  kThreads,  // pread/pwrite on a thread pool
 };
 
 std::string_view io_engine_kind_name(IoEngineKind kind);  // "auto", "uring", "threads"
@@ -52,7 +52,7 @@ struct IoEngineOptions {
   // When a filesystem rejects O_DIRECT (tmpfs, some overlays) use buffered
   // I/O with a warning instead of failing.
   bool allow_buffered = false;
-  IoEngineKind kind = IoEngineKind::kIoEngineAuto;
+  IoEngineKind kind = IoEngineKind::kAuto;
   // Every wait gives up after this long with an error naming the stuck
   // request (file, offset, length).
   std::chrono::milliseconds watchdog_timeout{std::chrono::seconds(120)};

@@ -335,7 +335,7 @@ absl::Status SwapFile::write_tensor_async(const std::string& name, const void* b
     done(annotate(s, absl::StrCat("writing tensor '", name, "' to swap file")));
   };
   return engine_
-      .submit({IoOp::kIoWrite, file_, e.offset, const_cast<void*>(buffer), e.capacity,
+      .submit({IoOp::kWrite, file_, e.offset, const_cast<void*>(buffer), e.capacity,
                std::move(on_written)})
       .status();
 }
@@ -370,7 +370,7 @@ absl::Status SwapFile::read_tensor_async(const std::string& name, void* buffer, 
     }
     done(absl::OkStatus());
   };
-  return engine_.submit({IoOp::kIoRead, file_, e.offset, buffer, e.capacity, std::move(on_read)})
+  return engine_.submit({IoOp::kRead, file_, e.offset, buffer, e.capacity, std::move(on_read)})
       .status();
 }
 

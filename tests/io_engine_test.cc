@@ -67,7 +67,7 @@ void fill_random(char* p, size_t n, uint64_t seed) {
 class IoEngineTest : public ::testing::TestWithParam<IoEngineKind> {
  protected:
   void SetUp() override {
-    if (GetParam() == IoEngineKind::kIoEngineUring && io_uring_setup_errno() != 0) {
+    if (GetParam() == IoEngineKind::kUring && io_uring_setup_errno() != 0) {
       GTEST_SKIP() << "io_uring unavailable here: " << std::strerror(-io_uring_setup_errno());
     }
     if (!direct_io_works(dir_.path())) GTEST_SKIP() << "O_DIRECT does not work in /tmp here";
@@ -86,7 +86,7 @@ class IoEngineTest : public ::testing::TestWithParam<IoEngineKind> {
 TEST_P(IoEngineTest, ReportsKindAndReason) {
   auto e = make({});
   ASSERT_NE(e, nullptr);
-  EXPECT_EQ(e->name(), GetParam() == IoEngineKind::kIoEngineUring ? "io_uring" : "threads");
+  EXPECT_EQ(e->name(), GetParam() == IoEngineKind::kUring ? "io_uring" : "threads");
   EXPECT_FALSE(e->selection_reason().empty());
 }
 
@@ -183,7 +183,7 @@ TEST_P(IoEngineTest, ConcurrentRandomRequestsFromSeveralThreads) {
         std::vector<Ticket> tickets;
         for (int k = 0; k < kPerThread; ++k) {
           int i = t * kPerThread + k;
-          void* buf = op == IoOp::kIoWrite ? out[i].data() : in[i].data();
+          void* buf = op == IoOp::kWrite ? out[i].data() : in[i].data();
           auto tk = e->submit({op, *f, i * kRegion, buf, lengths[i], {}});
           if (!tk.ok()) {
             ++failures;
@@ -206,8 +206,8 @@ TEST_P(IoEngineTest, ConcurrentRandomRequestsFromSeveralThreads) {
     for (auto& th : threads) th.join();
     return failures.load();
   };
-  EXPECT_EQ(run(IoOp::kIoWrite), 0);
-  EXPECT_EQ(run(IoOp::kIoRead), 0);
+  EXPECT_EQ(run(IoOp::kWrite), 0);
+  EXPECT_EQ(run(IoOp::kRead), 0);
   for (size_t i = 0; i < out.size(); ++i) {
     ASSERT_EQ(std::memcmp(out[i].data(), in[i].data(), lengths[i]), 0) << "request " << i;
   }
@@ -221,7 +221,7 @@ TEST_P(IoEngineTest, DetachedCallbacksRunOnceAndDrainWaits) {
   AlignedBuffer buf(1 << 20);
   std::atomic<int> ok{0}, calls{0};
   for (int i = 0; i < 8; ++i) {
-    auto t = e->submit({IoOp::kIoWrite, *f, static_cast<uint64_t>(i) << 20, buf.data(), buf.size(),
+    auto t = e->submit({IoOp::kWrite, *f, static_cast<uint64_t>(i) << 20, buf.data(), buf.size(),
                         [&](const absl::Status& s) {
                           ++calls;
                           if (s.ok()) ++ok;
@@ -272,14 +272,14 @@ TEST_P(IoEngineTest, UnalignedDirectRequestIsRejectedWithReason) {
   auto f = e->open(dir_.file("u.bin"), {.create = true});
   ASSERT_TRUE(f.ok());
   AlignedBuffer buf(16384);
-  auto s = e->submit({IoOp::kIoWrite, *f, 0, buf.data() + 1, 4096, {}});
+  auto s = e->submit({IoOp::kWrite, *f, 0, buf.data() + 1, 4096, {}});
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("O_DIRECT"));
   EXPECT_THAT(std::string(s.status().message()), HasSubstr(dir_.file("u.bin")));
-  s = e->submit({IoOp::kIoWrite, *f, 100, buf.data(), 4096, {}});
+  s = e->submit({IoOp::kWrite, *f, 100, buf.data(), 4096, {}});
   EXPECT_FALSE(s.ok());
-  s = e->submit({IoOp::kIoWrite, *f, 0, buf.data(), 1000, {}});
+  s = e->submit({IoOp::kWrite, *f, 0, buf.data(), 1000, {}});
   EXPECT_FALSE(s.ok());
 }
 
@@ -304,7 +304,7 @@ TEST_P(IoEngineTest, BadPathIsNamed) {
   ASSERT_FALSE(f.ok());
   EXPECT_EQ(f.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(f.status().message()), HasSubstr("/no/such/dir/x.swp"));
-  EXPECT_FALSE(e->submit({IoOp::kIoRead, 42, 0, nullptr, 0, {}}).ok());
+  EXPECT_FALSE(e->submit({IoOp::kRead, 42, 0, nullptr, 0, {}}).ok());
 }
 
 TEST_P(IoEngineTest, CloseWithRequestsInFlightIsRefused) {
@@ -313,7 +313,7 @@ TEST_P(IoEngineTest, CloseWithRequestsInFlightIsRefused) {
   auto f = e->open(dir_.file("c.bin"), {.create = true});
   ASSERT_TRUE(f.ok());
   AlignedBuffer buf(4 << 20);
-  auto t = e->submit({IoOp::kIoWrite, *f, 0, buf.data(), buf.size(), {}});
+  auto t = e->submit({IoOp::kWrite, *f, 0, buf.data(), buf.size(), {}});
   ASSERT_TRUE(t.ok());
   // 1024 pieces at depth 1: normally still running. If the machine was fast
   // enough to finish first, the close is legitimately accepted.
@@ -341,10 +341,10 @@ TEST_P(IoEngineTest, ShutdownWithRequestsInFlight) {
   std::atomic<int> callbacks{0};
   for (int i = 0; i < 8; ++i) {
     auto t = e->submit(
-        {IoOp::kIoWrite, *f, static_cast<uint64_t>(i) << 20, buf.data() + (i << 20), 1 << 20, {}});
+        {IoOp::kWrite, *f, static_cast<uint64_t>(i) << 20, buf.data() + (i << 20), 1 << 20, {}});
     ASSERT_TRUE(t.ok());
     tickets.push_back(*t);
-    ASSERT_TRUE(e->submit({IoOp::kIoWrite, *f, static_cast<uint64_t>(8 + i) << 20, buf.data(),
+    ASSERT_TRUE(e->submit({IoOp::kWrite, *f, static_cast<uint64_t>(8 + i) << 20, buf.data(),
                            1 << 20, [&](const absl::Status&) { ++callbacks; }})
                     .ok());
   }
@@ -354,7 +354,7 @@ TEST_P(IoEngineTest, ShutdownWithRequestsInFlight) {
     absl::Status s = e->wait(t);
     EXPECT_TRUE(s.ok() || s.code() == absl::StatusCode::kCancelled) << s;
   }
-  auto late = e->submit({IoOp::kIoRead, *f, 0, buf.data(), 4096, {}});
+  auto late = e->submit({IoOp::kRead, *f, 0, buf.data(), 4096, {}});
   EXPECT_EQ(late.status().code(), absl::StatusCode::kCancelled);
   e->shutdown();  // idempotent
 }
@@ -368,7 +368,7 @@ TEST_P(IoEngineTest, DestroyWithDetachedRequestsInFlight) {
     auto f = e->open(dir_.file("d.bin"), {.create = true});
     ASSERT_TRUE(f.ok());
     for (int i = 0; i < 4; ++i) {
-      ASSERT_TRUE(e->submit({IoOp::kIoWrite, *f, static_cast<uint64_t>(i) << 21, buf.data(),
+      ASSERT_TRUE(e->submit({IoOp::kWrite, *f, static_cast<uint64_t>(i) << 21, buf.data(),
                              buf.size(), [&](const absl::Status&) { ++callbacks; }})
                       .ok());
     }
@@ -384,7 +384,7 @@ TEST(IoEngineWatchdogTest, StuckRequestIsNamedThenCompletes) {
   const std::string fifo = dir.file("stuck.fifo");
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
   IoEngineOptions o;
-  o.kind = IoEngineKind::kIoEngineUring;
+  o.kind = IoEngineKind::kUring;
   o.allow_buffered = true;
   o.watchdog_timeout = std::chrono::milliseconds(200);
   auto e = make_io_engine(o);
@@ -392,7 +392,7 @@ TEST(IoEngineWatchdogTest, StuckRequestIsNamedThenCompletes) {
   auto f = (*e)->open(fifo, {});
   ASSERT_TRUE(f.ok()) << f.status();
   AlignedBuffer buf(4096);
-  auto t = (*e)->submit({IoOp::kIoRead, *f, 0, buf.data(), 4096, {}});
+  auto t = (*e)->submit({IoOp::kRead, *f, 0, buf.data(), 4096, {}});
   ASSERT_TRUE(t.ok());
   absl::Status s = (*e)->wait(*t);
   if (s.code() != absl::StatusCode::kDeadlineExceeded) {
@@ -443,8 +443,7 @@ TEST(BenchIoCommandTest, JsonOverTwoPaths) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, IoEngineTest,
-                         ::testing::Values(IoEngineKind::kIoEngineUring,
-                                           IoEngineKind::kIoEngineThreads),
+                         ::testing::Values(IoEngineKind::kUring, IoEngineKind::kThreads),
                          [](const auto& info) {
                            return std::string(io_engine_kind_name(info.param));
                          });
@@ -462,8 +461,8 @@ TEST(IoEngineOptionsTest, ValidateNamesTheKey) {
 }
 
 TEST(IoEngineOptionsTest, ParsesKindsAndPaths) {
-  EXPECT_EQ(*parse_io_engine_kind("uring"), IoEngineKind::kIoEngineUring);
-  EXPECT_EQ(*parse_io_engine_kind("threads"), IoEngineKind::kIoEngineThreads);
+  EXPECT_EQ(*parse_io_engine_kind("uring"), IoEngineKind::kUring);
+  EXPECT_EQ(*parse_io_engine_kind("threads"), IoEngineKind::kThreads);
   EXPECT_FALSE(parse_io_engine_kind("aio").ok());
   EXPECT_EQ(split_paths("/a,/b,,/c"), (std::vector<std::string>{"/a", "/b", "/c"}));
   IoEngineOptions o;
@@ -495,13 +494,13 @@ TEST(IoEngineDirectTest, NoDirectIoFilesystem) {
     ::unlink(probe.c_str());
     GTEST_SKIP() << "/dev/shm accepts O_DIRECT on this kernel; no filesystem without it to test";
   }
-  auto e = make_io_engine({.kind = IoEngineKind::kIoEngineThreads});
+  auto e = make_io_engine({.kind = IoEngineKind::kThreads});
   ASSERT_TRUE(e.ok());
   auto f = (*e)->open(probe, {.create = true});
   ASSERT_FALSE(f.ok());
   EXPECT_THAT(std::string(f.status().message()), HasSubstr(probe));
   EXPECT_THAT(std::string(f.status().message()), HasSubstr("allow_buffered"));
-  auto b = make_io_engine({.allow_buffered = true, .kind = IoEngineKind::kIoEngineThreads});
+  auto b = make_io_engine({.allow_buffered = true, .kind = IoEngineKind::kThreads});
   ASSERT_TRUE(b.ok());
   auto g = (*b)->open(probe, {.create = true});
   ASSERT_TRUE(g.ok()) << g.status();

@@ -29,7 +29,7 @@ TEST(PlacementTest, NoOffloadKeepsEverythingOnTheDevice) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->dtype, DType::kFloat32);
   EXPECT_FALSE(p->offload);
-  EXPECT_EQ(p->compute_home, Tier::kTierDevice);
+  EXPECT_EQ(p->compute_home, Tier::kDevice);
   EXPECT_EQ(p->device_homed, 6010u * (2 * 4 + 4 * 4));
   EXPECT_EQ(p->largest_layer, 1);
   EXPECT_EQ(p->largest_layer_device, 5000u * 2 * 4);
@@ -42,8 +42,8 @@ TEST(PlacementTest, CpuOffloadHomesParamsGradsAndStatesOnTheHost) {
                                 "{\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\"}}"),
                           kLayers);
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(p->compute_home, Tier::kTierHost);
-  EXPECT_EQ(p->state_home, Tier::kTierHost);
+  EXPECT_EQ(p->compute_home, Tier::kHost);
+  EXPECT_EQ(p->state_home, Tier::kHost);
   // Per tensor rounded to 4 KiB: w (2000 B fp16, 4000 B fp32) -> 1 page each,
   // b -> 1 page each, layer 1 w (10000 B fp16 -> 3 pages, 20000 B fp32 -> 5).
   const uint64_t page = 4096;
@@ -65,8 +65,8 @@ TEST(PlacementTest, NvmeStatesAndStage3ParamsGoToTheSwapFile) {
             "\"strata\": {\"prefetch_window_bytes\": 0}"),
       kLayers);
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(p->compute_home, Tier::kTierNvme);
-  EXPECT_EQ(p->state_home, Tier::kTierNvme);
+  EXPECT_EQ(p->compute_home, Tier::kNvme);
+  EXPECT_EQ(p->state_home, Tier::kNvme);
   const uint64_t page = 4096;
   EXPECT_EQ(p->nvme_total, (1 + 3 * 1 + 1 + 3 * 1) * page + (3 + 3 * 5) * page);
   EXPECT_EQ(p->largest_layer_nvme, (3 + 3 * 5) * page);

@@ -33,7 +33,7 @@ class SwapFileTest : public ::testing::TestWithParam<IoEngineKind> {
     char tmpl[] = "/tmp/strata-swap-test-XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    if (GetParam() == IoEngineKind::kIoEngineUring && io_uring_setup_errno() != 0) {
+    if (GetParam() == IoEngineKind::kUring && io_uring_setup_errno() != 0) {
       GTEST_SKIP() << "io_uring unavailable: " << std::strerror(-io_uring_setup_errno());
     }
     IoEngineOptions o;
@@ -348,8 +348,7 @@ TEST_P(SwapFileTest, PreallocationFailureNamesPathAndBytes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, SwapFileTest,
-                         ::testing::Values(IoEngineKind::kIoEngineUring,
-                                           IoEngineKind::kIoEngineThreads),
+                         ::testing::Values(IoEngineKind::kUring, IoEngineKind::kThreads),
                          [](const auto& info) {
                            return std::string(io_engine_kind_name(info.param));
                          });

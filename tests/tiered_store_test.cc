@@ -74,7 +74,7 @@ class TieredStoreTest : public ::testing::Test {
     std::vector<TensorId> ids;
     for (int i = 0; i < n; ++i) {
       auto id = store.register_tensor(
-          {"t" + std::to_string(i), kNumel, DType::kFloat32, TensorRole::kRoleMaster32, home});
+          {"t" + std::to_string(i), kNumel, DType::kFloat32, TensorRole::kMaster32, home});
       EXPECT_TRUE(id.ok());
       ids.push_back(*id);
     }
@@ -84,10 +84,10 @@ class TieredStoreTest : public ::testing::Test {
 
   void write_all(TieredStore& store, const std::vector<TensorId>& ids, int version) {
     for (TensorId id : ids) {
-      auto v = store.acquire(id, Tier::kTierHost, Access::kAccessWrite);
+      auto v = store.acquire(id, Tier::kHost, Access::kWrite);
       ASSERT_TRUE(v.ok()) << v.status();
       fill(static_cast<float*>(v->data), id, version);
-      ASSERT_TRUE(store.release(id, Tier::kTierHost, true).ok());
+      ASSERT_TRUE(store.release(id, Tier::kHost, true).ok());
     }
   }
 
@@ -98,14 +98,14 @@ class TieredStoreTest : public ::testing::Test {
 
 TEST_F(TieredStoreTest, DeviceCacheOfHostTensorsStaysWithinBudget) {
   auto store = make_store({.device_budget_bytes = 3 * kBytes, .host_budget_bytes = 16 * kBytes});
-  auto ids = register_n(*store, 8, Tier::kTierHost);
+  auto ids = register_n(*store, 8, Tier::kHost);
   write_all(*store, ids, 1);
   for (int round = 0; round < 3; ++round) {
     for (TensorId id : ids) {
-      auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessRead);
+      auto v = store->acquire(id, Tier::kDevice, Access::kRead);
       ASSERT_TRUE(v.ok()) << v.status();
       EXPECT_TRUE(device_matches(*v, id, 1)) << "tensor " << id;
-      ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+      ASSERT_TRUE(store->release(id, Tier::kDevice, false).ok());
     }
   }
   StoreStats s = store->stats();
@@ -116,46 +116,46 @@ TEST_F(TieredStoreTest, DeviceCacheOfHostTensorsStaysWithinBudget) {
 
 TEST_F(TieredStoreTest, DirtyDeviceCopiesReachTheHostBeforeEviction) {
   auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 8 * kBytes});
-  auto ids = register_n(*store, 4, Tier::kTierHost);
+  auto ids = register_n(*store, 4, Tier::kHost);
   write_all(*store, ids, 1);
   // Modify each tensor on the device (write a new version through a host buffer).
   std::vector<float> next(kNumel);
   gpu::StreamId s = *device_.create_stream();
   for (TensorId id : ids) {
-    auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessWrite);
+    auto v = store->acquire(id, Tier::kDevice, Access::kWrite);
     ASSERT_TRUE(v.ok());
     fill(next.data(), id, 2);
     ASSERT_TRUE(device_.copy_to_device(v->data, next.data(), kBytes, s).ok());
     ASSERT_TRUE(device_.synchronize_stream(s).ok());
-    ASSERT_TRUE(store->release(id, Tier::kTierDevice, true).ok());
+    ASSERT_TRUE(store->release(id, Tier::kDevice, true).ok());
   }
   // Two were evicted (written back); two are still dirty on the device and
   // are brought down by the host acquire.
   for (TensorId id : ids) {
-    auto v = store->acquire(id, Tier::kTierHost, Access::kAccessRead);
+    auto v = store->acquire(id, Tier::kHost, Access::kRead);
     ASSERT_TRUE(v.ok());
     EXPECT_TRUE(matches(static_cast<float*>(v->data), id, 2)) << "tensor " << id;
-    ASSERT_TRUE(store->release(id, Tier::kTierHost, false).ok());
+    ASSERT_TRUE(store->release(id, Tier::kHost, false).ok());
   }
   EXPECT_GE(store->stats().tiers[0].bytes_out, 4 * kBytes);
 }
 
 TEST_F(TieredStoreTest, NvmeTensorsRoundTripThroughASmallHostTier) {
   auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 3 * kBytes});
-  auto ids = register_n(*store, 10, Tier::kTierNvme);
+  auto ids = register_n(*store, 10, Tier::kNvme);
   write_all(*store, ids, 7);  // 10 tensors through 3 slots: most go to NVMe
   for (TensorId id : ids) {
-    auto v = store->acquire(id, Tier::kTierHost, Access::kAccessRead);
+    auto v = store->acquire(id, Tier::kHost, Access::kRead);
     ASSERT_TRUE(v.ok()) << v.status();
     EXPECT_TRUE(matches(static_cast<float*>(v->data), id, 7)) << "tensor " << id;
-    ASSERT_TRUE(store->release(id, Tier::kTierHost, false).ok());
+    ASSERT_TRUE(store->release(id, Tier::kHost, false).ok());
   }
   // Staged onto the device through the host tier.
   for (TensorId id : ids) {
-    auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessRead);
+    auto v = store->acquire(id, Tier::kDevice, Access::kRead);
     ASSERT_TRUE(v.ok()) << v.status();
     EXPECT_TRUE(device_matches(*v, id, 7));
-    ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+    ASSERT_TRUE(store->release(id, Tier::kDevice, false).ok());
   }
   StoreStats s = store->stats();
   EXPECT_LE(s.tiers[1].peak_bytes, 3 * kBytes);
@@ -165,17 +165,17 @@ TEST_F(TieredStoreTest, NvmeTensorsRoundTripThroughASmallHostTier) {
 
 TEST_F(TieredStoreTest, WritingTheHostCopyInvalidatesTheDeviceCopy) {
   auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
-  auto ids = register_n(*store, 1, Tier::kTierHost);
+  auto ids = register_n(*store, 1, Tier::kHost);
   write_all(*store, ids, 1);
-  auto v = store->acquire(ids[0], Tier::kTierDevice, Access::kAccessRead);
+  auto v = store->acquire(ids[0], Tier::kDevice, Access::kRead);
   ASSERT_TRUE(v.ok());
-  ASSERT_TRUE(store->release(ids[0], Tier::kTierDevice, false).ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kDevice, false).ok());
   write_all(*store, ids, 2);  // the optimizer updates the host copy
-  EXPECT_EQ(store->residency(ids[0], Tier::kTierDevice), Residency::kResidencyAbsent);
-  v = store->acquire(ids[0], Tier::kTierDevice, Access::kAccessRead);
+  EXPECT_EQ(store->residency(ids[0], Tier::kDevice), Residency::kAbsent);
+  v = store->acquire(ids[0], Tier::kDevice, Access::kRead);
   ASSERT_TRUE(v.ok());
   EXPECT_TRUE(device_matches(*v, ids[0], 2));
-  ASSERT_TRUE(store->release(ids[0], Tier::kTierDevice, false).ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kDevice, false).ok());
 }
 
 TEST_F(TieredStoreTest, TraceDrivesPrefetchAndBeladyEviction) {
@@ -185,16 +185,16 @@ TEST_F(TieredStoreTest, TraceDrivesPrefetchAndBeladyEviction) {
   auto store = make_store({.device_budget_bytes = 4 * kBytes,
                            .host_budget_bytes = 8 * kBytes,
                            .prefetch_window_bytes = 2 * kBytes});
-  auto ids = register_n(*store, 6, Tier::kTierHost);
+  auto ids = register_n(*store, 6, Tier::kHost);
   write_all(*store, ids, 3);
   for (int step = 0; step < 4; ++step) {
     store->begin_step();
     for (TensorId id : ids) {
-      auto v = store->acquire(id, Tier::kTierDevice, Access::kAccessRead);
+      auto v = store->acquire(id, Tier::kDevice, Access::kRead);
       ASSERT_TRUE(v.ok()) << v.status();
       EXPECT_TRUE(device_matches(*v, id, 3));
       std::this_thread::sleep_for(std::chrono::milliseconds(2));  // "compute"
-      ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+      ASSERT_TRUE(store->release(id, Tier::kDevice, false).ok());
     }
     store->end_step();
   }
@@ -209,12 +209,12 @@ TEST_F(TieredStoreTest, TraceDrivesPrefetchAndBeladyEviction) {
 
 TEST_F(TieredStoreTest, ChangedOrderIsDetectedAndReRecorded) {
   auto store = make_store({.device_budget_bytes = 8 * kBytes, .host_budget_bytes = 8 * kBytes});
-  auto ids = register_n(*store, 3, Tier::kTierHost);
+  auto ids = register_n(*store, 3, Tier::kHost);
   auto step = [&](std::vector<TensorId> order) {
     store->begin_step();
     for (TensorId id : order) {
-      ASSERT_TRUE(store->acquire(id, Tier::kTierDevice, Access::kAccessRead).ok());
-      ASSERT_TRUE(store->release(id, Tier::kTierDevice, false).ok());
+      ASSERT_TRUE(store->acquire(id, Tier::kDevice, Access::kRead).ok());
+      ASSERT_TRUE(store->release(id, Tier::kDevice, false).ok());
     }
     store->end_step();
   };
@@ -232,41 +232,39 @@ TEST_F(TieredStoreTest, ChangedOrderIsDetectedAndReRecorded) {
 TEST_F(TieredStoreTest, EverythingPinnedIsAClearError) {
   auto store = make_store(
       {.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 4 * kBytes, .pinned_wait_ms = 50});
-  auto ids = register_n(*store, 3, Tier::kTierHost);
-  ASSERT_TRUE(store->acquire(ids[0], Tier::kTierDevice, Access::kAccessRead).ok());
-  ASSERT_TRUE(store->acquire(ids[1], Tier::kTierDevice, Access::kAccessRead).ok());
-  auto third = store->acquire(ids[2], Tier::kTierDevice, Access::kAccessRead);
+  auto ids = register_n(*store, 3, Tier::kHost);
+  ASSERT_TRUE(store->acquire(ids[0], Tier::kDevice, Access::kRead).ok());
+  ASSERT_TRUE(store->acquire(ids[1], Tier::kDevice, Access::kRead).ok());
+  auto third = store->acquire(ids[2], Tier::kDevice, Access::kRead);
   ASSERT_FALSE(third.ok());
   EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(third.status().message().find("pinned"), absl::string_view::npos)
       << third.status().message();
-  ASSERT_TRUE(store->release(ids[0], Tier::kTierDevice, false).ok());
-  EXPECT_TRUE(store->acquire(ids[2], Tier::kTierDevice, Access::kAccessRead).ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kDevice, false).ok());
+  EXPECT_TRUE(store->acquire(ids[2], Tier::kDevice, Access::kRead).ok());
 }
 
 TEST_F(TieredStoreTest, MisuseIsReported) {
   auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 4 * kBytes});
-  auto ids = register_n(*store, 1, Tier::kTierNvme);
-  EXPECT_EQ(store->acquire(ids[0], Tier::kTierNvme, Access::kAccessRead).status().code(),
+  auto ids = register_n(*store, 1, Tier::kNvme);
+  EXPECT_EQ(store->acquire(ids[0], Tier::kNvme, Access::kRead).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_FALSE(store->acquire(99, Tier::kTierHost, Access::kAccessRead).ok());
+  EXPECT_FALSE(store->acquire(99, Tier::kHost, Access::kRead).ok());
   EXPECT_FALSE(store->register_tensor({"late", 4}).ok());
   // Flushing while a dirty copy is held is refused, not torn.
-  auto v = store->acquire(ids[0], Tier::kTierHost, Access::kAccessWrite);
+  auto v = store->acquire(ids[0], Tier::kHost, Access::kWrite);
   ASSERT_TRUE(v.ok());
-  ASSERT_TRUE(store->release(ids[0], Tier::kTierHost, true).ok());
-  ASSERT_TRUE(store->acquire(ids[0], Tier::kTierHost, Access::kAccessRead).ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kHost, true).ok());
+  ASSERT_TRUE(store->acquire(ids[0], Tier::kHost, Access::kRead).ok());
   EXPECT_EQ(store->flush().code(), absl::StatusCode::kFailedPrecondition);
-  ASSERT_TRUE(store->release(ids[0], Tier::kTierHost, false).ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kHost, false).ok());
   EXPECT_TRUE(store->flush().ok());
 
   // NVMe placement without a swap path.
   auto bare = TieredStore::create({.host_budget_bytes = 4 * kBytes});
   ASSERT_TRUE(bare.ok());
   ASSERT_TRUE(
-      (*bare)
-          ->register_tensor({"w", 4, DType::kFloat32, TensorRole::kRoleExpAvg, Tier::kTierNvme})
-          .ok());
+      (*bare)->register_tensor({"w", 4, DType::kFloat32, TensorRole::kExpAvg, Tier::kNvme}).ok());
   absl::Status s = (*bare)->finalize();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("nvme_path"), absl::string_view::npos);
@@ -274,7 +272,7 @@ TEST_F(TieredStoreTest, MisuseIsReported) {
 
 TEST_F(TieredStoreTest, ConcurrentAcquiresKeepDataIntact) {
   auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
-  auto ids = register_n(*store, 12, Tier::kTierNvme);
+  auto ids = register_n(*store, 12, Tier::kNvme);
   write_all(*store, ids, 5);
   std::atomic<int> bad{0};
   std::vector<std::thread> threads;
@@ -282,13 +280,13 @@ TEST_F(TieredStoreTest, ConcurrentAcquiresKeepDataIntact) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 30; ++i) {
         TensorId id = ids[(i * 5 + t * 3) % ids.size()];
-        auto v = store->acquire(id, Tier::kTierHost, Access::kAccessRead);
+        auto v = store->acquire(id, Tier::kHost, Access::kRead);
         if (!v.ok()) {
           ++bad;
           continue;
         }
         if (!matches(static_cast<float*>(v->data), id, 5)) ++bad;
-        if (!store->release(id, Tier::kTierHost, false).ok()) ++bad;
+        if (!store->release(id, Tier::kHost, false).ok()) ++bad;
       }
     });
   }
@@ -300,15 +298,15 @@ TEST_F(TieredStoreTest, ConcurrentAcquiresKeepDataIntact) {
 TEST_F(TieredStoreTest, TensorLargerThanItsTierIsRefusedAtRegistration) {
   auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 2 * kBytes});
   auto id = store->register_tensor(
-      {"huge", 3 * kNumel, DType::kFloat32, TensorRole::kRoleExpAvg, Tier::kTierNvme});
+      {"huge", 3 * kNumel, DType::kFloat32, TensorRole::kExpAvg, Tier::kNvme});
   ASSERT_FALSE(id.ok());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(id.status().message().find("larger than the whole host budget"),
             absl::string_view::npos)
       << id.status().message();
   EXPECT_FALSE(store
-                   ->register_tensor({"huge_dev", 3 * kNumel, DType::kFloat32,
-                                      TensorRole::kRoleParam16, Tier::kTierDevice})
+                   ->register_tensor({"huge_dev", 3 * kNumel, DType::kFloat32, TensorRole::kParam16,
+                                      Tier::kDevice})
                    .ok());
 }
 
@@ -332,8 +330,8 @@ TEST_F(TieredStoreTest, RandomOperationsKeepBudgetsAndBytes) {
     std::vector<TensorId> ids;
     std::vector<std::vector<float>> shadow(n);
     for (int i = 0; i < n; ++i) {
-      auto id = store->register_tensor({"r" + std::to_string(i), numel[i], DType::kFloat32,
-                                        TensorRole::kRoleMaster32, Tier::kTierNvme});
+      auto id = store->register_tensor(
+          {"r" + std::to_string(i), numel[i], DType::kFloat32, TensorRole::kMaster32, Tier::kNvme});
       ASSERT_TRUE(id.ok()) << id.status();
       ids.push_back(*id);
       shadow[i].assign(numel[i], 0.0f);  // never written: reads as zeros
@@ -346,8 +344,8 @@ TEST_F(TieredStoreTest, RandomOperationsKeepBudgetsAndBytes) {
       const int i = static_cast<int>(rng() % n);
       const bool on_device = rng() % 2;
       const bool write = rng() % 3 == 0;
-      const Tier tier = on_device ? Tier::kTierDevice : Tier::kTierHost;
-      auto v = store->acquire(ids[i], tier, write ? Access::kAccessReadWrite : Access::kAccessRead);
+      const Tier tier = on_device ? Tier::kDevice : Tier::kHost;
+      auto v = store->acquire(ids[i], tier, write ? Access::kReadWrite : Access::kRead);
       ASSERT_TRUE(v.ok()) << "seed " << seed << " op " << op << ": " << v.status();
       buf.assign(numel[i], 0.0f);
       if (on_device) {
@@ -392,13 +390,13 @@ TEST_F(TieredStoreTest, PrefetchLowersStallTime) {
     o.device = &slow;
     auto store = TieredStore::create(o);
     EXPECT_TRUE(store.ok());
-    auto ids = register_n(**store, 6, Tier::kTierHost);
+    auto ids = register_n(**store, 6, Tier::kHost);
     for (int step = 0; step < 3; ++step) {
       (*store)->begin_step();
       for (TensorId id : ids) {
-        EXPECT_TRUE((*store)->acquire(id, Tier::kTierDevice, Access::kAccessRead).ok());
+        EXPECT_TRUE((*store)->acquire(id, Tier::kDevice, Access::kRead).ok());
         std::this_thread::sleep_for(std::chrono::milliseconds(2));  // compute > one load
-        EXPECT_TRUE((*store)->release(id, Tier::kTierDevice, false).ok());
+        EXPECT_TRUE((*store)->release(id, Tier::kDevice, false).ok());
       }
       (*store)->end_step();
     }

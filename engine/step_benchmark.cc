@@ -167,8 +167,9 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
       r.d2h_seconds = st.bytes_out[0] / (o.link_gb_per_s * 1e9);
       r.host_seconds = st.grad_seconds + st.optimizer_seconds;
       if (o.offload == "nvme") {
-        r.nvme_read_seconds = st.bytes_in[2] / (result.nvme_read_gb_per_s * 1e9);
-        r.nvme_write_seconds = st.bytes_out[2] / (result.nvme_write_gb_per_s * 1e9);
+        // The NVMe tier counts bytes written to disk as bytes_in, read as bytes_out.
+        r.nvme_read_seconds = st.bytes_out[2] / (result.nvme_read_gb_per_s * 1e9);
+        r.nvme_write_seconds = st.bytes_in[2] / (result.nvme_write_gb_per_s * 1e9);
       }
       r.speculative_layers = st.speculative_layers;
       r.rolled_back_layers = st.rolled_back_layers;

@@ -5,14 +5,20 @@
 // formulas; the advice for configs that do not fit.
 #include "engine/plan.h"
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "engine/placement.h"
 #include "engine/step_time.h"
 #include "engine/train_memory.h"
+#include "engine/training_engine.h"
+#include "gpu/sim_device.h"
 #include "gtest/gtest.h"
 #include "model/gpt2_plan.h"
+#include "tests/mlp_test_model.h"
 #include "tests/test_ds_config.h"
 
 namespace strata::engine {
@@ -89,6 +95,56 @@ TEST(PlanTest, EveryTierHoldsWhatTheEnginesPlacementSays) {
       }
     }
   }
+}
+
+// The same, against a TrainingEngine built for each config: its host arena
+// budget is the plan's host need, and its swap file holds the plan's NVMe
+// bytes after a header, through a training step.
+TEST(PlanTest, TheEngineAllocatesWhatThePlanSays) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / ("plan_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  test_models::MlpTestModel mlp;
+  PlanModel m = small_model();
+  m.layers.clear();
+  for (int l = 0; l < mlp.num_layers(); ++l) m.layers.push_back(mlp.layer_params(l));
+  for (const char* optimizer : {"Adam", "AdamW", "Lion", "Adagrad"}) {
+    for (int stage = 1; stage <= 3; ++stage) {
+      for (const char* device : {"cpu", "nvme"}) {
+        const std::string members =
+            R"("strata": {"overlap": "sync", "prefetch_window_bytes": 4096},
+               "zero_optimization": {"stage": )" +
+            std::to_string(stage) + R"(, "offload_optimizer": {"device": ")" + device +
+            R"(", "nvme_path": ")" + dir.string() + R"("}})";
+        SCOPED_TRACE(std::string(optimizer) + " " + members);
+        const config::DsConfig cfg = parse(members, optimizer);
+        auto plan = plan_memory(m, cfg, {});
+        ASSERT_TRUE(plan.ok()) << plan.status();
+        gpu::SimDevice sim;
+        auto engine = TrainingEngine::create(cfg, &mlp, &sim, {.allow_buffered_io = true});
+        ASSERT_TRUE(engine.ok()) << engine.status();
+        ASSERT_TRUE((*engine)->train_step().ok());
+        const offload::StoreStats st = (*engine)->store_stats();
+        const auto& host = st.tiers[static_cast<int>(offload::Tier::kHost)];
+        EXPECT_EQ(static_cast<int64_t>(host.budget_bytes), plan->host.need.total());
+        EXPECT_LE(static_cast<int64_t>(host.peak_bytes), plan->host.need.total());
+        // The swap file: a header of whole pages, then the plan's NVMe bytes.
+        uint64_t swap_bytes = 0;
+        for (const auto& f : std::filesystem::directory_iterator(dir)) {
+          swap_bytes += std::filesystem::file_size(f.path());
+        }
+        if (plan->nvme.need.total() == 0) {
+          EXPECT_EQ(swap_bytes, 0u);
+        } else {
+          const uint64_t header = swap_bytes - static_cast<uint64_t>(plan->nvme.need.total());
+          EXPECT_GE(swap_bytes, static_cast<uint64_t>(plan->nvme.need.total()));
+          EXPECT_EQ(header % 4096, 0u);
+          EXPECT_LE(header, 16u * 4096);
+        }
+      }
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(PlanTest, WithoutOffloadTheGpuHoldsEveryHomedTensor) {

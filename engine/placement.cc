@@ -24,6 +24,12 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
         absl::StrCat("zero_optimization.offload_param needs stage 3 (stage is ", config.zero.stage,
                      "); set zero_optimization.stage to 3 or remove offload_param"));
   }
+  if (param_where != config::OffloadDevice::kNone && where == config::OffloadDevice::kNone) {
+    return absl::InvalidArgumentError(
+        "zero_optimization.offload_param without offload_optimizer: the optimizer would run on "
+        "the device, which strata cannot do yet; set offload_optimizer.device to \"cpu\" or "
+        "\"nvme\"");
+  }
   Placement p;
   p.dtype = config.fp16.enabled   ? DType::kFloat16
             : config.bf16.enabled ? DType::kBFloat16
@@ -39,34 +45,60 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
                                                                : Tier::kDevice;
 
   const uint64_t esize = dtype_size(p.dtype);
+  const bool delayed = config.strata.delayed_param_update;  // + param_next
+  // grad, grad32 and param_next live where the optimizer reads them.
+  const Tier optimizer_side = p.offload ? Tier::kHost : Tier::kDevice;
   uint64_t state_bytes = 0;
   size_t max_layer_params = 0;
   for (int l = 0; l < static_cast<int>(layers.size()); ++l) {
-    uint64_t layer_device = 0, layer_nvme = 0;
+    uint64_t layer_device = 0;
+    RoleBytes layer_nvme;
+    // Exact on the device, 4 KiB pages in the host arena and the swap file.
+    auto home = [&](Tier t, uint64_t RoleBytes::*role, uint64_t bytes) {
+      RoleBytes& r = t == Tier::kDevice ? p.device_roles
+                     : t == Tier::kHost ? p.host_roles
+                                        : layer_nvme;
+      r.*role += t == Tier::kDevice ? bytes : padded(bytes);
+    };
     max_layer_params = std::max(max_layer_params, layers[l].size());
     for (const ParamSpec& s : layers[l]) {
       const uint64_t b16 = s.numel * esize, b32 = s.numel * 4;
       layer_device += 2 * b16;  // param + grad, both on the device during backward
       p.device_all_layers += 2 * round_up(b16, 256);
       state_bytes += 3 * b32;
-      const uint64_t states = 3 * (p.state_home == Tier::kDevice ? b32 : padded(b32));
-      const bool delayed = config.strata.delayed_param_update;  // + param_next
-      if (!p.offload) {
-        p.device_homed += (delayed ? 3 : 2) * b16 + 4 * b32;  // param, grad, grad32, master, m, v
-      } else {
-        p.host_homed += (delayed ? 2 : 1) * padded(b16) + padded(b32);  // grad, grad32
-        if (p.compute_home == Tier::kHost) p.host_homed += padded(b16);
-        if (p.compute_home == Tier::kNvme) layer_nvme += padded(b16);
-        if (p.state_home == Tier::kHost) p.host_homed += states;
-        if (p.state_home == Tier::kNvme) layer_nvme += states;
-      }
+      home(p.compute_home, &RoleBytes::param, b16);
+      if (delayed) home(optimizer_side, &RoleBytes::param_next, b16);
+      home(optimizer_side, &RoleBytes::grad, b16);
+      home(optimizer_side, &RoleBytes::grad32, b32);
+      home(p.state_home, &RoleBytes::master, b32);
+      home(p.state_home, &RoleBytes::exp_avg, b32);
+      home(p.state_home, &RoleBytes::exp_avg_sq, b32);
     }
     if (layer_device > p.largest_layer_device) {
       p.largest_layer_device = layer_device;
       p.largest_layer = l;
     }
-    p.nvme_total += layer_nvme;
-    p.largest_layer_nvme = std::max(p.largest_layer_nvme, layer_nvme);
+    for (uint64_t RoleBytes::*role :
+         {&RoleBytes::param, &RoleBytes::param_next, &RoleBytes::grad, &RoleBytes::grad32,
+          &RoleBytes::master, &RoleBytes::exp_avg, &RoleBytes::exp_avg_sq}) {
+      p.nvme_roles.*role += layer_nvme.*role;
+    }
+    p.largest_layer_nvme = std::max(p.largest_layer_nvme, layer_nvme.total());
+  }
+  p.device_homed = p.device_roles.total();
+  p.host_homed = p.host_roles.total();
+  p.nvme_total = p.nvme_roles.total();
+  if (p.offload) {
+    p.device_working_set = p.device_all_layers;
+    if (config.zero.stage == 3) {
+      // DeepSpeed's cap on parameters live on the device, with their grads.
+      uint64_t live = 0;
+      if (__builtin_mul_overflow(static_cast<uint64_t>(config.zero.stage3_max_live_parameters),
+                                 2 * esize, &live)) {
+        live = UINT64_MAX;
+      }
+      p.device_working_set = std::min(p.device_working_set, std::max(live, p.largest_layer_device));
+    }
   }
   if (config.fp16.enabled) p.device_scratch = padded(max_layer_params * 8);
   if (p.offload) {

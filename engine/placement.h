@@ -9,7 +9,8 @@
 // device allocations to 256 bytes (as the devices allocate).
 //
 // Pure function of its inputs; thread-safe. Errors: InvalidArgument for a
-// model without layers or an offload_param outside stage 3.
+// model without layers, an offload_param outside stage 3, or offload_param
+// without offload_optimizer (the optimizer would have to run on the device).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,20 @@
 #include "offload/tiered_store.h"
 
 namespace strata::engine {
+
+// Bytes by tensor role on one tier, as homed there (4 KiB pages off the device).
+struct RoleBytes {
+  uint64_t param = 0;       // compute dtype
+  uint64_t param_next = 0;  // strata.delayed_param_update's next param, compute dtype
+  uint64_t grad = 0;        // compute dtype
+  uint64_t grad32 = 0;
+  uint64_t master = 0;
+  uint64_t exp_avg = 0;  // every optimizer: the engine registers all three states
+  uint64_t exp_avg_sq = 0;
+  uint64_t total() const {
+    return param + param_next + grad + grad32 + master + exp_avg + exp_avg_sq;
+  }
+};
 
 struct Placement {
   DType dtype = DType::kFloat32;
@@ -45,6 +60,15 @@ struct Placement {
   uint64_t host_cache = 0;
   // overlap mode: the rollback copies (fp16 or clipping), ordinary host memory.
   uint64_t rollback = 0;
+  // The homed bytes above by tier and role: device_roles.total() ==
+  // device_homed, host_roles.total() == host_homed, nvme_roles.total() ==
+  // nvme_total.
+  RoleBytes device_roles, host_roles, nvme_roles;
+  // With optimizer offload: the params + grads the device holds at most:
+  // every layer (device_all_layers), at stage 3 capped at
+  // stage3_max_live_parameters params with their grads but at least the
+  // largest layer. 0 without offload (device_homed holds them).
+  uint64_t device_working_set = 0;
 };
 
 absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,

@@ -74,6 +74,43 @@ TEST(PlacementTest, NvmeStatesAndStage3ParamsGoToTheSwapFile) {
   EXPECT_EQ(p->rollback, 0u);               // bf16 without clipping
 }
 
+// The roles add up to the aggregates the engine sizes its tiers by.
+TEST(PlacementTest, RolesPerTierAddUpToTheHomedBytes) {
+  auto p = plan_placement(parse("\"bf16\": {\"enabled\": true}, \"zero_optimization\": "
+                                "{\"stage\": 3, \"offload_optimizer\": {\"device\": \"nvme\", "
+                                "\"nvme_path\": \"/tmp\"}, \"offload_param\": {\"device\": "
+                                "\"cpu\"}}, \"strata\": {\"delayed_param_update\": true}"),
+                          kLayers);
+  ASSERT_TRUE(p.ok()) << p.status();
+  const uint64_t page = 4096;
+  EXPECT_EQ(p->device_roles.total(), 0u);
+  EXPECT_EQ(p->host_roles.total(), p->host_homed);
+  EXPECT_EQ(p->nvme_roles.total(), p->nvme_total);
+  // Host: param, the delayed update's next param, grad (3 pages fp16 for
+  // layer 1's w, 1 each elsewhere) and grad32 (5 pages, 1 each).
+  EXPECT_EQ(p->host_roles.param, (1 + 1 + 3) * page);
+  EXPECT_EQ(p->host_roles.param_next, (1 + 1 + 3) * page);
+  EXPECT_EQ(p->host_roles.grad, (1 + 1 + 3) * page);
+  EXPECT_EQ(p->host_roles.grad32, (1 + 1 + 5) * page);
+  // NVMe: master and both states for every optimizer.
+  EXPECT_EQ(p->nvme_roles.master, (1 + 1 + 5) * page);
+  EXPECT_EQ(p->nvme_roles.exp_avg, p->nvme_roles.master);
+  EXPECT_EQ(p->nvme_roles.exp_avg_sq, p->nvme_roles.master);
+  EXPECT_EQ(p->nvme_roles.param, 0u);
+  // Stage 3 with the default stage3_max_live_parameters (1e9): every layer.
+  EXPECT_EQ(p->device_working_set, p->device_all_layers);
+}
+
+TEST(PlacementTest, ParamOffloadWithoutOptimizerOffloadIsRefused) {
+  auto p = plan_placement(
+      parse("\"zero_optimization\": {\"stage\": 3, \"offload_param\": {\"device\": \"cpu\"}}"),
+      kLayers);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(std::string(p.status().message()).find("offload_param without offload_optimizer"),
+            std::string::npos)
+      << p.status();
+}
+
 TEST(PlacementTest, ParamOffloadOutsideStage3IsRefused) {
   // The config parser refuses this too; the placement does not rely on it.
   config::DsConfig cfg = parse(

@@ -1,7 +1,8 @@
 // `strata plan`, run as a user would: the real binary on the shared fixture
 // and on configs written here, its JSON checked against numbers worked out by
-// hand from the formulas in tools/plan_command.cc; bad inputs exit 1 or 2
-// with one "strata: error:" line.
+// hand from the formulas in engine/plan.h (tests/plan_test.cc checks them
+// exactly against engine::plan_placement); bad inputs exit 1 or 2 with one
+// "strata: error:" line.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -27,6 +29,15 @@ constexpr int64_t kLargest = 50257 * 768;  // wte
 constexpr int64_t kGpt2Activations = 2'151'677'952 + 411'705'344;
 
 using RunResult = strata::testing::CliRun;
+
+// Host- and NVMe-homed tensors take whole 4 KiB pages, so a role there is its
+// exact bytes plus less than a page for each of GPT-2's 148 tensors; device
+// copies are rounded to 256 bytes.
+void expect_paged(const json& actual, int64_t exact, int64_t unit = 4096) {
+  ASSERT_TRUE(actual.is_number_integer()) << actual;
+  EXPECT_GE(actual.get<int64_t>(), exact);
+  EXPECT_LT(actual.get<int64_t>(), exact + 148 * unit);
+}
 
 class PlanCommandTest : public ::testing::Test {
  protected:
@@ -124,13 +135,14 @@ TEST_F(PlanCommandTest, CpuOffloadMovesTheOptimizerToTheHost) {
   EXPECT_EQ(gpu["grad32"], 0);
   EXPECT_EQ(gpu["master32"], 0);
   const json& host = j["tiers"]["host"];
-  EXPECT_EQ(host["roles"]["param16"], 2 * kN);
-  EXPECT_EQ(host["roles"]["grad16"], 2 * kN);
-  EXPECT_EQ(host["roles"]["grad32"], 4 * kN);
-  EXPECT_EQ(host["roles"]["master32"], 4 * kN);
-  EXPECT_EQ(host["roles"]["exp_avg"], 4 * kN);
-  EXPECT_EQ(host["roles"]["exp_avg_sq"], 4 * kN);
-  EXPECT_EQ(host["total"], 20 * kN);  // 2.49 GB > 2 GiB
+  expect_paged(host["roles"]["param16"], 2 * kN);
+  expect_paged(host["roles"]["grad16"], 2 * kN);
+  expect_paged(host["roles"]["grad32"], 4 * kN);
+  expect_paged(host["roles"]["master32"], 4 * kN);
+  expect_paged(host["roles"]["exp_avg"], 4 * kN);
+  expect_paged(host["roles"]["exp_avg_sq"], 4 * kN);
+  EXPECT_EQ(host["roles"]["staging"], 0);  // nothing on NVMe to cache
+  EXPECT_GE(host["total"], 20 * kN);       // 2.49 GB > 2 GiB
   EXPECT_EQ(host["fits"], false);
   EXPECT_EQ(j["config"]["precision"], "bf16");
   // ZeRO-2 with offload: GPU 2N, CPU N * max(4, 16) * 1.5.
@@ -151,20 +163,24 @@ TEST_F(PlanCommandTest, Stage3NvmeOffloadOfEverything) {
   json j = run_json("--model gpt2 --deepspeed_config '" + cfg +
                     "' --gpu-mem 32GiB --host-mem 64GiB --nvme 1TiB");
   const json& t = j["tiers"];
-  // GPU working set: (largest layer + stage3_prefetch_bucket_size 5e7) params, largest layer grads.
-  EXPECT_EQ(t["gpu"]["roles"]["param16"], (kLargest + 50'000'000) * 2);
-  EXPECT_EQ(t["gpu"]["roles"]["grad16"], kLargest * 2);
+  // GPU: the engine's stage-3 device set: stage3_max_live_parameters (1e9)
+  // params with their grads, at most every layer: all of gpt2's here.
+  expect_paged(t["gpu"]["roles"]["param16"], 2 * kN, 256);
+  EXPECT_EQ(t["gpu"]["roles"]["grad16"], t["gpu"]["roles"]["param16"]);
   EXPECT_EQ(t["gpu"]["roles"]["master32"], 0);
-  EXPECT_EQ(t["nvme"]["roles"]["param16"], 2 * kN);
-  EXPECT_EQ(t["nvme"]["roles"]["master32"], 4 * kN);
-  EXPECT_EQ(t["nvme"]["roles"]["exp_avg"], 4 * kN);
-  EXPECT_EQ(t["nvme"]["roles"]["exp_avg_sq"], 4 * kN);
-  EXPECT_EQ(t["nvme"]["total"], 14 * kN);
+  expect_paged(t["nvme"]["roles"]["param16"], 2 * kN);
+  expect_paged(t["nvme"]["roles"]["master32"], 4 * kN);
+  expect_paged(t["nvme"]["roles"]["exp_avg"], 4 * kN);
+  expect_paged(t["nvme"]["roles"]["exp_avg_sq"], 4 * kN);
   EXPECT_EQ(t["host"]["roles"]["param16"], 0);
-  EXPECT_EQ(t["host"]["roles"]["grad16"], 2 * kN);
-  EXPECT_EQ(t["host"]["roles"]["grad32"], 4 * kN);
-  // offload_param: 5 buffers of min(1e8, N) fp16; optimizer: 4 of min(sub_group_size 1e9, N) fp32.
-  EXPECT_EQ(t["host"]["roles"]["staging"], 5 * 100'000'000LL * 2 + 4 * kN * 4);
+  expect_paged(t["host"]["roles"]["grad16"], 2 * kN);
+  expect_paged(t["host"]["roles"]["grad32"], 4 * kN);
+  // The host caches two layers of NVMe-homed tensors (more than the 1 GiB
+  // prefetch window): layer 0 is wte and wpe, param16 + three fp32 states each.
+  auto pages = [](int64_t bytes) { return (bytes + 4095) / 4096 * 4096; };
+  const int64_t wte = kLargest, wpe = 1024 * 768;
+  const int64_t layer0 = pages(2 * wte) + 3 * pages(4 * wte) + pages(2 * wpe) + 3 * pages(4 * wpe);
+  EXPECT_EQ(t["host"]["roles"]["staging"], 2 * layer0);
   EXPECT_EQ(t["nvme"]["capacity"], int64_t{1} << 40);
   // ZeRO-3, everything offloaded: GPU 4 * largest layer, CPU 18N * 1.5.
   EXPECT_EQ(j["deepspeed"]["estimator"], "estimate_zero3_model_states_mem_needs_all_live");
@@ -172,13 +188,22 @@ TEST_F(PlanCommandTest, Stage3NvmeOffloadOfEverything) {
   EXPECT_EQ(j["deepspeed"]["cpu"], 27 * kN);
   EXPECT_EQ(j["fits"], true);
 
-  // Too little host memory: the advice points at the swap buffers' sizes.
-  json small = run_json("--model gpt2 --deepspeed_config '" + cfg +
+  // Too little host memory with a prefetch window beyond two layers: the
+  // advice points at the window.
+  const std::string wide = write("offload_nvme_wide.json", R"({
+    "train_batch_size": 1, "fp16": {"enabled": true},
+    "optimizer": {"type": "Adam", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 3,
+      "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"},
+      "offload_param": {"device": "nvme", "nvme_path": "/tmp"}},
+    "strata": {"prefetch_window_bytes": 4294967296}
+  })");
+  json small = run_json("--model gpt2 --deepspeed_config '" + wide +
                         "' --gpu-mem 32GiB --host-mem 1GiB --nvme 1TiB");
   EXPECT_EQ(small["tiers"]["host"]["fits"], false);
+  EXPECT_EQ(small["tiers"]["host"]["roles"]["staging"], small["tiers"]["nvme"]["total"]);
   const std::string advice = small["advice"].dump();
-  EXPECT_NE(advice.find("sub_group_size"), std::string::npos) << advice;
-  EXPECT_NE(advice.find("offload_param.buffer_size"), std::string::npos) << advice;
+  EXPECT_NE(advice.find("strata.prefetch_window_bytes"), std::string::npos) << advice;
 }
 
 // --device cpu predicts strata train's peak RSS from the engine's own
@@ -235,7 +260,8 @@ TEST_F(PlanCommandTest, StepTimePerResourceFromTheRatesGiven) {
   EXPECT_NEAR(t["pcie_h2d"].get<double>(), n * 2 / 20e9, 1e-9);
   EXPECT_NEAR(t["pcie_d2h"].get<double>(), 4 * n * 2 / 20e9, 1e-9);
   EXPECT_NEAR(t["cpu_optimizer"].get<double>(), n * (28 + 4 * (2 + 8)) / 50e9, 1e-9);
-  EXPECT_NEAR(t["nvme"].get<double>(), 24 * n / 4e9, 1e-9);
+  // Master and two states read and written, each tensor in whole 4 KiB pages.
+  EXPECT_NEAR(t["nvme"].get<double>(), 24 * n / 4e9, 148 * 4096 * 6 / 4e9);
   EXPECT_EQ(t["cpu_rate_source"], "--cpu-gbps");
   EXPECT_NEAR(t["slowest"].get<double>(), t["nvme"].get<double>(), 1e-12);
 }
@@ -284,6 +310,42 @@ TEST_F(PlanCommandTest, BadSizesAndMissingFlagsAreUsageErrors) {
   RunResult r = run("--deepspeed_config '" + kFixture + "'");
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
+}
+
+// Every number flag goes through core/parse.h: nan, inf, negative, junk and
+// values beyond any machine are usage errors naming the flag, never a plan.
+TEST_F(PlanCommandTest, NonsenseFlagValuesAreRefused) {
+  const std::string base = "--model gpt2 --deepspeed_config '" + kFixture + "' ";
+  struct Case {
+    const char* flag;
+    const char* value;
+  };
+  for (const Case& c : std::vector<Case>{{"--host-mem", "1000000TiB"},
+                                         {"--host-mem", "nan"},
+                                         {"--host-mem", "inf"},
+                                         {"--host-mem", "1e99"},
+                                         {"--gpu-mem", "2000TiB"},
+                                         {"--nvme", "-1"},
+                                         {"--gpu-tflops", "nan"},
+                                         {"--gpu-tflops", "inf"},
+                                         {"--gpu-tflops", "1e99"},
+                                         {"--gpu-tflops", "0"},
+                                         {"--pcie-bw", "-3"},
+                                         {"--nvme-bw", "1e30"},
+                                         {"--cpu-gbps", "nan"},
+                                         {"--seq-len", "1.5"},
+                                         {"--seq-len", "4096"},  // gpt2 has 1024 positions
+                                         {"--vocab-size", "99999999999"}}) {
+    RunResult r = run(base + "--json " + c.flag + " '" + c.value + "'");
+    EXPECT_EQ(r.exit_code, 2) << c.flag << " " << c.value << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << c.flag << " " << c.value << ": " << r.out;
+    EXPECT_EQ(r.err.rfind("strata: error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(c.flag), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "one line: " << r.err;
+  }
+  // The largest a flag may say is still a plan.
+  json j = run_json(base + "--host-mem 1024TiB --gpu-mem 1024TiB --nvme 65536TiB --gpu-tflops 1e6");
+  EXPECT_EQ(j["tiers"]["host"]["capacity"], int64_t{1} << 50);
 }
 
 TEST_F(PlanCommandTest, SizeUnits) {

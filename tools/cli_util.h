@@ -4,6 +4,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "core/format_bytes.h"  // format_bytes: the commands use it through this header
 #include "nlohmann/json.hpp"
 
 namespace strata::tools {
@@ -13,8 +14,5 @@ int report_status(const absl::Status& status);
 
 // Prints one JSON object on stdout (the whole of stdout under --json).
 void print_json(const nlohmann::json& j);
-
-// "1.5 GiB", "512 MiB", "4.0 KiB".
-std::string format_bytes(double bytes);
 
 }  // namespace strata::tools

@@ -48,13 +48,13 @@
 #include "model/cpu/matmul.h"
 #include "model/gpt2_config.h"
 #include "model/gpt2_model.h"
+#include "model/gpt2_plan.h"
 #include "model/gpt2_weights.h"
 #include "model/text_corpus.h"
 #include "offload/tiered_store.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 #include "tools/loss_plot.h"
-#include "tools/train_memory.h"
 
 namespace strata::tools {
 namespace {
@@ -506,16 +506,16 @@ int run_train(const TrainArgs& a) {
       format_count(train_seconds > 0 ? steps_done * tokens_per_step / train_seconds : 0).c_str(),
       static_cast<long long>(skipped));
   // The run's memory against what `strata plan --device cpu` predicts for it.
-  auto predicted =
-      estimate_train_memory({.model = s.model,
-                             .config = cfg,
-                             .seq_len = s.seq_len,
-                             .simulated_device = s.cuda == nullptr,
-                             .checkpoint_activations = a.checkpoint_activations,
-                             .data_tokens = s.corpus->train_tokens() + s.corpus->val_tokens(),
-                             .async_checkpoint = a.async_save && !a.save_dir.empty()});
+  auto predicted = model::estimate_gpt2_train_memory(
+      {.model = s.model,
+       .config = cfg,
+       .seq_len = s.seq_len,
+       .simulated_device = s.cuda == nullptr,
+       .checkpoint_activations = a.checkpoint_activations,
+       .data_tokens = s.corpus->train_tokens() + s.corpus->val_tokens(),
+       .async_checkpoint = a.async_save && !a.save_dir.empty()});
   if (predicted.ok()) {
-    const uint64_t peak = peak_rss_bytes();
+    const uint64_t peak = engine::peak_rss_bytes();
     std::fprintf(stderr, "memory: peak RSS %s, strata plan predicted %s (%+.1f%%): %s\n",
                  format_bytes(static_cast<double>(peak)).c_str(),
                  format_bytes(static_cast<double>(predicted->total())).c_str(),

@@ -1,0 +1,253 @@
+#include "engine/plan.h"
+
+#include <sys/statvfs.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/format_bytes.h"
+#include "core/host_info.h"
+#include "core/status.h"
+#include "engine/placement.h"
+
+namespace strata::engine {
+namespace {
+
+using config::OffloadDevice;
+using config::OptimizerType;
+
+int64_t i64(uint64_t v) { return static_cast<int64_t>(v); }
+std::string bytes(int64_t v) { return format_bytes(static_cast<double>(v)); }
+
+PlanRoles roles_of(const RoleBytes& r) {
+  PlanRoles p;
+  p.param16 = i64(r.param + r.param_next);
+  p.grad16 = i64(r.grad);
+  p.grad32 = i64(r.grad32);
+  p.master32 = i64(r.master);
+  p.exp_avg = i64(r.exp_avg);
+  p.exp_avg_sq = i64(r.exp_avg_sq);
+  return p;
+}
+
+std::string first_nvme_path(const config::DsConfig& c) {
+  for (const auto* paths : {&c.zero.offload_optimizer.nvme_paths, &c.zero.offload_param.nvme_paths,
+                            &c.strata.nvme_paths}) {
+    if (!paths->empty()) return paths->front();
+  }
+  return "";
+}
+
+std::optional<TierCapacity> probe_host_capacity() {
+  const MemoryInfo mem = probe_host().memory;
+  if (mem.usable_bytes() == 0) return std::nullopt;
+  const bool cgroup = mem.cgroup_limit_bytes && *mem.cgroup_limit_bytes < mem.available_bytes;
+  return TierCapacity{i64(mem.usable_bytes()), cgroup ? "cgroup limit" : "MemAvailable"};
+}
+
+std::optional<TierCapacity> probe_nvme_capacity(const config::DsConfig& c) {
+  const std::string path = first_nvme_path(c);
+  struct statvfs st {};
+  if (path.empty() || ::statvfs(path.c_str(), &st) != 0) return std::nullopt;
+  return TierCapacity{i64(uint64_t{st.f_bavail} * st.f_frsize), absl::StrCat("free under ", path)};
+}
+
+// What to change for each tier that is short, naming the ds_config key.
+std::vector<std::string> advise(const config::DsConfig& c, const Placement& pl,
+                                const MemoryPlan& p) {
+  std::vector<std::string> advice;
+  const auto& z = c.zero;
+  if (p.gpu.fits() == false) {
+    const PlanRoles& g = p.gpu.need;
+    if (!pl.offload) {
+      advice.push_back(absl::StrCat(
+          "GPU: set zero_optimization.offload_optimizer.device to \"cpu\" to move the optimizer's ",
+          bytes(g.grad32 + g.master32 + g.exp_avg + g.exp_avg_sq),
+          " (fp32 gradients, master weights, optimizer states) to the host"));
+    } else if (z.stage < 3) {
+      advice.push_back(absl::StrCat(
+          "GPU: ZeRO stage 3 (zero_optimization.stage 3) keeps at most "
+          "stage3_max_live_parameters params (now ",
+          z.stage3_max_live_parameters, ") and their grads on the GPU instead of every layer's ",
+          bytes(i64(pl.device_working_set))));
+    } else if (pl.device_working_set > pl.largest_layer_device) {
+      advice.push_back(absl::StrCat(
+          "GPU: lower zero_optimization.stage3_max_live_parameters (now ",
+          z.stage3_max_live_parameters, "): the GPU holds ", bytes(i64(pl.device_working_set)),
+          " of params and grads; the largest layer needs ", bytes(i64(pl.largest_layer_device))));
+    }
+    const int64_t b = c.train_micro_batch_size_per_gpu;
+    if (b > 1) {
+      advice.push_back(absl::StrCat(
+          "GPU: activations take ", bytes(g.activations), " at train_micro_batch_size_per_gpu ", b,
+          "; a smaller micro batch (", b / 2,
+          " needs about half) with gradient_accumulation_steps raised to keep train_batch_size ",
+          c.train_batch_size));
+    } else {
+      advice.push_back(absl::StrCat("GPU: activations take ", bytes(g.activations),
+                                    " at micro batch 1; use a shorter sequence or a larger GPU"));
+    }
+  }
+  if (p.host.fits() == false) {
+    const PlanRoles& h = p.host.need;
+    if (z.offload_optimizer.device == OffloadDevice::kCpu) {
+      advice.push_back(absl::StrCat(
+          "host: set zero_optimization.offload_optimizer.device to \"nvme\" with an nvme_path to "
+          "move master weights and optimizer states (",
+          bytes(h.master32 + h.exp_avg + h.exp_avg_sq), ") to NVMe"));
+    }
+    if (z.offload_param.device == OffloadDevice::kCpu) {
+      advice.push_back(
+          "host: set zero_optimization.offload_param.device to \"nvme\" to move the 16-bit "
+          "parameters to NVMe");
+    }
+    const uint64_t two_layers = 2 * pl.largest_layer_nvme;
+    if (pl.host_cache > two_layers) {
+      advice.push_back(absl::StrCat(
+          "host: lower strata.prefetch_window_bytes (now ", c.strata.prefetch_window_bytes,
+          "): the host caches max(two layers, prefetch_window_bytes) of NVMe-homed tensors = ",
+          bytes(i64(pl.host_cache)), "; two layers take ", bytes(i64(two_layers))));
+    }
+    advice.push_back("host: free memory or give a larger --host-mem if more is available");
+  }
+  if (p.nvme.fits() == false) {
+    advice.push_back(
+        "NVMe: free space under nvme_path, or list several drives in nvme_path to stripe across "
+        "them");
+  }
+  return advice;
+}
+
+}  // namespace
+
+int64_t PlanModel::param_count() const {
+  int64_t n = 0;
+  for (const auto& layer : layers) {
+    for (const ParamSpec& s : layer) n += i64(s.numel);
+  }
+  return n;
+}
+
+std::optional<bool> TierPlan::fits() const {
+  if (need.total() == 0) return true;
+  if (!capacity) return std::nullopt;
+  return need.total() <= capacity->bytes;
+}
+
+std::optional<bool> MemoryPlan::fits() const {
+  bool unknown = false;
+  for (const TierPlan* t : {&gpu, &host, &nvme}) {
+    const std::optional<bool> f = t->fits();
+    if (f == false) return false;
+    if (!f) unknown = true;
+  }
+  if (unknown) return std::nullopt;
+  return true;
+}
+
+DeepSpeedEstimate deepspeed_estimate(int zero_stage, bool offload_optimizer, bool offload_param,
+                                     int64_t params, int64_t largest_module_params, int gpus) {
+  const double n = static_cast<double>(params);
+  const double g = static_cast<double>(std::max(gpus, 1));
+  const int64_t largest = 4 * largest_module_params;
+  const std::string with_g = absl::StrCat(" with G = ", std::max(gpus, 1));
+  DeepSpeedEstimate e;
+  if (zero_stage < 3) {
+    e.estimator = "estimate_zero2_model_states_mem_needs_all_live";
+    if (offload_optimizer) {
+      e.formula = "cpu_offload: GPU 2N, CPU N*max(4G, 16)*1.5" + with_g;
+      e.gpu = i64(2 * params);
+      e.cpu = static_cast<int64_t>(n * std::max(4 * g, 16.0) * 1.5);
+    } else {
+      e.formula = "no offload: GPU 4N + 16N/G, CPU 4N*G*1.5" + with_g;
+      e.gpu = 4 * params + static_cast<int64_t>(16 * n / g);
+      e.cpu = static_cast<int64_t>(n * 4 * g * 1.5);
+    }
+    return e;
+  }
+  e.estimator = "estimate_zero3_model_states_mem_needs_all_live";
+  if (offload_optimizer && offload_param) {
+    e.formula = "params and optimizer offloaded: GPU 4*largest_layer, CPU 18N*1.5";
+    e.gpu = largest;
+    e.cpu = static_cast<int64_t>(n * 18 * 1.5);
+  } else if (offload_optimizer) {
+    e.formula = "optimizer offloaded: GPU 4*largest_layer + 2N/G, CPU 16N*1.5" + with_g;
+    e.gpu = largest + static_cast<int64_t>(2 * n / g);
+    e.cpu = static_cast<int64_t>(n * 16 * 1.5);
+  } else {
+    e.formula = "no offload: GPU 4*largest_layer + 18N/G, CPU 4*largest_layer*G*1.5" + with_g;
+    e.gpu = largest + static_cast<int64_t>(18 * n / g);
+    e.cpu = static_cast<int64_t>(static_cast<double>(largest) * g * 1.5);
+  }
+  return e;
+}
+
+absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsConfig& config,
+                                       const PlanCapacities& capacities) {
+  STRATA_ASSIGN_OR_RETURN(const Placement pl, plan_placement(config, model.layers));
+  MemoryPlan p;
+  p.model = model.name;
+  p.params = model.param_count();
+  p.largest_module_params = model.largest_module_params;
+  p.compute_bytes = static_cast<int>(dtype_size(pl.dtype));
+  p.precision = config.fp16.enabled ? "fp16" : config.bf16.enabled ? "bf16" : "fp32";
+  p.optimizer = std::string(config::to_string(config.optimizer.type));
+  if (config.optimizer.type == OptimizerType::kNone) {
+    p.optimizer = "AdamW";
+    p.notes.push_back("the config has no \"optimizer\" section; AdamW (two fp32 states) assumed");
+  } else if (config.optimizer.type == OptimizerType::kLion ||
+             config.optimizer.type == OptimizerType::kAdagrad) {
+    p.notes.push_back(absl::StrCat(p.optimizer,
+                                   " reads one fp32 state, but the engine keeps exp_avg and "
+                                   "exp_avg_sq for every optimizer; both are counted"));
+  }
+
+  if (pl.offload) {
+    p.gpu.need.param16 = i64(pl.device_working_set / 2);
+    p.gpu.need.grad16 = i64(pl.device_working_set / 2);
+  } else {
+    p.gpu.need = roles_of(pl.device_roles);
+  }
+  // In 128 bits: the config's micro batch may be anything up to 2^63.
+  using Wide = __int128;
+  const Wide b = config.train_micro_batch_size_per_gpu, s = model.seq_len;
+  const Wide activations = model.n_layer * b * s *
+                               (34 * Wide{model.n_embd} + 5 * model.n_head * s) * p.compute_bytes /
+                               2 +
+                           4 * b * s * model.vocab_size;
+  if (activations > Wide{1} << 62) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train_micro_batch_size_per_gpu ", config.train_micro_batch_size_per_gpu, " with ",
+        model.name, "'s sequence of ", model.seq_len,
+        " tokens needs more activation memory than any machine has; lower the micro batch"));
+  }
+  p.gpu.need.activations = static_cast<int64_t>(activations);
+  p.host.need = roles_of(pl.host_roles);
+  p.host.need.staging = i64(pl.host_cache);
+  p.nvme.need = roles_of(pl.nvme_roles);
+  if (pl.rollback > 0) {
+    p.notes.push_back(absl::StrCat(
+        "overlap mode keeps up to ", bytes(i64(pl.rollback)),
+        " of optimizer-state copies in host memory beside the tiers, to undo a step an fp16 "
+        "overflow or clipping rejects (strata.rollback_buffer_bytes)"));
+  }
+
+  p.deepspeed = deepspeed_estimate(config.zero.stage, pl.offload,
+                                   config.zero.offload_param.device != OffloadDevice::kNone,
+                                   p.params, p.largest_module_params, config.world_size);
+  if (config.zero.stage < 2) {
+    p.notes.push_back("DeepSpeed has no estimator for ZeRO stage 0/1; its ZeRO-2 one is shown");
+  }
+
+  p.gpu.capacity = capacities.gpu;
+  p.host.capacity = capacities.host;
+  p.nvme.capacity = capacities.nvme;
+  if (capacities.probe) {
+    if (!p.host.capacity) p.host.capacity = probe_host_capacity();
+    if (!p.nvme.capacity && p.nvme.need.total() > 0) p.nvme.capacity = probe_nvme_capacity(config);
+  }
+  p.advice = advise(config, pl, p);
+  return p;
+}
+
+}  // namespace strata::engine

@@ -1,0 +1,123 @@
+// MemoryPlan: the bytes a training run needs on each tier (GPU, host, NVMe)
+// by tensor role, for a model and a ds_config, before anything is
+// allocated; compared with the tiers' capacities and with DeepSpeed's own
+// estimate; and, when something does not fit, what to change. `strata plan`
+// prints it.
+//
+// The tensors come from engine::plan_placement, the placement TrainingEngine
+// builds its store from, so the plan and the run cannot disagree:
+//   GPU   without optimizer offload every homed tensor (Placement::
+//         device_roles); with it, the params and grads the device holds
+//         (Placement::device_working_set, half each); plus the activations
+//         of one micro-batch (Korthikanti et al. 2022, no recomputation):
+//         n_layer*b*s*(34*n_embd + 5*n_head*s)*compute_bytes/2 + 4*b*s*vocab
+//         (the fp32 logits), b = train_micro_batch_size_per_gpu.
+//   host  the host arena: host-homed tensors (Placement::host_roles) and, as
+//         "staging", the cache of NVMe-homed tensors (Placement::host_cache).
+//   NVMe  the swap file (Placement::nvme_roles).
+// The engine registers master, exp_avg and exp_avg_sq for every optimizer
+// (Lion and Adagrad included), and so does the plan.
+//
+// Thread-safe; pure unless PlanCapacities::probe asks it to look at this
+// machine. Errors: InvalidArgument for what plan_placement refuses.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/config/ds_config.h"
+#include "engine/model.h"
+
+namespace strata::engine {
+
+// A decoder-only transformer as the plan sees it; the model's own library
+// fills it (model::gpt2_plan_model).
+struct PlanModel {
+  std::string name;
+  std::vector<std::vector<ParamSpec>> layers;  // as Model::layer_params
+  // DeepSpeed's largest_layer_params: the largest single module's own params.
+  int64_t largest_module_params = 0;
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t n_embd = 0;
+  int64_t vocab_size = 0;
+  int64_t seq_len = 0;
+  int64_t param_count() const;
+};
+
+// Bytes of each role on one tier.
+struct PlanRoles {
+  int64_t param16 = 0;  // the compute-dtype params (and delayed update's next params)
+  int64_t grad16 = 0;
+  int64_t grad32 = 0;
+  int64_t master32 = 0;
+  int64_t exp_avg = 0;
+  int64_t exp_avg_sq = 0;
+  int64_t activations = 0;
+  int64_t staging = 0;
+  int64_t total() const {
+    return param16 + grad16 + grad32 + master32 + exp_avg + exp_avg_sq + activations + staging;
+  }
+};
+
+struct TierCapacity {
+  int64_t bytes = 0;
+  std::string source;  // "--gpu-mem", "MemAvailable", "free under /nvme", ...
+};
+
+struct TierPlan {
+  std::string name;  // "gpu", "host", "nvme"
+  PlanRoles need;
+  std::optional<TierCapacity> capacity;
+  // true when nothing is needed or it fits; nullopt when the capacity is unknown.
+  std::optional<bool> fits() const;
+};
+
+// DeepSpeed's estimate_zero2/3_model_states_mem_needs_all_live for one node
+// of `gpus` GPUs (zero_init, additional_buffer_factor 1.5), N params:
+//   ZeRO-2 offload     GPU 2N,                     CPU N*max(4G, 16)*1.5
+//   ZeRO-2 no offload  GPU 4N + 16N/G,             CPU 4N*G*1.5
+//   ZeRO-3 all offload GPU 4*largest,              CPU 18N*1.5
+//   ZeRO-3 optimizer   GPU 4*largest + 2N/G,       CPU 16N*1.5
+//   ZeRO-3 no offload  GPU 4*largest + 18N/G,      CPU 4*largest*G*1.5
+// Stages 0 and 1 get the ZeRO-2 estimator (DeepSpeed has none of their own).
+struct DeepSpeedEstimate {
+  std::string estimator;  // "estimate_zero2_model_states_mem_needs_all_live", ...
+  std::string formula;    // the line above that applies, with G filled in
+  int64_t gpu = 0;
+  int64_t cpu = 0;
+};
+DeepSpeedEstimate deepspeed_estimate(int zero_stage, bool offload_optimizer, bool offload_param,
+                                     int64_t params, int64_t largest_module_params, int gpus = 1);
+
+struct PlanCapacities {
+  std::optional<TierCapacity> gpu, host, nvme;  // absent: unknown (or probed)
+  // Fill an absent host capacity with what this machine has free
+  // (MemAvailable capped by the cgroup limit) and an absent NVMe one, when
+  // NVMe is used, with the free space under the config's first nvme_path.
+  bool probe = false;
+};
+
+struct MemoryPlan {
+  std::string model;
+  int64_t params = 0;
+  int64_t largest_module_params = 0;
+  int compute_bytes = 4;
+  std::string precision;  // "fp16", "bf16", "fp32"
+  std::string optimizer;  // as the engine runs it ("AdamW" when the config has none)
+  TierPlan gpu{"gpu"}, host{"host"}, nvme{"nvme"};
+  DeepSpeedEstimate deepspeed;
+  std::vector<std::string> notes;
+  std::vector<std::string> advice;  // "to fit": one change each, naming the key
+  // false when a tier is short; true when every tier fits; nullopt when
+  // nothing is known to be short but a tier's capacity is unknown.
+  std::optional<bool> fits() const;
+};
+
+absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsConfig& config,
+                                       const PlanCapacities& capacities);
+
+}  // namespace strata::engine

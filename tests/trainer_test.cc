@@ -2,11 +2,12 @@
 // on synthetic tokens (short sequences, the engine's default overlap mode),
 // a few steps each. Evaluation and save cadence, the per-step JSON log, a
 // stop request (from the sink, as a signal handler would), resuming bit for
-// bit (also from a background save), options refused before any step, and a
-// ds_config without an "optimizer" section (the user's fixture) trained
-// with the AdamW fill_missing_optimizer gives it.
+// bit (also from a background save), SIGTERM through StopSignals, options
+// refused before any step, and a ds_config without an "optimizer" section
+// (the user's fixture) trained with the AdamW fill_missing_optimizer gives.
 #include "model/trainer.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <cmath>
@@ -23,6 +24,7 @@
 #include "model/cpu/matmul.h"
 #include "model/gpt2_config.h"
 #include "model/gpt2_model.h"
+#include "model/stop_signals.h"
 #include "nlohmann/json.hpp"
 #include "tests/cli_test_util.h"
 #include "tests/test_ds_config.h"
@@ -217,6 +219,41 @@ TEST_F(TrainerTest, StopRequestEndsTheRunAfterTheStepAndSaves) {
   EXPECT_EQ(none.steps_run, 0);
   EXPECT_TRUE(none.val_losses.empty());
   EXPECT_EQ(again.eng->steps(), 2);
+}
+
+// SIGTERM, as `docker stop` sends it, through StopSignals: the same stop as
+// request_stop; SIGPIPE, from a reader gone away, is ignored meanwhile.
+class RaiseAt final : public TrainerSink {
+ public:
+  void on_step(const TrainerStep& s) override {
+    if (s.stats.step == 1) {
+      ::raise(SIGPIPE);
+      ::raise(SIGTERM);
+    }
+  }
+};
+
+TEST_F(TrainerTest, SigtermThroughStopSignalsStopsTheRun) {
+  Rig rig(cfg_);
+  ASSERT_NE(rig.eng, nullptr);
+  RaiseAt sink;
+  auto trainer = Trainer::create(rig.eng.get(), {.steps = 50, .eval_batches = 1}, &sink);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  {
+    StopSignals signals;
+    signals.route_to(trainer->get());
+    const TrainerResult r = (*trainer)->run();
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    EXPECT_TRUE(r.stopped);
+    EXPECT_EQ(r.steps_run, 1);
+    EXPECT_EQ(signals.received(), SIGTERM);
+  }
+  // The dispositions from before are back (gtest's: the default).
+  struct sigaction now {};
+  ::sigaction(SIGPIPE, nullptr, &now);
+  EXPECT_EQ(now.sa_handler, SIG_DFL);
+  ::sigaction(SIGTERM, nullptr, &now);
+  EXPECT_EQ(now.sa_handler, SIG_DFL);
 }
 
 // 4 steps straight through against 2 steps saved (in the background every

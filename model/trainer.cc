@@ -46,6 +46,13 @@ absl::Status check_output_destination(const std::string& path, absl::string_view
       return refuse("exists and is not a folder; choose a new path or a folder");
     }
     if (!is_dir && S_ISDIR(st.st_mode)) return refuse("is a folder; name a file");
+    // A FIFO would block the open until a reader comes; a device or socket
+    // would be replaced by a rename-over write (--trace) or fed a log.
+    if (!is_dir && !S_ISREG(st.st_mode)) {
+      return refuse(
+          "is not a regular file (a FIFO, device or socket); name a regular file or a "
+          "new path");
+    }
     // Checked once more below through the folder it is replaced in.
     if (is_dir && ::access(path.c_str(), W_OK | X_OK) != 0) {
       return refuse(absl::StrCat("cannot write into it (", std::strerror(errno), ")"));

@@ -8,6 +8,7 @@
 // trains with AdamW from --lr/--weight-decay; GPT-2 BPE files switch the data
 // to their tokens; --plot draws the loss curve with gnuplot.
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -221,6 +222,10 @@ TEST_F(TrainCommandTest, UnwritableDestinationsFailBeforeAnyWork) {
   fs::remove(log());
   expect_early_failure(args({{"--log-json", dir_ + "/no/such/log.jsonl"}}),
                        dir_ + "/no/such does not exist");
+  // A FIFO would block the run forever at the open; a device is no log.
+  ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
+  expect_early_failure(args({{"--log-json", dir_ + "/fifo"}}), "is not a regular file");
+  expect_early_failure(args({{"--trace", "/dev/null"}}), "--trace /dev/null: is not a regular");
   EXPECT_FALSE(fs::exists(file + "/ckpt"));
 }
 

@@ -331,6 +331,10 @@ TEST_F(TrainerTest, RefusesOptionsThatCannotRunBeforeAnyStep) {
   refused({.save_dir = file}, "is not a folder");
   refused({.log_json = dir_}, "--log-json " + dir_ + ": is a folder");
   refused({.log_json = dir_ + "/no/such/log.jsonl"}, dir_ + "/no/such does not exist");
+  // A FIFO would block the open forever; a device would be written into.
+  ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
+  refused({.log_json = dir_ + "/fifo"}, "is not a regular file");
+  refused({.log_json = "/dev/null"}, "is not a regular file");
   EXPECT_EQ(rig.eng->steps(), 0);
   EXPECT_FALSE(fs::exists(file + "/ckpt"));
 

@@ -196,10 +196,12 @@ void add_sample_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--ckpt", f->ckpt, "the checkpoint directory strata train saved")->required();
   cmd->add_option("--prompt", f->prompt, "the text to continue (empty: start a new line)")
       ->required();
-  cmd->add_option("--tokens", f->tokens, "tokens to generate, 0..100000 (default 200)");
+  cmd->add_option("--tokens", f->tokens, "tokens to generate, 0..100000 (default 200)")
+      ->type_name("INT");
   cmd->add_option("--temperature", f->temperature,
-                  "0..10: 0 takes the most likely token; higher is more varied (default 0.8)");
-  cmd->add_option("--seed", f->seed, "sampling seed (default 1337)");
+                  "0..10: 0 takes the most likely token; higher is more varied (default 0.8)")
+      ->type_name("FLOAT");
+  cmd->add_option("--seed", f->seed, "sampling seed (default 1337)")->type_name("INT");
   cmd->callback([=] {
     auto a = parse_flags(*f);
     if (!a.ok()) {

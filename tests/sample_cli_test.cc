@@ -18,12 +18,12 @@ namespace fs = std::filesystem;
 using strata::testing::CliRun;
 using strata::testing::slurp;
 
-// fp32, no offload: the other placement from train_command_test's.
+// fp32, no offload: the other placement from train_command_test's; the
+// default (overlap) mode.
 constexpr char kConfig[] = R"({
   "train_micro_batch_size_per_gpu": 2,
   "gradient_accumulation_steps": 1,
-  "optimizer": {"type": "AdamW", "params": {"lr": 3e-3}},
-  "strata": {"overlap": "sync"}
+  "optimizer": {"type": "AdamW", "params": {"lr": 3e-3}}
 })";
 
 class SampleCliTest : public ::testing::Test {
@@ -116,6 +116,15 @@ TEST_F(SampleCliTest, UnusableCheckpointsAndPromptsFail) {
   scratch_.write("bare/meta.json", bare.dump());
   expect_error(sample("--ckpt '" + dir_ + "/bare' --prompt x"),
                "does not say which model it holds");
+
+  // Malformed numbers are usage errors, found before the checkpoint is read.
+  for (const std::string bad : {"--temperature nan", "--temperature -1", "--temperature 1e9",
+                                "--tokens -1", "--tokens 1.5", "--tokens inf", "--seed x"}) {
+    CliRun r = sample("--ckpt '" + dir_ + "/ckpt' --prompt x " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_EQ(r.err.rfind("strata: error: " + bad.substr(0, bad.find(' ')), 0), 0u) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
 
   // A byte-level model whose vocabulary lacks a prompt byte.
   fs::copy(dir_ + "/ckpt", dir_ + "/small");

@@ -1,10 +1,14 @@
 // `strata train`, run as a user would: the real binary trains gpt2-tiny for
 // a few steps on a small corpus written here (short sequences, optimizer
-// offloaded to the CPU) and its per-step JSON lines are checked; bad inputs
-// fail before any work with exit 1 and one "strata: error:" line; Ctrl-C
-// ends the run after the current step with exit 130; GPT-2 BPE files switch
-// the data to their tokens; --plot draws the loss curve with gnuplot.
+// offloaded to the CPU, overlap mode) and its per-step JSON lines are
+// checked; bad inputs and destinations fail before any work with exit 1 (2
+// for a malformed number) and one "strata: error:" line; Ctrl-C and SIGTERM
+// end the run after the current step (saving it) with exit 130 / 143; a
+// closed pipe on stderr does not end it; a ds_config without an optimizer
+// trains with AdamW from --lr/--weight-decay; GPT-2 BPE files switch the data
+// to their tokens; --plot draws the loss curve with gnuplot.
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,7 +46,8 @@ std::vector<json> json_lines(const std::string& path) {
 }
 
 // fp16 with dynamic loss scaling (starting low, so no step is skipped),
-// AdamW at a constant rate, optimizer states on the host.
+// AdamW at a constant rate, optimizer states on the host; the default
+// (overlap) mode.
 constexpr char kConfig[] = R"({
   "train_micro_batch_size_per_gpu": 2,
   "gradient_accumulation_steps": 1,
@@ -50,8 +55,7 @@ constexpr char kConfig[] = R"({
   "gradient_clipping": 1.0,
   "fp16": {"enabled": true, "loss_scale": 0, "initial_scale_power": 8},
   "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01}},
-  "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
-  "strata": {"overlap": "sync"}
+  "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}
 })";
 
 class TrainCommandTest : public ::testing::Test {
@@ -175,43 +179,206 @@ TEST_F(TrainCommandTest, BadInputsFailBeforeAnyWork) {
   EXPECT_NE(cuda.err.find("use --device cpu"), std::string::npos) << cuda.err;
 }
 
+// Every number is parsed by core/parse.h before any work: nan, junk, out of
+// range and values CLI11 would have let through are usage errors (exit 2),
+// one error line naming the flag, no step, no log.
 TEST_F(TrainCommandTest, MalformedFlagsAreUsageErrors) {
-  EXPECT_EQ(run(args({{"--gpu-mem", "12Q"}})).exit_code, 2);
   EXPECT_EQ(run(args({{"--device", "tpu"}})).exit_code, 2);
-  EXPECT_EQ(run(args({{"--steps", "0"}})).exit_code, 2);
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"--gpu-mem", "12Q"},      {"--gpu-mem", "nan"},      {"--steps", "0"},
+      {"--steps", "nan"},        {"--steps", "1e99"},       {"--steps", "-1"},
+      {"--steps", "5x"},         {"--seq-len", "0"},        {"--seq-len", "abc"},
+      {"--eval-every", "0"},     {"--eval-batches", "1.5"}, {"--seed", "-3"},
+      {"--save-every", "0"},     {"--sample", "inf"},       {"--temperature", "nan"},
+      {"--temperature", "-0.5"}, {"--temperature", "11"},   {"--lr", "0"},
+      {"--lr", "nan"},           {"--weight-decay", "-1"},
+  };
+  for (const auto& [flag, value] : bad) {
+    fs::remove(log());
+    std::map<std::string, std::string> changes = {{flag, value}, {"--sample", "4"}};
+    if (flag == "--sample") changes[flag] = value;
+    if (flag == "--save-every") changes["--save-dir"] = dir_ + "/ckpt";
+    RunResult r = run(args(changes));
+    EXPECT_EQ(r.exit_code, 2) << flag << " " << value << ": " << r.err;
+    EXPECT_EQ(r.err.rfind("strata: error: " + flag, 0), 0u) << r.err;
+    EXPECT_EQ(r.err.find("step "), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(log())) << flag << " " << value;
+  }
 }
 
-TEST_F(TrainCommandTest, InterruptFinishesTheStepAndExits130) {
-  const std::string err = dir_ + "/.stderr";
-  const std::string cmd = "exec '" + std::string(STRATA_STRATA_BINARY) + "' train " +
-                          args({{"--steps", "100000"}, {"--eval-every", "100000"}}) + " 2>'" + err +
-                          "'";
+// Destinations that cannot be written are found before the first step, not
+// after the last.
+TEST_F(TrainCommandTest, UnwritableDestinationsFailBeforeAnyWork) {
+  const std::string file = write("a_file", "x");
+  expect_early_failure(args({{"--save-dir", file + "/ckpt"}}), "--save-dir " + file + "/ckpt");
+  expect_early_failure(args({{"--save-dir", file}}), "--save-dir " + file);
+  expect_early_failure(args({{"--trace", file + "/t.json"}}), "--trace " + file + "/t.json");
+  expect_early_failure(args({{"--trace", dir_}}), "--trace " + dir_ + ": is a folder");
+  fs::create_directories(log());  // the log path is a folder
+  RunResult r = run(args());
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.err.rfind("strata: error: --log-json " + log() + ": is a folder", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.find("step "), std::string::npos) << r.err;
+  fs::remove(log());
+  expect_early_failure(args({{"--log-json", dir_ + "/no/such/log.jsonl"}}),
+                       dir_ + "/no/such does not exist");
+  // A FIFO would block the run forever at the open; a device is no log.
+  ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
+  expect_early_failure(args({{"--log-json", dir_ + "/fifo"}}), "is not a regular file");
+  expect_early_failure(args({{"--trace", "/dev/null"}}), "--trace /dev/null: is not a regular");
+  EXPECT_FALSE(fs::exists(file + "/ckpt"));
+}
+
+// Starts `strata train ARGS` (stderr into a file), waits for its first
+// logged step, sends `sig` and returns its wait status and stderr.
+struct Stopped {
+  int status = 0;
+  bool started = false;
+  std::string err;
+};
+Stopped stop_after_first_step(const std::string& dir, const std::string& a,
+                              const std::string& log_path, int sig) {
+  const std::string err = dir + "/.stderr";
+  const std::string cmd =
+      "exec '" + std::string(STRATA_STRATA_BINARY) + "' train " + a + " 2>'" + err + "'";
+  Stopped s;
   const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
+  if (pid < 0) return s;
   if (pid == 0) {
     ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  // Wait (up to 120 s) for the first logged step, then press Ctrl-C.
-  bool started = false, exited = false;
-  int status = 0;
-  for (int i = 0; i < 1200 && !started && !exited; ++i) {
+  // Wait (up to 120 s) for the first logged step, then send the signal.
+  bool exited = false;
+  for (int i = 0; i < 1200 && !s.started && !exited; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    started = slurp(log()).find('\n') != std::string::npos;
-    exited = ::waitpid(pid, &status, WNOHANG) == pid;
+    s.started = slurp(log_path).find('\n') != std::string::npos;
+    exited = ::waitpid(pid, &s.status, WNOHANG) == pid;
   }
   if (!exited) {
-    ::kill(pid, SIGINT);
-    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ::kill(pid, sig);
+    ::waitpid(pid, &s.status, 0);
   }
-  ASSERT_TRUE(started) << slurp(err);
-  ASSERT_TRUE(WIFEXITED(status)) << slurp(err);
-  EXPECT_EQ(WEXITSTATUS(status), 130) << slurp(err);
-  const std::string text = slurp(err);
-  EXPECT_NE(text.find("summary: "), std::string::npos) << text;
-  EXPECT_NE(text.find("nothing was saved"), std::string::npos) << text;
+  s.err = slurp(err);
+  return s;
+}
+
+TEST_F(TrainCommandTest, InterruptFinishesTheStepAndExits130) {
+  const Stopped s = stop_after_first_step(
+      dir_, args({{"--steps", "100000"}, {"--eval-every", "100000"}}), log(), SIGINT);
+  ASSERT_TRUE(s.started) << s.err;
+  ASSERT_TRUE(WIFEXITED(s.status)) << s.err;
+  EXPECT_EQ(WEXITSTATUS(s.status), 130) << s.err;
+  EXPECT_NE(s.err.find("summary: "), std::string::npos) << s.err;
+  EXPECT_NE(s.err.find("interrupted after step"), std::string::npos) << s.err;
+  EXPECT_NE(s.err.find("nothing was saved"), std::string::npos) << s.err;
   // Every step that ran was logged completely.
   for (const json& j : json_lines(log())) EXPECT_TRUE(j.is_object());
+}
+
+// SIGTERM (a batch scheduler, `docker stop`) does what Ctrl-C does: the step
+// finishes, --save-dir gets a checkpoint `strata sample` loads, the summary
+// is printed, and the exit status is 143 (128 + SIGTERM).
+TEST_F(TrainCommandTest, SigtermSavesTheCheckpointAndExits143) {
+  const std::string ckpt = dir_ + "/ckpt";
+  const Stopped s = stop_after_first_step(
+      dir_, args({{"--steps", "100000"}, {"--eval-every", "100000"}, {"--save-dir", ckpt}}), log(),
+      SIGTERM);
+  ASSERT_TRUE(s.started) << s.err;
+  ASSERT_TRUE(WIFEXITED(s.status)) << "killed by signal " << WTERMSIG(s.status) << ": " << s.err;
+  EXPECT_EQ(WEXITSTATUS(s.status), 143) << s.err;
+  EXPECT_NE(s.err.find("summary: "), std::string::npos) << s.err;
+  EXPECT_NE(s.err.find("terminated (SIGTERM) after step"), std::string::npos) << s.err;
+  EXPECT_NE(s.err.find("resume with --resume " + ckpt), std::string::npos) << s.err;
+  const std::vector<json> lines = json_lines(log());
+  ASSERT_FALSE(lines.empty());
+  for (const json& j : lines) EXPECT_TRUE(j.is_object());
+  const RunResult sample =
+      scratch_.run_strata("sample --ckpt '" + ckpt + "' --prompt the --tokens 2");
+  EXPECT_EQ(sample.exit_code, 0) << sample.err;
+  EXPECT_NE(sample.err.find("after " + std::to_string(lines.back()["step"].get<int>()) + " steps"),
+            std::string::npos)
+      << sample.err;
+}
+
+// A reader that goes away (`strata train ... 2>&1 | head -1`) or a closed
+// stderr does not end the run: it finishes, exits 0 and logs every step.
+TEST_F(TrainCommandTest, ClosedPipeOrStderrDoesNotEndTheRun) {
+  const std::string rc = dir_ + "/rc";
+  const std::string cmd = "{ '" + std::string(STRATA_STRATA_BINARY) + "' train " +
+                          args({{"--steps", "6"}}) + " 2>&1; echo $? >'" + rc +
+                          "'; } | head -1 >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  EXPECT_EQ(slurp(rc), "0\n");
+  std::vector<json> lines = json_lines(log());
+  ASSERT_EQ(lines.size(), 6u);
+  for (const json& j : lines) EXPECT_TRUE(j.is_object() && j.contains("loss")) << j.dump();
+  EXPECT_TRUE(lines.back().contains("val_loss"));
+
+  fs::remove(log());
+  const std::string closed = "'" + std::string(STRATA_STRATA_BINARY) + "' train " +
+                             args({{"--steps", "3"}}) + " 2>&- >&-; echo $? >'" + rc + "'";
+  ASSERT_EQ(std::system(closed.c_str()), 0);
+  EXPECT_EQ(slurp(rc), "0\n");
+  lines = json_lines(log());
+  ASSERT_EQ(lines.size(), 3u);
+  // No progress text went into the log (it would take stderr's number).
+  for (const json& j : lines) EXPECT_TRUE(j.is_object());
+}
+
+// The user's own ds_config has no "optimizer" (their train.py builds it):
+// trained with AdamW at --lr / --weight-decay, said in one line. With an
+// optimizer section in the config, the flags change nothing and say so.
+TEST_F(TrainCommandTest, ConfigWithoutOptimizerTrainsWithAdamWFromFlags) {
+  const std::string fixture = std::string(STRATA_FIXTURES_DIR) + "/ds_config_gpt2_rtx5090.json";
+  RunResult r = run(args({{"--deepspeed_config", fixture}, {"--steps", "2"}}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find(fixture + " has no \"optimizer\" section"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("training with AdamW, lr 0.0006 (--lr), weight decay 0.1"),
+            std::string::npos)
+      << r.err;
+  std::vector<json> lines = json_lines(log());
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_DOUBLE_EQ(lines[0]["lr"].get<double>(), 6e-4);
+
+  r = run(args({{"--deepspeed_config", fixture}, {"--steps", "1"}, {"--lr", "1e-4"}}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("lr 0.0001 (--lr)"), std::string::npos) << r.err;
+  lines = json_lines(log());
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_DOUBLE_EQ(lines[0]["lr"].get<double>(), 1e-4);
+
+  r = run(args({{"--steps", "1"}, {"--lr", "1e-4"}, {"--weight-decay", "0"}}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("strata: warning: --lr and --weight-decay ignored: " + config_ +
+                       " has an \"optimizer\" section (AdamW, lr 0.003"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("training with AdamW"), std::string::npos) << r.err;
+  lines = json_lines(log());
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_DOUBLE_EQ(lines[0]["lr"].get<double>(), 3e-3);
+}
+
+// The default overlap mode and DeepSpeed's sync order log the same losses
+// and gradient norms, bit for bit (the speculative steps roll back exactly).
+TEST_F(TrainCommandTest, OverlapAndSyncModesLogTheSameSteps) {
+  RunResult overlap = run(args({{"--steps", "3"}}));
+  ASSERT_EQ(overlap.exit_code, 0) << overlap.err;
+  const std::vector<json> a = json_lines(log());
+  std::string sync_config = kConfig;
+  sync_config.insert(sync_config.rfind('}'), R"(, "strata": {"overlap": "sync"})");
+  RunResult sync =
+      run(args({{"--steps", "3"}, {"--deepspeed_config", write("sync.json", sync_config)}}));
+  ASSERT_EQ(sync.exit_code, 0) << sync.err;
+  const std::vector<json> b = json_lines(log());
+  ASSERT_EQ(a.size(), 3u);
+  ASSERT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(a[i]["grad_norm"], b[i]["grad_norm"]) << "step " << i + 1;
+  }
+  EXPECT_EQ(a.back()["val_loss"].get<double>(), b.back()["val_loss"].get<double>());
 }
 
 // --save-dir / --resume: two steps saved (every step and at the end), then a

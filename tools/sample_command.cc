@@ -7,12 +7,15 @@
 // generated text go to stdout. Sampling looks back at most the training
 // sequence length (the positions the model learnt).
 //
+// A malformed or out-of-range number (--tokens, --temperature, --seed; nan
+// included) is a usage error: one "strata: error:" line, exit 2.
 // Errors, each one "strata: error:" line and exit 1 before any sampling: a
 // missing or foreign checkpoint, one without the model description `strata
 // train` records, a BPE tokenizer whose files are gone or changed, a prompt
 // with a byte the model's vocabulary lacks.
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/config/ds_config.h"
+#include "core/parse.h"
 #include "core/status.h"
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
@@ -37,13 +41,35 @@ namespace {
 
 using nlohmann::json;
 
+// The flags as typed; numbers are parsed by core/parse.h (parse_flags).
+struct SampleFlags {
+  std::string ckpt;
+  std::string prompt;
+  std::string tokens = "200";
+  std::string temperature = "0.8";
+  std::string seed = "1337";
+};
+
 struct SampleArgs {
   std::string ckpt;
   std::string prompt;
-  int tokens = 200;
-  double temperature = 0.8;
-  uint64_t seed = 1337;
+  int tokens = 0;
+  double temperature = 0;
+  uint64_t seed = 0;
 };
+
+// Usage errors (exit 2): a number that does not parse or is out of range.
+absl::StatusOr<SampleArgs> parse_flags(const SampleFlags& f) {
+  SampleArgs a{.ckpt = f.ckpt, .prompt = f.prompt};
+  STRATA_ASSIGN_OR_RETURN(int64_t tokens, parse_int(f.tokens, "--tokens", 0, 100000));
+  a.tokens = static_cast<int>(tokens);
+  STRATA_ASSIGN_OR_RETURN(a.temperature,
+                          parse_double(f.temperature, "--temperature", {.min = 0, .max = 10}));
+  STRATA_ASSIGN_OR_RETURN(int64_t seed,
+                          parse_int(f.seed, "--seed", 0, std::numeric_limits<int64_t>::max()));
+  a.seed = static_cast<uint64_t>(seed);
+  return a;
+}
 
 // Never called: sampling serves its own context to the model.
 class NoData final : public model::TokenSource {
@@ -166,17 +192,25 @@ absl::Status run_sample(const SampleArgs& a) {
 void add_sample_command(CLI::App& app, int* exit_code) {
   auto* cmd = app.add_subcommand(
       "sample", "Continue a prompt with a model saved by `strata train --save-dir`");
-  auto a = std::make_shared<SampleArgs>();
-  cmd->add_option("--ckpt", a->ckpt, "the checkpoint directory strata train saved")->required();
-  cmd->add_option("--prompt", a->prompt, "the text to continue (empty: start a new line)")
+  auto f = std::make_shared<SampleFlags>();
+  cmd->add_option("--ckpt", f->ckpt, "the checkpoint directory strata train saved")->required();
+  cmd->add_option("--prompt", f->prompt, "the text to continue (empty: start a new line)")
       ->required();
-  cmd->add_option("--tokens", a->tokens, "tokens to generate (default 200)")
-      ->check(CLI::Range(0, 100000));
-  cmd->add_option("--temperature", a->temperature,
-                  "0 takes the most likely token; higher is more varied (default 0.8)")
-      ->check(CLI::Range(0.0, 10.0));
-  cmd->add_option("--seed", a->seed, "sampling seed (default 1337)");
-  cmd->callback([=] { *exit_code = report_status(run_sample(*a)); });
+  cmd->add_option("--tokens", f->tokens, "tokens to generate, 0..100000 (default 200)")
+      ->type_name("INT");
+  cmd->add_option("--temperature", f->temperature,
+                  "0..10: 0 takes the most likely token; higher is more varied (default 0.8)")
+      ->type_name("FLOAT");
+  cmd->add_option("--seed", f->seed, "sampling seed (default 1337)")->type_name("INT");
+  cmd->callback([=] {
+    auto a = parse_flags(*f);
+    if (!a.ok()) {
+      report_status(a.status());
+      *exit_code = 2;  // usage
+      return;
+    }
+    *exit_code = report_status(run_sample(*a));
+  });
 }
 
 }  // namespace strata::tools

@@ -1,0 +1,256 @@
+#include "model/trainer.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "nlohmann/json.hpp"
+#include "offload/tiered_store.h"
+
+namespace strata::model {
+namespace {
+
+using nlohmann::json;
+
+json tier_bytes(const std::array<uint64_t, offload::kTierCount>& b) {
+  json j = json::object();
+  for (int t = 0; t < offload::kTierCount; ++t) {
+    j[offload::tier_name(static_cast<offload::Tier>(t))] = b[t];
+  }
+  return j;
+}
+
+absl::Status check_range(int64_t value, int64_t min, const char* name) {
+  if (value >= min) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, " ", value, " is out of range; use ", min, " or more"));
+}
+
+}  // namespace
+
+absl::Status check_output_destination(const std::string& path, absl::string_view what,
+                                      bool is_dir) {
+  auto refuse = [&](const std::string& why) {
+    return absl::FailedPreconditionError(absl::StrCat(what, " ", path, ": ", why));
+  };
+  if (path.empty()) return refuse("the path is empty; name a file");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    if (is_dir && !S_ISDIR(st.st_mode)) {
+      return refuse("exists and is not a folder; choose a new path or a folder");
+    }
+    if (!is_dir && S_ISDIR(st.st_mode)) return refuse("is a folder; name a file");
+    // A FIFO would block the open until a reader comes; a device or socket
+    // would be replaced by a rename-over write (--trace) or fed a log.
+    if (!is_dir && !S_ISREG(st.st_mode)) {
+      return refuse(
+          "is not a regular file (a FIFO, device or socket); name a regular file or a "
+          "new path");
+    }
+    // Checked once more below through the folder it is replaced in.
+    if (is_dir && ::access(path.c_str(), W_OK | X_OK) != 0) {
+      return refuse(absl::StrCat("cannot write into it (", std::strerror(errno), ")"));
+    }
+  } else if (errno != ENOENT) {
+    // ENOTDIR: a file stands where a folder of the path should be.
+    return refuse(absl::StrCat("cannot be created (", std::strerror(errno),
+                               "); check every folder of the path"));
+  }
+  // A checkpoint's missing folders are created on save (the nearest
+  // existing one must be writable); a file's folder must be there.
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  while (is_dir && !parent.empty() && ::stat(parent.c_str(), &st) != 0 && errno == ENOENT) {
+    parent = parent.parent_path();
+  }
+  const std::string folder = parent.empty() ? std::string(".") : parent.string();
+  if (::stat(folder.c_str(), &st) != 0) {
+    return refuse(absl::StrCat(folder, " does not exist (", std::strerror(errno),
+                               "); create the folder or choose another path"));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return refuse(absl::StrCat(folder, " is not a folder; choose another path"));
+  }
+  if (::access(folder.c_str(), W_OK | X_OK) != 0) {
+    return refuse(absl::StrCat("cannot write into ", folder, " (", std::strerror(errno),
+                               "); choose another path"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status check_trainer_options(const TrainerOptions& o) {
+  STRATA_RETURN_IF_ERROR(check_range(o.steps, 1, "--steps"));
+  STRATA_RETURN_IF_ERROR(check_range(o.eval_every, 1, "--eval-every"));
+  STRATA_RETURN_IF_ERROR(check_range(o.eval_batches, 1, "--eval-batches"));
+  STRATA_RETURN_IF_ERROR(check_range(o.save_every, 0, "--save-every"));
+  STRATA_RETURN_IF_ERROR(check_range(o.tokens_per_step, 0, "tokens_per_step"));
+  if (o.save_every > 0 && o.save_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--save-every needs --save-dir DIR (where the checkpoint is written)");
+  }
+  if (!o.save_dir.empty()) {
+    // A save writes DIR.tmp-<pid> beside DIR and renames it over DIR, so the
+    // folder above DIR must be writable, and DIR, if there, a folder.
+    STRATA_RETURN_IF_ERROR(check_output_destination(o.save_dir, "--save-dir", true));
+    // At merge: engine::check_checkpoint_destination(o.save_dir)
+    // (engine/checkpoint_dir.h) goes here, refusing a DIR (or DIR.old,
+    // DIR.tmp-*) that is not a checkpoint strata wrote.
+  }
+  if (!o.log_json.empty()) {
+    STRATA_RETURN_IF_ERROR(check_output_destination(o.log_json, "--log-json", false));
+  }
+  return absl::OkStatus();
+}
+
+bool fill_missing_optimizer(config::DsConfig* config, double lr, double weight_decay) {
+  if (config->optimizer.type != config::OptimizerType::kNone) return false;
+  config->optimizer = config::OptimizerConfig{};
+  config->optimizer.type = config::OptimizerType::kAdamW;
+  config->optimizer.lr = lr;
+  config->optimizer.weight_decay = weight_decay;
+  config->optimizer.betas = {0.9, 0.999};
+  config->optimizer.eps = 1e-8;
+  return true;
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::create(engine::TrainingEngine* engine,
+                                                         TrainerOptions options,
+                                                         TrainerSink* sink) {
+  STRATA_RETURN_IF_ERROR(check_trainer_options(options));
+  std::unique_ptr<Trainer> t(new Trainer(engine, std::move(options), sink));
+  if (!t->options_.log_json.empty()) {
+    t->log_.open(t->options_.log_json, std::ios::trunc);
+    if (!t->log_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--log-json ", t->options_.log_json, ": cannot open for writing (",
+                       std::strerror(errno), "); check the folder exists and is writable"));
+    }
+  }
+  return t;
+}
+
+absl::Status Trainer::resume(const std::string& dir) { return engine_->load_checkpoint(dir); }
+
+absl::Status Trainer::evaluate(int64_t step, TrainerResult* r) {
+  TraceScope scope(options_.trace, "evaluate", "train");
+  scope.arg("step", step);
+  const int64_t t0 = monotonic_ns();
+  STRATA_ASSIGN_OR_RETURN(double v, engine_->evaluate(options_.eval_batches),
+                          absl::StrCat("evaluating after step ", step));
+  if (!r->first_val_loss) r->first_val_loss = v;
+  r->last_val_loss = v;
+  r->val_losses.emplace_back(step, v);
+  if (sink_ != nullptr) {
+    sink_->on_evaluation(step, v, options_.eval_batches, (monotonic_ns() - t0) * 1e-9);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::save(int64_t step, bool last, TrainerResult* r) {
+  TraceScope scope(options_.trace, "save_checkpoint", "train");
+  const int64_t t0 = monotonic_ns();
+  const bool background = options_.async_save && !last;
+  STRATA_RETURN_IF_ERROR(background ? engine_->save_checkpoint_async(options_.save_dir)
+                                    : engine_->save_checkpoint(options_.save_dir),
+                         absl::StrCat("--save-dir: saving after step ", step));
+  r->saved_step = step;
+  if (sink_ != nullptr) {
+    sink_->on_save(step, options_.save_dir, background, (monotonic_ns() - t0) * 1e-9);
+  }
+  return absl::OkStatus();
+}
+
+void Trainer::log_step(const TrainerStep& s, std::optional<double> val_loss) {
+  if (!log_.is_open()) return;
+  const engine::StepStats& st = s.stats;
+  json j = {{"step", st.step},
+            {"loss", st.loss},
+            {"lr", st.lr},
+            {"loss_scale", st.loss_scale},
+            {"skipped", st.skipped},
+            {"grad_norm", std::isfinite(st.grad_norm) ? json(st.grad_norm) : json(nullptr)},
+            {"clip_coef", st.clip_coef},
+            {"step_seconds", st.step_seconds},
+            {"tokens_per_second", s.tokens_per_second},
+            {"bytes_in", tier_bytes(st.bytes_in)},
+            {"bytes_out", tier_bytes(st.bytes_out)}};
+  if (val_loss) j["val_loss"] = *val_loss;
+  // A whole line per step, flushed, so a reader (or a killed run) never
+  // sees half an object.
+  log_ << j.dump() << '\n' << std::flush;
+}
+
+TrainerResult Trainer::run() {
+  TrainerResult r;
+  const int64_t t0 = monotonic_ns();
+  r.start_step = engine_->steps();
+  absl::Status failure;
+  if (!stop_requested()) failure = evaluate(r.start_step, &r);
+  for (int64_t i = r.start_step + 1; failure.ok() && i <= options_.steps; ++i) {
+    if (stop_requested()) {
+      r.stopped = true;
+      break;
+    }
+    absl::StatusOr<engine::StepStats> st;
+    {
+      TraceScope scope(options_.trace, "train_step", "train");
+      scope.arg("step", i);
+      st = engine_->train_step();
+    }
+    if (!st.ok()) {
+      failure = annotate(st.status(), absl::StrCat("training step ", i));
+      break;
+    }
+    ++r.steps_run;
+    r.train_seconds += st->step_seconds;
+    if (!r.first_loss) r.first_loss = st->loss;
+    r.last_loss = st->loss;
+    r.train_losses.emplace_back(st->step, st->loss);
+    if (st->skipped) ++r.skipped;
+    if (options_.trace != nullptr && options_.trace->enabled()) {
+      options_.trace->counter("loss_scale", static_cast<int64_t>(st->loss_scale));
+    }
+    TrainerStep step{
+        .stats = *st,
+        .tokens_per_second = st->step_seconds > 0 ? options_.tokens_per_step / st->step_seconds : 0,
+        .eta_seconds = r.train_seconds / r.steps_run * (options_.steps - i),
+        .skipped = r.skipped};
+    if (sink_ != nullptr) sink_->on_step(step);
+
+    // Read once: a request arriving during the evaluation below still
+    // finds this step logged and saved as the loop decided.
+    const bool stop = stop_requested();
+    std::optional<double> val;
+    if (!stop && (i % options_.eval_every == 0 || i == options_.steps)) {
+      failure = evaluate(i, &r);
+      if (failure.ok()) val = r.last_val_loss;
+    }
+    log_step(step, val);
+    if (failure.ok() && options_.save_every > 0 && i % options_.save_every == 0) {
+      failure = save(i, /*last=*/false, &r);
+    }
+    if (stop) {
+      r.stopped = true;
+      break;
+    }
+  }
+  r.last_step = engine_->steps();
+  if (failure.ok() && !options_.save_dir.empty() && r.saved_step != r.last_step) {
+    failure = save(r.last_step, /*last=*/true, &r);
+  }
+  if (absl::Status w = engine_->wait_for_checkpoint(); failure.ok() && !w.ok()) {
+    failure = annotate(w, "--save-dir: the background save");
+  }
+  r.status = failure;
+  r.wall_seconds = (monotonic_ns() - t0) * 1e-9;
+  r.tokens_per_second =
+      r.train_seconds > 0 ? r.steps_run * options_.tokens_per_step / r.train_seconds : 0;
+  return r;
+}
+
+}  // namespace strata::model

@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <filesystem>
 #include <utility>
 
@@ -54,13 +56,34 @@ uint64_t bytes_in(const std::string& path, bool is_dir) {
 }  // namespace
 
 absl::StatusOr<ScratchLock> ScratchLock::create_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0 && errno == EEXIST) {
-    return absl::AlreadyExistsError(absl::StrCat("cannot create ", path, ": it exists"));
+  // Created under a private name, locked, then moved in without replacing
+  // anything: a cleanup never sees `path` unlocked.
+  static std::atomic<uint64_t> counter{0};
+  const std::string staging = absl::StrCat(path, ".creating-", ::getpid(), "-", counter++);
+  const int fd = ::open(staging.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return errno_status(errno, absl::StrCat("cannot create ", staging));
+  auto locked = lock_fd(fd, staging);
+  if (!locked.ok()) {
+    ::unlink(staging.c_str());
+    return locked.status();
   }
-  if (fd < 0) return errno_status(errno, absl::StrCat("cannot create ", path));
-  STRATA_ASSIGN_OR_RETURN(int locked, lock_fd(fd, path));
-  return ScratchLock(locked);
+  int rc = ::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE);
+  if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {  // a file system without it
+    rc = ::link(staging.c_str(), path.c_str());
+    const int err = errno;
+    ::unlink(staging.c_str());
+    errno = err;
+  }
+  if (rc != 0) {
+    const int err = errno;
+    ::unlink(staging.c_str());
+    ::close(fd);
+    if (err == EEXIST) {
+      return absl::AlreadyExistsError(absl::StrCat("cannot create ", path, ": it exists"));
+    }
+    return errno_status(err, absl::StrCat("cannot create ", path));
+  }
+  return ScratchLock(fd);
 }
 
 absl::StatusOr<ScratchLock> ScratchLock::lock(const std::string& path) {

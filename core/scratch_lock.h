@@ -6,9 +6,10 @@
 // tell a dead owner's leftover (lock free) from a live run's (lock held) and
 // remove only the former.
 //
-// The lock is taken right after the path is created; a cleanup that runs in
-// the microseconds between the two can remove a brand-new entry (its owner
-// then keeps writing to an unlinked file and loses nothing but the space).
+// A file is created under a private name, locked, and only then moved to its
+// name, so a cleanup never finds it unlocked. A directory is locked right
+// after mkdir; a cleanup in the microseconds between can remove it while it
+// is still empty (the owner's next create in it then fails).
 //
 // Threading: a ScratchLock is owned by one thread at a time (movable).
 // Errors: Status naming the path; nothing throws.

@@ -87,10 +87,9 @@ class CheckpointWriter {
     STRATA_RETURN_IF_ERROR(remove_dead_checkpoint_temps(dir).status(),
                            absl::StrCat("saving checkpoint ", dir));
     std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(dir));
+    // (That removed our own DIR.tmp-<pid> too, when an earlier save of this
+    // process failed; one still there belongs to a live save.)
     std::error_code ec;
-    // Our own leftover (an earlier save of this process that failed): the
-    // destination check made sure it holds only what a save writes.
-    if (is_checkpoint_temp_dir(w->tmp_)) fs::remove_all(w->tmp_, ec);
     fs::create_directories(parent_of(dir), ec);
     if (!fs::create_directory(w->tmp_, ec) || ec) {
       return absl::FailedPreconditionError(absl::StrCat(

@@ -568,6 +568,10 @@ TEST_F(CkptExportTest, DamagedCheckpointsFailWithOneErrorLine) {
   std::ofstream(ck + "/meta.json") << m.dump();
   expect_refused("a numel of 2^58", "run past the end of");
   m = good;
+  m["user"]["model"]["name"] = 5;
+  std::ofstream(ck + "/meta.json") << m.dump();
+  expect_refused("user.model.name as a number", "\"name\" is not a string");
+  m = good;
   m["user"]["tokenizer"]["kind"] = 5;
   std::ofstream(ck + "/meta.json") << m.dump();
   const CliRun r = strata("sample --ckpt '" + ck + "' --prompt a --tokens 1");

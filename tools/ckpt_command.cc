@@ -1,93 +1,43 @@
 // strata ckpt info CKPT_DIR [--json]
 // strata ckpt export CKPT_DIR --to FILE.safetensors [--dtype fp32|bf16|fp16]
 //                   [--names hf|strata] [--json]
-// Reads checkpoints that `strata train --save-dir` writes through the engine's
-// one reader (engine/checkpoint_format.h: DIR/meta.json and DIR/tensors.bin,
-// or DIR.old when a save was interrupted between its renames); this file only
-// prints.
+// Flags and printing over model/checkpoint_export.h, which reads checkpoints
+// that `strata train --save-dir` writes through the engine's one reader
+// (engine/checkpoint_format.h: DIR/meta.json and DIR/tensors.bin, or DIR.old
+// when a save was interrupted between its renames).
 //
 // info: steps, compute dtype, the model and tokenizer the run recorded,
 // tensor count and bytes, from meta.json checked against tensors.bin's size
 // (no checksum is verified).
 //
 // export: writes the fp32 master weights as a safetensors file (--to must be
-// a new path or a regular file that is not one of the checkpoint's), one tensor at
-// a time (one tensor in memory at once): read from tensors.bin, checked
-// against its recorded xxh3 (a mismatch fails naming the tensor, and no file
-// is left behind), rearranged to the target layout, converted to --dtype.
-// Names: a checkpoint that records a GPT-2 "model" gets Hugging Face GPT-2
-// names and layouts by default (model/gpt2_weights.h), loadable by
-// transformers' GPT2Model and by `strata train --init`; otherwise, or with
-// --names strata, strata's own names "layer{l}.{param}" (GPT-2 tensors keep
-// their 2-D shapes, other models' tensors are flat). __metadata__ carries
-// "format": "pt" and the run's description under "strata.*" keys.
+// a new path or a regular file that is not one of the checkpoint's), one
+// tensor at a time, checked against its recorded xxh3, converted to --dtype;
+// Hugging Face GPT-2 names and layouts by default for a checkpoint that
+// records a GPT-2 model (loadable by transformers' GPT2Model and by `strata
+// train --init`), strata's own names otherwise or with --names strata.
 #include <cinttypes>
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/dtype.h"
-#include "core/file_util.h"
-#include "core/safetensors.h"
 #include "core/status.h"
 #include "engine/checkpoint_format.h"
+#include "model/checkpoint_export.h"
 #include "model/gpt2_config.h"
-#include "model/gpt2_weights.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 
 namespace strata::tools {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
-// A checkpoint as the engine's reader gives it (engine/checkpoint_format.h)
-// and, when it records one, the GPT-2 model whose layout export follows.
-struct Checkpoint {
-  engine::Checkpoint ck;
-  std::optional<model::Gpt2Config> gpt2;
-};
-
-absl::StatusOr<Checkpoint> open_checkpoint(const std::string& dir) {
-  Checkpoint c;
-  STRATA_ASSIGN_OR_RETURN(c.ck, engine::read_checkpoint(dir));
-  const engine::Checkpoint& ck = c.ck;
-  if (ck.user.is_object() && ck.user.contains("model")) {
-    auto cfg = model::gpt2_config_from_json(ck.user["model"]);
-    if (!cfg.ok()) {
-      return absl::DataLossError(absl::StrCat(ck.meta_path,
-                                              ": user.model: ", std::string(cfg.status().message()),
-                                              "; the checkpoint is damaged"));
-    }
-    // The table the mapping assumes must be the one the checkpoint holds.
-    const std::vector<model::Gpt2WeightSlot> slots = model::gpt2_weight_slots(*cfg);
-    for (size_t i = 0; i < std::max(slots.size(), ck.params.size()); ++i) {
-      const engine::CheckpointParam* p = i < ck.params.size() ? &ck.params[i] : nullptr;
-      const model::Gpt2WeightSlot* s = i < slots.size() ? &slots[i] : nullptr;
-      if (p == nullptr || s == nullptr || p->layer != s->layer || p->param != s->param ||
-          p->name != s->strata_param || p->numel != s->numel()) {
-        return absl::DataLossError(absl::StrCat(
-            ck.meta_path, ": parameter ", i, " is ",
-            p ? absl::StrCat("layer", p->layer, ".", p->name, " (", p->numel, " elements)")
-              : std::string("missing"),
-            " but the recorded model ", cfg->name, " has ",
-            s ? absl::StrCat(s->strata_name(), " (", s->numel(), " elements)")
-              : std::string("no more parameters"),
-            "; the checkpoint is damaged"));
-      }
-    }
-    c.gpt2 = *cfg;
-  }
-  return c;
-}
-
-json info_json(const Checkpoint& c) {
+json info_json(const model::ModelCheckpoint& c) {
   const engine::Checkpoint& ck = c.ck;
   json j = {{"checkpoint", ck.dir},
             {"steps", ck.steps},
@@ -108,7 +58,7 @@ json info_json(const Checkpoint& c) {
 }
 
 int run_info(const std::string& dir, bool as_json) {
-  auto c = open_checkpoint(dir);
+  auto c = model::open_model_checkpoint(dir);
   if (!c.ok()) return report_status(c.status());
   const engine::Checkpoint& ck = c->ck;
   const json j = info_json(*c);
@@ -153,85 +103,21 @@ struct ExportArgs {
 };
 
 absl::StatusOr<json> export_checkpoint(const ExportArgs& a) {
-  STRATA_ASSIGN_OR_RETURN(const Checkpoint c, open_checkpoint(a.dir));
-  const engine::Checkpoint& ck = c.ck;
-  STRATA_ASSIGN_OR_RETURN(const DType dtype, parse_dtype(a.dtype), "--dtype");
-  // The output replaces a regular file at most, and never one being read.
-  STRATA_RETURN_IF_ERROR(check_output_path(a.to), "--to");
-  STRATA_RETURN_IF_ERROR(check_output_is_not_input(a.to, {ck.meta_path, ck.tensor_path}), "--to");
-  const std::string names_flag = a.names.empty() ? (c.gpt2 ? "hf" : "strata") : a.names;
-  if (names_flag == "hf" && !c.gpt2) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        ck.meta_path,
-        " records no GPT-2 model (user.model), so its tensors have no Hugging Face names; use "
-        "--names strata"));
+  model::CheckpointExport options{.to = a.to};
+  STRATA_ASSIGN_OR_RETURN(options.dtype, parse_dtype(a.dtype), "--dtype");
+  if (!a.names.empty()) {
+    options.names = a.names == "hf" ? model::Gpt2Names::kHf : model::Gpt2Names::kStrata;
   }
-  const model::Gpt2Names names =
-      names_flag == "hf" ? model::Gpt2Names::kHf : model::Gpt2Names::kStrata;
-  std::vector<model::Gpt2WeightSlot> slots;
-  if (c.gpt2) slots = model::gpt2_weight_slots(*c.gpt2);
-
-  const safetensors::Dtype file_dtype = dtype == DType::kFloat32    ? safetensors::Dtype::kF32
-                                        : dtype == DType::kBFloat16 ? safetensors::Dtype::kBF16
-                                                                    : safetensors::Dtype::kF16;
-  std::vector<safetensors::TensorDecl> decls;
-  for (size_t i = 0; i < ck.params.size(); ++i) {
-    const engine::CheckpointParam& p = ck.params[i];
-    if (c.gpt2) {
-      decls.push_back({slots[i].file_name(names), file_dtype, slots[i].file_shape(names)});
-    } else {
-      decls.push_back({absl::StrCat("layer", p.layer, ".", p.name),
-                       file_dtype,
-                       {static_cast<int64_t>(p.numel)}});
-    }
-  }
-  const std::string compute_dtype(dtype_name(ck.compute_dtype));
-  std::map<std::string, std::string> metadata = {{"format", "pt"},
-                                                 {"strata.names", names_flag},
-                                                 {"strata.steps", absl::StrCat(ck.steps)},
-                                                 {"strata.compute_dtype", compute_dtype}};
-  if (ck.user.is_object()) {
-    for (const auto& [k, v] : ck.user.items()) {
-      metadata[absl::StrCat("strata.", k)] = v.is_string() ? v.get<std::string>() : v.dump();
-    }
-  }
-
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<safetensors::Writer> w,
-                          safetensors::Writer::create(a.to, decls, metadata), "--to");
-  std::vector<float> master, laid_out;
-  std::vector<uint16_t> half;
-  for (size_t i = 0; i < ck.params.size(); ++i) {
-    const engine::CheckpointParam& p = ck.params[i];
-    const engine::CheckpointTensor& t = p.tensors[0];  // the fp32 master
-    master.resize(p.numel);
-    STRATA_RETURN_IF_ERROR(engine::read_checkpoint_tensor(
-        ck, t, absl::StrCat("layer", p.layer, ".", p.name), master.data()));
-    const float* src = master.data();
-    if (c.gpt2 && names == model::Gpt2Names::kHf && slots[i].transposed) {
-      laid_out.resize(p.numel);
-      model::gpt2_to_file_layout(slots[i], names, master.data(), laid_out.data());
-      src = laid_out.data();
-    }
-    const std::string& out_name = decls[i].name;
-    if (dtype == DType::kFloat32) {
-      STRATA_RETURN_IF_ERROR(w->write_tensor(out_name, src, t.bytes));
-    } else {
-      half.resize(p.numel);
-      if (dtype == DType::kBFloat16) {
-        convert_fp32_to_bf16(src, half.data(), p.numel);
-      } else {
-        convert_fp32_to_fp16(src, half.data(), p.numel);
-      }
-      STRATA_RETURN_IF_ERROR(w->write_tensor(out_name, half.data(), p.numel * 2));
-    }
-  }
-  STRATA_RETURN_IF_ERROR(w->finish());
-  std::error_code ec;
-  const auto size = fs::file_size(a.to, ec);
-  return json{{"checkpoint", ck.dir},       {"file", a.to},
-              {"steps", ck.steps},          {"dtype", std::string(dtype_name(dtype))},
-              {"names", names_flag},        {"tensors", ck.params.size()},
-              {"params", ck.total_numel()}, {"bytes", ec ? 0 : static_cast<uint64_t>(size)}};
+  STRATA_ASSIGN_OR_RETURN(const model::CheckpointExportResult r,
+                          model::export_checkpoint(a.dir, options));
+  return json{{"checkpoint", r.checkpoint},
+              {"file", r.file},
+              {"steps", r.steps},
+              {"dtype", std::string(dtype_name(options.dtype))},
+              {"names", r.names == model::Gpt2Names::kHf ? "hf" : "strata"},
+              {"tensors", r.tensors},
+              {"params", r.params},
+              {"bytes", r.bytes}};
 }
 
 int run_export(const ExportArgs& a) {

@@ -206,6 +206,11 @@ absl::StatusOr<Checkpoint> read_checkpoint(const std::string& dir_in) {
   if (ck.dir.empty()) return absl::InvalidArgumentError("empty checkpoint directory name");
   std::error_code ec;
   if (!fs::is_directory(ck.dir, ec) && fs::is_directory(ck.dir + ".old", ec)) ck.dir += ".old";
+  if (!fs::is_directory(ck.dir, ec) && fs::exists(fs::symlink_status(ck.dir, ec))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ck.dir, " is not a directory; pass the directory a save wrote (it holds ",
+                     kCheckpointMetaFile, " and ", kCheckpointTensorFile, ")"));
+  }
   if (!fs::is_directory(ck.dir, ec)) {
     return absl::NotFoundError(absl::StrCat(ck.dir,
                                             ": no such directory; pass the directory a save "

@@ -317,6 +317,12 @@ TEST_F(CheckpointErrorTest, WrongModelAndMissingFilesAreRefused) {
   EXPECT_EQ(missing_dir.code(), absl::StatusCode::kNotFound) << missing_dir;
   EXPECT_NE(missing_dir.message().find("nope"), absl::string_view::npos) << missing_dir;
 
+  const std::string file = (dir_ / "a_file").string();
+  std::ofstream(file) << "x";
+  const absl::Status not_dir = e->load_checkpoint(file);
+  EXPECT_EQ(not_dir.code(), absl::StatusCode::kInvalidArgument) << not_dir;
+  EXPECT_NE(not_dir.message().find("is not a directory"), absl::string_view::npos) << not_dir;
+
   fs::remove(fs::path(ckpt()) / "tensors.bin");
   const absl::Status missing_file = e->load_checkpoint(ckpt());
   EXPECT_FALSE(missing_file.ok());

@@ -115,8 +115,9 @@ bool is_checkpoint_temp_dir(const std::string& path) {
   for (const std::string& name : *names) {
     struct stat est;
     if (::lstat((fs::path(path) / name).c_str(), &est) != 0 || !S_ISREG(est.st_mode)) return false;
+    // meta.json.tmp: what earlier strata versions named the temporary.
     if (name != kCheckpointMetaFile && name != kCheckpointTensorFile &&
-        !absl::StartsWith(name, absl::StrCat(kCheckpointMetaFile, ".tmp-"))) {
+        !absl::StartsWith(name, absl::StrCat(kCheckpointMetaFile, ".tmp"))) {
       return false;
     }
   }

@@ -36,7 +36,8 @@ absl::Status check_checkpoint_destination(const std::string& dir);
 absl::StatusOr<std::vector<RemovedScratch>> remove_dead_checkpoint_temps(const std::string& dir);
 
 // Whether `path` is a directory (not a symlink) holding nothing but what a
-// save writes into DIR.tmp-<pid> (tensors.bin, meta.json and its temporary).
+// save writes into DIR.tmp-<pid> (tensors.bin, meta.json and its temporary
+// meta.json.tmp*).
 bool is_checkpoint_temp_dir(const std::string& path);
 
 }  // namespace strata::engine

@@ -171,12 +171,16 @@ TEST_F(CheckpointDirTest, DeadSavesTemporariesAreRemovedLiveOnesRefused) {
   const std::string dead = ckpt() + ".tmp-999991";
   leave_behind_by_dead_owner(dead, /*dir=*/true, 4096);
   const std::string users = dir_.write("ckpt.tmp-5/mine.txt", "x");
+  const std::string older = dir_.write("ckpt.tmp-999990/meta.json.tmp", "{");  // an older strata
   auto removed = remove_dead_checkpoint_temps(ckpt());
   ASSERT_TRUE(removed.ok()) << removed.status();
-  ASSERT_EQ(removed->size(), 1u);
-  EXPECT_EQ((*removed)[0].path, dead);
-  EXPECT_EQ((*removed)[0].bytes, 4096u);
+  ASSERT_EQ(removed->size(), 2u);
+  for (const RemovedScratch& r : *removed) {
+    EXPECT_TRUE(r.path == dead || r.path == fs::path(older).parent_path().string()) << r.path;
+    EXPECT_EQ(r.bytes, r.path == dead ? 4096u : 1u);
+  }
   EXPECT_FALSE(fs::exists(dead));
+  EXPECT_FALSE(fs::exists(older));
   EXPECT_TRUE(fs::exists(users));
 
   // A save in progress elsewhere: its temporary is locked.

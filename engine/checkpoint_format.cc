@@ -103,13 +103,13 @@ absl::Status read_tensor_entry(ObjectReader& parent, const char* kind, Checkpoin
 }
 
 absl::StatusOr<CheckpointParam> read_param(const json& value, size_t index,
-                                           const config::Diagnostics& diag, DType compute) {
+                                           config::Diagnostics& diag, DType compute) {
   const std::string path = absl::StrCat("params[", index, "]");
   if (!value.is_object()) {
     return damaged(
         diag.error(path, absl::StrCat("expected an object, got ", config::describe(value))));
   }
-  ObjectReader r(value, path, const_cast<config::Diagnostics*>(&diag));
+  ObjectReader r(value, path, &diag);
   CheckpointParam p;
   int64_t layer = 0, param = 0, numel = 0;
   STRATA_RETURN_IF_ERROR(read_int(r, "layer", &layer, 0, kIntMax, diag));

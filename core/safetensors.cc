@@ -133,12 +133,16 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::create(
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(uint64_t{text.size()} >> (8 * i));
 
+  // Refused before any byte is written: only a regular file is replaced.
+  STRATA_RETURN_IF_ERROR(check_output_path(path));
   const std::string tmp = absl::StrCat(path, ".tmp-", ::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return errno_status(errno, absl::StrCat("cannot create ", tmp, "; check that ",
-                                            parent_dir(path), " exists and is writable"));
+  auto created = create_new_file(tmp);
+  if (!created.ok()) {
+    return absl::Status(created.status().code(),
+                        absl::StrCat(created.status().message(), "; check that ", parent_dir(path),
+                                     " exists and is writable"));
   }
+  const int fd = *created;
   std::unique_ptr<Writer> w(new Writer(path, tmp, fd, std::move(tensors), 8 + text.size()));
   STRATA_RETURN_IF_ERROR(pwrite_all(fd, len, 8, 0, tmp));
   STRATA_RETURN_IF_ERROR(pwrite_all(fd, text.data(), text.size(), 8, tmp));
@@ -175,6 +179,7 @@ absl::Status Writer::finish() {
   const int rc = ::close(fd_);
   fd_ = -1;
   if (rc != 0) return errno_status(errno, absl::StrCat("cannot close ", tmp_path_));
+  STRATA_RETURN_IF_ERROR(check_output_path(path_));  // what is there now, minutes later
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
     return errno_status(errno, absl::StrCat("cannot rename ", tmp_path_, " to ", path_));
   }

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/log.h"
 #include "core/status.h"
+#include "engine/swap_scratch.h"
 #include "gpu/sim_device.h"
 #include "oneapi/tbb/parallel_for.h"
 
@@ -351,9 +352,12 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     }
     for (const std::string& d : dirs) {
       STRATA_RETURN_IF_ERROR(check_nvme_dir(d));
-      swap_files_.push_back(
-          (std::filesystem::path(d) / absl::StrCat("strata_optimizer_", ::getpid(), ".swp"))
-              .string());
+      // Killed runs' swap files go; ours is locked for the engine's lifetime.
+      STRATA_RETURN_IF_ERROR(remove_dead_swap_files(d).status(), "nvme_path");
+      std::string path;
+      STRATA_ASSIGN_OR_RETURN(ScratchLock lock, create_swap_file(d, &path));
+      swap_files_.push_back(std::move(path));
+      swap_locks_.push_back(std::move(lock));
     }
     so.io = options.io;
     if (so.io == nullptr) {

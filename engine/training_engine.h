@@ -85,6 +85,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/config/ds_config.h"
+#include "core/scratch_lock.h"
 #include "cpu_adam/optimizer.h"
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
@@ -175,23 +176,38 @@ class TrainingEngine {
   // The compute-dtype param as fp32 (read back from its home).
   absl::StatusOr<std::vector<float>> read_param(int layer, int param);
 
-  // Checkpoints (engine/checkpoint.cc). save_checkpoint writes DIR/meta.json
-  // (format version, step counters, loss-scaler state, LR-schedule
-  // iteration, compute dtype, the parameter table with each tensor's offset
-  // and XXH3-64 checksum) and DIR/tensors.bin (per parameter: fp32 master,
-  // exp_avg, exp_avg_sq, then the compute-dtype param). It writes into
-  // DIR.tmp-<pid>, fsyncs, moves an existing DIR to DIR.old, renames the new
-  // one to DIR and removes DIR.old, so a save interrupted at any point
-  // leaves a loadable checkpoint (DIR, or DIR.old, which load falls back to
-  // when DIR is missing). load_checkpoint validates everything before it
-  // writes anything into the engine: missing files, the format version, the
-  // compute dtype, the parameter table against this model (the first
-  // mismatch is named) and every checksum (the tensor and file are named).
-  // After a load, train_step() continues bit for bit as the saved run did
-  // (data is chosen by micro-batch index, which is restored). Call between
-  // steps, from the thread that calls train_step().
+  // Checkpoints (engine/checkpoint.cc; the format in checkpoint_format.h).
+  // save_checkpoint writes DIR/meta.json (format version, step counters,
+  // loss-scaler state, LR-schedule iteration, compute dtype, optimizer, ZeRO
+  // stage, the parameter table with each tensor's offset and XXH3-64
+  // checksum) and DIR/tensors.bin (per parameter: fp32 master, exp_avg,
+  // exp_avg_sq, then the compute-dtype param). It writes into DIR.tmp-<pid>
+  // (flock-owned), fsyncs, moves an existing DIR to DIR.old, renames the new
+  // one to DIR and removes DIR.old, so a save interrupted at any point leaves
+  // a loadable checkpoint (DIR, or DIR.old, which load falls back to when DIR
+  // is missing). It replaces only a checkpoint strata wrote: anything else at
+  // DIR or DIR.old is refused (check_checkpoint_destination,
+  // checkpoint_dir.h), and dead saves' DIR.tmp-* are removed.
+  // load_checkpoint validates everything before it writes anything into the
+  // engine: every meta.json value (type, range, against tensors.bin's size),
+  // the format version, the compute dtype, for kResume the optimizer, ZeRO
+  // stage and loss-scaler presence (saved vs now is named), the parameter
+  // table against this model (the first mismatch is named) and every
+  // checksum, in a streaming pass; then it streams the tensors in one at a
+  // time (no more memory than the largest tensor; see last_checkpoint_load).
+  // After a kResume load, train_step() continues bit for bit as the saved run
+  // did (data is chosen by micro-batch index, which is restored). kWeights
+  // (sampling, evaluation) loads into an engine with another optimizer or
+  // stage. Call between steps, from the thread that calls train_step().
+  enum class CheckpointUse { kResume, kWeights };
+  struct CheckpointLoadStats {
+    uint64_t peak_buffer_bytes = 0;  // the largest host buffer the load held
+    uint64_t largest_tensor_bytes = 0;
+    uint64_t tensor_file_bytes = 0;
+  };
   absl::Status save_checkpoint(const std::string& dir);
-  absl::Status load_checkpoint(const std::string& dir);
+  absl::Status load_checkpoint(const std::string& dir, CheckpointUse use = CheckpointUse::kResume);
+  const CheckpointLoadStats& last_checkpoint_load() const { return last_load_; }
   // The same checkpoint, written in the background: the engine's tensors are
   // copied into a host snapshot (about 12 + compute-dtype bytes per param)
   // before it returns, and the files are written from the snapshot while
@@ -272,6 +288,7 @@ class TrainingEngine {
   cpu_adam::ExecOptions exec_;
   std::unique_ptr<swap::IoEngine> own_io_;
   std::vector<std::string> swap_files_;
+  std::vector<ScratchLock> swap_locks_;  // own swap_files_ (engine/swap_scratch.h)
   std::unique_ptr<offload::TieredStore> store_;
   std::unique_ptr<LossScaler> scaler_;  // fp16 only
   std::unique_ptr<LrSchedule> schedule_;
@@ -282,6 +299,7 @@ class TrainingEngine {
   int64_t adam_step_ = 0;
   nlohmann::json user_meta_;
   std::future<absl::Status> pending_save_;  // save_checkpoint_async
+  CheckpointLoadStats last_load_;
 
   // The step in flight (written by the worker only between submit and drain).
   bool overlap_ = false;

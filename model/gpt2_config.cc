@@ -72,7 +72,12 @@ nlohmann::json gpt2_config_to_json(const Gpt2Config& c) {
 absl::StatusOr<Gpt2Config> gpt2_config_from_json(const nlohmann::json& j) {
   if (!j.is_object()) return absl::InvalidArgumentError("model description is not a JSON object");
   Gpt2Config c;
-  c.name = j.value("name", std::string("custom"));
+  c.name = "custom";
+  if (auto it = j.find("name"); it != j.end()) {  // value() would throw on a wrong type
+    if (!it->is_string())
+      return absl::InvalidArgumentError("model description: \"name\" is not a string");
+    c.name = it->get<std::string>();
+  }
   for (auto [key, field] : {std::pair{"n_layer", &c.n_layer}, std::pair{"n_head", &c.n_head},
                             std::pair{"n_embd", &c.n_embd}, std::pair{"vocab_size", &c.vocab_size},
                             std::pair{"seq_len", &c.seq_len}}) {

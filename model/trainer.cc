@@ -9,7 +9,9 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "core/file_util.h"
 #include "core/status.h"
+#include "engine/checkpoint_dir.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
 
@@ -34,55 +36,6 @@ absl::Status check_range(int64_t value, int64_t min, const char* name) {
 
 }  // namespace
 
-absl::Status check_output_destination(const std::string& path, absl::string_view what,
-                                      bool is_dir) {
-  auto refuse = [&](const std::string& why) {
-    return absl::FailedPreconditionError(absl::StrCat(what, " ", path, ": ", why));
-  };
-  if (path.empty()) return refuse("the path is empty; name a file");
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0) {
-    if (is_dir && !S_ISDIR(st.st_mode)) {
-      return refuse("exists and is not a folder; choose a new path or a folder");
-    }
-    if (!is_dir && S_ISDIR(st.st_mode)) return refuse("is a folder; name a file");
-    // A FIFO would block the open until a reader comes; a device or socket
-    // would be replaced by a rename-over write (--trace) or fed a log.
-    if (!is_dir && !S_ISREG(st.st_mode)) {
-      return refuse(
-          "is not a regular file (a FIFO, device or socket); name a regular file or a "
-          "new path");
-    }
-    // Checked once more below through the folder it is replaced in.
-    if (is_dir && ::access(path.c_str(), W_OK | X_OK) != 0) {
-      return refuse(absl::StrCat("cannot write into it (", std::strerror(errno), ")"));
-    }
-  } else if (errno != ENOENT) {
-    // ENOTDIR: a file stands where a folder of the path should be.
-    return refuse(absl::StrCat("cannot be created (", std::strerror(errno),
-                               "); check every folder of the path"));
-  }
-  // A checkpoint's missing folders are created on save (the nearest
-  // existing one must be writable); a file's folder must be there.
-  std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  while (is_dir && !parent.empty() && ::stat(parent.c_str(), &st) != 0 && errno == ENOENT) {
-    parent = parent.parent_path();
-  }
-  const std::string folder = parent.empty() ? std::string(".") : parent.string();
-  if (::stat(folder.c_str(), &st) != 0) {
-    return refuse(absl::StrCat(folder, " does not exist (", std::strerror(errno),
-                               "); create the folder or choose another path"));
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    return refuse(absl::StrCat(folder, " is not a folder; choose another path"));
-  }
-  if (::access(folder.c_str(), W_OK | X_OK) != 0) {
-    return refuse(absl::StrCat("cannot write into ", folder, " (", std::strerror(errno),
-                               "); choose another path"));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status check_trainer_options(const TrainerOptions& o) {
   STRATA_RETURN_IF_ERROR(check_range(o.steps, 1, "--steps"));
   STRATA_RETURN_IF_ERROR(check_range(o.eval_every, 1, "--eval-every"));
@@ -97,9 +50,9 @@ absl::Status check_trainer_options(const TrainerOptions& o) {
     // A save writes DIR.tmp-<pid> beside DIR and renames it over DIR, so the
     // folder above DIR must be writable, and DIR, if there, a folder.
     STRATA_RETURN_IF_ERROR(check_output_destination(o.save_dir, "--save-dir", true));
-    // At merge: engine::check_checkpoint_destination(o.save_dir)
-    // (engine/checkpoint_dir.h) goes here, refusing a DIR (or DIR.old,
-    // DIR.tmp-*) that is not a checkpoint strata wrote.
+    // Never the user's data: DIR (and DIR.old, DIR.tmp-*) must be missing or
+    // a checkpoint strata wrote.
+    STRATA_RETURN_IF_ERROR(engine::check_checkpoint_destination(o.save_dir), "--save-dir");
   }
   if (!o.log_json.empty()) {
     STRATA_RETURN_IF_ERROR(check_output_destination(o.log_json, "--log-json", false));

@@ -138,15 +138,6 @@ class Trainer {
 // that save_dir and log_json can be written (check_output_destination).
 absl::Status check_trainer_options(const TrainerOptions& options);
 
-// Whether `path` can be created or replaced as a file (is_dir false) or a
-// folder (is_dir true) before any work is done: a file's folder exists and
-// is writable; for a folder the nearest existing one above it is writable
-// (the others are created on save); an existing path is of the right kind
-// (a file destination must be a regular file: never a FIFO, which would
-// block, nor a device or socket). FailedPrecondition
-// naming `what` (a flag) and the path; "-" is not special. Cannot foresee a full disk.
-absl::Status check_output_destination(const std::string& path, absl::string_view what, bool is_dir);
-
 // DeepSpeed users whose train.py builds the optimizer have a ds_config with
 // no "optimizer" section (the fixture ds_config_gpt2_rtx5090.json). When
 // `config` has none, it gets AdamW with `lr` and `weight_decay` (applied to

@@ -8,6 +8,9 @@
 // export is also loaded there and run through a NumPy GPT-2 forward written
 // in Hugging Face's conventions, which must agree with strata's own greedy
 // sample from the same weights.
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -166,7 +169,9 @@ class CkptExportTest : public ::testing::Test {
     return "train --model gpt2-tiny --data '" + dir() + "/corpus' --deepspeed_config '" + dir() +
            "/" + config + "' --seq-len 16 --eval-batches 1 --steps " + std::to_string(steps);
   }
-  static CliRun strata(const std::string& args) { return scratch_->run_strata(args); }
+  static CliRun strata(const std::string& args, const std::string& prefix = "") {
+    return scratch_->run_strata(args, prefix);
+  }
 
   // meta.json's parameter table and the fp32 master bytes of each entry.
   static json meta(const std::string& ck) { return json::parse(slurp(ck + "/meta.json")); }
@@ -491,6 +496,99 @@ TEST_F(CkptExportTest, InfoDescribesTheCheckpoint) {
   EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
   EXPECT_EQ(strata("ckpt export '" + ckpt() + "' --to x --dtype fp64").exit_code, 2);
   EXPECT_EQ(strata("ckpt").exit_code, 2);
+}
+
+// `ckpt export CK --to CK/tensors.bin` would overwrite the checkpoint it
+// reads (and a hard link or symlink to it is the same file); --to a FIFO, a
+// symlink or a directory would be replaced by a regular file. All refused,
+// with the checkpoint and the path as they were.
+TEST_F(CkptExportTest, ExportNeverReplacesItsInputOrANonRegularFile) {
+  const std::string ck = dir() + "/self";
+  fs::copy(ckpt(), ck, fs::copy_options::recursive);
+  const std::string bin = slurp(ck + "/tensors.bin");
+  fs::create_hard_link(ck + "/tensors.bin", dir() + "/self_hard");
+  fs::create_symlink(ck + "/meta.json", dir() + "/self_soft");
+  for (const std::string& to :
+       {ck + "/tensors.bin", ck + "/meta.json", dir() + "/self_hard", dir() + "/self_soft"}) {
+    const CliRun r = strata("ckpt export '" + ck + "' --to '" + to + "'");
+    EXPECT_EQ(r.exit_code, 1) << to << ": " << r.err;
+    EXPECT_EQ(r.err.rfind("strata: error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find("--to"), std::string::npos) << r.err;
+  }
+  EXPECT_TRUE(slurp(ck + "/tensors.bin") == bin) << "the checkpoint was overwritten";
+  EXPECT_TRUE(fs::is_symlink(dir() + "/self_soft"));
+  ASSERT_EQ(strata("ckpt info '" + ck + "'").exit_code, 0);
+
+  const std::string fifo = dir() + "/out.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  CliRun r = strata("ckpt export '" + ck + "' --to '" + fifo + "'", "timeout 60 ");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("a FIFO"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  r = strata("ckpt export '" + ck + "' --to '" + dir() + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("a directory"), std::string::npos) << r.err;
+}
+
+// A damaged meta.json (a wrong JSON type, absurd sizes, deep nesting) or a
+// FIFO for tensors.bin: info, export and sample each fail with one error line
+// naming the file and the key, never an abort or a hang.
+TEST_F(CkptExportTest, DamagedCheckpointsFailWithOneErrorLine) {
+  const std::string ck = dir() + "/damaged";
+  fs::copy(ckpt(), ck, fs::copy_options::recursive);
+  const json good = meta(ck);
+  const std::string out = dir() + "/damaged.safetensors";
+  auto expect_refused = [&](const std::string& what, const std::string& key) {
+    for (const std::string& cmd :
+         {"ckpt info '" + ck + "' --json", "ckpt export '" + ck + "' --to '" + out + "'",
+          "sample --ckpt '" + ck + "' --prompt a --tokens 1"}) {
+      const CliRun r = strata(cmd, "timeout 60 ");
+      EXPECT_EQ(r.exit_code, 1) << what << ": " << cmd << "\n" << r.err;
+      EXPECT_EQ(r.err.rfind("strata: error: ", 0), 0u) << what << ": " << r.err;
+      EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << what << ": " << r.err;
+      EXPECT_NE(r.err.find(key), std::string::npos) << what << ": " << r.err;
+      EXPECT_TRUE(r.out.empty()) << what << ": " << r.out;
+    }
+    EXPECT_FALSE(fs::exists(out)) << what;
+  };
+  json m = good;
+  m["steps"] = "two";
+  std::ofstream(ck + "/meta.json") << m.dump();
+  expect_refused("steps as a string", "meta.json: steps: expected an integer");
+  m = good;
+  m["params"][3]["master"]["offset"] = json::array();
+  std::ofstream(ck + "/meta.json") << m.dump();
+  expect_refused("an offset as an array", "params[3].master.offset");
+  m = good;
+  m["params"][0]["numel"] = uint64_t{1} << 58;
+  for (const char* k : {"master", "exp_avg", "exp_avg_sq"}) {
+    m["params"][0][k]["bytes"] = uint64_t{1} << 60;
+  }
+  m["params"][0]["compute"]["bytes"] = uint64_t{1} << 60;
+  std::ofstream(ck + "/meta.json") << m.dump();
+  expect_refused("a numel of 2^58", "run past the end of");
+  m = good;
+  m["user"]["model"]["name"] = 5;
+  std::ofstream(ck + "/meta.json") << m.dump();
+  expect_refused("user.model.name as a number", "\"name\" is not a string");
+  m = good;
+  m["user"]["tokenizer"]["kind"] = 5;
+  std::ofstream(ck + "/meta.json") << m.dump();
+  const CliRun r = strata("sample --ckpt '" + ck + "' --prompt a --tokens 1");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("user.tokenizer.kind"), std::string::npos) << r.err;
+  {
+    std::string deep = good.dump();
+    deep.pop_back();
+    std::ofstream(ck + "/meta.json")
+        << deep + ", \"x\": " + std::string(200000, '[') + std::string(200000, ']') + "}";
+  }
+  expect_refused("nested 200000 deep", "nested more than");
+
+  std::ofstream(ck + "/meta.json") << good.dump();
+  fs::remove(ck + "/tensors.bin");
+  ASSERT_EQ(::mkfifo((ck + "/tensors.bin").c_str(), 0600), 0);
+  expect_refused("a FIFO for tensors.bin", "tensors.bin is not a regular file");
 }
 
 // The Python side: safetensors loads the export, and a NumPy GPT-2 written in

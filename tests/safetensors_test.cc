@@ -4,6 +4,9 @@
 // the problem.
 #include "core/safetensors.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -246,4 +249,33 @@ TEST_F(SafetensorsTest, ConvertsOnlyFloatDtypes) {
 }
 
 }  // namespace
+// The writer renames over a regular file only: a FIFO and a symlink at the
+// output path are refused before anything is written, and stay as they were.
+TEST_F(SafetensorsTest, WriterReplacesOnlyARegularFile) {
+  const std::string fifo = dir_.path() + "/out.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto w = Writer::create(fifo, {{"w", Dtype::kF32, {1}}});
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kFailedPrecondition) << w.status();
+  struct stat st;
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+
+  const std::string target = dir_.write("target.txt", "keep");
+  const std::string link = dir_.path() + "/link.safetensors";
+  ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
+  w = Writer::create(link, {{"w", Dtype::kF32, {1}}});
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kFailedPrecondition) << w.status();
+  EXPECT_EQ(slurp(target), "keep");
+
+  // A symlink put in place while the writer runs is refused by finish().
+  const std::string later = dir_.path() + "/later.safetensors";
+  w = Writer::create(later, {{"w", Dtype::kF32, {1}}});
+  ASSERT_TRUE(w.ok()) << w.status();
+  const float one = 1;
+  ASSERT_TRUE((*w)->write_tensor("w", &one, 4).ok());
+  ASSERT_EQ(::symlink(target.c_str(), later.c_str()), 0);
+  EXPECT_EQ((*w)->finish().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(slurp(target), "keep");
+}
+
 }  // namespace strata::safetensors

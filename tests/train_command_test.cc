@@ -224,8 +224,8 @@ TEST_F(TrainCommandTest, UnwritableDestinationsFailBeforeAnyWork) {
                        dir_ + "/no/such does not exist");
   // A FIFO would block the run forever at the open; a device is no log.
   ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
-  expect_early_failure(args({{"--log-json", dir_ + "/fifo"}}), "is not a regular file");
-  expect_early_failure(args({{"--trace", "/dev/null"}}), "--trace /dev/null: is not a regular");
+  expect_early_failure(args({{"--log-json", dir_ + "/fifo"}}), "is a FIFO");
+  expect_early_failure(args({{"--trace", "/dev/null"}}), "--trace: /dev/null is a device");
   EXPECT_FALSE(fs::exists(file + "/ckpt"));
 }
 

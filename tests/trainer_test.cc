@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/config/ds_config.h"
+#include "core/file_util.h"
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
@@ -333,8 +334,8 @@ TEST_F(TrainerTest, RefusesOptionsThatCannotRunBeforeAnyStep) {
   refused({.log_json = dir_ + "/no/such/log.jsonl"}, dir_ + "/no/such does not exist");
   // A FIFO would block the open forever; a device would be written into.
   ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
-  refused({.log_json = dir_ + "/fifo"}, "is not a regular file");
-  refused({.log_json = "/dev/null"}, "is not a regular file");
+  refused({.log_json = dir_ + "/fifo"}, "is a FIFO");
+  refused({.log_json = "/dev/null"}, "is a device");
   EXPECT_EQ(rig.eng->steps(), 0);
   EXPECT_FALSE(fs::exists(file + "/ckpt"));
 

@@ -1,166 +1,51 @@
 // strata ckpt info CKPT_DIR [--json]
 // strata ckpt export CKPT_DIR --to FILE.safetensors [--dtype fp32|bf16|fp16]
 //                   [--names hf|strata] [--json]
-// Reads checkpoints that `strata train --save-dir` writes (engine/checkpoint.cc:
-// DIR/meta.json and DIR/tensors.bin, or DIR.old when a save was interrupted
-// between its renames).
+// Flags and printing over model/checkpoint_export.h, which reads checkpoints
+// that `strata train --save-dir` writes through the engine's one reader
+// (engine/checkpoint_format.h: DIR/meta.json and DIR/tensors.bin, or DIR.old
+// when a save was interrupted between its renames).
 //
 // info: steps, compute dtype, the model and tokenizer the run recorded,
-// tensor count and bytes, from meta.json alone (nothing is verified).
+// tensor count and bytes, from meta.json checked against tensors.bin's size
+// (no checksum is verified).
 //
-// export: writes the fp32 master weights as a safetensors file, one tensor at
-// a time (one tensor in memory at once): read from tensors.bin, checked
-// against its recorded xxh3 (a mismatch fails naming the tensor, and no file
-// is left behind), rearranged to the target layout, converted to --dtype.
-// Names: a checkpoint that records a GPT-2 "model" gets Hugging Face GPT-2
-// names and layouts by default (model/gpt2_weights.h), loadable by
-// transformers' GPT2Model and by `strata train --init`; otherwise, or with
-// --names strata, strata's own names "layer{l}.{param}" (GPT-2 tensors keep
-// their 2-D shapes, other models' tensors are flat). __metadata__ carries
-// "format": "pt" and the run's description under "strata.*" keys.
-#include <fcntl.h>
-#include <unistd.h>
-#include <xxhash.h>
-
+// export: writes the fp32 master weights as a safetensors file (--to must be
+// a new path or a regular file that is not one of the checkpoint's), one
+// tensor at a time, checked against its recorded xxh3, converted to --dtype;
+// Hugging Face GPT-2 names and layouts by default for a checkpoint that
+// records a GPT-2 model (loadable by transformers' GPT2Model and by `strata
+// train --init`), strata's own names otherwise or with --names strata.
 #include <cinttypes>
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/dtype.h"
-#include "core/file_util.h"
-#include "core/safetensors.h"
 #include "core/status.h"
-#include "engine/training_engine.h"
+#include "engine/checkpoint_format.h"
+#include "model/checkpoint_export.h"
 #include "model/gpt2_config.h"
-#include "model/gpt2_weights.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 
 namespace strata::tools {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
-// One parameter's fp32 master copy in tensors.bin.
-struct MasterTensor {
-  int layer = 0;
-  int param = 0;
-  std::string name;  // the model's parameter name, e.g. "ln_1.w"
-  uint64_t numel = 0;
-  uint64_t offset = 0;
-  uint64_t bytes = 0;
-  std::string xxh3;  // 16 hex digits
-};
-
-struct Checkpoint {
-  std::string dir;  // DIR, or DIR.old
-  std::string meta_path;
-  std::string tensor_path;
-  int64_t steps = 0;
-  int64_t optimizer_steps = 0;
-  std::string compute_dtype;
-  bool loss_scaler = false;
-  json user;  // null when the run recorded nothing
-  std::optional<model::Gpt2Config> gpt2;
-  std::vector<MasterTensor> params;
-  uint64_t tensor_file_bytes = 0;
-};
-
-absl::StatusOr<Checkpoint> open_checkpoint(const std::string& dir_in) {
-  Checkpoint ck;
-  // The engine's reader picks DIR or DIR.old and validates meta.json's tag.
-  STRATA_ASSIGN_OR_RETURN(ck.user, engine::TrainingEngine::read_checkpoint_user_metadata(dir_in));
-  ck.dir = dir_in;
-  while (ck.dir.size() > 1 && ck.dir.back() == '/') ck.dir.pop_back();
-  std::error_code ec;
-  if (!fs::is_directory(ck.dir, ec) && fs::is_directory(ck.dir + ".old", ec)) ck.dir += ".old";
-  ck.meta_path = (fs::path(ck.dir) / "meta.json").string();
-  STRATA_ASSIGN_OR_RETURN(std::string text, read_file(ck.meta_path));
-  const json meta = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  auto corrupt = [&](const std::string& what) {
-    return absl::DataLossError(
-        absl::StrCat(ck.meta_path, " ", what, "; the checkpoint is damaged or not a strata one"));
-  };
-  if (!meta.is_object()) return corrupt("is not a JSON object");
-  try {
-    if (meta.at("format_version").get<int>() != 1) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(ck.meta_path, ": format version ", meta.at("format_version").dump(),
-                       ", this build reads version 1; use the strata version that wrote it"));
-    }
-    ck.steps = meta.at("steps").get<int64_t>();
-    ck.optimizer_steps = meta.at("optimizer_steps").get<int64_t>();
-    ck.compute_dtype = meta.at("compute_dtype").get<std::string>();
-    ck.loss_scaler = meta.contains("loss_scaler");
-    ck.tensor_path =
-        (fs::path(ck.dir) / meta.value("tensor_file", std::string("tensors.bin"))).string();
-    for (const json& p : meta.at("params")) {
-      const json& m = p.at("master");
-      ck.params.push_back({.layer = p.at("layer").get<int>(),
-                           .param = p.at("param").get<int>(),
-                           .name = p.at("name").get<std::string>(),
-                           .numel = p.at("numel").get<uint64_t>(),
-                           .offset = m.at("offset").get<uint64_t>(),
-                           .bytes = m.at("bytes").get<uint64_t>(),
-                           .xxh3 = m.at("xxh3").get<std::string>()});
-    }
-  } catch (const json::exception& e) {
-    return corrupt(
-        absl::StrCat("is missing a field or has one of the wrong type (", e.what(), ")"));
-  }
-  const auto size = fs::file_size(ck.tensor_path, ec);
-  ck.tensor_file_bytes = ec ? 0 : static_cast<uint64_t>(size);
-
-  if (ck.user.is_object() && ck.user.contains("model")) {
-    auto cfg = model::gpt2_config_from_json(ck.user["model"]);
-    if (!cfg.ok()) {
-      return absl::DataLossError(absl::StrCat(ck.meta_path,
-                                              ": user.model: ", std::string(cfg.status().message()),
-                                              "; the checkpoint is damaged"));
-    }
-    // The table the mapping assumes must be the one the checkpoint holds.
-    const std::vector<model::Gpt2WeightSlot> slots = model::gpt2_weight_slots(*cfg);
-    for (size_t i = 0; i < std::max(slots.size(), ck.params.size()); ++i) {
-      const MasterTensor* p = i < ck.params.size() ? &ck.params[i] : nullptr;
-      const model::Gpt2WeightSlot* s = i < slots.size() ? &slots[i] : nullptr;
-      if (p == nullptr || s == nullptr || p->layer != s->layer || p->param != s->param ||
-          p->name != s->strata_param || p->numel != s->numel()) {
-        return absl::DataLossError(absl::StrCat(
-            ck.meta_path, ": parameter ", i, " is ",
-            p ? absl::StrCat("layer", p->layer, ".", p->name, " (", p->numel, " elements)")
-              : std::string("missing"),
-            " but the recorded model ", cfg->name, " has ",
-            s ? absl::StrCat(s->strata_name(), " (", s->numel(), " elements)")
-              : std::string("no more parameters"),
-            "; the checkpoint is damaged"));
-      }
-    }
-    ck.gpt2 = *cfg;
-  }
-  return ck;
-}
-
-uint64_t total_numel(const Checkpoint& ck) {
-  uint64_t n = 0;
-  for (const MasterTensor& p : ck.params) n += p.numel;
-  return n;
-}
-
-json info_json(const Checkpoint& ck) {
+json info_json(const model::ModelCheckpoint& c) {
+  const engine::Checkpoint& ck = c.ck;
   json j = {{"checkpoint", ck.dir},
             {"steps", ck.steps},
             {"optimizer_steps", ck.optimizer_steps},
-            {"compute_dtype", ck.compute_dtype},
-            {"loss_scaler", ck.loss_scaler},
+            {"compute_dtype", std::string(dtype_name(ck.compute_dtype))},
+            {"loss_scaler", ck.loss_scaler.has_value()},
             {"tensors", ck.params.size()},
-            {"params", total_numel(ck)},
+            {"params", ck.total_numel()},
             {"tensor_file", ck.tensor_path},
             {"tensor_file_bytes", ck.tensor_file_bytes},
             {"model", ck.user.is_object() && ck.user.contains("model") ? ck.user["model"] : json()},
@@ -173,37 +58,39 @@ json info_json(const Checkpoint& ck) {
 }
 
 int run_info(const std::string& dir, bool as_json) {
-  auto ck = open_checkpoint(dir);
-  if (!ck.ok()) return report_status(ck.status());
-  const json j = info_json(*ck);
+  auto c = model::open_model_checkpoint(dir);
+  if (!c.ok()) return report_status(c.status());
+  const engine::Checkpoint& ck = c->ck;
+  const json j = info_json(*c);
   if (as_json) {
     print_json(j);
     return 0;
   }
-  std::fprintf(stderr, "checkpoint   %s\n", ck->dir.c_str());
+  std::fprintf(stderr, "checkpoint   %s\n", ck.dir.c_str());
   std::fprintf(stderr, "steps        %lld (%lld optimizer steps)\n",
-               static_cast<long long>(ck->steps), static_cast<long long>(ck->optimizer_steps));
-  std::fprintf(stderr, "dtype        %s compute, fp32 master%s\n", ck->compute_dtype.c_str(),
-               ck->loss_scaler ? ", dynamic loss scaler" : "");
-  if (ck->gpt2) {
-    const model::Gpt2Config& c = *ck->gpt2;
+               static_cast<long long>(ck.steps), static_cast<long long>(ck.optimizer_steps));
+  std::fprintf(stderr, "dtype        %s compute, fp32 master%s\n",
+               std::string(dtype_name(ck.compute_dtype)).c_str(),
+               ck.loss_scaler ? ", dynamic loss scaler" : "");
+  if (c->gpt2) {
+    const model::Gpt2Config& m = *c->gpt2;
     std::fprintf(stderr,
                  "model        %s: %lld layers x %lld heads x %lld wide, vocab %lld, %lld "
                  "positions\n",
-                 c.name.c_str(), static_cast<long long>(c.n_layer),
-                 static_cast<long long>(c.n_head), static_cast<long long>(c.n_embd),
-                 static_cast<long long>(c.vocab_size), static_cast<long long>(c.seq_len));
+                 m.name.c_str(), static_cast<long long>(m.n_layer),
+                 static_cast<long long>(m.n_head), static_cast<long long>(m.n_embd),
+                 static_cast<long long>(m.vocab_size), static_cast<long long>(m.seq_len));
   } else {
     std::fprintf(stderr, "model        (not recorded)\n");
   }
   if (!j["tokenizer"].is_null()) {
     std::fprintf(stderr, "tokenizer    %s\n", j["tokenizer"].dump().c_str());
   }
-  std::fprintf(stderr, "tensors      %zu parameters, %s elements\n", ck->params.size(),
-               absl::StrFormat("%" PRIu64, total_numel(*ck)).c_str());
+  std::fprintf(stderr, "tensors      %zu parameters, %s elements\n", ck.params.size(),
+               absl::StrFormat("%" PRIu64, ck.total_numel()).c_str());
   std::fprintf(stderr, "bytes        %s in %s (master, Adam moments, compute copy)\n",
-               format_bytes(static_cast<double>(ck->tensor_file_bytes)).c_str(),
-               ck->tensor_path.c_str());
+               format_bytes(static_cast<double>(ck.tensor_file_bytes)).c_str(),
+               ck.tensor_path.c_str());
   return 0;
 }
 
@@ -216,99 +103,21 @@ struct ExportArgs {
 };
 
 absl::StatusOr<json> export_checkpoint(const ExportArgs& a) {
-  STRATA_ASSIGN_OR_RETURN(const Checkpoint ck, open_checkpoint(a.dir));
-  STRATA_ASSIGN_OR_RETURN(const DType dtype, parse_dtype(a.dtype), "--dtype");
-  const std::string names_flag = a.names.empty() ? (ck.gpt2 ? "hf" : "strata") : a.names;
-  if (names_flag == "hf" && !ck.gpt2) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        ck.meta_path,
-        " records no GPT-2 model (user.model), so its tensors have no Hugging Face names; use "
-        "--names strata"));
+  model::CheckpointExport options{.to = a.to};
+  STRATA_ASSIGN_OR_RETURN(options.dtype, parse_dtype(a.dtype), "--dtype");
+  if (!a.names.empty()) {
+    options.names = a.names == "hf" ? model::Gpt2Names::kHf : model::Gpt2Names::kStrata;
   }
-  const model::Gpt2Names names =
-      names_flag == "hf" ? model::Gpt2Names::kHf : model::Gpt2Names::kStrata;
-  std::vector<model::Gpt2WeightSlot> slots;
-  if (ck.gpt2) slots = model::gpt2_weight_slots(*ck.gpt2);
-
-  const safetensors::Dtype file_dtype = dtype == DType::kFloat32    ? safetensors::Dtype::kF32
-                                        : dtype == DType::kBFloat16 ? safetensors::Dtype::kBF16
-                                                                    : safetensors::Dtype::kF16;
-  std::vector<safetensors::TensorDecl> decls;
-  for (size_t i = 0; i < ck.params.size(); ++i) {
-    const MasterTensor& p = ck.params[i];
-    if (ck.gpt2) {
-      decls.push_back({slots[i].file_name(names), file_dtype, slots[i].file_shape(names)});
-    } else {
-      decls.push_back({absl::StrCat("layer", p.layer, ".", p.name),
-                       file_dtype,
-                       {static_cast<int64_t>(p.numel)}});
-    }
-  }
-  std::map<std::string, std::string> metadata = {{"format", "pt"},
-                                                 {"strata.names", names_flag},
-                                                 {"strata.steps", absl::StrCat(ck.steps)},
-                                                 {"strata.compute_dtype", ck.compute_dtype}};
-  if (ck.user.is_object()) {
-    for (const auto& [k, v] : ck.user.items()) {
-      metadata[absl::StrCat("strata.", k)] = v.is_string() ? v.get<std::string>() : v.dump();
-    }
-  }
-
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<safetensors::Writer> w,
-                          safetensors::Writer::create(a.to, decls, metadata), "--to");
-  const int fd = ::open(ck.tensor_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", ck.tensor_path));
-  struct FdCloser {
-    int fd;
-    ~FdCloser() { ::close(fd); }
-  } closer{fd};
-
-  std::vector<float> master, laid_out;
-  std::vector<uint16_t> half;
-  for (size_t i = 0; i < ck.params.size(); ++i) {
-    const MasterTensor& p = ck.params[i];
-    const std::string tname = absl::StrCat("layer", p.layer, ".", p.name);
-    if (p.bytes != p.numel * sizeof(float)) {
-      return absl::DataLossError(absl::StrCat(ck.meta_path, " gives tensor ", tname, " master ",
-                                              p.bytes, " bytes for ", p.numel,
-                                              " fp32 elements; the checkpoint is damaged"));
-    }
-    master.resize(p.numel);
-    STRATA_RETURN_IF_ERROR(pread_all(fd, master.data(), p.bytes, p.offset, ck.tensor_path),
-                           absl::StrCat("tensor ", tname));
-    char sum[17];
-    std::snprintf(sum, sizeof(sum), "%016" PRIx64, XXH3_64bits(master.data(), p.bytes));
-    if (p.xxh3 != sum) {
-      return absl::DataLossError(absl::StrCat("checksum mismatch for tensor ", tname, " in ",
-                                              ck.tensor_path, " (xxh3 ", sum, ", recorded ", p.xxh3,
-                                              "); the checkpoint is damaged"));
-    }
-    const float* src = master.data();
-    if (ck.gpt2 && names == model::Gpt2Names::kHf && slots[i].transposed) {
-      laid_out.resize(p.numel);
-      model::gpt2_to_file_layout(slots[i], names, master.data(), laid_out.data());
-      src = laid_out.data();
-    }
-    const std::string& out_name = decls[i].name;
-    if (dtype == DType::kFloat32) {
-      STRATA_RETURN_IF_ERROR(w->write_tensor(out_name, src, p.bytes));
-    } else {
-      half.resize(p.numel);
-      if (dtype == DType::kBFloat16) {
-        convert_fp32_to_bf16(src, half.data(), p.numel);
-      } else {
-        convert_fp32_to_fp16(src, half.data(), p.numel);
-      }
-      STRATA_RETURN_IF_ERROR(w->write_tensor(out_name, half.data(), p.numel * 2));
-    }
-  }
-  STRATA_RETURN_IF_ERROR(w->finish());
-  std::error_code ec;
-  const auto size = fs::file_size(a.to, ec);
-  return json{{"checkpoint", ck.dir},      {"file", a.to},
-              {"steps", ck.steps},         {"dtype", std::string(dtype_name(dtype))},
-              {"names", names_flag},       {"tensors", ck.params.size()},
-              {"params", total_numel(ck)}, {"bytes", ec ? 0 : static_cast<uint64_t>(size)}};
+  STRATA_ASSIGN_OR_RETURN(const model::CheckpointExportResult r,
+                          model::export_checkpoint(a.dir, options));
+  return json{{"checkpoint", r.checkpoint},
+              {"file", r.file},
+              {"steps", r.steps},
+              {"dtype", std::string(dtype_name(options.dtype))},
+              {"names", r.names == model::Gpt2Names::kHf ? "hf" : "strata"},
+              {"tensors", r.tensors},
+              {"params", r.params},
+              {"bytes", r.bytes}};
 }
 
 int run_export(const ExportArgs& a) {

@@ -25,8 +25,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/config/ds_config.h"
+#include "core/config/json_reader.h"
+#include "core/dtype.h"
 #include "core/parse.h"
 #include "core/status.h"
+#include "engine/checkpoint_format.h"
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
 #include "model/bpe_tokenizer.h"
@@ -87,8 +90,8 @@ struct SavedRun {
 };
 
 absl::StatusOr<SavedRun> read_saved_run(const std::string& dir) {
-  STRATA_ASSIGN_OR_RETURN(json user, engine::TrainingEngine::read_checkpoint_user_metadata(dir),
-                          "--ckpt");
+  STRATA_ASSIGN_OR_RETURN(const engine::Checkpoint ck, engine::read_checkpoint(dir), "--ckpt");
+  const json& user = ck.user;
   if (!user.is_object() || !user.contains("model")) {
     return absl::FailedPreconditionError(absl::StrCat(
         "--ckpt ", dir,
@@ -98,10 +101,19 @@ absl::StatusOr<SavedRun> read_saved_run(const std::string& dir) {
   SavedRun r;
   STRATA_ASSIGN_OR_RETURN(r.model, model::gpt2_config_from_json(user["model"]),
                           absl::StrCat("--ckpt ", dir));
-  const json tok = user.value("tokenizer", json::object());
-  const std::string kind = tok.is_object() ? tok.value("kind", "bytes") : "";
+  // Typed reads: a damaged meta.json is an error naming the key, never a throw.
+  config::Diagnostics diag{ck.meta_path};
+  config::ObjectReader u(user, "user", &diag);
+  std::string kind = "bytes", vocab, merges;
+  auto tok = u.child("tokenizer");
+  if (!tok.ok()) return annotate(tok.status(), "--ckpt");
+  if (tok->has_value()) {
+    config::ObjectReader& t = **tok;
+    STRATA_RETURN_IF_ERROR(t.read_enum("kind", &kind, {"bytes", "bpe"}), "--ckpt");
+    STRATA_RETURN_IF_ERROR(t.read_string("vocab", &vocab), "--ckpt");
+    STRATA_RETURN_IF_ERROR(t.read_string("merges", &merges), "--ckpt");
+  }
   if (kind == "bpe") {
-    const std::string vocab = tok.value("vocab", ""), merges = tok.value("merges", "");
     STRATA_ASSIGN_OR_RETURN(
         r.bpe, model::BpeTokenizer::load(vocab, merges),
         absl::StrCat("--ckpt ", dir, " was trained with the BPE files ", vocab, " and ", merges));
@@ -111,17 +123,11 @@ absl::StatusOr<SavedRun> read_saved_run(const std::string& dir) {
                        " but ", vocab, " now gives ", r.bpe->vocab_size(),
                        "; the tokenizer files changed since training, restore them"));
     }
-  } else if (kind != "bytes") {
-    return absl::FailedPreconditionError(absl::StrCat("--ckpt ", dir, ": unknown tokenizer ",
-                                                      tok.dump(), "; expected bytes or bpe"));
   }
-  if (auto it = user.find("compute_dtype"); it != user.end() && it->is_string()) {
-    r.dtype = it->get<std::string>();
-  }
+  // The engine that loads the weights must run the dtype they were saved in.
+  r.dtype = std::string(dtype_name(ck.compute_dtype));
   r.window = r.model.seq_len;
-  if (auto it = user.find("train_seq_len"); it != user.end() && it->is_number_integer()) {
-    r.window = std::clamp<int64_t>(it->get<int64_t>(), 1, r.model.seq_len);
-  }
+  STRATA_RETURN_IF_ERROR(u.read_int("train_seq_len", &r.window, 1, r.model.seq_len), "--ckpt");
   return r;
 }
 
@@ -171,7 +177,8 @@ absl::Status run_sample(const SampleArgs& a) {
   eo.allow_buffered_io = true;
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<engine::TrainingEngine> engine,
                           engine::TrainingEngine::create(cfg, net.get(), &device, std::move(eo)));
-  STRATA_RETURN_IF_ERROR(engine->load_checkpoint(a.ckpt), "--ckpt");
+  STRATA_RETURN_IF_ERROR(
+      engine->load_checkpoint(a.ckpt, engine::TrainingEngine::CheckpointUse::kWeights), "--ckpt");
   const std::string tokens = run.bpe ? absl::StrCat("BPE ", run.model.vocab_size) : "byte";
   std::fprintf(stderr, "strata sample: %s (%s, %s tokens) after %lld steps, temperature %.2f\n",
                run.model.name.c_str(), run.dtype.c_str(), tokens.c_str(),

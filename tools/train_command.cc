@@ -44,6 +44,7 @@
 #include "absl/strings/str_format.h"
 #include "core/config/ds_config.h"
 #include "core/dtype.h"
+#include "core/file_util.h"
 #include "core/parse.h"
 #include "core/status.h"
 #include "core/trace.h"
@@ -185,7 +186,7 @@ model::TrainerOptions trainer_options(const TrainArgs& a, int64_t tokens_per_ste
 absl::Status check_destinations(const TrainArgs& a) {
   STRATA_RETURN_IF_ERROR(model::check_trainer_options(trainer_options(a, 0, nullptr)));
   if (!a.flags.trace.empty()) {
-    STRATA_RETURN_IF_ERROR(model::check_output_destination(a.flags.trace, "--trace", false));
+    STRATA_RETURN_IF_ERROR(check_output_destination(a.flags.trace, "--trace", false));
   }
   return absl::OkStatus();
 }

@@ -336,6 +336,10 @@ TEST_F(TrainerTest, RefusesOptionsThatCannotRunBeforeAnyStep) {
   ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);
   refused({.log_json = dir_ + "/fifo"}, "is a FIFO");
   refused({.log_json = "/dev/null"}, "is a device");
+  // A folder of the user's files is never a checkpoint to replace.
+  const std::string mine = scratch_.write("mine/notes.txt", "keep me");
+  refused({.save_dir = dir_ + "/mine"}, "--save-dir");
+  EXPECT_TRUE(fs::exists(mine));
   EXPECT_EQ(rig.eng->steps(), 0);
   EXPECT_FALSE(fs::exists(file + "/ckpt"));
 

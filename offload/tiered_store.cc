@@ -13,6 +13,9 @@ namespace strata::offload {
 namespace {
 
 constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
+// How often a wait past pinned_wait_ms looks again at moves in flight (a
+// safety net: every move notifies when it ends).
+constexpr std::chrono::milliseconds kInFlightRecheck{100};
 
 int idx(Tier t) { return static_cast<int>(t); }
 Tier below(Tier t) { return static_cast<Tier>(idx(t) + 1); }
@@ -229,17 +232,28 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
 absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
   std::unique_lock lock(mu_);
   if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
+  if (idx(tier) >= kTierCount) return absl::InvalidArgumentError("no such tier");
   Tensor& t = tensors_[id];
   Copy& c = t.copies[idx(tier)];
-  STRATA_CHECK_MSG(c.pins > 0 && holds_data(c.state), "release without a matching acquire");
-  --c.pins;
-  // A home copy has no tier below to go stale against.
-  if (dirty && tier != t.spec.home) c.state = Residency::kDirty;
+  if (c.pins == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("release of \"", t.spec.name, "\" on the ",
+                                                      tier_name(tier),
+                                                      " without a matching acquire"));
+  }
+  // Validate everything before changing anything, so an error leaves the
+  // copy acquired and every residency as it was. Our pin keeps `c` in place
+  // while the wait drops the lock.
   if (dirty) {
-    // Coherence: copies above now hold old data and are dropped.
+    auto settled = [&] {
+      for (int up = idx(tier) - 1; up >= 0; --up) {
+        const Residency r = t.copies[up].state;
+        if (r == Residency::kLoading || r == Residency::kWriting) return false;
+      }
+      return true;
+    };
+    changed_.wait(lock, settled);
     for (int up = idx(tier) - 1; up >= 0; --up) {
-      Copy& above = t.copies[up];
-      while (above.state == Residency::kLoading) changed_.wait(lock);
+      const Copy& above = t.copies[up];
       if (above.state == Residency::kAbsent) continue;
       if (above.pins > 0 || above.state != Residency::kResident) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -247,7 +261,15 @@ absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
             tier_name(static_cast<Tier>(up)), " copy is ", above.pins > 0 ? "held" : "modified",
             " too; only one tier may be written at a time"));
       }
-      free_copy_locked(t, static_cast<Tier>(up));
+    }
+  }
+  --c.pins;
+  if (dirty) {
+    // A home copy has no tier below to go stale against.
+    if (tier != t.spec.home) c.state = Residency::kDirty;
+    // Coherence: copies above now hold old data and are dropped.
+    for (int up = idx(tier) - 1; up >= 0; --up) {
+      if (t.copies[up].state != Residency::kAbsent) free_copy_locked(t, static_cast<Tier>(up));
     }
   }
   changed_.notify_all();
@@ -346,7 +368,10 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
         in_flight = true;
         continue;
       }
-      if (c.pins > 0) {
+      // A dirty copy whose copy below is held cannot be written back now
+      // (write-back never overwrites a copy someone is reading): as good as pinned.
+      if (c.pins > 0 ||
+          (c.state == Residency::kDirty && ti + 1 < kTierCount && t.copies[ti + 1].pins > 0)) {
         pinned_bytes += footprint(t.bytes, t.padded, tier);
         continue;
       }
@@ -368,12 +393,20 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
         }
         break;  // home copies fill the tier: fail below
       }
-      if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !in_flight) {
+      // The deadline is for pinned copies; moves in flight end by themselves
+      // (and notify), so past it this waits for them, never spins.
+      const bool expired = std::chrono::steady_clock::now() >= deadline;
+      if (expired && !in_flight) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "the ", tier_name(tier), " tier (budget ", budget_[ti], " bytes, ", used_[ti],
             " used) cannot fit ", bytes, " more bytes: ", pinned_bytes,
             " bytes are pinned by acquires not yet released; raise the budget or release "
             "tensors sooner"));
+      }
+      if (expired) {
+        changed_.wait_for(lock, kInFlightRecheck);
+      } else {
+        changed_.wait_until(lock, deadline);
       }
       continue;
     }
@@ -401,17 +434,32 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
   const Tier to = below(tier);
   Copy& dst = t.copies[idx(to)];
   c.state = Residency::kWriting;
-  // The copy below is overwritten whole, so a missing one is allocated, not loaded.
-  while (!holds_data(dst.state)) {
+  auto give_up = [&](const absl::Status& s) {
+    c.state = Residency::kDirty;
+    changed_.notify_all();
+    return s;
+  };
+  // Readers of the copy below must not see it change under them: wait until
+  // it is released (new acquires of it wait while this copy is kWriting).
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.pinned_wait_ms);
+  for (;;) {
     if (dst.state == Residency::kAbsent) {
+      // The copy below is overwritten whole, so a missing one is allocated, not loaded.
       absl::Status s = load_locked(lock, id, to, /*need_data=*/false, /*prefetch=*/false);
-      if (!s.ok()) {
-        c.state = Residency::kDirty;
-        changed_.notify_all();
-        return s;
-      }
-    } else {
+      if (!s.ok()) return give_up(s);
+      continue;
+    }
+    if (!holds_data(dst.state)) {
       changed_.wait(lock);
+      continue;
+    }
+    if (dst.pins == 0) break;
+    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && dst.pins > 0) {
+      return give_up(absl::FailedPreconditionError(
+          absl::StrCat("cannot write the modified ", tier_name(tier), " copy of \"", t.spec.name,
+                       "\" back: its ", tier_name(to), " copy is still acquired after ",
+                       options_.pinned_wait_ms, " ms; release it first")));
     }
   }
   ++dst.pins;

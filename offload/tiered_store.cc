@@ -128,45 +128,62 @@ absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
 absl::Status TieredStore::finalize() {
   std::unique_lock lock(mu_);
   if (finalized_) return absl::FailedPreconditionError("finalize() called twice");
+  // Everything that can be checked is checked before anything is allocated.
   std::vector<swap::TensorSpec> on_nvme;
+  std::array<uint64_t, kTierCount> need{};
   for (const Tensor& t : tensors_) {
-    if (t.spec.home == Tier::kNvme) on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
-    if (t.spec.home == Tier::kDevice && options_.device == nullptr) {
+    const Tier home = t.spec.home;
+    if (home == Tier::kNvme) {
+      on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
+      continue;
+    }
+    if (home == Tier::kDevice && options_.device == nullptr) {
       return absl::InvalidArgumentError("tensor \"" + t.spec.name +
                                         "\" lives on the device but the store has no device");
     }
-  }
-  if (!on_nvme.empty()) {
-    if (options_.io == nullptr || options_.swap_paths.empty()) {
-      return absl::InvalidArgumentError(
-          "tensors are placed on NVMe but no swap path is configured; set "
-          "offload_optimizer.nvme_path");
+    need[idx(home)] += footprint(t.bytes, t.padded, home);
+    if (need[idx(home)] > budget_[idx(home)]) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tensors homed on the ", tier_name(home), " need more than its budget of ",
+                       budget_[idx(home)], " bytes (at \"", t.spec.name,
+                       "\"); raise the budget or offload more to the tier below"));
     }
-    STRATA_ASSIGN_OR_RETURN(swap_,
+  }
+  if (!on_nvme.empty() && (options_.io == nullptr || options_.swap_paths.empty())) {
+    return absl::InvalidArgumentError(
+        "tensors are placed on NVMe but no swap path is configured; set "
+        "offload_optimizer.nvme_path");
+  }
+  std::unique_ptr<swap::SwapFile> swap;
+  if (!on_nvme.empty()) {
+    STRATA_ASSIGN_OR_RETURN(swap,
                             swap::SwapFile::create(*options_.io, options_.swap_paths, on_nvme,
                                                    {.checksums = options_.verify_checksums}),
                             "creating the swap file");
   }
-  // Home copies on the device and host are allocated now and never evicted.
-  for (Tensor& t : tensors_) {
-    Tier home = t.spec.home;
-    if (home == Tier::kNvme) {
-      t.copies[idx(Tier::kNvme)].state = Residency::kResident;
-      used_[idx(Tier::kNvme)] += t.padded;
-      continue;
+  // Home copies on the device and host are allocated now and never evicted;
+  // a failure frees the ones already allocated, so finalize() may be retried.
+  for (TensorId i = 0; i < tensors_.size(); ++i) {
+    Tensor& t = tensors_[i];
+    const Tier home = t.spec.home;
+    if (home == Tier::kNvme) continue;
+    if (absl::Status s = allocate_copy_locked(t, home); !s.ok()) {
+      for (TensorId k = 0; k < i; ++k) {
+        if (tensors_[k].spec.home != Tier::kNvme)
+          free_copy_locked(tensors_[k], tensors_[k].spec.home);
+      }
+      return annotate(
+          s, absl::StrCat("allocating the ", tier_name(home), " copy of \"", t.spec.name, "\""));
     }
-    const uint64_t size = footprint(t.bytes, t.padded, home);
-    if (used_[idx(home)] + size > budget_[idx(home)]) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("tensors homed on the ", tier_name(home), " need more than its budget of ",
-                       budget_[idx(home)], " bytes (at \"", t.spec.name,
-                       "\"); raise the budget or offload "
-                       "more to the tier below"));
-    }
-    STRATA_RETURN_IF_ERROR(allocate_copy_locked(t, home));
     if (home == Tier::kHost) std::memset(t.copies[idx(home)].data, 0, t.padded);
     t.copies[idx(home)].state = Residency::kResident;
   }
+  for (Tensor& t : tensors_) {
+    if (t.spec.home != Tier::kNvme) continue;
+    t.copies[idx(Tier::kNvme)].state = Residency::kResident;
+    used_[idx(Tier::kNvme)] += t.padded;
+  }
+  swap_ = std::move(swap);
   finalized_ = true;
   return absl::OkStatus();
 }
@@ -697,12 +714,14 @@ void TieredStore::end_step() {
 
 Residency TieredStore::residency(TensorId id, Tier tier) const {
   std::lock_guard lock(mu_);
-  return tensors_.at(id).copies[idx(tier)].state;
+  STRATA_CHECK_MSG(id < tensors_.size(), "residency() of an unregistered tensor");
+  return tensors_[id].copies[idx(tier)].state;
 }
 
 const TensorSpec& TieredStore::spec(TensorId id) const {
   std::lock_guard lock(mu_);
-  return tensors_.at(id).spec;
+  STRATA_CHECK_MSG(id < tensors_.size(), "spec() of an unregistered tensor");
+  return tensors_[id].spec;
 }
 
 StoreStats TieredStore::stats() const {

@@ -8,14 +8,18 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
+#include "swap/aligned_buffer.h"
 #include "swap/io_engine.h"
+#include "swap/swap_file.h"
 
 namespace strata::offload {
 namespace {
@@ -457,6 +461,65 @@ TEST_F(TieredStoreTest, WaitingForAMoveInFlightUsesNoCpu) {
   EXPECT_GE(used.wall_ns, 200'000'000) << "the acquire did not wait for the load";
   EXPECT_LT(used.cpu_ns, std::max<int64_t>(20'000'000, used.wall_ns / 10))
       << "waited " << used.wall_ns / 1e6 << " ms using " << used.cpu_ns / 1e6 << " ms of CPU";
+}
+
+// The durability contract (tiered_store.h): an evicted dirty host copy is in
+// the swap file once it is dropped; flush() commits the file, so it reopens
+// with every tensor's latest bytes, checksums verified.
+TEST_F(TieredStoreTest, EvictedDataIsOnDiskAndFlushCommitsTheSwapFile) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 2 * kBytes});
+  auto ids = register_n(*store, 6, Tier::kNvme);
+  write_all(*store, ids, 3);  // 6 tensors through 2 host slots: 4 evicted
+  const std::string path = (dir_ / "store.swp").string();
+  std::string on_disk;
+  {
+    std::ifstream in(path, std::ios::binary);
+    on_disk.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  int evicted = 0;
+  std::vector<float> expect(kNumel);
+  for (TensorId id : ids) {
+    if (store->residency(id, Tier::kHost) != Residency::kAbsent) continue;
+    ++evicted;
+    fill(expect.data(), id, 3);
+    EXPECT_NE(on_disk.find(std::string(reinterpret_cast<const char*>(expect.data()), kBytes)),
+              std::string::npos)
+        << "tensor " << id << " was dropped from the host before it reached the disk";
+  }
+  EXPECT_EQ(evicted, 4);
+  ASSERT_TRUE(store->flush().ok());
+  auto reopened = swap::SwapFile::open(*io_, {path});
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  swap::AlignedBuffer buf(kBytes);
+  for (TensorId id : ids) {
+    ASSERT_TRUE((*reopened)->read_tensor(store->spec(id).name, buf.data(), buf.size()).ok());
+    EXPECT_TRUE(matches(reinterpret_cast<const float*>(buf.data()), id, 3)) << "tensor " << id;
+  }
+}
+
+// A finalize() that fails frees what it allocated.
+TEST_F(TieredStoreTest, FailedFinalizeLeavesNothingAllocated) {
+  gpu::SimDevice tiny({.capacity_bytes = kBytes});
+  auto created = TieredStore::create(
+      {.device = &tiny, .device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  ASSERT_TRUE(created.ok());
+  TieredStore& store = **created;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(store.register_tensor({"h" + std::to_string(i), kNumel}).ok());
+  }
+  for (int i = 0; i < 2; ++i) {  // the device holds one of them only
+    ASSERT_TRUE(store
+                    .register_tensor({"d" + std::to_string(i), kNumel, DType::kFloat32,
+                                      TensorRole::kParam16, Tier::kDevice})
+                    .ok());
+  }
+  absl::Status s = store.finalize();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("\"d1\""), absl::string_view::npos) << s;
+  EXPECT_EQ(store.stats().tiers[0].used_bytes, 0u);
+  EXPECT_EQ(store.stats().tiers[1].used_bytes, 0u);
+  EXPECT_EQ(tiny.stats().used_bytes, 0u);
 }
 
 TEST_F(TieredStoreTest, TensorLargerThanItsTierIsRefusedAtRegistration) {

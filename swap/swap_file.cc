@@ -446,7 +446,13 @@ absl::Status SwapFile::commit() {
   return annotate(s, "committing");
 }
 
+std::vector<TensorExtent> SwapFile::tensors() const {
+  std::lock_guard lock(mu_);
+  return tensors_;
+}
+
 absl::StatusOr<TensorExtent> SwapFile::find(const std::string& name) const {
+  std::lock_guard lock(mu_);
   for (const TensorExtent& e : tensors_) {
     if (e.name == name) return e;
   }

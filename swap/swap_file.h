@@ -116,7 +116,8 @@ class SwapFile {
   SwapFile(const SwapFile&) = delete;
   SwapFile& operator=(const SwapFile&) = delete;
 
-  const std::vector<TensorExtent>& tensors() const { return tensors_; }
+  // Snapshots (checksums and flags change as writes complete).
+  std::vector<TensorExtent> tensors() const;
   absl::StatusOr<TensorExtent> find(const std::string& name) const;
   std::string path() const { return path_; }
   uint64_t data_bytes() const { return data_bytes_; }
@@ -172,7 +173,7 @@ class SwapFile {
 
   // Guards everything below and tensors_' checksums and flags. Never held
   // across I/O: the engine's completion callbacks take it.
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable idle_;  // header_busy_ or writes_in_flight_ changed
   std::vector<TensorExtent> tensors_;
   bool header_busy_ = false;            // a thread is writing the header (mark_dirty, commit)

@@ -187,7 +187,7 @@ TEST_P(SwapFileTest, AsyncReadsRunConcurrentlyAndVerify) {
   ASSERT_TRUE(engine_->drain().ok());
   ASSERT_EQ(results.size(), in.size());
   for (size_t i = 0; i < in.size(); ++i) {
-    const TensorExtent& e = (*f)->tensors()[i];
+    const TensorExtent e = (*f)->tensors()[i];
     if (e.name == bad.name) {
       EXPECT_EQ(results[e.name].code(), absl::StatusCode::kDataLoss);
       EXPECT_THAT(std::string(results[e.name].message()),

@@ -23,6 +23,8 @@ constexpr size_t kSumAt = 8;        // the label checksum
 constexpr size_t kSummedFrom = 16;  // what it covers: [16, kSwapLabelBytes)
 constexpr size_t kPathAt = 80;
 constexpr size_t kMaxLabelPath = kSwapLabelBytes - kPathAt - 2;
+// A table entry is at most 4,136 bytes: this allows ~60,000 of the largest.
+constexpr uint32_t kMaxTableBytes = uint32_t{256} << 20;
 constexpr uint8_t kFlagWritten = 1;
 constexpr uint8_t kFlagChecksummed = 2;
 
@@ -148,6 +150,11 @@ absl::StatusOr<std::unique_ptr<SwapFile>> SwapFile::create(IoEngine& engine,
           absl::StrCat("swap file ", where, ": tensor '", s.name, "' listed twice"));
     }
   }
+  if (table_bytes_for(specs) > kMaxTableBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("swap file ", where, ": the table of ",
+                                                   specs.size(), " tensors exceeds ",
+                                                   kMaxTableBytes, " bytes; use fewer tensors"));
+  }
   STRATA_ASSIGN_OR_RETURN(FileId file, engine.open(paths, {.create = true, .truncate = true}),
                           "creating swap file");
   std::unique_ptr<SwapFile> f(new SwapFile(engine, file, paths, options));
@@ -261,8 +268,8 @@ absl::Status SwapFile::parse_header() {
   header_bytes_ = l.header_bytes;
   data_bytes_ = l.data_bytes;
   if (l.state != kStateClean || l.block_size % kDirectAlignment != 0 || l.block_size == 0 ||
-      header_bytes_ % kDirectAlignment != 0 || table_offset() + l.table_bytes > header_bytes_ ||
-      data_bytes_ < header_bytes_) {
+      header_bytes_ % kDirectAlignment != 0 || l.table_bytes > kMaxTableBytes ||
+      table_offset() + l.table_bytes > header_bytes_ || data_bytes_ < header_bytes_) {
     return absl::DataLossError(
         absl::StrCat("swap file ", p, ": inconsistent header fields at offset 16..64"));
   }
@@ -305,7 +312,7 @@ absl::Status SwapFile::check_member_label(uint32_t index, uint32_t count) {
 absl::Status SwapFile::parse_table(uint32_t count, uint32_t table_bytes, uint64_t table_sum) {
   const std::string& p = path_;
   const uint64_t from = table_offset() / kDirectAlignment * kDirectAlignment;
-  AlignedBuffer region(header_bytes_ - from);
+  AlignedBuffer region(align_up(table_offset() + table_bytes, kDirectAlignment) - from);
   STRATA_RETURN_IF_ERROR(engine_.read(file_, from, region.data(), region.size()),
                          absl::StrCat("reading the tensor table of ", p));
   const char* table = region.data() + (table_offset() - from);

@@ -261,10 +261,11 @@ absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
   // copy acquired and every residency as it was. Our pin keeps `c` in place
   // while the wait drops the lock.
   if (dirty) {
+    // A copy above being written back (kWriting) counts as modified: it may
+    // be waiting for our pin, so it is not waited for.
     auto settled = [&] {
       for (int up = idx(tier) - 1; up >= 0; --up) {
-        const Residency r = t.copies[up].state;
-        if (r == Residency::kLoading || r == Residency::kWriting) return false;
+        if (t.copies[up].state == Residency::kLoading) return false;
       }
       return true;
     };

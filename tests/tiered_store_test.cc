@@ -372,6 +372,7 @@ TEST_F(TieredStoreTest, ReadersNeverSeeAWriteBackInProgress) {
       }
     });
   }
+  while (reads == 0 && errors == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::vector<float> next(kNumel);
   gpu::StreamId s = *device_.create_stream();
   for (int version = 1; version <= 60; ++version) {

@@ -241,7 +241,11 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
     }
     ts.stall_ns += static_cast<uint64_t>(monotonic_ns() - t0);
   }
-  ++c.pins;
+  ++c.pins;  // from here on the copy stays put while this waits
+  // A writer starts once the loads copying from this copy are done.
+  if (access != Access::kRead) {
+    changed_.wait(lock, [&] { return c.transfers_reading == 0; });
+  }
   queue_prefetches_locked(tier);
   return TensorView{c.data, t.bytes};
 }
@@ -339,11 +343,18 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
       changed_.wait(lock);
     }
   }
+  // A prefetch does not copy from a source someone holds: a holder may be
+  // writing it (the copy would be torn, and dropped by the dirty release).
+  if (status.ok() && prefetch && src.pins > src.transfers_reading) {
+    status = absl::UnavailableError("the source copy is held");
+  }
   if (status.ok()) {
     ++src.pins;
+    ++src.transfers_reading;
     lock.unlock();
     status = transfer(t, from, tier);
     lock.lock();
+    --src.transfers_reading;
     --src.pins;
   }
   if (!status.ok()) {

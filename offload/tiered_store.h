@@ -44,7 +44,9 @@
 // store owns the host arena blocks, device memory and swap file it uses;
 // views stay valid while pinned. Transfers run outside the store's lock.
 // Several readers may hold one copy; the caller that releases a copy dirty
-// must have been its only writer.
+// must have been its only writer. A write acquire (kWrite, kReadWrite)
+// returns once no load is copying from the copy, and prefetches do not copy
+// from a copy someone holds, so loads never read a copy being written.
 //
 // Errors: each method below says what it returns and what an error leaves.
 // No method throws; misuse that is a programming error (an id never
@@ -218,8 +220,9 @@ class TieredStore {
   struct Copy {
     Residency state = Residency::kAbsent;
     void* data = nullptr;
-    HostBlock block;  // host copies
-    int pins = 0;
+    HostBlock block;            // host copies
+    int pins = 0;               // acquires and transfers reading it
+    int transfers_reading = 0;  // loads copying from it now (counted in pins too)
     uint64_t last_use = 0;
     bool queued = false;  // a prefetch job for it is waiting
   };

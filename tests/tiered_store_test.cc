@@ -392,6 +392,33 @@ TEST_F(TieredStoreTest, ReadersNeverSeeAWriteBackInProgress) {
   EXPECT_GT(reads.load(), 0);
 }
 
+// A write acquire does not return while a load is still copying from the
+// copy it is about to write (the load would carry torn bytes up).
+TEST_F(TieredStoreTest, WriteAcquireWaitsForLoadsReadingTheCopy) {
+  gpu::SimDevice slow({.h2d_gb_per_s = kBytes / 0.3 / 1e9, .copy_latency_us = 0});  // ~300 ms
+  auto created = TieredStore::create(
+      {.device = &slow, .device_budget_bytes = 2 * kBytes, .host_budget_bytes = 2 * kBytes});
+  ASSERT_TRUE(created.ok());
+  TieredStore& store = **created;
+  auto ids = register_n(store, 1, Tier::kHost);
+  const TensorId x = ids[0];
+  write_all(store, ids, 1);
+  auto loading = std::async(std::launch::async, [&] {
+    auto v = store.acquire(x, Tier::kDevice, Access::kRead);
+    return v.ok() ? store.release(x, Tier::kDevice, false) : v.status();
+  });
+  while (store.residency(x, Tier::kDevice) != Residency::kLoading) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  auto w = store.acquire(x, Tier::kHost, Access::kReadWrite);
+  ASSERT_TRUE(w.ok());
+  EXPECT_NE(store.residency(x, Tier::kDevice), Residency::kLoading)
+      << "the writer got the host copy while it was being copied to the device";
+  fill(static_cast<float*>(w->data), x, 2);
+  ASSERT_TRUE(loading.get().ok());
+  ASSERT_TRUE(store.release(x, Tier::kHost, true).ok());
+}
+
 // A release that is refused changes nothing: the copy stays acquired and
 // every residency stays as it was.
 TEST_F(TieredStoreTest, RefusedReleaseLeavesStateIntact) {

@@ -9,18 +9,11 @@
 #include <unordered_map>
 
 #include "gpu/cuda_kernels.cuh"
+#include "gpu/cuda_status.h"
 #include "gpu/device.h"
 
 namespace strata::gpu {
 namespace {
-
-absl::Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  std::string msg =
-      std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
-  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
-  return absl::InternalError(msg);
-}
 
 class CudaDevice final : public Device {
  public:
@@ -139,7 +132,10 @@ class CudaDevice final : public Device {
     cudaEvent_t e = find_event(event);
     if (e == nullptr) return unknown();
     cudaError_t err = cudaEventQuery(e);
-    if (err == cudaErrorNotReady) return false;
+    if (err == cudaErrorNotReady) {
+      clear_cuda_error();  // not an error: keep it out of the next launch check
+      return false;
+    }
     if (absl::Status s = cuda_status(err, "cudaEventQuery"); !s.ok()) return s;
     return true;
   }
@@ -211,6 +207,7 @@ class CudaDevice final : public Device {
     cudaSetDevice(ordinal_);
     cudaError_t err = cudaHostRegister(ptr, bytes, cudaHostRegisterPortable);
     if (err != cudaSuccess) {
+      clear_cuda_error();  // reported here; callers may carry on unpinned
       return absl::ResourceExhaustedError(
           "cannot pin " + std::to_string(bytes) + " bytes of host memory (cudaHostRegister: " +
           cudaGetErrorString(err) + "); check RLIMIT_MEMLOCK (ulimit -l) and free memory");
@@ -273,7 +270,7 @@ absl::StatusOr<std::unique_ptr<Device>> make_cuda_device(int ordinal) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
-    cudaGetLastError();
+    clear_cuda_error();
     return absl::FailedPreconditionError(
         std::string("no CUDA device available (") +
         (err != cudaSuccess ? cudaGetErrorString(err) : "driver sees 0 GPUs") +

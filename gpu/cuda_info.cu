@@ -3,6 +3,7 @@
 #include <string>
 
 #include "gpu/cuda_info.h"
+#include "gpu/cuda_status.h"
 
 namespace strata::gpu {
 
@@ -11,6 +12,7 @@ CudaInfo probe_cuda() {
   info.compiled = true;
   cudaRuntimeGetVersion(&info.runtime_version);
   if (cudaDriverGetVersion(&info.driver_version) != cudaSuccess || info.driver_version == 0) {
+    clear_cuda_error();
     info.driver_version = 0;
     info.why_none =
         "no NVIDIA driver found (libcuda.so.1 not loadable); install the driver or run "
@@ -21,7 +23,7 @@ CudaInfo probe_cuda() {
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
     info.why_none = std::string("CUDA reports no usable device: ") + cudaGetErrorString(err);
-    cudaGetLastError();  // clear the sticky error for later callers
+    clear_cuda_error();
     return info;
   }
   if (count == 0) {
@@ -30,7 +32,10 @@ CudaInfo probe_cuda() {
   }
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+      clear_cuda_error();
+      continue;
+    }
     CudaDeviceInfo d;
     d.index = i;
     d.name = prop.name;
@@ -39,7 +44,11 @@ CudaInfo probe_cuda() {
     d.total_memory_bytes = prop.totalGlobalMem;
     d.multiprocessors = prop.multiProcessorCount;
     char bus[32] = {};
-    if (cudaDeviceGetPCIBusId(bus, sizeof bus, i) == cudaSuccess) d.pci_bus_id = bus;
+    if (cudaDeviceGetPCIBusId(bus, sizeof bus, i) == cudaSuccess) {
+      d.pci_bus_id = bus;
+    } else {
+      clear_cuda_error();
+    }
     info.devices.push_back(std::move(d));
   }
   return info;

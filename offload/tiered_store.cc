@@ -13,6 +13,9 @@ namespace strata::offload {
 namespace {
 
 constexpr uint64_t kNever = std::numeric_limits<uint64_t>::max();
+// How often a wait past pinned_wait_ms looks again at moves in flight (a
+// safety net: every move notifies when it ends).
+constexpr std::chrono::milliseconds kInFlightRecheck{100};
 
 int idx(Tier t) { return static_cast<int>(t); }
 Tier below(Tier t) { return static_cast<Tier>(idx(t) + 1); }
@@ -125,45 +128,62 @@ absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
 absl::Status TieredStore::finalize() {
   std::unique_lock lock(mu_);
   if (finalized_) return absl::FailedPreconditionError("finalize() called twice");
+  // Everything that can be checked is checked before anything is allocated.
   std::vector<swap::TensorSpec> on_nvme;
+  std::array<uint64_t, kTierCount> need{};
   for (const Tensor& t : tensors_) {
-    if (t.spec.home == Tier::kNvme) on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
-    if (t.spec.home == Tier::kDevice && options_.device == nullptr) {
+    const Tier home = t.spec.home;
+    if (home == Tier::kNvme) {
+      on_nvme.push_back({t.spec.name, t.spec.dtype, t.spec.numel});
+      continue;
+    }
+    if (home == Tier::kDevice && options_.device == nullptr) {
       return absl::InvalidArgumentError("tensor \"" + t.spec.name +
                                         "\" lives on the device but the store has no device");
     }
-  }
-  if (!on_nvme.empty()) {
-    if (options_.io == nullptr || options_.swap_paths.empty()) {
-      return absl::InvalidArgumentError(
-          "tensors are placed on NVMe but no swap path is configured; set "
-          "offload_optimizer.nvme_path");
+    need[idx(home)] += footprint(t.bytes, t.padded, home);
+    if (need[idx(home)] > budget_[idx(home)]) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tensors homed on the ", tier_name(home), " need more than its budget of ",
+                       budget_[idx(home)], " bytes (at \"", t.spec.name,
+                       "\"); raise the budget or offload more to the tier below"));
     }
-    STRATA_ASSIGN_OR_RETURN(swap_,
+  }
+  if (!on_nvme.empty() && (options_.io == nullptr || options_.swap_paths.empty())) {
+    return absl::InvalidArgumentError(
+        "tensors are placed on NVMe but no swap path is configured; set "
+        "offload_optimizer.nvme_path");
+  }
+  std::unique_ptr<swap::SwapFile> swap;
+  if (!on_nvme.empty()) {
+    STRATA_ASSIGN_OR_RETURN(swap,
                             swap::SwapFile::create(*options_.io, options_.swap_paths, on_nvme,
                                                    {.checksums = options_.verify_checksums}),
                             "creating the swap file");
   }
-  // Home copies on the device and host are allocated now and never evicted.
-  for (Tensor& t : tensors_) {
-    Tier home = t.spec.home;
-    if (home == Tier::kNvme) {
-      t.copies[idx(Tier::kNvme)].state = Residency::kResident;
-      used_[idx(Tier::kNvme)] += t.padded;
-      continue;
+  // Home copies on the device and host are allocated now and never evicted;
+  // a failure frees the ones already allocated, so finalize() may be retried.
+  for (TensorId i = 0; i < tensors_.size(); ++i) {
+    Tensor& t = tensors_[i];
+    const Tier home = t.spec.home;
+    if (home == Tier::kNvme) continue;
+    if (absl::Status s = allocate_copy_locked(t, home); !s.ok()) {
+      for (TensorId k = 0; k < i; ++k) {
+        if (tensors_[k].spec.home != Tier::kNvme)
+          free_copy_locked(tensors_[k], tensors_[k].spec.home);
+      }
+      return annotate(
+          s, absl::StrCat("allocating the ", tier_name(home), " copy of \"", t.spec.name, "\""));
     }
-    const uint64_t size = footprint(t.bytes, t.padded, home);
-    if (used_[idx(home)] + size > budget_[idx(home)]) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("tensors homed on the ", tier_name(home), " need more than its budget of ",
-                       budget_[idx(home)], " bytes (at \"", t.spec.name,
-                       "\"); raise the budget or offload "
-                       "more to the tier below"));
-    }
-    STRATA_RETURN_IF_ERROR(allocate_copy_locked(t, home));
     if (home == Tier::kHost) std::memset(t.copies[idx(home)].data, 0, t.padded);
     t.copies[idx(home)].state = Residency::kResident;
   }
+  for (Tensor& t : tensors_) {
+    if (t.spec.home != Tier::kNvme) continue;
+    t.copies[idx(Tier::kNvme)].state = Residency::kResident;
+    used_[idx(Tier::kNvme)] += t.padded;
+  }
+  swap_ = std::move(swap);
   finalized_ = true;
   return absl::OkStatus();
 }
@@ -221,7 +241,11 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
     }
     ts.stall_ns += static_cast<uint64_t>(monotonic_ns() - t0);
   }
-  ++c.pins;
+  ++c.pins;  // from here on the copy stays put while this waits
+  // A writer starts once the loads copying from this copy are done.
+  if (access != Access::kRead) {
+    changed_.wait(lock, [&] { return c.transfers_reading == 0; });
+  }
   queue_prefetches_locked(tier);
   return TensorView{c.data, t.bytes};
 }
@@ -229,17 +253,29 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
 absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
   std::unique_lock lock(mu_);
   if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
+  if (idx(tier) >= kTierCount) return absl::InvalidArgumentError("no such tier");
   Tensor& t = tensors_[id];
   Copy& c = t.copies[idx(tier)];
-  STRATA_CHECK_MSG(c.pins > 0 && holds_data(c.state), "release without a matching acquire");
-  --c.pins;
-  // A home copy has no tier below to go stale against.
-  if (dirty && tier != t.spec.home) c.state = Residency::kDirty;
+  if (c.pins == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("release of \"", t.spec.name, "\" on the ",
+                                                      tier_name(tier),
+                                                      " without a matching acquire"));
+  }
+  // Validate everything before changing anything, so an error leaves the
+  // copy acquired and every residency as it was. Our pin keeps `c` in place
+  // while the wait drops the lock.
   if (dirty) {
-    // Coherence: copies above now hold old data and are dropped.
+    // A copy above being written back (kWriting) counts as modified: it may
+    // be waiting for our pin, so it is not waited for.
+    auto settled = [&] {
+      for (int up = idx(tier) - 1; up >= 0; --up) {
+        if (t.copies[up].state == Residency::kLoading) return false;
+      }
+      return true;
+    };
+    changed_.wait(lock, settled);
     for (int up = idx(tier) - 1; up >= 0; --up) {
-      Copy& above = t.copies[up];
-      while (above.state == Residency::kLoading) changed_.wait(lock);
+      const Copy& above = t.copies[up];
       if (above.state == Residency::kAbsent) continue;
       if (above.pins > 0 || above.state != Residency::kResident) {
         return absl::FailedPreconditionError(absl::StrCat(
@@ -247,7 +283,15 @@ absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
             tier_name(static_cast<Tier>(up)), " copy is ", above.pins > 0 ? "held" : "modified",
             " too; only one tier may be written at a time"));
       }
-      free_copy_locked(t, static_cast<Tier>(up));
+    }
+  }
+  --c.pins;
+  if (dirty) {
+    // A home copy has no tier below to go stale against.
+    if (tier != t.spec.home) c.state = Residency::kDirty;
+    // Coherence: copies above now hold old data and are dropped.
+    for (int up = idx(tier) - 1; up >= 0; --up) {
+      if (t.copies[up].state != Residency::kAbsent) free_copy_locked(t, static_cast<Tier>(up));
     }
   }
   changed_.notify_all();
@@ -299,11 +343,18 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
       changed_.wait(lock);
     }
   }
+  // A prefetch does not copy from a source someone holds: a holder may be
+  // writing it (the copy would be torn, and dropped by the dirty release).
+  if (status.ok() && prefetch && src.pins > src.transfers_reading) {
+    status = absl::UnavailableError("the source copy is held");
+  }
   if (status.ok()) {
     ++src.pins;
+    ++src.transfers_reading;
     lock.unlock();
     status = transfer(t, from, tier);
     lock.lock();
+    --src.transfers_reading;
     --src.pins;
   }
   if (!status.ok()) {
@@ -346,7 +397,10 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
         in_flight = true;
         continue;
       }
-      if (c.pins > 0) {
+      // A dirty copy whose copy below is held cannot be written back now
+      // (write-back never overwrites a copy someone is reading): as good as pinned.
+      if (c.pins > 0 ||
+          (c.state == Residency::kDirty && ti + 1 < kTierCount && t.copies[ti + 1].pins > 0)) {
         pinned_bytes += footprint(t.bytes, t.padded, tier);
         continue;
       }
@@ -368,12 +422,20 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
         }
         break;  // home copies fill the tier: fail below
       }
-      if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !in_flight) {
+      // The deadline is for pinned copies; moves in flight end by themselves
+      // (and notify), so past it this waits for them, never spins.
+      const bool expired = std::chrono::steady_clock::now() >= deadline;
+      if (expired && !in_flight) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "the ", tier_name(tier), " tier (budget ", budget_[ti], " bytes, ", used_[ti],
             " used) cannot fit ", bytes, " more bytes: ", pinned_bytes,
             " bytes are pinned by acquires not yet released; raise the budget or release "
             "tensors sooner"));
+      }
+      if (expired) {
+        changed_.wait_for(lock, kInFlightRecheck);
+      } else {
+        changed_.wait_until(lock, deadline);
       }
       continue;
     }
@@ -401,17 +463,32 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
   const Tier to = below(tier);
   Copy& dst = t.copies[idx(to)];
   c.state = Residency::kWriting;
-  // The copy below is overwritten whole, so a missing one is allocated, not loaded.
-  while (!holds_data(dst.state)) {
+  auto give_up = [&](const absl::Status& s) {
+    c.state = Residency::kDirty;
+    changed_.notify_all();
+    return s;
+  };
+  // Readers of the copy below must not see it change under them: wait until
+  // it is released (new acquires of it wait while this copy is kWriting).
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.pinned_wait_ms);
+  for (;;) {
     if (dst.state == Residency::kAbsent) {
+      // The copy below is overwritten whole, so a missing one is allocated, not loaded.
       absl::Status s = load_locked(lock, id, to, /*need_data=*/false, /*prefetch=*/false);
-      if (!s.ok()) {
-        c.state = Residency::kDirty;
-        changed_.notify_all();
-        return s;
-      }
-    } else {
+      if (!s.ok()) return give_up(s);
+      continue;
+    }
+    if (!holds_data(dst.state)) {
       changed_.wait(lock);
+      continue;
+    }
+    if (dst.pins == 0) break;
+    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && dst.pins > 0) {
+      return give_up(absl::FailedPreconditionError(
+          absl::StrCat("cannot write the modified ", tier_name(tier), " copy of \"", t.spec.name,
+                       "\" back: its ", tier_name(to), " copy is still acquired after ",
+                       options_.pinned_wait_ms, " ms; release it first")));
     }
   }
   ++dst.pins;
@@ -649,12 +726,14 @@ void TieredStore::end_step() {
 
 Residency TieredStore::residency(TensorId id, Tier tier) const {
   std::lock_guard lock(mu_);
-  return tensors_.at(id).copies[idx(tier)].state;
+  STRATA_CHECK_MSG(id < tensors_.size(), "residency() of an unregistered tensor");
+  return tensors_[id].copies[idx(tier)].state;
 }
 
 const TensorSpec& TieredStore::spec(TensorId id) const {
   std::lock_guard lock(mu_);
-  return tensors_.at(id).spec;
+  STRATA_CHECK_MSG(id < tensors_.size(), "spec() of an unregistered tensor");
+  return tensors_[id].spec;
 }
 
 StoreStats TieredStore::stats() const {

@@ -2,7 +2,7 @@
 // pinned host memory and NVMe, moved ahead of need within fixed budgets.
 //
 // A tensor has a spec (name, numel, dtype, role) and a home tier, where its
-// durable copy lives: kDevice (never offloaded), kHost (the host
+// authoritative copy lives: kDevice (never offloaded), kHost (the host
 // arena) or kNvme (an extent of the swap file). Upper tiers hold caches
 // of it: a device copy of a host- or NVMe-homed tensor, a host copy of an
 // NVMe-homed one. Each copy has a residency: absent, loading, resident,
@@ -10,11 +10,26 @@
 //
 // acquire(id, tier, mode) blocks until the tensor is resident on `tier` and
 // pins it there; release(id, tier, dirty) unpins it and, when dirty, marks it
-// so. Nothing pinned is ever evicted; dirty data is written to the tier below
-// (device -> host -> NVMe) before the upper copy is dropped. The budget of
-// each tier is never exceeded: when a tier is full the store evicts, and when
-// everything in it is pinned acquire() fails with ResourceExhausted naming
-// the tier, its budget and what is pinned.
+// so. Nothing pinned is ever evicted. The budget of each tier is never
+// exceeded: when a tier is full the store evicts, and when everything in it
+// is pinned acquire() fails with ResourceExhausted naming the tier, its
+// budget and what is pinned.
+//
+// Write-back and durability. A dirty copy is written to the tier below
+// (device -> host -> NVMe) before it is dropped, and the write has completed
+// when the copy is dropped. Write-back never overwrites a copy someone holds:
+// it waits (up to pinned_wait_ms) until readers of the copy below release
+// it. What "reached the tier below" survives:
+//   * device -> host: the process (host memory).
+//   * host -> NVMe: the process too; the kernel holds the data (O_DIRECT: the
+//     drive accepted it) but nothing is fsync'd, so a power loss or kernel
+//     crash may lose it. The swap file is scratch, recreated by every run,
+//     so nothing needs more; an fsync per eviction would cost NVMe
+//     throughput for nothing.
+//   * flush() is the durability point: every dirty copy reaches its home
+//     tier, and the swap file is committed (fsync'd extents, then its header,
+//     swap/swap_file.h): reopenable and power-loss safe. Checkpoints do not
+//     rely on the swap file; they are written from acquired views.
 //
 // Schedule: between begin_step() and end_step() of the first step, the order
 // of acquires is recorded per tier (the trace). On later steps each acquire prefetches
@@ -28,6 +43,14 @@
 // several threads (the engine's compute, optimizer and I/O threads). The
 // store owns the host arena blocks, device memory and swap file it uses;
 // views stay valid while pinned. Transfers run outside the store's lock.
+// Several readers may hold one copy; the caller that releases a copy dirty
+// must have been its only writer. A write acquire (kWrite, kReadWrite)
+// returns once no load is copying from the copy, and prefetches do not copy
+// from a copy someone holds, so loads never read a copy being written.
+//
+// Errors: each method below says what it returns and what an error leaves.
+// No method throws; misuse that is a programming error (an id never
+// registered, passed to residency() or spec()) stops the process.
 //
 //   TieredStore::Options o{.device = dev, .host_budget_bytes = 8 << 30, ...};
 //   auto store = TieredStore::create(o);
@@ -127,30 +150,66 @@ class TieredStore {
     TraceRecorder* trace = nullptr;  // optional: every move becomes an event
   };
 
+  // InvalidArgument: mover_threads < 1. The host arena's errors
+  // (ResourceExhausted when host_budget_bytes cannot be mapped or pinned).
+  // On error nothing is left behind.
   static absl::StatusOr<std::unique_ptr<TieredStore>> create(const Options& options);
   ~TieredStore();  // stops the movers; does not flush (call flush() first)
   TieredStore(const TieredStore&) = delete;
   TieredStore& operator=(const TieredStore&) = delete;
 
-  // Registration happens before finalize(); names are unique. A tensor
-  // larger than its home tier's budget (for NVMe-homed ones: the host
-  // budget it is staged through) is refused here with InvalidArgument.
+  // Registration happens before finalize(); names are unique.
+  // FailedPrecondition: after finalize(). InvalidArgument: numel 0, or the
+  // tensor is larger than its home tier's budget (NVMe-homed ones: the host
+  // budget they are staged through). AlreadyExists: the name is taken.
+  // On error nothing is registered.
   absl::StatusOr<TensorId> register_tensor(const TensorSpec& spec);
   // Allocates home storage: host blocks, device memory, the swap file
   // (preallocated: a full disk fails here, before training starts).
+  // FailedPrecondition: called twice. InvalidArgument: a device-homed tensor
+  // without a device, NVMe-homed tensors without io / swap_paths.
+  // ResourceExhausted: the tensors homed on a tier exceed its budget, or an
+  // allocation fails. The swap file's errors (a full disk names the path and
+  // the bytes). On error nothing stays allocated and finalize() may be
+  // called again (a swap file already created on disk stays there, empty).
   absl::Status finalize();
 
+  // FailedPrecondition: before finalize(); the store has no device; a
+  // modified copy of the tensor on a tier above is still held (release it
+  // first); a modified copy above must be written back into a copy below
+  // that stays held past pinned_wait_ms. InvalidArgument: unknown id, tier
+  // kNvme, or a tier above the tensor's home. ResourceExhausted: the tier
+  // cannot make room because what it holds stays pinned past
+  // pinned_wait_ms. The swap file's and the device's errors (DataLoss for a
+  // torn extent). On error nothing is pinned and no data is lost: a copy
+  // whose load failed is absent, copies written back on the way stay
+  // written back (clean, valid), and a write-back that failed leaves its
+  // copy dirty. The acquire still counts in the step's trace.
   absl::StatusOr<TensorView> acquire(TensorId id, Tier tier, Access access);
+  // InvalidArgument: unknown id or tier. FailedPrecondition: the copy is not
+  // acquired, or `dirty` while the tensor's copy on a tier above is held or
+  // modified (one tier is written at a time). Everything is checked before
+  // anything changes: on error the copy stays acquired and every residency
+  // is as it was. On success with `dirty`, copies above are dropped (they
+  // hold old data) and a non-home copy becomes dirty.
   absl::Status release(TensorId id, Tier tier, bool dirty);
   // Starts loading onto `tier` without waiting or pinning; never evicts a
-  // copy needed sooner than this one. Best effort: a full tier skips it.
+  // copy needed sooner than this one. Best effort: a full tier or a bad id
+  // skips it; a failed load is kept in background_error().
   void prefetch(TensorId id, Tier tier);
-  // Writes every dirty copy down to its home tier and makes the swap file durable.
+  // Writes every dirty copy down to its home tier and commits the swap file
+  // (the durability point above). FailedPrecondition: a dirty copy is still
+  // held, or the copy it is written into stays held past pinned_wait_ms.
+  // The swap file's and the device's errors. On error the copies written
+  // back so far are clean, the others stay dirty, the swap file stays
+  // uncommitted, and flush() may be called again.
   absl::Status flush();
 
+  // Never fail.
   void begin_step();
   void end_step();
 
+  // `id` must be registered (checked: stops the process otherwise).
   Residency residency(TensorId id, Tier tier) const;
   const TensorSpec& spec(TensorId id) const;
   StoreStats stats() const;
@@ -161,8 +220,9 @@ class TieredStore {
   struct Copy {
     Residency state = Residency::kAbsent;
     void* data = nullptr;
-    HostBlock block;  // host copies
-    int pins = 0;
+    HostBlock block;            // host copies
+    int pins = 0;               // acquires and transfers reading it
+    int transfers_reading = 0;  // loads copying from it now (counted in pins too)
     uint64_t last_use = 0;
     bool queued = false;  // a prefetch job for it is waiting
   };

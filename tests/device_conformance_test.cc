@@ -103,6 +103,34 @@ TEST_P(DeviceConformance, KernelsMatchCoreConversions) {
   EXPECT_EQ(nonfinite, 1);
 }
 
+// A failure the caller handled (an allocation refused, an event not ready)
+// is not reported again by the next kernel's launch check: on CUDA the
+// runtime keeps it as the thread's last error until someone clears it.
+TEST_P(DeviceConformance, HandledFailuresDoNotFailTheNextKernel) {
+  Device& dev = *device_;
+  StreamId s = *dev.create_stream();
+  const size_t n = 256;
+  auto* x = static_cast<float*>(*dev.allocate(n * 4));
+  auto* y = static_cast<uint16_t*>(*dev.allocate(n * 2));
+  auto huge = dev.allocate(size_t{1} << 60);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted) << huge.status();
+  EXPECT_TRUE(dev.scale(x, DType::kFloat32, n, 2.f, s).ok()) << "after a refused allocation";
+
+  EventId busy = *dev.create_event();
+  ASSERT_TRUE(dev.launch_host_function(
+                     s, [] { std::this_thread::sleep_for(std::chrono::milliseconds(100)); })
+                  .ok());
+  ASSERT_TRUE(dev.record_event(busy, s).ok());
+  auto ready = dev.query_event(busy);
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  EXPECT_FALSE(*ready);
+  StreamId other = *dev.create_stream();
+  EXPECT_TRUE(dev.cast(x, DType::kFloat32, y, DType::kFloat16, n, other).ok())
+      << "after an event query that was not ready";
+  EXPECT_TRUE(dev.synchronize().ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Devices, DeviceConformance, ::testing::Values("sim", "cuda"),
                          [](const auto& info) { return info.param; });
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -21,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "swap/aligned_buffer.h"
+#include "xxhash.h"
 
 namespace strata::swap {
 namespace {
@@ -185,7 +187,7 @@ TEST_P(SwapFileTest, AsyncReadsRunConcurrentlyAndVerify) {
   ASSERT_TRUE(engine_->drain().ok());
   ASSERT_EQ(results.size(), in.size());
   for (size_t i = 0; i < in.size(); ++i) {
-    const TensorExtent& e = (*f)->tensors()[i];
+    const TensorExtent e = (*f)->tensors()[i];
     if (e.name == bad.name) {
       EXPECT_EQ(results[e.name].code(), absl::StatusCode::kDataLoss);
       EXPECT_THAT(std::string(results[e.name].message()),
@@ -217,9 +219,38 @@ TEST_P(SwapFileTest, FlippedByteInHeaderIsDetected) {
   EXPECT_THAT(std::string(f.status().message()), HasSubstr("offset 0"));
 }
 
+// The checksum is verified before any field is read: a flipped version byte
+// is a torn header, not "unsupported version".
+TEST_P(SwapFileTest, CorruptVersionIsAChecksumMismatch) {
+  write_all();
+  flip_byte(16);  // the version field
+  auto f = SwapFile::open(*engine_, {path_});
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss) << f.status();
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("checksum mismatch"));
+  EXPECT_THAT(std::string(f.status().message()), ::testing::Not(HasSubstr("version")));
+}
+
+TEST_P(SwapFileTest, Version1FileIsNamedAsSuch) {
+  std::string v1(4096, '\0');
+  std::memcpy(v1.data(), kSwapMagic, 8);
+  const uint32_t one = 1;
+  std::memcpy(v1.data() + 8, &one, 4);
+  const uint64_t sum = XXH3_64bits(v1.data(), 48);
+  std::memcpy(v1.data() + 48, &sum, 8);
+  int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, v1.data(), v1.size()), static_cast<ssize_t>(v1.size()));
+  ::close(fd);
+  auto f = SwapFile::open(*engine_, {path_});
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition) << f.status();
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("format version 1"));
+}
+
 TEST_P(SwapFileTest, FlippedByteInTableIsDetected) {
   write_all();
-  flip_byte(70);
+  flip_byte(kSwapLabelBytes + 10);  // one path: the table follows the 4 KiB label
   auto f = SwapFile::open(*engine_, {path_});
   ASSERT_FALSE(f.ok());
   EXPECT_THAT(std::string(f.status().message()), HasSubstr("table checksum mismatch"));
@@ -310,6 +341,118 @@ TEST_P(SwapFileTest, StripedOverTwoPaths) {
   AlignedBuffer in(big.size());
   ASSERT_TRUE((*f)->read_tensor("big", in.data(), in.size()).ok());
   EXPECT_EQ(std::memcmp(in.data(), big.data(), 800000), 0);
+}
+
+// Reopening with the stripe paths reordered, fewer of them, a member of
+// another file, or another block size is refused, never misread.
+TEST_P(SwapFileTest, ReopenWithAnotherStripeLayoutIsRefused) {
+  std::string second = dir_ + "/b";
+  std::filesystem::create_directory(second);
+  const std::vector<std::string> paths = {dir_ + "/s0.swp", second + "/s1.swp"};
+  const std::vector<TensorSpec> t = {{"big", DType::kFloat32, 200000}};
+  AlignedBuffer big = random_bytes(800768, 5);
+  uint64_t run_id = 0;
+  {
+    auto f = SwapFile::create(*engine_, paths, t);
+    ASSERT_TRUE(f.ok()) << f.status();
+    run_id = (*f)->run_id();
+    EXPECT_NE(run_id, 0u);
+    ASSERT_TRUE((*f)->write_tensor("big", big.data(), big.size()).ok());
+    ASSERT_TRUE((*f)->commit().ok());
+  }
+  auto expect_refused = [](const absl::StatusOr<std::unique_ptr<SwapFile>>& f,
+                           const std::string& what) {
+    ASSERT_FALSE(f.ok()) << "reopened with " << what;
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition) << f.status();
+  };
+  auto reversed = SwapFile::open(*engine_, {paths[1], paths[0]});
+  expect_refused(reversed, "the paths reversed");
+  EXPECT_THAT(std::string(reversed.status().message()), HasSubstr("order"));
+  auto fewer = SwapFile::open(*engine_, {paths[0]});
+  expect_refused(fewer, "one path of two");
+  EXPECT_THAT(std::string(fewer.status().message()), HasSubstr("2 path(s)"));
+
+  IoEngineOptions o = engine_->options();
+  o.block_size = 2 * o.block_size;
+  auto other_engine = make_io_engine(o);
+  ASSERT_TRUE(other_engine.ok()) << other_engine.status();
+  auto wider = SwapFile::open(**other_engine, paths);
+  expect_refused(wider, "another block size");
+  EXPECT_THAT(std::string(wider.status().message()), HasSubstr("block_size 65536"));
+
+  // A second member taken from another file over the same directories.
+  const std::vector<std::string> other = {dir_ + "/o0.swp", second + "/o1.swp"};
+  {
+    auto g = SwapFile::create(*engine_, other, t);
+    ASSERT_TRUE(g.ok()) << g.status();
+    ASSERT_TRUE((*g)->commit().ok());
+  }
+  auto mixed = SwapFile::open(*engine_, {paths[0], other[1]});
+  expect_refused(mixed, "a member of another file");
+  EXPECT_THAT(std::string(mixed.status().message()), HasSubstr(other[1]));
+
+  auto same = SwapFile::open(*engine_, paths);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ((*same)->run_id(), run_id);
+  AlignedBuffer in(big.size());
+  ASSERT_TRUE((*same)->read_tensor("big", in.data(), in.size()).ok());
+  EXPECT_EQ(std::memcmp(in.data(), big.data(), 800000), 0);
+}
+
+// commit() while a write is in flight, on an engine with one completion
+// thread. commit() used to hold the file's mutex across its header I/O while
+// the write's completion callback, queued ahead of that I/O on the same
+// thread, waited for the mutex: a hang until the watchdog.
+TEST_P(SwapFileTest, CommitWithAWriteInFlightDoesNotHang) {
+  IoEngineOptions o;
+  o.kind = GetParam();
+  o.block_size = 64 << 10;
+  o.queue_depth = 1;  // the thread engine: one worker
+  o.threads = 1;
+  o.allow_buffered = true;
+  o.watchdog_timeout = std::chrono::seconds(5);
+  auto engine = make_io_engine(o);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  IoEngine& io = **engine;
+  auto f = SwapFile::create(io, {path_}, specs());
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::vector<AlignedBuffer> data;
+  uint64_t seed = 1;
+  for (const TensorExtent& e : (*f)->tensors()) {
+    data.push_back(random_bytes(e.capacity, seed++));
+    ASSERT_TRUE((*f)->write_tensor(e.name, data.back().data(), data.back().size()).ok());
+  }
+  ASSERT_TRUE((*f)->commit().ok());
+  ASSERT_TRUE((*f)->write_tensor("odd", data[3].data(), data[3].size()).ok());  // now dirty
+
+  // Occupy the engine's completion thread until released.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  AlignedBuffer scratch(4096);
+  auto blocker = io.open(dir_ + "/blocker", {.create = true});
+  ASSERT_TRUE(blocker.ok()) << blocker.status();
+  ASSERT_TRUE(io.submit({IoOp::kWrite, *blocker, 0, scratch.data(), 4096,
+                         [released](const absl::Status&) { released.wait(); }})
+                  .ok());
+  AlignedBuffer fresh = random_bytes(data[0].size(), 77);
+  std::promise<absl::Status> written;
+  ASSERT_TRUE((*f)->write_tensor_async("layer0.master", fresh.data(), fresh.size(),
+                                       [&](const absl::Status& s) { written.set_value(s); })
+                  .ok());
+  auto committed = std::async(std::launch::async, [&] { return (*f)->commit(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // commit() is under way
+  release.set_value();
+  ASSERT_EQ(committed.wait_for(std::chrono::seconds(30)), std::future_status::ready)
+      << "commit() hung";
+  EXPECT_TRUE(committed.get().ok());
+  EXPECT_TRUE(written.get_future().get().ok());
+  f->reset();
+  // The commit vouches for the write it waited for.
+  auto g = SwapFile::open(io, {path_});
+  ASSERT_TRUE(g.ok()) << g.status();
+  AlignedBuffer in(fresh.size());
+  ASSERT_TRUE((*g)->read_tensor("layer0.master", in.data(), in.size()).ok());
+  EXPECT_EQ(std::memcmp(in.data(), fresh.data(), 100000 * 4), 0);
 }
 
 TEST_P(SwapFileTest, BadArgumentsAreNamed) {

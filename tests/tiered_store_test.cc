@@ -1,5 +1,6 @@
 #include "offload/tiered_store.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,13 +8,18 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <future>
+#include <iterator>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
+#include "swap/aligned_buffer.h"
 #include "swap/io_engine.h"
+#include "swap/swap_file.h"
 
 namespace strata::offload {
 namespace {
@@ -293,6 +299,255 @@ TEST_F(TieredStoreTest, ConcurrentAcquiresKeepDataIntact) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(bad.load(), 0);
   EXPECT_LE(store->stats().tiers[1].peak_bytes, 4 * kBytes);
+}
+
+// A dirty device copy is written back only once nobody reads the host copy:
+// a reader holding it sees its bytes unchanged until it releases.
+TEST_F(TieredStoreTest, WriteBackWaitsForReadersOfTheCopyBelow) {
+  auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  auto ids = register_n(*store, 1, Tier::kHost);
+  const TensorId x = ids[0];
+  write_all(*store, ids, 1);
+  auto host = store->acquire(x, Tier::kHost, Access::kRead);  // the reader
+  ASSERT_TRUE(host.ok());
+  auto dev = store->acquire(x, Tier::kDevice, Access::kReadWrite);
+  ASSERT_TRUE(dev.ok());
+  std::vector<float> next(kNumel);
+  fill(next.data(), x, 2);
+  gpu::StreamId s = *device_.create_stream();
+  ASSERT_TRUE(device_.copy_to_device(dev->data, next.data(), kBytes, s).ok());
+  ASSERT_TRUE(device_.synchronize_stream(s).ok());
+  ASSERT_TRUE(store->release(x, Tier::kDevice, true).ok());
+
+  auto flushed = std::async(std::launch::async, [&] { return store->flush(); });
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  bool stable = true;
+  while (std::chrono::steady_clock::now() < until) {
+    stable = stable && matches(static_cast<float*>(host->data), x, 1);
+  }
+  EXPECT_TRUE(stable) << "the host copy changed while it was held for reading";
+  EXPECT_EQ(flushed.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout)
+      << "flush() wrote back while the host copy was held";
+  ASSERT_TRUE(store->release(x, Tier::kHost, false).ok());
+  ASSERT_TRUE(flushed.get().ok());
+  auto after = store->acquire(x, Tier::kHost, Access::kRead);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(matches(static_cast<float*>(after->data), x, 2));
+  ASSERT_TRUE(store->release(x, Tier::kHost, false).ok());
+}
+
+// Readers of the host copies never see a torn tensor while another thread
+// keeps rewriting them on the device and forcing write-backs.
+TEST_F(TieredStoreTest, ReadersNeverSeeAWriteBackInProgress) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes,
+                           .host_budget_bytes = 8 * kBytes,
+                           .pinned_wait_ms = 20000});
+  auto ids = register_n(*store, 3, Tier::kHost);
+  write_all(*store, ids, 0);
+  // Every element carries the version: a reader sees one version throughout.
+  auto consistent = [](const float* p) {
+    for (uint64_t i = 1; i < kNumel; ++i) {
+      if (p[i] != p[0] + i * 1e-3f) return false;
+    }
+    return true;
+  };
+  std::atomic<bool> stop{false};
+  std::atomic<int> torn{0}, errors{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&, r] {
+      for (int i = 0; !stop; ++i) {
+        const TensorId id = ids[(i + r) % ids.size()];
+        auto v = store->acquire(id, Tier::kHost, Access::kRead);
+        if (!v.ok()) {
+          ++errors;
+          continue;
+        }
+        const float* p = static_cast<const float*>(v->data);
+        // Read twice: a concurrent write-back shows up as a change between passes.
+        std::vector<float> first(p, p + kNumel);
+        if (!consistent(p) || std::memcmp(first.data(), p, kBytes) != 0) ++torn;
+        ++reads;
+        if (!store->release(id, Tier::kHost, false).ok()) ++errors;
+      }
+    });
+  }
+  while (reads == 0 && errors == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<float> next(kNumel);
+  gpu::StreamId s = *device_.create_stream();
+  for (int version = 1; version <= 60; ++version) {
+    const TensorId id = ids[version % ids.size()];
+    auto v = store->acquire(id, Tier::kDevice, Access::kWrite);
+    ASSERT_TRUE(v.ok()) << v.status();
+    fill(next.data(), id, version);
+    ASSERT_TRUE(device_.copy_to_device(v->data, next.data(), kBytes, s).ok());
+    ASSERT_TRUE(device_.synchronize_stream(s).ok());
+    ASSERT_TRUE(store->release(id, Tier::kDevice, true).ok());
+    if (version % 3 == 0) ASSERT_TRUE(store->flush().ok());  // write-back into held copies
+  }
+  stop = true;
+  for (auto& th : readers) th.join();
+  EXPECT_EQ(torn.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GT(reads.load(), 0);
+}
+
+// A write acquire does not return while a load is still copying from the
+// copy it is about to write (the load would carry torn bytes up).
+TEST_F(TieredStoreTest, WriteAcquireWaitsForLoadsReadingTheCopy) {
+  gpu::SimDevice slow({.h2d_gb_per_s = kBytes / 0.3 / 1e9, .copy_latency_us = 0});  // ~300 ms
+  auto created = TieredStore::create(
+      {.device = &slow, .device_budget_bytes = 2 * kBytes, .host_budget_bytes = 2 * kBytes});
+  ASSERT_TRUE(created.ok());
+  TieredStore& store = **created;
+  auto ids = register_n(store, 1, Tier::kHost);
+  const TensorId x = ids[0];
+  write_all(store, ids, 1);
+  auto loading = std::async(std::launch::async, [&] {
+    auto v = store.acquire(x, Tier::kDevice, Access::kRead);
+    return v.ok() ? store.release(x, Tier::kDevice, false) : v.status();
+  });
+  while (store.residency(x, Tier::kDevice) != Residency::kLoading) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  auto w = store.acquire(x, Tier::kHost, Access::kReadWrite);
+  ASSERT_TRUE(w.ok());
+  EXPECT_NE(store.residency(x, Tier::kDevice), Residency::kLoading)
+      << "the writer got the host copy while it was being copied to the device";
+  fill(static_cast<float*>(w->data), x, 2);
+  ASSERT_TRUE(loading.get().ok());
+  ASSERT_TRUE(store.release(x, Tier::kHost, true).ok());
+}
+
+// A release that is refused changes nothing: the copy stays acquired and
+// every residency stays as it was.
+TEST_F(TieredStoreTest, RefusedReleaseLeavesStateIntact) {
+  auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  auto ids = register_n(*store, 2, Tier::kNvme);
+  const TensorId x = ids[0];
+  write_all(*store, {x}, 1);
+  ASSERT_TRUE(store->flush().ok());  // the host copy is clean
+  ASSERT_TRUE(store->acquire(x, Tier::kHost, Access::kRead).ok());
+  ASSERT_TRUE(store->acquire(x, Tier::kDevice, Access::kRead).ok());
+  // Writing the host copy while the device copy is held is refused...
+  EXPECT_EQ(store->release(x, Tier::kHost, true).code(), absl::StatusCode::kFailedPrecondition);
+  // ...and leaves both copies as they were, the host one still acquired.
+  ASSERT_EQ(store->residency(x, Tier::kHost), Residency::kResident);
+  ASSERT_EQ(store->residency(x, Tier::kDevice), Residency::kResident);
+  ASSERT_TRUE(store->release(x, Tier::kDevice, false).ok());
+  ASSERT_TRUE(store->release(x, Tier::kHost, true).ok());  // still held: accepted now
+  EXPECT_EQ(store->residency(x, Tier::kHost), Residency::kDirty);
+  EXPECT_EQ(store->residency(x, Tier::kDevice), Residency::kAbsent);
+  // A release without an acquire is an error, not an abort, and changes nothing.
+  EXPECT_EQ(store->release(ids[1], Tier::kHost, true).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->residency(ids[1], Tier::kHost), Residency::kAbsent);
+  EXPECT_EQ(store->release(x, Tier::kHost, false).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->residency(x, Tier::kHost), Residency::kDirty);
+}
+
+// An acquire that waits past pinned_wait_ms for a move in flight sleeps on
+// the condition variable; it used to spin on an expired deadline.
+TEST_F(TieredStoreTest, WaitingForAMoveInFlightUsesNoCpu) {
+  // About 600 ms per 256 KiB host-to-device copy.
+  gpu::SimDevice slow({.h2d_gb_per_s = kBytes / 0.6 / 1e9, .copy_latency_us = 0});
+  TieredStore::Options o{.device = &slow,
+                         .device_budget_bytes = 2 * kBytes,
+                         .host_budget_bytes = 4 * kBytes,
+                         .pinned_wait_ms = 1};
+  auto created = TieredStore::create(o);
+  ASSERT_TRUE(created.ok()) << created.status();
+  TieredStore& store = **created;
+  auto ids = register_n(store, 3, Tier::kHost);
+  ASSERT_TRUE(store.acquire(ids[0], Tier::kDevice, Access::kWrite).ok());  // pinned, no copy
+  auto loading = std::async(std::launch::async,
+                            [&] { return store.acquire(ids[1], Tier::kDevice, Access::kRead); });
+  while (store.residency(ids[1], Tier::kDevice) != Residency::kLoading) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  // The tier is full: one copy pinned, one loading. This acquire waits for the
+  // load, then finds both pinned and gives up.
+  struct Used {
+    int64_t cpu_ns = 0, wall_ns = 0;
+    absl::Status status;
+  };
+  Used used = std::async(std::launch::async, [&] {
+                Used u;
+                timespec c0, c1;
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+                const auto w0 = std::chrono::steady_clock::now();
+                u.status = store.acquire(ids[2], Tier::kDevice, Access::kRead).status();
+                u.wall_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::steady_clock::now() - w0)
+                                .count();
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+                u.cpu_ns = (c1.tv_sec - c0.tv_sec) * 1000000000LL + (c1.tv_nsec - c0.tv_nsec);
+                return u;
+              }).get();
+  ASSERT_TRUE(loading.get().ok());
+  EXPECT_EQ(used.status.code(), absl::StatusCode::kResourceExhausted) << used.status;
+  EXPECT_GE(used.wall_ns, 200'000'000) << "the acquire did not wait for the load";
+  EXPECT_LT(used.cpu_ns, std::max<int64_t>(20'000'000, used.wall_ns / 10))
+      << "waited " << used.wall_ns / 1e6 << " ms using " << used.cpu_ns / 1e6 << " ms of CPU";
+}
+
+// The durability contract (tiered_store.h): an evicted dirty host copy is in
+// the swap file once it is dropped; flush() commits the file, so it reopens
+// with every tensor's latest bytes, checksums verified.
+TEST_F(TieredStoreTest, EvictedDataIsOnDiskAndFlushCommitsTheSwapFile) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 2 * kBytes});
+  auto ids = register_n(*store, 6, Tier::kNvme);
+  write_all(*store, ids, 3);  // 6 tensors through 2 host slots: 4 evicted
+  const std::string path = (dir_ / "store.swp").string();
+  std::string on_disk;
+  {
+    std::ifstream in(path, std::ios::binary);
+    on_disk.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  int evicted = 0;
+  std::vector<float> expect(kNumel);
+  for (TensorId id : ids) {
+    if (store->residency(id, Tier::kHost) != Residency::kAbsent) continue;
+    ++evicted;
+    fill(expect.data(), id, 3);
+    EXPECT_NE(on_disk.find(std::string(reinterpret_cast<const char*>(expect.data()), kBytes)),
+              std::string::npos)
+        << "tensor " << id << " was dropped from the host before it reached the disk";
+  }
+  EXPECT_EQ(evicted, 4);
+  ASSERT_TRUE(store->flush().ok());
+  auto reopened = swap::SwapFile::open(*io_, {path});
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  swap::AlignedBuffer buf(kBytes);
+  for (TensorId id : ids) {
+    ASSERT_TRUE((*reopened)->read_tensor(store->spec(id).name, buf.data(), buf.size()).ok());
+    EXPECT_TRUE(matches(reinterpret_cast<const float*>(buf.data()), id, 3)) << "tensor " << id;
+  }
+}
+
+// A finalize() that fails frees what it allocated.
+TEST_F(TieredStoreTest, FailedFinalizeLeavesNothingAllocated) {
+  gpu::SimDevice tiny({.capacity_bytes = kBytes});
+  auto created = TieredStore::create(
+      {.device = &tiny, .device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  ASSERT_TRUE(created.ok());
+  TieredStore& store = **created;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(store.register_tensor({"h" + std::to_string(i), kNumel}).ok());
+  }
+  for (int i = 0; i < 2; ++i) {  // the device holds one of them only
+    ASSERT_TRUE(store
+                    .register_tensor({"d" + std::to_string(i), kNumel, DType::kFloat32,
+                                      TensorRole::kParam16, Tier::kDevice})
+                    .ok());
+  }
+  absl::Status s = store.finalize();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("\"d1\""), absl::string_view::npos) << s;
+  EXPECT_EQ(store.stats().tiers[0].used_bytes, 0u);
+  EXPECT_EQ(store.stats().tiers[1].used_bytes, 0u);
+  EXPECT_EQ(tiny.stats().used_bytes, 0u);
 }
 
 TEST_F(TieredStoreTest, TensorLargerThanItsTierIsRefusedAtRegistration) {

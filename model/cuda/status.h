@@ -1,4 +1,4 @@
-// CUDA errors and argument errors as absl::Status, for the host side of
+// CUDA errors (gpu/cuda_status.h) and argument errors as absl::Status, for the host side of
 // model/cuda (gpt2_kernels.cc, matmul.cc, runtime.cc).
 #pragma once
 
@@ -7,16 +7,13 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "gpu/cuda_status.h"
 
 namespace strata::model::cuda::detail {
 
-inline absl::Status cuda_status(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  std::string msg = std::string("cuda::") + what + ": " + cudaGetErrorName(err) + " (" +
-                    cudaGetErrorString(err) + ")";
-  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
-  return absl::InternalError(msg);
-}
+// The one conversion (gpu/cuda_status.h): it also clears the handled error
+// so the next launch check does not pick it up.
+using gpu::cuda_status;
 
 inline absl::Status bad_argument(const char* fn, const std::string& what) {
   return absl::InvalidArgumentError(std::string("cuda::") + fn + ": " + what);

@@ -31,7 +31,10 @@
 // the LR schedule are untouched). With gradient_clipping > 0,
 // coef = max(1, (norm/loss_scale + 1e-6) / gradient_clipping) and every
 // layer runs cpu_adam::optimizer_step with grad_scale = 1/(loss_scale*coef),
-// writing the new compute-dtype param into the param's host copy.
+// writing the new compute-dtype param into the param's host copy. The LR
+// schedule gives each step's lr and, for OneCycle with cycle_momentum, its
+// betas (beta1 cycled, beta2 0.99), which the step uses in place of the
+// optimizer's, as DeepSpeed sets its optimizer's betas.
 // Deliberate difference from DeepSpeed: with bf16 or fp32 (no loss scaler) a
 // non-finite gradient fails the step with an error instead of writing NaN
 // into the weights.

@@ -285,8 +285,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     device_budget = ds.capacity_bytes > ds.used_bytes + flags_bytes
                         ? ds.capacity_bytes - ds.used_bytes - flags_bytes
                         : 0;
-    if (stage3) {
+    if (stage3 && param_where != config::OffloadDevice::kNone) {
       // DeepSpeed's cap on parameters live on the device, with their grads.
+      // Only with offload_param: without it DeepSpeed keeps the partition
+      // (with one process, the whole model) on the device, and so does
+      // strata.
       const uint64_t live =
           static_cast<uint64_t>(config.zero.stage3_max_live_parameters) * 2 * esize;
       device_budget = std::min(device_budget, std::max(live, largest_layer_device));

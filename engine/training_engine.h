@@ -17,7 +17,10 @@
 // homed on the host (cpu) or NVMe (nvme) and the device only caches the
 // layers in flight: its budget defaults to stage3_max_live_parameters
 // params plus their grads, so each step fetches every layer's params
-// through the store's prefetch. The arithmetic is that of stage 2.
+// through the store's prefetch. The arithmetic is that of stage 2. Stage 3
+// with offload_param none places everything as stage 2 does, with no cap:
+// DeepSpeed keeps the partition on the device, and with one process the
+// partition is the whole model.
 // offload_optimizer.device none: everything homed on the device; the
 // optimizer then runs on the device's memory from the host, which only a
 // host-addressable device (SimDevice) allows (no device-side Adam yet).

@@ -327,6 +327,36 @@ TEST_F(EngineOverlapTest, DelayedParamUpdateIsOneStepStale) {
   EXPECT_EQ(all(**p, StateKind::kMaster), before);
 }
 
+// stage3_max_live_parameters caps the device only when offload_param moves
+// params off it: with offload_param none, stage 3 keeps what stage 2 keeps
+// (without any offload, the whole model on the device) and computes the same.
+TEST_F(EngineOverlapTest, Stage3WithoutParamOffloadIsNotCappedByMaxLiveParameters) {
+  for (const char* optimizer : {"none", "cpu"}) {
+    SCOPED_TRACE(std::string("offload_optimizer ") + optimizer);
+    auto zero = [&](int stage) {
+      return make_config("\"zero_optimization\": {\"stage\": " + std::to_string(stage) +
+                         ", \"stage3_max_live_parameters\": 100, \"offload_optimizer\": "
+                         "{\"device\": \"" +
+                         optimizer + "\"}}, " + kFp16);
+    };
+    MlpTestModel model2, model3;
+    auto stage2 = make_engine(zero(2), &model2);
+    auto stage3 = make_engine(zero(3), &model3);
+    ASSERT_TRUE(stage2.ok()) << stage2.status();
+    ASSERT_TRUE(stage3.ok()) << stage3.status();
+    // What the 8 GiB device has free, not 100 params' worth (or one layer's).
+    EXPECT_GT((*stage3)->store_stats().tiers[0].budget_bytes, uint64_t{1} << 30);
+    for (int s = 0; s < 3; ++s) {
+      auto a = (*stage2)->train_step();
+      auto b = (*stage3)->train_step();
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_EQ(a->loss, b->loss);
+      EXPECT_EQ(a->bytes_in[0], b->bytes_in[0]);
+    }
+    EXPECT_EQ(all(**stage2, StateKind::kMaster), all(**stage3, StateKind::kMaster));
+  }
+}
+
 TEST_F(EngineOverlapTest, Stage3LayerLargerThanTheDeviceIsRefusedAtCreation) {
   MlpTestModel model;
   EngineOptions o;

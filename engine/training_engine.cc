@@ -14,7 +14,6 @@
 #include "absl/strings/str_cat.h"
 #include "core/log.h"
 #include "core/status.h"
-#include "gpu/sim_device.h"
 #include "oneapi/tbb/parallel_for.h"
 
 namespace strata::engine {
@@ -196,15 +195,28 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   device_ = device;
   exec_ = options.exec;
   gas_ = std::max<int64_t>(1, config.gradient_accumulation_steps);
+  STRATA_RETURN_IF_ERROR(check_supported(config, *device));
+  STRATA_RETURN_IF_ERROR(configure_step(config, std::move(options.lr_schedule)));
+  const int num_layers = model->num_layers();
+  std::vector<std::vector<ParamSpec>> specs(std::max(num_layers, 0));
+  for (int l = 0; l < num_layers; ++l) specs[l] = model->layer_params(l);
+  STRATA_ASSIGN_OR_RETURN(const Placement plan, plan_placement(config, specs));
+  STRATA_ASSIGN_OR_RETURN(const StoreBudgets budgets,
+                          store_budgets(config, *device, plan, options));
+  STRATA_RETURN_IF_ERROR(create_store(config, plan, budgets, options));
+  STRATA_RETURN_IF_ERROR(register_tensors(specs, plan));
+  STRATA_RETURN_IF_ERROR(prepare_step_state(config, plan, options.speculation));
+  return initialize_params();
+}
 
-  // What this engine runs; each refusal names the key to change.
+absl::Status TrainingEngine::check_supported(const config::DsConfig& config,
+                                             const gpu::Device& device) {
+  // Each refusal names the key to change.
   if (config.world_size != 1) {
     return absl::UnimplementedError(absl::StrCat(
         "world size ", config.world_size, ": the engine runs one process only; launch with 1"));
   }
-  const config::OffloadDevice param_where = config.zero.offload_param.device;
-  const bool stage3 = config.zero.stage == 3;
-  if (param_where != config::OffloadDevice::kNone &&
+  if (config.zero.offload_param.device != config::OffloadDevice::kNone &&
       config.zero.offload_optimizer.device == config::OffloadDevice::kNone) {
     return absl::UnimplementedError(
         "zero_optimization.offload_param without offload_optimizer: the optimizer would run on "
@@ -216,6 +228,19 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
         "zero_optimization.offload_optimizer.ratio ", config.zero.offload_optimizer.ratio,
         ": a partial CPU step is not implemented; set it to 1"));
   }
+  // Without offload the host optimizer reads and writes device memory.
+  if (config.zero.offload_optimizer.device == config::OffloadDevice::kNone &&
+      !device.host_addressable()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "zero_optimization.offload_optimizer.device \"none\" needs a device-side optimizer, "
+        "which strata does not have yet (device ",
+        device.name(), "); set offload_optimizer.device to \"cpu\" or \"nvme\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::configure_step(const config::DsConfig& config,
+                                            std::unique_ptr<LrSchedule> schedule) {
   overlap_ = config.strata.overlap == config::OverlapMode::kOverlap;
   dpu_ = config.strata.delayed_param_update;
   if (dpu_ && config.zero.offload_optimizer.device == config::OffloadDevice::kNvme) {
@@ -233,7 +258,6 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   hp_.eps = config.optimizer.eps;
   hp_.weight_decay = config.optimizer.weight_decay;
   hp_.bias_correction = config.optimizer.bias_correction;
-
   dtype_ = config.fp16.enabled   ? DType::kFloat16
            : config.bf16.enabled ? DType::kBFloat16
                                  : DType::kFloat32;
@@ -246,85 +270,87 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
                           .consecutive_hysteresis = config.fp16.consecutive_hysteresis,
                           .min_loss_scale = config.fp16.min_loss_scale});
   }
-  if (options.lr_schedule != nullptr) {
-    schedule_ = std::move(options.lr_schedule);
+  if (schedule != nullptr) {
+    schedule_ = std::move(schedule);
   } else {
     STRATA_ASSIGN_OR_RETURN(schedule_, make_lr_schedule(config.scheduler, config.optimizer.lr));
   }
+  opt_tier_ = config.zero.offload_optimizer.device != config::OffloadDevice::kNone ? Tier::kHost
+                                                                                   : Tier::kDevice;
+  return absl::OkStatus();
+}
 
-  const config::OffloadDevice where = config.zero.offload_optimizer.device;
-  const bool offload = where != config::OffloadDevice::kNone;
-  opt_tier_ = offload ? Tier::kHost : Tier::kDevice;
-  if (!offload) {
-    // The optimizer then reads and writes device memory from the host.
-    auto* sim = dynamic_cast<gpu::SimDevice*>(device);
-    if (sim == nullptr || !sim->options().move_data) {
-      return absl::UnimplementedError(absl::StrCat(
-          "zero_optimization.offload_optimizer.device \"none\" needs a device-side optimizer, "
-          "which strata does not have yet (device ",
-          device->name(), "); set offload_optimizer.device to \"cpu\" or \"nvme\""));
-    }
-  }
-  const int num_layers = model->num_layers();
-  std::vector<std::vector<ParamSpec>> specs(std::max(num_layers, 0));
-  for (int l = 0; l < num_layers; ++l) specs[l] = model->layer_params(l);
-  STRATA_ASSIGN_OR_RETURN(const Placement plan, plan_placement(config, specs));
-  const Tier state_home = plan.state_home;
-  const Tier compute_home = plan.compute_home;
-  const uint64_t esize = dtype_size(dtype_);
-  const uint64_t host_homed = plan.host_homed, largest_layer_nvme = plan.largest_layer_nvme;
-  const uint64_t largest_layer_device = plan.largest_layer_device;
-  const int largest_layer = plan.largest_layer;
-  // The overflow check's scratch comes out of the device before the store's budget.
-  const uint64_t flags_bytes = plan.device_scratch;
-  size_t max_layer_params = 0;
-  for (const auto& ps : specs) max_layer_params = std::max(max_layer_params, ps.size());
-  uint64_t device_budget = options.device_budget_bytes;
-  if (device_budget == 0) {
-    const gpu::DeviceMemoryStats ds = device->stats();
-    device_budget = ds.capacity_bytes > ds.used_bytes + flags_bytes
-                        ? ds.capacity_bytes - ds.used_bytes - flags_bytes
-                        : 0;
-    if (stage3 && param_where != config::OffloadDevice::kNone) {
+absl::StatusOr<TrainingEngine::StoreBudgets> TrainingEngine::store_budgets(
+    const config::DsConfig& config, const gpu::Device& device, const Placement& plan,
+    const EngineOptions& options) {
+  const bool params_offloaded =
+      config.zero.stage == 3 && config.zero.offload_param.device != config::OffloadDevice::kNone;
+  StoreBudgets b{.device = options.device_budget_bytes, .host = options.host_budget_bytes};
+  if (b.device == 0) {
+    // The overflow check's scratch comes out of the device before the store's budget.
+    const gpu::DeviceMemoryStats ds = device.stats();
+    b.device = ds.capacity_bytes > ds.used_bytes + plan.device_scratch
+                   ? ds.capacity_bytes - ds.used_bytes - plan.device_scratch
+                   : 0;
+    if (params_offloaded) {
       // DeepSpeed's cap on parameters live on the device, with their grads.
       // Only with offload_param: without it DeepSpeed keeps the partition
       // (with one process, the whole model) on the device, and so does
       // strata.
-      const uint64_t live =
-          static_cast<uint64_t>(config.zero.stage3_max_live_parameters) * 2 * esize;
-      device_budget = std::min(device_budget, std::max(live, largest_layer_device));
+      const uint64_t live = static_cast<uint64_t>(config.zero.stage3_max_live_parameters) * 2 *
+                            dtype_size(plan.dtype);
+      b.device = std::min(b.device, std::max(live, plan.largest_layer_device));
     }
   }
-  if (largest_layer_device > device_budget) {
+  if (plan.largest_layer_device > b.device) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        stage3 ? "ZeRO-3 fetches one layer at a time, but " : "", "layer ", largest_layer,
-        " needs ", largest_layer_device, " bytes on the device for its ",
-        std::string(dtype_name(dtype_)), " params and grads, more than the device budget of ",
-        device_budget, " bytes; ",
-        stage3 ? "use a device with more memory or a model with smaller layers"
-               : "raise the device budget, use a device with more memory or split the layer"));
+        params_offloaded ? "ZeRO-3 fetches one layer at a time, but " : "", "layer ",
+        plan.largest_layer, " needs ", plan.largest_layer_device, " bytes on the device for its ",
+        std::string(dtype_name(plan.dtype)), " params and grads, more than the device budget of ",
+        b.device, " bytes; ",
+        params_offloaded
+            ? "use a device with more memory or a model with smaller layers"
+            : "raise the device budget, use a device with more memory or split the layer"));
   }
-  if (plan.device_homed > device_budget) {
+  if (plan.device_homed > b.device) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "without optimizer offload every param, grad and optimizer state lives on the device: ",
-        plan.device_homed, " bytes, more than the device budget of ", device_budget,
+        plan.device_homed, " bytes, more than the device budget of ", b.device,
         " bytes; set zero_optimization.offload_optimizer.device to \"cpu\" or \"nvme\""));
   }
-  uint64_t host_budget = options.host_budget_bytes;
-  if (host_budget == 0 && offload) host_budget = host_homed + plan.host_cache;
-  if (offload && host_budget < host_homed + largest_layer_nvme) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the host budget of ", host_budget, " bytes cannot hold the host-homed tensors (",
-        host_homed, " bytes) plus one layer's optimizer states from NVMe (", largest_layer_nvme,
-        " bytes); raise the host budget"));
+  if (!plan.offload) {
+    b.host = 0;
+    return b;
   }
+  if (b.host == 0) b.host = plan.host_homed + plan.host_cache;
+  if (b.host < plan.host_homed + plan.largest_layer_nvme) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the host budget of ", b.host, " bytes cannot hold the host-homed tensors (",
+                     plan.host_homed, " bytes) plus one layer's optimizer states from NVMe (",
+                     plan.largest_layer_nvme, " bytes); raise the host budget"));
+  }
+  return b;
+}
 
+absl::Status TrainingEngine::create_store(const config::DsConfig& config, const Placement& plan,
+                                          const StoreBudgets& budgets,
+                                          const EngineOptions& options) {
   offload::TieredStore::Options so;
-  so.device = device;
-  so.device_budget_bytes = device_budget;
-  so.host_budget_bytes = offload ? host_budget : 0;
-  so.pin_device = config.zero.offload_optimizer.pin_memory ? device : nullptr;
+  so.device = device_;
+  so.device_budget_bytes = budgets.device;
+  so.host_budget_bytes = budgets.host;
+  so.pin_device = config.zero.offload_optimizer.pin_memory ? device_ : nullptr;
   so.prefetch_window_bytes = static_cast<uint64_t>(config.strata.prefetch_window_bytes);
+  STRATA_RETURN_IF_ERROR(add_swap_files(config, plan, options, so));
+  STRATA_ASSIGN_OR_RETURN(store_, offload::TieredStore::create(so));
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::add_swap_files(const config::DsConfig& config, const Placement& plan,
+                                            const EngineOptions& options,
+                                            offload::TieredStore::Options& so) {
+  const Tier state_home = plan.state_home;
+  const Tier compute_home = plan.compute_home;
   if (state_home == Tier::kNvme || compute_home == Tier::kNvme) {
     // One swap file per directory; NVMe-homed states and params are striped
     // over all of them.
@@ -372,11 +398,17 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     }
     so.swap_paths = swap_files_;
   }
-  STRATA_ASSIGN_OR_RETURN(store_, offload::TieredStore::create(so));
+  return absl::OkStatus();
+}
 
-  layers_.resize(num_layers);
-  for (int l = 0; l < num_layers; ++l) {
-    for (const ParamSpec& p : model->layer_params(l)) {
+absl::Status TrainingEngine::register_tensors(const std::vector<std::vector<ParamSpec>>& specs,
+                                              const Placement& plan) {
+  const Tier state_home = plan.state_home;
+  const Tier compute_home = plan.compute_home;
+  const Tier grad_home = plan.offload ? Tier::kHost : Tier::kDevice;
+  layers_.resize(specs.size());
+  for (int l = 0; l < static_cast<int>(specs.size()); ++l) {
+    for (const ParamSpec& p : specs[l]) {
       ParamIds ids;
       ids.name = p.name;
       ids.numel = p.numel;
@@ -391,10 +423,9 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
         STRATA_ASSIGN_OR_RETURN(ids.param_next,
                                 reg("param_next", dtype_, TensorRole::kParam16, opt_tier_));
       }
-      STRATA_ASSIGN_OR_RETURN(
-          ids.grad, reg("grad", dtype_, TensorRole::kGrad, offload ? Tier::kHost : Tier::kDevice));
-      STRATA_ASSIGN_OR_RETURN(ids.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad,
-                                              offload ? Tier::kHost : Tier::kDevice));
+      STRATA_ASSIGN_OR_RETURN(ids.grad, reg("grad", dtype_, TensorRole::kGrad, grad_home));
+      STRATA_ASSIGN_OR_RETURN(ids.grad32,
+                              reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home));
       STRATA_ASSIGN_OR_RETURN(ids.master,
                               reg("master", DType::kFloat32, TensorRole::kMaster32, state_home));
       STRATA_ASSIGN_OR_RETURN(ids.exp_avg,
@@ -404,12 +435,19 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
       layers_[l].push_back(std::move(ids));
     }
   }
-  STRATA_RETURN_IF_ERROR(store_->finalize());
-  STRATA_ASSIGN_OR_RETURN(stream_, device->create_stream());
-  have_stream_ = true;
+  return store_->finalize();
+}
 
+absl::Status TrainingEngine::prepare_step_state(const config::DsConfig& config,
+                                                const Placement& plan,
+                                                SpeculationPolicy speculation) {
+  STRATA_ASSIGN_OR_RETURN(stream_, device_->create_stream());
+  have_stream_ = true;
+  const int num_layers = static_cast<int>(layers_.size());
   if (scaler_ != nullptr) {
-    STRATA_ASSIGN_OR_RETURN(flags_device_, device->allocate(flags_bytes),
+    size_t max_layer_params = 0;
+    for (const auto& ps : layers_) max_layer_params = std::max(max_layer_params, ps.size());
+    STRATA_ASSIGN_OR_RETURN(flags_device_, device_->allocate(plan.device_scratch),
                             "allocating the device scratch of the overflow check");
     flag_sums_.assign(max_layer_params, 0.0f);
     flag_nonfinite_.assign(max_layer_params, 0);
@@ -431,12 +469,12 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
       }
     }
     spec_ = std::make_unique<Speculation>(
-        options.speculation, std::move(numels),
+        speculation, std::move(numels),
         std::min<uint64_t>(
             state_floats,
             static_cast<uint64_t>(config.strata.rollback_buffer_bytes) / sizeof(float)));
   }
-  return initialize_params();
+  return absl::OkStatus();
 }
 
 Tier TrainingEngine::param_tier(const ParamIds& p) const {

@@ -23,7 +23,8 @@
 // partition is the whole model.
 // offload_optimizer.device none: everything homed on the device; the
 // optimizer then runs on the device's memory from the host, which only a
-// host-addressable device (SimDevice) allows (no device-side Adam yet).
+// device whose memory the host can address allows (Device::host_addressable:
+// SimDevice; there is no device-side Adam yet).
 //
 // Step: for each micro-batch, forward then backward layer by layer (loss
 // scaled by loss_scale / gradient_accumulation_steps, as DeepSpeed scales
@@ -45,7 +46,7 @@
 // fp16 overflow is found on the device: after each layer's backward a
 // device-side norm of its gradients; the first overflowing layer is logged
 // and reported in StepStats, and no further gradient leaves the device in
-// that step (the skipped step costs no D2H and no optimizer work).
+// that step (the layers after it cost no D2H and no optimizer work).
 //
 // `overlap` mode (strata.overlap, the default): as soon as a layer's
 // backward has finished, a worker thread copies its gradients to the host
@@ -143,7 +144,7 @@ struct EngineOptions {
 };
 
 struct StepStats {
-  int64_t step = 0;         // 1-based count of train_step() calls
+  int64_t step = 0;         // 1-based count of successful train_step() calls
   double loss = 0;          // mean unscaled loss over the micro-batches
   double loss_scale = 1;    // the scale this step's backward used
   bool skipped = false;     // overflow: nothing applied
@@ -181,7 +182,8 @@ class TrainingEngine {
   TrainingEngine(const TrainingEngine&) = delete;
   TrainingEngine& operator=(const TrainingEngine&) = delete;
 
-  // One optimizer step over gradient_accumulation_steps micro-batches.
+  // One optimizer step over gradient_accumulation_steps micro-batches. An
+  // error leaves the engine as it was (see "A failed train_step" above).
   absl::StatusOr<StepStats> train_step();
 
   // Mean loss over validation batches 0..batches-1: forward only, every
@@ -253,8 +255,32 @@ class TrainingEngine {
   };
 
   TrainingEngine() = default;
+  // create(), step by step: what the engine can run; the optimizer, loss
+  // scaler, schedule and mode; the tiers' budgets; the store (with its swap
+  // files); every tensor of every param; the stream, scratch, worker and
+  // speculation of the step; the initial values.
   absl::Status build(const config::DsConfig& config, Model* model, gpu::Device* device,
                      EngineOptions options);
+  static absl::Status check_supported(const config::DsConfig& config, const gpu::Device& device);
+  absl::Status configure_step(const config::DsConfig& config, std::unique_ptr<LrSchedule> schedule);
+  struct StoreBudgets {
+    uint64_t device = 0;
+    uint64_t host = 0;
+  };
+  static absl::StatusOr<StoreBudgets> store_budgets(const config::DsConfig& config,
+                                                    const gpu::Device& device,
+                                                    const Placement& plan,
+                                                    const EngineOptions& options);
+  absl::Status create_store(const config::DsConfig& config, const Placement& plan,
+                            const StoreBudgets& budgets, const EngineOptions& options);
+  // One swap file per NVMe directory, and the I/O engine, when anything is
+  // homed on NVMe.
+  absl::Status add_swap_files(const config::DsConfig& config, const Placement& plan,
+                              const EngineOptions& options, offload::TieredStore::Options& so);
+  absl::Status register_tensors(const std::vector<std::vector<ParamSpec>>& specs,
+                                const Placement& plan);
+  absl::Status prepare_step_state(const config::DsConfig& config, const Placement& plan,
+                                  SpeculationPolicy speculation);
   absl::Status initialize_params();
   absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, bool first, bool last,
                                double* loss, StepStats* st);

@@ -501,6 +501,27 @@ TEST_F(TrainingEngineTest, DeviceBudgetTooSmallForOneLayerFailsAtCreation) {
       << e2.status();
 }
 
+// Without optimizer offload the host optimizer works on device memory,
+// which only a host-addressable device allows (Device::host_addressable):
+// a SimDevice that moves no data is refused, naming the key.
+TEST_F(TrainingEngineTest, OffloadNoneNeedsAHostAddressableDevice) {
+  gpu::SimDevice no_data({.move_data = false});
+  ASSERT_FALSE(no_data.host_addressable());
+  ASSERT_TRUE(device_.host_addressable());
+  MlpTestModel model;
+  EngineOptions o;
+  o.lr_schedule = std::make_unique<ConstantLr>(0.01);
+  auto e = TrainingEngine::create(make_config(""), &model, &no_data, std::move(o));
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(std::string(e.status().message()).find("offload_optimizer.device \"none\""),
+            std::string::npos)
+      << e.status();
+  // The same config on the fixture's device (moving data) runs.
+  auto ok = make_engine(make_config(""), &model);
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
 TEST_F(TrainingEngineTest, MissingOptimizerAndMisplacedParamOffloadAreRejected) {
   MlpTestModel model;
   config::DsConfig cfg = make_config(kCpuZero);

@@ -197,6 +197,32 @@ TEST_F(EngineFailedStepTest, FailedStepChangesNothingInEveryMode) {
   }
 }
 
+// A step that fails while the previous step's delayed update is pending
+// (queued, running beside its forward) lets that update finish and keeps it
+// pending: reading afterwards shows exactly what a clean run shows after
+// step 2, and the retry computes what the clean run's step 3 does.
+TEST_F(EngineFailedStepTest, FailedStepKeepsThePendingDelayedUpdate) {
+  const config::DsConfig cfg = config_for(Mode::kDelayed, std::string(", ") + kFp16);
+  int64_t nan_at = -100;
+  MlpTestModel model, clean_model;
+  auto faulty = engine(cfg, &model, &nan_at);
+  auto clean = engine(cfg, &clean_model, &nan_at);
+  ASSERT_TRUE(faulty.ok() && clean.ok());
+  for (int s = 0; s < 2; ++s) {
+    ASSERT_TRUE((*faulty)->train_step().ok());
+    ASSERT_TRUE((*clean)->train_step().ok());
+  }
+  model.fail_backward(2 * 2 + 1, 1);  // no read before: step 2's update is pending
+  ASSERT_FALSE((*faulty)->train_step().ok());
+  expect_same(snapshot(**faulty), snapshot(**clean));
+  model.clear_faults();
+  auto a = (*faulty)->train_step();
+  auto b = (*clean)->train_step();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->loss, b->loss);
+  expect_same(snapshot(**faulty), snapshot(**clean));
+}
+
 // The delayed update of step 1 fails (the optimizer refuses its NaN lr)
 // while step 2 runs: step 2 fails naming it; param_next, never written, is
 // not swapped in, so every param keeps its initial value, and nothing stays

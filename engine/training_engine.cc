@@ -867,6 +867,51 @@ absl::Status TrainingEngine::undo_step(const Counters& before, absl::Status stat
   return status;
 }
 
+// The decided step: skipped (speculative steps undone) or applied (kept,
+// redone with the clip coefficient, stepped now, or queued as the delayed
+// update); the Adam step and the schedule count an applied step.
+absl::Status TrainingEngine::apply_step(bool apply, StepStats* out) {
+  StepStats& st = *out;
+  st.skipped = !apply;
+  if (apply && config_.gradient_clipping > 0) {
+    st.clip_coef = std::max(1.0, (st.grad_norm + 1e-6) / config_.gradient_clipping);
+  }
+  const int64_t adam_step = adam_step_ + (apply ? 1 : 0);
+  const cpu_adam::StepArgs args{
+      .lr = st.lr, .step = adam_step, .grad_scale = 1.0 / (st.loss_scale * st.clip_coef)};
+  if (apply && dpu_) {
+    // Delayed: the worker steps every layer while the next step's forward
+    // and backward run on the params of the step before.
+    std::fill(next_done_.begin(), next_done_.end(), 0);
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      worker_->submit([this, l, hp = step_hp_, args, step = st.step] {
+        return annotate(step_layer(l, hp, args, StepTarget::kParamNext),
+                        absl::StrCat("the delayed update of step ", step));
+      });
+    }
+    update_pending_ = true;
+  } else {
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      const Speculation::Plan plan = spec_ != nullptr ? spec_->plan(l, apply, st.clip_coef != 1.0)
+                                     : apply          ? Speculation::Plan::kStep
+                                                      : Speculation::Plan::kNothing;
+      if (plan == Speculation::Plan::kRestore || plan == Speculation::Plan::kRestoreAndStep) {
+        STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
+        ++st.rolled_back_layers;
+      }
+      if (plan == Speculation::Plan::kStep || plan == Speculation::Plan::kRestoreAndStep) {
+        STRATA_RETURN_IF_ERROR(step_layer(l, step_hp_, args, StepTarget::kParam),
+                               absl::StrCat("step ", st.step));
+      }
+    }
+  }
+  if (apply) {
+    adam_step_ = adam_step;
+    schedule_->advance();
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TrainingEngine::run_step(StepStats* out) {
   const auto t0 = std::chrono::steady_clock::now();
   const offload::StoreStats before = store_->stats();
@@ -929,43 +974,7 @@ absl::Status TrainingEngine::run_step(StepStats* out) {
   // The previous step's delayed update goes in before this step's is queued
   // (it writes param_next again).
   STRATA_RETURN_IF_ERROR(swap_in_update(), absl::StrCat("step ", st.step));
-  st.skipped = !apply;
-  if (apply && config_.gradient_clipping > 0) {
-    st.clip_coef = std::max(1.0, (st.grad_norm + 1e-6) / config_.gradient_clipping);
-  }
-  const int64_t adam_step = adam_step_ + (apply ? 1 : 0);
-  const cpu_adam::StepArgs args{
-      .lr = st.lr, .step = adam_step, .grad_scale = 1.0 / (st.loss_scale * st.clip_coef)};
-  if (apply && dpu_) {
-    // Delayed: the worker steps every layer while the next step's forward
-    // and backward run on the params of the step before.
-    std::fill(next_done_.begin(), next_done_.end(), 0);
-    for (int l = 0; l < num_layers; ++l) {
-      worker_->submit([this, l, hp = step_hp_, args, step = st.step] {
-        return annotate(step_layer(l, hp, args, StepTarget::kParamNext),
-                        absl::StrCat("the delayed update of step ", step));
-      });
-    }
-    update_pending_ = true;
-  } else {
-    for (int l = 0; l < num_layers; ++l) {
-      const Speculation::Plan plan = spec_ != nullptr ? spec_->plan(l, apply, st.clip_coef != 1.0)
-                                     : apply          ? Speculation::Plan::kStep
-                                                      : Speculation::Plan::kNothing;
-      if (plan == Speculation::Plan::kRestore || plan == Speculation::Plan::kRestoreAndStep) {
-        STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
-        ++st.rolled_back_layers;
-      }
-      if (plan == Speculation::Plan::kStep || plan == Speculation::Plan::kRestoreAndStep) {
-        STRATA_RETURN_IF_ERROR(step_layer(l, step_hp_, args, StepTarget::kParam),
-                               absl::StrCat("step ", st.step));
-      }
-    }
-  }
-  if (apply) {
-    adam_step_ = adam_step;
-    schedule_->advance();
-  }
+  STRATA_RETURN_IF_ERROR(apply_step(apply, &st));
 
   // Totals since the last step's end: a delayed update run during this step
   // counts here.

@@ -317,6 +317,7 @@ class TrainingEngine {
   };
   Counters counters() const;
   absl::Status run_step(StepStats* st);
+  absl::Status apply_step(bool apply, StepStats* st);
   absl::Status undo_step(const Counters& before, absl::Status status);
   absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
                        uint64_t bytes);

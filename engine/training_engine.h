@@ -75,9 +75,10 @@
 // strata.delayed_param_update (the ZeRO-Offload paper's DPU, off by
 // default): gradients move as in overlap mode, but the optimizer step of
 // step n runs on the worker while step n+1's forward and backward run, on
-// params one step stale; the update writes a param_next tensor (host, one
-// more compute-dtype copy per param) that replaces param once step n+1 is
-// decided. Nothing is speculative: the step is decided once the whole
+// params one step stale; the update writes a param_next tensor (on the
+// optimizer's tier, one more compute-dtype copy per param) that replaces
+// param once step n+1 is decided (a failed step n+1 lets it finish and
+// leaves it pending). Nothing is speculative: the step is decided once the whole
 // gradient is known. evaluate() sees the params the next step will use;
 // read_fp32, read_param and checkpoint saves and loads first finish the
 // pending update (so a run that saves at step k continues as its resumed
@@ -123,7 +124,9 @@
 namespace strata::engine {
 
 struct EngineOptions {
-  // Device bytes the store may use; 0: what the device has free at creation.
+  // Device bytes the store may use; 0: what the device has free at creation
+  // (ZeRO-3 with offload_param: at most stage3_max_live_parameters params
+  // and their grads, and never less than the largest layer's).
   uint64_t device_budget_bytes = 0;
   // Host bytes for the host tier; 0: what the placement needs (every
   // host-homed tensor plus a cache for NVMe-homed ones).

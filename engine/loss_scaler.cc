@@ -15,7 +15,6 @@ LossScaler::LossScaler(const LossScalerOptions& options)
 
 absl::StatusOr<bool> LossScaler::update(bool overflow) {
   if (overflow) {
-    ++skipped_;
     if (dynamic_) {
       if (options_.hysteresis == 1 || hysteresis_ == 1) {
         if (scale_ == options_.min_loss_scale) {
@@ -30,6 +29,7 @@ absl::StatusOr<bool> LossScaler::update(bool overflow) {
       }
       last_overflow_iteration_ = iteration_;
     }
+    ++skipped_;
     ++iteration_;
     return false;
   }

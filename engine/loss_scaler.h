@@ -48,7 +48,8 @@ class LossScaler {
 
   // Records one optimizer step's outcome. Returns true when the step should
   // be applied, false when it must be skipped (overflow). FailedPrecondition
-  // when a dynamic scale is already at its minimum and overflows again.
+  // when a dynamic scale is already at its minimum and overflows again; the
+  // state is then unchanged.
   absl::StatusOr<bool> update(bool overflow);
 
   // For checkpoints: the whole state, restorable bit for bit.

@@ -105,8 +105,11 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
     const uint64_t window = static_cast<uint64_t>(config.strata.prefetch_window_bytes);
     p.host_cache = std::min(p.nvme_total, std::max(2 * p.largest_layer_nvme, window));
   }
-  const bool rollback_possible = config.fp16.enabled || config.gradient_clipping > 0;
-  if (config.strata.overlap == config::OverlapMode::kOverlap && rollback_possible) {
+  // Overlap mode steps layers during backward and keeps copies to undo
+  // them whatever the precision (any step can still fail); the delayed
+  // update speculates nothing.
+  if (config.strata.overlap == config::OverlapMode::kOverlap &&
+      !config.strata.delayed_param_update) {
     p.rollback = std::min(state_bytes, static_cast<uint64_t>(config.strata.rollback_buffer_bytes));
   }
   return p;

@@ -58,7 +58,7 @@ struct Placement {
   // Host arena beyond host_homed by default: a cache of two layers of
   // NVMe-homed tensors, or strata.prefetch_window_bytes if larger.
   uint64_t host_cache = 0;
-  // overlap mode: the rollback copies (fp16 or clipping), ordinary host memory.
+  // overlap mode: the rollback copies (engine/speculation.h), ordinary host memory.
   uint64_t rollback = 0;
   // The homed bytes above by tier and role: device_roles.total() ==
   // device_homed, host_roles.total() == host_homed, nvme_roles.total() ==

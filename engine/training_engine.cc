@@ -15,7 +15,6 @@
 #include "core/log.h"
 #include "core/status.h"
 #include "engine/swap_scratch.h"
-#include "gpu/sim_device.h"
 #include "oneapi/tbb/parallel_for.h"
 
 namespace strata::engine {
@@ -196,17 +195,29 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   model_ = model;
   device_ = device;
   exec_ = options.exec;
-  speculation_ = options.speculation;
   gas_ = std::max<int64_t>(1, config.gradient_accumulation_steps);
+  STRATA_RETURN_IF_ERROR(check_supported(config, *device));
+  STRATA_RETURN_IF_ERROR(configure_step(config, std::move(options.lr_schedule)));
+  const int num_layers = model->num_layers();
+  std::vector<std::vector<ParamSpec>> specs(std::max(num_layers, 0));
+  for (int l = 0; l < num_layers; ++l) specs[l] = model->layer_params(l);
+  STRATA_ASSIGN_OR_RETURN(const Placement plan, plan_placement(config, specs));
+  STRATA_ASSIGN_OR_RETURN(const StoreBudgets budgets,
+                          store_budgets(config, *device, plan, options));
+  STRATA_RETURN_IF_ERROR(create_store(config, plan, budgets, options));
+  STRATA_RETURN_IF_ERROR(register_tensors(specs, plan));
+  STRATA_RETURN_IF_ERROR(prepare_step_state(config, plan, options.speculation));
+  return initialize_params();
+}
 
-  // What this engine runs; each refusal names the key to change.
+absl::Status TrainingEngine::check_supported(const config::DsConfig& config,
+                                             const gpu::Device& device) {
+  // Each refusal names the key to change.
   if (config.world_size != 1) {
     return absl::UnimplementedError(absl::StrCat(
         "world size ", config.world_size, ": the engine runs one process only; launch with 1"));
   }
-  const config::OffloadDevice param_where = config.zero.offload_param.device;
-  const bool stage3 = config.zero.stage == 3;
-  if (param_where != config::OffloadDevice::kNone &&
+  if (config.zero.offload_param.device != config::OffloadDevice::kNone &&
       config.zero.offload_optimizer.device == config::OffloadDevice::kNone) {
     return absl::UnimplementedError(
         "zero_optimization.offload_param without offload_optimizer: the optimizer would run on "
@@ -218,6 +229,19 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
         "zero_optimization.offload_optimizer.ratio ", config.zero.offload_optimizer.ratio,
         ": a partial CPU step is not implemented; set it to 1"));
   }
+  // Without offload the host optimizer reads and writes device memory.
+  if (config.zero.offload_optimizer.device == config::OffloadDevice::kNone &&
+      !device.host_addressable()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "zero_optimization.offload_optimizer.device \"none\" needs a device-side optimizer, "
+        "which strata does not have yet (device ",
+        device.name(), "); set offload_optimizer.device to \"cpu\" or \"nvme\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::configure_step(const config::DsConfig& config,
+                                            std::unique_ptr<LrSchedule> schedule) {
   overlap_ = config.strata.overlap == config::OverlapMode::kOverlap;
   dpu_ = config.strata.delayed_param_update;
   if (dpu_ && config.zero.offload_optimizer.device == config::OffloadDevice::kNvme) {
@@ -235,7 +259,6 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   hp_.eps = config.optimizer.eps;
   hp_.weight_decay = config.optimizer.weight_decay;
   hp_.bias_correction = config.optimizer.bias_correction;
-
   dtype_ = config.fp16.enabled   ? DType::kFloat16
            : config.bf16.enabled ? DType::kBFloat16
                                  : DType::kFloat32;
@@ -248,82 +271,87 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
                           .consecutive_hysteresis = config.fp16.consecutive_hysteresis,
                           .min_loss_scale = config.fp16.min_loss_scale});
   }
-  if (options.lr_schedule != nullptr) {
-    schedule_ = std::move(options.lr_schedule);
+  if (schedule != nullptr) {
+    schedule_ = std::move(schedule);
   } else {
     STRATA_ASSIGN_OR_RETURN(schedule_, make_lr_schedule(config.scheduler, config.optimizer.lr));
   }
+  opt_tier_ = config.zero.offload_optimizer.device != config::OffloadDevice::kNone ? Tier::kHost
+                                                                                   : Tier::kDevice;
+  return absl::OkStatus();
+}
 
-  const config::OffloadDevice where = config.zero.offload_optimizer.device;
-  const bool offload = where != config::OffloadDevice::kNone;
-  opt_tier_ = offload ? Tier::kHost : Tier::kDevice;
-  if (!offload) {
-    // The optimizer then reads and writes device memory from the host.
-    auto* sim = dynamic_cast<gpu::SimDevice*>(device);
-    if (sim == nullptr || !sim->options().move_data) {
-      return absl::UnimplementedError(absl::StrCat(
-          "zero_optimization.offload_optimizer.device \"none\" needs a device-side optimizer, "
-          "which strata does not have yet (device ",
-          device->name(), "); set offload_optimizer.device to \"cpu\" or \"nvme\""));
-    }
-  }
-  const int num_layers = model->num_layers();
-  std::vector<std::vector<ParamSpec>> specs(std::max(num_layers, 0));
-  for (int l = 0; l < num_layers; ++l) specs[l] = model->layer_params(l);
-  STRATA_ASSIGN_OR_RETURN(const Placement plan, plan_placement(config, specs));
-  const Tier state_home = plan.state_home;
-  const Tier compute_home = plan.compute_home;
-  const uint64_t esize = dtype_size(dtype_);
-  const uint64_t host_homed = plan.host_homed, largest_layer_nvme = plan.largest_layer_nvme;
-  const uint64_t largest_layer_device = plan.largest_layer_device;
-  const int largest_layer = plan.largest_layer;
-  // The overflow check's scratch comes out of the device before the store's budget.
-  const uint64_t flags_bytes = plan.device_scratch;
-  size_t max_layer_params = 0;
-  for (const auto& ps : specs) max_layer_params = std::max(max_layer_params, ps.size());
-  uint64_t device_budget = options.device_budget_bytes;
-  if (device_budget == 0) {
-    const gpu::DeviceMemoryStats ds = device->stats();
-    device_budget = ds.capacity_bytes > ds.used_bytes + flags_bytes
-                        ? ds.capacity_bytes - ds.used_bytes - flags_bytes
-                        : 0;
-    if (stage3) {
+absl::StatusOr<TrainingEngine::StoreBudgets> TrainingEngine::store_budgets(
+    const config::DsConfig& config, const gpu::Device& device, const Placement& plan,
+    const EngineOptions& options) {
+  const bool params_offloaded =
+      config.zero.stage == 3 && config.zero.offload_param.device != config::OffloadDevice::kNone;
+  StoreBudgets b{.device = options.device_budget_bytes, .host = options.host_budget_bytes};
+  if (b.device == 0) {
+    // The overflow check's scratch comes out of the device before the store's budget.
+    const gpu::DeviceMemoryStats ds = device.stats();
+    b.device = ds.capacity_bytes > ds.used_bytes + plan.device_scratch
+                   ? ds.capacity_bytes - ds.used_bytes - plan.device_scratch
+                   : 0;
+    if (params_offloaded) {
       // DeepSpeed's cap on parameters live on the device, with their grads.
-      const uint64_t live =
-          static_cast<uint64_t>(config.zero.stage3_max_live_parameters) * 2 * esize;
-      device_budget = std::min(device_budget, std::max(live, largest_layer_device));
+      // Only with offload_param: without it DeepSpeed keeps the partition
+      // (with one process, the whole model) on the device, and so does
+      // strata.
+      const uint64_t live = static_cast<uint64_t>(config.zero.stage3_max_live_parameters) * 2 *
+                            dtype_size(plan.dtype);
+      b.device = std::min(b.device, std::max(live, plan.largest_layer_device));
     }
   }
-  if (largest_layer_device > device_budget) {
+  if (plan.largest_layer_device > b.device) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        stage3 ? "ZeRO-3 fetches one layer at a time, but " : "", "layer ", largest_layer,
-        " needs ", largest_layer_device, " bytes on the device for its ",
-        std::string(dtype_name(dtype_)), " params and grads, more than the device budget of ",
-        device_budget, " bytes; ",
-        stage3 ? "use a device with more memory or a model with smaller layers"
-               : "raise the device budget, use a device with more memory or split the layer"));
+        params_offloaded ? "ZeRO-3 fetches one layer at a time, but " : "", "layer ",
+        plan.largest_layer, " needs ", plan.largest_layer_device, " bytes on the device for its ",
+        std::string(dtype_name(plan.dtype)), " params and grads, more than the device budget of ",
+        b.device, " bytes; ",
+        params_offloaded
+            ? "use a device with more memory or a model with smaller layers"
+            : "raise the device budget, use a device with more memory or split the layer"));
   }
-  if (plan.device_homed > device_budget) {
+  if (plan.device_homed > b.device) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "without optimizer offload every param, grad and optimizer state lives on the device: ",
-        plan.device_homed, " bytes, more than the device budget of ", device_budget,
+        plan.device_homed, " bytes, more than the device budget of ", b.device,
         " bytes; set zero_optimization.offload_optimizer.device to \"cpu\" or \"nvme\""));
   }
-  uint64_t host_budget = options.host_budget_bytes;
-  if (host_budget == 0 && offload) host_budget = host_homed + plan.host_cache;
-  if (offload && host_budget < host_homed + largest_layer_nvme) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the host budget of ", host_budget, " bytes cannot hold the host-homed tensors (",
-        host_homed, " bytes) plus one layer's optimizer states from NVMe (", largest_layer_nvme,
-        " bytes); raise the host budget"));
+  if (!plan.offload) {
+    b.host = 0;
+    return b;
   }
+  if (b.host == 0) b.host = plan.host_homed + plan.host_cache;
+  if (b.host < plan.host_homed + plan.largest_layer_nvme) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the host budget of ", b.host, " bytes cannot hold the host-homed tensors (",
+                     plan.host_homed, " bytes) plus one layer's optimizer states from NVMe (",
+                     plan.largest_layer_nvme, " bytes); raise the host budget"));
+  }
+  return b;
+}
 
+absl::Status TrainingEngine::create_store(const config::DsConfig& config, const Placement& plan,
+                                          const StoreBudgets& budgets,
+                                          const EngineOptions& options) {
   offload::TieredStore::Options so;
-  so.device = device;
-  so.device_budget_bytes = device_budget;
-  so.host_budget_bytes = offload ? host_budget : 0;
-  so.pin_device = config.zero.offload_optimizer.pin_memory ? device : nullptr;
+  so.device = device_;
+  so.device_budget_bytes = budgets.device;
+  so.host_budget_bytes = budgets.host;
+  so.pin_device = config.zero.offload_optimizer.pin_memory ? device_ : nullptr;
   so.prefetch_window_bytes = static_cast<uint64_t>(config.strata.prefetch_window_bytes);
+  STRATA_RETURN_IF_ERROR(add_swap_files(config, plan, options, so));
+  STRATA_ASSIGN_OR_RETURN(store_, offload::TieredStore::create(so));
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::add_swap_files(const config::DsConfig& config, const Placement& plan,
+                                            const EngineOptions& options,
+                                            offload::TieredStore::Options& so) {
+  const Tier state_home = plan.state_home;
+  const Tier compute_home = plan.compute_home;
   if (state_home == Tier::kNvme || compute_home == Tier::kNvme) {
     // One swap file per directory; NVMe-homed states and params are striped
     // over all of them.
@@ -374,11 +402,17 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     }
     so.swap_paths = swap_files_;
   }
-  STRATA_ASSIGN_OR_RETURN(store_, offload::TieredStore::create(so));
+  return absl::OkStatus();
+}
 
-  layers_.resize(num_layers);
-  for (int l = 0; l < num_layers; ++l) {
-    for (const ParamSpec& p : model->layer_params(l)) {
+absl::Status TrainingEngine::register_tensors(const std::vector<std::vector<ParamSpec>>& specs,
+                                              const Placement& plan) {
+  const Tier state_home = plan.state_home;
+  const Tier compute_home = plan.compute_home;
+  const Tier grad_home = plan.offload ? Tier::kHost : Tier::kDevice;
+  layers_.resize(specs.size());
+  for (int l = 0; l < static_cast<int>(specs.size()); ++l) {
+    for (const ParamSpec& p : specs[l]) {
       ParamIds ids;
       ids.name = p.name;
       ids.numel = p.numel;
@@ -393,10 +427,9 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
         STRATA_ASSIGN_OR_RETURN(ids.param_next,
                                 reg("param_next", dtype_, TensorRole::kParam16, opt_tier_));
       }
-      STRATA_ASSIGN_OR_RETURN(
-          ids.grad, reg("grad", dtype_, TensorRole::kGrad, offload ? Tier::kHost : Tier::kDevice));
-      STRATA_ASSIGN_OR_RETURN(ids.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad,
-                                              offload ? Tier::kHost : Tier::kDevice));
+      STRATA_ASSIGN_OR_RETURN(ids.grad, reg("grad", dtype_, TensorRole::kGrad, grad_home));
+      STRATA_ASSIGN_OR_RETURN(ids.grad32,
+                              reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home));
       STRATA_ASSIGN_OR_RETURN(ids.master,
                               reg("master", DType::kFloat32, TensorRole::kMaster32, state_home));
       STRATA_ASSIGN_OR_RETURN(ids.exp_avg,
@@ -406,36 +439,46 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
       layers_[l].push_back(std::move(ids));
     }
   }
-  STRATA_RETURN_IF_ERROR(store_->finalize());
-  STRATA_ASSIGN_OR_RETURN(stream_, device->create_stream());
-  have_stream_ = true;
+  return store_->finalize();
+}
 
+absl::Status TrainingEngine::prepare_step_state(const config::DsConfig& config,
+                                                const Placement& plan,
+                                                SpeculationPolicy speculation) {
+  STRATA_ASSIGN_OR_RETURN(stream_, device_->create_stream());
+  have_stream_ = true;
+  const int num_layers = static_cast<int>(layers_.size());
   if (scaler_ != nullptr) {
-    STRATA_ASSIGN_OR_RETURN(flags_device_, device->allocate(flags_bytes),
+    size_t max_layer_params = 0;
+    for (const auto& ps : layers_) max_layer_params = std::max(max_layer_params, ps.size());
+    STRATA_ASSIGN_OR_RETURN(flags_device_, device_->allocate(plan.device_scratch),
                             "allocating the device scratch of the overflow check");
     flag_sums_.assign(max_layer_params, 0.0f);
     flag_nonfinite_.assign(max_layer_params, 0);
   }
   grad_stats_.assign(num_layers, {});
-  stepped_.assign(num_layers, 0);
-  copy_at_.assign(num_layers, -1);
+  next_done_.assign(num_layers, 0);
   if (overlap_ || dpu_) worker_ = std::make_unique<OrderedWorker>();
   if (overlap_ && !dpu_) {
-    keep_copies_ = scaler_ != nullptr || config.gradient_clipping > 0;
-    // The copies are host memory of their own; size them to what a step can
-    // use, never more than the configured buffer.
+    // Any step can fail after layers were stepped speculatively (an error
+    // in backward, an overflow, a non-finite gradient), so every
+    // speculative step keeps copies; they are host memory of their own,
+    // sized to what a step can use and never more than the configured buffer.
+    std::vector<std::vector<uint64_t>> numels(num_layers);
     uint64_t state_floats = 0;
-    for (const auto& ps : layers_) {
-      for (const ParamIds& p : ps) state_floats += 3 * p.numel;
+    for (int l = 0; l < num_layers; ++l) {
+      for (const ParamIds& p : layers_[l]) {
+        numels[l].push_back(p.numel);
+        state_floats += 3 * p.numel;
+      }
     }
-    rollback_capacity_ =
-        keep_copies_
-            ? std::min<uint64_t>(
-                  state_floats,
-                  static_cast<uint64_t>(config.strata.rollback_buffer_bytes) / sizeof(float))
-            : 0;
+    spec_ = std::make_unique<Speculation>(
+        speculation, std::move(numels),
+        std::min<uint64_t>(
+            state_floats,
+            static_cast<uint64_t>(config.strata.rollback_buffer_bytes) / sizeof(float)));
   }
-  return initialize_params();
+  return absl::OkStatus();
 }
 
 Tier TrainingEngine::param_tier(const ParamIds& p) const {
@@ -555,7 +598,7 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
   *loss = model_->loss();
   // The worker may still be reading the previous micro-batch's gradients
   // (a delayed update it may be running touches no gradient on the device).
-  if (worker_ != nullptr && !first) STRATA_RETURN_IF_ERROR(worker_->drain(), "gradient worker");
+  if (!first) STRATA_RETURN_IF_ERROR(drain_worker(), "gradient worker");
   const auto backward_start = std::chrono::steady_clock::now();
   for (int l = num_layers - 1; l >= 0; --l) STRATA_RETURN_IF_ERROR(run_layer(l, true));
   if (last) {
@@ -652,48 +695,37 @@ absl::Status TrainingEngine::layer_done(int layer, bool first, bool last) {
   }
   if (!last) return absl::OkStatus();
   if (grad_stats_[layer].nonfinite) overflow_.store(true);
-  if (!overlap_ || dpu_ || !speculate_ || overflow_.load()) return absl::OkStatus();
-
-  // Speculative step, when a rollback copy fits (or none is needed).
-  uint64_t floats = 0;
-  for (const ParamIds& p : layers_[layer]) floats += 3 * p.numel;
-  if (keep_copies_ && rollback_used_ + floats > rollback_capacity_) return absl::OkStatus();
-  STRATA_RETURN_IF_ERROR(step_layer(layer, spec_lr_, adam_step_ + 1, spec_grad_scale_,
-                                    /*keep_copy=*/keep_copies_),
+  if (spec_ == nullptr || overflow_.load()) return absl::OkStatus();
+  // Speculative step, when its rollback copies fit (the others wait for the
+  // end of backward).
+  if (!spec_->reserve(layer)) return absl::OkStatus();
+  const cpu_adam::StepArgs args{
+      .lr = spec_lr_, .step = adam_step_ + 1, .grad_scale = spec_grad_scale_};
+  STRATA_RETURN_IF_ERROR(step_layer(layer, step_hp_, args, StepTarget::kSpeculative),
                          "speculative step");
-  stepped_[layer] = 1;
+  spec_->mark_stepped(layer);
   return absl::OkStatus();
 }
 
-absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step, double grad_scale,
-                                        bool keep_copy, bool to_next) {
+absl::Status TrainingEngine::step_layer(int layer, const cpu_adam::Hyperparams& hp,
+                                        const cpu_adam::StepArgs& args, StepTarget target) {
   const AddElapsed timed(&optimizer_ns_);
-  const cpu_adam::StepArgs args{.lr = lr, .step = adam_step, .grad_scale = grad_scale};
-  if (keep_copy) {
-    uint64_t floats = 0;
-    for (const ParamIds& p : layers_[layer]) floats += 3 * p.numel;
-    if (rollback_.size() < rollback_capacity_) rollback_.resize(rollback_capacity_);
-    copy_at_[layer] = static_cast<int64_t>(rollback_used_);
-    rollback_used_ += floats;
-  }
-  uint64_t at = keep_copy ? static_cast<uint64_t>(copy_at_[layer]) : 0;
-  for (const ParamIds& p : layers_[layer]) {
+  const std::vector<ParamIds>& ps = layers_[layer];
+  for (int i = 0; i < static_cast<int>(ps.size()); ++i) {
+    const ParamIds& p = ps[i];
     Pin grad(store_.get(), p.grad32, opt_tier_);
     Pin master(store_.get(), p.master, opt_tier_);
     Pin m(store_.get(), p.exp_avg, opt_tier_);
     Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
-    Pin out(store_.get(), to_next ? p.param_next : p.param, opt_tier_);
+    Pin out(store_.get(), target == StepTarget::kParamNext ? p.param_next : p.param, opt_tier_);
     STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kRead));
     STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
-    if (keep_copy) {
-      const uint64_t bytes = p.numel * sizeof(float);
-      std::memcpy(rollback_.data() + at, pv.data, bytes);
-      std::memcpy(rollback_.data() + at + p.numel, mv.data, bytes);
-      std::memcpy(rollback_.data() + at + 2 * p.numel, vv.data, bytes);
-      at += 3 * p.numel;
+    if (target == StepTarget::kSpeculative) {
+      spec_->save(layer, i, static_cast<const float*>(pv.data), static_cast<const float*>(mv.data),
+                  static_cast<const float*>(vv.data));
     }
     const bool fp32 = dtype_ == DType::kFloat32;
     const cpu_adam::Buffers b{.n = p.numel,
@@ -704,7 +736,7 @@ absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step,
                               .grad_dtype = DType::kFloat32,
                               .param_out = fp32 ? nullptr : ov.data,
                               .out_dtype = fp32 ? DType::kFloat16 : dtype_};
-    STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(hp_, args, b, exec_),
+    STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(hp, args, b, exec_),
                            absl::StrCat("optimizer step of ", store_->spec(p.master).name));
     if (fp32) std::memcpy(ov.data, pv.data, p.numel * sizeof(float));
     STRATA_RETURN_IF_ERROR(grad.release(false));
@@ -714,15 +746,16 @@ absl::Status TrainingEngine::step_layer(int layer, double lr, int64_t adam_step,
     // Dirtying the host copy drops the stale device copy; the next forward
     // loads the new one (H2D).
     STRATA_RETURN_IF_ERROR(out.release(true));
+    if (target == StepTarget::kParamNext) ++next_done_[layer];
   }
   return absl::OkStatus();
 }
 
 absl::Status TrainingEngine::restore_layer(int layer) {
-  STRATA_CHECK(copy_at_[layer] >= 0);
   const AddElapsed timed(&optimizer_ns_);
-  uint64_t at = static_cast<uint64_t>(copy_at_[layer]);
-  for (const ParamIds& p : layers_[layer]) {
+  const std::vector<ParamIds>& ps = layers_[layer];
+  for (int i = 0; i < spec_->saved_params(layer); ++i) {
+    const ParamIds& p = ps[i];
     Pin master(store_.get(), p.master, opt_tier_);
     Pin m(store_.get(), p.exp_avg, opt_tier_);
     Pin v(store_.get(), p.exp_avg_sq, opt_tier_);
@@ -731,15 +764,12 @@ absl::Status TrainingEngine::restore_layer(int layer) {
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
-    const uint64_t bytes = p.numel * sizeof(float);
-    std::memcpy(pv.data, rollback_.data() + at, bytes);
-    std::memcpy(mv.data, rollback_.data() + at + p.numel, bytes);
-    std::memcpy(vv.data, rollback_.data() + at + 2 * p.numel, bytes);
-    at += 3 * p.numel;
+    spec_->restore(layer, i, static_cast<float*>(pv.data), static_cast<float*>(mv.data),
+                   static_cast<float*>(vv.data));
     // The compute param is always the master rounded to nearest even (the
     // optimizer writes it so, and so do initialisation and checkpoints).
     const auto* master32 = static_cast<const float*>(pv.data);
-    if (dtype_ == DType::kFloat32) std::memcpy(ov.data, master32, bytes);
+    if (dtype_ == DType::kFloat32) std::memcpy(ov.data, master32, p.numel * sizeof(float));
     if (dtype_ == DType::kFloat16)
       convert_fp32_to_fp16(master32, static_cast<uint16_t*>(ov.data), p.numel);
     if (dtype_ == DType::kBFloat16)
@@ -749,11 +779,24 @@ absl::Status TrainingEngine::restore_layer(int layer) {
   return absl::OkStatus();
 }
 
+bool TrainingEngine::update_complete() const {
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (next_done_[l] != static_cast<int>(layers_[l].size())) return false;
+  }
+  return true;
+}
+
 absl::Status TrainingEngine::swap_in_update() {
   if (!update_pending_) return absl::OkStatus();
   update_pending_ = false;
-  for (const std::vector<ParamIds>& ps : layers_) {
-    for (const ParamIds& p : ps) {
+  // Only what the update wrote goes in: after a failed update the params it
+  // did not reach keep their values (param_next holds an older update's, or
+  // nothing yet).
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const int done = next_done_[l];
+    next_done_[l] = 0;
+    for (int i = 0; i < done; ++i) {
+      const ParamIds& p = layers_[l][i];
       Pin next(store_.get(), p.param_next, opt_tier_);
       Pin param(store_.get(), p.param, opt_tier_);
       STRATA_ASSIGN_OR_RETURN(TensorView nv, next.acquire(Access::kRead));
@@ -767,42 +810,130 @@ absl::Status TrainingEngine::swap_in_update() {
   return absl::OkStatus();
 }
 
+absl::Status TrainingEngine::drain_worker() {
+  if (worker_ == nullptr) return absl::OkStatus();
+  absl::Status drained = worker_->drain();
+  if (update_pending_ && !update_complete()) {
+    // The delayed update failed (its error came out of this drain or an
+    // earlier one): what it wrote goes in now, and nothing stays pending.
+    if (absl::Status s = swap_in_update(); !s.ok()) {
+      return annotate(drained, absl::StrCat("then swapping in what it wrote: ", s.message()));
+    }
+  }
+  return drained;
+}
+
 absl::Status TrainingEngine::finish_pending_update() {
-  if (worker_ != nullptr) STRATA_RETURN_IF_ERROR(worker_->drain(), "the delayed update");
+  STRATA_RETURN_IF_ERROR(drain_worker(), "the delayed update");
   return swap_in_update();
 }
 
+TrainingEngine::Counters TrainingEngine::counters() const {
+  Counters c{.steps = steps_,
+             .micro_batches = micro_batches_,
+             .adam_step = adam_step_,
+             .schedule_iteration = schedule_->iteration()};
+  if (scaler_ != nullptr) c.scaler = scaler_->state();
+  return c;
+}
+
 absl::StatusOr<StepStats> TrainingEngine::train_step() {
+  const Counters before = counters();
+  StepStats st;
+  absl::Status status = run_step(&st);
+  if (status.ok()) return st;
+  return undo_step(before, std::move(status));
+}
+
+absl::Status TrainingEngine::undo_step(const Counters& before, absl::Status status) {
+  // The worker may still hold this step's jobs, which use the store; a
+  // delayed update of the step before that succeeded stays pending.
+  if (absl::Status s = drain_worker(); !s.ok() && s != status) {
+    status = annotate(status, absl::StrCat("and the worker: ", s.message()));
+  }
+  // Every layer with copies is restored: stepped speculatively, stepped
+  // again after the decision, or failed half way through.
+  for (int l = 0; spec_ != nullptr && l < static_cast<int>(layers_.size()); ++l) {
+    if (!spec_->has_copies(l)) continue;
+    if (absl::Status s = restore_layer(l); !s.ok()) {
+      status = annotate(status, absl::StrCat("and restoring layer ", l,
+                                             " failed (its weights are "
+                                             "left partly updated; load a checkpoint): ",
+                                             s.message()));
+    }
+  }
+  steps_ = before.steps;
+  micro_batches_ = before.micro_batches;
+  adam_step_ = before.adam_step;
+  schedule_->set_iteration(before.schedule_iteration);
+  if (scaler_ != nullptr) scaler_->restore(before.scaler);
+  store_->end_step();
+  return status;
+}
+
+// The decided step: skipped (speculative steps undone) or applied (kept,
+// redone with the clip coefficient, stepped now, or queued as the delayed
+// update); the Adam step and the schedule count an applied step.
+absl::Status TrainingEngine::apply_step(bool apply, StepStats* out) {
+  StepStats& st = *out;
+  st.skipped = !apply;
+  if (apply && config_.gradient_clipping > 0) {
+    st.clip_coef = std::max(1.0, (st.grad_norm + 1e-6) / config_.gradient_clipping);
+  }
+  const int64_t adam_step = adam_step_ + (apply ? 1 : 0);
+  const cpu_adam::StepArgs args{
+      .lr = st.lr, .step = adam_step, .grad_scale = 1.0 / (st.loss_scale * st.clip_coef)};
+  if (apply && dpu_) {
+    // Delayed: the worker steps every layer while the next step's forward
+    // and backward run on the params of the step before.
+    std::fill(next_done_.begin(), next_done_.end(), 0);
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      worker_->submit([this, l, hp = step_hp_, args, step = st.step] {
+        return annotate(step_layer(l, hp, args, StepTarget::kParamNext),
+                        absl::StrCat("the delayed update of step ", step));
+      });
+    }
+    update_pending_ = true;
+  } else {
+    for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+      const Speculation::Plan plan = spec_ != nullptr ? spec_->plan(l, apply, st.clip_coef != 1.0)
+                                     : apply          ? Speculation::Plan::kStep
+                                                      : Speculation::Plan::kNothing;
+      if (plan == Speculation::Plan::kRestore || plan == Speculation::Plan::kRestoreAndStep) {
+        STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
+        ++st.rolled_back_layers;
+      }
+      if (plan == Speculation::Plan::kStep || plan == Speculation::Plan::kRestoreAndStep) {
+        STRATA_RETURN_IF_ERROR(step_layer(l, step_hp_, args, StepTarget::kParam),
+                               absl::StrCat("step ", st.step));
+      }
+    }
+  }
+  if (apply) {
+    adam_step_ = adam_step;
+    schedule_->advance();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::run_step(StepStats* out) {
   const auto t0 = std::chrono::steady_clock::now();
   const offload::StoreStats before = store_->stats();
-  StepStats st;
+  StepStats& st = *out;
   st.step = ++steps_;
   st.loss_scale = scaler_ != nullptr ? scaler_->scale() : 1.0;
   st.lr = schedule_->lr();
+  step_hp_ = hp_;
+  if (const auto betas = schedule_->betas()) {
+    // OneCycle's cycled momentum, as DeepSpeed sets the optimizer's betas.
+    step_hp_.beta1 = (*betas)[0];
+    step_hp_.beta2 = (*betas)[1];
+  }
   store_->begin_step();
   overflow_.store(false);
-  std::fill(stepped_.begin(), stepped_.end(), 0);
-  std::fill(copy_at_.begin(), copy_at_.end(), -1);
-  rollback_used_ = 0;
   spec_lr_ = st.lr;
-  // Speculation pays when the host has idle time during backward; with
-  // copies to take, a host that could not keep up last step would only be
-  // slowed down by them (it then steps after backward, as sync does).
-  speculate_ = speculation_ == EngineOptions::Speculation::kAlways ||
-               (speculation_ == EngineOptions::Speculation::kAuto &&
-                (!keep_copies_ || last_host_seconds_ <= last_backward_seconds_));
   spec_grad_scale_ = 1.0 / st.loss_scale;
-  struct EndStep {
-    TrainingEngine* e;
-    bool ok = false;
-    ~EndStep() {
-      // On an error path the worker may still hold this step's jobs, which
-      // use the store; on success only a delayed update may be left, and it
-      // is meant to run beside the next step.
-      if (!ok && e->worker_ != nullptr) e->worker_->drain().IgnoreError();
-      e->store_->end_step();
-    }
-  } end_step{this};
+  if (spec_ != nullptr) spec_->begin_step(last_host_seconds_, last_backward_seconds_);
 
   // DeepSpeed divides the loss by gradient_accumulation_steps, so grad32
   // holds loss_scale * (mean gradient over the micro-batches).
@@ -816,10 +947,8 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
     loss_sum += loss;
   }
   // Also finishes the delayed update of the previous step, which the worker
-  // ran while this step's forward and backward did; its params go in now.
-  if (worker_ != nullptr) STRATA_RETURN_IF_ERROR(worker_->drain(), absl::StrCat("step ", st.step));
-  STRATA_RETURN_IF_ERROR(swap_in_update(), absl::StrCat("step ", st.step));
-  STRATA_RETURN_IF_ERROR(swap_in_update(), absl::StrCat("step ", st.step));
+  // ran while this step's forward and backward did.
+  STRATA_RETURN_IF_ERROR(drain_worker(), absl::StrCat("step ", st.step));
   st.loss = loss_sum / static_cast<double>(gas_);
 
   // The norm is summed in layer order in both modes, so they agree bit for bit.
@@ -832,7 +961,7 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   }
   st.grad_norm =
       nonfinite ? std::numeric_limits<double>::infinity() : std::sqrt(sum_sq) / st.loss_scale;
-  for (int l = 0; l < num_layers; ++l) st.speculative_layers += stepped_[l];
+  st.speculative_layers = spec_ != nullptr ? spec_->stepped_layers() : 0;
 
   bool apply = true;
   if (scaler_ != nullptr) {
@@ -843,43 +972,13 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
         " training has no loss scaler to skip the step; lower the learning rate, set "
         "gradient_clipping, or check the model's inputs"));
   }
-  st.skipped = !apply;
-  if (!apply) {
-    for (int l = 0; l < num_layers; ++l) {
-      if (!stepped_[l]) continue;
-      STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
-      ++st.rolled_back_layers;
-    }
-  } else {
-    if (config_.gradient_clipping > 0) {
-      st.clip_coef = std::max(1.0, (st.grad_norm + 1e-6) / config_.gradient_clipping);
-    }
-    ++adam_step_;
-    const double grad_scale = 1.0 / (st.loss_scale * st.clip_coef);
-    if (dpu_) {
-      // Delayed: the worker steps every layer while the next step's forward
-      // and backward run on the params of the step before.
-      const double lr = st.lr;
-      const int64_t adam_step = adam_step_;
-      for (int l = 0; l < num_layers; ++l) {
-        worker_->submit([this, l, lr, adam_step, grad_scale] {
-          return step_layer(l, lr, adam_step, grad_scale, /*keep_copy=*/false, /*to_next=*/true);
-        });
-      }
-      update_pending_ = true;
-    }
-    for (int l = 0; l < num_layers && !dpu_; ++l) {
-      if (stepped_[l] && st.clip_coef == 1.0) continue;  // the speculation was right
-      if (stepped_[l]) {
-        STRATA_RETURN_IF_ERROR(restore_layer(l), absl::StrCat("step ", st.step, ": rollback"));
-        ++st.rolled_back_layers;
-      }
-      STRATA_RETURN_IF_ERROR(step_layer(l, st.lr, adam_step_, grad_scale, /*keep_copy=*/false),
-                             absl::StrCat("step ", st.step));
-    }
-    schedule_->advance();
-  }
-  STRATA_RETURN_IF_ERROR(store_->background_error());
+  // Errors of the store's background write-backs surface before the step
+  // changes anything.
+  STRATA_RETURN_IF_ERROR(store_->background_error(), absl::StrCat("step ", st.step));
+  // The previous step's delayed update goes in before this step's is queued
+  // (it writes param_next again).
+  STRATA_RETURN_IF_ERROR(swap_in_update(), absl::StrCat("step ", st.step));
+  STRATA_RETURN_IF_ERROR(apply_step(apply, &st));
 
   // Totals since the last step's end: a delayed update run during this step
   // counts here.
@@ -894,9 +993,9 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
     st.bytes_in[t] = after.tiers[t].bytes_in - before.tiers[t].bytes_in;
     st.bytes_out[t] = after.tiers[t].bytes_out - before.tiers[t].bytes_out;
   }
+  store_->end_step();
   st.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  end_step.ok = true;
-  return st;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int param, StateKind kind) {

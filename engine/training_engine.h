@@ -17,10 +17,14 @@
 // homed on the host (cpu) or NVMe (nvme) and the device only caches the
 // layers in flight: its budget defaults to stage3_max_live_parameters
 // params plus their grads, so each step fetches every layer's params
-// through the store's prefetch. The arithmetic is that of stage 2.
+// through the store's prefetch. The arithmetic is that of stage 2. Stage 3
+// with offload_param none places everything as stage 2 does, with no cap:
+// DeepSpeed keeps the partition on the device, and with one process the
+// partition is the whole model.
 // offload_optimizer.device none: everything homed on the device; the
 // optimizer then runs on the device's memory from the host, which only a
-// host-addressable device (SimDevice) allows (no device-side Adam yet).
+// device whose memory the host can address allows (Device::host_addressable:
+// SimDevice; there is no device-side Adam yet).
 //
 // Step: for each micro-batch, forward then backward layer by layer (loss
 // scaled by loss_scale / gradient_accumulation_steps, as DeepSpeed scales
@@ -31,7 +35,10 @@
 // the LR schedule are untouched). With gradient_clipping > 0,
 // coef = max(1, (norm/loss_scale + 1e-6) / gradient_clipping) and every
 // layer runs cpu_adam::optimizer_step with grad_scale = 1/(loss_scale*coef),
-// writing the new compute-dtype param into the param's host copy.
+// writing the new compute-dtype param into the param's host copy. The LR
+// schedule gives each step's lr and, for OneCycle with cycle_momentum, its
+// betas (beta1 cycled, beta2 0.99), which the step uses in place of the
+// optimizer's, as DeepSpeed sets its optimizer's betas.
 // Deliberate difference from DeepSpeed: with bf16 or fp32 (no loss scaler) a
 // non-finite gradient fails the step with an error instead of writing NaN
 // into the weights.
@@ -39,39 +46,56 @@
 // fp16 overflow is found on the device: after each layer's backward a
 // device-side norm of its gradients; the first overflowing layer is logged
 // and reported in StepStats, and no further gradient leaves the device in
-// that step (the skipped step costs no D2H and no optimizer work).
+// that step (the layers after it cost no D2H and no optimizer work).
 //
 // `overlap` mode (strata.overlap, the default): as soon as a layer's
 // backward has finished, a worker thread copies its gradients to the host
 // and accumulates them while the device runs the next layers; on the last
 // micro-batch it also steps the layer speculatively (clip coefficient 1,
-// the step's loss scale). When the whole gradient shows an overflow, or a
-// norm above gradient_clipping, the stepped layers are restored from copies
-// of their master and optimizer states taken before the speculative step
-// (strata.rollback_buffer_bytes of host memory; layers beyond it wait for
-// the end of backward) and, for a clip, stepped again with the right
-// factor. Weights, states and params are then bit-identical to `sync`.
+// the step's loss scale), after copying its master and optimizer states
+// (engine/speculation.h; strata.rollback_buffer_bytes of host memory;
+// layers beyond it wait for the end of backward). When the whole gradient
+// shows an overflow, or a norm above gradient_clipping, the stepped layers
+// are restored from the copies and, for a clip, stepped again with the
+// right factor. Weights, states and params are then bit-identical to `sync`.
 // EngineOptions::speculation (default kAuto) skips the speculative steps for
 // a step when the host did not keep up with backward in the step before.
-// Copies are needed only when a rollback can happen (fp16 or clipping);
-// with bf16/fp32 and no clipping a non-finite gradient fails the step and
-// the layers already stepped keep their update.
+//
+// A failed train_step (an error in forward or backward, a non-finite
+// gradient without a loss scaler, "Current loss scale already at minimum",
+// an optimizer that refuses its arguments) changes nothing, in every mode:
+// the layers stepped speculatively are restored from their copies, and the
+// masters, states, compute params, the Adam step, the LR schedule, the loss
+// scaler and steps() are bit for bit what they were, so a retry runs the
+// same micro-batches. grad and grad32 are the step's scratch. An error of
+// the store while the decided update is being written (I/O) is the
+// exception: the params already written keep their update, each consistent
+// with its master; load a checkpoint to continue from a known state.
 //
 // strata.delayed_param_update (the ZeRO-Offload paper's DPU, off by
 // default): gradients move as in overlap mode, but the optimizer step of
 // step n runs on the worker while step n+1's forward and backward run, on
-// params one step stale; the update writes a param_next tensor (host, one
-// more compute-dtype copy per param) that replaces param at the end of step
-// n+1. Nothing is speculative: the step is decided once the whole gradient
-// is known. evaluate() sees the params the next step will use; read_fp32,
-// read_param and checkpoint saves and loads first finish the pending update
-// (so a run that saves at step k continues as its resumed copy does, and
-// differs from one that does not save there in which update step k+1 sees).
+// params one step stale; the update writes a param_next tensor (on the
+// optimizer's tier, one more compute-dtype copy per param) that replaces
+// param once step n+1 is decided (a failed step n+1 lets it finish and
+// leaves it pending). Nothing is speculative: the step is decided once the whole
+// gradient is known. evaluate() sees the params the next step will use;
+// read_fp32, read_param and checkpoint saves and loads first finish the
+// pending update (so a run that saves at step k continues as its resumed
+// copy does, and differs from one that does not save there in which update
+// step k+1 sees). A delayed update that fails (an I/O error, or an
+// optimizer that refuses its arguments) fails the call that waits for it
+// (train_step n+1, or a read or save) with its error: the params it had
+// written go in, each consistent with its master and states, the others
+// keep theirs, and nothing stays pending; the Adam step and the schedule
+// still count step n.
 //
 // Threading: not thread-safe; one thread calls train_step(). Errors: create()
-// rejects configs that parse but cannot run (no optimizer, ZeRO stage 3, an
-// unwritable nvme_path, budgets too small for one layer) with a message
-// naming the key or option to change.
+// rejects configs that parse but cannot run (no optimizer, world size
+// above 1, offload_param without offload_optimizer, offload_optimizer
+// none on a device the host cannot address, an unwritable nvme_path,
+// budgets too small for one layer) with a message naming the key or
+// option to change.
 #pragma once
 
 #include <array>
@@ -92,6 +116,7 @@
 #include "engine/model.h"
 #include "engine/ordered_worker.h"
 #include "engine/placement.h"
+#include "engine/speculation.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
@@ -100,7 +125,9 @@
 namespace strata::engine {
 
 struct EngineOptions {
-  // Device bytes the store may use; 0: what the device has free at creation.
+  // Device bytes the store may use; 0: what the device has free at creation
+  // (ZeRO-3 with offload_param: at most stage3_max_live_parameters params
+  // and their grads, and never less than the largest layer's).
   uint64_t device_budget_bytes = 0;
   // Host bytes for the host tier; 0: what the placement needs (every
   // host-homed tensor plus a cache for NVMe-homed ones).
@@ -112,16 +139,16 @@ struct EngineOptions {
   // The LR schedule; null: make_lr_schedule(config.scheduler, optimizer.lr).
   std::unique_ptr<LrSchedule> lr_schedule;
   cpu_adam::ExecOptions exec;
-  // overlap mode with rollback copies (fp16 or clipping): kAuto steps
-  // speculatively only while the host kept up with backward in the previous
-  // step (when it did not, the copies' memory traffic only slows a
-  // CPU-bound step); kAlways / kNever force it (tests, benchmarks).
-  enum class Speculation { kAuto, kAlways, kNever };
+  // overlap mode: kAuto steps speculatively only while the host kept up
+  // with backward in the previous step (when it did not, the rollback
+  // copies' memory traffic only slows a CPU-bound step); kAlways / kNever
+  // force it (tests, benchmarks). See engine/speculation.h.
+  using Speculation = SpeculationPolicy;
   Speculation speculation = Speculation::kAuto;
 };
 
 struct StepStats {
-  int64_t step = 0;         // 1-based count of train_step() calls
+  int64_t step = 0;         // 1-based count of successful train_step() calls
   double loss = 0;          // mean unscaled loss over the micro-batches
   double loss_scale = 1;    // the scale this step's backward used
   bool skipped = false;     // overflow: nothing applied
@@ -159,7 +186,8 @@ class TrainingEngine {
   TrainingEngine(const TrainingEngine&) = delete;
   TrainingEngine& operator=(const TrainingEngine&) = delete;
 
-  // One optimizer step over gradient_accumulation_steps micro-batches.
+  // One optimizer step over gradient_accumulation_steps micro-batches. An
+  // error leaves the engine as it was (see "A failed train_step" above).
   absl::StatusOr<StepStats> train_step();
 
   // Mean loss over validation batches 0..batches-1: forward only, every
@@ -171,7 +199,8 @@ class TrainingEngine {
   absl::StatusOr<double> evaluate(int64_t batches);
 
   // A copy of an fp32 tensor (for tests and checkpoints). grad32 holds the
-  // last step's accumulated, still scaled gradient.
+  // last step's accumulated, still scaled gradient (after a failed step,
+  // whatever that step had accumulated).
   absl::StatusOr<std::vector<float>> read_fp32(int layer, int param, StateKind kind);
   // The compute-dtype param as fp32 (read back from its home).
   absl::StatusOr<std::vector<float>> read_param(int layer, int param);
@@ -225,10 +254,12 @@ class TrainingEngine {
   // load_checkpoint picks), null when it has none; NotFound / DataLoss
   // naming the file when meta.json is missing or not a strata checkpoint.
   static absl::StatusOr<nlohmann::json> read_checkpoint_user_metadata(const std::string& dir);
-  int64_t steps() const { return steps_; }  // train_step() calls, restored by a load
+  // Successful train_step() calls (a failed one counts nothing), restored by a load.
+  int64_t steps() const { return steps_; }
 
   DType compute_dtype() const { return dtype_; }
   const LossScaler* loss_scaler() const { return scaler_.get(); }
+  const LrSchedule& lr_schedule() const { return *schedule_; }
   int64_t optimizer_steps() const { return adam_step_; }  // applied steps
   offload::StoreStats store_stats() const { return store_->stats(); }
   // Where the optimizer works: kHost when offloaded, kDevice otherwise.
@@ -243,8 +274,32 @@ class TrainingEngine {
   };
 
   TrainingEngine() = default;
+  // create(), step by step: what the engine can run; the optimizer, loss
+  // scaler, schedule and mode; the tiers' budgets; the store (with its swap
+  // files); every tensor of every param; the stream, scratch, worker and
+  // speculation of the step; the initial values.
   absl::Status build(const config::DsConfig& config, Model* model, gpu::Device* device,
                      EngineOptions options);
+  static absl::Status check_supported(const config::DsConfig& config, const gpu::Device& device);
+  absl::Status configure_step(const config::DsConfig& config, std::unique_ptr<LrSchedule> schedule);
+  struct StoreBudgets {
+    uint64_t device = 0;
+    uint64_t host = 0;
+  };
+  static absl::StatusOr<StoreBudgets> store_budgets(const config::DsConfig& config,
+                                                    const gpu::Device& device,
+                                                    const Placement& plan,
+                                                    const EngineOptions& options);
+  absl::Status create_store(const config::DsConfig& config, const Placement& plan,
+                            const StoreBudgets& budgets, const EngineOptions& options);
+  // One swap file per NVMe directory, and the I/O engine, when anything is
+  // homed on NVMe.
+  absl::Status add_swap_files(const config::DsConfig& config, const Placement& plan,
+                              const EngineOptions& options, offload::TieredStore::Options& so);
+  absl::Status register_tensors(const std::vector<std::vector<ParamSpec>>& specs,
+                                const Placement& plan);
+  absl::Status prepare_step_state(const config::DsConfig& config, const Placement& plan,
+                                  SpeculationPolicy speculation);
   absl::Status initialize_params();
   absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, bool first, bool last,
                                double* loss, StepStats* st);
@@ -255,14 +310,34 @@ class TrainingEngine {
   // worker (overlap).
   absl::Status accumulate_layer(int layer, bool first);
   absl::Status stats_layer(int layer);
-  absl::Status step_layer(int layer, double lr, int64_t adam_step, double grad_scale,
-                          bool keep_copy, bool to_next = false);
-  // Delayed parameter update: copies param_next into param once the worker
-  // has finished the update (swap_in_update), or waits for it first.
-  absl::Status swap_in_update();
-  absl::Status finish_pending_update();
+  // Where step_layer writes the new compute param: param (after the
+  // decision), param (speculatively, saving rollback copies first), or
+  // param_next (delayed update).
+  enum class StepTarget { kParam, kSpeculative, kParamNext };
+  absl::Status step_layer(int layer, const cpu_adam::Hyperparams& hp,
+                          const cpu_adam::StepArgs& args, StepTarget target);
   absl::Status restore_layer(int layer);
   absl::Status layer_done(int layer, bool first, bool last);
+  // Delayed parameter update: copies into param what the update wrote into
+  // param_next (every param, or after a failed update those it reached).
+  absl::Status swap_in_update();
+  bool update_complete() const;
+  // Drains the worker; a delayed update that failed is settled (what it
+  // wrote goes in, nothing stays pending) and its error returned.
+  absl::Status drain_worker();
+  absl::Status finish_pending_update();
+  // What a failed train_step puts back, besides the tensors.
+  struct Counters {
+    int64_t steps = 0;
+    int64_t micro_batches = 0;
+    int64_t adam_step = 0;
+    int64_t schedule_iteration = -1;
+    LossScaler::State scaler{};
+  };
+  Counters counters() const;
+  absl::Status run_step(StepStats* st);
+  absl::Status apply_step(bool apply, StepStats* st);
+  absl::Status undo_step(const Counters& before, absl::Status status);
   absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
                        uint64_t bytes);
   absl::Status copy_out(offload::TensorView view, offload::Tier tier, void* dst, uint64_t bytes);
@@ -305,21 +380,16 @@ class TrainingEngine {
   bool overlap_ = false;
   bool dpu_ = false;             // strata.delayed_param_update
   bool update_pending_ = false;  // the worker runs (or ran) a delayed update
-  bool keep_copies_ = false;     // a rollback is possible: fp16 or clipping
-  EngineOptions::Speculation speculation_ = EngineOptions::Speculation::kAuto;
-  bool speculate_ = true;             // this step (overlap mode)
-  double last_backward_seconds_ = 0;  // of the last micro-batch, previous step
-  double last_host_seconds_ = 0;      // the previous step's gradient + optimizer time
   std::unique_ptr<OrderedWorker> worker_;
   std::atomic<bool> overflow_{false};
+  cpu_adam::Hyperparams step_hp_;  // hp_ with this step's betas from the schedule
   double spec_lr_ = 0;
   double spec_grad_scale_ = 1;
+  double last_backward_seconds_ = 0;             // of the last micro-batch, previous step
+  double last_host_seconds_ = 0;                 // the previous step's gradient + optimizer time
+  std::unique_ptr<Speculation> spec_;            // overlap mode only
   std::vector<cpu_adam::GradStats> grad_stats_;  // per layer, summed in layer order
-  std::vector<char> stepped_;                    // per layer: stepped speculatively
-  std::vector<int64_t> copy_at_;                 // per layer: offset in rollback_, -1 none
-  std::vector<float> rollback_;
-  uint64_t rollback_used_ = 0;  // floats
-  uint64_t rollback_capacity_ = 0;
+  std::vector<int> next_done_;  // per layer: params the delayed update wrote into param_next
   // Host time in gradient handling and in the optimizer, totals (any thread).
   std::atomic<int64_t> grad_ns_{0};
   std::atomic<int64_t> optimizer_ns_{0};

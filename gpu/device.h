@@ -46,6 +46,13 @@ class Device {
 
   virtual std::string name() const = 0;
 
+  // True when device pointers are host addresses holding the device's data,
+  // so the host may compute on device memory directly (in stream order,
+  // through launch_host_function): SimDevice moving data. False for CUDA,
+  // and by default. The engine runs its host optimizer on device-homed
+  // states only on such a device; models pick host or device kernels by it.
+  virtual bool host_addressable() const { return false; }
+
   // Device memory. ResourceExhausted (naming requested, used and capacity
   // bytes) when the capacity would be exceeded.
   virtual absl::StatusOr<void*> allocate(size_t bytes) = 0;

@@ -46,6 +46,8 @@ class SimDevice final : public Device {
   ~SimDevice() override;
 
   std::string name() const override;
+  // Device memory is host memory; with move_data = false it holds no data.
+  bool host_addressable() const override { return options_.move_data; }
   absl::StatusOr<void*> allocate(size_t bytes) override;
   void free(void* ptr) override;
   DeviceMemoryStats stats() const override;

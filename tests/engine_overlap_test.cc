@@ -157,6 +157,84 @@ TEST_F(EngineOverlapTest, OverflowIsFoundOnTheDeviceAndNamed) {
   }
 }
 
+// A deterministic overflow rollback: fp16, hysteresis 2. Step 3 overflows
+// in layer 0 (the last backward, held back 150 ms so the worker has stepped
+// layers 2 and 1 speculatively): both are rolled back, hysteresis drops to
+// 1. Step 5 overflows in layer 1 (layer 2 stepped before it): one layer
+// rolled back, the scale halves. Everything equals sync bit for bit.
+TEST_F(EngineOverlapTest, OverflowRollbackIsDeterministic) {
+  const config::DsConfig base = make_config(std::string(kCpuZero) + ", " + kFp16);
+  struct Run {
+    Outcome o;
+    LossScaler::State scaler{};
+  };
+  auto run_mode = [&](config::OverlapMode mode) {
+    Run r;
+    MlpTestModel model;
+    EngineOptions eo;
+    eo.speculation = EngineOptions::Speculation::kAlways;
+    auto created = make_engine(with_mode(base, mode), &model, std::move(eo));
+    EXPECT_TRUE(created.ok()) << created.status();
+    if (!created.ok()) return r;
+    TrainingEngine& e = **created;
+    for (int s = 0; s < 7; ++s) {
+      model.clear_faults();
+      if (s == 2) {  // step 3: micro-batches 4 and 5
+        model.delay_backward(5, 0, 150);
+        model.poison(5, 0);
+      }
+      if (s == 4) {  // step 5: micro-batches 8 and 9
+        model.delay_backward(9, 1, 150);
+        model.poison(9, 1);
+      }
+      auto st = e.train_step();
+      EXPECT_TRUE(st.ok()) << st.status();
+      if (!st.ok()) return r;
+      r.o.loss.push_back(st->loss);
+      r.o.steps.push_back(*st);
+    }
+    r.o.master = all(e, StateKind::kMaster);
+    r.o.exp_avg = all(e, StateKind::kExpAvg);
+    r.o.exp_avg_sq = all(e, StateKind::kExpAvgSq);
+    for (int l = 0; l < 3; ++l) {
+      for (int p = 0; p < 2; ++p) {
+        auto v = e.read_param(l, p);
+        if (v.ok()) r.o.params.insert(r.o.params.end(), v->begin(), v->end());
+      }
+    }
+    r.scaler = e.loss_scaler()->state();
+    return r;
+  };
+  const Run sync = run_mode(config::OverlapMode::kSync);
+  const Run overlap = run_mode(config::OverlapMode::kOverlap);
+  expect_identical(sync.o, overlap.o);
+  ASSERT_EQ(overlap.o.steps.size(), 7u);
+  const std::vector<StepStats>& st = overlap.o.steps;
+  for (int s : {0, 1, 3, 5, 6}) {
+    EXPECT_FALSE(st[s].skipped) << "step " << s + 1;
+    EXPECT_EQ(st[s].speculative_layers, 3) << "step " << s + 1;
+    EXPECT_EQ(st[s].rolled_back_layers, 0) << "step " << s + 1;
+  }
+  EXPECT_TRUE(st[2].skipped);
+  EXPECT_EQ(st[2].overflow_layer, 0);
+  EXPECT_EQ(st[2].speculative_layers, 2);
+  EXPECT_EQ(st[2].rolled_back_layers, 2);
+  EXPECT_EQ(st[2].loss_scale, 1024);
+  EXPECT_TRUE(st[4].skipped);
+  EXPECT_EQ(st[4].overflow_layer, 1);
+  EXPECT_EQ(st[4].speculative_layers, 1);
+  EXPECT_EQ(st[4].rolled_back_layers, 1);
+  EXPECT_EQ(st[4].loss_scale, 1024);  // the scale this step ran at
+  EXPECT_EQ(st[5].loss_scale, 512);   // hysteresis used up at step 5: halved
+  for (const Run* r : {&sync, &overlap}) {
+    EXPECT_EQ(r->scaler.scale, 512);
+    EXPECT_EQ(r->scaler.skipped, 2);
+    EXPECT_EQ(r->scaler.hysteresis, 1);
+    EXPECT_EQ(r->scaler.iteration, 7);
+    EXPECT_EQ(r->scaler.last_overflow_iteration, 4);
+  }
+}
+
 // ZeRO-3: params homed on the host or NVMe, a device budget of about two
 // layers, so every step fetches every layer's params again; the numbers are
 // stage 2's exactly.
@@ -247,6 +325,36 @@ TEST_F(EngineOverlapTest, DelayedParamUpdateIsOneStepStale) {
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_TRUE(st->skipped);
   EXPECT_EQ(all(**p, StateKind::kMaster), before);
+}
+
+// stage3_max_live_parameters caps the device only when offload_param moves
+// params off it: with offload_param none, stage 3 keeps what stage 2 keeps
+// (without any offload, the whole model on the device) and computes the same.
+TEST_F(EngineOverlapTest, Stage3WithoutParamOffloadIsNotCappedByMaxLiveParameters) {
+  for (const char* optimizer : {"none", "cpu"}) {
+    SCOPED_TRACE(std::string("offload_optimizer ") + optimizer);
+    auto zero = [&](int stage) {
+      return make_config("\"zero_optimization\": {\"stage\": " + std::to_string(stage) +
+                         ", \"stage3_max_live_parameters\": 100, \"offload_optimizer\": "
+                         "{\"device\": \"" +
+                         optimizer + "\"}}, " + kFp16);
+    };
+    MlpTestModel model2, model3;
+    auto stage2 = make_engine(zero(2), &model2);
+    auto stage3 = make_engine(zero(3), &model3);
+    ASSERT_TRUE(stage2.ok()) << stage2.status();
+    ASSERT_TRUE(stage3.ok()) << stage3.status();
+    // What the 8 GiB device has free, not 100 params' worth (or one layer's).
+    EXPECT_GT((*stage3)->store_stats().tiers[0].budget_bytes, uint64_t{1} << 30);
+    for (int s = 0; s < 3; ++s) {
+      auto a = (*stage2)->train_step();
+      auto b = (*stage3)->train_step();
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_EQ(a->loss, b->loss);
+      EXPECT_EQ(a->bytes_in[0], b->bytes_in[0]);
+    }
+    EXPECT_EQ(all(**stage2, StateKind::kMaster), all(**stage3, StateKind::kMaster));
+  }
 }
 
 TEST_F(EngineOverlapTest, Stage3LayerLargerThanTheDeviceIsRefusedAtCreation) {

@@ -61,11 +61,19 @@ TEST(LossScaler, MinimumScaleIsAnErrorOnceReached) {
   EXPECT_EQ(s.scale(), 2.0);
   ASSERT_FALSE(*s.update(true));
   EXPECT_EQ(s.scale(), 1.0);
+  const LossScaler::State before = s.state();
   auto r = s.update(true);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("Current loss scale already at minimum"),
             absl::string_view::npos);
   EXPECT_NE(r.status().message().find("bf16"), absl::string_view::npos);
+  // The failed update counts nothing: the engine's failed step changes nothing.
+  const LossScaler::State after = s.state();
+  EXPECT_EQ(after.skipped, before.skipped);
+  EXPECT_EQ(after.iteration, before.iteration);
+  EXPECT_EQ(after.scale, before.scale);
+  EXPECT_EQ(after.hysteresis, before.hysteresis);
+  EXPECT_EQ(after.last_overflow_iteration, before.last_overflow_iteration);
 }
 
 TEST(LossScaler, BackoffStopsAtTheMinimum) {

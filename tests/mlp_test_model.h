@@ -9,20 +9,29 @@
 // SimDevice memory (host memory), reading params and writing grads in the
 // compute dtype. Activations live in the model (host vectors).
 //
-// poison(k): the backward of micro-batch k writes +inf into the first
-// gradient element of layer 0 (injected overflow).
+// Injected faults: poison(k, layer, value) makes the backward of
+// micro-batch k write `value` (+inf by default) into the first gradient
+// element of `layer` (an overflow, or a NaN); fail_forward / fail_backward
+// make that call return an error; delay_backward makes that layer's
+// backward wait first (so the engine's worker has stepped the layers whose
+// backward ran before it). inputs() and targets() give micro-batch k's data
+// for reference computations in the tests.
 //
 // Not thread-safe; SimDevice only (it dereferences device pointers).
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "core/dtype.h"
 #include "engine/model.h"
 
@@ -54,6 +63,9 @@ class MlpTestModel final : public engine::Model {
   }
 
   absl::Status forward(int layer, const engine::LayerContext& ctx) override {
+    if (ctx.training && fail_forward_ == Fault{ctx.micro_batch, layer}) {
+      return absl::InternalError(absl::StrCat("injected forward failure, layer ", layer));
+    }
     return ctx.device->launch_host_function(ctx.stream, [this, layer, ctx] {
       const int in = dims_[layer], out = dims_[layer + 1];
       if (layer == 0) make_batch(ctx.micro_batch);
@@ -84,7 +96,13 @@ class MlpTestModel final : public engine::Model {
   }
 
   absl::Status backward(int layer, const engine::LayerContext& ctx) override {
+    if (fail_backward_ == Fault{ctx.micro_batch, layer}) {
+      return absl::InternalError(absl::StrCat("injected backward failure, layer ", layer));
+    }
     return ctx.device->launch_host_function(ctx.stream, [this, layer, ctx] {
+      if (delay_ == Fault{ctx.micro_batch, layer}) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+      }
       const int in = dims_[layer], out = dims_[layer + 1];
       const bool last = layer == num_layers() - 1;
       const std::vector<float>& y = x_[layer + 1];
@@ -111,14 +129,37 @@ class MlpTestModel final : public engine::Model {
           }
         }
       }
-      if (layer == 0 && ctx.micro_batch == poison_) dw[0] = std::numeric_limits<float>::infinity();
+      if (poison_ == Fault{ctx.micro_batch, layer}) dw[0] = poison_value_;
       from_f32(dw, ctx.grads[0], ctx.dtype);
       from_f32(db, ctx.grads[1], ctx.dtype);
     });
   }
 
   double loss() const override { return loss_; }
-  void poison(int64_t micro_batch) { poison_ = micro_batch; }
+  void poison(int64_t micro_batch, int layer = 0,
+              float value = std::numeric_limits<float>::infinity()) {
+    poison_ = {micro_batch, layer};
+    poison_value_ = value;
+  }
+  void fail_forward(int64_t micro_batch, int layer) { fail_forward_ = {micro_batch, layer}; }
+  void fail_backward(int64_t micro_batch, int layer) { fail_backward_ = {micro_batch, layer}; }
+  void delay_backward(int64_t micro_batch, int layer, int ms) {
+    delay_ = {micro_batch, layer};
+    delay_ms_ = ms;
+  }
+  void clear_faults() { poison_ = fail_forward_ = fail_backward_ = delay_ = Fault{}; }
+
+  const std::vector<int>& dims() const { return dims_; }
+  int batch() const { return batch_; }
+  // Micro-batch k's inputs (batch x dims.front()) and targets (batch x dims.back()).
+  std::vector<float> inputs(int64_t micro) {
+    make_batch(micro);
+    return x_[0];
+  }
+  std::vector<float> targets(int64_t micro) {
+    make_batch(micro);
+    return target_;
+  }
 
  private:
   // Uniform in [-1, 1), from a 64-bit LCG: the same on every platform.
@@ -155,7 +196,14 @@ class MlpTestModel final : public engine::Model {
   std::vector<float> teacher_, target_;
   std::vector<std::vector<float>> x_, z_, dx_;  // per layer: input, pre-activation, d(input)
   double loss_ = 0;
-  int64_t poison_ = -1;
+  struct Fault {
+    int64_t micro_batch = -1;
+    int layer = -1;
+    bool operator==(const Fault&) const = default;
+  };
+  Fault poison_, fail_forward_, fail_backward_, delay_;
+  float poison_value_ = 0;
+  int delay_ms_ = 0;
 };
 
 }  // namespace strata::test_models

@@ -34,7 +34,7 @@ TEST(PlacementTest, NoOffloadKeepsEverythingOnTheDevice) {
   EXPECT_EQ(p->largest_layer, 1);
   EXPECT_EQ(p->largest_layer_device, 5000u * 2 * 4);
   EXPECT_EQ(p->host_homed, 0u);
-  EXPECT_EQ(p->rollback, 0u);  // no fp16, no clipping: nothing to roll back
+  EXPECT_EQ(p->rollback, 0u);  // sync mode steps nothing speculatively
 }
 
 TEST(PlacementTest, CpuOffloadHomesParamsGradsAndStatesOnTheHost) {
@@ -55,6 +55,14 @@ TEST(PlacementTest, CpuOffloadHomesParamsGradsAndStatesOnTheHost) {
   EXPECT_EQ(p->device_all_layers, 2 * (2048u + 256u + 10240u));
   // overlap (the default) with fp16 keeps rollback copies of every state.
   EXPECT_EQ(p->rollback, 6010u * 12);
+  // The delayed update speculates nothing.
+  auto delayed =
+      plan_placement(parse("\"fp16\": {\"enabled\": true}, \"zero_optimization\": {\"stage\": 2, "
+                           "\"offload_optimizer\": {\"device\": \"cpu\"}}, \"strata\": "
+                           "{\"delayed_param_update\": true}"),
+                     kLayers);
+  ASSERT_TRUE(delayed.ok()) << delayed.status();
+  EXPECT_EQ(delayed->rollback, 0u);
 }
 
 TEST(PlacementTest, NvmeStatesAndStage3ParamsGoToTheSwapFile) {
@@ -71,7 +79,8 @@ TEST(PlacementTest, NvmeStatesAndStage3ParamsGoToTheSwapFile) {
   EXPECT_EQ(p->nvme_total, (1 + 3 * 1 + 1 + 3 * 1) * page + (3 + 3 * 5) * page);
   EXPECT_EQ(p->largest_layer_nvme, (3 + 3 * 5) * page);
   EXPECT_EQ(p->host_cache, p->nvme_total);  // two layers' worth is all of it
-  EXPECT_EQ(p->rollback, 0u);               // bf16 without clipping
+  // overlap mode keeps rollback copies in every precision: a step can fail.
+  EXPECT_EQ(p->rollback, 6010u * 12);
 }
 
 // The roles add up to the aggregates the engine sizes its tiers by.

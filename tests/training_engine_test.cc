@@ -191,6 +191,196 @@ TEST_F(TrainingEngineTest, SchedulerFromConfigAdvancesOnAppliedStepsOnly) {
   EXPECT_LE(lr[5], 0.01);
 }
 
+// OneCycle cycles Adam's beta1 (and pins beta2 to 0.99) each step, as
+// DeepSpeed's runtime/lr_schedules.py sets the optimizer's betas: checked
+// through the engine, in every mode, from exp_avg and exp_avg_sq before and
+// after each step against the step's gradient. The expected betas follow
+// DeepSpeed's formula, written out here: step 1 runs at cycle_min_mom (the
+// constructor's value); then with i = last_batch_iteration (0 after step
+// 1), inside the cycle x = position in it, scale = x / step_ratio rising,
+// (x - 1) / (step_ratio - 1) falling, beta1 = max_mom - (max_mom -
+// min_mom) * scale; after it beta1 = max_mom * (1 + decay_mom_rate *
+// (i - total + 1) / decay_step_size).
+TEST_F(TrainingEngineTest, OneCycleMomentumReachesTheOptimizer) {
+  const double min_mom = 0.85, max_mom = 0.95, decay_rate = 0.01, decay_step = 2;
+  const double first = 3, second = 2, total = first + second, ratio = first / total;
+  auto expected_beta1 = [&](int step) {
+    const double i = step - 2;  // DeepSpeed's last_batch_iteration during this step
+    if (i < 0) return min_mom;
+    if (i < total) {
+      const double b = i + 1;
+      const double x = 1 + b / total - std::floor(1 + b / total);
+      const double scale = x <= ratio ? x / ratio : (x - 1) / (ratio - 1);
+      return max_mom - (max_mom - min_mom) * scale;
+    }
+    return max_mom * (1 + decay_rate * (i - total + 1) / decay_step);
+  };
+  for (const config::OverlapMode mode :
+       {config::OverlapMode::kSync, config::OverlapMode::kOverlap}) {
+    for (const bool delayed : {false, true}) {
+      if (delayed && mode == config::OverlapMode::kSync) continue;
+      SCOPED_TRACE(delayed                              ? "delayed update"
+                   : mode == config::OverlapMode::kSync ? "sync"
+                                                        : "overlap");
+      MlpTestModel model;
+      config::DsConfig cfg = make_config(
+          std::string(kCpuZero) +
+              ", \"scheduler\": {\"type\": \"OneCycle\", \"params\": {\"cycle_min_lr\": 0.001, "
+              "\"cycle_max_lr\": 0.01, \"cycle_first_step_size\": 3, \"cycle_second_step_size\": "
+              "2, "
+              "\"decay_step_size\": 2, \"decay_mom_rate\": 0.01, \"cycle_min_mom\": 0.85, "
+              "\"cycle_max_mom\": 0.95}}",
+          /*gas=*/1);
+      cfg.strata.overlap = mode;
+      cfg.strata.delayed_param_update = delayed;
+      EngineOptions o;
+      o.speculation = EngineOptions::Speculation::kAlways;
+      auto created = make_engine(cfg, &model, std::move(o), /*constant_lr=*/false);
+      ASSERT_TRUE(created.ok()) << created.status();
+      TrainingEngine& e = **created;
+      std::vector<float> m = all(e, StateKind::kExpAvg), v = all(e, StateKind::kExpAvgSq);
+      for (int step = 1; step <= 8; ++step) {
+        SCOPED_TRACE("step " + std::to_string(step));
+        auto st = e.train_step();
+        ASSERT_TRUE(st.ok()) << st.status();
+        ASSERT_FALSE(st->skipped);
+        const std::vector<float> g = all(e, StateKind::kGradAccum);  // fp32: unscaled
+        const std::vector<float> m2 = all(e, StateKind::kExpAvg), v2 = all(e, StateKind::kExpAvgSq);
+        ASSERT_EQ(g.size(), m.size());
+        const double b1 = expected_beta1(step), b2 = 0.99;
+        int beta1_off = 0, config_betas_fit = 0;
+        for (size_t k = 0; k < g.size(); ++k) {
+          const double gk = g[k];
+          const double em = b1 * m[k] + (1 - b1) * gk;
+          const double ev = b2 * v[k] + (1 - b2) * gk * gk;
+          const double tol_m = 1e-6 * (std::abs(m[k]) + std::abs(gk)) + 1e-30;
+          const double tol_v = 1e-6 * (v[k] + gk * gk) + 1e-30;
+          beta1_off += std::abs(m2[k] - em) > tol_m;
+          EXPECT_NEAR(v2[k], ev, tol_v) << "element " << k;
+          // The optimizer's own betas (0.9, 0.999) would not give this.
+          config_betas_fit += std::abs(v2[k] - (0.999 * v[k] + 0.001 * gk * gk)) <= tol_v;
+        }
+        EXPECT_EQ(beta1_off, 0) << "beta1 " << b1;
+        EXPECT_LT(config_betas_fit, static_cast<int>(g.size()) / 10);
+        m = m2;
+        v = v2;
+      }
+    }
+  }
+}
+
+// The gradient of the mean squared error over micro-batches 0..gas-1 of
+// `model` taken as one batch, at the initial params, in double: the
+// reference for gradient accumulation. Layer by layer, w then b, as all()
+// concatenates them.
+std::vector<double> big_batch_gradient(MlpTestModel& model, int gas) {
+  const std::vector<int>& d = model.dims();
+  const int layers = static_cast<int>(d.size()) - 1, n = gas * model.batch();
+  std::vector<std::vector<double>> w(layers), b(layers);
+  for (int l = 0; l < layers; ++l) {
+    for (int p = 0; p < 2; ++p) {
+      std::vector<float> init(model.layer_params(l)[p].numel);
+      model.init_param(l, p, init.data());
+      (p == 0 ? w : b)[l].assign(init.begin(), init.end());
+    }
+  }
+  std::vector<std::vector<double>> x(layers + 1), z(layers);
+  std::vector<double> t;
+  for (int k = 0; k < gas; ++k) {
+    const std::vector<float> in = model.inputs(k), tg = model.targets(k);
+    x[0].insert(x[0].end(), in.begin(), in.end());
+    t.insert(t.end(), tg.begin(), tg.end());
+  }
+  for (int l = 0; l < layers; ++l) {
+    const int in = d[l], out = d[l + 1];
+    z[l].assign(size_t(n) * out, 0.0);
+    x[l + 1].assign(size_t(n) * out, 0.0);
+    for (int s = 0; s < n; ++s) {
+      for (int o = 0; o < out; ++o) {
+        double acc = b[l][o];
+        for (int i = 0; i < in; ++i) acc += w[l][size_t(o) * in + i] * x[l][size_t(s) * in + i];
+        z[l][size_t(s) * out + o] = acc;
+        x[l + 1][size_t(s) * out + o] = l == layers - 1 ? acc : std::max(acc, 0.0);
+      }
+    }
+  }
+  // loss = mean over all n * outputs of (y - t)^2.
+  std::vector<double> dx(x[layers].size());
+  for (size_t k = 0; k < dx.size(); ++k) {
+    dx[k] = 2.0 * (x[layers][k] - t[k]) / static_cast<double>(dx.size());
+  }
+  std::vector<std::vector<double>> dw(layers), db(layers);
+  for (int l = layers - 1; l >= 0; --l) {
+    const int in = d[l], out = d[l + 1];
+    std::vector<double> dz = dx;
+    if (l != layers - 1) {
+      for (size_t k = 0; k < dz.size(); ++k) dz[k] = z[l][k] > 0 ? dz[k] : 0.0;
+    }
+    dw[l].assign(size_t(out) * in, 0.0);
+    db[l].assign(out, 0.0);
+    dx.assign(size_t(n) * in, 0.0);
+    for (int s = 0; s < n; ++s) {
+      for (int o = 0; o < out; ++o) {
+        const double g = dz[size_t(s) * out + o];
+        db[l][o] += g;
+        for (int i = 0; i < in; ++i) {
+          dw[l][size_t(o) * in + i] += g * x[l][size_t(s) * in + i];
+          dx[size_t(s) * in + i] += g * w[l][size_t(o) * in + i];
+        }
+      }
+    }
+  }
+  std::vector<double> out;
+  for (int l = 0; l < layers; ++l) {
+    out.insert(out.end(), dw[l].begin(), dw[l].end());
+    out.insert(out.end(), db[l].begin(), db[l].end());
+  }
+  return out;
+}
+
+// Gradient accumulation averages as DeepSpeed does: over gas = 4
+// micro-batches the accumulated gradient (grad32 / loss_scale) is the
+// gradient of one batch of all 4 x 32 samples, computed independently in
+// double; in sync and overlap mode (the worker accumulates), and in fp16
+// (params and gradients rounded to fp16, so a looser bound).
+TEST_F(TrainingEngineTest, GradientAccumulationAveragesLikeOneBigBatch) {
+  constexpr int kGas = 4;
+  struct Case {
+    const char* name;
+    std::string members;
+    config::OverlapMode mode;
+    double tolerance;  // relative to the largest gradient element
+  };
+  const std::vector<Case> cases = {
+      {"fp32 sync", kCpuZero, config::OverlapMode::kSync, 1e-5},
+      {"fp32 overlap", kCpuZero, config::OverlapMode::kOverlap, 1e-5},
+      {"fp16 overlap", std::string(kCpuZero) + ", " + kFp16, config::OverlapMode::kOverlap, 1e-2},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    MlpTestModel model;
+    config::DsConfig cfg = make_config(c.members, kGas);
+    cfg.strata.overlap = c.mode;
+    auto created = make_engine(cfg, &model);
+    ASSERT_TRUE(created.ok()) << created.status();
+    auto st = (*created)->train_step();
+    ASSERT_TRUE(st.ok()) << st.status();
+    const std::vector<float> grad32 = all(**created, StateKind::kGradAccum);
+    const std::vector<double> ref = big_batch_gradient(model, kGas);
+    ASSERT_EQ(grad32.size(), ref.size());
+    double largest = 0, ref_sq = 0;
+    for (double g : ref) {
+      largest = std::max(largest, std::abs(g));
+      ref_sq += g * g;
+    }
+    for (size_t k = 0; k < ref.size(); ++k) {
+      ASSERT_NEAR(grad32[k] / st->loss_scale, ref[k], c.tolerance * largest) << "element " << k;
+    }
+    // The norm the step reports is that of the averaged gradient too.
+    EXPECT_NEAR(st->grad_norm, std::sqrt(ref_sq), c.tolerance * std::sqrt(ref_sq));
+  }
+}
+
 // Without a loss scaler an inf gradient is an error, not NaN weights.
 TEST_F(TrainingEngineTest, NonFiniteGradientWithoutScalerFailsTheStep) {
   MlpTestModel model;
@@ -309,6 +499,27 @@ TEST_F(TrainingEngineTest, DeviceBudgetTooSmallForOneLayerFailsAtCreation) {
   ASSERT_FALSE(e2.ok());
   EXPECT_NE(std::string(e2.status().message()).find("offload_optimizer.device"), std::string::npos)
       << e2.status();
+}
+
+// Without optimizer offload the host optimizer works on device memory,
+// which only a host-addressable device allows (Device::host_addressable):
+// a SimDevice that moves no data is refused, naming the key.
+TEST_F(TrainingEngineTest, OffloadNoneNeedsAHostAddressableDevice) {
+  gpu::SimDevice no_data({.move_data = false});
+  ASSERT_FALSE(no_data.host_addressable());
+  ASSERT_TRUE(device_.host_addressable());
+  MlpTestModel model;
+  EngineOptions o;
+  o.lr_schedule = std::make_unique<ConstantLr>(0.01);
+  auto e = TrainingEngine::create(make_config(""), &model, &no_data, std::move(o));
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(std::string(e.status().message()).find("offload_optimizer.device \"none\""),
+            std::string::npos)
+      << e.status();
+  // The same config on the fixture's device (moving data) runs.
+  auto ok = make_engine(make_config(""), &model);
+  EXPECT_TRUE(ok.ok()) << ok.status();
 }
 
 TEST_F(TrainingEngineTest, MissingOptimizerAndMisplacedParamOffloadAreRejected) {

@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
-#include "gpu/sim_device.h"
 #include "model/gpt2_params.h"
 
 namespace strata::model {
@@ -22,9 +21,7 @@ uint64_t align_up(uint64_t n) { return (n + kAlignFloats - 1) / kAlignFloats * k
 
 }  // namespace
 
-bool uses_device_kernels(const gpu::Device* device) {
-  return dynamic_cast<const gpu::SimDevice*>(device) == nullptr;
-}
+bool uses_device_kernels(const gpu::Device* device) { return !device->host_addressable(); }
 
 Gpt2CudaPath::Gpt2CudaPath(const Gpt2Config& config, int64_t b, int64_t t, DType dtype)
     : cfg_(config),

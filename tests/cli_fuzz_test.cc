@@ -165,6 +165,15 @@ const std::set<std::string> kOwnedElsewhere = {
     "train(valid data) --temperature nan",
     "train(valid data) --seed minus_one",
     "train(valid data) --seed huge",
+    // tools/sample_command.cc, with a real checkpoint: --temperature nan passes
+    // CLI11's Range and fails after the header line (2 lines); --seed -1 and
+    // a huge --seed wrap (exit 0).
+    "sample(valid ckpt) --temperature nan",
+    "sample(valid ckpt) --seed minus_one",
+    "sample(valid ckpt) --seed huge",
+    // tools/ckpt_command.cc: export --to a FIFO replaces it with a regular
+    // file (exit 0; issue item A.2).
+    "ckpt export(valid ckpt) --to fifo",
     // tools/plan_command.cc: exit 0. A huge --seq-len / --vocab-size is
     // accepted; --data is not read at all without --device cpu, so any value
     // passes; CLI11's PositiveNumber lets nan and 1e99 through.
@@ -220,6 +229,7 @@ class CliFuzzTest : public ::testing::Test {
     for (int i = 0; text.size() < 4096; ++i)
       text += "strata offloads line " + std::to_string(i) + "\n";
     data_ = scratch_.write("base/data.txt", text);
+    ckpt_ = root + "/base/ckpt";
     io_dir_ = root + "/base/io";
     ::mkdir(io_dir_.c_str(), 0700);
   }
@@ -351,6 +361,18 @@ class CliFuzzTest : public ::testing::Test {
           {"--temperature", Kind::kNumber},
           {"--seed", Kind::kNumber}},
          {}},
+        // A real checkpoint (EveryFlag... writes it first): the flags sample
+        // and export check after reading it.
+        {{"sample"},
+         {{"--ckpt", ckpt_}, {"--prompt", "hi"}, {"--tokens", "4"}},
+         {{"--tokens", Kind::kNumber}, {"--temperature", Kind::kNumber}, {"--seed", Kind::kNumber}},
+         {},
+         "sample(valid ckpt)"},
+        {{"ckpt", "export"},
+         {{"", ckpt_}, {"--to", targets_ + "/out.safetensors"}},
+         {{"--to", Kind::kOutFile}, {"--dtype", Kind::kChoice}, {"--names", Kind::kChoice}},
+         {"--json"},
+         "ckpt export(valid ckpt)"},
         {{"ckpt", "info"}, {}, {{"", Kind::kInput}}, {"--json"}},
         {{"ckpt", "export"},
          {{"", ckpt_missing}, {"--to", targets_ + "/out.safetensors"}},
@@ -452,7 +474,8 @@ class CliFuzzTest : public ::testing::Test {
   }
 
   ScratchDir scratch_{"strata_cli_fuzz_"};
-  std::string cwd_, targets_, file_, folder_, fifo_, missing_, config_, short_data_, data_, io_dir_;
+  std::string cwd_, targets_, file_, folder_, fifo_, missing_, config_, short_data_, data_, ckpt_,
+      io_dir_;
   int runs_ = 0;
 };
 
@@ -464,6 +487,11 @@ std::string joined(const std::vector<std::string>& words) {
 
 TEST_F(CliFuzzTest, EveryFlagRefusesHostileValuesWithOneErrorLine) {
   const auto start = std::chrono::steady_clock::now();
+  const Outcome saved =
+      run_strata({"train", "--model", "gpt2-tiny", "--data", data_, "--deepspeed_config", config_,
+                  "--steps", "1", "--seq-len", "16", "--eval-batches", "1", "--save-dir", ckpt_},
+                 cwd_, scratch_.path(), std::chrono::seconds(60));
+  ASSERT_EQ(saved.exit_code, 0) << saved.err;
   for (const Command& cmd : commands()) {
     for (const Flag& flag : cmd.flags) {
       for (const Value& v : values()) {

@@ -165,6 +165,10 @@ int64_t TextCorpus::size() const {
                               : piece_start_.back() + static_cast<int64_t>(bytes_.back().size());
 }
 
+uint64_t TextCorpus::resident_bytes() const {
+  return tokens_.empty() ? static_cast<uint64_t>(size()) : tokens_.size() * sizeof(int32_t);
+}
+
 absl::StatusOr<std::unique_ptr<TextCorpus>> TextCorpus::from_text(
     std::string_view text, const std::string& source, const TextCorpusOptions& options) {
   std::unique_ptr<TextCorpus> c(new TextCorpus());

@@ -86,6 +86,10 @@ class TextCorpus final : public TokenSource {
   const TextCorpusOptions& options() const { return options_; }
   // 256 for bytes, else the tokenizer's; every token is below it.
   int64_t vocab_size() const { return vocab_size_; }
+  // Bytes of the process's resident memory the tokens can come to: a byte
+  // corpus's mapped pages once training has touched them all (1 byte a
+  // token, page cache counted in RSS), a BPE corpus's token array (4 bytes).
+  uint64_t resident_bytes() const;
   // The files it was loaded from (empty for from_text).
   const std::vector<std::string>& files() const { return files_; }
 

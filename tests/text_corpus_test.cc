@@ -238,6 +238,7 @@ TEST_F(TextCorpusTest, ByteCorpusIsMappedNotCopied) {
   std::vector<int32_t> in(4 * 64), tg(4 * 64);
   for (int i = 0; i < 16; ++i) (*c)->train_batch(i, in.data(), tg.data());
   EXPECT_LT(rss_anon_bytes() - before, int64_t{64} << 20);
+  EXPECT_EQ((*c)->resident_bytes(), static_cast<uint64_t>(size + 1));  // 1 byte a token
 }
 
 // Files are pieces of one text, each ending in a newline: batches are those

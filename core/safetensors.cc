@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/config/json_reader.h"
 #include "core/dtype.h"
 #include "core/file_util.h"
 #include "core/status.h"
@@ -205,7 +206,9 @@ absl::StatusOr<std::unique_ptr<Reader>> Reader::open(const std::string& path) {
     return absl::DataLossError(
         absl::StrCat(path, ": ", what, "; the file is damaged or not a safetensors file"));
   };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; it
+  // is refused below as not a regular file (regular files ignore the flag).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", path));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -244,13 +247,11 @@ absl::StatusOr<std::unique_ptr<Reader>> Reader::open(const std::string& path) {
   r->data_start_ = 8 + n;
   const uint64_t data_size = size - r->data_start_;
 
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(r->map_) + 8,
-                                   reinterpret_cast<const char*>(r->map_) + 8 + n);
-  } catch (const nlohmann::json::exception& e) {
-    return bad(absl::StrCat("the ", n, "-byte header is not valid JSON (", e.what(), ")"));
-  }
+  absl::StatusOr<nlohmann::json> parsed =
+      config::parse_json_strict(std::string_view(reinterpret_cast<const char*>(r->map_) + 8, n),
+                                absl::StrCat("the ", n, "-byte header"), "safetensors header");
+  if (!parsed.ok()) return bad(std::string(parsed.status().message()));
+  const nlohmann::json& header = *parsed;
   if (!header.is_object()) return bad("the header is not a JSON object");
 
   for (auto it = header.begin(); it != header.end(); ++it) {

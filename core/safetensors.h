@@ -20,13 +20,13 @@
 // its size (readers here copy, they never reinterpret in place).
 //
 // Reader: maps the file read-only and validates it completely in open():
-// header length within the file (and at most 100 MiB), JSON syntax, every
-// entry's dtype (the standard safetensors names), shape (non-negative),
-// data_offsets (begin <= end, inside the data section), end - begin equal to
-// the shape's element count times the dtype's size, and the tiling above.
-// Every error is a DataLoss (or the errno status for I/O) whose message names
-// the file and, where it concerns one, the tensor. Once open() succeeds the
-// accessors cannot fail (to_fp32 only rejects dtypes it does not convert).
+// header length within the file (and at most 100 MiB), JSON syntax (the
+// strict reader of core/config/json_reader.h: a repeated tensor name or
+// deep nesting is refused), every entry's dtype (the standard safetensors names), shape
+// (non-negative), data_offsets (begin <= end, inside the data section), end - begin equal to the
+// shape's element count times the dtype's size, and the tiling above. Every error is a DataLoss (or
+// the errno status for I/O) whose message names the file and, where it concerns one, the tensor.
+// Once open() succeeds the accessors cannot fail (to_fp32 only rejects dtypes it does not convert).
 //
 // Threads: a Writer is used from one thread. A Reader is immutable after
 // open() and may be read from any number of threads.

@@ -37,7 +37,7 @@ absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInput
     e.simulated_device = (p.offload ? p.device_working_set : p.device_homed) + p.device_scratch;
     e.model_buffers = in.model_buffer_bytes;
   }
-  e.data = static_cast<uint64_t>(in.data_tokens) * sizeof(int32_t);
+  e.data = in.data_bytes;
   if (in.async_checkpoint) {
     for (const auto& layer : in.layers) {
       for (const ParamSpec& s : layer)

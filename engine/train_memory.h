@@ -50,7 +50,9 @@ struct TrainMemoryInputs {
   std::vector<std::vector<ParamSpec>> layers;  // as Model::layer_params
   bool simulated_device = true;
   uint64_t model_buffer_bytes = 0;  // the model's host buffers on a simulated device
-  int64_t data_tokens = 0;
+  // What the corpus keeps resident (TextCorpus::resident_bytes): a byte
+  // corpus's mapped file, a BPE corpus's 4-byte tokens.
+  uint64_t data_bytes = 0;
   bool async_checkpoint = false;
 };
 

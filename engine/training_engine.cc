@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/log.h"
 #include "core/status.h"
+#include "engine/config_validate.h"
 #include "engine/swap_scratch.h"
 #include "oneapi/tbb/parallel_for.h"
 
@@ -212,23 +213,8 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
 
 absl::Status TrainingEngine::check_supported(const config::DsConfig& config,
                                              const gpu::Device& device) {
-  // Each refusal names the key to change.
-  if (config.world_size != 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "world size ", config.world_size, ": the engine runs one process only; launch with 1"));
-  }
-  if (config.zero.offload_param.device != config::OffloadDevice::kNone &&
-      config.zero.offload_optimizer.device == config::OffloadDevice::kNone) {
-    return absl::UnimplementedError(
-        "zero_optimization.offload_param without offload_optimizer: the optimizer would run on "
-        "the device, which strata cannot do yet; set offload_optimizer.device to \"cpu\" or "
-        "\"nvme\"");
-  }
-  if (config.zero.offload_optimizer.ratio < 1.0) {
-    return absl::UnimplementedError(absl::StrCat(
-        "zero_optimization.offload_optimizer.ratio ", config.zero.offload_optimizer.ratio,
-        ": a partial CPU step is not implemented; set it to 1"));
-  }
+  // What the config alone decides: the same checks as `strata config check`.
+  STRATA_RETURN_IF_ERROR(validate_for_training(config, "ds_config"));
   // Without offload the host optimizer reads and writes device memory.
   if (config.zero.offload_optimizer.device == config::OffloadDevice::kNone &&
       !device.host_addressable()) {

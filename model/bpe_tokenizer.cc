@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/config/json_reader.h"
 #include "core/file_util.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
@@ -16,6 +17,10 @@ namespace strata::model {
 namespace {
 
 using nlohmann::json;
+
+// GPT-2's vocab.json is 1 MiB and its merges 0.5 MiB; a vocabulary of the
+// 2^24 ids allowed fits too. Larger is not a tokenizer file.
+constexpr uint64_t kMaxTokenizerFileBytes = uint64_t{64} << 20;
 
 // ---- UTF-8 ----------------------------------------------------------------
 
@@ -192,9 +197,9 @@ std::vector<std::string_view> gpt2_pretokenize(std::string_view text) {
 
 absl::StatusOr<BpeTokenizer> BpeTokenizer::load(const std::string& vocab_path,
                                                 const std::string& merges_path) {
-  STRATA_ASSIGN_OR_RETURN(std::string vocab, read_file(vocab_path),
+  STRATA_ASSIGN_OR_RETURN(std::string vocab, read_file(vocab_path, kMaxTokenizerFileBytes),
                           "reading the BPE vocabulary (--vocab)");
-  STRATA_ASSIGN_OR_RETURN(std::string merges, read_file(merges_path),
+  STRATA_ASSIGN_OR_RETURN(std::string merges, read_file(merges_path, kMaxTokenizerFileBytes),
                           "reading the BPE merges (--merges)");
   return parse(vocab, merges, vocab_path, merges_path);
 }
@@ -203,14 +208,8 @@ absl::StatusOr<BpeTokenizer> BpeTokenizer::parse(std::string_view vocab_json,
                                                  std::string_view merges_text,
                                                  const std::string& vocab_name,
                                                  const std::string& merges_name) {
-  json vocab;
-  try {
-    vocab = json::parse(vocab_json);
-  } catch (const json::parse_error& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        vocab_name, ":", line_at(vocab_json, e.byte == 0 ? 0 : e.byte - 1), ": not valid JSON (",
-        e.what(), "); --vocab takes a GPT-2 vocab.json / encoder.json: {\"token\": id, ...}"));
-  }
+  STRATA_ASSIGN_OR_RETURN(json vocab,
+                          config::parse_json_strict(vocab_json, vocab_name, "vocab.json"));
   if (!vocab.is_object() || vocab.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         vocab_name, ":1: expected a JSON object from token to id (GPT-2's vocab.json)"));

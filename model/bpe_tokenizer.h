@@ -24,7 +24,10 @@
 // not a non-negative integer or a gap in the ids, a token with a character
 // outside the byte alphabet, a byte with no token of its own, a merges line
 // that is not two tokens, or a merge of or into a token the vocabulary lacks;
-// each names the file and, where it can be found, the line.
+// each names the file and, where it can be found, the line. Either file
+// larger than 64 MiB, or not a regular file (a FIFO, a device), is refused
+// before it is read; vocab.json is read by the strict JSON reader
+// (core/config/json_reader.h: a duplicate token or nesting is an error).
 //
 // Threading: a loaded tokenizer is immutable; encode/decode may be called
 // from any thread.

@@ -32,7 +32,7 @@ absl::StatusOr<engine::TrainMemoryEstimate> estimate_gpt2_train_memory(
   engine::TrainMemoryInputs e{.config = in.config,
                               .layers = gpt2_layer_params(in.model),
                               .simulated_device = in.simulated_device,
-                              .data_tokens = in.data_tokens,
+                              .data_bytes = in.data_bytes,
                               .async_checkpoint = in.async_checkpoint};
   if (in.simulated_device) {
     e.model_buffer_bytes =

@@ -23,7 +23,7 @@ struct Gpt2TrainMemoryInputs {
   int64_t seq_len = 0;  // 0: the model's
   bool simulated_device = true;
   bool checkpoint_activations = false;
-  int64_t data_tokens = 0;
+  uint64_t data_bytes = 0;  // as TrainMemoryInputs::data_bytes
   bool async_checkpoint = false;
 };
 

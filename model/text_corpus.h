@@ -1,8 +1,16 @@
 // TextCorpus: plain text as tokens, split into train and validation, served
 // as a model::TokenSource. Tokens are bytes (vocabulary 256, token = byte
 // value, no tokenizer, nothing to download) or, given a BpeTokenizer, its
-// ids (the whole text encoded at load). Memory: 4 bytes a token (int32 ids),
-// plus the text itself while loading.
+// ids (the whole text encoded at load).
+//
+// Memory: a byte corpus is not copied: its files are mapped read-only, so a
+// corpus larger than RAM costs page cache, not the process's own memory
+// (truncating a file while it is in use ends the process with SIGBUS, as
+// any mapped file would). A BPE corpus holds its tokens (4 bytes each, about
+// one per 4 bytes of text), encoded in pieces from the mapped files; when
+// they would take more than half of the memory available (MemAvailable,
+// capped by the cgroup limit; core/host_info.h) loading stops with an error
+// saying so, before the machine runs out.
 //
 // Where the text comes from (load_text_corpus / list_corpus_files): PATH is a
 // file (taken as is), a folder (walked recursively, regular files only; files
@@ -25,7 +33,8 @@
 //
 // Errors (InvalidArgument, naming the path and what to do): a missing path,
 // a glob with no matches, no text file found, an empty corpus, too few
-// tokens for one train and one validation sequence. Threading: loading is a
+// tokens for one train and one validation sequence; ResourceExhausted for a
+// BPE corpus too large for this machine's memory. Threading: loading is a
 // pure function; a loaded TextCorpus is immutable and its batch methods may
 // be called from any thread.
 //
@@ -37,6 +46,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -64,26 +74,45 @@ class TextCorpus final : public TokenSource {
   static absl::StatusOr<std::unique_ptr<TextCorpus>> from_text(std::string_view text,
                                                                const std::string& source,
                                                                const TextCorpusOptions& options);
+  ~TextCorpus() override;
 
   void train_batch(int64_t index, int32_t* inputs, int32_t* targets) override;
   void val_batch(int64_t index, int32_t* inputs, int32_t* targets) override;
 
   int64_t train_tokens() const { return split_; }
-  int64_t val_tokens() const { return static_cast<int64_t>(tokens_.size()) - split_; }
+  int64_t val_tokens() const { return size() - split_; }
   // Distinct validation windows of seq_len tokens (val_batch wraps after them).
   int64_t val_windows() const { return (val_tokens() - 1) / options_.seq_len; }
   const TextCorpusOptions& options() const { return options_; }
   // 256 for bytes, else the tokenizer's; every token is below it.
   int64_t vocab_size() const { return vocab_size_; }
+  // Bytes of the process's resident memory the tokens can come to: a byte
+  // corpus's mapped pages once training has touched them all (1 byte a
+  // token, page cache counted in RSS), a BPE corpus's token array (4 bytes).
+  uint64_t resident_bytes() const;
   // The files it was loaded from (empty for from_text).
   const std::vector<std::string>& files() const { return files_; }
 
  private:
   friend absl::StatusOr<std::unique_ptr<TextCorpus>> load_text_corpus(const std::string&,
                                                                       const TextCorpusOptions&);
-  TextCorpus() = default;
+  class MappedFile;  // a read-only mapping, unmapped with the corpus
+  TextCorpus();
+  // Tokenizes `pieces` (in order, as one text) into bytes_ or tokens_, then splits.
+  static absl::StatusOr<std::unique_ptr<TextCorpus>> build(
+      std::unique_ptr<TextCorpus> c, const std::vector<std::string_view>& pieces,
+      const std::string& source, const TextCorpusOptions& options);
+  absl::Status encode_bpe(const std::vector<std::string_view>& pieces, const std::string& source);
   void fill_row(int64_t start, int32_t* inputs, int32_t* targets) const;
+  int64_t size() const;
 
+  // Byte tokens: the text as pieces (mapped files, "\n" separators, or
+  // owned_) laid end to end; piece_start_[i] is where piece i begins.
+  std::vector<std::string_view> bytes_;
+  std::vector<int64_t> piece_start_;
+  std::vector<std::unique_ptr<MappedFile>> maps_;
+  std::string owned_;  // from_text's copy of its text
+  // BPE tokens (empty for a byte corpus).
   std::vector<int32_t> tokens_;
   int64_t split_ = 0;  // first validation token
   int64_t vocab_size_ = 0;

@@ -136,7 +136,12 @@ TEST(BpeTokenizerTest, MalformedFilesNameFileAndLine) {
   missing_byte.erase(byte_symbol('q'));
   missing_byte["ab"] = static_cast<int>('q');
   const std::vector<BadCase> cases = {
-      {"bad json", "{\n\"a\": 1,\n\"b\" 2\n}", good.merges, "vocab.json:3: not valid JSON"},
+      {"bad json", "{\n\"a\": 1,\n\"b\" 2\n}", good.merges,
+       "vocab.json: not valid JSON: parse error at line 3"},
+      // The one strict, depth-limited reader: no silent last-one-wins, no
+      // recursion off the stack.
+      {"duplicate token", "{\"a\": 1,\n\"a\": 2}", good.merges, "a: duplicate key"},
+      {"deeply nested", std::string(100000, '['), good.merges, "nested more than 256 levels"},
       {"not an object", "[1, 2]", good.merges, "vocab.json:1: expected a JSON object"},
       {"id gap", gap.dump(1), good.merges, "has id 1000"},
       {"string id", "{\n\"a\": \"x\"\n}", good.merges, "vocab.json:2: the id of token \"a\""},

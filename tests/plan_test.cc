@@ -326,7 +326,7 @@ TEST(PlanTest, TrainMemoryIsThePlacementPlusTheModelsBuffers) {
   auto base = estimate_train_memory({.config = cfg,
                                      .layers = shape.layers,
                                      .model_buffer_bytes = 1000,
-                                     .data_tokens = 10,
+                                     .data_bytes = 40,
                                      .async_checkpoint = true});
   ASSERT_TRUE(base.ok()) << base.status();
   EXPECT_EQ(base->host_arena, placed->host_homed + placed->host_cache);
@@ -336,7 +336,7 @@ TEST(PlanTest, TrainMemoryIsThePlacementPlusTheModelsBuffers) {
   EXPECT_EQ(base->checkpoint_snapshot, static_cast<uint64_t>(shape.param_count()) * (12 + 2));
   EXPECT_EQ(base->baseline, kTrainBaselineBytes);
 
-  auto gpt2 = model::estimate_gpt2_train_memory({.model = tiny, .config = cfg, .data_tokens = 10});
+  auto gpt2 = model::estimate_gpt2_train_memory({.model = tiny, .config = cfg, .data_bytes = 40});
   ASSERT_TRUE(gpt2.ok()) << gpt2.status();
   EXPECT_EQ(gpt2->host_arena, base->host_arena);
   EXPECT_GT(gpt2->model_buffers, 0u);

@@ -200,6 +200,28 @@ TEST_F(SafetensorsTest, RejectsBadJson) {
       {"'w'", "non-negative"});
 }
 
+// The header is read by the one strict JSON reader: nlohmann's own parser
+// keeps the last of two tensors of one name and recurses without a limit.
+TEST_F(SafetensorsTest, RejectsRepeatedNamesAndDeepNesting) {
+  expect_rejected(raw_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
+                              "w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                           std::string(8, '\0')),
+                  {"w: duplicate key"});
+  expect_rejected(
+      raw_file(R"({"m":)" + std::string(100000, '[') + std::string(100000, ']') + "}", ""),
+      {"nested more than 256 levels"});
+}
+
+// A FIFO would block open() until a writer came; it is refused at once.
+TEST_F(SafetensorsTest, RefusesAFifoWithoutBlocking) {
+  const std::string fifo = dir_.path() + "/model.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto r = Reader::open(fifo);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("not a regular file"), std::string::npos)
+      << r.status();
+}
+
 TEST_F(SafetensorsTest, RejectsOverlapsGapsAndTrailingBytes) {
   expect_rejected(raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
                                "b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/host_info.h"
 #include "gtest/gtest.h"
 #include "tests/bpe_test_files.h"
 #include "tests/cli_test_util.h"
@@ -207,6 +208,106 @@ TEST_F(TextCorpusTest, ErrorsNameThePathAndWhatToDo) {
   EXPECT_NE(s.status().message().find("too few"), absl::string_view::npos) << s.status();
   EXPECT_NE(s.status().message().find("--seq-len"), absl::string_view::npos);
   EXPECT_TRUE(load_text_corpus(small, {.micro_batch = 1, .seq_len = 32}).ok());
+}
+
+// This process's anonymous resident memory (not page cache), in bytes.
+int64_t rss_anon_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoll(line.substr(8)) * 1024;
+  }
+  return -1;
+}
+
+// A byte corpus is mapped, not copied: a file larger than the 256 MiB that
+// read_file allows (it was read whole, 4 bytes a byte) loads, and costs
+// page cache, not the process's own memory.
+TEST_F(TextCorpusTest, ByteCorpusIsMappedNotCopied) {
+  const std::string path = dir_ + "/big.txt";
+  const int64_t size = int64_t{1} << 30;
+  {
+    std::ofstream(path) << letters(4096);
+    if (::truncate(path.c_str(), size) != 0) GTEST_SKIP() << "no sparse 1 GiB file here";
+  }
+  const int64_t before = rss_anon_bytes();
+  if (before < 0) GTEST_SKIP() << "no RssAnon in /proc/self/status";
+  auto c = load_text_corpus(path, {.micro_batch = 4, .seq_len = 64});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->train_tokens() + (*c)->val_tokens(), size + 1);  // + the closing newline
+  std::vector<int32_t> in(4 * 64), tg(4 * 64);
+  for (int i = 0; i < 16; ++i) (*c)->train_batch(i, in.data(), tg.data());
+  EXPECT_LT(rss_anon_bytes() - before, int64_t{64} << 20);
+  EXPECT_EQ((*c)->resident_bytes(), static_cast<uint64_t>(size + 1));  // 1 byte a token
+}
+
+// Files are pieces of one text, each ending in a newline: batches are those
+// of the concatenated text, across file boundaries.
+TEST_F(TextCorpusTest, FilesReadAsOneTextAcrossBoundaries) {
+  write("parts/a.txt", "abc");
+  write("parts/b.txt", "defghij\n");
+  write("parts/c.txt", letters(300, 'k'));
+  const std::string text = "abc\ndefghij\n" + letters(300, 'k') + "\n";
+  const TextCorpusOptions o{.micro_batch = 3, .seq_len = 8, .seed = 5, .val_fraction = 0.2};
+  auto files = load_text_corpus(dir_ + "/parts", o);
+  auto mem = TextCorpus::from_text(text, "mem", o);
+  ASSERT_TRUE(files.ok()) << files.status();
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  ASSERT_EQ((*files)->train_tokens(), (*mem)->train_tokens());
+  ASSERT_EQ((*files)->val_tokens(), (*mem)->val_tokens());
+  std::vector<int32_t> a_in(24), a_tg(24), b_in(24), b_tg(24);
+  for (int i = 0; i < 40; ++i) {
+    (*files)->train_batch(i, a_in.data(), a_tg.data());
+    (*mem)->train_batch(i, b_in.data(), b_tg.data());
+    ASSERT_EQ(a_in, b_in) << i;
+    ASSERT_EQ(a_tg, b_tg) << i;
+    (*files)->val_batch(i, a_in.data(), a_tg.data());
+    (*mem)->val_batch(i, b_in.data(), b_tg.data());
+    ASSERT_EQ(a_in, b_in) << i;
+    ASSERT_EQ(a_tg, b_tg) << i;
+  }
+}
+
+// A BPE corpus is encoded in pieces cut where GPT-2's pre-tokenizer cuts
+// anyway: the same tokens as the whole text at once.
+TEST_F(TextCorpusTest, BpeEncodedInPiecesGivesTheWholeTextsTokens) {
+  strata::testing::BpeFiles files;
+  files.merge("a", "b");
+  auto tok = BpeTokenizer::parse(files.vocab.dump(), files.merges, "vocab.json", "merges.txt");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string text;
+  while (text.size() < (size_t{9} << 20)) text += "ab abc\n\n  cab\nab\n";
+  const std::vector<int32_t> whole = tok->encode(text);
+  const std::string path = write("bpe.txt", text);
+  auto c = load_text_corpus(path, {.micro_batch = 1, .seq_len = 16, .tokenizer = &*tok});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ((*c)->train_tokens() + (*c)->val_tokens(), static_cast<int64_t>(whole.size()));
+  std::vector<int32_t> in(16), tg(16);
+  (*c)->val_batch(0, in.data(), tg.data());
+  EXPECT_EQ(in, std::vector<int32_t>(whole.begin() + (*c)->train_tokens(),
+                                     whole.begin() + (*c)->train_tokens() + 16));
+}
+
+// A BPE corpus whose tokens would not fit in memory is refused, saying so,
+// before it is encoded (not bad_alloc, not the OOM killer).
+TEST_F(TextCorpusTest, BpeCorpusTooLargeForMemoryIsRefused) {
+  strata::testing::BpeFiles files;
+  files.merge("a", "b");
+  auto tok = BpeTokenizer::parse(files.vocab.dump(), files.merges, "vocab.json", "merges.txt");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const uint64_t available = probe_host().memory.usable_bytes();
+  if (available == 0) GTEST_SKIP() << "MemAvailable unknown";
+  const std::string path = dir_ + "/huge.txt";
+  std::ofstream(path) << letters(4096);
+  if (::truncate(path.c_str(), static_cast<off_t>(available)) != 0) {
+    GTEST_SKIP() << "no sparse file of " << available << " bytes here";
+  }
+  auto c = load_text_corpus(path, {.micro_batch = 1, .seq_len = 16, .tokenizer = &*tok});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted) << c.status();
+  EXPECT_NE(c.status().message().find("more than half of the"), absl::string_view::npos)
+      << c.status();
+  EXPECT_NE(c.status().message().find("no --vocab"), absl::string_view::npos) << c.status();
 }
 
 TEST(FortunesCorpus, DefaultCorpusLoadsWhenInstalled) {

@@ -1,12 +1,15 @@
 // strata bench io: sequential NVMe throughput of the swap engine (GB/s,
 // IOPS, CPU seconds per GB), beside fio running the same job when fio is
 // installed; --sweep covers block sizes 128K..8M x queue depths 1..64.
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cctype>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -16,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/parse.h"
 #include "swap/io_bench.h"
 #include "swap/io_engine.h"
 #include "tools/cli_util.h"
@@ -43,32 +47,32 @@ struct BenchIoArgs {
   std::string plot;
 };
 
-// "1M", "128K", "1GiB", "4096" -> bytes (binary units).
-absl::StatusOr<uint64_t> parse_bytes(const std::string& text, const char* flag) {
-  size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
-    ++i;
-  std::string unit = text.substr(i);
-  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  double mult = 1;
-  if (unit.empty() || unit == "B") {
-    mult = 1;
-  } else if (unit == "K" || unit == "KB" || unit == "KIB") {
-    mult = 1024.0;
-  } else if (unit == "M" || unit == "MB" || unit == "MIB") {
-    mult = 1024.0 * 1024;
-  } else if (unit == "G" || unit == "GB" || unit == "GIB") {
-    mult = 1024.0 * 1024 * 1024;
-  } else if (unit == "T" || unit == "TB" || unit == "TIB") {
-    mult = 1024.0 * 1024 * 1024 * 1024;
-  } else {
-    i = 0;
+// Refuses a pass the file systems cannot hold, before writing a byte (a
+// --size beyond the free space would write until the disk is full). The
+// file is striped, so each directory holds its share; a bench file already
+// there (reused) counts as free.
+absl::Status check_free_space(const std::vector<std::string>& paths, uint64_t size,
+                              uint64_t block_size) {
+  const uint64_t n = paths.size();
+  const uint64_t blocks = (size / block_size + n - 1) / n;  // per directory, rounded up
+  const uint64_t share = blocks * block_size;
+  for (const std::string& dir : paths) {
+    struct statvfs st {};
+    if (::statvfs(dir.c_str(), &st) != 0) continue;  // missing: the engine names it
+    uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+    struct stat old {};
+    if (::stat((std::filesystem::path(dir) / "strata-bench-io.dat").c_str(), &old) == 0 &&
+        S_ISREG(old.st_mode)) {
+      free_bytes += static_cast<uint64_t>(old.st_size);
+    }
+    if (share > free_bytes) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--size ", format_bytes(static_cast<double>(size)), " needs ",
+          format_bytes(static_cast<double>(share)), " in ", dir, ", which has ",
+          format_bytes(static_cast<double>(free_bytes)), " free; use a smaller --size"));
+    }
   }
-  if (i == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " '", text, "' is not a size (use e.g. 4096, 128K, 1M, 1G)"));
-  }
-  return static_cast<uint64_t>(std::stod(text.substr(0, i)) * mult);
+  return absl::OkStatus();
 }
 
 std::string size_arg(uint64_t b) {
@@ -264,9 +268,9 @@ int run(const BenchIoArgs& a) {
   // Bad flag values are usage errors: exit 2.
   auto usage = [](const absl::Status& s) { return report_status(s) == 0 ? 0 : 2; };
   if (options.paths.empty()) return usage(absl::InvalidArgumentError("--path is empty"));
-  auto bs = parse_bytes(a.block_size, "--block-size");
+  auto bs = parse_byte_size(a.block_size, "--block-size");
   if (!bs.ok()) return usage(bs.status());
-  auto size = parse_bytes(a.size.empty() ? (a.sweep ? "256M" : "1G") : a.size, "--size");
+  auto size = parse_byte_size(a.size.empty() ? (a.sweep ? "256M" : "1G") : a.size, "--size");
   if (!size.ok()) return usage(size.status());
   auto kind = swap::parse_io_engine_kind(a.engine);
   if (!kind.ok()) return usage(kind.status());
@@ -277,6 +281,13 @@ int run(const BenchIoArgs& a) {
   options.use_sqpoll = a.sqpoll;
   if (!a.sweep) {
     if (absl::Status s = swap::validate(options); !s.ok()) return usage(s);
+  }
+  // A sweep's largest point is max(size, 8M).
+  const uint64_t largest = a.sweep ? std::max<uint64_t>(*size, 8 << 20) : *size;
+  if (absl::Status s =
+          check_free_space(options.paths, largest, a.sweep ? 128 << 10 : options.block_size);
+      !s.ok()) {
+    return report_status(s);
   }
   const bool do_write = a.mode != "read";
   const bool do_read = a.mode != "write";

@@ -177,8 +177,7 @@ void add_bench_pcie_command(CLI::App& bench, int* exit_code) {
   auto json = std::make_shared<bool>(false);
   cmd->add_option("--size", opts->size,
                   "bytes per copy, e.g. 268435456 or 256MiB (default 256 MiB)")
-      ->transform(CLI::AsSizeValue(false))
-      ->check(CLI::Range(uint64_t{4096}, uint64_t{1} << 36));
+      ->transform(byte_size(4096, uint64_t{1} << 36));
   cmd->add_option("--repeats", opts->repeats, "timed copies per figure; the best is reported")
       ->check(CLI::Range(1, 1000));
   cmd->add_option("--gpu", opts->device, "CUDA device index (default 0)")

@@ -64,9 +64,9 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
   cmd->add_option("--gas", o->gradient_accumulation_steps, "gradient accumulation steps (1)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--tflops", o->tflops, "modelled device TFLOPS (150)")
-      ->check(CLI::PositiveNumber);
+      ->check(finite_number({.min = 0.001, .max = 1e6}));
   cmd->add_option("--link-gbps", o->link_gb_per_s, "modelled PCIe GB/s each way (50)")
-      ->check(CLI::PositiveNumber);
+      ->check(finite_number({.min = 0.001, .max = 1e6}));
   cmd->add_option("--offload", o->offload, "offload_optimizer.device: cpu or nvme (cpu)")
       ->check(CLI::IsMember({"cpu", "nvme"}));
   cmd->add_option("--precision", o->precision, "fp16 or bf16 (fp16)")

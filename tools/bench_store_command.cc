@@ -15,11 +15,18 @@ void add_bench_store_command(CLI::App& bench, int* exit_code) {
   auto json = std::make_shared<bool>(false);
   cmd->add_option("--layers", o->layers, "layers")->check(CLI::Range(2, 4096));
   cmd->add_option("--layer-mb", *layer_mb, "fp16 parameter MiB per layer")
-      ->check(CLI::Range(0.01, 65536.0));
-  cmd->add_option("--fwd-ms", o->forward_ms_per_layer, "modelled forward ms per layer");
-  cmd->add_option("--bwd-ms", o->backward_ms_per_layer, "modelled backward ms per layer");
-  cmd->add_option("--optimizer-ms", o->optimizer_ms_per_layer, "modelled optimizer ms per layer");
-  cmd->add_option("--link-gbps", o->link_gb_per_s, "modelled PCIe GB/s per direction");
+      ->check(finite_number({.min = 0.01, .max = 65536.0}));
+  // A modelled duration is slept: a minute a layer is already far beyond a real one.
+  const DoubleRange ms{.min = 0, .max = 60'000};
+  cmd->add_option("--fwd-ms", o->forward_ms_per_layer, "modelled forward ms per layer")
+      ->check(finite_number(ms));
+  cmd->add_option("--bwd-ms", o->backward_ms_per_layer, "modelled backward ms per layer")
+      ->check(finite_number(ms));
+  cmd->add_option("--optimizer-ms", o->optimizer_ms_per_layer, "modelled optimizer ms per layer")
+      ->check(finite_number(ms));
+  // 0 GB/s would model a link that never delivers.
+  cmd->add_option("--link-gbps", o->link_gb_per_s, "modelled PCIe GB/s per direction")
+      ->check(finite_number({.min = 0.001, .max = 1e6}));
   cmd->add_option("--device-layers", o->device_layers, "device budget in layers")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--host-state-layers", o->host_state_layers,

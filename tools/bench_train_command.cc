@@ -8,6 +8,7 @@
 // mode. Human text on stderr; --json prints one object on stdout.
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -78,13 +79,18 @@ int run(BenchTrainArgs a) {
   if (absl::Status st = validate_train_bench_options(o); !st.ok()) return report_status(st);
   const int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   model::cpu::set_blas_threads(threads);
-  std::fprintf(stderr,
-               "strata bench train: %s, %lld steps per placement (first not timed), seq %lld x "
-               "micro batch %lld, %s%s, %d threads\n",
-               o.model.c_str(), static_cast<long long>(o.steps), static_cast<long long>(o.seq_len),
-               static_cast<long long>(o.micro_batch), o.dtype.c_str(),
-               o.checkpoint_activations ? ", activation checkpointing" : "", threads);
-  auto summary = run_train_bench(o, [](const TrainBenchResult& r) {
+  // The header waits for the first result: an error before it (the data,
+  // the configs) is then the only line.
+  const std::string header = absl::StrFormat(
+      "strata bench train: %s, %lld steps per placement (first not timed), seq %lld x micro batch "
+      "%lld, %s%s, %d threads\n",
+      o.model, static_cast<long long>(o.steps), static_cast<long long>(o.seq_len),
+      static_cast<long long>(o.micro_batch), o.dtype,
+      o.checkpoint_activations ? ", activation checkpointing" : "", threads);
+  bool header_printed = false;
+  auto summary = run_train_bench(o, [&](const TrainBenchResult& r) {
+    if (!header_printed) std::fputs(header.c_str(), stderr);
+    header_printed = true;
     if (!r.error.empty()) {
       std::fprintf(stderr, "  %-14s failed: %s\n", name(r.placement).c_str(), r.error.c_str());
     } else {
@@ -158,8 +164,9 @@ void add_bench_train_command(CLI::App& bench, int* exit_code) {
   cmd->add_flag("--checkpoint-activations", a->options.checkpoint_activations,
                 "recompute each block's activations in backward");
   cmd->add_option("--gpu-mem", a->gpu_mem_gib, "simulated device memory in GiB (8)")
-      ->check(CLI::Range(0.001, 1e6));
-  cmd->add_option("--seed", a->options.seed, "data and weight initialisation (1337)");
+      ->check(finite_number({.min = 0.001, .max = 1e6}));
+  cmd->add_option("--seed", a->options.seed, "data and weight initialisation (1337)")
+      ->check(whole_number(0, std::numeric_limits<int64_t>::max()));
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
   cmd->callback([=] { *exit_code = run(*a); });
 }

@@ -1,5 +1,6 @@
-// strata config check FILE [--json]: validate a DeepSpeed ds_config and print
-// it resolved (defaults filled in). Warnings go to stderr in both modes; with
+// strata config check FILE [--json]: validate a DeepSpeed ds_config (every
+// check `strata train` makes on the file alone) and print it resolved
+// (defaults filled in). Warnings go to stderr in both modes; with
 // --json stdout holds one object {file, valid, warnings, summary, config}.
 #include <cstdio>
 #include <memory>
@@ -8,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/config/ds_config.h"
+#include "engine/config_validate.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 
@@ -38,6 +40,10 @@ int run_check(const std::string& file, bool json) {
   absl::StatusOr<config::DsConfig> cfg = config::load_ds_config(file, &warnings);
   for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
   if (!cfg.ok()) return report_status(cfg.status());
+  // What `strata train` refuses, refused here too.
+  if (absl::Status s = engine::validate_for_training(*cfg, file); !s.ok()) {
+    return report_status(s);
+  }
   if (json) {
     print_json({{"file", file},
                 {"valid", true},

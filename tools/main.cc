@@ -1,5 +1,6 @@
-// strata: the command-line front end. See ../shared/DESIGN.md "Command surface".
+// strata: the command-line front end; each command registers itself (tools/commands.h).
 #include <cstdio>
+#include <exception>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -51,6 +52,14 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     app.exit(e);
     return 2;  // usage error
+  } catch (const std::exception& e) {
+    // A net only: each failure is meant to be a Status where it arises. An
+    // exception that gets here is a bug, but it still ends in one line.
+    std::fprintf(stderr, "strata: error: internal error: %s\n", e.what());
+    return 1;
+  } catch (...) {
+    std::fprintf(stderr, "strata: error: internal error: an unknown exception\n");
+    return 1;
   }
   return exit_code;
 }

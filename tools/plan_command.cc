@@ -98,6 +98,13 @@ absl::StatusOr<PlanFlags> parse_flags(const PlanArgs& a) {
     if (text->empty()) continue;
     STRATA_ASSIGN_OR_RETURN(*out, parse_int(*text, flag, 1, int64_t{1} << 24));
   }
+  // Only the RSS prediction of --device cpu reads them; silently ignoring
+  // them would let a typo or a wrong path pass unnoticed.
+  if (a.device != "cpu" && (!a.data.empty() || !a.vocab_size.empty())) {
+    return absl::InvalidArgumentError(
+        "--data and --vocab-size are read only with --device cpu (the peak RSS of strata "
+        "train on the CPU); add --device cpu or drop them");
+  }
   return f;
 }
 
@@ -172,15 +179,15 @@ int run_plan(const PlanArgs& a) {
   if (!flags.ok()) return usage(flags.status());
   auto gpt2 = model::gpt2_config_by_name(a.model);
   if (!gpt2.ok()) return report_status(gpt2.status());
-  std::vector<std::string> warnings;
-  auto cfg = config::load_ds_config(a.config_file, &warnings);
-  for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
-  if (!cfg.ok()) return report_status(cfg.status());
   if (flags->seq_len > gpt2->seq_len) {
     return usage(absl::InvalidArgumentError(absl::StrCat("--seq-len ", flags->seq_len, " exceeds ",
                                                          gpt2->name, "'s ", gpt2->seq_len,
                                                          " positions; give at most that")));
   }
+  std::vector<std::string> warnings;
+  auto cfg = config::load_ds_config(a.config_file, &warnings);
+  for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
+  if (!cfg.ok()) return report_status(cfg.status());
 
   const engine::PlanModel shape = model::gpt2_plan_model(*gpt2);
   auto plan = engine::plan_memory(shape, *cfg, flags->capacities);
@@ -205,7 +212,7 @@ int run_plan(const PlanArgs& a) {
                                                 .seq_len = flags->seq_len,
                                                 .simulated_device = true,
                                                 .checkpoint_activations = a.checkpoint_activations,
-                                                .data_tokens = static_cast<int64_t>(data_bytes),
+                                                .data_bytes = data_bytes,
                                                 .async_checkpoint = a.async_save});
     if (!e.ok()) return report_status(e.status());
     rss = *e;

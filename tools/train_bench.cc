@@ -179,6 +179,19 @@ absl::Status validate_train_bench_options(const TrainBenchOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("dtype '", o.dtype, "' is not one of fp16, bf16, fp32"));
   }
+  if (!o.nvme_path.empty()) {
+    // Missing is fine (created); anything else must be a usable directory.
+    std::error_code ec;
+    const std::filesystem::file_status st = std::filesystem::status(o.nvme_path, ec);
+    if (ec && ec != std::errc::no_such_file_or_directory) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--nvme-path ", o.nvme_path.substr(0, 200), ": ", ec.message()));
+    }
+    if (std::filesystem::exists(st) && !std::filesystem::is_directory(st)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--nvme-path ", o.nvme_path, " is not a directory; give a folder for the swap files"));
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -48,6 +48,7 @@
 #include "core/parse.h"
 #include "core/status.h"
 #include "core/trace.h"
+#include "engine/config_validate.h"
 #include "engine/training_engine.h"
 #include "gpu/device.h"
 #include "gpu/sim_device.h"
@@ -244,13 +245,9 @@ absl::Status prepare(const TrainArgs& a, Setup* s) {
   for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
   if (!cfg.ok()) return cfg.status();
   s->cfg = *std::move(cfg);
-  if (s->cfg.world_size != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(f.config_file, ": world size ", s->cfg.world_size,
-                     ": strata train runs one process on one device; make train_batch_size equal "
-                     "train_micro_batch_size_per_gpu * gradient_accumulation_steps"));
-  }
   choose_optimizer(a, &s->cfg);
+  // Everything `strata config check` refuses, before the model is built.
+  STRATA_RETURN_IF_ERROR(engine::validate_for_training(s->cfg, f.config_file));
 
   if (f.device == "cuda") {
     auto dev = gpu::make_cuda_device(0);
@@ -387,7 +384,7 @@ void print_memory(const TrainArgs& a, const Setup& s) {
        .seq_len = s.seq_len,
        .simulated_device = s.cuda == nullptr,
        .checkpoint_activations = a.flags.checkpoint_activations,
-       .data_tokens = s.corpus->train_tokens() + s.corpus->val_tokens(),
+       .data_bytes = s.corpus->resident_bytes(),
        .async_checkpoint = a.flags.async_save && !a.flags.save_dir.empty()});
   if (!predicted.ok()) return;
   const uint64_t peak = engine::peak_rss_bytes();

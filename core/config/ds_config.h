@@ -6,9 +6,13 @@
 // (resolved). Known keys are type- and range-checked; unknown keys are not an
 // error but add a warning (with a "did you mean" for likely typos); keys
 // DeepSpeed knows but strata does not use add a warning that they are
-// ignored; deprecated keys (zero_optimization.cpu_offload, cpu_offload_param,
-// cpu_offload_use_pin_memory) are mapped onto their replacements with a
-// warning. Old and new names of one setting (aio.thread_count and
+// ignored, and those it reads but does not act on (buffer_count,
+// pipeline_read, sub_group_size, stage3_max_reuse_distance, ...) a warning
+// saying what strata does instead, when set to other than DeepSpeed's
+// default; sizes no machine holds (a micro batch above 65536, strata byte
+// keys above 1 PiB) and eps <= 0 are errors naming the key; deprecated keys
+// (zero_optimization.cpu_offload, cpu_offload_param, cpu_offload_use_pin_memory) are mapped onto
+// their replacements with a warning. Old and new names of one setting (aio.thread_count and
 // intra_op_parallelism, bfloat16 and bf16, stage3_prefetch_bucket_size and
 // prefetch_bucket_size, ...) are both accepted; giving both is an error.
 //

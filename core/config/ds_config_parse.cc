@@ -19,6 +19,37 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr std::string_view kNotUsedMultiGpu = "strata trains one data-parallel rank";
 constexpr std::string_view kNotUsed = "a DeepSpeed feature strata does not implement";
 
+// Sizes a config may ask for. Beyond these no machine has the memory, and a
+// value past them (a micro batch of 2^40) would reach an allocation as
+// bad_alloc instead of an error naming the key.
+constexpr int64_t kMaxMicroBatch = 65536;  // sequences per micro-batch
+constexpr int64_t kMaxAccumulation = int64_t{1} << 31;
+constexpr int64_t kMaxHostBytes = int64_t{1} << 50;  // 1 PiB: strata's own byte keys
+
+// A DeepSpeed key that strata reads (so a wrong type is still an error and
+// the resolved config shows it) but does not act on. When the user sets it
+// to anything other than DeepSpeed's default, the warning says what strata
+// does in its place.
+template <typename T>
+void warn_not_honoured(ObjectReader& r, std::string_view key, const T& value,
+                       const T& deepspeed_default, std::string_view instead, Diagnostics* diag) {
+  if (value == deepspeed_default) return;
+  diag->warn(r.key_path(key),
+             absl::StrCat("set, but strata does not use it: ", std::string(instead)));
+}
+
+constexpr std::string_view kPrefetchInstead =
+    "the store prefetches ahead of use by a byte window, strata.prefetch_window_bytes "
+    "(default 1 GiB), with aio.queue_depth NVMe requests in flight, instead of a fixed set of "
+    "buffers";
+constexpr std::string_view kPipelineInstead =
+    "strata always prefetches optimizer states from NVMe ahead of the optimizer (window "
+    "strata.prefetch_window_bytes) and writes them back in the background";
+constexpr std::string_view kEvictionInstead =
+    "the store records the order of the first step's accesses and evicts the tensor whose next "
+    "use is furthest away (exact, as steps repeat), within the tier budgets from the placement "
+    "plan (strata plan shows them)";
+
 OffloadDevice device_from(const std::string& s) {
   if (s == "cpu") return OffloadDevice::kCpu;
   if (s == "nvme") return OffloadDevice::kNvme;
@@ -36,7 +67,8 @@ absl::Status read_int_alias(ObjectReader& r, std::string_view name, std::string_
   return r.read_int(alias, out, 0, kI64Max);
 }
 
-absl::Status parse_offload_optimizer(ObjectReader& r, OffloadOptimizerConfig* o) {
+absl::Status parse_offload_optimizer(ObjectReader& r, Diagnostics* diag,
+                                     OffloadOptimizerConfig* o) {
   std::string device(to_string(o->device));
   STRATA_RETURN_IF_ERROR(r.read_enum("device", &device, {"none", "cpu", "nvme"}));
   o->device = device_from(device);
@@ -48,11 +80,16 @@ absl::Status parse_offload_optimizer(ObjectReader& r, OffloadOptimizerConfig* o)
   STRATA_RETURN_IF_ERROR(r.read_bool("fast_init", &o->fast_init));
   STRATA_RETURN_IF_ERROR(r.read_double("ratio", &o->ratio, 0.0, 1.0));
   r.ignore("pipeline", "derived from pipeline_read / pipeline_write");
+  const OffloadOptimizerConfig ds;
+  warn_not_honoured(r, "buffer_count", o->buffer_count, ds.buffer_count, kPrefetchInstead, diag);
+  warn_not_honoured(r, "pipeline_read", o->pipeline_read, ds.pipeline_read, kPipelineInstead, diag);
+  warn_not_honoured(r, "pipeline_write", o->pipeline_write, ds.pipeline_write, kPipelineInstead,
+                    diag);
   r.finish();
   return absl::OkStatus();
 }
 
-absl::Status parse_offload_param(ObjectReader& r, OffloadParamConfig* o) {
+absl::Status parse_offload_param(ObjectReader& r, Diagnostics* diag, OffloadParamConfig* o) {
   std::string device(to_string(o->device));
   STRATA_RETURN_IF_ERROR(r.read_enum("device", &device, {"none", "cpu", "nvme"}));
   o->device = device_from(device);
@@ -61,6 +98,10 @@ absl::Status parse_offload_param(ObjectReader& r, OffloadParamConfig* o) {
   STRATA_RETURN_IF_ERROR(r.read_int("buffer_size", &o->buffer_size, 1, kI64Max));
   STRATA_RETURN_IF_ERROR(r.read_int("max_in_cpu", &o->max_in_cpu, 0, kI64Max));
   STRATA_RETURN_IF_ERROR(r.read_bool("pin_memory", &o->pin_memory));
+  const OffloadParamConfig ds;
+  warn_not_honoured(r, "buffer_count", o->buffer_count, ds.buffer_count, kPrefetchInstead, diag);
+  warn_not_honoured(r, "buffer_size", o->buffer_size, ds.buffer_size, kPrefetchInstead, diag);
+  warn_not_honoured(r, "max_in_cpu", o->max_in_cpu, ds.max_in_cpu, kEvictionInstead, diag);
   r.finish();
   return absl::OkStatus();
 }
@@ -107,9 +148,9 @@ absl::Status parse_zero(ObjectReader& r, Diagnostics* diag, internal::ParseFacts
   }
 
   STRATA_ASSIGN_OR_RETURN(auto oo, r.child("offload_optimizer"));
-  if (oo) STRATA_RETURN_IF_ERROR(parse_offload_optimizer(*oo, &z->offload_optimizer));
+  if (oo) STRATA_RETURN_IF_ERROR(parse_offload_optimizer(*oo, diag, &z->offload_optimizer));
   STRATA_ASSIGN_OR_RETURN(auto op, r.child("offload_param"));
-  if (op) STRATA_RETURN_IF_ERROR(parse_offload_param(*op, &z->offload_param));
+  if (op) STRATA_RETURN_IF_ERROR(parse_offload_param(*op, diag, &z->offload_param));
 
   STRATA_RETURN_IF_ERROR(r.read_bool("contiguous_gradients", &z->contiguous_gradients));
   facts->overlap_comm_given = r.has("overlap_comm");
@@ -129,6 +170,33 @@ absl::Status parse_zero(ObjectReader& r, Diagnostics* diag, internal::ParseFacts
                                         "param_persistence_threshold",
                                         &z->stage3_param_persistence_threshold, diag));
   STRATA_RETURN_IF_ERROR(r.read_int("sub_group_size", &z->sub_group_size, 1, kI64Max));
+  const ZeroConfig ds;
+  // The alias, when that is what the user wrote.
+  auto written = [&](std::string_view name, std::string_view alias) {
+    return r.has(alias) ? alias : name;
+  };
+  warn_not_honoured(r, "reduce_bucket_size", z->reduce_bucket_size, ds.reduce_bucket_size,
+                    "gradients leave the device one layer at a time (a layer is the bucket), and "
+                    "with one data-parallel rank nothing is reduced",
+                    diag);
+  warn_not_honoured(r, written("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
+                    z->stage3_prefetch_bucket_size, ds.stage3_prefetch_bucket_size,
+                    "strata.prefetch_window_bytes plays this role (bytes, not elements; default "
+                    "1 GiB): the store fetches what the recorded step order needs next, that far "
+                    "ahead",
+                    diag);
+  warn_not_honoured(r, written("stage3_max_reuse_distance", "max_reuse_distance"),
+                    z->stage3_max_reuse_distance, ds.stage3_max_reuse_distance, kEvictionInstead,
+                    diag);
+  warn_not_honoured(r, written("stage3_param_persistence_threshold", "param_persistence_threshold"),
+                    z->stage3_param_persistence_threshold, ds.stage3_param_persistence_threshold,
+                    "no parameter stays on the device because it is small; the device keeps "
+                    "what its budget holds and evicts by furthest next use",
+                    diag);
+  warn_not_honoured(r, "sub_group_size", z->sub_group_size, ds.sub_group_size,
+                    "the CPU optimizer steps one layer's tensors at a time (a layer is the "
+                    "sub-group)",
+                    diag);
 
   for (std::string_view key :
        {"load_from_fp32_weights", "elastic_checkpoint", "round_robin_gradients",
@@ -161,20 +229,21 @@ absl::Status parse_fp16(ObjectReader& r, Fp16Config* f) {
 }
 
 absl::Status parse_aio(ObjectReader& r, Diagnostics* diag, AioConfig* a) {
-  STRATA_RETURN_IF_ERROR(r.read_int("block_size", &a->block_size, 1, kI64Max));
+  // The I/O engine's limits (swap/io_options.h validate), checked where read.
+  STRATA_RETURN_IF_ERROR(r.read_int("block_size", &a->block_size, 4096, int64_t{256} << 20));
   if (a->block_size % 4096 != 0) {
     return diag->error(r.key_path("block_size"),
                        absl::StrCat(a->block_size,
                                     " is not a multiple of 4096 (O_DIRECT needs 4 KiB alignment); "
                                     "use e.g. 1048576"));
   }
-  STRATA_RETURN_IF_ERROR(r.read_int("queue_depth", &a->queue_depth, 1, 65536));
+  STRATA_RETURN_IF_ERROR(r.read_int("queue_depth", &a->queue_depth, 1, 4096));
   if (r.has("intra_op_parallelism") && r.has("thread_count")) {
     return diag->error(r.key_path("thread_count"),
                        "older name of intra_op_parallelism, which is also given; keep one");
   }
-  STRATA_RETURN_IF_ERROR(r.read_int("intra_op_parallelism", &a->intra_op_parallelism, 1, 1024));
-  STRATA_RETURN_IF_ERROR(r.read_int("thread_count", &a->intra_op_parallelism, 1, 1024));
+  STRATA_RETURN_IF_ERROR(r.read_int("intra_op_parallelism", &a->intra_op_parallelism, 1, 256));
+  STRATA_RETURN_IF_ERROR(r.read_int("thread_count", &a->intra_op_parallelism, 1, 256));
   STRATA_RETURN_IF_ERROR(r.read_bool("single_submit", &a->single_submit));
   STRATA_RETURN_IF_ERROR(r.read_bool("overlap_events", &a->overlap_events));
   STRATA_RETURN_IF_ERROR(r.read_bool("use_gds", &a->use_gds));
@@ -217,6 +286,14 @@ absl::Status parse_optimizer(ObjectReader& r, Diagnostics* diag, OptimizerConfig
   STRATA_RETURN_IF_ERROR(p.read_double("weight_decay", &o->weight_decay, 0.0, kInf));
   if (o->type != OptimizerType::kLion) {
     STRATA_RETURN_IF_ERROR(p.read_double("eps", &o->eps, 0.0, kInf));
+    // Adam divides by sqrt(v) + eps and Adagrad by sqrt(sum) + eps: with eps 0
+    // a weight whose gradients are all 0 divides 0 by 0 and turns to NaN.
+    if (o->eps <= 0.0) {
+      return diag->error(p.key_path("eps"),
+                         absl::StrCat("must be > 0, got ", o->eps,
+                                      ": the update divides by sqrt(v) + eps, so 0 turns a weight "
+                                      "whose gradient is 0 into NaN; use e.g. 1e-8"));
+    }
   }
   if (o->type != OptimizerType::kAdagrad) {
     if (const nlohmann::json* betas = p.get("betas")) {
@@ -312,9 +389,9 @@ absl::Status parse_strata(ObjectReader& r, Diagnostics* diag, StrataConfig* s) {
   }
   STRATA_RETURN_IF_ERROR(r.read_bool("delayed_param_update", &s->delayed_param_update));
   STRATA_RETURN_IF_ERROR(
-      r.read_int("prefetch_window_bytes", &s->prefetch_window_bytes, 0, kI64Max));
+      r.read_int("prefetch_window_bytes", &s->prefetch_window_bytes, 0, kMaxHostBytes));
   STRATA_RETURN_IF_ERROR(
-      r.read_int("rollback_buffer_bytes", &s->rollback_buffer_bytes, 0, kI64Max));
+      r.read_int("rollback_buffer_bytes", &s->rollback_buffer_bytes, 0, kMaxHostBytes));
   r.finish();
   return absl::OkStatus();
 }
@@ -324,9 +401,9 @@ absl::Status parse_top(ObjectReader& r, Diagnostics* diag, internal::ParseFacts*
   STRATA_ASSIGN_OR_RETURN(facts->train_batch_size,
                           r.read_optional_int("train_batch_size", 1, kI64Max));
   STRATA_ASSIGN_OR_RETURN(facts->micro_batch_per_gpu,
-                          r.read_optional_int("train_micro_batch_size_per_gpu", 1, kI64Max));
+                          r.read_optional_int("train_micro_batch_size_per_gpu", 1, kMaxMicroBatch));
   STRATA_ASSIGN_OR_RETURN(facts->gradient_accumulation_steps,
-                          r.read_optional_int("gradient_accumulation_steps", 1, kI64Max));
+                          r.read_optional_int("gradient_accumulation_steps", 1, kMaxAccumulation));
 
   STRATA_ASSIGN_OR_RETURN(auto fp16, r.child("fp16"));
   if (fp16) STRATA_RETURN_IF_ERROR(parse_fp16(*fp16, &cfg->fp16));
@@ -364,6 +441,10 @@ absl::Status parse_top(ObjectReader& r, Diagnostics* diag, internal::ParseFacts*
                                "disable_allgather", "seq_parallel_communication_data_type"}) {
     r.ignore(key, kNotUsedMultiGpu);
   }
+  r.ignore("activation_checkpointing",
+           "strata does not read this section; `strata train --checkpoint-activations` keeps "
+           "each layer's input only and recomputes the rest during backward (partitioning and "
+           "CPU checkpointing of activations have no counterpart)");
   for (std::string_view key : {"zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer"}) {
     r.ignore(key, "strata always runs its own CPU optimizer");
   }
@@ -375,7 +456,6 @@ absl::Status parse_top(ObjectReader& r, Diagnostics* diag, internal::ParseFacts*
                                "comet",
                                "comms_logger",
                                "flops_profiler",
-                               "activation_checkpointing",
                                "amp",
                                "checkpoint",
                                "elasticity",

@@ -23,6 +23,7 @@ std::string join_path(std::string_view parent, std::string_view key) {
 // be caught where it happens, with its key path.
 class StrictDomBuilder : public nlohmann::json_sax<json> {
  public:
+  explicit StrictDomBuilder(std::string_view kind) : kind_(kind) {}
   json root;
   std::string error;
 
@@ -64,7 +65,7 @@ class StrictDomBuilder : public nlohmann::json_sax<json> {
   }
 
  private:
-  // A config is a few levels deep; the limit keeps hostile input from
+  // These files are a few levels deep; the limit keeps hostile input from
   // recursing (dump, destructors) off the end of the stack.
   static constexpr size_t kMaxDepth = 256;
 
@@ -109,7 +110,7 @@ class StrictDomBuilder : public nlohmann::json_sax<json> {
   bool open(json container) {
     if (stack_.size() >= kMaxDepth) {
       error = absl::StrCat(current_path().substr(0, 80), "...: nested more than ", kMaxDepth,
-                           " levels deep; a ds_config is a few levels deep");
+                           " levels deep; a ", std::string(kind_), " is a few levels deep");
       return false;
     }
     std::string name;
@@ -122,6 +123,7 @@ class StrictDomBuilder : public nlohmann::json_sax<json> {
     return true;
   }
 
+  std::string_view kind_;
   std::vector<Frame> stack_;
 };
 
@@ -155,13 +157,17 @@ absl::Status Diagnostics::error(std::string_view path, std::string_view message)
                    : absl::StrCat(source, ": ", std::string(path), ": ", std::string(message)));
 }
 
-absl::StatusOr<json> parse_json_strict(std::string_view text, std::string_view source) {
+absl::StatusOr<json> parse_json_strict(std::string_view text, std::string_view source,
+                                       std::string_view kind) {
   Diagnostics diag{std::string(source)};
   if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isspace(c); })) {
     return diag.error(
-        "", "the file is empty; a ds_config is a JSON object such as {\"train_batch_size\": 8}");
+        "", kind == "ds_config"
+                ? "the file is empty; a ds_config is a JSON object such as "
+                  "{\"train_batch_size\": 8}"
+                : absl::StrCat("the file is empty; a ", std::string(kind), " is a JSON object"));
   }
-  StrictDomBuilder builder;
+  StrictDomBuilder builder(kind);
   bool ok = false;
   try {  // errors arrive through parse_error; this only guards the API from a stray throw
     ok = json::sax_parse(text.begin(), text.end(), &builder, json::input_format_t::json,

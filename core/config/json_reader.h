@@ -1,4 +1,4 @@
-// A thin layer over nlohmann-json for reading user-written config files.
+// A thin layer over nlohmann-json for reading user-written JSON files.
 //
 // parse_json_strict parses text into a json value, rejecting duplicate keys
 // (nlohmann's own parser silently keeps the last one). ObjectReader reads the
@@ -38,9 +38,16 @@ struct Diagnostics {
   absl::Status error(std::string_view path, std::string_view message) const;
 };
 
-// Parses `text`; a syntax error names the line and column, a duplicate key
-// names its key path. Errors start with `source`.
-absl::StatusOr<nlohmann::json> parse_json_strict(std::string_view text, std::string_view source);
+// The one JSON reader for every JSON file strata reads (ds_config, a BPE
+// vocab.json, a safetensors header, a checkpoint's meta.json). Parses `text`;
+// a syntax error names the line and column, a duplicate key names its key
+// path, and nesting deeper than 256 levels is refused (a hostile file cannot
+// recurse the parser, dump or destructors off the stack). `kind` names what
+// the text should be in messages ("ds_config", "vocab.json"). The caller
+// bounds the size of `text` (core/file_util.h read_file). Errors are
+// InvalidArgument starting with `source`; never throws.
+absl::StatusOr<nlohmann::json> parse_json_strict(std::string_view text, std::string_view source,
+                                                 std::string_view kind = "ds_config");
 
 // Optimal-string-alignment edit distance (adjacent swaps cost 1).
 int edit_distance(std::string_view a, std::string_view b);

@@ -25,7 +25,7 @@ stamp=$VENV/.strata-requirements.sha256
 want=$(sha256sum "$REQS" | cut -d' ' -f1)
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "python-tests: installing $(grep -v '^#' "$REQS" | tr '\n' ' ')into $VENV (first run: minutes)" >&2
-  if ! "$VENV/bin/pip" install --disable-pip-version-check -q -r "$REQS"; then
+  if ! "$VENV/bin/pip" install --disable-pip-version-check -q --retries 2 --timeout 60 -r "$REQS"; then
     fail "could not install python/requirements-test.txt from PyPI into $VENV; check the network" \
       "or the pip index (PIP_INDEX_URL). The Python tests are part of the suite and do not skip."
   fi

@@ -40,6 +40,6 @@ cd "$STRATA_ROOT"
 rc=0
 "$VENV/bin/python" -m pytest -q python/tests "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
-  fail "pytest collected no tests in python/tests"
+  fail "pytest ran no tests in python/tests (exit 5): a suite that runs nothing must not pass"
 fi
 exit $rc

@@ -116,3 +116,17 @@ def test_add_param_group_steps_the_new_params() -> None:
     train(model, opt, steps=2)
     assert not any(torch.equal(a, b) for a, b in zip(frozen, layers[1].parameters()))
     assert len(opt.state) == 4
+
+
+def test_a_bf16_state_without_master_from_torch_adamw_continues() -> None:
+    model = make_model(dtype=torch.bfloat16)
+    ref = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = train(model, ref, steps=5)
+    opt = st.CPUAdam(model.parameters(), lr=1e-2, weight_decay=0.01)
+    opt.load_state_dict(ref.state_dict())
+    rest = train(model, opt, steps=20)
+    assert rest[-1] < first[0]
+    for p in model.parameters():
+        assert opt.state[p]["exp_avg"].dtype == torch.float32
+        assert float(opt.state[p]["step"]) == 25
+        assert torch.equal(opt.state[p]["param_fp32"].to(torch.bfloat16), p.detach())

@@ -77,8 +77,6 @@ class FusedCPUOptimizer(torch.optim.Optimizer):
         for name in (self.first_moment, self.second_moment):
             if name is not None:
                 state[name] = self._initial_state(group, name, p)
-        if p.dtype != torch.float32:
-            state["param_fp32"] = p.detach().to(torch.float32, copy=True)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -97,11 +95,15 @@ class FusedCPUOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     self._init_state(group, p, state)
+                sixteen_bit = p.dtype != torch.float32
+                if sixteen_bit and "param_fp32" not in state:
+                    # The first step, or a state loaded from torch's or DeepSpeed's
+                    # optimizer, which keep no fp32 master.
+                    state["param_fp32"] = p.detach().to(torch.float32, copy=True)
                 if not isinstance(state["step"], torch.Tensor):
                     state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
                 state["step"] += 1
                 step = int(state["step"].item())
-                sixteen_bit = p.dtype != torch.float32
                 _strata.step(**self._native_args(group, step),
                              param=state["param_fp32"] if sixteen_bit else p.detach(),
                              exp_avg=state[self.first_moment] if self.first_moment else None,

@@ -36,6 +36,17 @@ def test_numpy_and_torch_arrays_are_updated_in_place() -> None:
     torch.testing.assert_close(t, torch.full((1000,), 1 - 1e-2))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA; no GPU here")
+def test_pinned_cpu_tensors_are_stepped_in_place() -> None:
+    p = torch.ones(1000).pin_memory()
+    out = torch.empty(1000, dtype=torch.float16).pin_memory()
+    _strata.step(**ADAMW, step=1, param=p, exp_avg=torch.zeros(1000).pin_memory(),
+                 exp_avg_sq=torch.zeros(1000).pin_memory(),
+                 grad=torch.full((1000,), 0.5, dtype=torch.float16).pin_memory(), param_out=out)
+    torch.testing.assert_close(p, torch.full((1000,), 1 - 1e-2))
+    assert torch.equal(out, p.half())
+
+
 def test_a_strided_array_is_refused_not_copied() -> None:
     p = torch.ones(10, 10).t()
     with pytest.raises(TypeError):

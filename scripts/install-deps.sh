@@ -8,7 +8,7 @@ packages=(
   liburing-dev libhwloc-dev libtbb-dev libxsimd-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev libxxhash-dev libopenblas-dev libnuma-dev libicu-dev
-  fio fortunes
+  fio fortunes python3 python3-venv python3-dev
 )
 
 missing=()

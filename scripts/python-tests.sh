@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Builds the strata Python package into a venv and runs its pytest suite.
 #
-# The venv ($STRATA_BUILD/venv) is created once and filled from PyPI with
-# python/requirements-test.txt (torch is large: the first run takes minutes);
-# a stamp keyed on that file skips the install afterwards. pip keeps its
-# cache. The package is built with the venv's nanobind and scikit-build-core
+# The venv ($STRATA_VENV, by default in ~/.cache/strata, outside the clone,
+# so fresh clones and CI runs on the same machine share it) is created once
+# and filled from PyPI with python/requirements-test.txt (torch is large: the
+# first run takes minutes); a stamp keyed on that file skips the install
+# afterwards. pip keeps its cache. The package is built with the venv's nanobind and scikit-build-core
 # (no build isolation, so no network) in a reused build dir ($STRATA_BUILD/python).
 # Fails, never skips: PyPI unreachable, a failed build, or no test collected.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 PYTHON=${PYTHON:-python3}
-VENV=${STRATA_VENV:-$STRATA_BUILD/venv}
+PYVER=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
+  { echo "python-tests: error: $PYTHON does not run; install python3" >&2; exit 1; }
+VENV=${STRATA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/strata/venv-py$PYVER}
 REQS=$STRATA_ROOT/python/requirements-test.txt
 
 fail() {
@@ -19,6 +22,7 @@ fail() {
 }
 
 if [[ ! -x "$VENV/bin/python" ]]; then
+  mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV" || fail "could not create a venv at $VENV with $PYTHON (install python3-venv)"
 fi
 stamp=$VENV/.strata-requirements.sha256

@@ -15,26 +15,35 @@
 
 namespace strata {
 
-absl::StatusOr<std::string> read_file(const std::string& path, uint64_t max_bytes) {
-  // O_NONBLOCK: opening a FIFO with no writer would otherwise hang here.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+absl::StatusOr<OpenedFile> open_regular_file(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO with no writer would otherwise hang here
+  // (regular files ignore the flag).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
-    int err = errno;
+    const int err = errno;
     ::close(fd);
     return errno_status(err, absl::StrCat("cannot stat ", path));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
     return absl::InvalidArgumentError(
-        absl::StrCat(path, S_ISDIR(st.st_mode) ? " is a directory" : " is not a regular file",
-                     " (a FIFO, socket or device); expected a file"));
+        absl::StrCat(path,
+                     S_ISDIR(st.st_mode) ? " is a directory, not a regular file"
+                                         : " is not a regular file (a FIFO, socket or device)",
+                     "; expected a file"));
   }
-  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+  return OpenedFile{fd, static_cast<uint64_t>(st.st_size)};
+}
+
+absl::StatusOr<std::string> read_file(const std::string& path, uint64_t max_bytes) {
+  STRATA_ASSIGN_OR_RETURN(const OpenedFile f, open_regular_file(path));
+  const int fd = f.fd;
+  if (f.size > max_bytes) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, " is ", st.st_size,
-                                                   " bytes, more than the ", max_bytes,
+    return absl::InvalidArgumentError(absl::StrCat(path, " is ", f.size, " bytes, more than the ",
+                                                   max_bytes,
                                                    " this reader accepts; is it the right file?"));
   }
   std::string out;

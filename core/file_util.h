@@ -11,6 +11,19 @@
 
 namespace strata {
 
+// A regular file opened for reading: fd (O_RDONLY | O_CLOEXEC, the caller
+// closes it) and its size when opened.
+struct OpenedFile {
+  int fd = -1;
+  uint64_t size = 0;
+};
+
+// Opens `path` for reading only if it is a regular file, and never blocks:
+// a FIFO is opened non-blocking and then refused. The errno status names the
+// path (NotFound when missing); a directory, FIFO, socket or device is
+// InvalidArgument "PATH is not a regular file (...)".
+absl::StatusOr<OpenedFile> open_regular_file(const std::string& path);
+
 // Largest file read_file reads whole unless told otherwise: a config, a
 // meta.json or a vocabulary is far smaller; anything larger is streamed.
 inline constexpr uint64_t kMaxWholeFileBytes = uint64_t{256} << 20;

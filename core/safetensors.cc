@@ -206,21 +206,9 @@ absl::StatusOr<std::unique_ptr<Reader>> Reader::open(const std::string& path) {
     return absl::DataLossError(
         absl::StrCat(path, ": ", what, "; the file is damaged or not a safetensors file"));
   };
-  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; it
-  // is refused below as not a regular file (regular files ignore the flag).
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", path));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return errno_status(err, absl::StrCat("cannot stat ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  STRATA_ASSIGN_OR_RETURN(const OpenedFile f, open_regular_file(path));
+  const int fd = f.fd;
+  const uint64_t size = f.size;
   if (size < 8) {
     ::close(fd);
     return bad(absl::StrCat("only ", size, " bytes, too short for the 8-byte header length"));

@@ -283,22 +283,11 @@ absl::StatusOr<Checkpoint> read_checkpoint(const std::string& dir_in) {
   }
   if (const json* user = top.get("user"); user != nullptr) ck.user = *user;
 
-  // tensors.bin: a regular file (O_NONBLOCK: a FIFO is refused, not waited on)
-  // holding every extent the table names.
-  const int fd = ::open(ck.tensor_path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", ck.tensor_path));
-  auto file = std::make_shared<const CheckpointFile>(fd, ck.tensor_path);
-  struct stat st;
-  if (::fstat(fd, &st) != 0)
-    return errno_status(errno, absl::StrCat("cannot stat ", ck.tensor_path));
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(ck.tensor_path,
-                     " is not a regular file (a directory, FIFO, socket or device); a "
-                     "checkpoint's tensors are a file its save wrote"));
-  }
-  ck.file = std::move(file);
-  ck.tensor_file_bytes = static_cast<uint64_t>(st.st_size);
+  // tensors.bin: a regular file (a FIFO is refused, not waited on) holding
+  // every extent the table names.
+  STRATA_ASSIGN_OR_RETURN(const OpenedFile f, open_regular_file(ck.tensor_path));
+  ck.file = std::make_shared<const CheckpointFile>(f.fd, ck.tensor_path);
+  ck.tensor_file_bytes = f.size;
   for (size_t i = 0; i < ck.params.size(); ++i) {
     for (int k = 0; k < kCheckpointKinds; ++k) {
       const CheckpointTensor& t = ck.params[i].tensors[k];

@@ -15,6 +15,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "core/file_util.h"
 #include "core/host_info.h"
 #include "core/status.h"
 
@@ -118,22 +119,11 @@ class TextCorpus::MappedFile {
  public:
   // Maps `path` read-only; `size` (> 0) as fstat saw it when the file was checked.
   static absl::StatusOr<std::unique_ptr<MappedFile>> open(const std::string& path) {
-    // O_NONBLOCK: a FIFO in a glob must not block the open (refused below).
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return errno_status(errno, absl::StrCat("cannot open ", path));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      return errno_status(err, absl::StrCat("cannot stat ", path));
-    }
+    // A FIFO in a glob must not block the open: refused as not a regular file.
+    STRATA_ASSIGN_OR_RETURN(const OpenedFile f, open_regular_file(path), "--data");
+    const int fd = f.fd;
     std::unique_ptr<MappedFile> m(new MappedFile());
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, " is not a regular file; give text files"));
-    }
-    m->size_ = static_cast<size_t>(st.st_size);
+    m->size_ = static_cast<size_t>(f.size);
     if (m->size_ > 0) {
       void* p = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
       const int err = errno;

@@ -90,8 +90,10 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
   p.nvme_total = p.nvme_roles.total();
   if (p.offload) {
     p.device_working_set = p.device_all_layers;
-    if (config.zero.stage == 3) {
+    if (config.zero.stage == 3 && param_where != config::OffloadDevice::kNone) {
       // DeepSpeed's cap on parameters live on the device, with their grads.
+      // Only with offload_param: without it DeepSpeed keeps the partition
+      // (with one process, the whole model) on the device, and so does strata.
       uint64_t live = 0;
       if (__builtin_mul_overflow(static_cast<uint64_t>(config.zero.stage3_max_live_parameters),
                                  2 * esize, &live)) {

@@ -65,9 +65,10 @@ struct Placement {
   // nvme_total.
   RoleBytes device_roles, host_roles, nvme_roles;
   // With optimizer offload: the params + grads the device holds at most:
-  // every layer (device_all_layers), at stage 3 capped at
-  // stage3_max_live_parameters params with their grads but at least the
-  // largest layer. 0 without offload (device_homed holds them).
+  // every layer (device_all_layers); at stage 3 with offload_param cpu or
+  // nvme, capped at stage3_max_live_parameters params with their grads but
+  // at least the largest layer. 0 without offload (device_homed holds them).
+  // The engine's device budget follows it.
   uint64_t device_working_set = 0;
 };
 

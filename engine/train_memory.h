@@ -9,7 +9,7 @@
 // the NVMe cache), overlap mode's rollback copies, the simulated device's
 // memory (a SimDevice's "GPU" is host memory: params and grads of every
 // layer, or everything without offload, plus the overflow check's scratch),
-// the model's own host buffers (given), the corpus (4 bytes a token), an
+// the model's own host buffers (given), the corpus (what it keeps resident), an
 // async checkpoint's snapshot (fp32 master and states plus the compute
 // param) and a fixed baseline for the program, its libraries and thread
 // pools.

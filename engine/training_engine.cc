@@ -279,15 +279,9 @@ absl::StatusOr<TrainingEngine::StoreBudgets> TrainingEngine::store_budgets(
     b.device = ds.capacity_bytes > ds.used_bytes + plan.device_scratch
                    ? ds.capacity_bytes - ds.used_bytes - plan.device_scratch
                    : 0;
-    if (params_offloaded) {
-      // DeepSpeed's cap on parameters live on the device, with their grads.
-      // Only with offload_param: without it DeepSpeed keeps the partition
-      // (with one process, the whole model) on the device, and so does
-      // strata.
-      const uint64_t live = static_cast<uint64_t>(config.zero.stage3_max_live_parameters) * 2 *
-                            dtype_size(plan.dtype);
-      b.device = std::min(b.device, std::max(live, plan.largest_layer_device));
-    }
+    // At stage 3 with offload_param, DeepSpeed's cap on live parameters
+    // (plan_placement, the one owner of that rule).
+    if (params_offloaded) b.device = std::min(b.device, plan.device_working_set);
   }
   if (plan.largest_layer_device > b.device) {
     return absl::ResourceExhaustedError(absl::StrCat(

@@ -187,6 +187,13 @@ TEST(PlanTest, Stage3DeviceSetIsTheLiveParameterCap) {
   auto one_layer = plan_with(10);
   ASSERT_TRUE(one_layer.ok()) << one_layer.status();
   EXPECT_EQ(one_layer->gpu.need.param16, 5000 * 4);  // the largest layer
+  // Without offload_param the device keeps every layer, as the engine does
+  // (and DeepSpeed with one process).
+  auto resident = plan_memory(m, parse(R"("zero_optimization": {"stage": 3,
+      "stage3_max_live_parameters": 10, "offload_optimizer": {"device": "cpu"}})"),
+                              {});
+  ASSERT_TRUE(resident.ok()) << resident.status();
+  EXPECT_EQ(resident->gpu.need.param16, all->gpu.need.param16);
 }
 
 TEST(PlanTest, PlanRefusesWhatTheEngineRefuses) {

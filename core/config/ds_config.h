@@ -1,5 +1,5 @@
 // The user's DeepSpeed ds_config JSON, parsed into typed structs and validated
-// with DeepSpeed's rules (see ../shared/DESIGN.md "DeepSpeed semantics").
+// with DeepSpeed's rules (see docs/ds_config.md "DeepSpeed semantics").
 //
 // What: parse_ds_config / load_ds_config turn the JSON users already have
 // into a DsConfig with every default filled in; to_json prints it back

@@ -124,8 +124,11 @@ class CheckpointWriter {
     }
     ::close(fd_);
     fd_ = -1;
-    absl::Status s =
-        write_file_atomic((fs::path(tmp_) / kCheckpointMetaFile).string(), meta.dump(2) + "\n");
+    // Bytes that are not UTF-8 (a path in the user metadata) are replaced:
+    // a strict dump would throw and lose the whole save.
+    const std::string text =
+        meta.dump(2, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace) + "\n";
+    absl::Status s = write_file_atomic((fs::path(tmp_) / kCheckpointMetaFile).string(), text);
     if (!s.ok()) return fail(s);
     s = fsync_path(tmp_);
     if (!s.ok()) return fail(s);

@@ -197,6 +197,16 @@ absl::Status write_file_atomic(const std::string& path, std::string_view content
   return absl::OkStatus();
 }
 
+std::string strip_trailing_slashes(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  return path;
+}
+
+std::string parent_dir(const std::string& path) {
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? std::string(".") : parent.string();
+}
+
 absl::StatusOr<std::vector<std::string>> list_directory(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
   if (d == nullptr) return errno_status(errno, absl::StrCat("cannot list ", dir));

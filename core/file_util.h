@@ -68,6 +68,12 @@ absl::Status check_output_is_not_input(const std::string& output,
 // Returns the fd (O_WRONLY | O_CLOEXEC, mode 0644 before the umask).
 absl::StatusOr<int> create_new_file(const std::string& path);
 
+// `path` without trailing slashes ("ck/" -> "ck"; "/" stays "/").
+std::string strip_trailing_slashes(std::string path);
+
+// The folder `path` is in: its parent path, or "." for a bare name.
+std::string parent_dir(const std::string& path);
+
 // The names in directory `dir` (not "." or ".."), in no particular order;
 // the errno status naming `dir` when it cannot be listed.
 absl::StatusOr<std::vector<std::string>> list_directory(const std::string& dir);

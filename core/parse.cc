@@ -81,7 +81,8 @@ absl::StatusOr<uint64_t> parse_byte_size(absl::string_view text, absl::string_vi
   if (!(bytes >= static_cast<double>(min))) {
     return bad(absl::StrCat("is below the minimum of ", min, " bytes"));
   }
-  if (bytes > static_cast<double>(max)) {
+  // A max near 2^64 rounds up as a double, and 2^64 itself does not convert.
+  if (bytes > static_cast<double>(max) || bytes >= 0x1p64 || static_cast<uint64_t>(bytes) > max) {
     return bad(absl::StrCat("is above the maximum of ", max, " bytes"));
   }
   return static_cast<uint64_t>(bytes);

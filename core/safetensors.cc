@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <set>
 #include <utility>
 
@@ -23,8 +22,6 @@
 
 namespace strata::safetensors {
 namespace {
-
-namespace fs = std::filesystem;
 
 struct DtypeEntry {
   Dtype dtype;
@@ -54,11 +51,6 @@ std::optional<uint64_t> byte_size(const std::vector<int64_t>& shape, size_t size
     if (__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return std::nullopt;
   }
   return n;
-}
-
-std::string parent_dir(const std::string& path) {
-  const fs::path parent = fs::path(path).parent_path();
-  return parent.empty() ? std::string(".") : parent.string();
 }
 
 }  // namespace

@@ -45,12 +45,6 @@ absl::Status fsync_path(const std::string& path) {
   return absl::OkStatus();
 }
 
-// The parent directory of `dir` ("." for a relative name without one).
-std::string parent_of(const std::string& dir) {
-  const fs::path parent = fs::path(dir).parent_path();
-  return parent.empty() ? std::string(".") : parent.string();
-}
-
 }  // namespace
 
 absl::Status TrainingEngine::read_raw(offload::TensorId id, Tier tier, void* dst, uint64_t bytes) {
@@ -80,8 +74,7 @@ namespace {
 class CheckpointWriter {
  public:
   static absl::StatusOr<std::unique_ptr<CheckpointWriter>> create(const std::string& dir_in) {
-    std::string dir = dir_in;
-    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    const std::string dir = strip_trailing_slashes(dir_in);
     if (dir.empty()) return absl::InvalidArgumentError("save_checkpoint: empty directory name");
     STRATA_RETURN_IF_ERROR(check_checkpoint_destination(dir));
     STRATA_RETURN_IF_ERROR(remove_dead_checkpoint_temps(dir).status(),
@@ -90,11 +83,11 @@ class CheckpointWriter {
     // (That removed our own DIR.tmp-<pid> too, when an earlier save of this
     // process failed; one still there belongs to a live save.)
     std::error_code ec;
-    fs::create_directories(parent_of(dir), ec);
+    fs::create_directories(parent_dir(dir), ec);
     if (!fs::create_directory(w->tmp_, ec) || ec) {
       return absl::FailedPreconditionError(absl::StrCat(
           "cannot create checkpoint directory ", w->tmp_, " (", ec ? ec.message() : "it exists",
-          "); check that ", parent_of(dir), " is writable"));
+          "); check that ", parent_dir(dir), " is writable"));
     }
     w->created_ = true;
     // Held until the writer goes: a later run tells a live save from a dead one.
@@ -131,8 +124,11 @@ class CheckpointWriter {
     }
     ::close(fd_);
     fd_ = -1;
-    absl::Status s =
-        write_file_atomic((fs::path(tmp_) / kCheckpointMetaFile).string(), meta.dump(2) + "\n");
+    // Bytes that are not UTF-8 (a path in the user metadata) are replaced:
+    // a strict dump would throw and lose the whole save.
+    const std::string text =
+        meta.dump(2, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace) + "\n";
+    absl::Status s = write_file_atomic((fs::path(tmp_) / kCheckpointMetaFile).string(), text);
     if (!s.ok()) return fail(s);
     s = fsync_path(tmp_);
     if (!s.ok()) return fail(s);
@@ -157,7 +153,7 @@ class CheckpointWriter {
       return fail(err);
     }
     done_ = true;
-    STRATA_RETURN_IF_ERROR(fsync_path(parent_of(dir_)), absl::StrCat("saving checkpoint ", dir_));
+    STRATA_RETURN_IF_ERROR(fsync_path(parent_dir(dir_)), absl::StrCat("saving checkpoint ", dir_));
     fs::remove_all(old_, ec);
     return absl::OkStatus();
   }

@@ -19,16 +19,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string strip_slashes(std::string dir) {
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  return dir;
-}
-
-std::string parent_of(const std::string& path) {
-  const fs::path parent = fs::path(path).parent_path();
-  return parent.empty() ? std::string(".") : parent.string();
-}
-
 enum class Found { kMissing, kEmptyDir, kCheckpoint, kOther };
 
 // What a save that replaces `path` would find there; *what describes kOther.
@@ -125,7 +115,7 @@ bool is_checkpoint_temp_dir(const std::string& path) {
 }
 
 absl::Status check_checkpoint_destination(const std::string& dir_in) {
-  const std::string dir = strip_slashes(dir_in);
+  const std::string dir = strip_trailing_slashes(dir_in);
   if (dir.empty()) return absl::InvalidArgumentError("the checkpoint directory name is empty");
   for (const std::string& path : {dir, dir + ".old"}) {
     std::string what;
@@ -140,7 +130,7 @@ absl::Status check_checkpoint_destination(const std::string& dir_in) {
   }
   // The save creates DIR.tmp-<pid> and renames in DIR's parent; a missing
   // parent is created, so the nearest existing ancestor must take files.
-  fs::path ancestor = fs::path(parent_of(dir));
+  fs::path ancestor = fs::path(parent_dir(dir));
   std::error_code ec;
   while (!fs::exists(ancestor, ec) && ancestor.has_parent_path() &&
          ancestor.parent_path() != ancestor) {
@@ -153,9 +143,9 @@ absl::Status check_checkpoint_destination(const std::string& dir_in) {
     return refuse(own_temp, dir, "not a save's temporary directory");
   }
   // A live save to the same DIR (another run): its temporary is locked.
-  auto names = list_directory(parent_of(dir));
+  auto names = list_directory(parent_dir(dir));
   for (const std::string& name : names.ok() ? *names : std::vector<std::string>()) {
-    const std::string path = (fs::path(parent_of(dir)) / name).string();
+    const std::string path = (fs::path(parent_dir(dir)) / name).string();
     if (name == fs::path(own_temp).filename().string() || !is_temp_name(path, dir) ||
         !is_checkpoint_temp_dir(path))
       continue;
@@ -170,9 +160,9 @@ absl::Status check_checkpoint_destination(const std::string& dir_in) {
 
 absl::StatusOr<std::vector<RemovedScratch>> remove_dead_checkpoint_temps(
     const std::string& dir_in) {
-  const std::string dir = strip_slashes(dir_in);
+  const std::string dir = strip_trailing_slashes(dir_in);
   STRATA_ASSIGN_OR_RETURN(std::vector<RemovedScratch> removed,
-                          remove_unowned_scratch(parent_of(dir), [&](const std::string& path) {
+                          remove_unowned_scratch(parent_dir(dir), [&](const std::string& path) {
                             return is_temp_name(path, dir) && is_checkpoint_temp_dir(path);
                           }));
   for (const RemovedScratch& r : removed) {

@@ -47,11 +47,6 @@ constexpr uint64_t kMaxMetaBytes = uint64_t{64} << 20;
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 constexpr int kIntMax = std::numeric_limits<int>::max();
 
-std::string strip_slashes(std::string dir) {
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  return dir;
-}
-
 // meta.json errors: a damaged or foreign checkpoint.
 absl::Status damaged(const absl::Status& s) {
   return absl::DataLossError(
@@ -202,7 +197,7 @@ uint64_t Checkpoint::largest_tensor_bytes() const {
 
 absl::StatusOr<Checkpoint> read_checkpoint(const std::string& dir_in) {
   Checkpoint ck;
-  ck.dir = strip_slashes(dir_in);
+  ck.dir = strip_trailing_slashes(dir_in);
   if (ck.dir.empty()) return absl::InvalidArgumentError("empty checkpoint directory name");
   std::error_code ec;
   if (!fs::is_directory(ck.dir, ec) && fs::is_directory(ck.dir + ".old", ec)) ck.dir += ".old";

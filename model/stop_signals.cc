@@ -21,6 +21,7 @@ static_assert(std::atomic<Trainer*>::is_always_lock_free && std::atomic<int>::is
 struct sigaction g_previous_int, g_previous_term, g_previous_pipe;
 
 extern "C" void on_stop_signal(int sig) {
+  const int saved_errno = errno;  // the interrupted code may be about to read it
   int none = 0;
   g_received.compare_exchange_strong(none, sig, std::memory_order_relaxed);
   if (Trainer* t = g_trainer.load(std::memory_order_acquire); t != nullptr) t->request_stop();
@@ -29,6 +30,7 @@ extern "C" void on_stop_signal(int sig) {
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
   ::sigaction(sig, &dfl, nullptr);
+  errno = saved_errno;
 }
 
 void open_if_closed(int fd) {

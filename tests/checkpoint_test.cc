@@ -223,6 +223,27 @@ INSTANTIATE_TEST_SUITE_P(Offload, CheckpointTest,
 
 using CheckpointErrorTest = CheckpointFixture;
 
+// User metadata holding bytes that are not UTF-8 (a --vocab path in a
+// Latin-1 folder) must not lose the save: nlohmann's dump throws on them.
+// The save (synchronous and background) succeeds, the bytes replaced.
+TEST_F(CheckpointErrorTest, NonUtf8UserMetadataDoesNotLoseTheSave) {
+  MlpTestModel model;
+  auto e = make_engine(&model);
+  ASSERT_NE(e, nullptr);
+  train(*e, 1);
+  e->set_checkpoint_user_metadata({{"vocab", "/data/caf\xe9/vocab.json"}});
+  const absl::Status sync = e->save_checkpoint(ckpt());
+  ASSERT_TRUE(sync.ok()) << sync;
+  ASSERT_TRUE(e->save_checkpoint_async((dir_ / "async").string()).ok());
+  const absl::Status async = e->wait_for_checkpoint();
+  ASSERT_TRUE(async.ok()) << async;
+  for (const std::string& dir : {ckpt(), (dir_ / "async").string()}) {
+    auto user = TrainingEngine::read_checkpoint_user_metadata(dir);
+    ASSERT_TRUE(user.ok()) << user.status();
+    EXPECT_EQ(user->value("vocab", "").rfind("/data/caf", 0), 0u) << user->dump();
+  }
+}
+
 // A flipped byte inside one tensor fails the load, naming that tensor and the
 // file, and leaves the engine untouched.
 TEST_F(CheckpointErrorTest, CorruptTensorIsNamedAndNothingIsLoaded) {

@@ -141,5 +141,14 @@ TEST_F(FileUtilTest, ListsADirectory) {
   EXPECT_EQ(list_directory(path("missing")).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(PathNames, StripTrailingSlashesAndParentDir) {
+  EXPECT_EQ(strip_trailing_slashes("ck//"), "ck");
+  EXPECT_EQ(strip_trailing_slashes("/"), "/");
+  EXPECT_EQ(strip_trailing_slashes(""), "");
+  EXPECT_EQ(parent_dir("ck"), ".");
+  EXPECT_EQ(parent_dir("runs/ck"), "runs");
+  EXPECT_EQ(parent_dir("/ck"), "/");
+}
+
 }  // namespace
 }  // namespace strata

@@ -1,5 +1,7 @@
 #include "core/parse.h"
 
+#include <cstdint>
+#include <limits>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -34,6 +36,18 @@ TEST(ParseByteSize, Bounds) {
   EXPECT_FALSE(parse_byte_size("1K", "--x", 1, 1000).ok());
   EXPECT_NE(parse_byte_size("1K", "--x", 1, 1000).status().message().find("maximum"),
             std::string::npos);
+}
+
+// A max that a double cannot hold exactly (2^64 - 1 rounds up to 2^64) must
+// not let 2^64 through: converting it to uint64_t is undefined.
+TEST(ParseByteSize, NothingAtOrAbove2To64EvenWithTheLargestMax) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  for (const char* big : {"16777216T", "18446744073709551616", "16777217T"}) {
+    auto r = parse_byte_size(big, "--x", 1, kMax);
+    ASSERT_FALSE(r.ok()) << big << " gave " << *r;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(*parse_byte_size("16777215T", "--x", 1, kMax), uint64_t{16777215} << 40);
 }
 
 TEST(ParseDouble, FiniteAndInRange) {

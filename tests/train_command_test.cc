@@ -34,16 +34,8 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 using RunResult = strata::testing::CliRun;
+using strata::testing::json_lines;
 using strata::testing::slurp;
-
-std::vector<json> json_lines(const std::string& path) {
-  std::vector<json> out;
-  std::istringstream in(slurp(path));
-  for (std::string line; std::getline(in, line);) {
-    out.push_back(json::parse(line, nullptr, /*allow_exceptions=*/false));
-  }
-  return out;
-}
 
 // fp16 with dynamic loss scaling (starting low, so no step is skipped),
 // AdamW at a constant rate, optimizer states on the host; the default

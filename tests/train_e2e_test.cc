@@ -29,6 +29,7 @@ namespace strata {
 namespace {
 
 using nlohmann::json;
+using strata::testing::json_lines;
 
 constexpr char kFortunes[] = "/usr/share/games/fortunes";
 constexpr int64_t kB = 4, kT = 32;
@@ -130,15 +131,6 @@ TEST(TrainE2eTest, Gpt2TinyLearnsFortunesInFp32AndInFp16OnNvme) {
   EXPECT_LT(worst, 0.05);
   EXPECT_NEAR(fp16.val_after, fp32.val_after, 0.05 * fp32.val_after);
   EXPECT_LE(fp16.skipped, 2);
-}
-
-std::vector<json> json_lines(const std::string& path) {
-  std::vector<json> out;
-  std::istringstream in(testing::slurp(path));
-  for (std::string line; std::getline(in, line);) {
-    out.push_back(json::parse(line, nullptr, /*allow_exceptions=*/false));
-  }
-  return out;
 }
 
 // Through the CLI, fp16 with the optimizer on NVMe: an uninterrupted 8-step

@@ -34,6 +34,7 @@ namespace strata::model {
 namespace {
 
 using nlohmann::json;
+using strata::testing::json_lines;
 namespace fs = std::filesystem;
 
 constexpr int64_t kB = 2, kT = 16;
@@ -115,15 +116,6 @@ class Recorder final : public TrainerSink {
   std::vector<double> losses;
   int background_saves = 0;
 };
-
-std::vector<json> json_lines(const std::string& path) {
-  std::vector<json> out;
-  std::istringstream in(testing::slurp(path));
-  for (std::string line; std::getline(in, line);) {
-    out.push_back(json::parse(line, nullptr, /*allow_exceptions=*/false));
-  }
-  return out;
-}
 
 class TrainerTest : public ::testing::Test {
  protected:

@@ -449,12 +449,15 @@ int run_train(const TrainFlags& flags) {
   auto trainer =
       model::Trainer::create(&engine, trainer_options(a, tokens_per_step, &trace), &progress);
   if (!trainer.ok()) return report_status(trainer.status());
-  signals.route_to(trainer->get());
   if (!a.flags.resume.empty()) {
     if (absl::Status st = (*trainer)->resume(a.flags.resume); !st.ok()) {
       return report_status(annotate(st, "--resume"));
     }
   }
+  // Routed only from here to route_to(nullptr) below, with no return between:
+  // the trainer dies before `signals`, and a signal must never reach a
+  // destroyed one. A signal received before this is delivered here.
+  signals.route_to(trainer->get());
   // What `strata sample` and `strata ckpt export` need to rebuild the model.
   json tokenizer = {{"kind", "bytes"}};
   if (s.tokenizer) {

@@ -224,6 +224,7 @@ absl::StatusOr<json> TrainingEngine::checkpoint_meta(
 }
 
 absl::Status TrainingEngine::save_checkpoint(const std::string& dir) {
+  STRATA_RETURN_IF_ERROR(partly_stepped_, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
   // Streams tensor by tensor: no more memory than the largest tensor.
@@ -235,6 +236,7 @@ absl::Status TrainingEngine::save_checkpoint(const std::string& dir) {
 }
 
 absl::Status TrainingEngine::save_checkpoint_async(const std::string& dir) {
+  STRATA_RETURN_IF_ERROR(partly_stepped_, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
   // Refused now, not in the background after the snapshot is taken.
@@ -398,6 +400,8 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in, Checkpoi
                                        .last_overflow_iteration = ls.last_overflow_iteration,
                                        .skipped = ls.skipped});
   }
+  // Every master, state and param now comes from the checkpoint.
+  if (use == CheckpointUse::kResume) partly_stepped_ = absl::OkStatus();
   return absl::OkStatus();
 }
 

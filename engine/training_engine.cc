@@ -208,6 +208,7 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   STRATA_RETURN_IF_ERROR(create_store(config, plan, budgets, options));
   STRATA_RETURN_IF_ERROR(register_tensors(specs, plan));
   STRATA_RETURN_IF_ERROR(prepare_step_state(config, plan, options.speculation));
+  before_decided_step_ = std::move(options.before_decided_step);
   return initialize_params();
 }
 
@@ -718,6 +719,9 @@ absl::Status TrainingEngine::step_layer(int layer, const cpu_adam::Hyperparams& 
                               .out_dtype = fp32 ? DType::kFloat16 : dtype_};
     STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(hp, args, b, exec_),
                            absl::StrCat("optimizer step of ", store_->spec(p.master).name));
+    if (target == StepTarget::kParam && (spec_ == nullptr || i >= spec_->saved_params(layer))) {
+      ++unsaved_writes_;
+    }
     if (fp32) std::memcpy(ov.data, pv.data, p.numel * sizeof(float));
     STRATA_RETURN_IF_ERROR(grad.release(false));
     STRATA_RETURN_IF_ERROR(master.release(true));
@@ -818,6 +822,8 @@ TrainingEngine::Counters TrainingEngine::counters() const {
 }
 
 absl::StatusOr<StepStats> TrainingEngine::train_step() {
+  STRATA_RETURN_IF_ERROR(partly_stepped_);
+  unsaved_writes_ = 0;
   const Counters before = counters();
   StepStats st;
   absl::Status status = run_step(&st);
@@ -841,6 +847,18 @@ absl::Status TrainingEngine::undo_step(const Counters& before, absl::Status stat
                                              "left partly updated; load a checkpoint): ",
                                              s.message()));
     }
+  }
+  if (unsaved_writes_ > 0) {
+    // Those params cannot be put back: stepping again would apply this
+    // update to them twice, saving would store half a step.
+    partly_stepped_ = absl::FailedPreconditionError(absl::StrCat(
+        "step ", before.steps + 1, " failed after it had updated ", unsaved_writes_,
+        " param(s) with no copy to undo them (", status.message(),
+        "); the weights are partly stepped: load the last checkpoint (strata train --resume) "
+        "to continue"));
+    status = annotate(status, absl::StrCat("and ", unsaved_writes_,
+                                           " param(s) were already updated with no copy to undo "
+                                           "them; load the last checkpoint to continue"));
   }
   steps_ = before.steps;
   micro_batches_ = before.micro_batches;
@@ -884,6 +902,9 @@ absl::Status TrainingEngine::apply_step(bool apply, StepStats* out) {
         ++st.rolled_back_layers;
       }
       if (plan == Speculation::Plan::kStep || plan == Speculation::Plan::kRestoreAndStep) {
+        if (before_decided_step_) {
+          STRATA_RETURN_IF_ERROR(before_decided_step_(l), absl::StrCat("step ", st.step));
+        }
         STRATA_RETURN_IF_ERROR(step_layer(l, step_hp_, args, StepTarget::kParam),
                                absl::StrCat("step ", st.step));
       }

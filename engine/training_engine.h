@@ -69,8 +69,12 @@
 // scaler and steps() are bit for bit what they were, so a retry runs the
 // same micro-batches. grad and grad32 are the step's scratch. An error of
 // the store while the decided update is being written (I/O) is the
-// exception: the params already written keep their update, each consistent
-// with its master; load a checkpoint to continue from a known state.
+// exception: the params already written with no copy to undo them (sync
+// mode, or past strata.rollback_buffer_bytes) keep their update. The step's
+// error says so, and from then on train_step, save_checkpoint and
+// save_checkpoint_async return FailedPrecondition naming the failed step
+// until load_checkpoint restores a known state: the engine never applies
+// that update twice nor saves half-stepped weights.
 //
 // strata.delayed_param_update (the ZeRO-Offload paper's DPU, off by
 // default): gradients move as in overlap mode, but the optimizer step of
@@ -145,6 +149,10 @@ struct EngineOptions {
   // force it (tests, benchmarks). See engine/speculation.h.
   using Speculation = SpeculationPolicy;
   Speculation speculation = Speculation::kAuto;
+  // Tests: called before each layer's decided optimizer step (every layer in
+  // sync mode; in overlap mode those stepped after the decision); an error
+  // fails the step there, as an I/O error in the optimizer pass would.
+  std::function<absl::Status(int layer)> before_decided_step;
 };
 
 struct StepStats {
@@ -380,6 +388,12 @@ class TrainingEngine {
   bool overlap_ = false;
   bool dpu_ = false;             // strata.delayed_param_update
   bool update_pending_ = false;  // the worker runs (or ran) a delayed update
+  std::function<absl::Status(int)> before_decided_step_;  // EngineOptions, tests
+  // Params this step wrote with no copy to undo them (decided steps in sync
+  // mode, or past the rollback buffer); a failure after one leaves the
+  // engine refusing to step or save until a checkpoint is loaded.
+  int64_t unsaved_writes_ = 0;
+  absl::Status partly_stepped_;  // OK, or why the weights are partly updated
   std::unique_ptr<OrderedWorker> worker_;
   std::atomic<bool> overflow_{false};
   cpu_adam::Hyperparams step_hp_;  // hp_ with this step's betas from the schedule

@@ -197,6 +197,64 @@ TEST_F(EngineFailedStepTest, FailedStepChangesNothingInEveryMode) {
   }
 }
 
+// The decided optimizer pass fails at layer 1 (as an I/O error there would).
+// In sync mode layer 0 is already stepped with no copy to undo it: the step
+// says so, and the engine refuses to step or save until a checkpoint is
+// loaded; after the load it continues as a clean run. In overlap mode with
+// clipping on every step, every redone layer has its copies: the failure
+// changes nothing and the retry equals the clean run.
+TEST_F(EngineFailedStepTest, FailureInTheDecidedPassIsUndoneOrRefusesToGoOn) {
+  for (const Mode mode : {Mode::kSync, Mode::kOverlap}) {
+    SCOPED_TRACE(mode == Mode::kSync ? "sync" : "overlap");
+    config::DsConfig cfg = config_for(mode, std::string(", ") + kFp16);
+    cfg.gradient_clipping = 1e-6;  // every step clips: overlap redoes every layer
+    bool fail = false;
+    auto engine_with_fault = [&](MlpTestModel* model) {
+      EngineOptions o;
+      o.speculation = EngineOptions::Speculation::kAlways;
+      o.before_decided_step = [&fail](int layer) {
+        return fail && layer == 1 ? absl::DataLossError("injected read error") : absl::OkStatus();
+      };
+      return make_engine(cfg, model, std::move(o));
+    };
+    MlpTestModel model;
+    auto created = engine_with_fault(&model);
+    ASSERT_TRUE(created.ok()) << created.status();
+    TrainingEngine& e = **created;
+    for (int s = 0; s < 2; ++s) ASSERT_TRUE(e.train_step().ok());
+    const std::string ckpt = (dir_ / ("ckpt_" + std::to_string(int(mode)))).string();
+    ASSERT_TRUE(e.save_checkpoint(ckpt).ok());
+    const Snapshot before = snapshot(e);
+
+    fail = true;
+    auto failed = e.train_step();
+    ASSERT_FALSE(failed.ok());
+    EXPECT_NE(failed.status().message().find("injected read error"), std::string::npos);
+    fail = false;
+    if (mode == Mode::kSync) {
+      EXPECT_NE(failed.status().message().find("no copy to undo"), std::string::npos)
+          << failed.status();
+      auto refused = e.train_step();
+      ASSERT_FALSE(refused.ok());
+      EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_NE(refused.status().message().find("load the last checkpoint"), std::string::npos)
+          << refused.status();
+      EXPECT_EQ(e.save_checkpoint(dir_ / "half").code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_FALSE(std::filesystem::exists(dir_ / "half"));
+      ASSERT_TRUE(e.load_checkpoint(ckpt).ok());
+    }
+    expect_same(snapshot(e), before);
+    auto retried = e.train_step();
+    ASSERT_TRUE(retried.ok()) << retried.status();
+
+    MlpTestModel clean_model;
+    auto clean = engine_with_fault(&clean_model);
+    ASSERT_TRUE(clean.ok()) << clean.status();
+    for (int s = 0; s < 3; ++s) ASSERT_TRUE((*clean)->train_step().ok());
+    expect_same(snapshot(**clean), snapshot(e));
+  }
+}
+
 // A step that fails while the previous step's delayed update is pending
 // (queued, running beside its forward) lets that update finish and keeps it
 // pending: reading afterwards shows exactly what a clean run shows after

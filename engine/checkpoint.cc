@@ -1,6 +1,7 @@
-// TrainingEngine::save_checkpoint / load_checkpoint (contract in
-// training_engine.h; the format and its reader in checkpoint_format.h, which
-// paths a save may replace in checkpoint_dir.h).
+// OffloadOptimizer::save_state / load_state, which TrainingEngine's
+// save_checkpoint / load_checkpoint are (contract in training_engine.h; the
+// format and its reader in checkpoint_format.h, which paths a save may
+// replace in checkpoint_dir.h).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,7 +21,7 @@
 #include "core/status.h"
 #include "engine/checkpoint_dir.h"
 #include "engine/checkpoint_format.h"
-#include "engine/training_engine.h"
+#include "engine/offload_optimizer_impl.h"
 #include "nlohmann/json.hpp"
 
 namespace strata::engine {
@@ -46,24 +47,6 @@ absl::Status fsync_path(const std::string& path) {
 }
 
 }  // namespace
-
-absl::Status TrainingEngine::read_raw(offload::TensorId id, Tier tier, void* dst, uint64_t bytes) {
-  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kRead));
-  const absl::Status s = copy_out(v, tier, dst, bytes);
-  const absl::Status r = store_->release(id, tier, /*dirty=*/false);
-  STRATA_RETURN_IF_ERROR(s);
-  return r;
-}
-
-absl::Status TrainingEngine::write_raw(offload::TensorId id, Tier tier, const void* src,
-                                       uint64_t bytes) {
-  STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id, tier, Access::kWrite));
-  const absl::Status s = copy_in(v, tier, src, bytes);
-  // Dirty even on a failed copy: the copy's contents are unknown now.
-  const absl::Status r = store_->release(id, tier, /*dirty=*/true);
-  STRATA_RETURN_IF_ERROR(s);
-  return r;
-}
 
 namespace {
 
@@ -179,22 +162,21 @@ class CheckpointWriter {
 
 }  // namespace
 
-absl::StatusOr<json> TrainingEngine::checkpoint_meta(
-    const std::function<absl::StatusOr<json>(const void*, uint64_t)>& sink) {
+absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
+    const std::function<absl::StatusOr<json>(const void*, uint64_t)>& sink, const json& user_meta) {
   json tensors = json::array();
   std::vector<uint8_t> buf;
-  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
-    for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i) {
-      const ParamIds& p = layers_[l][i];
+  for (int b = 0; b < static_cast<int>(buckets.size()); ++b) {
+    for (int i = 0; i < static_cast<int>(buckets[b].size()); ++i) {
+      const ParamRec& p = params[buckets[b][i]];
       const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
-      json entry = {{"layer", l}, {"param", i}, {"name", p.name}, {"numel", p.numel}};
+      json entry = {{"layer", b}, {"param", i}, {"name", p.desc.name}, {"numel", p.desc.numel}};
       for (int k = 0; k < 4; ++k) {
         const bool compute = k == 3;
-        const uint64_t bytes = p.numel * (compute ? dtype_size(dtype_) : 4);
-        const Tier tier = compute ? param_tier(p) : opt_tier_;
+        const uint64_t bytes = p.desc.numel * (compute ? dtype_size(dtype) : 4);
+        const Tier tier = compute ? param_tier(p) : opt_tier;
         buf.resize(bytes);
-        STRATA_RETURN_IF_ERROR(read_raw(ids[k], tier, buf.data(), bytes),
-                               store_->spec(ids[k]).name);
+        STRATA_RETURN_IF_ERROR(read_raw(ids[k], tier, buf.data(), bytes), store->spec(ids[k]).name);
         STRATA_ASSIGN_OR_RETURN(entry[kCheckpointKindNames[k]], sink(buf.data(), bytes));
       }
       tensors.push_back(std::move(entry));
@@ -202,42 +184,42 @@ absl::StatusOr<json> TrainingEngine::checkpoint_meta(
   }
   json meta = {{"format", "strata-checkpoint"},
                {"format_version", kCheckpointFormatVersion},
-               {"compute_dtype", std::string(dtype_name(dtype_))},
-               {"optimizer", std::string(config::to_string(config_.optimizer.type))},
-               {"zero_stage", config_.zero.stage},
-               {"steps", steps_},
-               {"optimizer_steps", adam_step_},
-               {"micro_batches", micro_batches_},
-               {"lr_schedule_iteration", schedule_->iteration()},
+               {"compute_dtype", std::string(dtype_name(dtype))},
+               {"optimizer", std::string(config::to_string(config.optimizer.type))},
+               {"zero_stage", config.zero.stage},
+               {"steps", steps},
+               {"optimizer_steps", adam_step},
+               {"micro_batches", micro_batches},
+               {"lr_schedule_iteration", schedule->iteration()},
                {"tensor_file", kCheckpointTensorFile},
                {"params", std::move(tensors)}};
-  if (scaler_ != nullptr) {
-    const LossScaler::State st = scaler_->state();
+  if (scaler != nullptr) {
+    const LossScaler::State st = scaler->state();
     meta["loss_scaler"] = {{"scale", st.scale},
                            {"hysteresis", st.hysteresis},
                            {"iteration", st.iteration},
                            {"last_overflow_iteration", st.last_overflow_iteration},
                            {"skipped", st.skipped}};
   }
-  if (!user_meta_.is_null()) meta["user"] = user_meta_;
+  if (!user_meta.is_null()) meta["user"] = user_meta;
   return meta;
 }
 
-absl::Status TrainingEngine::save_checkpoint(const std::string& dir) {
-  STRATA_RETURN_IF_ERROR(partly_stepped_, absl::StrCat("not saving checkpoint ", dir));
-  STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+absl::Status OffloadOptimizer::Impl::save(const std::string& dir, const json& user_meta) {
+  STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
+  STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
   // Streams tensor by tensor: no more memory than the largest tensor.
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::create(dir));
-  auto meta =
-      checkpoint_meta([&](const void* data, uint64_t bytes) { return w->append(data, bytes); });
+  auto meta = checkpoint_meta(
+      [&](const void* data, uint64_t bytes) { return w->append(data, bytes); }, user_meta);
   if (!meta.ok()) return w->fail(meta.status());
   return w->finish(*meta);
 }
 
-absl::Status TrainingEngine::save_checkpoint_async(const std::string& dir) {
-  STRATA_RETURN_IF_ERROR(partly_stepped_, absl::StrCat("not saving checkpoint ", dir));
-  STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+absl::Status OffloadOptimizer::Impl::save_async(const std::string& dir, const json& user_meta) {
+  STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
+  STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
   // Refused now, not in the background after the snapshot is taken.
   STRATA_RETURN_IF_ERROR(check_checkpoint_destination(dir),
@@ -246,18 +228,20 @@ absl::Status TrainingEngine::save_checkpoint_async(const std::string& dir) {
   // written from it while training goes on.
   auto snapshot = std::make_shared<std::vector<uint8_t>>();
   uint64_t total = 0;
-  for (const auto& ps : layers_) {
-    for (const ParamIds& p : ps) total += p.numel * (12 + dtype_size(dtype_));
-  }
+  for (const ParamRec& p : params) total += p.desc.numel * (12 + dtype_size(dtype));
   snapshot->reserve(total);
-  STRATA_ASSIGN_OR_RETURN(json meta, checkpoint_meta([&](const void* data, uint64_t bytes) {
-                            const uint64_t offset = snapshot->size();
-                            const auto* p = static_cast<const uint8_t*>(data);
-                            snapshot->insert(snapshot->end(), p, p + bytes);
-                            return absl::StatusOr<json>(json{{"offset", offset}, {"bytes", bytes}});
-                          }),
-                          absl::StrCat("saving checkpoint ", dir));
-  pending_save_ = std::async(std::launch::async, [dir, snapshot, meta = std::move(meta)]() mutable {
+  STRATA_ASSIGN_OR_RETURN(
+      json meta,
+      checkpoint_meta(
+          [&](const void* data, uint64_t bytes) {
+            const uint64_t offset = snapshot->size();
+            const auto* p = static_cast<const uint8_t*>(data);
+            snapshot->insert(snapshot->end(), p, p + bytes);
+            return absl::StatusOr<json>(json{{"offset", offset}, {"bytes", bytes}});
+          },
+          user_meta),
+      absl::StrCat("saving checkpoint ", dir));
+  pending_save = std::async(std::launch::async, [dir, snapshot, meta = std::move(meta)]() mutable {
     STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::create(dir));
     // The same file as a streamed save: entries get their checksums here.
     for (json& entry : meta["params"]) {
@@ -273,28 +257,23 @@ absl::Status TrainingEngine::save_checkpoint_async(const std::string& dir) {
   return absl::OkStatus();
 }
 
-absl::Status TrainingEngine::wait_for_checkpoint() {
-  if (!pending_save_.valid()) return absl::OkStatus();
-  return pending_save_.get();
-}
-
-absl::StatusOr<json> TrainingEngine::read_checkpoint_user_metadata(const std::string& dir) {
-  STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(dir));
-  return ck.user;
+absl::Status OffloadOptimizer::Impl::wait_for_save() {
+  if (!pending_save.valid()) return absl::OkStatus();
+  return pending_save.get();
 }
 
 namespace {
 
 // What a resume needs to match, saved vs now; each mismatch names both.
 absl::Status check_same_run(const Checkpoint& ck, const config::DsConfig& config, DType dtype,
-                            bool has_scaler, TrainingEngine::CheckpointUse use) {
+                            bool has_scaler, bool weights_only) {
   if (ck.compute_dtype != dtype) {
     return absl::FailedPreconditionError(
         absl::StrCat("saved with compute dtype ", std::string(dtype_name(ck.compute_dtype)),
                      " but this engine runs ", std::string(dtype_name(dtype)),
                      "; set fp16 / bf16 in ds_config as the saved run had them"));
   }
-  if (use != TrainingEngine::CheckpointUse::kResume) return absl::OkStatus();
+  if (weights_only) return absl::OkStatus();
   if (ck.loss_scaler.has_value() != has_scaler) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the checkpoint ", has_scaler ? "has no" : "has a", " loss-scaler state but this engine ",
@@ -317,30 +296,29 @@ absl::Status check_same_run(const Checkpoint& ck, const config::DsConfig& config
 
 }  // namespace
 
-absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in, CheckpointUse use) {
-  STRATA_RETURN_IF_ERROR(wait_for_checkpoint(), "an earlier asynchronous save");
+absl::Status OffloadOptimizer::Impl::load(const std::string& dir_in, bool weights_only) {
+  STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());  // a load replaces it anyway
   STRATA_ASSIGN_OR_RETURN(const Checkpoint ck, read_checkpoint(dir_in),
                           absl::StrCat("loading checkpoint ", dir_in));
   const std::string ctx = absl::StrCat("loading checkpoint ", ck.dir);
-  STRATA_RETURN_IF_ERROR(check_same_run(ck, config_, dtype_, scaler_ != nullptr, use), ctx);
+  STRATA_RETURN_IF_ERROR(check_same_run(ck, config, dtype, scaler != nullptr, weights_only), ctx);
 
   // The parameter table against this model: count, then each entry.
-  size_t total = 0;
-  for (const auto& ps : layers_) total += ps.size();
+  const size_t total = params.size();
   size_t idx = 0;
-  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
-    for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i, ++idx) {
-      const ParamIds& p = layers_[l][i];
-      const std::string here =
-          absl::StrCat("layer ", l, " param ", i, " (", p.name, ", ", p.numel, " elements)");
+  for (int l = 0; l < static_cast<int>(buckets.size()); ++l) {
+    for (int i = 0; i < static_cast<int>(buckets[l].size()); ++i, ++idx) {
+      const ParamRec& p = params[buckets[l][i]];
+      const std::string here = absl::StrCat("layer ", l, " param ", i, " (", p.desc.name, ", ",
+                                            p.desc.numel, " elements)");
       if (idx >= ck.params.size()) {
         return absl::FailedPreconditionError(absl::StrCat(
             ctx, ": the checkpoint has ", ck.params.size(), " parameters, this model ", total,
             "; first missing: ", here, "; load it into the model it was saved from"));
       }
       const CheckpointParam& e = ck.params[idx];
-      if (e.layer != l || e.param != i || e.name != p.name || e.numel != p.numel) {
+      if (e.layer != l || e.param != i || e.name != p.desc.name || e.numel != p.desc.numel) {
         return absl::FailedPreconditionError(absl::StrCat(
             ctx, ": parameter table mismatch at entry ", idx, ": the checkpoint has layer ",
             e.layer, " param ", e.param, " (", e.name, ", ", e.numel, " elements), this model has ",
@@ -355,25 +333,26 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in, Checkpoi
   }
 
   // Every checksum, streamed, before anything is written into the engine.
-  last_load_ = CheckpointLoadStats{.largest_tensor_bytes = ck.largest_tensor_bytes(),
-                                   .tensor_file_bytes = ck.tensor_file_bytes};
+  last_load = CheckpointLoadStats{.largest_tensor_bytes = ck.largest_tensor_bytes(),
+                                  .tensor_file_bytes = ck.tensor_file_bytes};
   STRATA_RETURN_IF_ERROR(
-      verify_checkpoint_tensors(ck, kVerifyChunkBytes, &last_load_.peak_buffer_bytes), ctx);
+      verify_checkpoint_tensors(ck, kVerifyChunkBytes, &last_load.peak_buffer_bytes), ctx);
 
   // Then the tensors, one at a time through one buffer. Each is checked
   // again as it is read: a file changed since the verify pass is caught, but
   // the engine then holds part of the checkpoint.
   std::vector<uint8_t> buf;
   size_t n = 0;
-  for (const auto& ps : layers_) {
-    for (const ParamIds& p : ps) {
+  for (const auto& bucket : buckets) {
+    for (ParamHandle h : bucket) {
+      const ParamRec& p = params[h];
       const CheckpointParam& e = ck.params[n++];
       const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
       for (int k = 0; k < kCheckpointKinds; ++k) {
         const CheckpointTensor& t = e.tensors[k];
         buf.resize(t.bytes);
-        last_load_.peak_buffer_bytes =
-            std::max<uint64_t>(last_load_.peak_buffer_bytes, buf.capacity());
+        last_load.peak_buffer_bytes =
+            std::max<uint64_t>(last_load.peak_buffer_bytes, buf.capacity());
         if (absl::Status s = read_checkpoint_tensor(ck, t, e.tensor_name(k), buf.data()); !s.ok()) {
           return annotate(s, absl::StrCat(ctx,
                                           " (the file changed while it was read: the "
@@ -382,26 +361,33 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir_in, Checkpoi
         // The compute param on its home (its device copy is then stale and
         // dropped); the fp32 tensors on the optimizer's tier, reaching NVMe
         // by write-back as at initialization.
-        const Tier tier = k == kCheckpointCompute ? param_tier(p) : opt_tier_;
+        const Tier tier = k == kCheckpointCompute ? param_tier(p) : opt_tier;
         STRATA_RETURN_IF_ERROR(write_raw(ids[k], tier, buf.data(), t.bytes),
-                               absl::StrCat(ctx, ", tensor ", store_->spec(ids[k]).name));
+                               absl::StrCat(ctx, ", tensor ", store->spec(ids[k]).name));
       }
     }
   }
-  steps_ = ck.steps;
-  adam_step_ = ck.optimizer_steps;
-  micro_batches_ = ck.micro_batches;
-  schedule_->set_iteration(ck.lr_schedule_iteration);
-  if (scaler_ != nullptr && ck.loss_scaler.has_value()) {
+  steps = ck.steps;
+  adam_step = ck.optimizer_steps;
+  micro_batches = ck.micro_batches;
+  schedule->set_iteration(ck.lr_schedule_iteration);
+  if (scaler != nullptr && ck.loss_scaler.has_value()) {
     const CheckpointLossScaler& ls = *ck.loss_scaler;
-    scaler_->restore(LossScaler::State{.scale = ls.scale,
-                                       .hysteresis = ls.hysteresis,
-                                       .iteration = ls.iteration,
-                                       .last_overflow_iteration = ls.last_overflow_iteration,
-                                       .skipped = ls.skipped});
+    scaler->restore(LossScaler::State{.scale = ls.scale,
+                                      .hysteresis = ls.hysteresis,
+                                      .iteration = ls.iteration,
+                                      .last_overflow_iteration = ls.last_overflow_iteration,
+                                      .skipped = ls.skipped});
   }
   // Every master, state and param now comes from the checkpoint.
-  if (use == CheckpointUse::kResume) partly_stepped_ = absl::OkStatus();
+  if (!weights_only) partly_stepped_status = absl::OkStatus();
+  // The framework's own copies of kHost / kDevice params follow.
+  for (const ParamRec& p : params) {
+    if (p.desc.binding == ParamBinding::kStore) continue;
+    buf.resize(p.desc.numel * dtype_size(dtype));
+    STRATA_RETURN_IF_ERROR(read_raw(p.param, param_tier(p), buf.data(), buf.size()), ctx);
+    STRATA_RETURN_IF_ERROR(write_binding(p, buf.data()), ctx);
+  }
   return absl::OkStatus();
 }
 

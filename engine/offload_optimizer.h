@@ -7,53 +7,81 @@
 //
 // Registration (before finalize()): parameters go into buckets, the unit a
 // gradient arrives in (the engine: one layer; torch: a few params), and each
-// names its hyper-parameter group. A param's compute-dtype value and its
-// gradient live where its ParamBinding says:
+// names its hyper-parameter group. Buckets are numbered 0..num_buckets()-1
+// (the largest bucket a param names, plus one; a bucket may be empty). A
+// param's compute-dtype value and its gradient live where its ParamBinding
+// says:
 //   kStore   in the store (param_id / grad_id): the framework acquires them
-//            through store() (the engine's layers do);
+//            through store() on the device (the engine's layers do);
 //   kHost    framework host memory: grad_ready reads the gradient from
-//            `grad`, the updated param is written to `param`;
+//            `grad` (no staging copy), the updated param is written to
+//            `param` once the step is decided;
 //   kDevice  framework device memory on the optimizer's Device: the
-//            gradient is copied out on the optimizer's side stream after
-//            `event` (grad_ready), the param copied back on it
-//            (params_ready's event says when).
+//            gradient is copied out on the optimizer's stream after the
+//            event given to grad_ready, the updated param copied back on it
+//            once the step is decided (params_ready's event says when).
+// kHost / kDevice params keep a compute-dtype copy in the store (on the
+// optimizer's tier) beside grad32, master, exp_avg and exp_avg_sq.
 // Every param has the optimizer's compute dtype (fp16, bf16 or fp32, from
 // the config's fp16 / bf16 sections).
 //
 // A step:
-//   begin_step(loss_scale)   loss_scale: the framework's (GradScaler), or
-//                            nullopt: the config's (fp16 dynamic scaler, 1
-//                            otherwise); returns the scale to use.
+//   begin_step(loss_scale)   loss_scale: the framework's (GradScaler; only
+//                            without the config's fp16 scaler), or nullopt:
+//                            the config's (fp16 dynamic scaler, 1
+//                            otherwise); returns the scale in use.
 //   grad_ready(bucket)       once per micro-batch per bucket, any thread, in
 //                            any order across buckets (a backward hook). The
-//                            gradient leaves the device and is accumulated in
-//                            fp32; on the bucket's gradient_accumulation_steps-th
-//                            call (overlap mode) it is stepped speculatively.
-//                            A bucket reported more often than that is rolled
-//                            back and stepped after the decision instead.
+//                            gradient is accumulated in fp32 (the first call
+//                            of a step overwrites); on the bucket's
+//                            gradient_accumulation_steps-th call (overlap
+//                            mode) the bucket is stepped speculatively. A
+//                            bucket reported more often than that is rolled
+//                            back and stepped after the decision instead; one
+//                            reported less often is stepped after the
+//                            decision; one never reported in the step is not
+//                            stepped (torch skips params without a grad).
+//   wait_grads()             every gradient handed over so far has been
+//                            read: the framework may overwrite its gradient
+//                            buffers (the engine: before each micro-batch's
+//                            backward but the first).
 //   finish_step()            the norm of the whole gradient (summed in bucket
 //                            order, so every mode agrees bit for bit),
 //                            overflow, clip coefficient; rolls back, redoes
 //                            or steps what remains; writes updated params to
 //                            kHost bindings and starts kDevice copies.
 //   params_ready(bucket)     the event after which the bucket's kDevice
-//                            params hold the update (none for kStore/kHost).
+//                            params hold the update (none for kStore/kHost,
+//                            or when the bucket has no kDevice param).
 // The grad is divided by loss_scale * clip_coef inside the optimizer pass
 // (DeepSpeed's rule); accumulation sums the micro-batches' gradients (the
 // framework folds 1/gas into its loss, as DeepSpeed does).
-// A failed finish_step (a non-finite gradient with no loss scaler, "loss
-// scale already at minimum", I/O) changes nothing: speculative updates are
-// restored and the counters (Adam step, schedule, scaler) are what they
-// were, except the decided-update I/O case that TrainingEngine documents
-// (partly_stepped(): saves and steps refused until load_state).
+// In sync mode (strata.overlap "sync", no delayed update) grad_ready does its
+// work on the calling thread before it returns; otherwise it queues it on
+// the optimizer's worker, and the gradient must stay unchanged until
+// wait_grads() or finish_step() returns.
+// A failed finish_step (a non-finite gradient with no loss scaler and no
+// external scale, "loss scale already at minimum", I/O) changes nothing:
+// speculative updates are restored and the counters (Adam step, schedule,
+// scaler, steps, micro-batches) are what they were, except the
+// decided-update I/O case that training_engine.h documents
+// (partly_stepped(): steps and saves refused until load_state). With an
+// external loss scale a non-finite gradient is an overflow: skipped, not an
+// error.
+// strata.delayed_param_update (training_engine.h) needs every param kStore.
 //
-// Threading: registration, begin_step, finish_step, state and save/load from
-// one thread; grad_ready from any thread, concurrently with each other.
-// Errors: create() rejects configs that cannot run (as TrainingEngine);
-// register_* after finalize, unknown ids, a numel of 0 or duplicate names
-// are InvalidArgument; grad_ready outside a step is FailedPrecondition.
+// Threading: registration, begin_step, finish_step, abort_step, state and
+// save/load from one thread; grad_ready (and report_overflow) from any
+// thread, concurrently with each other, between begin_step and finish_step.
+// Errors: create() / finalize() reject configs that cannot run (as
+// TrainingEngine); add_param after finalize, a numel of 0, a name used twice
+// in one bucket, a negative bucket, an unknown group, or (kHost/kDevice) a
+// null pointer are InvalidArgument; unknown handles / buckets are
+// InvalidArgument; grad_ready outside a step, or before finalize, is
+// FailedPrecondition.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -67,6 +95,7 @@
 #include "cpu_adam/optimizer.h"
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
+#include "engine/placement.h"
 #include "engine/speculation.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
@@ -76,22 +105,22 @@
 namespace strata::engine {
 
 struct OffloadOptimizerOptions {
-  // As EngineOptions (training_engine.h): budgets, the I/O engine, the LR
-  // schedule (null: make_lr_schedule(config.scheduler, optimizer.lr); with
-  // a schedule every group's lr and, for OneCycle, betas come from it),
-  // exec, speculation and the test hook before each decided bucket step.
+  // As EngineOptions (training_engine.h): budgets (0: derived from the
+  // placement), the I/O engine (null: built from ds_config "aio"), the LR
+  // schedule (null: make_lr_schedule(config.scheduler, optimizer.lr)), exec,
+  // speculation and the test hook before each decided bucket step.
   uint64_t device_budget_bytes = 0;
   uint64_t host_budget_bytes = 0;
   swap::IoEngine* io = nullptr;
   bool allow_buffered_io = false;
   std::unique_ptr<LrSchedule> lr_schedule;
-  bool use_schedule = true;  // false: groups keep their own lr (torch schedulers)
+  // true: every group's lr (and, for OneCycle, betas) come from the
+  // schedule. false: each group's own lr and betas (torch schedulers write
+  // them through set_group); the schedule still counts steps.
+  bool use_schedule = true;
   cpu_adam::ExecOptions exec;
   SpeculationPolicy speculation = SpeculationPolicy::kAuto;
   std::function<absl::Status(int bucket)> before_decided_step;
-  // Device bytes the framework's own kStore layers need beside the store
-  // (the engine's overflow-check scratch); from plan_placement.
-  uint64_t device_scratch_bytes = 0;
 };
 
 // One hyper-parameter group (torch's param_groups): the optimizer kind is
@@ -108,37 +137,50 @@ struct GroupHyperparams {
 enum class ParamBinding { kStore, kHost, kDevice };
 
 struct ParamDesc {
-  std::string name;  // unique; checkpoints and errors use it
+  // Unique within its bucket; the store names its tensors
+  // "layer<bucket>.<name>.<kind>" and checkpoints record (bucket, index in
+  // bucket, name).
+  std::string name;
   uint64_t numel = 0;
-  int bucket = 0;  // buckets are numbered from 0 in registration order of first use
+  int bucket = 0;
   int group = 0;
   ParamBinding binding = ParamBinding::kStore;
   void* param = nullptr;       // kHost / kDevice: numel values of the compute dtype
   const void* grad = nullptr;  // kHost / kDevice: the gradient the framework writes
 };
 
-using ParamHandle = int;
+using ParamHandle = int;  // 0, 1, ... in add_param order
 
 // Which fp32 tensor of a parameter read_state / write_state address.
 enum class StateKind { kMaster, kExpAvg, kExpAvgSq, kGradAccum };
 
 struct OptimizerStepResult {
-  int64_t step = 0;        // 1-based count of finished steps (a skipped one counts)
-  double loss_scale = 1;   // the scale the step's gradients carried
-  bool skipped = false;    // overflow: nothing applied
-  bool overflow = false;   // some gradient was inf or NaN
-  double grad_norm = 0;    // global L2, unscaled, before clipping (inf on overflow)
-  double clip_coef = 1;    // gradients were divided by this
-  double lr = 0;           // group 0's rate applied (or that would have been)
+  int64_t step = 0;       // 1-based count of finished steps (a skipped one counts)
+  double loss_scale = 1;  // the scale the step's gradients carried
+  bool skipped = false;   // overflow: nothing applied
+  bool overflow = false;  // some gradient was inf or NaN
+  double grad_norm = 0;   // global L2, unscaled, before clipping (inf on overflow)
+  double clip_coef = 1;   // gradients were divided by this
+  double lr = 0;          // group 0's rate applied (or that would have been)
   int speculative_buckets = 0;
-  int rolled_back_buckets = 0;
+  int rolled_back_buckets = 0;   // restored after a speculative step
   double grad_seconds = 0;       // host time on gradients (copy-out, accumulate, norm)
   double optimizer_seconds = 0;  // host time in the optimizer (steps, rollbacks)
+  // Per tier, moved by the store between begin_step and finish_step.
+  std::array<uint64_t, offload::kTierCount> bytes_in{};
+  std::array<uint64_t, offload::kTierCount> bytes_out{};
+};
+
+struct CheckpointLoadStats {
+  uint64_t peak_buffer_bytes = 0;  // the largest host buffer the load held
+  uint64_t largest_tensor_bytes = 0;
+  uint64_t tensor_file_bytes = 0;
 };
 
 class OffloadOptimizer {
  public:
-  // `device` (and options.io) must outlive the optimizer.
+  // `device` (and options.io) must outlive the optimizer. Rejects a config
+  // that cannot run (no optimizer, world size above 1, ...).
   static absl::StatusOr<std::unique_ptr<OffloadOptimizer>> create(const config::DsConfig& config,
                                                                   gpu::Device* device,
                                                                   OffloadOptimizerOptions options);
@@ -146,11 +188,15 @@ class OffloadOptimizer {
   OffloadOptimizer(const OffloadOptimizer&) = delete;
   OffloadOptimizer& operator=(const OffloadOptimizer&) = delete;
 
-  // Registration. add_group returns the group's index (0, 1, ...).
+  // Registration. add_group returns the group's index (0, 1, ...); a param
+  // naming a group must come after it. The config's optimizer params are
+  // what the engine passes as group 0 (default_group()).
   int add_group(const GroupHyperparams& hp);
+  GroupHyperparams default_group() const;
   absl::StatusOr<ParamHandle> add_param(const ParamDesc& desc);
   // Places every tensor (plan_placement over the buckets) and creates the
-  // store, its swap files and the step state.
+  // store, its swap files and the step state. Params start at zero until
+  // set_value.
   absl::Status finalize();
 
   // The fp32 starting value of a param: master = value, states zero, the
@@ -159,44 +205,67 @@ class OffloadOptimizer {
 
   absl::StatusOr<double> begin_step(std::optional<double> loss_scale = std::nullopt);
   absl::Status grad_ready(int bucket, std::optional<gpu::EventId> grad_written = std::nullopt);
+  absl::Status wait_grads();
   // fp16 overflow seen by the framework on the device (the engine's check):
   // no further gradient is taken this step and finish_step skips it.
   void report_overflow();
+  // An overflow is known this step (reported, or seen in a bucket's gradient).
+  bool overflowed() const;
+  // The framework's backward time of the step's last micro-batch; kAuto
+  // speculation compares the host's gradient and optimizer time with it
+  // (not reported: the time from begin_step to the last grad_ready).
+  void set_backward_seconds(double seconds);
   absl::StatusOr<OptimizerStepResult> finish_step();
   // The step in flight is abandoned (the framework's forward or backward
-  // failed): speculative updates are restored, counters put back.
+  // failed): speculative updates are restored, counters put back; returns
+  // `why` with what the undo added.
   absl::Status abort_step(absl::Status why);
   std::optional<gpu::EventId> params_ready(int bucket) const;
 
   // Between steps: hyper-parameters (torch re-reads param_groups each step).
   absl::Status set_group(int group, const GroupHyperparams& hp);
   const GroupHyperparams& group(int g) const;
+  int num_groups() const;
 
   // State, one param at a time (streamed: NVMe-homed states pass through one
-  // host buffer of the tensor's size).
+  // host buffer of the tensor's size). Finishes a pending delayed update
+  // first. write_state of kMaster does not change the compute param.
   absl::StatusOr<std::vector<float>> read_state(ParamHandle p, StateKind kind);
   absl::Status write_state(ParamHandle p, StateKind kind, const float* values);
   // The compute-dtype param as fp32, from its home.
   absl::StatusOr<std::vector<float>> read_param(ParamHandle p);
 
-  // Checkpoints in strata's format (checkpoint_format.h); see TrainingEngine.
+  // Checkpoints in strata's format (checkpoint_format.h; the contract in
+  // training_engine.h, save_checkpoint / load_checkpoint): user_meta is
+  // stored under "user". load_state with weights_only loads masters and
+  // params into a run with another optimizer or stage. Between steps.
   absl::Status save_state(const std::string& dir, const nlohmann::json& user_meta);
+  absl::Status save_state_async(const std::string& dir, const nlohmann::json& user_meta);
+  absl::Status wait_for_save();
   absl::Status load_state(const std::string& dir, bool weights_only);
+  const CheckpointLoadStats& last_load_stats() const;
 
-  // What the framework's kStore layers use.
+  // What the framework's kStore layers use: the store, each param's tensors
+  // (kStore only), the optimizer's stream (store copies and kDevice copies
+  // run on it) and the placement (device scratch for the engine's check).
   offload::TieredStore* store();
   offload::TensorId param_id(ParamHandle p) const;
   offload::TensorId grad_id(ParamHandle p) const;
   gpu::StreamId stream() const;
+  const Placement& placement() const;
 
   int num_params() const;
   int num_buckets() const;
   const ParamDesc& param(ParamHandle p) const;
+  const std::vector<ParamHandle>& bucket_params(int bucket) const;
   DType compute_dtype() const;
   int64_t optimizer_steps() const;  // applied steps (the Adam step count)
   int64_t steps() const;            // finished steps, skipped ones included
+  // gradient_accumulation_steps per finished step (restored by a load): the
+  // engine picks its data by it.
+  int64_t micro_batches() const;
   const LossScaler* loss_scaler() const;
-  const LrSchedule* lr_schedule() const;
+  const LrSchedule& lr_schedule() const;
   offload::Tier optimizer_tier() const;
   absl::Status partly_stepped() const;
 

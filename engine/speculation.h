@@ -53,6 +53,9 @@ class Speculation {
   void save(int layer, int param, const float* master, const float* exp_avg,
             const float* exp_avg_sq);
   void mark_stepped(int layer) { stepped_[layer] = 1; }
+  // The layer's speculative step was undone (more gradient arrived after
+  // it): it is stepped after the decision; its copies stay for a failure.
+  void mark_restored(int layer) { stepped_[layer] = 0; }
 
   bool stepped(int layer) const { return stepped_[layer] != 0; }
   int stepped_layers() const;

@@ -103,22 +103,19 @@
 #pragma once
 
 #include <array>
-#include <atomic>
 #include <cstdint>
 #include <functional>
-#include <future>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/config/ds_config.h"
-#include "core/scratch_lock.h"
 #include "cpu_adam/optimizer.h"
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
 #include "engine/model.h"
-#include "engine/ordered_worker.h"
+#include "engine/offload_optimizer.h"
 #include "engine/placement.h"
 #include "engine/speculation.h"
 #include "gpu/device.h"
@@ -181,9 +178,6 @@ struct StepStats {
   std::array<uint64_t, offload::kTierCount> bytes_out{};
 };
 
-// Which fp32 tensor of a parameter read_fp32() returns.
-enum class StateKind { kMaster, kExpAvg, kExpAvgSq, kGradAccum };
-
 class TrainingEngine {
  public:
   // `model` and `device` (and options.io) must outlive the engine.
@@ -237,14 +231,10 @@ class TrainingEngine {
   // (sampling, evaluation) loads into an engine with another optimizer or
   // stage. Call between steps, from the thread that calls train_step().
   enum class CheckpointUse { kResume, kWeights };
-  struct CheckpointLoadStats {
-    uint64_t peak_buffer_bytes = 0;  // the largest host buffer the load held
-    uint64_t largest_tensor_bytes = 0;
-    uint64_t tensor_file_bytes = 0;
-  };
+  using CheckpointLoadStats = engine::CheckpointLoadStats;
   absl::Status save_checkpoint(const std::string& dir);
   absl::Status load_checkpoint(const std::string& dir, CheckpointUse use = CheckpointUse::kResume);
-  const CheckpointLoadStats& last_checkpoint_load() const { return last_load_; }
+  const CheckpointLoadStats& last_checkpoint_load() const { return opt_->last_load_stats(); }
   // The same checkpoint, written in the background: the engine's tensors are
   // copied into a host snapshot (about 12 + compute-dtype bytes per param)
   // before it returns, and the files are written from the snapshot while
@@ -263,152 +253,45 @@ class TrainingEngine {
   // naming the file when meta.json is missing or not a strata checkpoint.
   static absl::StatusOr<nlohmann::json> read_checkpoint_user_metadata(const std::string& dir);
   // Successful train_step() calls (a failed one counts nothing), restored by a load.
-  int64_t steps() const { return steps_; }
+  int64_t steps() const { return opt_->steps(); }
 
-  DType compute_dtype() const { return dtype_; }
-  const LossScaler* loss_scaler() const { return scaler_.get(); }
-  const LrSchedule& lr_schedule() const { return *schedule_; }
-  int64_t optimizer_steps() const { return adam_step_; }  // applied steps
-  offload::StoreStats store_stats() const { return store_->stats(); }
+  DType compute_dtype() const { return opt_->compute_dtype(); }
+  const LossScaler* loss_scaler() const { return opt_->loss_scaler(); }
+  const LrSchedule& lr_schedule() const { return opt_->lr_schedule(); }
+  int64_t optimizer_steps() const { return opt_->optimizer_steps(); }  // applied steps
+  offload::StoreStats store_stats() const { return opt_->store()->stats(); }
   // Where the optimizer works: kHost when offloaded, kDevice otherwise.
-  offload::Tier optimizer_tier() const { return opt_tier_; }
+  offload::Tier optimizer_tier() const { return opt_->optimizer_tier(); }
+  // The seam the engine steps through: one bucket per layer, every param
+  // ParamBinding::kStore (layer l's param i is handle layer_params(l)[i]).
+  OffloadOptimizer& optimizer() { return *opt_; }
+  const std::vector<ParamHandle>& layer_params(int layer) const { return layers_.at(layer); }
 
  private:
-  struct ParamIds {
-    std::string name;
-    uint64_t numel = 0;
-    offload::TensorId param, grad, grad32, master, exp_avg, exp_avg_sq;
-    offload::TensorId param_next = 0;  // delayed_param_update only
-  };
-
   TrainingEngine() = default;
-  // create(), step by step: what the engine can run; the optimizer, loss
-  // scaler, schedule and mode; the tiers' budgets; the store (with its swap
-  // files); every tensor of every param; the stream, scratch, worker and
-  // speculation of the step; the initial values.
   absl::Status build(const config::DsConfig& config, Model* model, gpu::Device* device,
                      EngineOptions options);
-  static absl::Status check_supported(const config::DsConfig& config, const gpu::Device& device);
-  absl::Status configure_step(const config::DsConfig& config, std::unique_ptr<LrSchedule> schedule);
-  struct StoreBudgets {
-    uint64_t device = 0;
-    uint64_t host = 0;
-  };
-  static absl::StatusOr<StoreBudgets> store_budgets(const config::DsConfig& config,
-                                                    const gpu::Device& device,
-                                                    const Placement& plan,
-                                                    const EngineOptions& options);
-  absl::Status create_store(const config::DsConfig& config, const Placement& plan,
-                            const StoreBudgets& budgets, const EngineOptions& options);
-  // One swap file per NVMe directory, and the I/O engine, when anything is
-  // homed on NVMe.
-  absl::Status add_swap_files(const config::DsConfig& config, const Placement& plan,
-                              const EngineOptions& options, offload::TieredStore::Options& so);
-  absl::Status register_tensors(const std::vector<std::vector<ParamSpec>>& specs,
-                                const Placement& plan);
-  absl::Status prepare_step_state(const config::DsConfig& config, const Placement& plan,
-                                  SpeculationPolicy speculation);
   absl::Status initialize_params();
   absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, bool first, bool last,
                                double* loss, StepStats* st);
+  absl::Status run_layer(int layer, bool backward, int64_t micro, double loss_grad_scale,
+                         StepStats* st);
   // Enqueues the device-side overflow check of a layer's gradients (fp16):
   // its flags land in flag_nonfinite_ once the stream has run.
   absl::Status check_overflow(int layer, const LayerContext& ctx);
-  // Per-layer pieces of the step, run by the compute thread (sync) or the
-  // worker (overlap).
-  absl::Status accumulate_layer(int layer, bool first);
-  absl::Status stats_layer(int layer);
-  // Where step_layer writes the new compute param: param (after the
-  // decision), param (speculatively, saving rollback copies first), or
-  // param_next (delayed update).
-  enum class StepTarget { kParam, kSpeculative, kParamNext };
-  absl::Status step_layer(int layer, const cpu_adam::Hyperparams& hp,
-                          const cpu_adam::StepArgs& args, StepTarget target);
-  absl::Status restore_layer(int layer);
-  absl::Status layer_done(int layer, bool first, bool last);
-  // Delayed parameter update: copies into param what the update wrote into
-  // param_next (every param, or after a failed update those it reached).
-  absl::Status swap_in_update();
-  bool update_complete() const;
-  // Drains the worker; a delayed update that failed is settled (what it
-  // wrote goes in, nothing stays pending) and its error returned.
-  absl::Status drain_worker();
-  absl::Status finish_pending_update();
-  // What a failed train_step puts back, besides the tensors.
-  struct Counters {
-    int64_t steps = 0;
-    int64_t micro_batches = 0;
-    int64_t adam_step = 0;
-    int64_t schedule_iteration = -1;
-    LossScaler::State scaler{};
-  };
-  Counters counters() const;
-  absl::Status run_step(StepStats* st);
-  absl::Status apply_step(bool apply, StepStats* st);
-  absl::Status undo_step(const Counters& before, absl::Status status);
-  absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
-                       uint64_t bytes);
-  absl::Status copy_out(offload::TensorView view, offload::Tier tier, void* dst, uint64_t bytes);
-  // Raw bytes of a tensor through the store on `tier` (checkpoint.cc).
-  absl::Status read_raw(offload::TensorId id, offload::Tier tier, void* dst, uint64_t bytes);
-  absl::Status write_raw(offload::TensorId id, offload::Tier tier, const void* src, uint64_t bytes);
-  // Reads every tensor in checkpoint order and hands its bytes to `sink`,
-  // which returns the tensor's entry; the meta.json object (checkpoint.cc).
-  absl::StatusOr<nlohmann::json> checkpoint_meta(
-      const std::function<absl::StatusOr<nlohmann::json>(const void*, uint64_t)>& sink);
-  // Where the engine reads and writes a compute param outside the step: its
-  // home, or the host for an NVMe-homed one.
-  offload::Tier param_tier(const ParamIds& p) const;
+  absl::StatusOr<ParamHandle> handle(int layer, int param) const;
 
-  config::DsConfig config_;
   Model* model_ = nullptr;
   gpu::Device* device_ = nullptr;
-  gpu::StreamId stream_ = 0;
-  bool have_stream_ = false;
+  std::unique_ptr<OffloadOptimizer> opt_;
+  std::vector<std::vector<ParamHandle>> layers_;  // per layer: its params' handles
   DType dtype_ = DType::kFloat32;
-  offload::Tier opt_tier_ = offload::Tier::kHost;
-  cpu_adam::Hyperparams hp_;
-  cpu_adam::ExecOptions exec_;
-  std::unique_ptr<swap::IoEngine> own_io_;
-  std::vector<std::string> swap_files_;
-  std::vector<ScratchLock> swap_locks_;  // own swap_files_ (engine/swap_scratch.h)
-  std::unique_ptr<offload::TieredStore> store_;
-  std::unique_ptr<LossScaler> scaler_;  // fp16 only
-  std::unique_ptr<LrSchedule> schedule_;
-  std::vector<std::vector<ParamIds>> layers_;
   int64_t gas_ = 1;
-  int64_t micro_batches_ = 0;
-  int64_t steps_ = 0;
-  int64_t adam_step_ = 0;
+  // Gradients go to the optimizer's worker layer by layer during backward
+  // (overlap mode, delayed update), or all after backward (sync).
+  bool grads_during_backward_ = false;
+  bool has_scaler_ = false;
   nlohmann::json user_meta_;
-  std::future<absl::Status> pending_save_;  // save_checkpoint_async
-  CheckpointLoadStats last_load_;
-
-  // The step in flight (written by the worker only between submit and drain).
-  bool overlap_ = false;
-  bool dpu_ = false;             // strata.delayed_param_update
-  bool update_pending_ = false;  // the worker runs (or ran) a delayed update
-  std::function<absl::Status(int)> before_decided_step_;  // EngineOptions, tests
-  // Params this step wrote with no copy to undo them (decided steps in sync
-  // mode, or past the rollback buffer); a failure after one leaves the
-  // engine refusing to step or save until a checkpoint is loaded.
-  int64_t unsaved_writes_ = 0;
-  absl::Status partly_stepped_;  // OK, or why the weights are partly updated
-  std::unique_ptr<OrderedWorker> worker_;
-  std::atomic<bool> overflow_{false};
-  cpu_adam::Hyperparams step_hp_;  // hp_ with this step's betas from the schedule
-  double spec_lr_ = 0;
-  double spec_grad_scale_ = 1;
-  double last_backward_seconds_ = 0;             // of the last micro-batch, previous step
-  double last_host_seconds_ = 0;                 // the previous step's gradient + optimizer time
-  std::unique_ptr<Speculation> spec_;            // overlap mode only
-  std::vector<cpu_adam::GradStats> grad_stats_;  // per layer, summed in layer order
-  std::vector<int> next_done_;  // per layer: params the delayed update wrote into param_next
-  // Host time in gradient handling and in the optimizer, totals (any thread).
-  std::atomic<int64_t> grad_ns_{0};
-  std::atomic<int64_t> optimizer_ns_{0};
-  int64_t grad_ns_reported_ = 0;  // the totals at the end of the last step
-  int64_t optimizer_ns_reported_ = 0;
   // Device scratch for the overflow check: per param of the largest layer a
   // float sum and an int32 flag.
   void* flags_device_ = nullptr;

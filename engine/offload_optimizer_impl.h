@@ -1,0 +1,161 @@
+// OffloadOptimizer's state, shared by offload_optimizer.cc (registration,
+// the step, state access) and checkpoint.cc (save / load). Private to
+// engine/: the contract is offload_optimizer.h.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <optional>
+
+#include "core/scratch_lock.h"
+#include "engine/offload_optimizer.h"
+#include "engine/ordered_worker.h"
+
+namespace strata::engine {
+
+struct OffloadOptimizer::Impl {
+  struct ParamRec {
+    ParamDesc desc;
+    int index = 0;                // in its bucket
+    offload::TensorId param = 0;  // kStore: the compute param; kHost / kDevice: the store's copy
+    offload::TensorId grad = 0;   // kStore only
+    offload::TensorId grad32 = 0, master = 0, exp_avg = 0, exp_avg_sq = 0;
+    offload::TensorId param_next = 0;  // delayed_param_update only
+  };
+  // What a failed step puts back, besides the tensors.
+  struct Counters {
+    int64_t steps = 0;
+    int64_t micro_batches = 0;
+    int64_t adam_step = 0;
+    int64_t schedule_iteration = -1;
+    LossScaler::State scaler{};
+  };
+  // One step's optimizer arguments per group (copied into the delayed
+  // update's jobs, which run while the next step begins).
+  struct StepArgs {
+    std::vector<cpu_adam::Hyperparams> hp;  // per group
+    std::vector<double> lr;                 // per group
+    double grad_scale = 1;
+    int64_t step = 0;
+  };
+  enum class StepTarget { kParam, kSpeculative, kParamNext };
+
+  ~Impl();
+
+  // create() and finalize(), step by step.
+  absl::Status configure(const config::DsConfig& config, gpu::Device* device,
+                         OffloadOptimizerOptions options);
+  struct StoreBudgets {
+    uint64_t device = 0;
+    uint64_t host = 0;
+  };
+  absl::StatusOr<StoreBudgets> store_budgets() const;
+  absl::Status create_store(const StoreBudgets& budgets);
+  absl::Status add_swap_files(offload::TieredStore::Options& so);
+  absl::Status register_tensors();
+  absl::Status prepare_step_state();
+
+  // The step's pieces; bucket work runs on the calling thread (sync) or the
+  // worker.
+  absl::Status bucket_done(int bucket, int call, std::optional<gpu::EventId> event);
+  absl::Status accumulate_bucket(int bucket, bool first, std::optional<gpu::EventId> event);
+  absl::Status stats_bucket(int bucket, int call);
+  absl::Status step_bucket(int bucket, const StepArgs& args, StepTarget target);
+  absl::Status restore_bucket(int bucket);
+  absl::Status publish_bucket(int bucket);
+  absl::Status swap_in_update();
+  bool update_complete() const;
+  absl::Status drain_worker();
+  absl::Status finish_pending_update();
+  Counters counters() const;
+  absl::Status run_finish(OptimizerStepResult* r);
+  absl::Status apply_step(bool apply, OptimizerStepResult* r);
+  absl::Status undo_step(absl::Status status);
+  StepArgs step_args(double grad_scale, int64_t step) const;
+
+  // Store access between steps.
+  offload::Tier param_tier(const ParamRec& p) const;
+  static offload::TensorId state_id(const ParamRec& p, StateKind kind);
+  absl::Status copy_in(offload::TensorView view, offload::Tier tier, const void* src,
+                       uint64_t bytes);
+  absl::Status copy_out(offload::TensorView view, offload::Tier tier, void* dst, uint64_t bytes);
+  absl::Status read_raw(offload::TensorId id, offload::Tier tier, void* dst, uint64_t bytes);
+  absl::Status write_raw(offload::TensorId id, offload::Tier tier, const void* src, uint64_t bytes);
+  // The framework's copy of a kHost / kDevice param from the store's.
+  absl::Status write_binding(const ParamRec& p, const void* src);
+  absl::Status check_handle(ParamHandle p) const;
+
+  // checkpoint.cc
+  absl::StatusOr<nlohmann::json> checkpoint_meta(
+      const std::function<absl::StatusOr<nlohmann::json>(const void*, uint64_t)>& sink,
+      const nlohmann::json& user_meta);
+  absl::Status save(const std::string& dir, const nlohmann::json& user_meta);
+  absl::Status save_async(const std::string& dir, const nlohmann::json& user_meta);
+  absl::Status wait_for_save();
+  absl::Status load(const std::string& dir, bool weights_only);
+
+  config::DsConfig config;
+  gpu::Device* device = nullptr;
+  OffloadOptimizerOptions options;
+  bool finalized = false;
+  gpu::StreamId stream = 0;
+  bool have_stream = false;
+  DType dtype = DType::kFloat32;
+  offload::Tier opt_tier = offload::Tier::kHost;
+  cpu_adam::OptimizerKind kind = cpu_adam::OptimizerKind::kAdamW;
+  std::vector<GroupHyperparams> groups;
+  std::vector<ParamRec> params;
+  std::vector<std::vector<ParamHandle>> buckets;
+  bool has_device_bindings = false;
+  Placement plan;
+  std::unique_ptr<swap::IoEngine> own_io;
+  std::vector<std::string> swap_files;
+  std::vector<ScratchLock> swap_locks;  // own swap_files (engine/swap_scratch.h)
+  std::unique_ptr<offload::TieredStore> store;
+  std::unique_ptr<LossScaler> scaler;  // fp16 only
+  std::unique_ptr<LrSchedule> schedule;
+  int64_t gas = 1;
+  int64_t micro_batches = 0;
+  int64_t steps = 0;
+  int64_t adam_step = 0;
+  std::future<absl::Status> pending_save;
+  CheckpointLoadStats last_load;
+
+  // The step in flight (bucket state written under grad_mu or by the
+  // worker, read by the step's thread once the worker is drained).
+  bool overlap = false;
+  bool dpu = false;
+  bool update_pending = false;
+  bool in_step = false;
+  Counters before;  // at begin_step
+  offload::StoreStats stats_before;
+  int64_t unsaved_writes = 0;
+  absl::Status partly_stepped_status;
+  std::unique_ptr<OrderedWorker> worker;
+  std::mutex grad_mu;  // grad_ready from several threads
+  std::atomic<bool> overflow{false};
+  std::optional<double> external_scale;
+  double loss_scale = 1;
+  StepArgs spec_args;            // the speculative steps': clip coefficient 1
+  std::vector<int> calls;        // per bucket: grad_ready calls this step
+  std::vector<int> stats_calls;  // per bucket: the call its grad_stats are of
+  std::atomic<int> early_rollbacks{0};
+  std::chrono::steady_clock::time_point step_start, last_grad;
+  bool backward_reported = false;
+  double last_backward_seconds = 0;
+  double last_host_seconds = 0;
+  std::unique_ptr<Speculation> spec;            // overlap mode only
+  std::vector<cpu_adam::GradStats> grad_stats;  // per bucket, summed in bucket order
+  std::vector<int> next_done;  // per bucket: params the delayed update wrote into param_next
+  std::atomic<int64_t> grad_ns{0};
+  std::atomic<int64_t> optimizer_ns{0};
+  int64_t grad_ns_reported = 0;
+  int64_t optimizer_ns_reported = 0;
+  std::vector<uint8_t> staging;             // kDevice gradient copy-out (one at a time)
+  std::vector<gpu::EventId> bucket_events;  // per bucket with kDevice params
+  std::vector<char> bucket_has_device;
+};
+
+}  // namespace strata::engine

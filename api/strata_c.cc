@@ -31,13 +31,11 @@
 #include "gpu/sim_device.h"
 
 struct strata_optimizer {
-  strata::config::DsConfig config;
   // Declared before `opt` so they outlive it (members die in reverse order).
   std::unique_ptr<strata::gpu::Device> device;
   std::unique_ptr<tbb::task_arena> arena;
   std::unique_ptr<strata::engine::OffloadOptimizer> opt;
   bool host_only = true;  // STRATA_DEVICE_HOST: device bindings are refused
-  int num_groups = 0;
   bool finalized = false;
 };
 
@@ -101,9 +99,10 @@ absl::Status check_param(const strata_optimizer* h, int param) {
 }
 
 absl::Status check_group(const strata_optimizer* h, int group) {
-  if (group < 0 || group >= h->num_groups) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "group %d does not exist (%d added with strata_add_group)", group, h->num_groups));
+  const int n = h->opt->num_groups();
+  if (group < 0 || group >= n) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("group %d does not exist (%d added with strata_add_group)", group, n));
   }
   return absl::OkStatus();
 }
@@ -210,7 +209,6 @@ absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strat
         absl::StrCat("options.num_threads must be >= 0 (got ", o.num_threads, ")"));
   }
   auto h = std::make_unique<strata_optimizer>();
-  h->config = *std::move(parsed);
   h->host_only = o.device == STRATA_DEVICE_HOST;
   STRATA_ASSIGN_OR_RETURN(h->device, make_device(o));
   strata::engine::OffloadOptimizerOptions eo;
@@ -223,7 +221,7 @@ absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strat
     eo.exec.arena = h->arena.get();
   }
   STRATA_ASSIGN_OR_RETURN(h->opt,
-                          OffloadOptimizer::create(h->config, h->device.get(), std::move(eo)));
+                          OffloadOptimizer::create(*parsed, h->device.get(), std::move(eo)));
   *out = h.release();
   return absl::OkStatus();
 }
@@ -339,13 +337,7 @@ strata_status strata_group_defaults(const strata_optimizer* opt, strata_group_hp
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_C_REQUIRE(out);
-    const strata::config::OptimizerConfig& c = opt->config.optimizer;
-    *out = {.lr = c.lr,
-            .beta1 = c.betas[0],
-            .beta2 = c.betas[1],
-            .eps = c.eps,
-            .weight_decay = c.weight_decay,
-            .bias_correction = c.bias_correction};
+    *out = to_c(opt->opt->default_group());
     return absl::OkStatus();
   });
 }
@@ -359,7 +351,6 @@ strata_status strata_add_group(strata_optimizer* opt, const strata_group_hparams
     STRATA_RETURN_IF_ERROR(require_finalized(opt, false));
     STRATA_RETURN_IF_ERROR(check_hparams(*hp));
     *out_group = opt->opt->add_group(to_cc(*hp));
-    opt->num_groups = *out_group + 1;
     return absl::OkStatus();
   });
 }
@@ -526,7 +517,11 @@ strata_status strata_abort_step(strata_optimizer* opt) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    return opt->opt->abort_step(absl::CancelledError("strata_abort_step"));
+    // abort_step returns the reason it is given, with what the undo added:
+    // the reason alone means the undo went well (or no step was in flight).
+    const absl::Status why = absl::CancelledError("the program abandoned the step");
+    absl::Status status = opt->opt->abort_step(why);
+    return status == why ? absl::OkStatus() : status;
   });
 }
 

@@ -278,7 +278,9 @@ typedef struct strata_step_result {
 STRATA_API strata_status strata_finish_step(strata_optimizer* opt, strata_step_result* out);
 
 /* Abandons the step in flight (the program's forward or backward failed):
- * nothing from it is applied. */
+ * speculative updates are undone and the step is not counted. No step in
+ * flight: a no-op. An error means the undo failed; the message says whether
+ * a checkpoint must be loaded. */
 STRATA_API strata_status strata_abort_step(strata_optimizer* opt);
 
 /* Blocks until the bucket's device-bound params hold the last update

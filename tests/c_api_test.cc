@@ -377,6 +377,68 @@ TEST_F(CApiOptimizer, OverflowSkipsOrFailsAndAbortForgetsTheStep) {
   EXPECT_EQ(master, a0);
 }
 
+// gradient_accumulation_steps 2: each bucket is reported twice a step, from
+// two threads at once (backward hooks); strata_wait_grads frees the grad
+// memory for the second micro-batch, and the accumulated gradient is the sum.
+TEST(CApiTest, AccumulatesMicroBatchesReportedFromSeveralThreads) {
+  constexpr const char* kGas2 = R"({
+    "train_micro_batch_size_per_gpu": 4,
+    "gradient_accumulation_steps": 2,
+    "optimizer": {"type": "AdamW", "params": {"lr": 0.1}},
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+  })";
+  strata_optimizer* opt = nullptr;
+  ASSERT_EQ(strata_optimizer_create(kGas2, nullptr, &opt), STRATA_STATUS_OK) << last_error();
+  strata_group_hparams hp;
+  int group = -1;
+  ASSERT_EQ(strata_group_defaults(opt, &hp), STRATA_STATUS_OK);
+  ASSERT_EQ(strata_add_group(opt, &hp, &group), STRATA_STATUS_OK);
+  constexpr int kBuckets = 4;
+  constexpr size_t kNumel = 1000;
+  std::vector<std::vector<float>> params(kBuckets, std::vector<float>(kNumel));
+  std::vector<std::vector<float>> grads(kBuckets, std::vector<float>(kNumel));
+  for (int b = 0; b < kBuckets; ++b) {
+    const std::string name = "w" + std::to_string(b);
+    strata_param_desc d = {name.c_str(),     kNumel,         b, group, STRATA_BINDING_HOST,
+                           params[b].data(), grads[b].data()};
+    int handle = -1;
+    ASSERT_EQ(strata_add_param(opt, &d, &handle), STRATA_STATUS_OK) << last_error();
+    ASSERT_EQ(handle, b);
+  }
+  ASSERT_EQ(strata_finalize(opt), STRATA_STATUS_OK) << last_error();
+
+  ASSERT_EQ(strata_begin_step(opt, NAN, nullptr), STRATA_STATUS_OK) << last_error();
+  for (int micro = 1; micro <= 2; ++micro) {
+    if (micro == 2) {
+      ASSERT_EQ(strata_wait_grads(opt), STRATA_STATUS_OK) << last_error();
+    }
+    for (int b = 0; b < kBuckets; ++b) {
+      for (size_t i = 0; i < kNumel; ++i) grads[b][i] = static_cast<float>(micro * (b + 1));
+    }
+    std::vector<strata_status> got(kBuckets, STRATA_STATUS_UNKNOWN);
+    std::vector<std::thread> hooks;
+    for (int b = kBuckets - 1; b >= 0; --b) {
+      hooks.emplace_back([&, b] { got[b] = strata_grad_ready(opt, b); });
+    }
+    for (std::thread& t : hooks) t.join();
+    for (int b = 0; b < kBuckets; ++b) EXPECT_EQ(got[b], STRATA_STATUS_OK) << b;
+  }
+  strata_step_result r;
+  ASSERT_EQ(strata_finish_step(opt, &r), STRATA_STATUS_OK) << last_error();
+  // Bucket b's gradient is (1 + 2) * (b + 1) per element, micro-batches summed.
+  double sum_sq = 0;
+  for (int b = 0; b < kBuckets; ++b) sum_sq += kNumel * 9.0 * (b + 1) * (b + 1);
+  EXPECT_NEAR(r.grad_norm, std::sqrt(sum_sq), 1e-6 * std::sqrt(sum_sq));
+  std::vector<float> accum(kNumel);
+  ASSERT_EQ(strata_read_state(opt, 3, STRATA_STATE_GRAD_ACCUM, accum.data(), kNumel),
+            STRATA_STATUS_OK)
+      << last_error();
+  EXPECT_EQ(accum[0], 12.0f);
+  EXPECT_EQ(accum[kNumel - 1], 12.0f);
+  EXPECT_NEAR(params[0][0], -0.1f, 1e-5);  // Adam's first step: lr against the sign
+  strata_optimizer_destroy(opt);
+}
+
 // Without a GPU (or a CUDA build) a CUDA optimizer is an error to handle,
 // not an abort.
 TEST(CApiTest, CudaDeviceWithoutAGpuIsAnError) {

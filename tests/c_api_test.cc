@@ -439,6 +439,55 @@ TEST(CApiTest, AccumulatesMicroBatchesReportedFromSeveralThreads) {
   strata_optimizer_destroy(opt);
 }
 
+// Five steps of the quadratic above with the optimizer states where
+// `offload` says; returns the params.
+std::vector<float> train_quadratic(const std::string& offload) {
+  const std::string config =
+      R"({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
+          "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "weight_decay": 0.01}},
+          "zero_optimization": {"stage": 2, "offload_optimizer": )" +
+      offload + "}}";
+  strata_options options;
+  EXPECT_EQ(strata_options_init(&options), STRATA_STATUS_OK);
+  options.allow_buffered_io = true;  // TempDir may be tmpfs
+  strata_optimizer* opt = nullptr;
+  EXPECT_EQ(strata_optimizer_create(config.c_str(), &options, &opt), STRATA_STATUS_OK)
+      << last_error();
+  if (opt == nullptr) return {};
+  std::vector<float> w(5000), g(5000), init(5000);
+  for (size_t i = 0; i < init.size(); ++i) init[i] = std::sin(static_cast<float>(i));
+  strata_group_hparams hp;
+  int group = -1, p = -1;
+  EXPECT_EQ(strata_group_defaults(opt, &hp), STRATA_STATUS_OK);
+  EXPECT_EQ(strata_add_group(opt, &hp, &group), STRATA_STATUS_OK);
+  strata_param_desc d = {"w", w.size(), 0, group, STRATA_BINDING_HOST, w.data(), g.data()};
+  EXPECT_EQ(strata_add_param(opt, &d, &p), STRATA_STATUS_OK) << last_error();
+  EXPECT_EQ(strata_finalize(opt), STRATA_STATUS_OK) << last_error();
+  EXPECT_EQ(strata_set_value(opt, p, init.data(), init.size()), STRATA_STATUS_OK) << last_error();
+  for (int step = 0; step < 5; ++step) {
+    EXPECT_EQ(strata_begin_step(opt, NAN, nullptr), STRATA_STATUS_OK) << last_error();
+    for (size_t i = 0; i < w.size(); ++i) g[i] = 2 * w[i];
+    EXPECT_EQ(strata_grad_ready(opt, 0), STRATA_STATUS_OK) << last_error();
+    EXPECT_EQ(strata_finish_step(opt, nullptr), STRATA_STATUS_OK) << last_error();
+  }
+  strata_optimizer_destroy(opt);
+  return w;
+}
+
+// States on NVMe (a swap folder) give the same params, bit for bit, as
+// states in host memory: the placement is the config's business only.
+TEST(CApiTest, NvmeOffloadMatchesHostOffload) {
+  const std::string dir = ::testing::TempDir() + "/c_api_test_nvme." + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  const std::vector<float> host = train_quadratic(R"({"device": "cpu"})");
+  const std::vector<float> nvme =
+      train_quadratic(R"({"device": "nvme", "nvme_path": ")" + dir + R"("})");
+  ASSERT_EQ(host.size(), 5000u);
+  EXPECT_EQ(host, nvme);
+  EXPECT_NE(host[1], std::sin(1.0f));  // it trained
+  std::filesystem::remove_all(dir);
+}
+
 // Without a GPU (or a CUDA build) a CUDA optimizer is an error to handle,
 // not an abort.
 TEST(CApiTest, CudaDeviceWithoutAGpuIsAnError) {

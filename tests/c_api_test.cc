@@ -440,8 +440,9 @@ TEST(CApiTest, AccumulatesMicroBatchesReportedFromSeveralThreads) {
 }
 
 // Five steps of the quadratic above with the optimizer states where
-// `offload` says; returns the params.
-std::vector<float> train_quadratic(const std::string& offload) {
+// `offload` says; returns the params. With a swap_dir, checks that the
+// optimizer keeps its swap file there.
+std::vector<float> train_quadratic(const std::string& offload, const std::string& swap_dir = "") {
   const std::string config =
       R"({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
           "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "weight_decay": 0.01}},
@@ -463,6 +464,13 @@ std::vector<float> train_quadratic(const std::string& offload) {
   strata_param_desc d = {"w", w.size(), 0, group, STRATA_BINDING_HOST, w.data(), g.data()};
   EXPECT_EQ(strata_add_param(opt, &d, &p), STRATA_STATUS_OK) << last_error();
   EXPECT_EQ(strata_finalize(opt), STRATA_STATUS_OK) << last_error();
+  if (!swap_dir.empty()) {
+    int swap_files = 0;
+    for (const auto& e : std::filesystem::directory_iterator(swap_dir)) {
+      swap_files += e.path().extension() == ".swp";
+    }
+    EXPECT_EQ(swap_files, 1) << swap_dir;
+  }
   EXPECT_EQ(strata_set_value(opt, p, init.data(), init.size()), STRATA_STATUS_OK) << last_error();
   for (int step = 0; step < 5; ++step) {
     EXPECT_EQ(strata_begin_step(opt, NAN, nullptr), STRATA_STATUS_OK) << last_error();
@@ -481,10 +489,11 @@ TEST(CApiTest, NvmeOffloadMatchesHostOffload) {
   std::filesystem::create_directories(dir);
   const std::vector<float> host = train_quadratic(R"({"device": "cpu"})");
   const std::vector<float> nvme =
-      train_quadratic(R"({"device": "nvme", "nvme_path": ")" + dir + R"("})");
+      train_quadratic(R"({"device": "nvme", "nvme_path": ")" + dir + R"("})", dir);
   ASSERT_EQ(host.size(), 5000u);
   EXPECT_EQ(host, nvme);
-  EXPECT_NE(host[1], std::sin(1.0f));  // it trained
+  EXPECT_NE(host[1], std::sin(1.0f));           // it trained
+  EXPECT_TRUE(std::filesystem::is_empty(dir));  // destroy removed the swap file
   std::filesystem::remove_all(dir);
 }
 

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -14,6 +15,14 @@
 #include "engine/ordered_worker.h"
 
 namespace strata::engine {
+
+// The compute param is always the master rounded to nearest even (the
+// optimizer writes it so, and so do initialisation, rollback and loads).
+inline void round_master(const float* master, void* out, DType dtype, uint64_t n) {
+  if (dtype == DType::kFloat32) std::memcpy(out, master, n * sizeof(float));
+  if (dtype == DType::kFloat16) convert_fp32_to_fp16(master, static_cast<uint16_t*>(out), n);
+  if (dtype == DType::kBFloat16) convert_fp32_to_bf16(master, static_cast<uint16_t*>(out), n);
+}
 
 struct OffloadOptimizer::Impl {
   struct ParamRec {

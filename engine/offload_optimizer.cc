@@ -513,6 +513,7 @@ absl::Status OffloadOptimizer::set_value(ParamHandle h, const float* value) {
   Impl& m = *impl_;
   STRATA_RETURN_IF_ERROR(m.check_handle(h));
   if (m.in_step) return absl::FailedPreconditionError("set_value: a step is in flight");
+  STRATA_RETURN_IF_ERROR(m.finish_pending_update());
   const Impl::ParamRec& p = m.params[h];
   const uint64_t n = p.desc.numel;
   std::vector<uint8_t> low(n * dtype_size(m.dtype));
@@ -550,7 +551,10 @@ absl::Status OffloadOptimizer::set_group(int group, const GroupHyperparams& hp) 
   return absl::OkStatus();
 }
 
-const GroupHyperparams& OffloadOptimizer::group(int g) const { return impl_->groups.at(g); }
+const GroupHyperparams& OffloadOptimizer::group(int g) const {
+  STRATA_CHECK(g >= 0 && g < static_cast<int>(impl_->groups.size()));
+  return impl_->groups[g];
+}
 int OffloadOptimizer::num_groups() const { return static_cast<int>(impl_->groups.size()); }
 
 absl::StatusOr<std::vector<float>> OffloadOptimizer::read_state(ParamHandle h, StateKind kind) {
@@ -603,19 +607,16 @@ absl::Status OffloadOptimizer::load_state(const std::string& dir, bool weights_o
 const CheckpointLoadStats& OffloadOptimizer::last_load_stats() const { return impl_->last_load; }
 
 offload::TieredStore* OffloadOptimizer::store() { return impl_->store.get(); }
-offload::TensorId OffloadOptimizer::param_id(ParamHandle p) const {
-  return impl_->params.at(p).param;
-}
-offload::TensorId OffloadOptimizer::grad_id(ParamHandle p) const {
-  return impl_->params.at(p).grad;
-}
+offload::TensorId OffloadOptimizer::param_id(ParamHandle p) const { return impl_->rec(p).param; }
+offload::TensorId OffloadOptimizer::grad_id(ParamHandle p) const { return impl_->rec(p).grad; }
 gpu::StreamId OffloadOptimizer::stream() const { return impl_->stream; }
 const Placement& OffloadOptimizer::placement() const { return impl_->plan; }
 int OffloadOptimizer::num_params() const { return static_cast<int>(impl_->params.size()); }
 int OffloadOptimizer::num_buckets() const { return static_cast<int>(impl_->buckets.size()); }
-const ParamDesc& OffloadOptimizer::param(ParamHandle p) const { return impl_->params.at(p).desc; }
+const ParamDesc& OffloadOptimizer::param(ParamHandle p) const { return impl_->rec(p).desc; }
 const std::vector<ParamHandle>& OffloadOptimizer::bucket_params(int bucket) const {
-  return impl_->buckets.at(bucket);
+  STRATA_CHECK(bucket >= 0 && bucket < static_cast<int>(impl_->buckets.size()));
+  return impl_->buckets[bucket];
 }
 DType OffloadOptimizer::compute_dtype() const { return impl_->dtype; }
 int64_t OffloadOptimizer::optimizer_steps() const { return impl_->adam_step; }

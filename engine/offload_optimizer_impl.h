@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "core/scratch_lock.h"
+#include "core/status.h"
 #include "engine/offload_optimizer.h"
 #include "engine/ordered_worker.h"
 
@@ -95,6 +96,11 @@ struct OffloadOptimizer::Impl {
   // The framework's copy of a kHost / kDevice param from the store's.
   absl::Status write_binding(const ParamRec& p, const void* src);
   absl::Status check_handle(ParamHandle p) const;
+  // A handle the caller got from add_param (a programming error otherwise).
+  const ParamRec& rec(ParamHandle p) const {
+    STRATA_CHECK(p >= 0 && p < static_cast<int>(params.size()));
+    return params[p];
+  }
 
   // checkpoint.cc
   absl::StatusOr<nlohmann::json> checkpoint_meta(
@@ -137,8 +143,8 @@ struct OffloadOptimizer::Impl {
   bool overlap = false;
   bool dpu = false;
   bool update_pending = false;
-  bool in_step = false;
-  Counters before;  // at begin_step
+  std::atomic<bool> in_step{false};  // read by grad_ready on any thread
+  Counters before;                   // at begin_step
   offload::StoreStats stats_before;
   int64_t unsaved_writes = 0;
   absl::Status partly_stepped_status;

@@ -1,6 +1,12 @@
 // TrainingEngine: the ZeRO-Offload / ZeRO-Infinity training step (ZeRO
 // stage 1-3, one process), in `sync` mode (DeepSpeed's order: all
 // gradients, then the norm, then the optimizer) or `overlap` mode (below).
+// It is the Model's layers driven over an OffloadOptimizer
+// (engine/offload_optimizer.h), which holds everything below but the
+// forward / backward loop, the device-side fp16 overflow check and
+// evaluate(): one bucket per layer, every param ParamBinding::kStore, and
+// grad_ready(layer) after the layer's backward (overlap, delayed update) or
+// for every layer after the whole backward (sync).
 //
 // Placement (per parameter of every layer, all in one TieredStore):
 //   param  compute dtype (fp16 / bf16, fp32 when neither is enabled)
@@ -265,7 +271,8 @@ class TrainingEngine {
   // The seam the engine steps through: one bucket per layer, every param
   // ParamBinding::kStore (layer l's param i is handle layer_params(l)[i]).
   OffloadOptimizer& optimizer() { return *opt_; }
-  const std::vector<ParamHandle>& layer_params(int layer) const { return layers_.at(layer); }
+  // InvalidArgument for a layer the model does not have.
+  absl::StatusOr<std::vector<ParamHandle>> layer_params(int layer) const;
 
  private:
   TrainingEngine() = default;

@@ -216,8 +216,8 @@ STRATA_API strata_status strata_add_param(strata_optimizer* opt, const strata_pa
                                           int* out_param);
 
 /* Places every tensor (device / host / NVMe as the config says) and creates
- * the swap files. Registration ends here; params are zero until
- * strata_set_value. */
+ * the swap files. Registration ends here; give every param its value with
+ * strata_set_value before the first step. */
 STRATA_API strata_status strata_finalize(strata_optimizer* opt);
 
 typedef enum strata_dtype {

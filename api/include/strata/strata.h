@@ -29,8 +29,8 @@
  * that fails changes nothing unless its comment says otherwise.
  *
  * Threading: one handle is used from one thread at a time, except
- * strata_grad_ready, which any number of threads may call at once for
- * different buckets (backward hooks) between begin_step and finish_step.
+ * strata_grad_ready and strata_report_overflow, which any number of threads
+ * may call at once (backward hooks) between begin_step and finish_step.
  * Different handles are independent.
  *
  * Ownership: strings and arrays passed in are copied or used only during
@@ -273,8 +273,13 @@ typedef struct strata_step_result {
 
 /* Ends the step: the norm, overflow and clip decision, and the update of
  * every param (written to host bindings before it returns; device bindings
- * see strata_wait_params). *out may be NULL. A failure changes nothing:
- * the step can be retried with begin_step, or state loaded. */
+ * see strata_wait_params). *out may be NULL. A failure (an inf / NaN
+ * gradient in fp32 or bf16 with the config's scale, "loss scale already at
+ * minimum", I/O) changes nothing: speculative updates are undone, the
+ * counters restored, and the program may run the step again. The exception:
+ * an I/O failure after the update had written params it cannot undo; then
+ * steps and saves are refused (FAILED_PRECONDITION, saying so) until
+ * strata_load_state. */
 STRATA_API strata_status strata_finish_step(strata_optimizer* opt, strata_step_result* out);
 
 /* Abandons the step in flight (the program's forward or backward failed):

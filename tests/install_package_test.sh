@@ -3,7 +3,7 @@
 # component "strata" of BUILD_DIR into a fresh prefix, checks libstrata.so
 # (SONAME, only strata_* exported, the header includes only C standard
 # headers), builds examples/find_package against it with find_package(strata)
-# and with pkg-config, and runs both.
+# and with pkg-config and examples/c_mlp with find_package, and runs them.
 # usage: install_package_test.sh SOURCE_DIR BUILD_DIR WORK_DIR C_COMPILER GENERATOR
 set -euo pipefail
 src=$1 build=$2 work=$3 cc=$4 generator=$5
@@ -42,6 +42,13 @@ cmake -S "$src/examples/find_package" -B "$work/build" -G "$generator" \
   >"$work/configure.log"
 cmake --build "$work/build" >"$work/build.log"
 "$work/build/strata_version_check"
+
+# examples/c_mlp builds on its own against the package too, and trains.
+cmake -S "$src/examples/c_mlp" -B "$work/build-c_mlp" -G "$generator" \
+  -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Release \
+  >"$work/configure-c_mlp.log"
+cmake --build "$work/build-c_mlp" >"$work/build-c_mlp.log"
+"$work/build-c_mlp/c_mlp" 300 | tail -n 1
 
 # pkg-config, one compiler line.
 export PKG_CONFIG_PATH=$libdir/pkgconfig

@@ -247,3 +247,26 @@ TEST_F(DevicePoolTest, ConcurrentUseHandsOutEachBlockOnce) {
 
 }  // namespace
 }  // namespace strata::offload
+
+namespace strata::offload {
+namespace {
+
+// Unaligned sizes replaced one at a time, as the store's churn does.
+TEST_F(DevicePoolTest, ChurnOfUnalignedSizesNeverHandsOutABlockTwice) {
+  const std::vector<uint64_t> sizes = {800, 960000, 2400, 320000, 1280000, 3200};
+  auto pool = make(12 * 2 * 1280000);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 12; ++i) blocks.push_back(*pool->allocate(sizes[i % sizes.size()]));
+  std::mt19937 rng(1);
+  for (int op = 0; op < 20000; ++op) {
+    const size_t k = rng() % blocks.size();
+    pool->free(blocks[k]);
+    auto p = pool->allocate(sizes[rng() % sizes.size()]);
+    ASSERT_TRUE(p.ok()) << "op " << op << ": " << p.status();
+    blocks[k] = *p;
+    ASSERT_EQ(pool->stats().blocks, blocks.size()) << "op " << op;
+  }
+}
+
+}  // namespace
+}  // namespace strata::offload

@@ -159,8 +159,13 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
     STRATA_ASSIGN_OR_RETURN(std::unique_ptr<TrainingEngine> engine,
                             TrainingEngine::create(cfg, &model, &device, std::move(eo)));
     for (int s = 0; s < o.steps; ++s) {
+      const gpu::SyncCounters before = device.sync_counters();
       STRATA_ASSIGN_OR_RETURN(StepStats st, engine->train_step(), absl::StrCat(mode, " step ", s));
+      const gpu::SyncCounters after = device.sync_counters();
       StepBenchmarkStep r;
+      r.host_syncs = static_cast<double>(after.host_syncs - before.host_syncs);
+      r.device_syncs = static_cast<double>(after.device_syncs - before.device_syncs);
+      r.device_allocations = static_cast<double>(after.allocations - before.allocations);
       r.step_seconds = st.step_seconds;
       r.compute_seconds = model.step_compute_seconds() * o.gradient_accumulation_steps;
       r.h2d_seconds = st.bytes_in[0] / (o.link_gb_per_s * 1e9);

@@ -22,7 +22,10 @@ nlohmann::json step_json(const engine::StepBenchmarkStep& s) {
           {"slowest_seconds", s.slowest_seconds},
           {"ratio", s.ratio},
           {"speculative_layers", s.speculative_layers},
-          {"rolled_back_layers", s.rolled_back_layers}};
+          {"rolled_back_layers", s.rolled_back_layers},
+          {"host_syncs", s.host_syncs},
+          {"device_syncs", s.device_syncs},
+          {"device_allocations", s.device_allocations}};
 }
 
 // Mean of the steps after the first (which records the store's trace).
@@ -38,6 +41,9 @@ engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m) {
     a.host_seconds += s.host_seconds / n;
     a.nvme_read_seconds += s.nvme_read_seconds / n;
     a.nvme_write_seconds += s.nvme_write_seconds / n;
+    a.host_syncs += s.host_syncs / n;
+    a.device_syncs += s.device_syncs / n;
+    a.device_allocations += s.device_allocations / n;
   }
   a.rate_against_slowest();
   return a;
@@ -104,17 +110,18 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                  o->link_gb_per_s, o->precision.c_str(), o->offload.c_str());
     std::fprintf(stderr,
                  "mode     step s  compute   h2d     d2h     cpu    nvme   slowest  ratio  "
-                 "speculative/rolled back\n");
+                 "speculative/rolled back  host/device syncs per step\n");
     for (const auto& m : r->modes) {
       nlohmann::json steps = nlohmann::json::array();
       for (const auto& s : m.steps) steps.push_back(step_json(s));
       const engine::StepBenchmarkStep a = steady(m);
       const auto& last = m.steps.back();
       modes[m.mode] = {{"steps", steps}, {"steady", step_json(a)}};
-      std::fprintf(stderr, "%-7s %7.3f  %7.3f %7.3f %7.3f %7.3f %7.3f  %-7s %6.3f  %d/%d\n",
-                   m.mode.c_str(), a.step_seconds, a.compute_seconds, a.h2d_seconds, a.d2h_seconds,
-                   a.host_seconds, a.nvme_read_seconds + a.nvme_write_seconds, a.slowest.c_str(),
-                   a.ratio, last.speculative_layers, last.rolled_back_layers);
+      std::fprintf(
+          stderr, "%-7s %7.3f  %7.3f %7.3f %7.3f %7.3f %7.3f  %-7s %6.3f  %d/%d %22.1f/%.1f\n",
+          m.mode.c_str(), a.step_seconds, a.compute_seconds, a.h2d_seconds, a.d2h_seconds,
+          a.host_seconds, a.nvme_read_seconds + a.nvme_write_seconds, a.slowest.c_str(), a.ratio,
+          last.speculative_layers, last.rolled_back_layers, a.host_syncs, a.device_syncs);
     }
     const double sync_s = steady(r->modes[0]).step_seconds;
     const double speedup = sync_s / steady(r->modes[1]).step_seconds;

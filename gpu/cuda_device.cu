@@ -43,14 +43,19 @@ class CudaDevice final : public Device {
   absl::StatusOr<void*> allocate(size_t bytes) override {
     cudaSetDevice(ordinal_);
     void* p = nullptr;
-    if (absl::Status s = cuda_status(cudaMalloc(&p, bytes), "cudaMalloc"); !s.ok()) {
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    {
+      // cudaMalloc may synchronise the device, failed or not: counted as if it always did.
+      std::lock_guard lock(mu_);
+      ++sync_.device_syncs;
+    }
+    if (absl::Status s = cuda_status(err, "cudaMalloc"); !s.ok()) {
       return absl::ResourceExhaustedError("device out of memory allocating " +
                                           std::to_string(bytes) +
                                           " bytes: " + std::string(s.message()));
     }
     std::lock_guard lock(mu_);
     ++sync_.allocations;
-    ++sync_.device_syncs;  // cudaMalloc may synchronise the device: counted as if it always did
     allocations_[p] = bytes;
     stats_.used_bytes += bytes;
     if (stats_.used_bytes > stats_.peak_bytes) stats_.peak_bytes = stats_.used_bytes;

@@ -149,7 +149,8 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
     gpu::SimDevice device({.capacity_bytes = uint64_t{80} << 30,
                            .h2d_gb_per_s = o.link_gb_per_s,
                            .d2h_gb_per_s = o.link_gb_per_s,
-                           .move_data = false});
+                           .move_data = false,
+                           .costs = {.enabled = o.device_costs}});
     TimedGpt2Layers model(o, result.width, &device);
     result.params = model.params();
     STRATA_ASSIGN_OR_RETURN(config::DsConfig cfg, bench_config(o, mode, dir));

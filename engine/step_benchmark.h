@@ -50,6 +50,9 @@ struct StepBenchmarkOptions {
   std::string nvme_dir = "/tmp";
   int steps = 4;        // per mode; the first records the store's trace
   int cpu_threads = 0;  // CPU optimizer threads; 0: all cores
+  // SimDevice's cost model (gpu/sim_device.h); off shows what the schedule
+  // would take if synchronising calls were free.
+  bool device_costs = true;
 };
 
 struct StepBenchmarkStep {

@@ -83,6 +83,8 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
       ->check(CLI::Range(2, 100));
   cmd->add_option("--threads", o->cpu_threads, "CPU optimizer threads (all cores)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--no-device-costs{false}", o->device_costs,
+                "charge nothing for host syncs, device syncs, pageable copies and launches");
   cmd->add_flag("--json", *json, "print one JSON object on stdout");
   cmd->callback([=] {
     auto shape = model::gpt2_config_by_name(*model);
@@ -102,12 +104,13 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
     nlohmann::json modes = nlohmann::json::object();
     std::fprintf(stderr,
                  "%s layer list, width %lld (/%lld), %.1fM params; B=%lld T=%lld gas %lld; device "
-                 "%.0f TFLOPS, link %.0f GB/s; %s, optimizer offload %s\n",
+                 "%.0f TFLOPS, link %.0f GB/s, CUDA costs %s; %s, optimizer offload %s\n",
                  model->c_str(), static_cast<long long>(r->width),
                  static_cast<long long>(o->width_divisor), static_cast<double>(r->params) / 1e6,
                  static_cast<long long>(o->micro_batch), static_cast<long long>(o->seq_len),
                  static_cast<long long>(o->gradient_accumulation_steps), o->tflops,
-                 o->link_gb_per_s, o->precision.c_str(), o->offload.c_str());
+                 o->link_gb_per_s, o->device_costs ? "charged" : "off", o->precision.c_str(),
+                 o->offload.c_str());
     std::fprintf(stderr,
                  "mode     step s  compute   h2d     d2h     cpu    nvme   slowest  ratio  "
                  "speculative/rolled back  host/device syncs per step\n");
@@ -137,6 +140,7 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   {"seq_len", o->seq_len},
                   {"gradient_accumulation_steps", o->gradient_accumulation_steps},
                   {"tflops", o->tflops},
+                  {"device_costs", o->device_costs},
                   {"link_gb_per_s", o->link_gb_per_s},
                   {"offload", o->offload},
                   {"precision", o->precision},

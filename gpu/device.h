@@ -70,7 +70,10 @@ class Device {
   virtual bool host_addressable() const { return false; }
 
   // Device memory. ResourceExhausted (naming requested, used and capacity
-  // bytes) when the capacity would be exceeded.
+  // bytes) when the capacity would be exceeded. Both calls wait for every
+  // stream (cudaMalloc / cudaFree; SimDevice with its costs), so a step must
+  // not make them (take memory once: offload/device_pool.h), nor may a
+  // thread that holds a lock some queued host function needs.
   virtual absl::StatusOr<void*> allocate(size_t bytes) = 0;
   virtual void free(void* ptr) = 0;
   virtual DeviceMemoryStats stats() const = 0;

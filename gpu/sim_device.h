@@ -32,9 +32,14 @@
 // synchronising calls whether or not the costs are charged.
 //
 // Default: charged (`costs.enabled = true`), with the public H100 / RTX 5090
-// figures below. The functional suite stays fast because each charge is a
-// few microseconds and a correct schedule makes few of them; a test that
-// wants the old free behaviour (e.g. to time a copy alone) turns it off.
+// figures below, because SimDevice is a model of a GPU (it already charges
+// the PCIe link) and a schedule that synchronises should pay for it in every
+// test and benchmark, not only in those that remember to ask. It stays cheap:
+// each charge is microseconds (sleeps run with 1 us timer slack), and with
+// the store's device pool nothing allocates during a step; the store, engine
+// and device suites took within ~25% of their time without it (1-5 s each).
+// Off (`costs.enabled = false`): a test that times the link model alone, or
+// `strata bench step --no-device-costs` to see a schedule's cost-free bound.
 #pragma once
 
 #include <condition_variable>

@@ -183,7 +183,8 @@ class TieredStore {
   // (preallocated: a full disk fails here, before training starts).
   // FailedPrecondition: called twice. InvalidArgument: a device-homed tensor
   // without a device, NVMe-homed tensors without io / swap_paths.
-  // ResourceExhausted: the tensors homed on a tier exceed its budget, or an
+  // ResourceExhausted: the tensors homed on a tier exceed its budget, the
+  // device cannot hold the device pool (the message names its size), or an
   // allocation fails. The swap file's errors (a full disk names the path and
   // the bytes). On error nothing stays allocated and finalize() may be
   // called again (a swap file already created on disk stays there, empty).

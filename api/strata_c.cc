@@ -186,6 +186,7 @@ absl::StatusOr<std::unique_ptr<strata::gpu::Device>> make_device(const strata_op
       sim.d2h_gb_per_s = 1e6;
       sim.copy_latency_us = 0;
       sim.move_data = true;
+      sim.costs.enabled = false;  // nor CUDA's synchronisation costs
       return std::make_unique<strata::gpu::SimDevice>(sim);
     }
     case STRATA_DEVICE_CUDA:

@@ -2,7 +2,7 @@
 
 The model is built from a config (no download) over byte tokens
 (vocab_size=256); the data is a fixed byte batch. strata keeps the fp32
-master weights and the AdamW states in pinned host memory (--offload cpu)
+master weights and the AdamW states in host memory (--offload cpu)
 or in swap files on NVMe (--offload nvme --nvme-path DIR); gradients reach
 it through per-parameter hooks during backward.
 

@@ -382,7 +382,7 @@ void bind_offload_optimizer(nb::module_& m) {
   nb::class_<PyOffloadOptimizer>(
       m, "OffloadOptimizer",
       "engine::OffloadOptimizer: strata owns the fp32 master weights, the optimizer states "
-      "(pinned host or NVMe) and the CPU optimizer; the framework hands it gradients. "
+      "(host memory or NVMe) and the CPU optimizer; the framework hands it gradients. "
       "strata.torch.OffloadOptimizer is the torch-facing class built on it.")
       .def(nb::init<const std::string&, const std::string&, const std::string&, bool, bool,
                     const std::string&>(),

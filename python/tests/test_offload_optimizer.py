@@ -413,3 +413,17 @@ def test_cuda_params_match_cpu() -> None:
         gpu_opt.step()
         gpu_losses.append(loss.item())
     assert_losses_close(gpu_losses, losses, rel=1e-4)
+
+
+def test_reload_params_takes_new_weights_and_keeps_states() -> None:
+    model, ref_model = make_model(), make_model()
+    opt = offload(model)
+    ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=LR, weight_decay=WD)
+    train(model, opt, steps=3)
+    train(ref_model, ref_opt, steps=3)
+    with torch.no_grad():  # the same edit to both models' weights
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            p.mul_(0.5)
+            q.mul_(0.5)
+    opt.reload_params()
+    assert_losses_close(train(model, opt, steps=5), train(ref_model, ref_opt, steps=5))

@@ -8,7 +8,7 @@ CPU params in float32, float16 or bfloat16.
 ``OffloadOptimizer`` is the offload runtime behind the same interface: for any
 torch model, gradients are handed to strata by per-parameter hooks during
 backward, and strata keeps the fp32 master weights and optimizer states in
-pinned host memory or on NVMe.
+host memory or on NVMe.
 """
 
 from strata.torch.adagrad import CPUAdagrad

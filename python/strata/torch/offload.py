@@ -1,7 +1,7 @@
 """OffloadOptimizer: strata's offload runtime behind ``torch.optim.Optimizer``.
 
 strata (``engine::OffloadOptimizer`` through ``strata._strata``) owns the
-fp32 master weights and the optimizer states, in pinned host memory or on
+fp32 master weights and the optimizer states, in host memory or on
 NVMe, and runs the fused SIMD CPU optimizer. torch keeps the model, forward
 and backward.
 
@@ -106,7 +106,7 @@ class OffloadOptimizer(torch.optim.Optimizer):
         lr, betas, eps, weight_decay, bias_correction: the defaults of every
             group; each group may override them, and they are re-read at
             every step.
-        offload: "cpu" (states in pinned host memory) or "nvme" (states in
+        offload: "cpu" (states in host memory) or "nvme" (states in
             swap files under ``nvme_path``, streamed through host buffers).
         nvme_path: an existing writable directory (or a list of them) for
             offload="nvme".
@@ -138,7 +138,7 @@ class OffloadOptimizer(torch.optim.Optimizer):
             raise ValueError(f"OffloadOptimizer: optimizer={optimizer!r}; strata runs "
                              f"{', '.join(_DS_TYPES)}")
         if offload not in ("cpu", "nvme"):
-            raise ValueError(f"OffloadOptimizer: offload={offload!r}; pass 'cpu' (pinned host "
+            raise ValueError(f"OffloadOptimizer: offload={offload!r}; pass 'cpu' (host "
                              "memory) or 'nvme' (with nvme_path)")
         if gradient_accumulation_steps < 1:
             raise ValueError("OffloadOptimizer: gradient_accumulation_steps must be >= 1")
@@ -536,10 +536,14 @@ class OffloadOptimizer(torch.optim.Optimizer):
             self._abort("zero_grad() discarded the step's gradients")
 
     def reload_params(self) -> None:
-        """Takes the params' current values as strata's fp32 master (states kept)."""
+        """Takes the params' current values as strata's fp32 masters, keeping
+        the optimizer states (after writing weights into the model)."""
         self._check_between_steps("reload_params")
-        self._values_set = False
-        self._ensure_values()
+        if not self._values_set:
+            self._ensure_values()
+            return
+        for e in self._entries:
+            self._write(e, "master", e.param.detach(), "value")
 
     # ---- state --------------------------------------------------------
 

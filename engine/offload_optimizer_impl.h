@@ -5,15 +5,25 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <mutex>
 #include <optional>
 
 #include "core/scratch_lock.h"
+#include "core/status.h"
 #include "engine/offload_optimizer.h"
 #include "engine/ordered_worker.h"
 
 namespace strata::engine {
+
+// The compute param is always the master rounded to nearest even (the
+// optimizer writes it so, and so do initialisation, rollback and loads).
+inline void round_master(const float* master, void* out, DType dtype, uint64_t n) {
+  if (dtype == DType::kFloat32) std::memcpy(out, master, n * sizeof(float));
+  if (dtype == DType::kFloat16) convert_fp32_to_fp16(master, static_cast<uint16_t*>(out), n);
+  if (dtype == DType::kBFloat16) convert_fp32_to_bf16(master, static_cast<uint16_t*>(out), n);
+}
 
 struct OffloadOptimizer::Impl {
   struct ParamRec {
@@ -86,6 +96,11 @@ struct OffloadOptimizer::Impl {
   // The framework's copy of a kHost / kDevice param from the store's.
   absl::Status write_binding(const ParamRec& p, const void* src);
   absl::Status check_handle(ParamHandle p) const;
+  // A handle the caller got from add_param (a programming error otherwise).
+  const ParamRec& rec(ParamHandle p) const {
+    STRATA_CHECK(p >= 0 && p < static_cast<int>(params.size()));
+    return params[p];
+  }
 
   // checkpoint.cc
   absl::StatusOr<nlohmann::json> checkpoint_meta(
@@ -128,8 +143,8 @@ struct OffloadOptimizer::Impl {
   bool overlap = false;
   bool dpu = false;
   bool update_pending = false;
-  bool in_step = false;
-  Counters before;  // at begin_step
+  std::atomic<bool> in_step{false};  // read by grad_ready on any thread
+  Counters before;                   // at begin_step
   offload::StoreStats stats_before;
   int64_t unsaved_writes = 0;
   absl::Status partly_stepped_status;

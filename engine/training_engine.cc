@@ -304,6 +304,14 @@ absl::StatusOr<ParamHandle> TrainingEngine::handle(int layer, int param) const {
   return layers_[layer][param];
 }
 
+absl::StatusOr<std::vector<ParamHandle>> TrainingEngine::layer_params(int layer) const {
+  if (layer < 0 || layer >= static_cast<int>(layers_.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no layer ", layer, " (the model has ", layers_.size(), ")"));
+  }
+  return layers_[layer];
+}
+
 absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int param, StateKind kind) {
   STRATA_ASSIGN_OR_RETURN(const ParamHandle h, handle(layer, param));
   return opt_->read_state(h, kind);

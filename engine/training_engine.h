@@ -271,7 +271,8 @@ class TrainingEngine {
   // The seam the engine steps through: one bucket per layer, every param
   // ParamBinding::kStore (layer l's param i is handle layer_params(l)[i]).
   OffloadOptimizer& optimizer() { return *opt_; }
-  const std::vector<ParamHandle>& layer_params(int layer) const { return layers_.at(layer); }
+  // InvalidArgument for a layer the model does not have.
+  absl::StatusOr<std::vector<ParamHandle>> layer_params(int layer) const;
 
  private:
   TrainingEngine() = default;

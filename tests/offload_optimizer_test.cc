@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/dtype.h"
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
 #include "tests/test_ds_config.h"
@@ -435,6 +436,71 @@ TEST_F(OffloadOptimizerTest, DeviceBindingOnSimDevice) {
     device_.destroy_stream(*stream);
   }
   for (void* p : dev) device_.free(p);
+}
+
+// bf16 compute params in framework host memory (torch's bf16 model): the
+// binding is the master rounded, and overlap with clipping and gas 2 equals
+// sync bit for bit.
+TEST_F(OffloadOptimizerTest, Bf16HostParamsFollowTheMaster) {
+  struct Run {
+    std::vector<std::vector<uint16_t>> w, g;
+    std::vector<std::vector<float>> master;
+  };
+  auto train = [&](const std::string& mode) {
+    Run r;
+    auto cfg = make_config(mode, 2, "\"bf16\": {\"enabled\": true}, \"gradient_clipping\": 0.3");
+    OffloadOptimizerOptions o;
+    o.speculation = SpeculationPolicy::kAlways;
+    auto opt = OffloadOptimizer::create(cfg, &device_, std::move(o));
+    EXPECT_TRUE(opt.ok()) << opt.status();
+    if (!opt.ok()) return r;
+    EXPECT_EQ((*opt)->compute_dtype(), DType::kBFloat16);
+    (*opt)->add_group((*opt)->default_group());
+    HostModel model;  // its fp32 values start the params
+    for (int p = 0; p < 3; ++p) {
+      r.w.emplace_back(kSizes[p]);
+      r.g.emplace_back(kSizes[p]);
+    }
+    for (int p = 0; p < 3; ++p) {
+      EXPECT_TRUE((*opt)
+                      ->add_param({.name = "p" + std::to_string(p),
+                                   .numel = kSizes[p],
+                                   .bucket = kBuckets[p],
+                                   .binding = ParamBinding::kHost,
+                                   .param = r.w[p].data(),
+                                   .grad = r.g[p].data()})
+                      .ok());
+    }
+    EXPECT_TRUE((*opt)->finalize().ok());
+    for (int p = 0; p < 3; ++p) EXPECT_TRUE((*opt)->set_value(p, model.w[p].data()).ok());
+    for (int s = 0; s < 12; ++s) {
+      EXPECT_TRUE((*opt)->begin_step().ok());
+      for (int k = 0; k < 2; ++k) {
+        if (k > 0) {
+          EXPECT_TRUE((*opt)->wait_grads().ok());
+        }
+        for (int p = 0; p < 3; ++p) {
+          convert_bf16_to_fp32(r.w[p].data(), model.w[p].data(), kSizes[p]);
+          model.grads(p, k);
+          convert_fp32_to_bf16(model.g[p].data(), r.g[p].data(), kSizes[p]);
+        }
+        for (int b = 0; b < 2; ++b) EXPECT_TRUE((*opt)->grad_ready(b).ok());
+      }
+      auto res = (*opt)->finish_step();
+      EXPECT_TRUE(res.ok()) << res.status();
+    }
+    for (int p = 0; p < 3; ++p) {
+      r.master.push_back(*(*opt)->read_state(p, StateKind::kMaster));
+      std::vector<uint16_t> rounded(kSizes[p]);
+      convert_fp32_to_bf16(r.master[p].data(), rounded.data(), kSizes[p]);
+      EXPECT_EQ(rounded, r.w[p]) << "param " << p << ": the binding is the master rounded";
+    }
+    return r;
+  };
+  const Run sync = train("sync");
+  const Run overlap = train("overlap");
+  EXPECT_EQ(overlap.master, sync.master);
+  EXPECT_EQ(overlap.w, sync.w);
 }
 
 TEST_F(OffloadOptimizerTest, MisuseIsAnError) {

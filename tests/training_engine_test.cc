@@ -87,6 +87,33 @@ TEST_F(TrainingEngineTest, LossCurvesAgreeAcrossPrecisionAndOffload) {
 }
 
 // bf16 offloaded to the host follows the fp32 curve within bf16's precision.
+// The engine is the model's layers over an OffloadOptimizer: one bucket per
+// layer, store-held params, and what the engine reads is the optimizer's.
+TEST_F(TrainingEngineTest, StepsThroughItsOffloadOptimizer) {
+  MlpTestModel model;
+  auto engine = make_engine(make_config(kCpuZero), &model);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  ASSERT_TRUE((*engine)->train_step().ok());
+  OffloadOptimizer& opt = (*engine)->optimizer();
+  EXPECT_EQ(opt.num_buckets(), model.num_layers());
+  EXPECT_EQ(opt.steps(), 1);
+  EXPECT_EQ(opt.micro_batches(), 2);  // gas 2
+  for (int l = 0; l < model.num_layers(); ++l) {
+    auto handles = (*engine)->layer_params(l);
+    ASSERT_TRUE(handles.ok());
+    EXPECT_EQ(*handles, opt.bucket_params(l));
+    for (size_t i = 0; i < handles->size(); ++i) {
+      const ParamHandle h = (*handles)[i];
+      EXPECT_EQ(opt.param(h).binding, ParamBinding::kStore);
+      EXPECT_EQ(opt.param(h).name, model.layer_params(l)[i].name);
+      EXPECT_EQ(*opt.read_state(h, StateKind::kExpAvg),
+                *(*engine)->read_fp32(l, static_cast<int>(i), StateKind::kExpAvg));
+    }
+  }
+  EXPECT_EQ((*engine)->layer_params(model.num_layers()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(TrainingEngineTest, Bf16FollowsFp32) {
   std::vector<double> losses[2];
   const config::DsConfig cfgs[2] = {

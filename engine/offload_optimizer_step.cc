@@ -1,0 +1,658 @@
+// OffloadOptimizer's step: begin_step, grad_ready (accumulation, the
+// speculative step), finish_step (the decision, rollback, the decided or
+// delayed update, publishing to framework bindings) and the undo of a
+// failed step. Registration, placement and state are in
+// offload_optimizer.cc; the contract in offload_optimizer.h.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "engine/offload_optimizer_impl.h"
+#include "oneapi/tbb/parallel_for.h"
+
+namespace strata::engine {
+namespace {
+
+using offload::Access;
+using offload::TensorView;
+using offload::Tier;
+
+// Adds the scope's wall time to *total on exit.
+class AddElapsed {
+ public:
+  explicit AddElapsed(std::atomic<int64_t>* total_ns)
+      : total_(total_ns), t0_(std::chrono::steady_clock::now()) {}
+  ~AddElapsed() {
+    total_->fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0_)
+            .count());
+  }
+  AddElapsed(const AddElapsed&) = delete;
+  AddElapsed& operator=(const AddElapsed&) = delete;
+
+ private:
+  std::atomic<int64_t>* total_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// Releases a pinned store copy on scope exit unless released explicitly.
+class Pin {
+ public:
+  Pin(offload::TieredStore* store, offload::TensorId id, Tier tier)
+      : store_(store), id_(id), tier_(tier) {}
+  absl::StatusOr<TensorView> acquire(Access access) {
+    STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id_, tier_, access));
+    held_ = true;
+    return v;
+  }
+  absl::Status release(bool dirty) {
+    held_ = false;
+    return store_->release(id_, tier_, dirty);
+  }
+  ~Pin() {
+    if (held_) store_->release(id_, tier_, false).IgnoreError();
+  }
+  Pin(const Pin&) = delete;
+  Pin& operator=(const Pin&) = delete;
+
+ private:
+  offload::TieredStore* store_;
+  offload::TensorId id_;
+  Tier tier_;
+  bool held_ = false;
+};
+
+// dst[i] (+)= float(src[i]) for a compute-dtype gradient, in chunks spread
+// over the optimizer's threads (the sum of each element does not depend on
+// the split). The first micro-batch converts straight into dst.
+void accumulate_into(float* dst, const void* src, DType dtype, uint64_t n, bool first,
+                     const cpu_adam::ExecOptions& exec) {
+  constexpr uint64_t kChunk = 16384;
+  auto convert = [&](uint64_t off, uint64_t len, float* out) {
+    switch (dtype) {
+      case DType::kFloat32:
+        std::memcpy(out, static_cast<const float*>(src) + off, len * sizeof(float));
+        break;
+      case DType::kFloat16:
+        convert_fp16_to_fp32(static_cast<const uint16_t*>(src) + off, out, len);
+        break;
+      case DType::kBFloat16:
+        convert_bf16_to_fp32(static_cast<const uint16_t*>(src) + off, out, len);
+        break;
+    }
+  };
+  auto chunk = [&](uint64_t c) {
+    const uint64_t off = c * kChunk, len = std::min(kChunk, n - off);
+    float* d = dst + off;
+    if (first) return convert(off, len, d);
+    float tmp[kChunk];
+    const float* f = tmp;
+    if (dtype == DType::kFloat32) {
+      f = static_cast<const float*>(src) + off;
+    } else {
+      convert(off, len, tmp);
+    }
+    for (uint64_t i = 0; i < len; ++i) d[i] += f[i];
+  };
+  const uint64_t chunks = (n + kChunk - 1) / kChunk;
+  auto run = [&] { tbb::parallel_for(uint64_t{0}, chunks, [&](uint64_t c) { chunk(c); }); };
+  if (chunks <= 1) {
+    if (chunks == 1) chunk(0);
+  } else if (exec.arena != nullptr) {
+    exec.arena->execute(run);
+  } else {
+    run();
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// The step.
+
+OffloadOptimizer::Impl::StepArgs OffloadOptimizer::Impl::step_args(double grad_scale,
+                                                                   int64_t step) const {
+  StepArgs a;
+  a.grad_scale = grad_scale;
+  a.step = step;
+  const auto betas = options.use_schedule ? schedule->betas() : std::nullopt;
+  for (const GroupHyperparams& g : groups) {
+    cpu_adam::Hyperparams hp;
+    hp.kind = kind;
+    hp.beta1 = g.beta1;
+    hp.beta2 = g.beta2;
+    hp.eps = g.eps;
+    hp.weight_decay = g.weight_decay;
+    hp.bias_correction = g.bias_correction;
+    if (betas) {
+      // OneCycle's cycled momentum, as DeepSpeed sets the optimizer's betas.
+      hp.beta1 = (*betas)[0];
+      hp.beta2 = (*betas)[1];
+    }
+    a.hp.push_back(hp);
+    a.lr.push_back(options.use_schedule ? schedule->lr() : g.lr);
+  }
+  return a;
+}
+
+OffloadOptimizer::Impl::Counters OffloadOptimizer::Impl::counters() const {
+  Counters c{.steps = steps,
+             .micro_batches = micro_batches,
+             .adam_step = adam_step,
+             .schedule_iteration = schedule->iteration()};
+  if (scaler != nullptr) c.scaler = scaler->state();
+  return c;
+}
+
+absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_scale) {
+  Impl& m = *impl_;
+  if (!m.finalized) {
+    return absl::FailedPreconditionError("begin_step: the optimizer is not finalized");
+  }
+  if (m.in_step) {
+    return absl::FailedPreconditionError(
+        "begin_step: a step is in flight; call finish_step or abort_step first");
+  }
+  STRATA_RETURN_IF_ERROR(m.partly_stepped_status);
+  if (loss_scale.has_value()) {
+    if (m.scaler != nullptr) {
+      return absl::InvalidArgumentError(
+          "begin_step: the config's fp16 section has a loss scaler; an external loss scale "
+          "needs fp16 without it (or bf16 / fp32)");
+    }
+    if (!(*loss_scale > 0) || !std::isfinite(*loss_scale)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "begin_step: the loss scale must be finite and above 0 (got ", *loss_scale, ")"));
+    }
+  }
+  // The previous step's kDevice param copies read the store's copies, which
+  // this step's optimizer may write again.
+  if (m.has_device_bindings) STRATA_RETURN_IF_ERROR(m.device->synchronize_stream(m.stream));
+  m.before = m.counters();
+  m.unsaved_writes = 0;
+  m.early_rollbacks = 0;
+  m.stats_before = m.store->stats();
+  ++m.steps;
+  m.external_scale = loss_scale;
+  m.loss_scale = loss_scale ? *loss_scale : m.scaler != nullptr ? m.scaler->scale() : 1.0;
+  m.spec_args = m.step_args(1.0 / m.loss_scale, m.adam_step + 1);
+  m.store->begin_step();
+  m.overflow.store(false);
+  std::fill(m.calls.begin(), m.calls.end(), 0);
+  std::fill(m.stats_calls.begin(), m.stats_calls.end(), 0);
+  std::fill(m.grad_stats.begin(), m.grad_stats.end(), cpu_adam::GradStats{});
+  if (m.spec != nullptr) m.spec->begin_step(m.last_host_seconds, m.last_backward_seconds);
+  m.step_start = m.last_grad = std::chrono::steady_clock::now();
+  m.backward_reported = false;
+  m.in_step = true;
+  return m.loss_scale;
+}
+
+absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId> grad_written) {
+  Impl& m = *impl_;
+  if (!m.in_step) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("grad_ready(", bucket, ") outside a step; call begin_step first"));
+  }
+  if (bucket < 0 || bucket >= static_cast<int>(m.buckets.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grad_ready: no bucket ", bucket, " (", m.buckets.size(), " buckets)"));
+  }
+  std::lock_guard lock(m.grad_mu);
+  m.last_grad = std::chrono::steady_clock::now();
+  if (m.overflow.load()) return absl::OkStatus();  // nothing more leaves the device
+  const int call = ++m.calls[bucket];
+  if (m.worker != nullptr) {
+    m.worker->submit(
+        [&m, bucket, call, grad_written] { return m.bucket_done(bucket, call, grad_written); });
+    return absl::OkStatus();
+  }
+  return m.bucket_done(bucket, call, grad_written);
+}
+
+absl::Status OffloadOptimizer::wait_grads() { return impl_->drain_worker(); }
+
+void OffloadOptimizer::report_overflow() { impl_->overflow.store(true); }
+bool OffloadOptimizer::overflowed() const { return impl_->overflow.load(); }
+
+void OffloadOptimizer::set_backward_seconds(double seconds) {
+  impl_->last_backward_seconds = seconds;
+  impl_->backward_reported = true;
+}
+
+absl::Status OffloadOptimizer::Impl::accumulate_bucket(int bucket, bool first,
+                                                       std::optional<gpu::EventId> event) {
+  bool waited = false;
+  for (ParamHandle h : buckets[bucket]) {
+    const ParamRec& p = params[h];
+    const uint64_t n = p.desc.numel;
+    Pin acc(store.get(), p.grad32, opt_tier);
+    if (p.desc.binding == ParamBinding::kStore) {
+      // Reading the grad on the host makes the store copy the device's back (D2H).
+      Pin g(store.get(), p.grad, opt_tier);
+      STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kRead));
+      STRATA_ASSIGN_OR_RETURN(TensorView av,
+                              acc.acquire(first ? Access::kWrite : Access::kReadWrite));
+      accumulate_into(static_cast<float*>(av.data), gv.data, dtype, n, first, options.exec);
+      STRATA_RETURN_IF_ERROR(g.release(false));
+      STRATA_RETURN_IF_ERROR(acc.release(true));
+      continue;
+    }
+    const void* src = p.desc.grad;
+    if (p.desc.binding == ParamBinding::kDevice) {
+      if (event.has_value() && !waited) {
+        STRATA_RETURN_IF_ERROR(device->wait_event(stream, *event),
+                               absl::StrCat("bucket ", bucket, ": waiting for its gradient"));
+        waited = true;
+      }
+      staging.resize(n * dtype_size(dtype));
+      STRATA_RETURN_IF_ERROR(
+          device->copy_to_host(staging.data(), p.desc.grad, staging.size(), stream),
+          absl::StrCat("copying the gradient of ", p.desc.name));
+      STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream),
+                             absl::StrCat("copying the gradient of ", p.desc.name));
+      src = staging.data();
+    }
+    STRATA_ASSIGN_OR_RETURN(TensorView av,
+                            acc.acquire(first ? Access::kWrite : Access::kReadWrite));
+    accumulate_into(static_cast<float*>(av.data), src, dtype, n, first, options.exec);
+    STRATA_RETURN_IF_ERROR(acc.release(true));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::stats_bucket(int bucket, int call) {
+  cpu_adam::GradStats total;
+  for (ParamHandle h : buckets[bucket]) {
+    const ParamRec& p = params[h];
+    Pin acc(store.get(), p.grad32, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kRead));
+    STRATA_ASSIGN_OR_RETURN(
+        cpu_adam::GradStats gs,
+        cpu_adam::grad_stats(av.data, DType::kFloat32, p.desc.numel, options.exec));
+    STRATA_RETURN_IF_ERROR(acc.release(false));
+    total.sum_squares += gs.sum_squares;
+    total.nonfinite = total.nonfinite || gs.nonfinite;
+  }
+  grad_stats[bucket] = total;
+  stats_calls[bucket] = call;
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::bucket_done(int bucket, int call,
+                                                 std::optional<gpu::EventId> event) {
+  if (overflow.load()) return absl::OkStatus();  // nothing more leaves the device
+  const bool last = call == gas;
+  {
+    const AddElapsed timed(&grad_ns);
+    STRATA_RETURN_IF_ERROR(accumulate_bucket(bucket, call == 1, event));
+    if (call >= gas) STRATA_RETURN_IF_ERROR(stats_bucket(bucket, call));
+  }
+  if (call < gas) return absl::OkStatus();
+  if (grad_stats[bucket].nonfinite) overflow.store(true);
+  if (!last) {
+    // More gradient after the bucket's speculative step: it is undone here
+    // and the bucket stepped once the step is decided.
+    if (spec != nullptr && spec->stepped(bucket)) {
+      STRATA_RETURN_IF_ERROR(restore_bucket(bucket), "undoing a speculative step");
+      spec->mark_restored(bucket);
+      ++early_rollbacks;
+    }
+    return absl::OkStatus();
+  }
+  if (spec == nullptr || overflow.load()) return absl::OkStatus();
+  // Speculative step, when its rollback copies fit (the others wait for the
+  // end of backward).
+  if (!spec->reserve(bucket)) return absl::OkStatus();
+  STRATA_RETURN_IF_ERROR(step_bucket(bucket, spec_args, StepTarget::kSpeculative),
+                         "speculative step");
+  spec->mark_stepped(bucket);
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& args,
+                                                 StepTarget target) {
+  const AddElapsed timed(&optimizer_ns);
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  for (int i = 0; i < static_cast<int>(ps.size()); ++i) {
+    const ParamRec& p = params[ps[i]];
+    const uint64_t n = p.desc.numel;
+    Pin grad(store.get(), p.grad32, opt_tier);
+    Pin master(store.get(), p.master, opt_tier);
+    Pin m(store.get(), p.exp_avg, opt_tier);
+    Pin v(store.get(), p.exp_avg_sq, opt_tier);
+    Pin out(store.get(), target == StepTarget::kParamNext ? p.param_next : p.param, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kRead));
+    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
+    if (target == StepTarget::kSpeculative) {
+      spec->save(bucket, i, static_cast<const float*>(pv.data), static_cast<const float*>(mv.data),
+                 static_cast<const float*>(vv.data));
+    }
+    const bool fp32 = dtype == DType::kFloat32;
+    const cpu_adam::Buffers b{.n = n,
+                              .param = static_cast<float*>(pv.data),
+                              .exp_avg = static_cast<float*>(mv.data),
+                              .exp_avg_sq = static_cast<float*>(vv.data),
+                              .grad = gv.data,
+                              .grad_dtype = DType::kFloat32,
+                              .param_out = fp32 ? nullptr : ov.data,
+                              .out_dtype = fp32 ? DType::kFloat16 : dtype};
+    const cpu_adam::StepArgs sa{
+        .lr = args.lr[p.desc.group], .step = args.step, .grad_scale = args.grad_scale};
+    STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(args.hp[p.desc.group], sa, b, options.exec),
+                           absl::StrCat("optimizer step of ", store->spec(p.master).name));
+    if (target == StepTarget::kParam && (spec == nullptr || i >= spec->saved_params(bucket))) {
+      ++unsaved_writes;
+    }
+    if (fp32) std::memcpy(ov.data, pv.data, n * sizeof(float));
+    STRATA_RETURN_IF_ERROR(grad.release(false));
+    STRATA_RETURN_IF_ERROR(master.release(true));
+    STRATA_RETURN_IF_ERROR(m.release(true));
+    STRATA_RETURN_IF_ERROR(v.release(true));
+    // Dirtying the host copy drops the stale device copy; the next forward
+    // loads the new one (H2D).
+    STRATA_RETURN_IF_ERROR(out.release(true));
+    if (target == StepTarget::kParamNext) ++next_done[bucket];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::restore_bucket(int bucket) {
+  const AddElapsed timed(&optimizer_ns);
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  for (int i = 0; i < spec->saved_params(bucket); ++i) {
+    const ParamRec& p = params[ps[i]];
+    Pin master(store.get(), p.master, opt_tier);
+    Pin m(store.get(), p.exp_avg, opt_tier);
+    Pin v(store.get(), p.exp_avg_sq, opt_tier);
+    Pin out(store.get(), p.param, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kWrite));
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
+    spec->restore(bucket, i, static_cast<float*>(pv.data), static_cast<float*>(mv.data),
+                  static_cast<float*>(vv.data));
+    // The compute param is always the master rounded to nearest even (the
+    // optimizer writes it so, and so do initialisation and checkpoints).
+    round_master(static_cast<const float*>(pv.data), ov.data, dtype, p.desc.numel);
+    for (Pin* pin : {&master, &m, &v, &out}) STRATA_RETURN_IF_ERROR(pin->release(true));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::publish_bucket(int bucket) {
+  bool any = false;
+  for (ParamHandle h : buckets[bucket]) {
+    const ParamRec& p = params[h];
+    if (p.desc.binding == ParamBinding::kStore) continue;
+    Pin out(store.get(), p.param, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kRead));
+    const uint64_t bytes = p.desc.numel * dtype_size(dtype);
+    // The framework's copy cannot be put back: a failure after this counts
+    // as a partly stepped update.
+    ++unsaved_writes;
+    if (p.desc.binding == ParamBinding::kHost) {
+      std::memcpy(p.desc.param, ov.data, bytes);
+    } else {
+      // The store's copy is the param's home on the optimizer's tier and
+      // stays in place; begin_step waits for the copy before rewriting it.
+      STRATA_RETURN_IF_ERROR(device->copy_to_device(p.desc.param, ov.data, bytes, stream),
+                             absl::StrCat("copying param ", p.desc.name, " to the device"));
+      any = true;
+    }
+    STRATA_RETURN_IF_ERROR(out.release(false));
+  }
+  if (any) STRATA_RETURN_IF_ERROR(device->record_event(bucket_events[bucket], stream));
+  return absl::OkStatus();
+}
+
+bool OffloadOptimizer::Impl::update_complete() const {
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    if (next_done[b] != static_cast<int>(buckets[b].size())) return false;
+  }
+  return true;
+}
+
+absl::Status OffloadOptimizer::Impl::swap_in_update() {
+  if (!update_pending) return absl::OkStatus();
+  update_pending = false;
+  // Only what the update wrote goes in: after a failed update the params it
+  // did not reach keep their values (param_next holds an older update's, or
+  // nothing yet).
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    const int done = next_done[b];
+    next_done[b] = 0;
+    for (int i = 0; i < done; ++i) {
+      const ParamRec& p = params[buckets[b][i]];
+      Pin next(store.get(), p.param_next, opt_tier);
+      Pin param(store.get(), p.param, opt_tier);
+      STRATA_ASSIGN_OR_RETURN(TensorView nv, next.acquire(Access::kRead));
+      STRATA_ASSIGN_OR_RETURN(TensorView pv, param.acquire(Access::kWrite));
+      std::memcpy(pv.data, nv.data, p.desc.numel * dtype_size(dtype));
+      STRATA_RETURN_IF_ERROR(next.release(false));
+      // Dirty: the device copy is stale; the next forward loads this one.
+      STRATA_RETURN_IF_ERROR(param.release(true));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::drain_worker() {
+  if (worker == nullptr) return absl::OkStatus();
+  absl::Status drained = worker->drain();
+  if (update_pending && !update_complete()) {
+    // The delayed update failed (its error came out of this drain or an
+    // earlier one): what it wrote goes in now, and nothing stays pending.
+    if (absl::Status s = swap_in_update(); !s.ok()) {
+      return annotate(drained, absl::StrCat("then swapping in what it wrote: ", s.message()));
+    }
+  }
+  return drained;
+}
+
+absl::Status OffloadOptimizer::Impl::finish_pending_update() {
+  STRATA_RETURN_IF_ERROR(drain_worker(), "the delayed update");
+  return swap_in_update();
+}
+
+absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
+  // The worker may still hold this step's jobs, which use the store; a
+  // delayed update of the step before that succeeded stays pending.
+  if (absl::Status s = drain_worker(); !s.ok() && s != status) {
+    status = annotate(status, absl::StrCat("and the worker: ", s.message()));
+  }
+  // Every bucket with copies is restored: stepped speculatively, stepped
+  // again after the decision, or failed half way through.
+  for (int b = 0; spec != nullptr && b < static_cast<int>(buckets.size()); ++b) {
+    if (!spec->has_copies(b)) continue;
+    if (absl::Status s = restore_bucket(b); !s.ok()) {
+      status = annotate(status, absl::StrCat("and restoring layer ", b,
+                                             " failed (its weights are "
+                                             "left partly updated; load a checkpoint): ",
+                                             s.message()));
+    }
+  }
+  if (unsaved_writes > 0) {
+    // Those params cannot be put back: stepping again would apply this
+    // update to them twice, saving would store half a step.
+    partly_stepped_status = absl::FailedPreconditionError(absl::StrCat(
+        "step ", before.steps + 1, " failed after it had updated ", unsaved_writes,
+        " param(s) with no copy to undo them (", status.message(),
+        "); the weights are partly stepped: load the last checkpoint (strata train --resume) "
+        "to continue"));
+    status = annotate(status, absl::StrCat("and ", unsaved_writes,
+                                           " param(s) were already updated with no copy to undo "
+                                           "them; load the last checkpoint to continue"));
+  }
+  steps = before.steps;
+  micro_batches = before.micro_batches;
+  adam_step = before.adam_step;
+  schedule->set_iteration(before.schedule_iteration);
+  if (scaler != nullptr) scaler->restore(before.scaler);
+  store->end_step();
+  in_step = false;
+  return status;
+}
+
+// The decided step: skipped (speculative steps undone) or applied (kept,
+// redone with the clip coefficient, stepped now, or queued as the delayed
+// update); the Adam step and the schedule count an applied step.
+absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult* out) {
+  OptimizerStepResult& r = *out;
+  r.skipped = !apply;
+  if (apply && config.gradient_clipping > 0) {
+    r.clip_coef = std::max(1.0, (r.grad_norm + 1e-6) / config.gradient_clipping);
+  }
+  const int64_t next_adam_step = adam_step + (apply ? 1 : 0);
+  StepArgs args = spec_args;
+  args.step = next_adam_step;
+  args.grad_scale = 1.0 / (r.loss_scale * r.clip_coef);
+  const int num_buckets = static_cast<int>(buckets.size());
+  if (apply && dpu) {
+    // Delayed: the worker steps every bucket while the next step's forward
+    // and backward run on the params of the step before.
+    std::fill(next_done.begin(), next_done.end(), 0);
+    for (int b = 0; b < num_buckets; ++b) {
+      worker->submit([this, b, args, step = r.step] {
+        return annotate(step_bucket(b, args, StepTarget::kParamNext),
+                        absl::StrCat("the delayed update of step ", step));
+      });
+    }
+    update_pending = true;
+  } else {
+    for (int b = 0; b < num_buckets; ++b) {
+      // A bucket with no gradient this step is not stepped (torch skips a
+      // param without a grad).
+      const Speculation::Plan plan = spec != nullptr ? spec->plan(b, apply, r.clip_coef != 1.0)
+                                     : apply         ? Speculation::Plan::kStep
+                                                     : Speculation::Plan::kNothing;
+      if (plan == Speculation::Plan::kRestore || plan == Speculation::Plan::kRestoreAndStep) {
+        STRATA_RETURN_IF_ERROR(restore_bucket(b), absl::StrCat("step ", r.step, ": rollback"));
+        ++r.rolled_back_buckets;
+      }
+      if ((plan == Speculation::Plan::kStep || plan == Speculation::Plan::kRestoreAndStep) &&
+          calls[b] > 0) {
+        if (options.before_decided_step) {
+          STRATA_RETURN_IF_ERROR(options.before_decided_step(b), absl::StrCat("step ", r.step));
+        }
+        STRATA_RETURN_IF_ERROR(step_bucket(b, args, StepTarget::kParam),
+                               absl::StrCat("step ", r.step));
+      }
+    }
+    if (apply) {
+      for (int b = 0; b < num_buckets; ++b) {
+        if (calls[b] > 0) STRATA_RETURN_IF_ERROR(publish_bucket(b), absl::StrCat("step ", r.step));
+      }
+    }
+  }
+  if (apply) {
+    adam_step = next_adam_step;
+    schedule->advance();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
+  OptimizerStepResult& r = *out;
+  r.step = steps;
+  r.loss_scale = loss_scale;
+  r.lr = spec_args.lr.empty() ? 0 : spec_args.lr[0];
+  // Also finishes the delayed update of the previous step, which the worker
+  // ran while this step's forward and backward did.
+  STRATA_RETURN_IF_ERROR(drain_worker(), absl::StrCat("step ", r.step));
+  if (!backward_reported) {
+    last_backward_seconds = std::chrono::duration<double>(last_grad - step_start).count();
+  }
+  const int num_buckets = static_cast<int>(buckets.size());
+  // Buckets reported fewer times than gradient_accumulation_steps: their
+  // statistics now.
+  for (int b = 0; b < num_buckets && !overflow.load(); ++b) {
+    if (calls[b] > 0 && stats_calls[b] != calls[b]) {
+      const AddElapsed timed(&grad_ns);
+      STRATA_RETURN_IF_ERROR(stats_bucket(b, calls[b]), absl::StrCat("step ", r.step));
+      if (grad_stats[b].nonfinite) overflow.store(true);
+    }
+  }
+  // The norm is summed in bucket order in every mode, so they agree bit for bit.
+  bool nonfinite = overflow.load();
+  double sum_sq = 0;
+  for (int b = 0; b < num_buckets && !nonfinite; ++b) {
+    sum_sq += grad_stats[b].sum_squares;
+    nonfinite = grad_stats[b].nonfinite;
+  }
+  r.overflow = nonfinite;
+  r.grad_norm =
+      nonfinite ? std::numeric_limits<double>::infinity() : std::sqrt(sum_sq) / r.loss_scale;
+  r.speculative_buckets = spec != nullptr ? spec->stepped_layers() + early_rollbacks.load() : 0;
+  r.rolled_back_buckets = early_rollbacks.load();
+
+  bool apply = true;
+  if (scaler != nullptr) {
+    STRATA_ASSIGN_OR_RETURN(apply, scaler->update(nonfinite), absl::StrCat("step ", r.step));
+  } else if (nonfinite && external_scale.has_value()) {
+    apply = false;  // the framework's scaler (GradScaler) sees overflow and lowers its scale
+  } else if (nonfinite) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "step ", r.step, ": the gradients hold inf or NaN and ", std::string(dtype_name(dtype)),
+        " training has no loss scaler to skip the step; lower the learning rate, set "
+        "gradient_clipping, or check the model's inputs"));
+  }
+  // Errors of the store's background write-backs surface before the step
+  // changes anything.
+  STRATA_RETURN_IF_ERROR(store->background_error(), absl::StrCat("step ", r.step));
+  // The previous step's delayed update goes in before this step's is queued
+  // (it writes param_next again).
+  STRATA_RETURN_IF_ERROR(swap_in_update(), absl::StrCat("step ", r.step));
+  STRATA_RETURN_IF_ERROR(apply_step(apply, &r));
+
+  // Totals since the last step's end: a delayed update run during this step
+  // counts here.
+  const int64_t g_ns = grad_ns.load(), o_ns = optimizer_ns.load();
+  r.grad_seconds = (g_ns - grad_ns_reported) * 1e-9;
+  last_host_seconds = (g_ns - grad_ns_reported + o_ns - optimizer_ns_reported) * 1e-9;
+  r.optimizer_seconds = (o_ns - optimizer_ns_reported) * 1e-9;
+  grad_ns_reported = g_ns;
+  optimizer_ns_reported = o_ns;
+  const offload::StoreStats after = store->stats();
+  for (int t = 0; t < offload::kTierCount; ++t) {
+    r.bytes_in[t] = after.tiers[t].bytes_in - stats_before.tiers[t].bytes_in;
+    r.bytes_out[t] = after.tiers[t].bytes_out - stats_before.tiers[t].bytes_out;
+  }
+  store->end_step();
+  micro_batches += gas;
+  in_step = false;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<OptimizerStepResult> OffloadOptimizer::finish_step() {
+  Impl& m = *impl_;
+  if (!m.in_step) {
+    return absl::FailedPreconditionError("finish_step outside a step; call begin_step first");
+  }
+  OptimizerStepResult r;
+  absl::Status status = m.run_finish(&r);
+  if (status.ok()) return r;
+  return m.undo_step(std::move(status));
+}
+
+absl::Status OffloadOptimizer::abort_step(absl::Status why) {
+  if (!impl_->in_step) return why;
+  return impl_->undo_step(std::move(why));
+}
+
+std::optional<gpu::EventId> OffloadOptimizer::params_ready(int bucket) const {
+  const Impl& m = *impl_;
+  if (bucket < 0 || bucket >= static_cast<int>(m.buckets.size()) || !m.bucket_has_device[bucket]) {
+    return std::nullopt;
+  }
+  return m.bucket_events[bucket];
+}
+
+}  // namespace strata::engine

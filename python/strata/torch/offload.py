@@ -263,8 +263,15 @@ class OffloadOptimizer(torch.optim.Optimizer):
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"{name}: CUDA params but torch sees no GPU")
         self._device = dev
-        self._native = _strata.OffloadOptimizer(json.dumps(config), source, device,
-                                                use_schedule, allow_buffered_io, "auto")
+        try:
+            self._native = _strata.OffloadOptimizer(json.dumps(config), source, device,
+                                                    use_schedule, allow_buffered_io, "auto")
+        except RuntimeError as e:
+            if dev.type != "cuda":
+                raise
+            raise RuntimeError(
+                f"{name}: strata cannot use {dev} ({e}); keep the params on the CPU, or install "
+                "strata built with CUDA: pip install . -Ccmake.define.STRATA_CUDA=ON") from None
         for w in self._native.warnings:
             if w not in config_warnings:
                 warnings.warn(f"strata: {w}", stacklevel=3)

@@ -427,3 +427,24 @@ def test_reload_params_takes_new_weights_and_keeps_states() -> None:
             q.mul_(0.5)
     opt.reload_params()
     assert_losses_close(train(model, opt, steps=5), train(ref_model, ref_opt, steps=5))
+
+
+def test_fp16_params_use_stratas_loss_scaler() -> None:
+    model = make_model(dtype=torch.float16)
+    opt = offload(model, lr=1e-2)
+    x, y = make_data(dtype=torch.float16)
+    losses, scales = [], []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scales.append(opt.loss_scale)
+        (loss * opt.loss_scale).backward()
+        opt.step()
+        losses.append(loss.item())
+    assert scales[0] == 2.0 ** 16  # ds_config fp16 defaults: initial_scale_power 16
+    assert losses[-1] < 0.8 * losses[0], losses
+    with pytest.raises(RuntimeError, match="strata's own loss scaler"):
+        scaler = torch.amp.GradScaler("cpu")
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)

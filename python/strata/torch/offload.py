@@ -250,7 +250,6 @@ class OffloadOptimizer(torch.optim.Optimizer):
                 resolved["scheduler"].get("type", "none") != "none"
         self._use_schedule = use_schedule
         self._config_scaler = bool(resolved["fp16"]["enabled"])
-        self._config = resolved
         all_params = [p for g in self.param_groups for p in g["params"]]
         dev = all_params[0].device
         for p in all_params:
@@ -285,7 +284,7 @@ class OffloadOptimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             self._native.add_group(**self._group_args(group))
             for pi, p in enumerate(group["params"]):
-                if id(p) in self._index or any(q is p for q, _, _ in pending):
+                if id(p) in self._index:
                     raise ValueError(f"{name}: a param appears twice (param {pi} of group {gi})")
                 pending.append((p, gi, f"group{gi}.param{pi}"))
                 self._index[id(p)] = len(pending) - 1
@@ -317,7 +316,6 @@ class OffloadOptimizer(torch.optim.Optimizer):
         self._streaming = False  # hooks hand gradients over (after the first step)
         self._in_step = False  # begin_step called, finish_step not yet
         self._step_scale = 1.0
-        self._step_groups: list[dict[str, Any]] = []
         self.last_step: Optional[dict[str, Any]] = None
         ref = weakref.ref(self)
 
@@ -403,9 +401,8 @@ class OffloadOptimizer(torch.optim.Optimizer):
 
     def _begin(self) -> None:
         self._ensure_values()
-        self._step_groups = [self._group_args(g) for g in self.param_groups]
-        for gi, args in enumerate(self._step_groups):
-            self._native.set_group(gi, **args)
+        for gi, group in enumerate(self.param_groups):
+            self._native.set_group(gi, **self._group_args(group))
         self._step_scale = self._native.begin_step(self._scale_now())
         self._in_step = True
         for b in self._buckets:

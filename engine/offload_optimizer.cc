@@ -606,15 +606,30 @@ absl::StatusOr<std::vector<float>> OffloadOptimizer::read_param(ParamHandle h) {
   return out;
 }
 
+namespace {
+// A checkpoint holds a decided state: mid-step the counters already count
+// the step while its tensors do not, and the file would not load.
+absl::Status refuse_in_step(bool in_step, const char* what) {
+  if (!in_step) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      what,
+      ": a step is in flight; call finish_step or abort_step first (checkpoints are taken "
+      "between steps)"));
+}
+}  // namespace
+
 absl::Status OffloadOptimizer::save_state(const std::string& dir, const nlohmann::json& user) {
+  STRATA_RETURN_IF_ERROR(refuse_in_step(impl_->in_step, "save_state"));
   return impl_->save(dir, user);
 }
 absl::Status OffloadOptimizer::save_state_async(const std::string& dir,
                                                 const nlohmann::json& user) {
+  STRATA_RETURN_IF_ERROR(refuse_in_step(impl_->in_step, "save_state_async"));
   return impl_->save_async(dir, user);
 }
 absl::Status OffloadOptimizer::wait_for_save() { return impl_->wait_for_save(); }
 absl::Status OffloadOptimizer::load_state(const std::string& dir, bool weights_only) {
+  STRATA_RETURN_IF_ERROR(refuse_in_step(impl_->in_step, "load_state"));
   return impl_->load(dir, weights_only);
 }
 const CheckpointLoadStats& OffloadOptimizer::last_load_stats() const { return impl_->last_load; }

@@ -195,8 +195,8 @@ class OffloadOptimizer {
   GroupHyperparams default_group() const;
   absl::StatusOr<ParamHandle> add_param(const ParamDesc& desc);
   // Places every tensor (plan_placement over the buckets) and creates the
-  // store, its swap files and the step state. Params start at zero until
-  // set_value.
+  // store, its swap files and the step state. Give every param its value
+  // with set_value before the first step.
   absl::Status finalize();
 
   // The fp32 starting value of a param: master = value, states zero, the

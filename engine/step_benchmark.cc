@@ -149,7 +149,8 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
     gpu::SimDevice device({.capacity_bytes = uint64_t{80} << 30,
                            .h2d_gb_per_s = o.link_gb_per_s,
                            .d2h_gb_per_s = o.link_gb_per_s,
-                           .move_data = false});
+                           .move_data = false,
+                           .costs = {.enabled = o.device_costs}});
     TimedGpt2Layers model(o, result.width, &device);
     result.params = model.params();
     STRATA_ASSIGN_OR_RETURN(config::DsConfig cfg, bench_config(o, mode, dir));
@@ -159,8 +160,13 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
     STRATA_ASSIGN_OR_RETURN(std::unique_ptr<TrainingEngine> engine,
                             TrainingEngine::create(cfg, &model, &device, std::move(eo)));
     for (int s = 0; s < o.steps; ++s) {
+      const gpu::SyncCounters before = device.sync_counters();
       STRATA_ASSIGN_OR_RETURN(StepStats st, engine->train_step(), absl::StrCat(mode, " step ", s));
+      const gpu::SyncCounters after = device.sync_counters();
       StepBenchmarkStep r;
+      r.host_syncs = static_cast<double>(after.host_syncs - before.host_syncs);
+      r.device_syncs = static_cast<double>(after.device_syncs - before.device_syncs);
+      r.device_allocations = static_cast<double>(after.allocations - before.allocations);
       r.step_seconds = st.step_seconds;
       r.compute_seconds = model.step_compute_seconds() * o.gradient_accumulation_steps;
       r.h2d_seconds = st.bytes_in[0] / (o.link_gb_per_s * 1e9);

@@ -17,7 +17,10 @@
 // resource: device compute (modelled), H2D and D2H (bytes the step moved /
 // link rate), the host's gradient and optimizer work (measured by the
 // engine), NVMe reads and writes (bytes / the rate a probe measured just
-// before); the slowest of them and step / slowest.
+// before); the slowest of them and step / slowest. The SimDevice charges
+// its default costs (gpu/sim_device.h: host sync round trips, device syncs,
+// pageable copies, launch overhead), and each step reports how many host
+// and device-wide synchronisations and device allocations it made.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +50,9 @@ struct StepBenchmarkOptions {
   std::string nvme_dir = "/tmp";
   int steps = 4;        // per mode; the first records the store's trace
   int cpu_threads = 0;  // CPU optimizer threads; 0: all cores
+  // SimDevice's cost model (gpu/sim_device.h); off shows what the schedule
+  // would take if synchronising calls were free.
+  bool device_costs = true;
 };
 
 struct StepBenchmarkStep {
@@ -62,6 +68,10 @@ struct StepBenchmarkStep {
   double ratio = 0;  // step / slowest
   int speculative_layers = 0;
   int rolled_back_layers = 0;
+  // Device::sync_counters() over the step (a mean when steps are averaged).
+  double host_syncs = 0;
+  double device_syncs = 0;
+  double device_allocations = 0;
   // Sets slowest, slowest_seconds and ratio from the resource times (NVMe
   // read + write together: one drive serves both).
   void rate_against_slowest();

@@ -43,12 +43,19 @@ class CudaDevice final : public Device {
   absl::StatusOr<void*> allocate(size_t bytes) override {
     cudaSetDevice(ordinal_);
     void* p = nullptr;
-    if (absl::Status s = cuda_status(cudaMalloc(&p, bytes), "cudaMalloc"); !s.ok()) {
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    {
+      // cudaMalloc may synchronise the device, failed or not: counted as if it always did.
+      std::lock_guard lock(mu_);
+      ++sync_.device_syncs;
+    }
+    if (absl::Status s = cuda_status(err, "cudaMalloc"); !s.ok()) {
       return absl::ResourceExhaustedError("device out of memory allocating " +
                                           std::to_string(bytes) +
                                           " bytes: " + std::string(s.message()));
     }
     std::lock_guard lock(mu_);
+    ++sync_.allocations;
     allocations_[p] = bytes;
     stats_.used_bytes += bytes;
     if (stats_.used_bytes > stats_.peak_bytes) stats_.peak_bytes = stats_.used_bytes;
@@ -58,8 +65,10 @@ class CudaDevice final : public Device {
   void free(void* ptr) override {
     if (ptr == nullptr) return;
     cudaSetDevice(ordinal_);
-    cudaFree(ptr);
+    cudaFree(ptr);  // synchronises the whole device
     std::lock_guard lock(mu_);
+    ++sync_.frees;
+    ++sync_.device_syncs;
     auto it = allocations_.find(ptr);
     if (it != allocations_.end()) {
       stats_.used_bytes -= it->second;
@@ -70,6 +79,11 @@ class CudaDevice final : public Device {
   DeviceMemoryStats stats() const override {
     std::lock_guard lock(mu_);
     return stats_;
+  }
+
+  SyncCounters sync_counters() const override {
+    std::lock_guard lock(mu_);
+    return sync_;
   }
 
   absl::StatusOr<StreamId> create_stream() override {
@@ -143,17 +157,20 @@ class CudaDevice final : public Device {
   absl::Status synchronize_event(EventId event) override {
     cudaEvent_t e = find_event(event);
     if (e == nullptr) return unknown();
+    count_sync(false);
     return cuda_status(cudaEventSynchronize(e), "cudaEventSynchronize");
   }
 
   absl::Status synchronize_stream(StreamId stream) override {
     cudaStream_t s = find_stream(stream);
     if (s == nullptr) return unknown();
+    count_sync(false);
     return cuda_status(cudaStreamSynchronize(s), "cudaStreamSynchronize");
   }
 
   absl::Status synchronize() override {
     cudaSetDevice(ordinal_);
+    count_sync(true);
     return cuda_status(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   }
 
@@ -223,6 +240,12 @@ class CudaDevice final : public Device {
  private:
   static absl::Status unknown() { return absl::InvalidArgumentError("unknown stream or event"); }
 
+  void count_sync(bool device_wide) {
+    std::lock_guard lock(mu_);
+    ++sync_.host_syncs;
+    if (device_wide) ++sync_.device_syncs;
+  }
+
   cudaStream_t find_stream(StreamId id) {
     cudaSetDevice(ordinal_);
     std::lock_guard lock(mu_);
@@ -258,6 +281,7 @@ class CudaDevice final : public Device {
   std::string name_;
   mutable std::mutex mu_;
   DeviceMemoryStats stats_;
+  SyncCounters sync_;
   std::unordered_map<void*, size_t> allocations_;
   std::unordered_map<uint32_t, cudaStream_t> streams_;
   std::unordered_map<uint32_t, cudaEvent_t> events_;

@@ -40,6 +40,22 @@ struct DeviceMemoryStats {
   uint64_t d2h_bytes = 0;
 };
 
+// Calls that stall someone, counted since the device was created (read them
+// before and after a step and subtract). On CUDA each of these costs far more
+// than the work it waits for when it lands inside a step, so a schedule that
+// claims to be asynchronous shows zero here in its steady state.
+struct SyncCounters {
+  // The host waited for device work: synchronize_stream, synchronize_event
+  // and synchronize (which also counts as a device-wide synchronisation).
+  uint64_t host_syncs = 0;
+  // Every stream of the device was drained: synchronize(), and each
+  // allocate() and free(), which synchronise the device as cudaMalloc and
+  // cudaFree do.
+  uint64_t device_syncs = 0;
+  uint64_t allocations = 0;  // successful allocate() calls
+  uint64_t frees = 0;        // free() of a non-null pointer
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -54,10 +70,15 @@ class Device {
   virtual bool host_addressable() const { return false; }
 
   // Device memory. ResourceExhausted (naming requested, used and capacity
-  // bytes) when the capacity would be exceeded.
+  // bytes) when the capacity would be exceeded. Both calls wait for every
+  // stream (cudaMalloc / cudaFree; SimDevice with its costs), so a step must
+  // not make them (take memory once: offload/device_pool.h), nor may a
+  // thread that holds a lock some queued host function needs.
   virtual absl::StatusOr<void*> allocate(size_t bytes) = 0;
   virtual void free(void* ptr) = 0;
   virtual DeviceMemoryStats stats() const = 0;
+  // Never fails; thread-safe (a snapshot: counts may move while it is read).
+  virtual SyncCounters sync_counters() const = 0;
 
   virtual absl::StatusOr<StreamId> create_stream() = 0;
   virtual void destroy_stream(StreamId stream) = 0;

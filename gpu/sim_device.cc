@@ -1,5 +1,7 @@
 #include "gpu/sim_device.h"
 
+#include <sys/prctl.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -11,6 +13,23 @@
 #include "core/status.h"
 
 namespace strata::gpu {
+namespace {
+
+// Linux delays a sleeping thread's wake-up by up to its timer slack (50 us
+// by default), which would turn a 4 us modelled charge into ~55 us. The
+// stream threads run with 1 us slack for all their sleeps; a charge on a
+// caller's thread lowers the caller's slack for that one sleep.
+constexpr unsigned long kTimerSlackNs = 1000;
+
+void sleep_precisely(double seconds) {
+  if (!(seconds > 0)) return;
+  const int old_slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+  prctl(PR_SET_TIMERSLACK, kTimerSlackNs, 0, 0, 0);
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  if (old_slack > 0) prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(old_slack), 0, 0, 0);
+}
+
+}  // namespace
 
 // One host thread per stream, running its operations in order. The first
 // failure sticks (as a CUDA stream error does) and later work is skipped.
@@ -45,6 +64,7 @@ class SimDevice::StreamWorker {
 
  private:
   void run() {
+    prctl(PR_SET_TIMERSLACK, kTimerSlackNs, 0, 0, 0);  // this thread's modelled sleeps
     std::unique_lock lock(mu_);
     for (;;) {
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
@@ -91,9 +111,35 @@ std::string SimDevice::name() const {
                       options_.h2d_gb_per_s, " GB/s, D2H ", options_.d2h_gb_per_s, " GB/s)");
 }
 
+void SimDevice::drain_all_streams() {
+  std::vector<StreamWorker*> workers;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [id, w] : streams_) workers.push_back(w.get());
+  }
+  for (StreamWorker* w : workers) (void)w->drain();  // errors surface at the next synchronize
+}
+
+void SimDevice::charge_host_sync(bool device_wide) {
+  {
+    std::lock_guard lock(mu_);
+    ++sync_.host_syncs;
+    if (device_wide) ++sync_.device_syncs;
+  }
+  if (options_.costs.enabled) sleep_precisely(options_.costs.host_sync_us * 1e-6);
+}
+
 absl::StatusOr<void*> SimDevice::allocate(size_t bytes) {
   if (bytes == 0) return absl::InvalidArgumentError("device allocation of 0 bytes");
   const size_t rounded = (bytes + 255) & ~size_t{255};
+  {
+    std::lock_guard lock(mu_);
+    ++sync_.device_syncs;
+  }
+  if (options_.costs.enabled) {
+    drain_all_streams();
+    sleep_precisely(options_.costs.allocate_us * 1e-6);
+  }
   std::lock_guard lock(mu_);
   if (stats_.used_bytes + rounded > stats_.capacity_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -106,6 +152,7 @@ absl::StatusOr<void*> SimDevice::allocate(size_t bytes) {
         absl::StrCat("host memory for the simulated device exhausted (", rounded, " bytes)"));
   }
   allocations_.emplace(reinterpret_cast<uintptr_t>(p), rounded);
+  ++sync_.allocations;
   stats_.used_bytes += rounded;
   stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.used_bytes);
   return p;
@@ -113,9 +160,15 @@ absl::StatusOr<void*> SimDevice::allocate(size_t bytes) {
 
 void SimDevice::free(void* ptr) {
   if (ptr == nullptr) return;
+  if (options_.costs.enabled) {
+    drain_all_streams();  // queued work may still use the memory, as cudaFree waits for it
+    sleep_precisely(options_.costs.free_us * 1e-6);
+  }
   std::lock_guard lock(mu_);
   auto it = allocations_.find(reinterpret_cast<uintptr_t>(ptr));
   STRATA_CHECK_MSG(it != allocations_.end(), "SimDevice::free of a pointer it did not allocate");
+  ++sync_.frees;
+  ++sync_.device_syncs;
   stats_.used_bytes -= it->second;
   allocations_.erase(it);
   std::free(ptr);
@@ -124,6 +177,11 @@ void SimDevice::free(void* ptr) {
 DeviceMemoryStats SimDevice::stats() const {
   std::lock_guard lock(mu_);
   return stats_;
+}
+
+SyncCounters SimDevice::sync_counters() const {
+  std::lock_guard lock(mu_);
+  return sync_;
 }
 
 absl::StatusOr<StreamId> SimDevice::create_stream() {
@@ -172,6 +230,8 @@ absl::Status SimDevice::enqueue(StreamId id, Engine engine, std::function<absl::
   if (engine == Engine::kCompute) {
     worker->push([this, op = std::move(op)] {
       std::lock_guard engine_lock(compute_engine_);
+      // The launch overhead comes before the kernel runs and keeps the engine busy.
+      if (options_.costs.enabled) sleep_precisely(options_.costs.launch_us * 1e-6);
       return op();
     });
   } else {
@@ -237,12 +297,16 @@ absl::Status SimDevice::synchronize_event(EventId event) {
   STRATA_ASSIGN_OR_RETURN(EventState * e, event_locked(event));
   const uint64_t generation = e->recorded;
   events_cv_.wait(lock, [&] { return reached_locked(event, generation); });
+  lock.unlock();
+  charge_host_sync(/*device_wide=*/false);
   return absl::OkStatus();
 }
 
 absl::Status SimDevice::synchronize_stream(StreamId id) {
   STRATA_ASSIGN_OR_RETURN(StreamWorker * worker, stream(id));
-  return worker->drain();
+  absl::Status s = worker->drain();
+  charge_host_sync(/*device_wide=*/false);
+  return s;
 }
 
 absl::Status SimDevice::synchronize() {
@@ -256,7 +320,17 @@ absl::Status SimDevice::synchronize() {
     absl::Status s = w->drain();
     if (first.ok()) first = s;
   }
+  charge_host_sync(/*device_wide=*/true);
   return first;
+}
+
+bool SimDevice::registered(const void* ptr, size_t bytes) const {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  std::lock_guard lock(mu_);
+  auto it = registered_.upper_bound(p);
+  if (it == registered_.begin()) return false;
+  --it;
+  return p >= it->first && p + bytes <= it->first + it->second;
 }
 
 absl::Status SimDevice::check_device_range(const void* ptr, size_t bytes, const char* what) const {
@@ -271,9 +345,10 @@ absl::Status SimDevice::check_device_range(const void* ptr, size_t bytes, const 
                                                  " are not inside one device allocation"));
 }
 
-void SimDevice::run_copy(Engine engine, void* dst, const void* src, size_t bytes) {
+void SimDevice::run_copy(Engine engine, void* dst, const void* src, size_t bytes, bool pinned) {
   std::mutex& engine_mu = engine == Engine::kH2D ? h2d_engine_ : d2h_engine_;
-  const double gbps = engine == Engine::kH2D ? options_.h2d_gb_per_s : options_.d2h_gb_per_s;
+  double gbps = engine == Engine::kH2D ? options_.h2d_gb_per_s : options_.d2h_gb_per_s;
+  if (!pinned && options_.costs.enabled) gbps *= options_.costs.pageable_fraction;
   std::lock_guard engine_lock(engine_mu);
   const auto start = std::chrono::steady_clock::now();
   if (options_.move_data) std::memcpy(dst, src, bytes);
@@ -286,18 +361,21 @@ void SimDevice::run_copy(Engine engine, void* dst, const void* src, size_t bytes
 
 absl::Status SimDevice::copy_to_device(void* device_dst, const void* host_src, size_t bytes,
                                        StreamId stream) {
+  // As the driver does, the copy's path is decided when it is issued.
+  const bool pinned = registered(host_src, bytes);
   return enqueue(stream, Engine::kH2D, [=, this] {
     STRATA_RETURN_IF_ERROR(check_device_range(device_dst, bytes, "copy_to_device destination"));
-    run_copy(Engine::kH2D, device_dst, host_src, bytes);
+    run_copy(Engine::kH2D, device_dst, host_src, bytes, pinned);
     return absl::OkStatus();
   });
 }
 
 absl::Status SimDevice::copy_to_host(void* host_dst, const void* device_src, size_t bytes,
                                      StreamId stream) {
+  const bool pinned = registered(host_dst, bytes);
   return enqueue(stream, Engine::kD2H, [=, this] {
     STRATA_RETURN_IF_ERROR(check_device_range(device_src, bytes, "copy_to_host source"));
-    run_copy(Engine::kD2H, host_dst, device_src, bytes);
+    run_copy(Engine::kD2H, host_dst, device_src, bytes, pinned);
     return absl::OkStatus();
   });
 }
@@ -416,7 +494,7 @@ absl::Status SimDevice::squared_norm(const void* x, DType type, size_t n, float*
 
 absl::Status SimDevice::register_host_memory(void* ptr, size_t bytes) {
   std::lock_guard lock(mu_);
-  if (!registered_.emplace(ptr, bytes).second) {
+  if (!registered_.emplace(reinterpret_cast<uintptr_t>(ptr), bytes).second) {
     return absl::AlreadyExistsError("host memory registered twice");
   }
   return absl::OkStatus();
@@ -424,7 +502,7 @@ absl::Status SimDevice::register_host_memory(void* ptr, size_t bytes) {
 
 absl::Status SimDevice::unregister_host_memory(void* ptr) {
   std::lock_guard lock(mu_);
-  if (registered_.erase(ptr) == 0) {
+  if (registered_.erase(reinterpret_cast<uintptr_t>(ptr)) == 0) {
     return absl::NotFoundError("unregister of host memory that was never registered");
   }
   return absl::OkStatus();

@@ -19,6 +19,27 @@
 // allocation and fail the stream (InvalidArgument, surfaced at the next
 // synchronisation) when they do not: schedule bugs show up here, not as
 // corrupt memory.
+//
+// The cost model (SimDeviceCosts) charges what the CUDA runtime would for
+// the calls that hurt an asynchronous schedule: a host synchronisation costs
+// a round trip on the calling thread; allocate() and free() drain every
+// stream first (cudaMalloc / cudaFree synchronise the device) and then take
+// their own time; a copy from or to host memory that was not registered
+// (register_host_memory) runs at a fraction of the link rate (pageable
+// memory is staged through a driver buffer); every launch (cast, scale,
+// squared_norm, copy_on_device, timed compute) occupies the compute engine
+// for the launch overhead on top of its work. sync_counters() counts the
+// synchronising calls whether or not the costs are charged.
+//
+// Default: charged (`costs.enabled = true`), with the public H100 / RTX 5090
+// figures below, because SimDevice is a model of a GPU (it already charges
+// the PCIe link) and a schedule that synchronises should pay for it in every
+// test and benchmark, not only in those that remember to ask. It stays cheap:
+// each charge is microseconds (sleeps run with 1 us timer slack), and with
+// the store's device pool nothing allocates during a step; the store, engine
+// and device suites took within ~25% of their time without it (1-5 s each).
+// Off (`costs.enabled = false`): a test that times the link model alone, or
+// `strata bench step --no-device-costs` to see a schedule's cost-free bound.
 #pragma once
 
 #include <condition_variable>
@@ -32,12 +53,44 @@
 
 namespace strata::gpu {
 
+// What the CUDA runtime charges for the calls that synchronise or launch.
+// Defaults are public figures for H100 / RTX 5090 class systems (PCIe Gen5,
+// CUDA 12); each is an order of magnitude, not a measurement of one box.
+struct SimDeviceCosts {
+  bool enabled = true;
+  // cudaStreamSynchronize / cudaEventSynchronize / cudaDeviceSynchronize on
+  // work that has just finished: the host learns of it one round trip later,
+  // about 5-10 us (the completion interrupt or the spin-wait poll plus the
+  // driver's return path; NVIDIA CUDA C++ Best Practices Guide, "Asynchronous
+  // and Overlapping Transfers with Computation", calls every such point a
+  // pipeline stall; forum and Nsight measurements put it at 5-10 us).
+  double host_sync_us = 10.0;
+  // cudaMalloc / cudaFree, after the device-wide synchronisation they imply
+  // (CUDA Runtime API reference: cudaFree "performs an implicit
+  // cudaDeviceSynchronize()"; the Best Practices Guide: allocation and
+  // deallocation "are expensive operations ... sub-allocate"). Measured at
+  // about 50 us for 4 KiB-512 KiB and rising to milliseconds for large
+  // blocks (U. Virginia "Memory allocation overhead" study of cudaMalloc).
+  double allocate_us = 50.0;
+  double free_us = 50.0;
+  // A copy from or to pageable host memory goes through the driver's pinned
+  // staging buffer: at most about half the pinned bandwidth (NVIDIA developer
+  // blog "How to Optimize Data Transfers in CUDA C/C++": pageable 2-3x slower
+  // than pinned on the same link).
+  double pageable_fraction = 0.5;
+  // Each kernel launch: about 3-5 us of driver and GPU front-end time before
+  // the kernel runs (cudaLaunchKernel ~5 us on the host, NVIDIA developer
+  // forum thread 196616; Nsight Systems guide).
+  double launch_us = 4.0;
+};
+
 struct SimDeviceOptions {
   uint64_t capacity_bytes = uint64_t{8} << 30;
   double h2d_gb_per_s = 50.0;  // 1e9 bytes per second
   double d2h_gb_per_s = 50.0;
   double copy_latency_us = 5.0;
   bool move_data = true;
+  SimDeviceCosts costs;
 };
 
 class SimDevice final : public Device {
@@ -51,6 +104,7 @@ class SimDevice final : public Device {
   absl::StatusOr<void*> allocate(size_t bytes) override;
   void free(void* ptr) override;
   DeviceMemoryStats stats() const override;
+  SyncCounters sync_counters() const override;
 
   absl::StatusOr<StreamId> create_stream() override;
   void destroy_stream(StreamId stream) override;
@@ -100,16 +154,24 @@ class SimDevice final : public Device {
   bool reached_locked(EventId event, uint64_t generation) const;
   absl::Status enqueue(StreamId id, Engine engine, std::function<absl::Status()> op);
   absl::Status check_device_range(const void* ptr, size_t bytes, const char* what) const;
-  void run_copy(Engine engine, void* dst, const void* src, size_t bytes);
+  // Whether [ptr, ptr + bytes) lies inside one registered host range.
+  bool registered(const void* ptr, size_t bytes) const;
+  void run_copy(Engine engine, void* dst, const void* src, size_t bytes, bool pinned);
+  // Drains every stream (errors stay sticky on their streams): the implicit
+  // device synchronisation of cudaMalloc / cudaFree, when costs are charged.
+  void drain_all_streams();
+  // Charges a host synchronisation: counts it and, with costs, sleeps one round trip.
+  void charge_host_sync(bool device_wide);
 
   const SimDeviceOptions options_;
   mutable std::mutex mu_;  // guards everything below except the engine locks
   std::condition_variable events_cv_;
   std::map<uintptr_t, size_t> allocations_;  // start -> bytes
   DeviceMemoryStats stats_;
+  SyncCounters sync_;
   std::unordered_map<StreamId, std::unique_ptr<StreamWorker>> streams_;
   std::unordered_map<EventId, EventState> events_;
-  std::unordered_map<void*, size_t> registered_;
+  std::map<uintptr_t, size_t> registered_;  // start -> bytes
   StreamId next_stream_ = 1;
   EventId next_event_ = 1;
   std::mutex h2d_engine_, d2h_engine_, compute_engine_;

@@ -161,6 +161,11 @@ absl::Status TieredStore::finalize() {
                                                    {.checksums = options_.verify_checksums}),
                             "creating the swap file");
   }
+  if (const uint64_t pool_bytes = device_pool_bytes_locked(); pool_bytes > 0) {
+    STRATA_ASSIGN_OR_RETURN(pool_, DevicePool::create(options_.device, pool_bytes),
+                            absl::StrCat("the device tier (budget ", budget_[idx(Tier::kDevice)],
+                                         " bytes); lower the device budget or free device memory"));
+  }
   // Home copies on the device and host are allocated now and never evicted;
   // a failure frees the ones already allocated, so finalize() may be retried.
   for (TensorId i = 0; i < tensors_.size(); ++i) {
@@ -172,6 +177,7 @@ absl::Status TieredStore::finalize() {
         if (tensors_[k].spec.home != Tier::kNvme)
           free_copy_locked(tensors_[k], tensors_[k].spec.home);
       }
+      pool_.reset();
       return annotate(
           s, absl::StrCat("allocating the ", tier_name(home), " copy of \"", t.spec.name, "\""));
     }
@@ -319,9 +325,10 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   for (;;) {
     absl::Status s = allocate_copy_locked(t, tier);
     if (s.ok()) break;
-    if (tier != Tier::kHost || !absl::IsResourceExhausted(s)) return s;
-    // The budget has room but the arena has no block that large: evict one
-    // more copy (coalescing its block with its neighbours) and try again.
+    if (!absl::IsResourceExhausted(s)) return s;
+    // The budget has room but the host arena or the device pool has no block
+    // that large: evict one more copy (coalescing its block with its
+    // neighbours) and try again.
     STRATA_RETURN_IF_ERROR(make_room_locked(lock, tier, size, protect, /*evict_one=*/true));
     if (c.state != Residency::kAbsent) return absl::OkStatus();
   }
@@ -519,7 +526,8 @@ absl::Status TieredStore::allocate_copy_locked(Tensor& t, Tier tier) {
     STRATA_ASSIGN_OR_RETURN(c.block, arena_->allocate(t.padded));
     c.data = c.block.data;
   } else {
-    STRATA_ASSIGN_OR_RETURN(c.data, options_.device->allocate(t.bytes));
+    if (pool_ == nullptr) return absl::FailedPreconditionError("the store has no device budget");
+    STRATA_ASSIGN_OR_RETURN(c.data, pool_->allocate(t.bytes));
   }
   used_[idx(tier)] += footprint(t.bytes, t.padded, tier);
   TierStats& ts = stats_.tiers[idx(tier)];
@@ -534,12 +542,35 @@ void TieredStore::free_copy_locked(Tensor& t, Tier tier) {
     if (tier == Tier::kHost) {
       arena_->free(c.block);
     } else {
-      options_.device->free(c.data);
+      pool_->free(c.data);
     }
     used_[idx(tier)] -= footprint(t.bytes, t.padded, tier);
   }
   c = Copy{};
   stats_.tiers[idx(tier)].used_bytes = used_[idx(tier)];
+}
+
+uint64_t TieredStore::device_pool_bytes_locked() const {
+  const uint64_t budget = budget_[idx(Tier::kDevice)];
+  if (options_.device == nullptr || budget == 0 || tensors_.empty()) return 0;
+  uint64_t all = 0;  // every tensor's device copy at once
+  std::vector<uint64_t> sizes;
+  for (const Tensor& t : tensors_) {
+    all += DevicePool::block_bytes(t.bytes);
+    sizes.push_back(t.bytes);
+  }
+  if (options_.device_pool_bytes > 0) return std::min(options_.device_pool_bytes, all);
+  // The most copies the budget admits at once are the smallest ones; each
+  // rounds up by less than DevicePool::kAlignment, so the pool holds any set
+  // of copies the budget does unless it is fragmented.
+  std::sort(sizes.begin(), sizes.end());
+  uint64_t sum = 0, most = 0;
+  for (uint64_t b : sizes) {
+    if (sum + b > budget) break;
+    sum += b;
+    ++most;
+  }
+  return std::min(DevicePool::block_bytes(budget + (DevicePool::kAlignment - 1) * most), all);
 }
 
 absl::StatusOr<gpu::StreamId> TieredStore::take_stream() {

@@ -39,6 +39,16 @@
 // repeats). An acquire off the trace marks the trace changed; it is recorded
 // again on the next step. Without a trace, eviction is least recently used.
 //
+// Device memory: every device-tier copy (device-homed tensors and device
+// caches alike) is a block of one DevicePool that finalize() takes from the
+// device, so acquire, eviction and release never call Device::allocate or
+// free (on CUDA those synchronise the whole device). The pool holds what the
+// device budget can hold with every block rounded up to 256 bytes (or
+// device_pool_bytes when set), never more than all tensors together; when a
+// copy finds no free range large enough though the budget has room (the pool
+// fragmented), the store evicts one more copy and tries again, as the host
+// arena does.
+//
 // Threading: all methods are thread-safe; acquire() may be called from
 // several threads (the engine's compute, optimizer and I/O threads). The
 // store owns the host arena blocks, device memory and swap file it uses;
@@ -76,6 +86,7 @@
 #include "core/dtype.h"
 #include "core/trace.h"
 #include "gpu/device.h"
+#include "offload/device_pool.h"
 #include "offload/host_arena.h"
 #include "swap/io_engine.h"
 #include "swap/swap_file.h"
@@ -136,6 +147,9 @@ class TieredStore {
   struct Options {
     gpu::Device* device = nullptr;  // required when any tensor uses the device tier
     uint64_t device_budget_bytes = 0;
+    // The device pool's size; 0: derived from device_budget_bytes (above).
+    // Set it from a plan that knows the tier's working set.
+    uint64_t device_pool_bytes = 0;
     uint64_t host_budget_bytes = 0;
     gpu::Device* pin_device = nullptr;  // pin the host arena for DMA with this device
     // NVMe tier: the engine and the swap file's stripe paths (one file per path).
@@ -164,11 +178,13 @@ class TieredStore {
   // budget they are staged through). AlreadyExists: the name is taken.
   // On error nothing is registered.
   absl::StatusOr<TensorId> register_tensor(const TensorSpec& spec);
-  // Allocates home storage: host blocks, device memory, the swap file
+  // Allocates home storage: the device pool and the device-homed copies in
+  // it, host blocks, the swap file
   // (preallocated: a full disk fails here, before training starts).
   // FailedPrecondition: called twice. InvalidArgument: a device-homed tensor
   // without a device, NVMe-homed tensors without io / swap_paths.
-  // ResourceExhausted: the tensors homed on a tier exceed its budget, or an
+  // ResourceExhausted: the tensors homed on a tier exceed its budget, the
+  // device cannot hold the device pool (the message names its size), or an
   // allocation fails. The swap file's errors (a full disk names the path and
   // the bytes). On error nothing stays allocated and finalize() may be
   // called again (a swap file already created on disk stays there, empty).
@@ -251,6 +267,8 @@ class TieredStore {
                                 uint64_t protect_before, bool evict_one = false);
   absl::Status write_back_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier);
   absl::Status allocate_copy_locked(Tensor& t, Tier tier);
+  // The device pool's size by the rule in the header comment (0: no pool).
+  uint64_t device_pool_bytes_locked() const;
   void free_copy_locked(Tensor& t, Tier tier);
   absl::Status transfer(Tensor& t, Tier from, Tier to);
   uint64_t next_use_locked(TensorId id, Tier tier) const;
@@ -262,6 +280,7 @@ class TieredStore {
 
   const Options options_;
   std::unique_ptr<HostArena> arena_;
+  std::unique_ptr<DevicePool> pool_;  // the device tier's memory, from finalize()
   std::unique_ptr<swap::SwapFile> swap_;
   std::mutex streams_mu_;
   std::vector<gpu::StreamId> free_streams_;  // one per concurrent transfer

@@ -379,7 +379,7 @@ class CliFuzzTest : public ::testing::Test {
           {"--nvme-path", Kind::kOutDir},
           {"--steps", Kind::kNumber},
           {"--threads", Kind::kNumber}},
-         {"--json"}},
+         {"--json", "--no-device-costs"}},
         {{"bench", "pcie"},
          {{"--size", "4096"}, {"--repeats", "1"}},
          {{"--size", Kind::kNumber}, {"--repeats", Kind::kNumber}, {"--gpu", Kind::kNumber}},

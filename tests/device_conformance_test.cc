@@ -45,6 +45,29 @@ TEST_P(DeviceConformance, CopiesRoundTripInStreamOrder) {
   EXPECT_EQ(dev.stats().d2h_bytes, host.size() * 4);
 }
 
+// Both devices count the same calls: a host wait per synchronize_*, a
+// device-wide synchronisation for synchronize(), allocate() and free().
+TEST_P(DeviceConformance, SyncCountersCountTheSynchronisingCalls) {
+  Device& dev = *device_;
+  StreamId s = *dev.create_stream();
+  EventId e = *dev.create_event();
+  const SyncCounters before = dev.sync_counters();
+  void* d = *dev.allocate(4096);
+  ASSERT_TRUE(dev.record_event(e, s).ok());
+  ASSERT_TRUE(dev.wait_event(s, e).ok());
+  EXPECT_TRUE(dev.query_event(e).ok());
+  ASSERT_TRUE(dev.synchronize_event(e).ok());
+  ASSERT_TRUE(dev.synchronize_stream(s).ok());
+  ASSERT_TRUE(dev.synchronize().ok());
+  dev.free(d);
+  dev.free(nullptr);  // not a call to the allocator
+  const SyncCounters after = dev.sync_counters();
+  EXPECT_EQ(after.host_syncs - before.host_syncs, 3u);
+  EXPECT_EQ(after.device_syncs - before.device_syncs, 3u);  // synchronize, allocate, free
+  EXPECT_EQ(after.allocations - before.allocations, 1u);
+  EXPECT_EQ(after.frees - before.frees, 1u);
+}
+
 TEST_P(DeviceConformance, EventsOrderWorkAcrossStreams) {
   Device& dev = *device_;
   StreamId producer = *dev.create_stream(), consumer = *dev.create_stream();

@@ -458,6 +458,7 @@ class NoMemoryDevice final : public gpu::Device {
   }
   void free(void*) override {}
   gpu::DeviceMemoryStats stats() const override { return {}; }
+  gpu::SyncCounters sync_counters() const override { return {}; }
   absl::StatusOr<gpu::StreamId> create_stream() override { return 1; }
   void destroy_stream(gpu::StreamId) override {}
   absl::StatusOr<gpu::EventId> create_event() override { return 1; }

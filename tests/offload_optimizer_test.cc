@@ -383,6 +383,23 @@ TEST_F(OffloadOptimizerTest, SaveLoadContinuesBitForBit) {
   EXPECT_EQ(state(*opt, model), straight);
 }
 
+TEST_F(OffloadOptimizerTest, CheckpointsAreRefusedMidStep) {
+  const std::string ckpt = (dir_ / "mid").string();
+  HostModel model;
+  auto opt = make(make_config("overlap"), model);
+  ASSERT_TRUE(opt->begin_step().ok());
+  // Mid-step the counters count a step the tensors do not hold yet.
+  const absl::Status saved = opt->save_state(ckpt, nlohmann::json{});
+  EXPECT_EQ(saved.code(), absl::StatusCode::kFailedPrecondition) << saved;
+  EXPECT_NE(saved.message().find("between steps"), absl::string_view::npos) << saved;
+  EXPECT_FALSE(std::filesystem::exists(ckpt));
+  EXPECT_EQ(opt->save_state_async(ckpt, nlohmann::json{}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(opt->load_state(ckpt, false).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(opt->abort_step(absl::CancelledError("test")).code() == absl::StatusCode::kCancelled);
+  EXPECT_TRUE(opt->save_state(ckpt, nlohmann::json{}).ok());
+}
+
 TEST_F(OffloadOptimizerTest, DeviceBindingOnSimDevice) {
   ASSERT_TRUE(device_.host_addressable());
   const config::DsConfig cfg = make_config("overlap", 2);

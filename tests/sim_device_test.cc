@@ -58,8 +58,12 @@ TEST(SimDevice, LinkTimeFollowsTheModel) {
 TEST(SimDevice, ModelledCopyTimeWithinTenPercent) {
   // 500 MB at 1 GB/s plus 100 us latency: 500.1 ms by the model, long enough
   // that wake-up delays on a loaded machine stay far inside 10%. No bytes
-  // move (move_data = false), so only the model's sleep is measured.
-  SimDevice dev({.h2d_gb_per_s = 1.0, .copy_latency_us = 100, .move_data = false});
+  // move (move_data = false), so only the model's sleep is measured; the
+  // cost model is off so the pageable source does not halve the rate.
+  SimDevice dev({.h2d_gb_per_s = 1.0,
+                 .copy_latency_us = 100,
+                 .move_data = false,
+                 .costs = {.enabled = false}});
   StreamId s = *dev.create_stream();
   const size_t bytes = 500'000'000;
   void* d = *dev.allocate(bytes);
@@ -73,8 +77,11 @@ TEST(SimDevice, ModelledCopyTimeWithinTenPercent) {
 }
 
 TEST(SimDevice, DirectionsAreFullDuplexAndEachEngineSerial) {
-  SimDeviceOptions o{
-      .h2d_gb_per_s = 1.0, .d2h_gb_per_s = 1.0, .copy_latency_us = 0, .move_data = false};
+  SimDeviceOptions o{.h2d_gb_per_s = 1.0,
+                     .d2h_gb_per_s = 1.0,
+                     .copy_latency_us = 0,
+                     .move_data = false,
+                     .costs = {.enabled = false}};  // the link model alone
   SimDevice dev(o);
   StreamId a = *dev.create_stream(), b = *dev.create_stream(), c = *dev.create_stream();
   std::vector<char> host(100 << 20);

@@ -48,6 +48,12 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       }
       EXPECT_EQ(s.rolled_back_layers, 0);
     }
+    // The store's device memory comes from its pool: once the engine is
+    // set up, no step allocates on the device or synchronises all of it.
+    for (size_t i = 0; i < m.steps.size(); ++i) {
+      EXPECT_EQ(m.steps[i].device_allocations, 0) << "step " << i;
+      EXPECT_EQ(m.steps[i].device_syncs, 0) << "step " << i;
+    }
   }
   EXPECT_EQ(r->modes[0].mode, "sync");
   EXPECT_EQ(r->modes[1].mode, "overlap");

@@ -525,11 +525,14 @@ TEST_F(TieredStoreTest, EvictedDataIsOnDiskAndFlushCommitsTheSwapFile) {
   }
 }
 
-// A finalize() that fails frees what it allocated.
+// A finalize() that fails frees what it allocated, the device pool included.
 TEST_F(TieredStoreTest, FailedFinalizeLeavesNothingAllocated) {
   gpu::SimDevice tiny({.capacity_bytes = kBytes});
-  auto created = TieredStore::create(
-      {.device = &tiny, .device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  // The pool fits the device; the device-homed tensors do not fit the pool.
+  auto created = TieredStore::create({.device = &tiny,
+                                      .device_budget_bytes = 4 * kBytes,
+                                      .device_pool_bytes = kBytes,
+                                      .host_budget_bytes = 4 * kBytes});
   ASSERT_TRUE(created.ok());
   TieredStore& store = **created;
   for (int i = 0; i < 2; ++i) {
@@ -548,6 +551,90 @@ TEST_F(TieredStoreTest, FailedFinalizeLeavesNothingAllocated) {
   EXPECT_EQ(store.stats().tiers[0].used_bytes, 0u);
   EXPECT_EQ(store.stats().tiers[1].used_bytes, 0u);
   EXPECT_EQ(tiny.stats().used_bytes, 0u);
+}
+
+// The device pool is taken whole at finalize(): a device too small for it
+// fails there, with an error that names the pool and the budget.
+TEST_F(TieredStoreTest, DevicePoolLargerThanTheDeviceFailsFinalize) {
+  gpu::SimDevice tiny({.capacity_bytes = kBytes});
+  auto created = TieredStore::create(
+      {.device = &tiny, .device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  ASSERT_TRUE(created.ok());
+  TieredStore& store = **created;
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(store.register_tensor({"h" + std::to_string(i), kNumel}).ok());
+  }
+  absl::Status s = store.finalize();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("device pool of"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("budget " + std::to_string(4 * kBytes)), absl::string_view::npos) << s;
+  EXPECT_EQ(tiny.stats().used_bytes, 0u);
+}
+
+// After finalize() the device tier never calls the device's allocator: a
+// steady run of loads, dirty releases, write-backs and evictions through a
+// device budget that holds two of six tensors makes no allocation, no free
+// and no device-wide synchronisation.
+TEST_F(TieredStoreTest, DeviceTierMakesNoDeviceAllocationsAfterFinalize) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 8 * kBytes});
+  auto ids = register_n(*store, 6, Tier::kHost);
+  write_all(*store, ids, 1);
+  const gpu::SyncCounters before = device_.sync_counters();
+  EXPECT_EQ(before.allocations, 1u);  // the pool
+  for (int step = 0; step < 3; ++step) {
+    store->begin_step();
+    for (TensorId id : ids) {
+      auto v = store->acquire(id, Tier::kDevice, Access::kReadWrite);
+      ASSERT_TRUE(v.ok()) << v.status();
+      ASSERT_TRUE(store->release(id, Tier::kDevice, /*dirty=*/step == 1).ok());
+    }
+    store->end_step();
+  }
+  const gpu::SyncCounters after = device_.sync_counters();
+  EXPECT_EQ(after.allocations, before.allocations);
+  EXPECT_EQ(after.frees, before.frees);
+  EXPECT_EQ(after.device_syncs, before.device_syncs);
+  StoreStats st = store->stats();
+  EXPECT_GT(st.tiers[0].evictions, 10u);
+  EXPECT_GT(st.tiers[0].bytes_out, 0u);  // the dirty step wrote back
+  EXPECT_LE(st.tiers[0].peak_bytes, 2 * kBytes);
+  for (TensorId id : ids) {  // the data survived the round trips
+    auto v = store->acquire(id, Tier::kDevice, Access::kRead);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_TRUE(device_matches(*v, id, 1)) << "tensor " << id;
+    ASSERT_TRUE(store->release(id, Tier::kDevice, false).ok());
+  }
+  store.reset();  // the pool goes back in one free
+  EXPECT_EQ(device_.sync_counters().frees, before.frees + 1);
+  EXPECT_EQ(device_.stats().used_bytes, 0u);
+}
+
+// Tensors of mixed sizes through a device budget where the pool fragments:
+// the store evicts one more copy and retries, exactly as over the budget.
+TEST_F(TieredStoreTest, FragmentedDevicePoolFallsBackToEviction) {
+  // Pool of exactly 3 units; copies of 1 and 2 units cycle through it.
+  auto store = make_store({.device_budget_bytes = 3 * kBytes,
+                           .device_pool_bytes = 3 * kBytes,
+                           .host_budget_bytes = 16 * kBytes});
+  std::vector<TensorId> ids;
+  for (int i = 0; i < 6; ++i) {
+    auto id = store->register_tensor({"m" + std::to_string(i), (i % 2 ? 2 : 1) * kNumel});
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  ASSERT_TRUE(store->finalize().ok());
+  const gpu::SyncCounters before = device_.sync_counters();
+  std::mt19937 rng(7);
+  for (int op = 0; op < 200; ++op) {
+    const TensorId id = ids[rng() % ids.size()];
+    auto v = store->acquire(id, Tier::kDevice, Access::kRead);
+    ASSERT_TRUE(v.ok()) << "op " << op << ": " << v.status();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v->data) % 256, 0u);
+    ASSERT_TRUE(store->release(id, Tier::kDevice, false).ok());
+  }
+  EXPECT_EQ(device_.sync_counters().allocations, before.allocations);
+  EXPECT_LE(store->stats().tiers[0].peak_bytes, 3 * kBytes);
 }
 
 TEST_F(TieredStoreTest, TensorLargerThanItsTierIsRefusedAtRegistration) {

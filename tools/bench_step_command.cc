@@ -22,7 +22,10 @@ nlohmann::json step_json(const engine::StepBenchmarkStep& s) {
           {"slowest_seconds", s.slowest_seconds},
           {"ratio", s.ratio},
           {"speculative_layers", s.speculative_layers},
-          {"rolled_back_layers", s.rolled_back_layers}};
+          {"rolled_back_layers", s.rolled_back_layers},
+          {"host_syncs", s.host_syncs},
+          {"device_syncs", s.device_syncs},
+          {"device_allocations", s.device_allocations}};
 }
 
 // Mean of the steps after the first (which records the store's trace).
@@ -38,6 +41,9 @@ engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m) {
     a.host_seconds += s.host_seconds / n;
     a.nvme_read_seconds += s.nvme_read_seconds / n;
     a.nvme_write_seconds += s.nvme_write_seconds / n;
+    a.host_syncs += s.host_syncs / n;
+    a.device_syncs += s.device_syncs / n;
+    a.device_allocations += s.device_allocations / n;
   }
   a.rate_against_slowest();
   return a;
@@ -77,6 +83,8 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
       ->check(CLI::Range(2, 100));
   cmd->add_option("--threads", o->cpu_threads, "CPU optimizer threads (all cores)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--no-device-costs{false}", o->device_costs,
+                "charge nothing for host syncs, device syncs, pageable copies and launches");
   cmd->add_flag("--json", *json, "print one JSON object on stdout");
   cmd->callback([=] {
     auto shape = model::gpt2_config_by_name(*model);
@@ -96,25 +104,27 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
     nlohmann::json modes = nlohmann::json::object();
     std::fprintf(stderr,
                  "%s layer list, width %lld (/%lld), %.1fM params; B=%lld T=%lld gas %lld; device "
-                 "%.0f TFLOPS, link %.0f GB/s; %s, optimizer offload %s\n",
+                 "%.0f TFLOPS, link %.0f GB/s, CUDA costs %s; %s, optimizer offload %s\n",
                  model->c_str(), static_cast<long long>(r->width),
                  static_cast<long long>(o->width_divisor), static_cast<double>(r->params) / 1e6,
                  static_cast<long long>(o->micro_batch), static_cast<long long>(o->seq_len),
                  static_cast<long long>(o->gradient_accumulation_steps), o->tflops,
-                 o->link_gb_per_s, o->precision.c_str(), o->offload.c_str());
+                 o->link_gb_per_s, o->device_costs ? "charged" : "off", o->precision.c_str(),
+                 o->offload.c_str());
     std::fprintf(stderr,
                  "mode     step s  compute   h2d     d2h     cpu    nvme   slowest  ratio  "
-                 "speculative/rolled back\n");
+                 "speculative/rolled back  host/device syncs per step\n");
     for (const auto& m : r->modes) {
       nlohmann::json steps = nlohmann::json::array();
       for (const auto& s : m.steps) steps.push_back(step_json(s));
       const engine::StepBenchmarkStep a = steady(m);
       const auto& last = m.steps.back();
       modes[m.mode] = {{"steps", steps}, {"steady", step_json(a)}};
-      std::fprintf(stderr, "%-7s %7.3f  %7.3f %7.3f %7.3f %7.3f %7.3f  %-7s %6.3f  %d/%d\n",
-                   m.mode.c_str(), a.step_seconds, a.compute_seconds, a.h2d_seconds, a.d2h_seconds,
-                   a.host_seconds, a.nvme_read_seconds + a.nvme_write_seconds, a.slowest.c_str(),
-                   a.ratio, last.speculative_layers, last.rolled_back_layers);
+      std::fprintf(
+          stderr, "%-7s %7.3f  %7.3f %7.3f %7.3f %7.3f %7.3f  %-7s %6.3f  %d/%d %22.1f/%.1f\n",
+          m.mode.c_str(), a.step_seconds, a.compute_seconds, a.h2d_seconds, a.d2h_seconds,
+          a.host_seconds, a.nvme_read_seconds + a.nvme_write_seconds, a.slowest.c_str(), a.ratio,
+          last.speculative_layers, last.rolled_back_layers, a.host_syncs, a.device_syncs);
     }
     const double sync_s = steady(r->modes[0]).step_seconds;
     const double speedup = sync_s / steady(r->modes[1]).step_seconds;
@@ -130,6 +140,7 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   {"seq_len", o->seq_len},
                   {"gradient_accumulation_steps", o->gradient_accumulation_steps},
                   {"tflops", o->tflops},
+                  {"device_costs", o->device_costs},
                   {"link_gb_per_s", o->link_gb_per_s},
                   {"offload", o->offload},
                   {"precision", o->precision},

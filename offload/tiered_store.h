@@ -315,6 +315,9 @@ class TieredStore {
   // while the interleaving between them is not.
   struct TierTrace {
     std::vector<TensorId> order;
+    // Positions in `order` of tensors not homed on this tier (the only ones
+    // a prefetch can load), so the lookahead skips the home ones.
+    std::vector<uint64_t> loadable;
     bool recording = false;
     bool valid = false;
     uint64_t next_pos = 0;  // the position the next acquire should match

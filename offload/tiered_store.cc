@@ -776,7 +776,11 @@ uint64_t TieredStore::next_use_locked(TensorId id, Tier tier) const {
 
 void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   tensors_[id].copies[idx(tier)].last_use = ++clock_;
-  if (!in_step_) return;
+  // A home copy is never loaded nor evicted, so its acquires tell the
+  // schedule nothing; left out, the host trace is the optimizer's order of
+  // NVMe-homed states alone, not interleaved (differently each step) with
+  // the gradients another thread writes into the host tier at the same time.
+  if (!in_step_ || tensors_[id].spec.home == tier) return;
   TierTrace& tr = traces_[idx(tier)];
   if (tr.recording) {
     tr.order.push_back(id);
@@ -799,19 +803,12 @@ void TieredStore::queue_prefetches_locked(Tier tier) {
   uint64_t window = 0;
   bool queued = false;
   // Every acquire runs this under the lock: looking at most kMaxLookahead
-  // loadable acquires ahead keeps it O(1) when the tier already holds
-  // everything (a whole-trace scan per acquire made a 3,000-entry step
-  // quadratic). Acquires of tensors homed here are skipped, so the window
-  // reaches as far as it needs past them (the host tier's trace is mostly
-  // gradients before the first optimizer state).
+  // acquires ahead keeps it O(1) when the tier already holds everything
+  // (a whole-trace scan per acquire made a 3,000-entry step quadratic).
   constexpr uint64_t kMaxLookahead = 256;
-  const std::vector<uint64_t>& loadable = tr.loadable;
-  if (loadable.empty()) return;
-  const uint64_t first = static_cast<uint64_t>(
-      std::lower_bound(loadable.begin(), loadable.end(), tr.next_pos) - loadable.begin());
-  const uint64_t lookahead = std::min<uint64_t>(loadable.size(), kMaxLookahead);
+  const uint64_t lookahead = std::min<uint64_t>(tr.order.size(), kMaxLookahead);
   for (uint64_t k = 0; k < lookahead && window < options_.prefetch_window_bytes; ++k) {
-    const TensorId id = tr.order[loadable[(first + k) % loadable.size()]];
+    const TensorId id = tr.order[(tr.next_pos + k) % tr.order.size()];
     Copy& c = tensors_[id].copies[idx(tier)];
     if (holds_data(c.state)) continue;
     window += tensors_[id].bytes;
@@ -851,7 +848,6 @@ void TieredStore::begin_step() {
     if (!tr.valid) {
       tr.recording = true;
       tr.order.clear();
-      tr.loadable.clear();
     }
   }
   // Start the first window of each replayed trace now, so the head of the
@@ -869,11 +865,8 @@ void TieredStore::end_step() {
       tr.recording = false;
       tr.valid = !tr.order.empty();
       for (Tensor& t : tensors_) t.uses[ti].clear();
-      tr.loadable.clear();
       for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
-        Tensor& t = tensors_[tr.order[pos]];
-        t.uses[ti].push_back(pos);
-        if (t.spec.home != static_cast<Tier>(ti)) tr.loadable.push_back(pos);
+        tensors_[tr.order[pos]].uses[ti].push_back(pos);
       }
     } else if (tr.valid && tr.next_pos != tr.order.size()) {
       tr.valid = false;  // this step stopped short of the trace

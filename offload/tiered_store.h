@@ -41,16 +41,16 @@
 //     rely on the swap file; they are written from acquired views.
 //
 // Schedule: between begin_step() and end_step() of the first step, the order
-// of acquires is recorded per tier (the trace). On later steps each acquire prefetches
-// the next tensors of the trace, up to prefetch_window_bytes not yet
-// resident, on the store's mover threads. Read-ahead (Options::read_ahead):
-// a mover submits a host prefetch from NVMe and goes on to the next one, so
-// the reads of several tensors are in flight at once (kLoading until their
-// completion; a failed one is kept in background_error()); copies below the
-// device tier move on the mover thread itself; eviction drops the copy whose next
-// use in the trace is furthest away (Belady's rule, exact because the trace
-// repeats). An acquire off the trace marks the trace changed; it is recorded
-// again on the next step. Without a trace, eviction is least recently used.
+// of acquires is recorded per tier (the trace), leaving out acquires of
+// copies homed on that tier (never moved, and often from another thread:
+// gradients land in the host tier while the optimizer reads states). On later steps each acquire
+// prefetches the next tensors of the trace, up to prefetch_window_bytes not yet resident, on the
+// store's mover threads. Read-ahead (Options::read_ahead): a mover submits a host prefetch from
+// NVMe and goes on to the next one, so the reads of several tensors are in flight at once (kLoading
+// until their completion; a failed one is kept in background_error()); copies below the device tier
+// move on the mover thread itself; eviction drops the copy whose next use in the trace is furthest
+// away (Belady's rule, exact because the trace repeats). An acquire off the trace marks the trace
+// changed; it is recorded again on the next step. Without a trace, eviction is least recently used.
 //
 // Threading: all methods are thread-safe; acquire() may be called from
 // several threads (the engine's compute, optimizer and I/O threads). The
@@ -139,7 +139,7 @@ struct TierStats {
 
 struct StoreStats {
   std::array<TierStats, kTierCount> tiers;
-  uint64_t trace_length = 0;   // acquires per step, all tiers
+  uint64_t trace_length = 0;   // acquires per step of non-home copies, all tiers
   uint64_t trace_changes = 0;  // times a recorded trace was found stale
   uint64_t steps = 0;
 };
@@ -314,10 +314,7 @@ class TieredStore {
   // host by the optimizer threads, each in a repeatable order of its own,
   // while the interleaving between them is not.
   struct TierTrace {
-    std::vector<TensorId> order;
-    // Positions in `order` of tensors not homed on this tier (the only ones
-    // a prefetch can load), so the lookahead skips the home ones.
-    std::vector<uint64_t> loadable;
+    std::vector<TensorId> order;  // acquires of tensors not homed on the tier
     bool recording = false;
     bool valid = false;
     uint64_t next_pos = 0;  // the position the next acquire should match

@@ -768,7 +768,7 @@ uint64_t TieredStore::next_use_locked(TensorId id, Tier tier) const {
   if (!tr.valid) return kNever / 2 - t.copies[idx(tier)].last_use;  // LRU
   const std::vector<uint64_t>& uses = t.uses[idx(tier)];
   if (uses.empty()) return kNever;
-  const uint64_t now = tr.next_pos;  // positions >= now are still ahead in this step
+  const uint64_t now = tr.next_pos;  // positions >= now are still ahead in this cycle
   auto it = std::lower_bound(uses.begin(), uses.end(), now);
   if (it != uses.end()) return *it - now + 1;
   return uses.front() + tr.order.size() - now + 1;  // next step
@@ -780,18 +780,35 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   // schedule nothing; left out, the host trace is the optimizer's order of
   // NVMe-homed states alone, not interleaved (differently each step) with
   // the gradients another thread writes into the host tier at the same time.
-  if (!in_step_ || tensors_[id].spec.home == tier) return;
+  if (tensors_[id].spec.home == tier) return;
   TierTrace& tr = traces_[idx(tier)];
+  // Acquires between steps count too: a delayed update runs on across the
+  // step boundary, and its order is still the cycle's.
   if (tr.recording) {
     tr.order.push_back(id);
     return;
   }
   if (!tr.valid) return;
-  if (tr.next_pos < tr.order.size() && tr.order[tr.next_pos] == id) {
-    ++tr.next_pos;
+  const uint64_t n = tr.order.size();
+  if (tr.order[tr.next_pos] == id) {
+    tr.next_pos = (tr.next_pos + 1) % n;
     return;
   }
-  tr.valid = false;  // re-recorded on the next step
+  // The cycle need not pick up where the last step left it (a delayed update
+  // reaches the boundary at a different tensor each step; a failed or
+  // skipped step stops short): one jump per step to the tensor's next use
+  // keeps the trace. A second miss in a step, or a tensor the trace lacks,
+  // means the order changed; between steps (a checkpoint reading every
+  // tensor) a miss is ignored.
+  const std::vector<uint64_t>& uses = tensors_[id].uses[idx(tier)];
+  if (!uses.empty() && !tr.jumped) {
+    auto it = std::lower_bound(uses.begin(), uses.end(), tr.next_pos);
+    tr.next_pos = ((it != uses.end() ? *it : uses.front()) + 1) % n;
+    tr.jumped = true;
+    return;
+  }
+  if (!in_step_) return;
+  tr.valid = false;  // re-recorded from the next step
   ++stats_.trace_changes;
   log::get("offload")->debug("{} acquire order changed at position {} (\"{}\"); re-recording",
                              tier_name(tier), tr.next_pos, tensors_[id].spec.name);
@@ -799,7 +816,7 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
 
 void TieredStore::queue_prefetches_locked(Tier tier) {
   const TierTrace& tr = traces_[idx(tier)];
-  if (!tr.valid || !in_step_ || tr.order.empty()) return;
+  if (!tr.valid || tr.order.empty()) return;
   uint64_t window = 0;
   bool queued = false;
   // Every acquire runs this under the lock: looking at most kMaxLookahead
@@ -843,12 +860,24 @@ void TieredStore::mover_loop() {
 void TieredStore::begin_step() {
   std::lock_guard lock(mu_);
   in_step_ = true;
-  for (TierTrace& tr : traces_) {
-    tr.next_pos = 0;
+  for (int ti = 0; ti < kTierCount; ++ti) {
+    TierTrace& tr = traces_[ti];
+    // A recording spans one step and what follows it up to the next step:
+    // the cycle of acquires, including a delayed update's tail.
+    if (tr.recording) {
+      tr.recording = false;
+      tr.valid = !tr.order.empty();
+      tr.next_pos = 0;
+      for (Tensor& t : tensors_) t.uses[ti].clear();
+      for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
+        tensors_[tr.order[pos]].uses[ti].push_back(pos);
+      }
+    }
     if (!tr.valid) {
       tr.recording = true;
       tr.order.clear();
     }
+    tr.jumped = false;
   }
   // Start the first window of each replayed trace now, so the head of the
   // step overlaps with whatever runs before its first acquire.
@@ -860,19 +889,7 @@ void TieredStore::end_step() {
   ++stats_.steps;
   stats_.trace_length = 0;
   for (int ti = 0; ti < kTierCount; ++ti) {
-    TierTrace& tr = traces_[ti];
-    if (tr.recording) {
-      tr.recording = false;
-      tr.valid = !tr.order.empty();
-      for (Tensor& t : tensors_) t.uses[ti].clear();
-      for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
-        tensors_[tr.order[pos]].uses[ti].push_back(pos);
-      }
-    } else if (tr.valid && tr.next_pos != tr.order.size()) {
-      tr.valid = false;  // this step stopped short of the trace
-      ++stats_.trace_changes;
-    }
-    stats_.trace_length += tr.order.size();
+    stats_.trace_length += traces_[ti].order.size();
   }
   in_step_ = false;
 }

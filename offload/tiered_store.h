@@ -40,17 +40,24 @@
 //     swap/swap_file.h): reopenable and power-loss safe. Checkpoints do not
 //     rely on the swap file; they are written from acquired views.
 //
-// Schedule: between begin_step() and end_step() of the first step, the order
-// of acquires is recorded per tier (the trace), leaving out acquires of
-// copies homed on that tier (never moved, and often from another thread:
-// gradients land in the host tier while the optimizer reads states). On later steps each acquire
-// prefetches the next tensors of the trace, up to prefetch_window_bytes not yet resident, on the
-// store's mover threads. Read-ahead (Options::read_ahead): a mover submits a host prefetch from
-// NVMe and goes on to the next one, so the reads of several tensors are in flight at once (kLoading
-// until their completion; a failed one is kept in background_error()); copies below the device tier
-// move on the mover thread itself; eviction drops the copy whose next use in the trace is furthest
-// away (Belady's rule, exact because the trace repeats). An acquire off the trace marks the trace
-// changed; it is recorded again on the next step. Without a trace, eviction is least recently used.
+// Schedule: from begin_step() of the first step to begin_step() of the
+// next, the order of acquires is recorded per tier (the trace: one cycle,
+// including acquires between the steps, as a delayed update makes), leaving
+// out acquires of copies homed on that tier (never moved, and often from
+// another thread: gradients land in the host tier while the optimizer reads
+// states). From then on each acquire prefetches the next tensors of the
+// cycle, up to prefetch_window_bytes not yet resident, on the store's mover
+// threads, and eviction drops the copy whose next use in the cycle is
+// furthest away (Belady's rule, exact because the trace repeats).
+// Read-ahead (Options::read_ahead): a mover submits a host prefetch from
+// NVMe and goes on to the next one, so the reads of several tensors are in
+// flight at once (kLoading until their completion; a failed one is kept in
+// background_error()); copies below the device tier move on the mover thread
+// itself. The cycle may resume at another place than where it stopped (one
+// jump is allowed: a step cut short, a delayed update crossing the step
+// boundary at another tensor); a second acquire off the trace in one step
+// marks the trace changed, and it is recorded again from the
+// next step. Without a trace, eviction is least recently used.
 //
 // Threading: all methods are thread-safe; acquire() may be called from
 // several threads (the engine's compute, optimizer and I/O threads). The
@@ -317,7 +324,8 @@ class TieredStore {
     std::vector<TensorId> order;  // acquires of tensors not homed on the tier
     bool recording = false;
     bool valid = false;
-    uint64_t next_pos = 0;  // the position the next acquire should match
+    uint64_t next_pos = 0;  // the position the next acquire should match (cyclic)
+    bool jumped = false;    // an acquire of this step missed next_pos and jumped
   };
   std::array<TierTrace, kTierCount> traces_;
   bool in_step_ = false;

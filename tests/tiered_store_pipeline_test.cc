@@ -316,6 +316,44 @@ TEST_F(TieredStorePipelineTest, WriteBehindErrorSurfacesWithTheFileNamed) {
   }
 }
 
+// A delayed update's acquires run on across step boundaries, each step
+// cutting the cycle at another tensor, some between end_step and the next
+// begin_step, and a skipped step has none: the trace stays (no re-recording,
+// no fallback to LRU) and the read-ahead keeps finding the next tensors.
+TEST_F(TieredStorePipelineTest, TraceSurvivesACycleCrossingStepBoundaries) {
+  make_io({dir_.string()});
+  constexpr int kN = 10;
+  auto store = make_store(4, kN, {(dir_ / "a.swp").string()});
+  ASSERT_NE(store, nullptr);
+  update_all(*store, kN, 1);
+  std::vector<int> version(kN, 1);
+  uint64_t next = 0;  // the stream's next tensor, cyclic
+  auto run = [&](int count) {
+    for (int i = 0; i < count; ++i, ++next) {
+      const TensorId id = static_cast<TensorId>(next % kN);
+      auto v = store->acquire(id, Tier::kHost, Access::kReadWrite);
+      ASSERT_TRUE(v.ok()) << v.status();
+      ASSERT_TRUE(holds(*v, id, version[id])) << "tensor " << id;
+      fill(*v, id, ++version[id]);
+      ASSERT_TRUE(store->release(id, Tier::kHost, true).ok());
+    }
+  };
+  // Per step: acquires inside it, then between it and the next one.
+  const int inside[] = {7, 4, 9, 0, 6, 8, 3, 10, 5, 7, 6, 9};
+  const int between[] = {3, 5, 2, 0, 4, 1, 6, 0, 5, 3, 4, 2};
+  for (int step = 0; step < 12; ++step) {
+    store->begin_step();
+    run(inside[step]);
+    store->end_step();
+    run(between[step]);
+  }
+  const StoreStats st = store->stats();
+  EXPECT_EQ(st.trace_changes, 0u);
+  EXPECT_GT(st.tiers[1].prefetches, 0u);
+  EXPECT_TRUE(store->background_error().ok()) << store->background_error();
+  ASSERT_TRUE(store->flush().ok());
+}
+
 // nvme_path as a list: one swap member file per directory, the store's
 // tensors striped over both, each directory holding its share.
 TEST_F(TieredStorePipelineTest, StripesOverTwoDirectories) {

@@ -792,15 +792,25 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   const uint64_t n = tr.order.size();
   if (tr.order[tr.next_pos] == id) {
     tr.next_pos = (tr.next_pos + 1) % n;
+    tr.open_end = false;
     return;
   }
+  std::vector<uint64_t>& uses = tensors_[id].uses[idx(tier)];
+  // A recording ends at a step boundary, where a delayed update may not yet
+  // have come round to where the recording began: the tensors it lacks come
+  // next, before the cycle's first one, so they extend it at its end.
+  if (tr.open_end && tr.next_pos == 0 && uses.empty()) {
+    uses.push_back(n);
+    tr.order.push_back(id);
+    return;
+  }
+  tr.open_end = false;
   // The cycle need not pick up where the last step left it (a delayed update
   // reaches the boundary at a different tensor each step; a failed or
   // skipped step stops short): one jump per step to the tensor's next use
   // keeps the trace. A second miss in a step, or a tensor the trace lacks,
   // means the order changed; between steps (a checkpoint reading every
   // tensor) a miss is ignored.
-  const std::vector<uint64_t>& uses = tensors_[id].uses[idx(tier)];
   if (!uses.empty() && !tr.jumped) {
     auto it = std::lower_bound(uses.begin(), uses.end(), tr.next_pos);
     tr.next_pos = ((it != uses.end() ? *it : uses.front()) + 1) % n;
@@ -868,6 +878,7 @@ void TieredStore::begin_step() {
       tr.recording = false;
       tr.valid = !tr.order.empty();
       tr.next_pos = 0;
+      tr.open_end = true;
       for (Tensor& t : tensors_) t.uses[ti].clear();
       for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
         tensors_[tr.order[pos]].uses[ti].push_back(pos);

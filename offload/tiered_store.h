@@ -55,7 +55,8 @@
 // background_error()); copies below the device tier move on the mover thread
 // itself. The cycle may resume at another place than where it stopped (one
 // jump is allowed: a step cut short, a delayed update crossing the step
-// boundary at another tensor); a second acquire off the trace in one step
+// boundary at another tensor; tensors it has not reached again when the
+// recording ends extend the cycle); a second acquire off the trace in one step
 // marks the trace changed, and it is recorded again from the
 // next step. Without a trace, eviction is least recently used.
 //
@@ -326,6 +327,7 @@ class TieredStore {
     bool valid = false;
     uint64_t next_pos = 0;  // the position the next acquire should match (cyclic)
     bool jumped = false;    // an acquire of this step missed next_pos and jumped
+    bool open_end = false;  // recorded, not yet come round: may still grow at its end
   };
   std::array<TierTrace, kTierCount> traces_;
   bool in_step_ = false;

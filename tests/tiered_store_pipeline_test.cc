@@ -116,7 +116,9 @@ class TieredStorePipelineTest : public ::testing::Test {
     for (TensorId id = 0; id < static_cast<TensorId>(n); ++id) {
       auto v = store.acquire(id, Tier::kHost, version == 1 ? Access::kWrite : Access::kReadWrite);
       ASSERT_TRUE(v.ok()) << v.status();
-      if (version > 1) ASSERT_TRUE(holds(*v, id, version - 1)) << "tensor " << id;
+      if (version > 1) {
+        ASSERT_TRUE(holds(*v, id, version - 1)) << "tensor " << id;
+      }
       fill(*v, id, version);
       ASSERT_TRUE(store.release(id, Tier::kHost, /*dirty=*/true).ok());
     }

@@ -18,6 +18,7 @@
 #include "engine/config_validate.h"
 #include "engine/offload_optimizer_impl.h"
 #include "engine/swap_scratch.h"
+#include "swap/io_config.h"
 
 namespace strata::engine {
 namespace {
@@ -336,12 +337,9 @@ absl::Status OffloadOptimizer::Impl::add_swap_files(offload::TieredStore::Option
   }
   so.io = options.io;
   if (so.io == nullptr) {
-    swap::IoEngineOptions io;
-    io.block_size = static_cast<size_t>(config.aio.block_size);
-    io.queue_depth = static_cast<int>(config.aio.queue_depth);
-    io.threads = static_cast<int>(config.aio.intra_op_parallelism);
-    io.single_submit = config.aio.single_submit;
-    io.overlap_events = config.aio.overlap_events;
+    // One ring per directory, the swap file striped over them.
+    STRATA_ASSIGN_OR_RETURN(swap::IoEngineOptions io, swap::io_engine_options(config.aio, dirs),
+                            "ds_config aio / nvme_path");
     io.allow_buffered = options.allow_buffered_io;
     STRATA_ASSIGN_OR_RETURN(own_io, swap::make_io_engine(io), "starting NVMe I/O (ds_config aio)");
     so.io = own_io.get();

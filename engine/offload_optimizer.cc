@@ -562,6 +562,19 @@ const GroupHyperparams& OffloadOptimizer::group(int g) const {
 }
 int OffloadOptimizer::num_groups() const { return static_cast<int>(impl_->groups.size()); }
 
+absl::Status OffloadOptimizer::set_optimizer_steps(int64_t steps) {
+  if (steps < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("set_optimizer_steps: the step count must be >= 0 (got ", steps, ")"));
+  }
+  if (impl_->in_step) {
+    return absl::FailedPreconditionError(
+        "set_optimizer_steps: a step is in flight; call it between steps");
+  }
+  impl_->adam_step = steps;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<float>> OffloadOptimizer::read_state(ParamHandle h, StateKind kind) {
   Impl& m = *impl_;
   STRATA_RETURN_IF_ERROR(m.check_handle(h));

@@ -226,6 +226,11 @@ class OffloadOptimizer {
   absl::Status set_group(int group, const GroupHyperparams& hp);
   const GroupHyperparams& group(int g) const;
   int num_groups() const;
+  // Between steps: the Adam step count (bias correction) that goes with
+  // states restored through write_state (torch's state_dict layout);
+  // load_state restores it by itself. InvalidArgument below 0,
+  // FailedPrecondition while a step is in flight.
+  absl::Status set_optimizer_steps(int64_t steps);
 
   // State, one param at a time (streamed: NVMe-homed states pass through one
   // host buffer of the tensor's size). Finishes a pending delayed update

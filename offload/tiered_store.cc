@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/log.h"
@@ -87,7 +88,17 @@ TieredStore::~TieredStore() {
   }
   changed_.notify_all();
   for (std::thread& t : movers_) t.join();
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
+  // Pipeline reads and writes land in host blocks and call back into the
+  // store: both must be done before anything is freed.
+  changed_.wait(lock, [&] { return async_io_ == 0; });
+  if (swap_ != nullptr) {
+    lock.unlock();
+    // The callbacks have run; this waits for the engine's own bookkeeping of
+    // those requests so the swap file closes with nothing in flight.
+    (void)options_.io->drain();
+    lock.lock();
+  }
   for (Tensor& t : tensors_) {
     for (Tier tier : {Tier::kDevice, Tier::kHost}) {
       if (t.copies[idx(tier)].state != Residency::kAbsent) free_copy_locked(t, tier);
@@ -315,7 +326,7 @@ void TieredStore::prefetch(TensorId id, Tier tier) {
 }
 
 absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier,
-                                      bool need_data, bool prefetch) {
+                                      bool need_data, bool prefetch, bool nested) {
   Tensor& t = tensors_[id];
   Copy& c = t.copies[idx(tier)];
   const uint64_t size = footprint(t.bytes, t.padded, tier);
@@ -344,7 +355,7 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   absl::Status status;
   while (!holds_data(src.state)) {
     if (src.state == Residency::kAbsent) {
-      status = load_locked(lock, id, from, true, prefetch);
+      status = load_locked(lock, id, from, true, prefetch, /*nested=*/true);
       if (!status.ok()) break;
     } else {
       changed_.wait(lock);
@@ -355,7 +366,11 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   if (status.ok() && prefetch && src.pins > src.transfers_reading) {
     status = absl::UnavailableError("the source copy is held");
   }
-  if (status.ok()) {
+  if (status.ok() && prefetch && !nested && options_.read_ahead && from == Tier::kNvme &&
+      t.nvme_written) {
+    status = start_read_ahead_locked(lock, id);
+    if (status.ok()) return status;  // finish_read_ahead makes it resident
+  } else if (status.ok()) {
     ++src.pins;
     ++src.transfers_reading;
     lock.unlock();
@@ -390,7 +405,23 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
   }
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.pinned_wait_ms);
+  const uint64_t frees_before = frees_[ti];
   while (used_[ti] + bytes > budget_[ti] || evict_one) {
+    // A block freed meanwhile (a write-behind landing) coalesced with its
+    // neighbours: the caller's allocation is worth another try.
+    if (evict_one && frees_[ti] != frees_before) {
+      evict_one = false;
+      continue;
+    }
+    if (tier == Tier::kHost && !write_behind_error_.ok()) {
+      return std::exchange(write_behind_error_, absl::OkStatus());
+    }
+    // Copies being written behind free their blocks as their writes land:
+    // once those cover the shortfall, wait for them rather than evict more.
+    if (!evict_one && used_[ti] - freeing_[ti] + bytes <= budget_[ti]) {
+      changed_.wait(lock);
+      continue;
+    }
     // Belady with a trace (furthest next use), else least recently used.
     TensorId victim = 0;
     uint64_t victim_next = 0;
@@ -448,6 +479,12 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
     }
     Tensor& v = tensors_[victim];
     if (v.copies[ti].state == Residency::kDirty) {
+      // A fragmented arena (evict_one) needs a block now, so that write waits.
+      if (!evict_one && options_.write_behind && tier == Tier::kHost &&
+          v.spec.home == Tier::kNvme) {
+        STRATA_RETURN_IF_ERROR(start_write_behind_locked(lock, victim));
+        continue;
+      }
       STRATA_RETURN_IF_ERROR(write_back_locked(lock, victim, tier));
       if (v.copies[ti].pins > 0 || !holds_data(v.copies[ti].state)) continue;
     }
@@ -519,6 +556,117 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
   return absl::OkStatus();
 }
 
+absl::Status TieredStore::start_write_behind_locked(std::unique_lock<std::mutex>& lock,
+                                                    TensorId id) {
+  Tensor& t = tensors_[id];
+  Copy& c = t.copies[idx(Tier::kHost)];
+  Copy& dst = t.copies[idx(Tier::kNvme)];
+  // kWriting keeps acquires and loads off the block until the write lands;
+  // the extent's pin keeps reads of it (none can start: the copy above is
+  // not absent) and other writes away.
+  c.state = Residency::kWriting;
+  freeing_[idx(Tier::kHost)] += t.padded;
+  ++dst.pins;
+  ++async_io_;
+  const int64_t start = monotonic_ns();
+  void* data = c.data;
+  // Not under the lock: the swap file may write its header first, and the
+  // engine thread that completes that write may be in one of our callbacks.
+  lock.unlock();
+  absl::Status s = swap_->write_tensor_async(
+      t.spec.name, data, t.padded,
+      [this, id, start](const absl::Status& st) { finish_write_behind(id, start, st); });
+  lock.lock();
+  if (!s.ok()) {  // the callback will not run
+    c.state = Residency::kDirty;
+    freeing_[idx(Tier::kHost)] -= t.padded;
+    --dst.pins;
+    --async_io_;
+    changed_.notify_all();
+    return annotate(s, absl::StrCat("writing back \"", t.spec.name, "\" to ", swap_->path()));
+  }
+  return absl::OkStatus();
+}
+
+void TieredStore::finish_write_behind(TensorId id, int64_t start_ns, const absl::Status& status) {
+  std::lock_guard lock(mu_);
+  Tensor& t = tensors_[id];
+  Copy& c = t.copies[idx(Tier::kHost)];
+  --t.copies[idx(Tier::kNvme)].pins;
+  freeing_[idx(Tier::kHost)] -= t.padded;
+  if (status.ok()) {
+    t.nvme_written = true;
+    stats_.tiers[idx(Tier::kNvme)].bytes_in += t.padded;  // what the disk wrote
+    stats_.tiers[idx(Tier::kHost)].bytes_out += t.bytes;
+    ++stats_.tiers[idx(Tier::kHost)].evictions;
+    free_copy_locked(t, Tier::kHost);
+    trace_io("nvme_write", start_ns, t.padded);
+  } else {
+    c.state = Residency::kDirty;  // nothing lost: the host copy stays authoritative
+    absl::Status e =
+        annotate(status, absl::StrCat("write-behind of \"", t.spec.name, "\" to swap file ",
+                                      swap_->path(), " failed; its host copy stays dirty"));
+    log::get("offload")->warn("{}", std::string(e.message()));
+    if (write_behind_error_.ok()) write_behind_error_ = e;
+    if (background_error_.ok()) background_error_ = e;
+  }
+  --async_io_;
+  changed_.notify_all();
+}
+
+absl::Status TieredStore::start_read_ahead_locked(std::unique_lock<std::mutex>& lock, TensorId id) {
+  Tensor& t = tensors_[id];
+  Copy& c = t.copies[idx(Tier::kHost)];
+  Copy& src = t.copies[idx(Tier::kNvme)];
+  ++src.pins;
+  ++src.transfers_reading;
+  ++async_io_;
+  const int64_t start = monotonic_ns();
+  void* data = c.data;
+  lock.unlock();  // as in start_write_behind_locked
+  absl::Status s = swap_->read_tensor_async(
+      t.spec.name, data, t.padded,
+      [this, id, start](const absl::Status& st) { finish_read_ahead(id, start, st); });
+  lock.lock();
+  if (!s.ok()) {  // the callback will not run; the caller frees the copy
+    --src.transfers_reading;
+    --src.pins;
+    --async_io_;
+  }
+  return s;
+}
+
+void TieredStore::finish_read_ahead(TensorId id, int64_t start_ns, const absl::Status& status) {
+  std::lock_guard lock(mu_);
+  Tensor& t = tensors_[id];
+  Copy& src = t.copies[idx(Tier::kNvme)];
+  --src.transfers_reading;
+  --src.pins;
+  if (status.ok()) {
+    t.copies[idx(Tier::kHost)].state = Residency::kResident;
+    stats_.tiers[idx(Tier::kHost)].bytes_in += t.bytes;
+    ++stats_.tiers[idx(Tier::kHost)].prefetches;
+    stats_.tiers[idx(Tier::kNvme)].bytes_out += t.padded;  // what the disk read
+    trace_io("nvme_read", start_ns, t.padded);
+  } else {
+    // Absent again: an acquire that waited for it loads it itself and gets
+    // the error, if it persists.
+    free_copy_locked(t, Tier::kHost);
+    absl::Status e = annotate(
+        status, absl::StrCat("reading \"", t.spec.name, "\" ahead from swap file ", swap_->path()));
+    log::get("offload")->warn("prefetch failed: {}", std::string(e.message()));
+    if (background_error_.ok()) background_error_ = e;
+  }
+  --async_io_;
+  changed_.notify_all();
+}
+
+void TieredStore::trace_io(const char* name, int64_t start_ns, uint64_t bytes) const {
+  if (options_.trace == nullptr || !options_.trace->enabled()) return;
+  options_.trace->record(name, "offload", start_ns, monotonic_ns() - start_ns,
+                         {{"bytes", static_cast<int64_t>(bytes)}});
+}
+
 absl::Status TieredStore::allocate_copy_locked(Tensor& t, Tier tier) {
   Copy& c = t.copies[idx(tier)];
   if (tier == Tier::kHost) {
@@ -545,6 +693,7 @@ void TieredStore::free_copy_locked(Tensor& t, Tier tier) {
       pool_->free(c.data);
     }
     used_[idx(tier)] -= footprint(t.bytes, t.padded, tier);
+    ++frees_[idx(tier)];
   }
   c = Copy{};
   stats_.tiers[idx(tier)].used_bytes = used_[idx(tier)];
@@ -650,7 +799,7 @@ uint64_t TieredStore::next_use_locked(TensorId id, Tier tier) const {
   if (!tr.valid) return kNever / 2 - t.copies[idx(tier)].last_use;  // LRU
   const std::vector<uint64_t>& uses = t.uses[idx(tier)];
   if (uses.empty()) return kNever;
-  const uint64_t now = tr.next_pos;  // positions >= now are still ahead in this step
+  const uint64_t now = tr.next_pos;  // positions >= now are still ahead in this cycle
   auto it = std::lower_bound(uses.begin(), uses.end(), now);
   if (it != uses.end()) return *it - now + 1;
   return uses.front() + tr.order.size() - now + 1;  // next step
@@ -658,18 +807,49 @@ uint64_t TieredStore::next_use_locked(TensorId id, Tier tier) const {
 
 void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   tensors_[id].copies[idx(tier)].last_use = ++clock_;
-  if (!in_step_) return;
+  // A home copy is never loaded nor evicted, so its acquires tell the
+  // schedule nothing; left out, the host trace is the optimizer's order of
+  // NVMe-homed states alone, not interleaved (differently each step) with
+  // the gradients another thread writes into the host tier at the same time.
+  if (tensors_[id].spec.home == tier) return;
   TierTrace& tr = traces_[idx(tier)];
+  // Acquires between steps count too: a delayed update runs on across the
+  // step boundary, and its order is still the cycle's.
   if (tr.recording) {
     tr.order.push_back(id);
     return;
   }
   if (!tr.valid) return;
-  if (tr.next_pos < tr.order.size() && tr.order[tr.next_pos] == id) {
-    ++tr.next_pos;
+  const uint64_t n = tr.order.size();
+  if (tr.order[tr.next_pos] == id) {
+    tr.next_pos = (tr.next_pos + 1) % n;
+    tr.open_end = false;
     return;
   }
-  tr.valid = false;  // re-recorded on the next step
+  std::vector<uint64_t>& uses = tensors_[id].uses[idx(tier)];
+  // A recording ends at a step boundary, where a delayed update may not yet
+  // have come round to where the recording began: the tensors it lacks come
+  // next, before the cycle's first one, so they extend it at its end.
+  if (tr.open_end && tr.next_pos == 0 && uses.empty()) {
+    uses.push_back(n);
+    tr.order.push_back(id);
+    return;
+  }
+  tr.open_end = false;
+  // The cycle need not pick up where the last step left it (a delayed update
+  // reaches the boundary at a different tensor each step; a failed or
+  // skipped step stops short): one jump per step to the tensor's next use
+  // keeps the trace. A second miss in a step, or a tensor the trace lacks,
+  // means the order changed; between steps (a checkpoint reading every
+  // tensor) a miss is ignored.
+  if (!uses.empty() && !tr.jumped) {
+    auto it = std::lower_bound(uses.begin(), uses.end(), tr.next_pos);
+    tr.next_pos = ((it != uses.end() ? *it : uses.front()) + 1) % n;
+    tr.jumped = true;
+    return;
+  }
+  if (!in_step_) return;
+  tr.valid = false;  // re-recorded from the next step
   ++stats_.trace_changes;
   log::get("offload")->debug("{} acquire order changed at position {} (\"{}\"); re-recording",
                              tier_name(tier), tr.next_pos, tensors_[id].spec.name);
@@ -677,7 +857,7 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
 
 void TieredStore::queue_prefetches_locked(Tier tier) {
   const TierTrace& tr = traces_[idx(tier)];
-  if (!tr.valid || !in_step_ || tr.order.empty()) return;
+  if (!tr.valid || tr.order.empty()) return;
   uint64_t window = 0;
   bool queued = false;
   // Every acquire runs this under the lock: looking at most kMaxLookahead
@@ -721,12 +901,25 @@ void TieredStore::mover_loop() {
 void TieredStore::begin_step() {
   std::lock_guard lock(mu_);
   in_step_ = true;
-  for (TierTrace& tr : traces_) {
-    tr.next_pos = 0;
+  for (int ti = 0; ti < kTierCount; ++ti) {
+    TierTrace& tr = traces_[ti];
+    // A recording spans one step and what follows it up to the next step:
+    // the cycle of acquires, including a delayed update's tail.
+    if (tr.recording) {
+      tr.recording = false;
+      tr.valid = !tr.order.empty();
+      tr.next_pos = 0;
+      tr.open_end = true;
+      for (Tensor& t : tensors_) t.uses[ti].clear();
+      for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
+        tensors_[tr.order[pos]].uses[ti].push_back(pos);
+      }
+    }
     if (!tr.valid) {
       tr.recording = true;
       tr.order.clear();
     }
+    tr.jumped = false;
   }
   // Start the first window of each replayed trace now, so the head of the
   // step overlaps with whatever runs before its first acquire.
@@ -738,19 +931,7 @@ void TieredStore::end_step() {
   ++stats_.steps;
   stats_.trace_length = 0;
   for (int ti = 0; ti < kTierCount; ++ti) {
-    TierTrace& tr = traces_[ti];
-    if (tr.recording) {
-      tr.recording = false;
-      tr.valid = !tr.order.empty();
-      for (Tensor& t : tensors_) t.uses[ti].clear();
-      for (uint64_t pos = 0; pos < tr.order.size(); ++pos) {
-        tensors_[tr.order[pos]].uses[ti].push_back(pos);
-      }
-    } else if (tr.valid && tr.next_pos != tr.order.size()) {
-      tr.valid = false;  // this step stopped short of the trace
-      ++stats_.trace_changes;
-    }
-    stats_.trace_length += tr.order.size();
+    stats_.trace_length += traces_[ti].order.size();
   }
   in_step_ = false;
 }

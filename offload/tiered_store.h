@@ -26,18 +26,39 @@
 //     crash may lose it. The swap file is scratch, recreated by every run,
 //     so nothing needs more; an fsync per eviction would cost NVMe
 //     throughput for nothing.
+//   * Write-behind (Options::write_behind): when the host tier needs room,
+//     dirty host copies of NVMe-homed tensors go to the I/O engine at once,
+//     several in flight, each split into aio block_size requests up to
+//     queue_depth per drive. The copy is kWriting meanwhile (an acquire of it
+//     waits, then reloads) and its host block is freed by the write's
+//     completion, never earlier: the acquiring thread waits only until enough
+//     of those writes have landed. A failed write leaves the copy dirty, is
+//     kept in background_error() (naming the tensor and the swap file) and
+//     is returned by the next acquire that needs host room.
 //   * flush() is the durability point: every dirty copy reaches its home
 //     tier, and the swap file is committed (fsync'd extents, then its header,
 //     swap/swap_file.h): reopenable and power-loss safe. Checkpoints do not
 //     rely on the swap file; they are written from acquired views.
 //
-// Schedule: between begin_step() and end_step() of the first step, the order
-// of acquires is recorded per tier (the trace). On later steps each acquire prefetches
-// the next tensors of the trace, up to prefetch_window_bytes not yet
-// resident, on the store's mover threads; eviction drops the copy whose next
-// use in the trace is furthest away (Belady's rule, exact because the trace
-// repeats). An acquire off the trace marks the trace changed; it is recorded
-// again on the next step. Without a trace, eviction is least recently used.
+// Schedule: from begin_step() of the first step to begin_step() of the
+// next, the order of acquires is recorded per tier (the trace: one cycle,
+// including acquires between the steps, as a delayed update makes), leaving
+// out acquires of copies homed on that tier (never moved, and often from
+// another thread: gradients land in the host tier while the optimizer reads
+// states). From then on each acquire prefetches the next tensors of the
+// cycle, up to prefetch_window_bytes not yet resident, on the store's mover
+// threads, and eviction drops the copy whose next use in the cycle is
+// furthest away (Belady's rule, exact because the trace repeats).
+// Read-ahead (Options::read_ahead): a mover submits a host prefetch from
+// NVMe and goes on to the next one, so the reads of several tensors are in
+// flight at once (kLoading until their completion; a failed one is kept in
+// background_error()); copies below the device tier move on the mover thread
+// itself. The cycle may resume at another place than where it stopped (one
+// jump is allowed: a step cut short, a delayed update crossing the step
+// boundary at another tensor; tensors it has not reached again when the
+// recording ends extend the cycle); a second acquire off the trace in one step
+// marks the trace changed, and it is recorded again from the
+// next step. Without a trace, eviction is least recently used.
 //
 // Device memory: every device-tier copy (device-homed tensors and device
 // caches alike) is a block of one DevicePool that finalize() takes from the
@@ -137,7 +158,7 @@ struct TierStats {
 
 struct StoreStats {
   std::array<TierStats, kTierCount> tiers;
-  uint64_t trace_length = 0;   // acquires per step, all tiers
+  uint64_t trace_length = 0;   // acquires per step of non-home copies, all tiers
   uint64_t trace_changes = 0;  // times a recorded trace was found stale
   uint64_t steps = 0;
 };
@@ -158,6 +179,10 @@ class TieredStore {
     bool verify_checksums = true;
     uint64_t prefetch_window_bytes = uint64_t{256} << 20;
     int mover_threads = 2;
+    // The NVMe pipeline (see above). Off: each NVMe transfer runs to its end
+    // on the thread that needs it (what a comparison benchmark measures).
+    bool write_behind = true;
+    bool read_ahead = true;
     // How long an acquire waits for pinned copies to be released before it
     // reports the tier as full.
     int64_t pinned_wait_ms = 5000;
@@ -168,7 +193,9 @@ class TieredStore {
   // (ResourceExhausted when host_budget_bytes cannot be mapped or pinned).
   // On error nothing is left behind.
   static absl::StatusOr<std::unique_ptr<TieredStore>> create(const Options& options);
-  ~TieredStore();  // stops the movers; does not flush (call flush() first)
+  // Stops the movers and waits for the NVMe reads and writes in flight;
+  // does not flush (call flush() first).
+  ~TieredStore();
   TieredStore(const TieredStore&) = delete;
   TieredStore& operator=(const TieredStore&) = delete;
 
@@ -259,13 +286,22 @@ class TieredStore {
   absl::Status check_tier(const Tensor& t, Tier tier) const;
   // Makes the copy resident; called with the lock held, may drop it during
   // transfers. `prefetch` forbids evicting anything needed sooner.
+  // `nested`: a load of the tier below for a load above, which waits for it
+  // (never read ahead asynchronously: a failure must reach the caller).
   absl::Status load_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier,
-                           bool need_data, bool prefetch);
+                           bool need_data, bool prefetch, bool nested = false);
   // Evicts until `bytes` more fit the tier's budget; with evict_one, evicts
   // at least one copy even when they already fit (a fragmented host arena).
   absl::Status make_room_locked(std::unique_lock<std::mutex>& lock, Tier tier, uint64_t bytes,
                                 uint64_t protect_before, bool evict_one = false);
   absl::Status write_back_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier);
+  // The NVMe pipeline: submit with the lock held (dropped around the
+  // submission); the finish_* callbacks run on an engine thread.
+  absl::Status start_write_behind_locked(std::unique_lock<std::mutex>& lock, TensorId id);
+  void finish_write_behind(TensorId id, int64_t start_ns, const absl::Status& status);
+  absl::Status start_read_ahead_locked(std::unique_lock<std::mutex>& lock, TensorId id);
+  void finish_read_ahead(TensorId id, int64_t start_ns, const absl::Status& status);
+  void trace_io(const char* name, int64_t start_ns, uint64_t bytes) const;
   absl::Status allocate_copy_locked(Tensor& t, Tier tier);
   // The device pool's size by the rule in the header comment (0: no pool).
   uint64_t device_pool_bytes_locked() const;
@@ -294,16 +330,23 @@ class TieredStore {
   std::array<uint64_t, kTierCount> used_{};
   StoreStats stats_;
   absl::Status background_error_;
-  uint64_t clock_ = 0;  // acquire counter, for LRU
+  // Bytes of copies being written behind (freed when their writes land).
+  std::array<uint64_t, kTierCount> freeing_{};
+  std::array<uint64_t, kTierCount> frees_{};  // copies freed so far, per tier
+  int64_t async_io_ = 0;                      // pipeline reads and writes in flight
+  absl::Status write_behind_error_;           // a failed write-behind not yet reported
+  uint64_t clock_ = 0;                        // acquire counter, for LRU
 
   // One trace per tier: the device is acquired by the compute thread and the
   // host by the optimizer threads, each in a repeatable order of its own,
   // while the interleaving between them is not.
   struct TierTrace {
-    std::vector<TensorId> order;
+    std::vector<TensorId> order;  // acquires of tensors not homed on the tier
     bool recording = false;
     bool valid = false;
-    uint64_t next_pos = 0;  // the position the next acquire should match
+    uint64_t next_pos = 0;  // the position the next acquire should match (cyclic)
+    bool jumped = false;    // an acquire of this step missed next_pos and jumped
+    bool open_end = false;  // recorded, not yet come round: may still grow at its end
   };
   std::array<TierTrace, kTierCount> traces_;
   bool in_step_ = false;

@@ -1,9 +1,9 @@
 // strata._strata: the CPU optimizer step (cpu_adam::optimizer_step) for
-// Python. Arrays arrive as nb::ndarray through DLPack (torch tensors, numpy
-// arrays) and are used in place: every argument is .noconvert(), so a
+// Python, and (offload_bindings.cc) the OffloadOptimizer seam. Arrays arrive as nb::ndarray through
+// DLPack (torch tensors, numpy arrays) and are used in place: every argument is .noconvert(), so a
 // tensor that does not fit (wrong device, not contiguous) is refused instead
 // of being copied. The GIL is released while the step runs. A failed Status
-// becomes ValueError (InvalidArgument) or RuntimeError (anything else).
+// becomes a Python exception (status.h says which).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -16,19 +16,17 @@
 #include "absl/status/status.h"
 #include "core/dtype.h"
 #include "cpu_adam/optimizer.h"
+#include "python/src/status.h"
 
 namespace nb = nanobind;
 
 namespace strata::python {
+
+void bind_offload_optimizer(nb::module_& m);  // offload_bindings.cc
+
 namespace {
 
 using CpuArray = nb::ndarray<nb::device::cpu, nb::c_contig>;
-
-[[noreturn]] void raise_status(const absl::Status& status) {
-  std::string message(status.message());
-  if (status.code() == absl::StatusCode::kInvalidArgument) throw nb::value_error(message.c_str());
-  throw std::runtime_error(message);
-}
 
 absl::StatusOr<DType> dtype_of(const CpuArray& a, const char* what) {
   const nb::dlpack::dtype d = a.dtype();
@@ -112,6 +110,7 @@ void step(const std::string& optimizer, double lr, int64_t step_index, double be
 
 NB_MODULE(_strata, m) {
   using strata::python::step;
+  strata::python::bind_offload_optimizer(m);
   namespace cpu_adam = strata::cpu_adam;
   m.doc() = "strata's native core: the fused SIMD CPU optimizer step";
   m.def("step", &step, nb::arg("optimizer"), nb::arg("lr"), nb::arg("step"), nb::arg("beta1"),

@@ -22,7 +22,7 @@ from strata import _strata
 ParamsT = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]]]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_OFFLOAD_HINT = "move the param to CPU or use strata.torch.OffloadOptimizer (not yet available)"
+_OFFLOAD_HINT = "move the param to CPU or use strata.torch.OffloadOptimizer"
 
 
 class FusedCPUOptimizer(torch.optim.Optimizer):

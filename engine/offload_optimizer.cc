@@ -289,6 +289,11 @@ absl::Status OffloadOptimizer::Impl::create_store(const StoreBudgets& budgets) {
   offload::TieredStore::Options so;
   so.device = device;
   so.device_budget_bytes = budgets.device;
+  // The pool holds what the plan puts on the device, not the whole budget
+  // (by default the device's free memory, which the model's activations and
+  // workspace, allocated later, need). A budget below the plan keeps the
+  // store's own rule: the pool follows the budget.
+  so.device_pool_bytes = plan.device_pool <= budgets.device ? plan.device_pool : 0;
   so.host_budget_bytes = budgets.host;
   so.pin_device = config.zero.offload_optimizer.pin_memory ? device : nullptr;
   so.prefetch_window_bytes = static_cast<uint64_t>(config.strata.prefetch_window_bytes);

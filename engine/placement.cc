@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "offload/device_pool.h"
 
 namespace strata::engine {
 namespace {
@@ -11,6 +12,7 @@ using offload::Tier;
 
 uint64_t round_up(uint64_t bytes, uint64_t to) { return (bytes + to - 1) / to * to; }
 uint64_t padded(uint64_t bytes) { return round_up(bytes, 4096); }
+constexpr uint64_t kPoolBlock = offload::DevicePool::kAlignment;
 
 }  // namespace
 
@@ -49,7 +51,9 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
   // grad, grad32 and param_next live where the optimizer reads them.
   const Tier optimizer_side = p.offload ? Tier::kHost : Tier::kDevice;
   uint64_t state_bytes = 0;
-  size_t max_layer_params = 0;
+  size_t max_layer_params = 0, tensors = 0;
+  // The device-homed tensors as the store's pool hands them out (whole blocks).
+  uint64_t device_homed_blocks = 0;
   for (int l = 0; l < static_cast<int>(layers.size()); ++l) {
     uint64_t layer_device = 0;
     RoleBytes layer_nvme;
@@ -59,12 +63,14 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
                      : t == Tier::kHost ? p.host_roles
                                         : layer_nvme;
       r.*role += t == Tier::kDevice ? bytes : padded(bytes);
+      if (t == Tier::kDevice) device_homed_blocks += round_up(bytes, kPoolBlock);
     };
     max_layer_params = std::max(max_layer_params, layers[l].size());
     for (const ParamSpec& s : layers[l]) {
       const uint64_t b16 = s.numel * esize, b32 = s.numel * 4;
       layer_device += 2 * b16;  // param + grad, both on the device during backward
-      p.device_all_layers += 2 * round_up(b16, 256);
+      p.device_all_layers += 2 * round_up(b16, kPoolBlock);
+      tensors += 2;
       state_bytes += 3 * b32;
       home(p.compute_home, &RoleBytes::param, b16);
       if (delayed) home(optimizer_side, &RoleBytes::param_next, b16);
@@ -101,6 +107,11 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       }
       p.device_working_set = std::min(p.device_working_set, std::max(live, p.largest_layer_device));
     }
+    // The window's copies rounded up to whole blocks: at most one block of
+    // slack per param and grad of the model.
+    p.device_pool = std::min(p.device_all_layers, p.device_working_set + tensors * kPoolBlock);
+  } else {
+    p.device_pool = device_homed_blocks;
   }
   if (config.fp16.enabled) p.device_scratch = padded(max_layer_params * 8);
   if (p.offload) {

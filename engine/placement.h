@@ -70,6 +70,12 @@ struct Placement {
   // at least the largest layer. 0 without offload (device_homed holds them).
   // The engine's device budget follows it.
   uint64_t device_working_set = 0;
+  // The device pool the store takes at start (offload/device_pool.h): what
+  // the device holds at most (device_working_set with offload, device_homed
+  // without), each tensor rounded up to the pool's 256-byte blocks. The
+  // engine sizes the store's pool by it rather than by the free device
+  // memory, which the model's own allocations (activations) need.
+  uint64_t device_pool = 0;
 };
 
 absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,

@@ -13,11 +13,17 @@
 // Widths can be divided (width_divisor) so a GPT-2-XL layer list fits this
 // machine's memory: every layer keeps its place and its relative size.
 //
-// Per step and mode it reports the wall time and the time of each single
-// resource: device compute (modelled), H2D and D2H (bytes the step moved /
-// link rate), the host's gradient and optimizer work (measured by the
-// engine), NVMe reads and writes (bytes / the rate a probe measured just
-// before); the slowest of them and step / slowest. The SimDevice charges
+// Per step and mode it reports the wall time and the busy time of each
+// single resource: device compute (modelled; the SimDevice spends it), H2D
+// and D2H (bytes the step moved / link rate, the time SimDevice's copies
+// take), the host's gradient and optimizer work (the engine's timers less
+// the time the host tier's acquires waited for transfers: PCIe and NVMe
+// waits are not CPU work), NVMe reads, writes and the drive as a whole (the
+// time at least one request was in flight, offload/busy_io_engine.h); the
+// slowest of them and step / slowest, which is at least 1 up to timer noise.
+// Also the optimizer's effective rate (params x 28 B / optimizer seconds)
+// and, once per run, the Adam-like memory stream (core/memory_bandwidth.h)
+// it is compared with. The SimDevice charges
 // its default costs (gpu/sim_device.h: host sync round trips, device syncs,
 // pageable copies, launch overhead), and each step reports how many host
 // and device-wide synchronisations and device allocations it made.
@@ -53,6 +59,9 @@ struct StepBenchmarkOptions {
   // SimDevice's cost model (gpu/sim_device.h); off shows what the schedule
   // would take if synchronising calls were free.
   bool device_costs = true;
+  // strata.prefetch_window_bytes; 0: the config's default. Small windows
+  // keep NVMe-homed states moving on small shapes (tests).
+  int64_t prefetch_window_bytes = 0;
 };
 
 struct StepBenchmarkStep {
@@ -60,9 +69,15 @@ struct StepBenchmarkStep {
   double compute_seconds = 0;
   double h2d_seconds = 0;
   double d2h_seconds = 0;
-  double host_seconds = 0;  // gradient accumulation + optimizer, measured
-  double nvme_read_seconds = 0;
-  double nvme_write_seconds = 0;
+  double host_seconds = 0;        // gradient accumulation + optimizer, measured
+  double nvme_read_seconds = 0;   // busy: at least one read in flight
+  double nvme_write_seconds = 0;  // busy: at least one write in flight
+  double nvme_seconds = 0;        // busy: either (one drive serves both)
+  double nvme_read_bytes = 0;
+  double nvme_write_bytes = 0;
+  double optimizer_seconds = 0;  // StepStats::optimizer_seconds
+  // params x 28 B (the fused Adam pass's traffic) / optimizer_seconds.
+  double optimizer_gb_per_s = 0;
   std::string slowest;
   double slowest_seconds = 0;
   double ratio = 0;  // step / slowest
@@ -72,8 +87,8 @@ struct StepBenchmarkStep {
   double host_syncs = 0;
   double device_syncs = 0;
   double device_allocations = 0;
-  // Sets slowest, slowest_seconds and ratio from the resource times (NVMe
-  // read + write together: one drive serves both).
+  // Sets slowest, slowest_seconds and ratio from the resource times (NVMe:
+  // nvme_seconds, the drive busy with either direction).
   void rate_against_slowest();
 };
 
@@ -88,6 +103,7 @@ struct StepBenchmarkResult {
   int64_t width = 0;
   double nvme_read_gb_per_s = 0;  // probe, NVMe offload only
   double nvme_write_gb_per_s = 0;
+  double stream_gb_per_s = 0;  // the Adam-like stream (28 B/element), this run
   std::vector<StepBenchmarkMode> modes;
 };
 

@@ -131,6 +131,7 @@ absl::Status TrainingEngine::initialize_params() {
 absl::StatusOr<StepStats> TrainingEngine::train_step() {
   STRATA_RETURN_IF_ERROR(opt_->partly_stepped());
   const auto t0 = std::chrono::steady_clock::now();
+  const gpu::SyncCounters syncs0 = device_->sync_counters();
   StepStats st;
   st.step = opt_->steps() + 1;
   STRATA_ASSIGN_OR_RETURN(st.loss_scale, opt_->begin_step());
@@ -162,6 +163,10 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   st.optimizer_seconds = r.optimizer_seconds;
   st.bytes_in = r.bytes_in;
   st.bytes_out = r.bytes_out;
+  const gpu::SyncCounters syncs = device_->sync_counters();
+  st.host_syncs = static_cast<int64_t>(syncs.host_syncs - syncs0.host_syncs);
+  st.device_syncs = static_cast<int64_t>(syncs.device_syncs - syncs0.device_syncs);
+  st.device_allocations = static_cast<int64_t>(syncs.allocations - syncs0.allocations);
   st.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return st;
 }

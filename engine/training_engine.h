@@ -182,6 +182,13 @@ struct StepStats {
   // Per tier (device, host, nvme), moved during this step; see TierStats.
   std::array<uint64_t, offload::kTierCount> bytes_in{};
   std::array<uint64_t, offload::kTierCount> bytes_out{};
+  // The device's synchronisations during this step (Device::sync_counters()
+  // around train_step): the host waiting on a stream or event, and calls that
+  // synchronise the whole device (cudaMalloc / cudaFree-like). Steady-state
+  // steps make no device-wide ones: the store's memory comes from its pool.
+  int64_t host_syncs = 0;
+  int64_t device_syncs = 0;
+  int64_t device_allocations = 0;  // Device::allocate calls during the step
 };
 
 class TrainingEngine {

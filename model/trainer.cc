@@ -131,7 +131,9 @@ void Trainer::log_step(const TrainerStep& s, std::optional<double> val_loss) {
             {"step_seconds", st.step_seconds},
             {"tokens_per_second", s.tokens_per_second},
             {"bytes_in", tier_bytes(st.bytes_in)},
-            {"bytes_out", tier_bytes(st.bytes_out)}};
+            {"bytes_out", tier_bytes(st.bytes_out)},
+            {"host_syncs", st.host_syncs},
+            {"device_syncs", st.device_syncs}};
   if (val_loss) j["val_loss"] = *val_loss;
   // A whole line per step, flushed, so a reader (or a killed run) never
   // sees half an object.

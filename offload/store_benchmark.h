@@ -12,11 +12,13 @@
 // states (NVMe writes on eviction). Device copies move no bytes
 // (SimDevice move_data = false) so the CPU stays free; NVMe I/O is real.
 //
-// Reported per step: wall time, and the time of each single resource at its
-// rate (compute, H2D and D2H at the modelled link, NVMe read and write at
-// the rate a sequential probe measured on the same directory just before,
-// the optimizer, and NVMe read + write together since one drive serves
-// both), the slowest of them and the ratio step / slowest.
+// Reported per step: wall time, and the busy time of each single resource
+// (compute and the optimizer as modelled, H2D and D2H at the modelled link,
+// which SimDevice's copies take; NVMe reads, writes and the drive as a whole
+// as the time at least one request was in flight, offload/busy_io_engine.h),
+// the slowest of them and the ratio step / slowest (at least 1: no resource
+// is busier than the step is long). The sequential probe's rates are
+// reported beside them.
 #pragma once
 
 #include <string>
@@ -48,6 +50,8 @@ struct StoreStepResult {
   double d2h_seconds = 0;
   double nvme_read_seconds = 0;
   double nvme_write_seconds = 0;
+  double nvme_seconds = 0;  // reads or writes in flight: the drive's busy time
+  uint64_t nvme_read_bytes = 0, nvme_write_bytes = 0;
   double optimizer_seconds = 0;
   std::string slowest;  // name of the slowest resource
   double slowest_seconds = 0;

@@ -1,9 +1,13 @@
-// run_step_benchmark on a small GPT-2 shape: both modes run through the
+// run_step_benchmark on a small GPT-2 shape: every mode runs through the
 // engine, the modelled compute is the stated formula, every layer is stepped
-// speculatively in overlap mode and none in sync, and bad options are refused.
+// speculatively in overlap mode and none in sync, no step is faster than its
+// slowest resource (with the optimizer on the host and on NVMe), `bench step
+// --json` has its keys, and bad options are refused.
 #include "engine/step_benchmark.h"
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/cli_test_util.h"
 
 namespace strata::engine {
 namespace {
@@ -38,7 +42,17 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       EXPECT_GT(s.host_seconds, 0);
       EXPECT_GT(s.d2h_seconds, 0);
       EXPECT_FALSE(s.slowest.empty());
-      EXPECT_GT(s.ratio, 0);
+      // Every resource time is busy time within the step, so no step is
+      // faster than its slowest resource (1e-3: timer granularity).
+      EXPECT_GE(s.ratio, 1 - 1e-3) << s.slowest;
+      EXPECT_LE(s.host_seconds, s.step_seconds * (1 + 1e-3));
+      // The delayed update steps step n during step n + 1.
+      if (m.mode != "delayed" || &s != &m.steps[0]) {
+        EXPECT_GT(s.optimizer_seconds, 0);
+        EXPECT_NEAR(s.optimizer_gb_per_s, r->params * 28 / s.optimizer_seconds / 1e9,
+                    1e-9 * s.optimizer_gb_per_s);
+      }
+      EXPECT_EQ(s.nvme_seconds, 0);  // offload cpu: no drive
       if (m.mode == "overlap") {
         // fp16 keeps rollback copies, so speculation follows the timing:
         // all layers or none (the step after a host that fell behind).
@@ -55,9 +69,71 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       EXPECT_EQ(m.steps[i].device_syncs, 0) << "step " << i;
     }
   }
+  EXPECT_GT(r->stream_gb_per_s, 0);
   EXPECT_EQ(r->modes[0].mode, "sync");
   EXPECT_EQ(r->modes[1].mode, "overlap");
   EXPECT_EQ(r->modes[2].mode, "delayed");
+}
+
+// With the optimizer states on NVMe the drive's time is its busy time
+// (reads and writes in flight), within the step like every other resource.
+TEST(StepBenchmarkTest, NvmeTimeIsTheDrivesBusyTime) {
+  StepBenchmarkOptions o;
+  o.n_layer = 2;
+  o.n_embd = 64;
+  o.vocab_size = 256;
+  o.positions = 64;
+  o.width_divisor = 2;
+  o.micro_batch = 2;
+  o.seq_len = 64;
+  o.tflops = 0.05;
+  o.steps = 3;
+  o.offload = "nvme";
+  o.nvme_dir = ::testing::TempDir();
+  o.prefetch_window_bytes = 4096;  // a host cache of two layers: states move every step
+  auto r = run_step_benchmark(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const StepBenchmarkMode& m : r->modes) {
+    SCOPED_TRACE(m.mode);
+    for (const StepBenchmarkStep& s : m.steps) {
+      EXPECT_GE(s.ratio, 1 - 1e-3) << s.slowest;
+      EXPECT_LE(s.nvme_seconds, s.step_seconds * (1 + 1e-3));
+      EXPECT_LE(s.nvme_read_seconds, s.nvme_seconds + 1e-9);
+      EXPECT_LE(s.nvme_write_seconds, s.nvme_seconds + 1e-9);
+    }
+    // States move through the two-layer host cache every step, and the
+    // drive was busy while they did.
+    // (The delayed update's first step runs no optimizer: it may move none.)
+    EXPECT_GT(m.steps.back().nvme_read_bytes + m.steps.back().nvme_write_bytes, 0);
+    for (const StepBenchmarkStep& s : m.steps) {
+      if (s.nvme_read_bytes + s.nvme_write_bytes > 0) EXPECT_GT(s.nvme_seconds, 0);
+    }
+  }
+}
+
+// `strata bench step --json` keeps its shape and carries the new figures.
+TEST(StepBenchmarkTest, JsonHasTheModesSteadyFiguresAndTheStream) {
+  strata::testing::ScratchDir dir("step_benchmark_test.");
+  const strata::testing::CliRun run = dir.run_strata(
+      "bench step --model gpt2-tiny --width-divisor 2 --micro-batch 1 --seq-len 64 "
+      "--steps 2 --tflops 0.05 --json");
+  ASSERT_FALSE(run.crashed) << run.err;
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const nlohmann::json j = nlohmann::json::parse(run.out);
+  EXPECT_GT(j["stream_gb_per_s"].get<double>(), 0);
+  for (const char* mode : {"sync", "overlap", "delayed"}) {
+    SCOPED_TRACE(mode);
+    const nlohmann::json& steady = j["modes"][mode]["steady"];
+    EXPECT_GE(steady["ratio"].get<double>(), 1 - 1e-3);
+    EXPECT_GT(steady["host_syncs"].get<double>(), 0);
+    EXPECT_EQ(steady["device_syncs"].get<double>(), 0);
+    EXPECT_GT(steady["optimizer_gb_per_s"].get<double>(), 0);
+    for (const char* key : {"step_seconds", "compute_seconds", "h2d_seconds", "d2h_seconds",
+                            "cpu_seconds", "nvme_seconds", "slowest", "slowest_seconds"}) {
+      EXPECT_TRUE(steady.contains(key)) << key;
+    }
+    EXPECT_EQ(j["modes"][mode]["steps"].size(), 2u);
+  }
 }
 
 TEST(StepBenchmarkTest, RefusesInconsistentOptions) {

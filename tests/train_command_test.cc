@@ -116,6 +116,9 @@ TEST_F(TrainCommandTest, TrainsAndLogsEveryStep) {
   EXPECT_GE(r.err.size() - sample,
             std::string("sample (16 bytes, temperature 0.80):\n").size() + 16);
 
+  // The progress lines end with the step's host/device synchronisations.
+  EXPECT_NE(r.err.find("skipped 0  syncs "), std::string::npos) << r.err;
+
   const std::vector<json> lines = json_lines(log());
   ASSERT_EQ(lines.size(), 5u);
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -129,6 +132,12 @@ TEST_F(TrainCommandTest, TrainsAndLogsEveryStep) {
     }
     EXPECT_TRUE(j["skipped"].is_boolean());
     EXPECT_FALSE(j["skipped"].get<bool>()) << j.dump();
+    // The step's synchronisations: the host waits on every step; after the
+    // first, nothing synchronises the whole device.
+    ASSERT_TRUE(j["host_syncs"].is_number_integer()) << j.dump();
+    EXPECT_GT(j["host_syncs"].get<int64_t>(), 0) << j.dump();
+    ASSERT_TRUE(j["device_syncs"].is_number_integer()) << j.dump();
+    if (i > 0) EXPECT_EQ(j["device_syncs"].get<int64_t>(), 0) << j.dump();
     EXPECT_GT(j["tokens_per_second"].get<double>(), 0);
     EXPECT_DOUBLE_EQ(j["lr"].get<double>(), 3e-3);
     for (const char* dir : {"bytes_in", "bytes_out"}) {

@@ -568,5 +568,71 @@ TEST_F(TrainingEngineTest, MissingOptimizerAndMisplacedParamOffloadAreRejected) 
       << e.status();
 }
 
+// The store's device pool is what the plan puts on the device (every
+// layer's fp16 param and grad, in 256-byte blocks), not the device's free
+// memory: the device holds the pool and the overflow check's scratch only.
+TEST_F(TrainingEngineTest, DevicePoolIsThePlansSize) {
+  MlpTestModel model;
+  const config::DsConfig cfg =
+      make_config(std::string(kCpuZero) + ", \"fp16\": {\"enabled\": true}");
+  auto engine = make_engine(cfg, &model);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  uint64_t params_and_grads = 0;
+  for (int l = 0; l < model.num_layers(); ++l) {
+    for (const ParamSpec& p : model.layer_params(l)) {
+      params_and_grads += 2 * ((p.numel * 2 + 255) / 256 * 256);
+    }
+  }
+  const Placement& plan = (*engine)->optimizer().placement();
+  EXPECT_EQ(plan.device_pool, params_and_grads);
+  EXPECT_EQ(device_.stats().used_bytes, plan.device_pool + plan.device_scratch);
+  EXPECT_LT(device_.stats().used_bytes, device_.stats().capacity_bytes / 1000);
+  // Steps take nothing more from the device.
+  for (int s = 0; s < 2; ++s) ASSERT_TRUE((*engine)->train_step().ok());
+  EXPECT_EQ(device_.stats().used_bytes, plan.device_pool + plan.device_scratch);
+}
+
+// StepStats counts the device's synchronisations per step. After the first
+// step (which fills the store's caches and records its trace) no step
+// synchronises the whole device or allocates on it, in every mode. The host
+// still waits on streams and events: today 30 times per step for these 3
+// layers at gas 2 in every mode, 5 per layer and micro-batch (each store
+// transfer ends in a stream synchronisation, and the engine synchronises the
+// compute stream before it releases a layer). The stream-ordered store
+// (issue 14 item 3) is what brings sync mode to at most one per step; that
+// target is not asserted here, only that the count does not grow.
+TEST_F(TrainingEngineTest, SteadyStepsMakeNoDeviceWideSynchronisation) {
+  for (const char* mode : {"sync", "overlap", "delayed"}) {
+    SCOPED_TRACE(mode);
+    MlpTestModel model;
+    config::DsConfig cfg = make_config(std::string(kCpuZero) + ", \"fp16\": {\"enabled\": true}");
+    cfg.strata.overlap =
+        std::string(mode) == "sync" ? config::OverlapMode::kSync : config::OverlapMode::kOverlap;
+    cfg.strata.delayed_param_update = std::string(mode) == "delayed";
+    auto engine = make_engine(cfg, &model);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    std::vector<StepStats> steps;
+    for (int s = 0; s < 4; ++s) {
+      const gpu::SyncCounters before = device_.sync_counters();
+      auto st = (*engine)->train_step();
+      ASSERT_TRUE(st.ok()) << st.status();
+      const gpu::SyncCounters after = device_.sync_counters();
+      // StepStats is the device's count around the step.
+      EXPECT_EQ(st->host_syncs, static_cast<int64_t>(after.host_syncs - before.host_syncs));
+      EXPECT_EQ(st->device_syncs, static_cast<int64_t>(after.device_syncs - before.device_syncs));
+      EXPECT_EQ(st->device_allocations,
+                static_cast<int64_t>(after.allocations - before.allocations));
+      steps.push_back(*st);
+    }
+    for (size_t s = 1; s < steps.size(); ++s) {
+      SCOPED_TRACE(s);
+      EXPECT_EQ(steps[s].device_syncs, 0);
+      EXPECT_EQ(steps[s].device_allocations, 0);
+      EXPECT_GT(steps[s].host_syncs, 0);
+      EXPECT_LE(steps[s].host_syncs, 5 * model.num_layers() * 2);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace strata::engine

@@ -18,6 +18,11 @@ nlohmann::json step_json(const engine::StepBenchmarkStep& s) {
           {"cpu_seconds", s.host_seconds},
           {"nvme_read_seconds", s.nvme_read_seconds},
           {"nvme_write_seconds", s.nvme_write_seconds},
+          {"nvme_seconds", s.nvme_seconds},
+          {"nvme_read_bytes", s.nvme_read_bytes},
+          {"nvme_write_bytes", s.nvme_write_bytes},
+          {"optimizer_seconds", s.optimizer_seconds},
+          {"optimizer_gb_per_s", s.optimizer_gb_per_s},
           {"slowest", s.slowest},
           {"slowest_seconds", s.slowest_seconds},
           {"ratio", s.ratio},
@@ -29,7 +34,7 @@ nlohmann::json step_json(const engine::StepBenchmarkStep& s) {
 }
 
 // Mean of the steps after the first (which records the store's trace).
-engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m) {
+engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m, int64_t params) {
   engine::StepBenchmarkStep a;
   const double n = static_cast<double>(m.steps.size() - 1);
   for (size_t i = 1; i < m.steps.size(); ++i) {
@@ -41,9 +46,17 @@ engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m) {
     a.host_seconds += s.host_seconds / n;
     a.nvme_read_seconds += s.nvme_read_seconds / n;
     a.nvme_write_seconds += s.nvme_write_seconds / n;
+    a.nvme_seconds += s.nvme_seconds / n;
+    a.nvme_read_bytes += s.nvme_read_bytes / n;
+    a.nvme_write_bytes += s.nvme_write_bytes / n;
+    a.optimizer_seconds += s.optimizer_seconds / n;
     a.host_syncs += s.host_syncs / n;
     a.device_syncs += s.device_syncs / n;
     a.device_allocations += s.device_allocations / n;
+  }
+  // Every step moves params x 28 B in the optimizer: the rate of the mean time.
+  if (a.optimizer_seconds > 0) {
+    a.optimizer_gb_per_s = static_cast<double>(params) * 28 / a.optimizer_seconds / 1e9;
   }
   a.rate_against_slowest();
   return a;
@@ -117,21 +130,23 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
     for (const auto& m : r->modes) {
       nlohmann::json steps = nlohmann::json::array();
       for (const auto& s : m.steps) steps.push_back(step_json(s));
-      const engine::StepBenchmarkStep a = steady(m);
+      const engine::StepBenchmarkStep a = steady(m, r->params);
       const auto& last = m.steps.back();
       modes[m.mode] = {{"steps", steps}, {"steady", step_json(a)}};
-      std::fprintf(
-          stderr, "%-7s %7.3f  %7.3f %7.3f %7.3f %7.3f %7.3f  %-7s %6.3f  %d/%d %22.1f/%.1f\n",
-          m.mode.c_str(), a.step_seconds, a.compute_seconds, a.h2d_seconds, a.d2h_seconds,
-          a.host_seconds, a.nvme_read_seconds + a.nvme_write_seconds, a.slowest.c_str(), a.ratio,
-          last.speculative_layers, last.rolled_back_layers, a.host_syncs, a.device_syncs);
+      std::fprintf(stderr,
+                   "%-7s %7.3f  %7.3f %7.3f %7.3f %7.3f %7.3f  %-7s %6.3f  %d/%d %22.1f/%.1f\n",
+                   m.mode.c_str(), a.step_seconds, a.compute_seconds, a.h2d_seconds, a.d2h_seconds,
+                   a.host_seconds, a.nvme_seconds, a.slowest.c_str(), a.ratio,
+                   last.speculative_layers, last.rolled_back_layers, a.host_syncs, a.device_syncs);
     }
-    const double sync_s = steady(r->modes[0]).step_seconds;
-    const double speedup = sync_s / steady(r->modes[1]).step_seconds;
-    const double delayed_speedup = sync_s / steady(r->modes[2]).step_seconds;
+    const double sync_s = steady(r->modes[0], r->params).step_seconds;
+    const double speedup = sync_s / steady(r->modes[1], r->params).step_seconds;
+    const double delayed_speedup = sync_s / steady(r->modes[2], r->params).step_seconds;
     std::fprintf(stderr,
                  "against sync (mean of steps 2..%d): overlap %.2fx, delayed update %.2fx\n",
                  o->steps, speedup, delayed_speedup);
+    std::fprintf(stderr, "optimizer %.1f GB/s (sync) against the Adam-like stream's %.1f GB/s\n",
+                 steady(r->modes[0], r->params).optimizer_gb_per_s, r->stream_gb_per_s);
     if (*json) {
       print_json({{"model", *model},
                   {"width", r->width},
@@ -146,6 +161,7 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   {"precision", o->precision},
                   {"nvme_read_gb_per_s", r->nvme_read_gb_per_s},
                   {"nvme_write_gb_per_s", r->nvme_write_gb_per_s},
+                  {"stream_gb_per_s", r->stream_gb_per_s},
                   {"modes", modes},
                   {"overlap_speedup", speedup},
                   {"delayed_speedup", delayed_speedup}});

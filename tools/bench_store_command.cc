@@ -52,6 +52,9 @@ void add_bench_store_command(CLI::App& bench, int* exit_code) {
                        {"d2h_seconds", s.d2h_seconds},
                        {"nvme_read_seconds", s.nvme_read_seconds},
                        {"nvme_write_seconds", s.nvme_write_seconds},
+                       {"nvme_seconds", s.nvme_seconds},
+                       {"nvme_read_bytes", s.nvme_read_bytes},
+                       {"nvme_write_bytes", s.nvme_write_bytes},
                        {"optimizer_seconds", s.optimizer_seconds},
                        {"slowest", s.slowest},
                        {"slowest_seconds", s.slowest_seconds},
@@ -77,15 +80,16 @@ void add_bench_store_command(CLI::App& bench, int* exit_code) {
                    o->layers, format_bytes(o->layer_param_bytes).c_str(), r->io_engine.c_str(),
                    r->nvme_read_gb_per_s, r->nvme_write_gb_per_s, o->link_gb_per_s);
       std::fprintf(stderr,
-                   "step   wall s  compute   h2d     d2h   nvme_rd  nvme_wr  slowest      "
-                   "ratio  stall(dev/host) s\n");
+                   "step   wall s  compute   h2d     d2h   nvme_rd  nvme_wr  nvme     slowest      "
+                   "ratio  stall(dev/host) s   (NVMe: busy time)\n");
       int i = 0;
       for (const auto& s : r->steps) {
         std::fprintf(
-            stderr, "%4d  %7.3f  %7.3f %7.3f %7.3f  %7.3f  %7.3f  %-11s %6.3f  %.3f/%.3f%s\n", i,
+            stderr,
+            "%4d  %7.3f  %7.3f %7.3f %7.3f  %7.3f  %7.3f  %7.3f  %-11s %6.3f  %.3f/%.3f%s\n", i,
             s.step_seconds, s.compute_seconds, s.h2d_seconds, s.d2h_seconds, s.nvme_read_seconds,
-            s.nvme_write_seconds, s.slowest.c_str(), s.ratio, s.device_stall_seconds,
-            s.host_stall_seconds, i == 0 ? "  (records the trace)" : "");
+            s.nvme_write_seconds, s.nvme_seconds, s.slowest.c_str(), s.ratio,
+            s.device_stall_seconds, s.host_stall_seconds, i == 0 ? "  (records the trace)" : "");
         ++i;
       }
     }

@@ -292,11 +292,13 @@ class Progress final : public model::TrainerSink {
   void on_step(const model::TrainerStep& s) override {
     const engine::StepStats& st = s.stats;
     const std::string line = absl::StrFormat(
-        "step %*lld/%lld  loss %.4f  %s tok/s  scale %s  lr %.2e  ETA %s  skipped %lld",
+        "step %*lld/%lld  loss %.4f  %s tok/s  scale %s  lr %.2e  ETA %s  skipped %lld  "
+        "syncs %lld/%lld",
         static_cast<int>(std::to_string(total_).size()), static_cast<long long>(st.step),
         static_cast<long long>(total_), st.loss, format_count(s.tokens_per_second),
         format_count(st.loss_scale), st.lr, format_duration(s.eta_seconds),
-        static_cast<long long>(s.skipped));
+        static_cast<long long>(s.skipped), static_cast<long long>(st.host_syncs),
+        static_cast<long long>(st.device_syncs));
     if (tty_) {
       std::fprintf(stderr, "\r%s\x1b[K", line.c_str());
       open_line_ = true;

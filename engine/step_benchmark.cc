@@ -12,6 +12,7 @@
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
 #include "offload/busy_io_engine.h"
+#include "swap/io_config.h"
 #include "swap/io_bench.h"
 #include "tbb/task_arena.h"
 
@@ -175,12 +176,8 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
     std::unique_ptr<swap::IoEngine> io;
     std::unique_ptr<offload::BusyIoEngine> busy_io;
     if (o.offload == "nvme") {
-      swap::IoEngineOptions io_options;
-      io_options.block_size = static_cast<size_t>(cfg.aio.block_size);
-      io_options.queue_depth = static_cast<int>(cfg.aio.queue_depth);
-      io_options.threads = static_cast<int>(cfg.aio.intra_op_parallelism);
-      io_options.single_submit = cfg.aio.single_submit;
-      io_options.overlap_events = cfg.aio.overlap_events;
+      STRATA_ASSIGN_OR_RETURN(swap::IoEngineOptions io_options,
+                              swap::io_engine_options(cfg.aio, {dir}));
       io_options.allow_buffered = true;
       STRATA_ASSIGN_OR_RETURN(io, swap::make_io_engine(io_options));
       busy_io = std::make_unique<offload::BusyIoEngine>(io.get());

@@ -106,6 +106,11 @@ inline void step_at(const StepKernelArgs& a, size_t i, Vec<Arch> g) {
   V m(0.0f), v(0.0f);
   if constexpr (kHasM) m = load_f32(Arch{}, b.exp_avg + i);
   if constexpr (kHasV) v = load_f32(Arch{}, b.exp_avg_sq + i);
+  if (b.save_param != nullptr) {  // the rollback copy (a branch the predictor always gets right)
+    store_f32(Arch{}, b.save_param + i, p);
+    if constexpr (kHasM) store_f32(Arch{}, b.save_exp_avg + i, m);
+    if constexpr (kHasV) store_f32(Arch{}, b.save_exp_avg_sq + i, v);
+  }
   update<K>(a.c, g, p, m, v);
   store_f32(Arch{}, b.param + i, p);
   if constexpr (kHasM) store_f32(Arch{}, b.exp_avg + i, m);

@@ -63,6 +63,11 @@ absl::Status check_step(const Hyperparams& hp, const StepArgs& a, const Buffers&
   if (hp.kind != OptimizerKind::kLion && b.exp_avg_sq == nullptr) {
     return bad(name, ": the exp_avg_sq (v) buffer is required");
   }
+  if (b.save_param != nullptr &&
+      ((hp.kind != OptimizerKind::kAdagrad && b.save_exp_avg == nullptr) ||
+       (hp.kind != OptimizerKind::kLion && b.save_exp_avg_sq == nullptr))) {
+    return bad(name, ": save_param needs the save buffers of the states the optimizer updates");
+  }
   if (b.param_out != nullptr && b.out_dtype == DType::kFloat32) {
     return bad(name, ": param_out must be fp16 or bf16 (fp32 master is already updated in place)");
   }
@@ -273,6 +278,9 @@ uint64_t step_bytes(OptimizerKind kind, const Buffers& b) {
   if (kind != OptimizerKind::kAdagrad) per += 4 * 2;  // m
   if (kind != OptimizerKind::kLion) per += 4 * 2;     // v
   if (b.param_out != nullptr) per += dtype_size(b.out_dtype);
+  if (b.save_param != nullptr) {  // the old values written (their reads are the step's)
+    per += 4 + (kind != OptimizerKind::kAdagrad ? 4 : 0) + (kind != OptimizerKind::kLion ? 4 : 0);
+  }
   return per * b.n;
 }
 

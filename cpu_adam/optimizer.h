@@ -89,6 +89,12 @@ struct Buffers {
   // gives the bits of accumulating first and stepping on the sum. Never
   // written.
   const float* grad_accum = nullptr;
+  // Optional rollback copy taken in the same pass: the values param and the
+  // states the kind uses (exp_avg: not Adagrad; exp_avg_sq: not Lion) had
+  // before the step, n floats each; all null or those the kind uses set.
+  float* save_param = nullptr;
+  float* save_exp_avg = nullptr;
+  float* save_exp_avg_sq = nullptr;
   void* param_out = nullptr;  // optional copy of the new param, fp16 or bf16
   DType out_dtype = DType::kFloat16;
 };

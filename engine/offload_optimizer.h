@@ -133,6 +133,7 @@ struct OffloadOptimizerOptions {
   cpu_adam::ExecOptions exec;
   SpeculationPolicy speculation = SpeculationPolicy::kAuto;
   std::function<absl::Status(int bucket)> before_decided_step;
+  bool fuse_gradient_pass = true;  // false: accumulate every gradient into grad32 (A/B)
 };
 
 // One hyper-parameter group (torch's param_groups): the optimizer kind is

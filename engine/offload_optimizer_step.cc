@@ -236,7 +236,7 @@ absl::Status OffloadOptimizer::Impl::accumulate_bucket(int bucket, bool first,
 }
 
 bool OffloadOptimizer::Impl::can_fuse(int bucket) const {
-  return !dpu && !bucket_has_device[bucket];
+  return options.fuse_gradient_pass && !dpu && !bucket_has_device[bucket];
 }
 
 absl::Status OffloadOptimizer::Impl::with_grad(
@@ -374,33 +374,48 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
-    if (target == StepTarget::kSpeculative) {
-      spec->save(bucket, i, static_cast<const float*>(pv.data), static_cast<const float*>(mv.data),
-                 static_cast<const float*>(vv.data));
-      optimizer_bytes += n * 3 * 2 * sizeof(float);  // read and write the three fp32 tensors
+    // The speculative step writes its rollback copy in the same pass; a
+    // state the kind leaves alone is copied here.
+    float* slot = target == StepTarget::kSpeculative ? spec->save_slot(bucket, i) : nullptr;
+    if (slot != nullptr && kind == cpu_adam::OptimizerKind::kAdagrad) {
+      std::memcpy(slot + n, mv.data, n * sizeof(float));
+      optimizer_bytes += n * 2 * sizeof(float);
+    }
+    if (slot != nullptr && kind == cpu_adam::OptimizerKind::kLion) {
+      std::memcpy(slot + 2 * n, vv.data, n * sizeof(float));
+      optimizer_bytes += n * 2 * sizeof(float);
     }
     const bool fp32 = dtype == DType::kFloat32;
+    const cpu_adam::Hyperparams& hp = args.hp[p.desc.group];
     const cpu_adam::StepArgs sa{
         .lr = args.lr[p.desc.group], .step = args.step, .grad_scale = args.grad_scale};
-    STRATA_RETURN_IF_ERROR(with_grad(p, pending_call[bucket],
-                                     [&](const cpu_adam::Buffers& g) -> absl::Status {
-                                       cpu_adam::Buffers b = g;
-                                       b.param = static_cast<float*>(pv.data);
-                                       b.exp_avg = static_cast<float*>(mv.data);
-                                       b.exp_avg_sq = static_cast<float*>(vv.data);
-                                       b.param_out = fp32 ? nullptr : ov.data;
-                                       b.out_dtype = fp32 ? DType::kFloat16 : dtype;
-                                       const cpu_adam::Hyperparams& hp = args.hp[p.desc.group];
-                                       optimizer_bytes += cpu_adam::step_bytes(hp.kind, b);
-                                       if (stats == nullptr)
-                                         return cpu_adam::optimizer_step(hp, sa, b, options.exec);
-                                       STRATA_ASSIGN_OR_RETURN(cpu_adam::GradStats gs,
-                                                               cpu_adam::optimizer_step_with_stats(
-                                                                   hp, sa, b, options.exec));
-                                       stats->sum_squares += gs.sum_squares;
-                                       stats->nonfinite = stats->nonfinite || gs.nonfinite;
-                                       return absl::OkStatus();
-                                     }),
+    auto run = [&](const cpu_adam::Buffers& grad) -> absl::Status {
+      cpu_adam::Buffers b = grad;
+      b.param = static_cast<float*>(pv.data);
+      b.exp_avg = static_cast<float*>(mv.data);
+      b.exp_avg_sq = static_cast<float*>(vv.data);
+      b.param_out = fp32 ? nullptr : ov.data;
+      b.out_dtype = fp32 ? DType::kFloat16 : dtype;
+      if (slot != nullptr) {
+        b.save_param = slot;
+        b.save_exp_avg = slot + n;
+        b.save_exp_avg_sq = slot + 2 * n;
+      }
+      optimizer_bytes += cpu_adam::step_bytes(hp.kind, b);
+      // The kernel writes everything or nothing (its errors are argument
+      // checks), so once it returns the copy is whole.
+      if (stats == nullptr) {
+        STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(hp, sa, b, options.exec));
+      } else {
+        STRATA_ASSIGN_OR_RETURN(cpu_adam::GradStats gs,
+                                cpu_adam::optimizer_step_with_stats(hp, sa, b, options.exec));
+        stats->sum_squares += gs.sum_squares;
+        stats->nonfinite = stats->nonfinite || gs.nonfinite;
+      }
+      if (slot != nullptr) spec->mark_saved(bucket, i);
+      return absl::OkStatus();
+    };
+    STRATA_RETURN_IF_ERROR(with_grad(p, pending_call[bucket], run),
                            absl::StrCat("optimizer step of ", store->spec(p.master).name));
     if (target == StepTarget::kParam && (spec == nullptr || i >= spec->saved_params(bucket))) {
       ++unsaved_writes;

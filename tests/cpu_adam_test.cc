@@ -380,6 +380,41 @@ TEST(CpuAdamFused, StepWithStatsEqualsAccumulateStatsStepBitForBit) {
   }
 }
 
+TEST(CpuAdamFused, RollbackCopyHoldsTheStateBeforeTheStep) {
+  const size_t n = 1000 + 13;
+  const Grad g = make_grad(DType::kFloat16, random_vector(n, 0.3f, 4));
+  for (OptimizerKind kind : kAllKinds) {
+    State want(n, 8);
+    const State before = want;
+    ASSERT_TRUE(optimizer_step(hyperparams(kind), {1e-3, 2, 0.5},
+                               want.buffers(g, true, DType::kFloat16), {.isa = Isa::kScalar})
+                    .ok());
+    for (Isa isa : all_isas()) {
+      const std::string what = absl::StrCat(str(isa_name(isa)), " ", str(optimizer_name(kind)));
+      State got(n, 8);
+      std::vector<float> sp(n, -1.0f), sm(n, -1.0f), sv(n, -1.0f);
+      Buffers b = got.buffers(g, true, DType::kFloat16);
+      b.save_param = sp.data();
+      b.save_exp_avg = sm.data();
+      b.save_exp_avg_sq = sv.data();
+      ASSERT_TRUE(optimizer_step(hyperparams(kind), {1e-3, 2, 0.5}, b, {.isa = isa}).ok());
+      expect_same_state(got, want, what);
+      EXPECT_TRUE(same_bits(sp, before.p)) << what;
+      // Only the states the kind updates are copied.
+      if (kind != OptimizerKind::kAdagrad) EXPECT_TRUE(same_bits(sm, before.m)) << what;
+      if (kind != OptimizerKind::kLion) EXPECT_TRUE(same_bits(sv, before.v)) << what;
+    }
+    // A kind's state without its save buffer is refused, writing nothing.
+    State refused(n, 8);
+    Buffers b = refused.buffers(g, true, DType::kFloat16);
+    std::vector<float> sp(n);
+    b.save_param = sp.data();
+    EXPECT_EQ(optimizer_step(hyperparams(kind), {1e-3, 2, 0.5}, b).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(same_bits(refused.p, before.p));
+  }
+}
+
 TEST(CpuAdamFused, NonFiniteAndHugeGradientsGiveGradStatsResult) {
   const size_t n = 4100;
   for (DType gdt : kAllDTypes) {
@@ -443,6 +478,9 @@ TEST(CpuAdamFused, StepBytesCountsEveryStream) {
   EXPECT_EQ(step_bytes(OptimizerKind::kAdamW, b), 320u);
   b.param_out = nullptr;
   EXPECT_EQ(step_bytes(OptimizerKind::kLion, b), 220u);
+  // A rollback copy in the same pass writes master and the kind's states.
+  b.save_param = b.save_exp_avg = b.save_exp_avg_sq = reinterpret_cast<float*>(&b);
+  EXPECT_EQ(step_bytes(OptimizerKind::kLion, b), 300u);
 }
 
 // ---- edge-case gradients ----

@@ -69,9 +69,11 @@
 // through one staging buffer) and the delayed update (it steps while the
 // next backward rewrites the gradients) accumulate into grad32 as before.
 // Passes over host memory per step (Adam, fp16, B/param): overlap,
-// speculating, gas 1: one of 28 (+24 for the rollback copies); sync gas 1:
-// statistics 2 + step 28; gas > 1: accumulation 10 per earlier micro-batch
-// (6 the first), then as gas 1 with the fp32 accumulator read (+4 each).
+// speculating, gas 1: one of 28 + 12 (the rollback copy, written in the
+// same pass); sync gas 1: statistics 2 + step 28; gas > 1: accumulation 10
+// per earlier micro-batch (6 the first), then as gas 1 with the fp32
+// accumulator read (+4 in each pass that reads the gradient). A rollback
+// after a clip or overflow restores (30) and a clip redoes the step (28).
 // A failed finish_step (a non-finite gradient with no loss scaler and no
 // external scale, "loss scale already at minimum", I/O) changes nothing:
 // speculative updates are restored and the counters (Adam step, schedule,

@@ -60,6 +60,7 @@ nlohmann::json to_json(const TrainBenchResult& r) {
   }
   j["bytes_moved_per_step"] = moved;
   j["saved_activation_bytes"] = r.saved_activation_bytes;
+  j["grad_seconds_per_step"] = r.grad_seconds_per_step;
   j["optimizer_seconds_per_step"] = r.optimizer_seconds_per_step;
   j["optimizer_gb_per_s"] = r.optimizer_gb_per_s;
   return j;
@@ -107,8 +108,8 @@ int run(BenchTrainArgs a) {
                static_cast<double>(summary->params) / 1e6, static_cast<long long>(summary->vocab),
                summary->data.c_str());
   std::fprintf(stderr, "  Adam-like stream %.2f GB/s (28 B/param)\n", summary->stream_gb_per_s);
-  std::fprintf(stderr, "  %-14s %12s %10s %10s %12s %10s %8s %10s\n", "placement", "tokens/s",
-               "s/step", "overhead", "last loss", "opt s", "opt GB/s", "of stream");
+  std::fprintf(stderr, "  %-14s %12s %10s %10s %12s %8s %8s %8s %10s\n", "placement", "tokens/s",
+               "s/step", "overhead", "last loss", "grad s", "opt s", "opt GB/s", "of stream");
   bool failed = false;
   for (const TrainBenchResult& r : summary->results) {
     if (!r.error.empty()) {
@@ -119,9 +120,9 @@ int run(BenchTrainArgs a) {
     const std::string overhead =
         r.overhead_fraction ? absl::StrFormat("%+.1f%%", *r.overhead_fraction * 100) : "-";
     std::fprintf(
-        stderr, "  %-14s %12.1f %10.3f %10s %12.4f %10.4f %8.2f %10.2f\n",
+        stderr, "  %-14s %12.1f %10.3f %10s %12.4f %8.4f %8.4f %8.2f %10.2f\n",
         name(r.placement).c_str(), r.tokens_per_second, r.mean_step_seconds, overhead.c_str(),
-        r.last_loss, r.optimizer_seconds_per_step, r.optimizer_gb_per_s,
+        r.last_loss, r.grad_seconds_per_step, r.optimizer_seconds_per_step, r.optimizer_gb_per_s,
         summary->stream_gb_per_s > 0 ? r.optimizer_gb_per_s / summary->stream_gb_per_s : 0.0);
   }
   if (a.json) {

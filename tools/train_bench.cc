@@ -110,7 +110,7 @@ absl::Status run_placement(const TrainBenchOptions& o, const model::Gpt2Config& 
   STRATA_ASSIGN_OR_RETURN(auto engine,
                           engine::TrainingEngine::create(cfg, net.get(), &device, std::move(eo)));
   r->tokens_per_step = o.micro_batch * o.seq_len;
-  double timed = 0, opt_seconds = 0;
+  double timed = 0, grad_seconds = 0, opt_seconds = 0;
   uint64_t opt_bytes = 0;
   r->bytes_moved_per_step.assign(offload::kTierCount, 0.0);
   for (int64_t i = 1; i <= o.steps; ++i) {
@@ -122,6 +122,7 @@ absl::Status run_placement(const TrainBenchOptions& o, const model::Gpt2Config& 
       r->first_loss = st.loss;
     } else {
       timed += st.step_seconds;
+      grad_seconds += st.grad_seconds;
       opt_seconds += st.optimizer_seconds;
       opt_bytes += st.optimizer_bytes;
       for (int t = 0; t < offload::kTierCount; ++t) {
@@ -135,6 +136,7 @@ absl::Status run_placement(const TrainBenchOptions& o, const model::Gpt2Config& 
   r->mean_step_seconds = timed / n;
   r->tokens_per_second = r->mean_step_seconds > 0 ? r->tokens_per_step / r->mean_step_seconds : 0;
   for (double& b : r->bytes_moved_per_step) b /= n;
+  r->grad_seconds_per_step = grad_seconds / n;
   r->optimizer_seconds_per_step = opt_seconds / n;
   r->optimizer_gb_per_s = opt_seconds > 0 ? static_cast<double>(opt_bytes) / opt_seconds / 1e9 : 0;
   STRATA_ASSIGN_OR_RETURN(model::Gpt2ActivationMemory mem, model::gpt2_activation_memory(*net));

@@ -70,6 +70,7 @@ struct TrainBenchResult {
   // The host optimizer over the timed steps: seconds per step and its
   // effective bandwidth (StepStats::optimizer_bytes / optimizer_seconds,
   // summed over the steps).
+  double grad_seconds_per_step = 0;  // gradient copy-out, accumulation, statistics
   double optimizer_seconds_per_step = 0;
   double optimizer_gb_per_s = 0;
 };

@@ -13,6 +13,7 @@
 #include "core/memory_bandwidth.h"
 #include "core/status.h"
 #include "engine/checkpoint_dir.h"
+#include "engine/train_memory.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
 
@@ -90,6 +91,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::create(engine::TrainingEngine*
           measure_adam_stream({.elements = t->options_.stream_elements, .repeats = 3}),
           "measuring the Adam-like memory stream for --log-json");
       t->stream_gb_per_s_ = stream.gb_per_s;
+      // Its arrays are freed: the run's peak RSS is the training's.
+      engine::reset_peak_rss();
     }
   }
   return t;

@@ -65,7 +65,8 @@ struct TrainerOptions {
   TraceRecorder* trace = nullptr;  // train_step / evaluate / save events; may be null
   // With log_json: the Adam-like stream (core/memory_bandwidth.h,
   // measure_adam_stream over this many elements, 28 B each (448 MiB,
-  // freed before the first step), best of 3) is
+  // freed before the first step, the peak RSS mark reset after it), best
+  // of 3) is
   // measured once by create, and every log line gives the host optimizer's
   // GB/s against it (optimizer_stream_ratio). 0: not measured.
   size_t stream_elements = size_t{16} << 20;

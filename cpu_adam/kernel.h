@@ -35,27 +35,42 @@ struct StepKernelArgs {
   Coeffs c;
   Buffers b;
   bool stream_out;  // non-temporal stores for param_out
+  bool stats;       // also return the GradStats of the gradient read
 };
 
-// Updates elements [begin, end) of args.b.
+// The gradient statistics are summed in blocks of kStatsBlock elements; a
+// range handed to either kernel with stats must begin at a multiple of it so
+// block boundaries never depend on the caller's split.
+inline constexpr size_t kStatsBlock = 1024;
+
+// Updates elements [begin, end) of args.b; returns the GradStats of the
+// gradient (grad_accum + grad) over the range when args.stats, else zeros.
 struct StepKernel {
   template <class Arch>
-  void operator()(Arch, const StepKernelArgs& args, size_t begin, size_t end) const;
+  GradStats operator()(Arch, const StepKernelArgs& args, size_t begin, size_t end) const;
 };
 
-// Squared norm and inf/NaN flag of grad[begin, end); begin must be a multiple
-// of kStatsBlock so block boundaries never depend on the caller's split.
-inline constexpr size_t kStatsBlock = 1024;
+// Squared norm and inf/NaN flag of the gradient b.grad_accum + b.grad over
+// [begin, end) (no accumulator: b.grad alone); only the grad fields are read.
 struct StatsKernel {
   template <class Arch>
-  GradStats operator()(Arch, const void* grad, DType dtype, size_t begin, size_t end) const;
+  GradStats operator()(Arch, const Buffers& b, size_t begin, size_t end) const;
 };
 
-#define STRATA_CPU_ADAM_DECLARE(Arch)                                                            \
-  extern template void StepKernel::operator()<Arch>(Arch, const StepKernelArgs&, size_t, size_t) \
-      const;                                                                                     \
-  extern template GradStats StatsKernel::operator()<Arch>(Arch, const void*, DType, size_t,      \
-                                                          size_t) const;
+// accum[i] = grad[i] (first) or accum[i] + grad[i] over [begin, end).
+struct AccumulateKernel {
+  template <class Arch>
+  void operator()(Arch, float* accum, const void* grad, DType dtype, bool first, size_t begin,
+                  size_t end) const;
+};
+
+#define STRATA_CPU_ADAM_DECLARE(Arch)                                                             \
+  extern template GradStats StepKernel::operator()<Arch>(Arch, const StepKernelArgs&, size_t,     \
+                                                         size_t) const;                           \
+  extern template GradStats StatsKernel::operator()<Arch>(Arch, const Buffers&, size_t, size_t)   \
+      const;                                                                                      \
+  extern template void AccumulateKernel::operator()<Arch>(Arch, float*, const void*, DType, bool, \
+                                                          size_t, size_t) const;
 
 STRATA_CPU_ADAM_DECLARE(ScalarArch)
 #if defined(__x86_64__)

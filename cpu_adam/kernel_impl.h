@@ -83,56 +83,43 @@ inline void update(const Coeffs& c, V g, V& p, V& m, V& v) {
   }
 }
 
-template <class Arch, OptimizerKind K, DType G, OutKind O>
-void step_range(const StepKernelArgs& a, size_t i, size_t end) {
+// The gradient of element i (a vector of them): the compute-dtype grad, plus
+// the fp32 accumulator when there is one (the same fp32 add the
+// accumulation pass makes, so a fused step sees the same bits).
+template <class Arch, DType G, bool kAcc>
+Vec<Arch> load_sum(const Buffers& b, size_t i) {
+  if constexpr (kAcc) {
+    return load_f32(Arch{}, b.grad_accum + i) + load_grad<Arch, G>(b.grad, i);
+  } else {
+    return load_grad<Arch, G>(b.grad, i);
+  }
+}
+
+// Updates element i (kW elements from i) with gradient g.
+template <class Arch, OptimizerKind K, OutKind O>
+inline void step_at(const StepKernelArgs& a, size_t i, Vec<Arch> g) {
   using V = Vec<Arch>;
-  constexpr size_t kW = width<Arch>();
   constexpr bool kHasM = K != OptimizerKind::kAdagrad;
   constexpr bool kHasV = K != OptimizerKind::kLion;
   const Buffers& b = a.b;
-  for (; i + kW <= end; i += kW) {
-    V p = load_f32(Arch{}, b.param + i);
-    V m(0.0f), v(0.0f);
-    if constexpr (kHasM) m = load_f32(Arch{}, b.exp_avg + i);
-    if constexpr (kHasV) v = load_f32(Arch{}, b.exp_avg_sq + i);
-    update<K>(a.c, load_grad<Arch, G>(b.grad, i), p, m, v);
-    store_f32(Arch{}, b.param + i, p);
-    if constexpr (kHasM) store_f32(Arch{}, b.exp_avg + i, m);
-    if constexpr (kHasV) store_f32(Arch{}, b.exp_avg_sq + i, v);
-    uint16_t* out = static_cast<uint16_t*>(b.param_out) + i;
-    if constexpr (O == OutKind::kFp16) {
-      a.stream_out ? stream_fp16(Arch{}, out, p) : store_fp16(Arch{}, out, p);
-    } else if constexpr (O == OutKind::kBf16) {
-      a.stream_out ? stream_bf16(Arch{}, out, p) : store_bf16(Arch{}, out, p);
-    }
+  V p = load_f32(Arch{}, b.param + i);
+  V m(0.0f), v(0.0f);
+  if constexpr (kHasM) m = load_f32(Arch{}, b.exp_avg + i);
+  if constexpr (kHasV) v = load_f32(Arch{}, b.exp_avg_sq + i);
+  if (b.save_param != nullptr) {  // the rollback copy (a branch the predictor always gets right)
+    store_f32(Arch{}, b.save_param + i, p);
+    if constexpr (kHasM) store_f32(Arch{}, b.save_exp_avg + i, m);
+    if constexpr (kHasV) store_f32(Arch{}, b.save_exp_avg_sq + i, v);
   }
-  if constexpr (!std::is_same_v<Arch, ScalarArch>) {
-    if (i < end) step_range<ScalarArch, K, G, O>(a, i, end);
-#if defined(__x86_64__)
-    // Non-temporal stores are weakly ordered; make them visible before the
-    // caller hands the copy on.
-    if (O != OutKind::kNone && a.stream_out) _mm_sfence();
-#endif
-  }
-}
-
-template <class Arch, OptimizerKind K, DType G>
-void step_out(const StepKernelArgs& a, size_t begin, size_t end) {
-  if (a.b.param_out == nullptr) return step_range<Arch, K, G, OutKind::kNone>(a, begin, end);
-  if (a.b.out_dtype == DType::kBFloat16)
-    return step_range<Arch, K, G, OutKind::kBf16>(a, begin, end);
-  return step_range<Arch, K, G, OutKind::kFp16>(a, begin, end);
-}
-
-template <class Arch, OptimizerKind K>
-void step_grad(const StepKernelArgs& a, size_t begin, size_t end) {
-  switch (a.b.grad_dtype) {
-    case DType::kFloat32:
-      return step_out<Arch, K, DType::kFloat32>(a, begin, end);
-    case DType::kFloat16:
-      return step_out<Arch, K, DType::kFloat16>(a, begin, end);
-    case DType::kBFloat16:
-      return step_out<Arch, K, DType::kBFloat16>(a, begin, end);
+  update<K>(a.c, g, p, m, v);
+  store_f32(Arch{}, b.param + i, p);
+  if constexpr (kHasM) store_f32(Arch{}, b.exp_avg + i, m);
+  if constexpr (kHasV) store_f32(Arch{}, b.exp_avg_sq + i, v);
+  uint16_t* out = static_cast<uint16_t*>(b.param_out) + i;
+  if constexpr (O == OutKind::kFp16) {
+    a.stream_out ? stream_fp16(Arch{}, out, p) : store_fp16(Arch{}, out, p);
+  } else if constexpr (O == OutKind::kBf16) {
+    a.stream_out ? stream_bf16(Arch{}, out, p) : store_bf16(Arch{}, out, p);
   }
 }
 
@@ -148,18 +135,24 @@ double load_double(const void* grad, size_t i) {
 }
 
 // The slow exact path for a block holding inf/NaN or whose fp32 sum overflowed.
-template <DType G>
-double block_sum_double(const void* grad, size_t begin, size_t end) {
+template <DType G, bool kAcc>
+double block_sum_double(const Buffers& b, size_t begin, size_t end) {
   double s = 0;
   for (size_t i = begin; i < end; ++i) {
-    double x = load_double<G>(grad, i);
+    const double x =
+        kAcc ? static_cast<double>(load_sum<ScalarArch, G, kAcc>(b, i)) : load_double<G>(b.grad, i);
     if (std::isfinite(x)) s += x * x;
   }
   return s;
 }
 
-template <class Arch, DType G>
-GradStats stats_range(const void* grad, size_t begin, size_t end) {
+// The gradient statistics of [begin, end), in blocks of kStatsBlock: every
+// gradient vector is also handed to visit(arch, i, g) (the fused step; a
+// no-op for the plain statistics), so fused and plain statistics are the
+// same operations in the same order. The block-tail elements go one by one
+// through visit(ScalarArch{}, i, g).
+template <class Arch, DType G, bool kAcc, class Visit>
+GradStats stats_blocks(const Buffers& b, size_t begin, size_t end, const Visit& visit) {
   using V = Vec<Arch>;
   constexpr size_t kW = width<Arch>();
   GradStats out;
@@ -169,32 +162,128 @@ GradStats stats_range(const void* grad, size_t begin, size_t end) {
     V acc0(0.0f), acc1(0.0f), bad(0.0f);
     size_t i = block;
     for (; i + 2 * kW <= block_end; i += 2 * kW) {
-      const V x0 = load_grad<Arch, G>(grad, i), x1 = load_grad<Arch, G>(grad, i + kW);
+      const V x0 = load_sum<Arch, G, kAcc>(b, i), x1 = load_sum<Arch, G, kAcc>(b, i + kW);
       acc0 = acc0 + x0 * x0;
       acc1 = acc1 + x1 * x1;
       bad = bad + (x0 * V(0.0f) + x1 * V(0.0f));
+      visit(Arch{}, i, x0);
+      visit(Arch{}, i + kW, x1);
     }
     float sum = vsum(acc0 + acc1);
     float tail_bad = vsum(bad);
     for (; i < block_end; ++i) {
-      const float x = load_grad<ScalarArch, G>(grad, i);
+      const float x = load_sum<ScalarArch, G, kAcc>(b, i);
       sum += x * x;
       tail_bad += x * 0.0f;
+      visit(ScalarArch{}, i, x);
     }
     if (std::isnan(tail_bad)) out.nonfinite = true;
     if (std::isfinite(sum)) {
       out.sum_squares += sum;
     } else {
-      out.sum_squares += block_sum_double<G>(grad, block, block_end);
+      out.sum_squares += block_sum_double<G, kAcc>(b, block, block_end);
     }
   }
   return out;
 }
 
+template <class Arch, OptimizerKind K, DType G, OutKind O, bool kAcc, bool kStats>
+GradStats step_range(const StepKernelArgs& a, size_t i, size_t end) {
+  GradStats stats;
+  if constexpr (kStats) {
+    stats = stats_blocks<Arch, G, kAcc>(a.b, i, end, [&](auto arch, size_t at, auto g) {
+      step_at<decltype(arch), K, O>(a, at, g);
+    });
+  } else {
+    constexpr size_t kW = width<Arch>();
+    for (; i + kW <= end; i += kW) step_at<Arch, K, O>(a, i, load_sum<Arch, G, kAcc>(a.b, i));
+    for (; i < end; ++i) step_at<ScalarArch, K, O>(a, i, load_sum<ScalarArch, G, kAcc>(a.b, i));
+  }
+#if defined(__x86_64__)
+  // Non-temporal stores are weakly ordered; make them visible before the
+  // caller hands the copy on.
+  if constexpr (!std::is_same_v<Arch, ScalarArch> && O != OutKind::kNone) {
+    if (a.stream_out) _mm_sfence();
+  }
+#endif
+  return stats;
+}
+
+template <class Arch, OptimizerKind K, DType G, OutKind O>
+GradStats step_fused(const StepKernelArgs& a, size_t begin, size_t end) {
+  const bool acc = a.b.grad_accum != nullptr;
+  if (a.stats) {
+    return acc ? step_range<Arch, K, G, O, true, true>(a, begin, end)
+               : step_range<Arch, K, G, O, false, true>(a, begin, end);
+  }
+  return acc ? step_range<Arch, K, G, O, true, false>(a, begin, end)
+             : step_range<Arch, K, G, O, false, false>(a, begin, end);
+}
+
+template <class Arch, OptimizerKind K, DType G>
+GradStats step_out(const StepKernelArgs& a, size_t begin, size_t end) {
+  if (a.b.param_out == nullptr) return step_fused<Arch, K, G, OutKind::kNone>(a, begin, end);
+  if (a.b.out_dtype == DType::kBFloat16)
+    return step_fused<Arch, K, G, OutKind::kBf16>(a, begin, end);
+  return step_fused<Arch, K, G, OutKind::kFp16>(a, begin, end);
+}
+
+template <class Arch, OptimizerKind K>
+GradStats step_grad(const StepKernelArgs& a, size_t begin, size_t end) {
+  switch (a.b.grad_dtype) {
+    case DType::kFloat32:
+      return step_out<Arch, K, DType::kFloat32>(a, begin, end);
+    case DType::kFloat16:
+      return step_out<Arch, K, DType::kFloat16>(a, begin, end);
+    case DType::kBFloat16:
+      return step_out<Arch, K, DType::kBFloat16>(a, begin, end);
+  }
+  return {};
+}
+
+template <class Arch, DType G>
+GradStats stats_range(const Buffers& b, size_t begin, size_t end) {
+  const auto none = [](auto, size_t, auto) {};
+  return b.grad_accum != nullptr ? stats_blocks<Arch, G, true>(b, begin, end, none)
+                                 : stats_blocks<Arch, G, false>(b, begin, end, none);
+}
+
+template <class Arch, DType G, bool kFirst>
+void accumulate_range(float* accum, const void* grad, size_t i, size_t end) {
+  constexpr size_t kW = width<Arch>();
+  const Buffers b{.grad = grad, .grad_accum = accum};
+  for (; i + kW <= end; i += kW) {
+    store_f32(Arch{}, accum + i,
+              kFirst ? load_grad<Arch, G>(grad, i) : load_sum<Arch, G, true>(b, i));
+  }
+  for (; i < end; ++i) {
+    accum[i] = kFirst ? load_grad<ScalarArch, G>(grad, i) : load_sum<ScalarArch, G, true>(b, i);
+  }
+}
+
+template <class Arch, DType G>
+void accumulate_dtype(float* accum, const void* grad, bool first, size_t begin, size_t end) {
+  if (first) return accumulate_range<Arch, G, true>(accum, grad, begin, end);
+  accumulate_range<Arch, G, false>(accum, grad, begin, end);
+}
+
 }  // namespace
 
 template <class Arch>
-void StepKernel::operator()(Arch, const StepKernelArgs& args, size_t begin, size_t end) const {
+void AccumulateKernel::operator()(Arch, float* accum, const void* grad, DType dtype, bool first,
+                                  size_t begin, size_t end) const {
+  switch (dtype) {
+    case DType::kFloat32:
+      return accumulate_dtype<Arch, DType::kFloat32>(accum, grad, first, begin, end);
+    case DType::kFloat16:
+      return accumulate_dtype<Arch, DType::kFloat16>(accum, grad, first, begin, end);
+    case DType::kBFloat16:
+      return accumulate_dtype<Arch, DType::kBFloat16>(accum, grad, first, begin, end);
+  }
+}
+
+template <class Arch>
+GradStats StepKernel::operator()(Arch, const StepKernelArgs& args, size_t begin, size_t end) const {
   switch (args.kind) {
     case OptimizerKind::kAdam:
       return step_grad<Arch, OptimizerKind::kAdam>(args, begin, end);
@@ -205,24 +294,27 @@ void StepKernel::operator()(Arch, const StepKernelArgs& args, size_t begin, size
     case OptimizerKind::kLion:
       return step_grad<Arch, OptimizerKind::kLion>(args, begin, end);
   }
+  return {};
 }
 
 template <class Arch>
-GradStats StatsKernel::operator()(Arch, const void* grad, DType dtype, size_t begin,
-                                  size_t end) const {
-  switch (dtype) {
+GradStats StatsKernel::operator()(Arch, const Buffers& b, size_t begin, size_t end) const {
+  switch (b.grad_dtype) {
     case DType::kFloat32:
-      return stats_range<Arch, DType::kFloat32>(grad, begin, end);
+      return stats_range<Arch, DType::kFloat32>(b, begin, end);
     case DType::kFloat16:
-      return stats_range<Arch, DType::kFloat16>(grad, begin, end);
+      return stats_range<Arch, DType::kFloat16>(b, begin, end);
     case DType::kBFloat16:
-      return stats_range<Arch, DType::kBFloat16>(grad, begin, end);
+      return stats_range<Arch, DType::kBFloat16>(b, begin, end);
   }
   return {};
 }
 
-#define STRATA_CPU_ADAM_INSTANTIATE(Arch)                                                        \
-  template void StepKernel::operator()<Arch>(Arch, const StepKernelArgs&, size_t, size_t) const; \
-  template GradStats StatsKernel::operator()<Arch>(Arch, const void*, DType, size_t, size_t) const;
+#define STRATA_CPU_ADAM_INSTANTIATE(Arch)                                                          \
+  template GradStats StepKernel::operator()<Arch>(Arch, const StepKernelArgs&, size_t, size_t)     \
+      const;                                                                                       \
+  template GradStats StatsKernel::operator()<Arch>(Arch, const Buffers&, size_t, size_t) const;    \
+  template void AccumulateKernel::operator()<Arch>(Arch, float*, const void*, DType, bool, size_t, \
+                                                   size_t) const;
 
 }  // namespace strata::cpu_adam::detail

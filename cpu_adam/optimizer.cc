@@ -63,6 +63,11 @@ absl::Status check_step(const Hyperparams& hp, const StepArgs& a, const Buffers&
   if (hp.kind != OptimizerKind::kLion && b.exp_avg_sq == nullptr) {
     return bad(name, ": the exp_avg_sq (v) buffer is required");
   }
+  if (b.save_param != nullptr &&
+      ((hp.kind != OptimizerKind::kAdagrad && b.save_exp_avg == nullptr) ||
+       (hp.kind != OptimizerKind::kLion && b.save_exp_avg_sq == nullptr))) {
+    return bad(name, ": save_param needs the save buffers of the states the optimizer updates");
+  }
   if (b.param_out != nullptr && b.out_dtype == DType::kFloat32) {
     return bad(name, ": param_out must be fp16 or bf16 (fp32 master is already updated in place)");
   }
@@ -215,37 +220,22 @@ Isa best_isa() {
   return best;
 }
 
-absl::Status optimizer_step(const Hyperparams& hp, const StepArgs& args, const Buffers& buffers,
-                            const ExecOptions& exec) {
-  if (absl::Status s = check_isa(exec.isa); !s.ok()) return s;
-  if (absl::Status s = check_step(hp, args, buffers); !s.ok()) return s;
-  if (buffers.n == 0) return absl::OkStatus();
-  const detail::StepKernelArgs kargs{hp.kind, make_coeffs(hp, args), buffers, exec.stream_copy_out};
-  const size_t chunk = chunk_of(exec);
-  const size_t n = buffers.n;
-  with_isa(exec.isa, [&](auto arch) {
-    for_chunks((n + chunk - 1) / chunk, exec, [&](size_t k) {
-      detail::StepKernel{}(arch, kargs, k * chunk, std::min(n, (k + 1) * chunk));
-    });
-  });
-  return absl::OkStatus();
+namespace {
+
+// Chunks for a pass that sums statistics: whole stats blocks, partial sums
+// added in chunk order, so the result does not depend on which thread ran
+// which chunk (and a fused step's statistics equal grad_stats').
+size_t stats_chunk(const ExecOptions& exec) {
+  return (chunk_of(exec) + detail::kStatsBlock - 1) / detail::kStatsBlock * detail::kStatsBlock;
 }
 
-absl::StatusOr<GradStats> grad_stats(const void* grad, DType dtype, size_t n,
-                                     const ExecOptions& exec) {
-  if (absl::Status s = check_isa(exec.isa); !s.ok()) return s;
-  if (n == 0) return GradStats{};
-  if (grad == nullptr) return absl::InvalidArgumentError("cpu_adam grad_stats: grad is null");
-  // Chunks are whole stats blocks and their partial sums are added in chunk
-  // order, so the result does not depend on which thread ran which chunk.
-  const size_t chunk =
-      (chunk_of(exec) + detail::kStatsBlock - 1) / detail::kStatsBlock * detail::kStatsBlock;
+template <class PerChunk>
+GradStats sum_chunks(size_t n, size_t chunk, const ExecOptions& exec, const PerChunk& per_chunk) {
   const size_t n_chunks = (n + chunk - 1) / chunk;
   std::vector<GradStats> partial(n_chunks);
   with_isa(exec.isa, [&](auto arch) {
     for_chunks(n_chunks, exec, [&](size_t k) {
-      partial[k] =
-          detail::StatsKernel{}(arch, grad, dtype, k * chunk, std::min(n, (k + 1) * chunk));
+      partial[k] = per_chunk(arch, k * chunk, std::min(n, (k + 1) * chunk));
     });
   });
   GradStats total;
@@ -254,6 +244,72 @@ absl::StatusOr<GradStats> grad_stats(const void* grad, DType dtype, size_t n,
     total.nonfinite = total.nonfinite || p.nonfinite;
   }
   return total;
+}
+
+absl::StatusOr<GradStats> run_step(const Hyperparams& hp, const StepArgs& args,
+                                   const Buffers& buffers, const ExecOptions& exec, bool stats) {
+  if (absl::Status s = check_isa(exec.isa); !s.ok()) return s;
+  if (absl::Status s = check_step(hp, args, buffers); !s.ok()) return s;
+  if (buffers.n == 0) return GradStats{};
+  const detail::StepKernelArgs kargs{hp.kind, make_coeffs(hp, args), buffers, exec.stream_copy_out,
+                                     stats};
+  const size_t chunk = stats ? stats_chunk(exec) : chunk_of(exec);
+  return sum_chunks(buffers.n, chunk, exec, [&](auto arch, size_t begin, size_t end) {
+    return detail::StepKernel{}(arch, kargs, begin, end);
+  });
+}
+
+}  // namespace
+
+absl::Status optimizer_step(const Hyperparams& hp, const StepArgs& args, const Buffers& buffers,
+                            const ExecOptions& exec) {
+  return run_step(hp, args, buffers, exec, false).status();
+}
+
+absl::StatusOr<GradStats> optimizer_step_with_stats(const Hyperparams& hp, const StepArgs& args,
+                                                    const Buffers& buffers,
+                                                    const ExecOptions& exec) {
+  return run_step(hp, args, buffers, exec, true);
+}
+
+uint64_t step_bytes(OptimizerKind kind, const Buffers& b) {
+  uint64_t per = dtype_size(b.grad_dtype) + 4 * 2;  // grad in, master read + write
+  if (b.grad_accum != nullptr) per += 4;
+  if (kind != OptimizerKind::kAdagrad) per += 4 * 2;  // m
+  if (kind != OptimizerKind::kLion) per += 4 * 2;     // v
+  if (b.param_out != nullptr) per += dtype_size(b.out_dtype);
+  if (b.save_param != nullptr) {  // the old values written (their reads are the step's)
+    per += 4 + (kind != OptimizerKind::kAdagrad ? 4 : 0) + (kind != OptimizerKind::kLion ? 4 : 0);
+  }
+  return per * b.n;
+}
+
+absl::StatusOr<GradStats> grad_stats(const void* grad, DType dtype, size_t n,
+                                     const ExecOptions& exec, const float* grad_accum) {
+  if (absl::Status s = check_isa(exec.isa); !s.ok()) return s;
+  if (n == 0) return GradStats{};
+  if (grad == nullptr) return absl::InvalidArgumentError("cpu_adam grad_stats: grad is null");
+  const Buffers b{.n = n, .grad = grad, .grad_dtype = dtype, .grad_accum = grad_accum};
+  return sum_chunks(n, stats_chunk(exec), exec, [&](auto arch, size_t begin, size_t end) {
+    return detail::StatsKernel{}(arch, b, begin, end);
+  });
+}
+
+absl::Status accumulate_grad(float* accum, const void* grad, DType dtype, size_t n, bool first,
+                             const ExecOptions& exec) {
+  if (absl::Status s = check_isa(exec.isa); !s.ok()) return s;
+  if (n == 0) return absl::OkStatus();
+  if (accum == nullptr || grad == nullptr) {
+    return absl::InvalidArgumentError("cpu_adam accumulate_grad: accum and grad are required");
+  }
+  const size_t chunk = chunk_of(exec);
+  with_isa(exec.isa, [&](auto arch) {
+    for_chunks((n + chunk - 1) / chunk, exec, [&](size_t k) {
+      detail::AccumulateKernel{}(arch, accum, grad, dtype, first, k * chunk,
+                                 std::min(n, (k + 1) * chunk));
+    });
+  });
+  return absl::OkStatus();
 }
 
 void first_touch(size_t n, const ExecOptions& exec,

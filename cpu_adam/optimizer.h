@@ -83,6 +83,18 @@ struct Buffers {
   float* exp_avg_sq = nullptr;  // v: Adam, AdamW; the squared-gradient sum for Adagrad
   const void* grad = nullptr;
   DType grad_dtype = DType::kFloat32;
+  // Optional fp32 accumulator (earlier micro-batches): the gradient of
+  // element i is then grad_accum[i] + grad[i] in fp32, the add
+  // accumulate_grad makes, so stepping on (accumulator, last micro-batch)
+  // gives the bits of accumulating first and stepping on the sum. Never
+  // written.
+  const float* grad_accum = nullptr;
+  // Optional rollback copy taken in the same pass: the values param and the
+  // states the kind uses (exp_avg: not Adagrad; exp_avg_sq: not Lion) had
+  // before the step, n floats each; all null or those the kind uses set.
+  float* save_param = nullptr;
+  float* save_exp_avg = nullptr;
+  float* save_exp_avg_sq = nullptr;
   void* param_out = nullptr;  // optional copy of the new param, fp16 or bf16
   DType out_dtype = DType::kFloat16;
 };
@@ -108,6 +120,11 @@ struct ExecOptions {
 [[nodiscard]] absl::Status optimizer_step(const Hyperparams& hp, const StepArgs& args,
                                           const Buffers& buffers, const ExecOptions& exec = {});
 
+// The bytes one optimizer_step over `buffers` moves through memory: the
+// gradient (and accumulator) read, master and states read and written, the
+// 16-bit copy written. The figure the engine's GB/s divide.
+uint64_t step_bytes(OptimizerKind kind, const Buffers& buffers);
+
 // What the engine needs before clipping and loss scaling. Squares are summed
 // in fp32 over blocks of 1024 elements and the block sums in double (a block
 // whose fp32 sum overflows is redone in double); the result is identical for
@@ -117,8 +134,28 @@ struct GradStats {
   bool nonfinite = false;  // some element is inf or NaN
 };
 
+// grad_accum (optional, n floats): the statistics of grad_accum[i] + grad[i]
+// (the gradient Buffers::grad_accum describes), without writing the sum.
 absl::StatusOr<GradStats> grad_stats(const void* grad, DType dtype, size_t n,
-                                     const ExecOptions& exec = {});
+                                     const ExecOptions& exec = {},
+                                     const float* grad_accum = nullptr);
+
+// optimizer_step and grad_stats of the gradient it reads (grad_accum + grad,
+// before grad_scale) in one pass over memory: the master, states and copy
+// get the bits optimizer_step writes, the statistics are grad_stats' bit for
+// bit. The statistics come from the same pass, so they describe a gradient
+// the step has already applied: a caller that finds it non-finite or too
+// large must undo the step (the engine's speculative step does). Errors as
+// optimizer_step.
+absl::StatusOr<GradStats> optimizer_step_with_stats(const Hyperparams& hp, const StepArgs& args,
+                                                    const Buffers& buffers,
+                                                    const ExecOptions& exec = {});
+
+// Gradient accumulation: accum[i] = grad[i] (first) or accum[i] + grad[i],
+// in fp32 (a 16-bit grad converts exactly). The grad's dtype is any of
+// fp32, fp16, bf16; the buffers must not overlap.
+absl::Status accumulate_grad(float* accum, const void* grad, DType dtype, size_t n, bool first,
+                             const ExecOptions& exec = {});
 
 // Runs body(begin, end) over [0, n) with the partition optimizer_step uses for
 // the same n and exec, so buffers initialised through it are first touched

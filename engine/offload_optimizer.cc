@@ -400,6 +400,7 @@ absl::Status OffloadOptimizer::Impl::prepare_step_state() {
   next_done.assign(num_buckets, 0);
   calls.assign(num_buckets, 0);
   stats_calls.assign(num_buckets, 0);
+  pending_call.assign(num_buckets, 0);
   bucket_has_device.assign(num_buckets, 0);
   bucket_events.assign(num_buckets, 0);
   for (int b = 0; b < num_buckets; ++b) {
@@ -578,6 +579,10 @@ absl::StatusOr<std::vector<float>> OffloadOptimizer::read_state(ParamHandle h, S
   STRATA_RETURN_IF_ERROR(m.check_handle(h));
   STRATA_RETURN_IF_ERROR(m.finish_pending_update());
   const Impl::ParamRec& p = m.params[h];
+  // The last step's gradient may still be partly in its source (the fused pass).
+  if (kind == StateKind::kGradAccum && !m.in_step) {
+    STRATA_RETURN_IF_ERROR(m.materialize_bucket(p.desc.bucket));
+  }
   std::vector<float> out(p.desc.numel);
   STRATA_RETURN_IF_ERROR(m.read_raw(m.state_id(p, kind), m.opt_tier, out.data(), out.size() * 4));
   return out;
@@ -589,6 +594,7 @@ absl::Status OffloadOptimizer::write_state(ParamHandle h, StateKind kind, const 
   if (m.in_step) return absl::FailedPreconditionError("write_state: a step is in flight");
   STRATA_RETURN_IF_ERROR(m.finish_pending_update());
   const Impl::ParamRec& p = m.params[h];
+  if (kind == StateKind::kGradAccum) STRATA_RETURN_IF_ERROR(m.materialize_bucket(p.desc.bucket));
   return m.write_raw(m.state_id(p, kind), m.opt_tier, values, p.desc.numel * 4);
 }
 

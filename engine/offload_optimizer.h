@@ -58,8 +58,22 @@
 // framework folds 1/gas into its loss, as DeepSpeed does).
 // In sync mode (strata.overlap "sync", no delayed update) grad_ready does its
 // work on the calling thread before it returns; otherwise it queues it on
-// the optimizer's worker, and the gradient must stay unchanged until
-// wait_grads() or finish_step() returns.
+// the optimizer's worker. In every mode a gradient handed to grad_ready must
+// stay unchanged until wait_grads() or finish_step() returns: the bucket's
+// gradient_accumulation_steps-th gradient (kStore: the store's grad tensor,
+// kHost: `grad`) is not copied into grad32 but read where it lies by one
+// fused pass (cpu_adam::optimizer_step_with_stats: accumulation, norm/inf
+// statistics and, speculating, the step), and read again by finish_step
+// (the step in sync mode, a redo after a rollback); wait_grads() first adds
+// such a gradient into grad32. kDevice buckets (the gradient is copied out
+// through one staging buffer) and the delayed update (it steps while the
+// next backward rewrites the gradients) accumulate into grad32 as before.
+// Passes over host memory per step (Adam, fp16, B/param): overlap,
+// speculating, gas 1: one of 28 + 12 (the rollback copy, written in the
+// same pass); sync gas 1: statistics 2 + step 28; gas > 1: accumulation 10
+// per earlier micro-batch (6 the first), then as gas 1 with the fp32
+// accumulator read (+4 in each pass that reads the gradient). A rollback
+// after a clip or overflow restores (30) and a clip redoes the step (28).
 // A failed finish_step (a non-finite gradient with no loss scaler and no
 // external scale, "loss scale already at minimum", I/O) changes nothing:
 // speculative updates are restored and the counters (Adam step, schedule,
@@ -121,6 +135,7 @@ struct OffloadOptimizerOptions {
   cpu_adam::ExecOptions exec;
   SpeculationPolicy speculation = SpeculationPolicy::kAuto;
   std::function<absl::Status(int bucket)> before_decided_step;
+  bool fuse_gradient_pass = true;  // false: accumulate every gradient into grad32 (A/B)
 };
 
 // One hyper-parameter group (torch's param_groups): the optimizer kind is
@@ -152,6 +167,8 @@ struct ParamDesc {
 using ParamHandle = int;  // 0, 1, ... in add_param order
 
 // Which fp32 tensor of a parameter read_state / write_state address.
+// kGradAccum: the last step's accumulated gradient (its last micro-batch
+// added from the framework's gradient, which must still hold it).
 enum class StateKind { kMaster, kExpAvg, kExpAvgSq, kGradAccum };
 
 struct OptimizerStepResult {
@@ -166,6 +183,10 @@ struct OptimizerStepResult {
   int rolled_back_buckets = 0;   // restored after a speculative step
   double grad_seconds = 0;       // host time on gradients (copy-out, accumulate, norm)
   double optimizer_seconds = 0;  // host time in the optimizer (steps, rollbacks)
+  // Bytes those optimizer passes moved through host memory (cpu_adam::
+  // step_bytes of each step, plus rollback copies): optimizer_bytes /
+  // optimizer_seconds is the optimizer's effective bandwidth.
+  uint64_t optimizer_bytes = 0;
   // Per tier, moved by the store between begin_step and finish_step.
   std::array<uint64_t, offload::kTierCount> bytes_in{};
   std::array<uint64_t, offload::kTierCount> bytes_out{};

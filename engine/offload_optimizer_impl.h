@@ -72,7 +72,21 @@ struct OffloadOptimizer::Impl {
   absl::Status bucket_done(int bucket, int call, std::optional<gpu::EventId> event);
   absl::Status accumulate_bucket(int bucket, bool first, std::optional<gpu::EventId> event);
   absl::Status stats_bucket(int bucket, int call);
-  absl::Status step_bucket(int bucket, const StepArgs& args, StepTarget target);
+  // stats (optional): the bucket's GradStats, computed in the step's pass.
+  absl::Status step_bucket(int bucket, const StepArgs& args, StepTarget target,
+                           cpu_adam::GradStats* stats = nullptr);
+  // The fused pass reads a bucket's last micro-batch where the framework
+  // left it: only where it stays readable until finish_step (kStore, kHost)
+  // and is not needed after it (no delayed update).
+  bool can_fuse(int bucket) const;
+  // Calls body with the param's gradient as the optimizer reads it: grad32,
+  // or (the bucket's pending_call set) the last micro-batch's compute-dtype
+  // gradient plus grad32 as the accumulator when that call was not the first.
+  absl::Status with_grad(const ParamRec& p, int pending,
+                         const std::function<absl::Status(const cpu_adam::Buffers&)>& body);
+  // Adds a pending last micro-batch into grad32 (wait_grads: the framework
+  // is about to overwrite it).
+  absl::Status materialize_bucket(int bucket);
   absl::Status restore_bucket(int bucket);
   absl::Status publish_bucket(int bucket);
   absl::Status swap_in_update();
@@ -163,11 +177,18 @@ struct OffloadOptimizer::Impl {
   double last_host_seconds = 0;
   std::unique_ptr<Speculation> spec;            // overlap mode only
   std::vector<cpu_adam::GradStats> grad_stats;  // per bucket, summed in bucket order
+  // Per bucket: the call whose gradient is still in its source, not in
+  // grad32 (the fused pass reads it there); 0: grad32 holds it all.
+  std::vector<int> pending_call;
   std::vector<int> next_done;  // per bucket: params the delayed update wrote into param_next
   std::atomic<int64_t> grad_ns{0};
   std::atomic<int64_t> optimizer_ns{0};
   int64_t grad_ns_reported = 0;
   int64_t optimizer_ns_reported = 0;
+  // Bytes the optimizer's passes (steps, rollback copies) moved through
+  // memory: what optimizer_ns was spent on.
+  std::atomic<uint64_t> optimizer_bytes{0};
+  uint64_t optimizer_bytes_reported = 0;
   std::vector<uint8_t> staging;             // kDevice gradient copy-out (one at a time)
   std::vector<gpu::EventId> bucket_events;  // per bucket with kDevice params
   std::vector<char> bucket_has_device;

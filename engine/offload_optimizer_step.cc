@@ -8,11 +8,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "engine/offload_optimizer_impl.h"
-#include "oneapi/tbb/parallel_for.h"
 
 namespace strata::engine {
 namespace {
@@ -65,49 +65,6 @@ class Pin {
   Tier tier_;
   bool held_ = false;
 };
-
-// dst[i] (+)= float(src[i]) for a compute-dtype gradient, in chunks spread
-// over the optimizer's threads (the sum of each element does not depend on
-// the split). The first micro-batch converts straight into dst.
-void accumulate_into(float* dst, const void* src, DType dtype, uint64_t n, bool first,
-                     const cpu_adam::ExecOptions& exec) {
-  constexpr uint64_t kChunk = 16384;
-  auto convert = [&](uint64_t off, uint64_t len, float* out) {
-    switch (dtype) {
-      case DType::kFloat32:
-        std::memcpy(out, static_cast<const float*>(src) + off, len * sizeof(float));
-        break;
-      case DType::kFloat16:
-        convert_fp16_to_fp32(static_cast<const uint16_t*>(src) + off, out, len);
-        break;
-      case DType::kBFloat16:
-        convert_bf16_to_fp32(static_cast<const uint16_t*>(src) + off, out, len);
-        break;
-    }
-  };
-  auto chunk = [&](uint64_t c) {
-    const uint64_t off = c * kChunk, len = std::min(kChunk, n - off);
-    float* d = dst + off;
-    if (first) return convert(off, len, d);
-    float tmp[kChunk];
-    const float* f = tmp;
-    if (dtype == DType::kFloat32) {
-      f = static_cast<const float*>(src) + off;
-    } else {
-      convert(off, len, tmp);
-    }
-    for (uint64_t i = 0; i < len; ++i) d[i] += f[i];
-  };
-  const uint64_t chunks = (n + kChunk - 1) / kChunk;
-  auto run = [&] { tbb::parallel_for(uint64_t{0}, chunks, [&](uint64_t c) { chunk(c); }); };
-  if (chunks <= 1) {
-    if (chunks == 1) chunk(0);
-  } else if (exec.arena != nullptr) {
-    exec.arena->execute(run);
-  } else {
-    run();
-  }
-}
 
 }  // namespace
 
@@ -184,6 +141,7 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
   m.overflow.store(false);
   std::fill(m.calls.begin(), m.calls.end(), 0);
   std::fill(m.stats_calls.begin(), m.stats_calls.end(), 0);
+  std::fill(m.pending_call.begin(), m.pending_call.end(), 0);
   std::fill(m.grad_stats.begin(), m.grad_stats.end(), cpu_adam::GradStats{});
   if (m.spec != nullptr) m.spec->begin_step(m.last_host_seconds, m.last_backward_seconds);
   m.step_start = m.last_grad = std::chrono::steady_clock::now();
@@ -214,7 +172,17 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
   return m.bucket_done(bucket, call, grad_written);
 }
 
-absl::Status OffloadOptimizer::wait_grads() { return impl_->drain_worker(); }
+absl::Status OffloadOptimizer::wait_grads() {
+  Impl& m = *impl_;
+  STRATA_RETURN_IF_ERROR(m.drain_worker());
+  // The framework may now overwrite its gradients: a last micro-batch the
+  // fused pass would read from there goes into grad32 first (only a bucket
+  // reported more often than gradient_accumulation_steps has one).
+  for (int b = 0; m.in_step && b < static_cast<int>(m.buckets.size()); ++b) {
+    STRATA_RETURN_IF_ERROR(m.materialize_bucket(b), absl::StrCat("bucket ", b));
+  }
+  return absl::OkStatus();
+}
 
 void OffloadOptimizer::report_overflow() { impl_->overflow.store(true); }
 bool OffloadOptimizer::overflowed() const { return impl_->overflow.load(); }
@@ -237,7 +205,8 @@ absl::Status OffloadOptimizer::Impl::accumulate_bucket(int bucket, bool first,
       STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kRead));
       STRATA_ASSIGN_OR_RETURN(TensorView av,
                               acc.acquire(first ? Access::kWrite : Access::kReadWrite));
-      accumulate_into(static_cast<float*>(av.data), gv.data, dtype, n, first, options.exec);
+      STRATA_RETURN_IF_ERROR(cpu_adam::accumulate_grad(static_cast<float*>(av.data), gv.data, dtype,
+                                                       n, first, options.exec));
       STRATA_RETURN_IF_ERROR(g.release(false));
       STRATA_RETURN_IF_ERROR(acc.release(true));
       continue;
@@ -259,9 +228,63 @@ absl::Status OffloadOptimizer::Impl::accumulate_bucket(int bucket, bool first,
     }
     STRATA_ASSIGN_OR_RETURN(TensorView av,
                             acc.acquire(first ? Access::kWrite : Access::kReadWrite));
-    accumulate_into(static_cast<float*>(av.data), src, dtype, n, first, options.exec);
+    STRATA_RETURN_IF_ERROR(cpu_adam::accumulate_grad(static_cast<float*>(av.data), src, dtype, n,
+                                                     first, options.exec));
     STRATA_RETURN_IF_ERROR(acc.release(true));
   }
+  return absl::OkStatus();
+}
+
+bool OffloadOptimizer::Impl::can_fuse(int bucket) const {
+  return options.fuse_gradient_pass && !dpu && !bucket_has_device[bucket];
+}
+
+absl::Status OffloadOptimizer::Impl::with_grad(
+    const ParamRec& p, int pending,
+    const std::function<absl::Status(const cpu_adam::Buffers&)>& body) {
+  cpu_adam::Buffers g{.n = p.desc.numel};
+  Pin acc(store.get(), p.grad32, opt_tier);
+  if (pending != 1) {
+    STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kRead));
+    g.grad = av.data;
+    g.grad_dtype = DType::kFloat32;
+  }
+  std::optional<Pin> src;
+  if (pending != 0) {
+    g.grad_accum = static_cast<const float*>(g.grad);
+    g.grad_dtype = dtype;
+    if (p.desc.binding == ParamBinding::kStore) {
+      // Reading the grad on the host makes the store copy the device's back
+      // (D2H) unless its host copy is still there.
+      src.emplace(store.get(), p.grad, opt_tier);
+      STRATA_ASSIGN_OR_RETURN(TensorView gv, src->acquire(Access::kRead));
+      g.grad = gv.data;
+    } else {
+      g.grad = p.desc.grad;  // kHost (can_fuse excludes kDevice)
+    }
+  }
+  STRATA_RETURN_IF_ERROR(body(g));
+  if (src.has_value()) STRATA_RETURN_IF_ERROR(src->release(false));
+  if (pending != 1) STRATA_RETURN_IF_ERROR(acc.release(false));
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::materialize_bucket(int bucket) {
+  const int pending = pending_call[bucket];
+  if (pending == 0) return absl::OkStatus();
+  const AddElapsed timed(&grad_ns);
+  for (ParamHandle h : buckets[bucket]) {
+    const ParamRec& p = params[h];
+    Pin acc(store.get(), p.grad32, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView av,
+                            acc.acquire(pending == 1 ? Access::kWrite : Access::kReadWrite));
+    STRATA_RETURN_IF_ERROR(with_grad(p, pending, [&](const cpu_adam::Buffers& g) {
+      return cpu_adam::accumulate_grad(static_cast<float*>(av.data), g.grad, g.grad_dtype,
+                                       p.desc.numel, pending == 1, options.exec);
+    }));
+    STRATA_RETURN_IF_ERROR(acc.release(true));
+  }
+  pending_call[bucket] = 0;
   return absl::OkStatus();
 }
 
@@ -269,14 +292,15 @@ absl::Status OffloadOptimizer::Impl::stats_bucket(int bucket, int call) {
   cpu_adam::GradStats total;
   for (ParamHandle h : buckets[bucket]) {
     const ParamRec& p = params[h];
-    Pin acc(store.get(), p.grad32, opt_tier);
-    STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kRead));
-    STRATA_ASSIGN_OR_RETURN(
-        cpu_adam::GradStats gs,
-        cpu_adam::grad_stats(av.data, DType::kFloat32, p.desc.numel, options.exec));
-    STRATA_RETURN_IF_ERROR(acc.release(false));
-    total.sum_squares += gs.sum_squares;
-    total.nonfinite = total.nonfinite || gs.nonfinite;
+    STRATA_RETURN_IF_ERROR(
+        with_grad(p, pending_call[bucket], [&](const cpu_adam::Buffers& g) -> absl::Status {
+          STRATA_ASSIGN_OR_RETURN(
+              cpu_adam::GradStats gs,
+              cpu_adam::grad_stats(g.grad, g.grad_dtype, g.n, options.exec, g.grad_accum));
+          total.sum_squares += gs.sum_squares;
+          total.nonfinite = total.nonfinite || gs.nonfinite;
+          return absl::OkStatus();
+        }));
   }
   grad_stats[bucket] = total;
   stats_calls[bucket] = call;
@@ -287,6 +311,26 @@ absl::Status OffloadOptimizer::Impl::bucket_done(int bucket, int call,
                                                  std::optional<gpu::EventId> event) {
   if (overflow.load()) return absl::OkStatus();  // nothing more leaves the device
   const bool last = call == gas;
+  if (last && can_fuse(bucket)) {
+    // The last micro-batch stays in its source (the framework keeps it until
+    // wait_grads or finish_step): one pass reads it with grad32, the
+    // statistics and, speculating, the step itself.
+    pending_call[bucket] = call;
+    if (spec != nullptr && spec->reserve(bucket)) {
+      cpu_adam::GradStats stats;
+      STRATA_RETURN_IF_ERROR(step_bucket(bucket, spec_args, StepTarget::kSpeculative, &stats),
+                             "speculative step");
+      spec->mark_stepped(bucket);
+      grad_stats[bucket] = stats;
+      stats_calls[bucket] = call;
+    } else {
+      const AddElapsed timed(&grad_ns);
+      STRATA_RETURN_IF_ERROR(stats_bucket(bucket, call));
+    }
+    // A non-finite gradient stepped speculatively is undone by the decision.
+    if (grad_stats[bucket].nonfinite) overflow.store(true);
+    return absl::OkStatus();
+  }
   {
     const AddElapsed timed(&grad_ns);
     STRATA_RETURN_IF_ERROR(accumulate_bucket(bucket, call == 1, event));
@@ -315,44 +359,71 @@ absl::Status OffloadOptimizer::Impl::bucket_done(int bucket, int call,
 }
 
 absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& args,
-                                                 StepTarget target) {
+                                                 StepTarget target, cpu_adam::GradStats* stats) {
   const AddElapsed timed(&optimizer_ns);
   const std::vector<ParamHandle>& ps = buckets[bucket];
+  if (stats != nullptr) *stats = {};
   for (int i = 0; i < static_cast<int>(ps.size()); ++i) {
     const ParamRec& p = params[ps[i]];
     const uint64_t n = p.desc.numel;
-    Pin grad(store.get(), p.grad32, opt_tier);
     Pin master(store.get(), p.master, opt_tier);
     Pin m(store.get(), p.exp_avg, opt_tier);
     Pin v(store.get(), p.exp_avg_sq, opt_tier);
     Pin out(store.get(), target == StepTarget::kParamNext ? p.param_next : p.param, opt_tier);
-    STRATA_ASSIGN_OR_RETURN(TensorView gv, grad.acquire(Access::kRead));
     STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
-    if (target == StepTarget::kSpeculative) {
-      spec->save(bucket, i, static_cast<const float*>(pv.data), static_cast<const float*>(mv.data),
-                 static_cast<const float*>(vv.data));
+    // The speculative step writes its rollback copy in the same pass; a
+    // state the kind leaves alone is copied here.
+    float* slot = target == StepTarget::kSpeculative ? spec->save_slot(bucket, i) : nullptr;
+    if (slot != nullptr && kind == cpu_adam::OptimizerKind::kAdagrad) {
+      std::memcpy(slot + n, mv.data, n * sizeof(float));
+      optimizer_bytes += n * 2 * sizeof(float);
+    }
+    if (slot != nullptr && kind == cpu_adam::OptimizerKind::kLion) {
+      std::memcpy(slot + 2 * n, vv.data, n * sizeof(float));
+      optimizer_bytes += n * 2 * sizeof(float);
     }
     const bool fp32 = dtype == DType::kFloat32;
-    const cpu_adam::Buffers b{.n = n,
-                              .param = static_cast<float*>(pv.data),
-                              .exp_avg = static_cast<float*>(mv.data),
-                              .exp_avg_sq = static_cast<float*>(vv.data),
-                              .grad = gv.data,
-                              .grad_dtype = DType::kFloat32,
-                              .param_out = fp32 ? nullptr : ov.data,
-                              .out_dtype = fp32 ? DType::kFloat16 : dtype};
+    const cpu_adam::Hyperparams& hp = args.hp[p.desc.group];
     const cpu_adam::StepArgs sa{
         .lr = args.lr[p.desc.group], .step = args.step, .grad_scale = args.grad_scale};
-    STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(args.hp[p.desc.group], sa, b, options.exec),
+    auto run = [&](const cpu_adam::Buffers& grad) -> absl::Status {
+      cpu_adam::Buffers b = grad;
+      b.param = static_cast<float*>(pv.data);
+      b.exp_avg = static_cast<float*>(mv.data);
+      b.exp_avg_sq = static_cast<float*>(vv.data);
+      b.param_out = fp32 ? nullptr : ov.data;
+      b.out_dtype = fp32 ? DType::kFloat16 : dtype;
+      if (slot != nullptr) {
+        b.save_param = slot;
+        b.save_exp_avg = slot + n;
+        b.save_exp_avg_sq = slot + 2 * n;
+      }
+      optimizer_bytes += cpu_adam::step_bytes(hp.kind, b);
+      // The kernel writes everything or nothing (its errors are argument
+      // checks), so once it returns the copy is whole.
+      if (stats == nullptr) {
+        STRATA_RETURN_IF_ERROR(cpu_adam::optimizer_step(hp, sa, b, options.exec));
+      } else {
+        STRATA_ASSIGN_OR_RETURN(cpu_adam::GradStats gs,
+                                cpu_adam::optimizer_step_with_stats(hp, sa, b, options.exec));
+        stats->sum_squares += gs.sum_squares;
+        stats->nonfinite = stats->nonfinite || gs.nonfinite;
+      }
+      if (slot != nullptr) spec->mark_saved(bucket, i);
+      return absl::OkStatus();
+    };
+    STRATA_RETURN_IF_ERROR(with_grad(p, pending_call[bucket], run),
                            absl::StrCat("optimizer step of ", store->spec(p.master).name));
     if (target == StepTarget::kParam && (spec == nullptr || i >= spec->saved_params(bucket))) {
       ++unsaved_writes;
     }
-    if (fp32) std::memcpy(ov.data, pv.data, n * sizeof(float));
-    STRATA_RETURN_IF_ERROR(grad.release(false));
+    if (fp32) {
+      std::memcpy(ov.data, pv.data, n * sizeof(float));
+      optimizer_bytes += n * 2 * sizeof(float);
+    }
     STRATA_RETURN_IF_ERROR(master.release(true));
     STRATA_RETURN_IF_ERROR(m.release(true));
     STRATA_RETURN_IF_ERROR(v.release(true));
@@ -382,6 +453,8 @@ absl::Status OffloadOptimizer::Impl::restore_bucket(int bucket) {
     // The compute param is always the master rounded to nearest even (the
     // optimizer writes it so, and so do initialisation and checkpoints).
     round_master(static_cast<const float*>(pv.data), ov.data, dtype, p.desc.numel);
+    // The copies read, the three tensors written, the master re-read for the copy out.
+    optimizer_bytes += p.desc.numel * (3 * 2 * sizeof(float) + sizeof(float) + dtype_size(dtype));
     for (Pin* pin : {&master, &m, &v, &out}) STRATA_RETURN_IF_ERROR(pin->release(true));
   }
   return absl::OkStatus();
@@ -620,6 +693,9 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
   r.optimizer_seconds = (o_ns - optimizer_ns_reported) * 1e-9;
   grad_ns_reported = g_ns;
   optimizer_ns_reported = o_ns;
+  const uint64_t o_bytes = optimizer_bytes.load();
+  r.optimizer_bytes = o_bytes - optimizer_bytes_reported;
+  optimizer_bytes_reported = o_bytes;
   const offload::StoreStats after = store->stats();
   for (int t = 0; t < offload::kTierCount; ++t) {
     r.bytes_in[t] = after.tiers[t].bytes_in - stats_before.tiers[t].bytes_in;

@@ -63,6 +63,16 @@ void Speculation::save(int layer, int param, const float* master, const float* e
   ++saved_[layer];
 }
 
+float* Speculation::save_slot(int layer, int param) {
+  STRATA_CHECK(param == saved_[layer]);
+  return const_cast<float*>(slot(layer, param));
+}
+
+void Speculation::mark_saved(int layer, int param) {
+  STRATA_CHECK(param == saved_[layer]);
+  ++saved_[layer];
+}
+
 void Speculation::restore(int layer, int param, float* master, float* exp_avg,
                           float* exp_avg_sq) const {
   STRATA_CHECK(param < saved_[layer]);

@@ -52,6 +52,11 @@ class Speculation {
   bool reserve(int layer);
   void save(int layer, int param, const float* master, const float* exp_avg,
             const float* exp_avg_sq);
+  // The same copy written by the optimizer's own pass: the param's slot
+  // (master, exp_avg, exp_avg_sq, numel floats each, in that order), then
+  // mark_saved once the pass has written it (before anything can fail).
+  float* save_slot(int layer, int param);
+  void mark_saved(int layer, int param);
   void mark_stepped(int layer) { stepped_[layer] = 1; }
   // The layer's speculative step was undone (more gradient arrived after
   // it): it is stepped after the decision; its copies stay for a failure.

@@ -12,8 +12,8 @@
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
 #include "offload/busy_io_engine.h"
-#include "swap/io_config.h"
 #include "swap/io_bench.h"
+#include "swap/io_config.h"
 #include "tbb/task_arena.h"
 
 namespace strata::engine {
@@ -205,9 +205,8 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
       r.host_seconds = std::max(
           0.0, st.grad_seconds + st.optimizer_seconds - static_cast<double>(host_stall) * 1e-9);
       r.optimizer_seconds = st.optimizer_seconds;
-      if (st.optimizer_seconds > 0 && !st.skipped) {
-        r.optimizer_gb_per_s = static_cast<double>(result.params) * 28 / st.optimizer_seconds / 1e9;
-      }
+      r.optimizer_bytes = static_cast<double>(st.optimizer_bytes);
+      r.optimizer_gb_per_s = st.optimizer_gb_per_s;
       r.nvme_read_seconds = (io1.read_ns - io0.read_ns) * 1e-9;
       r.nvme_write_seconds = (io1.write_ns - io0.write_ns) * 1e-9;
       r.nvme_seconds = (io1.any_ns - io0.any_ns) * 1e-9;

@@ -76,7 +76,8 @@ struct StepBenchmarkStep {
   double nvme_read_bytes = 0;
   double nvme_write_bytes = 0;
   double optimizer_seconds = 0;  // StepStats::optimizer_seconds
-  // params x 28 B (the fused Adam pass's traffic) / optimizer_seconds.
+  double optimizer_bytes = 0;    // StepStats::optimizer_bytes: what its passes moved
+  // optimizer_bytes / optimizer_seconds.
   double optimizer_gb_per_s = 0;
   std::string slowest;
   double slowest_seconds = 0;

@@ -1,6 +1,8 @@
 #include "engine/train_memory.h"
 
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/format_bytes.h"
@@ -46,6 +48,14 @@ absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInput
   }
   e.baseline = kTrainBaselineBytes;
   return e;
+}
+
+bool reset_peak_rss() {
+  const int fd = ::open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::write(fd, "5", 1) == 1;
+  ::close(fd);
+  return ok;
 }
 
 uint64_t peak_rss_bytes() {

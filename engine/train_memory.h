@@ -65,4 +65,10 @@ absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInput
 // Peak resident set of this process so far (getrusage), in bytes.
 uint64_t peak_rss_bytes();
 
+// Sets the peak back to the current resident set (Linux: "5" into
+// /proc/self/clear_refs), so a transient probe run before training (the
+// Adam-like stream) is not reported as the run's peak. False where the
+// kernel refuses; the peak then still includes it.
+bool reset_peak_rss();
+
 }  // namespace strata::engine

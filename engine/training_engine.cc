@@ -87,7 +87,8 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
                              .use_schedule = true,
                              .exec = options.exec,
                              .speculation = options.speculation,
-                             .before_decided_step = std::move(options.before_decided_step)};
+                             .before_decided_step = std::move(options.before_decided_step),
+                             .fuse_gradient_pass = options.fuse_gradient_pass};
   STRATA_ASSIGN_OR_RETURN(opt_, OffloadOptimizer::create(config, device, std::move(oo)));
   dtype_ = opt_->compute_dtype();
   has_scaler_ = opt_->loss_scaler() != nullptr;
@@ -161,6 +162,10 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   st.rolled_back_layers = r.rolled_back_buckets;
   st.grad_seconds = r.grad_seconds;
   st.optimizer_seconds = r.optimizer_seconds;
+  st.optimizer_bytes = r.optimizer_bytes;
+  st.optimizer_gb_per_s = r.optimizer_seconds > 0
+                              ? static_cast<double>(r.optimizer_bytes) / r.optimizer_seconds / 1e9
+                              : 0;
   st.bytes_in = r.bytes_in;
   st.bytes_out = r.bytes_out;
   const gpu::SyncCounters syncs = device_->sync_counters();

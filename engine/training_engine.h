@@ -156,6 +156,9 @@ struct EngineOptions {
   // sync mode; in overlap mode those stepped after the decision); an error
   // fails the step there, as an I/O error in the optimizer pass would.
   std::function<absl::Status(int layer)> before_decided_step;
+  // false: the three passes the fused one replaced (accumulate into grad32,
+  // statistics, step reading grad32); same bits, for tests and A/B benchmarks.
+  bool fuse_gradient_pass = true;
 };
 
 struct StepStats {
@@ -179,6 +182,11 @@ struct StepStats {
   // norm) and in the optimizer (steps, rollbacks), whichever thread ran it.
   double grad_seconds = 0;
   double optimizer_seconds = 0;
+  // Bytes the optimizer's passes moved through host memory (steps and
+  // rollback copies: OptimizerStepResult::optimizer_bytes) and the
+  // effective bandwidth optimizer_bytes / optimizer_seconds (0 without a step).
+  uint64_t optimizer_bytes = 0;
+  double optimizer_gb_per_s = 0;
   // Per tier (device, host, nvme), moved during this step; see TierStats.
   std::array<uint64_t, offload::kTierCount> bytes_in{};
   std::array<uint64_t, offload::kTierCount> bytes_out{};

@@ -10,8 +10,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
+#include "core/memory_bandwidth.h"
 #include "core/status.h"
 #include "engine/checkpoint_dir.h"
+#include "engine/train_memory.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
 
@@ -83,6 +85,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::create(engine::TrainingEngine*
           absl::StrCat("--log-json ", t->options_.log_json, ": cannot open for writing (",
                        std::strerror(errno), "); check the folder exists and is writable"));
     }
+    if (t->options_.stream_elements > 0) {
+      STRATA_ASSIGN_OR_RETURN(
+          BandwidthResult stream,
+          measure_adam_stream({.elements = t->options_.stream_elements, .repeats = 3}),
+          "measuring the Adam-like memory stream for --log-json");
+      t->stream_gb_per_s_ = stream.gb_per_s;
+      // Its arrays are freed: the run's peak RSS is the training's.
+      engine::reset_peak_rss();
+    }
   }
   return t;
 }
@@ -133,7 +144,15 @@ void Trainer::log_step(const TrainerStep& s, std::optional<double> val_loss) {
             {"bytes_in", tier_bytes(st.bytes_in)},
             {"bytes_out", tier_bytes(st.bytes_out)},
             {"host_syncs", st.host_syncs},
-            {"device_syncs", st.device_syncs}};
+            {"device_syncs", st.device_syncs},
+            {"grad_seconds", st.grad_seconds},
+            {"optimizer_seconds", st.optimizer_seconds},
+            {"optimizer_bytes", st.optimizer_bytes},
+            {"optimizer_gb_per_s", st.optimizer_gb_per_s}};
+  if (stream_gb_per_s_ > 0) {
+    j["stream_gb_per_s"] = stream_gb_per_s_;
+    j["optimizer_stream_ratio"] = st.optimizer_gb_per_s / stream_gb_per_s_;
+  }
   if (val_loss) j["val_loss"] = *val_loss;
   // A whole line per step, flushed, so a reader (or a killed run) never
   // sees half an object.

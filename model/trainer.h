@@ -7,7 +7,9 @@
 //   evaluate (options.eval_batches batches) before the first step;
 //   per step: train_step(), sink->on_step(), an evaluation every eval_every
 //   steps and after the last step, one JSON line in options.log_json (the
-//   step's stats, val_loss when it evaluated), a save every save_every steps;
+//   step's stats, the host optimizer's GB/s and its ratio to the Adam-like
+//   stream measured once at create, val_loss when it evaluated), a save
+//   every save_every steps;
 //   at the end and after a stop request: a save of the last step into
 //   save_dir unless it was just saved; in every case the background save
 //   (async_save) is waited for. A failure saves nothing more. A stop request lets the step in
@@ -61,6 +63,13 @@ struct TrainerOptions {
   std::string log_json;            // one JSON object per step; empty: no log
   int64_t tokens_per_step = 0;     // for tokens per second; 0: not reported
   TraceRecorder* trace = nullptr;  // train_step / evaluate / save events; may be null
+  // With log_json: the Adam-like stream (core/memory_bandwidth.h,
+  // measure_adam_stream over this many elements, 28 B each (448 MiB,
+  // freed before the first step, the peak RSS mark reset after it), best
+  // of 3) is
+  // measured once by create, and every log line gives the host optimizer's
+  // GB/s against it (optimizer_stream_ratio). 0: not measured.
+  size_t stream_elements = size_t{16} << 20;
 };
 
 // What the sink sees after each step, before that step's evaluation.
@@ -128,6 +137,7 @@ class Trainer {
   engine::TrainingEngine* engine_;
   TrainerOptions options_;
   TrainerSink* sink_;
+  double stream_gb_per_s_ = 0;  // the Adam-like stream; 0: not measured
   std::ofstream log_;
   std::atomic<bool> stop_{false};
   static_assert(std::atomic<bool>::is_always_lock_free, "request_stop runs in signal handlers");

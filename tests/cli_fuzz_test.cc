@@ -401,7 +401,7 @@ class CliFuzzTest : public ::testing::Test {
           {"--data", Kind::kInput},
           {"--gpu-mem", Kind::kNumber},
           {"--seed", Kind::kNumber}},
-         {"--json", "--checkpoint-activations"}},
+         {"--json", "--checkpoint-activations", "--no-fuse"}},
     };
   }
 

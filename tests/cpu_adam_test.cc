@@ -1,5 +1,6 @@
 // cpu_adam: torch golden vectors, every compiled ISA against the scalar
-// reference (bit-exact: the library is built without FMA contraction),
+// reference (bit-exact: the library is built without FMA contraction), the
+// fused step (accumulator + statistics) against the three passes it replaces,
 // thread-count and range-split independence, copy-out against core's
 // conversions, zero/denormal/inf/NaN gradients, and argument errors.
 #include "cpu_adam/optimizer.h"
@@ -306,6 +307,180 @@ TEST(CpuAdam, ResultIndependentOfThreadsChunksAndRangeSplits) {
     ASSERT_TRUE(optimizer_step(hp, args, b).ok());
   }
   expect_same_state(split, want, "split in three ranges");
+}
+
+// ---- the fused pass: accumulator + gradient statistics + step ----
+
+// The three-pass reference the engine ran before: accumulate into fp32,
+// grad_stats over the sum, step on the fp32 sum. The statistics' summation
+// order follows the vector width, so they are compared on the same ISA.
+struct Reference {
+  State state;
+  GradStats stats;
+};
+Reference three_passes(const Hyperparams& hp, const StepArgs& args, const Grad& g,
+                       const std::vector<float>* accum, DType out_dt, uint32_t seed, Isa isa) {
+  const size_t n = g.dtype == DType::kFloat32 ? g.f32.size() : g.u16.size();
+  std::vector<float> sum = accum != nullptr ? *accum : std::vector<float>(n);
+  EXPECT_TRUE(
+      accumulate_grad(sum.data(), g.data(), g.dtype, n, accum == nullptr, {.isa = Isa::kScalar})
+          .ok());
+  Reference r{State(n, seed), {}};
+  auto st = grad_stats(sum.data(), DType::kFloat32, n, {.isa = isa});
+  EXPECT_TRUE(st.ok());
+  r.stats = *st;
+  const Grad g32{DType::kFloat32, sum, {}};
+  EXPECT_TRUE(
+      optimizer_step(hp, args, r.state.buffers(g32, true, out_dt), {.isa = Isa::kScalar}).ok());
+  return r;
+}
+
+void expect_same_stats(const GradStats& got, const GradStats& want, const std::string& what) {
+  EXPECT_EQ(std::memcmp(&got.sum_squares, &want.sum_squares, sizeof(double)), 0)
+      << what << ": sum_squares " << got.sum_squares << " vs " << want.sum_squares;
+  EXPECT_EQ(got.nonfinite, want.nonfinite) << what;
+}
+
+TEST(CpuAdamFused, StepWithStatsEqualsAccumulateStatsStepBitForBit) {
+  for (size_t n : {size_t{1}, size_t{33}, size_t{3000 + 17}, size_t{70000 + 5}}) {
+    for (OptimizerKind kind : kAllKinds) {
+      for (DType gdt : kAllDTypes) {
+        for (bool with_accum : {false, true}) {
+          const Grad g = make_grad(gdt, random_vector(n, 0.3f, 7 + n));
+          const std::vector<float> accum = random_vector(n, 0.2f, 3 + n);
+          const Hyperparams hp = hyperparams(kind);
+          const StepArgs args{2e-3, 3, 0.75};
+          const DType out_dt = gdt == DType::kBFloat16 ? DType::kBFloat16 : DType::kFloat16;
+          for (Isa isa : all_isas()) {
+            const Reference want =
+                three_passes(hp, args, g, with_accum ? &accum : nullptr, out_dt, 11, isa);
+            const std::string what =
+                absl::StrCat(str(isa_name(isa)), " ", str(optimizer_name(kind)), " grad ",
+                             str(dtype_name(gdt)), with_accum ? " +accum" : "", " n ", n);
+            State fused(n, 11);
+            Buffers b = fused.buffers(g, true, out_dt);
+            b.grad_accum = with_accum ? accum.data() : nullptr;
+            auto stats = optimizer_step_with_stats(hp, args, b, {.isa = isa, .chunk = 5000});
+            ASSERT_TRUE(stats.ok()) << stats.status();
+            expect_same_state(fused, want.state, what);
+            expect_same_stats(*stats, want.stats, what);
+            // The plain step with an accumulator, and the statistics alone.
+            State plain(n, 11);
+            Buffers pb = plain.buffers(g, true, out_dt);
+            pb.grad_accum = b.grad_accum;
+            ASSERT_TRUE(optimizer_step(hp, args, pb, {.isa = isa}).ok());
+            expect_same_state(plain, want.state, what + " (no stats)");
+            auto alone = grad_stats(g.data(), gdt, n, {.isa = isa}, b.grad_accum);
+            ASSERT_TRUE(alone.ok());
+            expect_same_stats(*alone, want.stats, what + " (grad_stats)");
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuAdamFused, RollbackCopyHoldsTheStateBeforeTheStep) {
+  const size_t n = 1000 + 13;
+  const Grad g = make_grad(DType::kFloat16, random_vector(n, 0.3f, 4));
+  for (OptimizerKind kind : kAllKinds) {
+    State want(n, 8);
+    const State before = want;
+    ASSERT_TRUE(optimizer_step(hyperparams(kind), {1e-3, 2, 0.5},
+                               want.buffers(g, true, DType::kFloat16), {.isa = Isa::kScalar})
+                    .ok());
+    for (Isa isa : all_isas()) {
+      const std::string what = absl::StrCat(str(isa_name(isa)), " ", str(optimizer_name(kind)));
+      State got(n, 8);
+      std::vector<float> sp(n, -1.0f), sm(n, -1.0f), sv(n, -1.0f);
+      Buffers b = got.buffers(g, true, DType::kFloat16);
+      b.save_param = sp.data();
+      b.save_exp_avg = sm.data();
+      b.save_exp_avg_sq = sv.data();
+      ASSERT_TRUE(optimizer_step(hyperparams(kind), {1e-3, 2, 0.5}, b, {.isa = isa}).ok());
+      expect_same_state(got, want, what);
+      EXPECT_TRUE(same_bits(sp, before.p)) << what;
+      // Only the states the kind updates are copied.
+      if (kind != OptimizerKind::kAdagrad) EXPECT_TRUE(same_bits(sm, before.m)) << what;
+      if (kind != OptimizerKind::kLion) EXPECT_TRUE(same_bits(sv, before.v)) << what;
+    }
+    // A kind's state without its save buffer is refused, writing nothing.
+    State refused(n, 8);
+    Buffers b = refused.buffers(g, true, DType::kFloat16);
+    std::vector<float> sp(n);
+    b.save_param = sp.data();
+    EXPECT_EQ(optimizer_step(hyperparams(kind), {1e-3, 2, 0.5}, b).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(same_bits(refused.p, before.p));
+  }
+}
+
+TEST(CpuAdamFused, NonFiniteAndHugeGradientsGiveGradStatsResult) {
+  const size_t n = 4100;
+  for (DType gdt : kAllDTypes) {
+    for (int which = 0; which < 3; ++which) {
+      std::vector<float> values = random_vector(n, 0.3f, 5);
+      if (which == 0) values[2049] = std::numeric_limits<float>::infinity();
+      if (which == 1) values[n - 1] = std::numeric_limits<float>::quiet_NaN();
+      // Squares overflow fp32 within a block: the block is summed in double.
+      if (which == 2) values[100] = gdt == DType::kFloat16 ? 60000.0f : 3e30f;
+      const Grad g = make_grad(gdt, values);
+      const std::vector<float> accum = random_vector(n, 1e19f, 9);
+      for (bool with_accum : {false, true}) {
+        for (Isa isa : all_isas()) {
+          const Reference want =
+              three_passes(hyperparams(OptimizerKind::kAdamW), {1e-3, 1, 1.0}, g,
+                           with_accum ? &accum : nullptr, DType::kFloat16, 2, isa);
+          State fused(n, 2);
+          Buffers b = fused.buffers(g, true, DType::kFloat16);
+          b.grad_accum = with_accum ? accum.data() : nullptr;
+          auto stats = optimizer_step_with_stats(hyperparams(OptimizerKind::kAdamW), {1e-3, 1, 1.0},
+                                                 b, {.isa = isa});
+          ASSERT_TRUE(stats.ok());
+          const std::string what = absl::StrCat(str(isa_name(isa)), " ", str(dtype_name(gdt)),
+                                                " case ", which, with_accum ? " +accum" : "");
+          expect_same_stats(*stats, want.stats, what);
+          EXPECT_EQ(stats->nonfinite, which < 2) << what;
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuAdamFused, AccumulateGradIsTheFp32SumOnEveryIsa) {
+  const size_t n = 1000 + 13;
+  for (DType gdt : kAllDTypes) {
+    const std::vector<float> values = random_vector(n, 0.5f, 1);
+    const Grad g = make_grad(gdt, values);
+    const std::vector<float> start = random_vector(n, 0.5f, 2);
+    for (Isa isa : all_isas()) {
+      for (bool first : {true, false}) {
+        std::vector<float> acc = start;
+        ASSERT_TRUE(accumulate_grad(acc.data(), g.data(), gdt, n, first, {.isa = isa}).ok());
+        for (size_t i = 0; i < n; ++i) {
+          const float x = gdt == DType::kFloat32   ? values[i]
+                          : gdt == DType::kFloat16 ? fp16_to_fp32(g.u16[i])
+                                                   : bf16_to_fp32(g.u16[i]);
+          const float want = first ? x : start[i] + x;
+          ASSERT_EQ(std::memcmp(&acc[i], &want, 4), 0)
+              << isa_name(isa) << " " << dtype_name(gdt) << " at " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuAdamFused, StepBytesCountsEveryStream) {
+  Buffers b{.n = 10, .grad_dtype = DType::kFloat16, .param_out = &b, .out_dtype = DType::kBFloat16};
+  // fp16 grad 2 + master 8 + m 8 + v 8 + copy 2: the 28 B/param of DESIGN.md.
+  EXPECT_EQ(step_bytes(OptimizerKind::kAdamW, b), 280u);
+  b.grad_accum = reinterpret_cast<const float*>(&b);
+  EXPECT_EQ(step_bytes(OptimizerKind::kAdamW, b), 320u);
+  b.param_out = nullptr;
+  EXPECT_EQ(step_bytes(OptimizerKind::kLion, b), 220u);
+  // A rollback copy in the same pass writes master and the kind's states.
+  b.save_param = b.save_exp_avg = b.save_exp_avg_sq = reinterpret_cast<float*>(&b);
+  EXPECT_EQ(step_bytes(OptimizerKind::kLion, b), 300u);
 }
 
 // ---- edge-case gradients ----

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/dtype.h"
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
@@ -122,6 +123,7 @@ class OffloadOptimizerTest : public ::testing::Test {
     o.use_schedule = false;
     o.allow_buffered_io = true;  // TempDir may be tmpfs
     o.speculation = SpeculationPolicy::kAlways;
+    o.fuse_gradient_pass = fuse_;
     auto opt = OffloadOptimizer::create(cfg, &device_, std::move(o));
     EXPECT_TRUE(opt.ok()) << opt.status();
     if (!opt.ok()) return nullptr;
@@ -194,6 +196,7 @@ class OffloadOptimizerTest : public ::testing::Test {
 
   std::filesystem::path dir_;
   gpu::SimDevice device_;
+  bool fuse_ = true;  // OffloadOptimizerOptions::fuse_gradient_pass of make()
 };
 
 TEST_F(OffloadOptimizerTest, MatchesReferenceAdamWWithGroupsAndSetGroup) {
@@ -281,6 +284,54 @@ TEST_F(OffloadOptimizerTest, AccumulationAndExtraCallsEqualSync) {
   EXPECT_EQ(state(*opt, model), sync3);
   // And fewer calls than gas: stepped after the decision, as in sync.
   EXPECT_EQ(run(make_config("overlap", 3), 10, 2), run(make_config("sync", 3), 10, 2));
+}
+
+TEST_F(OffloadOptimizerTest, FusedPassEqualsThreePassesAndMovesFewerBytes) {
+  const std::string clip = "\"gradient_clipping\": 0.5";
+  const uint64_t numel = kSizes[0] + kSizes[1] + kSizes[2];
+  // (gas, calls): the plain cases, an extra call (the fused gradient goes
+  // into grad32 at wait_grads) and a missing one.
+  for (auto [gas, calls] : {std::pair{1, 1}, {2, 2}, {2, 3}, {3, 2}}) {
+    for (const char* mode : {"sync", "overlap"}) {
+      SCOPED_TRACE(absl::StrCat(mode, " gas ", gas, " calls ", calls));
+      fuse_ = false;
+      const State three = run(make_config(mode, gas, clip), 8, calls);
+      fuse_ = true;
+      EXPECT_EQ(run(make_config(mode, gas, clip), 8, calls), three);
+    }
+  }
+  // Bytes per param of one unclipped fp32 AdamW step: master, m, v read and
+  // written (24), the param copy (fp32: read + write, 8), the gradient (4)
+  // and at gas > 1 the accumulator (4); the speculative step writes its
+  // rollback copy in the same pass (12). Three passes read grad32 instead
+  // (4, any gas).
+  for (bool fuse : {true, false}) {
+    for (int gas : {1, 2}) {
+      for (const char* mode : {"sync", "overlap"}) {
+        SCOPED_TRACE(absl::StrCat(mode, " gas ", gas, fuse ? " fused" : " three passes"));
+        fuse_ = fuse;
+        HostModel model;
+        auto opt = make(make_config(mode, gas), model);
+        auto r = step(*opt, model, gas);
+        ASSERT_TRUE(r.ok()) << r.status();
+        const uint64_t per =
+            36 + (fuse && gas > 1 ? 4 : 0) + (std::string(mode) == "overlap" ? 12 : 0);
+        EXPECT_EQ(r->optimizer_bytes, per * numel);
+        // The step's gradient, whether or not it went through grad32.
+        for (int p = 0; p < 3; ++p) {
+          auto g = opt->read_state(p, StateKind::kGradAccum);
+          ASSERT_TRUE(g.ok()) << g.status();
+          std::vector<float> want(kSizes[p], 0.0f);
+          HostModel m2;  // the step's gradients were taken at the initial weights
+          for (int k = 0; k < gas; ++k) {
+            m2.grads(p, k);
+            for (uint64_t i = 0; i < kSizes[p]; ++i) want[i] += m2.g[p][i];
+          }
+          EXPECT_EQ(*g, want) << "param " << p;
+        }
+      }
+    }
+  }
 }
 
 TEST_F(OffloadOptimizerTest, ConcurrentGradReadyFromThreads) {

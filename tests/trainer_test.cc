@@ -164,6 +164,17 @@ TEST_F(TrainerTest, EvaluatesSavesAndLogsOnItsCadence) {
     EXPECT_EQ(lines[i]["step"], static_cast<int>(i + 1));
     EXPECT_EQ(lines[i]["loss"].get<double>(), sink.losses[i]);
     EXPECT_EQ(lines[i].contains("val_loss"), i == 1 || i == 3 || i == 4) << lines[i].dump();
+    // The host optimizer's bandwidth against the Adam-like stream measured once at create.
+    EXPECT_GT(lines[i]["optimizer_bytes"].get<uint64_t>(), 0u) << lines[i].dump();
+    EXPECT_GT(lines[i]["stream_gb_per_s"].get<double>(), 0) << lines[i].dump();
+    EXPECT_EQ(lines[i]["stream_gb_per_s"], lines[0]["stream_gb_per_s"]);
+    const double gbs = lines[i]["optimizer_gb_per_s"].get<double>();
+    EXPECT_NEAR(gbs,
+                lines[i]["optimizer_bytes"].get<double>() /
+                    lines[i]["optimizer_seconds"].get<double>() / 1e9,
+                1e-9 * gbs);
+    EXPECT_DOUBLE_EQ(lines[i]["optimizer_stream_ratio"].get<double>(),
+                     gbs / lines[i]["stream_gb_per_s"].get<double>());
   }
   auto user = engine::TrainingEngine::read_checkpoint_user_metadata(dir_ + "/ckpt");
   EXPECT_TRUE(user.ok()) << user.status();

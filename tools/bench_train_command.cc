@@ -60,6 +60,9 @@ nlohmann::json to_json(const TrainBenchResult& r) {
   }
   j["bytes_moved_per_step"] = moved;
   j["saved_activation_bytes"] = r.saved_activation_bytes;
+  j["grad_seconds_per_step"] = r.grad_seconds_per_step;
+  j["optimizer_seconds_per_step"] = r.optimizer_seconds_per_step;
+  j["optimizer_gb_per_s"] = r.optimizer_gb_per_s;
   return j;
 }
 
@@ -104,8 +107,9 @@ int run(BenchTrainArgs a) {
   std::fprintf(stderr, "%s: %.2fM params, vocab %lld, data %s\n", summary->model.c_str(),
                static_cast<double>(summary->params) / 1e6, static_cast<long long>(summary->vocab),
                summary->data.c_str());
-  std::fprintf(stderr, "  %-14s %12s %10s %10s %12s\n", "placement", "tokens/s", "s/step",
-               "overhead", "last loss");
+  std::fprintf(stderr, "  Adam-like stream %.2f GB/s (28 B/param)\n", summary->stream_gb_per_s);
+  std::fprintf(stderr, "  %-14s %12s %10s %10s %12s %8s %8s %8s %10s\n", "placement", "tokens/s",
+               "s/step", "overhead", "last loss", "grad s", "opt s", "opt GB/s", "of stream");
   bool failed = false;
   for (const TrainBenchResult& r : summary->results) {
     if (!r.error.empty()) {
@@ -115,8 +119,11 @@ int run(BenchTrainArgs a) {
     }
     const std::string overhead =
         r.overhead_fraction ? absl::StrFormat("%+.1f%%", *r.overhead_fraction * 100) : "-";
-    std::fprintf(stderr, "  %-14s %12.1f %10.3f %10s %12.4f\n", name(r.placement).c_str(),
-                 r.tokens_per_second, r.mean_step_seconds, overhead.c_str(), r.last_loss);
+    std::fprintf(
+        stderr, "  %-14s %12.1f %10.3f %10s %12.4f %8.4f %8.4f %8.2f %10.2f\n",
+        name(r.placement).c_str(), r.tokens_per_second, r.mean_step_seconds, overhead.c_str(),
+        r.last_loss, r.grad_seconds_per_step, r.optimizer_seconds_per_step, r.optimizer_gb_per_s,
+        summary->stream_gb_per_s > 0 ? r.optimizer_gb_per_s / summary->stream_gb_per_s : 0.0);
   }
   if (a.json) {
     nlohmann::json out = {{"model", summary->model},
@@ -129,8 +136,15 @@ int run(BenchTrainArgs a) {
                           {"dtype", o.dtype},
                           {"checkpoint_activations", o.checkpoint_activations},
                           {"threads", threads},
+                          {"stream_gb_per_s", summary->stream_gb_per_s},
                           {"placements", nlohmann::json::array()}};
-    for (const TrainBenchResult& r : summary->results) out["placements"].push_back(to_json(r));
+    for (const TrainBenchResult& r : summary->results) {
+      nlohmann::json p = to_json(r);
+      if (r.error.empty() && summary->stream_gb_per_s > 0) {
+        p["optimizer_stream_ratio"] = r.optimizer_gb_per_s / summary->stream_gb_per_s;
+      }
+      out["placements"].push_back(std::move(p));
+    }
     print_json(out);
   }
   return failed ? 1 : 0;
@@ -167,6 +181,9 @@ void add_bench_train_command(CLI::App& bench, int* exit_code) {
       ->check(finite_number({.min = 0.001, .max = 1e6}));
   cmd->add_option("--seed", a->options.seed, "data and weight initialisation (1337)")
       ->check(whole_number(0, std::numeric_limits<int64_t>::max()));
+  cmd->add_flag(
+      "--no-fuse", [a](int64_t) { a->options.fuse_gradient_pass = false; },
+      "run the unfused gradient path (accumulate, statistics, step: three passes)");
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
   cmd->callback([=] { *exit_code = run(*a); });
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/memory_bandwidth.h"
 #include "core/status.h"
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
@@ -105,10 +106,12 @@ absl::Status run_placement(const TrainBenchOptions& o, const model::Gpt2Config& 
   gpu::SimDevice device({.capacity_bytes = o.gpu_mem, .move_data = true});
   engine::EngineOptions eo;
   eo.allow_buffered_io = true;  // tmpfs and overlay filesystems have no O_DIRECT
+  eo.fuse_gradient_pass = o.fuse_gradient_pass;
   STRATA_ASSIGN_OR_RETURN(auto engine,
                           engine::TrainingEngine::create(cfg, net.get(), &device, std::move(eo)));
   r->tokens_per_step = o.micro_batch * o.seq_len;
-  double timed = 0;
+  double timed = 0, grad_seconds = 0, opt_seconds = 0;
+  uint64_t opt_bytes = 0;
   r->bytes_moved_per_step.assign(offload::kTierCount, 0.0);
   for (int64_t i = 1; i <= o.steps; ++i) {
     STRATA_ASSIGN_OR_RETURN(engine::StepStats st, engine->train_step(),
@@ -119,6 +122,9 @@ absl::Status run_placement(const TrainBenchOptions& o, const model::Gpt2Config& 
       r->first_loss = st.loss;
     } else {
       timed += st.step_seconds;
+      grad_seconds += st.grad_seconds;
+      opt_seconds += st.optimizer_seconds;
+      opt_bytes += st.optimizer_bytes;
       for (int t = 0; t < offload::kTierCount; ++t) {
         r->bytes_moved_per_step[t] += static_cast<double>(st.bytes_in[t] + st.bytes_out[t]);
       }
@@ -130,6 +136,9 @@ absl::Status run_placement(const TrainBenchOptions& o, const model::Gpt2Config& 
   r->mean_step_seconds = timed / n;
   r->tokens_per_second = r->mean_step_seconds > 0 ? r->tokens_per_step / r->mean_step_seconds : 0;
   for (double& b : r->bytes_moved_per_step) b /= n;
+  r->grad_seconds_per_step = grad_seconds / n;
+  r->optimizer_seconds_per_step = opt_seconds / n;
+  r->optimizer_gb_per_s = opt_seconds > 0 ? static_cast<double>(opt_bytes) / opt_seconds / 1e9 : 0;
   STRATA_ASSIGN_OR_RETURN(model::Gpt2ActivationMemory mem, model::gpt2_activation_memory(*net));
   r->saved_activation_bytes = mem.saved_bytes;
   return absl::OkStatus();
@@ -232,6 +241,12 @@ absl::StatusOr<TrainBenchSummary> run_train_bench(
   for (const auto& p : placements)
     STRATA_RETURN_IF_ERROR(train_bench_ds_config(o, p, nvme).status());
 
+  // Before the placements, while no model holds memory; 448 MiB of arrays
+  // (well beyond the last-level cache).
+  STRATA_ASSIGN_OR_RETURN(BandwidthResult stream,
+                          measure_adam_stream({.elements = size_t{16} << 20, .repeats = 3}),
+                          "measuring the Adam-like memory stream");
+  s.stream_gb_per_s = stream.gb_per_s;
   for (const auto& p : placements) {
     TrainBenchResult r;
     r.placement = p;

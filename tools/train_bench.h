@@ -48,6 +48,7 @@ struct TrainBenchOptions {
   uint64_t seed = 1337;
   // Empty: all six (none, cpu, nvme) x (sync, overlap), in that order.
   std::vector<TrainBenchPlacement> placements;
+  bool fuse_gradient_pass = true;  // false: the unfused three-pass gradient path (A/B)
 };
 
 struct TrainBenchResult {
@@ -66,6 +67,12 @@ struct TrainBenchResult {
   // Mean per timed step, by tier (device, host, nvme), in + out.
   std::vector<double> bytes_moved_per_step;
   uint64_t saved_activation_bytes = 0;  // model::gpt2_activation_memory
+  // The host optimizer over the timed steps: seconds per step and its
+  // effective bandwidth (StepStats::optimizer_bytes / optimizer_seconds,
+  // summed over the steps).
+  double grad_seconds_per_step = 0;  // gradient copy-out, accumulation, statistics
+  double optimizer_seconds_per_step = 0;
+  double optimizer_gb_per_s = 0;
 };
 
 struct TrainBenchSummary {
@@ -73,6 +80,9 @@ struct TrainBenchSummary {
   int64_t params = 0;
   int64_t vocab = 0;
   std::string data;  // "synthetic" or the corpus path
+  // The Adam-like stream (measure_adam_stream, 28 B/param), measured once
+  // before the placements: what optimizer_gb_per_s is compared with.
+  double stream_gb_per_s = 0;
   std::vector<TrainBenchResult> results;
 };
 

@@ -49,7 +49,10 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       // The delayed update steps step n during step n + 1.
       if (m.mode != "delayed" || &s != &m.steps[0]) {
         EXPECT_GT(s.optimizer_seconds, 0);
-        EXPECT_NEAR(s.optimizer_gb_per_s, r->params * 28 / s.optimizer_seconds / 1e9,
+        // The engine's count of what its passes moved: at least the fused
+        // Adam pass's 28 B/param, more with rollback copies or grad32.
+        EXPECT_GE(s.optimizer_bytes, static_cast<double>(r->params) * 28);
+        EXPECT_NEAR(s.optimizer_gb_per_s, s.optimizer_bytes / s.optimizer_seconds / 1e9,
                     1e-9 * s.optimizer_gb_per_s);
       }
       EXPECT_EQ(s.nvme_seconds, 0);  // offload cpu: no drive

@@ -50,8 +50,10 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       if (m.mode != "delayed" || &s != &m.steps[0]) {
         EXPECT_GT(s.optimizer_seconds, 0);
         // The engine's count of what its passes moved: at least the fused
-        // Adam pass's 28 B/param, more with rollback copies or grad32.
-        EXPECT_GE(s.optimizer_bytes, static_cast<double>(r->params) * 28);
+        // Adam pass's 28 B/param, more with rollback copies or grad32 (a
+        // delayed update counts what it had done when the step ended).
+        EXPECT_GT(s.optimizer_bytes, 0);
+        if (m.mode != "delayed") EXPECT_GE(s.optimizer_bytes, static_cast<double>(r->params) * 28);
         EXPECT_NEAR(s.optimizer_gb_per_s, s.optimizer_bytes / s.optimizer_seconds / 1e9,
                     1e-9 * s.optimizer_gb_per_s);
       }

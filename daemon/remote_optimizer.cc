@@ -183,7 +183,9 @@ absl::Status RemoteOptimizer::grad_ready(int bucket) {
   return call(MsgType::kGradReady, {{"bucket", bucket}}).status();
 }
 
-absl::Status RemoteOptimizer::wait_grads() { return call(MsgType::kWaitGrads, {}).status(); }
+absl::Status RemoteOptimizer::wait_grads() {
+  return call(MsgType::kWaitGrads, nlohmann::json::object()).status();
+}
 
 absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::finish_step() {
   STRATA_ASSIGN_OR_RETURN(Frame f, call(MsgType::kFinishStep, nlohmann::json::object()));

@@ -28,7 +28,7 @@ int remaining_ms(Clock::time_point deadline) {
 // Waits until `sock` has `events`, `timeout_ms` at most (-1: forever, in
 // 100 ms slices so `stop` is seen).
 absl::Status wait_for(int sock, short events, int timeout_ms, const std::atomic<bool>* stop,
-                      absl::string_view what) {
+                      absl::string_view what, const RecvOptions* wake = nullptr) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms < 0 ? 0 : timeout_ms);
   for (;;) {
     if (stop != nullptr && stop->load(std::memory_order_acquire)) {
@@ -43,25 +43,32 @@ absl::Status wait_for(int sock, short events, int timeout_ms, const std::atomic<
       }
       slice = std::min(slice, left);
     }
-    pollfd p{.fd = sock, .events = events, .revents = 0};
-    const int r = ::poll(&p, 1, slice);
+    pollfd p[2] = {{.fd = sock, .events = events, .revents = 0},
+                   {.fd = wake != nullptr ? wake->wake_fd : -1, .events = POLLIN, .revents = 0}};
+    const int r = ::poll(p, wake != nullptr && wake->wake_fd >= 0 ? 2 : 1, slice);
     if (r < 0) {
       if (errno == EINTR) continue;
       return errno_status(errno, "poll");
     }
+    if (r > 0 && (p[1].revents & POLLIN) != 0) {
+      uint64_t count;
+      (void)!::read(wake->wake_fd, &count, sizeof count);  // nonblocking: 0 or the count
+      if (wake->on_wake) STRATA_RETURN_IF_ERROR(wake->on_wake());
+    }
     // POLLHUP/POLLERR: let the read or write report what happened.
-    if (r > 0) return absl::OkStatus();
+    if (r > 0 && p[0].revents != 0) return absl::OkStatus();
   }
 }
 
 // Reads exactly `n` bytes; `*got_any` tells EOF-before-anything apart.
 absl::Status read_exact(int sock, char* out, size_t n, int first_timeout_ms, int rest_timeout_ms,
-                        const RecvOptions& o, int* fd, bool* started) {
+                        const RecvOptions& o, std::vector<int>* fds, bool* started) {
   size_t done = 0;
   while (done < n) {
     const int t = *started ? rest_timeout_ms : first_timeout_ms;
     STRATA_RETURN_IF_ERROR(wait_for(sock, POLLIN, t, *started ? nullptr : o.stop,
-                                    *started ? "read the rest of a message" : "read a message"));
+                                    *started ? "read the rest of a message" : "read a message",
+                                    *started ? nullptr : &o));
     iovec iov{.iov_base = out + done, .iov_len = n - done};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
     msghdr msg{};
@@ -83,8 +90,8 @@ absl::Status read_exact(int sock, char* out, size_t n, int first_timeout_ms, int
       for (size_t i = 0; i < count; ++i) {
         int received;
         std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        if (o.accept_fd && *fd < 0) {
-          *fd = received;
+        if (fds->size() < o.max_fds) {
+          fds->push_back(received);
         } else {
           ::close(received);
           bad_fd = true;
@@ -104,25 +111,28 @@ absl::Status read_exact(int sock, char* out, size_t n, int first_timeout_ms, int
   return absl::OkStatus();
 }
 
-absl::Status write_all(int sock, const char* data, size_t n, int fd_to_pass, int timeout_ms) {
+absl::Status write_all(int sock, const char* data, size_t n, const std::vector<int>& fds,
+                       int timeout_ms) {
+  if (fds.size() > 4) return absl::InvalidArgumentError("at most 4 descriptors per message");
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   size_t done = 0;
   while (done < n) {
     STRATA_RETURN_IF_ERROR(
         wait_for(sock, POLLOUT, remaining_ms(deadline), nullptr, "send a message"));
     iovec iov{.iov_base = const_cast<char*>(data + done), .iov_len = n - done};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    if (fd_to_pass >= 0 && done == 0) {
+    if (!fds.empty() && done == 0) {
+      const size_t bytes = sizeof(int) * fds.size();
       msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
+      msg.msg_controllen = CMSG_SPACE(bytes);
       cmsghdr* c = CMSG_FIRSTHDR(&msg);
       c->cmsg_level = SOL_SOCKET;
       c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
+      c->cmsg_len = CMSG_LEN(bytes);
+      std::memcpy(CMSG_DATA(c), fds.data(), bytes);
     }
     const ssize_t r = ::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (r < 0) {
@@ -185,6 +195,11 @@ absl::Status split_config(const std::string& text, std::string* dtypes, std::str
 }
 
 }  // namespace
+
+void Frame::close_fds() {
+  for (int fd : fds) ::close(fd);
+  fds.clear();
+}
 
 bool is_known_type(uint16_t t) { return (t >= 1 && t <= 13) || t == 100 || t == 101; }
 
@@ -261,7 +276,7 @@ absl::StatusOr<nlohmann::json> parse_body(absl::string_view text) {
 }
 
 absl::Status send_frame(int sock, MsgType type, const nlohmann::json& body, absl::string_view blob,
-                        int fd_to_pass, int timeout_ms) {
+                        const std::vector<int>& fds, int timeout_ms) {
   const std::string text = body.dump();
   if (text.size() > kMaxJsonBytes || blob.size() > kMaxBlobBytes) {
     return absl::InvalidArgumentError(absl::StrCat("message ", type_name(type), " too large (",
@@ -278,7 +293,7 @@ absl::Status send_frame(int sock, MsgType type, const nlohmann::json& body, absl
   std::memcpy(out.data() + 12, &bl, 4);
   out += text;
   out.append(blob.data(), blob.size());
-  return write_all(sock, out.data(), out.size(), fd_to_pass, timeout_ms);
+  return write_all(sock, out.data(), out.size(), fds, timeout_ms);
 }
 
 absl::StatusOr<Frame> recv_frame(int sock, const RecvOptions& o) {
@@ -286,23 +301,23 @@ absl::StatusOr<Frame> recv_frame(int sock, const RecvOptions& o) {
   bool started = false;
   unsigned char header[kFrameHeaderBytes];
   absl::Status s = read_exact(sock, reinterpret_cast<char*>(header), sizeof header,
-                              o.idle_timeout_ms, o.body_timeout_ms, o, &f.fd, &started);
+                              o.idle_timeout_ms, o.body_timeout_ms, o, &f.fds, &started);
   auto fail = [&](absl::Status st) -> absl::StatusOr<Frame> {
-    if (f.fd >= 0) ::close(f.fd);
+    f.close_fds();
     return st;
   };
   if (!s.ok()) return fail(s);
   uint32_t jl, bl;
   if (s = check_header(header, &jl, &bl, &f.type); !s.ok()) return fail(s);
   std::string text(jl, '\0');
-  if (s = read_exact(sock, text.data(), jl, o.body_timeout_ms, o.body_timeout_ms, o, &f.fd,
+  if (s = read_exact(sock, text.data(), jl, o.body_timeout_ms, o.body_timeout_ms, o, &f.fds,
                      &started);
       !s.ok()) {
     return fail(s);
   }
   f.blob.resize(bl);
   if (bl > 0) {
-    if (s = read_exact(sock, f.blob.data(), bl, o.body_timeout_ms, o.body_timeout_ms, o, &f.fd,
+    if (s = read_exact(sock, f.blob.data(), bl, o.body_timeout_ms, o.body_timeout_ms, o, &f.fds,
                        &started);
         !s.ok()) {
       return fail(s);

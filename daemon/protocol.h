@@ -26,6 +26,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -67,18 +68,24 @@ struct Frame {
   MsgType type = MsgType::kOk;
   nlohmann::json body = nlohmann::json::object();
   std::string blob;
-  int fd = -1;  // a received descriptor (the caller owns it), or -1
+  std::vector<int> fds;  // received descriptors (the caller owns them)
+  void close_fds();
 };
 
 struct RecvOptions {
   int idle_timeout_ms = -1;
   int body_timeout_ms = 5000;
   const std::atomic<bool>* stop = nullptr;
-  bool accept_fd = false;  // a descriptor when not accepted is closed and an error
+  size_t max_fds = 0;  // descriptors beyond this are closed and make the frame an error
+  // While waiting for a frame to start: when wake_fd (an eventfd) is
+  // readable it is drained and on_wake runs; its error ends the wait.
+  int wake_fd = -1;
+  std::function<absl::Status()> on_wake;
 };
 
 absl::Status send_frame(int sock, MsgType type, const nlohmann::json& body,
-                        absl::string_view blob = {}, int fd_to_pass = -1, int timeout_ms = 5000);
+                        absl::string_view blob = {}, const std::vector<int>& fds = {},
+                        int timeout_ms = 5000);
 absl::StatusOr<Frame> recv_frame(int sock, const RecvOptions& options);
 
 // Header and body checks, shared by recv_frame and the tests.

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/build_info.h"
 #include "core/status.h"
+#include "daemon/grad_ring.h"
 
 namespace strata::daemon {
 namespace {
@@ -56,7 +57,7 @@ absl::StatusOr<int> connect_to_stratad(const std::string& path, int timeout_ms) 
                               {{"protocol_version", kProtocolVersion},
                                {"strata_version", std::string(build_info().version)},
                                {"pid", ::getpid()}},
-                              {}, -1, timeout_ms);
+                              {}, {}, timeout_ms);
   absl::StatusOr<Frame> reply =
       s.ok() ? recv_frame(fd, {.idle_timeout_ms = timeout_ms, .body_timeout_ms = timeout_ms})
              : absl::StatusOr<Frame>(s);
@@ -81,10 +82,15 @@ absl::StatusOr<std::unique_ptr<RemoteOptimizer>> RemoteOptimizer::attach(
   STRATA_ASSIGN_OR_RETURN(Frame f, r->call(MsgType::kAttach, {{"session", options.session},
                                                               {"fingerprint", hex},
                                                               {"spec", spec_to_json(spec)}}));
-  if (f.fd < 0) return absl::InternalError("stratad's attach reply carried no arena");
-  const int arena_fd = f.fd;
-  f.fd = -1;
-  auto bytes = get_int(f.body, "arena_bytes", 1, int64_t{1} << 50);
+  if (f.fds.size() != 2) {
+    f.close_fds();
+    return absl::InternalError("stratad's attach reply did not carry the arena and its eventfd");
+  }
+  const int arena_fd = f.fds[0];
+  r->event_fd_ = f.fds[1];
+  f.fds.clear();
+  r->use_ring_ = options.use_ring;
+  auto bytes = get_int(f.body, "arena_bytes", kRingBytes + 1, int64_t{1} << 50);
   if (!bytes.ok()) {
     ::close(arena_fd);
     return bytes.status();
@@ -127,6 +133,7 @@ absl::StatusOr<std::unique_ptr<RemoteOptimizer>> RemoteOptimizer::attach(
 
 RemoteOptimizer::~RemoteOptimizer() {
   if (fd_ >= 0) ::close(fd_);
+  if (event_fd_ >= 0) ::close(event_fd_);
 }
 
 void* RemoteOptimizer::param(int p) const { return arena_->base() + slots_.at(p).first; }
@@ -137,18 +144,19 @@ absl::StatusOr<Frame> RemoteOptimizer::call(MsgType type, const nlohmann::json& 
   if (fd_ < 0) {
     return absl::FailedPreconditionError("the connection to stratad is closed; attach again");
   }
-  absl::Status s = send_frame(fd_, type, body, blob, -1, timeout_ms_);
-  absl::StatusOr<Frame> reply = s.ok() ? recv_frame(fd_, {.idle_timeout_ms = timeout_ms_,
-                                                          .body_timeout_ms = timeout_ms_,
-                                                          .accept_fd = type == MsgType::kAttach})
-                                       : absl::StatusOr<Frame>(s);
+  absl::Status s = send_frame(fd_, type, body, blob, {}, timeout_ms_);
+  absl::StatusOr<Frame> reply =
+      s.ok() ? recv_frame(fd_, {.idle_timeout_ms = timeout_ms_,
+                                .body_timeout_ms = timeout_ms_,
+                                .max_fds = type == MsgType::kAttach ? 2u : 0u})
+             : absl::StatusOr<Frame>(s);
   if (!reply.ok()) {
     ::close(fd_);
     fd_ = -1;
     return daemon_error(socket_path_, reply.status());
   }
   if (reply->type == MsgType::kError) {
-    if (reply->fd >= 0) ::close(reply->fd);
+    reply->close_fds();
     absl::Status e = status_from_error(reply->body);
     return absl::Status(e.code(), absl::StrCat("stratad: ", e.message()));
   }
@@ -180,6 +188,19 @@ absl::StatusOr<double> RemoteOptimizer::begin_step(std::optional<double> loss_sc
 }
 
 absl::Status RemoteOptimizer::grad_ready(int bucket) {
+  if (bucket < 0 || bucket >= num_buckets_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grad_ready: bucket ", bucket, " of ", num_buckets_));
+  }
+  if (use_ring_ && fd_ >= 0 &&
+      ring_push(reinterpret_cast<GradRingPage*>(arena_->base()), static_cast<uint32_t>(bucket))) {
+    const uint64_t one = 1;
+    if (::write(event_fd_, &one, sizeof one) == sizeof one) return absl::OkStatus();
+    // An eventfd at its limit is still readable: the daemon wakes anyway.
+    if (errno == EAGAIN) return absl::OkStatus();
+    return errno_status(errno, "waking stratad (eventfd)");
+  }
+  // Ring full or off: the socket (the daemon drains the ring first).
   return call(MsgType::kGradReady, {{"bucket", bucket}}).status();
 }
 
@@ -251,7 +272,7 @@ absl::Status RemoteOptimizer::detach(bool end_session) {
 absl::StatusOr<nlohmann::json> RemoteOptimizer::stats(const std::string& socket_path,
                                                       int timeout_ms) {
   STRATA_ASSIGN_OR_RETURN(int fd, connect_to_stratad(socket_path, timeout_ms));
-  absl::Status s = send_frame(fd, MsgType::kStats, nlohmann::json::object(), {}, -1, timeout_ms);
+  absl::Status s = send_frame(fd, MsgType::kStats, nlohmann::json::object(), {}, {}, timeout_ms);
   auto f = s.ok() ? recv_frame(fd, {.idle_timeout_ms = timeout_ms, .body_timeout_ms = timeout_ms})
                   : absl::StatusOr<Frame>(s);
   ::close(fd);

@@ -12,10 +12,16 @@
 // finish_step; nothing is copied through the socket.
 //
 // The step API mirrors engine::OffloadOptimizer's (begin_step, grad_ready,
-// wait_grads, finish_step, abort_step, read_state, save/load). Each call is
-// one request and reply on the socket, bounded by options.timeout_ms; a dead
-// or silent daemon is Unavailable / DeadlineExceeded naming the socket, and
-// the connection is then unusable (attach again).
+// wait_grads, finish_step, abort_step, read_state, save/load). grad_ready
+// goes through the session's shared-memory ring (grad_ring.h) with an
+// eventfd wake-up and returns at once: the gradient must stay unchanged
+// until wait_grads or finish_step returns (the seam's overlap-mode rule, in
+// every mode), and a grad_ready the daemon could not do is returned by the
+// next wait_grads or finish_step (finish_step then aborts the step). Every
+// other call is one request and reply on the socket, bounded by
+// options.timeout_ms; a dead or silent daemon is Unavailable /
+// DeadlineExceeded naming the socket, and the connection is then unusable
+// (attach again).
 //
 // Threading: one thread at a time (grad_ready from several threads must be
 // serialised by the caller in this first increment). Errors: the daemon's
@@ -41,6 +47,9 @@ struct RemoteOptions {
   std::string socket_path;  // empty: default_socket_path()
   std::string session;
   int timeout_ms = 120'000;  // any one reply (a finish_step of a large model takes a while)
+  // grad_ready through the shared-memory ring (no round trip; a failure is
+  // returned by the next wait_grads / finish_step) instead of the socket.
+  bool use_ring = true;
 };
 
 class RemoteOptimizer {
@@ -90,6 +99,8 @@ class RemoteOptimizer {
   std::vector<std::pair<uint64_t, uint64_t>> slots_;
   std::vector<uint64_t> numel_;
   std::unique_ptr<SharedArena> arena_;
+  bool use_ring_ = true;
+  int event_fd_ = -1;
 };
 
 // Connects and shakes hands; the connected socket (caller closes it).

@@ -158,7 +158,7 @@ void Server::accept_loop() {
           fd, MsgType::kError,
           error_body(absl::PermissionDeniedError(absl::StrCat(
               "stratad serves uid ", me, " and root; this client runs as uid ", cred.uid))),
-          {}, -1, 1000);
+          {}, {}, 1000);
       ::close(fd);
       continue;
     }
@@ -175,7 +175,7 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
   Session* session = nullptr;
   std::string lost_why = absl::StrCat("client pid ", pid, " disconnected mid-step");
   auto reply_error = [&](const absl::Status& s) {
-    (void)send_frame(fd, MsgType::kError, error_body(s), {}, -1, options_.frame_timeout_ms);
+    (void)send_frame(fd, MsgType::kError, error_body(s), {}, {}, options_.frame_timeout_ms);
   };
   RecvOptions ro{.idle_timeout_ms = options_.frame_timeout_ms,
                  .body_timeout_ms = options_.frame_timeout_ms,
@@ -207,7 +207,7 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
                     {{"protocol_version", kProtocolVersion},
                      {"strata_version", std::string(build_info().version)},
                      {"pid", ::getpid()}},
-                    {}, -1, options_.frame_timeout_ms);
+                    {}, {}, options_.frame_timeout_ms);
   } else {
     logger()->info("handshake with pid {} uid {} refused: {}", pid, uid, std::string(hs.message()));
     if (!absl::IsUnavailable(hs)) reply_error(hs);
@@ -232,9 +232,17 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
       break;
     }
     absl::Status s;
+    // grad_ready pushed on the ring before this message is taken first.
+    if (session != nullptr) {
+      if (s = session->drain_ring(); !s.ok()) {
+        reply_error(s);
+        lost_why = absl::StrCat("client pid ", pid, ": ", s.message());
+        break;
+      }
+    }
     nlohmann::json body = nlohmann::json::object();
     std::string blob;
-    int pass_fd = -1;
+    std::vector<int> pass_fds;
     bool close_after = false;
     switch (f->type) {
       case MsgType::kStats:
@@ -255,7 +263,10 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
         session = *a;
         session_name = session->name();
         body = session->attach_body(created);
-        pass_fd = session->arena_fd();
+        session->reset_ring();
+        pass_fds = {session->arena_fd(), session->event_fd()};
+        ro.wake_fd = session->event_fd();
+        ro.on_wake = [session] { return session->drain_ring(); };
         logger()->info("pid {} attached to session {} ({}, step {})", pid, session_name,
                        created ? "new" : "resumed", body.value("steps", int64_t{0}));
         break;
@@ -300,10 +311,10 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
         }
       }
     }
-    if (f->fd >= 0) ::close(f->fd);
+    f->close_fds();
     absl::Status sent =
-        s.ok() ? send_frame(fd, MsgType::kOk, body, blob, pass_fd, options_.frame_timeout_ms)
-               : send_frame(fd, MsgType::kError, error_body(s), {}, -1, options_.frame_timeout_ms);
+        s.ok() ? send_frame(fd, MsgType::kOk, body, blob, pass_fds, options_.frame_timeout_ms)
+               : send_frame(fd, MsgType::kError, error_body(s), {}, {}, options_.frame_timeout_ms);
     if (!sent.ok()) {
       lost_why = absl::StrCat("client pid ", pid, ": ", sent.message());
       break;

@@ -1,5 +1,8 @@
 #include "daemon/session.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -32,7 +35,7 @@ absl::StatusOr<SessionPlan> plan_session(const std::string& name, const SessionS
                : plan.config.bf16.enabled ? DType::kBFloat16
                                           : DType::kFloat32;
   const uint64_t dsize = dtype_size(plan.dtype);
-  uint64_t offset = 0, numel = 0;
+  uint64_t offset = kRingBytes, numel = 0;  // the grad ring's page first
   for (const auto& p : spec.params) {
     ParamSlot s;
     s.bytes = p.numel * dsize;
@@ -94,12 +97,37 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name
     STRATA_RETURN_IF_ERROR(s->opt_->add_param(d).status(), "session '" + name + "'");
   }
   STRATA_RETURN_IF_ERROR(s->opt_->finalize(), "session '" + name + "'");
+  s->event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s->event_fd_ < 0) return errno_status(errno, "eventfd for the session's grad ring");
   s->pending_values_.resize(spec.params.size());
   s->pending_filled_.assign(spec.params.size(), 0);
   return s;
 }
 
-Session::~Session() = default;
+Session::~Session() {
+  if (event_fd_ >= 0) ::close(event_fd_);
+}
+
+void Session::reset_ring() {
+  auto* ring = reinterpret_cast<GradRingPage*>(arena_->base());
+  std::atomic_ref<uint32_t>(ring->head).store(0);
+  std::atomic_ref<uint32_t>(ring->tail).store(0);
+  ring_tail_ = 0;
+  uint64_t count;
+  (void)!::read(event_fd_, &count, sizeof count);
+}
+
+absl::Status Session::drain_ring() {
+  auto* ring = reinterpret_cast<GradRingPage*>(arena_->base());
+  return ring_take(ring, &ring_tail_, opt_->num_buckets(), [&](int bucket) {
+    if (!ring_error_.ok()) return;  // the step is lost already; its finish aborts it
+    if (!in_step_) {
+      ring_error_ = absl::FailedPreconditionError("grad_ready (from the ring) outside a step");
+      return;
+    }
+    ring_error_ = opt_->grad_ready(bucket);
+  });
+}
 
 nlohmann::json Session::attach_body(bool created) const {
   nlohmann::json slots = nlohmann::json::array();
@@ -110,7 +138,9 @@ nlohmann::json Session::attach_body(bool created) const {
           {"slots", slots},
           {"steps", opt_->steps()},
           {"optimizer_steps", opt_->optimizer_steps()},
-          {"num_buckets", opt_->num_buckets()}};
+          {"num_buckets", opt_->num_buckets()},
+          {"ring_offset", 0},
+          {"ring_entries", kRingEntries}};
 }
 
 absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json& body,
@@ -127,6 +157,7 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
         STRATA_ASSIGN_OR_RETURN(scale, get_double(body, "loss_scale", 0x1p-126, 0x1p126));
       }
       STRATA_ASSIGN_OR_RETURN(double used, opt_->begin_step(scale));
+      ring_error_ = absl::OkStatus();
       in_step_ = true;
       in_step_stat_.store(true);
       reply.body = {{"loss_scale", used}};
@@ -138,10 +169,15 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       return reply;
     }
     case MsgType::kWaitGrads:
+      STRATA_RETURN_IF_ERROR(ring_error_);
       STRATA_RETURN_IF_ERROR(opt_->wait_grads());
       return reply;
     case MsgType::kFinishStep: {
-      auto r = opt_->finish_step();
+      absl::StatusOr<engine::OptimizerStepResult> r =
+          ring_error_.ok()
+              ? opt_->finish_step()
+              : absl::StatusOr<engine::OptimizerStepResult>(opt_->abort_step(ring_error_));
+      ring_error_ = absl::OkStatus();
       in_step_ = false;
       in_step_stat_.store(false);
       steps_.store(opt_->steps());
@@ -164,6 +200,7 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       absl::Status s = opt_->abort_step(absl::AbortedError(why));
       in_step_ = false;
       in_step_stat_.store(false);
+      ring_error_ = absl::OkStatus();
       reply.body = {{"message", std::string(s.message())}};
       return reply;
     }

@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/config/ds_config.h"
+#include "daemon/grad_ring.h"
 #include "daemon/protocol.h"
 #include "daemon/shared_arena.h"
 #include "engine/offload_optimizer.h"
@@ -72,6 +73,16 @@ class Session {
   const Fingerprint& fingerprint() const { return fp_; }
   uint64_t charge_bytes() const { return plan_.charge_bytes; }
   int arena_fd() const { return arena_->fd(); }
+  int event_fd() const { return event_fd_; }
+
+  // A new owner: the grad ring starts empty (what a dead client left in it
+  // belonged to its aborted step).
+  void reset_ring();
+  // Takes the grad_ready entries the client pushed on the ring (in order).
+  // A grad_ready that fails is kept and returned by the next wait_grads or
+  // finish_step (which then aborts the step). InvalidArgument: the ring page
+  // was overwritten or names an unknown bucket (a protocol error).
+  absl::Status drain_ring();
 
   // The attach reply's fields: dtype, arena size, slots, step counters.
   nlohmann::json attach_body(bool created) const;
@@ -100,6 +111,9 @@ class Session {
   std::vector<std::vector<float>> pending_values_;  // set_value chunks in flight
   std::vector<uint64_t> pending_filled_;
   bool in_step_ = false;
+  int event_fd_ = -1;
+  uint32_t ring_tail_ = 0;   // the daemon's own copy: the page's is only published
+  absl::Status ring_error_;  // the first failed grad_ready from the ring this step
 
   std::atomic<int> owner_pid_{0};
   std::atomic<int64_t> steps_{0};

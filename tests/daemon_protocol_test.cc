@@ -7,6 +7,8 @@
 // what differs.
 #include "daemon/protocol.h"
 
+#include "daemon/grad_ring.h"
+
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -58,21 +60,21 @@ TEST(DaemonProtocolTest, FrameRoundTripWithDescriptor) {
   ASSERT_GE(memfd, 0);
   ASSERT_EQ(::ftruncate(memfd, 8192), 0);
   const std::string blob(1000, 'x');
-  ASSERT_TRUE(send_frame(p.a, MsgType::kOk, {{"k", 7}}, blob, memfd).ok());
+  ASSERT_TRUE(send_frame(p.a, MsgType::kOk, {{"k", 7}}, blob, {memfd}).ok());
   ::close(memfd);
-  auto f = recv_frame(p.b, {.idle_timeout_ms = 1000, .accept_fd = true});
+  auto f = recv_frame(p.b, {.idle_timeout_ms = 1000, .max_fds = 1});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->type, MsgType::kOk);
   EXPECT_EQ(f->body["k"], 7);
   EXPECT_EQ(f->blob, blob);
-  ASSERT_GE(f->fd, 0);
-  EXPECT_EQ(::lseek(f->fd, 0, SEEK_END), 8192) << "the same memfd arrived";
-  ::close(f->fd);
+  ASSERT_EQ(f->fds.size(), 1u);
+  EXPECT_EQ(::lseek(f->fds[0], 0, SEEK_END), 8192) << "the same memfd arrived";
+  f->close_fds();
 }
 
 TEST(DaemonProtocolTest, StrayDescriptorIsRefused) {
   Pair p;
-  ASSERT_TRUE(send_frame(p.a, MsgType::kStats, nlohmann::json::object(), {}, p.a).ok());
+  ASSERT_TRUE(send_frame(p.a, MsgType::kStats, nlohmann::json::object(), {}, {p.a}).ok());
   auto f = recv_frame(p.b, {.idle_timeout_ms = 1000});
   ASSERT_FALSE(f.ok());
   EXPECT_TRUE(absl::IsInvalidArgument(f.status())) << f.status();
@@ -199,6 +201,31 @@ TEST(DaemonProtocolTest, ErrorBodyRoundTrip) {
   const absl::Status s = absl::ResourceExhaustedError("only 3 MiB free");
   EXPECT_EQ(status_from_error(error_body(s)), s);
   EXPECT_TRUE(absl::IsInternal(status_from_error({{"code", 99}})));
+}
+
+TEST(GradRingTest, PushTakeWrapFullAndHostilePages) {
+  GradRingPage ring{};
+  uint32_t tail = 0;
+  std::vector<int> got;
+  auto take = [&](int b) { got.push_back(b); };
+  // Around the wrap of the 32-bit counters, several laps of the ring.
+  ring.head = ring.tail = tail = 0xFFFFFF00u;
+  uint32_t pushed = 0;
+  for (int lap = 0; lap < 5; ++lap) {
+    for (uint32_t i = 0; i < kRingEntries; ++i) ASSERT_TRUE(ring_push(&ring, (pushed++) % 7));
+    EXPECT_FALSE(ring_push(&ring, 1)) << "full";
+    ASSERT_TRUE(ring_take(&ring, &tail, 7, take).ok());
+  }
+  ASSERT_EQ(got.size(), size_t{5} * kRingEntries);
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], int(i % 7));
+  EXPECT_EQ(ring.tail, tail) << "the tail is published";
+  // A bucket out of range, a head too far ahead: refused.
+  ASSERT_TRUE(ring_push(&ring, 9));
+  EXPECT_TRUE(absl::IsInvalidArgument(ring_take(&ring, &tail, 7, take)));
+  ring.head = tail + kRingEntries + 1;
+  absl::Status s = ring_take(&ring, &tail, 7, take);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("overwritten"), absl::string_view::npos);
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/build_info.h"
+#include "daemon/grad_ring.h"
 #include "daemon/protocol.h"
 #include "daemon/remote_optimizer.h"
 #include "engine/offload_optimizer.h"
@@ -175,9 +176,10 @@ Framework arena_framework(const RemoteOptimizer& r) {
 
 absl::StatusOr<std::unique_ptr<RemoteOptimizer>> attach(const std::string& socket,
                                                         const std::string& name,
-                                                        const SessionSpec& spec) {
-  auto r =
-      RemoteOptimizer::attach({.socket_path = socket, .session = name, .timeout_ms = 20000}, spec);
+                                                        const SessionSpec& spec,
+                                                        bool use_ring = true) {
+  auto r = RemoteOptimizer::attach(
+      {.socket_path = socket, .session = name, .timeout_ms = 20000, .use_ring = use_ring}, spec);
   if (r.ok() && (*r)->created()) {
     for (int p = 0; p < 3; ++p) {
       const auto w = initial(p);
@@ -369,27 +371,63 @@ TEST_F(StratadTest, HandshakeAndFingerprintMismatch) {
 }
 
 TEST_F(StratadTest, TrainsBitForBitLikeInProcess) {
+  constexpr int kSteps = 12;
   for (const char* mode : {"sync", "overlap"}) {
     const SessionSpec spec = make_spec(mode, 2);
     double in_ms = 0;
-    const State ref = in_process(spec, 12, 2, &in_ms);
+    const State ref = in_process(spec, kSteps, 2, &in_ms);
     Daemon d(dir_ / mode);
-    auto r = attach(d.socket(), "bits", spec);
-    ASSERT_TRUE(r.ok()) << r.status();
-    const Framework fw = arena_framework(**r);
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < 12; ++i) {
-      absl::Status st_ = step(**r, fw, 2);
-      ASSERT_TRUE(st_.ok()) << st_;
+    for (bool ring : {true, false}) {
+      const std::string name = ring ? "ring" : "socket";
+      auto r = attach(d.socket(), name, spec, ring);
+      ASSERT_TRUE(r.ok()) << r.status();
+      const Framework fw = arena_framework(**r);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < kSteps; ++i) {
+        absl::Status st_ = step(**r, fw, 2);
+        ASSERT_TRUE(st_.ok()) << st_;
+      }
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      EXPECT_EQ(state(**r, fw), ref) << mode << " " << name;
+      std::printf(
+          "[ figure ] %s, grad_ready via %s: %.3f ms per step through stratad, %.3f ms "
+          "in-process (21037 params, gas 2, 2 buckets)\n",
+          mode, name.c_str(), ms / kSteps, in_ms);
     }
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    EXPECT_EQ(state(**r, fw), ref) << mode;
-    std::printf(
-        "[ figure ] %s: %.3f ms per step through stratad, %.3f ms in-process (21037 params, gas "
-        "2)\n",
-        mode, ms / 12, in_ms);
   }
+}
+
+TEST_F(StratadTest, OverwrittenRingClosesOnlyThatConnection) {
+  const SessionSpec spec = make_spec("overlap", 2);
+  const State ref = in_process(spec, 2, 2);
+  Daemon d(dir_);
+  {
+    auto r = attach(d.socket(), "ring", spec);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE((*r)->begin_step().ok());
+    // A hostile client: the ring's head far past its tail (the ring page
+    // sits just before param 0's slot).
+    auto* ring = reinterpret_cast<GradRingPage*>(static_cast<char*>((*r)->param(0)) - kRingBytes);
+    ring->head = 100000;
+    // The ring looks full: grad_ready falls back to the socket, and the
+    // daemon, draining the ring first, refuses the page and hangs up.
+    absl::Status s = (*r)->grad_ready(0);
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("ring"), absl::string_view::npos) << s;
+    EXPECT_FALSE((*r)->wait_grads().ok()) << "the connection is closed";
+    EXPECT_FALSE((*r)->finish_step().ok()) << "the connection is closed";
+  }
+  // The session survives, its step aborted: train it as if nothing happened.
+  auto r = attach(d.socket(), "ring", spec);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->steps(), 0);
+  const Framework fw = arena_framework(**r);
+  for (int i = 0; i < 2; ++i) {
+    absl::Status st_ = step(**r, fw, 2);
+    ASSERT_TRUE(st_.ok()) << st_;
+  }
+  EXPECT_EQ(state(**r, fw), ref);
 }
 
 TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {

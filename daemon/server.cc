@@ -162,6 +162,16 @@ void Server::accept_loop() {
       ::close(fd);
       continue;
     }
+    if (conns_.size() >= static_cast<size_t>(options_.max_connections)) {
+      logger()->warn("refused a connection from pid {}: {} connections open", cred.pid,
+                     conns_.size());
+      (void)send_frame(fd, MsgType::kError,
+                       error_body(absl::ResourceExhaustedError(absl::StrCat(
+                           "stratad has ", conns_.size(), " connections open (its limit)"))),
+                       {}, {}, 1000);
+      ::close(fd);
+      continue;
+    }
     Conn& c = conns_.emplace_back();
     c.fd = fd;
     const uint64_t id = next_id++;
@@ -215,7 +225,7 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
 
   while (hs.ok()) {
     ro.idle_timeout_ms = -1;
-    if (session != nullptr && session->stats().value("in_step", false)) {
+    if (session != nullptr && session->in_step()) {
       ro.idle_timeout_ms = options_.step_idle_timeout_ms;
     }
     auto f = recv_frame(fd, ro);

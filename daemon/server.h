@@ -47,6 +47,8 @@ struct ServerOptions {
   int frame_timeout_ms = 5000;         // hello, and the rest of a started message
   int step_idle_timeout_ms = 600'000;  // a client silent this long mid-step loses the step
   int attach_wait_ms = 3000;
+  // Connections open at once (each has a thread); more are refused.
+  int max_connections = 1024;
 };
 
 class Server {

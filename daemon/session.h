@@ -94,6 +94,7 @@ class Session {
   absl::Status client_lost(const std::string& why);
 
   void set_owner(int pid) { owner_pid_.store(pid); }
+  bool in_step() const { return in_step_; }  // the owner's thread only
   nlohmann::json stats() const;
 
  private:

@@ -230,6 +230,11 @@ class Daemon {
     ADD_FAILURE() << "stratad did not stop on SIGTERM within 10 s";
     return status;
   }
+  void kill_hard() {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
   bool alive() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
   const std::string& socket() const { return socket_; }
   std::string log() const {
@@ -431,7 +436,7 @@ TEST_F(StratadTest, OverwrittenRingClosesOnlyThatConnection) {
 }
 
 TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
-  constexpr int kSteps = 30;
+  constexpr int kSteps = 200, kTries = 20;
   const SessionSpec spec = make_spec("overlap", 2);
   const State ref = in_process(spec, kSteps, 2);
   Daemon d(dir_);
@@ -444,7 +449,7 @@ TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int> delay_us(1'000, 40'000);
   int64_t last_steps = 0;
-  for (int attempt = 0; attempt < 8; ++attempt) {
+  for (int attempt = 0; attempt < kTries; ++attempt) {
     const pid_t child = ::fork();
     if (child == 0) {
       auto r = attach(d.socket(), "crash", spec);
@@ -481,8 +486,8 @@ TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
   auto st = RemoteOptimizer::stats(d.socket());
   ASSERT_TRUE(st.ok());
   const int64_t aborted = (*st)["sessions"][0]["aborted_steps"];
-  std::printf("[ figure ] %lld of 8 kills landed mid-step (aborted and rolled back)\n",
-              static_cast<long long>(aborted));
+  std::printf("[ figure ] %lld of %d kills landed mid-step (aborted and rolled back)\n",
+              static_cast<long long>(aborted), kTries);
   EXPECT_GT(aborted, 0) << "no kill landed mid-step; the test did not test the abort";
 }
 
@@ -654,6 +659,21 @@ TEST_F(StratadTest, OtherUidIsRefusedBySoPeercred) {
             std::string::npos)
       << log;
   EXPECT_TRUE(RemoteOptimizer::stats(d.socket()).ok()) << "the owner is still served";
+}
+
+TEST_F(StratadTest, KilledDaemonIsAnErrorNamingItNotAHang) {
+  Daemon d(dir_);
+  auto r = attach(d.socket(), "orphan", make_spec());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE((*r)->begin_step().ok());
+  d.kill_hard();
+  const auto t0 = std::chrono::steady_clock::now();
+  (void)(*r)->grad_ready(0);  // the ring: no answer expected
+  absl::Status s = (*r)->wait_grads();
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_NE(s.message().find(d.socket()), absl::string_view::npos) << s;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_FALSE((*r)->finish_step().ok());
 }
 
 TEST_F(StratadTest, TopJsonListsSessions) {

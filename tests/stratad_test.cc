@@ -397,8 +397,9 @@ TEST_F(StratadTest, TrainsBitForBitLikeInProcess) {
       EXPECT_EQ(state(**r, fw), ref) << mode << " " << name;
       std::printf(
           "[ figure ] %s, grad_ready via %s: %.3f ms per step through stratad, %.3f ms "
-          "in-process (21037 params, gas 2, 2 buckets)\n",
-          mode, name.c_str(), ms / kSteps, in_ms);
+          "in-process (%llu params, gas 2, 2 buckets)\n",
+          mode, name.c_str(), ms / kSteps, in_ms,
+          static_cast<unsigned long long>(kSizes[0] + kSizes[1] + kSizes[2]));
     }
   }
 }

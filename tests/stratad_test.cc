@@ -34,12 +34,14 @@
 #include "engine/offload_optimizer.h"
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
+#include "tests/stratad_test_util.h"
 #include "tests/test_ds_config.h"
 
 namespace strata::daemon {
 namespace {
 
 namespace fs = std::filesystem;
+using strata::testing::StratadProcess;
 
 constexpr uint64_t kSizes[3] = {37, 1000, 20000};
 constexpr int kBuckets[3] = {0, 0, 1};
@@ -189,66 +191,6 @@ absl::StatusOr<std::unique_ptr<RemoteOptimizer>> attach(const std::string& socke
   return r;
 }
 
-// stratad as a child process with its stderr in a log file.
-class Daemon {
- public:
-  Daemon(const fs::path& dir, std::vector<std::string> extra = {})
-      : socket_((dir / "run" / "stratad.sock").string()), log_((dir / "stratad.log").string()) {
-    std::vector<std::string> args = {STRATA_STRATAD_BINARY, "--socket", socket_};
-    args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 2);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    for (int i = 0; i < 200; ++i) {
-      if (RemoteOptimizer::stats(socket_, 1000).ok()) return;
-      ::usleep(25'000);
-    }
-    ADD_FAILURE() << "stratad did not come up; log:\n" << log();
-  }
-  ~Daemon() { stop(); }
-  int stop() {
-    if (pid_ <= 0) return -1;
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    for (int i = 0; i < 400; ++i) {
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      ::usleep(25'000);
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    ADD_FAILURE() << "stratad did not stop on SIGTERM within 10 s";
-    return status;
-  }
-  void kill_hard() {
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  bool alive() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
-  const std::string& socket() const { return socket_; }
-  std::string log() const {
-    std::ifstream in(log_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
- private:
-  std::string socket_, log_;
-  pid_t pid_ = -1;
-};
-
 class StratadTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -298,7 +240,7 @@ TEST_F(StratadTest, SocketModesAndStaleOrLiveSocket) {
     ::close(fd);
   }
   fs::permissions(dir_ / "run", fs::perms::owner_all);
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   struct stat st;
   ASSERT_EQ(::stat(d.socket().c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
@@ -316,7 +258,7 @@ TEST_F(StratadTest, SocketModesAndStaleOrLiveSocket) {
   EXPECT_TRUE(d.alive());
 
   // A fresh directory is created 0700.
-  Daemon d2(dir_ / "fresh");
+  StratadProcess d2(dir_ / "fresh");
   ASSERT_EQ(::stat((dir_ / "fresh" / "run").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);
   EXPECT_EQ(WEXITSTATUS(d2.stop()), 0) << "SIGTERM is a clean exit";
@@ -324,7 +266,7 @@ TEST_F(StratadTest, SocketModesAndStaleOrLiveSocket) {
 }
 
 TEST_F(StratadTest, HandshakeAndFingerprintMismatch) {
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   absl::Status s =
       hello_reply(d.socket(), {{"protocol_version", 999}, {"strata_version", "0.1.0"}});
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
@@ -381,7 +323,7 @@ TEST_F(StratadTest, TrainsBitForBitLikeInProcess) {
     const SessionSpec spec = make_spec(mode, 2);
     double in_ms = 0;
     const State ref = in_process(spec, kSteps, 2, &in_ms);
-    Daemon d(dir_ / mode);
+    StratadProcess d(dir_ / mode);
     for (bool ring : {true, false}) {
       const std::string name = ring ? "ring" : "socket";
       auto r = attach(d.socket(), name, spec, ring);
@@ -407,7 +349,7 @@ TEST_F(StratadTest, TrainsBitForBitLikeInProcess) {
 TEST_F(StratadTest, OverwrittenRingClosesOnlyThatConnection) {
   const SessionSpec spec = make_spec("overlap", 2);
   const State ref = in_process(spec, 2, 2);
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   {
     auto r = attach(d.socket(), "ring", spec);
     ASSERT_TRUE(r.ok()) << r.status();
@@ -440,7 +382,7 @@ TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
   constexpr int kSteps = 200, kTries = 20;
   const SessionSpec spec = make_spec("overlap", 2);
   const State ref = in_process(spec, kSteps, 2);
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   {
     // Values first, so every killed client finds a session to resume.
     auto r = attach(d.socket(), "crash", spec);
@@ -494,7 +436,7 @@ TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
 
 TEST_F(StratadTest, TwoClientsAtOnceAndQuota) {
   // Each session charges ~587 KiB (arena 176 KiB + 20 B per param): two fit.
-  Daemon d(dir_, {"--host-mem", "1300K", "--threads", "2"});
+  StratadProcess d(dir_, {"--host-mem", "1300K", "--threads", "2"});
   const SessionSpec a = make_spec("overlap", 2, 0.01), b = make_spec("sync", 1, 0.02);
   const State ref_a = in_process(a, 15, 2), ref_b = in_process(b, 15, 1);
   State got_a, got_b;
@@ -532,7 +474,7 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
   const SessionSpec spec = make_spec("overlap", 2);
   constexpr int kSteps = 40;
   const State ref = in_process(spec, kSteps, 2);
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   State got;
   std::atomic<bool> done{false};
   std::thread steady([&] {
@@ -633,7 +575,7 @@ TEST_F(StratadTest, OtherUidIsRefusedBySoPeercred) {
   if (::geteuid() != 0) {
     GTEST_SKIP() << "needs root to setuid to nobody (the test runs as uid " << ::geteuid() << ")";
   }
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   // The socket's modes already keep other users out; open them so the
   // SO_PEERCRED check, the second line, is what refuses.
   fs::permissions(dir_, fs::perms::all);
@@ -663,7 +605,7 @@ TEST_F(StratadTest, OtherUidIsRefusedBySoPeercred) {
 }
 
 TEST_F(StratadTest, KilledDaemonIsAnErrorNamingItNotAHang) {
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   auto r = attach(d.socket(), "orphan", make_spec());
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_TRUE((*r)->begin_step().ok());
@@ -678,7 +620,7 @@ TEST_F(StratadTest, KilledDaemonIsAnErrorNamingItNotAHang) {
 }
 
 TEST_F(StratadTest, TopJsonListsSessions) {
-  Daemon d(dir_);
+  StratadProcess d(dir_);
   auto r = attach(d.socket(), "topme", make_spec());
   ASSERT_TRUE(r.ok()) << r.status();
   const Framework fw = arena_framework(**r);

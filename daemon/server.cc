@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/build_info.h"
+#include "core/file_util.h"
 #include "core/format_bytes.h"
 #include "core/host_info.h"
 #include "core/log.h"
@@ -69,6 +70,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(ServerOptions options) {
   std::unique_ptr<Server> s(new Server(std::move(options)));
   if (s->options_.threads > 0) s->threads_ = std::make_unique<tbb::task_arena>(s->options_.threads);
   STRATA_RETURN_IF_ERROR(s->listen_socket());
+  STRATA_RETURN_IF_ERROR(s->restore_sessions(), "--state-dir");
   s->accept_thread_ = std::thread([p = s.get()] { p->accept_loop(); });
   logger()->info("stratad {} listening on {} (host memory quota {}, {} optimizer threads)",
                  build_info().version, s->options_.socket_path,
@@ -118,9 +120,85 @@ void Server::stop() {
     listen_fd_ = -1;
     ::unlink(options_.socket_path.c_str());
   }
+  save_sessions();
   std::lock_guard<std::mutex> lock(mu_);
-  logger()->info("stratad stopped ({} sessions dropped)", sessions_.size());
+  logger()->info("stratad stopped ({} sessions)", sessions_.size());
   sessions_.clear();
+}
+
+void Server::save_sessions() {
+  if (options_.state_dir.empty()) return;
+  std::error_code ec;
+  // What was saved before belongs to sessions that may have ended since.
+  for (const auto& e : std::filesystem::directory_iterator(options_.state_dir, ec)) {
+    std::filesystem::remove_all(e.path(), ec);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [name, e] : sessions_) {
+    if (e->session == nullptr) continue;
+    const std::string dir = options_.state_dir + "/" + name;
+    absl::Status s = e->session->save_to(dir);
+    if (s.ok()) {
+      logger()->info("session {} saved to {} at step {}", name, dir,
+                     e->session->stats().value("step", int64_t{0}));
+    } else {
+      logger()->error("session {} could not be saved: {}", name, std::string(s.message()));
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+}
+
+absl::Status Server::restore_sessions() {
+  if (options_.state_dir.empty()) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(options_.state_dir, ec);
+  STRATA_ASSIGN_OR_RETURN(std::vector<std::string> names, list_directory(options_.state_dir));
+  for (const std::string& name : names) {
+    const std::string dir = options_.state_dir + "/" + name;
+    if (!std::filesystem::exists(dir + "/spec.json")) continue;  // not a saved session
+    absl::Status s = restore_session(name, dir);
+    if (!s.ok())
+      logger()->error("saved session {} not restored: {}", name, std::string(s.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::restore_session(const std::string& name, const std::string& dir) {
+  STRATA_RETURN_IF_ERROR(check_session_name(name));
+  STRATA_ASSIGN_OR_RETURN(std::string text, read_file(dir + "/spec.json"));
+  STRATA_ASSIGN_OR_RETURN(nlohmann::json j, parse_body(text), "spec.json");
+  if (!j.contains("spec")) return absl::DataLossError("spec.json has no spec");
+  STRATA_ASSIGN_OR_RETURN(SessionSpec spec, spec_from_json(j["spec"]), "spec.json");
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Session> session, make_session(name, spec));
+  STRATA_RETURN_IF_ERROR(session->restore_from(dir));
+  auto entry = std::make_shared<Entry>();
+  entry->session = std::move(session);
+  logger()->info("session {} restored from {} at step {}", name, dir,
+                 entry->session->stats().value("step", int64_t{0}));
+  std::lock_guard<std::mutex> lock(mu_);
+  sessions_[name] = std::move(entry);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Server::make_session(const std::string& name,
+                                                              const SessionSpec& spec) {
+  STRATA_ASSIGN_OR_RETURN(Fingerprint fp, fingerprint(spec));
+  STRATA_ASSIGN_OR_RETURN(SessionPlan plan, plan_session(name, spec, options_.nvme_paths));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (plan.charge_bytes >
+        options_.host_mem_bytes - std::min(used_bytes_, options_.host_mem_bytes)) {
+      return absl::ResourceExhaustedError("over the host-memory quota (--host-mem)");
+    }
+    used_bytes_ += plan.charge_bytes;
+  }
+  const uint64_t charge = plan.charge_bytes;
+  auto session = Session::create(name, spec, fp, std::move(plan), threads_.get());
+  if (!session.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    used_bytes_ -= charge;
+  }
+  return session;
 }
 
 void Server::accept_loop() {

@@ -47,6 +47,9 @@ struct ServerOptions {
   int frame_timeout_ms = 5000;         // hello, and the rest of a started message
   int step_idle_timeout_ms = 600'000;  // a client silent this long mid-step loses the step
   int attach_wait_ms = 3000;
+  // Non-empty: stop() saves every session here (<dir>/<session>/{ckpt,
+  // spec.json}) and start() offers them again for reattach.
+  std::string state_dir;
   // Connections open at once (each has a thread); more are refused.
   int max_connections = 1024;
 };
@@ -78,6 +81,11 @@ class Server {
 
   explicit Server(ServerOptions options) : options_(std::move(options)) {}
   absl::Status listen_socket();
+  absl::Status restore_sessions();
+  absl::Status restore_session(const std::string& name, const std::string& dir);
+  void save_sessions();
+  absl::StatusOr<std::unique_ptr<Session>> make_session(const std::string& name,
+                                                        const SessionSpec& spec);
   void accept_loop();
   void serve(Conn* conn, uint64_t id, int pid, int uid);
   absl::StatusOr<Session*> attach(uint64_t conn_id, int pid, const nlohmann::json& body,

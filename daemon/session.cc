@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "core/file_util.h"
 #include "core/status.h"
 
 namespace strata::daemon {
@@ -273,6 +274,20 @@ absl::StatusOr<SessionReply> Session::read_state(const nlohmann::json& body) {
   SessionReply r;
   r.blob.assign(reinterpret_cast<const char*>(values.data() + offset), count * sizeof(float));
   return r;
+}
+
+absl::Status Session::save_to(const std::string& dir) {
+  STRATA_RETURN_IF_ERROR(opt_->save_state(dir + "/ckpt", {{"stratad_session", name_}}),
+                         "session " + name_);
+  return write_file_atomic(
+      dir + "/spec.json", nlohmann::json{{"session", name_}, {"spec", spec_to_json(spec_)}}.dump());
+}
+
+absl::Status Session::restore_from(const std::string& dir) {
+  STRATA_RETURN_IF_ERROR(opt_->load_state(dir + "/ckpt", /*weights_only=*/false),
+                         "session " + name_);
+  steps_.store(opt_->steps());
+  return absl::OkStatus();
 }
 
 absl::Status Session::client_lost(const std::string& why) {

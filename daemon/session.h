@@ -93,6 +93,13 @@ class Session {
   // aborted with `why`. Returns what the abort reported.
   absl::Status client_lost(const std::string& why);
 
+  // stratad's --state-dir: the session's checkpoint (dir/ckpt) and spec
+  // (dir/spec.json), written between steps when stratad stops, read back
+  // when it starts again (restore: the optimizer's load_state, which also
+  // writes the params into the arena).
+  absl::Status save_to(const std::string& dir);
+  absl::Status restore_from(const std::string& dir);
+
   void set_owner(int pid) { owner_pid_.store(pid); }
   bool in_step() const { return in_step_; }  // the owner's thread only
   nlohmann::json stats() const;

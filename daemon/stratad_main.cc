@@ -17,7 +17,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"stratad: the strata daemon (host tier, optimizer threads, crash-safe sessions)"};
   app.set_version_flag("--version", std::string(strata::build_info().version));
-  std::string socket_path, host_mem, nvme, log_level;
+  std::string socket_path, host_mem, nvme, log_level, state_dir;
   int threads = 0;
   app.add_option("--socket", socket_path,
                  "Unix socket (default: $XDG_RUNTIME_DIR/strata/stratad.sock, else "
@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
   app.add_option("--nvme-path", nvme, "NVMe swap directories, comma separated");
   app.add_option("--threads", threads, "optimizer threads shared by all sessions (0: all cores)")
       ->check(CLI::Range(0, 4096));
+  app.add_option("--state-dir", state_dir,
+                 "save sessions here on SIGTERM / SIGINT and offer them again on start "
+                 "(default: sessions end with stratad)");
   app.add_option("--log-level", log_level,
                  "trace|debug|info|warn|error|off (default: $STRATA_LOG or info)");
   try {
@@ -42,6 +45,7 @@ int main(int argc, char** argv) {
   strata::daemon::ServerOptions o;
   o.socket_path = socket_path;
   o.threads = threads;
+  o.state_dir = state_dir;
   if (!host_mem.empty()) {
     auto bytes = strata::parse_byte_size(host_mem, "--host-mem");
     if (!bytes.ok()) {

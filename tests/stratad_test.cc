@@ -619,6 +619,39 @@ TEST_F(StratadTest, KilledDaemonIsAnErrorNamingItNotAHang) {
   EXPECT_FALSE((*r)->finish_step().ok());
 }
 
+TEST_F(StratadTest, SigtermSavesSessionsAndARestartOffersThem) {
+  constexpr int kSteps = 10;
+  const SessionSpec spec = make_spec("overlap", 2);
+  const State ref = in_process(spec, kSteps, 2);
+  const std::vector<std::string> args = {"--state-dir", (dir_ / "state").string()};
+  {
+    StratadProcess d(dir_, args);
+    auto r = attach(d.socket(), "kept", spec);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const Framework fw = arena_framework(**r);
+    for (int i = 0; i < 4; ++i) {
+      absl::Status st_ = step(**r, fw, 2);
+      ASSERT_TRUE(st_.ok()) << st_;
+    }
+    ASSERT_TRUE((*r)->begin_step().ok());  // in flight when stratad stops: lost
+    ASSERT_TRUE((*r)->grad_ready(1).ok());
+    EXPECT_EQ(WEXITSTATUS(d.stop()), 0) << "the attached client does not hold stratad up";
+    EXPECT_TRUE(absl::IsUnavailable((*r)->wait_grads())) << "the client hears the daemon went";
+    EXPECT_NE(d.log().find("session kept saved"), std::string::npos) << d.log();
+  }
+  StratadProcess d(dir_, args);
+  auto r = attach(d.socket(), "kept", spec);
+  ASSERT_TRUE(r.ok()) << r.status() << d.log();
+  EXPECT_FALSE((*r)->created());
+  EXPECT_EQ((*r)->steps(), 4);
+  const Framework fw = arena_framework(**r);
+  while ((*r)->steps() < kSteps) {
+    absl::Status st_ = step(**r, fw, 2);
+    ASSERT_TRUE(st_.ok()) << st_;
+  }
+  EXPECT_EQ(state(**r, fw), ref) << "the restarted session ends as an uninterrupted run";
+}
+
 TEST_F(StratadTest, TopJsonListsSessions) {
   StratadProcess d(dir_);
   auto r = attach(d.socket(), "topme", make_spec());

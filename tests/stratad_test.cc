@@ -47,13 +47,25 @@ constexpr uint64_t kSizes[3] = {37, 1000, 20000};
 constexpr int kBuckets[3] = {0, 0, 1};
 constexpr int kGroups[3] = {0, 1, 1};
 
-std::string config_json(const std::string& overlap, int gas) {
+// `offload`: "cpu", or an nvme_path (NVMe-homed optimizer states); fp16:
+// a dynamic loss scale starting at 2^20, doubling every 4 clean steps, so
+// steps overflow (skipped, the scale halved) again and again.
+std::string config_json(const std::string& overlap, int gas, const std::string& offload = "cpu",
+                        bool fp16 = false) {
+  const std::string off = offload == "cpu"
+                              ? "{\"device\": \"cpu\"}"
+                              : "{\"device\": \"nvme\", \"nvme_path\": \"" + offload + "\"}";
   return "{\"train_micro_batch_size_per_gpu\": 1, \"gradient_accumulation_steps\": " +
          std::to_string(gas) +
          ", \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01, \"weight_decay\": "
          "0.1}}, \"gradient_clipping\": 0.5, \"zero_optimization\": {\"stage\": 2, "
-         "\"offload_optimizer\": {\"device\": \"cpu\"}}, \"strata\": {\"overlap\": \"" +
-         overlap + "\", \"prefetch_window_bytes\": 4096}}";
+         "\"offload_optimizer\": " +
+         off + "}, \"strata\": {\"overlap\": \"" + overlap +
+         "\", \"prefetch_window_bytes\": 4096}" +
+         (fp16 ? ", \"fp16\": {\"enabled\": true, \"loss_scale\": 0, \"initial_scale_power\": 20, "
+                 "\"loss_scale_window\": 4}"
+               : "") +
+         "}";
 }
 
 SessionSpec make_spec(const std::string& overlap = "overlap", int gas = 2, double lr0 = 0.01) {
@@ -77,21 +89,38 @@ std::vector<float> initial(int p) {
 
 // The framework: loss_k = sum 0.5 c_k (w - t)^2, its gradient written where
 // the params' grads live (the test's vectors or the arena).
+// fp32 or fp16 (the session's compute dtype); gradients carry the loss
+// scale begin_step returned.
 struct Framework {
-  float* w[3];
-  float* g[3];
-  void grads(int p, int micro) const {
-    const float c = 1.0f + 0.25f * float(micro);
+  void* w[3];
+  void* g[3];
+  DType dtype = DType::kFloat32;
+  float param(int p, uint64_t i) const {
+    return dtype == DType::kFloat32 ? static_cast<const float*>(w[p])[i]
+                                    : fp16_to_fp32(static_cast<const uint16_t*>(w[p])[i]);
+  }
+  void grads(int p, int micro, double scale = 1) const {
+    const float c = (1.0f + 0.25f * float(micro)) * static_cast<float>(scale);
     for (uint64_t i = 0; i < kSizes[p]; ++i) {
       const float t = std::cos(0.11f * float(i + 7 * p)) * 0.5f;
-      g[p][i] = c * (w[p][i] - t);
+      const float v = c * (param(p, i) - t);
+      if (dtype == DType::kFloat32) {
+        static_cast<float*>(g[p])[i] = v;
+      } else {
+        static_cast<uint16_t*>(g[p])[i] = fp32_to_fp16(v);
+      }
     }
+  }
+  std::vector<float> params(int p) const {
+    std::vector<float> out(kSizes[p]);
+    for (uint64_t i = 0; i < kSizes[p]; ++i) out[i] = param(p, i);
+    return out;
   }
 };
 
 struct State {
   std::vector<std::vector<float>> master, m, v, param;
-  int64_t steps = 0;
+  int64_t steps = 0, optimizer_steps = 0;
   bool operator==(const State&) const = default;
 };
 
@@ -105,7 +134,7 @@ absl::Status step(Opt& opt, const Framework& fw, int calls, int pause_us = 0) {
     if (k > 0) {
       if (auto w = opt.wait_grads(); !w.ok()) return w;
     }
-    for (int p = 0; p < 3; ++p) fw.grads(p, k);
+    for (int p = 0; p < 3; ++p) fw.grads(p, k, *s);
     for (int b = 1; b >= 0; --b) {
       if (auto g = opt.grad_ready(b); !g.ok()) return g;
       if (pause_us > 0) ::usleep(pause_us);
@@ -121,9 +150,10 @@ State state(Opt& opt, const Framework& fw) {
     s.master.push_back(*opt.read_state(p, engine::StateKind::kMaster));
     s.m.push_back(*opt.read_state(p, engine::StateKind::kExpAvg));
     s.v.push_back(*opt.read_state(p, engine::StateKind::kExpAvgSq));
-    s.param.emplace_back(fw.w[p], fw.w[p] + kSizes[p]);
+    s.param.push_back(fw.params(p));
   }
   s.steps = opt.steps();
+  s.optimizer_steps = opt.optimizer_steps();
   return s;
 }
 
@@ -138,8 +168,9 @@ State in_process(const SessionSpec& spec, int steps, int calls, double* ms_per_s
                                               &device, std::move(o));
   EXPECT_TRUE(opt.ok()) << opt.status();
   for (const auto& g : spec.groups) (*opt)->add_group(g);
-  std::vector<float> w[3], g[3];
+  std::vector<float> w[3], g[3];  // fp32-sized: room for either dtype
   Framework fw;
+  fw.dtype = (*opt)->compute_dtype();
   for (int p = 0; p < 3; ++p) {
     w[p] = initial(p);
     g[p].assign(kSizes[p], 0.0f);
@@ -156,7 +187,7 @@ State in_process(const SessionSpec& spec, int steps, int calls, double* ms_per_s
                     .ok());
   }
   EXPECT_TRUE((*opt)->finalize().ok());
-  for (int p = 0; p < 3; ++p) EXPECT_TRUE((*opt)->set_value(p, w[p].data()).ok());
+  for (int p = 0; p < 3; ++p) EXPECT_TRUE((*opt)->set_value(p, initial(p).data()).ok());
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) EXPECT_TRUE(step(**opt, fw, calls).ok());
   if (ms_per_step != nullptr) {
@@ -169,9 +200,10 @@ State in_process(const SessionSpec& spec, int steps, int calls, double* ms_per_s
 
 Framework arena_framework(const RemoteOptimizer& r) {
   Framework fw;
+  fw.dtype = r.compute_dtype();
   for (int p = 0; p < 3; ++p) {
-    fw.w[p] = static_cast<float*>(r.param(p));
-    fw.g[p] = static_cast<float*>(r.grad(p));
+    fw.w[p] = r.param(p);
+    fw.g[p] = r.grad(p);
   }
   return fw;
 }
@@ -378,11 +410,10 @@ TEST_F(StratadTest, OverwrittenRingClosesOnlyThatConnection) {
   EXPECT_EQ(state(**r, fw), ref);
 }
 
-TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
-  constexpr int kSteps = 200, kTries = 20;
-  const SessionSpec spec = make_spec("overlap", 2);
-  const State ref = in_process(spec, kSteps, 2);
-  StratadProcess d(dir_);
+// SIGKILLs a forked client at random points of its run kTries times, then
+// finishes the run from this process: it must end as `ref`.
+void kill_and_resume(const StratadProcess& d, const SessionSpec& spec, const State& ref, int kSteps,
+                     int kTries) {
   {
     // Values first, so every killed client finds a session to resume.
     auto r = attach(d.socket(), "crash", spec);
@@ -432,6 +463,28 @@ TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
   std::printf("[ figure ] %lld of %d kills landed mid-step (aborted and rolled back)\n",
               static_cast<long long>(aborted), kTries);
   EXPECT_GT(aborted, 0) << "no kill landed mid-step; the test did not test the abort";
+}
+
+TEST_F(StratadTest, ClientKilledMidStepReattachesBitIdentical) {
+  const SessionSpec spec = make_spec("overlap", 2);
+  const State ref = in_process(spec, 200, 2);
+  StratadProcess d(dir_);
+  kill_and_resume(d, spec, ref, 200, 20);
+}
+
+TEST_F(StratadTest, ClientKilledMidStepFp16OverflowsNvmeStates) {
+  // fp16 with a dynamic scale that overflows every few steps, optimizer
+  // states homed on NVMe: the config's path is stratad's --nvme-path
+  // (<dir>/<session>), not the one written in it.
+  SessionSpec spec = make_spec("overlap", 2);
+  spec.config_json = config_json("overlap", 2, "/nonexistent/swap", /*fp16=*/true);
+  SessionSpec local = spec;
+  local.config_json = config_json("overlap", 2, (dir_ / "local_swap").string(), true);
+  const State ref = in_process(local, 60, 2);
+  EXPECT_LT(ref.optimizer_steps, ref.steps - 3) << "several steps overflowed and were skipped";
+  StratadProcess d(dir_, {"--nvme-path", (dir_ / "swap").string()});
+  kill_and_resume(d, spec, ref, 60, 10);
+  EXPECT_TRUE(fs::exists(dir_ / "swap" / "crash")) << "the states went to --nvme-path";
 }
 
 TEST_F(StratadTest, TwoClientsAtOnceAndQuota) {

@@ -183,12 +183,19 @@ absl::Status Server::restore_session(const std::string& name, const std::string&
 absl::StatusOr<std::unique_ptr<Session>> Server::make_session(const std::string& name,
                                                               const SessionSpec& spec) {
   STRATA_ASSIGN_OR_RETURN(Fingerprint fp, fingerprint(spec));
-  STRATA_ASSIGN_OR_RETURN(SessionPlan plan, plan_session(name, spec, options_.nvme_paths));
+  STRATA_ASSIGN_OR_RETURN(SessionPlan plan, plan_session(name, spec, options_.nvme_paths),
+                          "session " + name);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (plan.charge_bytes >
-        options_.host_mem_bytes - std::min(used_bytes_, options_.host_mem_bytes)) {
-      return absl::ResourceExhaustedError("over the host-memory quota (--host-mem)");
+    const uint64_t total = options_.host_mem_bytes;
+    const uint64_t free = total > used_bytes_ ? total - used_bytes_ : 0;
+    if (plan.charge_bytes > free) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "session ", name, " needs ", format_bytes(double(plan.charge_bytes)),
+          " of host memory (arena ", format_bytes(double(plan.arena_bytes)),
+          " + optimizer states); stratad has ", format_bytes(double(free)), " free of ",
+          format_bytes(double(total)),
+          " (--host-mem); end an idle session (strata top lists them) or raise --host-mem"));
     }
     used_bytes_ += plan.charge_bytes;
   }
@@ -459,30 +466,16 @@ absl::StatusOr<Session*> Server::attach(uint64_t conn_id, int pid, const nlohman
     *created = false;
     return e.session.get();
   }
-  STRATA_ASSIGN_OR_RETURN(SessionPlan plan, plan_session(name, spec, options_.nvme_paths),
-                          "session " + name);
-  const uint64_t total = options_.host_mem_bytes;
-  const uint64_t free = total > used_bytes_ ? total - used_bytes_ : 0;
-  if (plan.charge_bytes > free) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("session ", name, " needs ", format_bytes(double(plan.charge_bytes)),
-                     " of host memory (arena ", format_bytes(double(plan.arena_bytes)),
-                     " + optimizer states); stratad has ", format_bytes(double(free)), " free of ",
-                     format_bytes(double(total)),
-                     " (--host-mem); end an idle session (strata top lists them) "
-                     "or raise --host-mem"));
-  }
-  used_bytes_ += plan.charge_bytes;
-  const uint64_t charge = plan.charge_bytes;
+  // A placeholder owned by this connection keeps a concurrent attach to the
+  // same name waiting while the session is built outside the lock.
   auto entry = std::make_shared<Entry>();
   entry->owner = conn_id;
   entry->owner_pid = pid;
   sessions_[name] = entry;
   lock.unlock();
-  auto session = Session::create(name, spec, fp, std::move(plan), threads_.get());
+  auto session = make_session(name, spec);
   lock.lock();
   if (!session.ok()) {
-    used_bytes_ -= charge;
     sessions_.erase(name);
     released_.notify_all();
     return session.status();

@@ -58,8 +58,10 @@ class RemoteOptimizer {
                                                                  const SessionSpec& spec);
   ~RemoteOptimizer();  // closes the connection: a step in flight is aborted by the daemon
 
-  bool created() const { return created_; }  // a new session (give it values with set_value)
-  int64_t steps() const { return steps_; }   // finished steps, as the daemon counts them
+  // A new session, or one whose values were never all given: give every
+  // param its value with set_value before the first step.
+  bool created() const { return created_; }
+  int64_t steps() const { return steps_; }  // finished steps, as the daemon counts them
   int64_t optimizer_steps() const { return optimizer_steps_; }
   DType compute_dtype() const { return dtype_; }
   int num_params() const { return static_cast<int>(slots_.size()); }

@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -102,6 +103,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name
   if (s->event_fd_ < 0) return errno_status(errno, "eventfd for the session's grad ring");
   s->pending_values_.resize(spec.params.size());
   s->pending_filled_.assign(spec.params.size(), 0);
+  s->value_set_.assign(spec.params.size(), false);
   return s;
 }
 
@@ -133,7 +135,8 @@ absl::Status Session::drain_ring() {
 nlohmann::json Session::attach_body(bool created) const {
   nlohmann::json slots = nlohmann::json::array();
   for (const auto& s : plan_.slots) slots.push_back({s.param_offset, s.grad_offset});
-  return {{"created", created},
+  const bool all_set = std::all_of(value_set_.begin(), value_set_.end(), [](bool b) { return b; });
+  return {{"created", created || (!all_set && opt_->steps() == 0)},
           {"dtype", std::string(dtype_name(plan_.dtype))},
           {"arena_bytes", arena_->bytes()},
           {"slots", slots},
@@ -256,6 +259,7 @@ absl::StatusOr<SessionReply> Session::set_value(const nlohmann::json& body,
     std::vector<float>().swap(v);
     pending_filled_[p] = 0;
     STRATA_RETURN_IF_ERROR(s);
+    value_set_[p] = true;
   }
   return SessionReply{};
 }
@@ -287,6 +291,7 @@ absl::Status Session::restore_from(const std::string& dir) {
   STRATA_RETURN_IF_ERROR(opt_->load_state(dir + "/ckpt", /*weights_only=*/false),
                          "session " + name_);
   steps_.store(opt_->steps());
+  value_set_.assign(value_set_.size(), true);
   return absl::OkStatus();
 }
 

@@ -84,7 +84,10 @@ class Session {
   // was overwritten or names an unknown bucket (a protocol error).
   absl::Status drain_ring();
 
-  // The attach reply's fields: dtype, arena size, slots, step counters.
+  // The attach reply's fields: dtype, arena size, slots, step counters, and
+  // `created`: true for a new session, and for one whose params have not all
+  // been given a value yet (its first client died during set_value), so the
+  // attaching client gives them.
   nlohmann::json attach_body(bool created) const;
   // One control message from the owning client.
   absl::StatusOr<SessionReply> handle(MsgType type, const nlohmann::json& body,
@@ -118,6 +121,7 @@ class Session {
   std::unique_ptr<engine::OffloadOptimizer> opt_;
   std::vector<std::vector<float>> pending_values_;  // set_value chunks in flight
   std::vector<uint64_t> pending_filled_;
+  std::vector<bool> value_set_;  // set_value completed, per param
   bool in_step_ = false;
   int event_fd_ = -1;
   uint32_t ring_tail_ = 0;   // the daemon's own copy: the page's is only published

@@ -330,6 +330,21 @@ TEST_F(StratadTest, HandshakeAndFingerprintMismatch) {
   r = attach(d.socket(), "fp", bf16);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("dtypes differ"), absl::string_view::npos) << r.status();
+  // A session whose first client died before giving every value: the next
+  // client is told to give them (created), not handed zeros.
+  {
+    auto half =
+        RemoteOptimizer::attach({.socket_path = d.socket(), .session = "half"}, make_spec());
+    ASSERT_TRUE(half.ok()) << half.status();
+    const auto w = initial(0);
+    ASSERT_TRUE((*half)->set_value(0, w.data()).ok());
+  }
+  {
+    auto half =
+        RemoteOptimizer::attach({.socket_path = d.socket(), .session = "half"}, make_spec());
+    ASSERT_TRUE(half.ok()) << half.status();
+    EXPECT_TRUE((*half)->created());
+  }
   // The same spec resumes it.
   r = attach(d.socket(), "fp", make_spec());
   ASSERT_TRUE(r.ok()) << r.status();

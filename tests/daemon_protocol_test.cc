@@ -116,6 +116,18 @@ TEST(DaemonProtocolTest, MalformedFramesAreRefused) {
   EXPECT_TRUE(absl::IsDeadlineExceeded(f.status())) << f.status();
 }
 
+TEST(DaemonProtocolTest, DeeplyNestedJsonIsRefusedWithoutCrashing) {
+  // A hostile 1 MiB body of nested arrays: parsed and destroyed without
+  // recursion deep enough to overflow the connection thread's stack.
+  const size_t depth = kMaxJsonBytes / 2;
+  const std::string deep =
+      "{\"a\":" + std::string(depth - 3, '[') + std::string(depth - 3, ']') + "}";
+  auto body = parse_body(deep);
+  EXPECT_TRUE(body.ok() || absl::IsInvalidArgument(body.status()));
+  auto open = parse_body(std::string(kMaxJsonBytes, '['));
+  EXPECT_TRUE(absl::IsInvalidArgument(open.status()));
+}
+
 TEST(DaemonProtocolTest, FieldsAreRangeChecked) {
   const nlohmann::json j = nlohmann::json::parse(
       R"({"i": 5, "big": 18446744073709551615, "d": 0.5, "s": "abc", "b": true, "n": null})");

@@ -70,6 +70,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name
   sim.h2d_gb_per_s = 1e6;
   sim.d2h_gb_per_s = 1e6;
   sim.copy_latency_us = 0;
+  sim.costs.enabled = false;  // nor CUDA's synchronisation costs (as the C API's host mode)
   s->device_ = std::make_unique<gpu::SimDevice>(sim);
   engine::OffloadOptimizerOptions o;
   o.use_schedule = spec.use_schedule;

@@ -159,7 +159,15 @@ State state(Opt& opt, const Framework& fw) {
 
 // The same run in-process: the reference.
 State in_process(const SessionSpec& spec, int steps, int calls, double* ms_per_step = nullptr) {
-  gpu::SimDevice device;
+  // The device stratad's sessions use: host mode, no modelled link or
+  // synchronisation costs (so the timings compare like with like).
+  gpu::SimDeviceOptions sim;
+  sim.capacity_bytes = uint64_t{1} << 30;
+  sim.h2d_gb_per_s = 1e6;
+  sim.d2h_gb_per_s = 1e6;
+  sim.copy_latency_us = 0;
+  sim.costs.enabled = false;
+  gpu::SimDevice device(sim);
   engine::OffloadOptimizerOptions o;
   o.use_schedule = spec.use_schedule;
   o.speculation = spec.speculation;

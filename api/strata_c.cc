@@ -24,8 +24,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/config/ds_config.h"
+#include "core/file_util.h"
 #include "core/log.h"
 #include "core/status.h"
+#include "daemon/remote_optimizer.h"
 #include "engine/offload_optimizer.h"
 #include "gpu/device.h"
 #include "gpu/sim_device.h"
@@ -37,6 +39,14 @@ struct strata_optimizer {
   std::unique_ptr<strata::engine::OffloadOptimizer> opt;
   bool host_only = true;  // STRATA_DEVICE_HOST: device bindings are refused
   bool finalized = false;
+  // options.daemon_session: `opt` only keeps the registration (never
+  // finalized); the steps run in stratad through `remote`.
+  struct Daemon {
+    std::string socket, session, config_json;
+    bool use_schedule = true, allow_buffered_io = false;
+    std::unique_ptr<strata::daemon::RemoteOptimizer> remote;
+  };
+  std::unique_ptr<Daemon> daemon;
 };
 
 namespace {
@@ -202,7 +212,7 @@ absl::StatusOr<std::unique_ptr<strata::gpu::Device>> make_device(const strata_op
 }
 
 absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strata_options* options,
-                    strata_optimizer** out) {
+                    std::string config_json, strata_optimizer** out) {
   STRATA_RETURN_IF_ERROR(parsed.status());
   const strata_options o = options != nullptr ? *options : default_options();
   if (o.num_threads < 0) {
@@ -223,12 +233,64 @@ absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strat
   }
   STRATA_ASSIGN_OR_RETURN(h->opt,
                           OffloadOptimizer::create(*parsed, h->device.get(), std::move(eo)));
+  if (o.daemon_session != nullptr) {
+    if (o.device != STRATA_DEVICE_HOST) {
+      return absl::InvalidArgumentError(
+          "options.daemon_session needs options.device STRATA_DEVICE_HOST (stratad serves host "
+          "bindings only so far)");
+    }
+    STRATA_RETURN_IF_ERROR(strata::daemon::check_session_name(o.daemon_session),
+                           "options.daemon_session");
+    h->daemon = std::make_unique<strata_optimizer::Daemon>();
+    h->daemon->session = o.daemon_session;
+    if (o.daemon_socket != nullptr) h->daemon->socket = o.daemon_socket;
+    h->daemon->config_json = std::move(config_json);
+    h->daemon->use_schedule = o.use_schedule;
+    h->daemon->allow_buffered_io = o.allow_buffered_io;
+  }
   *out = h.release();
   return absl::OkStatus();
 }
 
 void log_warnings(const std::vector<std::string>& warnings) {
   for (const std::string& w : warnings) strata::log::get("api")->warn("{}", w);
+}
+
+// Through stratad: the program's param memory gets the session's values
+// (compute dtype, as the arena holds them); param -1: every param.
+void copy_params_out(strata_optimizer* h, int param = -1) {
+  const size_t dsize = strata::dtype_size(h->daemon->remote->compute_dtype());
+  for (int p = 0; p < h->opt->num_params(); ++p) {
+    if (param >= 0 && p != param) continue;
+    const auto& d = h->opt->param(p);
+    std::memcpy(d.param, h->daemon->remote->param(p), d.numel * dsize);
+  }
+}
+
+absl::Status attach_daemon(strata_optimizer* h) {
+  strata::daemon::SessionSpec spec;
+  spec.config_json = h->daemon->config_json;
+  spec.use_schedule = h->daemon->use_schedule;
+  spec.allow_buffered_io = h->daemon->allow_buffered_io;
+  for (int g = 0; g < h->opt->num_groups(); ++g) spec.groups.push_back(h->opt->group(g));
+  for (int p = 0; p < h->opt->num_params(); ++p) {
+    const auto& d = h->opt->param(p);
+    spec.params.push_back({d.name, d.numel, d.bucket, d.group});
+  }
+  STRATA_ASSIGN_OR_RETURN(
+      h->daemon->remote,
+      strata::daemon::RemoteOptimizer::attach(
+          {.socket_path = h->daemon->socket, .session = h->daemon->session}, spec));
+  if (h->daemon->remote->compute_dtype() != h->opt->compute_dtype()) {
+    return absl::InternalError("stratad's session has another compute dtype than this config");
+  }
+  if (!h->daemon->remote->created()) copy_params_out(h);
+  return absl::OkStatus();
+}
+
+absl::Status not_through_daemon(const strata_optimizer* h, const char* what) {
+  if (h->daemon == nullptr) return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat(what, " is not available through stratad yet"));
 }
 
 }  // namespace
@@ -307,7 +369,7 @@ strata_status strata_optimizer_create(const char* ds_config_json, const strata_o
     std::vector<std::string> warnings;
     auto parsed = strata::config::parse_ds_config(ds_config_json, "ds_config", &warnings);
     log_warnings(warnings);
-    return create(std::move(parsed), options, out);
+    return create(std::move(parsed), options, ds_config_json, out);
   });
 }
 
@@ -321,7 +383,11 @@ strata_status strata_optimizer_create_from_file(const char* ds_config_path,
     std::vector<std::string> warnings;
     auto parsed = strata::config::load_ds_config(ds_config_path, &warnings);
     log_warnings(warnings);
-    return create(std::move(parsed), options, out);
+    std::string text;
+    if (parsed.ok() && options != nullptr && options->daemon_session != nullptr) {
+      STRATA_ASSIGN_OR_RETURN(text, strata::read_file(ds_config_path));
+    }
+    return create(std::move(parsed), options, std::move(text), out);
   });
 }
 
@@ -412,7 +478,11 @@ strata_status strata_finalize(strata_optimizer* opt) {
     if (opt->opt->num_params() == 0) {
       return absl::FailedPreconditionError("no params registered (strata_add_param)");
     }
-    STRATA_RETURN_IF_ERROR(opt->opt->finalize());
+    if (opt->daemon != nullptr) {
+      STRATA_RETURN_IF_ERROR(attach_daemon(opt));
+    } else {
+      STRATA_RETURN_IF_ERROR(opt->opt->finalize());
+    }
     opt->finalized = true;
     return absl::OkStatus();
   });
@@ -444,6 +514,11 @@ strata_status strata_set_value(strata_optimizer* opt, int param, const float* va
     STRATA_RETURN_IF_ERROR(check_param(opt, param));
     STRATA_C_REQUIRE(values);
     STRATA_RETURN_IF_ERROR(check_count(opt, param, count));
+    if (opt->daemon != nullptr) {
+      STRATA_RETURN_IF_ERROR(opt->daemon->remote->set_value(param, values));
+      copy_params_out(opt, param);
+      return absl::OkStatus();
+    }
     return opt->opt->set_value(param, values);
   });
 }
@@ -460,7 +535,9 @@ strata_status strata_begin_step(strata_optimizer* opt, double loss_scale, double
       }
       scale = loss_scale;
     }
-    STRATA_ASSIGN_OR_RETURN(const double used, opt->opt->begin_step(scale));
+    STRATA_ASSIGN_OR_RETURN(const double used, opt->daemon != nullptr
+                                                   ? opt->daemon->remote->begin_step(scale)
+                                                   : opt->opt->begin_step(scale));
     if (out_scale != nullptr) *out_scale = used;
     return absl::OkStatus();
   });
@@ -470,10 +547,20 @@ strata_status strata_grad_ready(strata_optimizer* opt, int bucket) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    const int n = opt->opt->num_buckets();
+    const int n =
+        opt->daemon != nullptr ? opt->daemon->remote->num_buckets() : opt->opt->num_buckets();
     if (bucket < 0 || bucket >= n) {
       return absl::InvalidArgumentError(
           absl::StrFormat("bucket %d does not exist (%d buckets: 0..%d)", bucket, n, n - 1));
+    }
+    if (opt->daemon != nullptr) {
+      auto& remote = *opt->daemon->remote;
+      const size_t dsize = strata::dtype_size(remote.compute_dtype());
+      for (int p = 0; p < opt->opt->num_params(); ++p) {
+        const auto& d = opt->opt->param(p);
+        if (d.bucket == bucket) std::memcpy(remote.grad(p), d.grad, d.numel * dsize);
+      }
+      return remote.grad_ready(bucket);
     }
     return opt->opt->grad_ready(bucket);
   });
@@ -483,6 +570,7 @@ strata_status strata_wait_grads(strata_optimizer* opt) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
+    if (opt->daemon != nullptr) return opt->daemon->remote->wait_grads();
     return opt->opt->wait_grads();
   });
 }
@@ -491,6 +579,7 @@ strata_status strata_report_overflow(strata_optimizer* opt) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
+    STRATA_RETURN_IF_ERROR(not_through_daemon(opt, "strata_report_overflow"));
     opt->opt->report_overflow();
     return absl::OkStatus();
   });
@@ -500,7 +589,10 @@ strata_status strata_finish_step(strata_optimizer* opt, strata_step_result* out)
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    STRATA_ASSIGN_OR_RETURN(const strata::engine::OptimizerStepResult r, opt->opt->finish_step());
+    STRATA_ASSIGN_OR_RETURN(
+        const strata::engine::OptimizerStepResult r,
+        opt->daemon != nullptr ? opt->daemon->remote->finish_step() : opt->opt->finish_step());
+    if (opt->daemon != nullptr) copy_params_out(opt);
     if (out != nullptr) {
       *out = {.step = r.step,
               .loss_scale = r.loss_scale,
@@ -521,7 +613,8 @@ strata_status strata_abort_step(strata_optimizer* opt) {
     // abort_step returns the reason it is given, with what the undo added:
     // the reason alone means the undo went well (or no step was in flight).
     const absl::Status why = absl::CancelledError("the program abandoned the step");
-    absl::Status status = opt->opt->abort_step(why);
+    absl::Status status =
+        opt->daemon != nullptr ? opt->daemon->remote->abort_step(why) : opt->opt->abort_step(why);
     return status == why ? absl::OkStatus() : status;
   });
 }
@@ -535,6 +628,7 @@ strata_status strata_wait_params(strata_optimizer* opt, int bucket) {
       return absl::InvalidArgumentError(
           absl::StrFormat("bucket %d does not exist (%d buckets: 0..%d)", bucket, n, n - 1));
     }
+    if (opt->daemon != nullptr) return absl::OkStatus();  // host params: written by finish_step
     const std::optional<strata::gpu::EventId> event = opt->opt->params_ready(bucket);
     if (!event.has_value()) return absl::OkStatus();
     return opt->device->synchronize_event(*event);
@@ -547,6 +641,7 @@ strata_status strata_set_group(strata_optimizer* opt, int group, const strata_gr
     STRATA_C_REQUIRE(hp);
     STRATA_RETURN_IF_ERROR(check_group(opt, group));
     STRATA_RETURN_IF_ERROR(check_hparams(*hp));
+    if (opt->finalized) STRATA_RETURN_IF_ERROR(not_through_daemon(opt, "strata_set_group"));
     return opt->opt->set_group(group, to_cc(*hp));
   });
 }
@@ -569,7 +664,9 @@ strata_status strata_read_state(strata_optimizer* opt, int param, strata_state_k
     STRATA_C_REQUIRE(out);
     STRATA_RETURN_IF_ERROR(check_count(opt, param, count));
     STRATA_ASSIGN_OR_RETURN(const strata::engine::StateKind k, to_cc(kind));
-    STRATA_ASSIGN_OR_RETURN(const std::vector<float> values, opt->opt->read_state(param, k));
+    STRATA_ASSIGN_OR_RETURN(const std::vector<float> values,
+                            opt->daemon != nullptr ? opt->daemon->remote->read_state(param, k)
+                                                   : opt->opt->read_state(param, k));
     if (values.size() != count) {
       return absl::InternalError(
           absl::StrFormat("read_state returned %u values for %u", values.size(), count));
@@ -587,6 +684,7 @@ strata_status strata_write_state(strata_optimizer* opt, int param, strata_state_
     STRATA_C_REQUIRE(values);
     STRATA_RETURN_IF_ERROR(check_count(opt, param, count));
     STRATA_ASSIGN_OR_RETURN(const strata::engine::StateKind k, to_cc(kind));
+    STRATA_RETURN_IF_ERROR(not_through_daemon(opt, "strata_write_state"));
     return opt->opt->write_state(param, k, values);
   });
 }
@@ -605,6 +703,7 @@ strata_status strata_save_state(strata_optimizer* opt, const char* dir,
         return absl::InvalidArgumentError("user_meta_json must be a JSON object (or NULL)");
       }
     }
+    if (opt->daemon != nullptr) return opt->daemon->remote->save_state(dir, meta);
     return opt->opt->save_state(dir, meta);
   });
 }
@@ -615,6 +714,11 @@ strata_status strata_load_state(strata_optimizer* opt, const char* dir, bool wei
     STRATA_C_REQUIRE(dir);
     if (dir[0] == '\0') return absl::InvalidArgumentError("dir is empty");
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
+    if (opt->daemon != nullptr) {
+      STRATA_RETURN_IF_ERROR(opt->daemon->remote->load_state(dir, weights_only));
+      copy_params_out(opt);
+      return absl::OkStatus();
+    }
     return opt->opt->load_state(dir, weights_only);
   });
 }
@@ -632,7 +736,8 @@ strata_status strata_num_buckets(const strata_optimizer* opt, int* out) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_C_REQUIRE(out);
-    *out = opt->opt->num_buckets();
+    *out = opt->daemon != nullptr && opt->finalized ? opt->daemon->remote->num_buckets()
+                                                    : opt->opt->num_buckets();
     return absl::OkStatus();
   });
 }
@@ -641,6 +746,13 @@ strata_status strata_steps(const strata_optimizer* opt, int64_t* out_steps,
                            int64_t* out_optimizer_steps) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
+    if (opt->daemon != nullptr && opt->finalized) {
+      if (out_steps != nullptr) *out_steps = opt->daemon->remote->steps();
+      if (out_optimizer_steps != nullptr) {
+        *out_optimizer_steps = opt->daemon->remote->optimizer_steps();
+      }
+      return absl::OkStatus();
+    }
     if (out_steps != nullptr) *out_steps = opt->opt->steps();
     if (out_optimizer_steps != nullptr) *out_optimizer_steps = opt->opt->optimizer_steps();
     return absl::OkStatus();

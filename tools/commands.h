@@ -13,6 +13,7 @@ void add_plan_command(CLI::App& app, int* exit_code);
 void add_train_command(CLI::App& app, int* exit_code);
 void add_sample_command(CLI::App& app, int* exit_code);
 void add_ckpt_command(CLI::App& app, int* exit_code);  // ckpt info / ckpt export
+void add_top_command(CLI::App& app, int* exit_code);   // stratad's sessions
 void add_bench_memory_command(CLI::App& bench, int* exit_code);
 void add_bench_cpu_adam_command(CLI::App& bench, int* exit_code);
 void add_bench_io_command(CLI::App& bench, int* exit_code);

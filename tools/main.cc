@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   strata::tools::add_train_command(app, &exit_code);
   strata::tools::add_sample_command(app, &exit_code);
   strata::tools::add_ckpt_command(app, &exit_code);
+  strata::tools::add_top_command(app, &exit_code);
   CLI::App* bench = app.add_subcommand("bench", "Measure what this box can do");
   bench->require_subcommand(1);
   strata::tools::add_bench_memory_command(*bench, &exit_code);

@@ -142,6 +142,21 @@ typedef struct strata_options {
   /* Accept NVMe folders on filesystems without O_DIRECT (tmpfs, overlayfs),
    * at the page cache's speed. Default false. */
   bool allow_buffered_io;
+  /* Non-NULL: the optimizer runs in stratad (docs/daemon.md) as the session
+   * of this name (1-64 of [A-Za-z0-9._-]) instead of in this process;
+   * strata_finalize attaches to it: a new name creates the session, an
+   * existing one with the same params and config resumes it where its last
+   * completed step left it (the params' values are then copied into the
+   * program's param memory). Only STRATA_BINDING_HOST params with
+   * STRATA_DEVICE_HOST; grad_ready copies the bucket's gradients into the
+   * session's shared memory (the program may reuse its buffers at once) and
+   * finish_step / set_value / load_state copy the updated params back.
+   * Not available through stratad (UNIMPLEMENTED): report_overflow,
+   * set_group, write_state. Default NULL. */
+  const char* daemon_session;
+  /* stratad's socket; NULL: $XDG_RUNTIME_DIR/strata/stratad.sock, else
+   * /run/strata/stratad.sock. Default NULL. */
+  const char* daemon_socket;
 } strata_options;
 
 /* Fills *options with the defaults above. */

@@ -1,0 +1,136 @@
+// Session: one named training job's optimizer inside stratad.
+//
+// Holds the SharedArena (each param's compute-dtype value and gradient, in
+// the layout `slots()` gives), a host-mode SimDevice, and an
+// engine::OffloadOptimizer whose params are all ParamBinding::kHost into
+// the arena: gradients are read and updated params written there, with no
+// socket copy. The client that attached drives it with control messages
+// (handle()); when it dies mid-step, client_lost() aborts the step
+// (OffloadOptimizer::abort_step restores speculative updates and counters),
+// so the arena holds the last completed step's params and a client that
+// attaches again continues from there.
+//
+// Threading: handle() and client_lost() are called by the one connection
+// that owns the session (Server serialises ownership); stats() from any
+// thread (it reads atomics only).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/config/ds_config.h"
+#include "daemon/grad_ring.h"
+#include "daemon/protocol.h"
+#include "daemon/shared_arena.h"
+#include "engine/offload_optimizer.h"
+#include "gpu/sim_device.h"
+
+namespace strata::daemon {
+
+struct ParamSlot {
+  uint64_t param_offset = 0;  // in the arena
+  uint64_t grad_offset = 0;
+  uint64_t bytes = 0;  // numel * the compute dtype's size
+};
+
+// What a session would take, computed before anything is allocated so the
+// server can check the quota first.
+struct SessionPlan {
+  config::DsConfig config;
+  DType dtype = DType::kFloat32;
+  std::vector<ParamSlot> slots;
+  uint64_t arena_bytes = 0;
+  // The arena plus the optimizer's own host tensors (fp32 master, exp_avg,
+  // exp_avg_sq and gradient accumulator, and a compute-dtype copy).
+  uint64_t charge_bytes = 0;
+};
+// `nvme_paths` (stratad's --nvme-path) replace the config's NVMe paths with
+// <path>/<session> so sessions never share swap files.
+absl::StatusOr<SessionPlan> plan_session(const std::string& name, const SessionSpec& spec,
+                                         const std::vector<std::string>& nvme_paths);
+
+struct SessionReply {
+  nlohmann::json body = nlohmann::json::object();
+  std::string blob;
+};
+
+class Session {
+ public:
+  // `threads` (may be null: TBB's default arena) is stratad's optimizer pool,
+  // shared by every session.
+  static absl::StatusOr<std::unique_ptr<Session>> create(const std::string& name,
+                                                         const SessionSpec& spec,
+                                                         const Fingerprint& fp, SessionPlan plan,
+                                                         tbb::task_arena* threads);
+  ~Session();
+
+  const std::string& name() const { return name_; }
+  const SessionSpec& spec() const { return spec_; }
+  const Fingerprint& fingerprint() const { return fp_; }
+  uint64_t charge_bytes() const { return plan_.charge_bytes; }
+  int arena_fd() const { return arena_->fd(); }
+  int event_fd() const { return event_fd_; }
+
+  // A new owner: the grad ring starts empty (what a dead client left in it
+  // belonged to its aborted step).
+  void reset_ring();
+  // Takes the grad_ready entries the client pushed on the ring (in order).
+  // A grad_ready that fails is kept and returned by the next wait_grads or
+  // finish_step (which then aborts the step). InvalidArgument: the ring page
+  // was overwritten or names an unknown bucket (a protocol error).
+  absl::Status drain_ring();
+
+  // The attach reply's fields: dtype, arena size, slots, step counters, and
+  // `created`: true for a new session, and for one whose params have not all
+  // been given a value yet (its first client died during set_value), so the
+  // attaching client gives them.
+  nlohmann::json attach_body(bool created) const;
+  // One control message from the owning client.
+  absl::StatusOr<SessionReply> handle(MsgType type, const nlohmann::json& body,
+                                      const std::string& blob);
+  // The owner is gone (EOF, timeout, malformed message): a step in flight is
+  // aborted with `why`. Returns what the abort reported.
+  absl::Status client_lost(const std::string& why);
+
+  // stratad's --state-dir: the session's checkpoint (dir/ckpt) and spec
+  // (dir/spec.json), written between steps when stratad stops, read back
+  // when it starts again (restore: the optimizer's load_state, which also
+  // writes the params into the arena).
+  absl::Status save_to(const std::string& dir);
+  absl::Status restore_from(const std::string& dir);
+
+  void set_owner(int pid) { owner_pid_.store(pid); }
+  bool in_step() const { return in_step_; }  // the owner's thread only
+  nlohmann::json stats() const;
+
+ private:
+  Session() = default;
+  absl::StatusOr<SessionReply> set_value(const nlohmann::json& body, const std::string& blob);
+  absl::StatusOr<SessionReply> read_state(const nlohmann::json& body);
+
+  std::string name_;
+  SessionSpec spec_;
+  Fingerprint fp_;
+  SessionPlan plan_;
+  std::unique_ptr<SharedArena> arena_;
+  std::unique_ptr<gpu::SimDevice> device_;
+  std::unique_ptr<engine::OffloadOptimizer> opt_;
+  std::vector<std::vector<float>> pending_values_;  // set_value chunks in flight
+  std::vector<uint64_t> pending_filled_;
+  std::vector<bool> value_set_;  // set_value completed, per param
+  bool in_step_ = false;
+  int event_fd_ = -1;
+  uint32_t ring_tail_ = 0;   // the daemon's own copy: the page's is only published
+  absl::Status ring_error_;  // the first failed grad_ready from the ring this step
+
+  std::atomic<int> owner_pid_{0};
+  std::atomic<int64_t> steps_{0};
+  std::atomic<bool> in_step_stat_{false};
+  std::atomic<int64_t> aborted_steps_{0};
+};
+
+}  // namespace strata::daemon

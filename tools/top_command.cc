@@ -1,0 +1,84 @@
+// strata top [--socket PATH] [--json]: what stratad is serving. --json
+// prints one object (stratad's stats: a `sessions` array with name, pid,
+// step, arena used/total, ...) on stdout and exits; otherwise a table on
+// stderr, refreshed every second (steps/s from the change since the last
+// refresh) until Ctrl-C.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "core/format_bytes.h"
+#include "daemon/protocol.h"
+#include "daemon/remote_optimizer.h"
+#include "tools/cli_util.h"
+#include "tools/commands.h"
+
+namespace strata::tools {
+namespace {
+
+void print_table(const nlohmann::json& stats, std::map<std::string, int64_t>* last_steps,
+                 double seconds) {
+  std::fprintf(stderr, "\033[H\033[2J");
+  std::fprintf(stderr, "stratad pid %d on %s   host memory %s used of %s\n\n",
+               stats.value("daemon_pid", 0), stats.value("socket", std::string()).c_str(),
+               format_bytes(stats.value("host_mem_used_bytes", 0.0)).c_str(),
+               format_bytes(stats.value("host_mem_total_bytes", 0.0)).c_str());
+  std::fprintf(stderr, "%-24s %8s %10s %8s %8s %22s\n", "SESSION", "PID", "STEP", "STEPS/S",
+               "STATE", "ARENA USED/TOTAL");
+  for (const auto& s : stats.value("sessions", nlohmann::json::array())) {
+    const std::string name = s.value("name", std::string());
+    const int64_t step = s.value("step", int64_t{0});
+    double rate = 0;
+    if (auto it = last_steps->find(name); it != last_steps->end() && seconds > 0) {
+      rate = double(step - it->second) / seconds;
+    }
+    (*last_steps)[name] = step;
+    const std::string arena = format_bytes(s.value("arena_used_bytes", 0.0)) + " / " +
+                              format_bytes(s.value("arena_total_bytes", 0.0));
+    std::fprintf(stderr, "%-24s %8d %10lld %8.2f %8s %22s\n", name.c_str(), s.value("pid", 0),
+                 static_cast<long long>(step), rate,
+                 !s.value("attached", false) ? "detached"
+                 : s.value("in_step", false) ? "step"
+                                             : "idle",
+                 arena.c_str());
+  }
+}
+
+int run_top(const std::string& socket_path, bool json) {
+  const std::string path = socket_path.empty() ? daemon::default_socket_path() : socket_path;
+  if (json) {
+    auto stats = daemon::RemoteOptimizer::stats(path);
+    if (!stats.ok()) return report_status(stats.status());
+    print_json(*stats);
+    return 0;
+  }
+  std::map<std::string, int64_t> last_steps;
+  auto last = std::chrono::steady_clock::now();
+  for (;;) {
+    auto stats = daemon::RemoteOptimizer::stats(path);
+    if (!stats.ok()) return report_status(stats.status());
+    const auto now = std::chrono::steady_clock::now();
+    print_table(*stats, &last_steps, std::chrono::duration<double>(now - last).count());
+    last = now;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+}  // namespace
+
+void add_top_command(CLI::App& app, int* exit_code) {
+  CLI::App* cmd = app.add_subcommand("top", "Show stratad's sessions (refreshed every second)");
+  auto socket_path = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  cmd->add_option("--socket", *socket_path,
+                  "stratad's socket (default: $XDG_RUNTIME_DIR/strata/stratad.sock, else "
+                  "/run/strata/stratad.sock)");
+  cmd->add_flag("--json", *json, "print one JSON object with a `sessions` array and exit");
+  cmd->callback([=] { *exit_code = run_top(*socket_path, *json); });
+}
+
+}  // namespace strata::tools

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "engine/offload_optimizer_impl.h"
+#include "offload/pin.h"
 
 namespace strata::engine {
 namespace {
@@ -39,32 +40,7 @@ class AddElapsed {
   std::chrono::steady_clock::time_point t0_;
 };
 
-// Releases a pinned store copy on scope exit unless released explicitly.
-class Pin {
- public:
-  Pin(offload::TieredStore* store, offload::TensorId id, Tier tier)
-      : store_(store), id_(id), tier_(tier) {}
-  absl::StatusOr<TensorView> acquire(Access access) {
-    STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id_, tier_, access));
-    held_ = true;
-    return v;
-  }
-  absl::Status release(bool dirty) {
-    held_ = false;
-    return store_->release(id_, tier_, dirty);
-  }
-  ~Pin() {
-    if (held_) store_->release(id_, tier_, false).IgnoreError();
-  }
-  Pin(const Pin&) = delete;
-  Pin& operator=(const Pin&) = delete;
-
- private:
-  offload::TieredStore* store_;
-  offload::TensorId id_;
-  Tier tier_;
-  bool held_ = false;
-};
+using offload::Pin;
 
 }  // namespace
 

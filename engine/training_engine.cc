@@ -8,43 +8,15 @@
 #include "core/log.h"
 #include "core/status.h"
 #include "engine/checkpoint_format.h"
+#include "offload/pin.h"
 
 namespace strata::engine {
 namespace {
 
 using offload::Access;
+using offload::Pin;
 using offload::TensorView;
 using offload::Tier;
-
-// Releases a pinned store copy on scope exit unless released explicitly.
-class Pin {
- public:
-  Pin(offload::TieredStore* store, offload::TensorId id, Tier tier)
-      : store_(store), id_(id), tier_(tier) {}
-  absl::StatusOr<TensorView> acquire(Access access) {
-    STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id_, tier_, access));
-    held_ = true;
-    return v;
-  }
-  absl::Status release(bool dirty) {
-    held_ = false;
-    return store_->release(id_, tier_, dirty);
-  }
-  ~Pin() {
-    if (held_) store_->release(id_, tier_, false).IgnoreError();
-  }
-  Pin(const Pin&) = delete;
-  Pin& operator=(const Pin&) = delete;
-  Pin(Pin&& o) noexcept : store_(o.store_), id_(o.id_), tier_(o.tier_), held_(o.held_) {
-    o.held_ = false;
-  }
-
- private:
-  offload::TieredStore* store_;
-  offload::TensorId id_;
-  Tier tier_;
-  bool held_ = false;
-};
 
 }  // namespace
 

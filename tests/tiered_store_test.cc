@@ -1,4 +1,5 @@
 #include "offload/tiered_store.h"
+#include "offload/pin.h"
 
 #include <time.h>
 #include <unistd.h>
@@ -248,6 +249,29 @@ TEST_F(TieredStoreTest, EverythingPinnedIsAClearError) {
       << third.status().message();
   ASSERT_TRUE(store->release(ids[0], Tier::kDevice, false).ok());
   EXPECT_TRUE(store->acquire(ids[2], Tier::kDevice, Access::kRead).ok());
+}
+
+TEST_F(TieredStoreTest, PinReleasesOnScopeExitAndMovesOwnership) {
+  auto store = make_store(
+      {.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 4 * kBytes, .pinned_wait_ms = 50});
+  auto ids = register_n(*store, 3, Tier::kHost);
+  {
+    std::vector<Pin> pins;
+    pins.emplace_back(store.get(), ids[0], Tier::kDevice);
+    ASSERT_TRUE(pins.back().acquire(Access::kRead).ok());
+    pins.emplace_back(store.get(), ids[1], Tier::kDevice);  // moves the first Pin
+    ASSERT_TRUE(pins.back().acquire(Access::kRead).ok());
+    // Both copies stay pinned across the move: the budget is full.
+    EXPECT_EQ(store->acquire(ids[2], Tier::kDevice, Access::kRead).status().code(),
+              absl::StatusCode::kResourceExhausted);
+    // An explicit release is not repeated by the destructor.
+    ASSERT_TRUE(pins[0].release(false).ok());
+  }
+  // Scope exit released the other one: both fit again.
+  Pin a(store.get(), ids[2], Tier::kDevice);
+  Pin b(store.get(), ids[1], Tier::kDevice);
+  EXPECT_TRUE(a.acquire(Access::kRead).ok());
+  EXPECT_TRUE(b.acquire(Access::kRead).ok());
 }
 
 TEST_F(TieredStoreTest, MisuseIsReported) {

@@ -1,0 +1,50 @@
+// Pin: one acquired copy of a TieredStore tensor, released on scope exit.
+//
+//   offload::Pin grad(store, id, Tier::kHost);
+//   STRATA_ASSIGN_OR_RETURN(TensorView v, grad.acquire(Access::kRead));
+//   ... use v ...
+//   STRATA_RETURN_IF_ERROR(grad.release(/*dirty=*/false));
+//
+// release() reports the store's error; a Pin still held when it goes out of
+// scope (an early return) is released clean and its error dropped, so an
+// error path never leaves a copy pinned. Movable, not copyable; not
+// thread-safe (one owner). The store must outlive it.
+#pragma once
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/status.h"
+#include "offload/tiered_store.h"
+
+namespace strata::offload {
+
+class Pin {
+ public:
+  Pin(TieredStore* store, TensorId id, Tier tier) : store_(store), id_(id), tier_(tier) {}
+  absl::StatusOr<TensorView> acquire(Access access) {
+    STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire(id_, tier_, access));
+    held_ = true;
+    return v;
+  }
+  absl::Status release(bool dirty) {
+    held_ = false;
+    return store_->release(id_, tier_, dirty);
+  }
+  ~Pin() {
+    if (held_) store_->release(id_, tier_, false).IgnoreError();
+  }
+  Pin(const Pin&) = delete;
+  Pin& operator=(const Pin&) = delete;
+  Pin(Pin&& o) noexcept : store_(o.store_), id_(o.id_), tier_(o.tier_), held_(o.held_) {
+    o.held_ = false;
+  }
+  Pin& operator=(Pin&&) = delete;
+
+ private:
+  TieredStore* store_;
+  TensorId id_;
+  Tier tier_;
+  bool held_ = false;
+};
+
+}  // namespace strata::offload

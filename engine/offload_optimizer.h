@@ -119,23 +119,37 @@
 namespace strata::engine {
 
 struct OffloadOptimizerOptions {
-  // As EngineOptions (training_engine.h): budgets (0: derived from the
-  // placement), the I/O engine (null: built from ds_config "aio"), the LR
-  // schedule (null: make_lr_schedule(config.scheduler, optimizer.lr)), exec,
-  // speculation and the test hook before each decided bucket step.
+  // Device bytes the store may use; 0: what the device has free at creation
+  // (ZeRO-3 with offload_param: at most stage3_max_live_parameters params
+  // and their grads, and never less than the largest bucket's).
   uint64_t device_budget_bytes = 0;
+  // Host bytes for the host tier; 0: what the placement needs (every
+  // host-homed tensor plus a cache for NVMe-homed ones).
   uint64_t host_budget_bytes = 0;
+  // NVMe I/O engine; null: the optimizer builds one from ds_config "aio".
   swap::IoEngine* io = nullptr;
+  // For the optimizer's own IoEngine: accept filesystems without O_DIRECT.
   bool allow_buffered_io = false;
+  // The LR schedule; null: make_lr_schedule(config.scheduler, optimizer.lr).
   std::unique_ptr<LrSchedule> lr_schedule;
   // true: every group's lr (and, for OneCycle, betas) come from the
   // schedule. false: each group's own lr and betas (torch schedulers write
   // them through set_group); the schedule still counts steps.
   bool use_schedule = true;
   cpu_adam::ExecOptions exec;
-  SpeculationPolicy speculation = SpeculationPolicy::kAuto;
+  // overlap mode: kAuto steps speculatively only while the host kept up
+  // with backward in the previous step (when it did not, the rollback
+  // copies' memory traffic only slows a CPU-bound step); kAlways / kNever
+  // force it (tests, benchmarks). See engine/speculation.h.
+  using Speculation = SpeculationPolicy;
+  Speculation speculation = Speculation::kAuto;
+  // Tests: called before each bucket's decided optimizer step (every bucket
+  // in sync mode; in overlap mode those stepped after the decision); an
+  // error fails the step there, as an I/O error in the optimizer pass would.
   std::function<absl::Status(int bucket)> before_decided_step;
-  bool fuse_gradient_pass = true;  // false: accumulate every gradient into grad32 (A/B)
+  // false: the three passes the fused one replaced (accumulate into grad32,
+  // statistics, step reading grad32); same bits, for tests and A/B benchmarks.
+  bool fuse_gradient_pass = true;
 };
 
 // One hyper-parameter group (torch's param_groups): the optimizer kind is

@@ -51,17 +51,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   gas_ = std::max<int64_t>(1, config.gradient_accumulation_steps);
   grads_during_backward_ =
       config.strata.overlap == config::OverlapMode::kOverlap || config.strata.delayed_param_update;
-  OffloadOptimizerOptions oo{.device_budget_bytes = options.device_budget_bytes,
-                             .host_budget_bytes = options.host_budget_bytes,
-                             .io = options.io,
-                             .allow_buffered_io = options.allow_buffered_io,
-                             .lr_schedule = std::move(options.lr_schedule),
-                             .use_schedule = true,
-                             .exec = options.exec,
-                             .speculation = options.speculation,
-                             .before_decided_step = std::move(options.before_decided_step),
-                             .fuse_gradient_pass = options.fuse_gradient_pass};
-  STRATA_ASSIGN_OR_RETURN(opt_, OffloadOptimizer::create(config, device, std::move(oo)));
+  if (!options.use_schedule) {
+    return absl::InvalidArgumentError(
+        "EngineOptions::use_schedule must be true: the engine's layers follow the LR schedule");
+  }
+  STRATA_ASSIGN_OR_RETURN(opt_, OffloadOptimizer::create(config, device, std::move(options)));
   dtype_ = opt_->compute_dtype();
   has_scaler_ = opt_->loss_scaler() != nullptr;
   const int group = opt_->add_group(opt_->default_group());

@@ -131,35 +131,10 @@
 
 namespace strata::engine {
 
-struct EngineOptions {
-  // Device bytes the store may use; 0: what the device has free at creation
-  // (ZeRO-3 with offload_param: at most stage3_max_live_parameters params
-  // and their grads, and never less than the largest layer's).
-  uint64_t device_budget_bytes = 0;
-  // Host bytes for the host tier; 0: what the placement needs (every
-  // host-homed tensor plus a cache for NVMe-homed ones).
-  uint64_t host_budget_bytes = 0;
-  // NVMe I/O engine; null: the engine builds one from ds_config "aio".
-  swap::IoEngine* io = nullptr;
-  // For the engine's own IoEngine: accept filesystems without O_DIRECT.
-  bool allow_buffered_io = false;
-  // The LR schedule; null: make_lr_schedule(config.scheduler, optimizer.lr).
-  std::unique_ptr<LrSchedule> lr_schedule;
-  cpu_adam::ExecOptions exec;
-  // overlap mode: kAuto steps speculatively only while the host kept up
-  // with backward in the previous step (when it did not, the rollback
-  // copies' memory traffic only slows a CPU-bound step); kAlways / kNever
-  // force it (tests, benchmarks). See engine/speculation.h.
-  using Speculation = SpeculationPolicy;
-  Speculation speculation = Speculation::kAuto;
-  // Tests: called before each layer's decided optimizer step (every layer in
-  // sync mode; in overlap mode those stepped after the decision); an error
-  // fails the step there, as an I/O error in the optimizer pass would.
-  std::function<absl::Status(int layer)> before_decided_step;
-  // false: the three passes the fused one replaced (accumulate into grad32,
-  // statistics, step reading grad32); same bits, for tests and A/B benchmarks.
-  bool fuse_gradient_pass = true;
-};
+// The engine's options are its optimizer's (offload_optimizer.h; a bucket
+// is a layer). use_schedule must stay true: the engine's one group follows
+// the LR schedule, which its checkpoints record.
+using EngineOptions = OffloadOptimizerOptions;
 
 struct StepStats {
   int64_t step = 0;         // 1-based count of successful train_step() calls

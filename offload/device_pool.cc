@@ -1,6 +1,6 @@
 #include "offload/device_pool.h"
 
-#include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -21,35 +21,9 @@ absl::StatusOr<std::unique_ptr<DevicePool>> DevicePool::create(gpu::Device* devi
 }
 
 DevicePool::DevicePool(gpu::Device* device, void* base, uint64_t capacity)
-    : device_(device), base_(base), capacity_(capacity) {
-  insert_free_locked(0, capacity);
-}
+    : device_(device), base_(base), capacity_(capacity), ranges_(capacity) {}
 
 DevicePool::~DevicePool() { device_->free(base_); }
-
-void DevicePool::insert_free_locked(uint64_t offset, uint64_t bytes) {
-  auto next = free_by_offset_.lower_bound(offset);
-  if (next != free_by_offset_.end() && offset + bytes == next->first) {
-    bytes += next->second;
-    auto merged = next++;
-    erase_free_locked(merged);
-  }
-  if (next != free_by_offset_.begin()) {
-    auto prev = std::prev(next);
-    if (prev->first + prev->second == offset) {
-      offset = prev->first;
-      bytes += prev->second;
-      erase_free_locked(prev);
-    }
-  }
-  free_by_offset_.emplace(offset, bytes);
-  free_by_size_.emplace(bytes, offset);
-}
-
-void DevicePool::erase_free_locked(std::map<uint64_t, uint64_t>::iterator it) {
-  free_by_size_.erase({it->second, it->first});
-  free_by_offset_.erase(it);
-}
 
 absl::StatusOr<void*> DevicePool::allocate(uint64_t bytes) {
   if (bytes == 0) return absl::InvalidArgumentError("device pool allocation of 0 bytes");
@@ -57,21 +31,14 @@ absl::StatusOr<void*> DevicePool::allocate(uint64_t bytes) {
   std::lock_guard lock(mu_);
   // Every range starts and ends on kAlignment, so the smallest range of at
   // least `size` bytes fits the block at its start.
-  auto it = free_by_size_.lower_bound({size, 0});
-  if (it == free_by_size_.end()) {
+  const std::optional<uint64_t> offset = ranges_.allocate(size, kAlignment);
+  if (!offset) {
     ++failed_;
-    const uint64_t largest = free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first;
-    return absl::ResourceExhaustedError(
-        absl::StrCat("device pool full: need ", size, " bytes, ", capacity_ - used_bytes_,
-                     " free, largest free range ", largest, " bytes of ", capacity_));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "device pool full: need ", size, " bytes, ", capacity_ - ranges_.used_bytes(),
+        " free, largest free range ", ranges_.largest_free_bytes(), " bytes of ", capacity_));
   }
-  const auto [free_bytes, offset] = *it;
-  erase_free_locked(free_by_offset_.find(offset));
-  if (free_bytes > size) insert_free_locked(offset + size, free_bytes - size);
-  used_.emplace(offset, size);
-  used_bytes_ += size;
-  peak_bytes_ = std::max(peak_bytes_, used_bytes_);
-  return static_cast<char*>(base_) + offset;
+  return static_cast<char*>(base_) + *offset;
 }
 
 void DevicePool::free(void* ptr) {
@@ -80,23 +47,18 @@ void DevicePool::free(void* ptr) {
   STRATA_CHECK_MSG(p >= base && p < base + capacity_,
                    "DevicePool::free of a pointer outside the pool");
   std::lock_guard lock(mu_);
-  auto it = used_.find(p - base);
-  STRATA_CHECK_MSG(it != used_.end(), "DevicePool::free of a block it did not hand out");
-  const auto [offset, size] = *it;
-  used_.erase(it);
-  used_bytes_ -= size;
-  insert_free_locked(offset, size);
+  STRATA_CHECK_MSG(ranges_.free(p - base) != 0, "DevicePool::free of a block it did not hand out");
 }
 
 DevicePoolStats DevicePool::stats() const {
   std::lock_guard lock(mu_);
   return DevicePoolStats{
       .capacity_bytes = capacity_,
-      .used_bytes = used_bytes_,
-      .peak_bytes = peak_bytes_,
-      .largest_free_bytes = free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first,
-      .blocks = used_.size(),
-      .free_ranges = free_by_offset_.size(),
+      .used_bytes = ranges_.used_bytes(),
+      .peak_bytes = ranges_.peak_bytes(),
+      .largest_free_bytes = ranges_.largest_free_bytes(),
+      .blocks = ranges_.blocks(),
+      .free_ranges = ranges_.free_ranges(),
       .failed_allocations = failed_,
   };
 }

@@ -25,14 +25,12 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <set>
-#include <utility>
 
 #include "absl/status/statusor.h"
 #include "gpu/device.h"
+#include "offload/range_allocator.h"
 
 namespace strata::offload {
 
@@ -77,21 +75,14 @@ class DevicePool {
 
  private:
   DevicePool(gpu::Device* device, void* base, uint64_t capacity);
-  // Both with mu_ held.
-  void insert_free_locked(uint64_t offset, uint64_t bytes);  // coalesces
-  void erase_free_locked(std::map<uint64_t, uint64_t>::iterator it);
 
   gpu::Device* const device_;
   void* const base_;
   const uint64_t capacity_;
 
   mutable std::mutex mu_;
-  std::map<uint64_t, uint64_t> free_by_offset_;           // offset -> bytes
-  std::set<std::pair<uint64_t, uint64_t>> free_by_size_;  // (bytes, offset): best fit
-  std::map<uint64_t, uint64_t> used_;                     // offset -> bytes
-  uint64_t used_bytes_ = 0;
-  uint64_t peak_bytes_ = 0;
-  uint64_t failed_ = 0;
+  RangeAllocator ranges_;  // guarded by mu_
+  uint64_t failed_ = 0;    // guarded by mu_
 };
 
 }  // namespace strata::offload

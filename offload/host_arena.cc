@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/host_info.h"
@@ -81,7 +82,7 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::create(const HostArenaOpti
     arena->pinned_ = true;
     arena->pin_device_ = options.pin_device;
   }
-  arena->insert_free(0, capacity);
+  arena->ranges_ = RangeAllocator(capacity);
   log->debug("host arena: {} bytes, huge pages: {}, pinned: {}", capacity, arena->huge_page_mode_,
              arena->pinned_);
   return arena;
@@ -93,72 +94,30 @@ HostArena::~HostArena() {
   if (fd_ >= 0) close(fd_);
 }
 
-void HostArena::insert_free(uint64_t offset, uint64_t bytes) {
-  // Coalesce with the free neighbours on either side.
-  auto next = free_by_offset_.lower_bound(offset);
-  if (next != free_by_offset_.end() && offset + bytes == next->first) {
-    bytes += next->second;
-    next = std::next(next);
-    erase_free(std::prev(next));
-  }
-  if (next != free_by_offset_.begin()) {
-    auto prev = std::prev(next);
-    if (prev->first + prev->second == offset) {
-      offset = prev->first;
-      bytes += prev->second;
-      erase_free(prev);
-    }
-  }
-  free_by_offset_.emplace(offset, bytes);
-  free_by_size_.emplace(bytes, offset);
-}
-
-void HostArena::erase_free(std::map<uint64_t, uint64_t>::iterator it) {
-  free_by_size_.erase({it->second, it->first});
-  free_by_offset_.erase(it);
-}
-
 absl::StatusOr<HostBlock> HostArena::allocate(uint64_t bytes, uint64_t alignment) {
   if (bytes == 0) return absl::InvalidArgumentError("host arena allocation of 0 bytes");
   STRATA_CHECK(alignment >= kPage && (alignment & (alignment - 1)) == 0);
   const uint64_t size = round_up(bytes, kPage);
   std::lock_guard lock(mu_);
-  // Best fit: the smallest free block that still fits once aligned.
-  for (auto it = free_by_size_.lower_bound({size, 0}); it != free_by_size_.end(); ++it) {
-    const auto [free_bytes, free_offset] = *it;
-    const uint64_t start = round_up(free_offset, alignment);
-    if (start + size > free_offset + free_bytes) continue;
-    erase_free(free_by_offset_.find(free_offset));
-    if (start > free_offset) insert_free(free_offset, start - free_offset);
-    if (start + size < free_offset + free_bytes) {
-      insert_free(start + size, free_offset + free_bytes - start - size);
-    }
-    used_.emplace(start, size);
-    used_bytes_ += size;
-    peak_bytes_ = std::max(peak_bytes_, used_bytes_);
-    return HostBlock{start, size, static_cast<char*>(base_) + start};
+  if (const std::optional<uint64_t> start = ranges_.allocate(size, alignment)) {
+    return HostBlock{*start, size, static_cast<char*>(base_) + *start};
   }
-  const uint64_t largest = free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first;
   return absl::ResourceExhaustedError(
-      absl::StrCat("host tier full: need ", size, " bytes, ", capacity_ - used_bytes_,
-                   " free, largest free block ", largest,
+      absl::StrCat("host tier full: need ", size, " bytes, ", capacity_ - ranges_.used_bytes(),
+                   " free, largest free block ", ranges_.largest_free_bytes(),
                    " bytes; raise the host budget or move state to NVMe"));
 }
 
 void HostArena::free(const HostBlock& block) {
   std::lock_guard lock(mu_);
-  auto it = used_.find(block.offset);
-  STRATA_CHECK_MSG(it != used_.end() && it->second == block.bytes,
+  STRATA_CHECK_MSG(ranges_.free(block.offset) == block.bytes,
                    "HostArena::free of a block it did not hand out");
-  used_bytes_ -= it->second;
-  used_.erase(it);
-  insert_free(block.offset, block.bytes);
 }
 
 HostArenaStats HostArena::stats() const {
   std::lock_guard lock(mu_);
-  return HostArenaStats{capacity_, used_bytes_, peak_bytes_,
-                        free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first, used_.size()};
+  return HostArenaStats{capacity_, ranges_.used_bytes(), ranges_.peak_bytes(),
+                        ranges_.largest_free_bytes(), ranges_.blocks()};
 }
 
 }  // namespace strata::offload

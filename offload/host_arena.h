@@ -27,15 +27,13 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
-#include <utility>
 
 #include "absl/status/statusor.h"
 #include "gpu/device.h"
+#include "offload/range_allocator.h"
 
 namespace strata::offload {
 
@@ -86,8 +84,6 @@ class HostArena {
 
  private:
   HostArena() = default;
-  void insert_free(uint64_t offset, uint64_t bytes);
-  void erase_free(std::map<uint64_t, uint64_t>::iterator it);
 
   int fd_ = -1;
   void* base_ = nullptr;
@@ -97,11 +93,7 @@ class HostArena {
   std::string huge_page_mode_ = "none";
 
   mutable std::mutex mu_;
-  std::map<uint64_t, uint64_t> free_by_offset_;           // offset -> bytes
-  std::set<std::pair<uint64_t, uint64_t>> free_by_size_;  // (bytes, offset): best fit
-  std::map<uint64_t, uint64_t> used_;                     // offset -> bytes
-  uint64_t used_bytes_ = 0;
-  uint64_t peak_bytes_ = 0;
+  RangeAllocator ranges_{0};  // guarded by mu_; sized once the region is mapped
 };
 
 }  // namespace strata::offload

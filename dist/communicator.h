@@ -1,0 +1,100 @@
+// Communicator: the collectives data-parallel ZeRO needs, on existing
+// engines: Gloo (CPU ranks: host memory, SimDevice) and NCCL (CUDA device
+// memory, loaded on demand so strata links no NCCL). One Communicator per
+// rank; every rank calls the same collectives in the same order.
+//
+// Memory: `device_memory()` says where collective buffers live. Gloo: host
+// memory (SimDevice's "device" memory is host memory, so the engine hands
+// it its device buffers unchanged). NCCL: CUDA device memory; collectives
+// are enqueued on the stream given at connect and return at once
+// (stream-ordered; the caller orders its own work after them on the
+// device). The *_host calls take small host arrays (norms, flags, counts)
+// on every backend and return when the result is there (on NCCL that is a
+// host sync, which is why the engine uses them once per step).
+//
+// Threading: one thread at a time per Communicator (the caller serializes).
+// Errors: every collective has the timeout given at connect; a rank that
+// exits or stalls makes the others' collectives fail with DeadlineExceeded
+// or Unavailable naming the rank (and its host) they were waiting for,
+// never hang. Bad arguments (counts that differ across the world,
+// unsupported dtype) are InvalidArgument. After an error the Communicator
+// is unusable (every later call fails with the first error).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/dtype.h"
+
+namespace strata::dist {
+
+enum class ReduceOp { kSum, kMax };
+enum class Backend { kGloo, kNccl };
+
+// Where this process sits in the job, as torchrun (and Slurm / mpirun
+// wrappers that export the same names) describe it.
+struct RankInfo {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  int local_world_size = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+
+// RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
+// None set: one rank. InvalidArgument names the variable for a malformed
+// or inconsistent value (rank >= world size, WORLD_SIZE without RANK, ...).
+absl::StatusOr<RankInfo> rank_info_from_env();
+
+struct CommOptions {
+  Backend backend = Backend::kGloo;
+  // Every collective and the rendezvous itself.
+  std::chrono::milliseconds timeout{std::chrono::seconds(300)};
+  // NCCL: the CUDA device ordinal (usually local_rank) and the cudaStream_t
+  // (as void*, so dist stays free of CUDA headers) collectives run on.
+  int cuda_device = 0;
+  void* cuda_stream = nullptr;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual Backend backend() const = 0;
+  virtual bool device_memory() const = 0;
+
+  // In place over `count` elements of `dtype` on every rank.
+  virtual absl::Status all_reduce(void* data, uint64_t count, DType dtype, ReduceOp op) = 0;
+  // counts[r] elements from each rank r, concatenated in rank order into
+  // `recv` (sum(counts) elements); rank r sends counts[r] from `send`.
+  // `send` may point into `recv` at rank r's place (in place).
+  virtual absl::Status all_gather(const void* send, void* recv, std::span<const uint64_t> counts,
+                                  DType dtype) = 0;
+  // `send` holds sum(counts) elements on every rank; rank r receives into
+  // `recv` the reduction of the counts[r] elements at its place.
+  virtual absl::Status reduce_scatter(const void* send, void* recv,
+                                      std::span<const uint64_t> counts, DType dtype,
+                                      ReduceOp op) = 0;
+  virtual absl::Status broadcast(void* data, uint64_t count, DType dtype, int root) = 0;
+  virtual absl::Status barrier() = 0;
+
+  // Small host arrays on every backend (see above).
+  virtual absl::Status all_reduce_host(std::span<double> data, ReduceOp op) = 0;
+};
+
+// Joins the job `info` describes: rank 0 serves a rendezvous store on
+// master_addr:master_port, the others connect to it (retrying until the
+// timeout), then the backend's communicator is built. world_size 1 returns
+// a communicator whose collectives copy or do nothing. Unavailable names
+// the address when rank 0 cannot be reached; FailedPrecondition when the
+// backend is not there (NCCL without libnccl.so.2 or without a GPU).
+absl::StatusOr<std::unique_ptr<Communicator>> connect(const RankInfo& info,
+                                                      const CommOptions& options);
+
+}  // namespace strata::dist

@@ -206,6 +206,7 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
 }
 
 absl::Status OffloadOptimizer::Impl::save(const std::string& dir, const json& user_meta) {
+  if (dp()) return save_shards(dir, user_meta);
   STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
@@ -218,6 +219,9 @@ absl::Status OffloadOptimizer::Impl::save(const std::string& dir, const json& us
 }
 
 absl::Status OffloadOptimizer::Impl::save_async(const std::string& dir, const json& user_meta) {
+  // Across ranks the save is collective (its shards agree on one step):
+  // synchronous.
+  if (dp()) return save_shards(dir, user_meta);
   STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
@@ -297,6 +301,7 @@ absl::Status check_same_run(const Checkpoint& ck, const config::DsConfig& config
 }  // namespace
 
 absl::Status OffloadOptimizer::Impl::load(const std::string& dir_in, bool weights_only) {
+  if (dp() || is_sharded_checkpoint(dir_in)) return load_shards(dir_in, weights_only);
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());  // a load replaces it anyway
   STRATA_ASSIGN_OR_RETURN(const Checkpoint ck, read_checkpoint(dir_in),

@@ -26,7 +26,7 @@ inline void round_master(const float* master, void* out, DType dtype, uint64_t n
   if (dtype == DType::kBFloat16) convert_fp32_to_bf16(master, static_cast<uint16_t*>(out), n);
 }
 
-// Whether `dir` holds a data-parallel checkpoint (checkpoint_shards.cc).
+// Whether `dir` holds a data-parallel checkpoint (checkpoint.cc).
 bool is_sharded_checkpoint(const std::string& dir);
 
 struct OffloadOptimizer::Impl {
@@ -140,7 +140,7 @@ struct OffloadOptimizer::Impl {
   absl::Status save_async(const std::string& dir, const nlohmann::json& user_meta);
   absl::Status wait_for_save();
   absl::Status load(const std::string& dir, bool weights_only);
-  // Data parallel (checkpoint_shards.cc): one shard per rank, resharded on load.
+  // Data parallel (checkpoint.cc): one shard per rank, resharded on load.
   absl::Status save_shards(const std::string& dir, const nlohmann::json& user_meta);
   absl::Status load_shards(const std::string& dir, bool weights_only);
 

@@ -266,5 +266,40 @@ TEST_F(OffloadOptimizerDpTest, MisuseAcrossRanks) {
   for (int r = 0; r < 2; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
 }
 
+// A communicator whose collectives take device memory (NCCL's kind): the
+// optimizer reduces in host memory and refuses it. Only what create() asks.
+class DeviceMemoryComm final : public dist::Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 2; }
+  dist::Backend backend() const override { return dist::Backend::kNccl; }
+  bool device_memory() const override { return true; }
+  absl::Status all_reduce(void*, uint64_t, DType, dist::ReduceOp) override { return unused(); }
+  absl::Status all_gather(const void*, void*, std::span<const uint64_t>, DType) override {
+    return unused();
+  }
+  absl::Status reduce_scatter(const void*, void*, std::span<const uint64_t>, DType,
+                              dist::ReduceOp) override {
+    return unused();
+  }
+  absl::Status broadcast(void*, uint64_t, DType, int) override { return unused(); }
+  absl::Status barrier() override { return unused(); }
+  absl::Status all_reduce_host(std::span<double>, dist::ReduceOp) override { return unused(); }
+
+ private:
+  static absl::Status unused() { return absl::InternalError("not called by create()"); }
+};
+
+TEST_F(OffloadOptimizerDpTest, RefusesADeviceMemoryCommunicator) {
+  gpu::SimDevice device;
+  DeviceMemoryComm comm;
+  OffloadOptimizerOptions o;
+  o.comm = &comm;
+  auto created = OffloadOptimizer::create(config(2, 2, false, 0), &device, std::move(o));
+  ASSERT_FALSE(created.ok());
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(created.status().message().find("Gloo"), std::string::npos) << created.status();
+}
+
 }  // namespace
 }  // namespace strata::engine

@@ -14,6 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "engine/checkpoint_dir.h"
+#include "engine/checkpoint_format.h"
 #include "tests/dp_test_util.h"
 #include "tests/engine_test_fixture.h"
 
@@ -239,8 +241,40 @@ TEST_F(TrainingEngineDpTest, CheckpointOfTwoRanksResumesOnOneAndThree) {
   EXPECT_LT(two[0].loss[0], saved[0].loss[0]);
   EXPECT_LE(norm_rel(whole_masters(one), whole_masters(two)), 1e-5);
   EXPECT_LE(norm_rel(whole_masters(three), whole_masters(two)), 1e-5);
-  EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(ckpt) / "zero.json"));
+  EXPECT_TRUE(is_sharded_checkpoint(ckpt));
   EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(ckpt) / "rank1" / "meta.json"));
+  // What a trainer checks before saving there again and reads to resume.
+  EXPECT_TRUE(check_checkpoint_destination(ckpt).ok());
+  EXPECT_TRUE(TrainingEngine::read_checkpoint_user_metadata(ckpt).ok());
+
+  // Saved again by 3 ranks into the same directory: its shards replace the
+  // 2 ranks' (and the resumed 2-rank run continues from it).
+  std::vector<RankResult> again;
+  train(c, 3, 1, &again, load, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(ckpt) / "rank2" / "meta.json"));
+  std::vector<RankResult> after;
+  train(c, 2, 1, &after, load);
+  if (HasFatalFailure()) return;
+  EXPECT_NEAR((after[0].loss[0] + after[1].loss[0]) / 2, (two[0].loss[1] + two[1].loss[1]) / 2,
+              1e-5 * two[0].loss[1]);
+}
+
+// A one-rank checkpoint loads across ranks (its one shard is resharded).
+TEST_F(TrainingEngineDpTest, OneRankCheckpointResumesOnTwo) {
+  const Case c{.world = 2, .stage = 2};
+  const std::string ckpt = (dir_ / "single").string();
+  std::vector<RankResult> saved, one, two;
+  train(c, 0, 5, &saved, {}, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  EXPECT_FALSE(is_sharded_checkpoint(ckpt));
+  auto load = [&](TrainingEngine& e, int) { return e.load_checkpoint(ckpt); };
+  train(c, 0, 5, &one, load);
+  train(c, 2, 5, &two, load);
+  if (HasFatalFailure()) return;
+  for (int s = 0; s < 5; ++s) {
+    EXPECT_NEAR((two[0].loss[s] + two[1].loss[s]) / 2, one[0].loss[s], 1e-5 * one[0].loss[s]);
+  }
 }
 
 TEST_F(TrainingEngineDpTest, ConfigWorldSizeMustMatchTheCommunicator) {

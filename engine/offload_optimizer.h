@@ -128,19 +128,20 @@
 //     version: every rank keeps whole compute params.
 //   - read_state / write_state address the rank's slice (param_slice(p)
 //     values); read_param the whole compute param.
-//   - checkpoints (save_state / load_state, collective: every rank calls
-//     them at the same step): DIR/rank<r> is rank r's shard, a checkpoint
-//     in checkpoint_format.h's format whose tables hold the rank's slice of
-//     master, exp_avg, exp_avg_sq and the compute param; rank 0 writes
-//     DIR/zero.json (world size, partition rule, shard names) after every
-//     shard is in (and removes it first, so a failed save leaves no
-//     checkpoint mixing two steps). DIR must be missing, empty or such a
-//     checkpoint. load_state at any world size, with or without a
-//     communicator, reads the parts of the saved slices its own slice
-//     covers (resharding) and the whole compute params; a one-rank
-//     checkpoint loads across ranks the same way. save_state_async saves
-//     synchronously across ranks. The shard layout is not yet what
-//     `strata ckpt`, `strata sample` or check_checkpoint_destination read.
+//   - checkpoints: save_state is collective (every rank, same step):
+//     DIR/rank<r> is rank r's shard, a checkpoint in checkpoint_format.h's
+//     format whose tables hold the rank's slice of master, exp_avg,
+//     exp_avg_sq and the compute param; rank 0 writes DIR/zero.json (world
+//     size, partition rule, shard names) after every shard is in (and
+//     removes it first, so a failed save leaves no checkpoint mixing two
+//     steps). DIR must be missing, empty or such a checkpoint.
+//     save_state_async saves synchronously across ranks. load_state (not
+//     collective) at any world size, with or without a communicator, reads
+//     the parts of the saved slices its own slice covers (resharding) and
+//     the whole compute params; a one-rank checkpoint loads across ranks
+//     the same way. merge_checkpoint_shards (checkpoint_format.h) turns a
+//     sharded checkpoint into a one-rank one, which `strata ckpt` and
+//     `strata sample` read (they do not read shards themselves yet).
 // A rank whose step fails (or that stops calling) makes the others'
 // collectives fail within the communicator's timeout, naming it.
 //

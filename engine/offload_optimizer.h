@@ -100,9 +100,10 @@
 //     wait_grads() between micro-batches; a bucket reported twice without
 //     one is FailedPrecondition). There, on the calling thread, buckets in
 //     ascending bucket order (whatever order grad_ready saw; the collective
-//     order is the same on every rank) are summed over ranks in fp32:
-//     ZeRO stage 0/1 all_reduce the whole gradient, stage 2 and 3
-//     reduce_scatter it into the slice; the slice is accumulated into
+//     order is the same on every rank) are summed over ranks in fp32, one
+//     collective per bucket (its params' slices packed rank by rank): ZeRO
+//     stage 0/1 all_reduce the whole gradient, stage 2 and 3
+//     reduce_scatter it into the rank's slices; they are accumulated into
 //     grad32. One all_reduce_host per flush first agrees on which buckets
 //     have a gradient on any rank (a rank without one adds zeros) and on
 //     overflow (then no rank reduces more this step). The sum over ranks
@@ -112,13 +113,14 @@
 //     a kDevice binding's copy-out) and reduces there: the whole gradient
 //     still crosses PCIe on every rank, and the communicator must work on
 //     host memory (Gloo, beside a CUDA device too); one on device memory
-//     (NCCL) is refused at create() (Unimplemented).
+//     (NCCL) is refused at create() (Unimplemented). The reductions are
+//     not overlapped with backward in this version.
 //   - norm and overflow: the slices' statistics are summed with one
 //     all_reduce_host per step, so clipping, skipping and the loss scaler
 //     agree on every rank bit for bit.
-//   - after the decided update each bucket's params are all_gathered,
-//     slice by slice, into the whole compute param (kStore: the store's
-//     param tensor; kHost: the binding; kDevice: the store's copy, then
+//   - after the decided update each bucket's params are all_gathered (one
+//     collective per bucket) into the whole compute params (kStore: the
+//     store's param tensor; kHost: the binding; kDevice: the store's copy, then
 //     copied to the binding), in bucket order, so every rank's next
 //     forward sees the same params.
 //   - no speculative step and no fused pass (the gradient is complete only

@@ -449,9 +449,9 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(
-    const RankInfo& info, const CommOptions& options, std::unique_ptr<Rendezvous> rendezvous) {
+absl::Status check_nccl(const CommOptions& options) {
   STRATA_ASSIGN_OR_RETURN(const nccl::Api* api, nccl::load());
+  (void)api;
   int devices = 0;
   if (cudaError_t e = cudaGetDeviceCount(&devices); e != cudaSuccess || devices == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -463,6 +463,13 @@ absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(
                                                       " does not exist (this machine has ", devices,
                                                       "); is LOCAL_RANK right?"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(
+    const RankInfo& info, const CommOptions& options, std::unique_ptr<Rendezvous> rendezvous) {
+  STRATA_RETURN_IF_ERROR(check_nccl(options));
+  STRATA_ASSIGN_OR_RETURN(const nccl::Api* api, nccl::load());
   auto comm = std::make_unique<NcclCommunicator>(*api, info, options, std::move(rendezvous));
   STRATA_RETURN_IF_ERROR(comm->start());
   return std::unique_ptr<Communicator>(std::move(comm));

@@ -11,4 +11,10 @@ absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(const RankI
       "the Gloo backend for CPU ranks");
 }
 
+absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(const RankInfo&,
+                                                                     const CommOptions& options,
+                                                                     std::unique_ptr<Rendezvous>) {
+  return check_nccl(options);
+}
+
 }  // namespace strata::dist

@@ -42,24 +42,36 @@ absl::Status Rendezvous::explain_failure(absl::string_view what, absl::StatusCod
                                          absl::string_view detail) {
   const std::string head = absl::StrCat(what, " on rank ", rank_, " failed: ");
   // The store sees a dead rank's socket close at about the moment the
-  // backend does; give it a moment to catch up before concluding none died.
+  // backend does; after a broken connection give it a moment to catch up.
+  // After a timeout a death would have shown long ago: ask once.
   const auto deadline =
-      Clock::now() + std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(1));
+      code == absl::StatusCode::kDeadlineExceeded
+          ? Clock::now()
+          : Clock::now() + std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(1));
   for (;;) {
-    auto dead = client_->dead_ranks();
-    if (!dead.ok()) {
+    auto gone = client_->dead_ranks();
+    if (!gone.ok()) {
       return absl::UnavailableError(absl::StrCat(head, "rank 0 (the rendezvous store at ",
                                                  client_->server_address(),
                                                  ") is unreachable, so it has most likely exited (",
-                                                 dead.status().message(), "); backend: ", detail));
+                                                 gone.status().message(), "); backend: ", detail));
     }
-    if (!dead->empty()) {
-      std::vector<std::string> names;
-      for (const auto& d : *dead)
-        names.push_back(absl::StrCat("rank ", d.rank, " (", d.description, ")"));
-      return absl::UnavailableError(absl::StrCat(head, absl::StrJoin(names, ", "),
-                                                 dead->size() == 1 ? " has" : " have",
+    std::vector<std::string> died, left;
+    for (const auto& d : *gone) {
+      if (d.rank == rank_) continue;
+      (d.left ? left : died).push_back(absl::StrCat("rank ", d.rank, " (", d.description, ")"));
+    }
+    if (!died.empty()) {
+      return absl::UnavailableError(absl::StrCat(head, absl::StrJoin(died, ", "),
+                                                 died.size() == 1 ? " has" : " have",
                                                  " exited; backend: ", detail));
+    }
+    if (!left.empty() && Clock::now() >= deadline) {
+      return absl::UnavailableError(
+          absl::StrCat(head, absl::StrJoin(left, ", "), left.size() == 1 ? " has" : " have",
+                       " closed its communicator (left the job) while this rank still expected "
+                       "it in a collective; backend: ",
+                       detail));
     }
     if (Clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

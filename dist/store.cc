@@ -92,7 +92,8 @@ struct StoreServer::Impl {
   std::map<std::string, std::string, std::less<>> data;
   struct RankEntry {
     std::string description;
-    bool dead = false;
+    bool gone = false;
+    bool left = false;  // gone after goodbye
   };
   std::map<int, RankEntry> ranks;
   std::vector<int> open_fds;
@@ -178,14 +179,14 @@ struct StoreServer::Impl {
         if (!r.done()) return false;
         std::lock_guard<std::mutex> lock(mu);
         reply->push_back(kOk);
-        std::vector<std::pair<int, std::string>> dead;
+        uint32_t n = 0;
+        for (const auto& [who, entry] : ranks) n += entry.gone ? 1 : 0;
+        put_u32(*reply, n);
         for (const auto& [who, entry] : ranks) {
-          if (entry.dead) dead.emplace_back(who, entry.description);
-        }
-        put_u32(*reply, static_cast<uint32_t>(dead.size()));
-        for (const auto& [who, description] : dead) {
+          if (!entry.gone) continue;
           put_u32(*reply, static_cast<uint32_t>(who));
-          put_str(*reply, description);
+          put_str(*reply, entry.description);
+          reply->push_back(entry.left ? 1 : 0);
         }
         return true;
       }
@@ -220,7 +221,10 @@ struct StoreServer::Impl {
       if (!send_all(fd, out.data(), out.size(), Clock::now() + kBodyTimeout).ok()) break;
     }
     std::lock_guard<std::mutex> lock(mu);
-    if (rank >= 0 && !goodbye && !stopping.load()) ranks[rank].dead = true;
+    if (rank >= 0 && !stopping.load()) {
+      ranks[rank].gone = true;
+      ranks[rank].left = goodbye;
+    }
     std::erase(open_fds, fd);
     close(fd);
   }
@@ -384,10 +388,12 @@ absl::StatusOr<std::vector<DeadRank>> StoreClient::dead_ranks() {
   for (uint32_t i = 0; i < n; ++i) {
     DeadRank d;
     int32_t who;
-    if (!r.i32(&who) || !r.str(&d.description)) {
+    uint8_t left = 0;
+    if (!r.i32(&who) || !r.str(&d.description) || !r.u8(&left)) {
       return absl::DataLossError("malformed dead-rank reply");
     }
     d.rank = who;
+    d.left = left != 0;
     out.push_back(std::move(d));
   }
   return out;

@@ -11,7 +11,9 @@
 //
 // Liveness: a client that says hello(rank) is that rank's connection; if it
 // closes without goodbye() (the process exited or crashed), the server
-// lists the rank in dead_ranks(). The kernel closes a dead process's
+// lists the rank in dead_ranks(); one that closes after goodbye() is listed
+// as having left (it closed its communicator, maybe while others still
+// expected it in a collective). The kernel closes a dead process's
 // sockets, so a rank that _exit()s or is killed shows up within a moment.
 //
 // Threading: StoreServer serves each connection on its own thread and is
@@ -56,6 +58,7 @@ class StoreServer {
 struct DeadRank {
   int rank = -1;
   std::string description;  // what the rank said in hello (host, pid)
+  bool left = false;        // said goodbye first: it closed its communicator
 };
 
 class StoreClient {
@@ -82,7 +85,8 @@ class StoreClient {
   absl::Status hello(int rank, absl::string_view description);
   // Marks a clean exit: closing after goodbye is not a death.
   absl::Status goodbye();
-  // Ranks whose connection closed without goodbye, in rank order.
+  // Ranks whose connection has closed, in rank order: without goodbye
+  // (died) or after it (`left`: closed its communicator).
   absl::StatusOr<std::vector<DeadRank>> dead_ranks();
 
   // "host:port" of the server, for messages.

@@ -98,7 +98,7 @@ TEST_F(Store, HostileFramesCloseOnlyThatConnection) {
   EXPECT_EQ(*v, "v");
 }
 
-TEST_F(Store, ClosingWithoutGoodbyeIsDeath) {
+TEST_F(Store, ClosingWithoutGoodbyeIsDeathAfterItLeaving) {
   auto watcher = client();
   auto clean = client();
   auto dying = client();
@@ -110,15 +110,18 @@ TEST_F(Store, ClosingWithoutGoodbyeIsDeath) {
   clean.reset();
   dying.reset();
   std::vector<DeadRank> dead;
-  for (int i = 0; i < 100 && dead.empty(); ++i) {
+  for (int i = 0; i < 100 && dead.size() < 2; ++i) {
     auto d = watcher->dead_ranks();
     ASSERT_TRUE(d.ok()) << d.status();
     dead = *d;
     std::this_thread::sleep_for(milliseconds(10));
   }
-  ASSERT_EQ(dead.size(), 1u);
-  EXPECT_EQ(dead[0].rank, 2);
-  EXPECT_EQ(dead[0].description, "host-b, pid 2");
+  ASSERT_EQ(dead.size(), 2u);
+  EXPECT_EQ(dead[0].rank, 1);
+  EXPECT_TRUE(dead[0].left);  // goodbye first: left, not died
+  EXPECT_EQ(dead[1].rank, 2);
+  EXPECT_FALSE(dead[1].left);
+  EXPECT_EQ(dead[1].description, "host-b, pid 2");
 }
 
 TEST_F(Store, ServerGoneIsUnavailableNamingIt) {

@@ -192,7 +192,7 @@ TEST_P(GlooWorld, EveryCollectiveMatchesHandComputedValues) {
     EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r];
 }
 
-INSTANTIATE_TEST_SUITE_P(Worlds, GlooWorld, ::testing::Values(2, 3));
+INSTANTIATE_TEST_SUITE_P(Worlds, GlooWorld, ::testing::Values(2, 3, 4));
 
 TEST(GlooLocal, WorldOfOneCopiesOrDoesNothing) {
   CommOptions opts;
@@ -239,7 +239,7 @@ TEST(GlooRendezvous, BadRankInfoIsInvalidArgument) {
 
 // A rank that dies while the others are in a collective: they fail well
 // within the timeout, naming it; later calls repeat the first error.
-void expect_death_is_named(int world, int dying) {
+void expect_death_is_named(int world, int dying, bool reduce_scatter) {
   auto port = pick_free_port();
   ASSERT_TRUE(port.ok());
   const milliseconds timeout(10000);
@@ -253,9 +253,14 @@ void expect_death_is_named(int world, int dying) {
       _exit(3);
     }
     const auto start = std::chrono::steady_clock::now();
-    absl::Status s = (*comm)->all_reduce(v.data(), v.size(), DType::kFloat32, ReduceOp::kSum);
+    std::vector<uint64_t> counts(world, v.size() / world);
+    std::vector<float> out(counts[0]);
+    absl::Status s =
+        reduce_scatter
+            ? (*comm)->reduce_scatter(v.data(), out.data(), counts, DType::kFloat32, ReduceOp::kSum)
+            : (*comm)->all_reduce(v.data(), v.size(), DType::kFloat32, ReduceOp::kSum);
     const auto took = std::chrono::steady_clock::now() - start;
-    if (s.ok()) return absl::InternalError("all_reduce succeeded without a rank");
+    if (s.ok()) return absl::InternalError("the collective succeeded without a rank");
     if (took > milliseconds(5000)) {
       return absl::InternalError(
           absl::StrCat("took ", took / milliseconds(1), " ms: ", s.message()));
@@ -274,9 +279,11 @@ void expect_death_is_named(int world, int dying) {
   }
 }
 
-TEST(GlooFailure, DeadRankIsNamedByTheOthers) { expect_death_is_named(3, 2); }
+TEST(GlooFailure, DeadRankIsNamedByTheOthers) { expect_death_is_named(3, 2, false); }
 
-TEST(GlooFailure, DeadRankZeroIsNamedByTheOthers) { expect_death_is_named(3, 0); }
+TEST(GlooFailure, DeadRankZeroIsNamedByTheOthers) { expect_death_is_named(3, 0, false); }
+
+TEST(GlooFailure, DeadRankInTheReduceScatterRingIsNamed) { expect_death_is_named(4, 1, true); }
 
 TEST(GlooFailure, RankClosingItsCommunicatorEarlyIsNamed) {
   auto port = pick_free_port();

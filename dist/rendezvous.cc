@@ -25,10 +25,10 @@ absl::StatusOr<std::unique_ptr<Rendezvous>> Rendezvous::join(const RankInfo& inf
                           StoreClient::connect(info.master_addr, info.master_port, timeout),
                           absl::StrCat("rank ", info.rank));
   std::string local = r->client_->local_address();
-  STRATA_RETURN_IF_ERROR(
-      r->client_->hello(info.rank, absl::StrCat(local.substr(0, local.rfind(':')), ", pid ",
-                                                static_cast<long>(getpid()))),
-      absl::StrCat("rank ", info.rank, " registering with the store"));
+  STRATA_RETURN_IF_ERROR(r->client_->hello(info.rank, info.world_size,
+                                           absl::StrCat(local.substr(0, local.rfind(':')), ", pid ",
+                                                        static_cast<long>(getpid()))),
+                         absl::StrCat("rank ", info.rank, " registering with the store"));
   return r;
 }
 

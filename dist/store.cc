@@ -20,7 +20,7 @@ namespace strata::dist {
 namespace {
 
 enum Op : uint8_t { kSet = 1, kGet = 2, kCheck = 3, kHello = 4, kGoodbye = 5, kDead = 6 };
-enum Reply : uint8_t { kOk = 0, kMissing = 1, kBadRequest = 2 };
+enum Reply : uint8_t { kOk = 0, kMissing = 1, kBadRequest = 2, kConflict = 3 };
 
 // A request must arrive whole this soon after its first byte.
 constexpr std::chrono::seconds kBodyTimeout{30};
@@ -96,6 +96,7 @@ struct StoreServer::Impl {
     bool left = false;  // gone after goodbye
   };
   std::map<int, RankEntry> ranks;
+  int world_size = 0;  // from the first hello
   std::vector<int> open_fds;
   std::vector<std::thread> workers;
 
@@ -161,11 +162,33 @@ struct StoreServer::Impl {
         return true;
       }
       case kHello: {
-        int32_t who = -1;
+        int32_t who = -1, world = 0;
         std::string description;
-        if (!r.i32(&who) || !r.str(&description) || !r.done() || who < 0) return false;
+        if (!r.i32(&who) || !r.i32(&world) || !r.str(&description) || !r.done() || who < 0 ||
+            world < 1) {
+          return false;
+        }
         std::lock_guard<std::mutex> lock(mu);
-        ranks[who] = RankEntry{std::move(description), false};
+        std::string conflict;
+        if (world_size == 0) world_size = world;
+        auto it = ranks.find(who);
+        if (world != world_size) {
+          conflict = absl::StrCat("rank ", who, " (", description, ") has WORLD_SIZE=", world,
+                                  " but the job's first rank had ", world_size,
+                                  "; set the same WORLD_SIZE on every rank");
+        } else if (who >= world) {
+          conflict = absl::StrCat("rank ", who, " is not below WORLD_SIZE=", world);
+        } else if (it != ranks.end() && !it->second.gone) {
+          conflict = absl::StrCat("rank ", who, " is already in the job (", it->second.description,
+                                  "), so ", description,
+                                  " cannot join as it too; is RANK unique on every process?");
+        }
+        if (!conflict.empty()) {
+          reply->push_back(kConflict);
+          put_str(*reply, conflict);
+          return true;
+        }
+        ranks[who] = RankEntry{std::move(description)};
         *rank = who;
         reply->push_back(kOk);
         return true;
@@ -370,11 +393,19 @@ absl::Status StoreClient::wait(std::span<const std::string> keys,
   }
 }
 
-absl::Status StoreClient::hello(int rank, absl::string_view description) {
+absl::Status StoreClient::hello(int rank, int world_size, absl::string_view description) {
   std::string req(1, static_cast<char>(kHello));
   put_u32(req, static_cast<uint32_t>(rank));
+  put_u32(req, static_cast<uint32_t>(world_size));
   put_str(req, description);
-  return call(req).status();
+  STRATA_ASSIGN_OR_RETURN(std::string body, call(req));
+  if (static_cast<uint8_t>(body[0]) == kConflict) {
+    Reader r(absl::string_view(body).substr(1));
+    std::string why;
+    if (!r.str(&why)) why = "refused";
+    return absl::InvalidArgumentError(why);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status StoreClient::goodbye() { return call(std::string(1, kGoodbye)).status(); }

@@ -80,9 +80,11 @@ class StoreClient {
   // Whether every key is set now.
   absl::StatusOr<bool> check(std::span<const std::string> keys);
 
-  // Registers this connection as `rank`; `description` (host, pid) is what
-  // dead_ranks() will say about it.
-  absl::Status hello(int rank, absl::string_view description);
+  // Registers this connection as `rank` of `world_size`; `description`
+  // (host, pid) is what dead_ranks() will say about it. InvalidArgument when
+  // another live connection is already that rank, or the world size differs
+  // from the first rank's (RANK / WORLD_SIZE set wrong on some node).
+  absl::Status hello(int rank, int world_size, absl::string_view description);
   // Marks a clean exit: closing after goodbye is not a death.
   absl::Status goodbye();
   // Ranks whose connection has closed, in rank order: without goodbye

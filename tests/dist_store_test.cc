@@ -103,9 +103,9 @@ TEST_F(Store, ClosingWithoutGoodbyeIsDeathAfterItLeaving) {
   auto clean = client();
   auto dying = client();
   ASSERT_TRUE(watcher && clean && dying);
-  ASSERT_TRUE(watcher->hello(0, "w").ok());
-  ASSERT_TRUE(clean->hello(1, "host-a, pid 1").ok());
-  ASSERT_TRUE(dying->hello(2, "host-b, pid 2").ok());
+  ASSERT_TRUE(watcher->hello(0, 3, "w").ok());
+  ASSERT_TRUE(clean->hello(1, 3, "host-a, pid 1").ok());
+  ASSERT_TRUE(dying->hello(2, 3, "host-b, pid 2").ok());
   ASSERT_TRUE(clean->goodbye().ok());
   clean.reset();
   dying.reset();
@@ -122,6 +122,24 @@ TEST_F(Store, ClosingWithoutGoodbyeIsDeathAfterItLeaving) {
   EXPECT_EQ(dead[1].rank, 2);
   EXPECT_FALSE(dead[1].left);
   EXPECT_EQ(dead[1].description, "host-b, pid 2");
+}
+
+TEST_F(Store, ConflictingRanksAreRefusedNamingTheFirst) {
+  auto a = client();
+  auto b = client();
+  auto c = client();
+  ASSERT_TRUE(a && b && c);
+  ASSERT_TRUE(a->hello(1, 4, "node0, pid 10").ok());
+  absl::Status twice = b->hello(1, 4, "node1, pid 20");
+  EXPECT_TRUE(absl::IsInvalidArgument(twice)) << twice;
+  EXPECT_NE(twice.message().find("node0, pid 10"), std::string::npos) << twice;
+  EXPECT_NE(twice.message().find("RANK"), std::string::npos) << twice;
+  absl::Status world = c->hello(2, 8, "node1, pid 30");
+  EXPECT_TRUE(absl::IsInvalidArgument(world)) << world;
+  EXPECT_NE(world.message().find("WORLD_SIZE=8"), std::string::npos) << world;
+  EXPECT_TRUE(absl::IsInvalidArgument(c->hello(4, 4, "node1, pid 30")));
+  // A refused hello leaves the connection usable.
+  EXPECT_TRUE(c->hello(2, 4, "node1, pid 30").ok());
 }
 
 TEST_F(Store, ServerGoneIsUnavailableNamingIt) {

@@ -18,6 +18,7 @@
 #include <exception>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "dist/backends.h"
@@ -70,6 +71,15 @@ class GlooStore final : public gloo::rendezvous::Store {
   std::chrono::milliseconds timeout_;
 };
 
+// Gloo says "Timed out" (its waits) and our store "within N ms" (its
+// waits); anything else is a broken connection.
+absl::StatusCode failure_code(absl::string_view detail) {
+  return absl::StrContains(detail, "Timed out") || absl::StrContains(detail, "timed out") ||
+                 absl::StrContains(detail, " within ")
+             ? absl::StatusCode::kDeadlineExceeded
+             : absl::StatusCode::kUnavailable;
+}
+
 std::string describe(DType dtype, uint64_t count) {
   return absl::StrCat(count, " ", std::string(dtype_name(dtype)));
 }
@@ -110,7 +120,7 @@ class GlooCommunicator final : public Communicator {
       context->connectFullMesh(store, device_);
       context_ = std::move(context);
     } catch (const std::exception& e) {
-      return rendezvous_->explain_failure(what, absl::StatusCode::kUnavailable, e.what());
+      return rendezvous_->explain_failure(what, failure_code(e.what()), e.what());
     }
     return absl::OkStatus();
   }
@@ -310,12 +320,8 @@ class GlooCommunicator final : public Communicator {
       fn();
       return absl::OkStatus();
     } catch (const std::exception& e) {
-      const std::string detail = e.what();
-      const bool timed_out = detail.find("Timed out") != std::string::npos ||
-                             detail.find("timed out") != std::string::npos;
-      error_ = rendezvous_->explain_failure(
-          absl::StrCat(what, " (collective #", collectives_, ")"),
-          timed_out ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kUnavailable, detail);
+      error_ = rendezvous_->explain_failure(absl::StrCat(what, " (collective #", collectives_, ")"),
+                                            failure_code(e.what()), e.what());
       return error_;
     }
   }

@@ -15,6 +15,7 @@ absl::StatusOr<std::unique_ptr<Rendezvous>> Rendezvous::join(const RankInfo& inf
                                                              std::chrono::milliseconds timeout) {
   std::unique_ptr<Rendezvous> r(new Rendezvous());
   r->rank_ = info.rank;
+  r->world_ = info.world_size;
   r->timeout_ = timeout;
   if (info.rank == 0) {
     STRATA_ASSIGN_OR_RETURN(r->server_, StoreServer::start(info.master_addr, info.master_port),
@@ -48,32 +49,49 @@ absl::Status Rendezvous::explain_failure(absl::string_view what, absl::StatusCod
       code == absl::StatusCode::kDeadlineExceeded
           ? Clock::now()
           : Clock::now() + std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(1));
+  auto names = [](const std::vector<std::string>& v, const char* one, const char* many) {
+    return absl::StrCat(absl::StrJoin(v, ", "), v.size() == 1 ? one : many);
+  };
   for (;;) {
-    auto gone = client_->dead_ranks();
-    if (!gone.ok()) {
-      return absl::UnavailableError(absl::StrCat(head, "rank 0 (the rendezvous store at ",
-                                                 client_->server_address(),
-                                                 ") is unreachable, so it has most likely exited (",
-                                                 gone.status().message(), "); backend: ", detail));
+    auto roster = client_->roster();
+    if (!roster.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat(head, "rank 0 (the rendezvous store at ", client_->server_address(),
+                       ") is unreachable, so it has most likely exited (",
+                       roster.status().message(), "); backend: ", detail));
     }
-    std::vector<std::string> died, left;
-    for (const auto& d : *gone) {
-      if (d.rank == rank_) continue;
-      (d.left ? left : died).push_back(absl::StrCat("rank ", d.rank, " (", d.description, ")"));
+    std::vector<std::string> died, left, missing;
+    std::vector<bool> seen(world_, false);
+    for (const auto& d : *roster) {
+      if (d.rank >= 0 && d.rank < world_) seen[d.rank] = true;
+      if (d.rank == rank_ || d.state == RankState::State::kAlive) continue;
+      (d.state == RankState::State::kLeft ? left : died)
+          .push_back(absl::StrCat("rank ", d.rank, " (", d.description, ")"));
+    }
+    for (int r = 0; r < world_; ++r) {
+      if (!seen[r]) missing.push_back(absl::StrCat("rank ", r));
     }
     if (!died.empty()) {
-      return absl::UnavailableError(absl::StrCat(head, absl::StrJoin(died, ", "),
-                                                 died.size() == 1 ? " has" : " have",
-                                                 " exited; backend: ", detail));
-    }
-    if (!left.empty() && Clock::now() >= deadline) {
       return absl::UnavailableError(
-          absl::StrCat(head, absl::StrJoin(left, ", "), left.size() == 1 ? " has" : " have",
-                       " closed its communicator (left the job) while this rank still expected "
-                       "it in a collective; backend: ",
-                       detail));
+          absl::StrCat(head, names(died, " has", " have"), " exited; backend: ", detail));
     }
-    if (Clock::now() >= deadline) break;
+    if (Clock::now() >= deadline) {
+      if (!left.empty()) {
+        return absl::UnavailableError(
+            absl::StrCat(head, names(left, " has", " have"),
+                         " closed its communicator (left the job) while this rank still "
+                         "expected it in a collective; backend: ",
+                         detail));
+      }
+      if (!missing.empty()) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            head, names(missing, " has", " have"), " not joined the rendezvous at ",
+            client_->server_address(), " within ", timeout_.count(),
+            " ms (not started, or started with another MASTER_ADDR / MASTER_PORT); backend: ",
+            detail));
+      }
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return absl::Status(code, absl::StrCat(head,

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -19,7 +20,7 @@
 namespace strata::dist {
 namespace {
 
-enum Op : uint8_t { kSet = 1, kGet = 2, kCheck = 3, kHello = 4, kGoodbye = 5, kDead = 6 };
+enum Op : uint8_t { kSet = 1, kGet = 2, kCheck = 3, kHello = 4, kGoodbye = 5, kRoster = 6 };
 enum Reply : uint8_t { kOk = 0, kMissing = 1, kBadRequest = 2, kConflict = 3 };
 
 // A request must arrive whole this soon after its first byte.
@@ -198,18 +199,17 @@ struct StoreServer::Impl {
         *goodbye = true;
         reply->push_back(kOk);
         return true;
-      case kDead: {
+      case kRoster: {
         if (!r.done()) return false;
         std::lock_guard<std::mutex> lock(mu);
         reply->push_back(kOk);
-        uint32_t n = 0;
-        for (const auto& [who, entry] : ranks) n += entry.gone ? 1 : 0;
-        put_u32(*reply, n);
+        put_u32(*reply, static_cast<uint32_t>(ranks.size()));
         for (const auto& [who, entry] : ranks) {
-          if (!entry.gone) continue;
           put_u32(*reply, static_cast<uint32_t>(who));
           put_str(*reply, entry.description);
-          reply->push_back(entry.left ? 1 : 0);
+          reply->push_back(static_cast<char>(!entry.gone  ? RankState::State::kAlive
+                                             : entry.left ? RankState::State::kLeft
+                                                          : RankState::State::kDied));
         }
         return true;
       }
@@ -300,8 +300,10 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::connect(
       return std::unique_ptr<StoreClient>(new StoreClient(*fd, server, timeout));
     }
     last = fd.status();
-    if (Clock::now() + std::chrono::milliseconds(50) >= deadline) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const auto now = Clock::now();
+    if (now >= deadline) break;
+    std::this_thread::sleep_for(
+        std::min<Clock::duration>(std::chrono::milliseconds(50), deadline - now));
   }
   return absl::UnavailableError(absl::StrCat(
       "cannot reach the rendezvous store of rank 0 at ", server, " within ", timeout.count(),
@@ -410,23 +412,24 @@ absl::Status StoreClient::hello(int rank, int world_size, absl::string_view desc
 
 absl::Status StoreClient::goodbye() { return call(std::string(1, kGoodbye)).status(); }
 
-absl::StatusOr<std::vector<DeadRank>> StoreClient::dead_ranks() {
-  STRATA_ASSIGN_OR_RETURN(std::string body, call(std::string(1, kDead)));
+absl::StatusOr<std::vector<RankState>> StoreClient::roster() {
+  STRATA_ASSIGN_OR_RETURN(std::string body, call(std::string(1, kRoster)));
   Reader r(absl::string_view(body).substr(1));
   uint32_t n = 0;
-  if (!r.u32(&n)) return absl::DataLossError("malformed dead-rank reply");
-  std::vector<DeadRank> out;
+  const auto malformed =
+      absl::DataLossError(absl::StrCat("malformed roster reply from the store at ", server_));
+  if (!r.u32(&n)) return malformed;
+  std::vector<RankState> out;
   for (uint32_t i = 0; i < n; ++i) {
-    DeadRank d;
+    RankState d;
     int32_t who;
-    uint8_t left = 0;
-    if (!r.i32(&who) || !r.str(&d.description) || !r.u8(&left)) {
-      return absl::DataLossError("malformed dead-rank reply");
-    }
+    uint8_t state = 0;
+    if (!r.i32(&who) || !r.str(&d.description) || !r.u8(&state) || state > 2) return malformed;
     d.rank = who;
-    d.left = left != 0;
+    d.state = static_cast<RankState::State>(state);
     out.push_back(std::move(d));
   }
+  if (!r.done()) return malformed;
   return out;
 }
 

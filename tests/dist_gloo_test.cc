@@ -231,6 +231,17 @@ TEST(GlooRendezvous, RankZeroNeverComingTimesOutNamingTheAddress) {
   EXPECT_LT(took, milliseconds(4000));
 }
 
+TEST(GlooRendezvous, RanksThatNeverJoinAreNamed) {
+  auto port = pick_free_port();
+  ASSERT_TRUE(port.ok());
+  auto results = run_ranks(1, [&](int) -> absl::Status {
+    return join(0, 3, *port, milliseconds(1500)).status();  // ranks 1 and 2 never come
+  });
+  EXPECT_TRUE(absl::IsDeadlineExceeded(results[0])) << results[0];
+  EXPECT_NE(results[0].message().find("rank 1, rank 2 have not joined"), std::string::npos)
+      << results[0];
+}
+
 TEST(GlooRendezvous, BadRankInfoIsInvalidArgument) {
   CommOptions opts;
   EXPECT_TRUE(absl::IsInvalidArgument(connect(loopback_rank(2, 2, 1234), opts).status()));

@@ -109,19 +109,21 @@ TEST_F(Store, ClosingWithoutGoodbyeIsDeathAfterItLeaving) {
   ASSERT_TRUE(clean->goodbye().ok());
   clean.reset();
   dying.reset();
-  std::vector<DeadRank> dead;
-  for (int i = 0; i < 100 && dead.size() < 2; ++i) {
-    auto d = watcher->dead_ranks();
-    ASSERT_TRUE(d.ok()) << d.status();
-    dead = *d;
+  std::vector<RankState> roster;
+  for (int i = 0; i < 100; ++i) {
+    auto r = watcher->roster();
+    ASSERT_TRUE(r.ok()) << r.status();
+    roster = *r;
+    if (roster.size() == 3 && roster[2].state != RankState::State::kAlive) break;
     std::this_thread::sleep_for(milliseconds(10));
   }
-  ASSERT_EQ(dead.size(), 2u);
-  EXPECT_EQ(dead[0].rank, 1);
-  EXPECT_TRUE(dead[0].left);  // goodbye first: left, not died
-  EXPECT_EQ(dead[1].rank, 2);
-  EXPECT_FALSE(dead[1].left);
-  EXPECT_EQ(dead[1].description, "host-b, pid 2");
+  ASSERT_EQ(roster.size(), 3u);
+  EXPECT_EQ(roster[0].state, RankState::State::kAlive);
+  EXPECT_EQ(roster[1].rank, 1);
+  EXPECT_EQ(roster[1].state, RankState::State::kLeft);  // goodbye first
+  EXPECT_EQ(roster[2].rank, 2);
+  EXPECT_EQ(roster[2].state, RankState::State::kDied);
+  EXPECT_EQ(roster[2].description, "host-b, pid 2");
 }
 
 TEST_F(Store, ConflictingRanksAreRefusedNamingTheFirst) {

@@ -36,6 +36,11 @@ absl::StatusOr<std::unique_ptr<Rendezvous>> Rendezvous::join(const RankInfo& inf
 Rendezvous::~Rendezvous() {
   if (client_ != nullptr) (void)client_->goodbye();
   client_.reset();
+  // Others may still be failing over this rank's last collective and need
+  // the store to say who died; a normal end costs the time the slowest rank
+  // takes to close its communicator.
+  if (server_ != nullptr)
+    server_->linger(rank_, std::min<std::chrono::milliseconds>(timeout_, std::chrono::seconds(5)));
   server_.reset();
 }
 

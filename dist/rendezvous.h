@@ -6,7 +6,9 @@
 //
 // Ownership: the communicator owns its Rendezvous; destroying it says
 // goodbye (a clean exit is not reported as a death) and, on rank 0, stops
-// the store. Threading: one thread at a time, like the communicator.
+// the store once the other ranks have closed their connections (or after
+// min(timeout, 5 s)), so they can still learn which rank died. Threading: one thread at a time,
+// like the communicator.
 #pragma once
 
 #include <chrono>

@@ -282,6 +282,20 @@ StoreServer::~StoreServer() {
 
 int StoreServer::port() const { return impl_->port; }
 
+void StoreServer::linger(int self, std::chrono::milliseconds max) {
+  const auto deadline = Clock::now() + max;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      bool alone = true;
+      for (const auto& [who, entry] : impl_->ranks) alone = alone && (who == self || entry.gone);
+      if (alone) return;
+    }
+    if (Clock::now() >= deadline) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 // ---------------------------------------------------------------- client
 
 StoreClient::StoreClient(int fd, std::string server, std::chrono::milliseconds timeout)

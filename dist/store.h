@@ -48,6 +48,12 @@ class StoreServer {
 
   int port() const;
 
+  // Waits (up to `max`) until every registered rank but `self` has closed
+  // its connection: rank 0 keeps the store up while the others may still
+  // need it to explain a failure (which rank died), instead of taking it
+  // down under them.
+  void linger(int self, std::chrono::milliseconds max);
+
   struct Impl;
 
  private:

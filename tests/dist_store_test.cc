@@ -114,7 +114,10 @@ TEST_F(Store, ClosingWithoutGoodbyeIsDeathAfterItLeaving) {
     auto r = watcher->roster();
     ASSERT_TRUE(r.ok()) << r.status();
     roster = *r;
-    if (roster.size() == 3 && roster[2].state != RankState::State::kAlive) break;
+    if (roster.size() == 3 && roster[1].state != RankState::State::kAlive &&
+        roster[2].state != RankState::State::kAlive) {
+      break;
+    }
     std::this_thread::sleep_for(milliseconds(10));
   }
   ASSERT_EQ(roster.size(), 3u);

@@ -31,9 +31,9 @@
 // all_reduce_host.
 //
 // Gloo (TCP; peers reach a rank at the interface its store connection
-// used): all_reduce is Gloo's ring, all_gather allgatherv, reduce_scatter
-// our ring over Gloo's point-to-point buffers (see gloo_communicator.cc).
-// NCCL: ncclAllGather / ncclReduceScatter when counts are equal, grouped
+// used, or the one GLOO_SOCKET_IFNAME names, as with torch): all_reduce is Gloo's ring, all_gather
+// allgatherv, reduce_scatter our ring over Gloo's point-to-point buffers (see
+// gloo_communicator.cc). NCCL: ncclAllGather / ncclReduceScatter when counts are equal, grouped
 // ncclBroadcast / ncclReduce per rank otherwise; a watchdog aborts the
 // NCCL communicator when a collective outlives the timeout; barrier and
 // all_reduce_host sync the host (all_reduce_host: at most 4096 values).

@@ -14,6 +14,7 @@
 // Every call gets its own tag (so a rank running ahead cannot match a message
 // to the wrong collective) and the timeout from connect().
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <vector>
@@ -102,16 +103,22 @@ class GlooCommunicator final : public Communicator {
     }
   }
 
-  absl::Status start(const RankInfo& info) {
+  absl::Status start() {
     gloo::transport::tcp::attr attr;
-    // Peers reach this rank where rank 0's store reached it: the interface
-    // the store connection left from (127.0.0.1 on one machine).
-    std::string local = rendezvous_->store().local_address();
-    attr.hostname = local.substr(0, local.rfind(':'));
-    if (!attr.hostname.empty() && attr.hostname.front() == '[') {
-      attr.hostname = attr.hostname.substr(1, attr.hostname.size() - 2);
+    if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME"); iface != nullptr && *iface) {
+      // The name torch users already set to pick the NIC.
+      attr.iface = iface;
+    } else {
+      // Peers reach this rank where rank 0's store reached it: the
+      // interface the store connection left from (127.0.0.1 on one machine).
+      std::string local = rendezvous_->store().local_address();
+      attr.hostname = local.substr(0, local.rfind(':'));
+      if (!attr.hostname.empty() && attr.hostname.front() == '[') {
+        attr.hostname = attr.hostname.substr(1, attr.hostname.size() - 2);
+      }
     }
-    const std::string what = absl::StrCat("connecting Gloo (", attr.hostname, ")");
+    const std::string what =
+        absl::StrCat("connecting Gloo (", attr.iface.empty() ? attr.hostname : attr.iface, ")");
     try {
       device_ = gloo::transport::tcp::CreateDevice(attr);
       auto context = std::make_shared<gloo::rendezvous::Context>(rank_, world_);
@@ -343,7 +350,7 @@ class GlooCommunicator final : public Communicator {
 absl::StatusOr<std::unique_ptr<Communicator>> make_gloo_communicator(
     const RankInfo& info, const CommOptions& options, std::unique_ptr<Rendezvous> rendezvous) {
   auto comm = std::make_unique<GlooCommunicator>(info, options, std::move(rendezvous));
-  STRATA_RETURN_IF_ERROR(comm->start(info));
+  STRATA_RETURN_IF_ERROR(comm->start());
   return std::unique_ptr<Communicator>(std::move(comm));
 }
 

@@ -194,6 +194,25 @@ TEST_P(GlooWorld, EveryCollectiveMatchesHandComputedValues) {
 
 INSTANTIATE_TEST_SUITE_P(Worlds, GlooWorld, ::testing::Values(2, 3, 4));
 
+// Ranks may also be threads of one process (each with its own communicator),
+// as engine tests that want several ranks without forking do.
+TEST(GlooThreads, RanksAsThreadsOfOneProcess) {
+  auto port = pick_free_port();
+  ASSERT_TRUE(port.ok());
+  constexpr int kWorld = 3;
+  std::vector<absl::Status> results(kWorld);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kWorld; ++r) {
+    threads.emplace_back([&, r] {
+      auto comm = join(r, kWorld, *port);
+      results[r] = comm.ok() ? all_collectives(**comm) : comm.status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kWorld; ++r)
+    EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r];
+}
+
 TEST(GlooLocal, WorldOfOneCopiesOrDoesNothing) {
   CommOptions opts;
   auto comm = connect(loopback_rank(0, 1, 1), opts);

@@ -159,8 +159,8 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
     if (m.reported_round[bucket] == m.dp_open) {
       return absl::FailedPreconditionError(absl::StrCat(
           "grad_ready(", bucket, ") twice without wait_grads() in between: with ", m.world,
-          " data-parallel ranks each micro-batch's gradient is reduced at wait_grads(); call "
-          "it between micro-batches"));
+          " data-parallel ranks a bucket's gradient is reduced once per micro-batch; call "
+          "wait_grads() between micro-batches"));
     }
     ++m.calls[bucket];
     m.grad_events[bucket] = grad_written;
@@ -555,6 +555,13 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
     {
       std::lock_guard lock(grad_mu);
       dp_aborting = true;
+      // The open round is reduced already (a forward failed before the
+      // next wait_grads): the next one carries the news, as the others'
+      // next micro-batch.
+      if (dp_open >= 0 && dp_done == dp_open && dp_error.ok()) {
+        ++dp_open;
+        dp_cv.notify_all();
+      }
     }
     dp_close_round(/*open_next=*/false).IgnoreError();
   }
@@ -598,9 +605,10 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
 
 // ---------------------------------------------------------------------------
 // Data parallel: the reduction and the gather (contract in
-// offload_optimizer.h, "Data parallel"). Both run on the step's thread, in
-// ascending bucket order, so every rank issues the same collectives in the
-// same order whatever order its grad_ready calls came in.
+// offload_optimizer.h, "Data parallel"). Reductions run on the reduction
+// thread in descending bucket order, gathers on the step's thread in
+// ascending order after it, so every rank issues the same collectives in
+// the same order whatever order its grad_ready calls came in.
 
 void OffloadOptimizer::Impl::dp_loop() {
   const int num_buckets = static_cast<int>(buckets.size());

@@ -354,6 +354,28 @@ TEST_F(TrainingEngineDpTest, AFailedStepOnOneRankFailsItOnEveryRank) {
   EXPECT_EQ(params[2], params[0]);
 }
 
+// A forward that fails on rank 1 after its previous micro-batch was
+// reduced: the other ranks learn it in their next micro-batch.
+TEST_F(TrainingEngineDpTest, AFailedForwardOnOneRankFailsTheStepEverywhere) {
+  const Case c{.world = 2, .stage = 1, .overlap = "overlap"};
+  const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {
+    gpu::SimDevice device;
+    MlpTestModel model(kDims, kMicro, r, 2);
+    if (r == 1) model.fail_forward(/*micro_batch=*/1, /*layer=*/2);
+    EngineOptions o;
+    o.comm = comm;
+    STRATA_ASSIGN_OR_RETURN(
+        auto e, TrainingEngine::create(dp_config(c, 2, ""), &model, &device, std::move(o)));
+    const absl::Status failed = e->train_step().status();
+    const bool expected = r == 1 ? failed.message().find("injected forward") != std::string::npos
+                                 : failed.code() == absl::StatusCode::kAborted;
+    if (!expected) return absl::InternalError(absl::StrCat("rank ", r, ": ", failed.ToString()));
+    model.clear_faults();
+    return e->train_step().status();
+  });
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+}
+
 TEST_F(TrainingEngineDpTest, ConfigWorldSizeMustMatchTheCommunicator) {
   const Case c{.world = 2};
   const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {

@@ -96,8 +96,13 @@ OffloadOptimizer::Impl::~Impl() {
     log::get("engine")->error("asynchronous checkpoint save failed: {}", std::string(s.message()));
   }
   dp_stop_thread();  // it uses the store and the communicator
-  worker.reset();    // its jobs use the store
-  store.reset();     // before the I/O engine and the stream it uses
+  if (device != nullptr) {
+    if (dp_dev_whole != nullptr) device->free(dp_dev_whole);
+    if (dp_dev_part != nullptr) device->free(dp_dev_part);
+    if (have_dp_stream) device->destroy_stream(dp_stream);
+  }
+  worker.reset();  // its jobs use the store
+  store.reset();   // before the I/O engine and the stream it uses
   own_io.reset();
   for (const std::string& f : swap_files) {
     std::error_code ec;
@@ -413,6 +418,37 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
   return store->finalize();
 }
 
+// Stage 2/3 gradients reduced where they lie: the device packs them and
+// the collective runs on its memory, so a rank moves only its slice D2H.
+// SimDevice's memory is host memory (Gloo works on it); a CUDA device with
+// Gloo keeps the host path (Gloo cannot read device memory).
+absl::Status OffloadOptimizer::Impl::prepare_device_reduction() {
+  dp_device = config.zero.stage >= 2 && device->host_addressable() && !comm->device_memory();
+  const int num_buckets = static_cast<int>(buckets.size());
+  dp_bucket_device.assign(num_buckets, 0);
+  if (!dp_device) return absl::OkStatus();
+  uint64_t whole = 0, part = 0;
+  for (int b = 0; b < num_buckets; ++b) {
+    bool all_store = !buckets[b].empty();
+    for (ParamHandle h : buckets[b]) {
+      all_store = all_store && params[h].desc.binding == ParamBinding::kStore;
+    }
+    if (!all_store) continue;
+    dp_bucket_device[b] = 1;
+    const BucketLayout l = bucket_layout(b, kDpFlags);
+    whole = std::max(whole, l.total);
+    part = std::max(part, l.counts[rank]);
+  }
+  if (whole == 0) return absl::OkStatus();
+  STRATA_ASSIGN_OR_RETURN(dp_stream, device->create_stream());
+  have_dp_stream = true;
+  STRATA_ASSIGN_OR_RETURN(dp_dev_whole, device->allocate(whole * sizeof(float)),
+                          "device memory for the gradient reduction across ranks");
+  STRATA_ASSIGN_OR_RETURN(dp_dev_part, device->allocate(part * sizeof(float)),
+                          "device memory for the gradient reduction across ranks");
+  return absl::OkStatus();
+}
+
 absl::Status OffloadOptimizer::Impl::prepare_step_state() {
   STRATA_ASSIGN_OR_RETURN(stream, device->create_stream());
   have_stream = true;
@@ -434,6 +470,7 @@ absl::Status OffloadOptimizer::Impl::prepare_step_state() {
   }
   reported_round.assign(num_buckets, -1);
   reductions.assign(num_buckets, 0);
+  if (dp()) STRATA_RETURN_IF_ERROR(prepare_device_reduction());
   if (dp()) dp_thread = std::thread([this] { dp_loop(); });
   grad_events.assign(num_buckets, std::nullopt);
   // Across ranks the gradient is whole only after the reduction, on the

@@ -116,12 +116,22 @@
 //     micro-batches (the engine does); a bucket reported twice in one
 //     micro-batch is FailedPrecondition. The sum over ranks is averaged
 //     (DeepSpeed's rule; the framework's loss is the per-rank mean): 1/N
-//     is folded into the gradient divisor with the loss scale. This
-//     version reads the gradient on the host (the store's D2H copy, a
-//     kDevice binding's copy-out) and reduces there: the whole gradient
-//     still crosses PCIe on every rank, and the communicator must work on
-//     host memory (Gloo, beside a CUDA device too); one on device memory
-//     (NCCL) is refused at create() (Unimplemented).
+//     is folded into the gradient divisor with the loss scale. Where
+//     the reduction runs: stage 2/3, a bucket whose params are all kStore,
+//     on a device whose memory the communicator can use (SimDevice with
+//     Gloo): on the device. The device widens the gradients into one fp32
+//     buffer in the rank-major layout, the reduce_scatter runs on it, and
+//     only this rank's part (~1/N of the bucket) is copied D2H; the
+//     store's device copies of the gradients are then marked clean
+//     (TieredStore::abandon_changes), never written back. Those copies
+//     are counted in the step's device-tier bytes (OptimizerStepResult::
+//     bytes_in / bytes_out) beside the store's. Otherwise (stage 0/1, a
+//     bucket with kHost / kDevice params, Gloo beside a CUDA device) the
+//     gradient is read on the host (the store's D2H copy, a kDevice
+//     binding's copy-out) and reduced there: the whole gradient crosses
+//     PCIe on every rank. A communicator on device memory (NCCL) is
+//     refused at create() (Unimplemented) in this version: the param
+//     all_gather still runs on host memory.
 //   - norm and overflow: the slices' statistics are summed with one
 //     all_reduce_host per step, so clipping, skipping and the loss scaler
 //     agree on every rank bit for bit.

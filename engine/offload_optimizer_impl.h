@@ -73,6 +73,10 @@ struct OffloadOptimizer::Impl {
   absl::Status add_swap_files(offload::TieredStore::Options& so);
   absl::Status register_tensors();
   absl::Status prepare_step_state();
+  absl::Status prepare_device_reduction();
+  // reduce_bucket's device half (dp_bucket_device): packs, reduces and
+  // copies this rank's part into dp_part.
+  absl::Status reduce_bucket_on_device(int bucket, bool have, const float* flags);
 
   // The step's pieces; bucket work runs on the calling thread (sync) or the
   // worker.
@@ -124,6 +128,7 @@ struct OffloadOptimizer::Impl {
   // rank's kDpFlags in, their sums over ranks out; the slices are added to
   // grad32 only when some rank had the gradient and none flagged more.
   absl::Status reduce_bucket(int bucket, bool have, bool first, float* flags);
+  absl::Status accumulate_reduced(int bucket, const float* mine, bool first, float* flags);
   absl::Status gather_bucket(int bucket);
   absl::Status publish_bucket(int bucket);
   absl::Status swap_in_update();
@@ -250,6 +255,22 @@ struct OffloadOptimizer::Impl {
   std::vector<std::optional<gpu::EventId>> grad_events;  // per bucket: kDevice gradient written
   std::vector<float> dp_whole, dp_part;  // a bucket's fp32 gradient, this rank's part of it
   std::vector<uint8_t> dp_bytes;         // a bucket's compute params, gathered
+  // Stage 2/3 reduction on the device (dp_on_device(b): every param of
+  // bucket b kStore, and the communicator can work on the device's memory):
+  // the gradients are packed into dp_dev_whole by the device, reduced
+  // there, and only this rank's part crosses to the host; the device
+  // copies of the gradients are then dropped unwritten.
+  bool dp_device = false;
+  std::vector<char> dp_bucket_device;  // per bucket
+  void* dp_dev_whole = nullptr;        // fp32, the largest bucket's layout (with flags)
+  void* dp_dev_part = nullptr;         // fp32, this rank's largest part
+  gpu::StreamId dp_stream = 0;         // the reduction thread's copies and casts
+  bool have_dp_stream = false;
+  std::vector<float> dp_zeros;  // a bucket this rank has no gradient for
+  // Bytes the optimizer itself moved over PCIe (the reduction's slices),
+  // added to the step's device-tier bytes beside the store's.
+  std::atomic<uint64_t> dp_d2h_bytes{0}, dp_h2d_bytes{0};
+  uint64_t dp_d2h_reported = 0, dp_h2d_reported = 0;
 };
 
 }  // namespace strata::engine

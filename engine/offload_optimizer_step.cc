@@ -714,6 +714,10 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
                                                    float* flags) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   const BucketLayout l = bucket_layout(bucket, kDpFlags);
+  if (dp_bucket_device[bucket]) {
+    STRATA_RETURN_IF_ERROR(reduce_bucket_on_device(bucket, have, flags));
+    return accumulate_reduced(bucket, dp_part.data(), first, flags);
+  }
   dp_whole.resize(l.total);
   if (!have) std::fill(dp_whole.begin(), dp_whole.end(), 0.0f);  // this rank adds nothing
   for (int q = 0; q < world; ++q) std::copy(flags, flags + kDpFlags, &dp_whole[l.extra[q]]);
@@ -768,6 +772,15 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
         comm->all_reduce(dp_whole.data(), l.total, DType::kFloat32, dist::ReduceOp::kSum));
     mine = dp_whole.data() + (rank == 0 ? 0 : l.extra[rank - 1] + kDpFlags);  // part `rank`
   }
+  return accumulate_reduced(bucket, mine, first, flags);
+}
+
+// This rank's part of a reduced bucket (its slices, then the flags' sums)
+// into grad32.
+absl::Status OffloadOptimizer::Impl::accumulate_reduced(int bucket, const float* mine, bool first,
+                                                        float* flags) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  const BucketLayout l = bucket_layout(bucket, kDpFlags);
   const float* summed = mine + (l.counts[rank] - kDpFlags);
   std::copy(summed, summed + kDpFlags, flags);
   // Nobody had this bucket's gradient, or an overflow stops the step.
@@ -785,6 +798,59 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
     STRATA_RETURN_IF_ERROR(acc.release(true));
     at += p.slice.numel;
   }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool have,
+                                                             const float* flags) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  const BucketLayout l = bucket_layout(bucket, kDpFlags);
+  const uint64_t esize = dtype_size(dtype);
+  auto* whole = static_cast<float*>(dp_dev_whole);
+  if (!have) {
+    // This rank adds nothing (rare: a bucket another rank reported).
+    dp_zeros.assign(l.total, 0.0f);
+    STRATA_RETURN_IF_ERROR(
+        device->copy_to_device(whole, dp_zeros.data(), l.total * sizeof(float), dp_stream));
+    dp_h2d_bytes += l.total * sizeof(float);
+  }
+  for (int q = 0; q < world; ++q) {
+    STRATA_RETURN_IF_ERROR(
+        device->copy_to_device(whole + l.extra[q], flags, kDpFlags * sizeof(float), dp_stream));
+    dp_h2d_bytes += kDpFlags * sizeof(float);
+  }
+  // The gradients stay pinned on the device until the casts that read them are done.
+  std::vector<Pin> pins;
+  pins.reserve(ps.size());
+  for (size_t i = 0; have && i < ps.size(); ++i) {
+    const ParamRec& p = params[ps[i]];
+    pins.emplace_back(store.get(), p.grad, Tier::kDevice);
+    STRATA_ASSIGN_OR_RETURN(TensorView gv, pins.back().acquire(Access::kRead), p.desc.name);
+    for (int q = 0; q < world; ++q) {
+      const ParamSlice sl = partition_slice(p.desc.numel, q, world);
+      if (sl.numel == 0) continue;
+      // Each slice widened to fp32 into its place (exact, as the host path's conversion).
+      STRATA_RETURN_IF_ERROR(
+          device->cast(static_cast<const uint8_t*>(gv.data) + sl.offset * esize, dtype,
+                       whole + l.pos[i * world + q], DType::kFloat32, sl.numel, dp_stream),
+          absl::StrCat("packing the gradient of ", p.desc.name));
+    }
+  }
+  STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
+  for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(false));
+  // Consumed: the device copies are never written back over PCIe (the
+  // next micro-batch's backward overwrites them where they are).
+  for (size_t i = 0; have && i < ps.size(); ++i) {
+    STRATA_RETURN_IF_ERROR(store->abandon_changes(params[ps[i]].grad, Tier::kDevice));
+  }
+  STRATA_RETURN_IF_ERROR(
+      comm->reduce_scatter(whole, dp_dev_part, l.counts, DType::kFloat32, dist::ReduceOp::kSum));
+  // Only this rank's part crosses PCIe.
+  dp_part.resize(std::max<uint64_t>(1, l.counts[rank]));
+  STRATA_RETURN_IF_ERROR(
+      device->copy_to_host(dp_part.data(), dp_dev_part, l.counts[rank] * sizeof(float), dp_stream));
+  STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
+  dp_d2h_bytes += l.counts[rank] * sizeof(float);
   return absl::OkStatus();
 }
 
@@ -976,6 +1042,12 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
     r.bytes_in[t] = after.tiers[t].bytes_in - stats_before.tiers[t].bytes_in;
     r.bytes_out[t] = after.tiers[t].bytes_out - stats_before.tiers[t].bytes_out;
   }
+  // The reduction's own PCIe copies (device tier: in is H2D, out is D2H).
+  const uint64_t d2h = dp_d2h_bytes.load(), h2d = dp_h2d_bytes.load();
+  r.bytes_out[0] += d2h - dp_d2h_reported;
+  r.bytes_in[0] += h2d - dp_h2d_reported;
+  dp_d2h_reported = d2h;
+  dp_h2d_reported = h2d;
   store->end_step();
   micro_batches += gas;
   in_step = false;

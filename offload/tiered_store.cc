@@ -315,6 +315,27 @@ absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
   return absl::OkStatus();
 }
 
+absl::Status TieredStore::abandon_changes(TensorId id, Tier tier) {
+  std::unique_lock lock(mu_);
+  if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
+  if (idx(tier) >= kTierCount) return absl::InvalidArgumentError("no such tier");
+  Tensor& t = tensors_[id];
+  if (tier == t.spec.home) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "abandon_changes of \"", t.spec.name, "\" on the ", tier_name(tier), ", its home tier"));
+  }
+  Copy& c = t.copies[idx(tier)];
+  if (c.state == Residency::kAbsent) return absl::OkStatus();
+  if (c.pins > 0 || c.state == Residency::kLoading || c.state == Residency::kWriting) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("abandon_changes of \"", t.spec.name, "\" on the ", tier_name(tier),
+                     " while it is ", c.pins > 0 ? "held" : "being moved"));
+  }
+  c.state = Residency::kResident;  // was kResident or kDirty
+  changed_.notify_all();
+  return absl::OkStatus();
+}
+
 void TieredStore::prefetch(TensorId id, Tier tier) {
   std::unique_lock lock(mu_);
   if (id >= tensors_.size() || !finalized_ || !check_tier(tensors_[id], tier).ok()) return;

@@ -236,6 +236,16 @@ class TieredStore {
   // is as it was. On success with `dirty`, copies above are dropped (they
   // hold old data) and a non-home copy becomes dirty.
   absl::Status release(TensorId id, Tier tier, bool dirty);
+  // The tensor's modified copy on `tier` is no longer needed (a gradient
+  // already consumed where it lies): it is marked clean, so it is never
+  // written back (a transfer for nothing), and stays resident, so a caller
+  // that overwrites it next (Access::kWrite) finds it there instead of a
+  // prefetch reloading the copy below. Until overwritten its contents are
+  // unspecified (the copy below keeps what it held). No copy or a clean
+  // one: nothing to do. InvalidArgument: unknown id or tier, or `tier` is
+  // the tensor's home. FailedPrecondition: the copy is held or being
+  // moved. On error nothing changes.
+  absl::Status abandon_changes(TensorId id, Tier tier);
   // Starts loading onto `tier` without waiting or pinning; never evicts a
   // copy needed sooner than this one. Best effort: a full tier or a bad id
   // skips it; a failed load is kept in background_error().

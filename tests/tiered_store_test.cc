@@ -147,6 +147,45 @@ TEST_F(TieredStoreTest, DirtyDeviceCopiesReachTheHostBeforeEviction) {
   EXPECT_GE(store->stats().tiers[0].bytes_out, 4 * kBytes);
 }
 
+// A consumed device copy (a gradient reduced on the device) is never
+// written back: the host keeps its old contents, no bytes cross, and the
+// copy stays resident for the next overwrite.
+TEST_F(TieredStoreTest, AbandonedChangesAreNotWrittenBack) {
+  auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 8 * kBytes});
+  auto ids = register_n(*store, 2, Tier::kHost);
+  write_all(*store, ids, 1);
+  std::vector<float> next(kNumel);
+  gpu::StreamId s = *device_.create_stream();
+  auto v = store->acquire(ids[0], Tier::kDevice, Access::kWrite);
+  ASSERT_TRUE(v.ok());
+  fill(next.data(), ids[0], 2);
+  ASSERT_TRUE(device_.copy_to_device(v->data, next.data(), kBytes, s).ok());
+  ASSERT_TRUE(device_.synchronize_stream(s).ok());
+  // Held: refused, nothing changes.
+  EXPECT_EQ(store->abandon_changes(ids[0], Tier::kDevice).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store->release(ids[0], Tier::kDevice, true).ok());
+  EXPECT_EQ(store->residency(ids[0], Tier::kDevice), Residency::kDirty);
+  const uint64_t out_before = store->stats().tiers[0].bytes_out;
+  ASSERT_TRUE(store->abandon_changes(ids[0], Tier::kDevice).ok());
+  EXPECT_EQ(store->residency(ids[0], Tier::kDevice), Residency::kResident);
+  // The home tier, and a copy that is not there, are what they were.
+  EXPECT_EQ(store->abandon_changes(ids[0], Tier::kHost).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(store->abandon_changes(ids[1], Tier::kDevice).ok());
+  ASSERT_TRUE(store->flush().ok());
+  auto h = store->acquire(ids[0], Tier::kHost, Access::kRead);
+  ASSERT_TRUE(h.ok());
+  EXPECT_TRUE(matches(static_cast<float*>(h->data), ids[0], 1));
+  ASSERT_TRUE(store->release(ids[0], Tier::kHost, false).ok());
+  EXPECT_EQ(store->stats().tiers[0].bytes_out, out_before);
+  // Overwritten again where it is: no load.
+  const uint64_t in_before = store->stats().tiers[0].bytes_in;
+  ASSERT_TRUE(store->acquire(ids[0], Tier::kDevice, Access::kWrite).ok());
+  ASSERT_TRUE(store->release(ids[0], Tier::kDevice, true).ok());
+  EXPECT_EQ(store->stats().tiers[0].bytes_in, in_before);
+  device_.destroy_stream(s);
+}
+
 TEST_F(TieredStoreTest, NvmeTensorsRoundTripThroughASmallHostTier) {
   auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 3 * kBytes});
   auto ids = register_n(*store, 10, Tier::kNvme);

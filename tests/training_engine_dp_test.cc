@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -77,6 +78,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     std::vector<float> master;  // the whole model's masters, params in model order
     std::vector<float> param;   // compute params as fp32
     uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0;
+    uint64_t d2h_bytes = 0, h2d_bytes = 0;          // PCIe, the last step's
     std::vector<std::vector<float>> master_slices;  // per param: this rank's slice
   };
 
@@ -104,6 +106,8 @@ class TrainingEngineDpTest : public TrainingEngineTest {
         STRATA_ASSIGN_OR_RETURN(StepStats st, e->train_step(), absl::StrCat("step ", s));
         res.loss.push_back(st.loss);
         res.skipped.push_back(st.skipped);
+        res.d2h_bytes = st.bytes_out[0];
+        res.h2d_bytes = st.bytes_in[0];
       }
       for (int l = 0; l < 3; ++l) {
         for (int p = 0; p < 2; ++p) {
@@ -240,6 +244,33 @@ TEST_F(TrainingEngineDpTest, Stage2CpuBf16ThreeRanks) {
 }
 TEST_F(TrainingEngineDpTest, Stage2OverlapModeTwoRanks) {
   expect_equivalent({.world = 2, .stage = 2, .overlap = "overlap"});
+}
+
+// Stage 2: each rank reduces the gradients on the device and moves only its
+// slice D2H, so per-rank D2H bytes are ~1/N of one rank's (which moves every
+// gradient once per micro-batch); the 1-rank path is unchanged.
+TEST_F(TrainingEngineDpTest, Stage2MovesASliceOfTheGradientsPerRank) {
+  std::vector<RankResult> runs[4];
+  for (int world : {0, 2, 3}) {
+    train({.world = std::max(1, world), .stage = 2}, world, 3, &runs[world]);
+    if (HasFatalFailure()) return;
+  }
+  const uint64_t one = runs[0][0].d2h_bytes;
+  ASSERT_GT(one, 0u);
+  for (int world : {2, 3}) {
+    for (int r = 0; r < world; ++r) {
+      const RankResult& res = runs[world][r];
+      if (r == 0)
+        std::printf("1 rank: H2D %llu B\n", static_cast<unsigned long long>(runs[0][0].h2d_bytes));
+      std::printf("stage 2, %d ranks, rank %d: PCIe D2H %llu B (1 rank: %llu), H2D %llu B\n", world,
+                  r, static_cast<unsigned long long>(res.d2h_bytes),
+                  static_cast<unsigned long long>(one),
+                  static_cast<unsigned long long>(res.h2d_bytes));
+      // The slice, rounded up per param, plus the bucket's flags.
+      EXPECT_LE(res.d2h_bytes, one / world + 4096) << world << " ranks, rank " << r;
+      EXPECT_GE(res.d2h_bytes, one / world - 4096) << world << " ranks, rank " << r;
+    }
+  }
 }
 
 // Saved by 2 ranks after 10 steps; the next 10 steps on 1 and on 3 ranks

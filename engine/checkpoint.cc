@@ -65,11 +65,11 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
       for (int k = 0; k < 4; ++k) {
         const bool compute = k == 3;
         const uint64_t esize = compute ? dtype_size(dtype) : 4;
-        const uint64_t bytes = (compute ? p.desc.numel : p.state_numel()) * esize;
+        const uint64_t bytes = (compute ? p.param_numel() : p.state_numel()) * esize;
         const Tier tier = compute ? param_tier(p) : opt_tier;
         buf.resize(bytes);
         STRATA_RETURN_IF_ERROR(read_raw(ids[k], tier, buf.data(), bytes), store->spec(ids[k]).name);
-        const uint64_t offset = compute ? p.slice.offset * esize : 0;
+        const uint64_t offset = compute ? (p.slice.offset - p.param_lo()) * esize : 0;
         STRATA_ASSIGN_OR_RETURN(entry[kCheckpointKindNames[k]],
                                 sink(buf.data() + offset, p.slice.numel * esize));
       }

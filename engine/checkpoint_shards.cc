@@ -230,9 +230,14 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
       for (int k = 0; k < kCheckpointKinds; ++k) {
         const bool compute = k == kCheckpointCompute;
         const uint64_t esize = compute ? dtype_size(dtype) : 4;
-        const uint64_t lo = compute ? 0 : p.slice.offset;
-        const uint64_t hi = compute ? p.desc.numel : p.slice.offset + p.slice.numel;
-        mine.assign((compute ? p.desc.numel : p.state_numel()) * esize, 0);
+        const bool whole = compute && !p.param_sliced;
+        const uint64_t lo = whole ? 0 : p.slice.offset;
+        const uint64_t hi = whole ? p.desc.numel : p.slice.offset + p.slice.numel;
+        mine.assign((whole     ? p.desc.numel
+                     : compute ? p.param_numel()
+                               : p.state_numel()) *
+                        esize,
+                    0);
         for (int q = 0; q < saved_world; ++q) {
           const ParamSlice old = partition_slice(p.desc.numel, q, saved_world);
           const uint64_t from = std::max(lo, old.offset);

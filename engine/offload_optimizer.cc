@@ -97,6 +97,9 @@ OffloadOptimizer::Impl::~Impl() {
   }
   dp_stop_thread();  // it uses the store and the communicator
   if (device != nullptr) {
+    for (std::vector<void*>& held : full_params) {
+      for (void* ptr : held) device->free(ptr);
+    }
     if (dp_dev_whole != nullptr) device->free(dp_dev_whole);
     if (dp_dev_part != nullptr) device->free(dp_dev_part);
     if (have_dp_stream) device->destroy_stream(dp_stream);
@@ -240,7 +243,12 @@ absl::StatusOr<ParamHandle> OffloadOptimizer::add_param(const ParamDesc& desc) {
 absl::Status OffloadOptimizer::finalize() {
   Impl& m = *impl_;
   if (m.finalized) return absl::FailedPreconditionError("finalize: already finalized");
-  for (Impl::ParamRec& p : m.params) p.slice = partition_slice(p.desc.numel, m.rank, m.world);
+  for (Impl::ParamRec& p : m.params) {
+    p.slice = partition_slice(p.desc.numel, m.rank, m.world);
+    p.param_sliced = m.dp() && m.config.zero.stage >= 3 && p.desc.binding == ParamBinding::kStore;
+    m.params_sliced = m.params_sliced || p.param_sliced;
+  }
+  m.full_params.assign(m.buckets.size(), {});
   std::vector<std::vector<ParamSpec>> specs(m.buckets.size());
   for (size_t b = 0; b < m.buckets.size(); ++b) {
     for (ParamHandle h : m.buckets[b]) {
@@ -393,8 +401,8 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
         return store->register_tensor(
             {absl::StrCat(base, ".", suffix), numel != 0 ? numel : p.desc.numel, dt, role, home});
       };
-      STRATA_ASSIGN_OR_RETURN(
-          p.param, reg("param", dtype, TensorRole::kParam16, in_store ? compute_home : opt_tier));
+      STRATA_ASSIGN_OR_RETURN(p.param, reg("param", dtype, TensorRole::kParam16,
+                                           in_store ? compute_home : opt_tier, p.param_numel()));
       if (dpu) {
         // The delayed update's output, swapped into param between steps.
         STRATA_ASSIGN_OR_RETURN(p.param_next,
@@ -599,8 +607,13 @@ absl::Status OffloadOptimizer::set_value(ParamHandle h, const float* value) {
   // the optimizer's tier and reach NVMe by write-back.
   const Tier ptier = m.param_tier(p);
   for (const Init& x :
-       {Init{p.param, low.data(), low.size()}, Init{p.master, master, sn * 4},
-        Init{p.exp_avg, zeros.data(), sn * 4}, Init{p.exp_avg_sq, zeros.data(), sn * 4}}) {
+       {Init{p.param,
+             p.slice.numel != 0 || !p.param_sliced
+                 ? static_cast<const void*>(low.data() + p.param_lo() * dtype_size(m.dtype))
+                 : static_cast<const void*>(zeros.data()),
+             p.param_numel() * dtype_size(m.dtype)},
+        Init{p.master, master, sn * 4}, Init{p.exp_avg, zeros.data(), sn * 4},
+        Init{p.exp_avg_sq, zeros.data(), sn * 4}}) {
     const Tier tier = x.id == p.param ? ptier : m.opt_tier;
     STRATA_RETURN_IF_ERROR(m.write_raw(x.id, tier, x.src, x.bytes), m.store->spec(x.id).name);
   }
@@ -674,8 +687,21 @@ absl::StatusOr<std::vector<float>> OffloadOptimizer::read_param(ParamHandle h) {
   STRATA_RETURN_IF_ERROR(m.finish_pending_update());
   const Impl::ParamRec& p = m.params[h];
   const uint64_t n = p.desc.numel;
-  std::vector<uint8_t> raw(n * dtype_size(m.dtype));
-  STRATA_RETURN_IF_ERROR(m.read_raw(p.param, m.param_tier(p), raw.data(), raw.size()));
+  const uint64_t esize = dtype_size(m.dtype);
+  std::vector<uint8_t> raw(n * esize);
+  if (p.param_sliced) {
+    // This rank's slice, gathered from every rank (collective).
+    std::vector<uint8_t> mine(p.param_numel() * esize);
+    STRATA_RETURN_IF_ERROR(m.read_raw(p.param, m.param_tier(p), mine.data(), mine.size()));
+    std::memcpy(raw.data() + p.slice.offset * esize, mine.data(), p.slice.numel * esize);
+    const std::vector<uint64_t> counts = partition_counts(n, m.world);
+    const DType wire = m.dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
+    STRATA_RETURN_IF_ERROR(
+        m.comm->all_gather(raw.data() + p.slice.offset * esize, raw.data(), counts, wire),
+        absl::StrCat("gathering ", p.desc.name, " across ", m.world, " ranks"));
+  } else {
+    STRATA_RETURN_IF_ERROR(m.read_raw(p.param, m.param_tier(p), raw.data(), raw.size()));
+  }
   std::vector<float> out(n);
   if (m.dtype == DType::kFloat32) std::memcpy(out.data(), raw.data(), raw.size());
   if (m.dtype == DType::kFloat16)
@@ -715,6 +741,36 @@ const CheckpointLoadStats& OffloadOptimizer::last_load_stats() const { return im
 
 offload::TieredStore* OffloadOptimizer::store() { return impl_->store.get(); }
 offload::TensorId OffloadOptimizer::param_id(ParamHandle p) const { return impl_->rec(p).param; }
+bool OffloadOptimizer::params_sliced() const { return impl_->params_sliced; }
+
+absl::StatusOr<std::vector<void*>> OffloadOptimizer::acquire_full_params(int bucket) {
+  Impl& m = *impl_;
+  if (!m.finalized || !m.params_sliced) {
+    return absl::FailedPreconditionError(
+        "acquire_full_params: the params are not partitioned across ranks (ZeRO-3 with more than "
+        "one rank); acquire param_id from the store instead");
+  }
+  if (bucket < 0 || bucket >= static_cast<int>(m.buckets.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("acquire_full_params: no bucket ", bucket));
+  }
+  if (!m.full_params[bucket].empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("acquire_full_params: bucket ", bucket, " is held already"));
+  }
+  STRATA_RETURN_IF_ERROR(m.gather_full_params(bucket),
+                         absl::StrCat("gathering the params of bucket ", bucket));
+  return m.full_params[bucket];
+}
+
+absl::Status OffloadOptimizer::release_full_params(int bucket) {
+  Impl& m = *impl_;
+  if (bucket < 0 || bucket >= static_cast<int>(m.full_params.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("release_full_params: no bucket ", bucket));
+  }
+  for (void* ptr : m.full_params[bucket]) m.device->free(ptr);
+  m.full_params[bucket].clear();
+  return absl::OkStatus();
+}
 offload::TensorId OffloadOptimizer::grad_id(ParamHandle p) const { return impl_->rec(p).grad; }
 gpu::StreamId OffloadOptimizer::stream() const { return impl_->stream; }
 const Placement& OffloadOptimizer::placement() const { return impl_->plan; }

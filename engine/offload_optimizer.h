@@ -93,7 +93,8 @@
 //     element more); rank r owns slice r. grad32, master, exp_avg and
 //     exp_avg_sq exist (store, host arena, NVMe swap; placement and budgets
 //     sized by the slice) only for the rank's slice, and the optimizer pass
-//     runs on it. The compute param (and the kStore grad) stay whole.
+//     runs on it. The kStore grad stays whole; the compute param too,
+//     except in ZeRO-3 (below).
 //   - gradients: grad_ready records that a bucket's gradient is there and
 //     returns; the optimizer's reduction thread (one per optimizer, the
 //     only one that uses the communicator during a step) takes each
@@ -144,10 +145,17 @@
 //     after the reduction): in overlap mode the reductions overlap
 //     backward, the optimizer steps after the decision as in sync mode;
 //     strata.delayed_param_update is refused.
-//   - ZeRO stage 3 partitions no more than stage 2 across ranks in this
-//     version: every rank keeps whole compute params.
+//   - ZeRO stage 3 also partitions the compute params of kStore bindings:
+//     each rank's home copy (host / NVMe, placement counted at the slice)
+//     is its slice; acquire_full_params gathers a bucket's whole params on
+//     the device before use (below). The post-step all_gather is skipped
+//     for them. read_param of such a param is collective (it gathers).
+//     The gathered params are device memory outside the store's budget,
+//     one bucket's at a time per acquire. kHost / kDevice bindings keep
+//     whole compute params as in stage 2.
 //   - read_state / write_state address the rank's slice (param_slice(p)
-//     values); read_param the whole compute param.
+//     values); read_param the whole compute param (gathered across ranks
+//     in ZeRO-3: then collective).
 //   - checkpoints: save_state is collective (every rank, same step):
 //     DIR/rank<r> is rank r's shard, a checkpoint in checkpoint_format.h's
 //     format whose tables hold the rank's slice of master, exp_avg,
@@ -158,7 +166,8 @@
 //     save_state_async saves synchronously across ranks. load_state (not
 //     collective) at any world size, with or without a communicator, reads
 //     the parts of the saved slices its own slice covers (resharding) and
-//     the whole compute params; a one-rank checkpoint loads across ranks
+//     the whole compute params (ZeRO-3: the rank's slice of them); a
+//     one-rank checkpoint loads across ranks
 //     the same way. merge_checkpoint_shards (checkpoint_format.h) turns a
 //     sharded checkpoint into a one-rank one, which `strata ckpt` and
 //     `strata sample` read (they do not read shards themselves yet).
@@ -388,6 +397,22 @@ class OffloadOptimizer {
   // (kStore only), the optimizer's stream (store copies and kDevice copies
   // run on it) and the placement (device scratch for the engine's check).
   offload::TieredStore* store();
+  // ZeRO-3 across ranks (params_sliced(): stage 3, world > 1, kStore
+  // params): the store's param_id tensor holds only this rank's slice, and
+  // a framework gets the whole params of a bucket in device memory from
+  // acquire_full_params (each rank's slice goes H2D through the store, the
+  // all_gather fills the rest on the device; one pointer per param of the
+  // bucket, in bucket order, valid until release_full_params(bucket), which
+  // frees them). Collective: every rank acquires the same buckets in the
+  // same order, from the step's thread, never while the reduction thread
+  // may use the communicator (before the micro-batch's first grad_ready
+  // and after wait_grads; the engine reports gradients after backward and
+  // waits before forward in this mode). Errors: FailedPrecondition when
+  // not sliced or the bucket is held already; the store's, the device's
+  // and the communicator's.
+  bool params_sliced() const;
+  absl::StatusOr<std::vector<void*>> acquire_full_params(int bucket);
+  absl::Status release_full_params(int bucket);
   offload::TensorId param_id(ParamHandle p) const;
   offload::TensorId grad_id(ParamHandle p) const;
   gpu::StreamId stream() const;

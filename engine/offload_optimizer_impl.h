@@ -40,6 +40,11 @@ struct OffloadOptimizer::Impl {
     // (the whole param with one rank); an empty slice registers one element.
     ParamSlice slice;
     uint64_t state_numel() const { return std::max<uint64_t>(1, slice.numel); }
+    // ZeRO-3 across ranks, kStore: the store's compute param holds only the
+    // rank's slice (gathered whole on the device for forward and backward).
+    bool param_sliced = false;
+    uint64_t param_lo() const { return param_sliced ? slice.offset : 0; }  // its first element
+    uint64_t param_numel() const { return param_sliced ? state_numel() : desc.numel; }
   };
   // What a failed step puts back, besides the tensors.
   struct Counters {
@@ -261,6 +266,11 @@ struct OffloadOptimizer::Impl {
   // there, and only this rank's part crosses to the host; the device
   // copies of the gradients are then dropped unwritten.
   bool dp_device = false;
+  // Any param_sliced (ZeRO-3 across ranks) and the whole params
+  // acquire_full_params handed out, per bucket (device memory, freed on release).
+  bool params_sliced = false;
+  std::vector<std::vector<void*>> full_params;
+  absl::Status gather_full_params(int bucket);
   std::vector<char> dp_bucket_device;  // per bucket
   void* dp_dev_whole = nullptr;        // fp32, the largest bucket's layout (with flags)
   void* dp_dev_part = nullptr;         // fp32, this rank's largest part

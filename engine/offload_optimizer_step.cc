@@ -386,7 +386,8 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
     // The slice's place in the whole compute param.
-    void* out_slice = static_cast<uint8_t*>(ov.data) + p.slice.offset * dtype_size(dtype);
+    void* out_slice =
+        static_cast<uint8_t*>(ov.data) + (p.slice.offset - p.param_lo()) * dtype_size(dtype);
     // The speculative step writes its rollback copy in the same pass; a
     // state the kind leaves alone is copied here.
     float* slot = target == StepTarget::kSpeculative ? spec->save_slot(bucket, i) : nullptr;
@@ -854,9 +855,61 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   return absl::OkStatus();
 }
 
+// The bucket's whole params on the device: each slice (through the store:
+// H2D of the slice only) into its place in the rank-major layout, the
+// all_gather on the device's memory, then each param made contiguous.
+absl::Status OffloadOptimizer::Impl::gather_full_params(int bucket) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  const BucketLayout l = bucket_layout(bucket, 0);
+  const uint64_t esize = dtype_size(dtype);
+  const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
+  STRATA_ASSIGN_OR_RETURN(void* packed_mem,
+                          device->allocate(std::max<uint64_t>(1, l.total) * esize));
+  auto* packed = static_cast<uint8_t*>(packed_mem);
+  std::vector<void*>& out = full_params[bucket];
+  absl::Status st = [&]() -> absl::Status {
+    std::vector<Pin> pins;
+    pins.reserve(ps.size());
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const ParamRec& p = params[ps[i]];
+      pins.emplace_back(store.get(), p.param, Tier::kDevice);
+      STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead), p.desc.name);
+      if (p.slice.numel == 0) continue;
+      STRATA_RETURN_IF_ERROR(device->copy_on_device(packed + l.pos[i * world + rank] * esize,
+                                                    v.data, p.slice.numel * esize, stream));
+    }
+    STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
+    for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(false));
+    STRATA_RETURN_IF_ERROR(comm->all_gather(packed + l.pos[rank] * esize, packed, l.counts, wire),
+                           absl::StrCat("across ", world, " ranks"));
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const ParamRec& p = params[ps[i]];
+      STRATA_ASSIGN_OR_RETURN(void* whole, device->allocate(p.desc.numel * esize));
+      out.push_back(whole);
+      for (int q = 0; q < world; ++q) {
+        const ParamSlice sl = partition_slice(p.desc.numel, q, world);
+        if (sl.numel == 0) continue;
+        STRATA_RETURN_IF_ERROR(device->copy_on_device(
+            static_cast<uint8_t*>(whole) + sl.offset * esize, packed + l.pos[i * world + q] * esize,
+            sl.numel * esize, stream));
+      }
+    }
+    return device->synchronize_stream(stream);
+  }();
+  device->free(packed_mem);
+  if (!st.ok()) {
+    for (void* ptr : out) device->free(ptr);
+    out.clear();
+  }
+  return st;
+}
+
 absl::Status OffloadOptimizer::Impl::gather_bucket(int bucket) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   if (ps.empty()) return absl::OkStatus();
+  if (std::all_of(ps.begin(), ps.end(), [&](ParamHandle h) { return params[h].param_sliced; })) {
+    return absl::OkStatus();  // ZeRO-3: gathered on the device before use
+  }
   const BucketLayout l = bucket_layout(bucket, 0);
   const uint64_t esize = dtype_size(dtype);
   // Gathering copies bits: a 16-bit dtype travels as fp16 whatever it is.
@@ -873,14 +926,15 @@ absl::Status OffloadOptimizer::Impl::gather_bucket(int bucket) {
   dp_bytes.resize(l.total * esize);
   uint8_t* part = dp_bytes.data() + l.pos[rank] * esize;
   for (size_t i = 0; i < ps.size(); ++i) {
-    const ParamSlice sl = params[ps[i]].slice;
-    std::memcpy(dp_bytes.data() + l.pos[i * world + rank] * esize, views[i] + sl.offset * esize,
-                sl.numel * esize);
+    const ParamRec& p = params[ps[i]];
+    std::memcpy(dp_bytes.data() + l.pos[i * world + rank] * esize,
+                views[i] + (p.slice.offset - p.param_lo()) * esize, p.slice.numel * esize);
   }
   STRATA_RETURN_IF_ERROR(
       comm->all_gather(part, dp_bytes.data(), l.counts, wire),
       absl::StrCat("gathering the params of bucket ", bucket, " across ", world, " ranks"));
   for (size_t i = 0; i < ps.size(); ++i) {
+    if (params[ps[i]].param_sliced) continue;  // gathered on the device before use instead
     for (int q = 0; q < world; ++q) {
       const ParamSlice sl = partition_slice(params[ps[i]].desc.numel, q, world);
       std::memcpy(views[i] + sl.offset * esize, dp_bytes.data() + l.pos[i * world + q] * esize,

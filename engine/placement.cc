@@ -76,11 +76,17 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       const uint64_t b32 =
           (world == 1 ? s.numel : std::max<uint64_t>(1, partition_slice(s.numel, 0, world).numel)) *
           4;
+      // ZeRO-3 across ranks: each rank's home copy of the compute param is
+      // its slice (gathered on the device for forward and backward).
+      const uint64_t home16 =
+          world > 1 && config.zero.stage >= 3
+              ? std::max<uint64_t>(1, partition_slice(s.numel, 0, world).numel) * esize
+              : b16;
       layer_device += 2 * b16;  // param + grad, both on the device during backward
       p.device_all_layers += 2 * round_up(b16, kPoolBlock);
       tensors += 2;
       state_bytes += 3 * b32;
-      home(p.compute_home, &RoleBytes::param, b16);
+      home(p.compute_home, &RoleBytes::param, home16);
       if (delayed) home(optimizer_side, &RoleBytes::param_next, b16);
       home(optimizer_side, &RoleBytes::grad, b16);
       home(optimizer_side, &RoleBytes::grad32, b32);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/log.h"
 #include "core/status.h"
@@ -75,6 +76,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     max_layer_params = std::max(max_layer_params, layers_[l].size());
   }
   STRATA_RETURN_IF_ERROR(opt_->finalize());
+  // ZeRO-3 across ranks: forward and backward gather each layer's params
+  // with the communicator the reduction thread uses, so no reduction may
+  // run meanwhile: gradients are reported after backward and the previous
+  // micro-batch's reductions are waited for before forward.
+  if (opt_->params_sliced()) grads_during_backward_ = false;
   if (has_scaler_) {
     STRATA_ASSIGN_OR_RETURN(flags_device_, device_->allocate(opt_->placement().device_scratch),
                             "allocating the device scratch of the overflow check");
@@ -151,12 +157,23 @@ absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, doub
                    .dtype = dtype_,
                    .micro_batch = micro,
                    .loss_grad_scale = loss_grad_scale};
+  const bool gathered = opt_->params_sliced();
+  // Gathered params go back however the layer ends.
+  absl::Cleanup release_gathered = [&] {
+    if (gathered) opt_->release_full_params(l).IgnoreError();
+  };
   std::vector<Pin> pins;
   pins.reserve(2 * ps.size());
-  for (ParamHandle h : ps) {
-    pins.emplace_back(store, opt_->param_id(h), Tier::kDevice);
-    STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
-    ctx.params.push_back(v.data);
+  const size_t num_param_pins = gathered ? 0 : ps.size();
+  if (gathered) {
+    STRATA_ASSIGN_OR_RETURN(std::vector<void*> full, opt_->acquire_full_params(l));
+    ctx.params.assign(full.begin(), full.end());
+  } else {
+    for (ParamHandle h : ps) {
+      pins.emplace_back(store, opt_->param_id(h), Tier::kDevice);
+      STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
+      ctx.params.push_back(v.data);
+    }
   }
   if (backward) {
     for (ParamHandle h : ps) {
@@ -175,7 +192,7 @@ absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, doub
   STRATA_RETURN_IF_ERROR(device_->synchronize_stream(opt_->stream()),
                          absl::StrCat(what, " of layer ", l));
   for (size_t i = 0; i < pins.size(); ++i) {
-    STRATA_RETURN_IF_ERROR(pins[i].release(/*dirty=*/i >= ps.size()));
+    STRATA_RETURN_IF_ERROR(pins[i].release(/*dirty=*/i >= num_param_pins));
   }
   if (backward && has_scaler_ && !opt_->overflowed()) {
     for (size_t i = 0; i < ps.size(); ++i) {
@@ -200,13 +217,16 @@ absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, doub
 absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_scale, bool first,
                                              bool last, double* loss, StepStats* st) {
   const int num_layers = static_cast<int>(layers_.size());
+  // ZeRO-3 across ranks: forward's gathers must not meet the reductions.
+  const bool wait_first = opt_->params_sliced();
+  if (!first && wait_first) STRATA_RETURN_IF_ERROR(opt_->wait_grads(), "gradient worker");
   for (int l = 0; l < num_layers; ++l) {
     STRATA_RETURN_IF_ERROR(run_layer(l, false, micro, loss_grad_scale, st));
   }
   *loss = model_->loss();
   // The worker may still be reading the previous micro-batch's gradients
   // (a delayed update it may be running touches no gradient on the device).
-  if (!first) STRATA_RETURN_IF_ERROR(opt_->wait_grads(), "gradient worker");
+  if (!first && !wait_first) STRATA_RETURN_IF_ERROR(opt_->wait_grads(), "gradient worker");
   const auto backward_start = std::chrono::steady_clock::now();
   for (int l = num_layers - 1; l >= 0; --l) {
     STRATA_RETURN_IF_ERROR(run_layer(l, true, micro, loss_grad_scale, st));
@@ -256,10 +276,19 @@ absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
                        .training = false};
       std::vector<Pin> pins;
       pins.reserve(ps.size());
-      for (ParamHandle h : ps) {
-        pins.emplace_back(store, opt_->param_id(h), Tier::kDevice);
-        STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
-        ctx.params.push_back(v.data);
+      const bool gathered = opt_->params_sliced();
+      absl::Cleanup release_gathered = [&] {
+        if (gathered) opt_->release_full_params(l).IgnoreError();
+      };
+      if (gathered) {
+        STRATA_ASSIGN_OR_RETURN(std::vector<void*> full, opt_->acquire_full_params(l));
+        ctx.params.assign(full.begin(), full.end());
+      } else {
+        for (ParamHandle h : ps) {
+          pins.emplace_back(store, opt_->param_id(h), Tier::kDevice);
+          STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
+          ctx.params.push_back(v.data);
+        }
       }
       STRATA_RETURN_IF_ERROR(model_->forward(l, ctx),
                              absl::StrCat("evaluate: batch ", k, ", forward of layer ", l));

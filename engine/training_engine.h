@@ -105,7 +105,13 @@
 // the optimizer partitions, reduces and gathers as offload_optimizer.h
 // ("Data parallel") says. Every rank calls train_step and save_checkpoint
 // at the same points (they are collective); load_checkpoint reshards a
-// checkpoint of any world size.
+// checkpoint of any world size. ZeRO-3 across ranks: each layer's params
+// are gathered on the device (OffloadOptimizer::acquire_full_params) for
+// its forward and again for its backward, and freed after; so the gathers
+// never meet the reductions, gradients are handed over after backward and
+// the previous micro-batch's reductions waited for before forward (the
+// overlap of reductions with backward is lost in this mode); evaluate and
+// read_param are then collective too.
 //
 // Threading: not thread-safe; one thread calls train_step(). Errors: create()
 // rejects configs that parse but cannot run (no optimizer, a world size

@@ -79,6 +79,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     std::vector<float> param;   // compute params as fp32
     uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0;
     uint64_t d2h_bytes = 0, h2d_bytes = 0;          // PCIe, the last step's
+    uint64_t param_home_bytes = 0;                  // compute params on host and NVMe
     std::vector<std::vector<float>> master_slices;  // per param: this rank's slice
   };
 
@@ -121,6 +122,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       for (const RoleBytes* rb : {&pl.host_roles}) {
         res.fp32_host_bytes = rb->grad32 + rb->master + rb->exp_avg + rb->exp_avg_sq;
       }
+      res.param_home_bytes = pl.host_roles.param + pl.nvme_roles.param;
       res.fp32_nvme_bytes = pl.nvme_roles.master + pl.nvme_roles.exp_avg + pl.nvme_roles.exp_avg_sq;
       if (after) STRATA_RETURN_IF_ERROR(after(*e, r));
       return absl::OkStatus();
@@ -212,6 +214,15 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       EXPECT_LE(bytes, one_bytes / c.world + 24 * 4096) << "rank " << r;
       EXPECT_LT(bytes, one_bytes) << "rank " << r;
     }
+    // ZeRO-3: the compute params' home copies are ~1/N too; below, whole.
+    for (int r = 0; r < c.world; ++r) {
+      if (c.stage >= 3) {
+        EXPECT_LE(many[r].param_home_bytes, one[0].param_home_bytes / c.world + 12 * 4096)
+            << "rank " << r;
+      } else {
+        EXPECT_EQ(many[r].param_home_bytes, one[0].param_home_bytes) << "rank " << r;
+      }
+    }
     // Each rank's slice is its share of the elements.
     for (size_t p = 0; p < many[0].master_slices.size(); ++p) {
       size_t total = 0;
@@ -242,33 +253,57 @@ TEST_F(TrainingEngineDpTest, Fp16OverflowOnOneRankSkipsTheStepEverywhere) {
 TEST_F(TrainingEngineDpTest, Stage2CpuBf16ThreeRanks) {
   expect_equivalent({.world = 3, .stage = 2, .bf16 = true});
 }
+TEST_F(TrainingEngineDpTest, Stage3CpuFp32TwoRanks) { expect_equivalent({.world = 2, .stage = 3}); }
+TEST_F(TrainingEngineDpTest, Stage3CpuFp32ThreeRanks) {
+  expect_equivalent({.world = 3, .stage = 3});
+}
+TEST_F(TrainingEngineDpTest, Stage3NvmeFp32TwoRanks) {
+  expect_equivalent({.world = 2, .stage = 3, .nvme = true});
+}
+TEST_F(TrainingEngineDpTest, Stage3NvmeFp16ThreeRanks) {
+  expect_equivalent({.world = 3, .stage = 3, .nvme = true, .fp16 = true});
+}
+TEST_F(TrainingEngineDpTest, Stage3OverlapModeThreeRanks) {
+  expect_equivalent({.world = 3, .stage = 3, .overlap = "overlap"});
+}
 TEST_F(TrainingEngineDpTest, Stage2OverlapModeTwoRanks) {
   expect_equivalent({.world = 2, .stage = 2, .overlap = "overlap"});
 }
 
-// Stage 2: each rank reduces the gradients on the device and moves only its
-// slice D2H, so per-rank D2H bytes are ~1/N of one rank's (which moves every
-// gradient once per micro-batch); the 1-rank path is unchanged.
-TEST_F(TrainingEngineDpTest, Stage2MovesASliceOfTheGradientsPerRank) {
-  std::vector<RankResult> runs[4];
-  for (int world : {0, 2, 3}) {
-    train({.world = std::max(1, world), .stage = 2}, world, 3, &runs[world]);
-    if (HasFatalFailure()) return;
-  }
-  const uint64_t one = runs[0][0].d2h_bytes;
-  ASSERT_GT(one, 0u);
-  for (int world : {2, 3}) {
-    for (int r = 0; r < world; ++r) {
-      const RankResult& res = runs[world][r];
-      if (r == 0)
-        std::printf("1 rank: H2D %llu B\n", static_cast<unsigned long long>(runs[0][0].h2d_bytes));
-      std::printf("stage 2, %d ranks, rank %d: PCIe D2H %llu B (1 rank: %llu), H2D %llu B\n", world,
-                  r, static_cast<unsigned long long>(res.d2h_bytes),
-                  static_cast<unsigned long long>(one),
-                  static_cast<unsigned long long>(res.h2d_bytes));
-      // The slice, rounded up per param, plus the bucket's flags.
-      EXPECT_LE(res.d2h_bytes, one / world + 4096) << world << " ranks, rank " << r;
-      EXPECT_GE(res.d2h_bytes, one / world - 4096) << world << " ranks, rank " << r;
+// Stage 2 and 3: each rank reduces the gradients on the device and moves
+// only its slice D2H, so per-rank D2H bytes are ~1/N of one rank's (which
+// moves every gradient once per micro-batch); stage 3 also moves only its
+// slice of the params H2D.
+TEST_F(TrainingEngineDpTest, Stage2And3MoveASliceOfTheGradientsPerRank) {
+  for (int stage : {2, 3}) {
+    std::vector<RankResult> runs[4];
+    for (int world : {0, 2, 3}) {
+      train({.world = std::max(1, world), .stage = stage}, world, 3, &runs[world]);
+      if (HasFatalFailure()) return;
+    }
+    const RankResult& one = runs[0][0];
+    ASSERT_GT(one.d2h_bytes, 0u);
+    std::printf("stage %d, 1 rank: PCIe D2H %llu B, H2D %llu B, compute params at home %llu B\n",
+                stage, static_cast<unsigned long long>(one.d2h_bytes),
+                static_cast<unsigned long long>(one.h2d_bytes),
+                static_cast<unsigned long long>(one.param_home_bytes));
+    for (int world : {2, 3}) {
+      for (int r = 0; r < world; ++r) {
+        const RankResult& res = runs[world][r];
+        std::printf(
+            "stage %d, %d ranks, rank %d: PCIe D2H %llu B, H2D %llu B, compute params at home "
+            "%llu B\n",
+            stage, world, r, static_cast<unsigned long long>(res.d2h_bytes),
+            static_cast<unsigned long long>(res.h2d_bytes),
+            static_cast<unsigned long long>(res.param_home_bytes));
+        // The slice, rounded up per param, plus the bucket's flags.
+        EXPECT_LE(res.d2h_bytes, one.d2h_bytes / world + 4096) << world << " ranks, rank " << r;
+        EXPECT_GE(res.d2h_bytes + 4096, one.d2h_bytes / world) << world << " ranks, rank " << r;
+        if (stage == 3) {
+          // Only the slices of the params go H2D (the gather fills the rest on the device).
+          EXPECT_LE(res.h2d_bytes, one.h2d_bytes / world + 4096) << world << " ranks, rank " << r;
+        }
+      }
     }
   }
 }

@@ -39,6 +39,7 @@ struct Case {
   bool fp16 = false;
   bool bf16 = false;
   const char* overlap = "sync";
+  bool offload_param = false;  // offload_param to the optimizer's device (stage 3)
   // >= 0: rank 0's (and one rank's) backward of that micro-batch writes
   // +inf into a gradient (an fp16 overflow seen by one rank only).
   int poison_micro = -1;
@@ -66,7 +67,8 @@ class TrainingEngineDpTest : public TrainingEngineTest {
         "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01, \"weight_decay\": "
         "0.01}}, \"strata\": {\"overlap\": \"",
         c.overlap, "\", \"prefetch_window_bytes\": 4096}, ",
-        "\"zero_optimization\": {\"stage\": ", c.stage, ", \"offload_optimizer\": ", offload, "}",
+        "\"zero_optimization\": {\"stage\": ", c.stage, ", \"offload_optimizer\": ", offload,
+        c.offload_param ? absl::StrCat(", \"offload_param\": ", offload) : "", "}",
         c.fp16 ? absl::StrCat(", ", kFp16) : "", c.bf16 ? ", \"bf16\": {\"enabled\": true}" : "",
         "}");
     return parse_config_at(json, world);
@@ -262,6 +264,34 @@ TEST_F(TrainingEngineDpTest, Stage3NvmeFp32TwoRanks) {
 }
 TEST_F(TrainingEngineDpTest, Stage3NvmeFp16ThreeRanks) {
   expect_equivalent({.world = 3, .stage = 3, .nvme = true, .fp16 = true});
+}
+TEST_F(TrainingEngineDpTest, Stage3ParamsOffloadedToNvmeTwoRanks) {
+  expect_equivalent({.world = 2, .stage = 3, .nvme = true, .offload_param = true});
+}
+TEST_F(TrainingEngineDpTest, Stage3ParamsOffloadedToCpuThreeRanks) {
+  expect_equivalent({.world = 3, .stage = 3, .offload_param = true});
+}
+// Stage 3's sharded checkpoint (the compute params' slices) resumes on 1 and 3 ranks.
+TEST_F(TrainingEngineDpTest, Stage3CheckpointOfTwoRanksResumesOnOneAndThree) {
+  const Case c{.world = 2, .stage = 3};
+  const std::string ckpt = (dir_ / "ckpt3").string();
+  std::vector<RankResult> saved, two, one, three;
+  train(c, 2, 5, &saved, {}, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  auto load = [&](TrainingEngine& e, int) { return e.load_checkpoint(ckpt); };
+  train(c, 2, 5, &two, load);
+  train(c, 0, 5, &one, load);
+  train(c, 3, 5, &three, load);
+  if (HasFatalFailure()) return;
+  for (int s = 0; s < 5; ++s) {
+    const double ref = (two[0].loss[s] + two[1].loss[s]) / 2;
+    EXPECT_NEAR(one[0].loss[s], ref, 1e-5 * ref) << "step " << s;
+    const double mean3 = (three[0].loss[s] + three[1].loss[s] + three[2].loss[s]) / 3;
+    EXPECT_NEAR(mean3, ref, 1e-5 * ref) << "step " << s;
+  }
+  EXPECT_LT(two[0].loss[0], saved[0].loss[0]);
+  EXPECT_EQ(one[0].param.size(), two[0].param.size());
+  EXPECT_LE(norm_rel(three[0].param, two[0].param), 1e-5);
 }
 TEST_F(TrainingEngineDpTest, Stage3OverlapModeThreeRanks) {
   expect_equivalent({.world = 3, .stage = 3, .overlap = "overlap"});

@@ -271,6 +271,7 @@ struct OffloadOptimizer::Impl {
   bool params_sliced = false;
   std::vector<std::vector<void*>> full_params;
   absl::Status gather_full_params(int bucket);
+  absl::Status pack_and_gather_slices(int bucket, const BucketLayout& l, uint8_t* packed);
   std::vector<char> dp_bucket_device;  // per bucket
   void* dp_dev_whole = nullptr;        // fp32, the largest bucket's layout (with flags)
   void* dp_dev_part = nullptr;         // fp32, this rank's largest part

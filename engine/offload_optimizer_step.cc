@@ -855,6 +855,50 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   return absl::OkStatus();
 }
 
+// Every rank's slices of the bucket's params into `packed` (device memory,
+// rank-major): on the device where the communicator can use its memory
+// (each slice H2D through the store), else on the host (Gloo beside a real
+// device: host memory stays 1/N, the whole bucket goes H2D).
+absl::Status OffloadOptimizer::Impl::pack_and_gather_slices(int bucket, const BucketLayout& l,
+                                                            uint8_t* packed) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  const uint64_t esize = dtype_size(dtype);
+  const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
+  const std::string across = absl::StrCat("across ", world, " ranks");
+  if (!device->host_addressable() && !comm->device_memory()) {
+    dp_bytes.resize(l.total * esize);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const ParamRec& p = params[ps[i]];
+      Pin pin(store.get(), p.param, Tier::kHost);
+      STRATA_ASSIGN_OR_RETURN(TensorView v, pin.acquire(Access::kRead), p.desc.name);
+      std::memcpy(dp_bytes.data() + l.pos[i * world + rank] * esize, v.data, p.slice.numel * esize);
+      STRATA_RETURN_IF_ERROR(pin.release(false));
+    }
+    STRATA_RETURN_IF_ERROR(
+        comm->all_gather(dp_bytes.data() + l.pos[rank] * esize, dp_bytes.data(), l.counts, wire),
+        across);
+    STRATA_RETURN_IF_ERROR(
+        device->copy_to_device(packed, dp_bytes.data(), l.total * esize, stream));
+    dp_h2d_bytes += l.total * esize;
+    return absl::OkStatus();
+  }
+  std::vector<Pin> pins;
+  pins.reserve(ps.size());
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const ParamRec& p = params[ps[i]];
+    pins.emplace_back(store.get(), p.param, Tier::kDevice);
+    STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead), p.desc.name);
+    if (p.slice.numel == 0) continue;
+    STRATA_RETURN_IF_ERROR(device->copy_on_device(packed + l.pos[i * world + rank] * esize, v.data,
+                                                  p.slice.numel * esize, stream));
+  }
+  STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
+  for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(false));
+  STRATA_RETURN_IF_ERROR(comm->all_gather(packed + l.pos[rank] * esize, packed, l.counts, wire),
+                         across);
+  return absl::OkStatus();
+}
+
 // The bucket's whole params on the device: each slice (through the store:
 // H2D of the slice only) into its place in the rank-major layout, the
 // all_gather on the device's memory, then each param made contiguous.
@@ -862,26 +906,12 @@ absl::Status OffloadOptimizer::Impl::gather_full_params(int bucket) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   const BucketLayout l = bucket_layout(bucket, 0);
   const uint64_t esize = dtype_size(dtype);
-  const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
   STRATA_ASSIGN_OR_RETURN(void* packed_mem,
                           device->allocate(std::max<uint64_t>(1, l.total) * esize));
   auto* packed = static_cast<uint8_t*>(packed_mem);
   std::vector<void*>& out = full_params[bucket];
   absl::Status st = [&]() -> absl::Status {
-    std::vector<Pin> pins;
-    pins.reserve(ps.size());
-    for (size_t i = 0; i < ps.size(); ++i) {
-      const ParamRec& p = params[ps[i]];
-      pins.emplace_back(store.get(), p.param, Tier::kDevice);
-      STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead), p.desc.name);
-      if (p.slice.numel == 0) continue;
-      STRATA_RETURN_IF_ERROR(device->copy_on_device(packed + l.pos[i * world + rank] * esize,
-                                                    v.data, p.slice.numel * esize, stream));
-    }
-    STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
-    for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(false));
-    STRATA_RETURN_IF_ERROR(comm->all_gather(packed + l.pos[rank] * esize, packed, l.counts, wire),
-                           absl::StrCat("across ", world, " ranks"));
+    STRATA_RETURN_IF_ERROR(pack_and_gather_slices(bucket, l, packed));
     for (size_t i = 0; i < ps.size(); ++i) {
       const ParamRec& p = params[ps[i]];
       STRATA_ASSIGN_OR_RETURN(void* whole, device->allocate(p.desc.numel * esize));

@@ -129,12 +129,15 @@ absl::Status OffloadOptimizer::Impl::configure(const config::DsConfig& cfg, gpu:
   // What the config alone decides: the same checks as `strata config check`.
   STRATA_RETURN_IF_ERROR(validate_for_training(config, "ds_config", world));
   if (dp() && comm->device_memory()) {
-    // Its collectives take device buffers; this version reduces and
-    // gathers in host memory (offload_optimizer.h, "Data parallel").
+    // Stage 2/3 reduce and gather kStore params on the device, but on the
+    // optimizer's streams, not on the NCCL communicator's (nothing orders
+    // the two yet), and stage 0/1, kHost / kDevice bindings, the post-step
+    // gather and read_param use host memory, which NCCL cannot take.
     return absl::UnimplementedError(
-        "a communicator on device memory (NCCL) is not supported by the optimizer yet: it "
-        "reduces gradients and gathers params in host memory; connect with the Gloo backend "
-        "(dist::Backend::kGloo), which works beside a CUDA device too");
+        "a communicator on device memory (NCCL) is not supported by the optimizer yet: part of "
+        "its collectives run on host memory and the device-side ones are not ordered with the "
+        "NCCL stream; connect with the Gloo backend (dist::Backend::kGloo), which works beside a "
+        "CUDA device too");
   }
   if (dp() && config.strata.delayed_param_update) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -481,6 +481,9 @@ TEST_F(TrainingEngineDpTest, ConfigWorldSizeMustMatchTheCommunicator) {
     o.comm = comm;
     // Resolved for 3 ranks, run on 2.
     auto e = TrainingEngine::create(dp_config(c, 3, ""), &model, &device, std::move(o));
+    // No rank leaves (closing its communicator) while another may still be
+    // connecting: under load that raced into Unavailable.
+    STRATA_RETURN_IF_ERROR(comm->barrier());
     return e.status();
   });
   for (const absl::Status& s : st) {

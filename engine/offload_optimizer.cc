@@ -258,7 +258,11 @@ absl::Status OffloadOptimizer::finalize() {
       specs[b].push_back(ParamSpec{m.params[h].desc.name, m.params[h].desc.numel});
     }
   }
-  STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs));
+  // ZeRO-3 across ranks slices only kStore params' compute copies.
+  const bool whole_params =
+      std::any_of(m.params.begin(), m.params.end(),
+                  [](const Impl::ParamRec& p) { return p.desc.binding != ParamBinding::kStore; });
+  STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs, whole_params));
   STRATA_ASSIGN_OR_RETURN(const Impl::StoreBudgets budgets, m.store_budgets());
   STRATA_RETURN_IF_ERROR(m.create_store(budgets));
   STRATA_RETURN_IF_ERROR(m.register_tensors());

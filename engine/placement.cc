@@ -18,7 +18,8 @@ constexpr uint64_t kPoolBlock = offload::DevicePool::kAlignment;
 }  // namespace
 
 absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
-                                         const std::vector<std::vector<ParamSpec>>& layers) {
+                                         const std::vector<std::vector<ParamSpec>>& layers,
+                                         bool whole_compute_params) {
   if (layers.empty()) return absl::InvalidArgumentError("the model has no layers");
   const config::OffloadDevice where = config.zero.offload_optimizer.device;
   const config::OffloadDevice param_where = config.zero.offload_param.device;
@@ -79,7 +80,7 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       // ZeRO-3 across ranks: each rank's home copy of the compute param is
       // its slice (gathered on the device for forward and backward).
       const uint64_t home16 =
-          world > 1 && config.zero.stage >= 3
+          world > 1 && config.zero.stage >= 3 && !whole_compute_params
               ? std::max<uint64_t>(1, partition_slice(s.numel, 0, world).numel) * esize
               : b16;
       layer_device += 2 * b16;  // param + grad, both on the device during backward

@@ -78,7 +78,12 @@ struct Placement {
   uint64_t device_pool = 0;
 };
 
+// ZeRO-3 across ranks (config.world_size > 1) counts each compute param's
+// home copy at its slice, as the engine's params (ParamBinding::kStore) are
+// held; whole_compute_params counts them whole (a framework binding its
+// params in its own memory keeps a whole copy in the store).
 absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
-                                         const std::vector<std::vector<ParamSpec>>& layers);
+                                         const std::vector<std::vector<ParamSpec>>& layers,
+                                         bool whole_compute_params = false);
 
 }  // namespace strata::engine

@@ -216,6 +216,11 @@ TEST_F(OffloadOptimizerDpTest, Stage1TwoRanksEqualOneRank) { expect_equivalent(2
 TEST_F(OffloadOptimizerDpTest, Stage2ThreeRanksEqualOneRank) { expect_equivalent(3, 2, false); }
 TEST_F(OffloadOptimizerDpTest, Stage2NvmeThreeRanksEqualOneRank) { expect_equivalent(3, 2, true); }
 TEST_F(OffloadOptimizerDpTest, Stage1NvmeTwoRanksEqualOneRank) { expect_equivalent(2, 1, true); }
+// Stage 3 with the framework's own params (kHost / kDevice): they stay whole
+// (only the store's kStore params are sliced), as stage 2 treats them.
+TEST_F(OffloadOptimizerDpTest, Stage3BoundParamsTwoRanksEqualOneRank) {
+  expect_equivalent(2, 3, false);
+}
 
 TEST_F(OffloadOptimizerDpTest, MisuseAcrossRanks) {
   const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {

@@ -118,6 +118,50 @@ std::vector<std::string> advise(const config::DsConfig& c, const Placement& pl,
   return advice;
 }
 
+int64_t share(int64_t bytes, int n) { return (bytes + n - 1) / n; }
+
+// One rank's share of each tier at ZeRO `stage` over `n` ranks (engine/plan.h
+// says what each stage splits); names what it split in p->partitioned.
+void partition(const config::DsConfig& c, const Placement& pl, int n, MemoryPlan* p) {
+  if (n <= 1) return;
+  const int stage = c.zero.stage;
+  const std::vector<TierPlan*> all = {&p->gpu, &p->host, &p->nvme};
+  const std::vector<TierPlan*> off_gpu = {&p->host, &p->nvme};
+  auto split = [&](const std::vector<TierPlan*>& tiers, int64_t PlanRoles::*role,
+                   std::string name) {
+    bool any = false;
+    for (TierPlan* t : tiers) {
+      any = any || t->need.*role > 0;
+      t->need.*role = share(t->need.*role, n);
+    }
+    if (any) p->partitioned.push_back(std::move(name));
+  };
+  // The device computes on whole layers: a layer's full grads stay until
+  // they are reduced, a layer's full params while it runs.
+  const int64_t layer_half = i64(pl.largest_layer_device / 2);
+  auto device_split = [&](int64_t PlanRoles::*role, std::string name) {
+    int64_t& bytes = p->gpu.need.*role;
+    if (bytes == 0) return;
+    bytes = std::min(bytes, share(bytes, n) + layer_half);
+    p->partitioned.push_back(std::move(name));
+  };
+  if (stage >= 1) {
+    split(all, &PlanRoles::master32, "master32");
+    split(all, &PlanRoles::exp_avg, "exp_avg");
+    split(all, &PlanRoles::exp_avg_sq, "exp_avg_sq");
+    // An offloaded optimizer reads and writes its shard only: the host (or
+    // NVMe) copies of grads and params are the shard's.
+    split(off_gpu, &PlanRoles::grad32, "grad32 (host/NVMe)");
+    split(off_gpu, &PlanRoles::grad16, "grad16 (host/NVMe)");
+    split(off_gpu, &PlanRoles::param16, "param16 (host/NVMe)");
+  }
+  if (stage >= 2) {
+    split({&p->gpu}, &PlanRoles::grad32, "grad32 (GPU)");
+    device_split(&PlanRoles::grad16, "grad16 (GPU)");
+  }
+  if (stage >= 3) device_split(&PlanRoles::param16, "param16 (GPU)");
+}
+
 }  // namespace
 
 int64_t PlanModel::param_count() const {
@@ -131,7 +175,8 @@ int64_t PlanModel::param_count() const {
 std::optional<bool> TierPlan::fits() const {
   if (need.total() == 0) return true;
   if (!capacity) return std::nullopt;
-  return need.total() <= capacity->bytes;
+  // In 128 bits: a rank's need times the ranks of a node may pass 2^63.
+  return static_cast<__int128>(need.total()) * std::max(sharers, 1) <= capacity->bytes;
 }
 
 std::optional<bool> MemoryPlan::fits() const {
@@ -146,39 +191,47 @@ std::optional<bool> MemoryPlan::fits() const {
 }
 
 DeepSpeedEstimate deepspeed_estimate(int zero_stage, bool offload_optimizer, bool offload_param,
-                                     int64_t params, int64_t largest_module_params, int gpus) {
+                                     int64_t params, int64_t largest_module_params,
+                                     int gpus_per_node, int nodes) {
+  const int per_node = std::max(gpus_per_node, 1);
+  const int node_count = std::max(nodes, 1);
   const double n = static_cast<double>(params);
-  const double g = static_cast<double>(std::max(gpus, 1));
+  const double g = per_node;                                        // DeepSpeed's num_gpus_per_node
+  const double total = static_cast<double>(per_node) * node_count;  // its total_gpus
   const int64_t largest = 4 * largest_module_params;
-  const std::string with_g = absl::StrCat(" with G = ", std::max(gpus, 1));
+  const std::string with_g = node_count == 1
+                                 ? absl::StrCat(" with G = ", per_node)
+                                 : absl::StrCat(" with G = ", per_node * node_count,
+                                                ", g = ", per_node, ", nodes = ", node_count);
   DeepSpeedEstimate e;
   if (zero_stage < 3) {
     e.estimator = "estimate_zero2_model_states_mem_needs_all_live";
     if (offload_optimizer) {
       e.formula = "cpu_offload: GPU 2N, CPU N*max(4G, 16)*1.5" + with_g;
-      e.gpu = i64(2 * params);
-      e.cpu = static_cast<int64_t>(n * std::max(4 * g, 16.0) * 1.5);
+      e.gpu = 2 * params;
+      e.cpu = static_cast<int64_t>(n * std::max(4 * total, 16.0) * 1.5);
     } else {
-      e.formula = "no offload: GPU 4N + 16N/G, CPU 4N*G*1.5" + with_g;
-      e.gpu = 4 * params + static_cast<int64_t>(16 * n / g);
+      e.formula = "no offload: GPU 4N + 16N/G, CPU 4N*g*1.5" + with_g;
+      e.gpu = 4 * params + static_cast<int64_t>(16 * n / total);
       e.cpu = static_cast<int64_t>(n * 4 * g * 1.5);
     }
-    return e;
-  }
-  e.estimator = "estimate_zero3_model_states_mem_needs_all_live";
-  if (offload_optimizer && offload_param) {
-    e.formula = "params and optimizer offloaded: GPU 4*largest_layer, CPU 18N*1.5";
-    e.gpu = largest;
-    e.cpu = static_cast<int64_t>(n * 18 * 1.5);
-  } else if (offload_optimizer) {
-    e.formula = "optimizer offloaded: GPU 4*largest_layer + 2N/G, CPU 16N*1.5" + with_g;
-    e.gpu = largest + static_cast<int64_t>(2 * n / g);
-    e.cpu = static_cast<int64_t>(n * 16 * 1.5);
   } else {
-    e.formula = "no offload: GPU 4*largest_layer + 18N/G, CPU 4*largest_layer*G*1.5" + with_g;
-    e.gpu = largest + static_cast<int64_t>(18 * n / g);
-    e.cpu = static_cast<int64_t>(static_cast<double>(largest) * g * 1.5);
+    e.estimator = "estimate_zero3_model_states_mem_needs_all_live";
+    if (offload_optimizer && offload_param) {
+      e.formula = "params and optimizer offloaded: GPU 4*largest_layer, CPU 18N*1.5/nodes" + with_g;
+      e.gpu = largest;
+      e.cpu = static_cast<int64_t>(n * 18 / node_count * 1.5);
+    } else if (offload_optimizer) {
+      e.formula = "optimizer offloaded: GPU 4*largest_layer + 2N/G, CPU 16N*1.5/nodes" + with_g;
+      e.gpu = largest + static_cast<int64_t>(2 * n / total);
+      e.cpu = static_cast<int64_t>(n * 16 / node_count * 1.5);
+    } else {
+      e.formula = "no offload: GPU 4*largest_layer + 18N/G, CPU 4*largest_layer*g*1.5" + with_g;
+      e.gpu = largest + static_cast<int64_t>(18 * n / total);
+      e.cpu = static_cast<int64_t>(static_cast<double>(largest) * g * 1.5);
+    }
   }
+  e.cpu_per_rank = e.cpu / per_node;
   return e;
 }
 
@@ -225,6 +278,26 @@ absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsC
   p.host.need = roles_of(pl.host_roles);
   p.host.need.staging = i64(pl.host_cache);
   p.nvme.need = roles_of(pl.nvme_roles);
+  const int nodes = std::max(capacities.nodes, 1);
+  if (config.world_size % nodes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("world size ", config.world_size,
+                                                   " does not split evenly over ", nodes,
+                                                   " nodes; give a node count that divides it"));
+  }
+  p.world_size = config.world_size;
+  p.ranks_per_node = config.world_size / nodes;
+  partition(config, pl, p.world_size, &p);
+  p.host.sharers = p.nvme.sharers = p.ranks_per_node;
+  if (p.world_size > 1 && config.zero.stage == 0) {
+    p.notes.push_back(absl::StrCat("ZeRO stage 0 partitions nothing: each of the ", p.world_size,
+                                   " ranks holds every tensor; stage 1 splits the optimizer "
+                                   "states across them"));
+  }
+  if (p.ranks_per_node > 1) {
+    p.notes.push_back(
+        absl::StrCat("tiers are one rank's; host and NVMe capacities are a node's, shared by its ",
+                     p.ranks_per_node, " ranks"));
+  }
   if (pl.rollback > 0) {
     p.notes.push_back(absl::StrCat(
         "overlap mode keeps up to ", bytes(i64(pl.rollback)),
@@ -234,7 +307,7 @@ absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsC
 
   p.deepspeed = deepspeed_estimate(config.zero.stage, pl.offload,
                                    config.zero.offload_param.device != OffloadDevice::kNone,
-                                   p.params, p.largest_module_params, config.world_size);
+                                   p.params, p.largest_module_params, p.ranks_per_node, nodes);
   if (config.zero.stage < 2) {
     p.notes.push_back("DeepSpeed has no estimator for ZeRO stage 0/1; its ZeRO-2 one is shown");
   }

@@ -246,6 +246,144 @@ TEST(PlanTest, DeepSpeedEstimatesByHand) {
   }
 }
 
+// DeepSpeed's own functions for several nodes: total_gpus = g * nodes in the
+// ZeRO-2 offload CPU and the GPU shares, g alone in the no-offload CPU, the
+// ZeRO-3 offload CPU divided by the nodes.
+TEST(PlanTest, DeepSpeedEstimatesAcrossNodesByHand) {
+  constexpr int64_t n = 1'000'000'000, largest = 100'000'000;
+  struct Case {
+    int stage;
+    bool opt, param;
+    int per_node, nodes;
+    int64_t gpu, cpu;
+  };
+  for (const Case& c : std::vector<Case>{
+           // ZeRO-2 offload, 2 nodes of 4: CPU N*max(4*8, 16)*1.5 a node.
+           {2, true, false, 4, 2, 2'000'000'000, 48'000'000'000},
+           // ZeRO-2 no offload, 2 nodes of 4: GPU 4N + 16N/8, CPU 4N*4*1.5.
+           {2, false, false, 4, 2, 6'000'000'000, 24'000'000'000},
+           // ZeRO-3 all offloaded over 3 nodes: CPU 18N*1.5/3.
+           {3, true, true, 2, 3, 400'000'000, 9'000'000'000},
+           // ZeRO-3 optimizer offloaded, 2 nodes of 2: GPU 4*largest + 2N/4, CPU 16N*1.5/2.
+           {3, true, false, 2, 2, 900'000'000, 12'000'000'000},
+           // ZeRO-3 no offload, 2 nodes of 2: GPU 4*largest + 18N/4, CPU 4*largest*2*1.5.
+           {3, false, false, 2, 2, 4'900'000'000, 1'200'000'000}}) {
+    SCOPED_TRACE(::testing::Message() << "stage " << c.stage << " opt " << c.opt << " param "
+                                      << c.param << " g " << c.per_node << " nodes " << c.nodes);
+    const DeepSpeedEstimate e =
+        deepspeed_estimate(c.stage, c.opt, c.param, n, largest, c.per_node, c.nodes);
+    EXPECT_EQ(e.gpu, c.gpu);
+    EXPECT_EQ(e.cpu, c.cpu);
+    EXPECT_EQ(e.cpu_per_rank, c.cpu / c.per_node);
+    EXPECT_NE(e.formula.find("nodes = " + std::to_string(c.nodes)), std::string::npos) << e.formula;
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One rank of N holds 1/N of what each stage partitions and all of the rest:
+// the one-rank plan of the same config divided role by role.
+TEST(PlanTest, EachStagePartitionsItsRolesAcrossRanks) {
+  const PlanModel m = small_model();
+  // The largest layer's params (and grads) on the device, in fp16.
+  const int64_t layer16 = 5000 * 2;
+  for (int stage = 0; stage <= 3; ++stage) {
+    for (const char* offload : {"cpu", "nvme", "none"}) {
+      for (int world : {2, 3, 4}) {
+        if (stage == 0 && std::string(offload) != "none") continue;  // offload needs a stage
+        const std::string members =
+            R"("fp16": {"enabled": true}, "zero_optimization": {"stage": )" +
+            std::to_string(stage) + R"(, "offload_optimizer": {"device": ")" + offload +
+            R"(", "nvme_path": "/tmp"}})";
+        SCOPED_TRACE(::testing::Message() << members << " world " << world);
+        const config::DsConfig one = parse(members);
+        config::DsConfig many = one;
+        many.world_size = world;
+        auto single = plan_memory(m, one, {});
+        auto rank = plan_memory(m, many, {});
+        ASSERT_TRUE(single.ok()) << single.status();
+        ASSERT_TRUE(rank.ok()) << rank.status();
+        EXPECT_EQ(rank->world_size, world);
+        EXPECT_EQ(rank->ranks_per_node, world);
+        for (auto [whole, part] :
+             {std::pair{&single->gpu, &rank->gpu}, std::pair{&single->host, &rank->host},
+              std::pair{&single->nvme, &rank->nvme}}) {
+          SCOPED_TRACE(whole->name);
+          const PlanRoles& a = whole->need;
+          const PlanRoles& b = part->need;
+          auto split_if = [&](bool split, int64_t v) { return split ? ceil_div(v, world) : v; };
+          const bool gpu = whole->name == "gpu";
+          // With the optimizer offloaded its host/NVMe side is all shards.
+          const bool optimizer_side = !gpu && stage >= 1;
+          EXPECT_EQ(b.master32, split_if(stage >= 1, a.master32));
+          EXPECT_EQ(b.exp_avg, split_if(stage >= 1, a.exp_avg));
+          EXPECT_EQ(b.exp_avg_sq, split_if(stage >= 1, a.exp_avg_sq));
+          EXPECT_EQ(b.grad32, split_if(stage >= 2 || optimizer_side, a.grad32));
+          // The device keeps a whole layer while it computes on it.
+          auto device_or_split = [&](bool split, int64_t v) {
+            if (!split) return v;
+            return gpu ? std::min(v, ceil_div(v, world) + layer16) : ceil_div(v, world);
+          };
+          EXPECT_EQ(b.grad16, device_or_split(stage >= 2 || optimizer_side, a.grad16));
+          EXPECT_EQ(b.param16, device_or_split(stage >= 3 || optimizer_side, a.param16));
+          EXPECT_EQ(b.activations, a.activations);  // a micro batch is a rank's own
+          EXPECT_EQ(b.staging, a.staging);
+          EXPECT_EQ(part->sharers, gpu ? 1 : world);
+        }
+        const bool opt = std::string(offload) != "none";
+        std::vector<std::string> expected_split;
+        if (stage >= 1) expected_split = {"master32", "exp_avg", "exp_avg_sq"};
+        if (stage >= 1 && opt) {
+          for (const char* r :
+               {"grad32 (host/NVMe)", "grad16 (host/NVMe)", "param16 (host/NVMe)"}) {
+            expected_split.push_back(r);
+          }
+        }
+        if (stage >= 2 && !opt) expected_split.push_back("grad32 (GPU)");
+        if (stage >= 2) expected_split.push_back("grad16 (GPU)");
+        if (stage >= 3) expected_split.push_back("param16 (GPU)");
+        EXPECT_EQ(rank->partitioned, expected_split);
+        // DeepSpeed's estimate for the same world, one node.
+        const DeepSpeedEstimate ds =
+            deepspeed_estimate(stage, opt, false, m.param_count(), m.largest_module_params, world);
+        EXPECT_EQ(rank->deepspeed.gpu, ds.gpu);
+        EXPECT_EQ(rank->deepspeed.cpu, ds.cpu);
+      }
+    }
+  }
+}
+
+// Host and NVMe capacities are a node's: the ranks of a node share them.
+TEST(PlanTest, RanksOfANodeShareItsHostMemory) {
+  const PlanModel m = small_model();
+  config::DsConfig cfg =
+      parse(R"("zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}})");
+  cfg.world_size = 4;
+  auto rank = plan_memory(m, cfg, {});
+  ASSERT_TRUE(rank.ok()) << rank.status();
+  const int64_t need = rank->host.need.total();
+  ASSERT_GT(need, 0);
+  // Four ranks on one node need 4x a rank's host bytes; two nodes of two, 2x.
+  for (auto [nodes, sharing] : {std::pair{1, 4}, std::pair{2, 2}, std::pair{4, 1}}) {
+    SCOPED_TRACE(nodes);
+    auto at = [&](int64_t capacity) {
+      return plan_memory(m, cfg, {.host = TierCapacity{capacity, "--host-mem"}, .nodes = nodes});
+    };
+    auto fits = at(need * sharing);
+    auto short_by_one = at(need * sharing - 1);
+    ASSERT_TRUE(fits.ok() && short_by_one.ok());
+    EXPECT_EQ(fits->ranks_per_node, sharing);
+    EXPECT_EQ(fits->host.fits(), true);
+    EXPECT_EQ(short_by_one->host.fits(), false);
+    EXPECT_EQ(fits->deepspeed.cpu_per_rank, fits->deepspeed.cpu / sharing);
+  }
+  auto uneven = plan_memory(m, cfg, {.nodes = 3});
+  ASSERT_FALSE(uneven.ok());
+  EXPECT_NE(std::string(uneven.status().message()).find("does not split evenly over 3 nodes"),
+            std::string::npos)
+      << uneven.status();
+}
+
 std::string joined(const std::vector<std::string>& lines) {
   std::string all;
   for (const std::string& l : lines) all += l + "\n";

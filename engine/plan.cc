@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/format_bytes.h"
 #include "core/host_info.h"
 #include "core/status.h"
@@ -118,48 +119,51 @@ std::vector<std::string> advise(const config::DsConfig& c, const Placement& pl,
   return advice;
 }
 
-int64_t share(int64_t bytes, int n) { return (bytes + n - 1) / n; }
+// The roles each ZeRO stage splits across ranks in DeepSpeed.
+std::vector<std::string> deepspeed_partitions(int stage) {
+  std::vector<std::string> roles;
+  if (stage >= 1) roles = {"master32", "exp_avg", "exp_avg_sq"};
+  if (stage >= 2) roles.insert(roles.end(), {"grad16", "grad32"});
+  if (stage >= 3) roles.push_back("param16");
+  return roles;
+}
 
-// One rank's share of each tier at ZeRO `stage` over `n` ranks (engine/plan.h
-// says what each stage splits); names what it split in p->partitioned.
-void partition(const config::DsConfig& c, const Placement& pl, int n, MemoryPlan* p) {
-  if (n <= 1) return;
-  const int stage = c.zero.stage;
-  const std::vector<TierPlan*> all = {&p->gpu, &p->host, &p->nvme};
-  const std::vector<TierPlan*> off_gpu = {&p->host, &p->nvme};
-  auto split = [&](const std::vector<TierPlan*>& tiers, int64_t PlanRoles::*role,
-                   std::string name) {
-    bool any = false;
-    for (TierPlan* t : tiers) {
-      any = any || t->need.*role > 0;
-      t->need.*role = share(t->need.*role, n);
+int64_t PlanRoles::*role_named(const std::string& name) {
+  if (name == "param16") return &PlanRoles::param16;
+  if (name == "grad16") return &PlanRoles::grad16;
+  if (name == "grad32") return &PlanRoles::grad32;
+  if (name == "master32") return &PlanRoles::master32;
+  if (name == "exp_avg") return &PlanRoles::exp_avg;
+  return &PlanRoles::exp_avg_sq;
+}
+
+// Names, in p->partitioned, the roles a rank holds less of than one rank
+// alone (`alone`, the same config at world size 1) on some tier, and says
+// in a note which of the roles DeepSpeed splits at this stage every rank
+// still holds whole.
+void name_partitions(const MemoryPlan& alone, MemoryPlan* p, int stage) {
+  static const char* const kRoles[] = {"param16",  "grad16",  "grad32",
+                                       "master32", "exp_avg", "exp_avg_sq"};
+  std::vector<std::string> whole;
+  for (const char* name : kRoles) {
+    int64_t PlanRoles::*role = role_named(name);
+    bool split = false;
+    for (auto [rank, one] : {std::pair{&p->gpu, &alone.gpu}, std::pair{&p->host, &alone.host},
+                             std::pair{&p->nvme, &alone.nvme}}) {
+      split = split || rank->need.*role < one->need.*role;
     }
-    if (any) p->partitioned.push_back(std::move(name));
-  };
-  // The device computes on whole layers: a layer's full grads stay until
-  // they are reduced, a layer's full params while it runs.
-  const int64_t layer_half = i64(pl.largest_layer_device / 2);
-  auto device_split = [&](int64_t PlanRoles::*role, std::string name) {
-    int64_t& bytes = p->gpu.need.*role;
-    if (bytes == 0) return;
-    bytes = std::min(bytes, share(bytes, n) + layer_half);
-    p->partitioned.push_back(std::move(name));
-  };
-  if (stage >= 1) {
-    split(all, &PlanRoles::master32, "master32");
-    split(all, &PlanRoles::exp_avg, "exp_avg");
-    split(all, &PlanRoles::exp_avg_sq, "exp_avg_sq");
-    // An offloaded optimizer reads and writes its shard only: the host (or
-    // NVMe) copies of grads and params are the shard's.
-    split(off_gpu, &PlanRoles::grad32, "grad32 (host/NVMe)");
-    split(off_gpu, &PlanRoles::grad16, "grad16 (host/NVMe)");
-    split(off_gpu, &PlanRoles::param16, "param16 (host/NVMe)");
+    if (split) p->partitioned.push_back(name);
   }
-  if (stage >= 2) {
-    split({&p->gpu}, &PlanRoles::grad32, "grad32 (GPU)");
-    device_split(&PlanRoles::grad16, "grad16 (GPU)");
+  for (const std::string& name : deepspeed_partitions(stage)) {
+    if (std::find(p->partitioned.begin(), p->partitioned.end(), name) == p->partitioned.end()) {
+      whole.push_back(name);
+    }
   }
-  if (stage >= 3) device_split(&PlanRoles::param16, "param16 (GPU)");
+  if (!whole.empty()) {
+    p->notes.push_back(absl::StrCat("ZeRO stage ", stage, " in DeepSpeed also splits ",
+                                    absl::StrJoin(whole, ", "), " across ranks; each of the ",
+                                    p->world_size, " ranks here holds them whole"));
+  }
 }
 
 }  // namespace
@@ -286,12 +290,13 @@ absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsC
   }
   p.world_size = config.world_size;
   p.ranks_per_node = config.world_size / nodes;
-  partition(config, pl, p.world_size, &p);
   p.host.sharers = p.nvme.sharers = p.ranks_per_node;
-  if (p.world_size > 1 && config.zero.stage == 0) {
-    p.notes.push_back(absl::StrCat("ZeRO stage 0 partitions nothing: each of the ", p.world_size,
-                                   " ranks holds every tensor; stage 1 splits the optimizer "
-                                   "states across them"));
+  if (p.world_size > 1) {
+    // The one-rank plan of the same config, to see what the placement split.
+    config::DsConfig one = config;
+    one.world_size = 1;
+    STRATA_ASSIGN_OR_RETURN(const MemoryPlan alone, plan_memory(model, one, {}));
+    name_partitions(alone, &p, config.zero.stage);
   }
   if (p.ranks_per_node > 1) {
     p.notes.push_back(

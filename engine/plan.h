@@ -15,18 +15,14 @@
 //   host  the host arena: host-homed tensors (Placement::host_roles) and, as
 //         "staging", the cache of NVMe-homed tensors (Placement::host_cache).
 //   NVMe  the swap file (Placement::nvme_roles).
-// Data parallel (config.world_size N > 1): every tier is one rank's, with
-// ZeRO's partitioning as DeepSpeed's stage_1_and_2.py / stage3.py split:
-//   stage >= 1  master32, exp_avg, exp_avg_sq: 1/N on every tier; with the
-//               optimizer offloaded, its host/NVMe copies of grad16, grad32
-//               and param16 too (a rank moves and updates its shard only)
-//   stage >= 2  + the device's grads: grad32 1/N; grad16 1/N plus one
-//               layer's full grads (written by backward, then reduced)
-//   stage 3     + the device's param16: 1/N plus one layer's full params
-//               (gathered before its forward and backward)
-// Shares round up (ceil(bytes / N)). Host and NVMe capacities are a node's,
-// shared by its world_size / nodes ranks: a tier fits when ranks_per_node
-// times the rank's need fits (TierPlan::sharers).
+// Data parallel (config.world_size N > 1): every tier is one rank's, as
+// plan_placement sizes it (the engine's ZeRO partition across ranks,
+// engine/zero_partition.h); `partitioned` names the roles a rank holds less
+// of than one rank alone, and a note names those DeepSpeed splits at the
+// config's stage (1: master32, exp_avg, exp_avg_sq; 2: + grad16, grad32;
+// 3: + param16) that each rank here still holds whole. Host and NVMe
+// capacities are a node's, shared by its world_size / nodes ranks: a tier
+// fits when ranks_per_node times the rank's need fits (TierPlan::sharers).
 // The engine registers master, exp_avg and exp_avg_sq for every optimizer
 // (Lion and Adagrad included), and so does the plan.
 //
@@ -136,7 +132,7 @@ struct MemoryPlan {
   std::string optimizer;  // as the engine runs it ("AdamW" when the config has none)
   int world_size = 1;     // config.world_size
   int ranks_per_node = 1;
-  // The roles split across ranks at this stage (empty with one rank).
+  // The roles a rank holds less of than one rank alone (empty with one rank).
   std::vector<std::string> partitioned;
   TierPlan gpu{"gpu"}, host{"host"}, nvme{"nvme"};
   DeepSpeedEstimate deepspeed;

@@ -167,7 +167,7 @@ void print_human(const engine::MemoryPlan& p, const std::string& file) {
     std::string split;
     for (const std::string& r : p.partitioned) split += (split.empty() ? "" : ", ") + r;
     line("  per rank of %d (%d a node); split across ranks: %s\n", p.world_size, p.ranks_per_node,
-         split.empty() ? "nothing (stage 0)" : split.c_str());
+         split.empty() ? "nothing" : split.c_str());
   }
   line("  %-12s %12s %12s %12s\n", "role", "gpu", "host", "nvme");
   const char* names[] = {"param16", "grad16",     "grad32",      "master32",

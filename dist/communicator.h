@@ -14,11 +14,29 @@
 //
 // Threading: one thread at a time per Communicator (the caller serializes).
 // Errors: every collective has the timeout given at connect; a rank that
-// exits or stalls makes the others' collectives fail with DeadlineExceeded
-// or Unavailable naming the rank (and its host) they were waiting for,
-// never hang. Bad arguments (counts that differ across the world,
-// unsupported dtype) are InvalidArgument. After an error the Communicator
-// is unusable (every later call fails with the first error).
+// exits or stalls makes the others' collectives fail, never hang:
+// Unavailable naming the rank that exited (its host and pid; rank 0 when
+// its rendezvous store is gone), or DeadlineExceeded saying no rank exited
+// (one is stalled or slower than the timeout). Bad arguments (a counts span
+// whose length is not the world size, a root outside the world) are
+// InvalidArgument and leave the communicator usable. Counts must be the same
+// on every rank; that is not checked (it would cost a collective), and a
+// mismatch fails, usually by timeout. After a collective fails the
+// Communicator is unusable (every later call fails with the first error).
+//
+// Element types: DType's fp32, fp16, bf16 (16-bit ones are reduced in fp32
+// and rounded, as NCCL does); kMax propagates NaN. fp64 only through
+// all_reduce_host.
+//
+// Gloo: reduce_scatter is one rooted reduce per rank's slice (see
+// gloo_communicator.cc); all_gather is allgatherv. NCCL: ncclAllGather /
+// ncclReduceScatter need equal counts, so uneven counts go through grouped
+// ncclBroadcast / ncclReduce per rank instead.
+//
+// Usage (every rank):
+//   STRATA_ASSIGN_OR_RETURN(dist::RankInfo info, dist::rank_info_from_env());
+//   STRATA_ASSIGN_OR_RETURN(auto comm, dist::connect(info, dist::CommOptions{}));
+//   STRATA_RETURN_IF_ERROR(comm->all_reduce(grads, n, DType::kFloat32, dist::ReduceOp::kSum));
 #pragma once
 
 #include <chrono>

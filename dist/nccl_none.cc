@@ -1,0 +1,14 @@
+// Built without CUDA: NCCL cannot be used.
+#include "dist/backends.h"
+
+namespace strata::dist {
+
+absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(const RankInfo&,
+                                                                     const CommOptions&,
+                                                                     std::unique_ptr<Rendezvous>) {
+  return absl::FailedPreconditionError(
+      "the NCCL backend needs a CUDA build of strata (configure with -DSTRATA_CUDA=ON); use "
+      "the Gloo backend for CPU ranks");
+}
+
+}  // namespace strata::dist

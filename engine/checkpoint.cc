@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "core/file_util.h"
 #include "core/scratch_lock.h"
 #include "core/status.h"
+#include "dist/communicator.h"
 #include "engine/checkpoint_dir.h"
 #include "engine/checkpoint_format.h"
 #include "engine/offload_optimizer_impl.h"
@@ -170,14 +172,18 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
     for (int i = 0; i < static_cast<int>(buckets[b].size()); ++i) {
       const ParamRec& p = params[buckets[b][i]];
       const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
-      json entry = {{"layer", b}, {"param", i}, {"name", p.desc.name}, {"numel", p.desc.numel}};
+      // The rank's slice of each tensor (the whole param with one rank).
+      json entry = {{"layer", b}, {"param", i}, {"name", p.desc.name}, {"numel", p.slice.numel}};
       for (int k = 0; k < 4; ++k) {
         const bool compute = k == 3;
-        const uint64_t bytes = p.desc.numel * (compute ? dtype_size(dtype) : 4);
+        const uint64_t esize = compute ? dtype_size(dtype) : 4;
+        const uint64_t bytes = (compute ? p.desc.numel : p.state_numel()) * esize;
         const Tier tier = compute ? param_tier(p) : opt_tier;
         buf.resize(bytes);
         STRATA_RETURN_IF_ERROR(read_raw(ids[k], tier, buf.data(), bytes), store->spec(ids[k]).name);
-        STRATA_ASSIGN_OR_RETURN(entry[kCheckpointKindNames[k]], sink(buf.data(), bytes));
+        const uint64_t offset = compute ? p.slice.offset * esize : 0;
+        STRATA_ASSIGN_OR_RETURN(entry[kCheckpointKindNames[k]],
+                                sink(buf.data() + offset, p.slice.numel * esize));
       }
       tensors.push_back(std::move(entry));
     }
@@ -202,10 +208,12 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
                            {"skipped", st.skipped}};
   }
   if (!user_meta.is_null()) meta["user"] = user_meta;
+  if (dp()) meta["zero_shard"] = {{"rank", rank}, {"world_size", world}};
   return meta;
 }
 
 absl::Status OffloadOptimizer::Impl::save(const std::string& dir, const json& user_meta) {
+  if (dp()) return save_shards(dir, user_meta);
   STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
@@ -218,6 +226,9 @@ absl::Status OffloadOptimizer::Impl::save(const std::string& dir, const json& us
 }
 
 absl::Status OffloadOptimizer::Impl::save_async(const std::string& dir, const json& user_meta) {
+  // Across ranks the save is collective (its shards agree on one step):
+  // synchronous.
+  if (dp()) return save_shards(dir, user_meta);
   STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
@@ -297,6 +308,7 @@ absl::Status check_same_run(const Checkpoint& ck, const config::DsConfig& config
 }  // namespace
 
 absl::Status OffloadOptimizer::Impl::load(const std::string& dir_in, bool weights_only) {
+  if (dp() || is_sharded_checkpoint(dir_in)) return load_shards(dir_in, weights_only);
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());  // a load replaces it anyway
   STRATA_ASSIGN_OR_RETURN(const Checkpoint ck, read_checkpoint(dir_in),
@@ -387,6 +399,254 @@ absl::Status OffloadOptimizer::Impl::load(const std::string& dir_in, bool weight
     buf.resize(p.desc.numel * dtype_size(dtype));
     STRATA_RETURN_IF_ERROR(read_raw(p.param, param_tier(p), buf.data(), buf.size()), ctx);
     STRATA_RETURN_IF_ERROR(write_binding(p, buf.data()), ctx);
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Data-parallel checkpoints. DIR holds zero.json (rank 0 writes it last:
+// the format, the world size, the partition rule, the shard directories)
+// and one shard per rank, DIR/rank<r>: a checkpoint in the format above
+// whose tables hold that rank's slice of every tensor (entry "numel" is the
+// slice's; the compute param's slice too) plus "zero_shard": {rank,
+// world_size}. A load at any world size reads, per param, the parts of the
+// saved slices its own slice covers, and the whole compute param from all.
+
+namespace {
+
+constexpr char kShardMetaFile[] = "zero.json";
+constexpr char kShardFormat[] = "strata-zero-checkpoint";
+constexpr int kShardFormatVersion = 1;
+// engine/zero_partition.h's rule, by name: a reader refuses another.
+constexpr char kPartitionRule[] = "per-param-even-split";
+
+std::string shard_dir(const std::string& dir, int rank) {
+  return (fs::path(dir) / absl::StrCat("rank", rank)).string();
+}
+
+// A save may write into DIR when it is missing, an empty directory or a
+// data-parallel checkpoint; anything else is the user's.
+absl::Status check_shard_destination(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return absl::OkStatus();
+  if (fs::is_symlink(dir, ec) || !fs::is_directory(dir, ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, " exists and is not a directory; choose another checkpoint path"));
+  }
+  if (is_sharded_checkpoint(dir) || fs::is_empty(dir, ec)) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(dir, " is not empty and holds no data-parallel checkpoint (", kShardMetaFile,
+                   "); a save across ranks writes only there: choose another checkpoint path"));
+}
+
+}  // namespace
+
+bool is_sharded_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  return fs::is_regular_file(fs::path(dir) / kShardMetaFile, ec);
+}
+
+// Every rank's outcome of one phase, so that all go on or all stop: a rank
+// that failed returns its error, the others an error saying one failed.
+static absl::Status agree_across_ranks(dist::Communicator* comm, const absl::Status& mine,
+                                       const std::string& what) {
+  double failed[1] = {mine.ok() ? 0.0 : 1.0};
+  STRATA_RETURN_IF_ERROR(comm->all_reduce_host(failed, dist::ReduceOp::kMax), what);
+  STRATA_RETURN_IF_ERROR(mine, what);
+  if (failed[0] != 0) {
+    return absl::AbortedError(absl::StrCat(what, ": another rank failed (its log says why)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::save_shards(const std::string& dir_in, const json& user_meta) {
+  const std::string dir = strip_trailing_slashes(dir_in);
+  const std::string ctx =
+      absl::StrCat("saving checkpoint ", dir, " (rank ", rank, " of ", world, ")");
+  absl::Status ready = partly_stepped_status;
+  if (ready.ok()) ready = wait_for_save();
+  if (ready.ok()) ready = finish_pending_update();
+  if (ready.ok()) ready = check_shard_destination(dir);
+  STRATA_RETURN_IF_ERROR(agree_across_ranks(comm, ready, ctx));
+  // zero.json goes first and comes back last: a save that fails half way
+  // leaves no checkpoint that mixes two steps.
+  absl::Status cleared;
+  if (rank == 0) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    fs::remove(fs::path(dir) / kShardMetaFile, ec);
+    if (ec)
+      cleared =
+          absl::FailedPreconditionError(absl::StrCat("cannot write in ", dir, ": ", ec.message()));
+  }
+  STRATA_RETURN_IF_ERROR(agree_across_ranks(comm, cleared, ctx));
+  absl::Status written = [&]() -> absl::Status {
+    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w,
+                            CheckpointWriter::create(shard_dir(dir, rank)));
+    auto meta = checkpoint_meta(
+        [&](const void* data, uint64_t bytes) { return w->append(data, bytes); }, user_meta);
+    if (!meta.ok()) return w->fail(meta.status());
+    return w->finish(*meta);
+  }();
+  STRATA_RETURN_IF_ERROR(agree_across_ranks(comm, written, ctx));
+  absl::Status published;
+  if (rank == 0) {
+    json shards = json::array();
+    for (int r = 0; r < world; ++r) shards.push_back(absl::StrCat("rank", r));
+    const json zero = {{"format", kShardFormat}, {"format_version", kShardFormatVersion},
+                       {"world_size", world},    {"partition", kPartitionRule},
+                       {"steps", steps},         {"shards", std::move(shards)}};
+    // Shards of an earlier save with more ranks go.
+    std::error_code ec;
+    for (int r = world; fs::exists(shard_dir(dir, r), ec); ++r) {
+      fs::remove_all(shard_dir(dir, r), ec);
+      fs::remove_all(shard_dir(dir, r) + ".old", ec);
+    }
+    published = write_file_atomic((fs::path(dir) / kShardMetaFile).string(), zero.dump(2) + "\n");
+    if (published.ok()) published = fsync_path(dir);
+  }
+  return agree_across_ranks(comm, published, ctx);
+}
+
+absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool weights_only) {
+  STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
+  STRATA_RETURN_IF_ERROR(finish_pending_update());
+  const std::string dir = strip_trailing_slashes(dir_in);
+  const std::string ctx = absl::StrCat("loading checkpoint ", dir);
+  // The shards: a data-parallel checkpoint's, or a one-rank checkpoint as
+  // the one shard of world size 1.
+  std::vector<std::string> shard_dirs;
+  if (is_sharded_checkpoint(dir)) {
+    const std::string path = (fs::path(dir) / kShardMetaFile).string();
+    STRATA_ASSIGN_OR_RETURN(const std::string text, read_file(path), ctx);
+    const json zero = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    auto bad = [&](const std::string& why) {
+      return absl::DataLossError(absl::StrCat(ctx, ": ", path, ": ", why));
+    };
+    if (!zero.is_object() || zero.value("format", "") != kShardFormat) {
+      return bad(absl::StrCat("not a ", kShardFormat, " file"));
+    }
+    if (zero.value("format_version", 0) != kShardFormatVersion) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(ctx, ": format_version ", zero.value("format_version", 0), " of ", path,
+                       " is not the ", kShardFormatVersion, " this strata reads"));
+    }
+    if (zero.value("partition", "") != kPartitionRule) {
+      return bad(absl::StrCat("partition rule \"", zero.value("partition", ""), "\", not \"",
+                              kPartitionRule, "\""));
+    }
+    const json ws = zero.value("world_size", json());
+    if (!ws.is_number_integer() || ws.get<int64_t>() < 1 || ws.get<int64_t>() > (1 << 20)) {
+      return bad("world_size must be an integer from 1 to 2^20");
+    }
+    for (int r = 0; r < ws.get<int>(); ++r) shard_dirs.push_back(shard_dir(dir, r));
+  } else {
+    shard_dirs.push_back(dir);
+  }
+  const int saved_world = static_cast<int>(shard_dirs.size());
+  std::vector<Checkpoint> cks;
+  for (const std::string& d : shard_dirs) {
+    STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(d), ctx);
+    STRATA_RETURN_IF_ERROR(check_same_run(ck, config, dtype, scaler != nullptr, weights_only),
+                           absl::StrCat(ctx, ", shard ", ck.dir));
+    if (ck.steps != (cks.empty() ? ck.steps : cks[0].steps)) {
+      return absl::DataLossError(absl::StrCat(ctx, ": shard ", ck.dir, " is of step ", ck.steps,
+                                              ", shard ", cks[0].dir, " of step ", cks[0].steps,
+                                              "; the save did not finish: use another checkpoint"));
+    }
+    cks.push_back(std::move(ck));
+  }
+  // Each shard's table against this model and the rule.
+  size_t idx = 0;
+  for (int l = 0; l < static_cast<int>(buckets.size()); ++l) {
+    for (int i = 0; i < static_cast<int>(buckets[l].size()); ++i, ++idx) {
+      const ParamRec& p = params[buckets[l][i]];
+      for (int q = 0; q < saved_world; ++q) {
+        const Checkpoint& ck = cks[q];
+        const uint64_t want = partition_slice(p.desc.numel, q, saved_world).numel;
+        if (idx >= ck.params.size() || ck.params[idx].layer != l || ck.params[idx].param != i ||
+            ck.params[idx].name != p.desc.name || ck.params[idx].numel != want) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              ctx, ": shard ", ck.dir, " does not hold layer ", l, " param ", i, " (", p.desc.name,
+              ", ", want, " of its ", p.desc.numel, " elements on rank ", q, " of ", saved_world,
+              ") at entry ", idx, "; load it into the model it was saved from"));
+        }
+      }
+    }
+  }
+  for (const Checkpoint& ck : cks) {
+    if (ck.params.size() != idx) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          ctx, ": shard ", ck.dir, " has ", ck.params.size(), " parameters, this model ", idx,
+          "; load it into the model it was "
+          "saved from"));
+    }
+  }
+  last_load = CheckpointLoadStats{};
+  for (const Checkpoint& ck : cks) {
+    uint64_t peak = 0;
+    STRATA_RETURN_IF_ERROR(verify_checkpoint_tensors(ck, kVerifyChunkBytes, &peak), ctx);
+    last_load.peak_buffer_bytes = std::max(last_load.peak_buffer_bytes, peak);
+    last_load.largest_tensor_bytes =
+        std::max(last_load.largest_tensor_bytes, ck.largest_tensor_bytes());
+    last_load.tensor_file_bytes += ck.tensor_file_bytes;
+  }
+
+  // Per param: this rank's slice of each state from the saved slices it
+  // overlaps, the whole compute param from every shard.
+  std::vector<uint8_t> buf, mine, whole;
+  idx = 0;
+  for (const auto& bucket : buckets) {
+    for (ParamHandle h : bucket) {
+      const ParamRec& p = params[h];
+      const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
+      for (int k = 0; k < kCheckpointKinds; ++k) {
+        const bool compute = k == kCheckpointCompute;
+        const uint64_t esize = compute ? dtype_size(dtype) : 4;
+        const uint64_t lo = compute ? 0 : p.slice.offset;
+        const uint64_t hi = compute ? p.desc.numel : p.slice.offset + p.slice.numel;
+        mine.assign((compute ? p.desc.numel : p.state_numel()) * esize, 0);
+        for (int q = 0; q < saved_world; ++q) {
+          const ParamSlice old = partition_slice(p.desc.numel, q, saved_world);
+          const uint64_t from = std::max(lo, old.offset);
+          const uint64_t to = std::min(hi, old.offset + old.numel);
+          if (from >= to) continue;
+          const CheckpointParam& e = cks[q].params[idx];
+          buf.resize(e.tensors[k].bytes);
+          STRATA_RETURN_IF_ERROR(
+              read_checkpoint_tensor(cks[q], e.tensors[k], e.tensor_name(k), buf.data()),
+              absl::StrCat(ctx, " (the engine is now partly loaded; do not train on it)"));
+          std::memcpy(mine.data() + (from - lo) * esize, buf.data() + (from - old.offset) * esize,
+                      (to - from) * esize);
+        }
+        last_load.peak_buffer_bytes =
+            std::max<uint64_t>(last_load.peak_buffer_bytes, buf.capacity() + mine.capacity());
+        const Tier tier = compute ? param_tier(p) : opt_tier;
+        STRATA_RETURN_IF_ERROR(write_raw(ids[k], tier, mine.data(), mine.size()),
+                               absl::StrCat(ctx, ", tensor ", store->spec(ids[k]).name));
+      }
+      ++idx;
+    }
+  }
+  const Checkpoint& ck = cks[0];
+  steps = ck.steps;
+  adam_step = ck.optimizer_steps;
+  micro_batches = ck.micro_batches;
+  schedule->set_iteration(ck.lr_schedule_iteration);
+  if (scaler != nullptr && ck.loss_scaler.has_value()) {
+    const CheckpointLossScaler& ls = *ck.loss_scaler;
+    scaler->restore(LossScaler::State{.scale = ls.scale,
+                                      .hysteresis = ls.hysteresis,
+                                      .iteration = ls.iteration,
+                                      .last_overflow_iteration = ls.last_overflow_iteration,
+                                      .skipped = ls.skipped});
+  }
+  if (!weights_only) partly_stepped_status = absl::OkStatus();
+  for (const ParamRec& p : params) {
+    if (p.desc.binding == ParamBinding::kStore) continue;
+    whole.resize(p.desc.numel * dtype_size(dtype));
+    STRATA_RETURN_IF_ERROR(read_raw(p.param, param_tier(p), whole.data(), whole.size()), ctx);
+    STRATA_RETURN_IF_ERROR(write_binding(p, whole.data()), ctx);
   }
   return absl::OkStatus();
 }

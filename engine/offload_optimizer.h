@@ -84,6 +84,64 @@
 // error.
 // strata.delayed_param_update (training_engine.h) needs every param kStore.
 //
+// Data parallel (options.comm with world size N > 1; null or N = 1 is one
+// rank, exactly as described above). Every rank builds the same optimizer
+// (same config, params, buckets and groups, same set_value values) and
+// steps in lockstep; ZeRO partitions as DeepSpeed does, to 1/N per rank:
+//   - each param's elements are split into N contiguous slices
+//     (engine/zero_partition.h: even split, the first numel % N ranks one
+//     element more); rank r owns slice r. grad32, master, exp_avg and
+//     exp_avg_sq exist (store, host arena, NVMe swap; placement and budgets
+//     sized by the slice) only for the rank's slice, and the optimizer pass
+//     runs on it. The compute param (and the kStore grad) stay whole.
+//   - gradients: grad_ready only records that a bucket's gradient is there;
+//     the gradient is read at the next wait_grads() or finish_step() (the
+//     framework keeps it unchanged until then, as above, and calls
+//     wait_grads() between micro-batches; a bucket reported twice without
+//     one is FailedPrecondition). There, on the calling thread, buckets in
+//     ascending bucket order (whatever order grad_ready saw; the collective
+//     order is the same on every rank) are summed over ranks in fp32:
+//     ZeRO stage 0/1 all_reduce the whole gradient, stage 2 and 3
+//     reduce_scatter it into the slice; the slice is accumulated into
+//     grad32. One all_reduce_host per flush first agrees on which buckets
+//     have a gradient on any rank (a rank without one adds zeros) and on
+//     overflow (then no rank reduces more this step). The sum over ranks
+//     is averaged (DeepSpeed's rule; the framework's loss is the per-rank
+//     mean): 1/N is folded into the gradient divisor with the loss scale.
+//     This version reads the gradient on the host (the store's D2H copy,
+//     a kDevice binding's copy-out) and reduces there: the whole gradient
+//     still crosses PCIe on every rank, whatever the backend.
+//   - norm and overflow: the slices' statistics are summed with one
+//     all_reduce_host per step, so clipping, skipping and the loss scaler
+//     agree on every rank bit for bit.
+//   - after the decided update each bucket's params are all_gathered,
+//     slice by slice, into the whole compute param (kStore: the store's
+//     param tensor; kHost: the binding; kDevice: the store's copy, then
+//     copied to the binding), in bucket order, so every rank's next
+//     forward sees the same params.
+//   - no speculative step and no fused pass (the gradient is complete only
+//     after the reduction): overlap mode steps after the decision, as sync;
+//     strata.delayed_param_update is refused.
+//   - ZeRO stage 3 partitions no more than stage 2 across ranks in this
+//     version: every rank keeps whole compute params.
+//   - read_state / write_state address the rank's slice (param_slice(p)
+//     values); read_param the whole compute param.
+//   - checkpoints (save_state / load_state, collective: every rank calls
+//     them at the same step): DIR/rank<r> is rank r's shard, a checkpoint
+//     in checkpoint_format.h's format whose tables hold the rank's slice of
+//     master, exp_avg, exp_avg_sq and the compute param; rank 0 writes
+//     DIR/zero.json (world size, partition rule, shard names) after every
+//     shard is in (and removes it first, so a failed save leaves no
+//     checkpoint mixing two steps). DIR must be missing, empty or such a
+//     checkpoint. load_state at any world size, with or without a
+//     communicator, reads the parts of the saved slices its own slice
+//     covers (resharding) and the whole compute params; a one-rank
+//     checkpoint loads across ranks the same way. save_state_async saves
+//     synchronously across ranks. The shard layout is not yet what
+//     `strata ckpt`, `strata sample` or check_checkpoint_destination read.
+// A rank whose step fails (or that stops calling) makes the others'
+// collectives fail within the communicator's timeout, naming it.
+//
 // Threading: registration, begin_step, finish_step, abort_step, state and
 // save/load from one thread; grad_ready (and report_overflow) from any
 // thread, concurrently with each other, between begin_step and finish_step.
@@ -107,10 +165,12 @@
 #include "core/config/ds_config.h"
 #include "core/dtype.h"
 #include "cpu_adam/optimizer.h"
+#include "dist/communicator.h"
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
 #include "engine/placement.h"
 #include "engine/speculation.h"
+#include "engine/zero_partition.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
@@ -150,6 +210,11 @@ struct OffloadOptimizerOptions {
   // false: the three passes the fused one replaced (accumulate into grad32,
   // statistics, step reading grad32); same bits, for tests and A/B benchmarks.
   bool fuse_gradient_pass = true;
+  // Data-parallel ZeRO across ranks (see "Data parallel" above); borrowed,
+  // must outlive the optimizer and be used by nothing else while a step or
+  // a checkpoint is in flight. Its world size must equal the config's
+  // (train_batch_size = micro x accumulation x world). null: one rank.
+  dist::Communicator* comm = nullptr;
 };
 
 // One hyper-parameter group (torch's param_groups): the optimizer kind is
@@ -215,7 +280,7 @@ struct CheckpointLoadStats {
 class OffloadOptimizer {
  public:
   // `device` (and options.io) must outlive the optimizer. Rejects a config
-  // that cannot run (no optimizer, world size above 1, ...).
+  // that cannot run (no optimizer, a world size other than the communicator's, ...).
   static absl::StatusOr<std::unique_ptr<OffloadOptimizer>> create(const config::DsConfig& config,
                                                                   gpu::Device* device,
                                                                   OffloadOptimizerOptions options);
@@ -295,6 +360,11 @@ class OffloadOptimizer {
   const Placement& placement() const;
 
   int num_params() const;
+  // Data parallel: this rank, the world size (1 without a communicator) and
+  // the slice of param p this rank owns (the whole param with one rank).
+  int rank() const;
+  int world_size() const;
+  ParamSlice param_slice(ParamHandle p) const;
   int num_buckets() const;
   const ParamDesc& param(ParamHandle p) const;
   const std::vector<ParamHandle>& bucket_params(int bucket) const;

@@ -3,6 +3,7 @@
 // engine/: the contract is offload_optimizer.h.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -25,6 +26,9 @@ inline void round_master(const float* master, void* out, DType dtype, uint64_t n
   if (dtype == DType::kBFloat16) convert_fp32_to_bf16(master, static_cast<uint16_t*>(out), n);
 }
 
+// Whether `dir` holds a data-parallel checkpoint (checkpoint.cc).
+bool is_sharded_checkpoint(const std::string& dir);
+
 struct OffloadOptimizer::Impl {
   struct ParamRec {
     ParamDesc desc;
@@ -33,6 +37,10 @@ struct OffloadOptimizer::Impl {
     offload::TensorId grad = 0;   // kStore only
     offload::TensorId grad32 = 0, master = 0, exp_avg = 0, exp_avg_sq = 0;
     offload::TensorId param_next = 0;  // delayed_param_update only
+    // Data parallel: the rank's slice, which grad32 and the states hold
+    // (the whole param with one rank); an empty slice registers one element.
+    ParamSlice slice;
+    uint64_t state_numel() const { return std::max<uint64_t>(1, slice.numel); }
   };
   // What a failed step puts back, besides the tensors.
   struct Counters {
@@ -88,6 +96,14 @@ struct OffloadOptimizer::Impl {
   // is about to overwrite it).
   absl::Status materialize_bucket(int bucket);
   absl::Status restore_bucket(int bucket);
+  // Data parallel (offload_optimizer_step.cc): the gradients reported since
+  // the last flush, reduced over ranks into grad32's slices, in bucket
+  // order; the updated slices gathered into the whole compute params.
+  bool dp() const { return world > 1; }
+  absl::Status dp_flush();
+  absl::Status dp_reduce_param(const ParamRec& p, bool have, bool first,
+                               std::optional<gpu::EventId> event, bool* waited);
+  absl::Status gather_bucket(int bucket);
   absl::Status publish_bucket(int bucket);
   absl::Status swap_in_update();
   bool update_complete() const;
@@ -124,6 +140,9 @@ struct OffloadOptimizer::Impl {
   absl::Status save_async(const std::string& dir, const nlohmann::json& user_meta);
   absl::Status wait_for_save();
   absl::Status load(const std::string& dir, bool weights_only);
+  // Data parallel (checkpoint.cc): one shard per rank, resharded on load.
+  absl::Status save_shards(const std::string& dir, const nlohmann::json& user_meta);
+  absl::Status load_shards(const std::string& dir, bool weights_only);
 
   config::DsConfig config;
   gpu::Device* device = nullptr;
@@ -192,6 +211,15 @@ struct OffloadOptimizer::Impl {
   std::vector<uint8_t> staging;             // kDevice gradient copy-out (one at a time)
   std::vector<gpu::EventId> bucket_events;  // per bucket with kDevice params
   std::vector<char> bucket_has_device;
+
+  // Data parallel (options.comm with world > 1).
+  dist::Communicator* comm = nullptr;
+  int world = 1;
+  int rank = 0;
+  std::vector<int> flushed_calls;  // per bucket: grad_ready calls already reduced
+  std::vector<int> reductions;     // per bucket: reductions this step (equal on every rank)
+  std::vector<std::optional<gpu::EventId>> grad_events;  // per bucket: kDevice gradient written
+  std::vector<float> dp_whole, dp_part;                  // one param's fp32 gradient, its slice
 };
 
 }  // namespace strata::engine

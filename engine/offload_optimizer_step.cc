@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "dist/communicator.h"
 #include "engine/offload_optimizer_impl.h"
 #include "offload/pin.h"
 
@@ -118,6 +119,9 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
   std::fill(m.calls.begin(), m.calls.end(), 0);
   std::fill(m.stats_calls.begin(), m.stats_calls.end(), 0);
   std::fill(m.pending_call.begin(), m.pending_call.end(), 0);
+  std::fill(m.flushed_calls.begin(), m.flushed_calls.end(), 0);
+  std::fill(m.reductions.begin(), m.reductions.end(), 0);
+  std::fill(m.grad_events.begin(), m.grad_events.end(), std::nullopt);
   std::fill(m.grad_stats.begin(), m.grad_stats.end(), cpu_adam::GradStats{});
   if (m.spec != nullptr) m.spec->begin_step(m.last_host_seconds, m.last_backward_seconds);
   m.step_start = m.last_grad = std::chrono::steady_clock::now();
@@ -139,6 +143,18 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
   std::lock_guard lock(m.grad_mu);
   m.last_grad = std::chrono::steady_clock::now();
   if (m.overflow.load()) return absl::OkStatus();  // nothing more leaves the device
+  if (m.dp()) {
+    // Read and reduced at the next wait_grads / finish_step, in bucket order.
+    if (m.calls[bucket] > m.flushed_calls[bucket]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "grad_ready(", bucket, ") twice without wait_grads() in between: with ", m.world,
+          " data-parallel ranks each micro-batch's gradient is reduced at wait_grads(); call "
+          "it between micro-batches"));
+    }
+    ++m.calls[bucket];
+    m.grad_events[bucket] = grad_written;
+    return absl::OkStatus();
+  }
   const int call = ++m.calls[bucket];
   if (m.worker != nullptr) {
     m.worker->submit(
@@ -151,6 +167,7 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
 absl::Status OffloadOptimizer::wait_grads() {
   Impl& m = *impl_;
   STRATA_RETURN_IF_ERROR(m.drain_worker());
+  if (m.dp() && m.in_step) return m.dp_flush();
   // The framework may now overwrite its gradients: a last micro-batch the
   // fused pass would read from there goes into grad32 first (only a bucket
   // reported more often than gradient_accumulation_steps has one).
@@ -218,7 +235,9 @@ bool OffloadOptimizer::Impl::can_fuse(int bucket) const {
 absl::Status OffloadOptimizer::Impl::with_grad(
     const ParamRec& p, int pending,
     const std::function<absl::Status(const cpu_adam::Buffers&)>& body) {
-  cpu_adam::Buffers g{.n = p.desc.numel};
+  // The rank's slice (the whole param with one rank; across ranks nothing is
+  // pending: the fused pass is off).
+  cpu_adam::Buffers g{.n = p.slice.numel};
   Pin acc(store.get(), p.grad32, opt_tier);
   if (pending != 1) {
     STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kRead));
@@ -268,6 +287,7 @@ absl::Status OffloadOptimizer::Impl::stats_bucket(int bucket, int call) {
   cpu_adam::GradStats total;
   for (ParamHandle h : buckets[bucket]) {
     const ParamRec& p = params[h];
+    if (p.slice.numel == 0) continue;
     STRATA_RETURN_IF_ERROR(
         with_grad(p, pending_call[bucket], [&](const cpu_adam::Buffers& g) -> absl::Status {
           STRATA_ASSIGN_OR_RETURN(
@@ -341,7 +361,9 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
   if (stats != nullptr) *stats = {};
   for (int i = 0; i < static_cast<int>(ps.size()); ++i) {
     const ParamRec& p = params[ps[i]];
-    const uint64_t n = p.desc.numel;
+    // The rank's slice of the param (the whole param with one rank).
+    const uint64_t n = p.slice.numel;
+    if (n == 0) continue;
     Pin master(store.get(), p.master, opt_tier);
     Pin m(store.get(), p.exp_avg, opt_tier);
     Pin v(store.get(), p.exp_avg_sq, opt_tier);
@@ -350,6 +372,8 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
+    // The slice's place in the whole compute param.
+    void* out_slice = static_cast<uint8_t*>(ov.data) + p.slice.offset * dtype_size(dtype);
     // The speculative step writes its rollback copy in the same pass; a
     // state the kind leaves alone is copied here.
     float* slot = target == StepTarget::kSpeculative ? spec->save_slot(bucket, i) : nullptr;
@@ -370,7 +394,7 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
       b.param = static_cast<float*>(pv.data);
       b.exp_avg = static_cast<float*>(mv.data);
       b.exp_avg_sq = static_cast<float*>(vv.data);
-      b.param_out = fp32 ? nullptr : ov.data;
+      b.param_out = fp32 ? nullptr : out_slice;
       b.out_dtype = fp32 ? DType::kFloat16 : dtype;
       if (slot != nullptr) {
         b.save_param = slot;
@@ -397,7 +421,7 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
       ++unsaved_writes;
     }
     if (fp32) {
-      std::memcpy(ov.data, pv.data, n * sizeof(float));
+      std::memcpy(out_slice, pv.data, n * sizeof(float));
       optimizer_bytes += n * 2 * sizeof(float);
     }
     STRATA_RETURN_IF_ERROR(master.release(true));
@@ -550,6 +574,114 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
   return status;
 }
 
+// ---------------------------------------------------------------------------
+// Data parallel: the reduction and the gather (contract in
+// offload_optimizer.h, "Data parallel"). Both run on the step's thread, in
+// ascending bucket order, so every rank issues the same collectives in the
+// same order whatever order its grad_ready calls came in.
+
+absl::Status OffloadOptimizer::Impl::dp_flush() {
+  const int num_buckets = static_cast<int>(buckets.size());
+  // Which buckets have a new gradient on some rank, and whether some rank
+  // overflowed (then nobody reduces more this step: the step is skipped).
+  std::vector<double> flags(num_buckets + 1, 0.0);
+  {
+    std::lock_guard lock(grad_mu);
+    for (int b = 0; b < num_buckets; ++b) flags[b] = calls[b] > flushed_calls[b] ? 1 : 0;
+  }
+  flags[num_buckets] = overflow.load() ? 1 : 0;
+  STRATA_RETURN_IF_ERROR(comm->all_reduce_host(flags, dist::ReduceOp::kMax),
+                         "agreeing on the buckets to reduce across ranks");
+  if (flags[num_buckets] != 0) {
+    overflow.store(true);
+    return absl::OkStatus();
+  }
+  const AddElapsed timed(&grad_ns);
+  for (int b = 0; b < num_buckets; ++b) {
+    if (flags[b] == 0) continue;
+    const bool have = calls[b] > flushed_calls[b];
+    bool waited = false;
+    for (ParamHandle h : buckets[b]) {
+      STRATA_RETURN_IF_ERROR(
+          dp_reduce_param(params[h], have, reductions[b] == 0, grad_events[b], &waited),
+          absl::StrCat("reducing the gradient of ", params[h].desc.name, " (bucket ", b,
+                       ") across ", world, " ranks"));
+    }
+    flushed_calls[b] = calls[b];
+    ++reductions[b];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::dp_reduce_param(const ParamRec& p, bool have, bool first,
+                                                     std::optional<gpu::EventId> event,
+                                                     bool* waited) {
+  const uint64_t n = p.desc.numel;
+  dp_whole.resize(n);
+  if (!have) {
+    std::fill(dp_whole.begin(), dp_whole.end(), 0.0f);  // this rank adds nothing
+  } else if (p.desc.binding == ParamBinding::kStore) {
+    // Reading the grad on the host makes the store copy the device's back (D2H).
+    Pin g(store.get(), p.grad, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kRead));
+    STRATA_RETURN_IF_ERROR(
+        cpu_adam::accumulate_grad(dp_whole.data(), gv.data, dtype, n, true, options.exec));
+    STRATA_RETURN_IF_ERROR(g.release(false));
+  } else {
+    const void* src = p.desc.grad;
+    if (p.desc.binding == ParamBinding::kDevice) {
+      if (event.has_value() && !*waited) {
+        STRATA_RETURN_IF_ERROR(device->wait_event(stream, *event), "waiting for the gradient");
+        *waited = true;
+      }
+      staging.resize(n * dtype_size(dtype));
+      STRATA_RETURN_IF_ERROR(
+          device->copy_to_host(staging.data(), p.desc.grad, staging.size(), stream));
+      STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
+      src = staging.data();
+    }
+    STRATA_RETURN_IF_ERROR(
+        cpu_adam::accumulate_grad(dp_whole.data(), src, dtype, n, true, options.exec));
+  }
+  // Summed in fp32 (the mean's 1/world is in the optimizer's divisor).
+  const float* part = nullptr;
+  if (config.zero.stage >= 2) {
+    const std::vector<uint64_t> counts = partition_counts(n, world);
+    dp_part.resize(p.state_numel());
+    STRATA_RETURN_IF_ERROR(comm->reduce_scatter(dp_whole.data(), dp_part.data(), counts,
+                                                DType::kFloat32, dist::ReduceOp::kSum));
+    part = dp_part.data();
+  } else {
+    STRATA_RETURN_IF_ERROR(
+        comm->all_reduce(dp_whole.data(), n, DType::kFloat32, dist::ReduceOp::kSum));
+    part = dp_whole.data() + p.slice.offset;
+  }
+  if (p.slice.numel == 0) return absl::OkStatus();
+  Pin acc(store.get(), p.grad32, opt_tier);
+  STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(first ? Access::kWrite : Access::kReadWrite));
+  STRATA_RETURN_IF_ERROR(cpu_adam::accumulate_grad(
+      static_cast<float*>(av.data), part, DType::kFloat32, p.slice.numel, first, options.exec));
+  return acc.release(true);
+}
+
+absl::Status OffloadOptimizer::Impl::gather_bucket(int bucket) {
+  // Gathering copies bits: a 16-bit dtype travels as fp16 whatever it is.
+  const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
+  for (ParamHandle h : buckets[bucket]) {
+    const ParamRec& p = params[h];
+    Pin out(store.get(), p.param, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kReadWrite));
+    const std::vector<uint64_t> counts = partition_counts(p.desc.numel, world);
+    const void* mine = static_cast<const uint8_t*>(ov.data) + p.slice.offset * dtype_size(dtype);
+    STRATA_RETURN_IF_ERROR(
+        comm->all_gather(mine, ov.data, counts, wire),
+        absl::StrCat("gathering param ", p.desc.name, " across ", world, " ranks"));
+    // Dirty: the device copy (if any) is stale; the next forward loads this one.
+    STRATA_RETURN_IF_ERROR(out.release(true));
+  }
+  return absl::OkStatus();
+}
+
 // The decided step: skipped (speculative steps undone) or applied (kept,
 // redone with the clip coefficient, stepped now, or queued as the delayed
 // update); the Adam step and the schedule count an applied step.
@@ -562,7 +694,7 @@ absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult*
   const int64_t next_adam_step = adam_step + (apply ? 1 : 0);
   StepArgs args = spec_args;
   args.step = next_adam_step;
-  args.grad_scale = 1.0 / (r.loss_scale * r.clip_coef);
+  args.grad_scale = 1.0 / (r.loss_scale * r.clip_coef * world);
   const int num_buckets = static_cast<int>(buckets.size());
   if (apply && dpu) {
     // Delayed: the worker steps every bucket while the next step's forward
@@ -593,6 +725,7 @@ absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult*
         }
         STRATA_RETURN_IF_ERROR(step_bucket(b, args, StepTarget::kParam),
                                absl::StrCat("step ", r.step));
+        if (dp()) STRATA_RETURN_IF_ERROR(gather_bucket(b), absl::StrCat("step ", r.step));
       }
     }
     if (apply) {
@@ -616,6 +749,18 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
   // Also finishes the delayed update of the previous step, which the worker
   // ran while this step's forward and backward did.
   STRATA_RETURN_IF_ERROR(drain_worker(), absl::StrCat("step ", r.step));
+  if (dp()) {
+    // The last micro-batch's gradients, reduced into the slices; buckets
+    // with a gradient on any rank count as reported here.
+    STRATA_RETURN_IF_ERROR(dp_flush(), absl::StrCat("step ", r.step));
+    calls = reductions;
+    std::copy(reductions.begin(), reductions.end(), stats_calls.begin());
+    for (int b = 0; b < static_cast<int>(buckets.size()) && !overflow.load(); ++b) {
+      if (reductions[b] == 0) continue;
+      const AddElapsed timed(&grad_ns);
+      STRATA_RETURN_IF_ERROR(stats_bucket(b, reductions[b]), absl::StrCat("step ", r.step));
+    }
+  }
   if (!backward_reported) {
     last_backward_seconds = std::chrono::duration<double>(last_grad - step_start).count();
   }
@@ -636,9 +781,19 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
     sum_sq += grad_stats[b].sum_squares;
     nonfinite = grad_stats[b].nonfinite;
   }
+  if (dp()) {
+    // Every rank's slices: one sum, so every rank decides alike.
+    double global[2] = {nonfinite ? 0.0 : sum_sq, nonfinite ? 1.0 : 0.0};
+    STRATA_RETURN_IF_ERROR(comm->all_reduce_host(global, dist::ReduceOp::kSum),
+                           absl::StrCat("step ", r.step, ": the global gradient norm"));
+    nonfinite = global[1] != 0 || !std::isfinite(global[0]);
+    sum_sq = global[0];
+    if (nonfinite) overflow.store(true);
+  }
   r.overflow = nonfinite;
-  r.grad_norm =
-      nonfinite ? std::numeric_limits<double>::infinity() : std::sqrt(sum_sq) / r.loss_scale;
+  // Across ranks grad32 holds the sum over ranks: the mean is 1/world of it.
+  r.grad_norm = nonfinite ? std::numeric_limits<double>::infinity()
+                          : std::sqrt(sum_sq) / (r.loss_scale * world);
   r.speculative_buckets = spec != nullptr ? spec->stepped_layers() + early_rollbacks.load() : 0;
   r.rolled_back_buckets = early_rollbacks.load();
 

@@ -182,6 +182,13 @@ TEST_F(PlanCommandTest, WorldSizeGivesOneRanksShare) {
     }
   }
   EXPECT_TRUE(one["config"]["partitioned"].empty());
+  // The engine's ZeRO slices: each rank homes a quarter of the fp32 gradient,
+  // master and states (4 * kN / 4 bytes each, a page per tensor at most more).
+  for (const char* role : {"grad32", "master32", "exp_avg", "exp_avg_sq"}) {
+    SCOPED_TRACE(role);
+    EXPECT_NE(std::find(split.begin(), split.end(), role), split.end());
+    expect_paged(h4[role], kN);
+  }
   EXPECT_EQ(four["tiers"]["host"]["shared_by_ranks"], 4);
   // DeepSpeed for G = 4: GPU 2N, CPU N*max(16, 16)*1.5 a node, a quarter a rank.
   EXPECT_EQ(four["deepspeed"]["gpu"], 2 * kN);

@@ -420,10 +420,6 @@ constexpr int kShardFormatVersion = 1;
 // engine/zero_partition.h's rule, by name: a reader refuses another.
 constexpr char kPartitionRule[] = "per-param-even-split";
 
-std::string shard_dir(const std::string& dir, int rank) {
-  return (fs::path(dir) / absl::StrCat("rank", rank)).string();
-}
-
 // A save may write into DIR when it is missing, an empty directory or a
 // data-parallel checkpoint; anything else is the user's.
 absl::Status check_shard_destination(const std::string& dir) {
@@ -442,8 +438,17 @@ absl::Status check_shard_destination(const std::string& dir) {
 }  // namespace
 
 bool is_sharded_checkpoint(const std::string& dir) {
+  const std::string path = (fs::path(dir) / kShardMetaFile).string();
   std::error_code ec;
-  return fs::is_regular_file(fs::path(dir) / kShardMetaFile, ec);
+  if (!fs::is_regular_file(path, ec)) return false;
+  auto text = read_file(path, uint64_t{1} << 20);
+  if (!text.ok()) return false;
+  const json zero = json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  return zero.is_object() && zero.value("format", "") == kShardFormat;
+}
+
+std::string checkpoint_shard_dir(const std::string& dir, int rank) {
+  return (fs::path(dir) / absl::StrCat("rank", rank)).string();
 }
 
 // Every rank's outcome of one phase, so that all go on or all stop: a rank
@@ -482,7 +487,7 @@ absl::Status OffloadOptimizer::Impl::save_shards(const std::string& dir_in, cons
   STRATA_RETURN_IF_ERROR(agree_across_ranks(comm, cleared, ctx));
   absl::Status written = [&]() -> absl::Status {
     STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w,
-                            CheckpointWriter::create(shard_dir(dir, rank)));
+                            CheckpointWriter::create(checkpoint_shard_dir(dir, rank)));
     auto meta = checkpoint_meta(
         [&](const void* data, uint64_t bytes) { return w->append(data, bytes); }, user_meta);
     if (!meta.ok()) return w->fail(meta.status());
@@ -498,9 +503,9 @@ absl::Status OffloadOptimizer::Impl::save_shards(const std::string& dir_in, cons
                        {"steps", steps},         {"shards", std::move(shards)}};
     // Shards of an earlier save with more ranks go.
     std::error_code ec;
-    for (int r = world; fs::exists(shard_dir(dir, r), ec); ++r) {
-      fs::remove_all(shard_dir(dir, r), ec);
-      fs::remove_all(shard_dir(dir, r) + ".old", ec);
+    for (int r = world; fs::exists(checkpoint_shard_dir(dir, r), ec); ++r) {
+      fs::remove_all(checkpoint_shard_dir(dir, r), ec);
+      fs::remove_all(checkpoint_shard_dir(dir, r) + ".old", ec);
     }
     published = write_file_atomic((fs::path(dir) / kShardMetaFile).string(), zero.dump(2) + "\n");
     if (published.ok()) published = fsync_path(dir);
@@ -539,7 +544,7 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
     if (!ws.is_number_integer() || ws.get<int64_t>() < 1 || ws.get<int64_t>() > (1 << 20)) {
       return bad("world_size must be an integer from 1 to 2^20");
     }
-    for (int r = 0; r < ws.get<int>(); ++r) shard_dirs.push_back(shard_dir(dir, r));
+    for (int r = 0; r < ws.get<int>(); ++r) shard_dirs.push_back(checkpoint_shard_dir(dir, r));
   } else {
     shard_dirs.push_back(dir);
   }

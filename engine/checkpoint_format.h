@@ -124,6 +124,14 @@ absl::Status verify_checkpoint_tensors(const Checkpoint& ck, uint64_t chunk_byte
 // file, parsed by the strict reader; anything unreadable is "no").
 bool has_checkpoint_marker(const std::string& dir);
 
+// Whether `dir` holds a data-parallel checkpoint (OffloadOptimizer's
+// save_state across ranks): DIR/zero.json, a regular file whose "format" is
+// "strata-zero-checkpoint", beside one shard directory per rank, DIR/rank<r>,
+// each a checkpoint in the format above holding that rank's slices.
+bool is_sharded_checkpoint(const std::string& dir);
+// The shard directory of `rank` in such a checkpoint.
+std::string checkpoint_shard_dir(const std::string& dir, int rank);
+
 std::string xxh3_hex(uint64_t v);
 
 }  // namespace strata::engine

@@ -119,6 +119,14 @@ absl::Status OffloadOptimizer::Impl::configure(const config::DsConfig& cfg, gpu:
   rank = comm != nullptr ? comm->rank() : 0;
   // What the config alone decides: the same checks as `strata config check`.
   STRATA_RETURN_IF_ERROR(validate_for_training(config, "ds_config", world));
+  if (dp() && comm->device_memory()) {
+    // Its collectives take device buffers; this version reduces and
+    // gathers in host memory (offload_optimizer.h, "Data parallel").
+    return absl::UnimplementedError(
+        "a communicator on device memory (NCCL) is not supported by the optimizer yet: it "
+        "reduces gradients and gathers params in host memory; connect with the Gloo backend "
+        "(dist::Backend::kGloo), which works beside a CUDA device too");
+  }
   if (dp() && config.strata.delayed_param_update) {
     return absl::InvalidArgumentError(absl::StrCat(
         "strata.delayed_param_update with ", world,

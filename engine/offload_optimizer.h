@@ -110,7 +110,9 @@
 //     mean): 1/N is folded into the gradient divisor with the loss scale.
 //     This version reads the gradient on the host (the store's D2H copy,
 //     a kDevice binding's copy-out) and reduces there: the whole gradient
-//     still crosses PCIe on every rank, whatever the backend.
+//     still crosses PCIe on every rank, and the communicator must work on
+//     host memory (Gloo, beside a CUDA device too); one on device memory
+//     (NCCL) is refused at create() (Unimplemented).
 //   - norm and overflow: the slices' statistics are summed with one
 //     all_reduce_host per step, so clipping, skipping and the loss scaler
 //     agree on every rank bit for bit.

@@ -26,9 +26,6 @@ inline void round_master(const float* master, void* out, DType dtype, uint64_t n
   if (dtype == DType::kBFloat16) convert_fp32_to_bf16(master, static_cast<uint16_t*>(out), n);
 }
 
-// Whether `dir` holds a data-parallel checkpoint (checkpoint.cc).
-bool is_sharded_checkpoint(const std::string& dir);
-
 struct OffloadOptimizer::Impl {
   struct ParamRec {
     ParamDesc desc;

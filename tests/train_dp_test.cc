@@ -210,6 +210,57 @@ TEST_F(TrainDpTest, BatchRuleIsCheckedBeforeLaunching) {
             2);
 }
 
+// A checkpoint saved by 2 ranks (one shard each) resumes on 1 rank, which
+// continues the one-rank curve; `strata ckpt export` merges the shards into
+// the file the one rank's re-save exports, bit for bit; a missing shard is
+// an error naming it.
+TEST_F(TrainDpTest, TwoRankCheckpointResumesOnOneAndExportsMerged) {
+  const std::string one_cfg = config(4, 2, "cpu"), two_cfg = config(2, 2, "cpu");
+  const std::string run = "train --model gpt2-tiny --seq-len 32 --eval-every 100 --eval-batches 1";
+  const std::vector<double> straight =
+      losses(run + " --steps 6 --deepspeed_config '" + one_cfg + "'");
+  ASSERT_EQ(straight.size(), 6u);
+  const std::string two = scratch_.path() + "/two", one = scratch_.path() + "/one";
+  const std::vector<double> first = losses(run + " --steps 3 --deepspeed_config '" + two_cfg +
+                                           "' --nproc 2 --save-dir '" + two + "'");
+  ASSERT_EQ(first.size(), 3u);
+  for (const char* shard : {"/zero.json", "/rank0/meta.json", "/rank1/meta.json"}) {
+    EXPECT_TRUE(std::filesystem::exists(two + shard)) << shard;
+  }
+  const std::vector<double> rest = losses(run + " --steps 6 --deepspeed_config '" + one_cfg +
+                                          "' --resume '" + two + "' --save-dir '" + one + "'");
+  ASSERT_EQ(rest.size(), 3u);
+  for (size_t i = 0; i < 6; ++i) {
+    const double got = i < 3 ? first[i] : rest[i - 3];
+    EXPECT_NEAR(got, straight[i], 1e-5 * std::abs(straight[i])) << "step " << i + 1;
+  }
+
+  // The 2-rank checkpoint re-saved by 1 rank at the same step: same weights.
+  const std::string resaved = scratch_.path() + "/resaved";
+  CliRun r = scratch_.run_strata(run + " --steps 3 --deepspeed_config '" + one_cfg + "' --data '" +
+                                 data_ + "' --resume '" + two + "' --save-dir '" + resaved + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string merged = scratch_.path() + "/merged.safetensors",
+                    single = scratch_.path() + "/single.safetensors";
+  r = scratch_.run_strata("ckpt export '" + two + "' --to '" + merged + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = scratch_.run_strata("ckpt export '" + resaved + "' --to '" + single + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string a = strata::testing::slurp(merged), b = strata::testing::slurp(single);
+  EXPECT_GT(a.size(), 858880u * 4);  // gpt2-tiny's fp32 weights
+  EXPECT_TRUE(a == b) << "the merged export differs from the one-rank re-save's";
+  r = scratch_.run_strata("ckpt info '" + two + "' --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json info = json::parse(r.out, nullptr, false);
+  EXPECT_EQ(info.value("ranks", 0), 2);
+  EXPECT_EQ(info.value("params", 0), 858880);
+
+  std::filesystem::remove_all(two + "/rank1");
+  r = scratch_.run_strata("ckpt export '" + two + "' --to '" + merged + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("rank1"), std::string::npos) << r.err;
+}
+
 // A rank killed mid-run (SIGKILL, after rank 0 logged a step): the launcher
 // stops the other rank and exits 1 with a line naming the dead one.
 TEST_F(TrainDpTest, KilledRankFailsTheRunNamingIt) {

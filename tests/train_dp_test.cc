@@ -1,10 +1,12 @@
 // Data-parallel `strata train`, run as a user would on this machine (Gloo
-// over loopback, SimDevice): 2 ranks at micro batch m give the per-step
-// losses of 1 rank at micro batch 2m (same global batch, within 1e-5
+// over loopback, SimDevice): N ranks at micro batch m give the per-step
+// losses of 1 rank at micro batch N*m (same global batch, within 1e-5
 // relative) for ZeRO stage 1 and 2 with the optimizer offloaded to the CPU
-// and to NVMe, started by --nproc and by torchrun's variables set by hand;
-// the batch rule is reported and checked before any rank starts; a rank
-// killed mid-run fails the run with an error naming it.
+// and to NVMe (fp32; fp16 too; 2 and 3 ranks), started by --nproc and by
+// torchrun's variables set by hand; the batch rule is reported and checked
+// before any rank starts; a rank killed mid-run fails the run with an error
+// naming it, from the launcher and, without one, from the surviving rank; a
+// 2-rank checkpoint resumes on 1 rank and `ckpt export` merges its shards.
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -145,6 +147,15 @@ TEST_F(TrainDpTest, TwoRanksLossesEqualOneRanksWithTheSameGlobalBatch) {
   }
 }
 
+// Three ranks at micro batch 1 == one rank at micro batch 3.
+TEST_F(TrainDpTest, ThreeRanksEqualOneRank) {
+  const std::vector<double> one =
+      losses(std::string(kCommon) + " --deepspeed_config '" + config(3, 2, "cpu") + "'");
+  const std::vector<double> three =
+      losses(std::string(kCommon) + " --deepspeed_config '" + config(1, 2, "cpu") + "' --nproc 3");
+  expect_same_losses(one, three);
+}
+
 // fp16 with dynamic loss scaling: the overflow decision is the ranks' together.
 TEST_F(TrainDpTest, Fp16TwoRanksEqualOneRank) {
   const std::string fp16 = R"(, "fp16": {"enabled": true, "initial_scale_power": 12})";
@@ -208,6 +219,38 @@ TEST_F(TrainDpTest, BatchRuleIsCheckedBeforeLaunching) {
                             data_ + "' --nproc 0")
                 .exit_code,
             2);
+}
+
+// Without a launcher (ranks started by torchrun, Slurm or by hand), a rank
+// killed mid-run makes the surviving rank fail by itself, within
+// --comm-timeout, with an error naming the dead rank.
+TEST_F(TrainDpTest, SurvivorOfAKilledRankFailsNamingIt) {
+  const int port = free_port();
+  ASSERT_GT(port, 0);
+  const std::string log = scratch_.path() + "/survivor.jsonl";
+  const std::string args =
+      "train --model gpt2-tiny --seq-len 32 --steps 100000 --eval-every "
+      "100000 --eval-batches 1 --comm-timeout 20 --deepspeed_config '" +
+      config(2, 2, "cpu") + "' --data '" + data_ + "' --log-json '" + log + "'";
+  auto env = [&](int rank) {
+    return "RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
+           " WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+           std::to_string(port) + " ";
+  };
+  const std::string strata = quoted(STRATA_STRATA_BINARY);
+  const std::string err0 = scratch_.path() + "/survivor.err";
+  const auto start = std::chrono::steady_clock::now();
+  // Rank 0 in the background; rank 1 killed once rank 0 has logged a step.
+  const int code =
+      shell(env(0) + strata + " " + args + " 2>" + quoted(err0) + " & R0=$!; " + env(1) + strata +
+            " " + args + " 2>" + quoted(scratch_.path() + "/killed.err") + " & R1=$!; " +
+            "for i in $(seq 600); do [ -s '" + log +
+            "' ] && break; sleep 0.05; done; kill -9 $R1; wait $R0");
+  const std::string err = strata::testing::slurp(err0);
+  EXPECT_EQ(code, 1) << err;
+  EXPECT_NE(err.find("strata: error: rank 0: "), std::string::npos) << err;
+  EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(45));
 }
 
 // A checkpoint saved by 2 ranks (one shard each) resumes on 1 rank, which

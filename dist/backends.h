@@ -16,6 +16,11 @@ std::unique_ptr<Communicator> make_local_communicator(Backend backend);
 absl::StatusOr<std::unique_ptr<Communicator>> make_gloo_communicator(
     const RankInfo& info, const CommOptions& options, std::unique_ptr<Rendezvous> rendezvous);
 
+// Whether NCCL can run here (CUDA build, libnccl.so.2, the device):
+// FailedPrecondition saying what is missing. Checked before the rendezvous,
+// so a rank without NCCL fails at once instead of after the others wait.
+absl::Status check_nccl(const CommOptions& options);
+
 // NCCL loaded with dlopen; FailedPrecondition when the build has no CUDA,
 // libnccl.so.2 is missing or the device is not there. `rendezvous` may be
 // null for world_size 1.

@@ -18,6 +18,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> connect(const RankInfo& info,
   if (options.timeout.count() <= 0) {
     return absl::InvalidArgumentError("the communicator timeout must be positive");
   }
+  if (options.backend == Backend::kNccl) STRATA_RETURN_IF_ERROR(check_nccl(options));
   if (info.world_size == 1) {
     if (options.backend == Backend::kGloo) return make_local_communicator(Backend::kGloo);
     // NCCL's buffers are device memory: even one rank goes through NCCL.

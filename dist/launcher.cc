@@ -114,10 +114,20 @@ absl::Status launch_local(int nproc, const std::vector<std::string>& argv,
       if (c.running) kill(c.pid, sig);
     }
   };
+  // SIGINT / SIGTERM stay blocked across fork: one arriving before a child
+  // has reset its handlers would otherwise run on_signal in the child and be
+  // lost there. The child unblocks after the reset (then it acts), the
+  // parent after the loop (then on_signal records it).
+  sigset_t term_signals, old_mask;
+  sigemptyset(&term_signals);
+  sigaddset(&term_signals, SIGINT);
+  sigaddset(&term_signals, SIGTERM);
+  sigprocmask(SIG_BLOCK, &term_signals, &old_mask);
   for (int r = 0; r < nproc; ++r) {
     pid_t pid = fork();
     if (pid < 0) {
       const int err = errno;
+      sigprocmask(SIG_SETMASK, &old_mask, nullptr);
       kill_all(SIGKILL);
       for (auto& c : children) {
         if (c.running) waitpid(c.pid, &c.status, 0);
@@ -138,6 +148,7 @@ absl::Status launch_local(int nproc, const std::vector<std::string>& argv,
     }
     children[r] = Child{pid, true, 0};
   }
+  sigprocmask(SIG_SETMASK, &old_mask, nullptr);
 
   int running = nproc;
   int first_failed = -1;

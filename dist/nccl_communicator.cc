@@ -83,6 +83,7 @@ class NcclCommunicator final : public Communicator {
     for (auto& p : pending_) cudaEventDestroy(p.event);
     for (cudaEvent_t e : event_pool_) cudaEventDestroy(e);
     if (host_buffer_ != nullptr) cudaFree(host_buffer_);
+    if (pinned_ != nullptr) cudaFreeHost(pinned_);
   }
 
   absl::Status start() {
@@ -110,12 +111,15 @@ class NcclCommunicator final : public Communicator {
       std::memcpy(id.internal, bytes.data(), sizeof(id));
     }
     STRATA_RETURN_IF_ERROR(init_comm(id));
-    // all_reduce_host's staging buffer: allocated once, here, so steady
-    // steps make no cudaMalloc.
-    if (cudaError_t e = cudaMalloc(&host_buffer_, kHostBufferDoubles * sizeof(double));
-        e != cudaSuccess) {
+    // all_reduce_host's staging buffers, device and pinned host: allocated
+    // once, here, so steady steps make no cudaMalloc; pinned so the copy
+    // back is truly asynchronous (a pageable one would block the host until
+    // the all-reduce ends, out of the watchdog's reach).
+    cudaError_t e = cudaMalloc(&host_buffer_, kHostBufferDoubles * sizeof(double));
+    if (e == cudaSuccess) e = cudaMallocHost(&pinned_, kHostBufferDoubles * sizeof(double));
+    if (e != cudaSuccess) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("NCCL backend: cudaMalloc of a small buffer: ", cuda_error(e)));
+          absl::StrCat("NCCL backend: allocating a small staging buffer: ", cuda_error(e)));
     }
     watchdog_ = std::thread([this] { watch(); });
     return absl::OkStatus();
@@ -217,22 +221,25 @@ class NcclCommunicator final : public Communicator {
     }
     if (data.empty()) return absl::OkStatus();
     const size_t bytes = data.size() * sizeof(double);
+    std::memcpy(pinned_, data.data(), bytes);
     STRATA_ASSIGN_OR_RETURN(
         cudaEvent_t done, enqueue(what, [&] {
-          if (cudaMemcpyAsync(host_buffer_, data.data(), bytes, cudaMemcpyHostToDevice, stream_) !=
+          if (cudaMemcpyAsync(host_buffer_, pinned_, bytes, cudaMemcpyHostToDevice, stream_) !=
               cudaSuccess) {
             return nccl::kUnhandledCudaError;
           }
           nccl::Result r = api_.AllReduce(host_buffer_, host_buffer_, data.size(), nccl::kFloat64,
                                           nccl_op(op), comm_, stream_);
           if (r != nccl::kSuccess) return r;
-          if (cudaMemcpyAsync(data.data(), host_buffer_, bytes, cudaMemcpyDeviceToHost, stream_) !=
+          if (cudaMemcpyAsync(pinned_, host_buffer_, bytes, cudaMemcpyDeviceToHost, stream_) !=
               cudaSuccess) {
             return nccl::kUnhandledCudaError;
           }
           return nccl::kSuccess;
         }));
-    return wait_event(done, what);
+    STRATA_RETURN_IF_ERROR(wait_event(done, what));
+    std::memcpy(data.data(), pinned_, bytes);
+    return absl::OkStatus();
   }
 
  private:
@@ -434,7 +441,8 @@ class NcclCommunicator final : public Communicator {
   const std::chrono::milliseconds timeout_;
   std::unique_ptr<Rendezvous> rendezvous_;
   nccl::Comm comm_ = nullptr;
-  double* host_buffer_ = nullptr;
+  double* host_buffer_ = nullptr;  // device memory
+  double* pinned_ = nullptr;       // pinned host memory
   uint64_t collectives_ = 0;
 
   std::mutex mu_;  // guards everything below, and the store in explain()
@@ -449,9 +457,9 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(
-    const RankInfo& info, const CommOptions& options, std::unique_ptr<Rendezvous> rendezvous) {
+absl::Status check_nccl(const CommOptions& options) {
   STRATA_ASSIGN_OR_RETURN(const nccl::Api* api, nccl::load());
+  (void)api;
   int devices = 0;
   if (cudaError_t e = cudaGetDeviceCount(&devices); e != cudaSuccess || devices == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -463,6 +471,13 @@ absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(
                                                       " does not exist (this machine has ", devices,
                                                       "); is LOCAL_RANK right?"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(
+    const RankInfo& info, const CommOptions& options, std::unique_ptr<Rendezvous> rendezvous) {
+  STRATA_RETURN_IF_ERROR(check_nccl(options));
+  STRATA_ASSIGN_OR_RETURN(const nccl::Api* api, nccl::load());
   auto comm = std::make_unique<NcclCommunicator>(*api, info, options, std::move(rendezvous));
   STRATA_RETURN_IF_ERROR(comm->start());
   return std::unique_ptr<Communicator>(std::move(comm));

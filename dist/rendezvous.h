@@ -6,7 +6,9 @@
 //
 // Ownership: the communicator owns its Rendezvous; destroying it says
 // goodbye (a clean exit is not reported as a death) and, on rank 0, stops
-// the store. Threading: one thread at a time, like the communicator.
+// the store once the other ranks have closed their connections (or after
+// min(timeout, 5 s)), so they can still learn which rank died. Threading: one thread at a time,
+// like the communicator.
 #pragma once
 
 #include <chrono>
@@ -33,15 +35,18 @@ class Rendezvous {
   std::chrono::milliseconds timeout() const { return timeout_; }
 
   // The status to return when `what` failed with `detail` (the backend's
-  // own message): Unavailable naming the ranks that have exited (with host
-  // and pid) or rank 0 when its store is gone; otherwise `code` (usually
-  // DeadlineExceeded) saying no rank has exited, so one is stalled or slow.
+  // own message), from what the store knows: Unavailable naming the ranks
+  // that have exited (with host and pid), rank 0 when its store is gone, or
+  // the ranks that closed their communicator; DeadlineExceeded naming the
+  // ranks that never joined; otherwise `code` (usually DeadlineExceeded)
+  // saying no rank has exited, so one is stalled or slow.
   absl::Status explain_failure(absl::string_view what, absl::StatusCode code,
                                absl::string_view detail);
 
  private:
   Rendezvous() = default;
   int rank_ = 0;
+  int world_ = 1;
   std::chrono::milliseconds timeout_{0};
   std::unique_ptr<StoreServer> server_;
   std::unique_ptr<StoreClient> client_;

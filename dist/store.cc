@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -19,8 +20,8 @@
 namespace strata::dist {
 namespace {
 
-enum Op : uint8_t { kSet = 1, kGet = 2, kCheck = 3, kHello = 4, kGoodbye = 5, kDead = 6 };
-enum Reply : uint8_t { kOk = 0, kMissing = 1, kBadRequest = 2 };
+enum Op : uint8_t { kSet = 1, kGet = 2, kCheck = 3, kHello = 4, kGoodbye = 5, kRoster = 6 };
+enum Reply : uint8_t { kOk = 0, kMissing = 1, kBadRequest = 2, kConflict = 3 };
 
 // A request must arrive whole this soon after its first byte.
 constexpr std::chrono::seconds kBodyTimeout{30};
@@ -92,9 +93,11 @@ struct StoreServer::Impl {
   std::map<std::string, std::string, std::less<>> data;
   struct RankEntry {
     std::string description;
-    bool dead = false;
+    bool gone = false;
+    bool left = false;  // gone after goodbye
   };
   std::map<int, RankEntry> ranks;
+  int world_size = 0;  // from the first hello
   std::vector<int> open_fds;
   std::vector<std::thread> workers;
 
@@ -160,11 +163,33 @@ struct StoreServer::Impl {
         return true;
       }
       case kHello: {
-        int32_t who = -1;
+        int32_t who = -1, world = 0;
         std::string description;
-        if (!r.i32(&who) || !r.str(&description) || !r.done() || who < 0) return false;
+        if (!r.i32(&who) || !r.i32(&world) || !r.str(&description) || !r.done() || who < 0 ||
+            world < 1) {
+          return false;
+        }
         std::lock_guard<std::mutex> lock(mu);
-        ranks[who] = RankEntry{std::move(description), false};
+        std::string conflict;
+        if (world_size == 0) world_size = world;
+        auto it = ranks.find(who);
+        if (world != world_size) {
+          conflict = absl::StrCat("rank ", who, " (", description, ") has WORLD_SIZE=", world,
+                                  " but the job's first rank had ", world_size,
+                                  "; set the same WORLD_SIZE on every rank");
+        } else if (who >= world) {
+          conflict = absl::StrCat("rank ", who, " is not below WORLD_SIZE=", world);
+        } else if (it != ranks.end() && !it->second.gone) {
+          conflict = absl::StrCat("rank ", who, " is already in the job (", it->second.description,
+                                  "), so ", description,
+                                  " cannot join as it too; is RANK unique on every process?");
+        }
+        if (!conflict.empty()) {
+          reply->push_back(kConflict);
+          put_str(*reply, conflict);
+          return true;
+        }
+        ranks[who] = RankEntry{std::move(description)};
         *rank = who;
         reply->push_back(kOk);
         return true;
@@ -174,18 +199,17 @@ struct StoreServer::Impl {
         *goodbye = true;
         reply->push_back(kOk);
         return true;
-      case kDead: {
+      case kRoster: {
         if (!r.done()) return false;
         std::lock_guard<std::mutex> lock(mu);
         reply->push_back(kOk);
-        std::vector<std::pair<int, std::string>> dead;
+        put_u32(*reply, static_cast<uint32_t>(ranks.size()));
         for (const auto& [who, entry] : ranks) {
-          if (entry.dead) dead.emplace_back(who, entry.description);
-        }
-        put_u32(*reply, static_cast<uint32_t>(dead.size()));
-        for (const auto& [who, description] : dead) {
           put_u32(*reply, static_cast<uint32_t>(who));
-          put_str(*reply, description);
+          put_str(*reply, entry.description);
+          reply->push_back(static_cast<char>(!entry.gone  ? RankState::State::kAlive
+                                             : entry.left ? RankState::State::kLeft
+                                                          : RankState::State::kDied));
         }
         return true;
       }
@@ -220,7 +244,10 @@ struct StoreServer::Impl {
       if (!send_all(fd, out.data(), out.size(), Clock::now() + kBodyTimeout).ok()) break;
     }
     std::lock_guard<std::mutex> lock(mu);
-    if (rank >= 0 && !goodbye && !stopping.load()) ranks[rank].dead = true;
+    if (rank >= 0 && !stopping.load()) {
+      ranks[rank].gone = true;
+      ranks[rank].left = goodbye;
+    }
     std::erase(open_fds, fd);
     close(fd);
   }
@@ -255,6 +282,20 @@ StoreServer::~StoreServer() {
 
 int StoreServer::port() const { return impl_->port; }
 
+void StoreServer::linger(int self, std::chrono::milliseconds max) {
+  const auto deadline = Clock::now() + max;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      bool alone = true;
+      for (const auto& [who, entry] : impl_->ranks) alone = alone && (who == self || entry.gone);
+      if (alone) return;
+    }
+    if (Clock::now() >= deadline) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 // ---------------------------------------------------------------- client
 
 StoreClient::StoreClient(int fd, std::string server, std::chrono::milliseconds timeout)
@@ -273,8 +314,10 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::connect(
       return std::unique_ptr<StoreClient>(new StoreClient(*fd, server, timeout));
     }
     last = fd.status();
-    if (Clock::now() + std::chrono::milliseconds(50) >= deadline) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const auto now = Clock::now();
+    if (now >= deadline) break;
+    std::this_thread::sleep_for(
+        std::min<Clock::duration>(std::chrono::milliseconds(50), deadline - now));
   }
   return absl::UnavailableError(absl::StrCat(
       "cannot reach the rendezvous store of rank 0 at ", server, " within ", timeout.count(),
@@ -366,30 +409,41 @@ absl::Status StoreClient::wait(std::span<const std::string> keys,
   }
 }
 
-absl::Status StoreClient::hello(int rank, absl::string_view description) {
+absl::Status StoreClient::hello(int rank, int world_size, absl::string_view description) {
   std::string req(1, static_cast<char>(kHello));
   put_u32(req, static_cast<uint32_t>(rank));
+  put_u32(req, static_cast<uint32_t>(world_size));
   put_str(req, description);
-  return call(req).status();
+  STRATA_ASSIGN_OR_RETURN(std::string body, call(req));
+  if (static_cast<uint8_t>(body[0]) == kConflict) {
+    Reader r(absl::string_view(body).substr(1));
+    std::string why;
+    if (!r.str(&why)) why = "refused";
+    return absl::InvalidArgumentError(why);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status StoreClient::goodbye() { return call(std::string(1, kGoodbye)).status(); }
 
-absl::StatusOr<std::vector<DeadRank>> StoreClient::dead_ranks() {
-  STRATA_ASSIGN_OR_RETURN(std::string body, call(std::string(1, kDead)));
+absl::StatusOr<std::vector<RankState>> StoreClient::roster() {
+  STRATA_ASSIGN_OR_RETURN(std::string body, call(std::string(1, kRoster)));
   Reader r(absl::string_view(body).substr(1));
   uint32_t n = 0;
-  if (!r.u32(&n)) return absl::DataLossError("malformed dead-rank reply");
-  std::vector<DeadRank> out;
+  const auto malformed =
+      absl::DataLossError(absl::StrCat("malformed roster reply from the store at ", server_));
+  if (!r.u32(&n)) return malformed;
+  std::vector<RankState> out;
   for (uint32_t i = 0; i < n; ++i) {
-    DeadRank d;
+    RankState d;
     int32_t who;
-    if (!r.i32(&who) || !r.str(&d.description)) {
-      return absl::DataLossError("malformed dead-rank reply");
-    }
+    uint8_t state = 0;
+    if (!r.i32(&who) || !r.str(&d.description) || !r.u8(&state) || state > 2) return malformed;
     d.rank = who;
+    d.state = static_cast<RankState::State>(state);
     out.push_back(std::move(d));
   }
+  if (!r.done()) return malformed;
   return out;
 }
 

@@ -11,7 +11,9 @@
 //
 // Liveness: a client that says hello(rank) is that rank's connection; if it
 // closes without goodbye() (the process exited or crashed), the server
-// lists the rank in dead_ranks(). The kernel closes a dead process's
+// lists the rank as died in roster(); one that closes after goodbye() as
+// having left (it closed its communicator, maybe while others still
+// expected it in a collective); a rank never seen never joined. The kernel closes a dead process's
 // sockets, so a rank that _exit()s or is killed shows up within a moment.
 //
 // Threading: StoreServer serves each connection on its own thread and is
@@ -46,6 +48,12 @@ class StoreServer {
 
   int port() const;
 
+  // Waits (up to `max`) until every registered rank but `self` has closed
+  // its connection: rank 0 keeps the store up while the others may still
+  // need it to explain a failure (which rank died), instead of taking it
+  // down under them.
+  void linger(int self, std::chrono::milliseconds max);
+
   struct Impl;
 
  private:
@@ -53,9 +61,14 @@ class StoreServer {
   std::unique_ptr<Impl> impl_;
 };
 
-struct DeadRank {
+// A rank as the store knows it, from its hello on.
+struct RankState {
+  enum class State { kAlive, kDied, kLeft };
   int rank = -1;
   std::string description;  // what the rank said in hello (host, pid)
+  // kDied: its connection closed without goodbye (the process ended);
+  // kLeft: after goodbye (it closed its communicator).
+  State state = State::kAlive;
 };
 
 class StoreClient {
@@ -77,13 +90,16 @@ class StoreClient {
   // Whether every key is set now.
   absl::StatusOr<bool> check(std::span<const std::string> keys);
 
-  // Registers this connection as `rank`; `description` (host, pid) is what
-  // dead_ranks() will say about it.
-  absl::Status hello(int rank, absl::string_view description);
+  // Registers this connection as `rank` of `world_size`; `description`
+  // (host, pid) is what roster() will say about it. InvalidArgument when
+  // another live connection is already that rank, or the world size differs
+  // from the first rank's (RANK / WORLD_SIZE set wrong on some node).
+  absl::Status hello(int rank, int world_size, absl::string_view description);
   // Marks a clean exit: closing after goodbye is not a death.
   absl::Status goodbye();
-  // Ranks whose connection closed without goodbye, in rank order.
-  absl::StatusOr<std::vector<DeadRank>> dead_ranks();
+  // Every rank that has said hello, in rank order, and whether it is still
+  // connected. Ranks missing from it never joined.
+  absl::StatusOr<std::vector<RankState>> roster();
 
   // "host:port" of the server, for messages.
   const std::string& server_address() const { return server_; }

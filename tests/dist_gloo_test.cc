@@ -192,7 +192,26 @@ TEST_P(GlooWorld, EveryCollectiveMatchesHandComputedValues) {
     EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r];
 }
 
-INSTANTIATE_TEST_SUITE_P(Worlds, GlooWorld, ::testing::Values(2, 3));
+INSTANTIATE_TEST_SUITE_P(Worlds, GlooWorld, ::testing::Values(2, 3, 4));
+
+// Ranks may also be threads of one process (each with its own communicator),
+// as engine tests that want several ranks without forking do.
+TEST(GlooThreads, RanksAsThreadsOfOneProcess) {
+  auto port = pick_free_port();
+  ASSERT_TRUE(port.ok());
+  constexpr int kWorld = 3;
+  std::vector<absl::Status> results(kWorld);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kWorld; ++r) {
+    threads.emplace_back([&, r] {
+      auto comm = join(r, kWorld, *port);
+      results[r] = comm.ok() ? all_collectives(**comm) : comm.status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kWorld; ++r)
+    EXPECT_TRUE(results[r].ok()) << "rank " << r << ": " << results[r];
+}
 
 TEST(GlooLocal, WorldOfOneCopiesOrDoesNothing) {
   CommOptions opts;
@@ -231,6 +250,17 @@ TEST(GlooRendezvous, RankZeroNeverComingTimesOutNamingTheAddress) {
   EXPECT_LT(took, milliseconds(4000));
 }
 
+TEST(GlooRendezvous, RanksThatNeverJoinAreNamed) {
+  auto port = pick_free_port();
+  ASSERT_TRUE(port.ok());
+  auto results = run_ranks(1, [&](int) -> absl::Status {
+    return join(0, 3, *port, milliseconds(1500)).status();  // ranks 1 and 2 never come
+  });
+  EXPECT_TRUE(absl::IsDeadlineExceeded(results[0])) << results[0];
+  EXPECT_NE(results[0].message().find("rank 1, rank 2 have not joined"), std::string::npos)
+      << results[0];
+}
+
 TEST(GlooRendezvous, BadRankInfoIsInvalidArgument) {
   CommOptions opts;
   EXPECT_TRUE(absl::IsInvalidArgument(connect(loopback_rank(2, 2, 1234), opts).status()));
@@ -239,7 +269,7 @@ TEST(GlooRendezvous, BadRankInfoIsInvalidArgument) {
 
 // A rank that dies while the others are in a collective: they fail well
 // within the timeout, naming it; later calls repeat the first error.
-void expect_death_is_named(int world, int dying) {
+void expect_death_is_named(int world, int dying, bool reduce_scatter) {
   auto port = pick_free_port();
   ASSERT_TRUE(port.ok());
   const milliseconds timeout(10000);
@@ -253,9 +283,14 @@ void expect_death_is_named(int world, int dying) {
       _exit(3);
     }
     const auto start = std::chrono::steady_clock::now();
-    absl::Status s = (*comm)->all_reduce(v.data(), v.size(), DType::kFloat32, ReduceOp::kSum);
+    std::vector<uint64_t> counts(world, v.size() / world);
+    std::vector<float> out(counts[0]);
+    absl::Status s =
+        reduce_scatter
+            ? (*comm)->reduce_scatter(v.data(), out.data(), counts, DType::kFloat32, ReduceOp::kSum)
+            : (*comm)->all_reduce(v.data(), v.size(), DType::kFloat32, ReduceOp::kSum);
     const auto took = std::chrono::steady_clock::now() - start;
-    if (s.ok()) return absl::InternalError("all_reduce succeeded without a rank");
+    if (s.ok()) return absl::InternalError("the collective succeeded without a rank");
     if (took > milliseconds(5000)) {
       return absl::InternalError(
           absl::StrCat("took ", took / milliseconds(1), " ms: ", s.message()));
@@ -274,9 +309,32 @@ void expect_death_is_named(int world, int dying) {
   }
 }
 
-TEST(GlooFailure, DeadRankIsNamedByTheOthers) { expect_death_is_named(3, 2); }
+TEST(GlooFailure, DeadRankIsNamedByTheOthers) { expect_death_is_named(3, 2, false); }
 
-TEST(GlooFailure, DeadRankZeroIsNamedByTheOthers) { expect_death_is_named(3, 0); }
+TEST(GlooFailure, DeadRankZeroIsNamedByTheOthers) { expect_death_is_named(3, 0, false); }
+
+TEST(GlooFailure, DeadRankInTheReduceScatterRingIsNamed) { expect_death_is_named(4, 1, true); }
+
+TEST(GlooFailure, RankClosingItsCommunicatorEarlyIsNamed) {
+  auto port = pick_free_port();
+  ASSERT_TRUE(port.ok());
+  auto results = run_ranks(2, [&](int rank) -> absl::Status {
+    auto comm = join(rank, 2, *port, milliseconds(10000));
+    if (!comm.ok()) return comm.status();
+    RETURN_IF_ERROR((*comm)->barrier());
+    if (rank == 1) {
+      comm->reset();  // leaves (goodbye), then lingers as a live process
+      std::this_thread::sleep_for(milliseconds(2000));
+      return absl::OkStatus();
+    }
+    std::vector<float> v(10, 1.0f);
+    return (*comm)->all_reduce(v.data(), v.size(), DType::kFloat32, ReduceOp::kSum);
+  });
+  EXPECT_TRUE(absl::IsUnavailable(results[0])) << results[0];
+  EXPECT_NE(results[0].message().find("rank 1"), std::string::npos) << results[0];
+  EXPECT_NE(results[0].message().find("closed its communicator"), std::string::npos) << results[0];
+  EXPECT_TRUE(results[1].ok()) << results[1];
+}
 
 TEST(GlooFailure, StalledRankMakesTheOthersTimeOut) {
   auto port = pick_free_port();
@@ -286,14 +344,14 @@ TEST(GlooFailure, StalledRankMakesTheOthersTimeOut) {
     auto comm = join(rank, 2, *port, timeout);
     if (!comm.ok()) return comm.status();
     if (rank == 1) {
-      std::this_thread::sleep_for(milliseconds(3500));
+      std::this_thread::sleep_for(milliseconds(4000));
       return absl::OkStatus();
     }
     std::vector<float> v(10, 1.0f);
     const auto start = std::chrono::steady_clock::now();
     absl::Status s = (*comm)->all_reduce(v.data(), v.size(), DType::kFloat32, ReduceOp::kSum);
     const auto took = std::chrono::steady_clock::now() - start;
-    if (took < milliseconds(1400) || took > milliseconds(3400)) {
+    if (took < milliseconds(1400) || took > milliseconds(3900)) {
       return absl::InternalError(
           absl::StrCat("took ", took / milliseconds(1), " ms: ", s.message()));
     }

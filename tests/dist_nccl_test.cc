@@ -156,6 +156,46 @@ absl::Status nccl_collectives(int rank, int world, int port) {
   return c.barrier();
 }
 
+// World 1 still goes through NCCL (device buffers): init without a store,
+// every collective an identity, the host calls through the watchdog path.
+TEST(Nccl, OneRankOnOneGpu) {
+  const int gpus = gpu_count();
+  if (gpus < 1) GTEST_SKIP() << "needs a CUDA device, found none";
+  auto results = run_ranks(
+      1,
+      [](int) -> absl::Status {
+        CommOptions opts;
+        opts.backend = Backend::kNccl;
+        opts.timeout = milliseconds(30000);
+        auto comm_or = connect(loopback_rank(0, 1, 1), opts);
+        if (!comm_or.ok()) return comm_or.status();
+        Communicator& c = **comm_or;
+        if (!c.device_memory() || c.backend() != Backend::kNccl) {
+          return absl::InternalError("not an NCCL communicator");
+        }
+        DeviceFloats d, out;
+        RETURN_IF_ERROR(d.set({1, 2, 3}));
+        RETURN_IF_ERROR(out.set({0, 0, 0}));
+        RETURN_IF_ERROR(c.all_reduce(d.ptr, 3, DType::kFloat32, ReduceOp::kSum));
+        const uint64_t counts[] = {3};
+        RETURN_IF_ERROR(c.all_gather(d.ptr, out.ptr, counts, DType::kFloat32));
+        auto got = out.get(3);
+        RETURN_IF_ERROR(got.status());
+        RETURN_IF_ERROR(expect_eq(*got, {1, 2, 3}, "one-rank all_gather"));
+        RETURN_IF_ERROR(out.set({0, 0, 0}));
+        RETURN_IF_ERROR(c.reduce_scatter(d.ptr, out.ptr, counts, DType::kFloat32, ReduceOp::kMax));
+        got = out.get(3);
+        RETURN_IF_ERROR(got.status());
+        RETURN_IF_ERROR(expect_eq(*got, {1, 2, 3}, "one-rank reduce_scatter"));
+        std::vector<double> h = {2.5, -1.0};
+        RETURN_IF_ERROR(c.all_reduce_host(h, ReduceOp::kSum));
+        if (h[0] != 2.5 || h[1] != -1.0) return absl::InternalError("all_reduce_host changed");
+        return c.barrier();
+      },
+      std::chrono::seconds(120));
+  EXPECT_TRUE(results[0].ok()) << results[0];
+}
+
 TEST(Nccl, EveryCollectiveOnTwoGpus) {
   const int gpus = gpu_count();
   if (gpus < 2) GTEST_SKIP() << "needs 2 CUDA devices, found " << gpus;

@@ -98,27 +98,53 @@ TEST_F(Store, HostileFramesCloseOnlyThatConnection) {
   EXPECT_EQ(*v, "v");
 }
 
-TEST_F(Store, ClosingWithoutGoodbyeIsDeath) {
+TEST_F(Store, ClosingWithoutGoodbyeIsDeathAfterItLeaving) {
   auto watcher = client();
   auto clean = client();
   auto dying = client();
   ASSERT_TRUE(watcher && clean && dying);
-  ASSERT_TRUE(watcher->hello(0, "w").ok());
-  ASSERT_TRUE(clean->hello(1, "host-a, pid 1").ok());
-  ASSERT_TRUE(dying->hello(2, "host-b, pid 2").ok());
+  ASSERT_TRUE(watcher->hello(0, 3, "w").ok());
+  ASSERT_TRUE(clean->hello(1, 3, "host-a, pid 1").ok());
+  ASSERT_TRUE(dying->hello(2, 3, "host-b, pid 2").ok());
   ASSERT_TRUE(clean->goodbye().ok());
   clean.reset();
   dying.reset();
-  std::vector<DeadRank> dead;
-  for (int i = 0; i < 100 && dead.empty(); ++i) {
-    auto d = watcher->dead_ranks();
-    ASSERT_TRUE(d.ok()) << d.status();
-    dead = *d;
+  std::vector<RankState> roster;
+  for (int i = 0; i < 100; ++i) {
+    auto r = watcher->roster();
+    ASSERT_TRUE(r.ok()) << r.status();
+    roster = *r;
+    if (roster.size() == 3 && roster[1].state != RankState::State::kAlive &&
+        roster[2].state != RankState::State::kAlive) {
+      break;
+    }
     std::this_thread::sleep_for(milliseconds(10));
   }
-  ASSERT_EQ(dead.size(), 1u);
-  EXPECT_EQ(dead[0].rank, 2);
-  EXPECT_EQ(dead[0].description, "host-b, pid 2");
+  ASSERT_EQ(roster.size(), 3u);
+  EXPECT_EQ(roster[0].state, RankState::State::kAlive);
+  EXPECT_EQ(roster[1].rank, 1);
+  EXPECT_EQ(roster[1].state, RankState::State::kLeft);  // goodbye first
+  EXPECT_EQ(roster[2].rank, 2);
+  EXPECT_EQ(roster[2].state, RankState::State::kDied);
+  EXPECT_EQ(roster[2].description, "host-b, pid 2");
+}
+
+TEST_F(Store, ConflictingRanksAreRefusedNamingTheFirst) {
+  auto a = client();
+  auto b = client();
+  auto c = client();
+  ASSERT_TRUE(a && b && c);
+  ASSERT_TRUE(a->hello(1, 4, "node0, pid 10").ok());
+  absl::Status twice = b->hello(1, 4, "node1, pid 20");
+  EXPECT_TRUE(absl::IsInvalidArgument(twice)) << twice;
+  EXPECT_NE(twice.message().find("node0, pid 10"), std::string::npos) << twice;
+  EXPECT_NE(twice.message().find("RANK"), std::string::npos) << twice;
+  absl::Status world = c->hello(2, 8, "node1, pid 30");
+  EXPECT_TRUE(absl::IsInvalidArgument(world)) << world;
+  EXPECT_NE(world.message().find("WORLD_SIZE=8"), std::string::npos) << world;
+  EXPECT_TRUE(absl::IsInvalidArgument(c->hello(4, 4, "node1, pid 30")));
+  // A refused hello leaves the connection usable.
+  EXPECT_TRUE(c->hello(2, 4, "node1, pid 30").ok());
 }
 
 TEST_F(Store, ServerGoneIsUnavailableNamingIt) {

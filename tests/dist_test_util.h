@@ -76,15 +76,17 @@ inline std::vector<absl::Status> run_ranks(int world, const std::function<absl::
     }
     close(pipes[r]);
     int status = 0;
-    if (waitpid(pids[r], &status, WNOHANG) == 0) {
-      // Still running past the limit, or about to exit: give it a moment.
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      if (waitpid(pids[r], &status, WNOHANG) == 0) {
-        kill(pids[r], SIGKILL);
-        waitpid(pids[r], &status, 0);
-        result[r] = absl::DeadlineExceededError(absl::StrCat("rank ", r, " still running"));
-        continue;
-      }
+    // The pipe closed (or the limit passed): the child is exiting, or stuck.
+    bool exited = false;
+    for (int i = 0; i < 2000 && !exited; ++i) {
+      exited = waitpid(pids[r], &status, WNOHANG) != 0;
+      if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (!exited) {
+      kill(pids[r], SIGKILL);
+      waitpid(pids[r], &status, 0);
+      result[r] = absl::DeadlineExceededError(absl::StrCat("rank ", r, " still running"));
+      continue;
     }
     auto nl = msg.find('\n');
     if (nl == std::string::npos) {

@@ -656,4 +656,75 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
   return absl::OkStatus();
 }
 
+absl::Status merge_checkpoint_shards(const std::string& dir_in, const std::string& out) {
+  const std::string dir = strip_trailing_slashes(dir_in);
+  const std::string ctx = absl::StrCat("merging checkpoint ", dir, " into ", out);
+  if (!is_sharded_checkpoint(dir)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ctx, ": ", dir, " is not a data-parallel checkpoint (no ", kShardMetaFile,
+                     " with \"format\": \"", kShardFormat, "\")"));
+  }
+  STRATA_ASSIGN_OR_RETURN(const std::string zero_text,
+                          read_file((fs::path(dir) / kShardMetaFile).string()), ctx);
+  const json zero = json::parse(zero_text, nullptr, /*allow_exceptions=*/false);
+  const json ws = zero.value("world_size", json());
+  if (!ws.is_number_integer() || ws.get<int64_t>() < 1 || ws.get<int64_t>() > (1 << 20) ||
+      zero.value("partition", "") != kPartitionRule) {
+    return absl::DataLossError(absl::StrCat(ctx, ": ", kShardMetaFile,
+                                            " needs an integer world_size from 1 to 2^20 and "
+                                            "partition \"",
+                                            kPartitionRule, "\""));
+  }
+  const int world = ws.get<int>();
+  std::vector<Checkpoint> cks;
+  for (int r = 0; r < world; ++r) {
+    STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(checkpoint_shard_dir(dir, r)), ctx);
+    if (!cks.empty() && (ck.params.size() != cks[0].params.size() || ck.steps != cks[0].steps ||
+                         ck.compute_dtype != cks[0].compute_dtype)) {
+      return absl::DataLossError(absl::StrCat(ctx, ": shard ", ck.dir,
+                                              " does not match rank 0's (parameter count, step "
+                                              "or dtype); the save did not finish"));
+    }
+    cks.push_back(std::move(ck));
+  }
+  STRATA_ASSIGN_OR_RETURN(const std::string meta_text, read_file(cks[0].meta_path), ctx);
+  json meta = json::parse(meta_text, nullptr, /*allow_exceptions=*/false);
+  if (!meta.is_object()) return absl::DataLossError(absl::StrCat(ctx, ": ", cks[0].meta_path));
+  meta.erase("zero_shard");
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::create(out));
+  json tensors = json::array();
+  std::vector<uint8_t> whole, part;
+  for (size_t i = 0; i < cks[0].params.size(); ++i) {
+    const CheckpointParam& p0 = cks[0].params[i];
+    uint64_t numel = 0;
+    for (const Checkpoint& ck : cks) numel += ck.params[i].numel;
+    for (int r = 0; r < world; ++r) {
+      const CheckpointParam& e = cks[r].params[i];
+      if (e.layer != p0.layer || e.param != p0.param || e.name != p0.name ||
+          e.numel != partition_slice(numel, r, world).numel) {
+        return w->fail(absl::DataLossError(
+            absl::StrCat(ctx, ": entry ", i, " of shard ", cks[r].dir, " (", e.name, ", ", e.numel,
+                         " elements) is not rank ", r, "'s slice of ", p0.name)));
+      }
+    }
+    json entry = {{"layer", p0.layer}, {"param", p0.param}, {"name", p0.name}, {"numel", numel}};
+    for (int k = 0; k < kCheckpointKinds; ++k) {
+      whole.clear();
+      for (const Checkpoint& ck : cks) {
+        const CheckpointParam& e = ck.params[i];
+        part.resize(e.tensors[k].bytes);
+        absl::Status s = read_checkpoint_tensor(ck, e.tensors[k], e.tensor_name(k), part.data());
+        if (!s.ok()) return w->fail(annotate(s, ctx));
+        whole.insert(whole.end(), part.begin(), part.end());
+      }
+      auto appended = w->append(whole.data(), whole.size());
+      if (!appended.ok()) return appended.status();
+      entry[kCheckpointKindNames[k]] = std::move(*appended);
+    }
+    tensors.push_back(std::move(entry));
+  }
+  meta["params"] = std::move(tensors);
+  return w->finish(meta);
+}
+
 }  // namespace strata::engine

@@ -100,9 +100,10 @@
 //     wait_grads() between micro-batches; a bucket reported twice without
 //     one is FailedPrecondition). There, on the calling thread, buckets in
 //     ascending bucket order (whatever order grad_ready saw; the collective
-//     order is the same on every rank) are summed over ranks in fp32:
-//     ZeRO stage 0/1 all_reduce the whole gradient, stage 2 and 3
-//     reduce_scatter it into the slice; the slice is accumulated into
+//     order is the same on every rank) are summed over ranks in fp32, one
+//     collective per bucket (its params' slices packed rank by rank): ZeRO
+//     stage 0/1 all_reduce the whole gradient, stage 2 and 3
+//     reduce_scatter it into the rank's slices; they are accumulated into
 //     grad32. One all_reduce_host per flush first agrees on which buckets
 //     have a gradient on any rank (a rank without one adds zeros) and on
 //     overflow (then no rank reduces more this step). The sum over ranks
@@ -112,13 +113,14 @@
 //     a kDevice binding's copy-out) and reduces there: the whole gradient
 //     still crosses PCIe on every rank, and the communicator must work on
 //     host memory (Gloo, beside a CUDA device too); one on device memory
-//     (NCCL) is refused at create() (Unimplemented).
+//     (NCCL) is refused at create() (Unimplemented). The reductions are
+//     not overlapped with backward in this version.
 //   - norm and overflow: the slices' statistics are summed with one
 //     all_reduce_host per step, so clipping, skipping and the loss scaler
 //     agree on every rank bit for bit.
-//   - after the decided update each bucket's params are all_gathered,
-//     slice by slice, into the whole compute param (kStore: the store's
-//     param tensor; kHost: the binding; kDevice: the store's copy, then
+//   - after the decided update each bucket's params are all_gathered (one
+//     collective per bucket) into the whole compute params (kStore: the
+//     store's param tensor; kHost: the binding; kDevice: the store's copy, then
 //     copied to the binding), in bucket order, so every rank's next
 //     forward sees the same params.
 //   - no speculative step and no fused pass (the gradient is complete only
@@ -128,19 +130,20 @@
 //     version: every rank keeps whole compute params.
 //   - read_state / write_state address the rank's slice (param_slice(p)
 //     values); read_param the whole compute param.
-//   - checkpoints (save_state / load_state, collective: every rank calls
-//     them at the same step): DIR/rank<r> is rank r's shard, a checkpoint
-//     in checkpoint_format.h's format whose tables hold the rank's slice of
-//     master, exp_avg, exp_avg_sq and the compute param; rank 0 writes
-//     DIR/zero.json (world size, partition rule, shard names) after every
-//     shard is in (and removes it first, so a failed save leaves no
-//     checkpoint mixing two steps). DIR must be missing, empty or such a
-//     checkpoint. load_state at any world size, with or without a
-//     communicator, reads the parts of the saved slices its own slice
-//     covers (resharding) and the whole compute params; a one-rank
-//     checkpoint loads across ranks the same way. save_state_async saves
-//     synchronously across ranks. The shard layout is not yet what
-//     `strata ckpt`, `strata sample` or check_checkpoint_destination read.
+//   - checkpoints: save_state is collective (every rank, same step):
+//     DIR/rank<r> is rank r's shard, a checkpoint in checkpoint_format.h's
+//     format whose tables hold the rank's slice of master, exp_avg,
+//     exp_avg_sq and the compute param; rank 0 writes DIR/zero.json (world
+//     size, partition rule, shard names) after every shard is in (and
+//     removes it first, so a failed save leaves no checkpoint mixing two
+//     steps). DIR must be missing, empty or such a checkpoint.
+//     save_state_async saves synchronously across ranks. load_state (not
+//     collective) at any world size, with or without a communicator, reads
+//     the parts of the saved slices its own slice covers (resharding) and
+//     the whole compute params; a one-rank checkpoint loads across ranks
+//     the same way. merge_checkpoint_shards (checkpoint_format.h) turns a
+//     sharded checkpoint into a one-rank one, which `strata ckpt` and
+//     `strata sample` read (they do not read shards themselves yet).
 // A rank whose step fails (or that stops calling) makes the others'
 // collectives fail within the communicator's timeout, naming it.
 //

@@ -98,8 +98,15 @@ struct OffloadOptimizer::Impl {
   // order; the updated slices gathered into the whole compute params.
   bool dp() const { return world > 1; }
   absl::Status dp_flush();
-  absl::Status dp_reduce_param(const ParamRec& p, bool have, bool first,
-                               std::optional<gpu::EventId> event, bool* waited);
+  struct BucketLayout {
+    std::vector<uint64_t> counts;  // per rank: elements of its part
+    std::vector<uint64_t> pos;     // [param index * world + rank]: start of that slice
+    uint64_t total = 0;
+  };
+  BucketLayout bucket_layout(int bucket) const;
+  // have: this rank has a new gradient (else it adds zeros); first: the
+  // step's first reduction of the bucket (overwrites grad32).
+  absl::Status reduce_bucket(int bucket, bool have, bool first);
   absl::Status gather_bucket(int bucket);
   absl::Status publish_bucket(int bucket);
   absl::Status swap_in_update();
@@ -216,7 +223,8 @@ struct OffloadOptimizer::Impl {
   std::vector<int> flushed_calls;  // per bucket: grad_ready calls already reduced
   std::vector<int> reductions;     // per bucket: reductions this step (equal on every rank)
   std::vector<std::optional<gpu::EventId>> grad_events;  // per bucket: kDevice gradient written
-  std::vector<float> dp_whole, dp_part;                  // one param's fp32 gradient, its slice
+  std::vector<float> dp_whole, dp_part;  // a bucket's fp32 gradient, this rank's part of it
+  std::vector<uint8_t> dp_bytes;         // a bucket's compute params, gathered
 };
 
 }  // namespace strata::engine

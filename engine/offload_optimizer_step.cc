@@ -598,87 +598,144 @@ absl::Status OffloadOptimizer::Impl::dp_flush() {
   }
   const AddElapsed timed(&grad_ns);
   for (int b = 0; b < num_buckets; ++b) {
-    if (flags[b] == 0) continue;
-    const bool have = calls[b] > flushed_calls[b];
-    bool waited = false;
-    for (ParamHandle h : buckets[b]) {
-      STRATA_RETURN_IF_ERROR(
-          dp_reduce_param(params[h], have, reductions[b] == 0, grad_events[b], &waited),
-          absl::StrCat("reducing the gradient of ", params[h].desc.name, " (bucket ", b,
-                       ") across ", world, " ranks"));
-    }
+    if (flags[b] == 0 || buckets[b].empty()) continue;
+    STRATA_RETURN_IF_ERROR(
+        reduce_bucket(b, calls[b] > flushed_calls[b], reductions[b] == 0),
+        absl::StrCat("reducing the gradients of bucket ", b, " across ", world, " ranks"));
     flushed_calls[b] = calls[b];
     ++reductions[b];
   }
   return absl::OkStatus();
 }
 
-absl::Status OffloadOptimizer::Impl::dp_reduce_param(const ParamRec& p, bool have, bool first,
-                                                     std::optional<gpu::EventId> event,
-                                                     bool* waited) {
-  const uint64_t n = p.desc.numel;
-  dp_whole.resize(n);
-  if (!have) {
-    std::fill(dp_whole.begin(), dp_whole.end(), 0.0f);  // this rank adds nothing
-  } else if (p.desc.binding == ParamBinding::kStore) {
-    // Reading the grad on the host makes the store copy the device's back (D2H).
-    Pin g(store.get(), p.grad, opt_tier);
-    STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kRead));
-    STRATA_RETURN_IF_ERROR(
-        cpu_adam::accumulate_grad(dp_whole.data(), gv.data, dtype, n, true, options.exec));
-    STRATA_RETURN_IF_ERROR(g.release(false));
-  } else {
-    const void* src = p.desc.grad;
-    if (p.desc.binding == ParamBinding::kDevice) {
-      if (event.has_value() && !*waited) {
-        STRATA_RETURN_IF_ERROR(device->wait_event(stream, *event), "waiting for the gradient");
-        *waited = true;
-      }
-      staging.resize(n * dtype_size(dtype));
-      STRATA_RETURN_IF_ERROR(
-          device->copy_to_host(staging.data(), p.desc.grad, staging.size(), stream));
-      STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
-      src = staging.data();
+// A bucket's elements in rank-major order: part q holds slice q of every
+// param of the bucket, in bucket order, so one reduce_scatter (or
+// all_gather) with per-rank counts moves the whole bucket.
+OffloadOptimizer::Impl::BucketLayout OffloadOptimizer::Impl::bucket_layout(int bucket) const {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  BucketLayout l;
+  l.counts.assign(world, 0);
+  l.pos.assign(ps.size() * world, 0);
+  uint64_t at = 0;
+  for (int q = 0; q < world; ++q) {
+    for (size_t i = 0; i < ps.size(); ++i) {
+      l.pos[i * world + q] = at;
+      const uint64_t n = partition_slice(params[ps[i]].desc.numel, q, world).numel;
+      l.counts[q] += n;
+      at += n;
     }
-    STRATA_RETURN_IF_ERROR(
-        cpu_adam::accumulate_grad(dp_whole.data(), src, dtype, n, true, options.exec));
+  }
+  l.total = at;
+  return l;
+}
+
+absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool first) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  const BucketLayout l = bucket_layout(bucket);
+  dp_whole.resize(l.total);
+  if (!have) std::fill(dp_whole.begin(), dp_whole.end(), 0.0f);  // this rank adds nothing
+  bool waited = false;
+  const uint64_t esize = dtype_size(dtype);
+  for (size_t i = 0; have && i < ps.size(); ++i) {
+    const ParamRec& p = params[ps[i]];
+    // The gradient where the framework left it, each slice converted to
+    // fp32 into its place.
+    auto pack = [&](const void* grad) -> absl::Status {
+      for (int q = 0; q < world; ++q) {
+        const ParamSlice sl = partition_slice(p.desc.numel, q, world);
+        if (sl.numel == 0) continue;
+        STRATA_RETURN_IF_ERROR(
+            cpu_adam::accumulate_grad(dp_whole.data() + l.pos[i * world + q],
+                                      static_cast<const uint8_t*>(grad) + sl.offset * esize, dtype,
+                                      sl.numel, true, options.exec));
+      }
+      return absl::OkStatus();
+    };
+    if (p.desc.binding == ParamBinding::kStore) {
+      // Reading the grad on the host makes the store copy the device's back (D2H).
+      Pin g(store.get(), p.grad, opt_tier);
+      STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kRead));
+      STRATA_RETURN_IF_ERROR(pack(gv.data), p.desc.name);
+      STRATA_RETURN_IF_ERROR(g.release(false));
+    } else if (p.desc.binding == ParamBinding::kHost) {
+      STRATA_RETURN_IF_ERROR(pack(p.desc.grad), p.desc.name);
+    } else {
+      if (grad_events[bucket].has_value() && !waited) {
+        STRATA_RETURN_IF_ERROR(device->wait_event(stream, *grad_events[bucket]),
+                               "waiting for the gradient");
+        waited = true;
+      }
+      staging.resize(p.desc.numel * esize);
+      STRATA_RETURN_IF_ERROR(
+          device->copy_to_host(staging.data(), p.desc.grad, staging.size(), stream),
+          absl::StrCat("copying the gradient of ", p.desc.name));
+      STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
+      STRATA_RETURN_IF_ERROR(pack(staging.data()), p.desc.name);
+    }
   }
   // Summed in fp32 (the mean's 1/world is in the optimizer's divisor).
-  const float* part = nullptr;
+  const float* mine = nullptr;
   if (config.zero.stage >= 2) {
-    const std::vector<uint64_t> counts = partition_counts(n, world);
-    dp_part.resize(p.state_numel());
-    STRATA_RETURN_IF_ERROR(comm->reduce_scatter(dp_whole.data(), dp_part.data(), counts,
+    dp_part.resize(std::max<uint64_t>(1, l.counts[rank]));
+    STRATA_RETURN_IF_ERROR(comm->reduce_scatter(dp_whole.data(), dp_part.data(), l.counts,
                                                 DType::kFloat32, dist::ReduceOp::kSum));
-    part = dp_part.data();
+    mine = dp_part.data();
   } else {
     STRATA_RETURN_IF_ERROR(
-        comm->all_reduce(dp_whole.data(), n, DType::kFloat32, dist::ReduceOp::kSum));
-    part = dp_whole.data() + p.slice.offset;
+        comm->all_reduce(dp_whole.data(), l.total, DType::kFloat32, dist::ReduceOp::kSum));
+    mine = dp_whole.data() + l.pos[rank];  // param 0's slice `rank` starts part `rank`
   }
-  if (p.slice.numel == 0) return absl::OkStatus();
-  Pin acc(store.get(), p.grad32, opt_tier);
-  STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(first ? Access::kWrite : Access::kReadWrite));
-  STRATA_RETURN_IF_ERROR(cpu_adam::accumulate_grad(
-      static_cast<float*>(av.data), part, DType::kFloat32, p.slice.numel, first, options.exec));
-  return acc.release(true);
+  uint64_t at = 0;
+  for (ParamHandle h : ps) {
+    const ParamRec& p = params[h];
+    if (p.slice.numel == 0) continue;
+    Pin acc(store.get(), p.grad32, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView av,
+                            acc.acquire(first ? Access::kWrite : Access::kReadWrite));
+    STRATA_RETURN_IF_ERROR(cpu_adam::accumulate_grad(static_cast<float*>(av.data), mine + at,
+                                                     DType::kFloat32, p.slice.numel, first,
+                                                     options.exec));
+    STRATA_RETURN_IF_ERROR(acc.release(true));
+    at += p.slice.numel;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status OffloadOptimizer::Impl::gather_bucket(int bucket) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  if (ps.empty()) return absl::OkStatus();
+  const BucketLayout l = bucket_layout(bucket);
+  const uint64_t esize = dtype_size(dtype);
   // Gathering copies bits: a 16-bit dtype travels as fp16 whatever it is.
   const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
-  for (ParamHandle h : buckets[bucket]) {
-    const ParamRec& p = params[h];
-    Pin out(store.get(), p.param, opt_tier);
-    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kReadWrite));
-    const std::vector<uint64_t> counts = partition_counts(p.desc.numel, world);
-    const void* mine = static_cast<const uint8_t*>(ov.data) + p.slice.offset * dtype_size(dtype);
-    STRATA_RETURN_IF_ERROR(
-        comm->all_gather(mine, ov.data, counts, wire),
-        absl::StrCat("gathering param ", p.desc.name, " across ", world, " ranks"));
-    // Dirty: the device copy (if any) is stale; the next forward loads this one.
-    STRATA_RETURN_IF_ERROR(out.release(true));
+  std::vector<Pin> pins;
+  std::vector<uint8_t*> views;
+  pins.reserve(ps.size());
+  for (ParamHandle h : ps) {
+    pins.emplace_back(store.get(), params[h].param, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kReadWrite));
+    views.push_back(static_cast<uint8_t*>(v.data));
   }
+  // This rank's part (its updated slices), then every rank's.
+  dp_bytes.resize(l.total * esize);
+  uint8_t* part = dp_bytes.data() + l.pos[rank] * esize;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const ParamSlice sl = params[ps[i]].slice;
+    std::memcpy(dp_bytes.data() + l.pos[i * world + rank] * esize, views[i] + sl.offset * esize,
+                sl.numel * esize);
+  }
+  STRATA_RETURN_IF_ERROR(
+      comm->all_gather(part, dp_bytes.data(), l.counts, wire),
+      absl::StrCat("gathering the params of bucket ", bucket, " across ", world, " ranks"));
+  for (size_t i = 0; i < ps.size(); ++i) {
+    for (int q = 0; q < world; ++q) {
+      const ParamSlice sl = partition_slice(params[ps[i]].desc.numel, q, world);
+      std::memcpy(views[i] + sl.offset * esize, dp_bytes.data() + l.pos[i * world + q] * esize,
+                  sl.numel * esize);
+    }
+  }
+  // Dirty: the device copies (if any) are stale; the next forward loads these.
+  for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(true));
   return absl::OkStatus();
 }
 

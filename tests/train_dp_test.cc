@@ -298,6 +298,11 @@ TEST_F(TrainDpTest, TwoRankCheckpointResumesOnOneAndExportsMerged) {
   EXPECT_EQ(info.value("ranks", 0), 2);
   EXPECT_EQ(info.value("params", 0), 858880);
 
+  // strata sample reads it as it reads a one-rank checkpoint.
+  r = scratch_.run_strata("sample --ckpt '" + two + "' --prompt 'the ' --tokens 8");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("gpt2-tiny"), std::string::npos) << r.err;
+
   std::filesystem::remove_all(two + "/rank1");
   r = scratch_.run_strata("ckpt export '" + two + "' --to '" + merged + "'");
   EXPECT_EQ(r.exit_code, 1);

@@ -292,10 +292,11 @@ absl::Status prepare(const TrainArgs& a, Setup* s) {
   }
   if (!cfg.ok()) return cfg.status();
   s->cfg = *std::move(cfg);
-  if (leader(a))
-    choose_optimizer(a, &s->cfg);
-  else
+  if (leader(a)) {
+    choose_optimizer(a, &s->cfg);  // and says so
+  } else {
     model::fill_missing_optimizer(&s->cfg, a.lr, a.weight_decay);
+  }
   // Everything `strata config check` refuses, before the model is built.
   STRATA_RETURN_IF_ERROR(engine::validate_for_training(s->cfg, f.config_file, world));
 
@@ -741,7 +742,8 @@ void add_train_command(CLI::App& app, int* exit_code) {
                   "names, e.g. from `strata ckpt export`) instead of random ones");
   cmd->add_option("--nproc", f->nproc,
                   "train on N data-parallel ranks: start N local processes (torchrun's variables, "
-                  "Gloo over loopback); under torchrun or Slurm leave it out")
+                  "Gloo over loopback; 1: this process alone); under torchrun or Slurm leave it "
+                  "out")
       ->type_name("INT");
   cmd->add_option("--comm-timeout", f->comm_timeout,
                   "seconds a rank waits in a collective or the rendezvous before failing, naming "

@@ -95,8 +95,9 @@ OffloadOptimizer::Impl::~Impl() {
   if (absl::Status s = wait_for_save(); !s.ok()) {
     log::get("engine")->error("asynchronous checkpoint save failed: {}", std::string(s.message()));
   }
-  worker.reset();  // its jobs use the store
-  store.reset();   // before the I/O engine and the stream it uses
+  dp_stop_thread();  // it uses the store and the communicator
+  worker.reset();    // its jobs use the store
+  store.reset();     // before the I/O engine and the stream it uses
   own_io.reset();
   for (const std::string& f : swap_files) {
     std::error_code ec;
@@ -431,8 +432,9 @@ absl::Status OffloadOptimizer::Impl::prepare_step_state() {
       STRATA_ASSIGN_OR_RETURN(bucket_events[b], device->create_event());
     }
   }
-  flushed_calls.assign(num_buckets, 0);
+  reported_round.assign(num_buckets, -1);
   reductions.assign(num_buckets, 0);
+  if (dp()) dp_thread = std::thread([this] { dp_loop(); });
   grad_events.assign(num_buckets, std::nullopt);
   // Across ranks the gradient is whole only after the reduction, on the
   // step's thread: nothing for a worker or a speculative step to do.

@@ -94,27 +94,34 @@
 //     exp_avg_sq exist (store, host arena, NVMe swap; placement and budgets
 //     sized by the slice) only for the rank's slice, and the optimizer pass
 //     runs on it. The compute param (and the kStore grad) stay whole.
-//   - gradients: grad_ready only records that a bucket's gradient is there;
-//     the gradient is read at the next wait_grads() or finish_step() (the
-//     framework keeps it unchanged until then, as above, and calls
-//     wait_grads() between micro-batches; a bucket reported twice without
-//     one is FailedPrecondition). There, on the calling thread, buckets in
-//     ascending bucket order (whatever order grad_ready saw; the collective
-//     order is the same on every rank) are summed over ranks in fp32, one
-//     collective per bucket (its params' slices packed rank by rank): ZeRO
-//     stage 0/1 all_reduce the whole gradient, stage 2 and 3
-//     reduce_scatter it into the rank's slices; they are accumulated into
-//     grad32. One all_reduce_host per flush first agrees on which buckets
-//     have a gradient on any rank (a rank without one adds zeros) and on
-//     overflow (then no rank reduces more this step). The sum over ranks
-//     is averaged (DeepSpeed's rule; the framework's loss is the per-rank
-//     mean): 1/N is folded into the gradient divisor with the loss scale.
-//     This version reads the gradient on the host (the store's D2H copy,
-//     a kDevice binding's copy-out) and reduces there: the whole gradient
+//   - gradients: grad_ready records that a bucket's gradient is there and
+//     returns; the optimizer's reduction thread (one per optimizer, the
+//     only one that uses the communicator during a step) takes each
+//     micro-batch's buckets in descending bucket order (backward's order,
+//     so reductions overlap the rest of backward; grad_ready's order may
+//     differ, the collective order is the same on every rank), each once
+//     it is reported, or once wait_grads() / finish_step() says the
+//     micro-batch is over. A bucket's params' slices are packed rank by
+//     rank and summed over ranks in fp32 in one collective: ZeRO stage 0/1
+//     all_reduce the whole gradient, stage 2 and 3 reduce_scatter it into
+//     the rank's slices, which are accumulated into grad32. Three floats
+//     travel with each bucket so every rank agrees: whether any rank had
+//     its gradient (a rank without one adds zeros; a bucket no rank had
+//     is not stepped), an overflow (then no rank reduces more this step)
+//     and a rank abandoning the step during its micro-batches (abort_step
+//     after a failed forward or backward: the others' wait_grads /
+//     finish_step then fail with Aborted at once, not at the timeout). The
+//     framework keeps each gradient unchanged until wait_grads() returns
+//     (which waits for the micro-batch's reductions) and calls it between
+//     micro-batches (the engine does); a bucket reported twice in one
+//     micro-batch is FailedPrecondition. The sum over ranks is averaged
+//     (DeepSpeed's rule; the framework's loss is the per-rank mean): 1/N
+//     is folded into the gradient divisor with the loss scale. This
+//     version reads the gradient on the host (the store's D2H copy, a
+//     kDevice binding's copy-out) and reduces there: the whole gradient
 //     still crosses PCIe on every rank, and the communicator must work on
 //     host memory (Gloo, beside a CUDA device too); one on device memory
-//     (NCCL) is refused at create() (Unimplemented). The reductions are
-//     not overlapped with backward in this version.
+//     (NCCL) is refused at create() (Unimplemented).
 //   - norm and overflow: the slices' statistics are summed with one
 //     all_reduce_host per step, so clipping, skipping and the loss scaler
 //     agree on every rank bit for bit.
@@ -144,12 +151,16 @@
 //     the same way. merge_checkpoint_shards (checkpoint_format.h) turns a
 //     sharded checkpoint into a one-rank one, which `strata ckpt` and
 //     `strata sample` read (they do not read shards themselves yet).
-// A rank whose step fails (or that stops calling) makes the others'
-// collectives fail within the communicator's timeout, naming it.
+// A rank whose step fails later (in finish_step) or that stops calling
+// makes the others' collectives fail within the communicator's timeout,
+// naming it.
 //
 // Threading: registration, begin_step, finish_step, abort_step, state and
 // save/load from one thread; grad_ready (and report_overflow) from any
 // thread, concurrently with each other, between begin_step and finish_step.
+// With a communicator the optimizer runs one thread of its own (the
+// reduction thread above) and uses the communicator from it during a step
+// and from the calling thread between steps and in finish_step.
 // Errors: create() / finalize() reject configs that cannot run (as
 // TrainingEngine); add_param after finalize, a numel of 0, a name used twice
 // in one bucket, a negative bucket, an unknown group, or (kHost/kDevice) a

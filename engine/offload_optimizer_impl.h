@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <future>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "core/scratch_lock.h"
 #include "core/status.h"
@@ -97,16 +99,31 @@ struct OffloadOptimizer::Impl {
   // the last flush, reduced over ranks into grad32's slices, in bucket
   // order; the updated slices gathered into the whole compute params.
   bool dp() const { return world > 1; }
-  absl::Status dp_flush();
+  // The reduction thread: each round (micro-batch) it walks the buckets in
+  // descending order, waiting for each to be reported or the round closed.
+  void dp_loop();
+  // One bucket of a round: agree with the other ranks (gradient here?
+  // overflow? a rank abandoning the step?), then reduce.
+  absl::Status dp_bucket(int bucket, bool have, bool local_overflow, bool aborting);
+  // Closes the open round, waits for the thread to finish it and, with
+  // open_next, opens the next one (wait_grads); returns the thread's error.
+  absl::Status dp_close_round(bool open_next);
+  void dp_stop_thread();
   struct BucketLayout {
     std::vector<uint64_t> counts;  // per rank: elements of its part
     std::vector<uint64_t> pos;     // [param index * world + rank]: start of that slice
+    std::vector<uint64_t> extra;   // per rank: its part's `extra` elements after the slices
     uint64_t total = 0;
   };
-  BucketLayout bucket_layout(int bucket) const;
+  BucketLayout bucket_layout(int bucket, int extra) const;
+  // The agreement reduced with each bucket: ranks with the gradient, with
+  // an overflow, abandoning the step.
+  static constexpr int kDpFlags = 3;
   // have: this rank has a new gradient (else it adds zeros); first: the
-  // step's first reduction of the bucket (overwrites grad32).
-  absl::Status reduce_bucket(int bucket, bool have, bool first);
+  // step's first reduction of the bucket (overwrites grad32). flags: this
+  // rank's kDpFlags in, their sums over ranks out; the slices are added to
+  // grad32 only when some rank had the gradient and none flagged more.
+  absl::Status reduce_bucket(int bucket, bool have, bool first, float* flags);
   absl::Status gather_bucket(int bucket);
   absl::Status publish_bucket(int bucket);
   absl::Status swap_in_update();
@@ -220,8 +237,16 @@ struct OffloadOptimizer::Impl {
   dist::Communicator* comm = nullptr;
   int world = 1;
   int rank = 0;
-  std::vector<int> flushed_calls;  // per bucket: grad_ready calls already reduced
-  std::vector<int> reductions;     // per bucket: reductions this step (equal on every rank)
+  std::vector<int> reported_round;  // per bucket: the round it was last reported in
+  std::vector<int> reductions;      // per bucket: reductions this step (equal on every rank)
+  // Rounds are the step's micro-batches; under grad_mu with dp_cv.
+  std::thread dp_thread;
+  std::condition_variable dp_cv;
+  int dp_open = -1, dp_closed = -1, dp_done = -1;
+  bool dp_stop = false;
+  bool dp_aborting = false;
+  absl::Status dp_error;
+  std::atomic<bool> dp_overflow_agreed{false};
   std::vector<std::optional<gpu::EventId>> grad_events;  // per bucket: kDevice gradient written
   std::vector<float> dp_whole, dp_part;  // a bucket's fp32 gradient, this rank's part of it
   std::vector<uint8_t> dp_bytes;         // a bucket's compute params, gathered

@@ -119,7 +119,6 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
   std::fill(m.calls.begin(), m.calls.end(), 0);
   std::fill(m.stats_calls.begin(), m.stats_calls.end(), 0);
   std::fill(m.pending_call.begin(), m.pending_call.end(), 0);
-  std::fill(m.flushed_calls.begin(), m.flushed_calls.end(), 0);
   std::fill(m.reductions.begin(), m.reductions.end(), 0);
   std::fill(m.grad_events.begin(), m.grad_events.end(), std::nullopt);
   std::fill(m.grad_stats.begin(), m.grad_stats.end(), cpu_adam::GradStats{});
@@ -127,6 +126,18 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
   m.step_start = m.last_grad = std::chrono::steady_clock::now();
   m.backward_reported = false;
   m.in_step = true;
+  if (m.dp()) {
+    // Round 0 (the first micro-batch) opens: the reduction thread waits for
+    // its buckets.
+    std::lock_guard lock(m.grad_mu);
+    std::fill(m.reported_round.begin(), m.reported_round.end(), -1);
+    m.dp_open = 0;
+    m.dp_closed = m.dp_done = -1;
+    m.dp_aborting = false;
+    m.dp_error = absl::OkStatus();
+    m.dp_overflow_agreed = false;
+    m.dp_cv.notify_all();
+  }
   return m.loss_scale;
 }
 
@@ -144,15 +155,17 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
   m.last_grad = std::chrono::steady_clock::now();
   if (m.overflow.load()) return absl::OkStatus();  // nothing more leaves the device
   if (m.dp()) {
-    // Read and reduced at the next wait_grads / finish_step, in bucket order.
-    if (m.calls[bucket] > m.flushed_calls[bucket]) {
+    // The reduction thread takes it from here (descending bucket order).
+    if (m.reported_round[bucket] == m.dp_open) {
       return absl::FailedPreconditionError(absl::StrCat(
           "grad_ready(", bucket, ") twice without wait_grads() in between: with ", m.world,
-          " data-parallel ranks each micro-batch's gradient is reduced at wait_grads(); call "
-          "it between micro-batches"));
+          " data-parallel ranks a bucket's gradient is reduced once per micro-batch; call "
+          "wait_grads() between micro-batches"));
     }
     ++m.calls[bucket];
     m.grad_events[bucket] = grad_written;
+    m.reported_round[bucket] = m.dp_open;
+    m.dp_cv.notify_all();
     return absl::OkStatus();
   }
   const int call = ++m.calls[bucket];
@@ -167,7 +180,7 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
 absl::Status OffloadOptimizer::wait_grads() {
   Impl& m = *impl_;
   STRATA_RETURN_IF_ERROR(m.drain_worker());
-  if (m.dp() && m.in_step) return m.dp_flush();
+  if (m.dp() && m.in_step) return m.dp_close_round(/*open_next=*/true);
   // The framework may now overwrite its gradients: a last micro-batch the
   // fused pass would read from there goes into grad32 first (only a bucket
   // reported more often than gradient_accumulation_steps has one).
@@ -536,6 +549,22 @@ absl::Status OffloadOptimizer::Impl::finish_pending_update() {
 }
 
 absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
+  if (dp()) {
+    // The round in flight ends with the other ranks told (they fail the
+    // step too, rather than wait for this rank until their timeout).
+    {
+      std::lock_guard lock(grad_mu);
+      dp_aborting = true;
+      // The open round is reduced already (a forward failed before the
+      // next wait_grads): the next one carries the news, as the others'
+      // next micro-batch.
+      if (dp_open >= 0 && dp_done == dp_open && dp_error.ok()) {
+        ++dp_open;
+        dp_cv.notify_all();
+      }
+    }
+    dp_close_round(/*open_next=*/false).IgnoreError();
+  }
   // The worker may still hold this step's jobs, which use the store; a
   // delayed update of the step before that succeeded stays pending.
   if (absl::Status s = drain_worker(); !s.ok() && s != status) {
@@ -576,46 +605,95 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
 
 // ---------------------------------------------------------------------------
 // Data parallel: the reduction and the gather (contract in
-// offload_optimizer.h, "Data parallel"). Both run on the step's thread, in
-// ascending bucket order, so every rank issues the same collectives in the
-// same order whatever order its grad_ready calls came in.
+// offload_optimizer.h, "Data parallel"). Reductions run on the reduction
+// thread in descending bucket order, gathers on the step's thread in
+// ascending order after it, so every rank issues the same collectives in
+// the same order whatever order its grad_ready calls came in.
 
-absl::Status OffloadOptimizer::Impl::dp_flush() {
+void OffloadOptimizer::Impl::dp_loop() {
   const int num_buckets = static_cast<int>(buckets.size());
-  // Which buckets have a new gradient on some rank, and whether some rank
-  // overflowed (then nobody reduces more this step: the step is skipped).
-  std::vector<double> flags(num_buckets + 1, 0.0);
-  {
-    std::lock_guard lock(grad_mu);
-    for (int b = 0; b < num_buckets; ++b) flags[b] = calls[b] > flushed_calls[b] ? 1 : 0;
+  std::unique_lock lock(grad_mu);
+  for (;;) {
+    dp_cv.wait(lock, [&] { return dp_stop || (dp_open >= 0 && dp_open > dp_done); });
+    if (dp_stop) return;
+    const int round = dp_open;
+    absl::Status status = dp_error;  // after an error the communicator is unusable
+    for (int b = num_buckets - 1; b >= 0 && status.ok(); --b) {
+      if (buckets[b].empty()) continue;
+      dp_cv.wait(lock, [&] { return dp_stop || reported_round[b] == round || dp_closed >= round; });
+      if (dp_stop) return;
+      // Every rank saw the agreed overflow: none reduces more this step.
+      if (dp_overflow_agreed.load()) break;
+      const bool have = reported_round[b] == round;
+      const bool aborting = dp_aborting;
+      lock.unlock();
+      status = dp_bucket(b, have, overflow.load(), aborting);
+      lock.lock();
+    }
+    if (!status.ok() && dp_error.ok()) dp_error = status;
+    dp_done = round;
+    dp_cv.notify_all();
   }
-  flags[num_buckets] = overflow.load() ? 1 : 0;
-  STRATA_RETURN_IF_ERROR(comm->all_reduce_host(flags, dist::ReduceOp::kMax),
-                         "agreeing on the buckets to reduce across ranks");
-  if (flags[num_buckets] != 0) {
-    overflow.store(true);
-    return absl::OkStatus();
-  }
+}
+
+absl::Status OffloadOptimizer::Impl::dp_bucket(int bucket, bool have, bool local_overflow,
+                                               bool aborting) {
   const AddElapsed timed(&grad_ns);
-  for (int b = 0; b < num_buckets; ++b) {
-    if (flags[b] == 0 || buckets[b].empty()) continue;
-    STRATA_RETURN_IF_ERROR(
-        reduce_bucket(b, calls[b] > flushed_calls[b], reductions[b] == 0),
-        absl::StrCat("reducing the gradients of bucket ", b, " across ", world, " ranks"));
-    flushed_calls[b] = calls[b];
-    ++reductions[b];
+  // The agreement travels with the gradient: three floats after each
+  // rank's part, summed like it and so seen alike by every rank.
+  float flags[kDpFlags] = {have ? 1.0f : 0.0f, local_overflow ? 1.0f : 0.0f,
+                           aborting ? 1.0f : 0.0f};
+  STRATA_RETURN_IF_ERROR(
+      reduce_bucket(bucket, have, reductions[bucket] == 0, flags),
+      absl::StrCat("reducing the gradients of bucket ", bucket, " across ", world, " ranks"));
+  if (flags[2] != 0) {
+    return absl::AbortedError(
+        "a data-parallel rank abandoned the step (its own error says why); this rank stops too");
+  }
+  if (flags[1] != 0) {
+    overflow.store(true);
+    dp_overflow_agreed.store(true);
+  } else if (flags[0] != 0) {
+    ++reductions[bucket];
   }
   return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::dp_close_round(bool open_next) {
+  std::unique_lock lock(grad_mu);
+  if (dp_open < 0) return absl::OkStatus();  // no round open (between steps)
+  dp_closed = dp_open;
+  dp_cv.notify_all();
+  dp_cv.wait(lock, [&] { return dp_done >= dp_closed; });
+  if (open_next && dp_error.ok()) {
+    ++dp_open;
+    dp_cv.notify_all();
+  } else if (!open_next) {
+    dp_open = dp_done = -1;  // the thread idles until the next step
+  }
+  return dp_error;
+}
+
+void OffloadOptimizer::Impl::dp_stop_thread() {
+  if (!dp_thread.joinable()) return;
+  {
+    std::lock_guard lock(grad_mu);
+    dp_stop = true;
+    dp_cv.notify_all();
+  }
+  dp_thread.join();
 }
 
 // A bucket's elements in rank-major order: part q holds slice q of every
 // param of the bucket, in bucket order, so one reduce_scatter (or
 // all_gather) with per-rank counts moves the whole bucket.
-OffloadOptimizer::Impl::BucketLayout OffloadOptimizer::Impl::bucket_layout(int bucket) const {
+OffloadOptimizer::Impl::BucketLayout OffloadOptimizer::Impl::bucket_layout(int bucket,
+                                                                           int extra) const {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   BucketLayout l;
   l.counts.assign(world, 0);
   l.pos.assign(ps.size() * world, 0);
+  l.extra.assign(world, 0);
   uint64_t at = 0;
   for (int q = 0; q < world; ++q) {
     for (size_t i = 0; i < ps.size(); ++i) {
@@ -624,16 +702,21 @@ OffloadOptimizer::Impl::BucketLayout OffloadOptimizer::Impl::bucket_layout(int b
       l.counts[q] += n;
       at += n;
     }
+    l.extra[q] = at;
+    l.counts[q] += extra;
+    at += extra;
   }
   l.total = at;
   return l;
 }
 
-absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool first) {
+absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool first,
+                                                   float* flags) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
-  const BucketLayout l = bucket_layout(bucket);
+  const BucketLayout l = bucket_layout(bucket, kDpFlags);
   dp_whole.resize(l.total);
   if (!have) std::fill(dp_whole.begin(), dp_whole.end(), 0.0f);  // this rank adds nothing
+  for (int q = 0; q < world; ++q) std::copy(flags, flags + kDpFlags, &dp_whole[l.extra[q]]);
   bool waited = false;
   const uint64_t esize = dtype_size(dtype);
   for (size_t i = 0; have && i < ps.size(); ++i) {
@@ -683,8 +766,12 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
   } else {
     STRATA_RETURN_IF_ERROR(
         comm->all_reduce(dp_whole.data(), l.total, DType::kFloat32, dist::ReduceOp::kSum));
-    mine = dp_whole.data() + l.pos[rank];  // param 0's slice `rank` starts part `rank`
+    mine = dp_whole.data() + (rank == 0 ? 0 : l.extra[rank - 1] + kDpFlags);  // part `rank`
   }
+  const float* summed = mine + (l.counts[rank] - kDpFlags);
+  std::copy(summed, summed + kDpFlags, flags);
+  // Nobody had this bucket's gradient, or an overflow stops the step.
+  if (flags[0] == 0 || flags[1] != 0 || flags[2] != 0) return absl::OkStatus();
   uint64_t at = 0;
   for (ParamHandle h : ps) {
     const ParamRec& p = params[h];
@@ -704,7 +791,7 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
 absl::Status OffloadOptimizer::Impl::gather_bucket(int bucket) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   if (ps.empty()) return absl::OkStatus();
-  const BucketLayout l = bucket_layout(bucket);
+  const BucketLayout l = bucket_layout(bucket, 0);
   const uint64_t esize = dtype_size(dtype);
   // Gathering copies bits: a 16-bit dtype travels as fp16 whatever it is.
   const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
@@ -809,7 +896,7 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
   if (dp()) {
     // The last micro-batch's gradients, reduced into the slices; buckets
     // with a gradient on any rank count as reported here.
-    STRATA_RETURN_IF_ERROR(dp_flush(), absl::StrCat("step ", r.step));
+    STRATA_RETURN_IF_ERROR(dp_close_round(/*open_next=*/false), absl::StrCat("step ", r.step));
     calls = reductions;
     std::copy(reductions.begin(), reductions.end(), stats_calls.begin());
     for (int b = 0; b < static_cast<int>(buckets.size()) && !overflow.load(); ++b) {

@@ -7,6 +7,7 @@
 // on 1 and on 3 ranks; a config whose world size differs from the
 // communicator's is refused naming both.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <mutex>
 #include <string>
@@ -307,6 +308,72 @@ TEST_F(TrainingEngineDpTest, OneRankCheckpointResumesOnTwo) {
   for (int s = 0; s < 5; ++s) {
     EXPECT_NEAR((two[0].loss[s] + two[1].loss[s]) / 2, one[0].loss[s], 1e-5 * one[0].loss[s]);
   }
+}
+
+// Rank 0's backward fails in step 1: it returns that error, the other ranks
+// a step abandoned by a rank (at once, not after the timeout); every rank
+// is back where step 1 began and the next steps run in lockstep.
+TEST_F(TrainingEngineDpTest, AFailedStepOnOneRankFailsItOnEveryRank) {
+  const Case c{.world = 3, .stage = 2, .overlap = "overlap"};
+  std::vector<std::vector<float>> params(3);
+  const std::vector<absl::Status> st = run_ranks(3, [&](int r, dist::Communicator* comm) {
+    gpu::SimDevice device;
+    MlpTestModel model(kDims, kMicro, r, 3);
+    if (r == 0) model.fail_backward(/*micro_batch=*/3, /*layer=*/1);
+    EngineOptions o;
+    o.comm = comm;
+    o.lr_schedule = std::make_unique<ConstantLr>(0.01);
+    STRATA_ASSIGN_OR_RETURN(
+        auto e, TrainingEngine::create(dp_config(c, 3, ""), &model, &device, std::move(o)));
+    STRATA_RETURN_IF_ERROR(e->train_step().status());
+    const auto t0 = std::chrono::steady_clock::now();
+    const absl::Status failed = e->train_step().status();
+    if (failed.ok()) return absl::InternalError("step 1 did not fail");
+    const bool mine = failed.message().find("injected backward failure") != std::string::npos;
+    const bool told = failed.code() == absl::StatusCode::kAborted &&
+                      failed.message().find("abandoned") != std::string::npos;
+    if (r == 0 ? !mine : !told) {
+      return absl::InternalError(absl::StrCat("rank ", r, ": unexpected ", failed.ToString()));
+    }
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(20)) {
+      return absl::InternalError("the failure took a timeout to arrive");
+    }
+    if (e->steps() != 1) return absl::InternalError("the failed step was counted");
+    model.clear_faults();
+    for (int s = 0; s < 3; ++s) STRATA_RETURN_IF_ERROR(e->train_step().status());
+    for (int l = 0; l < 3; ++l) {
+      for (int p = 0; p < 2; ++p) {
+        STRATA_ASSIGN_OR_RETURN(std::vector<float> v, e->read_param(l, p));
+        params[r].insert(params[r].end(), v.begin(), v.end());
+      }
+    }
+    return absl::OkStatus();
+  });
+  for (int r = 0; r < 3; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+  EXPECT_EQ(params[1], params[0]);
+  EXPECT_EQ(params[2], params[0]);
+}
+
+// A forward that fails on rank 1 after its previous micro-batch was
+// reduced: the other ranks learn it in their next micro-batch.
+TEST_F(TrainingEngineDpTest, AFailedForwardOnOneRankFailsTheStepEverywhere) {
+  const Case c{.world = 2, .stage = 1, .overlap = "overlap"};
+  const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {
+    gpu::SimDevice device;
+    MlpTestModel model(kDims, kMicro, r, 2);
+    if (r == 1) model.fail_forward(/*micro_batch=*/1, /*layer=*/2);
+    EngineOptions o;
+    o.comm = comm;
+    STRATA_ASSIGN_OR_RETURN(
+        auto e, TrainingEngine::create(dp_config(c, 2, ""), &model, &device, std::move(o)));
+    const absl::Status failed = e->train_step().status();
+    const bool expected = r == 1 ? failed.message().find("injected forward") != std::string::npos
+                                 : failed.code() == absl::StatusCode::kAborted;
+    if (!expected) return absl::InternalError(absl::StrCat("rank ", r, ": ", failed.ToString()));
+    model.clear_faults();
+    return e->train_step().status();
+  });
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
 }
 
 TEST_F(TrainingEngineDpTest, ConfigWorldSizeMustMatchTheCommunicator) {

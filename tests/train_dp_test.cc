@@ -202,6 +202,34 @@ TEST_F(TrainDpTest, TorchrunVariablesJoinTheJob) {
   EXPECT_NE(nested.err.find("drop --nproc"), std::string::npos) << nested.err;
 }
 
+// Under torchrun's shared store (TORCHELASTIC_USE_AGENT_STORE=True) the
+// port strata's rank 0 should serve on is taken: the error says which
+// variable frees it.
+TEST_F(TrainDpTest, TorchrunsOwnStoreOnThePortIsExplained) {
+  // A listening socket stands for torchrun's agent store.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 4), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string env =
+      "TORCHELASTIC_USE_AGENT_STORE=True RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 "
+      "LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+      std::to_string(ntohs(addr.sin_port)) + " ";
+  CliRun r =
+      scratch_.run_strata(std::string(kCommon) + " --deepspeed_config '" + config(2, 2, "cpu") +
+                              "' --data '" + data_ + "' --comm-timeout 5",
+                          env);
+  ::close(fd);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("rank 0: joining the other ranks"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"), std::string::npos) << r.err;
+}
+
 // train_batch_size = micro x accumulation x world: a config whose three
 // sizes do not fit 2 ranks is refused once, before any rank starts.
 TEST_F(TrainDpTest, BatchRuleIsCheckedBeforeLaunching) {

@@ -53,6 +53,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -561,7 +562,21 @@ int run_train(const TrainFlags& flags) {
   std::unique_ptr<dist::Communicator> comm;
   if (ranks) {
     auto c = dist::connect(a.rank, {.backend = dist::Backend::kGloo, .timeout = a.comm_timeout});
-    if (!c.ok()) return report(annotate(c.status(), "joining the other ranks"));
+    if (!c.ok()) {
+      absl::Status st = annotate(c.status(), "joining the other ranks");
+      // torchrun's agent serves its own store on MASTER_PORT unless told not
+      // to share it (torch.distributed.elastic): say how.
+      const char* agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+      if (a.rank.rank == 0 && agent_store != nullptr &&
+          (std::string_view(agent_store) == "True" || std::string_view(agent_store) == "1")) {
+        st = absl::Status(st.code(),
+                          absl::StrCat(st.message(),
+                                       "; under torchrun, MASTER_PORT is its agent's own store: "
+                                       "set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (c10d "
+                                       "rendezvous) so the port is free for strata"));
+      }
+      return report(st);
+    }
     comm = *std::move(c);
   }
 

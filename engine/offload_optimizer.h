@@ -131,7 +131,8 @@
 //     copied to the binding), in bucket order, so every rank's next
 //     forward sees the same params.
 //   - no speculative step and no fused pass (the gradient is complete only
-//     after the reduction): overlap mode steps after the decision, as sync;
+//     after the reduction): in overlap mode the reductions overlap
+//     backward, the optimizer steps after the decision as in sync mode;
 //     strata.delayed_param_update is refused.
 //   - ZeRO stage 3 partitions no more than stage 2 across ranks in this
 //     version: every rank keeps whole compute params.
@@ -154,6 +155,13 @@
 // A rank whose step fails later (in finish_step) or that stops calling
 // makes the others' collectives fail within the communicator's timeout,
 // naming it.
+//
+//   STRATA_ASSIGN_OR_RETURN(dist::RankInfo me, dist::rank_info_from_env());
+//   STRATA_ASSIGN_OR_RETURN(auto comm, dist::connect(me, {}));  // Gloo
+//   // parse_ds_config(..., world_size = me.world_size)
+//   OffloadOptimizerOptions o;
+//   o.comm = comm.get();  // outlives the optimizer
+//   STRATA_ASSIGN_OR_RETURN(auto opt, OffloadOptimizer::create(config, device, std::move(o)));
 //
 // Threading: registration, begin_step, finish_step, abort_step, state and
 // save/load from one thread; grad_ready (and report_overflow) from any

@@ -731,7 +731,7 @@ TEST_F(StratadTest, SigtermSavesSessionsAndARestartOffersThem) {
 }
 
 TEST_F(StratadTest, TopJsonListsSessions) {
-  StratadProcess d(dir_);
+  StratadProcess d(dir_, {"--roofline", "10"});
   auto r = attach(d.socket(), "topme", make_spec());
   ASSERT_TRUE(r.ok()) << r.status();
   const Framework fw = arena_framework(**r);
@@ -756,6 +756,76 @@ TEST_F(StratadTest, TopJsonListsSessions) {
   EXPECT_EQ(s["step"], 3);
   EXPECT_EQ(s["arena_total_bytes"], (*r)->arena_bytes());
   EXPECT_GT(s["arena_used_bytes"].get<uint64_t>(), 0u);
+  // The optimizer's rate and its share of the roofline (the test passes
+  // --roofline 10: no measurement at start), NVMe rates (none: cpu
+  // offload), the session's queues and pool.
+  EXPECT_GT(s["optimizer_bytes"].get<uint64_t>(), 0u);
+  EXPECT_GT(s["optimizer_gb_per_s"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(s["roofline_ratio"].get<double>(), s["optimizer_gb_per_s"].get<double>() / 10);
+  EXPECT_EQ(j["roofline_gb_per_s"], 10.0);
+  EXPECT_EQ(s["nvme_read_gb_per_s"], 0.0);
+  EXPECT_EQ(s["nvme_write_bytes"], 0);
+  EXPECT_EQ(s["queued_jobs"], 0);
+  EXPECT_EQ(s["ring_depth"], 0);
+  EXPECT_EQ(s["pool"], 0);
+  ASSERT_EQ(j["pools"].size(), 1u);  // one NUMA node on the test box or not: at least one pool
+  EXPECT_EQ(j["pools"][0]["sessions"], 1);
+}
+
+// Per-session quota: an attach over it is refused naming the quota and
+// what the session needs; the daemon-wide quota keeps saying what is free.
+TEST_F(StratadTest, SessionQuotaIsCheckedAtAttach) {
+  StratadProcess d(dir_, {"--session-quota", "300K"});
+  auto r = attach(d.socket(), "big", make_spec());
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("per-session quota of 300.0 KiB"), absl::string_view::npos)
+      << r.status();
+  EXPECT_NE(r.status().message().find("needs"), absl::string_view::npos) << r.status();
+}
+
+// Two sessions with the same work keep the one pool busy at once: the
+// fair scheduler gives each the same share of steps (within 10%).
+TEST_F(StratadTest, TwoEqualSessionsShareThePoolFairly) {
+  StratadProcess d(dir_, {"--threads", "2"});
+  SessionSpec spec;
+  spec.config_json = config_json("sync", 1);
+  spec.groups = {{.lr = 0.01}};
+  for (int p = 0; p < 4; ++p) spec.params.push_back({"w" + std::to_string(p), 1u << 19, p, 0});
+  spec.use_schedule = false;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> steps[2] = {0, 0};
+  auto run = [&](int who) {
+    auto r = RemoteOptimizer::attach(
+        {.socket_path = d.socket(), .session = "fair" + std::to_string(who)}, spec);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const std::vector<float> zero(1u << 19, 0.0f);
+    for (int p = 0; p < 4; ++p) {
+      ASSERT_TRUE((*r)->set_value(p, zero.data()).ok());
+      std::fill_n(static_cast<float*>((*r)->grad(p)), 1u << 19, 1e-3f);
+    }
+    while (!stop.load()) {
+      ASSERT_TRUE((*r)->begin_step().ok());
+      for (int b = 0; b < 4; ++b) ASSERT_TRUE((*r)->grad_ready(b).ok());
+      ASSERT_TRUE((*r)->finish_step().ok());
+      steps[who].fetch_add(1);
+    }
+  };
+  std::thread a(run, 0), b(run, 1);
+  for (int i = 0; i < 3000 && (steps[0].load() < 2 || steps[1].load() < 2); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // a failed client: not forever
+  }
+  const int64_t a0 = steps[0].load(), b0 = steps[1].load();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const int64_t da = steps[0].load() - a0, db = steps[1].load() - b0;
+  stop.store(true);
+  a.join();
+  b.join();
+  std::printf("two equal sessions, 3 s: %lld and %lld steps (%.1f%% / %.1f%%)\n",
+              static_cast<long long>(da), static_cast<long long>(db), 100.0 * da / (da + db),
+              100.0 * db / (da + db));
+  ASSERT_GT(da + db, 10);
+  EXPECT_NEAR(double(da) / double(da + db), 0.5, 0.05);
 }
 
 }  // namespace

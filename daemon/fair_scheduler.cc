@@ -29,7 +29,7 @@ std::optional<uint64_t> FairScheduler::least_active_vtime_locked(SessionId excep
 }
 
 absl::Status FairScheduler::run(SessionId id, uint64_t cost_bytes,
-                                const std::function<absl::Status()>& job) {
+                                const std::function<absl::Status()>& job, bool more_soon) {
   Ticket ticket{.cost = std::max<uint64_t>(cost_bytes, 1)};
   {
     std::unique_lock<std::mutex> lock(mu_);
@@ -61,7 +61,13 @@ absl::Status FairScheduler::run(SessionId id, uint64_t cost_bytes,
   {
     std::lock_guard<std::mutex> lock(mu_);
     running_id_ = 0;
-    if (auto it = queues_.find(id); it != queues_.end()) it->second.last_done = Clock::now();
+    if (auto it = queues_.find(id); it != queues_.end()) {
+      if (more_soon) {
+        it->second.last_done = Clock::now();
+      } else {
+        it->second.last_done.reset();  // nothing to anticipate, nor a think time to measure
+      }
+    }
     dispatch_locked();
   }
   return s;

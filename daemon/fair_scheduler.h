@@ -58,7 +58,10 @@ class FairScheduler {
   // Jobs of the session still queued fail with Cancelled.
   void remove_session(SessionId id);
 
-  absl::Status run(SessionId id, uint64_t cost_bytes, const std::function<absl::Status()>& job);
+  // more_soon false: the session will not submit again right away (its
+  // step is over), so the pool does not wait for it.
+  absl::Status run(SessionId id, uint64_t cost_bytes, const std::function<absl::Status()>& job,
+                   bool more_soon = true);
 
   // Sessions with a job queued or running, every session, and per session
   // its queued jobs and the bytes it was granted so far.

@@ -134,9 +134,10 @@ Session::~Session() {
   if (event_fd_ >= 0) ::close(event_fd_);
 }
 
-absl::Status Session::in_turn(uint64_t cost, const std::function<absl::Status()>& job) {
+absl::Status Session::in_turn(uint64_t cost, const std::function<absl::Status()>& job,
+                              bool more_soon) {
   if (pool_ == nullptr) return job();
-  return pool_->scheduler.run(sched_id_, cost, job);
+  return pool_->scheduler.run(sched_id_, cost, job, more_soon);
 }
 
 absl::Status Session::bucket_ready(int bucket) {
@@ -238,10 +239,13 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       if (ring_error_.ok()) {
         // The decided passes (all of sync mode's but what grad_ready ran,
         // overlap's rollbacks and redos): one turn, charged a full step.
-        absl::Status turn = in_turn(step_cost_, [&] {
-          r = opt_->finish_step();
-          return absl::OkStatus();
-        });
+        absl::Status turn = in_turn(
+            step_cost_,
+            [&] {
+              r = opt_->finish_step();
+              return absl::OkStatus();
+            },
+            /*more_soon=*/false);
         if (!turn.ok()) r = opt_->abort_step(turn);
       } else {
         r = opt_->abort_step(ring_error_);

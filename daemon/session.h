@@ -126,7 +126,8 @@ class Session {
   absl::Status bucket_ready(int bucket);
   // `job` in a turn of the pool's scheduler, charged `cost` bytes; at once
   // without a pool.
-  absl::Status in_turn(uint64_t cost, const std::function<absl::Status()>& job);
+  absl::Status in_turn(uint64_t cost, const std::function<absl::Status()>& job,
+                       bool more_soon = true);
   void count_step(const engine::OptimizerStepResult& r, double step_seconds);
 
   std::string name_;

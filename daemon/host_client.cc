@@ -47,6 +47,10 @@ absl::Status HostClient::set_value(int p, const float* values) {
 }
 
 absl::Status HostClient::grad_ready(int bucket) {
+  if (bucket < 0 || bucket >= reg_->num_buckets()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "grad_ready: bucket ", bucket, " does not exist (", reg_->num_buckets(), " buckets)"));
+  }
   const size_t dsize = dtype_size(remote_->compute_dtype());
   for (const int p : reg_->bucket_params(bucket)) {
     const engine::ParamDesc& d = reg_->param(p);

@@ -276,6 +276,11 @@ class TrainingEngine {
   // Enqueues the device-side overflow check of a layer's gradients (fp16):
   // its flags land in flag_nonfinite_ once the stream has run.
   absl::Status check_overflow(int layer, const LayerContext& ctx);
+  // Reports the first non-finite flag of layer l (the flags have landed).
+  void read_overflow_flags(int l, int64_t micro, StepStats* st);
+  // overlap / delayed: waits for layer l's backward (fp16: for its flags),
+  // then hands its gradients to the optimizer unless the step overflowed.
+  absl::Status finish_layer(int l, int64_t micro, StepStats* st);
   absl::StatusOr<ParamHandle> handle(int layer, int param) const;
 
   Model* model_ = nullptr;
@@ -289,11 +294,13 @@ class TrainingEngine {
   bool grads_during_backward_ = false;
   bool has_scaler_ = false;
   nlohmann::json user_meta_;
-  // Device scratch for the overflow check: per param of the largest layer a
-  // float sum and an int32 flag.
+  // Device scratch for the overflow check: per param of every layer a float
+  // sum and an int32 flag (layer l's start at flag_offset_[l]).
   void* flags_device_ = nullptr;
   std::vector<float> flag_sums_;
   std::vector<int32_t> flag_nonfinite_;
+  std::vector<size_t> flag_offset_;
+  std::vector<gpu::EventId> layer_events_;  // end of each layer's backward
 };
 
 }  // namespace strata::engine

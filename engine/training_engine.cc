@@ -38,7 +38,7 @@ TrainingEngine::~TrainingEngine() {
     // Its worker's jobs use the store, not the scratch; the scratch goes
     // before the stream the optimizer destroys.
     if (flags_device_ != nullptr) device_->free(flags_device_);
-    for (gpu::EventId e : layer_events_) device_->destroy_event(e);
+    for (gpu::EventId e : bucket_events_) device_->destroy_event(e);
   }
   opt_.reset();
 }
@@ -78,9 +78,10 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     all_params += layers_[l].size();
   }
   STRATA_RETURN_IF_ERROR(opt_->finalize());
-  for (int l = 0; l < num_layers; ++l) {
+  plan_buckets(config.zero.reduce_bucket_size, config.zero.allgather_bucket_size);
+  for (size_t b = 0; b < reduce_buckets_.size(); ++b) {
     STRATA_ASSIGN_OR_RETURN(const gpu::EventId e, device_->create_event());
-    layer_events_.push_back(e);
+    bucket_events_.push_back(e);
   }
   if (has_scaler_) {
     // One slot per param of every layer: the flags of a whole backward are
@@ -93,6 +94,38 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     flag_nonfinite_.assign(all_params, 0);
   }
   return initialize_params();
+}
+
+void TrainingEngine::plan_buckets(int64_t reduce_elements, int64_t allgather_elements) {
+  const int num_layers = static_cast<int>(layers_.size());
+  std::vector<uint64_t> numel(num_layers, 0);
+  for (int l = 0; l < num_layers; ++l) {
+    for (ParamHandle h : layers_[l]) numel[l] += opt_->param(h).numel;
+  }
+  // A bucket's gradients stay pinned on the device until the bucket is
+  // full, so a bucket also fits a quarter of the device tier's budget (a
+  // stage 3 device cache holds a few layers).
+  const uint64_t budget = opt_->store()->stats().tiers[0].budget_bytes;
+  const uint64_t cap_elements =
+      budget > 0 ? std::max<uint64_t>(1, budget / 4 / dtype_size(dtype_)) : UINT64_MAX;
+  auto group = [&](int64_t elements, bool backward) {
+    const uint64_t limit = std::min<uint64_t>(static_cast<uint64_t>(elements), cap_elements);
+    std::vector<std::vector<int>> buckets;
+    uint64_t size = 0;
+    for (int k = 0; k < num_layers; ++k) {
+      const int l = backward ? num_layers - 1 - k : k;
+      // A layer larger than the bucket is a bucket of its own.
+      if (buckets.empty() || size + numel[l] > limit) {
+        buckets.emplace_back();
+        size = 0;
+      }
+      buckets.back().push_back(l);
+      size += numel[l];
+    }
+    return buckets;
+  };
+  reduce_buckets_ = group(reduce_elements, /*backward=*/true);
+  allgather_buckets_ = group(allgather_elements, /*backward=*/false);
 }
 
 absl::Status TrainingEngine::initialize_params() {
@@ -153,8 +186,9 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   return st;
 }
 
-absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, double loss_grad_scale,
-                                       StepStats* st) {
+absl::Status TrainingEngine::run_layer(int l, StreamPins* grads, int64_t micro,
+                                       double loss_grad_scale) {
+  const bool backward = grads != nullptr;
   offload::TieredStore* store = opt_->store();
   const std::vector<ParamHandle>& ps = layers_[l];
   LayerContext ctx{.device = device_,
@@ -166,14 +200,13 @@ absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, doub
   // the copies are released as soon as the work is enqueued; the store
   // keeps them until that work has run (no host wait here).
   StreamPins params(store, Tier::kDevice, ctx.stream);
-  StreamPins grads(store, Tier::kDevice, ctx.stream);
   for (ParamHandle h : ps) {
     STRATA_ASSIGN_OR_RETURN(TensorView v, params.acquire(opt_->param_id(h), Access::kRead));
     ctx.params.push_back(v.data);
   }
   if (backward) {
     for (ParamHandle h : ps) {
-      STRATA_ASSIGN_OR_RETURN(TensorView v, grads.acquire(opt_->grad_id(h), Access::kWrite));
+      STRATA_ASSIGN_OR_RETURN(TensorView v, grads->acquire(opt_->grad_id(h), Access::kWrite));
       ctx.grads.push_back(v.data);
     }
   }
@@ -183,11 +216,7 @@ absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, doub
   if (backward && has_scaler_ && !opt_->overflowed()) {
     STRATA_RETURN_IF_ERROR(check_overflow(l, ctx));
   }
-  STRATA_RETURN_IF_ERROR(params.release(/*dirty=*/false), absl::StrCat(what, " of layer ", l));
-  // Dirty gradients start back to the host (D2H) behind the layer's work.
-  STRATA_RETURN_IF_ERROR(grads.release(/*dirty=*/true), absl::StrCat(what, " of layer ", l));
-  (void)st;
-  return absl::OkStatus();
+  return annotate(params.release(/*dirty=*/false), absl::StrCat(what, " of layer ", l));
 }
 
 void TrainingEngine::read_overflow_flags(int l, int64_t micro, StepStats* st) {
@@ -207,16 +236,20 @@ void TrainingEngine::read_overflow_flags(int l, int64_t micro, StepStats* st) {
   }
 }
 
-absl::Status TrainingEngine::finish_layer(int l, int64_t micro, StepStats* st) {
-  // The host waits for this layer's backward (and its flags) only: the
-  // next layer is already queued behind it.
+absl::Status TrainingEngine::finish_bucket(int b, int64_t micro, StepStats* st) {
+  // The host waits for this bucket's backward (and its flags) only: the
+  // next bucket is already queued behind it.
   if (has_scaler_) {
-    STRATA_RETURN_IF_ERROR(device_->synchronize_event(layer_events_[l]),
-                           absl::StrCat("backward of layer ", l));
-    read_overflow_flags(l, micro, st);
+    STRATA_RETURN_IF_ERROR(device_->synchronize_event(bucket_events_[b]),
+                           absl::StrCat("backward of gradient bucket ", b));
   }
-  if (!opt_->overflowed() && l < opt_->num_buckets()) {
-    STRATA_RETURN_IF_ERROR(opt_->grad_ready(l));
+  // The whole bucket's flags first: no layer of an overflowing bucket is
+  // stepped speculatively only to be rolled back.
+  for (int l : reduce_buckets_[b]) read_overflow_flags(l, micro, st);
+  for (int l : reduce_buckets_[b]) {
+    if (!opt_->overflowed() && l < opt_->num_buckets()) {
+      STRATA_RETURN_IF_ERROR(opt_->grad_ready(l));
+    }
   }
   return absl::OkStatus();
 }
@@ -224,31 +257,44 @@ absl::Status TrainingEngine::finish_layer(int l, int64_t micro, StepStats* st) {
 absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_scale, bool first,
                                              bool last, double* loss, StepStats* st) {
   const int num_layers = static_cast<int>(layers_.size());
-  for (int l = 0; l < num_layers; ++l) {
-    STRATA_RETURN_IF_ERROR(run_layer(l, false, micro, loss_grad_scale, st));
+  offload::TieredStore* store = opt_->store();
+  for (const std::vector<int>& bucket : allgather_buckets_) {
+    // Params come back a bucket at a time: every load of the bucket is
+    // queued before its first layer waits for one.
+    for (int l : bucket) {
+      for (ParamHandle h : layers_[l]) store->prefetch(opt_->param_id(h), Tier::kDevice);
+    }
+    for (int l : bucket) STRATA_RETURN_IF_ERROR(run_layer(l, nullptr, micro, loss_grad_scale));
   }
   // The worker may still be reading the previous micro-batch's gradients
   // (a delayed update it may be running touches no gradient on the device).
   if (!first) STRATA_RETURN_IF_ERROR(opt_->wait_grads(), "gradient worker");
   const auto backward_start = std::chrono::steady_clock::now();
-  std::vector<int> queued;  // layers whose backward is enqueued, not yet handed on
-  for (int l = num_layers - 1; l >= 0; --l) {
-    STRATA_RETURN_IF_ERROR(run_layer(l, true, micro, loss_grad_scale, st));
+  std::vector<int> queued;  // buckets whose backward is enqueued, not yet handed on
+  for (int b = 0; b < static_cast<int>(reduce_buckets_.size()); ++b) {
+    // A bucket's gradients leave the device together (one D2H batch behind
+    // its last layer's backward), as reduce_bucket_size asks.
+    StreamPins grads(store, Tier::kDevice, opt_->stream());
+    for (int l : reduce_buckets_[b]) {
+      STRATA_RETURN_IF_ERROR(run_layer(l, &grads, micro, loss_grad_scale));
+    }
+    STRATA_RETURN_IF_ERROR(grads.release(/*dirty=*/true),
+                           absl::StrCat("gradient bucket ", b, " to the host"));
     if (!grads_during_backward_) continue;
-    // overlap / delayed: a layer's gradients go to the worker once its
-    // overflow flags are known, one layer behind the device.
+    // overlap / delayed: a bucket's gradients go to the worker once its
+    // overflow flags are known, one bucket behind the device.
     if (has_scaler_) {
-      STRATA_RETURN_IF_ERROR(device_->record_event(layer_events_[l], opt_->stream()));
-      queued.push_back(l);
+      STRATA_RETURN_IF_ERROR(device_->record_event(bucket_events_[b], opt_->stream()));
+      queued.push_back(b);
       if (queued.size() > 1) {
-        STRATA_RETURN_IF_ERROR(finish_layer(queued.front(), micro, st));
+        STRATA_RETURN_IF_ERROR(finish_bucket(queued.front(), micro, st));
         queued.erase(queued.begin());
       }
     } else {
-      STRATA_RETURN_IF_ERROR(finish_layer(l, micro, st));
+      STRATA_RETURN_IF_ERROR(finish_bucket(b, micro, st));
     }
   }
-  for (int l : queued) STRATA_RETURN_IF_ERROR(finish_layer(l, micro, st));
+  for (int b : queued) STRATA_RETURN_IF_ERROR(finish_bucket(b, micro, st));
   if (!grads_during_backward_ || !has_scaler_) {
     // sync: the step's one host wait, for the whole backward, its flags and
     // the gradients' copies to the host (the store's streams join it).

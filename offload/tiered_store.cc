@@ -298,7 +298,11 @@ absl::StatusOr<TensorView> TieredStore::acquire_impl(TensorId id, Tier tier, Acc
       }
     }
   } else if (!c.pending.empty()) {
-    if (absl::Status s = settle_locked(&lock, c); !s.ok()) {
+    // A wait for a transfer still in flight is a stall like a miss's.
+    const int64_t t0 = monotonic_ns();
+    absl::Status settled = settle_locked(&lock, c);
+    ts.stall_ns += static_cast<uint64_t>(monotonic_ns() - t0);
+    if (absl::Status s = settled; !s.ok()) {
       --c.pins;
       changed_.notify_all();
       return annotate(s, absl::StrCat("waiting for the device's work on \"", t.spec.name, "\""));

@@ -377,6 +377,7 @@ class CliFuzzTest : public ::testing::Test {
           {"--offload", Kind::kChoice},
           {"--precision", Kind::kChoice},
           {"--nvme-path", Kind::kOutDir},
+          {"--reduce-bucket-size", Kind::kNumber},
           {"--steps", Kind::kNumber},
           {"--threads", Kind::kNumber}},
          {"--json", "--no-device-costs"}},

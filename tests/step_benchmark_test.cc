@@ -159,11 +159,12 @@ TEST(StepBenchmarkTest, JsonHasTheModesSteadyFiguresAndTheStream) {
   strata::testing::ScratchDir dir("step_benchmark_test.");
   const strata::testing::CliRun run = dir.run_strata(
       "bench step --model gpt2-tiny --width-divisor 2 --micro-batch 1 --seq-len 64 "
-      "--steps 2 --tflops 0.05 --json");
+      "--steps 2 --tflops 0.05 --reduce-bucket-size 20000 --json");
   ASSERT_FALSE(run.crashed) << run.err;
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const nlohmann::json j = nlohmann::json::parse(run.out);
   EXPECT_GT(j["stream_gb_per_s"].get<double>(), 0);
+  EXPECT_EQ(j["reduce_bucket_size"].get<int64_t>(), 20000);
   for (const char* mode : {"sync", "overlap", "delayed"}) {
     SCOPED_TRACE(mode);
     const nlohmann::json& steady = j["modes"][mode]["steady"];

@@ -14,11 +14,37 @@
 //
 // Threading: one thread at a time per Communicator (the caller serializes).
 // Errors: every collective has the timeout given at connect; a rank that
-// exits or stalls makes the others' collectives fail with DeadlineExceeded
-// or Unavailable naming the rank (and its host) they were waiting for,
-// never hang. Bad arguments (counts that differ across the world,
-// unsupported dtype) are InvalidArgument. After an error the Communicator
-// is unusable (every later call fails with the first error).
+// exits or stalls makes the others' collectives fail, never hang. What the
+// rendezvous store knows picks the error: Unavailable naming the rank that
+// exited (its host and pid), rank 0 when its store is gone, or a rank that
+// closed its communicator while others still expected it; DeadlineExceeded
+// naming the ranks that never joined, or else saying no rank exited (one is
+// stalled or slower than the timeout). Bad arguments (a counts span whose
+// length is not the world size, a root outside the world) are
+// InvalidArgument and leave the communicator usable. Counts must be the same
+// on every rank; that is not checked (it would cost a collective), and a
+// mismatch fails, usually by timeout. After a collective fails the
+// Communicator is unusable (every later call fails with the first error).
+//
+// Element types: DType's fp32, fp16, bf16 (16-bit ones are reduced in fp32
+// and rounded, as NCCL does); kMax propagates NaN. fp64 only through
+// all_reduce_host.
+//
+// Gloo (TCP; peers reach a rank at the interface its store connection
+// used, or the one GLOO_SOCKET_IFNAME names, as with torch): all_reduce is Gloo's ring, all_gather
+// allgatherv, reduce_scatter our ring over Gloo's point-to-point buffers (see
+// gloo_communicator.cc). NCCL: ncclAllGather / ncclReduceScatter when counts are equal, grouped
+// ncclBroadcast / ncclReduce per rank otherwise; a watchdog aborts the
+// NCCL communicator when a collective outlives the timeout; barrier and
+// all_reduce_host sync the host (all_reduce_host: at most 4096 values).
+//
+// Around it: dist/launcher.h starts N local ranks (`strata train --nproc`),
+// dist/store.h is the rendezvous store, dist/net.h has pick_free_port().
+//
+// Usage (every rank):
+//   STRATA_ASSIGN_OR_RETURN(dist::RankInfo info, dist::rank_info_from_env());
+//   STRATA_ASSIGN_OR_RETURN(auto comm, dist::connect(info, dist::CommOptions{}));
+//   STRATA_RETURN_IF_ERROR(comm->all_reduce(grads, n, DType::kFloat32, dist::ReduceOp::kSum));
 #pragma once
 
 #include <chrono>
@@ -89,11 +115,18 @@ class Communicator {
 };
 
 // Joins the job `info` describes: rank 0 serves a rendezvous store on
-// master_addr:master_port, the others connect to it (retrying until the
-// timeout), then the backend's communicator is built. world_size 1 returns
-// a communicator whose collectives copy or do nothing. Unavailable names
-// the address when rank 0 cannot be reached; FailedPrecondition when the
-// backend is not there (NCCL without libnccl.so.2 or without a GPU).
+// master_addr:master_port, every rank connects to it (retrying until the
+// timeout) and registers its rank, then the backend's communicator is
+// built. Gloo with world_size 1 returns a communicator whose collectives
+// copy or do nothing (no store, no sockets); NCCL with world_size 1 is a
+// one-rank NCCL communicator (its buffers are device memory). Errors:
+// InvalidArgument for a rank outside the world, a bad port or timeout, or
+// a rank / WORLD_SIZE that conflicts with another process's (names both);
+// Unavailable naming master_addr:master_port when rank 0 cannot be reached
+// (or, on rank 0, the port is taken); DeadlineExceeded naming the ranks
+// that never joined; FailedPrecondition, before any rendezvous, when the
+// backend is not there (NCCL on a build without CUDA, without libnccl.so.2
+// or without the GPU).
 absl::StatusOr<std::unique_ptr<Communicator>> connect(const RankInfo& info,
                                                       const CommOptions& options);
 

@@ -5,13 +5,13 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,22 +19,26 @@
 #include "core/file_util.h"
 #include "core/scratch_lock.h"
 #include "core/status.h"
+#include "dist/communicator.h"
 #include "engine/checkpoint_dir.h"
 #include "engine/checkpoint_format.h"
+#include "engine/checkpoint_internal.h"
 #include "engine/offload_optimizer_impl.h"
 #include "nlohmann/json.hpp"
 
 namespace strata::engine {
-namespace {
 
 namespace fs = std::filesystem;
+using checkpoint_internal::check_same_run;
+using checkpoint_internal::CheckpointWriter;
+using checkpoint_internal::fsync_path;
+using checkpoint_internal::kVerifyChunkBytes;
 using nlohmann::json;
 using offload::Access;
 using offload::TensorView;
 using offload::Tier;
 
-// The verify pass reads tensors.bin through a buffer of at most this.
-constexpr uint64_t kVerifyChunkBytes = uint64_t{4} << 20;
+namespace checkpoint_internal {
 
 absl::Status fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -46,121 +50,7 @@ absl::Status fsync_path(const std::string& path) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
-namespace {
-
-// Writes one checkpoint directory: DIR.tmp-PID first (tensors.bin appended
-// tensor by tensor, then meta.json), fsynced, then swapped in for DIR so that
-// DIR or DIR.old holds a complete checkpoint at every point. Owns no engine
-// state, so it can run on another thread.
-class CheckpointWriter {
- public:
-  static absl::StatusOr<std::unique_ptr<CheckpointWriter>> create(const std::string& dir_in) {
-    const std::string dir = strip_trailing_slashes(dir_in);
-    if (dir.empty()) return absl::InvalidArgumentError("save_checkpoint: empty directory name");
-    STRATA_RETURN_IF_ERROR(check_checkpoint_destination(dir));
-    STRATA_RETURN_IF_ERROR(remove_dead_checkpoint_temps(dir).status(),
-                           absl::StrCat("saving checkpoint ", dir));
-    std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(dir));
-    // (That removed our own DIR.tmp-<pid> too, when an earlier save of this
-    // process failed; one still there belongs to a live save.)
-    std::error_code ec;
-    fs::create_directories(parent_dir(dir), ec);
-    if (!fs::create_directory(w->tmp_, ec) || ec) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot create checkpoint directory ", w->tmp_, " (", ec ? ec.message() : "it exists",
-          "); check that ", parent_dir(dir), " is writable"));
-    }
-    w->created_ = true;
-    // Held until the writer goes: a later run tells a live save from a dead one.
-    auto lock = ScratchLock::lock(w->tmp_);
-    if (!lock.ok()) return w->fail(lock.status());
-    w->lock_ = std::move(*lock);
-    auto fd = create_new_file(w->bin_path_);
-    if (!fd.ok()) return w->fail(fd.status());
-    w->fd_ = *fd;
-    return w;
-  }
-
-  ~CheckpointWriter() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!done_ && created_) {
-      std::error_code ignored;
-      fs::remove_all(tmp_, ignored);
-    }
-  }
-
-  // Appends one tensor's bytes; returns its entry (offset, bytes, xxh3).
-  absl::StatusOr<json> append(const void* data, uint64_t bytes) {
-    absl::Status s = pwrite_all(fd_, data, bytes, offset_, bin_path_);
-    if (!s.ok()) return fail(s);
-    json entry = {
-        {"offset", offset_}, {"bytes", bytes}, {"xxh3", xxh3_hex(XXH3_64bits(data, bytes))}};
-    offset_ += bytes;
-    return entry;
-  }
-
-  absl::Status finish(const json& meta) {
-    if (::fsync(fd_) != 0) {
-      return fail(errno_status(errno, absl::StrCat("cannot fsync ", bin_path_)));
-    }
-    ::close(fd_);
-    fd_ = -1;
-    // Bytes that are not UTF-8 (a path in the user metadata) are replaced:
-    // a strict dump would throw and lose the whole save.
-    const std::string text =
-        meta.dump(2, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace) + "\n";
-    absl::Status s = write_file_atomic((fs::path(tmp_) / kCheckpointMetaFile).string(), text);
-    if (!s.ok()) return fail(s);
-    s = fsync_path(tmp_);
-    if (!s.ok()) return fail(s);
-
-    // Swap in: DIR -> DIR.old, DIR.tmp -> DIR, drop DIR.old. A DIR.old
-    // without a DIR is the only complete copy (a save killed between the
-    // renames): it stays until the new DIR is in place. Checked again: the
-    // save may have taken minutes, and only strata's own checkpoints go.
-    s = check_checkpoint_destination(dir_);
-    if (!s.ok()) return fail(s);
-    std::error_code ec;
-    const bool had_previous = fs::exists(dir_, ec);
-    if (had_previous) fs::remove_all(old_, ec);
-    if (had_previous && ::rename(dir_.c_str(), old_.c_str()) != 0) {
-      return fail(errno_status(
-          errno, absl::StrCat("cannot move the previous checkpoint ", dir_, " to ", old_)));
-    }
-    if (::rename(tmp_.c_str(), dir_.c_str()) != 0) {
-      const absl::Status err =
-          errno_status(errno, absl::StrCat("cannot rename ", tmp_, " to ", dir_));
-      if (had_previous) ::rename(old_.c_str(), dir_.c_str());
-      return fail(err);
-    }
-    done_ = true;
-    STRATA_RETURN_IF_ERROR(fsync_path(parent_dir(dir_)), absl::StrCat("saving checkpoint ", dir_));
-    fs::remove_all(old_, ec);
-    return absl::OkStatus();
-  }
-
-  absl::Status fail(const absl::Status& s) const {
-    return annotate(s, absl::StrCat("saving checkpoint ", dir_));
-  }
-
- private:
-  explicit CheckpointWriter(std::string dir)
-      : dir_(std::move(dir)),
-        tmp_(absl::StrCat(dir_, ".tmp-", ::getpid())),
-        old_(dir_ + ".old"),
-        bin_path_((fs::path(tmp_) / kCheckpointTensorFile).string()) {}
-
-  std::string dir_, tmp_, old_, bin_path_;
-  ScratchLock lock_;  // on tmp_
-  int fd_ = -1;
-  uint64_t offset_ = 0;
-  bool created_ = false;  // tmp_ is ours to remove
-  bool done_ = false;
-};
-
-}  // namespace
+}  // namespace checkpoint_internal
 
 absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
     const std::function<absl::StatusOr<json>(const void*, uint64_t)>& sink, const json& user_meta) {
@@ -170,14 +60,18 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
     for (int i = 0; i < static_cast<int>(buckets[b].size()); ++i) {
       const ParamRec& p = params[buckets[b][i]];
       const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
-      json entry = {{"layer", b}, {"param", i}, {"name", p.desc.name}, {"numel", p.desc.numel}};
+      // The rank's slice of each tensor (the whole param with one rank).
+      json entry = {{"layer", b}, {"param", i}, {"name", p.desc.name}, {"numel", p.slice.numel}};
       for (int k = 0; k < 4; ++k) {
         const bool compute = k == 3;
-        const uint64_t bytes = p.desc.numel * (compute ? dtype_size(dtype) : 4);
+        const uint64_t esize = compute ? dtype_size(dtype) : 4;
+        const uint64_t bytes = (compute ? p.desc.numel : p.state_numel()) * esize;
         const Tier tier = compute ? param_tier(p) : opt_tier;
         buf.resize(bytes);
         STRATA_RETURN_IF_ERROR(read_raw(ids[k], tier, buf.data(), bytes), store->spec(ids[k]).name);
-        STRATA_ASSIGN_OR_RETURN(entry[kCheckpointKindNames[k]], sink(buf.data(), bytes));
+        const uint64_t offset = compute ? p.slice.offset * esize : 0;
+        STRATA_ASSIGN_OR_RETURN(entry[kCheckpointKindNames[k]],
+                                sink(buf.data() + offset, p.slice.numel * esize));
       }
       tensors.push_back(std::move(entry));
     }
@@ -202,10 +96,12 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
                            {"skipped", st.skipped}};
   }
   if (!user_meta.is_null()) meta["user"] = user_meta;
+  if (dp()) meta["zero_shard"] = {{"rank", rank}, {"world_size", world}};
   return meta;
 }
 
 absl::Status OffloadOptimizer::Impl::save(const std::string& dir, const json& user_meta) {
+  if (dp()) return save_shards(dir, user_meta);
   STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
@@ -218,6 +114,9 @@ absl::Status OffloadOptimizer::Impl::save(const std::string& dir, const json& us
 }
 
 absl::Status OffloadOptimizer::Impl::save_async(const std::string& dir, const json& user_meta) {
+  // Across ranks the save is collective (its shards agree on one step):
+  // synchronous.
+  if (dp()) return save_shards(dir, user_meta);
   STRATA_RETURN_IF_ERROR(partly_stepped_status, absl::StrCat("not saving checkpoint ", dir));
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());
@@ -262,7 +161,7 @@ absl::Status OffloadOptimizer::Impl::wait_for_save() {
   return pending_save.get();
 }
 
-namespace {
+namespace checkpoint_internal {
 
 // What a resume needs to match, saved vs now; each mismatch names both.
 absl::Status check_same_run(const Checkpoint& ck, const config::DsConfig& config, DType dtype,
@@ -294,9 +193,10 @@ absl::Status check_same_run(const Checkpoint& ck, const config::DsConfig& config
   return absl::OkStatus();
 }
 
-}  // namespace
+}  // namespace checkpoint_internal
 
 absl::Status OffloadOptimizer::Impl::load(const std::string& dir_in, bool weights_only) {
+  if (dp() || is_sharded_checkpoint(dir_in)) return load_shards(dir_in, weights_only);
   STRATA_RETURN_IF_ERROR(wait_for_save(), "an earlier asynchronous save");
   STRATA_RETURN_IF_ERROR(finish_pending_update());  // a load replaces it anyway
   STRATA_ASSIGN_OR_RETURN(const Checkpoint ck, read_checkpoint(dir_in),

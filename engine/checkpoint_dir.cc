@@ -42,6 +42,8 @@ Found classify(const std::string& path, std::string* what) {
     *what = absl::StrCat("a directory strata cannot list (", names.status().message(), ")");
     return Found::kOther;
   }
+  // A data-parallel checkpoint (its shards each replaced by their own save).
+  if (is_sharded_checkpoint(path)) return Found::kCheckpoint;
   const size_t entries = names->size();
   for (const std::string& name : *names) {
     struct stat est;

@@ -6,7 +6,8 @@
 // save ever deletes a user's data, DIR and DIR.old must each be missing, an
 // empty directory, or a checkpoint strata wrote: a real directory (not a
 // symlink) holding only meta.json (with the strata checkpoint marker, see
-// checkpoint_format.h) and tensors.bin. DIR.tmp-<pid> is owned through a
+// checkpoint_format.h) and tensors.bin, or a data-parallel checkpoint
+// (is_sharded_checkpoint). DIR.tmp-<pid> is owned through a
 // flock on the directory held while the save runs (core/scratch_lock.h).
 //
 // Threading: free functions, any thread; they read the file system only,

@@ -124,6 +124,23 @@ absl::Status verify_checkpoint_tensors(const Checkpoint& ck, uint64_t chunk_byte
 // file, parsed by the strict reader; anything unreadable is "no").
 bool has_checkpoint_marker(const std::string& dir);
 
+// Whether `dir` holds a data-parallel checkpoint (OffloadOptimizer's
+// save_state across ranks): DIR/zero.json, a regular file whose "format" is
+// "strata-zero-checkpoint", beside one shard directory per rank, DIR/rank<r>,
+// each a checkpoint in the format above holding that rank's slices.
+bool is_sharded_checkpoint(const std::string& dir);
+// The shard directory of `rank` in such a checkpoint.
+std::string checkpoint_shard_dir(const std::string& dir, int rank);
+// Writes a one-rank checkpoint at `out` (the same rules as a save: a
+// missing or empty directory, or a strata checkpoint it replaces) from the
+// data-parallel checkpoint at `dir`: each tensor's slices concatenated in
+// rank order (zero_partition.h puts slice r before slice r + 1), counters,
+// loss scaler and user metadata from rank 0's shard. Every shard is
+// checked against the others (same table, slices as the rule makes them)
+// and every checksum verified as it is read. Memory: one whole tensor and
+// one slice. For tools (strata ckpt export / sample read the result).
+absl::Status merge_checkpoint_shards(const std::string& dir, const std::string& out);
+
 std::string xxh3_hex(uint64_t v);
 
 }  // namespace strata::engine

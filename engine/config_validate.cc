@@ -7,17 +7,22 @@
 
 namespace strata::engine {
 
-absl::Status validate_for_training(const config::DsConfig& cfg, std::string_view source) {
+absl::Status validate_for_training(const config::DsConfig& cfg, std::string_view source,
+                                   int world_size) {
   const std::string src(source);
   auto refuse = [&](absl::StatusCode code, std::string_view message) {
     return absl::Status(code, absl::StrCat(src, ": ", std::string(message)));
   };
-  if (cfg.world_size != 1) {
-    return refuse(absl::StatusCode::kUnimplemented,
-                  absl::StrCat("world size ", cfg.world_size,
-                               ": strata trains one process on one device; make "
-                               "train_batch_size equal train_micro_batch_size_per_gpu * "
-                               "gradient_accumulation_steps"));
+  if (cfg.world_size != world_size) {
+    return refuse(
+        world_size == 1 ? absl::StatusCode::kUnimplemented : absl::StatusCode::kInvalidArgument,
+        absl::StrCat("world size ", cfg.world_size,
+                     " from the config's batch sizes (train_batch_size = "
+                     "train_micro_batch_size_per_gpu * gradient_accumulation_steps * world "
+                     "size) but this run has ",
+                     world_size, world_size == 1 ? " rank (no communicator)" : " ranks",
+                     "; launch ", cfg.world_size,
+                     " ranks or make train_batch_size equal micro * accumulation * ", world_size));
   }
   const config::ZeroConfig& z = cfg.zero;
   if (z.offload_param.device != config::OffloadDevice::kNone &&

@@ -5,7 +5,8 @@
 //
 // What it adds to parse_ds_config (core/config, which checks each key and
 // DeepSpeed's rules across keys): what this engine does not run (a world
-// size above 1, offload_param without offload_optimizer, a partial CPU step
+// size other than the run's `world_size`, its ranks: 1 without a
+// communicator, offload_param without offload_optimizer, a partial CPU step
 // (offload_optimizer.ratio below 1)) and the scheduler's parameters, read by the
 // same code the engine uses (engine/lr_schedule.h make_lr_schedule).
 // Checks that need the machine (NVMe directories writable, memory budgets)
@@ -26,6 +27,7 @@
 
 namespace strata::engine {
 
-absl::Status validate_for_training(const config::DsConfig& cfg, std::string_view source);
+absl::Status validate_for_training(const config::DsConfig& cfg, std::string_view source,
+                                   int world_size = 1);
 
 }  // namespace strata::engine

@@ -95,8 +95,9 @@ OffloadOptimizer::Impl::~Impl() {
   if (absl::Status s = wait_for_save(); !s.ok()) {
     log::get("engine")->error("asynchronous checkpoint save failed: {}", std::string(s.message()));
   }
-  worker.reset();  // its jobs use the store
-  store.reset();   // before the I/O engine and the stream it uses
+  dp_stop_thread();  // it uses the store and the communicator
+  worker.reset();    // its jobs use the store
+  store.reset();     // before the I/O engine and the stream it uses
   own_io.reset();
   for (const std::string& f : swap_files) {
     std::error_code ec;
@@ -114,8 +115,25 @@ absl::Status OffloadOptimizer::Impl::configure(const config::DsConfig& cfg, gpu:
   device = dev;
   options = std::move(opts);
   gas = std::max<int64_t>(1, config.gradient_accumulation_steps);
+  comm = options.comm;
+  world = comm != nullptr ? comm->world_size() : 1;
+  rank = comm != nullptr ? comm->rank() : 0;
   // What the config alone decides: the same checks as `strata config check`.
-  STRATA_RETURN_IF_ERROR(validate_for_training(config, "ds_config"));
+  STRATA_RETURN_IF_ERROR(validate_for_training(config, "ds_config", world));
+  if (dp() && comm->device_memory()) {
+    // Its collectives take device buffers; this version reduces and
+    // gathers in host memory (offload_optimizer.h, "Data parallel").
+    return absl::UnimplementedError(
+        "a communicator on device memory (NCCL) is not supported by the optimizer yet: it "
+        "reduces gradients and gathers params in host memory; connect with the Gloo backend "
+        "(dist::Backend::kGloo), which works beside a CUDA device too");
+  }
+  if (dp() && config.strata.delayed_param_update) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "strata.delayed_param_update with ", world,
+        " data-parallel ranks: not supported (the update would run while the next step's "
+        "gradients are reduced); turn it off"));
+  }
   // Without offload the host optimizer reads and writes device memory.
   if (config.zero.offload_optimizer.device == config::OffloadDevice::kNone &&
       !device->host_addressable()) {
@@ -217,6 +235,7 @@ absl::StatusOr<ParamHandle> OffloadOptimizer::add_param(const ParamDesc& desc) {
 absl::Status OffloadOptimizer::finalize() {
   Impl& m = *impl_;
   if (m.finalized) return absl::FailedPreconditionError("finalize: already finalized");
+  for (Impl::ParamRec& p : m.params) p.slice = partition_slice(p.desc.numel, m.rank, m.world);
   std::vector<std::vector<ParamSpec>> specs(m.buckets.size());
   for (size_t b = 0; b < m.buckets.size(); ++b) {
     for (ParamHandle h : m.buckets[b]) {
@@ -367,10 +386,10 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
       ParamRec& p = params[h];
       const bool in_store = p.desc.binding == ParamBinding::kStore;
       const std::string base = absl::StrCat("layer", b, ".", p.desc.name);
-      auto reg = [&](const char* suffix, DType dt, TensorRole role,
-                     Tier home) -> absl::StatusOr<offload::TensorId> {
+      auto reg = [&](const char* suffix, DType dt, TensorRole role, Tier home,
+                     uint64_t numel = 0) -> absl::StatusOr<offload::TensorId> {
         return store->register_tensor(
-            {absl::StrCat(base, ".", suffix), p.desc.numel, dt, role, home});
+            {absl::StrCat(base, ".", suffix), numel != 0 ? numel : p.desc.numel, dt, role, home});
       };
       STRATA_ASSIGN_OR_RETURN(
           p.param, reg("param", dtype, TensorRole::kParam16, in_store ? compute_home : opt_tier));
@@ -382,14 +401,16 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
       if (in_store) {
         STRATA_ASSIGN_OR_RETURN(p.grad, reg("grad", dtype, TensorRole::kGrad, grad_home));
       }
+      // The rank's slice only (the whole param with one rank).
+      const uint64_t sn = p.state_numel();
       STRATA_ASSIGN_OR_RETURN(p.grad32,
-                              reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home));
-      STRATA_ASSIGN_OR_RETURN(p.master,
-                              reg("master", DType::kFloat32, TensorRole::kMaster32, state_home));
-      STRATA_ASSIGN_OR_RETURN(p.exp_avg,
-                              reg("exp_avg", DType::kFloat32, TensorRole::kExpAvg, state_home));
+                              reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home, sn));
       STRATA_ASSIGN_OR_RETURN(
-          p.exp_avg_sq, reg("exp_avg_sq", DType::kFloat32, TensorRole::kExpAvgSq, state_home));
+          p.master, reg("master", DType::kFloat32, TensorRole::kMaster32, state_home, sn));
+      STRATA_ASSIGN_OR_RETURN(p.exp_avg,
+                              reg("exp_avg", DType::kFloat32, TensorRole::kExpAvg, state_home, sn));
+      STRATA_ASSIGN_OR_RETURN(
+          p.exp_avg_sq, reg("exp_avg_sq", DType::kFloat32, TensorRole::kExpAvgSq, state_home, sn));
     }
   }
   return store->finalize();
@@ -414,8 +435,14 @@ absl::Status OffloadOptimizer::Impl::prepare_step_state() {
       STRATA_ASSIGN_OR_RETURN(bucket_events[b], device->create_event());
     }
   }
-  if (overlap || dpu) worker = std::make_unique<OrderedWorker>();
-  if (overlap && !dpu) {
+  reported_round.assign(num_buckets, -1);
+  reductions.assign(num_buckets, 0);
+  if (dp()) dp_thread = std::thread([this] { dp_loop(); });
+  grad_events.assign(num_buckets, std::nullopt);
+  // Across ranks the gradient is whole only after the reduction, on the
+  // step's thread: nothing for a worker or a speculative step to do.
+  if ((overlap || dpu) && !dp()) worker = std::make_unique<OrderedWorker>();
+  if (overlap && !dpu && !dp()) {
     // Any step can fail after buckets were stepped speculatively (an error
     // in backward, an overflow, a non-finite gradient), so every
     // speculative step keeps copies; they are host memory of their own,
@@ -525,7 +552,10 @@ absl::Status OffloadOptimizer::set_value(ParamHandle h, const float* value) {
   const uint64_t n = p.desc.numel;
   std::vector<uint8_t> low(n * dtype_size(m.dtype));
   round_master(value, low.data(), m.dtype, n);
-  const std::vector<float> zeros(n, 0.0f);
+  // The fp32 tensors hold the rank's slice (the whole param with one rank).
+  const uint64_t sn = p.state_numel();
+  const std::vector<float> zeros(sn, 0.0f);
+  const float* master = p.slice.numel != 0 ? value + p.slice.offset : zeros.data();
   struct Init {
     offload::TensorId id;
     const void* src;
@@ -535,8 +565,8 @@ absl::Status OffloadOptimizer::set_value(ParamHandle h, const float* value) {
   // the optimizer's tier and reach NVMe by write-back.
   const Tier ptier = m.param_tier(p);
   for (const Init& x :
-       {Init{p.param, low.data(), low.size()}, Init{p.master, value, n * 4},
-        Init{p.exp_avg, zeros.data(), n * 4}, Init{p.exp_avg_sq, zeros.data(), n * 4}}) {
+       {Init{p.param, low.data(), low.size()}, Init{p.master, master, sn * 4},
+        Init{p.exp_avg, zeros.data(), sn * 4}, Init{p.exp_avg_sq, zeros.data(), sn * 4}}) {
     const Tier tier = x.id == p.param ? ptier : m.opt_tier;
     STRATA_RETURN_IF_ERROR(m.write_raw(x.id, tier, x.src, x.bytes), m.store->spec(x.id).name);
   }
@@ -586,8 +616,10 @@ absl::StatusOr<std::vector<float>> OffloadOptimizer::read_state(ParamHandle h, S
   if (kind == StateKind::kGradAccum && !m.in_step) {
     STRATA_RETURN_IF_ERROR(m.materialize_bucket(p.desc.bucket));
   }
-  std::vector<float> out(p.desc.numel);
+  // The rank's slice (the whole param with one rank).
+  std::vector<float> out(p.state_numel());
   STRATA_RETURN_IF_ERROR(m.read_raw(m.state_id(p, kind), m.opt_tier, out.data(), out.size() * 4));
+  out.resize(p.slice.numel);
   return out;
 }
 
@@ -598,7 +630,8 @@ absl::Status OffloadOptimizer::write_state(ParamHandle h, StateKind kind, const 
   STRATA_RETURN_IF_ERROR(m.finish_pending_update());
   const Impl::ParamRec& p = m.params[h];
   if (kind == StateKind::kGradAccum) STRATA_RETURN_IF_ERROR(m.materialize_bucket(p.desc.bucket));
-  return m.write_raw(m.state_id(p, kind), m.opt_tier, values, p.desc.numel * 4);
+  if (p.slice.numel == 0) return absl::OkStatus();  // an empty slice holds nothing
+  return m.write_raw(m.state_id(p, kind), m.opt_tier, values, p.slice.numel * 4);
 }
 
 absl::StatusOr<std::vector<float>> OffloadOptimizer::read_param(ParamHandle h) {
@@ -652,6 +685,13 @@ offload::TensorId OffloadOptimizer::grad_id(ParamHandle p) const { return impl_-
 gpu::StreamId OffloadOptimizer::stream() const { return impl_->stream; }
 const Placement& OffloadOptimizer::placement() const { return impl_->plan; }
 int OffloadOptimizer::num_params() const { return static_cast<int>(impl_->params.size()); }
+int OffloadOptimizer::rank() const { return impl_->rank; }
+int OffloadOptimizer::world_size() const { return impl_->world; }
+ParamSlice OffloadOptimizer::param_slice(ParamHandle p) const {
+  const Impl::ParamRec& r = impl_->rec(p);
+  // Before finalize the slice is not set yet: the same rule.
+  return impl_->finalized ? r.slice : partition_slice(r.desc.numel, impl_->rank, impl_->world);
+}
 int OffloadOptimizer::num_buckets() const { return static_cast<int>(impl_->buckets.size()); }
 const ParamDesc& OffloadOptimizer::param(ParamHandle p) const { return impl_->rec(p).desc; }
 const std::vector<ParamHandle>& OffloadOptimizer::bucket_params(int bucket) const {

@@ -84,9 +84,91 @@
 // error.
 // strata.delayed_param_update (training_engine.h) needs every param kStore.
 //
+// Data parallel (options.comm with world size N > 1; null or N = 1 is one
+// rank, exactly as described above). Every rank builds the same optimizer
+// (same config, params, buckets and groups, same set_value values) and
+// steps in lockstep; ZeRO partitions as DeepSpeed does, to 1/N per rank:
+//   - each param's elements are split into N contiguous slices
+//     (engine/zero_partition.h: even split, the first numel % N ranks one
+//     element more); rank r owns slice r. grad32, master, exp_avg and
+//     exp_avg_sq exist (store, host arena, NVMe swap; placement and budgets
+//     sized by the slice) only for the rank's slice, and the optimizer pass
+//     runs on it. The compute param (and the kStore grad) stay whole.
+//   - gradients: grad_ready records that a bucket's gradient is there and
+//     returns; the optimizer's reduction thread (one per optimizer, the
+//     only one that uses the communicator during a step) takes each
+//     micro-batch's buckets in descending bucket order (backward's order,
+//     so reductions overlap the rest of backward; grad_ready's order may
+//     differ, the collective order is the same on every rank), each once
+//     it is reported, or once wait_grads() / finish_step() says the
+//     micro-batch is over. A bucket's params' slices are packed rank by
+//     rank and summed over ranks in fp32 in one collective: ZeRO stage 0/1
+//     all_reduce the whole gradient, stage 2 and 3 reduce_scatter it into
+//     the rank's slices, which are accumulated into grad32. Three floats
+//     travel with each bucket so every rank agrees: whether any rank had
+//     its gradient (a rank without one adds zeros; a bucket no rank had
+//     is not stepped), an overflow (then no rank reduces more this step)
+//     and a rank abandoning the step during its micro-batches (abort_step
+//     after a failed forward or backward: the others' wait_grads /
+//     finish_step then fail with Aborted at once, not at the timeout). The
+//     framework keeps each gradient unchanged until wait_grads() returns
+//     (which waits for the micro-batch's reductions) and calls it between
+//     micro-batches (the engine does); a bucket reported twice in one
+//     micro-batch is FailedPrecondition. The sum over ranks is averaged
+//     (DeepSpeed's rule; the framework's loss is the per-rank mean): 1/N
+//     is folded into the gradient divisor with the loss scale. This
+//     version reads the gradient on the host (the store's D2H copy, a
+//     kDevice binding's copy-out) and reduces there: the whole gradient
+//     still crosses PCIe on every rank, and the communicator must work on
+//     host memory (Gloo, beside a CUDA device too); one on device memory
+//     (NCCL) is refused at create() (Unimplemented).
+//   - norm and overflow: the slices' statistics are summed with one
+//     all_reduce_host per step, so clipping, skipping and the loss scaler
+//     agree on every rank bit for bit.
+//   - after the decided update each bucket's params are all_gathered (one
+//     collective per bucket) into the whole compute params (kStore: the
+//     store's param tensor; kHost: the binding; kDevice: the store's copy, then
+//     copied to the binding), in bucket order, so every rank's next
+//     forward sees the same params.
+//   - no speculative step and no fused pass (the gradient is complete only
+//     after the reduction): in overlap mode the reductions overlap
+//     backward, the optimizer steps after the decision as in sync mode;
+//     strata.delayed_param_update is refused.
+//   - ZeRO stage 3 partitions no more than stage 2 across ranks in this
+//     version: every rank keeps whole compute params.
+//   - read_state / write_state address the rank's slice (param_slice(p)
+//     values); read_param the whole compute param.
+//   - checkpoints: save_state is collective (every rank, same step):
+//     DIR/rank<r> is rank r's shard, a checkpoint in checkpoint_format.h's
+//     format whose tables hold the rank's slice of master, exp_avg,
+//     exp_avg_sq and the compute param; rank 0 writes DIR/zero.json (world
+//     size, partition rule, shard names) after every shard is in (and
+//     removes it first, so a failed save leaves no checkpoint mixing two
+//     steps). DIR must be missing, empty or such a checkpoint.
+//     save_state_async saves synchronously across ranks. load_state (not
+//     collective) at any world size, with or without a communicator, reads
+//     the parts of the saved slices its own slice covers (resharding) and
+//     the whole compute params; a one-rank checkpoint loads across ranks
+//     the same way. merge_checkpoint_shards (checkpoint_format.h) turns a
+//     sharded checkpoint into a one-rank one, which `strata ckpt` and
+//     `strata sample` read (they do not read shards themselves yet).
+// A rank whose step fails later (in finish_step) or that stops calling
+// makes the others' collectives fail within the communicator's timeout,
+// naming it.
+//
+//   STRATA_ASSIGN_OR_RETURN(dist::RankInfo me, dist::rank_info_from_env());
+//   STRATA_ASSIGN_OR_RETURN(auto comm, dist::connect(me, {}));  // Gloo
+//   // parse_ds_config(..., world_size = me.world_size)
+//   OffloadOptimizerOptions o;
+//   o.comm = comm.get();  // outlives the optimizer
+//   STRATA_ASSIGN_OR_RETURN(auto opt, OffloadOptimizer::create(config, device, std::move(o)));
+//
 // Threading: registration, begin_step, finish_step, abort_step, state and
 // save/load from one thread; grad_ready (and report_overflow) from any
 // thread, concurrently with each other, between begin_step and finish_step.
+// With a communicator the optimizer runs one thread of its own (the
+// reduction thread above) and uses the communicator from it during a step
+// and from the calling thread between steps and in finish_step.
 // Errors: create() / finalize() reject configs that cannot run (as
 // TrainingEngine); add_param after finalize, a numel of 0, a name used twice
 // in one bucket, a negative bucket, an unknown group, or (kHost/kDevice) a
@@ -107,10 +189,12 @@
 #include "core/config/ds_config.h"
 #include "core/dtype.h"
 #include "cpu_adam/optimizer.h"
+#include "dist/communicator.h"
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
 #include "engine/placement.h"
 #include "engine/speculation.h"
+#include "engine/zero_partition.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
 #include "offload/tiered_store.h"
@@ -150,6 +234,11 @@ struct OffloadOptimizerOptions {
   // false: the three passes the fused one replaced (accumulate into grad32,
   // statistics, step reading grad32); same bits, for tests and A/B benchmarks.
   bool fuse_gradient_pass = true;
+  // Data-parallel ZeRO across ranks (see "Data parallel" above); borrowed,
+  // must outlive the optimizer and be used by nothing else while a step or
+  // a checkpoint is in flight. Its world size must equal the config's
+  // (train_batch_size = micro x accumulation x world). null: one rank.
+  dist::Communicator* comm = nullptr;
 };
 
 // One hyper-parameter group (torch's param_groups): the optimizer kind is
@@ -215,7 +304,7 @@ struct CheckpointLoadStats {
 class OffloadOptimizer {
  public:
   // `device` (and options.io) must outlive the optimizer. Rejects a config
-  // that cannot run (no optimizer, world size above 1, ...).
+  // that cannot run (no optimizer, a world size other than the communicator's, ...).
   static absl::StatusOr<std::unique_ptr<OffloadOptimizer>> create(const config::DsConfig& config,
                                                                   gpu::Device* device,
                                                                   OffloadOptimizerOptions options);
@@ -295,6 +384,11 @@ class OffloadOptimizer {
   const Placement& placement() const;
 
   int num_params() const;
+  // Data parallel: this rank, the world size (1 without a communicator) and
+  // the slice of param p this rank owns (the whole param with one rank).
+  int rank() const;
+  int world_size() const;
+  ParamSlice param_slice(ParamHandle p) const;
   int num_buckets() const;
   const ParamDesc& param(ParamHandle p) const;
   const std::vector<ParamHandle>& bucket_params(int bucket) const;

@@ -3,12 +3,15 @@
 // engine/: the contract is offload_optimizer.h.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <future>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "core/scratch_lock.h"
 #include "core/status.h"
@@ -33,6 +36,10 @@ struct OffloadOptimizer::Impl {
     offload::TensorId grad = 0;   // kStore only
     offload::TensorId grad32 = 0, master = 0, exp_avg = 0, exp_avg_sq = 0;
     offload::TensorId param_next = 0;  // delayed_param_update only
+    // Data parallel: the rank's slice, which grad32 and the states hold
+    // (the whole param with one rank); an empty slice registers one element.
+    ParamSlice slice;
+    uint64_t state_numel() const { return std::max<uint64_t>(1, slice.numel); }
   };
   // What a failed step puts back, besides the tensors.
   struct Counters {
@@ -88,6 +95,36 @@ struct OffloadOptimizer::Impl {
   // is about to overwrite it).
   absl::Status materialize_bucket(int bucket);
   absl::Status restore_bucket(int bucket);
+  // Data parallel (offload_optimizer_step.cc): the gradients reported since
+  // the last flush, reduced over ranks into grad32's slices, in bucket
+  // order; the updated slices gathered into the whole compute params.
+  bool dp() const { return world > 1; }
+  // The reduction thread: each round (micro-batch) it walks the buckets in
+  // descending order, waiting for each to be reported or the round closed.
+  void dp_loop();
+  // One bucket of a round: agree with the other ranks (gradient here?
+  // overflow? a rank abandoning the step?), then reduce.
+  absl::Status dp_bucket(int bucket, bool have, bool local_overflow, bool aborting);
+  // Closes the open round, waits for the thread to finish it and, with
+  // open_next, opens the next one (wait_grads); returns the thread's error.
+  absl::Status dp_close_round(bool open_next);
+  void dp_stop_thread();
+  struct BucketLayout {
+    std::vector<uint64_t> counts;  // per rank: elements of its part
+    std::vector<uint64_t> pos;     // [param index * world + rank]: start of that slice
+    std::vector<uint64_t> extra;   // per rank: its part's `extra` elements after the slices
+    uint64_t total = 0;
+  };
+  BucketLayout bucket_layout(int bucket, int extra) const;
+  // The agreement reduced with each bucket: ranks with the gradient, with
+  // an overflow, abandoning the step.
+  static constexpr int kDpFlags = 3;
+  // have: this rank has a new gradient (else it adds zeros); first: the
+  // step's first reduction of the bucket (overwrites grad32). flags: this
+  // rank's kDpFlags in, their sums over ranks out; the slices are added to
+  // grad32 only when some rank had the gradient and none flagged more.
+  absl::Status reduce_bucket(int bucket, bool have, bool first, float* flags);
+  absl::Status gather_bucket(int bucket);
   absl::Status publish_bucket(int bucket);
   absl::Status swap_in_update();
   bool update_complete() const;
@@ -124,6 +161,9 @@ struct OffloadOptimizer::Impl {
   absl::Status save_async(const std::string& dir, const nlohmann::json& user_meta);
   absl::Status wait_for_save();
   absl::Status load(const std::string& dir, bool weights_only);
+  // Data parallel (checkpoint.cc): one shard per rank, resharded on load.
+  absl::Status save_shards(const std::string& dir, const nlohmann::json& user_meta);
+  absl::Status load_shards(const std::string& dir, bool weights_only);
 
   config::DsConfig config;
   gpu::Device* device = nullptr;
@@ -192,6 +232,24 @@ struct OffloadOptimizer::Impl {
   std::vector<uint8_t> staging;             // kDevice gradient copy-out (one at a time)
   std::vector<gpu::EventId> bucket_events;  // per bucket with kDevice params
   std::vector<char> bucket_has_device;
+
+  // Data parallel (options.comm with world > 1).
+  dist::Communicator* comm = nullptr;
+  int world = 1;
+  int rank = 0;
+  std::vector<int> reported_round;  // per bucket: the round it was last reported in
+  std::vector<int> reductions;      // per bucket: reductions this step (equal on every rank)
+  // Rounds are the step's micro-batches; under grad_mu with dp_cv.
+  std::thread dp_thread;
+  std::condition_variable dp_cv;
+  int dp_open = -1, dp_closed = -1, dp_done = -1;
+  bool dp_stop = false;
+  bool dp_aborting = false;
+  absl::Status dp_error;
+  std::atomic<bool> dp_overflow_agreed{false};
+  std::vector<std::optional<gpu::EventId>> grad_events;  // per bucket: kDevice gradient written
+  std::vector<float> dp_whole, dp_part;  // a bucket's fp32 gradient, this rank's part of it
+  std::vector<uint8_t> dp_bytes;         // a bucket's compute params, gathered
 };
 
 }  // namespace strata::engine

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "dist/communicator.h"
 #include "engine/offload_optimizer_impl.h"
 #include "offload/pin.h"
 
@@ -118,11 +119,25 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
   std::fill(m.calls.begin(), m.calls.end(), 0);
   std::fill(m.stats_calls.begin(), m.stats_calls.end(), 0);
   std::fill(m.pending_call.begin(), m.pending_call.end(), 0);
+  std::fill(m.reductions.begin(), m.reductions.end(), 0);
+  std::fill(m.grad_events.begin(), m.grad_events.end(), std::nullopt);
   std::fill(m.grad_stats.begin(), m.grad_stats.end(), cpu_adam::GradStats{});
   if (m.spec != nullptr) m.spec->begin_step(m.last_host_seconds, m.last_backward_seconds);
   m.step_start = m.last_grad = std::chrono::steady_clock::now();
   m.backward_reported = false;
   m.in_step = true;
+  if (m.dp()) {
+    // Round 0 (the first micro-batch) opens: the reduction thread waits for
+    // its buckets.
+    std::lock_guard lock(m.grad_mu);
+    std::fill(m.reported_round.begin(), m.reported_round.end(), -1);
+    m.dp_open = 0;
+    m.dp_closed = m.dp_done = -1;
+    m.dp_aborting = false;
+    m.dp_error = absl::OkStatus();
+    m.dp_overflow_agreed = false;
+    m.dp_cv.notify_all();
+  }
   return m.loss_scale;
 }
 
@@ -139,6 +154,20 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
   std::lock_guard lock(m.grad_mu);
   m.last_grad = std::chrono::steady_clock::now();
   if (m.overflow.load()) return absl::OkStatus();  // nothing more leaves the device
+  if (m.dp()) {
+    // The reduction thread takes it from here (descending bucket order).
+    if (m.reported_round[bucket] == m.dp_open) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "grad_ready(", bucket, ") twice without wait_grads() in between: with ", m.world,
+          " data-parallel ranks a bucket's gradient is reduced once per micro-batch; call "
+          "wait_grads() between micro-batches"));
+    }
+    ++m.calls[bucket];
+    m.grad_events[bucket] = grad_written;
+    m.reported_round[bucket] = m.dp_open;
+    m.dp_cv.notify_all();
+    return absl::OkStatus();
+  }
   const int call = ++m.calls[bucket];
   if (m.worker != nullptr) {
     m.worker->submit(
@@ -151,6 +180,7 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
 absl::Status OffloadOptimizer::wait_grads() {
   Impl& m = *impl_;
   STRATA_RETURN_IF_ERROR(m.drain_worker());
+  if (m.dp() && m.in_step) return m.dp_close_round(/*open_next=*/true);
   // The framework may now overwrite its gradients: a last micro-batch the
   // fused pass would read from there goes into grad32 first (only a bucket
   // reported more often than gradient_accumulation_steps has one).
@@ -218,7 +248,9 @@ bool OffloadOptimizer::Impl::can_fuse(int bucket) const {
 absl::Status OffloadOptimizer::Impl::with_grad(
     const ParamRec& p, int pending,
     const std::function<absl::Status(const cpu_adam::Buffers&)>& body) {
-  cpu_adam::Buffers g{.n = p.desc.numel};
+  // The rank's slice (the whole param with one rank; across ranks nothing is
+  // pending: the fused pass is off).
+  cpu_adam::Buffers g{.n = p.slice.numel};
   Pin acc(store.get(), p.grad32, opt_tier);
   if (pending != 1) {
     STRATA_ASSIGN_OR_RETURN(TensorView av, acc.acquire(Access::kRead));
@@ -268,6 +300,7 @@ absl::Status OffloadOptimizer::Impl::stats_bucket(int bucket, int call) {
   cpu_adam::GradStats total;
   for (ParamHandle h : buckets[bucket]) {
     const ParamRec& p = params[h];
+    if (p.slice.numel == 0) continue;
     STRATA_RETURN_IF_ERROR(
         with_grad(p, pending_call[bucket], [&](const cpu_adam::Buffers& g) -> absl::Status {
           STRATA_ASSIGN_OR_RETURN(
@@ -341,7 +374,9 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
   if (stats != nullptr) *stats = {};
   for (int i = 0; i < static_cast<int>(ps.size()); ++i) {
     const ParamRec& p = params[ps[i]];
-    const uint64_t n = p.desc.numel;
+    // The rank's slice of the param (the whole param with one rank).
+    const uint64_t n = p.slice.numel;
+    if (n == 0) continue;
     Pin master(store.get(), p.master, opt_tier);
     Pin m(store.get(), p.exp_avg, opt_tier);
     Pin v(store.get(), p.exp_avg_sq, opt_tier);
@@ -350,6 +385,8 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
+    // The slice's place in the whole compute param.
+    void* out_slice = static_cast<uint8_t*>(ov.data) + p.slice.offset * dtype_size(dtype);
     // The speculative step writes its rollback copy in the same pass; a
     // state the kind leaves alone is copied here.
     float* slot = target == StepTarget::kSpeculative ? spec->save_slot(bucket, i) : nullptr;
@@ -370,7 +407,7 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
       b.param = static_cast<float*>(pv.data);
       b.exp_avg = static_cast<float*>(mv.data);
       b.exp_avg_sq = static_cast<float*>(vv.data);
-      b.param_out = fp32 ? nullptr : ov.data;
+      b.param_out = fp32 ? nullptr : out_slice;
       b.out_dtype = fp32 ? DType::kFloat16 : dtype;
       if (slot != nullptr) {
         b.save_param = slot;
@@ -397,7 +434,7 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
       ++unsaved_writes;
     }
     if (fp32) {
-      std::memcpy(ov.data, pv.data, n * sizeof(float));
+      std::memcpy(out_slice, pv.data, n * sizeof(float));
       optimizer_bytes += n * 2 * sizeof(float);
     }
     STRATA_RETURN_IF_ERROR(master.release(true));
@@ -512,6 +549,22 @@ absl::Status OffloadOptimizer::Impl::finish_pending_update() {
 }
 
 absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
+  if (dp()) {
+    // The round in flight ends with the other ranks told (they fail the
+    // step too, rather than wait for this rank until their timeout).
+    {
+      std::lock_guard lock(grad_mu);
+      dp_aborting = true;
+      // The open round is reduced already (a forward failed before the
+      // next wait_grads): the next one carries the news, as the others'
+      // next micro-batch.
+      if (dp_open >= 0 && dp_done == dp_open && dp_error.ok()) {
+        ++dp_open;
+        dp_cv.notify_all();
+      }
+    }
+    dp_close_round(/*open_next=*/false).IgnoreError();
+  }
   // The worker may still hold this step's jobs, which use the store; a
   // delayed update of the step before that succeeded stays pending.
   if (absl::Status s = drain_worker(); !s.ok() && s != status) {
@@ -550,6 +603,229 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
   return status;
 }
 
+// ---------------------------------------------------------------------------
+// Data parallel: the reduction and the gather (contract in
+// offload_optimizer.h, "Data parallel"). Reductions run on the reduction
+// thread in descending bucket order, gathers on the step's thread in
+// ascending order after it, so every rank issues the same collectives in
+// the same order whatever order its grad_ready calls came in.
+
+void OffloadOptimizer::Impl::dp_loop() {
+  const int num_buckets = static_cast<int>(buckets.size());
+  std::unique_lock lock(grad_mu);
+  for (;;) {
+    dp_cv.wait(lock, [&] { return dp_stop || (dp_open >= 0 && dp_open > dp_done); });
+    if (dp_stop) return;
+    const int round = dp_open;
+    absl::Status status = dp_error;  // after an error the communicator is unusable
+    for (int b = num_buckets - 1; b >= 0 && status.ok(); --b) {
+      if (buckets[b].empty()) continue;
+      dp_cv.wait(lock, [&] { return dp_stop || reported_round[b] == round || dp_closed >= round; });
+      if (dp_stop) return;
+      // Every rank saw the agreed overflow: none reduces more this step.
+      if (dp_overflow_agreed.load()) break;
+      const bool have = reported_round[b] == round;
+      const bool aborting = dp_aborting;
+      lock.unlock();
+      status = dp_bucket(b, have, overflow.load(), aborting);
+      lock.lock();
+    }
+    if (!status.ok() && dp_error.ok()) dp_error = status;
+    dp_done = round;
+    dp_cv.notify_all();
+  }
+}
+
+absl::Status OffloadOptimizer::Impl::dp_bucket(int bucket, bool have, bool local_overflow,
+                                               bool aborting) {
+  const AddElapsed timed(&grad_ns);
+  // The agreement travels with the gradient: three floats after each
+  // rank's part, summed like it and so seen alike by every rank.
+  float flags[kDpFlags] = {have ? 1.0f : 0.0f, local_overflow ? 1.0f : 0.0f,
+                           aborting ? 1.0f : 0.0f};
+  STRATA_RETURN_IF_ERROR(
+      reduce_bucket(bucket, have, reductions[bucket] == 0, flags),
+      absl::StrCat("reducing the gradients of bucket ", bucket, " across ", world, " ranks"));
+  if (flags[2] != 0) {
+    return absl::AbortedError(
+        "a data-parallel rank abandoned the step (its own error says why); this rank stops too");
+  }
+  if (flags[1] != 0) {
+    overflow.store(true);
+    dp_overflow_agreed.store(true);
+  } else if (flags[0] != 0) {
+    ++reductions[bucket];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::dp_close_round(bool open_next) {
+  std::unique_lock lock(grad_mu);
+  if (dp_open < 0) return absl::OkStatus();  // no round open (between steps)
+  dp_closed = dp_open;
+  dp_cv.notify_all();
+  dp_cv.wait(lock, [&] { return dp_done >= dp_closed; });
+  if (open_next && dp_error.ok()) {
+    ++dp_open;
+    dp_cv.notify_all();
+  } else if (!open_next) {
+    dp_open = dp_done = -1;  // the thread idles until the next step
+  }
+  return dp_error;
+}
+
+void OffloadOptimizer::Impl::dp_stop_thread() {
+  if (!dp_thread.joinable()) return;
+  {
+    std::lock_guard lock(grad_mu);
+    dp_stop = true;
+    dp_cv.notify_all();
+  }
+  dp_thread.join();
+}
+
+// A bucket's elements in rank-major order: part q holds slice q of every
+// param of the bucket, in bucket order, so one reduce_scatter (or
+// all_gather) with per-rank counts moves the whole bucket.
+OffloadOptimizer::Impl::BucketLayout OffloadOptimizer::Impl::bucket_layout(int bucket,
+                                                                           int extra) const {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  BucketLayout l;
+  l.counts.assign(world, 0);
+  l.pos.assign(ps.size() * world, 0);
+  l.extra.assign(world, 0);
+  uint64_t at = 0;
+  for (int q = 0; q < world; ++q) {
+    for (size_t i = 0; i < ps.size(); ++i) {
+      l.pos[i * world + q] = at;
+      const uint64_t n = partition_slice(params[ps[i]].desc.numel, q, world).numel;
+      l.counts[q] += n;
+      at += n;
+    }
+    l.extra[q] = at;
+    l.counts[q] += extra;
+    at += extra;
+  }
+  l.total = at;
+  return l;
+}
+
+absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool first,
+                                                   float* flags) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  const BucketLayout l = bucket_layout(bucket, kDpFlags);
+  dp_whole.resize(l.total);
+  if (!have) std::fill(dp_whole.begin(), dp_whole.end(), 0.0f);  // this rank adds nothing
+  for (int q = 0; q < world; ++q) std::copy(flags, flags + kDpFlags, &dp_whole[l.extra[q]]);
+  bool waited = false;
+  const uint64_t esize = dtype_size(dtype);
+  for (size_t i = 0; have && i < ps.size(); ++i) {
+    const ParamRec& p = params[ps[i]];
+    // The gradient where the framework left it, each slice converted to
+    // fp32 into its place.
+    auto pack = [&](const void* grad) -> absl::Status {
+      for (int q = 0; q < world; ++q) {
+        const ParamSlice sl = partition_slice(p.desc.numel, q, world);
+        if (sl.numel == 0) continue;
+        STRATA_RETURN_IF_ERROR(
+            cpu_adam::accumulate_grad(dp_whole.data() + l.pos[i * world + q],
+                                      static_cast<const uint8_t*>(grad) + sl.offset * esize, dtype,
+                                      sl.numel, true, options.exec));
+      }
+      return absl::OkStatus();
+    };
+    if (p.desc.binding == ParamBinding::kStore) {
+      // Reading the grad on the host makes the store copy the device's back (D2H).
+      Pin g(store.get(), p.grad, opt_tier);
+      STRATA_ASSIGN_OR_RETURN(TensorView gv, g.acquire(Access::kRead));
+      STRATA_RETURN_IF_ERROR(pack(gv.data), p.desc.name);
+      STRATA_RETURN_IF_ERROR(g.release(false));
+    } else if (p.desc.binding == ParamBinding::kHost) {
+      STRATA_RETURN_IF_ERROR(pack(p.desc.grad), p.desc.name);
+    } else {
+      if (grad_events[bucket].has_value() && !waited) {
+        STRATA_RETURN_IF_ERROR(device->wait_event(stream, *grad_events[bucket]),
+                               "waiting for the gradient");
+        waited = true;
+      }
+      staging.resize(p.desc.numel * esize);
+      STRATA_RETURN_IF_ERROR(
+          device->copy_to_host(staging.data(), p.desc.grad, staging.size(), stream),
+          absl::StrCat("copying the gradient of ", p.desc.name));
+      STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
+      STRATA_RETURN_IF_ERROR(pack(staging.data()), p.desc.name);
+    }
+  }
+  // Summed in fp32 (the mean's 1/world is in the optimizer's divisor).
+  const float* mine = nullptr;
+  if (config.zero.stage >= 2) {
+    dp_part.resize(std::max<uint64_t>(1, l.counts[rank]));
+    STRATA_RETURN_IF_ERROR(comm->reduce_scatter(dp_whole.data(), dp_part.data(), l.counts,
+                                                DType::kFloat32, dist::ReduceOp::kSum));
+    mine = dp_part.data();
+  } else {
+    STRATA_RETURN_IF_ERROR(
+        comm->all_reduce(dp_whole.data(), l.total, DType::kFloat32, dist::ReduceOp::kSum));
+    mine = dp_whole.data() + (rank == 0 ? 0 : l.extra[rank - 1] + kDpFlags);  // part `rank`
+  }
+  const float* summed = mine + (l.counts[rank] - kDpFlags);
+  std::copy(summed, summed + kDpFlags, flags);
+  // Nobody had this bucket's gradient, or an overflow stops the step.
+  if (flags[0] == 0 || flags[1] != 0 || flags[2] != 0) return absl::OkStatus();
+  uint64_t at = 0;
+  for (ParamHandle h : ps) {
+    const ParamRec& p = params[h];
+    if (p.slice.numel == 0) continue;
+    Pin acc(store.get(), p.grad32, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView av,
+                            acc.acquire(first ? Access::kWrite : Access::kReadWrite));
+    STRATA_RETURN_IF_ERROR(cpu_adam::accumulate_grad(static_cast<float*>(av.data), mine + at,
+                                                     DType::kFloat32, p.slice.numel, first,
+                                                     options.exec));
+    STRATA_RETURN_IF_ERROR(acc.release(true));
+    at += p.slice.numel;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::gather_bucket(int bucket) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  if (ps.empty()) return absl::OkStatus();
+  const BucketLayout l = bucket_layout(bucket, 0);
+  const uint64_t esize = dtype_size(dtype);
+  // Gathering copies bits: a 16-bit dtype travels as fp16 whatever it is.
+  const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
+  std::vector<Pin> pins;
+  std::vector<uint8_t*> views;
+  pins.reserve(ps.size());
+  for (ParamHandle h : ps) {
+    pins.emplace_back(store.get(), params[h].param, opt_tier);
+    STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kReadWrite));
+    views.push_back(static_cast<uint8_t*>(v.data));
+  }
+  // This rank's part (its updated slices), then every rank's.
+  dp_bytes.resize(l.total * esize);
+  uint8_t* part = dp_bytes.data() + l.pos[rank] * esize;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const ParamSlice sl = params[ps[i]].slice;
+    std::memcpy(dp_bytes.data() + l.pos[i * world + rank] * esize, views[i] + sl.offset * esize,
+                sl.numel * esize);
+  }
+  STRATA_RETURN_IF_ERROR(
+      comm->all_gather(part, dp_bytes.data(), l.counts, wire),
+      absl::StrCat("gathering the params of bucket ", bucket, " across ", world, " ranks"));
+  for (size_t i = 0; i < ps.size(); ++i) {
+    for (int q = 0; q < world; ++q) {
+      const ParamSlice sl = partition_slice(params[ps[i]].desc.numel, q, world);
+      std::memcpy(views[i] + sl.offset * esize, dp_bytes.data() + l.pos[i * world + q] * esize,
+                  sl.numel * esize);
+    }
+  }
+  // Dirty: the device copies (if any) are stale; the next forward loads these.
+  for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(true));
+  return absl::OkStatus();
+}
+
 // The decided step: skipped (speculative steps undone) or applied (kept,
 // redone with the clip coefficient, stepped now, or queued as the delayed
 // update); the Adam step and the schedule count an applied step.
@@ -562,7 +838,7 @@ absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult*
   const int64_t next_adam_step = adam_step + (apply ? 1 : 0);
   StepArgs args = spec_args;
   args.step = next_adam_step;
-  args.grad_scale = 1.0 / (r.loss_scale * r.clip_coef);
+  args.grad_scale = 1.0 / (r.loss_scale * r.clip_coef * world);
   const int num_buckets = static_cast<int>(buckets.size());
   if (apply && dpu) {
     // Delayed: the worker steps every bucket while the next step's forward
@@ -593,6 +869,7 @@ absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult*
         }
         STRATA_RETURN_IF_ERROR(step_bucket(b, args, StepTarget::kParam),
                                absl::StrCat("step ", r.step));
+        if (dp()) STRATA_RETURN_IF_ERROR(gather_bucket(b), absl::StrCat("step ", r.step));
       }
     }
     if (apply) {
@@ -616,6 +893,18 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
   // Also finishes the delayed update of the previous step, which the worker
   // ran while this step's forward and backward did.
   STRATA_RETURN_IF_ERROR(drain_worker(), absl::StrCat("step ", r.step));
+  if (dp()) {
+    // The last micro-batch's gradients, reduced into the slices; buckets
+    // with a gradient on any rank count as reported here.
+    STRATA_RETURN_IF_ERROR(dp_close_round(/*open_next=*/false), absl::StrCat("step ", r.step));
+    calls = reductions;
+    std::copy(reductions.begin(), reductions.end(), stats_calls.begin());
+    for (int b = 0; b < static_cast<int>(buckets.size()) && !overflow.load(); ++b) {
+      if (reductions[b] == 0) continue;
+      const AddElapsed timed(&grad_ns);
+      STRATA_RETURN_IF_ERROR(stats_bucket(b, reductions[b]), absl::StrCat("step ", r.step));
+    }
+  }
   if (!backward_reported) {
     last_backward_seconds = std::chrono::duration<double>(last_grad - step_start).count();
   }
@@ -636,9 +925,19 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
     sum_sq += grad_stats[b].sum_squares;
     nonfinite = grad_stats[b].nonfinite;
   }
+  if (dp()) {
+    // Every rank's slices: one sum, so every rank decides alike.
+    double global[2] = {nonfinite ? 0.0 : sum_sq, nonfinite ? 1.0 : 0.0};
+    STRATA_RETURN_IF_ERROR(comm->all_reduce_host(global, dist::ReduceOp::kSum),
+                           absl::StrCat("step ", r.step, ": the global gradient norm"));
+    nonfinite = global[1] != 0 || !std::isfinite(global[0]);
+    sum_sq = global[0];
+    if (nonfinite) overflow.store(true);
+  }
   r.overflow = nonfinite;
-  r.grad_norm =
-      nonfinite ? std::numeric_limits<double>::infinity() : std::sqrt(sum_sq) / r.loss_scale;
+  // Across ranks grad32 holds the sum over ranks: the mean is 1/world of it.
+  r.grad_norm = nonfinite ? std::numeric_limits<double>::infinity()
+                          : std::sqrt(sum_sq) / (r.loss_scale * world);
   r.speculative_buckets = spec != nullptr ? spec->stepped_layers() + early_rollbacks.load() : 0;
   r.rolled_back_buckets = early_rollbacks.load();
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "engine/zero_partition.h"
 #include "offload/device_pool.h"
 
 namespace strata::engine {
@@ -47,6 +48,9 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
                                                                : Tier::kDevice;
 
   const uint64_t esize = dtype_size(p.dtype);
+  // Data parallel: each rank holds its slice of the fp32 tensors (rank 0's,
+  // the largest; engine/zero_partition.h).
+  const int world = std::max(1, config.world_size);
   const bool delayed = config.strata.delayed_param_update;  // + param_next
   // grad, grad32 and param_next live where the optimizer reads them.
   const Tier optimizer_side = p.offload ? Tier::kHost : Tier::kDevice;
@@ -67,7 +71,11 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
     };
     max_layer_params = std::max(max_layer_params, layers[l].size());
     for (const ParamSpec& s : layers[l]) {
-      const uint64_t b16 = s.numel * esize, b32 = s.numel * 4;
+      const uint64_t b16 = s.numel * esize;
+      // (An empty slice still registers one element.)
+      const uint64_t b32 =
+          (world == 1 ? s.numel : std::max<uint64_t>(1, partition_slice(s.numel, 0, world).numel)) *
+          4;
       layer_device += 2 * b16;  // param + grad, both on the device during backward
       p.device_all_layers += 2 * round_up(b16, kPoolBlock);
       tensors += 2;
@@ -121,8 +129,9 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
   // Overlap mode steps layers during backward and keeps copies to undo
   // them whatever the precision (any step can still fail); the delayed
   // update speculates nothing.
+  // Across ranks the optimizer does not speculate (offload_optimizer.h).
   if (config.strata.overlap == config::OverlapMode::kOverlap &&
-      !config.strata.delayed_param_update) {
+      !config.strata.delayed_param_update && world == 1) {
     p.rollback = std::min(state_bytes, static_cast<uint64_t>(config.strata.rollback_buffer_bytes));
   }
   return p;

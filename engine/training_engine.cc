@@ -405,7 +405,10 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir, CheckpointU
 
 absl::StatusOr<nlohmann::json> TrainingEngine::read_checkpoint_user_metadata(
     const std::string& dir) {
-  STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(dir));
+  // Across ranks every shard records the same; rank 0's is read.
+  STRATA_ASSIGN_OR_RETURN(
+      Checkpoint ck,
+      read_checkpoint(is_sharded_checkpoint(dir) ? checkpoint_shard_dir(dir, 0) : dir));
   return ck.user;
 }
 

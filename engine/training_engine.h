@@ -100,12 +100,19 @@
 // keep theirs, and nothing stays pending; the Adam step and the schedule
 // still count step n.
 //
+// Data parallel: with options.comm (world N > 1) each rank runs its own
+// engine on its share of the batch (the Model picks the rank's data) and
+// the optimizer partitions, reduces and gathers as offload_optimizer.h
+// ("Data parallel") says. Every rank calls train_step and save_checkpoint
+// at the same points (they are collective); load_checkpoint reshards a
+// checkpoint of any world size.
+//
 // Threading: not thread-safe; one thread calls train_step(). Errors: create()
-// rejects configs that parse but cannot run (no optimizer, world size
-// above 1, offload_param without offload_optimizer, offload_optimizer
-// none on a device the host cannot address, an unwritable nvme_path,
-// budgets too small for one layer) with a message naming the key or
-// option to change.
+// rejects configs that parse but cannot run (no optimizer, a world size
+// other than options.comm's (1 without one), offload_param without
+// offload_optimizer, offload_optimizer none on a device the host cannot
+// address, an unwritable nvme_path, budgets too small for one layer) with
+// a message naming the key or option to change.
 #pragma once
 
 #include <array>

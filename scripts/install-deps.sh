@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache git clang-format
   liburing-dev libhwloc-dev libtbb-dev libxsimd-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
-  libspdlog-dev libfmt-dev libxxhash-dev libopenblas-dev libnuma-dev libicu-dev
+  libspdlog-dev libfmt-dev libxxhash-dev libopenblas-dev libnuma-dev libicu-dev libgloo-dev
   fio fortunes python3 python3-venv python3-dev
 )
 

@@ -17,6 +17,11 @@
 // backward ran before it). inputs() and targets() give micro-batch k's data
 // for reference computations in the tests.
 //
+// Data parallel: MlpTestModel(dims, batch, shard, shards) is rank `shard` of
+// `shards`: its micro-batch k is rows [shard * batch, (shard + 1) * batch)
+// of the (batch * shards)-row micro-batch k of MlpTestModel(dims, batch *
+// shards), so N ranks together see what one rank sees.
+//
 // Not thread-safe; SimDevice only (it dereferences device pointers).
 #pragma once
 
@@ -39,8 +44,9 @@ namespace strata::test_models {
 
 class MlpTestModel final : public engine::Model {
  public:
-  explicit MlpTestModel(std::vector<int> dims = {16, 32, 32, 4}, int batch = 32)
-      : dims_(std::move(dims)), batch_(batch) {
+  explicit MlpTestModel(std::vector<int> dims = {16, 32, 32, 4}, int batch = 32, int shard = 0,
+                        int shards = 1)
+      : dims_(std::move(dims)), batch_(batch), shard_(shard), shards_(shards) {
     const int layers = static_cast<int>(dims_.size()) - 1;
     x_.resize(layers + 1);
     z_.resize(layers);
@@ -151,6 +157,8 @@ class MlpTestModel final : public engine::Model {
 
   const std::vector<int>& dims() const { return dims_; }
   int batch() const { return batch_; }
+  int shard() const { return shard_; }
+  int shards() const { return shards_; }
   // Micro-batch k's inputs (batch x dims.front()) and targets (batch x dims.back()).
   std::vector<float> inputs(int64_t micro) {
     make_batch(micro);
@@ -171,6 +179,8 @@ class MlpTestModel final : public engine::Model {
     const int in = dims_.front(), out = dims_.back();
     uint64_t s = 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(micro + 1);
     x_[0].resize(size_t(batch_) * in);
+    // The shards before this one draw their rows first.
+    for (size_t k = 0; k < size_t(shard_) * batch_ * in; ++k) uniform(s);
     for (float& v : x_[0]) v = uniform(s);
     target_.assign(size_t(batch_) * out, 0.0f);
     for (int n = 0; n < batch_; ++n)
@@ -193,6 +203,7 @@ class MlpTestModel final : public engine::Model {
 
   std::vector<int> dims_;
   int batch_;
+  int shard_ = 0, shards_ = 1;
   std::vector<float> teacher_, target_;
   std::vector<std::vector<float>> x_, z_, dx_;  // per layer: input, pre-activation, d(input)
   double loss_ = 0;

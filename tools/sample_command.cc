@@ -90,7 +90,13 @@ struct SavedRun {
 };
 
 absl::StatusOr<SavedRun> read_saved_run(const std::string& dir) {
-  STRATA_ASSIGN_OR_RETURN(const engine::Checkpoint ck, engine::read_checkpoint(dir), "--ckpt");
+  // A data-parallel checkpoint's metadata is its rank-0 shard's (the
+  // engine's load then reads every shard).
+  STRATA_ASSIGN_OR_RETURN(const engine::Checkpoint ck,
+                          engine::read_checkpoint(engine::is_sharded_checkpoint(dir)
+                                                      ? engine::checkpoint_shard_dir(dir, 0)
+                                                      : dir),
+                          "--ckpt");
   const json& user = ck.user;
   if (!user.is_object() || !user.contains("model")) {
     return absl::FailedPreconditionError(absl::StrCat(

@@ -1,0 +1,398 @@
+// TrainingEngine across data-parallel ranks (ranks as threads, Gloo over
+// loopback, SimDevice each): 2 and 3 ranks train the MlpTestModel as one
+// rank does on the same global batch (one rank sees the ranks' micro-batches
+// concatenated), per-step losses and the final masters agree over 30 steps
+// for ZeRO stage 1 and 2, optimizer on cpu and on nvme, fp32 and fp16; each
+// rank holds ~1/N of the fp32 bytes; a checkpoint saved by 2 ranks resumes
+// on 1 and on 3 ranks; a config whose world size differs from the
+// communicator's is refused naming both.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "engine/checkpoint_dir.h"
+#include "engine/checkpoint_format.h"
+#include "tests/dp_test_util.h"
+#include "tests/engine_test_fixture.h"
+
+namespace strata::engine {
+namespace {
+
+using strata::testing::parse_config_at;
+using strata::testing::run_ranks;
+
+// Rows per rank per micro-batch at the case's world size (divisible by 3
+// and 2, so a checkpoint of 2 ranks resumes on 3 with the same batch).
+constexpr int kMicro = 6;
+const std::vector<int> kDims = {16, 128, 128, 4};
+
+struct Case {
+  int world = 2;
+  int stage = 2;
+  bool nvme = false;
+  bool fp16 = false;
+  bool bf16 = false;
+  const char* overlap = "sync";
+  // >= 0: rank 0's (and one rank's) backward of that micro-batch writes
+  // +inf into a gradient (an fp16 overflow seen by one rank only).
+  int poison_micro = -1;
+};
+
+std::string case_name(const Case& c) {
+  return absl::StrCat("world", c.world, "_stage", c.stage, c.nvme ? "_nvme" : "_cpu",
+                      c.fp16   ? "_fp16"
+                      : c.bf16 ? "_bf16"
+                               : "_fp32",
+                      "_", c.overlap);
+}
+
+class TrainingEngineDpTest : public TrainingEngineTest {
+ protected:
+  // The config of a run of `world` ranks, kMicro rows each per micro-batch
+  // (one rank: kMicro * ranks rows, so the global batch is the same).
+  config::DsConfig dp_config(const Case& c, int world, const std::string& nvme_dir) {
+    const std::string offload =
+        c.nvme ? absl::StrCat("{\"device\": \"nvme\", \"nvme_path\": \"", nvme_dir, "\"}")
+               : std::string("{\"device\": \"cpu\"}");
+    const std::string json = absl::StrCat(
+        "{\"train_micro_batch_size_per_gpu\": ", kMicro * c.world / world,
+        ", \"gradient_accumulation_steps\": 2, \"gradient_clipping\": 1.0, ",
+        "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01, \"weight_decay\": "
+        "0.01}}, \"strata\": {\"overlap\": \"",
+        c.overlap, "\", \"prefetch_window_bytes\": 4096}, ",
+        "\"zero_optimization\": {\"stage\": ", c.stage, ", \"offload_optimizer\": ", offload, "}",
+        c.fp16 ? absl::StrCat(", ", kFp16) : "", c.bf16 ? ", \"bf16\": {\"enabled\": true}" : "",
+        "}");
+    return parse_config_at(json, world);
+  }
+
+  struct RankResult {
+    std::vector<double> loss;
+    std::vector<bool> skipped;
+    std::vector<float> master;  // the whole model's masters, params in model order
+    std::vector<float> param;   // compute params as fp32
+    uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0;
+    std::vector<std::vector<float>> master_slices;  // per param: this rank's slice
+  };
+
+  // Trains `steps` steps on `world` ranks (0: one rank without a
+  // communicator); rank r's results in out[r]. `before` runs after create.
+  void train(const Case& c, int world, int steps, std::vector<RankResult>* out,
+             const std::function<absl::Status(TrainingEngine&, int)>& before = {},
+             const std::function<absl::Status(TrainingEngine&, int)>& after = {}) {
+    const int ranks = std::max(1, world);
+    out->assign(ranks, {});
+    auto body = [&](int r, dist::Communicator* comm) -> absl::Status {
+      gpu::SimDevice device;
+      MlpTestModel model(kDims, kMicro * c.world / ranks, r, ranks);
+      if (c.poison_micro >= 0 && r == 0) model.poison(c.poison_micro, 1);
+      const std::string nvme = (dir_ / absl::StrCat("nvme", r)).string();
+      const config::DsConfig cfg = dp_config(c, ranks, nvme);
+      EngineOptions o;
+      o.comm = comm;
+      o.lr_schedule = std::make_unique<ConstantLr>(cfg.optimizer.lr);
+      o.allow_buffered_io = true;
+      STRATA_ASSIGN_OR_RETURN(auto e, TrainingEngine::create(cfg, &model, &device, std::move(o)));
+      if (before) STRATA_RETURN_IF_ERROR(before(*e, r));
+      RankResult& res = (*out)[r];
+      for (int s = 0; s < steps; ++s) {
+        STRATA_ASSIGN_OR_RETURN(StepStats st, e->train_step(), absl::StrCat("step ", s));
+        res.loss.push_back(st.loss);
+        res.skipped.push_back(st.skipped);
+      }
+      for (int l = 0; l < 3; ++l) {
+        for (int p = 0; p < 2; ++p) {
+          STRATA_ASSIGN_OR_RETURN(std::vector<float> m, e->read_fp32(l, p, StateKind::kMaster));
+          res.master_slices.push_back(m);
+          STRATA_ASSIGN_OR_RETURN(std::vector<float> v, e->read_param(l, p));
+          res.param.insert(res.param.end(), v.begin(), v.end());
+        }
+      }
+      const Placement& pl = e->optimizer().placement();
+      for (const RoleBytes* rb : {&pl.host_roles}) {
+        res.fp32_host_bytes = rb->grad32 + rb->master + rb->exp_avg + rb->exp_avg_sq;
+      }
+      res.fp32_nvme_bytes = pl.nvme_roles.master + pl.nvme_roles.exp_avg + pl.nvme_roles.exp_avg_sq;
+      if (after) STRATA_RETURN_IF_ERROR(after(*e, r));
+      return absl::OkStatus();
+    };
+    if (world == 0) {
+      ASSERT_TRUE(body(0, nullptr).ok());
+    } else {
+      const std::vector<absl::Status> st = run_ranks(world, body);
+      for (int r = 0; r < world; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+    }
+  }
+
+  // The ranks' master slices put together, param by param.
+  static std::vector<float> whole_masters(const std::vector<RankResult>& ranks) {
+    std::vector<float> out;
+    for (size_t p = 0; p < ranks[0].master_slices.size(); ++p) {
+      for (const RankResult& r : ranks) {
+        out.insert(out.end(), r.master_slices[p].begin(), r.master_slices[p].end());
+      }
+    }
+    return out;
+  }
+
+  static double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
+    EXPECT_EQ(a.size(), b.size());
+    double worst = 0;
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+      // Relative to the element, with a floor for elements near zero.
+      const double scale = std::max(std::fabs(double(a[i])), 1e-2);
+      worst = std::max(worst, std::fabs(double(a[i]) - double(b[i])) / scale);
+    }
+    return worst;
+  }
+
+  // ||a - b|| / ||b||.
+  static double norm_rel(const std::vector<float>& a, const std::vector<float>& b) {
+    EXPECT_EQ(a.size(), b.size());
+    double d = 0, n = 0;
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+      d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+      n += double(b[i]) * b[i];
+    }
+    const double rel = std::sqrt(d / n);
+    return rel;
+  }
+
+  void expect_equivalent(const Case& c) {
+    SCOPED_TRACE(case_name(c));
+    constexpr int kSteps = 30;
+    std::vector<RankResult> one, many;
+    train(c, 0, kSteps, &one);
+    train(c, c.world, kSteps, &many);
+    if (HasFatalFailure()) return;
+    // fp32: losses 1e-5 relative step by step, masters 1e-5 in norm
+    // (measured 1.6e-7). fp16: each rank's gradient is
+    // rounded to fp16 on its own (one rank rounds the whole batch's), about
+    // 2^-11 relative per element; Adam turns the noise on near-zero
+    // gradients into full-size updates and training amplifies it, so the
+    // runs agree at 2e-4 over the first steps and drift to ~1e-2 by step 30
+    // (measured); the check there is that they stay the same training run.
+    for (int s = 0; s < kSteps; ++s) {
+      double mean = 0;
+      for (const RankResult& r : many) mean += r.loss[s];
+      mean /= c.world;
+      const double early = c.fp16 ? 2e-4 : 2e-3;  // bf16 rounds to 2^-8
+      const double tol = !c.fp16 && !c.bf16 ? 1e-5 : s < 3 ? early : 5e-2;
+      EXPECT_NEAR(mean, one[0].loss[s], tol * std::fabs(one[0].loss[s])) << "step " << s;
+    }
+    const std::vector<float> masters = whole_masters(many);
+    if (c.fp16 || c.bf16) {
+      EXPECT_LE(norm_rel(masters, whole_masters(one)), 5e-2);
+      EXPECT_LE(norm_rel(many[0].param, one[0].param), 5e-2);
+    } else {
+      EXPECT_LE(norm_rel(masters, whole_masters(one)), 1e-5);
+      // Element by element (floor 1e-2): an element whose gradient is near
+      // zero moves by Adam's noise (measured 8e-5 at 3 ranks).
+      EXPECT_LE(max_rel(masters, whole_masters(one)), 1e-3);
+      EXPECT_LE(max_rel(many[0].param, one[0].param), 1e-3);
+    }
+    // Skips are decided alike on every rank and as one rank decides.
+    for (const RankResult& r : many) EXPECT_EQ(r.skipped, one[0].skipped);
+    if (c.poison_micro >= 0) EXPECT_TRUE(one[0].skipped[c.poison_micro / 2]);
+    // Every rank's forward sees the same params, the gathered masters rounded.
+    for (int r = 1; r < c.world; ++r) EXPECT_EQ(many[r].param, many[0].param) << "rank " << r;
+    // Per-rank fp32 bytes ~1/N of one rank's (4 KiB pages per tensor).
+    const uint64_t one_bytes = c.nvme ? one[0].fp32_nvme_bytes : one[0].fp32_host_bytes;
+    for (int r = 0; r < c.world; ++r) {
+      const uint64_t bytes = c.nvme ? many[r].fp32_nvme_bytes : many[r].fp32_host_bytes;
+      EXPECT_LE(bytes, one_bytes / c.world + 24 * 4096) << "rank " << r;
+      EXPECT_LT(bytes, one_bytes) << "rank " << r;
+    }
+    // Each rank's slice is its share of the elements.
+    for (size_t p = 0; p < many[0].master_slices.size(); ++p) {
+      size_t total = 0;
+      for (const RankResult& r : many) total += r.master_slices[p].size();
+      EXPECT_EQ(total, one[0].master_slices[p].size());
+    }
+  }
+};
+
+TEST_F(TrainingEngineDpTest, Stage1CpuFp32TwoRanks) { expect_equivalent({.world = 2, .stage = 1}); }
+TEST_F(TrainingEngineDpTest, Stage2CpuFp32ThreeRanks) {
+  expect_equivalent({.world = 3, .stage = 2});
+}
+TEST_F(TrainingEngineDpTest, Stage2NvmeFp32TwoRanks) {
+  expect_equivalent({.world = 2, .stage = 2, .nvme = true});
+}
+TEST_F(TrainingEngineDpTest, Stage1NvmeFp16ThreeRanks) {
+  expect_equivalent({.world = 3, .stage = 1, .nvme = true, .fp16 = true});
+}
+TEST_F(TrainingEngineDpTest, Stage2CpuFp16TwoRanks) {
+  expect_equivalent({.world = 2, .stage = 2, .fp16 = true});
+}
+// Only rank 0 of 3 sees the overflow (micro-batch 3: step 1's second):
+// every rank skips that step, as one rank does, and the scalers stay equal.
+TEST_F(TrainingEngineDpTest, Fp16OverflowOnOneRankSkipsTheStepEverywhere) {
+  expect_equivalent({.world = 3, .stage = 2, .fp16 = true, .poison_micro = 3});
+}
+TEST_F(TrainingEngineDpTest, Stage2CpuBf16ThreeRanks) {
+  expect_equivalent({.world = 3, .stage = 2, .bf16 = true});
+}
+TEST_F(TrainingEngineDpTest, Stage2OverlapModeTwoRanks) {
+  expect_equivalent({.world = 2, .stage = 2, .overlap = "overlap"});
+}
+
+// Saved by 2 ranks after 10 steps; the next 10 steps on 1 and on 3 ranks
+// (resharded on load) are those 2 ranks take.
+TEST_F(TrainingEngineDpTest, CheckpointOfTwoRanksResumesOnOneAndThree) {
+  const Case c{.world = 2, .stage = 2};
+  const std::string ckpt = (dir_ / "ckpt").string();
+  std::vector<RankResult> saved, two, one, three;
+  train(c, 2, 10, &saved, {}, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  auto load = [&](TrainingEngine& e, int) { return e.load_checkpoint(ckpt); };
+  train(c, 2, 10, &two, load);
+  train(c, 0, 10, &one, load);
+  train(c, 3, 10, &three, load);
+  if (HasFatalFailure()) return;
+  for (int s = 0; s < 10; ++s) {
+    const double ref = (two[0].loss[s] + two[1].loss[s]) / 2;
+    EXPECT_NEAR(one[0].loss[s], ref, 1e-5 * ref) << "step " << s;
+    const double mean3 = (three[0].loss[s] + three[1].loss[s] + three[2].loss[s]) / 3;
+    EXPECT_NEAR(mean3, ref, 1e-5 * ref) << "step " << s;
+  }
+  // The resumed runs continue the saved one (not a fresh start).
+  EXPECT_LT(two[0].loss[0], saved[0].loss[0]);
+  EXPECT_LE(norm_rel(whole_masters(one), whole_masters(two)), 1e-5);
+  EXPECT_LE(norm_rel(whole_masters(three), whole_masters(two)), 1e-5);
+  EXPECT_TRUE(is_sharded_checkpoint(ckpt));
+  EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(ckpt) / "rank1" / "meta.json"));
+  // Merged into one rank's checkpoint, it resumes as the shards do.
+  const std::string merged = (dir_ / "merged").string();
+  ASSERT_TRUE(merge_checkpoint_shards(ckpt, merged).ok());
+  EXPECT_FALSE(is_sharded_checkpoint(merged));
+  std::vector<RankResult> from_merged;
+  train(c, 0, 10, &from_merged, [&](TrainingEngine& e, int) { return e.load_checkpoint(merged); });
+  if (HasFatalFailure()) return;
+  EXPECT_EQ(from_merged[0].loss, one[0].loss);
+  EXPECT_EQ(whole_masters(from_merged), whole_masters(one));
+  // What a trainer checks before saving there again and reads to resume.
+  EXPECT_TRUE(check_checkpoint_destination(ckpt).ok());
+  EXPECT_TRUE(TrainingEngine::read_checkpoint_user_metadata(ckpt).ok());
+
+  // Saved again by 3 ranks into the same directory: its shards replace the
+  // 2 ranks' (and the resumed 2-rank run continues from it).
+  std::vector<RankResult> again;
+  train(c, 3, 1, &again, load, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(ckpt) / "rank2" / "meta.json"));
+  std::vector<RankResult> after;
+  train(c, 2, 1, &after, load);
+  if (HasFatalFailure()) return;
+  EXPECT_NEAR((after[0].loss[0] + after[1].loss[0]) / 2, (two[0].loss[1] + two[1].loss[1]) / 2,
+              1e-5 * two[0].loss[1]);
+}
+
+// A one-rank checkpoint loads across ranks (its one shard is resharded).
+TEST_F(TrainingEngineDpTest, OneRankCheckpointResumesOnTwo) {
+  const Case c{.world = 2, .stage = 2};
+  const std::string ckpt = (dir_ / "single").string();
+  std::vector<RankResult> saved, one, two;
+  train(c, 0, 5, &saved, {}, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  EXPECT_FALSE(is_sharded_checkpoint(ckpt));
+  auto load = [&](TrainingEngine& e, int) { return e.load_checkpoint(ckpt); };
+  train(c, 0, 5, &one, load);
+  train(c, 2, 5, &two, load);
+  if (HasFatalFailure()) return;
+  for (int s = 0; s < 5; ++s) {
+    EXPECT_NEAR((two[0].loss[s] + two[1].loss[s]) / 2, one[0].loss[s], 1e-5 * one[0].loss[s]);
+  }
+}
+
+// Rank 0's backward fails in step 1: it returns that error, the other ranks
+// a step abandoned by a rank (at once, not after the timeout); every rank
+// is back where step 1 began and the next steps run in lockstep.
+TEST_F(TrainingEngineDpTest, AFailedStepOnOneRankFailsItOnEveryRank) {
+  const Case c{.world = 3, .stage = 2, .overlap = "overlap"};
+  std::vector<std::vector<float>> params(3);
+  const std::vector<absl::Status> st = run_ranks(3, [&](int r, dist::Communicator* comm) {
+    gpu::SimDevice device;
+    MlpTestModel model(kDims, kMicro, r, 3);
+    if (r == 0) model.fail_backward(/*micro_batch=*/3, /*layer=*/1);
+    EngineOptions o;
+    o.comm = comm;
+    o.lr_schedule = std::make_unique<ConstantLr>(0.01);
+    STRATA_ASSIGN_OR_RETURN(
+        auto e, TrainingEngine::create(dp_config(c, 3, ""), &model, &device, std::move(o)));
+    STRATA_RETURN_IF_ERROR(e->train_step().status());
+    const auto t0 = std::chrono::steady_clock::now();
+    const absl::Status failed = e->train_step().status();
+    if (failed.ok()) return absl::InternalError("step 1 did not fail");
+    const bool mine = failed.message().find("injected backward failure") != std::string::npos;
+    const bool told = failed.code() == absl::StatusCode::kAborted &&
+                      failed.message().find("abandoned") != std::string::npos;
+    if (r == 0 ? !mine : !told) {
+      return absl::InternalError(absl::StrCat("rank ", r, ": unexpected ", failed.ToString()));
+    }
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(20)) {
+      return absl::InternalError("the failure took a timeout to arrive");
+    }
+    if (e->steps() != 1) return absl::InternalError("the failed step was counted");
+    model.clear_faults();
+    for (int s = 0; s < 3; ++s) STRATA_RETURN_IF_ERROR(e->train_step().status());
+    for (int l = 0; l < 3; ++l) {
+      for (int p = 0; p < 2; ++p) {
+        STRATA_ASSIGN_OR_RETURN(std::vector<float> v, e->read_param(l, p));
+        params[r].insert(params[r].end(), v.begin(), v.end());
+      }
+    }
+    return absl::OkStatus();
+  });
+  for (int r = 0; r < 3; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+  EXPECT_EQ(params[1], params[0]);
+  EXPECT_EQ(params[2], params[0]);
+}
+
+// A forward that fails on rank 1 after its previous micro-batch was
+// reduced: the other ranks learn it in their next micro-batch.
+TEST_F(TrainingEngineDpTest, AFailedForwardOnOneRankFailsTheStepEverywhere) {
+  const Case c{.world = 2, .stage = 1, .overlap = "overlap"};
+  const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {
+    gpu::SimDevice device;
+    MlpTestModel model(kDims, kMicro, r, 2);
+    if (r == 1) model.fail_forward(/*micro_batch=*/1, /*layer=*/2);
+    EngineOptions o;
+    o.comm = comm;
+    STRATA_ASSIGN_OR_RETURN(
+        auto e, TrainingEngine::create(dp_config(c, 2, ""), &model, &device, std::move(o)));
+    const absl::Status failed = e->train_step().status();
+    const bool expected = r == 1 ? failed.message().find("injected forward") != std::string::npos
+                                 : failed.code() == absl::StatusCode::kAborted;
+    if (!expected) return absl::InternalError(absl::StrCat("rank ", r, ": ", failed.ToString()));
+    model.clear_faults();
+    return e->train_step().status();
+  });
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+}
+
+TEST_F(TrainingEngineDpTest, ConfigWorldSizeMustMatchTheCommunicator) {
+  const Case c{.world = 2};
+  const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {
+    gpu::SimDevice device;
+    MlpTestModel model(kDims, kMicro, r, 2);
+    EngineOptions o;
+    o.comm = comm;
+    // Resolved for 3 ranks, run on 2.
+    auto e = TrainingEngine::create(dp_config(c, 3, ""), &model, &device, std::move(o));
+    return e.status();
+  });
+  for (const absl::Status& s : st) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("world size 3"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("this run has 2 ranks"), std::string::npos) << s;
+  }
+}
+
+}  // namespace
+}  // namespace strata::engine

@@ -369,6 +369,9 @@ absl::Status OffloadOptimizer::Impl::add_swap_files(offload::TieredStore::Option
     so.io = own_io.get();
   }
   so.swap_paths = swap_files;
+  const swap::NvmePipeline pipeline = swap::nvme_pipeline(config.zero.offload_optimizer);
+  so.read_ahead = pipeline.read_ahead;
+  so.write_behind = pipeline.write_behind;
   return absl::OkStatus();
 }
 

@@ -94,7 +94,11 @@ absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
   std::string zero =
       absl::StrCat("{\"stage\": 2, \"offload_optimizer\": {\"device\": \"", o.offload, "\"");
   if (o.offload == "nvme") absl::StrAppend(&zero, ", \"nvme_path\": \"", dir, "\"");
-  absl::StrAppend(&zero, "}}");
+  absl::StrAppend(&zero, "}");
+  if (o.reduce_bucket_size > 0) {
+    absl::StrAppend(&zero, ", \"reduce_bucket_size\": ", o.reduce_bucket_size);
+  }
+  absl::StrAppend(&zero, "}");
   const std::string json = absl::StrCat(
       "{\"train_micro_batch_size_per_gpu\": ", o.micro_batch,
       ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps, ", \"", o.precision,

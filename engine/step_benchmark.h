@@ -74,6 +74,10 @@ struct StepBenchmarkOptions {
   // strata.prefetch_window_bytes; 0: the config's default. Small windows
   // keep NVMe-homed states moving on small shapes (tests).
   int64_t prefetch_window_bytes = 0;
+  // zero_optimization.reduce_bucket_size (elements per gradient bucket);
+  // 0: DeepSpeed's default 5e8, which holds this whole model: overlap mode
+  // then hands the gradients over only after the backward.
+  int64_t reduce_bucket_size = 0;
   int world_size = 1;  // data-parallel ranks (threads), see above
 };
 

@@ -384,6 +384,7 @@ class CliFuzzTest : public ::testing::Test {
           {"--offload", Kind::kChoice},
           {"--precision", Kind::kChoice},
           {"--nvme-path", Kind::kOutDir},
+          {"--reduce-bucket-size", Kind::kNumber},
           {"--steps", Kind::kNumber},
           {"--threads", Kind::kNumber},
           {"--world-size", Kind::kNumber}},

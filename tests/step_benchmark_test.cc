@@ -7,6 +7,8 @@
 // shrink against one rank's, measured per rank.
 #include "engine/step_benchmark.h"
 
+#include <cstdio>
+
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cli_test_util.h"
@@ -82,6 +84,42 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
   EXPECT_EQ(r->modes[2].mode, "delayed");
 }
 
+// The stream-ordered store (issue 14, item 3): the host waits for the
+// device only where the schedule must. Steady steps (after the first, which
+// records the trace): sync mode waits once per step (after the whole
+// backward, for its flags and every gradient copy); overlap and delayed wait
+// once per layer for its fp16 flags and once for its gradients on the
+// worker, never per tensor moved. Before, every transfer and every layer
+// ended in a host wait (about five per layer).
+TEST(StepBenchmarkTest, SteadyStepsWaitOnTheHostOnlyWhereTheScheduleMust) {
+  StepBenchmarkOptions o;
+  o.n_layer = 4;
+  o.n_embd = 64;
+  o.vocab_size = 256;
+  o.positions = 64;
+  o.width_divisor = 2;
+  o.micro_batch = 1;
+  o.seq_len = 32;
+  o.tflops = 0.05;
+  o.steps = 4;
+  auto r = run_step_benchmark(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int layers = o.n_layer + 3;  // embeddings, blocks, ln_f, head
+  for (const StepBenchmarkMode& m : r->modes) {
+    SCOPED_TRACE(m.mode);
+    for (size_t i = 1; i < m.steps.size(); ++i) {
+      const StepBenchmarkStep& s = m.steps[i];
+      EXPECT_EQ(s.device_syncs, 0) << "step " << i;
+      if (m.mode == "sync") {
+        EXPECT_LE(s.host_syncs, 1) << "step " << i;
+      } else {
+        EXPECT_LE(s.host_syncs, 2 * layers + 2) << "step " << i;
+      }
+      std::printf("%s step %zu: %.0f host syncs\n", m.mode.c_str(), i, s.host_syncs);
+    }
+  }
+}
+
 // With the optimizer states on NVMe the drive's time is its busy time
 // (reads and writes in flight), within the step like every other resource.
 TEST(StepBenchmarkTest, NvmeTimeIsTheDrivesBusyTime) {
@@ -123,11 +161,12 @@ TEST(StepBenchmarkTest, JsonHasTheModesSteadyFiguresAndTheStream) {
   strata::testing::ScratchDir dir("step_benchmark_test.");
   const strata::testing::CliRun run = dir.run_strata(
       "bench step --model gpt2-tiny --width-divisor 2 --micro-batch 1 --seq-len 64 "
-      "--steps 2 --tflops 0.05 --json");
+      "--steps 2 --tflops 0.05 --reduce-bucket-size 20000 --json");
   ASSERT_FALSE(run.crashed) << run.err;
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const nlohmann::json j = nlohmann::json::parse(run.out);
   EXPECT_GT(j["stream_gb_per_s"].get<double>(), 0);
+  EXPECT_EQ(j["reduce_bucket_size"].get<int64_t>(), 20000);
   for (const char* mode : {"sync", "overlap", "delayed"}) {
     SCOPED_TRACE(mode);
     const nlohmann::json& steady = j["modes"][mode]["steady"];

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
+#include "core/config/ds_config.h"
 #include "engine/step_benchmark.h"
 #include "model/gpt2_config.h"
 #include "tools/cli_util.h"
@@ -133,6 +134,9 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
       ->check(CLI::IsMember({"fp16", "bf16"}));
   cmd->add_option("--nvme-path", o->nvme_dir, "directory for the NVMe swap file (/tmp)")
       ->check(CLI::ExistingDirectory);
+  cmd->add_option("--reduce-bucket-size", o->reduce_bucket_size,
+                  "elements per gradient bucket (zero_optimization.reduce_bucket_size; 5e8)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--steps", o->steps, "steps per mode; the first records the trace (4)")
       ->check(CLI::Range(2, 100));
   cmd->add_option("--threads", o->cpu_threads, "CPU optimizer threads (all cores)")
@@ -248,6 +252,9 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   {"link_gb_per_s", o->link_gb_per_s},
                   {"offload", o->offload},
                   {"precision", o->precision},
+                  {"reduce_bucket_size", o->reduce_bucket_size > 0
+                                             ? o->reduce_bucket_size
+                                             : config::ZeroConfig{}.reduce_bucket_size},
                   {"nvme_read_gb_per_s", r->nvme_read_gb_per_s},
                   {"nvme_write_gb_per_s", r->nvme_write_gb_per_s},
                   {"stream_gb_per_s", r->stream_gb_per_s},

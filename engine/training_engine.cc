@@ -78,7 +78,8 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     all_params += layers_[l].size();
   }
   STRATA_RETURN_IF_ERROR(opt_->finalize());
-  plan_buckets(config.zero.reduce_bucket_size, config.zero.allgather_bucket_size);
+  plan_buckets(config.zero.reduce_bucket_size_given ? config.zero.reduce_bucket_size : 0,
+               config.zero.allgather_bucket_size);
   for (size_t b = 0; b < reduce_buckets_.size(); ++b) {
     STRATA_ASSIGN_OR_RETURN(const gpu::EventId e, device_->create_event());
     bucket_events_.push_back(e);
@@ -105,6 +106,17 @@ void TrainingEngine::plan_buckets(int64_t reduce_elements, int64_t allgather_ele
   // A bucket's gradients stay pinned on the device until the bucket is
   // full, so a bucket also fits a quarter of the device tier's budget (a
   // stage 3 device cache holds a few layers).
+  // Not set in the config (0): about kAutoBuckets buckets, so the host
+  // optimizer starts on the first while backward computes the rest
+  // (DeepSpeed's 5e8 would make a model below 500M params one bucket, whose
+  // optimizer work starts only after the whole backward).
+  if (reduce_elements == 0) {
+    constexpr uint64_t kAutoBuckets = 8;
+    uint64_t total = 0;
+    for (uint64_t n : numel) total += n;
+    reduce_elements =
+        static_cast<int64_t>(std::max<uint64_t>(1, (total + kAutoBuckets - 1) / kAutoBuckets));
+  }
   const uint64_t budget = opt_->store()->stats().tiers[0].budget_bytes;
   const uint64_t cap_elements =
       budget > 0 ? std::max<uint64_t>(1, budget / 4 / dtype_size(dtype_)) : UINT64_MAX;

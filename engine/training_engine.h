@@ -290,6 +290,7 @@ class TrainingEngine {
                          double loss_grad_scale);
   // Groups layers into reduce buckets (backward order) and allgather buckets
   // (forward order) of at most that many elements each.
+  // reduce_elements 0: the config did not set reduce_bucket_size (automatic).
   void plan_buckets(int64_t reduce_elements, int64_t allgather_elements);
   // Enqueues the device-side overflow check of a layer's gradients (fp16):
   // its flags land in flag_nonfinite_ once the stream has run.

@@ -168,6 +168,7 @@ TEST_F(EngineOverlapTest, OverflowRollbackIsDeterministic) {
   // worker while the next layers' backward runs (the default 5e8 elements
   // puts this small model in one bucket, handed over after the backward).
   base.zero.reduce_bucket_size = 1;
+  base.zero.reduce_bucket_size_given = true;
   struct Run {
     Outcome o;
     LossScaler::State scaler{};

@@ -613,6 +613,7 @@ TEST_F(TrainingEngineTest, SteadyStepsMakeNoDeviceWideSynchronisation) {
           std::string(mode) == "sync" ? config::OverlapMode::kSync : config::OverlapMode::kOverlap;
       cfg.strata.delayed_param_update = std::string(mode) == "delayed";
       cfg.zero.reduce_bucket_size = bucket;
+      cfg.zero.reduce_bucket_size_given = true;
       auto engine = make_engine(cfg, &model);
       ASSERT_TRUE(engine.ok()) << engine.status();
       const int64_t buckets = static_cast<int64_t>((*engine)->reduce_buckets().size());
@@ -660,11 +661,22 @@ TEST_F(TrainingEngineTest, GradientBucketsFollowReduceBucketSize) {
     MlpTestModel model;
     config::DsConfig cfg = make_config(kCpuZero);
     cfg.zero.reduce_bucket_size = c.elements;
+    cfg.zero.reduce_bucket_size_given = true;
     cfg.zero.allgather_bucket_size = c.elements;
     auto engine = make_engine(cfg, &model);
     ASSERT_TRUE(engine.ok()) << engine.status();
     EXPECT_EQ((*engine)->reduce_buckets(), c.buckets);
     ASSERT_TRUE((*engine)->train_step().ok());
+  }
+  // Not set in the config: about eight buckets, here each layer its own
+  // (1732 elements / 8), so overlap mode still overlaps.
+  {
+    MlpTestModel model;
+    config::DsConfig cfg = make_config(kCpuZero);
+    ASSERT_FALSE(cfg.zero.reduce_bucket_size_given);
+    auto engine = make_engine(cfg, &model);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    EXPECT_EQ((*engine)->reduce_buckets(), (std::vector<std::vector<int>>{{2}, {1}, {0}}));
   }
   // The same run bucketed two ways trains bit for bit alike.
   std::vector<std::vector<float>> masters;
@@ -672,6 +684,7 @@ TEST_F(TrainingEngineTest, GradientBucketsFollowReduceBucketSize) {
     MlpTestModel model;
     config::DsConfig cfg = make_config(kCpuZero);
     cfg.zero.reduce_bucket_size = elements;
+    cfg.zero.reduce_bucket_size_given = true;
     auto engine = make_engine(cfg, &model);
     ASSERT_TRUE(engine.ok()) << engine.status();
     for (int s = 0; s < 3; ++s) ASSERT_TRUE((*engine)->train_step().ok());

@@ -82,6 +82,11 @@ struct ZeroConfig {
   bool allgather_partitions = true;
   bool reduce_scatter = true;
   int64_t reduce_bucket_size = 500'000'000;
+  // false: the config did not set reduce_bucket_size, and the engine picks
+  // buckets that keep the host optimizer overlapped with backward (about
+  // eight per model) instead of DeepSpeed's 5e8, which makes a model below
+  // 500M params one bucket (engine/training_engine.cc, plan_buckets).
+  bool reduce_bucket_size_given = false;
   int64_t allgather_bucket_size = 500'000'000;
   int64_t stage3_prefetch_bucket_size = 50'000'000;
   int64_t stage3_max_live_parameters = 1'000'000'000;

@@ -156,6 +156,7 @@ absl::Status parse_zero(ObjectReader& r, Diagnostics* diag, internal::ParseFacts
   STRATA_RETURN_IF_ERROR(r.read_bool("overlap_comm", &z->overlap_comm));
   STRATA_RETURN_IF_ERROR(r.read_bool("allgather_partitions", &z->allgather_partitions));
   STRATA_RETURN_IF_ERROR(r.read_bool("reduce_scatter", &z->reduce_scatter));
+  z->reduce_bucket_size_given = r.has("reduce_bucket_size");
   STRATA_RETURN_IF_ERROR(r.read_int("reduce_bucket_size", &z->reduce_bucket_size, 1, kI64Max));
   STRATA_RETURN_IF_ERROR(
       r.read_int("allgather_bucket_size", &z->allgather_bucket_size, 1, kI64Max));

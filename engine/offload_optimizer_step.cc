@@ -548,6 +548,13 @@ absl::Status OffloadOptimizer::Impl::finish_pending_update() {
   return swap_in_update();
 }
 
+// `status` with `note` (a sentence of its own) after its message: the
+// failure reads first, what it left behind after it, and the message stays
+// a complete sentence whatever a caller puts before it.
+static absl::Status with_note(const absl::Status& status, absl::string_view note) {
+  return absl::Status(status.code(), absl::StrCat(status.message(), "; ", note));
+}
+
 absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
   if (dp()) {
     // The round in flight ends with the other ranks told (they fail the
@@ -568,17 +575,17 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
   // The worker may still hold this step's jobs, which use the store; a
   // delayed update of the step before that succeeded stays pending.
   if (absl::Status s = drain_worker(); !s.ok() && s != status) {
-    status = annotate(status, absl::StrCat("and the worker: ", s.message()));
+    status = with_note(status, absl::StrCat("the worker failed too: ", s.message()));
   }
   // Every bucket with copies is restored: stepped speculatively, stepped
   // again after the decision, or failed half way through.
   for (int b = 0; spec != nullptr && b < static_cast<int>(buckets.size()); ++b) {
     if (!spec->has_copies(b)) continue;
     if (absl::Status s = restore_bucket(b); !s.ok()) {
-      status = annotate(status, absl::StrCat("and restoring layer ", b,
-                                             " failed (its weights are "
-                                             "left partly updated; load a checkpoint): ",
-                                             s.message()));
+      status = with_note(status, absl::StrCat("restoring layer ", b,
+                                              " failed too, so its weights are left partly "
+                                              "updated (load a checkpoint): ",
+                                              s.message()));
     }
   }
   if (unsaved_writes > 0) {
@@ -589,9 +596,9 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
         " param(s) with no copy to undo them (", status.message(),
         "); the weights are partly stepped: load the last checkpoint (strata train --resume) "
         "to continue"));
-    status = annotate(status, absl::StrCat("and ", unsaved_writes,
-                                           " param(s) were already updated with no copy to undo "
-                                           "them; load the last checkpoint to continue"));
+    status = with_note(status, absl::StrCat(unsaved_writes,
+                                            " param(s) were already updated with no copy to undo "
+                                            "them: load the last checkpoint to continue"));
   }
   steps = before.steps;
   micro_batches = before.micro_batches;

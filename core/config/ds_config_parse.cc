@@ -176,8 +176,8 @@ absl::Status parse_zero(ObjectReader& r, Diagnostics* diag, internal::ParseFacts
     return r.has(alias) ? alias : name;
   };
   warn_not_honoured(r, "reduce_bucket_size", z->reduce_bucket_size, ds.reduce_bucket_size,
-                    "gradients leave the device one layer at a time (a layer is the bucket), and "
-                    "with one data-parallel rank nothing is reduced",
+                    "gradients leave the device, and are reduced across data-parallel ranks, one "
+                    "layer at a time (a layer is the bucket)",
                     diag);
   warn_not_honoured(r, written("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
                     z->stage3_prefetch_bucket_size, ds.stage3_prefetch_bucket_size,

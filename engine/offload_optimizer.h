@@ -149,9 +149,10 @@
 //     collective) at any world size, with or without a communicator, reads
 //     the parts of the saved slices its own slice covers (resharding) and
 //     the whole compute params; a one-rank checkpoint loads across ranks
-//     the same way. merge_checkpoint_shards (checkpoint_format.h) turns a
-//     sharded checkpoint into a one-rank one, which `strata ckpt` and
-//     `strata sample` read (they do not read shards themselves yet).
+//     the same way. The shards are read through checkpoint_format.h's
+//     open_checkpoint_shards, as `strata ckpt` and `strata sample` read
+//     them (a one-rank checkpoint of a sharded one: resume it on one rank
+//     and save).
 // A rank whose step fails later (in finish_step) or that stops calling
 // makes the others' collectives fail within the communicator's timeout,
 // naming it.

@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -17,6 +20,7 @@
 #include "core/status.h"
 #include "engine/checkpoint_dir.h"
 #include "engine/checkpoint_format.h"
+#include "nlohmann/json.hpp"
 #include "tests/dp_test_util.h"
 #include "tests/engine_test_fixture.h"
 
@@ -267,15 +271,76 @@ TEST_F(TrainingEngineDpTest, CheckpointOfTwoRanksResumesOnOneAndThree) {
   EXPECT_LE(norm_rel(whole_masters(three), whole_masters(two)), 1e-5);
   EXPECT_TRUE(is_sharded_checkpoint(ckpt));
   EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(ckpt) / "rank1" / "meta.json"));
-  // Merged into one rank's checkpoint, it resumes as the shards do.
+  // Resumed on one rank and saved with no step between: a one-rank
+  // checkpoint whose every tensor the shard reader reads as it reads the
+  // two shards joined (whole, and a range across the slices' boundary).
   const std::string merged = (dir_ / "merged").string();
-  ASSERT_TRUE(merge_checkpoint_shards(ckpt, merged).ok());
+  std::vector<RankResult> resaved;
+  train(c, 0, 0, &resaved, load, [&](TrainingEngine& e, int) { return e.save_checkpoint(merged); });
+  if (HasFatalFailure()) return;
   EXPECT_FALSE(is_sharded_checkpoint(merged));
+  auto sharded = open_checkpoint_shards(ckpt);
+  auto single = open_checkpoint_shards(merged);
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_TRUE(sharded->sharded);
+  EXPECT_EQ(sharded->world_size(), 2);
+  EXPECT_EQ(single->world_size(), 1);
+  ASSERT_EQ(sharded->whole.params.size(), single->whole.params.size());
+  EXPECT_EQ(sharded->whole.steps, single->whole.steps);
+  for (size_t i = 0; i < single->whole.params.size(); ++i) {
+    const uint64_t n = single->whole.params[i].numel;
+    ASSERT_EQ(sharded->whole.params[i].numel, n);
+    for (int k = 0; k < kCheckpointKinds; ++k) {
+      const uint64_t bytes = single->whole.params[i].tensors[k].bytes;
+      std::vector<uint8_t> a(bytes), b(bytes);
+      ASSERT_TRUE(read_checkpoint_range(*single, i, k, 0, n, a.data()).ok());
+      ASSERT_TRUE(read_checkpoint_range(*sharded, i, k, 0, n, b.data()).ok());
+      EXPECT_EQ(a, b) << "param " << i << " " << kCheckpointKindNames[k];
+      if (n < 4) continue;
+      const uint64_t esize = bytes / n, lo = n / 2 - 1, hi = n / 2 + 2;
+      std::vector<uint8_t> part((hi - lo) * esize);
+      ASSERT_TRUE(read_checkpoint_range(*sharded, i, k, lo, hi, part.data()).ok());
+      EXPECT_EQ(0, std::memcmp(part.data(), a.data() + lo * esize, part.size()));
+    }
+  }
+  EXPECT_EQ(read_checkpoint_range(*sharded, 0, 0, 0, sharded->whole.params[0].numel + 1,
+                                  std::vector<float>(sharded->whole.params[0].numel + 1).data())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   std::vector<RankResult> from_merged;
   train(c, 0, 10, &from_merged, [&](TrainingEngine& e, int) { return e.load_checkpoint(merged); });
   if (HasFatalFailure()) return;
   EXPECT_EQ(from_merged[0].loss, one[0].loss);
   EXPECT_EQ(whole_masters(from_merged), whole_masters(one));
+  // A shard of another step (a save that did not finish): the one reader
+  // refuses it, naming the shard, and so does a load through it.
+  const std::string mixed = (dir_ / "mixed").string();
+  std::filesystem::copy(ckpt, mixed, std::filesystem::copy_options::recursive);
+  {
+    const std::string meta = mixed + "/rank1/meta.json";
+    std::ifstream in(meta);
+    nlohmann::json j = nlohmann::json::parse(in);
+    in.close();
+    j["steps"] = j["steps"].get<int64_t>() + 1;
+    std::ofstream(meta) << j.dump();
+  }
+  auto refused = open_checkpoint_shards(mixed);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(refused.status().message().find(mixed + "/rank1"), std::string::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("the save did not finish"), std::string::npos)
+      << refused.status();
+  std::vector<RankResult> none;
+  bool load_refused = false;
+  train(c, 0, 0, &none, [&](TrainingEngine& e, int) {
+    const absl::Status s = e.load_checkpoint(mixed);
+    load_refused = s.code() == absl::StatusCode::kDataLoss &&
+                   s.message().find("the save did not finish") != std::string::npos;
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(load_refused);
   // What a trainer checks before saving there again and reads to resume.
   EXPECT_TRUE(check_checkpoint_destination(ckpt).ok());
   EXPECT_TRUE(TrainingEngine::read_checkpoint_user_metadata(ckpt).ok());

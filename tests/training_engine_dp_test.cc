@@ -39,6 +39,7 @@ struct Case {
   int world = 2;
   int stage = 2;
   bool nvme = false;
+  bool offload = true;  // false: offload_optimizer none (stage 0 cannot offload)
   bool fp16 = false;
   bool bf16 = false;
   const char* overlap = "sync";
@@ -61,8 +62,9 @@ class TrainingEngineDpTest : public TrainingEngineTest {
   // (one rank: kMicro * ranks rows, so the global batch is the same).
   config::DsConfig dp_config(const Case& c, int world, const std::string& nvme_dir) {
     const std::string offload =
-        c.nvme ? absl::StrCat("{\"device\": \"nvme\", \"nvme_path\": \"", nvme_dir, "\"}")
-               : std::string("{\"device\": \"cpu\"}");
+        c.nvme      ? absl::StrCat("{\"device\": \"nvme\", \"nvme_path\": \"", nvme_dir, "\"}")
+        : c.offload ? std::string("{\"device\": \"cpu\"}")
+                    : std::string("{\"device\": \"none\"}");
     const std::string json = absl::StrCat(
         "{\"train_micro_batch_size_per_gpu\": ", kMicro * c.world / world,
         ", \"gradient_accumulation_steps\": 2, \"gradient_clipping\": 1.0, ",
@@ -80,7 +82,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     std::vector<bool> skipped;
     std::vector<float> master;  // the whole model's masters, params in model order
     std::vector<float> param;   // compute params as fp32
-    uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0;
+    uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0, fp32_device_bytes = 0;
     std::vector<std::vector<float>> master_slices;  // per param: this rank's slice
   };
 
@@ -121,6 +123,8 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       for (const RoleBytes* rb : {&pl.host_roles}) {
         res.fp32_host_bytes = rb->grad32 + rb->master + rb->exp_avg + rb->exp_avg_sq;
       }
+      res.fp32_device_bytes = pl.device_roles.grad32 + pl.device_roles.master +
+                              pl.device_roles.exp_avg + pl.device_roles.exp_avg_sq;
       res.fp32_nvme_bytes = pl.nvme_roles.master + pl.nvme_roles.exp_avg + pl.nvme_roles.exp_avg_sq;
       if (after) STRATA_RETURN_IF_ERROR(after(*e, r));
       return absl::OkStatus();
@@ -220,6 +224,44 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     }
   }
 };
+
+// ZeRO stage 0 is plain data parallel (as in DeepSpeed): every rank holds
+// the whole master and states, as many fp32 bytes as one rank alone, and
+// applies the same whole update; the run equals one rank's.
+TEST_F(TrainingEngineDpTest, Stage0TwoRanksPartitionsNothing) {
+  const Case c{.world = 2, .stage = 0, .offload = false};
+  constexpr int kSteps = 20;
+  const std::string ckpt = (dir_ / "stage0").string();
+  std::vector<RankResult> one, two, loaded;
+  train(c, 0, kSteps, &one);
+  train(c, 2, kSteps, &two, {}, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  // Saved as slices like any data-parallel checkpoint; one rank loads the
+  // same whole masters.
+  train(c, 0, 0, &loaded, [&](TrainingEngine& e, int) { return e.load_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  EXPECT_TRUE(is_sharded_checkpoint(ckpt));
+  EXPECT_EQ(loaded[0].master_slices, two[0].master_slices);
+  for (int s = 0; s < kSteps; ++s) {
+    const double mean = (two[0].loss[s] + two[1].loss[s]) / 2;
+    EXPECT_NEAR(mean, one[0].loss[s], 1e-5 * std::fabs(one[0].loss[s])) << "step " << s;
+  }
+  ASSERT_EQ(two[0].master_slices.size(), one[0].master_slices.size());
+  for (size_t p = 0; p < one[0].master_slices.size(); ++p) {
+    for (const RankResult& r : two) {
+      // The whole param's master on every rank, the same bits on each.
+      ASSERT_EQ(r.master_slices[p].size(), one[0].master_slices[p].size()) << "param " << p;
+      EXPECT_EQ(r.master_slices[p], two[0].master_slices[p]) << "param " << p;
+    }
+    EXPECT_LE(norm_rel(two[0].master_slices[p], one[0].master_slices[p]), 1e-5) << "param " << p;
+  }
+  EXPECT_EQ(two[1].param, two[0].param);
+  EXPECT_LE(max_rel(two[0].param, one[0].param), 1e-3);
+  for (const RankResult& r : two) {
+    EXPECT_GT(r.fp32_device_bytes, 0u);
+    EXPECT_EQ(r.fp32_device_bytes, one[0].fp32_device_bytes);
+  }
+}
 
 TEST_F(TrainingEngineDpTest, Stage1CpuFp32TwoRanks) { expect_equivalent({.world = 2, .stage = 1}); }
 TEST_F(TrainingEngineDpTest, Stage2CpuFp32ThreeRanks) {

@@ -42,7 +42,9 @@ TEST(DsConfigFixture, ParsesToExpectedValues) {
   // The user's reduce_bucket_size (2e8, not DeepSpeed's 5e8) has no effect in strata.
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_THAT(warnings[0], HasSubstr("zero_optimization.reduce_bucket_size: set, but strata does "
-                                     "not use it: gradients leave the device one layer at a time"));
+                                     "not use it: gradients leave the device, and are reduced "
+                                     "across data-parallel ranks, one layer at a time"));
+  EXPECT_THAT(warnings[0], ::testing::Not(HasSubstr("nothing is reduced")));
   EXPECT_EQ(cfg->train_batch_size, 8);
   EXPECT_EQ(cfg->train_micro_batch_size_per_gpu, 2);
   EXPECT_EQ(cfg->gradient_accumulation_steps, 4);

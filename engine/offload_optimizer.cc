@@ -235,7 +235,9 @@ absl::StatusOr<ParamHandle> OffloadOptimizer::add_param(const ParamDesc& desc) {
 absl::Status OffloadOptimizer::finalize() {
   Impl& m = *impl_;
   if (m.finalized) return absl::FailedPreconditionError("finalize: already finalized");
-  for (Impl::ParamRec& p : m.params) p.slice = partition_slice(p.desc.numel, m.rank, m.world);
+  for (Impl::ParamRec& p : m.params) {
+    p.slice = state_slice(p.desc.numel, m.rank, m.world, m.config.zero.stage);
+  }
   std::vector<std::vector<ParamSpec>> specs(m.buckets.size());
   for (size_t b = 0; b < m.buckets.size(); ++b) {
     for (ParamHandle h : m.buckets[b]) {
@@ -690,7 +692,9 @@ int OffloadOptimizer::world_size() const { return impl_->world; }
 ParamSlice OffloadOptimizer::param_slice(ParamHandle p) const {
   const Impl::ParamRec& r = impl_->rec(p);
   // Before finalize the slice is not set yet: the same rule.
-  return impl_->finalized ? r.slice : partition_slice(r.desc.numel, impl_->rank, impl_->world);
+  return impl_->finalized
+             ? r.slice
+             : state_slice(r.desc.numel, impl_->rank, impl_->world, impl_->config.zero.stage);
 }
 int OffloadOptimizer::num_buckets() const { return static_cast<int>(impl_->buckets.size()); }
 const ParamDesc& OffloadOptimizer::param(ParamHandle p) const { return impl_->rec(p).desc; }

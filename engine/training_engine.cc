@@ -417,11 +417,9 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir, CheckpointU
 
 absl::StatusOr<nlohmann::json> TrainingEngine::read_checkpoint_user_metadata(
     const std::string& dir) {
-  // Across ranks every shard records the same; rank 0's is read.
-  STRATA_ASSIGN_OR_RETURN(
-      Checkpoint ck,
-      read_checkpoint(is_sharded_checkpoint(dir) ? checkpoint_shard_dir(dir, 0) : dir));
-  return ck.user;
+  // Across ranks every shard records the same (the reader checks); rank 0's.
+  STRATA_ASSIGN_OR_RETURN(CheckpointShards files, open_checkpoint_shards(dir));
+  return std::move(files.whole.user);
 }
 
 }  // namespace strata::engine

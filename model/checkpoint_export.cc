@@ -10,100 +10,21 @@
 #include "core/file_util.h"
 #include "core/safetensors.h"
 #include "core/status.h"
-#include "engine/zero_partition.h"
 #include "nlohmann/json.hpp"
 
 namespace strata::model {
 
-namespace {
-
-// The world size zero.json records (the one key export needs of it).
-absl::StatusOr<int> shard_count(const std::string& dir) {
-  const std::string path = (std::filesystem::path(dir) / "zero.json").string();
-  STRATA_ASSIGN_OR_RETURN(const std::string text, read_file(path));
-  const nlohmann::json zero = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  const nlohmann::json ws =
-      zero.is_object() ? zero.value("world_size", nlohmann::json()) : nlohmann::json();
-  if (!ws.is_number_integer() || ws.get<int64_t>() < 1 || ws.get<int64_t>() > (1 << 20)) {
-    return absl::DataLossError(
-        absl::StrCat(path,
-                     ": world_size must be an integer from 1 to 2^20; the checkpoint is "
-                     "damaged"));
-  }
-  return ws.get<int>();
-}
-
-// Reads every shard, checks they agree (same step, same parameters, rank
-// r's slice in shard r) and sets c->ck to the whole model's table.
-absl::Status read_shards(const std::string& dir, ModelCheckpoint* c) {
-  STRATA_ASSIGN_OR_RETURN(const int world, shard_count(dir));
-  for (int r = 0; r < world; ++r) {
-    STRATA_ASSIGN_OR_RETURN(engine::Checkpoint shard,
-                            engine::read_checkpoint(engine::checkpoint_shard_dir(dir, r)));
-    c->shards.push_back(std::move(shard));
-  }
-  const engine::Checkpoint& first = c->shards[0];
-  std::vector<uint64_t> whole(first.params.size(), 0);
-  for (const engine::Checkpoint& s : c->shards) {
-    if (s.steps != first.steps || s.params.size() != first.params.size()) {
-      return absl::DataLossError(absl::StrCat("shard ", s.dir, " holds step ", s.steps, " and ",
-                                              s.params.size(), " parameters, shard ", first.dir,
-                                              " step ", first.steps, " and ", first.params.size(),
-                                              "; the save did not finish: use another checkpoint"));
-    }
-    for (size_t i = 0; i < whole.size(); ++i) whole[i] += s.params[i].numel;
-  }
-  for (int r = 0; r < world; ++r) {
-    const engine::Checkpoint& s = c->shards[r];
-    for (size_t i = 0; i < whole.size(); ++i) {
-      const engine::CheckpointParam& p = s.params[i];
-      const engine::CheckpointParam& p0 = first.params[i];
-      const uint64_t want = engine::partition_slice(whole[i], r, world).numel;
-      if (p.layer != p0.layer || p.param != p0.param || p.name != p0.name || p.numel != want) {
-        return absl::DataLossError(absl::StrCat(
-            "shard ", s.dir, ": parameter ", i, " is layer", p.layer, ".", p.name, " with ",
-            p.numel, " elements; rank ", r, " of ", world, " should hold ", want, " of layer",
-            p0.layer, ".", p0.name, "'s ", whole[i], "; the checkpoint is damaged"));
-      }
-    }
-  }
-  c->ck = first;
-  c->ck.dir = dir;
-  for (size_t i = 0; i < whole.size(); ++i) c->ck.params[i].numel = whole[i];
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-uint64_t ModelCheckpoint::tensor_file_bytes() const {
-  if (shards.empty()) return ck.tensor_file_bytes;
-  uint64_t bytes = 0;
-  for (const engine::Checkpoint& s : shards) bytes += s.tensor_file_bytes;
-  return bytes;
-}
+uint64_t ModelCheckpoint::tensor_file_bytes() const { return files.tensor_file_bytes(); }
 
 absl::Status read_master(const ModelCheckpoint& c, size_t index, float* out) {
-  auto read = [&](const engine::Checkpoint& ck, float* dst) {
-    const engine::CheckpointParam& p = ck.params[index];
-    return engine::read_checkpoint_tensor(ck, p.tensors[0],
-                                          absl::StrCat("layer", p.layer, ".", p.name), dst);
-  };
-  if (c.shards.empty()) return read(c.ck, out);
-  // Rank order is element order (engine/zero_partition.h).
-  for (const engine::Checkpoint& s : c.shards) {
-    STRATA_RETURN_IF_ERROR(read(s, out));
-    out += s.params[index].numel;
-  }
-  return absl::OkStatus();
+  return engine::read_checkpoint_range(c.files, index, /*kind=*/0, 0,
+                                       c.files.whole.params[index].numel, out);
 }
 
 absl::StatusOr<ModelCheckpoint> open_model_checkpoint(const std::string& dir) {
   ModelCheckpoint c;
-  if (engine::is_sharded_checkpoint(dir)) {
-    STRATA_RETURN_IF_ERROR(read_shards(dir, &c));
-  } else {
-    STRATA_ASSIGN_OR_RETURN(c.ck, engine::read_checkpoint(dir));
-  }
+  STRATA_ASSIGN_OR_RETURN(c.files, engine::open_checkpoint_shards(dir));
+  c.ck = c.files.whole;
   const engine::Checkpoint& ck = c.ck;
   if (!ck.user.is_object() || !ck.user.contains("model")) return c;
   auto cfg = gpt2_config_from_json(ck.user["model"]);
@@ -141,7 +62,7 @@ absl::StatusOr<CheckpointExportResult> export_checkpoint(const std::string& dir,
   // The output replaces a regular file at most, and never one being read.
   STRATA_RETURN_IF_ERROR(check_output_path(to), "--to");
   std::vector<std::string> inputs = {ck.meta_path, ck.tensor_path};
-  for (const engine::Checkpoint& s : c.shards) {
+  for (const engine::Checkpoint& s : c.files.shards) {
     inputs.push_back(s.meta_path);
     inputs.push_back(s.tensor_path);
   }

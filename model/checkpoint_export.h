@@ -5,13 +5,11 @@
 // (engine/checkpoint_format.h) and, when the run recorded a GPT-2 model under
 // "user.model", checks that the parameter table is that model's (the first
 // difference is DataLoss naming both). A data-parallel checkpoint
-// (engine::is_sharded_checkpoint: DIR/zero.json and one shard DIR/rank<r>
-// per rank, each holding rank r's slice of every tensor, split as
-// engine/zero_partition.h says) is read shard by shard, each checked to
-// hold its rank's slice of the same parameters at the same step (DataLoss
-// naming the shard otherwise); the table then describes the whole model,
-// and read_master joins the slices. export_checkpoint merges them so: the
-// file is the same as a one-rank checkpoint's of those weights.
+// (DIR/zero.json and one shard DIR/rank<r> per rank) is opened with
+// engine::open_checkpoint_shards, which checks the shards against each
+// other; the table then describes the whole model, and read_master joins
+// the slices. export_checkpoint merges them so: the file is the same as a
+// one-rank checkpoint's of those weights.
 //
 // export_checkpoint writes the master weights one tensor at a time (one
 // tensor in memory at once): read from tensors.bin, checked against its
@@ -43,13 +41,13 @@
 namespace strata::model {
 
 struct ModelCheckpoint {
-  // The whole model's table: for a data-parallel checkpoint, rank 0's shard
-  // (counters, user metadata) with every param's whole numel; its tensor
-  // extents are then rank 0's only (read through read_master).
+  // The whole model's table (files.whole): for a data-parallel checkpoint,
+  // rank 0's shard (counters, user metadata) with every param's whole
+  // numel; its tensor extents are then rank 0's only (read through
+  // read_master).
   engine::Checkpoint ck;
-  std::optional<Gpt2Config> gpt2;  // the model the run recorded, if any
-  // A data-parallel checkpoint's shards in rank order; empty for one rank.
-  std::vector<engine::Checkpoint> shards;
+  std::optional<Gpt2Config> gpt2;      // the model the run recorded, if any
+  engine::CheckpointShards files;      // the shards (one for a one-rank checkpoint)
   uint64_t tensor_file_bytes() const;  // all shards' tensors.bin together
 };
 

@@ -339,6 +339,13 @@ TEST(PlanTest, EachRankHoldsWhatThePlacementGivesARank) {
           if (smaller) shrank.push_back(name);
         }
         EXPECT_EQ(rank->partitioned, shrank);
+        if (stage == 0) {
+          // Plain data parallel: every rank holds the whole fp32 state.
+          EXPECT_TRUE(rank->partitioned.empty());
+          for (const char* name : {"grad32", "master32", "exp_avg", "exp_avg_sq"}) {
+            EXPECT_EQ(role_bytes(rank->gpu.need, name), role_bytes(single->gpu.need, name)) << name;
+          }
+        }
         // DeepSpeed's roles for the stage that the rank holds whole are named.
         std::vector<std::string> deepspeed;
         if (stage >= 1) deepspeed = {"master32", "exp_avg", "exp_avg_sq"};

@@ -49,7 +49,7 @@ json info_json(const model::ModelCheckpoint& c) {
             {"params", ck.total_numel()},
             {"tensor_file", ck.tensor_path},
             {"tensor_file_bytes", c.tensor_file_bytes()},
-            {"ranks", std::max<size_t>(1, c.shards.size())},
+            {"ranks", c.files.world_size()},
             {"model", ck.user.is_object() && ck.user.contains("model") ? ck.user["model"] : json()},
             {"tokenizer",
              ck.user.is_object() && ck.user.contains("tokenizer") ? ck.user["tokenizer"] : json()},
@@ -90,7 +90,7 @@ int run_info(const std::string& dir, bool as_json) {
   }
   std::fprintf(stderr, "tensors      %zu parameters, %s elements\n", ck.params.size(),
                absl::StrFormat("%" PRIu64, ck.total_numel()).c_str());
-  if (c->shards.empty()) {
+  if (!c->files.sharded) {
     std::fprintf(stderr, "bytes        %s in %s (master, Adam moments, compute copy)\n",
                  format_bytes(static_cast<double>(ck.tensor_file_bytes)).c_str(),
                  ck.tensor_path.c_str());
@@ -99,7 +99,7 @@ int run_info(const std::string& dir, bool as_json) {
                  "bytes        %s in %zu shards (one a data-parallel rank: its slice of master, "
                  "Adam moments and compute copy), %s/rank0..rank%zu\n",
                  format_bytes(static_cast<double>(c->tensor_file_bytes())).c_str(),
-                 c->shards.size(), ck.dir.c_str(), c->shards.size() - 1);
+                 c->files.shards.size(), ck.dir.c_str(), c->files.shards.size() - 1);
   }
   return 0;
 }

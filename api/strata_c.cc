@@ -27,6 +27,7 @@
 #include "core/file_util.h"
 #include "core/log.h"
 #include "core/status.h"
+#include "daemon/host_client.h"
 #include "daemon/remote_optimizer.h"
 #include "engine/offload_optimizer.h"
 #include "gpu/device.h"
@@ -44,7 +45,8 @@ struct strata_optimizer {
   struct Daemon {
     std::string socket, session, config_json;
     bool use_schedule = true, allow_buffered_io = false;
-    std::unique_ptr<strata::daemon::RemoteOptimizer> remote;
+    // The session, kept in step with the program's params and grads.
+    std::unique_ptr<strata::daemon::HostClient> client;
   };
   std::unique_ptr<Daemon> daemon;
 };
@@ -256,35 +258,15 @@ void log_warnings(const std::vector<std::string>& warnings) {
   for (const std::string& w : warnings) strata::log::get("api")->warn("{}", w);
 }
 
-// Through stratad: the program's param memory gets the session's values
-// (compute dtype, as the arena holds them); param -1: every param.
-void copy_params_out(strata_optimizer* h, int param = -1) {
-  const size_t dsize = strata::dtype_size(h->daemon->remote->compute_dtype());
-  for (int p = 0; p < h->opt->num_params(); ++p) {
-    if (param >= 0 && p != param) continue;
-    const auto& d = h->opt->param(p);
-    std::memcpy(d.param, h->daemon->remote->param(p), d.numel * dsize);
-  }
-}
-
 absl::Status attach_daemon(strata_optimizer* h) {
   strata::daemon::SessionSpec spec;
   spec.config_json = h->daemon->config_json;
   spec.use_schedule = h->daemon->use_schedule;
   spec.allow_buffered_io = h->daemon->allow_buffered_io;
-  for (int g = 0; g < h->opt->num_groups(); ++g) spec.groups.push_back(h->opt->group(g));
-  for (int p = 0; p < h->opt->num_params(); ++p) {
-    const auto& d = h->opt->param(p);
-    spec.params.push_back({d.name, d.numel, d.bucket, d.group});
-  }
   STRATA_ASSIGN_OR_RETURN(
-      h->daemon->remote,
-      strata::daemon::RemoteOptimizer::attach(
-          {.socket_path = h->daemon->socket, .session = h->daemon->session}, spec));
-  if (h->daemon->remote->compute_dtype() != h->opt->compute_dtype()) {
-    return absl::InternalError("stratad's session has another compute dtype than this config");
-  }
-  if (!h->daemon->remote->created()) copy_params_out(h);
+      h->daemon->client,
+      strata::daemon::HostClient::attach(
+          {.socket_path = h->daemon->socket, .session = h->daemon->session}, spec, *h->opt));
   return absl::OkStatus();
 }
 
@@ -515,9 +497,7 @@ strata_status strata_set_value(strata_optimizer* opt, int param, const float* va
     STRATA_C_REQUIRE(values);
     STRATA_RETURN_IF_ERROR(check_count(opt, param, count));
     if (opt->daemon != nullptr) {
-      STRATA_RETURN_IF_ERROR(opt->daemon->remote->set_value(param, values));
-      copy_params_out(opt, param);
-      return absl::OkStatus();
+      return opt->daemon->client->set_value(param, values);
     }
     return opt->opt->set_value(param, values);
   });
@@ -536,7 +516,7 @@ strata_status strata_begin_step(strata_optimizer* opt, double loss_scale, double
       scale = loss_scale;
     }
     STRATA_ASSIGN_OR_RETURN(const double used, opt->daemon != nullptr
-                                                   ? opt->daemon->remote->begin_step(scale)
+                                                   ? opt->daemon->client->remote().begin_step(scale)
                                                    : opt->opt->begin_step(scale));
     if (out_scale != nullptr) *out_scale = used;
     return absl::OkStatus();
@@ -547,21 +527,13 @@ strata_status strata_grad_ready(strata_optimizer* opt, int bucket) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    const int n =
-        opt->daemon != nullptr ? opt->daemon->remote->num_buckets() : opt->opt->num_buckets();
+    const int n = opt->daemon != nullptr ? opt->daemon->client->remote().num_buckets()
+                                         : opt->opt->num_buckets();
     if (bucket < 0 || bucket >= n) {
       return absl::InvalidArgumentError(
           absl::StrFormat("bucket %d does not exist (%d buckets: 0..%d)", bucket, n, n - 1));
     }
-    if (opt->daemon != nullptr) {
-      auto& remote = *opt->daemon->remote;
-      const size_t dsize = strata::dtype_size(remote.compute_dtype());
-      for (int p = 0; p < opt->opt->num_params(); ++p) {
-        const auto& d = opt->opt->param(p);
-        if (d.bucket == bucket) std::memcpy(remote.grad(p), d.grad, d.numel * dsize);
-      }
-      return remote.grad_ready(bucket);
-    }
+    if (opt->daemon != nullptr) return opt->daemon->client->grad_ready(bucket);
     return opt->opt->grad_ready(bucket);
   });
 }
@@ -570,7 +542,7 @@ strata_status strata_wait_grads(strata_optimizer* opt) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    if (opt->daemon != nullptr) return opt->daemon->remote->wait_grads();
+    if (opt->daemon != nullptr) return opt->daemon->client->remote().wait_grads();
     return opt->opt->wait_grads();
   });
 }
@@ -591,8 +563,7 @@ strata_status strata_finish_step(strata_optimizer* opt, strata_step_result* out)
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
     STRATA_ASSIGN_OR_RETURN(
         const strata::engine::OptimizerStepResult r,
-        opt->daemon != nullptr ? opt->daemon->remote->finish_step() : opt->opt->finish_step());
-    if (opt->daemon != nullptr) copy_params_out(opt);
+        opt->daemon != nullptr ? opt->daemon->client->finish_step() : opt->opt->finish_step());
     if (out != nullptr) {
       *out = {.step = r.step,
               .loss_scale = r.loss_scale,
@@ -613,8 +584,8 @@ strata_status strata_abort_step(strata_optimizer* opt) {
     // abort_step returns the reason it is given, with what the undo added:
     // the reason alone means the undo went well (or no step was in flight).
     const absl::Status why = absl::CancelledError("the program abandoned the step");
-    absl::Status status =
-        opt->daemon != nullptr ? opt->daemon->remote->abort_step(why) : opt->opt->abort_step(why);
+    absl::Status status = opt->daemon != nullptr ? opt->daemon->client->remote().abort_step(why)
+                                                 : opt->opt->abort_step(why);
     return status == why ? absl::OkStatus() : status;
   });
 }
@@ -665,8 +636,9 @@ strata_status strata_read_state(strata_optimizer* opt, int param, strata_state_k
     STRATA_RETURN_IF_ERROR(check_count(opt, param, count));
     STRATA_ASSIGN_OR_RETURN(const strata::engine::StateKind k, to_cc(kind));
     STRATA_ASSIGN_OR_RETURN(const std::vector<float> values,
-                            opt->daemon != nullptr ? opt->daemon->remote->read_state(param, k)
-                                                   : opt->opt->read_state(param, k));
+                            opt->daemon != nullptr
+                                ? opt->daemon->client->remote().read_state(param, k)
+                                : opt->opt->read_state(param, k));
     if (values.size() != count) {
       return absl::InternalError(
           absl::StrFormat("read_state returned %u values for %u", values.size(), count));
@@ -703,7 +675,7 @@ strata_status strata_save_state(strata_optimizer* opt, const char* dir,
         return absl::InvalidArgumentError("user_meta_json must be a JSON object (or NULL)");
       }
     }
-    if (opt->daemon != nullptr) return opt->daemon->remote->save_state(dir, meta);
+    if (opt->daemon != nullptr) return opt->daemon->client->remote().save_state(dir, meta);
     return opt->opt->save_state(dir, meta);
   });
 }
@@ -715,8 +687,7 @@ strata_status strata_load_state(strata_optimizer* opt, const char* dir, bool wei
     if (dir[0] == '\0') return absl::InvalidArgumentError("dir is empty");
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
     if (opt->daemon != nullptr) {
-      STRATA_RETURN_IF_ERROR(opt->daemon->remote->load_state(dir, weights_only));
-      copy_params_out(opt);
+      STRATA_RETURN_IF_ERROR(opt->daemon->client->load_state(dir, weights_only));
       return absl::OkStatus();
     }
     return opt->opt->load_state(dir, weights_only);
@@ -736,7 +707,7 @@ strata_status strata_num_buckets(const strata_optimizer* opt, int* out) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_C_REQUIRE(out);
-    *out = opt->daemon != nullptr && opt->finalized ? opt->daemon->remote->num_buckets()
+    *out = opt->daemon != nullptr && opt->finalized ? opt->daemon->client->remote().num_buckets()
                                                     : opt->opt->num_buckets();
     return absl::OkStatus();
   });
@@ -747,9 +718,9 @@ strata_status strata_steps(const strata_optimizer* opt, int64_t* out_steps,
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     if (opt->daemon != nullptr && opt->finalized) {
-      if (out_steps != nullptr) *out_steps = opt->daemon->remote->steps();
+      if (out_steps != nullptr) *out_steps = opt->daemon->client->remote().steps();
       if (out_optimizer_steps != nullptr) {
-        *out_optimizer_steps = opt->daemon->remote->optimizer_steps();
+        *out_optimizer_steps = opt->daemon->client->remote().optimizer_steps();
       }
       return absl::OkStatus();
     }

@@ -17,7 +17,9 @@
 #include "core/format_bytes.h"
 #include "core/host_info.h"
 #include "core/log.h"
+#include "core/memory_bandwidth.h"
 #include "core/status.h"
+#include "core/topology.h"
 
 namespace strata::daemon {
 namespace {
@@ -68,7 +70,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(ServerOptions options) {
   if (options.socket_path.empty()) options.socket_path = default_socket_path();
   if (options.host_mem_bytes == 0) options.host_mem_bytes = probe_host().memory.usable_bytes();
   std::unique_ptr<Server> s(new Server(std::move(options)));
-  if (s->options_.threads > 0) s->threads_ = std::make_unique<tbb::task_arena>(s->options_.threads);
+  absl::StatusOr<Topology> topo = discover_topology();
+  if (!topo.ok()) {
+    logger()->warn("no hwloc topology ({}): one optimizer pool",
+                   std::string(topo.status().message()));
+  }
+  s->pools_ = std::make_unique<OptimizerPools>(topo.ok() ? *topo : Topology{}, s->options_.threads);
+  if (s->options_.roofline_gb_per_s > 0) {
+    s->roofline_gb_per_s_.store(s->options_.roofline_gb_per_s);
+  } else if (s->options_.roofline_gb_per_s == 0) {
+    s->roofline_thread_ = std::thread([p = s.get()] {
+      // Small arrays (still far beyond the LLC) keep the start cheap.
+      auto r = measure_adam_stream({.elements = size_t{4} << 20, .threads = 0, .repeats = 3});
+      if (r.ok()) p->roofline_gb_per_s_.store(r->gb_per_s);
+    });
+  }
   STRATA_RETURN_IF_ERROR(s->listen_socket());
   STRATA_RETURN_IF_ERROR(s->restore_sessions(), "--state-dir");
   s->accept_thread_ = std::thread([p = s.get()] { p->accept_loop(); });
@@ -76,6 +92,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::start(ServerOptions options) {
                  build_info().version, s->options_.socket_path,
                  format_bytes(double(s->options_.host_mem_bytes)),
                  s->options_.threads > 0 ? std::to_string(s->options_.threads) : "all");
+  for (int i = 0; i < s->pools_->size(); ++i) {
+    const PoolPlan& p = s->pools_->pool(i).plan;
+    logger()->info("optimizer pool {}: NUMA node {}, {} threads", i, p.node, p.threads);
+  }
   return s;
 }
 
@@ -110,6 +130,7 @@ Server::~Server() { stop(); }
 
 void Server::stop() {
   if (stop_.exchange(true)) return;
+  if (roofline_thread_.joinable()) roofline_thread_.join();
   if (accept_thread_.joinable()) accept_thread_.join();
   for (auto& c : conns_) {
     if (c.thread.joinable()) c.thread.join();
@@ -185,6 +206,14 @@ absl::StatusOr<std::unique_ptr<Session>> Server::make_session(const std::string&
   STRATA_ASSIGN_OR_RETURN(Fingerprint fp, fingerprint(spec));
   STRATA_ASSIGN_OR_RETURN(SessionPlan plan, plan_session(name, spec, options_.nvme_paths),
                           "session " + name);
+  if (options_.session_quota_bytes > 0 && plan.charge_bytes > options_.session_quota_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session ", name, " needs ", format_bytes(double(plan.charge_bytes)),
+                     " of host memory (arena ", format_bytes(double(plan.arena_bytes)),
+                     " + optimizer states), over the per-session quota of ",
+                     format_bytes(double(options_.session_quota_bytes)),
+                     " (--session-quota); offload its states to NVMe or raise --session-quota"));
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     const uint64_t total = options_.host_mem_bytes;
@@ -200,8 +229,10 @@ absl::StatusOr<std::unique_ptr<Session>> Server::make_session(const std::string&
     used_bytes_ += plan.charge_bytes;
   }
   const uint64_t charge = plan.charge_bytes;
-  auto session = Session::create(name, spec, fp, std::move(plan), threads_.get());
+  const int pool = pools_->pick();
+  auto session = Session::create(name, spec, fp, std::move(plan), &pools_->pool(pool), pool);
   if (!session.ok()) {
+    pools_->release(pool);
     std::lock_guard<std::mutex> lock(mu_);
     used_bytes_ -= charge;
   }
@@ -500,6 +531,7 @@ void Server::release(uint64_t conn_id, const std::string& name, bool end_session
   lock.lock();
   if (end_session) {
     used_bytes_ -= e->session->charge_bytes();
+    pools_->release(e->session->pool_index());
     sessions_.erase(name);
     logger()->info("session {} ended", name);
   } else {
@@ -511,9 +543,22 @@ void Server::release(uint64_t conn_id, const std::string& name, bool end_session
 
 nlohmann::json Server::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
+  const double roofline = roofline_gb_per_s_.load();
   nlohmann::json sessions = nlohmann::json::array();
   for (const auto& [name, e] : sessions_) {
-    if (e->session != nullptr) sessions.push_back(e->session->stats());
+    if (e->session == nullptr) continue;
+    nlohmann::json st = e->session->stats();
+    const double gbs = st.value("optimizer_gb_per_s", 0.0);
+    st["roofline_ratio"] = roofline > 0 ? gbs / roofline : 0.0;
+    sessions.push_back(std::move(st));
+  }
+  nlohmann::json pools = nlohmann::json::array();
+  for (int i = 0; i < pools_->size(); ++i) {
+    OptimizerPool& p = pools_->pool(i);
+    pools.push_back({{"numa_node", p.plan.node},
+                     {"threads", p.plan.threads},
+                     {"sessions", p.scheduler.session_count()},
+                     {"active_sessions", p.scheduler.active_sessions()}});
   }
   return {{"daemon_pid", ::getpid()},
           {"strata_version", std::string(build_info().version)},
@@ -521,6 +566,9 @@ nlohmann::json Server::stats() const {
           {"socket", options_.socket_path},
           {"host_mem_total_bytes", options_.host_mem_bytes},
           {"host_mem_used_bytes", used_bytes_},
+          {"session_quota_bytes", options_.session_quota_bytes},
+          {"roofline_gb_per_s", roofline},
+          {"pools", pools},
           {"sessions", sessions}};
 }
 

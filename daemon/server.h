@@ -12,8 +12,11 @@
 // malformed message loses its step in flight (aborted) but not its session.
 // One client owns a session at a time; an attach to an owned session waits
 // attach_wait_ms for the owner to go (a killed client's EOF may still be in
-// flight), then is refused naming the owner's pid. The host-memory quota
-// (host_mem_bytes, all sessions together) is checked at attach.
+// flight), then is refused naming the owner's pid. The host-memory quotas
+// (host_mem_bytes for all sessions together, session_quota_bytes for each)
+// are checked at attach; a refusal says how much the session needs and how
+// much is free. Sessions run on optimizer_pools.h's pools (one per NUMA
+// node), each pinned at creation to the pool with the fewest sessions.
 //
 // Threading: start/stop from one thread; stats() from any. stop() (also the
 // destructor) aborts steps in flight, closes every connection, joins the
@@ -32,6 +35,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/optimizer_pools.h"
 #include "daemon/protocol.h"
 #include "daemon/session.h"
 #include "nlohmann/json.hpp"
@@ -43,7 +47,12 @@ struct ServerOptions {
   std::string socket_path;      // empty: default_socket_path()
   uint64_t host_mem_bytes = 0;  // 0: what the host can count on at start (MemAvailable, cgroup)
   std::vector<std::string> nvme_paths;
-  int threads = 0;                     // optimizer threads for all sessions; 0: one per core
+  int threads = 0;                   // optimizer threads for all sessions; 0: one per core
+  uint64_t session_quota_bytes = 0;  // host memory one session may take; 0: no limit
+  // The Adam-like stream's GB/s (core/memory_bandwidth.h) that `strata top`
+  // divides each session's optimizer GB/s by: 0 measures it in the
+  // background at start (about 0.3 s of every core), < 0 leaves it unknown.
+  double roofline_gb_per_s = 0;
   int frame_timeout_ms = 5000;         // hello, and the rest of a started message
   int step_idle_timeout_ms = 600'000;  // a client silent this long mid-step loses the step
   int attach_wait_ms = 3000;
@@ -96,8 +105,10 @@ class Server {
   int listen_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::thread accept_thread_;
-  std::list<Conn> conns_;  // accept thread only
-  std::unique_ptr<tbb::task_arena> threads_;
+  std::list<Conn> conns_;                  // accept thread only
+  std::unique_ptr<OptimizerPools> pools_;  // outlives the sessions (declared before them)
+  std::atomic<double> roofline_gb_per_s_{0};
+  std::thread roofline_thread_;
 
   mutable std::mutex mu_;
   std::condition_variable released_;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -19,6 +20,15 @@ namespace {
 nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// What a pass over a param moves (Adam-like: fp32 master, exp_avg,
+// exp_avg_sq read and written, the gradient read, the compute copy written):
+// the scheduler's cost unit, so sessions are charged in proportion to work.
+constexpr uint64_t kPassBytesPerParam = 28;
 
 }  // namespace
 
@@ -56,13 +66,19 @@ absl::StatusOr<SessionPlan> plan_session(const std::string& name, const SessionS
 absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name,
                                                          const SessionSpec& spec,
                                                          const Fingerprint& fp, SessionPlan plan,
-                                                         tbb::task_arena* threads) {
+                                                         OptimizerPool* pool, int pool_index) {
   std::unique_ptr<Session> s(new Session);
+  s->pool_ = pool;
+  s->pool_index_ = pool_index;
   s->name_ = name;
   s->spec_ = spec;
   s->fp_ = fp;
   s->plan_ = std::move(plan);
   STRATA_ASSIGN_OR_RETURN(s->arena_, SharedArena::create("stratad-" + name, s->plan_.arena_bytes));
+  if (pool != nullptr && pool->plan.node >= 0) {
+    // Only matters with several pools; one node's binding changes nothing.
+    (void)bind_to_node(s->arena_->base(), s->arena_->bytes(), pool->plan.node);
+  }
   // Host mode, as the C API's: device copies are memcpys with no modelled
   // link time. kHost params keep nothing on it but the store's scratch.
   gpu::SimDeviceOptions sim;
@@ -76,7 +92,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name
   o.use_schedule = spec.use_schedule;
   o.speculation = spec.speculation;
   o.allow_buffered_io = spec.allow_buffered_io;
-  o.exec.arena = threads;
+  o.exec.arena = pool != nullptr ? pool->arena.get() : nullptr;
   STRATA_ASSIGN_OR_RETURN(
       s->opt_, engine::OffloadOptimizer::create(s->plan_.config, s->device_.get(), std::move(o)),
       "session '" + name + "'");
@@ -100,6 +116,11 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name
     STRATA_RETURN_IF_ERROR(s->opt_->add_param(d).status(), "session '" + name + "'");
   }
   STRATA_RETURN_IF_ERROR(s->opt_->finalize(), "session '" + name + "'");
+  s->overlap_ = s->plan_.config.strata.overlap != config::OverlapMode::kSync;
+  s->bucket_cost_.assign(s->opt_->num_buckets(), 0);
+  for (const auto& p : spec.params) s->bucket_cost_[p.bucket] += p.numel * kPassBytesPerParam;
+  for (uint64_t c : s->bucket_cost_) s->step_cost_ += c;
+  if (pool != nullptr) s->sched_id_ = pool->scheduler.add_session();
   s->event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (s->event_fd_ < 0) return errno_status(errno, "eventfd for the session's grad ring");
   s->pending_values_.resize(spec.params.size());
@@ -109,7 +130,41 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name
 }
 
 Session::~Session() {
+  if (pool_ != nullptr && sched_id_ != 0) pool_->scheduler.remove_session(sched_id_);
   if (event_fd_ >= 0) ::close(event_fd_);
+}
+
+absl::Status Session::in_turn(uint64_t cost, const std::function<absl::Status()>& job,
+                              bool more_soon) {
+  if (pool_ == nullptr) return job();
+  return pool_->scheduler.run(sched_id_, cost, job, more_soon);
+}
+
+absl::Status Session::bucket_ready(int bucket) {
+  if (!overlap_) {
+    return in_turn(bucket_cost_[bucket], [&] { return opt_->grad_ready(bucket); });
+  }
+  if (pool_ == nullptr || pool_->scheduler.session_count() <= 1) return opt_->grad_ready(bucket);
+  return in_turn(bucket_cost_[bucket], [&] {
+    STRATA_RETURN_IF_ERROR(opt_->grad_ready(bucket));
+    return opt_->wait_grads();
+  });
+}
+
+void Session::count_step(const engine::OptimizerStepResult& r, double step_seconds) {
+  const size_t nvme = static_cast<size_t>(offload::Tier::kNvme);
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  Counters& c = counters_;
+  c.optimizer_bytes += r.optimizer_bytes;
+  c.optimizer_seconds += r.optimizer_seconds;
+  // NVMe's counters: bytes_in written to disk, bytes_out read from it.
+  c.nvme_write_bytes += r.bytes_in[nvme];
+  c.nvme_read_bytes += r.bytes_out[nvme];
+  c.last_step_seconds = step_seconds;
+  c.last_optimizer_gb_per_s =
+      r.optimizer_seconds > 0 ? double(r.optimizer_bytes) / r.optimizer_seconds / 1e9 : 0;
+  c.last_nvme_read_gb_per_s = step_seconds > 0 ? double(r.bytes_out[nvme]) / step_seconds / 1e9 : 0;
+  c.last_nvme_write_gb_per_s = step_seconds > 0 ? double(r.bytes_in[nvme]) / step_seconds / 1e9 : 0;
 }
 
 void Session::reset_ring() {
@@ -129,7 +184,7 @@ absl::Status Session::drain_ring() {
       ring_error_ = absl::FailedPreconditionError("grad_ready (from the ring) outside a step");
       return;
     }
-    ring_error_ = opt_->grad_ready(bucket);
+    ring_error_ = bucket_ready(bucket);
   });
 }
 
@@ -165,12 +220,13 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       ring_error_ = absl::OkStatus();
       in_step_ = true;
       in_step_stat_.store(true);
+      step_started_ = now_seconds();
       reply.body = {{"loss_scale", used}};
       return reply;
     }
     case MsgType::kGradReady: {
       STRATA_ASSIGN_OR_RETURN(int64_t b, get_int(body, "bucket", 0, opt_->num_buckets() - 1));
-      STRATA_RETURN_IF_ERROR(opt_->grad_ready(static_cast<int>(b)));
+      STRATA_RETURN_IF_ERROR(bucket_ready(static_cast<int>(b)));
       return reply;
     }
     case MsgType::kWaitGrads:
@@ -179,9 +235,22 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       return reply;
     case MsgType::kFinishStep: {
       absl::StatusOr<engine::OptimizerStepResult> r =
-          ring_error_.ok()
-              ? opt_->finish_step()
-              : absl::StatusOr<engine::OptimizerStepResult>(opt_->abort_step(ring_error_));
+          absl::InternalError("finish_step did not run");
+      if (ring_error_.ok()) {
+        // The decided passes (all of sync mode's but what grad_ready ran,
+        // overlap's rollbacks and redos): one turn, charged a full step.
+        absl::Status turn = in_turn(
+            step_cost_,
+            [&] {
+              r = opt_->finish_step();
+              return absl::OkStatus();
+            },
+            /*more_soon=*/false);
+        if (!turn.ok()) r = opt_->abort_step(turn);
+      } else {
+        r = opt_->abort_step(ring_error_);
+      }
+      if (r.ok()) count_step(*r, now_seconds() - step_started_);
       ring_error_ = absl::OkStatus();
       in_step_ = false;
       in_step_stat_.store(false);
@@ -310,7 +379,29 @@ nlohmann::json Session::stats() const {
   uint64_t used = 0;
   for (const auto& s : plan_.slots) used += 2 * s.bytes;
   const int pid = owner_pid_.load();
+  Counters c;
+  {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    c = counters_;
+  }
+  // The client's ring entries not yet taken (read racily: a figure for top).
+  auto* ring = reinterpret_cast<GradRingPage*>(arena_->base());
+  const uint32_t head = std::atomic_ref<uint32_t>(ring->head).load(std::memory_order_relaxed);
+  const uint32_t tail = std::atomic_ref<uint32_t>(ring->tail).load(std::memory_order_relaxed);
   return {{"name", name_},
+          {"pool", pool_index_},
+          {"numa_node", pool_ != nullptr ? pool_->plan.node : 0},
+          {"queued_jobs", pool_ != nullptr ? pool_->scheduler.queued_jobs(sched_id_) : 0},
+          {"ring_depth", std::min<uint32_t>(head - tail, kRingEntries)},
+          {"scheduled_bytes", pool_ != nullptr ? pool_->scheduler.charged_bytes(sched_id_) : 0},
+          {"optimizer_bytes", c.optimizer_bytes},
+          {"optimizer_seconds", c.optimizer_seconds},
+          {"optimizer_gb_per_s", c.last_optimizer_gb_per_s},
+          {"nvme_read_bytes", c.nvme_read_bytes},
+          {"nvme_write_bytes", c.nvme_write_bytes},
+          {"nvme_read_gb_per_s", c.last_nvme_read_gb_per_s},
+          {"nvme_write_gb_per_s", c.last_nvme_write_gb_per_s},
+          {"step_seconds", c.last_step_seconds},
           {"pid", pid},
           {"attached", pid != 0},
           {"step", steps_.load()},

@@ -10,20 +10,29 @@
 // so the arena holds the last completed step's params and a client that
 // attaches again continues from there.
 //
+// Optimizer work runs on the session's pool (optimizer_pools.h) in turns its
+// FairScheduler grants: a sync-mode grad_ready (the pass runs on the
+// calling thread) and finish_step are one turn each; in overlap mode a
+// bucket's pass runs on the optimizer's worker, so while other sessions
+// share the pool the turn covers grad_ready and the wait for that pass
+// (alone, the worker keeps overlapping buckets with no turn taken).
+//
 // Threading: handle() and client_lost() are called by the one connection
 // that owns the session (Server serialises ownership); stats() from any
-// thread (it reads atomics only).
+// thread (atomics and a mutex-guarded counter block).
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/config/ds_config.h"
 #include "daemon/grad_ring.h"
+#include "daemon/optimizer_pools.h"
 #include "daemon/protocol.h"
 #include "daemon/shared_arena.h"
 #include "engine/offload_optimizer.h"
@@ -60,18 +69,20 @@ struct SessionReply {
 
 class Session {
  public:
-  // `threads` (may be null: TBB's default arena) is stratad's optimizer pool,
-  // shared by every session.
+  // `pool` (may be null: TBB's default arena, no turns) is the stratad pool
+  // the session is pinned to, shared with other sessions; it must outlive
+  // the session. `pool_index` is reported by stats().
   static absl::StatusOr<std::unique_ptr<Session>> create(const std::string& name,
                                                          const SessionSpec& spec,
                                                          const Fingerprint& fp, SessionPlan plan,
-                                                         tbb::task_arena* threads);
+                                                         OptimizerPool* pool, int pool_index = 0);
   ~Session();
 
   const std::string& name() const { return name_; }
   const SessionSpec& spec() const { return spec_; }
   const Fingerprint& fingerprint() const { return fp_; }
   uint64_t charge_bytes() const { return plan_.charge_bytes; }
+  int pool_index() const { return pool_index_; }
   int arena_fd() const { return arena_->fd(); }
   int event_fd() const { return event_fd_; }
 
@@ -111,6 +122,13 @@ class Session {
   Session() = default;
   absl::StatusOr<SessionReply> set_value(const nlohmann::json& body, const std::string& blob);
   absl::StatusOr<SessionReply> read_state(const nlohmann::json& body);
+  // grad_ready of one bucket in the pool's turn (see the class comment).
+  absl::Status bucket_ready(int bucket);
+  // `job` in a turn of the pool's scheduler, charged `cost` bytes; at once
+  // without a pool.
+  absl::Status in_turn(uint64_t cost, const std::function<absl::Status()>& job,
+                       bool more_soon = true);
+  void count_step(const engine::OptimizerStepResult& r, double step_seconds);
 
   std::string name_;
   SessionSpec spec_;
@@ -126,6 +144,26 @@ class Session {
   int event_fd_ = -1;
   uint32_t ring_tail_ = 0;   // the daemon's own copy: the page's is only published
   absl::Status ring_error_;  // the first failed grad_ready from the ring this step
+
+  OptimizerPool* pool_ = nullptr;
+  int pool_index_ = 0;
+  FairScheduler::SessionId sched_id_ = 0;
+  bool overlap_ = false;               // grad_ready queues on the optimizer's worker
+  std::vector<uint64_t> bucket_cost_;  // bytes of a bucket's pass (Adam-like: 28 B/param)
+  uint64_t step_cost_ = 0;             // every bucket's
+  double step_started_ = 0;            // monotonic seconds at begin_step
+
+  // What `strata top` shows: totals and the last finished step's rates.
+  struct Counters {
+    uint64_t optimizer_bytes = 0;
+    double optimizer_seconds = 0;
+    uint64_t nvme_read_bytes = 0, nvme_write_bytes = 0;
+    double last_step_seconds = 0;
+    double last_optimizer_gb_per_s = 0;
+    double last_nvme_read_gb_per_s = 0, last_nvme_write_gb_per_s = 0;
+  };
+  mutable std::mutex counters_mu_;
+  Counters counters_;
 
   std::atomic<int> owner_pid_{0};
   std::atomic<int64_t> steps_{0};

@@ -17,13 +17,19 @@
 int main(int argc, char** argv) {
   CLI::App app{"stratad: the strata daemon (host tier, optimizer threads, crash-safe sessions)"};
   app.set_version_flag("--version", std::string(strata::build_info().version));
-  std::string socket_path, host_mem, nvme, log_level, state_dir;
+  std::string socket_path, host_mem, session_quota, nvme, log_level, state_dir;
+  double roofline = 0;
   int threads = 0;
   app.add_option("--socket", socket_path,
                  "Unix socket (default: $XDG_RUNTIME_DIR/strata/stratad.sock, else "
                  "/run/strata/stratad.sock)");
   app.add_option("--host-mem", host_mem,
                  "host memory for all sessions, e.g. 64G (default: MemAvailable at start)");
+  app.add_option("--session-quota", session_quota,
+                 "host memory one session may take, e.g. 16G (default: no limit but --host-mem)");
+  app.add_option("--roofline", roofline,
+                 "the host's Adam-like memory stream in GB/s that `strata top` compares each "
+                 "session's optimizer with (default: measured at start; -1: not shown)");
   app.add_option("--nvme-path", nvme, "NVMe swap directories, comma separated");
   app.add_option("--threads", threads, "optimizer threads shared by all sessions (0: all cores)")
       ->check(CLI::Range(0, 4096));
@@ -54,6 +60,15 @@ int main(int argc, char** argv) {
     }
     o.host_mem_bytes = *bytes;
   }
+  if (!session_quota.empty()) {
+    auto bytes = strata::parse_byte_size(session_quota, "--session-quota");
+    if (!bytes.ok()) {
+      std::fprintf(stderr, "stratad: error: %s\n", std::string(bytes.status().message()).c_str());
+      return 2;
+    }
+    o.session_quota_bytes = *bytes;
+  }
+  o.roofline_gb_per_s = roofline;
   if (!nvme.empty()) {
     for (auto p : absl::StrSplit(nvme, ',', absl::SkipEmpty())) o.nvme_paths.emplace_back(p);
   }

@@ -60,8 +60,10 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
     for (int i = 0; i < static_cast<int>(buckets[b].size()); ++i) {
       const ParamRec& p = params[buckets[b][i]];
       const offload::TensorId ids[4] = {p.master, p.exp_avg, p.exp_avg_sq, p.param};
-      // The rank's slice of each tensor (the whole param with one rank).
-      json entry = {{"layer", b}, {"param", i}, {"name", p.desc.name}, {"numel", p.slice.numel}};
+      // The rank's slice of each tensor (the whole param with one rank);
+      // at stage 0 every rank holds the whole state and saves its slice.
+      const ParamSlice shard = partition_slice(p.desc.numel, rank, world);
+      json entry = {{"layer", b}, {"param", i}, {"name", p.desc.name}, {"numel", shard.numel}};
       for (int k = 0; k < 4; ++k) {
         const bool compute = k == 3;
         const uint64_t esize = compute ? dtype_size(dtype) : 4;
@@ -69,9 +71,9 @@ absl::StatusOr<json> OffloadOptimizer::Impl::checkpoint_meta(
         const Tier tier = compute ? param_tier(p) : opt_tier;
         buf.resize(bytes);
         STRATA_RETURN_IF_ERROR(read_raw(ids[k], tier, buf.data(), bytes), store->spec(ids[k]).name);
-        const uint64_t offset = compute ? (p.slice.offset - p.param_lo()) * esize : 0;
+        const uint64_t offset = (shard.offset - (compute ? p.param_lo() : p.slice.offset)) * esize;
         STRATA_ASSIGN_OR_RETURN(entry[kCheckpointKindNames[k]],
-                                sink(buf.data() + offset, p.slice.numel * esize));
+                                sink(buf.data() + offset, shard.numel * esize));
       }
       tensors.push_back(std::move(entry));
     }

@@ -131,15 +131,45 @@ bool has_checkpoint_marker(const std::string& dir);
 bool is_sharded_checkpoint(const std::string& dir);
 // The shard directory of `rank` in such a checkpoint.
 std::string checkpoint_shard_dir(const std::string& dir, int rank);
-// Writes a one-rank checkpoint at `out` (the same rules as a save: a
-// missing or empty directory, or a strata checkpoint it replaces) from the
-// data-parallel checkpoint at `dir`: each tensor's slices concatenated in
-// rank order (zero_partition.h puts slice r before slice r + 1), counters,
-// loss scaler and user metadata from rank 0's shard. Every shard is
-// checked against the others (same table, slices as the rule makes them)
-// and every checksum verified as it is read. Memory: one whole tensor and
-// one slice. For tools (strata ckpt export / sample read the result).
-absl::Status merge_checkpoint_shards(const std::string& dir, const std::string& out);
+
+// A checkpoint as the shards it is stored in: the one reader of
+// data-parallel checkpoints (a load at any world size, `strata ckpt
+// info/export` and `strata sample` read them through it).
+struct CheckpointShards {
+  std::string dir;       // DIR as given (trailing slashes removed)
+  bool sharded = false;  // DIR/zero.json; false: a one-rank checkpoint
+  // Rank order; a one-rank checkpoint is the one shard of world size 1.
+  std::vector<Checkpoint> shards;
+  // The whole model's table: rank 0's shard (counters, loss scaler, user
+  // metadata) with each param's whole numel, dir DIR (or DIR.old for a
+  // one-rank checkpoint). Its extents are rank 0's: read tensors through
+  // read_checkpoint_range.
+  Checkpoint whole;
+
+  int world_size() const { return static_cast<int>(shards.size()); }
+  uint64_t tensor_file_bytes() const;  // all shards' tensors.bin together
+};
+
+// Opens DIR: a data-parallel checkpoint (zero.json read strictly: format,
+// format_version, the partition rule, world_size from 1 to 2^20; then every
+// shard DIR/rank<r> with read_checkpoint) or a one-rank checkpoint. Every
+// shard must hold its rank's slice (zero_partition.h) of the same params at
+// the same step, with the same dtype, optimizer, ZeRO stage and loss-scaler
+// presence as rank 0's: DataLoss naming the shard and what differs ("the
+// save did not finish" / "damaged") otherwise; a missing shard is NotFound
+// naming it; FailedPrecondition for another zero.json format_version.
+// Reads meta.json files only (no tensor bytes).
+absl::StatusOr<CheckpointShards> open_checkpoint_shards(const std::string& dir);
+
+// Elements [lo, hi) of param `index`'s tensor `kind` (element numbers of
+// the whole param) into `dst`: (hi - lo) floats, or compute-dtype elements
+// for kCheckpointCompute. Reads each slice that overlaps the range whole
+// and checks its xxh3 (DataLoss naming the tensor); a slice the range
+// covers exactly goes straight to dst, others through `scratch` (one slice;
+// optional, reused across calls so a caller can bound its memory).
+// InvalidArgument for an index, kind or range outside the table.
+absl::Status read_checkpoint_range(const CheckpointShards& c, size_t index, int kind, uint64_t lo,
+                                   uint64_t hi, void* dst, std::vector<uint8_t>* scratch = nullptr);
 
 std::string xxh3_hex(uint64_t v);
 

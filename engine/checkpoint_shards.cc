@@ -1,6 +1,7 @@
 // OffloadOptimizer's checkpoints across data-parallel ranks (save_shards,
-// load_shards) and merge_checkpoint_shards; the one-rank code is in
-// checkpoint.cc, the contract in offload_optimizer.h and checkpoint_format.h.
+// load_shards) and the one reader of their shards (open_checkpoint_shards,
+// read_checkpoint_range); the one-rank code is in checkpoint.cc, the
+// contract in offload_optimizer.h and checkpoint_format.h.
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -73,6 +74,122 @@ std::string checkpoint_shard_dir(const std::string& dir, int rank) {
   return (fs::path(dir) / absl::StrCat("rank", rank)).string();
 }
 
+uint64_t CheckpointShards::tensor_file_bytes() const {
+  uint64_t bytes = 0;
+  for (const Checkpoint& s : shards) bytes += s.tensor_file_bytes;
+  return bytes;
+}
+
+absl::StatusOr<CheckpointShards> open_checkpoint_shards(const std::string& dir_in) {
+  CheckpointShards c;
+  c.dir = strip_trailing_slashes(dir_in);
+  c.sharded = is_sharded_checkpoint(c.dir);
+  if (!c.sharded) {
+    STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(c.dir));
+    c.whole = ck;
+    c.shards.push_back(std::move(ck));
+    return c;
+  }
+  const std::string path = (fs::path(c.dir) / kShardMetaFile).string();
+  STRATA_ASSIGN_OR_RETURN(const std::string text, read_file(path, uint64_t{1} << 20));
+  const json zero = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat(path, ": ", why, "; the checkpoint is damaged"));
+  };
+  if (!zero.is_object() || !zero.contains("format") || zero["format"] != kShardFormat) {
+    return bad(absl::StrCat("not a ", kShardFormat, " file"));
+  }
+  const json version = zero.value("format_version", json());
+  if (!version.is_number_integer()) return bad("format_version must be an integer");
+  if (version.get<int64_t>() != kShardFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": format_version ",
+                                                      version.get<int64_t>(), " is not the ",
+                                                      kShardFormatVersion, " this strata reads"));
+  }
+  const json rule = zero.value("partition", json());
+  if (!rule.is_string() || rule != kPartitionRule) {
+    return bad(absl::StrCat("partition rule ", rule.dump(), ", not \"", kPartitionRule, "\""));
+  }
+  const json ws = zero.value("world_size", json());
+  if (!ws.is_number_integer() || ws.get<int64_t>() < 1 || ws.get<int64_t>() > (1 << 20)) {
+    return bad("world_size must be an integer from 1 to 2^20");
+  }
+  const int world = ws.get<int>();
+  for (int r = 0; r < world; ++r) {
+    STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(checkpoint_shard_dir(c.dir, r)));
+    c.shards.push_back(std::move(ck));
+  }
+  // Every shard against rank 0's: the same run at the same step.
+  const Checkpoint& first = c.shards[0];
+  std::vector<uint64_t> whole(first.params.size(), 0);
+  for (const Checkpoint& s : c.shards) {
+    if (s.steps != first.steps || s.params.size() != first.params.size() ||
+        s.compute_dtype != first.compute_dtype || s.optimizer != first.optimizer ||
+        s.zero_stage != first.zero_stage ||
+        s.loss_scaler.has_value() != first.loss_scaler.has_value()) {
+      return absl::DataLossError(absl::StrCat(
+          "shard ", s.dir, " holds step ", s.steps, " and ", s.params.size(), " parameters, shard ",
+          first.dir, " step ", first.steps, " and ", first.params.size(),
+          " (or their dtype, optimizer, ZeRO stage or loss scaler differ); the save did not "
+          "finish: use another checkpoint"));
+    }
+    for (size_t i = 0; i < whole.size(); ++i) whole[i] += s.params[i].numel;
+  }
+  for (int r = 0; r < world; ++r) {
+    const Checkpoint& s = c.shards[r];
+    for (size_t i = 0; i < whole.size(); ++i) {
+      const CheckpointParam& p = s.params[i];
+      const CheckpointParam& p0 = first.params[i];
+      const uint64_t want = partition_slice(whole[i], r, world).numel;
+      if (p.layer != p0.layer || p.param != p0.param || p.name != p0.name || p.numel != want) {
+        return absl::DataLossError(absl::StrCat(
+            "shard ", s.dir, ": parameter ", i, " is layer", p.layer, ".", p.name, " with ",
+            p.numel, " elements; rank ", r, " of ", world, " should hold ", want, " of layer",
+            p0.layer, ".", p0.name, "'s ", whole[i], "; the checkpoint is damaged"));
+      }
+    }
+  }
+  c.whole = first;
+  c.whole.dir = c.dir;
+  for (size_t i = 0; i < whole.size(); ++i) c.whole.params[i].numel = whole[i];
+  return c;
+}
+
+absl::Status read_checkpoint_range(const CheckpointShards& c, size_t index, int kind, uint64_t lo,
+                                   uint64_t hi, void* dst, std::vector<uint8_t>* scratch) {
+  if (index >= c.whole.params.size() || kind < 0 || kind >= kCheckpointKinds || lo > hi ||
+      hi > c.whole.params[index].numel) {
+    return absl::InvalidArgumentError(absl::StrCat("read_checkpoint_range: parameter ", index,
+                                                   " kind ", kind, " elements [", lo, ", ", hi,
+                                                   ") are outside ", c.dir, "'s table"));
+  }
+  const uint64_t numel = c.whole.params[index].numel;
+  const uint64_t esize = kind == kCheckpointCompute ? dtype_size(c.whole.compute_dtype) : 4;
+  std::vector<uint8_t> own;
+  std::vector<uint8_t>& buf = scratch != nullptr ? *scratch : own;
+  auto* out = static_cast<uint8_t*>(dst);
+  // Rank order is element order (zero_partition.h).
+  for (int q = 0; q < c.world_size(); ++q) {
+    const ParamSlice old = partition_slice(numel, q, c.world_size());
+    const uint64_t from = std::max(lo, old.offset);
+    const uint64_t to = std::min(hi, old.offset + old.numel);
+    if (from >= to) continue;
+    const Checkpoint& ck = c.shards[q];
+    const CheckpointParam& e = ck.params[index];
+    if (from == old.offset && to == old.offset + old.numel) {
+      STRATA_RETURN_IF_ERROR(read_checkpoint_tensor(ck, e.tensors[kind], e.tensor_name(kind),
+                                                    out + (from - lo) * esize));
+      continue;
+    }
+    buf.resize(e.tensors[kind].bytes);
+    STRATA_RETURN_IF_ERROR(
+        read_checkpoint_tensor(ck, e.tensors[kind], e.tensor_name(kind), buf.data()));
+    std::memcpy(out + (from - lo) * esize, buf.data() + (from - old.offset) * esize,
+                (to - from) * esize);
+  }
+  return absl::OkStatus();
+}
+
 // Every rank's outcome of one phase, so that all go on or all stop: a rank
 // that failed returns its error, the others an error saying one failed.
 static absl::Status agree_across_ranks(dist::Communicator* comm, const absl::Status& mine,
@@ -140,77 +257,33 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
   STRATA_RETURN_IF_ERROR(finish_pending_update());
   const std::string dir = strip_trailing_slashes(dir_in);
   const std::string ctx = absl::StrCat("loading checkpoint ", dir);
-  // The shards: a data-parallel checkpoint's, or a one-rank checkpoint as
-  // the one shard of world size 1.
-  std::vector<std::string> shard_dirs;
-  if (is_sharded_checkpoint(dir)) {
-    const std::string path = (fs::path(dir) / kShardMetaFile).string();
-    STRATA_ASSIGN_OR_RETURN(const std::string text, read_file(path), ctx);
-    const json zero = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    auto bad = [&](const std::string& why) {
-      return absl::DataLossError(absl::StrCat(ctx, ": ", path, ": ", why));
-    };
-    if (!zero.is_object() || zero.value("format", "") != kShardFormat) {
-      return bad(absl::StrCat("not a ", kShardFormat, " file"));
-    }
-    if (zero.value("format_version", 0) != kShardFormatVersion) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(ctx, ": format_version ", zero.value("format_version", 0), " of ", path,
-                       " is not the ", kShardFormatVersion, " this strata reads"));
-    }
-    if (zero.value("partition", "") != kPartitionRule) {
-      return bad(absl::StrCat("partition rule \"", zero.value("partition", ""), "\", not \"",
-                              kPartitionRule, "\""));
-    }
-    const json ws = zero.value("world_size", json());
-    if (!ws.is_number_integer() || ws.get<int64_t>() < 1 || ws.get<int64_t>() > (1 << 20)) {
-      return bad("world_size must be an integer from 1 to 2^20");
-    }
-    for (int r = 0; r < ws.get<int>(); ++r) shard_dirs.push_back(checkpoint_shard_dir(dir, r));
-  } else {
-    shard_dirs.push_back(dir);
-  }
-  const int saved_world = static_cast<int>(shard_dirs.size());
-  std::vector<Checkpoint> cks;
-  for (const std::string& d : shard_dirs) {
-    STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(d), ctx);
-    STRATA_RETURN_IF_ERROR(check_same_run(ck, config, dtype, scaler != nullptr, weights_only),
-                           absl::StrCat(ctx, ", shard ", ck.dir));
-    if (ck.steps != (cks.empty() ? ck.steps : cks[0].steps)) {
-      return absl::DataLossError(absl::StrCat(ctx, ": shard ", ck.dir, " is of step ", ck.steps,
-                                              ", shard ", cks[0].dir, " of step ", cks[0].steps,
-                                              "; the save did not finish: use another checkpoint"));
-    }
-    cks.push_back(std::move(ck));
-  }
-  // Each shard's table against this model and the rule.
+  STRATA_ASSIGN_OR_RETURN(const CheckpointShards cs, open_checkpoint_shards(dir), ctx);
+  const Checkpoint& whole = cs.whole;
+  STRATA_RETURN_IF_ERROR(check_same_run(whole, config, dtype, scaler != nullptr, weights_only),
+                         absl::StrCat(ctx, " (", whole.dir, ")"));
+  // The whole table against this model (the reader checked each shard's
+  // slices against it).
   size_t idx = 0;
   for (int l = 0; l < static_cast<int>(buckets.size()); ++l) {
     for (int i = 0; i < static_cast<int>(buckets[l].size()); ++i, ++idx) {
       const ParamRec& p = params[buckets[l][i]];
-      for (int q = 0; q < saved_world; ++q) {
-        const Checkpoint& ck = cks[q];
-        const uint64_t want = partition_slice(p.desc.numel, q, saved_world).numel;
-        if (idx >= ck.params.size() || ck.params[idx].layer != l || ck.params[idx].param != i ||
-            ck.params[idx].name != p.desc.name || ck.params[idx].numel != want) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              ctx, ": shard ", ck.dir, " does not hold layer ", l, " param ", i, " (", p.desc.name,
-              ", ", want, " of its ", p.desc.numel, " elements on rank ", q, " of ", saved_world,
-              ") at entry ", idx, "; load it into the model it was saved from"));
-        }
+      if (idx >= whole.params.size() || whole.params[idx].layer != l ||
+          whole.params[idx].param != i || whole.params[idx].name != p.desc.name ||
+          whole.params[idx].numel != p.desc.numel) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(ctx, ": ", whole.dir, " does not hold layer ", l, " param ", i, " (",
+                         p.desc.name, ", ", p.desc.numel, " elements) at entry ", idx,
+                         "; load it into the model it was saved from"));
       }
     }
   }
-  for (const Checkpoint& ck : cks) {
-    if (ck.params.size() != idx) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          ctx, ": shard ", ck.dir, " has ", ck.params.size(), " parameters, this model ", idx,
-          "; load it into the model it was "
-          "saved from"));
-    }
+  if (whole.params.size() != idx) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(ctx, ": ", whole.dir, " has ", whole.params.size(), " parameters, this model ",
+                     idx, "; load it into the model it was saved from"));
   }
   last_load = CheckpointLoadStats{};
-  for (const Checkpoint& ck : cks) {
+  for (const Checkpoint& ck : cs.shards) {
     uint64_t peak = 0;
     STRATA_RETURN_IF_ERROR(verify_checkpoint_tensors(ck, kVerifyChunkBytes, &peak), ctx);
     last_load.peak_buffer_bytes = std::max(last_load.peak_buffer_bytes, peak);
@@ -221,7 +294,7 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
 
   // Per param: this rank's slice of each state from the saved slices it
   // overlaps, the whole compute param from every shard.
-  std::vector<uint8_t> buf, mine, whole;
+  std::vector<uint8_t> buf, mine, bound;
   idx = 0;
   for (const auto& bucket : buckets) {
     for (ParamHandle h : bucket) {
@@ -238,19 +311,9 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
                                : p.state_numel()) *
                         esize,
                     0);
-        for (int q = 0; q < saved_world; ++q) {
-          const ParamSlice old = partition_slice(p.desc.numel, q, saved_world);
-          const uint64_t from = std::max(lo, old.offset);
-          const uint64_t to = std::min(hi, old.offset + old.numel);
-          if (from >= to) continue;
-          const CheckpointParam& e = cks[q].params[idx];
-          buf.resize(e.tensors[k].bytes);
-          STRATA_RETURN_IF_ERROR(
-              read_checkpoint_tensor(cks[q], e.tensors[k], e.tensor_name(k), buf.data()),
-              absl::StrCat(ctx, " (the engine is now partly loaded; do not train on it)"));
-          std::memcpy(mine.data() + (from - lo) * esize, buf.data() + (from - old.offset) * esize,
-                      (to - from) * esize);
-        }
+        STRATA_RETURN_IF_ERROR(
+            read_checkpoint_range(cs, idx, k, lo, hi, mine.data(), &buf),
+            absl::StrCat(ctx, " (the engine is now partly loaded; do not train on it)"));
         last_load.peak_buffer_bytes =
             std::max<uint64_t>(last_load.peak_buffer_bytes, buf.capacity() + mine.capacity());
         const Tier tier = compute ? param_tier(p) : opt_tier;
@@ -260,7 +323,7 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
       ++idx;
     }
   }
-  const Checkpoint& ck = cks[0];
+  const Checkpoint& ck = whole;
   steps = ck.steps;
   adam_step = ck.optimizer_steps;
   micro_batches = ck.micro_batches;
@@ -276,82 +339,11 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
   if (!weights_only) partly_stepped_status = absl::OkStatus();
   for (const ParamRec& p : params) {
     if (p.desc.binding == ParamBinding::kStore) continue;
-    whole.resize(p.desc.numel * dtype_size(dtype));
-    STRATA_RETURN_IF_ERROR(read_raw(p.param, param_tier(p), whole.data(), whole.size()), ctx);
-    STRATA_RETURN_IF_ERROR(write_binding(p, whole.data()), ctx);
+    bound.resize(p.desc.numel * dtype_size(dtype));
+    STRATA_RETURN_IF_ERROR(read_raw(p.param, param_tier(p), bound.data(), bound.size()), ctx);
+    STRATA_RETURN_IF_ERROR(write_binding(p, bound.data()), ctx);
   }
   return absl::OkStatus();
-}
-
-absl::Status merge_checkpoint_shards(const std::string& dir_in, const std::string& out) {
-  const std::string dir = strip_trailing_slashes(dir_in);
-  const std::string ctx = absl::StrCat("merging checkpoint ", dir, " into ", out);
-  if (!is_sharded_checkpoint(dir)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(ctx, ": ", dir, " is not a data-parallel checkpoint (no ", kShardMetaFile,
-                     " with \"format\": \"", kShardFormat, "\")"));
-  }
-  STRATA_ASSIGN_OR_RETURN(const std::string zero_text,
-                          read_file((fs::path(dir) / kShardMetaFile).string()), ctx);
-  const json zero = json::parse(zero_text, nullptr, /*allow_exceptions=*/false);
-  const json ws = zero.value("world_size", json());
-  if (!ws.is_number_integer() || ws.get<int64_t>() < 1 || ws.get<int64_t>() > (1 << 20) ||
-      zero.value("partition", "") != kPartitionRule) {
-    return absl::DataLossError(absl::StrCat(ctx, ": ", kShardMetaFile,
-                                            " needs an integer world_size from 1 to 2^20 and "
-                                            "partition \"",
-                                            kPartitionRule, "\""));
-  }
-  const int world = ws.get<int>();
-  std::vector<Checkpoint> cks;
-  for (int r = 0; r < world; ++r) {
-    STRATA_ASSIGN_OR_RETURN(Checkpoint ck, read_checkpoint(checkpoint_shard_dir(dir, r)), ctx);
-    if (!cks.empty() && (ck.params.size() != cks[0].params.size() || ck.steps != cks[0].steps ||
-                         ck.compute_dtype != cks[0].compute_dtype)) {
-      return absl::DataLossError(absl::StrCat(ctx, ": shard ", ck.dir,
-                                              " does not match rank 0's (parameter count, step "
-                                              "or dtype); the save did not finish"));
-    }
-    cks.push_back(std::move(ck));
-  }
-  STRATA_ASSIGN_OR_RETURN(const std::string meta_text, read_file(cks[0].meta_path), ctx);
-  json meta = json::parse(meta_text, nullptr, /*allow_exceptions=*/false);
-  if (!meta.is_object()) return absl::DataLossError(absl::StrCat(ctx, ": ", cks[0].meta_path));
-  meta.erase("zero_shard");
-  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::create(out));
-  json tensors = json::array();
-  std::vector<uint8_t> whole, part;
-  for (size_t i = 0; i < cks[0].params.size(); ++i) {
-    const CheckpointParam& p0 = cks[0].params[i];
-    uint64_t numel = 0;
-    for (const Checkpoint& ck : cks) numel += ck.params[i].numel;
-    for (int r = 0; r < world; ++r) {
-      const CheckpointParam& e = cks[r].params[i];
-      if (e.layer != p0.layer || e.param != p0.param || e.name != p0.name ||
-          e.numel != partition_slice(numel, r, world).numel) {
-        return w->fail(absl::DataLossError(
-            absl::StrCat(ctx, ": entry ", i, " of shard ", cks[r].dir, " (", e.name, ", ", e.numel,
-                         " elements) is not rank ", r, "'s slice of ", p0.name)));
-      }
-    }
-    json entry = {{"layer", p0.layer}, {"param", p0.param}, {"name", p0.name}, {"numel", numel}};
-    for (int k = 0; k < kCheckpointKinds; ++k) {
-      whole.clear();
-      for (const Checkpoint& ck : cks) {
-        const CheckpointParam& e = ck.params[i];
-        part.resize(e.tensors[k].bytes);
-        absl::Status s = read_checkpoint_tensor(ck, e.tensors[k], e.tensor_name(k), part.data());
-        if (!s.ok()) return w->fail(annotate(s, ctx));
-        whole.insert(whole.end(), part.begin(), part.end());
-      }
-      auto appended = w->append(whole.data(), whole.size());
-      if (!appended.ok()) return appended.status();
-      entry[kCheckpointKindNames[k]] = std::move(*appended);
-    }
-    tensors.push_back(std::move(entry));
-  }
-  meta["params"] = std::move(tensors);
-  return w->finish(meta);
 }
 
 }  // namespace strata::engine

@@ -247,8 +247,9 @@ absl::Status OffloadOptimizer::finalize() {
   Impl& m = *impl_;
   if (m.finalized) return absl::FailedPreconditionError("finalize: already finalized");
   for (Impl::ParamRec& p : m.params) {
-    p.slice = partition_slice(p.desc.numel, m.rank, m.world);
-    p.param_sliced = m.dp() && m.config.zero.stage >= 3 && p.desc.binding == ParamBinding::kStore;
+    p.slice = state_slice(p.desc.numel, m.rank, m.world, m.config.zero.stage);
+    p.param_sliced =
+        m.partitioned() && m.config.zero.stage >= 3 && p.desc.binding == ParamBinding::kStore;
     m.params_sliced = m.params_sliced || p.param_sliced;
   }
   m.full_params.assign(m.buckets.size(), {});
@@ -389,6 +390,9 @@ absl::Status OffloadOptimizer::Impl::add_swap_files(offload::TieredStore::Option
     so.io = own_io.get();
   }
   so.swap_paths = swap_files;
+  const swap::NvmePipeline pipeline = swap::nvme_pipeline(config.zero.offload_optimizer);
+  so.read_ahead = pipeline.read_ahead;
+  so.write_behind = pipeline.write_behind;
   return absl::OkStatus();
 }
 
@@ -749,6 +753,11 @@ const CheckpointLoadStats& OffloadOptimizer::last_load_stats() const { return im
 offload::TieredStore* OffloadOptimizer::store() { return impl_->store.get(); }
 offload::TensorId OffloadOptimizer::param_id(ParamHandle p) const { return impl_->rec(p).param; }
 bool OffloadOptimizer::params_sliced() const { return impl_->params_sliced; }
+bool OffloadOptimizer::grads_reduced_on_device(int bucket) const {
+  const Impl& m = *impl_;
+  return bucket >= 0 && bucket < static_cast<int>(m.dp_bucket_device.size()) &&
+         m.dp_bucket_device[bucket] != 0;
+}
 
 absl::StatusOr<std::vector<void*>> OffloadOptimizer::acquire_full_params(int bucket) {
   Impl& m = *impl_;
@@ -774,9 +783,13 @@ absl::Status OffloadOptimizer::release_full_params(int bucket) {
   if (bucket < 0 || bucket >= static_cast<int>(m.full_params.size())) {
     return absl::InvalidArgumentError(absl::StrCat("release_full_params: no bucket ", bucket));
   }
+  if (m.full_params[bucket].empty()) return absl::OkStatus();
+  // The framework's work reading them is enqueued on the stream, not done
+  // (the engine does not wait per layer): freed only after it has run.
+  const absl::Status st = m.device->synchronize_stream(m.stream);
   for (void* ptr : m.full_params[bucket]) m.device->free(ptr);
   m.full_params[bucket].clear();
-  return absl::OkStatus();
+  return annotate(st, absl::StrCat("release_full_params: waiting for bucket ", bucket, "'s work"));
 }
 offload::TensorId OffloadOptimizer::grad_id(ParamHandle p) const { return impl_->rec(p).grad; }
 gpu::StreamId OffloadOptimizer::stream() const { return impl_->stream; }
@@ -787,7 +800,9 @@ int OffloadOptimizer::world_size() const { return impl_->world; }
 ParamSlice OffloadOptimizer::param_slice(ParamHandle p) const {
   const Impl::ParamRec& r = impl_->rec(p);
   // Before finalize the slice is not set yet: the same rule.
-  return impl_->finalized ? r.slice : partition_slice(r.desc.numel, impl_->rank, impl_->world);
+  return impl_->finalized
+             ? r.slice
+             : state_slice(r.desc.numel, impl_->rank, impl_->world, impl_->config.zero.stage);
 }
 int OffloadOptimizer::num_buckets() const { return static_cast<int>(impl_->buckets.size()); }
 const ParamDesc& OffloadOptimizer::param(ParamHandle p) const { return impl_->rec(p).desc; }

@@ -87,7 +87,11 @@
 // Data parallel (options.comm with world size N > 1; null or N = 1 is one
 // rank, exactly as described above). Every rank builds the same optimizer
 // (same config, params, buckets and groups, same set_value values) and
-// steps in lockstep; ZeRO partitions as DeepSpeed does, to 1/N per rank:
+// steps in lockstep; ZeRO partitions as DeepSpeed does, to 1/N per rank
+// (stage 0 partitions nothing: plain data parallel, every rank holding
+// whole states, all_reducing whole gradients into them and applying the
+// same whole update, with no gather and no norm collective; the points
+// below are stages 1 to 3):
 //   - each param's elements are split into N contiguous slices
 //     (engine/zero_partition.h: even split, the first numel % N ranks one
 //     element more); rank r owns slice r. grad32, master, exp_avg and
@@ -103,8 +107,8 @@
 //     differ, the collective order is the same on every rank), each once
 //     it is reported, or once wait_grads() / finish_step() says the
 //     micro-batch is over. A bucket's params' slices are packed rank by
-//     rank and summed over ranks in fp32 in one collective: ZeRO stage 0/1
-//     all_reduce the whole gradient, stage 2 and 3 reduce_scatter it into
+//     rank and summed over ranks in fp32 in one collective: ZeRO stage 1
+//     all_reduces the whole gradient, stage 2 and 3 reduce_scatter it into
 //     the rank's slices, which are accumulated into grad32. Three floats
 //     travel with each bucket so every rank agrees: whether any rank had
 //     its gradient (a rank without one adds zeros; a bucket no rank had
@@ -167,10 +171,10 @@
 //     collective) at any world size, with or without a communicator, reads
 //     the parts of the saved slices its own slice covers (resharding) and
 //     the whole compute params (ZeRO-3: the rank's slice of them); a
-//     one-rank checkpoint loads across ranks
-//     the same way. merge_checkpoint_shards (checkpoint_format.h) turns a
-//     sharded checkpoint into a one-rank one, which `strata ckpt` and
-//     `strata sample` read (they do not read shards themselves yet).
+//     one-rank checkpoint loads across ranks the same way. The shards are
+//     read through checkpoint_format.h's open_checkpoint_shards, as
+//     `strata ckpt` and `strata sample` read them (a one-rank checkpoint of
+//     a sharded one: resume it on one rank and save).
 // A rank whose step fails later (in finish_step) or that stops calling
 // makes the others' collectives fail within the communicator's timeout,
 // naming it.
@@ -411,6 +415,12 @@ class OffloadOptimizer {
   // not sliced or the bucket is held already; the store's, the device's
   // and the communicator's.
   bool params_sliced() const;
+  // Stage 2/3 across ranks where the communicator can use device memory:
+  // the bucket's gradients are reduced where they lie on the device and
+  // only this rank's part crosses PCIe, so a framework releases their
+  // device copies dirty without copying them back (StreamPins::release
+  // with copy_back false). False before finalize and for an unknown bucket.
+  bool grads_reduced_on_device(int bucket) const;
   absl::StatusOr<std::vector<void*>> acquire_full_params(int bucket);
   absl::Status release_full_params(int bucket);
   offload::TensorId param_id(ParamHandle p) const;

@@ -108,6 +108,10 @@ struct OffloadOptimizer::Impl {
   // the last flush, reduced over ranks into grad32's slices, in bucket
   // order; the updated slices gathered into the whole compute params.
   bool dp() const { return world > 1; }
+  // Across ranks with the fp32 state split (ZeRO stage >= 1): gradients
+  // reduced into slices, updated slices gathered. Stage 0 all_reduces
+  // whole gradients and gathers nothing.
+  bool partitioned() const { return dp() && zero_partitions_state(config.zero.stage); }
   // The reduction thread: each round (micro-batch) it walks the buckets in
   // descending order, waiting for each to be reported or the round closed.
   void dp_loop();

@@ -549,6 +549,13 @@ absl::Status OffloadOptimizer::Impl::finish_pending_update() {
   return swap_in_update();
 }
 
+// `status` with `note` (a sentence of its own) after its message: the
+// failure reads first, what it left behind after it, and the message stays
+// a complete sentence whatever a caller puts before it.
+static absl::Status with_note(const absl::Status& status, absl::string_view note) {
+  return absl::Status(status.code(), absl::StrCat(status.message(), "; ", note));
+}
+
 absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
   if (dp()) {
     // The round in flight ends with the other ranks told (they fail the
@@ -569,17 +576,17 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
   // The worker may still hold this step's jobs, which use the store; a
   // delayed update of the step before that succeeded stays pending.
   if (absl::Status s = drain_worker(); !s.ok() && s != status) {
-    status = annotate(status, absl::StrCat("and the worker: ", s.message()));
+    status = with_note(status, absl::StrCat("the worker failed too: ", s.message()));
   }
   // Every bucket with copies is restored: stepped speculatively, stepped
   // again after the decision, or failed half way through.
   for (int b = 0; spec != nullptr && b < static_cast<int>(buckets.size()); ++b) {
     if (!spec->has_copies(b)) continue;
     if (absl::Status s = restore_bucket(b); !s.ok()) {
-      status = annotate(status, absl::StrCat("and restoring layer ", b,
-                                             " failed (its weights are "
-                                             "left partly updated; load a checkpoint): ",
-                                             s.message()));
+      status = with_note(status, absl::StrCat("restoring layer ", b,
+                                              " failed too, so its weights are left partly "
+                                              "updated (load a checkpoint): ",
+                                              s.message()));
     }
   }
   if (unsaved_writes > 0) {
@@ -590,9 +597,9 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
         " param(s) with no copy to undo them (", status.message(),
         "); the weights are partly stepped: load the last checkpoint (strata train --resume) "
         "to continue"));
-    status = annotate(status, absl::StrCat("and ", unsaved_writes,
-                                           " param(s) were already updated with no copy to undo "
-                                           "them; load the last checkpoint to continue"));
+    status = with_note(status, absl::StrCat(unsaved_writes,
+                                            " param(s) were already updated with no copy to undo "
+                                            "them: load the last checkpoint to continue"));
   }
   steps = before.steps;
   micro_batches = before.micro_batches;
@@ -691,15 +698,17 @@ void OffloadOptimizer::Impl::dp_stop_thread() {
 OffloadOptimizer::Impl::BucketLayout OffloadOptimizer::Impl::bucket_layout(int bucket,
                                                                            int extra) const {
   const std::vector<ParamHandle>& ps = buckets[bucket];
+  // Unsplit (stage 0): one part, every param whole, that every rank reads.
+  const int parts = partitioned() ? world : 1;
   BucketLayout l;
-  l.counts.assign(world, 0);
-  l.pos.assign(ps.size() * world, 0);
-  l.extra.assign(world, 0);
+  l.counts.assign(parts, 0);
+  l.pos.assign(ps.size() * parts, 0);
+  l.extra.assign(parts, 0);
   uint64_t at = 0;
-  for (int q = 0; q < world; ++q) {
+  for (int q = 0; q < parts; ++q) {
     for (size_t i = 0; i < ps.size(); ++i) {
-      l.pos[i * world + q] = at;
-      const uint64_t n = partition_slice(params[ps[i]].desc.numel, q, world).numel;
+      l.pos[i * parts + q] = at;
+      const uint64_t n = partition_slice(params[ps[i]].desc.numel, q, parts).numel;
       l.counts[q] += n;
       at += n;
     }
@@ -719,9 +728,12 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
     STRATA_RETURN_IF_ERROR(reduce_bucket_on_device(bucket, have, flags));
     return accumulate_reduced(bucket, dp_part.data(), first, flags);
   }
+  // The parts of the layout and this rank's (one part, 0, at stage 0).
+  const int parts = partitioned() ? world : 1;
+  const int own = partitioned() ? rank : 0;
   dp_whole.resize(l.total);
   if (!have) std::fill(dp_whole.begin(), dp_whole.end(), 0.0f);  // this rank adds nothing
-  for (int q = 0; q < world; ++q) std::copy(flags, flags + kDpFlags, &dp_whole[l.extra[q]]);
+  for (int q = 0; q < parts; ++q) std::copy(flags, flags + kDpFlags, &dp_whole[l.extra[q]]);
   bool waited = false;
   const uint64_t esize = dtype_size(dtype);
   for (size_t i = 0; have && i < ps.size(); ++i) {
@@ -729,11 +741,11 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
     // The gradient where the framework left it, each slice converted to
     // fp32 into its place.
     auto pack = [&](const void* grad) -> absl::Status {
-      for (int q = 0; q < world; ++q) {
-        const ParamSlice sl = partition_slice(p.desc.numel, q, world);
+      for (int q = 0; q < parts; ++q) {
+        const ParamSlice sl = partition_slice(p.desc.numel, q, parts);
         if (sl.numel == 0) continue;
         STRATA_RETURN_IF_ERROR(
-            cpu_adam::accumulate_grad(dp_whole.data() + l.pos[i * world + q],
+            cpu_adam::accumulate_grad(dp_whole.data() + l.pos[i * parts + q],
                                       static_cast<const uint8_t*>(grad) + sl.offset * esize, dtype,
                                       sl.numel, true, options.exec));
       }
@@ -771,7 +783,7 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
   } else {
     STRATA_RETURN_IF_ERROR(
         comm->all_reduce(dp_whole.data(), l.total, DType::kFloat32, dist::ReduceOp::kSum));
-    mine = dp_whole.data() + (rank == 0 ? 0 : l.extra[rank - 1] + kDpFlags);  // part `rank`
+    mine = dp_whole.data() + (own == 0 ? 0 : l.extra[own - 1] + kDpFlags);  // part `own`
   }
   return accumulate_reduced(bucket, mine, first, flags);
 }
@@ -782,7 +794,8 @@ absl::Status OffloadOptimizer::Impl::accumulate_reduced(int bucket, const float*
                                                         float* flags) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   const BucketLayout l = bucket_layout(bucket, kDpFlags);
-  const float* summed = mine + (l.counts[rank] - kDpFlags);
+  const int own = partitioned() ? rank : 0;  // one part, 0, at stage 0
+  const float* summed = mine + (l.counts[own] - kDpFlags);
   std::copy(summed, summed + kDpFlags, flags);
   // Nobody had this bucket's gradient, or an overflow stops the step.
   if (flags[0] == 0 || flags[1] != 0 || flags[2] != 0) return absl::OkStatus();
@@ -1019,7 +1032,9 @@ absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult*
         }
         STRATA_RETURN_IF_ERROR(step_bucket(b, args, StepTarget::kParam),
                                absl::StrCat("step ", r.step));
-        if (dp()) STRATA_RETURN_IF_ERROR(gather_bucket(b), absl::StrCat("step ", r.step));
+        if (partitioned()) {
+          STRATA_RETURN_IF_ERROR(gather_bucket(b), absl::StrCat("step ", r.step));
+        }
       }
     }
     if (apply) {
@@ -1075,8 +1090,9 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
     sum_sq += grad_stats[b].sum_squares;
     nonfinite = grad_stats[b].nonfinite;
   }
-  if (dp()) {
-    // Every rank's slices: one sum, so every rank decides alike.
+  if (partitioned()) {
+    // Every rank's slices: one sum, so every rank decides alike (unsplit,
+    // every rank holds the same whole sums already).
     double global[2] = {nonfinite ? 0.0 : sum_sq, nonfinite ? 1.0 : 0.0};
     STRATA_RETURN_IF_ERROR(comm->all_reduce_host(global, dist::ReduceOp::kSum),
                            absl::StrCat("step ", r.step, ": the global gradient norm"));

@@ -50,7 +50,7 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
 
   const uint64_t esize = dtype_size(p.dtype);
   // Data parallel: each rank holds its slice of the fp32 tensors (rank 0's,
-  // the largest; engine/zero_partition.h).
+  // the largest), all of them at stage 0 (engine/zero_partition.h).
   const int world = std::max(1, config.world_size);
   const bool delayed = config.strata.delayed_param_update;  // + param_next
   // grad, grad32 and param_next live where the optimizer reads them.
@@ -75,7 +75,9 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       const uint64_t b16 = s.numel * esize;
       // (An empty slice still registers one element.)
       const uint64_t b32 =
-          (world == 1 ? s.numel : std::max<uint64_t>(1, partition_slice(s.numel, 0, world).numel)) *
+          (world == 1
+               ? s.numel
+               : std::max<uint64_t>(1, state_slice(s.numel, 0, world, config.zero.stage).numel)) *
           4;
       // ZeRO-3 across ranks: each rank's home copy of the compute param is
       // its slice (gathered on the device for forward and backward).

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/format_bytes.h"
 #include "core/host_info.h"
 #include "core/status.h"
@@ -118,6 +119,53 @@ std::vector<std::string> advise(const config::DsConfig& c, const Placement& pl,
   return advice;
 }
 
+// The roles each ZeRO stage splits across ranks in DeepSpeed.
+std::vector<std::string> deepspeed_partitions(int stage) {
+  std::vector<std::string> roles;
+  if (stage >= 1) roles = {"master32", "exp_avg", "exp_avg_sq"};
+  if (stage >= 2) roles.insert(roles.end(), {"grad16", "grad32"});
+  if (stage >= 3) roles.push_back("param16");
+  return roles;
+}
+
+int64_t PlanRoles::*role_named(const std::string& name) {
+  if (name == "param16") return &PlanRoles::param16;
+  if (name == "grad16") return &PlanRoles::grad16;
+  if (name == "grad32") return &PlanRoles::grad32;
+  if (name == "master32") return &PlanRoles::master32;
+  if (name == "exp_avg") return &PlanRoles::exp_avg;
+  return &PlanRoles::exp_avg_sq;
+}
+
+// Names, in p->partitioned, the roles a rank holds less of than one rank
+// alone (`alone`, the same config at world size 1) on some tier, and says
+// in a note which of the roles DeepSpeed splits at this stage every rank
+// still holds whole.
+void name_partitions(const MemoryPlan& alone, MemoryPlan* p, int stage) {
+  static const char* const kRoles[] = {"param16",  "grad16",  "grad32",
+                                       "master32", "exp_avg", "exp_avg_sq"};
+  std::vector<std::string> whole;
+  for (const char* name : kRoles) {
+    int64_t PlanRoles::*role = role_named(name);
+    bool split = false;
+    for (auto [rank, one] : {std::pair{&p->gpu, &alone.gpu}, std::pair{&p->host, &alone.host},
+                             std::pair{&p->nvme, &alone.nvme}}) {
+      split = split || rank->need.*role < one->need.*role;
+    }
+    if (split) p->partitioned.push_back(name);
+  }
+  for (const std::string& name : deepspeed_partitions(stage)) {
+    if (std::find(p->partitioned.begin(), p->partitioned.end(), name) == p->partitioned.end()) {
+      whole.push_back(name);
+    }
+  }
+  if (!whole.empty()) {
+    p->notes.push_back(absl::StrCat("ZeRO stage ", stage, " in DeepSpeed also splits ",
+                                    absl::StrJoin(whole, ", "), " across ranks; each of the ",
+                                    p->world_size, " ranks here holds them whole"));
+  }
+}
+
 }  // namespace
 
 int64_t PlanModel::param_count() const {
@@ -131,7 +179,8 @@ int64_t PlanModel::param_count() const {
 std::optional<bool> TierPlan::fits() const {
   if (need.total() == 0) return true;
   if (!capacity) return std::nullopt;
-  return need.total() <= capacity->bytes;
+  // In 128 bits: a rank's need times the ranks of a node may pass 2^63.
+  return static_cast<__int128>(need.total()) * std::max(sharers, 1) <= capacity->bytes;
 }
 
 std::optional<bool> MemoryPlan::fits() const {
@@ -146,39 +195,47 @@ std::optional<bool> MemoryPlan::fits() const {
 }
 
 DeepSpeedEstimate deepspeed_estimate(int zero_stage, bool offload_optimizer, bool offload_param,
-                                     int64_t params, int64_t largest_module_params, int gpus) {
+                                     int64_t params, int64_t largest_module_params,
+                                     int gpus_per_node, int nodes) {
+  const int per_node = std::max(gpus_per_node, 1);
+  const int node_count = std::max(nodes, 1);
   const double n = static_cast<double>(params);
-  const double g = static_cast<double>(std::max(gpus, 1));
+  const double g = per_node;                                        // DeepSpeed's num_gpus_per_node
+  const double total = static_cast<double>(per_node) * node_count;  // its total_gpus
   const int64_t largest = 4 * largest_module_params;
-  const std::string with_g = absl::StrCat(" with G = ", std::max(gpus, 1));
+  const std::string with_g = node_count == 1
+                                 ? absl::StrCat(" with G = ", per_node)
+                                 : absl::StrCat(" with G = ", per_node * node_count,
+                                                ", g = ", per_node, ", nodes = ", node_count);
   DeepSpeedEstimate e;
   if (zero_stage < 3) {
     e.estimator = "estimate_zero2_model_states_mem_needs_all_live";
     if (offload_optimizer) {
       e.formula = "cpu_offload: GPU 2N, CPU N*max(4G, 16)*1.5" + with_g;
-      e.gpu = i64(2 * params);
-      e.cpu = static_cast<int64_t>(n * std::max(4 * g, 16.0) * 1.5);
+      e.gpu = 2 * params;
+      e.cpu = static_cast<int64_t>(n * std::max(4 * total, 16.0) * 1.5);
     } else {
-      e.formula = "no offload: GPU 4N + 16N/G, CPU 4N*G*1.5" + with_g;
-      e.gpu = 4 * params + static_cast<int64_t>(16 * n / g);
+      e.formula = "no offload: GPU 4N + 16N/G, CPU 4N*g*1.5" + with_g;
+      e.gpu = 4 * params + static_cast<int64_t>(16 * n / total);
       e.cpu = static_cast<int64_t>(n * 4 * g * 1.5);
     }
-    return e;
-  }
-  e.estimator = "estimate_zero3_model_states_mem_needs_all_live";
-  if (offload_optimizer && offload_param) {
-    e.formula = "params and optimizer offloaded: GPU 4*largest_layer, CPU 18N*1.5";
-    e.gpu = largest;
-    e.cpu = static_cast<int64_t>(n * 18 * 1.5);
-  } else if (offload_optimizer) {
-    e.formula = "optimizer offloaded: GPU 4*largest_layer + 2N/G, CPU 16N*1.5" + with_g;
-    e.gpu = largest + static_cast<int64_t>(2 * n / g);
-    e.cpu = static_cast<int64_t>(n * 16 * 1.5);
   } else {
-    e.formula = "no offload: GPU 4*largest_layer + 18N/G, CPU 4*largest_layer*G*1.5" + with_g;
-    e.gpu = largest + static_cast<int64_t>(18 * n / g);
-    e.cpu = static_cast<int64_t>(static_cast<double>(largest) * g * 1.5);
+    e.estimator = "estimate_zero3_model_states_mem_needs_all_live";
+    if (offload_optimizer && offload_param) {
+      e.formula = "params and optimizer offloaded: GPU 4*largest_layer, CPU 18N*1.5/nodes" + with_g;
+      e.gpu = largest;
+      e.cpu = static_cast<int64_t>(n * 18 / node_count * 1.5);
+    } else if (offload_optimizer) {
+      e.formula = "optimizer offloaded: GPU 4*largest_layer + 2N/G, CPU 16N*1.5/nodes" + with_g;
+      e.gpu = largest + static_cast<int64_t>(2 * n / total);
+      e.cpu = static_cast<int64_t>(n * 16 / node_count * 1.5);
+    } else {
+      e.formula = "no offload: GPU 4*largest_layer + 18N/G, CPU 4*largest_layer*g*1.5" + with_g;
+      e.gpu = largest + static_cast<int64_t>(18 * n / total);
+      e.cpu = static_cast<int64_t>(static_cast<double>(largest) * g * 1.5);
+    }
   }
+  e.cpu_per_rank = e.cpu / per_node;
   return e;
 }
 
@@ -225,6 +282,27 @@ absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsC
   p.host.need = roles_of(pl.host_roles);
   p.host.need.staging = i64(pl.host_cache);
   p.nvme.need = roles_of(pl.nvme_roles);
+  const int nodes = std::max(capacities.nodes, 1);
+  if (config.world_size % nodes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("world size ", config.world_size,
+                                                   " does not split evenly over ", nodes,
+                                                   " nodes; give a node count that divides it"));
+  }
+  p.world_size = config.world_size;
+  p.ranks_per_node = config.world_size / nodes;
+  p.host.sharers = p.nvme.sharers = p.ranks_per_node;
+  if (p.world_size > 1) {
+    // The one-rank plan of the same config, to see what the placement split.
+    config::DsConfig one = config;
+    one.world_size = 1;
+    STRATA_ASSIGN_OR_RETURN(const MemoryPlan alone, plan_memory(model, one, {}));
+    name_partitions(alone, &p, config.zero.stage);
+  }
+  if (p.ranks_per_node > 1) {
+    p.notes.push_back(
+        absl::StrCat("tiers are one rank's; host and NVMe capacities are a node's, shared by its ",
+                     p.ranks_per_node, " ranks"));
+  }
   if (pl.rollback > 0) {
     p.notes.push_back(absl::StrCat(
         "overlap mode keeps up to ", bytes(i64(pl.rollback)),
@@ -234,7 +312,7 @@ absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsC
 
   p.deepspeed = deepspeed_estimate(config.zero.stage, pl.offload,
                                    config.zero.offload_param.device != OffloadDevice::kNone,
-                                   p.params, p.largest_module_params, config.world_size);
+                                   p.params, p.largest_module_params, p.ranks_per_node, nodes);
   if (config.zero.stage < 2) {
     p.notes.push_back("DeepSpeed has no estimator for ZeRO stage 0/1; its ZeRO-2 one is shown");
   }

@@ -15,11 +15,20 @@
 //   host  the host arena: host-homed tensors (Placement::host_roles) and, as
 //         "staging", the cache of NVMe-homed tensors (Placement::host_cache).
 //   NVMe  the swap file (Placement::nvme_roles).
+// Data parallel (config.world_size N > 1): every tier is one rank's, as
+// plan_placement sizes it (the engine's ZeRO partition across ranks,
+// engine/zero_partition.h); `partitioned` names the roles a rank holds less
+// of than one rank alone, and a note names those DeepSpeed splits at the
+// config's stage (1: master32, exp_avg, exp_avg_sq; 2: + grad16, grad32;
+// 3: + param16) that each rank here still holds whole. Host and NVMe
+// capacities are a node's, shared by its world_size / nodes ranks: a tier
+// fits when ranks_per_node times the rank's need fits (TierPlan::sharers).
 // The engine registers master, exp_avg and exp_avg_sq for every optimizer
 // (Lion and Adagrad included), and so does the plan.
 //
 // Thread-safe; pure unless PlanCapacities::probe asks it to look at this
-// machine. Errors: InvalidArgument for what plan_placement refuses.
+// machine. Errors: InvalidArgument for what plan_placement refuses, and
+// for nodes that do not divide the world size.
 #pragma once
 
 #include <cstdint>
@@ -70,28 +79,38 @@ struct TierCapacity {
 
 struct TierPlan {
   std::string name;  // "gpu", "host", "nvme"
-  PlanRoles need;
+  PlanRoles need;    // one rank's
   std::optional<TierCapacity> capacity;
-  // true when nothing is needed or it fits; nullopt when the capacity is unknown.
+  // The ranks that share `capacity` (host and NVMe: the ranks of one node;
+  // GPU: 1, a GPU per rank).
+  int sharers = 1;
+  // true when nothing is needed or sharers * need fits; nullopt when the
+  // capacity is unknown.
   std::optional<bool> fits() const;
 };
 
-// DeepSpeed's estimate_zero2/3_model_states_mem_needs_all_live for one node
-// of `gpus` GPUs (zero_init, additional_buffer_factor 1.5), N params:
+// DeepSpeed's estimate_zero2/3_model_states_mem_needs (what its *_all_live
+// wrappers print) for `nodes` nodes of g GPUs each (G = g * nodes GPUs in
+// all; zero_init, additional_buffer_factor 1.5), N params; GPU per GPU,
+// CPU per node, exactly as DeepSpeed computes them:
 //   ZeRO-2 offload     GPU 2N,                     CPU N*max(4G, 16)*1.5
-//   ZeRO-2 no offload  GPU 4N + 16N/G,             CPU 4N*G*1.5
-//   ZeRO-3 all offload GPU 4*largest,              CPU 18N*1.5
-//   ZeRO-3 optimizer   GPU 4*largest + 2N/G,       CPU 16N*1.5
-//   ZeRO-3 no offload  GPU 4*largest + 18N/G,      CPU 4*largest*G*1.5
-// Stages 0 and 1 get the ZeRO-2 estimator (DeepSpeed has none of their own).
+//   ZeRO-2 no offload  GPU 4N + 16N/G,             CPU 4N*g*1.5
+//   ZeRO-3 all offload GPU 4*largest,              CPU 18N*1.5/nodes
+//   ZeRO-3 optimizer   GPU 4*largest + 2N/G,       CPU 16N*1.5/nodes
+//   ZeRO-3 no offload  GPU 4*largest + 18N/G,      CPU 4*largest*g*1.5
+// (DeepSpeed's ZeRO-2 offload CPU grows with G across nodes, not with g:
+// its own formula, kept.) Stages 0 and 1 get the ZeRO-2 estimator
+// (DeepSpeed has none of their own).
 struct DeepSpeedEstimate {
-  std::string estimator;  // "estimate_zero2_model_states_mem_needs_all_live", ...
-  std::string formula;    // the line above that applies, with G filled in
-  int64_t gpu = 0;
-  int64_t cpu = 0;
+  std::string estimator;     // "estimate_zero2_model_states_mem_needs_all_live", ...
+  std::string formula;       // the line above that applies, with G (and g) filled in
+  int64_t gpu = 0;           // per GPU
+  int64_t cpu = 0;           // per node
+  int64_t cpu_per_rank = 0;  // cpu / g, to set beside one rank's host tier
 };
 DeepSpeedEstimate deepspeed_estimate(int zero_stage, bool offload_optimizer, bool offload_param,
-                                     int64_t params, int64_t largest_module_params, int gpus = 1);
+                                     int64_t params, int64_t largest_module_params,
+                                     int gpus_per_node = 1, int nodes = 1);
 
 struct PlanCapacities {
   std::optional<TierCapacity> gpu, host, nvme;  // absent: unknown (or probed)
@@ -99,6 +118,9 @@ struct PlanCapacities {
   // (MemAvailable capped by the cgroup limit) and an absent NVMe one, when
   // NVMe is used, with the free space under the config's first nvme_path.
   bool probe = false;
+  // The nodes config.world_size ranks span (each holds world_size / nodes
+  // ranks); must divide the world size.
+  int nodes = 1;
 };
 
 struct MemoryPlan {
@@ -108,6 +130,10 @@ struct MemoryPlan {
   int compute_bytes = 4;
   std::string precision;  // "fp16", "bf16", "fp32"
   std::string optimizer;  // as the engine runs it ("AdamW" when the config has none)
+  int world_size = 1;     // config.world_size
+  int ranks_per_node = 1;
+  // The roles a rank holds less of than one rank alone (empty with one rank).
+  std::vector<std::string> partitioned;
   TierPlan gpu{"gpu"}, host{"host"}, nvme{"nvme"};
   DeepSpeedEstimate deepspeed;
   std::vector<std::string> notes;

@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <filesystem>
 #include <memory>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/config/ds_config.h"
 #include "core/memory_bandwidth.h"
 #include "core/status.h"
+#include "dist/communicator.h"
+#include "dist/net.h"
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
 #include "offload/busy_io_engine.h"
@@ -87,10 +90,15 @@ class TimedGpt2Layers final : public Model {
 
 absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
                                               const std::string& mode, const std::string& dir) {
+  // The global batch: each rank's micro batch times the ranks.
   std::string zero =
       absl::StrCat("{\"stage\": 2, \"offload_optimizer\": {\"device\": \"", o.offload, "\"");
   if (o.offload == "nvme") absl::StrAppend(&zero, ", \"nvme_path\": \"", dir, "\"");
-  absl::StrAppend(&zero, "}}");
+  absl::StrAppend(&zero, "}");
+  if (o.reduce_bucket_size > 0) {
+    absl::StrAppend(&zero, ", \"reduce_bucket_size\": ", o.reduce_bucket_size);
+  }
+  absl::StrAppend(&zero, "}");
   const std::string json = absl::StrCat(
       "{\"train_micro_batch_size_per_gpu\": ", o.micro_batch,
       ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps, ", \"", o.precision,
@@ -103,7 +111,82 @@ absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
           : std::string(),
       "}}");
   std::vector<std::string> warnings;
-  return config::parse_ds_config(json, "bench step", &warnings);
+  return config::parse_ds_config(json, "bench step", &warnings, o.world_size);
+}
+
+// One mode's steps on one rank (comm null: the only rank).
+absl::StatusOr<StepBenchmarkMode> run_mode(const StepBenchmarkOptions& o, const char* mode,
+                                           const std::string& dir, tbb::task_arena* arena,
+                                           dist::Communicator* comm, int64_t* params) {
+  const int64_t width = o.n_embd / o.width_divisor;
+  StepBenchmarkMode m;
+  m.mode = mode;
+  gpu::SimDevice device({.capacity_bytes = uint64_t{80} << 30,
+                         .h2d_gb_per_s = o.link_gb_per_s,
+                         .d2h_gb_per_s = o.link_gb_per_s,
+                         .move_data = false,
+                         .costs = {.enabled = o.device_costs}});
+  TimedGpt2Layers model(o, width, &device);
+  *params = model.params();
+  STRATA_ASSIGN_OR_RETURN(config::DsConfig cfg, bench_config(o, mode, dir));
+  EngineOptions eo;
+  eo.allow_buffered_io = true;
+  eo.exec.arena = arena;
+  eo.comm = comm;
+  // The engine's I/O as it would build it from ds_config "aio", wrapped to
+  // time the drive's busy intervals.
+  std::unique_ptr<swap::IoEngine> io;
+  std::unique_ptr<offload::BusyIoEngine> busy_io;
+  if (o.offload == "nvme") {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    STRATA_ASSIGN_OR_RETURN(swap::IoEngineOptions io_options,
+                            swap::io_engine_options(cfg.aio, {dir}));
+    io_options.allow_buffered = true;
+    STRATA_ASSIGN_OR_RETURN(io, swap::make_io_engine(io_options));
+    busy_io = std::make_unique<offload::BusyIoEngine>(io.get());
+    eo.io = busy_io.get();
+  }
+  STRATA_ASSIGN_OR_RETURN(std::unique_ptr<TrainingEngine> engine,
+                          TrainingEngine::create(cfg, &model, &device, std::move(eo)));
+  for (int s = 0; s < o.steps; ++s) {
+    const uint64_t host_stall0 = engine->store_stats().tiers[1].stall_ns;
+    const offload::IoBusyTimes io0 = busy_io ? busy_io->busy() : offload::IoBusyTimes{};
+    STRATA_ASSIGN_OR_RETURN(StepStats st, engine->train_step(), absl::StrCat(mode, " step ", s));
+    const offload::IoBusyTimes io1 = busy_io ? busy_io->busy() : offload::IoBusyTimes{};
+    const uint64_t host_stall = engine->store_stats().tiers[1].stall_ns - host_stall0;
+    StepBenchmarkStep r;
+    r.host_syncs = static_cast<double>(st.host_syncs);
+    r.device_syncs = static_cast<double>(st.device_syncs);
+    r.device_allocations = static_cast<double>(st.device_allocations);
+    r.step_seconds = st.step_seconds;
+    r.compute_seconds = model.step_compute_seconds() * o.gradient_accumulation_steps;
+    r.h2d_seconds = st.bytes_in[0] / (o.link_gb_per_s * 1e9);
+    r.d2h_seconds = st.bytes_out[0] / (o.link_gb_per_s * 1e9);
+    // The engine times its gradient and optimizer work with the waits for
+    // the store's transfers inside; those waits are the link's and the
+    // drive's time, not the CPU's.
+    r.host_seconds = std::max(
+        0.0, st.grad_seconds + st.optimizer_seconds - static_cast<double>(host_stall) * 1e-9);
+    r.optimizer_seconds = st.optimizer_seconds;
+    r.optimizer_bytes = static_cast<double>(st.optimizer_bytes);
+    r.optimizer_gb_per_s = st.optimizer_gb_per_s;
+    r.h2d_bytes = static_cast<double>(st.bytes_in[0]);
+    r.d2h_bytes = static_cast<double>(st.bytes_out[0]);
+    r.host_bytes = static_cast<double>(engine->store_stats().tiers[1].peak_bytes);
+    r.nvme_read_seconds = (io1.read_ns - io0.read_ns) * 1e-9;
+    r.nvme_write_seconds = (io1.write_ns - io0.write_ns) * 1e-9;
+    r.nvme_seconds = (io1.any_ns - io0.any_ns) * 1e-9;
+    // The NVMe tier counts bytes written to disk as bytes_in, read as bytes_out.
+    r.nvme_read_bytes = static_cast<double>(st.bytes_out[2]);
+    r.nvme_write_bytes = static_cast<double>(st.bytes_in[2]);
+    r.speculative_layers = st.speculative_layers;
+    r.rolled_back_layers = st.rolled_back_layers;
+    r.rate_against_slowest();
+    m.steps.push_back(std::move(r));
+  }
+  engine.reset();  // before the I/O engines it uses
+  return m;
 }
 
 }  // namespace
@@ -130,11 +213,11 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
       o.micro_batch < 1 || o.seq_len < 1 || o.seq_len > o.positions || o.steps < 2 ||
       o.gradient_accumulation_steps < 1 || !(o.tflops > 0) || !(o.link_gb_per_s > 0) ||
       (o.offload != "cpu" && o.offload != "nvme") ||
-      (o.precision != "fp16" && o.precision != "bf16")) {
+      (o.precision != "fp16" && o.precision != "bf16") || o.world_size < 1 || o.world_size > 64) {
     return absl::InvalidArgumentError(
         "bench step needs n_layer >= 1, a width divisor that divides n_embd, seq_len <= "
-        "positions, steps >= 2, positive tflops and link rate, offload cpu or nvme and "
-        "precision fp16 or bf16");
+        "positions, steps >= 2, positive tflops and link rate, offload cpu or nvme, "
+        "precision fp16 or bf16 and a world size from 1 to 64");
   }
   StepBenchmarkResult result;
   result.options = o;
@@ -157,68 +240,59 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
 
   std::unique_ptr<tbb::task_arena> arena;
   if (o.cpu_threads > 0) arena = std::make_unique<tbb::task_arena>(o.cpu_threads);
-  for (const char* mode : {"sync", "overlap", "delayed"}) {
-    StepBenchmarkMode m;
-    m.mode = mode;
-    gpu::SimDevice device({.capacity_bytes = uint64_t{80} << 30,
-                           .h2d_gb_per_s = o.link_gb_per_s,
-                           .d2h_gb_per_s = o.link_gb_per_s,
-                           .move_data = false,
-                           .costs = {.enabled = o.device_costs}});
-    TimedGpt2Layers model(o, result.width, &device);
-    result.params = model.params();
-    STRATA_ASSIGN_OR_RETURN(config::DsConfig cfg, bench_config(o, mode, dir));
-    EngineOptions eo;
-    eo.allow_buffered_io = true;
-    eo.exec.arena = arena.get();
-    // The engine's I/O as it would build it from ds_config "aio", wrapped to
-    // time the drive's busy intervals.
-    std::unique_ptr<swap::IoEngine> io;
-    std::unique_ptr<offload::BusyIoEngine> busy_io;
-    if (o.offload == "nvme") {
-      STRATA_ASSIGN_OR_RETURN(swap::IoEngineOptions io_options,
-                              swap::io_engine_options(cfg.aio, {dir}));
-      io_options.allow_buffered = true;
-      STRATA_ASSIGN_OR_RETURN(io, swap::make_io_engine(io_options));
-      busy_io = std::make_unique<offload::BusyIoEngine>(io.get());
-      eo.io = busy_io.get();
+  std::vector<const char*> modes = {"sync", "overlap", "delayed"};
+  if (o.world_size > 1) modes.pop_back();  // the engine refuses it across ranks
+  for (const char* mode : modes) {
+    if (o.world_size == 1) {
+      STRATA_ASSIGN_OR_RETURN(StepBenchmarkMode m,
+                              run_mode(o, mode, dir, arena.get(), nullptr, &result.params));
+      result.modes.push_back(std::move(m));
+      continue;
     }
-    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<TrainingEngine> engine,
-                            TrainingEngine::create(cfg, &model, &device, std::move(eo)));
-    for (int s = 0; s < o.steps; ++s) {
-      const uint64_t host_stall0 = engine->store_stats().tiers[1].stall_ns;
-      const offload::IoBusyTimes io0 = busy_io ? busy_io->busy() : offload::IoBusyTimes{};
-      STRATA_ASSIGN_OR_RETURN(StepStats st, engine->train_step(), absl::StrCat(mode, " step ", s));
-      const offload::IoBusyTimes io1 = busy_io ? busy_io->busy() : offload::IoBusyTimes{};
-      const uint64_t host_stall = engine->store_stats().tiers[1].stall_ns - host_stall0;
-      StepBenchmarkStep r;
-      r.host_syncs = static_cast<double>(st.host_syncs);
-      r.device_syncs = static_cast<double>(st.device_syncs);
-      r.device_allocations = static_cast<double>(st.device_allocations);
-      r.step_seconds = st.step_seconds;
-      r.compute_seconds = model.step_compute_seconds() * o.gradient_accumulation_steps;
-      r.h2d_seconds = st.bytes_in[0] / (o.link_gb_per_s * 1e9);
-      r.d2h_seconds = st.bytes_out[0] / (o.link_gb_per_s * 1e9);
-      // The engine times its gradient and optimizer work with the waits for
-      // the store's transfers inside; those waits are the link's and the
-      // drive's time, not the CPU's.
-      r.host_seconds = std::max(
-          0.0, st.grad_seconds + st.optimizer_seconds - static_cast<double>(host_stall) * 1e-9);
-      r.optimizer_seconds = st.optimizer_seconds;
-      r.optimizer_bytes = static_cast<double>(st.optimizer_bytes);
-      r.optimizer_gb_per_s = st.optimizer_gb_per_s;
-      r.nvme_read_seconds = (io1.read_ns - io0.read_ns) * 1e-9;
-      r.nvme_write_seconds = (io1.write_ns - io0.write_ns) * 1e-9;
-      r.nvme_seconds = (io1.any_ns - io0.any_ns) * 1e-9;
-      // The NVMe tier counts bytes written to disk as bytes_in, read as bytes_out.
-      r.nvme_read_bytes = static_cast<double>(st.bytes_out[2]);
-      r.nvme_write_bytes = static_cast<double>(st.bytes_in[2]);
-      r.speculative_layers = st.speculative_layers;
-      r.rolled_back_layers = st.rolled_back_layers;
-      r.rate_against_slowest();
-      m.steps.push_back(std::move(r));
+    // One thread per rank, each joined to the others over loopback.
+    STRATA_ASSIGN_OR_RETURN(const int port, dist::pick_free_port(), "bench step --world-size");
+    const int cores = o.cpu_threads > 0
+                          ? o.cpu_threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int per_rank = std::max(1, cores / o.world_size);
+    std::vector<absl::StatusOr<StepBenchmarkMode>> ranks(o.world_size,
+                                                         absl::UnknownError("not run"));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < o.world_size; ++r) {
+      threads.emplace_back([&, r] {
+        auto comm =
+            dist::connect({.rank = r,
+                           .world_size = o.world_size,
+                           .local_rank = r,
+                           .local_world_size = o.world_size,
+                           .master_addr = "127.0.0.1",
+                           .master_port = port},
+                          {.backend = dist::Backend::kGloo, .timeout = std::chrono::seconds(120)});
+        if (!comm.ok()) {
+          ranks[r] = comm.status();
+          return;
+        }
+        tbb::task_arena rank_arena(per_rank);
+        int64_t params = 0;
+        ranks[r] =
+            run_mode(o, mode, absl::StrCat(dir, "/rank", r), &rank_arena, comm->get(), &params);
+        if (r == 0) result.params = params;
+      });
     }
-    engine.reset();  // before the I/O engines it uses
+    for (std::thread& t : threads) t.join();
+    for (int r = 0; r < o.world_size; ++r) {
+      STRATA_RETURN_IF_ERROR(ranks[r].status(), absl::StrCat(mode, ", rank ", r));
+    }
+    StepBenchmarkMode m = *ranks[0];  // a copy: ranks[0] is read below
+    for (size_t s = 0; s < m.steps.size(); ++s) {
+      for (int r = 0; r < o.world_size; ++r) {
+        const StepBenchmarkStep& x = ranks[r]->steps[s];
+        m.steps[s].ranks.push_back({.h2d_bytes = x.h2d_bytes,
+                                    .d2h_bytes = x.d2h_bytes,
+                                    .host_bytes = x.host_bytes,
+                                    .optimizer_bytes = x.optimizer_bytes});
+      }
+    }
     result.modes.push_back(std::move(m));
   }
   std::error_code ec;

@@ -27,6 +27,18 @@
 // its default costs (gpu/sim_device.h: host sync round trips, device syncs,
 // pageable copies, launch overhead), and each step reports how many host
 // and device-wide synchronisations and device allocations it made.
+//
+// world_size N > 1: N data-parallel ranks as threads of this process, each
+// with its own SimDevice (its own modelled PCIe link, as each GPU has its
+// own), model, engine and Gloo communicator over loopback (ZeRO across
+// ranks, engine/offload_optimizer.h), each rank at micro_batch (the global
+// batch N times larger). The ranks share this machine's cores (each rank's
+// CPU optimizer gets cpu_threads / N, or cores / N). Reported per step:
+// rank 0's times and, of every rank, the bytes it moved over its link
+// (h2d_bytes, d2h_bytes), the host tier's peak bytes (host_bytes) and the
+// bytes its optimizer pass moved (optimizer_bytes); `ranks` holds each
+// rank's. The delayed update does not run across ranks (the engine refuses
+// it), so only sync and overlap are measured.
 #pragma once
 
 #include <cstdint>
@@ -62,6 +74,19 @@ struct StepBenchmarkOptions {
   // strata.prefetch_window_bytes; 0: the config's default. Small windows
   // keep NVMe-homed states moving on small shapes (tests).
   int64_t prefetch_window_bytes = 0;
+  // zero_optimization.reduce_bucket_size (elements per gradient bucket);
+  // 0: DeepSpeed's default 5e8, which holds this whole model: overlap mode
+  // then hands the gradients over only after the backward.
+  int64_t reduce_bucket_size = 0;
+  int world_size = 1;  // data-parallel ranks (threads), see above
+};
+
+// One rank's bytes in one step.
+struct StepBenchmarkRankBytes {
+  double h2d_bytes = 0;        // over its modelled PCIe link, host to device
+  double d2h_bytes = 0;        // device to host
+  double host_bytes = 0;       // its host tier's peak (the host arena in use)
+  double optimizer_bytes = 0;  // its optimizer passes (StepStats::optimizer_bytes)
 };
 
 struct StepBenchmarkStep {
@@ -77,6 +102,11 @@ struct StepBenchmarkStep {
   double nvme_write_bytes = 0;
   double optimizer_seconds = 0;  // StepStats::optimizer_seconds
   double optimizer_bytes = 0;    // StepStats::optimizer_bytes: what its passes moved
+  double h2d_bytes = 0;          // StepStats::bytes_in of the device tier
+  double d2h_bytes = 0;          // StepStats::bytes_out of the device tier
+  double host_bytes = 0;         // the host tier's peak bytes after the step
+  // With world_size > 1: every rank's bytes (rank 0's are the fields above).
+  std::vector<StepBenchmarkRankBytes> ranks;
   // optimizer_bytes / optimizer_seconds.
   double optimizer_gb_per_s = 0;
   std::string slowest;

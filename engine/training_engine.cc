@@ -16,6 +16,7 @@ namespace {
 
 using offload::Access;
 using offload::Pin;
+using offload::StreamPins;
 using offload::TensorView;
 using offload::Tier;
 
@@ -38,6 +39,7 @@ TrainingEngine::~TrainingEngine() {
     // Its worker's jobs use the store, not the scratch; the scratch goes
     // before the stream the optimizer destroys.
     if (flags_device_ != nullptr) device_->free(flags_device_);
+    for (gpu::EventId e : bucket_events_) device_->destroy_event(e);
   }
   opt_.reset();
 }
@@ -62,8 +64,9 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
   const int group = opt_->add_group(opt_->default_group());
   const int num_layers = model->num_layers();
   layers_.assign(std::max(num_layers, 0), {});
-  size_t max_layer_params = 0;
+  size_t all_params = 0;
   for (int l = 0; l < num_layers; ++l) {
+    flag_offset_.push_back(all_params);
     for (const ParamSpec& p : model->layer_params(l)) {
       STRATA_ASSIGN_OR_RETURN(const ParamHandle h,
                               opt_->add_param(ParamDesc{.name = p.name,
@@ -73,21 +76,74 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
                                                         .binding = ParamBinding::kStore}));
       layers_[l].push_back(h);
     }
-    max_layer_params = std::max(max_layer_params, layers_[l].size());
+    all_params += layers_[l].size();
   }
   STRATA_RETURN_IF_ERROR(opt_->finalize());
+  plan_buckets(config.zero.reduce_bucket_size_given ? config.zero.reduce_bucket_size : 0,
+               config.zero.allgather_bucket_size);
+  for (size_t b = 0; b < reduce_buckets_.size(); ++b) {
+    STRATA_ASSIGN_OR_RETURN(const gpu::EventId e, device_->create_event());
+    bucket_events_.push_back(e);
+  }
   // ZeRO-3 across ranks: forward and backward gather each layer's params
   // with the communicator the reduction thread uses, so no reduction may
   // run meanwhile: gradients are reported after backward and the previous
   // micro-batch's reductions are waited for before forward.
   if (opt_->params_sliced()) grads_during_backward_ = false;
   if (has_scaler_) {
-    STRATA_ASSIGN_OR_RETURN(flags_device_, device_->allocate(opt_->placement().device_scratch),
+    // One slot per param of every layer: the flags of a whole backward are
+    // read after it, with the one host wait the step makes.
+    const uint64_t scratch = std::max<uint64_t>(opt_->placement().device_scratch,
+                                                (all_params * 8 + 255) & ~uint64_t{255});
+    STRATA_ASSIGN_OR_RETURN(flags_device_, device_->allocate(scratch),
                             "allocating the device scratch of the overflow check");
-    flag_sums_.assign(max_layer_params, 0.0f);
-    flag_nonfinite_.assign(max_layer_params, 0);
+    flag_sums_.assign(all_params, 0.0f);
+    flag_nonfinite_.assign(all_params, 0);
   }
   return initialize_params();
+}
+
+void TrainingEngine::plan_buckets(int64_t reduce_elements, int64_t allgather_elements) {
+  const int num_layers = static_cast<int>(layers_.size());
+  std::vector<uint64_t> numel(num_layers, 0);
+  for (int l = 0; l < num_layers; ++l) {
+    for (ParamHandle h : layers_[l]) numel[l] += opt_->param(h).numel;
+  }
+  // A bucket's gradients stay pinned on the device until the bucket is
+  // full, so a bucket also fits a quarter of the device tier's budget (a
+  // stage 3 device cache holds a few layers).
+  // Not set in the config (0): about kAutoBuckets buckets, so the host
+  // optimizer starts on the first while backward computes the rest
+  // (DeepSpeed's 5e8 would make a model below 500M params one bucket, whose
+  // optimizer work starts only after the whole backward).
+  if (reduce_elements == 0) {
+    constexpr uint64_t kAutoBuckets = 8;
+    uint64_t total = 0;
+    for (uint64_t n : numel) total += n;
+    reduce_elements =
+        static_cast<int64_t>(std::max<uint64_t>(1, (total + kAutoBuckets - 1) / kAutoBuckets));
+  }
+  const uint64_t budget = opt_->store()->stats().tiers[0].budget_bytes;
+  const uint64_t cap_elements =
+      budget > 0 ? std::max<uint64_t>(1, budget / 4 / dtype_size(dtype_)) : UINT64_MAX;
+  auto group = [&](int64_t elements, bool backward) {
+    const uint64_t limit = std::min<uint64_t>(static_cast<uint64_t>(elements), cap_elements);
+    std::vector<std::vector<int>> buckets;
+    uint64_t size = 0;
+    for (int k = 0; k < num_layers; ++k) {
+      const int l = backward ? num_layers - 1 - k : k;
+      // A layer larger than the bucket is a bucket of its own.
+      if (buckets.empty() || size + numel[l] > limit) {
+        buckets.emplace_back();
+        size = 0;
+      }
+      buckets.back().push_back(l);
+      size += numel[l];
+    }
+    return buckets;
+  };
+  reduce_buckets_ = group(reduce_elements, /*backward=*/true);
+  allgather_buckets_ = group(allgather_elements, /*backward=*/false);
 }
 
 absl::Status TrainingEngine::initialize_params() {
@@ -148,8 +204,9 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   return st;
 }
 
-absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, double loss_grad_scale,
-                                       StepStats* st) {
+absl::Status TrainingEngine::run_layer(int l, StreamPins* grads, int64_t micro,
+                                       double loss_grad_scale) {
+  const bool backward = grads != nullptr;
   offload::TieredStore* store = opt_->store();
   const std::vector<ParamHandle>& ps = layers_[l];
   LayerContext ctx{.device = device_,
@@ -157,28 +214,29 @@ absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, doub
                    .dtype = dtype_,
                    .micro_batch = micro,
                    .loss_grad_scale = loss_grad_scale};
+  // ZeRO-3 across ranks: the layer's whole params are gathered on the
+  // device, and go back however the layer ends (release_full_params waits
+  // for the work enqueued on the stream before freeing them).
   const bool gathered = opt_->params_sliced();
-  // Gathered params go back however the layer ends.
   absl::Cleanup release_gathered = [&] {
     if (gathered) opt_->release_full_params(l).IgnoreError();
   };
-  std::vector<Pin> pins;
-  pins.reserve(2 * ps.size());
-  const size_t num_param_pins = gathered ? 0 : ps.size();
+  // Otherwise stream order: the stream waits for the params' loads on the
+  // device, and the copies are released as soon as the work is enqueued;
+  // the store keeps them until that work has run (no host wait here).
+  StreamPins params(store, Tier::kDevice, ctx.stream);
   if (gathered) {
     STRATA_ASSIGN_OR_RETURN(std::vector<void*> full, opt_->acquire_full_params(l));
     ctx.params.assign(full.begin(), full.end());
   } else {
     for (ParamHandle h : ps) {
-      pins.emplace_back(store, opt_->param_id(h), Tier::kDevice);
-      STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
+      STRATA_ASSIGN_OR_RETURN(TensorView v, params.acquire(opt_->param_id(h), Access::kRead));
       ctx.params.push_back(v.data);
     }
   }
   if (backward) {
     for (ParamHandle h : ps) {
-      pins.emplace_back(store, opt_->grad_id(h), Tier::kDevice);
-      STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kWrite));
+      STRATA_ASSIGN_OR_RETURN(TensorView v, grads->acquire(opt_->grad_id(h), Access::kWrite));
       ctx.grads.push_back(v.data);
     }
   }
@@ -188,28 +246,40 @@ absl::Status TrainingEngine::run_layer(int l, bool backward, int64_t micro, doub
   if (backward && has_scaler_ && !opt_->overflowed()) {
     STRATA_RETURN_IF_ERROR(check_overflow(l, ctx));
   }
-  // The layer's buffers are unpinned only once its work is done.
-  STRATA_RETURN_IF_ERROR(device_->synchronize_stream(opt_->stream()),
-                         absl::StrCat(what, " of layer ", l));
-  for (size_t i = 0; i < pins.size(); ++i) {
-    STRATA_RETURN_IF_ERROR(pins[i].release(/*dirty=*/i >= num_param_pins));
-  }
-  if (backward && has_scaler_ && !opt_->overflowed()) {
-    for (size_t i = 0; i < ps.size(); ++i) {
-      if (flag_nonfinite_[i] != 0) {
-        opt_->report_overflow();
-        st->overflow_layer = l;
-        st->overflow_param = opt_->param(ps[i]).name;
-        log::get("engine")->warn(
-            "step {}: fp16 gradient overflow first seen in layer {} ({}), micro-batch {}, at "
-            "loss scale {}; the step is skipped (if this repeats, bf16 has no overflow)",
-            st->step, l, st->overflow_param, micro, st->loss_scale);
-        break;
-      }
+  return annotate(params.release(/*dirty=*/false), absl::StrCat(what, " of layer ", l));
+}
+
+void TrainingEngine::read_overflow_flags(int l, int64_t micro, StepStats* st) {
+  if (!has_scaler_ || opt_->overflowed()) return;
+  const std::vector<ParamHandle>& ps = layers_[l];
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (flag_nonfinite_[flag_offset_[l] + i] != 0) {
+      opt_->report_overflow();
+      st->overflow_layer = l;
+      st->overflow_param = opt_->param(ps[i]).name;
+      log::get("engine")->warn(
+          "step {}: fp16 gradient overflow first seen in layer {} ({}), micro-batch {}, at "
+          "loss scale {}; the step is skipped (if this repeats, bf16 has no overflow)",
+          st->step, l, st->overflow_param, micro, st->loss_scale);
+      return;
     }
   }
-  if (backward && grads_during_backward_ && !opt_->overflowed() && l < opt_->num_buckets()) {
-    STRATA_RETURN_IF_ERROR(opt_->grad_ready(l));
+}
+
+absl::Status TrainingEngine::finish_bucket(int b, int64_t micro, StepStats* st) {
+  // The host waits for this bucket's backward (and its flags) only: the
+  // next bucket is already queued behind it.
+  if (has_scaler_) {
+    STRATA_RETURN_IF_ERROR(device_->synchronize_event(bucket_events_[b]),
+                           absl::StrCat("backward of gradient bucket ", b));
+  }
+  // The whole bucket's flags first: no layer of an overflowing bucket is
+  // stepped speculatively only to be rolled back.
+  for (int l : reduce_buckets_[b]) read_overflow_flags(l, micro, st);
+  for (int l : reduce_buckets_[b]) {
+    if (!opt_->overflowed() && l < opt_->num_buckets()) {
+      STRATA_RETURN_IF_ERROR(opt_->grad_ready(l));
+    }
   }
   return absl::OkStatus();
 }
@@ -220,23 +290,62 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
   // ZeRO-3 across ranks: forward's gathers must not meet the reductions.
   const bool wait_first = opt_->params_sliced();
   if (!first && wait_first) STRATA_RETURN_IF_ERROR(opt_->wait_grads(), "gradient worker");
-  for (int l = 0; l < num_layers; ++l) {
-    STRATA_RETURN_IF_ERROR(run_layer(l, false, micro, loss_grad_scale, st));
+  offload::TieredStore* store = opt_->store();
+  for (const std::vector<int>& bucket : allgather_buckets_) {
+    // Params come back a bucket at a time: every load of the bucket is
+    // queued before its first layer waits for one.
+    for (int l : bucket) {
+      for (ParamHandle h : layers_[l]) store->prefetch(opt_->param_id(h), Tier::kDevice);
+    }
+    for (int l : bucket) STRATA_RETURN_IF_ERROR(run_layer(l, nullptr, micro, loss_grad_scale));
   }
-  *loss = model_->loss();
   // The worker may still be reading the previous micro-batch's gradients
   // (a delayed update it may be running touches no gradient on the device).
   if (!first && !wait_first) STRATA_RETURN_IF_ERROR(opt_->wait_grads(), "gradient worker");
   const auto backward_start = std::chrono::steady_clock::now();
-  for (int l = num_layers - 1; l >= 0; --l) {
-    STRATA_RETURN_IF_ERROR(run_layer(l, true, micro, loss_grad_scale, st));
+  std::vector<int> queued;  // buckets whose backward is enqueued, not yet handed on
+  for (int b = 0; b < static_cast<int>(reduce_buckets_.size()); ++b) {
+    // A bucket's gradients leave the device together (one D2H batch behind
+    // its last layer's backward), as reduce_bucket_size asks.
+    StreamPins grads(store, Tier::kDevice, opt_->stream());
+    for (int l : reduce_buckets_[b]) {
+      STRATA_RETURN_IF_ERROR(run_layer(l, &grads, micro, loss_grad_scale));
+    }
+    // Gradients the optimizer reduces on the device stay there (only this
+    // rank's part of them crosses PCIe, after the reduction).
+    bool copy_back = false;
+    for (int l : reduce_buckets_[b]) copy_back = copy_back || !opt_->grads_reduced_on_device(l);
+    STRATA_RETURN_IF_ERROR(grads.release(/*dirty=*/true, copy_back),
+                           absl::StrCat("gradient bucket ", b, " to the host"));
+    if (!grads_during_backward_) continue;
+    // overlap / delayed: a bucket's gradients go to the worker once its
+    // overflow flags are known, one bucket behind the device.
+    if (has_scaler_) {
+      STRATA_RETURN_IF_ERROR(device_->record_event(bucket_events_[b], opt_->stream()));
+      queued.push_back(b);
+      if (queued.size() > 1) {
+        STRATA_RETURN_IF_ERROR(finish_bucket(queued.front(), micro, st));
+        queued.erase(queued.begin());
+      }
+    } else {
+      STRATA_RETURN_IF_ERROR(finish_bucket(b, micro, st));
+    }
+  }
+  for (int b : queued) STRATA_RETURN_IF_ERROR(finish_bucket(b, micro, st));
+  if (!grads_during_backward_ || !has_scaler_) {
+    // sync: the step's one host wait, for the whole backward, its flags and
+    // the gradients' copies to the host (the store's streams join it).
+    STRATA_RETURN_IF_ERROR(opt_->store()->synchronize(opt_->stream()), "backward");
   }
   if (last) {
     opt_->set_backward_seconds(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - backward_start).count());
   }
+  // Valid now: the device has run the whole forward.
+  *loss = model_->loss();
   // sync: DeepSpeed's order, every gradient after the whole backward.
   if (!grads_during_backward_) {
+    for (int l = num_layers - 1; l >= 0; --l) read_overflow_flags(l, micro, st);
     for (int l = 0; l < opt_->num_buckets() && !opt_->overflowed(); ++l) {
       STRATA_RETURN_IF_ERROR(opt_->grad_ready(l));
     }
@@ -248,13 +357,14 @@ absl::Status TrainingEngine::check_overflow(int layer, const LayerContext& ctx) 
   const std::vector<ParamHandle>& ps = layers_[layer];
   auto* sums = static_cast<float*>(flags_device_);
   auto* flags = reinterpret_cast<int32_t*>(sums + flag_sums_.size());
-  std::fill(flag_nonfinite_.begin(), flag_nonfinite_.end(), 0);
+  const size_t at = flag_offset_[layer];
+  std::fill_n(flag_nonfinite_.begin() + at, ps.size(), 0);
   for (size_t i = 0; i < ps.size(); ++i) {
     STRATA_RETURN_IF_ERROR(device_->squared_norm(ctx.grads[i], dtype_, opt_->param(ps[i]).numel,
-                                                 sums + i, flags + i, opt_->stream()));
+                                                 sums + at + i, flags + at + i, opt_->stream()));
   }
   // Only the flags come back: a few bytes per param, in stream order.
-  return device_->copy_to_host(flag_nonfinite_.data(), flags, ps.size() * sizeof(int32_t),
+  return device_->copy_to_host(flag_nonfinite_.data() + at, flags + at, ps.size() * sizeof(int32_t),
                                opt_->stream());
 }
 
@@ -274,28 +384,26 @@ absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
                        .micro_batch = k,
                        .loss_grad_scale = 1.0,
                        .training = false};
-      std::vector<Pin> pins;
-      pins.reserve(ps.size());
       const bool gathered = opt_->params_sliced();
       absl::Cleanup release_gathered = [&] {
         if (gathered) opt_->release_full_params(l).IgnoreError();
       };
+      StreamPins pins(store, Tier::kDevice, ctx.stream);
       if (gathered) {
         STRATA_ASSIGN_OR_RETURN(std::vector<void*> full, opt_->acquire_full_params(l));
         ctx.params.assign(full.begin(), full.end());
       } else {
         for (ParamHandle h : ps) {
-          pins.emplace_back(store, opt_->param_id(h), Tier::kDevice);
-          STRATA_ASSIGN_OR_RETURN(TensorView v, pins.back().acquire(Access::kRead));
+          STRATA_ASSIGN_OR_RETURN(TensorView v, pins.acquire(opt_->param_id(h), Access::kRead));
           ctx.params.push_back(v.data);
         }
       }
       STRATA_RETURN_IF_ERROR(model_->forward(l, ctx),
                              absl::StrCat("evaluate: batch ", k, ", forward of layer ", l));
-      STRATA_RETURN_IF_ERROR(device_->synchronize_stream(opt_->stream()),
-                             absl::StrCat("evaluate: batch ", k, ", forward of layer ", l));
-      for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(/*dirty=*/false));
+      STRATA_RETURN_IF_ERROR(pins.release(/*dirty=*/false));
     }
+    STRATA_RETURN_IF_ERROR(device_->synchronize_stream(opt_->stream()),
+                           absl::StrCat("evaluate: batch ", k));
     loss_sum += model_->loss();
   }
   return loss_sum / static_cast<double>(batches);
@@ -343,11 +451,9 @@ absl::Status TrainingEngine::load_checkpoint(const std::string& dir, CheckpointU
 
 absl::StatusOr<nlohmann::json> TrainingEngine::read_checkpoint_user_metadata(
     const std::string& dir) {
-  // Across ranks every shard records the same; rank 0's is read.
-  STRATA_ASSIGN_OR_RETURN(
-      Checkpoint ck,
-      read_checkpoint(is_sharded_checkpoint(dir) ? checkpoint_shard_dir(dir, 0) : dir));
-  return ck.user;
+  // Across ranks every shard records the same (the reader checks); rank 0's.
+  STRATA_ASSIGN_OR_RETURN(CheckpointShards files, open_checkpoint_shards(dir));
+  return std::move(files.whole.user);
 }
 
 }  // namespace strata::engine

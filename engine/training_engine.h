@@ -139,6 +139,7 @@
 #include "engine/speculation.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
+#include "offload/pin.h"
 #include "offload/tiered_store.h"
 #include "swap/io_engine.h"
 
@@ -276,6 +277,11 @@ class TrainingEngine {
   OffloadOptimizer& optimizer() { return *opt_; }
   // InvalidArgument for a layer the model does not have.
   absl::StatusOr<std::vector<ParamHandle>> layer_params(int layer) const;
+  // The layers of each gradient bucket, in backward order: a bucket's
+  // gradients leave the device together, at most
+  // zero_optimization.reduce_bucket_size elements (and a quarter of the
+  // device budget) each; a larger layer is a bucket of its own.
+  const std::vector<std::vector<int>>& reduce_buckets() const { return reduce_buckets_; }
 
  private:
   TrainingEngine() = default;
@@ -284,11 +290,22 @@ class TrainingEngine {
   absl::Status initialize_params();
   absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, bool first, bool last,
                                double* loss, StepStats* st);
-  absl::Status run_layer(int layer, bool backward, int64_t micro, double loss_grad_scale,
-                         StepStats* st);
+  // Enqueues layer's forward, or its backward when `grads` is given (the
+  // bucket's gradient pins, released by the caller once the bucket is done).
+  absl::Status run_layer(int layer, offload::StreamPins* grads, int64_t micro,
+                         double loss_grad_scale);
+  // Groups layers into reduce buckets (backward order) and allgather buckets
+  // (forward order) of at most that many elements each.
+  // reduce_elements 0: the config did not set reduce_bucket_size (automatic).
+  void plan_buckets(int64_t reduce_elements, int64_t allgather_elements);
   // Enqueues the device-side overflow check of a layer's gradients (fp16):
   // its flags land in flag_nonfinite_ once the stream has run.
   absl::Status check_overflow(int layer, const LayerContext& ctx);
+  // Reports the first non-finite flag of layer l (the flags have landed).
+  void read_overflow_flags(int l, int64_t micro, StepStats* st);
+  // overlap / delayed: waits for bucket b's backward (fp16: for its flags),
+  // then hands its layers' gradients to the optimizer unless the step overflowed.
+  absl::Status finish_bucket(int b, int64_t micro, StepStats* st);
   absl::StatusOr<ParamHandle> handle(int layer, int param) const;
 
   Model* model_ = nullptr;
@@ -302,11 +319,18 @@ class TrainingEngine {
   bool grads_during_backward_ = false;
   bool has_scaler_ = false;
   nlohmann::json user_meta_;
-  // Device scratch for the overflow check: per param of the largest layer a
-  // float sum and an int32 flag.
+  // Device scratch for the overflow check: per param of every layer a float
+  // sum and an int32 flag (layer l's start at flag_offset_[l]).
   void* flags_device_ = nullptr;
   std::vector<float> flag_sums_;
   std::vector<int32_t> flag_nonfinite_;
+  std::vector<size_t> flag_offset_;
+  // Layers per gradient bucket (zero_optimization.reduce_bucket_size
+  // elements, in backward order) and per param bucket (allgather_bucket_size,
+  // forward order); a layer larger than the bucket is a bucket of its own.
+  std::vector<std::vector<int>> reduce_buckets_;
+  std::vector<std::vector<int>> allgather_buckets_;
+  std::vector<gpu::EventId> bucket_events_;  // end of each reduce bucket's backward
 };
 
 }  // namespace strata::engine

@@ -9,6 +9,10 @@
 // (DeepSpeed splits its flat buffer evenly too; strata splits each
 // parameter, so a parameter's slice never spans two tensors). A slice is
 // empty only when numel < world_size. world_size 1: the whole parameter.
+// ZeRO stage 0 splits nothing (state_slice): as in DeepSpeed it is plain
+// data parallel, every rank holding the whole master and states, summing
+// the gradients with all_reduce and applying the same whole update, with
+// nothing to gather; stages 1 to 3 split the fp32 state by the rule.
 // Pure functions; any thread.
 #pragma once
 
@@ -28,6 +32,17 @@ inline ParamSlice partition_slice(uint64_t numel, int rank, int world_size) {
   const uint64_t r = static_cast<uint64_t>(rank);
   const uint64_t base = numel / w, extra = numel % w;
   return ParamSlice{.offset = r * base + std::min(r, extra), .numel = base + (r < extra ? 1 : 0)};
+}
+
+// Whether ZeRO `stage` splits the fp32 state (master, moments, grad32)
+// across ranks.
+inline bool zero_partitions_state(int stage) { return stage >= 1; }
+
+// The part of a parameter whose fp32 state `rank` holds at ZeRO `stage`:
+// its partition_slice, or the whole parameter at stage 0.
+inline ParamSlice state_slice(uint64_t numel, int rank, int world_size, int stage) {
+  return zero_partitions_state(stage) ? partition_slice(numel, rank, world_size)
+                                      : ParamSlice{.offset = 0, .numel = numel};
 }
 
 // Every rank's slice length, in rank order (the counts of all_gather and

@@ -10,12 +10,21 @@
 #include "core/file_util.h"
 #include "core/safetensors.h"
 #include "core/status.h"
+#include "nlohmann/json.hpp"
 
 namespace strata::model {
 
+uint64_t ModelCheckpoint::tensor_file_bytes() const { return files.tensor_file_bytes(); }
+
+absl::Status read_master(const ModelCheckpoint& c, size_t index, float* out) {
+  return engine::read_checkpoint_range(c.files, index, /*kind=*/0, 0,
+                                       c.files.whole.params[index].numel, out);
+}
+
 absl::StatusOr<ModelCheckpoint> open_model_checkpoint(const std::string& dir) {
   ModelCheckpoint c;
-  STRATA_ASSIGN_OR_RETURN(c.ck, engine::read_checkpoint(dir));
+  STRATA_ASSIGN_OR_RETURN(c.files, engine::open_checkpoint_shards(dir));
+  c.ck = c.files.whole;
   const engine::Checkpoint& ck = c.ck;
   if (!ck.user.is_object() || !ck.user.contains("model")) return c;
   auto cfg = gpt2_config_from_json(ck.user["model"]);
@@ -52,7 +61,12 @@ absl::StatusOr<CheckpointExportResult> export_checkpoint(const std::string& dir,
   const std::string& to = options.to;
   // The output replaces a regular file at most, and never one being read.
   STRATA_RETURN_IF_ERROR(check_output_path(to), "--to");
-  STRATA_RETURN_IF_ERROR(check_output_is_not_input(to, {ck.meta_path, ck.tensor_path}), "--to");
+  std::vector<std::string> inputs = {ck.meta_path, ck.tensor_path};
+  for (const engine::Checkpoint& s : c.files.shards) {
+    inputs.push_back(s.meta_path);
+    inputs.push_back(s.tensor_path);
+  }
+  STRATA_RETURN_IF_ERROR(check_output_is_not_input(to, inputs), "--to");
   const Gpt2Names names = options.names.value_or(c.gpt2 ? Gpt2Names::kHf : Gpt2Names::kStrata);
   if (names == Gpt2Names::kHf && !c.gpt2) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -95,10 +109,8 @@ absl::StatusOr<CheckpointExportResult> export_checkpoint(const std::string& dir,
   std::vector<uint16_t> half;
   for (size_t i = 0; i < ck.params.size(); ++i) {
     const engine::CheckpointParam& p = ck.params[i];
-    const engine::CheckpointTensor& t = p.tensors[0];  // the fp32 master
     master.resize(p.numel);
-    STRATA_RETURN_IF_ERROR(engine::read_checkpoint_tensor(
-        ck, t, absl::StrCat("layer", p.layer, ".", p.name), master.data()));
+    STRATA_RETURN_IF_ERROR(read_master(c, i, master.data()));
     const float* src = master.data();
     if (c.gpt2 && names == Gpt2Names::kHf && slots[i].transposed) {
       laid_out.resize(p.numel);
@@ -107,7 +119,7 @@ absl::StatusOr<CheckpointExportResult> export_checkpoint(const std::string& dir,
     }
     const std::string& out_name = decls[i].name;
     if (dtype == DType::kFloat32) {
-      STRATA_RETURN_IF_ERROR(w->write_tensor(out_name, src, t.bytes));
+      STRATA_RETURN_IF_ERROR(w->write_tensor(out_name, src, p.numel * sizeof(float)));
     } else {
       half.resize(p.numel);
       if (dtype == DType::kBFloat16) {

@@ -4,7 +4,12 @@
 // open_model_checkpoint reads the checkpoint with the engine's one reader
 // (engine/checkpoint_format.h) and, when the run recorded a GPT-2 model under
 // "user.model", checks that the parameter table is that model's (the first
-// difference is DataLoss naming both).
+// difference is DataLoss naming both). A data-parallel checkpoint
+// (DIR/zero.json and one shard DIR/rank<r> per rank) is opened with
+// engine::open_checkpoint_shards, which checks the shards against each
+// other; the table then describes the whole model, and read_master joins
+// the slices. export_checkpoint merges them so: the file is the same as a
+// one-rank checkpoint's of those weights.
 //
 // export_checkpoint writes the master weights one tensor at a time (one
 // tensor in memory at once): read from tensors.bin, checked against its
@@ -25,6 +30,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/dtype.h"
@@ -35,11 +41,21 @@
 namespace strata::model {
 
 struct ModelCheckpoint {
+  // The whole model's table (files.whole): for a data-parallel checkpoint,
+  // rank 0's shard (counters, user metadata) with every param's whole
+  // numel; its tensor extents are then rank 0's only (read through
+  // read_master).
   engine::Checkpoint ck;
-  std::optional<Gpt2Config> gpt2;  // the model the run recorded, if any
+  std::optional<Gpt2Config> gpt2;      // the model the run recorded, if any
+  engine::CheckpointShards files;      // the shards (one for a one-rank checkpoint)
+  uint64_t tensor_file_bytes() const;  // all shards' tensors.bin together
 };
 
 absl::StatusOr<ModelCheckpoint> open_model_checkpoint(const std::string& dir);
+
+// The whole fp32 master of parameter `index` into `out` (ck.params[index].numel
+// floats), joined from the shards' slices; each extent's xxh3 checked.
+absl::Status read_master(const ModelCheckpoint& c, size_t index, float* out);
 
 struct CheckpointExport {
   std::string to;  // the .safetensors file

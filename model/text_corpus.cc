@@ -221,6 +221,11 @@ absl::StatusOr<std::unique_ptr<TextCorpus>> TextCorpus::build(
         "corpus options: micro batch ", options.micro_batch, ", seq_len ", options.seq_len,
         ", val_fraction ", options.val_fraction, "; need B >= 1, T >= 1 and 0 < fraction < 1"));
   }
+  if (options.world_size < 1 || options.rank < 0 || options.rank >= options.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("corpus options: rank ", options.rank,
+                                                   " of world size ", options.world_size,
+                                                   "; need 0 <= rank < world size"));
+  }
   if (pieces.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--data ", source, ": the corpus is empty; give files with text in them"));
@@ -314,13 +319,17 @@ void TextCorpus::fill_row(int64_t start, int32_t* inputs, int32_t* targets) cons
   }
 }
 
+int64_t TextCorpus::global_row(int64_t index) const {
+  return (index * options_.world_size + options_.rank) * options_.micro_batch;
+}
+
 void TextCorpus::train_batch(int64_t index, int32_t* inputs, int32_t* targets) {
   const int64_t b = options_.micro_batch, t = options_.seq_len;
   // Offsets 0..split_-T-1 keep every target inside the training split.
   const auto starts = static_cast<uint64_t>(split_ - t);
+  const int64_t first = global_row(index);
   for (int64_t r = 0; r < b; ++r) {
-    const uint64_t key = splitmix64(
-        options_.seed ^ splitmix64(static_cast<uint64_t>(index) * b + static_cast<uint64_t>(r)));
+    const uint64_t key = splitmix64(options_.seed ^ splitmix64(static_cast<uint64_t>(first + r)));
     const auto start = static_cast<int64_t>(key % starts);
     fill_row(start, inputs + r * t, targets + r * t);
   }
@@ -329,8 +338,9 @@ void TextCorpus::train_batch(int64_t index, int32_t* inputs, int32_t* targets) {
 void TextCorpus::val_batch(int64_t index, int32_t* inputs, int32_t* targets) {
   const int64_t b = options_.micro_batch, t = options_.seq_len;
   const int64_t windows = val_windows();
+  const int64_t first = global_row(index);
   for (int64_t r = 0; r < b; ++r) {
-    const int64_t w = ((index * b + r) % windows + windows) % windows;
+    const int64_t w = ((first + r) % windows + windows) % windows;
     fill_row(split_ + w * t, inputs + r * t, targets + r * t);
   }
 }

@@ -25,13 +25,21 @@
 // training, which must also hold seq_len + 1 tokens.
 //
 // Batches (B x T int32, row-major; targets are the inputs shifted by one):
-// train_batch(index) row r starts at a pseudo-random offset drawn by
-// splitmix64 from (seed, index, r): deterministic for a given index.
-// val_batch(index) rows are consecutive windows of the validation split
-// (window index * B + r, wrapping), so evaluating batches 0..K-1 always
-// scores the same text.
+// train_batch(index) row r is global row g = (index * W + rank) * B + r of
+// the data order, W = world_size: it starts at a pseudo-random offset drawn
+// by splitmix64 from (seed, g): deterministic for a given index.
+// val_batch(index) row r is window g of the validation split (consecutive
+// windows, wrapping), so evaluating batches 0..K-1 always scores the same
+// text.
+// Data parallel: the W ranks' micro-batch `index` are disjoint slices of one
+// global batch of W * B rows, and together exactly the rows one rank with
+// micro batch W * B reads as its batch `index` (rank r has rows r*B..r*B+B-1
+// of it). That is DeepSpeed's batch rule (train_batch_size = micro x
+// accumulation x world) made exact: N ranks at micro batch m train on what
+// one rank at micro batch N*m does.
 //
-// Errors (InvalidArgument, naming the path and what to do): a missing path,
+// Errors (InvalidArgument, naming the path and what to do): a rank outside
+// 0..world_size-1, a missing path,
 // a glob with no matches, no text file found, an empty corpus, too few
 // tokens for one train and one validation sequence; ResourceExhausted for a
 // BPE corpus too large for this machine's memory. Threading: loading is a
@@ -62,6 +70,9 @@ struct TextCorpusOptions {
   double val_fraction = 0.05;  // of all tokens, taken from the end
   // nullptr: byte tokens; else this tokenizer's ids (used while loading only).
   const BpeTokenizer* tokenizer = nullptr;
+  // This process's data-parallel rank and the world size (see "Batches").
+  int rank = 0;
+  int world_size = 1;
 };
 
 // The files PATH names (see above), sorted. Errors as above.
@@ -104,6 +115,8 @@ class TextCorpus final : public TokenSource {
       const std::string& source, const TextCorpusOptions& options);
   absl::Status encode_bpe(const std::vector<std::string_view>& pieces, const std::string& source);
   void fill_row(int64_t start, int32_t* inputs, int32_t* targets) const;
+  // Global row of the data order where this rank's batch `index` begins.
+  int64_t global_row(int64_t index) const;
   int64_t size() const;
 
   // Byte tokens: the text as pieces (mapped files, "\n" separators, or

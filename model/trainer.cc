@@ -106,6 +106,9 @@ absl::Status Trainer::evaluate(int64_t step, TrainerResult* r) {
   const int64_t t0 = monotonic_ns();
   STRATA_ASSIGN_OR_RETURN(double v, engine_->evaluate(options_.eval_batches),
                           absl::StrCat("evaluating after step ", step));
+  STRATA_RETURN_IF_ERROR(sum_over_ranks(std::span<double>(&v, 1)),
+                         absl::StrCat("averaging the validation loss after step ", step));
+  if (options_.comm != nullptr) v /= options_.comm->world_size();
   if (!r->first_val_loss) r->first_val_loss = v;
   r->last_val_loss = v;
   r->val_losses.emplace_back(step, v);
@@ -159,14 +162,36 @@ void Trainer::log_step(const TrainerStep& s, std::optional<double> val_loss) {
   log_ << j.dump() << '\n' << std::flush;
 }
 
+absl::Status Trainer::sum_over_ranks(std::span<double> values) {
+  if (options_.comm == nullptr || options_.comm->world_size() == 1) return absl::OkStatus();
+  return options_.comm->all_reduce_host(values, dist::ReduceOp::kSum);
+}
+
+absl::StatusOr<bool> Trainer::agreed_stop() {
+  double stop = stop_requested() ? 1 : 0;
+  STRATA_RETURN_IF_ERROR(sum_over_ranks(std::span<double>(&stop, 1)));
+  return stop > 0;
+}
+
 TrainerResult Trainer::run() {
   TrainerResult r;
   const int64_t t0 = monotonic_ns();
   r.start_step = engine_->steps();
   absl::Status failure;
-  if (!stop_requested()) failure = evaluate(r.start_step, &r);
-  for (int64_t i = r.start_step + 1; failure.ok() && i <= options_.steps; ++i) {
-    if (stop_requested()) {
+  // With ranks, stops are decided together (after a step, below); a rank
+  // alone stops at once.
+  const bool ranks = options_.comm != nullptr && options_.comm->world_size() > 1;
+  const double world = ranks ? options_.comm->world_size() : 1;
+  absl::StatusOr<bool> stop_first = agreed_stop();
+  if (!stop_first.ok()) {
+    failure = annotate(stop_first.status(), "agreeing with the other ranks before the first step");
+  } else if (*stop_first) {
+    r.stopped = true;
+  } else {
+    failure = evaluate(r.start_step, &r);
+  }
+  for (int64_t i = r.start_step + 1; failure.ok() && !r.stopped && i <= options_.steps; ++i) {
+    if (!ranks && stop_requested()) {
       r.stopped = true;
       break;
     }
@@ -180,6 +205,11 @@ TrainerResult Trainer::run() {
       failure = annotate(st.status(), absl::StrCat("training step ", i));
       break;
     }
+    if (absl::Status s = sum_over_ranks(std::span<double>(&st->loss, 1)); !s.ok()) {
+      failure = annotate(s, absl::StrCat("averaging the loss of training step ", i));
+      break;
+    }
+    st->loss /= world;
     ++r.steps_run;
     r.train_seconds += st->step_seconds;
     if (!r.first_loss) r.first_loss = st->loss;
@@ -196,9 +226,14 @@ TrainerResult Trainer::run() {
         .skipped = r.skipped};
     if (sink_ != nullptr) sink_->on_step(step);
 
-    // Read once: a request arriving during the evaluation below still
-    // finds this step logged and saved as the loop decided.
-    const bool stop = stop_requested();
+    // Read once (and agreed once): a request arriving during the evaluation
+    // below still finds this step logged and saved as the loop decided.
+    const absl::StatusOr<bool> stopping = agreed_stop();
+    if (!stopping.ok()) {
+      failure = annotate(stopping.status(), absl::StrCat("agreeing to go on after step ", i));
+      break;
+    }
+    const bool stop = *stopping;
     std::optional<double> val;
     if (!stop && (i % options_.eval_every == 0 || i == options_.steps)) {
       failure = evaluate(i, &r);

@@ -17,6 +17,19 @@
 //   signal handler (request_stop is async-signal-safe; see model/stop_signals.h for
 //   SIGINT/SIGTERM).
 //
+// Data parallel (options.comm, world size N > 1): every rank runs its own
+// Trainer over its own engine, in lockstep. After each step one
+// all_reduce_host averages the loss over the ranks: the loss every rank
+// reports, logs and returns is the mean (the loss of the whole global
+// batch, as one rank with N times the micro batch sees it); after the
+// sink's on_step another agrees on stopping: a stop requested on any rank
+// stops every rank after the same step (a rank must never leave a
+// collective the others are in). One more agrees on a stop before the
+// first evaluation, and each validation loss is the mean over ranks. A failed reduction fails the
+// run with the communicator's error (which names the rank that went away). Every rank saves (its
+// checkpoint shard); printing and logging are the caller's choice per rank (a sink and log_json
+// only on rank 0).
+//
 // Threading: create, resume and run on one thread; the sink is called on
 // that thread; request_stop from anywhere. Ownership: the engine, the sink
 // and options.trace are borrowed and must outlive the Trainer; the Trainer
@@ -40,6 +53,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,6 +63,7 @@
 #include "absl/strings/string_view.h"
 #include "core/config/ds_config.h"
 #include "core/trace.h"
+#include "dist/communicator.h"
 #include "engine/training_engine.h"
 
 namespace strata::model {
@@ -70,6 +85,9 @@ struct TrainerOptions {
   // measured once by create, and every log line gives the host optimizer's
   // GB/s against it (optimizer_stream_ratio). 0: not measured.
   size_t stream_elements = size_t{16} << 20;
+  // Data parallel: this rank's communicator (see "Data parallel" above);
+  // borrowed, used on run()'s thread between steps. null: one rank.
+  dist::Communicator* comm = nullptr;
 };
 
 // What the sink sees after each step, before that step's evaluation.
@@ -131,6 +149,10 @@ class Trainer {
   Trainer(engine::TrainingEngine* engine, TrainerOptions options, TrainerSink* sink)
       : engine_(engine), options_(std::move(options)), sink_(sink) {}
   absl::Status evaluate(int64_t step, TrainerResult* r);
+  // Sums `values` over the ranks (a no-op without options.comm).
+  absl::Status sum_over_ranks(std::span<double> values);
+  // Whether any rank asked to stop (this one alone without options.comm).
+  absl::StatusOr<bool> agreed_stop();
   absl::Status save(int64_t step, bool last, TrainerResult* r);
   void log_step(const TrainerStep& step, std::optional<double> val_loss);
 

@@ -11,6 +11,8 @@
 // thread-safe (one owner). The store must outlive it.
 #pragma once
 
+#include <vector>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/status.h"
@@ -45,6 +47,43 @@ class Pin {
   TensorId id_;
   Tier tier_;
   bool held_ = false;
+};
+
+// StreamPins: copies on one tier used by work on one device stream,
+// acquired with acquire_on (the stream waits for their loads on the device)
+// and released together with release_after (no host wait: the store keeps
+// the stream's event). Released clean on scope exit if still held.
+//
+//   offload::StreamPins params(store, Tier::kDevice, stream);
+//   STRATA_ASSIGN_OR_RETURN(TensorView w, params.acquire(id, Access::kRead));
+//   ... enqueue kernels on `stream` reading w ...
+//   STRATA_RETURN_IF_ERROR(params.release(/*dirty=*/false));
+class StreamPins {
+ public:
+  StreamPins(TieredStore* store, Tier tier, gpu::StreamId stream)
+      : store_(store), tier_(tier), stream_(stream) {}
+  absl::StatusOr<TensorView> acquire(TensorId id, Access access) {
+    STRATA_ASSIGN_OR_RETURN(TensorView v, store_->acquire_on(id, tier_, access, stream_));
+    ids_.push_back(id);
+    return v;
+  }
+  // `copy_back`: as TieredStore::release_after's.
+  absl::Status release(bool dirty, bool copy_back = true) {
+    std::vector<TensorId> ids = std::move(ids_);
+    ids_.clear();
+    return store_->release_after(ids, tier_, dirty, stream_, copy_back);
+  }
+  ~StreamPins() {
+    if (!ids_.empty()) store_->release_after(ids_, tier_, false, stream_).IgnoreError();
+  }
+  StreamPins(const StreamPins&) = delete;
+  StreamPins& operator=(const StreamPins&) = delete;
+
+ private:
+  TieredStore* store_;
+  Tier tier_;
+  gpu::StreamId stream_;
+  std::vector<TensorId> ids_;
 };
 
 }  // namespace strata::offload

@@ -101,11 +101,23 @@ TieredStore::~TieredStore() {
   }
   for (Tensor& t : tensors_) {
     for (Tier tier : {Tier::kDevice, Tier::kHost}) {
+      // Nothing may still copy into or out of a block that goes back.
+      (void)settle_locked(nullptr, t.copies[idx(tier)]);
       if (t.copies[idx(tier)].state != Residency::kAbsent) free_copy_locked(t, tier);
     }
   }
+  for (std::vector<EventRef>& freed : freed_pending_) {
+    for (const EventRef& e : freed) (void)options_.device->synchronize_event(*e);
+    freed.clear();
+  }
+  for (Tensor& t : tensors_) {
+    for (Copy& c : t.copies) c.pending.clear();
+  }
   if (options_.device != nullptr) {
+    std::lock_guard streams(streams_mu_);
+    for (gpu::EventId e : all_events_) options_.device->destroy_event(e);
     for (gpu::StreamId s : all_streams_) options_.device->destroy_stream(s);
+    if (has_join_stream_) options_.device->destroy_stream(join_stream_);
   }
 }
 
@@ -221,6 +233,16 @@ absl::Status TieredStore::check_tier(const Tensor& t, Tier tier) const {
 }
 
 absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access access) {
+  return acquire_impl(id, tier, access, std::nullopt);
+}
+
+absl::StatusOr<TensorView> TieredStore::acquire_on(TensorId id, Tier tier, Access access,
+                                                   gpu::StreamId stream) {
+  return acquire_impl(id, tier, access, stream);
+}
+
+absl::StatusOr<TensorView> TieredStore::acquire_impl(TensorId id, Tier tier, Access access,
+                                                     std::optional<gpu::StreamId> stream) {
   std::unique_lock lock(mu_);
   if (!finalized_) return absl::FailedPreconditionError("acquire before finalize()");
   if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
@@ -264,11 +286,201 @@ absl::StatusOr<TensorView> TieredStore::acquire(TensorId id, Tier tier, Access a
     changed_.wait(lock, [&] { return c.transfers_reading == 0; });
   }
   queue_prefetches_locked(tier);
+  // Device work still moving or using the copy: the caller's stream waits
+  // for it on the device, or the host waits here (pinned, so it stays put).
+  prune(c.pending);
+  if (stream.has_value()) {
+    for (const EventRef& e : c.pending) {
+      if (absl::Status s = options_.device->wait_event(*stream, *e); !s.ok()) {
+        --c.pins;
+        changed_.notify_all();
+        return annotate(s, absl::StrCat("ordering \"", t.spec.name, "\" on the caller's stream"));
+      }
+    }
+  } else if (!c.pending.empty()) {
+    // A wait for a transfer still in flight is a stall like a miss's.
+    const int64_t t0 = monotonic_ns();
+    absl::Status settled = settle_locked(&lock, c);
+    ts.stall_ns += static_cast<uint64_t>(monotonic_ns() - t0);
+    if (absl::Status s = settled; !s.ok()) {
+      --c.pins;
+      changed_.notify_all();
+      return annotate(s, absl::StrCat("waiting for the device's work on \"", t.spec.name, "\""));
+    }
+  }
   return TensorView{c.data, t.bytes};
 }
 
 absl::Status TieredStore::release(TensorId id, Tier tier, bool dirty) {
   std::unique_lock lock(mu_);
+  return release_locked(lock, id, tier, dirty);
+}
+
+absl::Status TieredStore::release_after(const std::vector<TensorId>& ids, Tier tier, bool dirty,
+                                        gpu::StreamId stream, bool copy_back) {
+  if (ids.empty()) return absl::OkStatus();
+  if (options_.device == nullptr) return absl::FailedPreconditionError("the store has no device");
+  STRATA_ASSIGN_OR_RETURN(EventRef done, record_on(stream), "marking the end of the caller's work");
+  std::unique_lock lock(mu_);
+  for (TensorId id : ids) {
+    if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
+    if (idx(tier) >= kTierCount) return absl::InvalidArgumentError("no such tier");
+    Copy& c = tensors_[id].copies[idx(tier)];
+    if (c.pins > 0) {
+      prune(c.pending);
+      c.pending.push_back(done);
+    }
+    STRATA_RETURN_IF_ERROR(release_locked(lock, id, tier, dirty));
+  }
+  if (dirty && copy_back && tier == Tier::kDevice) {
+    return write_back_async_locked(lock, ids, done);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::write_back_async_locked(std::unique_lock<std::mutex>& lock,
+                                                  const std::vector<TensorId>& ids,
+                                                  const EventRef& after) {
+  std::vector<TensorId> moving;
+  std::vector<EventRef> waits{after};
+  for (TensorId id : ids) {
+    Tensor& t = tensors_[id];
+    Copy& c = t.copies[idx(Tier::kDevice)];
+    Copy& dst = t.copies[idx(Tier::kHost)];
+    if (t.spec.home != Tier::kHost || c.state != Residency::kDirty || c.pins > 0 ||
+        !holds_data(dst.state) || dst.pins > 0) {
+      continue;  // copied back when someone needs it, as before
+    }
+    c.state = Residency::kWriting;
+    ++dst.pins;
+    prune(dst.pending);
+    waits.insert(waits.end(), dst.pending.begin(), dst.pending.end());
+    moving.push_back(id);
+  }
+  if (moving.empty()) return absl::OkStatus();
+  lock.unlock();
+  absl::Status s;
+  EventRef done;
+  {
+    TraceScope scope(options_.trace, "d2h", "offload");
+    absl::StatusOr<gpu::StreamId> stream = take_stream();
+    s = stream.status();
+    if (s.ok()) {
+      for (const EventRef& e : waits) {
+        if (s.ok()) s = options_.device->wait_event(*stream, *e);
+      }
+      uint64_t bytes = 0;
+      for (TensorId id : moving) {
+        const Tensor& t = tensors_[id];
+        bytes += t.bytes;
+        if (s.ok()) {
+          s = options_.device->copy_to_host(t.copies[idx(Tier::kHost)].data,
+                                            t.copies[idx(Tier::kDevice)].data, t.bytes, *stream);
+        }
+      }
+      scope.arg("bytes", static_cast<int64_t>(bytes));
+      if (s.ok()) {
+        absl::StatusOr<EventRef> e = record_on(*stream);
+        s = e.status();
+        if (s.ok()) done = *std::move(e);
+      }
+      return_stream(*stream);
+    }
+  }
+  lock.lock();
+  for (TensorId id : moving) {
+    Tensor& t = tensors_[id];
+    Copy& c = t.copies[idx(Tier::kDevice)];
+    Copy& dst = t.copies[idx(Tier::kHost)];
+    --dst.pins;
+    if (!s.ok()) {
+      c.state = Residency::kDirty;
+      continue;
+    }
+    c.state = Residency::kResident;
+    c.pending.push_back(done);
+    dst.pending.push_back(done);
+    stats_.tiers[idx(Tier::kDevice)].bytes_out += t.bytes;
+  }
+  changed_.notify_all();
+  return annotate(s, "copying gradients back to the host");
+}
+
+absl::Status TieredStore::synchronize(gpu::StreamId stream) {
+  if (options_.device == nullptr) return absl::FailedPreconditionError("the store has no device");
+  gpu::Device& dev = *options_.device;
+  std::vector<gpu::StreamId> streams;
+  gpu::StreamId join = 0;
+  {
+    std::lock_guard lock(streams_mu_);
+    if (!has_join_stream_) {
+      STRATA_ASSIGN_OR_RETURN(join_stream_, dev.create_stream());
+      has_join_stream_ = true;
+    }
+    join = join_stream_;
+    streams = all_streams_;
+  }
+  streams.push_back(stream);
+  // The streams meet on the device, then the host waits once.
+  std::vector<EventRef> marks;
+  for (gpu::StreamId s : streams) {
+    STRATA_ASSIGN_OR_RETURN(EventRef e, record_on(s));
+    STRATA_RETURN_IF_ERROR(dev.wait_event(join, *e));
+    marks.push_back(std::move(e));
+  }
+  return dev.synchronize_stream(join);
+}
+
+absl::StatusOr<TieredStore::EventRef> TieredStore::record_on(gpu::StreamId stream) {
+  gpu::Device& dev = *options_.device;
+  gpu::EventId id = 0;
+  {
+    std::lock_guard lock(streams_mu_);
+    if (!free_events_.empty()) {
+      id = free_events_.back();
+      free_events_.pop_back();
+    } else {
+      STRATA_ASSIGN_OR_RETURN(id, dev.create_event());
+      all_events_.push_back(id);
+    }
+  }
+  EventRef e(new gpu::EventId(id), [this](const gpu::EventId* p) {
+    std::lock_guard lock(streams_mu_);
+    free_events_.push_back(*p);
+    delete p;
+  });
+  STRATA_RETURN_IF_ERROR(dev.record_event(*e, stream));
+  return e;
+}
+
+void TieredStore::prune(std::vector<EventRef>& events) const {
+  std::erase_if(events, [&](const EventRef& e) {
+    absl::StatusOr<bool> done = options_.device->query_event(*e);
+    return !done.ok() || *done;  // an error surfaces at the next synchronisation
+  });
+}
+
+absl::Status TieredStore::settle_locked(std::unique_lock<std::mutex>* lock, Copy& c) {
+  if (c.pending.empty()) return absl::OkStatus();
+  prune(c.pending);
+  if (c.pending.empty()) return absl::OkStatus();
+  std::vector<EventRef> waits = c.pending;
+  if (lock != nullptr) lock->unlock();
+  absl::Status s;
+  for (const EventRef& e : waits) {
+    if (s.ok()) s = options_.device->synchronize_event(*e);
+  }
+  if (lock != nullptr) lock->lock();
+  if (s.ok()) {
+    std::erase_if(c.pending, [&](const EventRef& e) {
+      return std::find(waits.begin(), waits.end(), e) != waits.end();
+    });
+  }
+  return s;
+}
+
+absl::Status TieredStore::release_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier,
+                                         bool dirty) {
   if (id >= tensors_.size()) return absl::InvalidArgumentError(absl::StrCat("no tensor ", id));
   if (idx(tier) >= kTierCount) return absl::InvalidArgumentError("no such tier");
   Tensor& t = tensors_[id];
@@ -387,6 +599,9 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   if (status.ok() && prefetch && src.pins > src.transfers_reading) {
     status = absl::UnavailableError("the source copy is held");
   }
+  // The host writes a block from NVMe only once the device work of its
+  // previous owner is done (a transfer still reading it).
+  if (status.ok() && from == Tier::kNvme) status = settle_locked(nullptr, c);
   if (status.ok() && prefetch && !nested && options_.read_ahead && from == Tier::kNvme &&
       t.nvme_written) {
     status = start_read_ahead_locked(lock, id);
@@ -394,9 +609,21 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
   } else if (status.ok()) {
     ++src.pins;
     ++src.transfers_reading;
+    std::vector<EventRef> after;
+    if (from != Tier::kNvme) {
+      prune(src.pending);
+      prune(c.pending);
+      after = src.pending;
+      after.insert(after.end(), c.pending.begin(), c.pending.end());
+    }
+    EventRef done;
     lock.unlock();
-    status = transfer(t, from, tier);
+    status = transfer(t, from, tier, after, &done);
     lock.lock();
+    if (done != nullptr) {  // the copy is resident in stream order
+      src.pending.push_back(done);
+      c.pending.push_back(done);
+    }
     --src.transfers_reading;
     --src.pins;
   }
@@ -557,9 +784,26 @@ absl::Status TieredStore::write_back_locked(std::unique_lock<std::mutex>& lock, 
     }
   }
   ++dst.pins;
-  lock.unlock();
-  absl::Status s = transfer(t, tier, to);
-  lock.lock();
+  std::vector<EventRef> after;
+  absl::Status s;
+  if (to == Tier::kNvme) {
+    s = settle_locked(nullptr, c);  // the drive reads it from the host
+  } else {
+    prune(c.pending);
+    prune(dst.pending);
+    after = c.pending;
+    after.insert(after.end(), dst.pending.begin(), dst.pending.end());
+  }
+  EventRef done;
+  if (s.ok()) {
+    lock.unlock();
+    s = transfer(t, tier, to, after, &done);
+    lock.lock();
+  }
+  if (done != nullptr) {
+    c.pending.push_back(done);
+    dst.pending.push_back(done);
+  }
   --dst.pins;
   if (!s.ok()) {
     c.state = Residency::kDirty;
@@ -586,6 +830,11 @@ absl::Status TieredStore::start_write_behind_locked(std::unique_lock<std::mutex>
   // the extent's pin keeps reads of it (none can start: the copy above is
   // not absent) and other writes away.
   c.state = Residency::kWriting;
+  if (absl::Status s = settle_locked(nullptr, c); !s.ok()) {
+    c.state = Residency::kDirty;
+    changed_.notify_all();
+    return s;
+  }
   freeing_[idx(Tier::kHost)] += t.padded;
   ++dst.pins;
   ++async_io_;
@@ -698,6 +947,11 @@ absl::Status TieredStore::allocate_copy_locked(Tensor& t, Tier tier) {
     if (pool_ == nullptr) return absl::FailedPreconditionError("the store has no device budget");
     STRATA_ASSIGN_OR_RETURN(c.data, pool_->allocate(t.bytes));
   }
+  // The block may be one a freed copy's device work still touches.
+  if (options_.device != nullptr) {
+    prune(freed_pending_[idx(tier)]);
+    c.pending = freed_pending_[idx(tier)];
+  }
   used_[idx(tier)] += footprint(t.bytes, t.padded, tier);
   TierStats& ts = stats_.tiers[idx(tier)];
   ts.used_bytes = used_[idx(tier)];
@@ -715,6 +969,11 @@ void TieredStore::free_copy_locked(Tensor& t, Tier tier) {
     }
     used_[idx(tier)] -= footprint(t.bytes, t.padded, tier);
     ++frees_[idx(tier)];
+    std::vector<EventRef>& freed = freed_pending_[idx(tier)];
+    if (freed.size() > 8) prune(freed);
+    for (EventRef& e : c.pending) {
+      if (std::find(freed.begin(), freed.end(), e) == freed.end()) freed.push_back(std::move(e));
+    }
   }
   c = Copy{};
   stats_.tiers[idx(tier)].used_bytes = used_[idx(tier)];
@@ -762,7 +1021,8 @@ void TieredStore::return_stream(gpu::StreamId s) {
 
 // Runs without the store lock: the endpoints are pinned or in a transient
 // state that keeps everyone else off them.
-absl::Status TieredStore::transfer(Tensor& t, Tier from, Tier to) {
+absl::Status TieredStore::transfer(Tensor& t, Tier from, Tier to,
+                                   const std::vector<EventRef>& after, EventRef* done) {
   const Copy& src = t.copies[idx(from)];
   const Copy& dst = t.copies[idx(to)];
   if (from == Tier::kNvme) {
@@ -782,10 +1042,20 @@ absl::Status TieredStore::transfer(Tensor& t, Tier from, Tier to) {
   TraceScope scope(options_.trace, to == Tier::kDevice ? "h2d" : "d2h", "offload");
   scope.arg("bytes", static_cast<int64_t>(t.bytes));
   STRATA_ASSIGN_OR_RETURN(gpu::StreamId stream, take_stream());
-  absl::Status s = to == Tier::kDevice
-                       ? options_.device->copy_to_device(dst.data, src.data, t.bytes, stream)
-                       : options_.device->copy_to_host(dst.data, src.data, t.bytes, stream);
-  if (s.ok()) s = options_.device->synchronize_stream(stream);
+  absl::Status s;
+  for (const EventRef& e : after) {
+    if (s.ok()) s = options_.device->wait_event(stream, *e);
+  }
+  if (s.ok()) {
+    s = to == Tier::kDevice ? options_.device->copy_to_device(dst.data, src.data, t.bytes, stream)
+                            : options_.device->copy_to_host(dst.data, src.data, t.bytes, stream);
+  }
+  // Not waited for: whoever uses either copy next orders itself after this.
+  if (s.ok()) {
+    absl::StatusOr<EventRef> e = record_on(stream);
+    s = e.status();
+    if (s.ok()) *done = *std::move(e);
+  }
   return_stream(stream);
   return s;
 }
@@ -807,6 +1077,9 @@ absl::Status TieredStore::flush() {
       STRATA_RETURN_IF_ERROR(write_back_locked(lock, i, tier));
     }
   }
+  // Copies back from the device are in place once their transfers are.
+  for (Tensor& t : tensors_)
+    STRATA_RETURN_IF_ERROR(settle_locked(nullptr, t.copies[idx(Tier::kHost)]));
   if (swap_ != nullptr) {
     lock.unlock();
     STRATA_RETURN_IF_ERROR(swap_->commit(), "making the swap file durable");

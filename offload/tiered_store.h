@@ -70,6 +70,22 @@
 // fragmented), the store evicts one more copy and tries again, as the host
 // arena does.
 //
+// Stream order (device <-> host moves): a copy between the device and the
+// host is enqueued on one of the store's streams and never waited for by
+// the thread that starts it. Each copy keeps the device events of the work
+// that touches it (loads into it, transfers reading it, the caller's
+// kernels reported through release_after); the next user orders itself after
+// them: acquire_on() makes the caller's stream wait on the device
+// (stream-wait-event), acquire() waits on the host, and only when an event
+// has not completed yet (query first, so a finished transfer costs no host
+// synchronisation). A freed copy's events pass to the next copy allocated on
+// its tier, so a block is not reused by a transfer before the work still
+// reading or writing it has finished, and neither release nor eviction
+// waits. release_after() of a dirty device copy whose tier below is its home
+// starts the copy back (D2H) at once, in stream order after the caller's
+// work (the gradients leave the device while backward goes on).
+// synchronize(stream) is the one host wait a schedule needs to see all of it.
+//
 // Threading: all methods are thread-safe; acquire() may be called from
 // several threads (the engine's compute, optimizer and I/O threads). The
 // store owns the host arena blocks, device memory and swap file it uses;
@@ -99,6 +115,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -229,6 +246,12 @@ class TieredStore {
   // written back (clean, valid), and a write-back that failed leaves its
   // copy dirty. The acquire still counts in the step's trace.
   absl::StatusOr<TensorView> acquire(TensorId id, Tier tier, Access access);
+  // As acquire(), for work the caller submits to `stream`: instead of
+  // waiting on the host for device work still moving or using the copy,
+  // the stream waits for it on the device. The view may be used by work on
+  // `stream` only; release it with release_after() on the same stream.
+  absl::StatusOr<TensorView> acquire_on(TensorId id, Tier tier, Access access,
+                                        gpu::StreamId stream);
   // InvalidArgument: unknown id or tier. FailedPrecondition: the copy is not
   // acquired, or `dirty` while the tensor's copy on a tier above is held or
   // modified (one tier is written at a time). Everything is checked before
@@ -246,6 +269,23 @@ class TieredStore {
   // the tensor's home. FailedPrecondition: the copy is held or being
   // moved. On error nothing changes.
   absl::Status abandon_changes(TensorId id, Tier tier);
+  // Releases several copies (as release()) once the work submitted to
+  // `stream` so far has finished, without waiting for it: the copies keep
+  // an event of that work, and whoever reuses them orders itself after it.
+  // With `dirty`, device copies whose home is the host tier are copied back
+  // at once (D2H on a store stream after that work) unless the host copy is
+  // held. Errors as release() (checked per copy: the copies before a failed
+  // one are released), and the device's when the copy back cannot be
+  // enqueued (the copy stays dirty; nothing is lost). `copy_back` false
+  // keeps dirty copies on the device without that copy (a gradient reduced
+  // where it lies and then abandon_changes()d: copying it would move it
+  // over PCIe for nothing); it is written back only if evicted.
+  absl::Status release_after(const std::vector<TensorId>& ids, Tier tier, bool dirty,
+                             gpu::StreamId stream, bool copy_back = true);
+  // The host waits, once, until the work submitted so far to `stream` and
+  // every transfer the store has enqueued have finished (the store's
+  // streams join one on the device first). The device's errors.
+  absl::Status synchronize(gpu::StreamId stream);
   // Starts loading onto `tier` without waiting or pinning; never evicts a
   // copy needed sooner than this one. Best effort: a full tier or a bad id
   // skips it; a failed load is kept in background_error().
@@ -270,8 +310,14 @@ class TieredStore {
   absl::Status background_error() const;
 
  private:
+  // A device event the store recorded, shared by every copy its work
+  // touched; it returns to the store's pool when the last holder drops it.
+  using EventRef = std::shared_ptr<const gpu::EventId>;
   struct Copy {
     Residency state = Residency::kAbsent;
+    // Device work on this copy (or, after allocation, on the block's previous
+    // owner) that may not have finished; pruned when found complete.
+    std::vector<EventRef> pending;
     void* data = nullptr;
     HostBlock block;            // host copies
     int pins = 0;               // acquires and transfers reading it
@@ -316,7 +362,25 @@ class TieredStore {
   // The device pool's size by the rule in the header comment (0: no pool).
   uint64_t device_pool_bytes_locked() const;
   void free_copy_locked(Tensor& t, Tier tier);
-  absl::Status transfer(Tensor& t, Tier from, Tier to);
+  // Device <-> host moves are enqueued after the events in `after` and
+  // return the event of the copy (`*done`); NVMe moves run to their end.
+  absl::Status transfer(Tensor& t, Tier from, Tier to, const std::vector<EventRef>& after,
+                        EventRef* done);
+  absl::StatusOr<TensorView> acquire_impl(TensorId id, Tier tier, Access access,
+                                          std::optional<gpu::StreamId> stream);
+  absl::Status release_locked(std::unique_lock<std::mutex>& lock, TensorId id, Tier tier,
+                              bool dirty);
+  // Copies back (D2H) the dirty device copies of `ids` whose host copy is
+  // their home and free, after `after`; one event for all of them.
+  absl::Status write_back_async_locked(std::unique_lock<std::mutex>& lock,
+                                       const std::vector<TensorId>& ids, const EventRef& after);
+  // The store's event pool; record_event on `stream`.
+  absl::StatusOr<EventRef> record_on(gpu::StreamId stream);
+  // Drops the events that have completed.
+  void prune(std::vector<EventRef>& events) const;
+  // The host waits for the copy's pending events; with `lock`, drops it
+  // while waiting (the caller keeps the copy pinned), else waits holding it.
+  absl::Status settle_locked(std::unique_lock<std::mutex>* lock, Copy& c);
   uint64_t next_use_locked(TensorId id, Tier tier) const;
   void record_acquire_locked(TensorId id, Tier tier);
   void mover_loop();
@@ -331,6 +395,10 @@ class TieredStore {
   std::mutex streams_mu_;
   std::vector<gpu::StreamId> free_streams_;  // one per concurrent transfer
   std::vector<gpu::StreamId> all_streams_;
+  std::vector<gpu::EventId> free_events_;  // the event pool (under streams_mu_)
+  std::vector<gpu::EventId> all_events_;
+  gpu::StreamId join_stream_ = 0;  // synchronize(): the streams meet here
+  bool has_join_stream_ = false;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;  // any residency change
@@ -343,9 +411,11 @@ class TieredStore {
   // Bytes of copies being written behind (freed when their writes land).
   std::array<uint64_t, kTierCount> freeing_{};
   std::array<uint64_t, kTierCount> frees_{};  // copies freed so far, per tier
-  int64_t async_io_ = 0;                      // pipeline reads and writes in flight
-  absl::Status write_behind_error_;           // a failed write-behind not yet reported
-  uint64_t clock_ = 0;                        // acquire counter, for LRU
+  // Events of freed copies' device work, inherited by the next allocation.
+  std::array<std::vector<EventRef>, kTierCount> freed_pending_;
+  int64_t async_io_ = 0;             // pipeline reads and writes in flight
+  absl::Status write_behind_error_;  // a failed write-behind not yet reported
+  uint64_t clock_ = 0;               // acquire counter, for LRU
 
   // One trace per tier: the device is acquired by the compute thread and the
   // host by the optimizer threads, each in a repeatable order of its own,

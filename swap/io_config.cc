@@ -34,4 +34,9 @@ absl::StatusOr<IoEngineOptions> io_engine_options(const config::AioConfig& aio,
   return o;
 }
 
+NvmePipeline nvme_pipeline(const config::OffloadOptimizerConfig& offload) {
+  return {.read_ahead = offload.pipeline_read.value_or(true),
+          .write_behind = offload.pipeline_write.value_or(true)};
+}
+
 }  // namespace strata::swap

@@ -28,4 +28,13 @@ namespace strata::swap {
 absl::StatusOr<IoEngineOptions> io_engine_options(const config::AioConfig& aio,
                                                   const std::vector<std::string>& dirs);
 
+// The tiered store's NVMe pipeline from offload_optimizer.pipeline_read /
+// pipeline_write: each half is on unless the config turns it off (false);
+// DeepSpeed's default (unset) leaves strata's pipeline on.
+struct NvmePipeline {
+  bool read_ahead = true;    // offload::TieredStore::Options::read_ahead
+  bool write_behind = true;  // offload::TieredStore::Options::write_behind
+};
+NvmePipeline nvme_pipeline(const config::OffloadOptimizerConfig& offload);
+
 }  // namespace strata::swap

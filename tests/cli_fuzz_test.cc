@@ -235,7 +235,10 @@ class CliFuzzTest : public ::testing::Test {
   std::vector<Command> commands() const {
     const std::string ckpt_missing = targets_ + "/no_ckpt";
     return {
-        {{"config", "check"}, {}, {{"", Kind::kInput}}, {"--json"}},
+        {{"config", "check"},
+         {},
+         {{"", Kind::kInput}, {"--world-size", Kind::kNumber}},
+         {"--json"}},
         {{"plan"},
          {{"--model", "gpt2-tiny"}, {"--deepspeed_config", config_}},
          {{"--model", Kind::kChoice},
@@ -250,7 +253,9 @@ class CliFuzzTest : public ::testing::Test {
           {"--gpu-tflops", Kind::kNumber},
           {"--pcie-bw", Kind::kNumber},
           {"--nvme-bw", Kind::kNumber},
-          {"--cpu-gbps", Kind::kNumber}},
+          {"--cpu-gbps", Kind::kNumber},
+          {"--world-size", Kind::kNumber},
+          {"--nodes", Kind::kNumber}},
          {"--json", "--checkpoint-activations", "--async-save"}},
         // Too little text: a value that is accepted ends in the data check,
         // before any training.
@@ -276,7 +281,9 @@ class CliFuzzTest : public ::testing::Test {
           {"--save-every", Kind::kNumber},
           {"--save-dir", Kind::kOutDir},
           {"--resume", Kind::kInput},
-          {"--init", Kind::kInput}},
+          {"--init", Kind::kInput},
+          {"--nproc", Kind::kNumber},
+          {"--comm-timeout", Kind::kNumber}},
          // --vocab and --merges need each other: fuzzed together below.
          {"--async-save", "--checkpoint-activations", "--vocab", "--merges"}},
         // Valid data: the flags train checks only after loading it. Each
@@ -377,8 +384,10 @@ class CliFuzzTest : public ::testing::Test {
           {"--offload", Kind::kChoice},
           {"--precision", Kind::kChoice},
           {"--nvme-path", Kind::kOutDir},
+          {"--reduce-bucket-size", Kind::kNumber},
           {"--steps", Kind::kNumber},
-          {"--threads", Kind::kNumber}},
+          {"--threads", Kind::kNumber},
+          {"--world-size", Kind::kNumber}},
          {"--json", "--no-device-costs"}},
         {{"bench", "pcie"},
          {{"--size", "4096"}, {"--repeats", "1"}},

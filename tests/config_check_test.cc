@@ -260,11 +260,9 @@ TEST_F(ConfigCheckTest, FixturePrintsResolvedConfig) {
   RunResult r = run("'" + fixture + "' --json");
   ASSERT_FALSE(r.crashed);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  // One line: the user's reduce_bucket_size has no effect in strata, and says so.
-  EXPECT_EQ(r.err, "strata: warning: " + fixture +
-                       ": zero_optimization.reduce_bucket_size: set, but strata does not use it: "
-                       "gradients leave the device one layer at a time (a layer is the bucket), "
-                       "and with one data-parallel rank nothing is reduced\n");
+  // Every key of the fixture is honoured (reduce_bucket_size sizes the
+  // gradient buckets): nothing to warn about.
+  EXPECT_EQ(r.err, "");
   auto j = nlohmann::json::parse(r.out);
   ASSERT_TRUE(j.is_object());
   EXPECT_EQ(j["valid"], true);
@@ -289,6 +287,26 @@ TEST_F(ConfigCheckTest, FixturePrintsResolvedConfig) {
   RunResult again = run("'" + resolved + "'");
   EXPECT_EQ(again.exit_code, 0) << again.err;
   EXPECT_EQ(again.out, r.out);
+}
+
+// --world-size N resolves the batch rule for N data-parallel ranks
+// (train_batch_size = micro x accumulation x N) and refuses sizes that do
+// not fit N, naming them.
+TEST_F(ConfigCheckTest, WorldSizeResolvesTheBatchRule) {
+  const std::string two_keys = write("two_keys.json", R"({
+    "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+    "zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}}})");
+  RunResult r = run("'" + two_keys + "' --world-size 4 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["config"]["train_batch_size"], 32);
+  EXPECT_NE(j["summary"].get<std::string>().find("x world 4"), std::string::npos) << j["summary"];
+  const std::string fixture = std::string(STRATA_FIXTURES_DIR) + "/ds_config_gpt2_rtx5090.json";
+  r = run("'" + fixture + "' --world-size 2");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("world size 2"), std::string::npos) << r.err;
+  EXPECT_EQ(run("'" + two_keys + "' --world-size 0").exit_code, 2);
 }
 
 }  // namespace

@@ -39,10 +39,9 @@ TEST(DsConfigFixture, ParsesToExpectedValues) {
   std::vector<std::string> warnings;
   auto cfg = load_ds_config(kFixture, &warnings);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  // The user's reduce_bucket_size (2e8, not DeepSpeed's 5e8) has no effect in strata.
-  ASSERT_EQ(warnings.size(), 1u);
-  EXPECT_THAT(warnings[0], HasSubstr("zero_optimization.reduce_bucket_size: set, but strata does "
-                                     "not use it: gradients leave the device one layer at a time"));
+  // Every key is honoured: reduce_bucket_size (2e8) sizes the gradient buckets.
+  EXPECT_TRUE(warnings.empty()) << warnings[0];
+  EXPECT_EQ(cfg->zero.reduce_bucket_size, 200'000'000);
   EXPECT_EQ(cfg->train_batch_size, 8);
   EXPECT_EQ(cfg->train_micro_batch_size_per_gpu, 2);
   EXPECT_EQ(cfg->gradient_accumulation_steps, 4);
@@ -80,7 +79,7 @@ TEST(DsConfigFixture, CpuOffloadVariant) {
   std::vector<std::string> warnings;
   auto cfg = parse(j, &warnings);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  EXPECT_EQ(warnings.size(), 1u);  // reduce_bucket_size, as above
+  EXPECT_TRUE(warnings.empty());  // every key honoured, as above
   EXPECT_EQ(cfg->train_micro_batch_size_per_gpu, 1);
   EXPECT_EQ(cfg->gradient_accumulation_steps, 8);
   const OffloadOptimizerConfig& oo = cfg->zero.offload_optimizer;
@@ -105,12 +104,11 @@ TEST(DsConfigFixture, NvmeOffloadVariant) {
   std::vector<std::string> warnings;
   auto cfg = parse(j, &warnings);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  ASSERT_EQ(warnings.size(), 2u);  // reduce_bucket_size, and pipeline_read below
-  EXPECT_THAT(warnings[0], HasSubstr("offload_optimizer.pipeline_read: set, but strata does not "
-                                     "use it: strata always prefetches"));
+  EXPECT_TRUE(warnings.empty()) << warnings[0];  // pipeline_read is honoured
   EXPECT_EQ(cfg->zero.offload_optimizer.device, OffloadDevice::kNvme);
   EXPECT_EQ(cfg->zero.offload_optimizer.nvme_paths, std::vector<std::string>{"/local_nvme"});
-  EXPECT_TRUE(cfg->zero.offload_optimizer.pipeline_read);
+  EXPECT_EQ(cfg->zero.offload_optimizer.pipeline_read, true);
+  EXPECT_EQ(cfg->zero.offload_optimizer.pipeline_write, std::nullopt);  // unset
   EXPECT_EQ(cfg->zero.offload_param.nvme_paths, (std::vector<std::string>{"/nvme0", "/nvme1"}));
   EXPECT_EQ(cfg->zero.offload_param.buffer_count, 5);
   EXPECT_EQ(cfg->zero.offload_param.buffer_size, 100'000'000);
@@ -339,6 +337,45 @@ TEST(DsConfigRules, AbsurdSizesAreRefusedByKey) {
               HasSubstr("strata.prefetch_window_bytes"));
 }
 
+// nvme_path takes DeepSpeed's comma-separated string as well as a list
+// (spaces around each entry dropped), on every key that names directories;
+// an empty entry is an error naming the key.
+TEST(DsConfigNvmePath, CommaSeparatedStringIsAList) {
+  json j = fixture_json();
+  j["zero_optimization"]["stage"] = 3;
+  j["zero_optimization"]["offload_optimizer"] = {{"device", "nvme"},
+                                                 {"nvme_path", "/nvme0, /nvme1,/nvme2"}};
+  j["zero_optimization"]["offload_param"] = {{"device", "nvme"}, {"nvme_path", "/a,/b"}};
+  j["strata"] = {{"nvme_paths", "/x"}};
+  std::vector<std::string> warnings;
+  auto cfg = parse(j, &warnings);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->zero.offload_optimizer.nvme_paths,
+            (std::vector<std::string>{"/nvme0", "/nvme1", "/nvme2"}));
+  EXPECT_EQ(cfg->zero.offload_param.nvme_paths, (std::vector<std::string>{"/a", "/b"}));
+  EXPECT_EQ(cfg->strata.nvme_paths, std::vector<std::string>{"/x"});
+  j["zero_optimization"]["offload_optimizer"]["nvme_path"] = "/nvme0,,/nvme1";
+  auto bad = parse(j, &warnings);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("offload_optimizer.nvme_path"));
+}
+
+// pipeline_read / pipeline_write: unset (DeepSpeed's default) or true keeps
+// that half of strata's NVMe pipeline, false turns it off; no warning.
+TEST(DsConfigPipeline, ReadAndWriteAreHonoured) {
+  json j = fixture_json();
+  j["zero_optimization"]["offload_optimizer"] = {
+      {"device", "cpu"}, {"pipeline_read", false}, {"pipeline_write", true}};
+  std::vector<std::string> warnings;
+  auto cfg = parse(j, &warnings);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(warnings.empty()) << warnings[0];
+  EXPECT_EQ(cfg->zero.offload_optimizer.pipeline_read, false);
+  EXPECT_EQ(cfg->zero.offload_optimizer.pipeline_write, true);
+  j["zero_optimization"]["offload_optimizer"]["pipeline_read"] = "yes";
+  EXPECT_FALSE(parse(j, &warnings).ok());
+}
+
 // Each DeepSpeed key strata reads but does not act on says so, and what
 // strata does instead, when the user set it; its default says nothing.
 TEST(DsConfigWarnings, KeysStrataDoesNotHonourSayWhatItDoesInstead) {
@@ -365,10 +402,8 @@ TEST(DsConfigWarnings, KeysStrataDoesNotHonourSayWhatItDoesInstead) {
   std::string all;
   for (const std::string& w : warnings) all += w + "\n";
   for (const char* key :
-       {"offload_optimizer.buffer_count", "offload_optimizer.pipeline_read",
-        "offload_optimizer.pipeline_write", "offload_param.buffer_count",
-        "offload_param.buffer_size", "offload_param.max_in_cpu",
-        "zero_optimization.reduce_bucket_size", "zero_optimization.prefetch_bucket_size",
+       {"offload_optimizer.buffer_count", "offload_param.buffer_count", "offload_param.buffer_size",
+        "offload_param.max_in_cpu", "zero_optimization.prefetch_bucket_size",
         "zero_optimization.stage3_max_reuse_distance",
         "zero_optimization.stage3_param_persistence_threshold",
         "zero_optimization.sub_group_size"}) {
@@ -378,7 +413,8 @@ TEST(DsConfigWarnings, KeysStrataDoesNotHonourSayWhatItDoesInstead) {
                              "use it: strata.prefetch_window_bytes plays this role"));
   EXPECT_THAT(all, HasSubstr("activation_checkpointing: ignored: strata does not read this "
                              "section; `strata train --checkpoint-activations`"));
-  EXPECT_EQ(warnings.size(), 12u) << all;
+  // (pipeline_read / pipeline_write and reduce_bucket_size are honoured.)
+  EXPECT_EQ(warnings.size(), 9u) << all;
 
   // The same keys at DeepSpeed's defaults: nothing to say.
   const json defaults = {

@@ -163,7 +163,12 @@ TEST_F(EngineOverlapTest, OverflowIsFoundOnTheDeviceAndNamed) {
 // 1. Step 5 overflows in layer 1 (layer 2 stepped before it): one layer
 // rolled back, the scale halves. Everything equals sync bit for bit.
 TEST_F(EngineOverlapTest, OverflowRollbackIsDeterministic) {
-  const config::DsConfig base = make_config(std::string(kCpuZero) + ", " + kFp16);
+  config::DsConfig base = make_config(std::string(kCpuZero) + ", " + kFp16);
+  // One layer per gradient bucket, so each layer's gradients reach the
+  // worker while the next layers' backward runs (the default 5e8 elements
+  // puts this small model in one bucket, handed over after the backward).
+  base.zero.reduce_bucket_size = 1;
+  base.zero.reduce_bucket_size_given = true;
   struct Run {
     Outcome o;
     LossScaler::State scaler{};

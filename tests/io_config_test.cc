@@ -101,5 +101,30 @@ TEST(IoConfigTest, ListNvmePathStripesOverEachDirectory) {
   std::filesystem::remove_all(root);
 }
 
+// DeepSpeed's comma-separated nvme_path string gives the same rings as a
+// list; pipeline_read / pipeline_write map onto the store's read-ahead and
+// write-behind (unset keeps each on, false turns it off).
+TEST(IoConfigTest, CommaSeparatedNvmePathAndPipelineKeys) {
+  const json j = {
+      {"train_micro_batch_size_per_gpu", 1},
+      {"zero_optimization",
+       {{"stage", 2},
+        {"offload_optimizer",
+         {{"device", "nvme"}, {"nvme_path", "/nvme0,/nvme1"}, {"pipeline_write", false}}}}}};
+  auto cfg = config::parse_ds_config(j.dump(), "test.json", nullptr);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  auto o = io_engine_options(cfg->aio, cfg->zero.offload_optimizer.nvme_paths);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->paths, (std::vector<std::string>{"/nvme0", "/nvme1"}));
+  const NvmePipeline p = nvme_pipeline(cfg->zero.offload_optimizer);
+  EXPECT_TRUE(p.read_ahead);     // unset: on
+  EXPECT_FALSE(p.write_behind);  // false: off
+  config::OffloadOptimizerConfig both;
+  both.pipeline_read = false;
+  both.pipeline_write = true;
+  EXPECT_FALSE(nvme_pipeline(both).read_ahead);
+  EXPECT_TRUE(nvme_pipeline(both).write_behind);
+}
+
 }  // namespace
 }  // namespace strata::swap

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -150,6 +151,74 @@ TEST_F(PlanCommandTest, CpuOffloadMovesTheOptimizerToTheHost) {
   EXPECT_EQ(j["deepspeed"]["cpu"], 24 * kN);
   EXPECT_EQ(j["fits"], false);
   EXPECT_NE(j["advice"].dump().find("\\\"nvme\\\""), std::string::npos) << j["advice"].dump();
+}
+
+// --world-size 4: one rank's bytes, the batch rule resolved for 4 ranks,
+// DeepSpeed's estimate for 4 GPUs; the node's host memory shared by them.
+TEST_F(PlanCommandTest, WorldSizeGivesOneRanksShare) {
+  const std::string cfg = write("dp.json", R"({
+    "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
+    "bf16": {"enabled": true},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+  })");
+  const std::string args = "--model gpt2 --deepspeed_config '" + cfg + "' --gpu-mem 32GiB";
+  json one = run_json(args + " --host-mem 64GiB");
+  json four = run_json(args + " --host-mem 64GiB --world-size 4");
+  EXPECT_EQ(four["config"]["world_size"], 4);
+  EXPECT_EQ(four["config"]["train_batch_size"], 16);  // 2 x 2 x 4
+  EXPECT_EQ(one["config"]["train_batch_size"], 4);
+  // A rank holds less of the roles the engine partitions, the same of the rest.
+  const json& h1 = one["tiers"]["host"]["roles"];
+  const json& h4 = four["tiers"]["host"]["roles"];
+  const json split = four["config"]["partitioned"];
+  for (const char* role : {"param16", "grad16", "grad32", "master32", "exp_avg", "exp_avg_sq"}) {
+    SCOPED_TRACE(role);
+    const bool partitioned = std::find(split.begin(), split.end(), role) != split.end();
+    if (partitioned) {
+      EXPECT_LT(h4[role].get<int64_t>(), h1[role].get<int64_t>());
+    } else {
+      EXPECT_EQ(h4[role], h1[role]);
+    }
+  }
+  EXPECT_TRUE(one["config"]["partitioned"].empty());
+  // The engine's ZeRO slices: each rank homes a quarter of the fp32 gradient,
+  // master and states (4 * kN / 4 bytes each, a page per tensor at most more).
+  for (const char* role : {"grad32", "master32", "exp_avg", "exp_avg_sq"}) {
+    SCOPED_TRACE(role);
+    EXPECT_NE(std::find(split.begin(), split.end(), role), split.end());
+    expect_paged(h4[role], kN);
+  }
+  EXPECT_EQ(four["tiers"]["host"]["shared_by_ranks"], 4);
+  // DeepSpeed for G = 4: GPU 2N, CPU N*max(16, 16)*1.5 a node, a quarter a rank.
+  EXPECT_EQ(four["deepspeed"]["gpu"], 2 * kN);
+  EXPECT_EQ(four["deepspeed"]["cpu"], 24 * kN);
+  EXPECT_EQ(four["deepspeed"]["cpu_per_rank"], 6 * kN);
+  // 4 ranks need 4x one rank's share of the node's memory.
+  const int64_t rank_host = four["tiers"]["host"]["total"].get<int64_t>();
+  json tight = run_json(args + " --world-size 4 --host-mem " + std::to_string(4 * rank_host - 1));
+  EXPECT_EQ(tight["tiers"]["host"]["fits"], false);
+  json two_nodes =
+      run_json(args + " --world-size 4 --nodes 2 --host-mem " + std::to_string(2 * rank_host));
+  EXPECT_EQ(two_nodes["tiers"]["host"]["fits"], true);
+  EXPECT_EQ(two_nodes["config"]["ranks_per_node"], 2);
+  // DeepSpeed's ZeRO-2 offload CPU counts every GPU of the job: max(4*4, 16).
+  EXPECT_EQ(two_nodes["deepspeed"]["cpu"], 24 * kN);
+
+  RunResult human = run(args + " --world-size 4");
+  EXPECT_EQ(human.exit_code, 0);
+  EXPECT_NE(human.err.find("per rank of 4"), std::string::npos) << human.err;
+  // A world the config's batch sizes cannot split is the config's error.
+  const std::string fixed = write("fixed.json", R"({
+    "train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+    "zero_optimization": {"stage": 1}})");
+  RunResult bad = run("--model gpt2 --deepspeed_config '" + fixed + "' --world-size 2");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("world size 2"), std::string::npos) << bad.err;
+  RunResult uneven = run(args + " --world-size 4 --nodes 3");
+  EXPECT_EQ(uneven.exit_code, 2);
+  EXPECT_NE(uneven.err.find("--nodes 3"), std::string::npos) << uneven.err;
+  EXPECT_EQ(run(args + " --world-size 0").exit_code, 2);
 }
 
 TEST_F(PlanCommandTest, Stage3NvmeOffloadOfEverything) {

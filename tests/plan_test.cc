@@ -7,6 +7,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -244,6 +246,169 @@ TEST(PlanTest, DeepSpeedEstimatesByHand) {
     EXPECT_EQ(e.estimator, c.stage == 3 ? "estimate_zero3_model_states_mem_needs_all_live"
                                         : "estimate_zero2_model_states_mem_needs_all_live");
   }
+}
+
+// DeepSpeed's own functions for several nodes: total_gpus = g * nodes in the
+// ZeRO-2 offload CPU and the GPU shares, g alone in the no-offload CPU, the
+// ZeRO-3 offload CPU divided by the nodes.
+TEST(PlanTest, DeepSpeedEstimatesAcrossNodesByHand) {
+  constexpr int64_t n = 1'000'000'000, largest = 100'000'000;
+  struct Case {
+    int stage;
+    bool opt, param;
+    int per_node, nodes;
+    int64_t gpu, cpu;
+  };
+  for (const Case& c : std::vector<Case>{
+           // ZeRO-2 offload, 2 nodes of 4: CPU N*max(4*8, 16)*1.5 a node.
+           {2, true, false, 4, 2, 2'000'000'000, 48'000'000'000},
+           // ZeRO-2 no offload, 2 nodes of 4: GPU 4N + 16N/8, CPU 4N*4*1.5.
+           {2, false, false, 4, 2, 6'000'000'000, 24'000'000'000},
+           // ZeRO-3 all offloaded over 3 nodes: CPU 18N*1.5/3.
+           {3, true, true, 2, 3, 400'000'000, 9'000'000'000},
+           // ZeRO-3 optimizer offloaded, 2 nodes of 2: GPU 4*largest + 2N/4, CPU 16N*1.5/2.
+           {3, true, false, 2, 2, 900'000'000, 12'000'000'000},
+           // ZeRO-3 no offload, 2 nodes of 2: GPU 4*largest + 18N/4, CPU 4*largest*2*1.5.
+           {3, false, false, 2, 2, 4'900'000'000, 1'200'000'000}}) {
+    SCOPED_TRACE(::testing::Message() << "stage " << c.stage << " opt " << c.opt << " param "
+                                      << c.param << " g " << c.per_node << " nodes " << c.nodes);
+    const DeepSpeedEstimate e =
+        deepspeed_estimate(c.stage, c.opt, c.param, n, largest, c.per_node, c.nodes);
+    EXPECT_EQ(e.gpu, c.gpu);
+    EXPECT_EQ(e.cpu, c.cpu);
+    EXPECT_EQ(e.cpu_per_rank, c.cpu / c.per_node);
+    EXPECT_NE(e.formula.find("nodes = " + std::to_string(c.nodes)), std::string::npos) << e.formula;
+  }
+}
+
+using TierValues = std::array<int64_t, 3>;  // a role on gpu, host, nvme
+int64_t role_bytes(const PlanRoles& r, const std::string& name) {
+  if (name == "param16") return r.param16;
+  if (name == "grad16") return r.grad16;
+  if (name == "grad32") return r.grad32;
+  if (name == "master32") return r.master32;
+  if (name == "exp_avg") return r.exp_avg;
+  return r.exp_avg_sq;
+}
+
+// One rank of N holds what the engine's placement gives a rank (its ZeRO
+// slices); `partitioned` names exactly the roles that shrank against one
+// rank alone, and a note names what DeepSpeed would split at that stage but
+// every rank holds whole.
+TEST(PlanTest, EachRankHoldsWhatThePlacementGivesARank) {
+  const PlanModel m = small_model();
+  for (int stage = 0; stage <= 3; ++stage) {
+    for (const char* offload : {"cpu", "nvme", "none"}) {
+      for (int world : {2, 3, 4}) {
+        if (stage == 0 && std::string(offload) != "none") continue;  // offload needs a stage
+        const std::string members =
+            R"("fp16": {"enabled": true}, "zero_optimization": {"stage": )" +
+            std::to_string(stage) + R"(, "offload_optimizer": {"device": ")" + offload +
+            R"(", "nvme_path": "/tmp"}})";
+        SCOPED_TRACE(::testing::Message() << members << " world " << world);
+        const config::DsConfig one = parse(members);
+        config::DsConfig many = one;
+        many.world_size = world;
+        auto single = plan_memory(m, one, {});
+        auto rank = plan_memory(m, many, {});
+        auto placed = plan_placement(many, m.layers);
+        ASSERT_TRUE(single.ok()) << single.status();
+        ASSERT_TRUE(rank.ok()) << rank.status();
+        ASSERT_TRUE(placed.ok()) << placed.status();
+        EXPECT_EQ(rank->world_size, world);
+        EXPECT_EQ(rank->ranks_per_node, world);
+        expect_roles(rank->host.need, placed->host_roles, "host");
+        expect_roles(rank->nvme.need, placed->nvme_roles, "nvme");
+        if (!placed->offload) expect_roles(rank->gpu.need, placed->device_roles, "gpu");
+        EXPECT_EQ(rank->gpu.sharers, 1);
+        EXPECT_EQ(rank->host.sharers, world);
+        EXPECT_EQ(rank->nvme.sharers, world);
+        std::vector<std::string> shrank;
+        for (const char* name :
+             {"param16", "grad16", "grad32", "master32", "exp_avg", "exp_avg_sq"}) {
+          auto total = [&](const MemoryPlan& p) {
+            return TierValues{role_bytes(p.gpu.need, name), role_bytes(p.host.need, name),
+                              role_bytes(p.nvme.need, name)};
+          };
+          const TierValues a = total(*single), b = total(*rank);
+          bool smaller = false;
+          for (int t = 0; t < 3; ++t) {
+            EXPECT_LE(b[t], a[t]) << name;  // a rank never holds more than one alone
+            smaller = smaller || b[t] < a[t];
+          }
+          if (smaller) shrank.push_back(name);
+        }
+        EXPECT_EQ(rank->partitioned, shrank);
+        if (stage == 0) {
+          // Plain data parallel: every rank holds the whole fp32 state.
+          EXPECT_TRUE(rank->partitioned.empty());
+          for (const char* name : {"grad32", "master32", "exp_avg", "exp_avg_sq"}) {
+            EXPECT_EQ(role_bytes(rank->gpu.need, name), role_bytes(single->gpu.need, name)) << name;
+          }
+        }
+        // DeepSpeed's roles for the stage that the rank holds whole are named.
+        std::vector<std::string> deepspeed;
+        if (stage >= 1) deepspeed = {"master32", "exp_avg", "exp_avg_sq"};
+        if (stage >= 2) deepspeed.insert(deepspeed.end(), {"grad16", "grad32"});
+        if (stage >= 3) deepspeed.push_back("param16");
+        std::string whole;
+        for (const std::string& r : deepspeed) {
+          if (std::find(shrank.begin(), shrank.end(), r) == shrank.end()) {
+            whole += (whole.empty() ? "" : ", ") + r;
+          }
+        }
+        const std::string notes = [&] {
+          std::string all;
+          for (const std::string& n : rank->notes) all += n + "\n";
+          return all;
+        }();
+        if (whole.empty()) {
+          EXPECT_EQ(notes.find("holds them whole"), std::string::npos) << notes;
+        } else {
+          EXPECT_NE(notes.find("also splits " + whole + " across ranks"), std::string::npos)
+              << notes;
+        }
+        // DeepSpeed's estimate for the same world, one node.
+        const bool opt = std::string(offload) != "none";
+        const DeepSpeedEstimate ds =
+            deepspeed_estimate(stage, opt, false, m.param_count(), m.largest_module_params, world);
+        EXPECT_EQ(rank->deepspeed.gpu, ds.gpu);
+        EXPECT_EQ(rank->deepspeed.cpu, ds.cpu);
+        EXPECT_EQ(rank->deepspeed.cpu_per_rank, ds.cpu / world);
+      }
+    }
+  }
+}
+
+// Host and NVMe capacities are a node's: the ranks of a node share them.
+TEST(PlanTest, RanksOfANodeShareItsHostMemory) {
+  const PlanModel m = small_model();
+  config::DsConfig cfg =
+      parse(R"("zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}})");
+  cfg.world_size = 4;
+  auto rank = plan_memory(m, cfg, {});
+  ASSERT_TRUE(rank.ok()) << rank.status();
+  const int64_t need = rank->host.need.total();
+  ASSERT_GT(need, 0);
+  // Four ranks on one node need 4x a rank's host bytes; two nodes of two, 2x.
+  for (auto [nodes, sharing] : {std::pair{1, 4}, std::pair{2, 2}, std::pair{4, 1}}) {
+    SCOPED_TRACE(nodes);
+    auto at = [&](int64_t capacity) {
+      return plan_memory(m, cfg, {.host = TierCapacity{capacity, "--host-mem"}, .nodes = nodes});
+    };
+    auto fits = at(need * sharing);
+    auto short_by_one = at(need * sharing - 1);
+    ASSERT_TRUE(fits.ok() && short_by_one.ok());
+    EXPECT_EQ(fits->ranks_per_node, sharing);
+    EXPECT_EQ(fits->host.fits(), true);
+    EXPECT_EQ(short_by_one->host.fits(), false);
+    EXPECT_EQ(fits->deepspeed.cpu_per_rank, fits->deepspeed.cpu / sharing);
+  }
+  auto uneven = plan_memory(m, cfg, {.nodes = 3});
+  ASSERT_FALSE(uneven.ok());
+  EXPECT_NE(std::string(uneven.status().message()).find("does not split evenly over 3 nodes"),
+            std::string::npos)
+      << uneven.status();
 }
 
 std::string joined(const std::vector<std::string>& lines) {

@@ -2,8 +2,12 @@
 // engine, the modelled compute is the stated formula, every layer is stepped
 // speculatively in overlap mode and none in sync, no step is faster than its
 // slowest resource (with the optimizer on the host and on NVMe), `bench step
-// --json` has its keys, and bad options are refused.
+// --json` has its keys, and bad options are refused. With --world-size 2
+// (ranks as threads over Gloo): each rank's optimizer pass and host tier
+// shrink against one rank's, measured per rank.
 #include "engine/step_benchmark.h"
+
+#include <cstdio>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -80,6 +84,42 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
   EXPECT_EQ(r->modes[2].mode, "delayed");
 }
 
+// The stream-ordered store (issue 14, item 3): the host waits for the
+// device only where the schedule must. Steady steps (after the first, which
+// records the trace): sync mode waits once per step (after the whole
+// backward, for its flags and every gradient copy); overlap and delayed wait
+// once per layer for its fp16 flags and once for its gradients on the
+// worker, never per tensor moved. Before, every transfer and every layer
+// ended in a host wait (about five per layer).
+TEST(StepBenchmarkTest, SteadyStepsWaitOnTheHostOnlyWhereTheScheduleMust) {
+  StepBenchmarkOptions o;
+  o.n_layer = 4;
+  o.n_embd = 64;
+  o.vocab_size = 256;
+  o.positions = 64;
+  o.width_divisor = 2;
+  o.micro_batch = 1;
+  o.seq_len = 32;
+  o.tflops = 0.05;
+  o.steps = 4;
+  auto r = run_step_benchmark(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int layers = o.n_layer + 3;  // embeddings, blocks, ln_f, head
+  for (const StepBenchmarkMode& m : r->modes) {
+    SCOPED_TRACE(m.mode);
+    for (size_t i = 1; i < m.steps.size(); ++i) {
+      const StepBenchmarkStep& s = m.steps[i];
+      EXPECT_EQ(s.device_syncs, 0) << "step " << i;
+      if (m.mode == "sync") {
+        EXPECT_LE(s.host_syncs, 1) << "step " << i;
+      } else {
+        EXPECT_LE(s.host_syncs, 2 * layers + 2) << "step " << i;
+      }
+      std::printf("%s step %zu: %.0f host syncs\n", m.mode.c_str(), i, s.host_syncs);
+    }
+  }
+}
+
 // With the optimizer states on NVMe the drive's time is its busy time
 // (reads and writes in flight), within the step like every other resource.
 TEST(StepBenchmarkTest, NvmeTimeIsTheDrivesBusyTime) {
@@ -121,11 +161,12 @@ TEST(StepBenchmarkTest, JsonHasTheModesSteadyFiguresAndTheStream) {
   strata::testing::ScratchDir dir("step_benchmark_test.");
   const strata::testing::CliRun run = dir.run_strata(
       "bench step --model gpt2-tiny --width-divisor 2 --micro-batch 1 --seq-len 64 "
-      "--steps 2 --tflops 0.05 --json");
+      "--steps 2 --tflops 0.05 --reduce-bucket-size 20000 --json");
   ASSERT_FALSE(run.crashed) << run.err;
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const nlohmann::json j = nlohmann::json::parse(run.out);
   EXPECT_GT(j["stream_gb_per_s"].get<double>(), 0);
+  EXPECT_EQ(j["reduce_bucket_size"].get<int64_t>(), 20000);
   for (const char* mode : {"sync", "overlap", "delayed"}) {
     SCOPED_TRACE(mode);
     const nlohmann::json& steady = j["modes"][mode]["steady"];
@@ -141,6 +182,68 @@ TEST(StepBenchmarkTest, JsonHasTheModesSteadyFiguresAndTheStream) {
   }
 }
 
+StepBenchmarkOptions tiny_shape() {
+  StepBenchmarkOptions o;
+  o.n_layer = 2;
+  o.n_embd = 128;
+  o.vocab_size = 256;
+  o.positions = 64;
+  o.width_divisor = 1;
+  o.micro_batch = 1;
+  o.seq_len = 32;
+  o.steps = 2;
+  return o;
+}
+
+// Two ranks, each with its own modelled link: every rank's bytes are
+// reported; the optimizer's pass and the fp32 slices on the host shrink to
+// about half of one rank's (ZeRO's partition); PCIe bytes are no more than
+// one rank's (this engine still moves whole gradients and params).
+TEST(StepBenchmarkTest, TwoRanksReportEachRanksBytes) {
+  StepBenchmarkOptions o = tiny_shape();
+  auto one = run_step_benchmark(o);
+  ASSERT_TRUE(one.ok()) << one.status();
+  o.world_size = 2;
+  auto two = run_step_benchmark(o);
+  ASSERT_TRUE(two.ok()) << two.status();
+  ASSERT_EQ(two->modes.size(), 2u);  // sync and overlap: no delayed update across ranks
+  EXPECT_EQ(two->params, one->params);
+  const StepBenchmarkStep& a = one->modes[0].steps.back();
+  for (const StepBenchmarkMode& m : two->modes) {
+    SCOPED_TRACE(m.mode);
+    for (const StepBenchmarkStep& s : m.steps) {
+      ASSERT_EQ(s.ranks.size(), 2u);
+      EXPECT_EQ(s.ranks[0].optimizer_bytes, s.optimizer_bytes);  // rank 0's are the fields
+      for (const StepBenchmarkRankBytes& b : s.ranks) {
+        EXPECT_GT(b.optimizer_bytes, 0.4 * a.optimizer_bytes);
+        EXPECT_LT(b.optimizer_bytes, 0.6 * a.optimizer_bytes);
+        EXPECT_LT(b.host_bytes, a.host_bytes);
+        EXPECT_GT(b.h2d_bytes, 0);
+        EXPECT_LE(b.h2d_bytes + b.d2h_bytes, a.h2d_bytes + a.d2h_bytes);
+      }
+    }
+  }
+  // `strata bench step --world-size 2 --json`: each rank against one rank.
+  strata::testing::ScratchDir dir("step_benchmark_test.");
+  const strata::testing::CliRun run = dir.run_strata(
+      "bench step --model gpt2-tiny --width-divisor 1 --micro-batch 1 --seq-len 32 "
+      "--steps 2 --world-size 2 --json");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const nlohmann::json j = nlohmann::json::parse(run.out);
+  EXPECT_EQ(j["world_size"], 2);
+  EXPECT_TRUE(j["delayed_speedup"].is_null());
+  EXPECT_FALSE(j["modes"].contains("delayed"));
+  ASSERT_EQ(j["per_rank"]["ranks"].size(), 2u);
+  for (const nlohmann::json& r : j["per_rank"]["ranks"]) {
+    EXPECT_GT(r["optimizer_ratio"].get<double>(), 0.4);
+    EXPECT_LT(r["optimizer_ratio"].get<double>(), 0.6);
+    EXPECT_LT(r["host_ratio"].get<double>(), 1.0);
+    EXPECT_GT(r["pcie_bytes"].get<double>(), 0);
+  }
+  EXPECT_GT(j["per_rank"]["one_rank"]["host_bytes"].get<double>(), 0);
+  EXPECT_NE(run.err.find("rank 1 of 2"), std::string::npos) << run.err;
+}
+
 TEST(StepBenchmarkTest, RefusesInconsistentOptions) {
   StepBenchmarkOptions o;
   o.width_divisor = 3;  // 1600 is not a multiple of 3
@@ -150,6 +253,9 @@ TEST(StepBenchmarkTest, RefusesInconsistentOptions) {
   EXPECT_EQ(run_step_benchmark(o).status().code(), absl::StatusCode::kInvalidArgument);
   o = {};
   o.offload = "gpu";
+  EXPECT_EQ(run_step_benchmark(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = {};
+  o.world_size = 0;
   EXPECT_EQ(run_step_benchmark(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

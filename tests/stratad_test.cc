@@ -16,8 +16,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -731,7 +734,7 @@ TEST_F(StratadTest, SigtermSavesSessionsAndARestartOffersThem) {
 }
 
 TEST_F(StratadTest, TopJsonListsSessions) {
-  StratadProcess d(dir_);
+  StratadProcess d(dir_, {"--roofline", "10"});
   auto r = attach(d.socket(), "topme", make_spec());
   ASSERT_TRUE(r.ok()) << r.status();
   const Framework fw = arena_framework(**r);
@@ -756,6 +759,200 @@ TEST_F(StratadTest, TopJsonListsSessions) {
   EXPECT_EQ(s["step"], 3);
   EXPECT_EQ(s["arena_total_bytes"], (*r)->arena_bytes());
   EXPECT_GT(s["arena_used_bytes"].get<uint64_t>(), 0u);
+  // The optimizer's rate and its share of the roofline (the test passes
+  // --roofline 10: no measurement at start), NVMe rates (none: cpu
+  // offload), the session's queues and pool.
+  EXPECT_GT(s["optimizer_bytes"].get<uint64_t>(), 0u);
+  EXPECT_GT(s["optimizer_gb_per_s"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(s["roofline_ratio"].get<double>(), s["optimizer_gb_per_s"].get<double>() / 10);
+  EXPECT_EQ(j["roofline_gb_per_s"], 10.0);
+  EXPECT_EQ(s["nvme_read_gb_per_s"], 0.0);
+  EXPECT_EQ(s["nvme_write_bytes"], 0);
+  EXPECT_EQ(s["queued_jobs"], 0);
+  EXPECT_EQ(s["ring_depth"], 0);
+  EXPECT_EQ(s["pool"], 0);
+  ASSERT_EQ(j["pools"].size(), 1u);  // one NUMA node on the test box or not: at least one pool
+  EXPECT_EQ(j["pools"][0]["sessions"], 1);
+}
+
+// Per-session quota: an attach over it is refused naming the quota and
+// what the session needs; the daemon-wide quota keeps saying what is free.
+TEST_F(StratadTest, SessionQuotaIsCheckedAtAttach) {
+  StratadProcess d(dir_, {"--session-quota", "300K"});
+  auto r = attach(d.socket(), "big", make_spec());
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("per-session quota of 300.0 KiB"), absl::string_view::npos)
+      << r.status();
+  EXPECT_NE(r.status().message().find("needs"), absl::string_view::npos) << r.status();
+}
+
+// Two sessions with the same work keep the one pool busy at once: the
+// fair scheduler gives each the same share of steps (within 10%).
+TEST_F(StratadTest, TwoEqualSessionsShareThePoolFairly) {
+  StratadProcess d(dir_, {"--threads", "2"});
+  SessionSpec spec;
+  spec.config_json = config_json("sync", 1);
+  spec.groups = {{.lr = 0.01}};
+  for (int p = 0; p < 4; ++p) spec.params.push_back({"w" + std::to_string(p), 1u << 19, p, 0});
+  spec.use_schedule = false;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> steps[2] = {0, 0};
+  auto run = [&](int who) {
+    auto r = RemoteOptimizer::attach(
+        {.socket_path = d.socket(), .session = "fair" + std::to_string(who)}, spec);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const std::vector<float> zero(1u << 19, 0.0f);
+    for (int p = 0; p < 4; ++p) {
+      ASSERT_TRUE((*r)->set_value(p, zero.data()).ok());
+      std::fill_n(static_cast<float*>((*r)->grad(p)), 1u << 19, 1e-3f);
+    }
+    while (!stop.load()) {
+      ASSERT_TRUE((*r)->begin_step().ok());
+      for (int b = 0; b < 4; ++b) ASSERT_TRUE((*r)->grad_ready(b).ok());
+      ASSERT_TRUE((*r)->finish_step().ok());
+      steps[who].fetch_add(1);
+    }
+  };
+  std::thread a(run, 0), b(run, 1);
+  for (int i = 0; i < 3000 && (steps[0].load() < 2 || steps[1].load() < 2); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // a failed client: not forever
+  }
+  const int64_t a0 = steps[0].load(), b0 = steps[1].load();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const int64_t da = steps[0].load() - a0, db = steps[1].load() - b0;
+  stop.store(true);
+  a.join();
+  b.join();
+  std::printf("two equal sessions, 3 s: %lld and %lld steps (%.1f%% / %.1f%%)\n",
+              static_cast<long long>(da), static_cast<long long>(db), 100.0 * da / (da + db),
+              100.0 * db / (da + db));
+  ASSERT_GT(da + db, 10);
+  EXPECT_NEAR(double(da) / double(da + db), 0.5, 0.05);
+}
+
+namespace bench {
+
+// A spec of `buckets` equal params, `numel` in all (gpt2-tiny: ~0.86M
+// params, one bucket per layer).
+SessionSpec sized_spec(const std::string& overlap, uint64_t numel, int buckets) {
+  SessionSpec spec;
+  spec.config_json = config_json(overlap, 1);
+  spec.groups = {{.lr = 0.01, .weight_decay = 0.1}};
+  for (int b = 0; b < buckets; ++b) {
+    spec.params.push_back({"w" + std::to_string(b), numel / buckets, b, 0});
+  }
+  spec.use_schedule = false;
+  spec.speculation = engine::SpeculationPolicy::kAlways;
+  return spec;
+}
+
+// Milliseconds per step (median of `steps`), grads constant (the framework's
+// work is not timed: only what the seam costs).
+template <typename Opt>
+double time_steps(Opt& opt, int buckets, int steps) {
+  std::vector<double> ms;
+  for (int i = 0; i < steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(opt.begin_step().ok());
+    for (int b = buckets - 1; b >= 0; --b) EXPECT_TRUE(opt.grad_ready(b).ok());
+    EXPECT_TRUE(opt.finish_step().ok());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+double in_process_ms(const SessionSpec& spec, int steps) {
+  gpu::SimDeviceOptions sim;
+  sim.capacity_bytes = uint64_t{1} << 30;
+  sim.h2d_gb_per_s = 1e6;
+  sim.d2h_gb_per_s = 1e6;
+  sim.copy_latency_us = 0;
+  sim.costs.enabled = false;
+  gpu::SimDevice device(sim);
+  engine::OffloadOptimizerOptions o;
+  o.use_schedule = false;
+  o.speculation = spec.speculation;
+  auto opt = engine::OffloadOptimizer::create(strata::testing::parse_test_config(spec.config_json),
+                                              &device, std::move(o));
+  EXPECT_TRUE(opt.ok()) << opt.status();
+  (*opt)->add_group(spec.groups[0]);
+  std::vector<std::vector<float>> w, g;
+  for (const auto& p : spec.params) {
+    w.emplace_back(p.numel, 0.1f);
+    g.emplace_back(p.numel, 1e-3f);
+    EXPECT_TRUE((*opt)
+                    ->add_param({.name = p.name,
+                                 .numel = p.numel,
+                                 .bucket = p.bucket,
+                                 .group = 0,
+                                 .binding = engine::ParamBinding::kHost,
+                                 .param = w.back().data(),
+                                 .grad = g.back().data()})
+                    .ok());
+  }
+  EXPECT_TRUE((*opt)->finalize().ok());
+  for (size_t p = 0; p < w.size(); ++p) EXPECT_TRUE((*opt)->set_value(p, w[p].data()).ok());
+  return time_steps(**opt, static_cast<int>(spec.params.size()), steps);
+}
+
+std::unique_ptr<RemoteOptimizer> remote(const std::string& socket, const std::string& name,
+                                        const SessionSpec& spec) {
+  auto r = RemoteOptimizer::attach({.socket_path = socket, .session = name}, spec);
+  EXPECT_TRUE(r.ok()) << r.status();
+  for (size_t p = 0; p < spec.params.size(); ++p) {
+    std::vector<float> w(spec.params[p].numel, 0.1f);
+    EXPECT_TRUE((*r)->set_value(p, w.data()).ok());
+    std::fill_n(static_cast<float*>((*r)->grad(p)), spec.params[p].numel, 1e-3f);
+  }
+  return std::move(*r);
+}
+
+}  // namespace bench
+
+// The figures (closing note, docs/daemon.md): a step through
+// stratad against the same step in-process, and two concurrent clients
+// against one. Timing, not correctness: runs with STRATA_DAEMON_BENCH=1.
+TEST_F(StratadTest, BenchStepThroughStratadAndTwoClients) {
+  if (std::getenv("STRATA_DAEMON_BENCH") == nullptr) {
+    GTEST_SKIP() << "a benchmark: set STRATA_DAEMON_BENCH=1 to run it";
+  }
+  StratadProcess d(dir_, {"--roofline", "-1"});
+  constexpr int kSteps = 40;
+  for (const uint64_t numel : {uint64_t{860'000}, uint64_t{5'000'000}}) {
+    for (const char* mode : {"sync", "overlap"}) {
+      const SessionSpec spec = bench::sized_spec(mode, numel, numel < 1'000'000 ? 6 : 12);
+      const double local = bench::in_process_ms(spec, kSteps);
+      auto one =
+          bench::remote(d.socket(), std::string("one-") + mode + std::to_string(numel), spec);
+      const double through = bench::time_steps(*one, int(spec.params.size()), kSteps);
+      const double local2 = bench::in_process_ms(spec, kSteps);  // A-B-A against drift
+      std::printf(
+          "[ figure ] %llu params, %s: in-process %.2f / %.2f ms, stratad %.2f ms (%+.1f%%)\n",
+          static_cast<unsigned long long>(numel), mode, local, local2, through,
+          100 * (through / ((local + local2) / 2) - 1));
+      std::vector<double> two(2);
+      std::vector<std::unique_ptr<RemoteOptimizer>> clients;
+      for (int c = 0; c < 2; ++c) {
+        clients.push_back(bench::remote(
+            d.socket(), std::string("two-") + mode + std::to_string(numel) + "-" + char('a' + c),
+            spec));
+      }
+      std::vector<std::thread> ts;
+      for (int c = 0; c < 2; ++c) {
+        ts.emplace_back(
+            [&, c] { two[c] = bench::time_steps(*clients[c], int(spec.params.size()), kSteps); });
+      }
+      for (auto& t : ts) t.join();
+      std::printf(
+          "[ figure ] %llu params, %s: two clients at once %.2f and %.2f ms per step "
+          "(one alone %.2f ms): %.2fx the aggregate steps/s\n",
+          static_cast<unsigned long long>(numel), mode, two[0], two[1], through,
+          (1 / two[0] + 1 / two[1]) / (1 / through));
+    }
+  }
 }
 
 }  // namespace

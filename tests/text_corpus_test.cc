@@ -144,6 +144,58 @@ TEST_F(TextCorpusTest, ValidationWindowsAreConsecutiveAndWrap) {
   EXPECT_EQ(tg1, tg);
 }
 
+// N ranks at micro batch m read, together, exactly the rows one rank at
+// micro batch N*m reads: rank r's batch i is rows r*m..r*m+m-1 of the one
+// rank's batch i, for training and validation alike; the shares are disjoint.
+TEST_F(TextCorpusTest, RanksSplitEachGlobalBatchDisjointly) {
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += static_cast<char>('a' + (i * 7 + i / 26) % 26);
+  constexpr int64_t m = 2, t = 8;
+  for (int world : {2, 3}) {
+    SCOPED_TRACE(world);
+    auto one = TextCorpus::from_text(text, "mem", {.micro_batch = world * m, .seq_len = t});
+    ASSERT_TRUE(one.ok());
+    std::vector<std::unique_ptr<TextCorpus>> ranks;
+    for (int r = 0; r < world; ++r) {
+      auto c = TextCorpus::from_text(
+          text, "mem", {.micro_batch = m, .seq_len = t, .rank = r, .world_size = world});
+      ASSERT_TRUE(c.ok()) << c.status();
+      ranks.push_back(*std::move(c));
+    }
+    const size_t whole = static_cast<size_t>(world * m * t), part = static_cast<size_t>(m * t);
+    for (int64_t index : {0, 1, 5}) {
+      for (bool train : {true, false}) {
+        std::vector<int32_t> in(whole), tg(whole), rin(part), rtg(part);
+        auto batch = [&](TextCorpus& c, int32_t* i, int32_t* g) {
+          train ? c.train_batch(index, i, g) : c.val_batch(index, i, g);
+        };
+        batch(**one, in.data(), tg.data());
+        std::vector<int32_t> joined_in, joined_tg;
+        for (int r = 0; r < world; ++r) {
+          batch(*ranks[r], rin.data(), rtg.data());
+          joined_in.insert(joined_in.end(), rin.begin(), rin.end());
+          joined_tg.insert(joined_tg.end(), rtg.begin(), rtg.end());
+        }
+        EXPECT_EQ(joined_in, in) << "batch " << index << (train ? " train" : " val");
+        EXPECT_EQ(joined_tg, tg);
+      }
+    }
+    // Rank 0 and rank 1 read different rows of the same batch.
+    std::vector<int32_t> a(m * t), b(m * t), tg(m * t);
+    ranks[0]->train_batch(0, a.data(), tg.data());
+    ranks[1]->train_batch(0, b.data(), tg.data());
+    EXPECT_NE(a, b);
+  }
+  for (auto [rank, world] : {std::pair{2, 2}, std::pair{-1, 2}, std::pair{0, 0}}) {
+    auto bad = TextCorpus::from_text(
+        text, "mem", {.micro_batch = 1, .seq_len = t, .rank = rank, .world_size = world});
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(std::string(bad.status().message()).find("need 0 <= rank < world size"),
+              std::string::npos)
+        << bad.status();
+  }
+}
+
 TEST_F(TextCorpusTest, BpeTokensReplaceBytes) {
   strata::testing::BpeFiles files;
   files.merge("a", "b");  // "ab" = 256

@@ -11,10 +11,13 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/config/ds_config.h"
@@ -43,10 +46,13 @@ constexpr int64_t kB = 2, kT = 16;
 // batch index, so two runs see the same data.
 class Progressions final : public TokenSource {
  public:
-  void train_batch(int64_t index, int32_t* in, int32_t* out) override { fill(2 * index, in, out); }
-  void val_batch(int64_t index, int32_t* in, int32_t* out) override {
-    fill(2 * index + 1, in, out);
+  void train_batch(int64_t index, int32_t* in, int32_t* out) override {
+    fill(2 * index + shift, in, out);
   }
+  void val_batch(int64_t index, int32_t* in, int32_t* out) override {
+    fill(2 * index + 1 + shift, in, out);
+  }
+  int64_t shift = 0;  // another rank's data: other progressions
 
  private:
   static void fill(int64_t key, int32_t* in, int32_t* out) {
@@ -71,7 +77,8 @@ constexpr char kConfig[] = R"({
 
 // A model and an engine on a simulated device, as strata train builds them.
 struct Rig {
-  explicit Rig(const config::DsConfig& cfg, bool expect_ok = true) {
+  explicit Rig(const config::DsConfig& cfg, bool expect_ok = true, int64_t data_shift = 0) {
+    source.shift = data_shift;
     auto mc = gpt2_config_by_name("gpt2-tiny");
     EXPECT_TRUE(mc.ok()) << mc.status();
     mc->vocab_size = kGpt2ByteVocab;
@@ -223,6 +230,135 @@ TEST_F(TrainerTest, StopRequestEndsTheRunAfterTheStepAndSaves) {
   EXPECT_EQ(none.steps_run, 0);
   EXPECT_TRUE(none.val_losses.empty());
   EXPECT_EQ(again.eng->steps(), 2);
+}
+
+// The collectives of `world` ranks living in threads of this process: only
+// all_reduce_host, the one the Trainer calls (sum or max, elementwise).
+class ThreadRanks {
+ public:
+  explicit ThreadRanks(int world) : world_(world) {}
+
+  class Comm final : public dist::Communicator {
+   public:
+    Comm(ThreadRanks* all, int rank) : all_(all), rank_(rank) {}
+    int rank() const override { return rank_; }
+    int world_size() const override { return all_->world_; }
+    dist::Backend backend() const override { return dist::Backend::kGloo; }
+    bool device_memory() const override { return false; }
+    absl::Status all_reduce(void*, uint64_t, DType, dist::ReduceOp) override { return none(); }
+    absl::Status all_gather(const void*, void*, std::span<const uint64_t>, DType) override {
+      return none();
+    }
+    absl::Status reduce_scatter(const void*, void*, std::span<const uint64_t>, DType,
+                                dist::ReduceOp) override {
+      return none();
+    }
+    absl::Status broadcast(void*, uint64_t, DType, int) override { return none(); }
+    absl::Status barrier() override { return none(); }
+    absl::Status all_reduce_host(std::span<double> data, dist::ReduceOp op) override {
+      ++all_->calls_[rank_];
+      return all_->reduce(data, op);
+    }
+
+   private:
+    static absl::Status none() { return absl::UnimplementedError("not in this test"); }
+    ThreadRanks* all_;
+    int rank_;
+  };
+
+  Comm comm(int rank) { return Comm(this, rank); }
+  int calls(int rank) const { return calls_[rank]; }
+
+ private:
+  // Every rank adds its values; the last one in publishes the result.
+  absl::Status reduce(std::span<double> data, dist::ReduceOp op) {
+    std::unique_lock lock(mu_);
+    const int64_t generation = generation_;
+    if (arrived_ == 0)
+      acc_.assign(data.begin(), data.end());
+    else {
+      if (acc_.size() != data.size()) return absl::InvalidArgumentError("sizes differ");
+      for (size_t i = 0; i < data.size(); ++i) {
+        acc_[i] = op == dist::ReduceOp::kSum ? acc_[i] + data[i] : std::max(acc_[i], data[i]);
+      }
+    }
+    if (++arrived_ == world_) {
+      result_ = acc_;
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return generation_ != generation; });
+    }
+    std::copy(result_.begin(), result_.end(), data.begin());
+    return absl::OkStatus();
+  }
+
+  int world_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  int64_t generation_ = 0;
+  std::vector<double> acc_, result_;
+  int calls_[8] = {};
+};
+
+// Data parallel: every rank reports the mean of the ranks' losses (each
+// rank's own engine, on its own data, trains exactly as it would alone), the
+// validation loss is the mean too, and a stop requested on one rank stops
+// both after the same step.
+TEST_F(TrainerTest, RanksReportTheMeanLossAndStopTogether) {
+  constexpr int kWorld = 2;
+  // Each rank's data alone, as a reference.
+  std::vector<std::vector<double>> alone(kWorld), alone_val(kWorld);
+  for (int r = 0; r < kWorld; ++r) {
+    Rig rig(cfg_, true, /*data_shift=*/r * 1000);
+    ASSERT_NE(rig.eng, nullptr);
+    Recorder sink;
+    auto t =
+        Trainer::create(rig.eng.get(), {.steps = 3, .eval_every = 3, .eval_batches = 1}, &sink);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const TrainerResult res = (*t)->run();
+    ASSERT_TRUE(res.status.ok()) << res.status;
+    alone[r] = sink.losses;
+    for (const auto& [step, v] : res.val_losses) alone_val[r].push_back(v);
+  }
+  ASSERT_NE(alone[0], alone[1]);
+
+  ThreadRanks ranks(kWorld);
+  std::vector<Recorder> sinks(kWorld);
+  std::vector<TrainerResult> results(kWorld);
+  sinks[1].stop_after = 3;  // rank 1 alone asks to stop after step 3 of 5
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kWorld; ++r) {
+    threads.emplace_back([&, r] {
+      Rig rig(cfg_, true, r * 1000);
+      ASSERT_NE(rig.eng, nullptr);
+      ThreadRanks::Comm comm = ranks.comm(r);
+      auto t = Trainer::create(rig.eng.get(),
+                               {.steps = 5, .eval_every = 3, .eval_batches = 1, .comm = &comm},
+                               &sinks[r]);
+      ASSERT_TRUE(t.ok()) << t.status();
+      sinks[r].trainer = t->get();
+      results[r] = (*t)->run();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int r = 0; r < kWorld; ++r) {
+    SCOPED_TRACE(r);
+    ASSERT_TRUE(results[r].status.ok()) << results[r].status;
+    EXPECT_TRUE(results[r].stopped);
+    EXPECT_EQ(results[r].last_step, 3);
+    ASSERT_EQ(sinks[r].losses.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_DOUBLE_EQ(sinks[r].losses[i], (alone[0][i] + alone[1][i]) / 2) << "step " << i + 1;
+    }
+    // Evaluated before step 1 only: the stop after step 3 skips its evaluation.
+    ASSERT_EQ(results[r].val_losses.size(), 1u);
+    EXPECT_DOUBLE_EQ(results[r].val_losses[0].second, (alone_val[0][0] + alone_val[1][0]) / 2);
+    // A stop agreed before the first evaluation, its loss, a loss and a stop per step.
+    EXPECT_EQ(ranks.calls(r), 1 + 1 + 2 * 3);
+  }
 }
 
 // SIGTERM, as `docker stop` sends it, through StopSignals: the same stop as

@@ -9,7 +9,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -18,6 +21,7 @@
 #include "core/status.h"
 #include "engine/checkpoint_dir.h"
 #include "engine/checkpoint_format.h"
+#include "nlohmann/json.hpp"
 #include "tests/dp_test_util.h"
 #include "tests/engine_test_fixture.h"
 
@@ -36,6 +40,7 @@ struct Case {
   int world = 2;
   int stage = 2;
   bool nvme = false;
+  bool offload = true;  // false: offload_optimizer none (stage 0 cannot offload)
   bool fp16 = false;
   bool bf16 = false;
   const char* overlap = "sync";
@@ -59,8 +64,9 @@ class TrainingEngineDpTest : public TrainingEngineTest {
   // (one rank: kMicro * ranks rows, so the global batch is the same).
   config::DsConfig dp_config(const Case& c, int world, const std::string& nvme_dir) {
     const std::string offload =
-        c.nvme ? absl::StrCat("{\"device\": \"nvme\", \"nvme_path\": \"", nvme_dir, "\"}")
-               : std::string("{\"device\": \"cpu\"}");
+        c.nvme      ? absl::StrCat("{\"device\": \"nvme\", \"nvme_path\": \"", nvme_dir, "\"}")
+        : c.offload ? std::string("{\"device\": \"cpu\"}")
+                    : std::string("{\"device\": \"none\"}");
     const std::string json = absl::StrCat(
         "{\"train_micro_batch_size_per_gpu\": ", kMicro * c.world / world,
         ", \"gradient_accumulation_steps\": 2, \"gradient_clipping\": 1.0, ",
@@ -79,7 +85,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     std::vector<bool> skipped;
     std::vector<float> master;  // the whole model's masters, params in model order
     std::vector<float> param;   // compute params as fp32
-    uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0;
+    uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0, fp32_device_bytes = 0;
     uint64_t d2h_bytes = 0, h2d_bytes = 0;          // PCIe, the last step's
     uint64_t param_home_bytes = 0;                  // compute params on host and NVMe
     std::vector<std::vector<float>> master_slices;  // per param: this rank's slice
@@ -125,6 +131,8 @@ class TrainingEngineDpTest : public TrainingEngineTest {
         res.fp32_host_bytes = rb->grad32 + rb->master + rb->exp_avg + rb->exp_avg_sq;
       }
       res.param_home_bytes = pl.host_roles.param + pl.nvme_roles.param;
+      res.fp32_device_bytes = pl.device_roles.grad32 + pl.device_roles.master +
+                              pl.device_roles.exp_avg + pl.device_roles.exp_avg_sq;
       res.fp32_nvme_bytes = pl.nvme_roles.master + pl.nvme_roles.exp_avg + pl.nvme_roles.exp_avg_sq;
       if (after) STRATA_RETURN_IF_ERROR(after(*e, r));
       return absl::OkStatus();
@@ -233,6 +241,44 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     }
   }
 };
+
+// ZeRO stage 0 is plain data parallel (as in DeepSpeed): every rank holds
+// the whole master and states, as many fp32 bytes as one rank alone, and
+// applies the same whole update; the run equals one rank's.
+TEST_F(TrainingEngineDpTest, Stage0TwoRanksPartitionsNothing) {
+  const Case c{.world = 2, .stage = 0, .offload = false};
+  constexpr int kSteps = 20;
+  const std::string ckpt = (dir_ / "stage0").string();
+  std::vector<RankResult> one, two, loaded;
+  train(c, 0, kSteps, &one);
+  train(c, 2, kSteps, &two, {}, [&](TrainingEngine& e, int) { return e.save_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  // Saved as slices like any data-parallel checkpoint; one rank loads the
+  // same whole masters.
+  train(c, 0, 0, &loaded, [&](TrainingEngine& e, int) { return e.load_checkpoint(ckpt); });
+  if (HasFatalFailure()) return;
+  EXPECT_TRUE(is_sharded_checkpoint(ckpt));
+  EXPECT_EQ(loaded[0].master_slices, two[0].master_slices);
+  for (int s = 0; s < kSteps; ++s) {
+    const double mean = (two[0].loss[s] + two[1].loss[s]) / 2;
+    EXPECT_NEAR(mean, one[0].loss[s], 1e-5 * std::fabs(one[0].loss[s])) << "step " << s;
+  }
+  ASSERT_EQ(two[0].master_slices.size(), one[0].master_slices.size());
+  for (size_t p = 0; p < one[0].master_slices.size(); ++p) {
+    for (const RankResult& r : two) {
+      // The whole param's master on every rank, the same bits on each.
+      ASSERT_EQ(r.master_slices[p].size(), one[0].master_slices[p].size()) << "param " << p;
+      EXPECT_EQ(r.master_slices[p], two[0].master_slices[p]) << "param " << p;
+    }
+    EXPECT_LE(norm_rel(two[0].master_slices[p], one[0].master_slices[p]), 1e-5) << "param " << p;
+  }
+  EXPECT_EQ(two[1].param, two[0].param);
+  EXPECT_LE(max_rel(two[0].param, one[0].param), 1e-3);
+  for (const RankResult& r : two) {
+    EXPECT_GT(r.fp32_device_bytes, 0u);
+    EXPECT_EQ(r.fp32_device_bytes, one[0].fp32_device_bytes);
+  }
+}
 
 TEST_F(TrainingEngineDpTest, Stage1CpuFp32TwoRanks) { expect_equivalent({.world = 2, .stage = 1}); }
 TEST_F(TrainingEngineDpTest, Stage2CpuFp32ThreeRanks) {
@@ -363,15 +409,76 @@ TEST_F(TrainingEngineDpTest, CheckpointOfTwoRanksResumesOnOneAndThree) {
   EXPECT_LE(norm_rel(whole_masters(three), whole_masters(two)), 1e-5);
   EXPECT_TRUE(is_sharded_checkpoint(ckpt));
   EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(ckpt) / "rank1" / "meta.json"));
-  // Merged into one rank's checkpoint, it resumes as the shards do.
+  // Resumed on one rank and saved with no step between: a one-rank
+  // checkpoint whose every tensor the shard reader reads as it reads the
+  // two shards joined (whole, and a range across the slices' boundary).
   const std::string merged = (dir_ / "merged").string();
-  ASSERT_TRUE(merge_checkpoint_shards(ckpt, merged).ok());
+  std::vector<RankResult> resaved;
+  train(c, 0, 0, &resaved, load, [&](TrainingEngine& e, int) { return e.save_checkpoint(merged); });
+  if (HasFatalFailure()) return;
   EXPECT_FALSE(is_sharded_checkpoint(merged));
+  auto sharded = open_checkpoint_shards(ckpt);
+  auto single = open_checkpoint_shards(merged);
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_TRUE(sharded->sharded);
+  EXPECT_EQ(sharded->world_size(), 2);
+  EXPECT_EQ(single->world_size(), 1);
+  ASSERT_EQ(sharded->whole.params.size(), single->whole.params.size());
+  EXPECT_EQ(sharded->whole.steps, single->whole.steps);
+  for (size_t i = 0; i < single->whole.params.size(); ++i) {
+    const uint64_t n = single->whole.params[i].numel;
+    ASSERT_EQ(sharded->whole.params[i].numel, n);
+    for (int k = 0; k < kCheckpointKinds; ++k) {
+      const uint64_t bytes = single->whole.params[i].tensors[k].bytes;
+      std::vector<uint8_t> a(bytes), b(bytes);
+      ASSERT_TRUE(read_checkpoint_range(*single, i, k, 0, n, a.data()).ok());
+      ASSERT_TRUE(read_checkpoint_range(*sharded, i, k, 0, n, b.data()).ok());
+      EXPECT_EQ(a, b) << "param " << i << " " << kCheckpointKindNames[k];
+      if (n < 4) continue;
+      const uint64_t esize = bytes / n, lo = n / 2 - 1, hi = n / 2 + 2;
+      std::vector<uint8_t> part((hi - lo) * esize);
+      ASSERT_TRUE(read_checkpoint_range(*sharded, i, k, lo, hi, part.data()).ok());
+      EXPECT_EQ(0, std::memcmp(part.data(), a.data() + lo * esize, part.size()));
+    }
+  }
+  EXPECT_EQ(read_checkpoint_range(*sharded, 0, 0, 0, sharded->whole.params[0].numel + 1,
+                                  std::vector<float>(sharded->whole.params[0].numel + 1).data())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   std::vector<RankResult> from_merged;
   train(c, 0, 10, &from_merged, [&](TrainingEngine& e, int) { return e.load_checkpoint(merged); });
   if (HasFatalFailure()) return;
   EXPECT_EQ(from_merged[0].loss, one[0].loss);
   EXPECT_EQ(whole_masters(from_merged), whole_masters(one));
+  // A shard of another step (a save that did not finish): the one reader
+  // refuses it, naming the shard, and so does a load through it.
+  const std::string mixed = (dir_ / "mixed").string();
+  std::filesystem::copy(ckpt, mixed, std::filesystem::copy_options::recursive);
+  {
+    const std::string meta = mixed + "/rank1/meta.json";
+    std::ifstream in(meta);
+    nlohmann::json j = nlohmann::json::parse(in);
+    in.close();
+    j["steps"] = j["steps"].get<int64_t>() + 1;
+    std::ofstream(meta) << j.dump();
+  }
+  auto refused = open_checkpoint_shards(mixed);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(refused.status().message().find(mixed + "/rank1"), std::string::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("the save did not finish"), std::string::npos)
+      << refused.status();
+  std::vector<RankResult> none;
+  bool load_refused = false;
+  train(c, 0, 0, &none, [&](TrainingEngine& e, int) {
+    const absl::Status s = e.load_checkpoint(mixed);
+    load_refused = s.code() == absl::StatusCode::kDataLoss &&
+                   s.message().find("the save did not finish") != std::string::npos;
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(load_refused);
   // What a trainer checks before saving there again and reads to resume.
   EXPECT_TRUE(check_checkpoint_destination(ckpt).ok());
   EXPECT_TRUE(TrainingEngine::read_checkpoint_user_metadata(ckpt).ok());

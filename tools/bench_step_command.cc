@@ -1,7 +1,12 @@
 // strata bench step: a GPT-2-shaped training step on SimDevice, sync vs overlap.
+// --world-size N: N data-parallel ranks (threads, Gloo over loopback, each
+// its own SimDevice and modelled link; engine/step_benchmark.h), then the
+// same shape on one rank, to print each rank's PCIe and host bytes beside
+// one rank's (the ratio ZeRO's partitioning should bring to about 1/N).
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
+#include "core/config/ds_config.h"
 #include "engine/step_benchmark.h"
 #include "model/gpt2_config.h"
 #include "tools/cli_util.h"
@@ -22,6 +27,10 @@ nlohmann::json step_json(const engine::StepBenchmarkStep& s) {
           {"nvme_read_bytes", s.nvme_read_bytes},
           {"nvme_write_bytes", s.nvme_write_bytes},
           {"optimizer_seconds", s.optimizer_seconds},
+          {"optimizer_bytes", s.optimizer_bytes},
+          {"h2d_bytes", s.h2d_bytes},
+          {"d2h_bytes", s.d2h_bytes},
+          {"host_bytes", s.host_bytes},
           {"optimizer_gb_per_s", s.optimizer_gb_per_s},
           {"slowest", s.slowest},
           {"slowest_seconds", s.slowest_seconds},
@@ -51,6 +60,16 @@ engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m, int64_t par
     a.nvme_write_bytes += s.nvme_write_bytes / n;
     a.optimizer_seconds += s.optimizer_seconds / n;
     a.optimizer_bytes += s.optimizer_bytes / n;
+    a.h2d_bytes += s.h2d_bytes / n;
+    a.d2h_bytes += s.d2h_bytes / n;
+    a.host_bytes += s.host_bytes / n;
+    a.ranks.resize(s.ranks.size());
+    for (size_t r = 0; r < s.ranks.size(); ++r) {
+      a.ranks[r].h2d_bytes += s.ranks[r].h2d_bytes / n;
+      a.ranks[r].d2h_bytes += s.ranks[r].d2h_bytes / n;
+      a.ranks[r].host_bytes += s.ranks[r].host_bytes / n;
+      a.ranks[r].optimizer_bytes += s.ranks[r].optimizer_bytes / n;
+    }
     a.host_syncs += s.host_syncs / n;
     a.device_syncs += s.device_syncs / n;
     a.device_allocations += s.device_allocations / n;
@@ -60,6 +79,29 @@ engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m, int64_t par
   if (a.optimizer_seconds > 0) a.optimizer_gb_per_s = a.optimizer_bytes / a.optimizer_seconds / 1e9;
   a.rate_against_slowest();
   return a;
+}
+
+// Each rank's steady bytes against one rank's: {"rank": r, "<what>": bytes,
+// "<what>_ratio": bytes / one rank's}.
+nlohmann::json rank_bytes_json(const engine::StepBenchmarkStep& ranks,
+                               const engine::StepBenchmarkStep& one) {
+  nlohmann::json out = nlohmann::json::array();
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  for (size_t r = 0; r < ranks.ranks.size(); ++r) {
+    const engine::StepBenchmarkRankBytes& b = ranks.ranks[r];
+    out.push_back({{"rank", r},
+                   {"h2d_bytes", b.h2d_bytes},
+                   {"d2h_bytes", b.d2h_bytes},
+                   {"pcie_bytes", b.h2d_bytes + b.d2h_bytes},
+                   {"host_bytes", b.host_bytes},
+                   {"optimizer_bytes", b.optimizer_bytes},
+                   {"pcie_ratio", ratio(b.h2d_bytes + b.d2h_bytes, one.h2d_bytes + one.d2h_bytes)},
+                   {"h2d_ratio", ratio(b.h2d_bytes, one.h2d_bytes)},
+                   {"d2h_ratio", ratio(b.d2h_bytes, one.d2h_bytes)},
+                   {"host_ratio", ratio(b.host_bytes, one.host_bytes)},
+                   {"optimizer_ratio", ratio(b.optimizer_bytes, one.optimizer_bytes)}});
+  }
+  return out;
 }
 
 }  // namespace
@@ -92,12 +134,19 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
       ->check(CLI::IsMember({"fp16", "bf16"}));
   cmd->add_option("--nvme-path", o->nvme_dir, "directory for the NVMe swap file (/tmp)")
       ->check(CLI::ExistingDirectory);
+  cmd->add_option("--reduce-bucket-size", o->reduce_bucket_size,
+                  "elements per gradient bucket (zero_optimization.reduce_bucket_size; 5e8)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--steps", o->steps, "steps per mode; the first records the trace (4)")
       ->check(CLI::Range(2, 100));
   cmd->add_option("--threads", o->cpu_threads, "CPU optimizer threads (all cores)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--no-device-costs{false}", o->device_costs,
                 "charge nothing for host syncs, device syncs, pageable copies and launches");
+  cmd->add_option("--world-size", o->world_size,
+                  "data-parallel ranks, threads of this process with a modelled link each; "
+                  "compared with one rank (1)")
+      ->check(CLI::Range(1, 64));
   cmd->add_flag("--json", *json, "print one JSON object on stdout");
   cmd->callback([=] {
     auto shape = model::gpt2_config_by_name(*model);
@@ -141,12 +190,56 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
     }
     const double sync_s = steady(r->modes[0], r->params).step_seconds;
     const double speedup = sync_s / steady(r->modes[1], r->params).step_seconds;
-    const double delayed_speedup = sync_s / steady(r->modes[2], r->params).step_seconds;
-    std::fprintf(stderr,
-                 "against sync (mean of steps 2..%d): overlap %.2fx, delayed update %.2fx\n",
-                 o->steps, speedup, delayed_speedup);
+    // The delayed update runs on one rank only.
+    const double delayed_speedup =
+        r->modes.size() > 2 ? sync_s / steady(r->modes[2], r->params).step_seconds : 0;
+    std::fprintf(stderr, "against sync (mean of steps 2..%d): overlap %.2fx", o->steps, speedup);
+    if (r->modes.size() > 2) std::fprintf(stderr, ", delayed update %.2fx", delayed_speedup);
+    std::fprintf(stderr, "\n");
     std::fprintf(stderr, "optimizer %.1f GB/s (sync) against the Adam-like stream's %.1f GB/s\n",
                  steady(r->modes[0], r->params).optimizer_gb_per_s, r->stream_gb_per_s);
+    // Per rank against one rank of the same shape (sync mode).
+    nlohmann::json per_rank = nullptr;
+    if (o->world_size > 1) {
+      engine::StepBenchmarkOptions single = *o;
+      single.world_size = 1;
+      auto one = engine::run_step_benchmark(single);
+      if (!one.ok()) {
+        *exit_code = report_status(one.status());
+        return;
+      }
+      const engine::StepBenchmarkStep one_sync = steady(one->modes[0], one->params);
+      const engine::StepBenchmarkStep dp_sync = steady(r->modes[0], r->params);
+      per_rank = rank_bytes_json(dp_sync, one_sync);
+      std::fprintf(stderr, "bytes a step (sync)  %-28s %-18s %s\n", "PCIe H2D + D2H", "host tier",
+                   "optimizer pass");
+      std::fprintf(
+          stderr, "  1 rank alone       %-28s %-18s %s\n",
+          (format_bytes(one_sync.h2d_bytes) + " + " + format_bytes(one_sync.d2h_bytes)).c_str(),
+          format_bytes(one_sync.host_bytes).c_str(),
+          format_bytes(one_sync.optimizer_bytes).c_str());
+      for (const nlohmann::json& b : per_rank) {
+        auto cell = [](double bytes, double ratio) {
+          return absl::StrFormat("%s (%.2fx)", format_bytes(bytes), ratio);
+        };
+        const std::string label =
+            absl::StrFormat("rank %d of %d", b["rank"].get<int>(), o->world_size);
+        const std::string pcie = absl::StrFormat(
+            "%s + %s (%.2fx)", format_bytes(b["h2d_bytes"].get<double>()),
+            format_bytes(b["d2h_bytes"].get<double>()), b["pcie_ratio"].get<double>());
+        std::fprintf(
+            stderr, "  %-18s %-28s %-18s %s\n", label.c_str(), pcie.c_str(),
+            cell(b["host_bytes"].get<double>(), b["host_ratio"].get<double>()).c_str(),
+            cell(b["optimizer_bytes"].get<double>(), b["optimizer_ratio"].get<double>()).c_str());
+      }
+      per_rank = {{"one_rank",
+                   {{"h2d_bytes", one_sync.h2d_bytes},
+                    {"d2h_bytes", one_sync.d2h_bytes},
+                    {"pcie_bytes", one_sync.h2d_bytes + one_sync.d2h_bytes},
+                    {"host_bytes", one_sync.host_bytes},
+                    {"optimizer_bytes", one_sync.optimizer_bytes}}},
+                  {"ranks", per_rank}};
+    }
     if (*json) {
       print_json({{"model", *model},
                   {"width", r->width},
@@ -159,12 +252,18 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   {"link_gb_per_s", o->link_gb_per_s},
                   {"offload", o->offload},
                   {"precision", o->precision},
+                  {"reduce_bucket_size", o->reduce_bucket_size > 0
+                                             ? o->reduce_bucket_size
+                                             : config::ZeroConfig{}.reduce_bucket_size},
                   {"nvme_read_gb_per_s", r->nvme_read_gb_per_s},
                   {"nvme_write_gb_per_s", r->nvme_write_gb_per_s},
                   {"stream_gb_per_s", r->stream_gb_per_s},
                   {"modes", modes},
                   {"overlap_speedup", speedup},
-                  {"delayed_speedup", delayed_speedup}});
+                  {"delayed_speedup",
+                   r->modes.size() > 2 ? nlohmann::json(delayed_speedup) : nlohmann::json(nullptr)},
+                  {"world_size", o->world_size},
+                  {"per_rank", per_rank}});
     }
     *exit_code = 0;
   });

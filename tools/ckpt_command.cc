@@ -16,6 +16,7 @@
 // Hugging Face GPT-2 names and layouts by default for a checkpoint that
 // records a GPT-2 model (loadable by transformers' GPT2Model and by `strata
 // train --init`), strata's own names otherwise or with --names strata.
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <memory>
@@ -47,7 +48,8 @@ json info_json(const model::ModelCheckpoint& c) {
             {"tensors", ck.params.size()},
             {"params", ck.total_numel()},
             {"tensor_file", ck.tensor_path},
-            {"tensor_file_bytes", ck.tensor_file_bytes},
+            {"tensor_file_bytes", c.tensor_file_bytes()},
+            {"ranks", c.files.world_size()},
             {"model", ck.user.is_object() && ck.user.contains("model") ? ck.user["model"] : json()},
             {"tokenizer",
              ck.user.is_object() && ck.user.contains("tokenizer") ? ck.user["tokenizer"] : json()},
@@ -88,9 +90,17 @@ int run_info(const std::string& dir, bool as_json) {
   }
   std::fprintf(stderr, "tensors      %zu parameters, %s elements\n", ck.params.size(),
                absl::StrFormat("%" PRIu64, ck.total_numel()).c_str());
-  std::fprintf(stderr, "bytes        %s in %s (master, Adam moments, compute copy)\n",
-               format_bytes(static_cast<double>(ck.tensor_file_bytes)).c_str(),
-               ck.tensor_path.c_str());
+  if (!c->files.sharded) {
+    std::fprintf(stderr, "bytes        %s in %s (master, Adam moments, compute copy)\n",
+                 format_bytes(static_cast<double>(ck.tensor_file_bytes)).c_str(),
+                 ck.tensor_path.c_str());
+  } else {
+    std::fprintf(stderr,
+                 "bytes        %s in %zu shards (one a data-parallel rank: its slice of master, "
+                 "Adam moments and compute copy), %s/rank0..rank%zu\n",
+                 format_bytes(static_cast<double>(c->tensor_file_bytes())).c_str(),
+                 c->files.shards.size(), ck.dir.c_str(), c->files.shards.size() - 1);
+  }
   return 0;
 }
 

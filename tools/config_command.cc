@@ -1,6 +1,7 @@
-// strata config check FILE [--json]: validate a DeepSpeed ds_config (every
-// check `strata train` makes on the file alone) and print it resolved
-// (defaults filled in). Warnings go to stderr in both modes; with
+// strata config check FILE [--world-size N] [--json]: validate a DeepSpeed
+// ds_config (every check `strata train` makes on the file alone, for a job
+// of N data-parallel ranks: train_batch_size = micro x accumulation x N) and
+// print it resolved (defaults filled in). Warnings go to stderr in both modes; with
 // --json stdout holds one object {file, valid, warnings, summary, config}.
 #include <cstdio>
 #include <memory>
@@ -35,13 +36,13 @@ std::string summary(const config::DsConfig& c) {
                       ", optimizer ", std::string(config::to_string(c.optimizer.type)));
 }
 
-int run_check(const std::string& file, bool json) {
+int run_check(const std::string& file, int world_size, bool json) {
   std::vector<std::string> warnings;
-  absl::StatusOr<config::DsConfig> cfg = config::load_ds_config(file, &warnings);
+  absl::StatusOr<config::DsConfig> cfg = config::load_ds_config(file, &warnings, world_size);
   for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
   if (!cfg.ok()) return report_status(cfg.status());
   // What `strata train` refuses, refused here too.
-  if (absl::Status s = engine::validate_for_training(*cfg, file); !s.ok()) {
+  if (absl::Status s = engine::validate_for_training(*cfg, file, world_size); !s.ok()) {
     return report_status(s);
   }
   if (json) {
@@ -66,9 +67,15 @@ void add_config_command(CLI::App& app, int* exit_code) {
       "check", "Validate a ds_config JSON and print it resolved, defaults filled in");
   auto file = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
+  auto world = std::make_shared<int>(1);
   check->add_option("FILE", *file, "the ds_config JSON file")->required();
+  check
+      ->add_option("--world-size", *world,
+                   "data-parallel ranks the batch sizes are resolved for, as strata train "
+                   "--nproc N runs them (1)")
+      ->check(whole_number(1, 1 << 20));
   check->add_flag("--json", *json, "print one JSON object on stdout");
-  check->callback([=] { *exit_code = run_check(*file, *json); });
+  check->callback([=] { *exit_code = run_check(*file, *world, *json); });
 }
 
 }  // namespace strata::tools

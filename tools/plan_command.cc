@@ -1,5 +1,5 @@
 // strata plan --model NAME --deepspeed_config F [--gpu-mem B] [--host-mem B]
-//             [--nvme B] [--json]
+//             [--nvme B] [--world-size N [--nodes M]] [--json]
 // How many bytes a training run needs on each tier (GPU, host, NVMe), by
 // tensor role, for the placement the ds_config asks for; compared with the
 // tiers' capacities and with DeepSpeed's own model-state estimate; and, when
@@ -10,6 +10,10 @@
 // Capacities: --gpu-mem (unknown when absent), --host-mem (default: what the
 // host probe says is usable: MemAvailable capped by the cgroup limit),
 // --nvme (default: free space under the first nvme_path, when one is set).
+// --world-size N: one rank's bytes with ZeRO's partitioning over N
+// data-parallel ranks (the config's batch sizes resolved for N), beside
+// DeepSpeed's estimate for N GPUs (--nodes M: M nodes of N/M GPUs; host and
+// NVMe capacities are one node's).
 // A plan that does not fit still exits 0: "fits" says so and "advice" says
 // what to change. Errors (unknown model, unreadable config) exit 1; a bad
 // flag value exits 2.
@@ -45,6 +49,8 @@ struct PlanArgs {
   std::string gpu_mem;
   std::string host_mem;
   std::string nvme;
+  std::string world_size = "1";
+  std::string nodes = "1";
   bool json = false;
   // The `strata train --device cpu` run to predict the peak RSS of.
   std::string device;
@@ -71,6 +77,7 @@ struct PlanFlags {
   engine::StepRates rates;
   int64_t seq_len = 0;
   int64_t vocab_size = 0;
+  int world_size = 1;
 };
 
 absl::StatusOr<PlanFlags> parse_flags(const PlanArgs& a) {
@@ -98,6 +105,18 @@ absl::StatusOr<PlanFlags> parse_flags(const PlanArgs& a) {
     if (text->empty()) continue;
     STRATA_ASSIGN_OR_RETURN(*out, parse_int(*text, flag, 1, int64_t{1} << 24));
   }
+  // Far beyond any job, so a typo is refused.
+  constexpr int64_t kMaxRanks = 1 << 20;
+  STRATA_ASSIGN_OR_RETURN(const int64_t world,
+                          parse_int(a.world_size, "--world-size", 1, kMaxRanks));
+  STRATA_ASSIGN_OR_RETURN(const int64_t nodes, parse_int(a.nodes, "--nodes", 1, kMaxRanks));
+  if (world % nodes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--world-size ", world,
+                                                   " is not a multiple of --nodes ", nodes,
+                                                   "; give ranks per node times nodes"));
+  }
+  f.world_size = static_cast<int>(world);
+  f.capacities.nodes = static_cast<int>(nodes);
   // Only the RSS prediction of --device cpu reads them; silently ignoring
   // them would let a typo or a wrong path pass unnoticed.
   if (a.device != "cpu" && (!a.data.empty() || !a.vocab_size.empty())) {
@@ -131,6 +150,7 @@ json tier_json(const engine::TierPlan& t) {
   json j = {{"roles", roles_json(t.need)}, {"total", t.need.total()}};
   j["capacity"] = t.capacity ? json(t.capacity->bytes) : json(nullptr);
   j["capacity_source"] = t.capacity ? t.capacity->source : "";
+  j["shared_by_ranks"] = t.sharers;
   j["fits"] = nullptr;
   if (const auto fits = t.fits()) j["fits"] = *fits;
   return j;
@@ -143,6 +163,12 @@ void print_human(const engine::MemoryPlan& p, const std::string& file) {
   line("%s: %lld params (largest layer %lld), %s, optimizer %s; plan for %s\n", p.model.c_str(),
        static_cast<long long>(p.params), static_cast<long long>(p.largest_module_params),
        p.precision.c_str(), p.optimizer.c_str(), file.c_str());
+  if (p.world_size > 1) {
+    std::string split;
+    for (const std::string& r : p.partitioned) split += (split.empty() ? "" : ", ") + r;
+    line("  per rank of %d (%d a node); split across ranks: %s\n", p.world_size, p.ranks_per_node,
+         split.empty() ? "nothing" : split.c_str());
+  }
   line("  %-12s %12s %12s %12s\n", "role", "gpu", "host", "nvme");
   const char* names[] = {"param16", "grad16",     "grad32",      "master32",
                          "exp_avg", "exp_avg_sq", "activations", "staging"};
@@ -160,15 +186,24 @@ void print_human(const engine::MemoryPlan& p, const std::string& file) {
     } else if (!t->capacity) {
       line("  %-5s needs %s (capacity unknown%s)\n", t->name.c_str(), need.c_str(),
            t->name == "gpu" ? "; pass --gpu-mem, e.g. 32GiB" : "");
+    } else if (t->sharers > 1) {
+      line("  %-5s needs %s a rank, %s for the node's %d ranks, of %s (%s): %s\n", t->name.c_str(),
+           need.c_str(), format_bytes(static_cast<double>(t->need.total()) * t->sharers).c_str(),
+           t->sharers, format_bytes(static_cast<double>(t->capacity->bytes)).c_str(),
+           t->capacity->source.c_str(), *t->fits() ? "fits" : "DOES NOT FIT");
     } else {
       line("  %-5s needs %s of %s (%s): %s\n", t->name.c_str(), need.c_str(),
            format_bytes(static_cast<double>(t->capacity->bytes)).c_str(),
            t->capacity->source.c_str(), *t->fits() ? "fits" : "DOES NOT FIT");
     }
   }
-  line("  DeepSpeed %s (%s): GPU %s, CPU %s\n", p.deepspeed.estimator.c_str(),
+  line("  DeepSpeed %s (%s): GPU %s, CPU %s", p.deepspeed.estimator.c_str(),
        p.deepspeed.formula.c_str(), format_bytes(static_cast<double>(p.deepspeed.gpu)).c_str(),
        format_bytes(static_cast<double>(p.deepspeed.cpu)).c_str());
+  if (p.ranks_per_node > 1) {
+    line(" a node, %s a rank", format_bytes(static_cast<double>(p.deepspeed.cpu_per_rank)).c_str());
+  }
+  line("\n");
   for (const std::string& n : p.notes) line("  note: %s\n", n.c_str());
   for (const std::string& a : p.advice) line("  to fit: %s\n", a.c_str());
 }
@@ -185,7 +220,7 @@ int run_plan(const PlanArgs& a) {
                                                          " positions; give at most that")));
   }
   std::vector<std::string> warnings;
-  auto cfg = config::load_ds_config(a.config_file, &warnings);
+  auto cfg = config::load_ds_config(a.config_file, &warnings, flags->world_size);
   for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
   if (!cfg.ok()) return report_status(cfg.status());
 
@@ -239,7 +274,12 @@ int run_plan(const PlanArgs& a) {
           {"optimizer", p.optimizer},
           {"offload_optimizer", std::string(config::to_string(cfg->zero.offload_optimizer.device))},
           {"offload_param", std::string(config::to_string(cfg->zero.offload_param.device))},
-          {"micro_batch", cfg->train_micro_batch_size_per_gpu}}},
+          {"micro_batch", cfg->train_micro_batch_size_per_gpu},
+          {"gradient_accumulation_steps", cfg->gradient_accumulation_steps},
+          {"train_batch_size", cfg->train_batch_size},
+          {"world_size", p.world_size},
+          {"ranks_per_node", p.ranks_per_node},
+          {"partitioned", p.partitioned}}},
         {"tiers",
          {{"gpu", tier_json(p.gpu)}, {"host", tier_json(p.host)}, {"nvme", tier_json(p.nvme)}}},
         {"formulas",
@@ -251,7 +291,8 @@ int run_plan(const PlanArgs& a) {
          {{"estimator", p.deepspeed.estimator},
           {"formula", p.deepspeed.formula},
           {"gpu", p.deepspeed.gpu},
-          {"cpu", p.deepspeed.cpu}}},
+          {"cpu", p.deepspeed.cpu},
+          {"cpu_per_rank", p.deepspeed.cpu_per_rank}}},
         {"fits", optional_json(fits)},
         {"train_rss_estimate", rss ? rss->to_json() : json(nullptr)},
         {"step_seconds", times->to_json()},
@@ -295,6 +336,9 @@ void add_plan_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--gpu-mem", a->gpu_mem, "GPU memory, e.g. 32GiB (default: unknown)");
   cmd->add_option("--host-mem", a->host_mem, "host memory (default: MemAvailable / cgroup limit)");
   cmd->add_option("--nvme", a->nvme, "NVMe space (default: free space under nvme_path)");
+  cmd->add_option("--world-size", a->world_size,
+                  "data-parallel ranks: plan one rank's share with ZeRO's partitioning (1)");
+  cmd->add_option("--nodes", a->nodes, "nodes the ranks span, for host/NVMe and DeepSpeed's (1)");
   cmd->add_flag("--json", a->json, "print one JSON object on stdout");
   cmd->add_option("--device", a->device,
                   "cpu: also predict the peak RSS of strata train --device cpu for this run")

@@ -90,7 +90,11 @@ struct SavedRun {
 };
 
 absl::StatusOr<SavedRun> read_saved_run(const std::string& dir) {
-  STRATA_ASSIGN_OR_RETURN(const engine::Checkpoint ck, engine::read_checkpoint(dir), "--ckpt");
+  // A data-parallel checkpoint's metadata is its rank-0 shard's, the
+  // shards checked against each other (the engine's load reads them all).
+  STRATA_ASSIGN_OR_RETURN(const engine::CheckpointShards files, engine::open_checkpoint_shards(dir),
+                          "--ckpt");
+  const engine::Checkpoint& ck = files.whole;
   const json& user = ck.user;
   if (!user.is_object() || !user.contains("model")) {
     return absl::FailedPreconditionError(absl::StrCat(

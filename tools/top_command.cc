@@ -1,8 +1,10 @@
 // strata top [--socket PATH] [--json]: what stratad is serving. --json
 // prints one object (stratad's stats: a `sessions` array with name, pid,
-// step, arena used/total, ...) on stdout and exits; otherwise a table on
-// stderr, refreshed every second (steps/s from the change since the last
-// refresh) until Ctrl-C.
+// step, optimizer GB/s and its ratio to the roofline, NVMe read/write GB/s,
+// arena used/total, queue depths, ...) on stdout and exits; otherwise a
+// table on stderr, refreshed every second (steps/s from the change since
+// the last refresh; the rates are those of each session's last step) until
+// Ctrl-C.
 #include <unistd.h>
 
 #include <chrono>
@@ -23,12 +25,20 @@ namespace {
 void print_table(const nlohmann::json& stats, std::map<std::string, int64_t>* last_steps,
                  double seconds) {
   std::fprintf(stderr, "\033[H\033[2J");
-  std::fprintf(stderr, "stratad pid %d on %s   host memory %s used of %s\n\n",
+  const double roofline = stats.value("roofline_gb_per_s", 0.0);
+  std::fprintf(stderr, "stratad pid %d on %s   host memory %s used of %s   roofline %s\n",
                stats.value("daemon_pid", 0), stats.value("socket", std::string()).c_str(),
                format_bytes(stats.value("host_mem_used_bytes", 0.0)).c_str(),
-               format_bytes(stats.value("host_mem_total_bytes", 0.0)).c_str());
-  std::fprintf(stderr, "%-24s %8s %10s %8s %8s %22s\n", "SESSION", "PID", "STEP", "STEPS/S",
-               "STATE", "ARENA USED/TOTAL");
+               format_bytes(stats.value("host_mem_total_bytes", 0.0)).c_str(),
+               roofline > 0 ? (std::to_string(roofline).substr(0, 5) + " GB/s").c_str() : "-");
+  for (const auto& p : stats.value("pools", nlohmann::json::array())) {
+    std::fprintf(stderr, "pool on NUMA node %d: %d threads, %d sessions, %d busy\n",
+                 p.value("numa_node", 0), p.value("threads", 0), p.value("sessions", 0),
+                 p.value("active_sessions", 0));
+  }
+  std::fprintf(stderr, "\n%-20s %8s %8s %7s %8s %8s %6s %9s %9s %21s %6s\n", "SESSION", "PID",
+               "STEP", "STEPS/S", "STATE", "OPT GB/S", "ROOF", "NVME RD/S", "NVME WR/S",
+               "ARENA USED/TOTAL", "QUEUE");
   for (const auto& s : stats.value("sessions", nlohmann::json::array())) {
     const std::string name = s.value("name", std::string());
     const int64_t step = s.value("step", int64_t{0});
@@ -39,12 +49,18 @@ void print_table(const nlohmann::json& stats, std::map<std::string, int64_t>* la
     (*last_steps)[name] = step;
     const std::string arena = format_bytes(s.value("arena_used_bytes", 0.0)) + " / " +
                               format_bytes(s.value("arena_total_bytes", 0.0));
-    std::fprintf(stderr, "%-24s %8d %10lld %8.2f %8s %22s\n", name.c_str(), s.value("pid", 0),
-                 static_cast<long long>(step), rate,
+    // Queue: the client's grad_ready entries not yet taken + bucket jobs
+    // waiting for their turn in the pool.
+    const std::string queue =
+        std::to_string(s.value("ring_depth", 0)) + "+" + std::to_string(s.value("queued_jobs", 0));
+    std::fprintf(stderr, "%-20s %8d %8lld %7.2f %8s %8.2f %5.0f%% %9.2f %9.2f %21s %6s\n",
+                 name.c_str(), s.value("pid", 0), static_cast<long long>(step), rate,
                  !s.value("attached", false) ? "detached"
                  : s.value("in_step", false) ? "step"
                                              : "idle",
-                 arena.c_str());
+                 s.value("optimizer_gb_per_s", 0.0), 100 * s.value("roofline_ratio", 0.0),
+                 s.value("nvme_read_gb_per_s", 0.0), s.value("nvme_write_gb_per_s", 0.0),
+                 arena.c_str(), queue.c_str());
   }
 }
 

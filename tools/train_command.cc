@@ -3,6 +3,7 @@
 //              [--eval-every N] [--eval-batches K] [--log-json FILE]
 //              [--trace FILE] [--seed S] [--vocab vocab.json --merges merges.txt]
 //              [--plot FILE.png] [--lr LR --weight-decay WD]
+//              [--nproc N] [--comm-timeout SECONDS]
 // Trains a GPT-2 family model on text (bytes, or GPT-2 BPE tokens with
 // --vocab/--merges) with the ZeRO-Offload
 // engine (engine/training_engine.h) on a simulated device (SimDevice: the
@@ -25,18 +26,34 @@
 // --save-dir is given, prints the summary and exits 130 (SIGINT) or 143
 // (SIGTERM); SIGPIPE and a closed stderr do not end a run
 // (model/stop_signals.h).
+// Data parallel (docs/distributed.md): --nproc N makes this process a
+// launcher that re-runs its own command line (less --nproc) as N local
+// ranks with torchrun's variables (dist/launcher.h) and exits non-zero
+// naming a rank that failed. A process started with RANK / WORLD_SIZE
+// (by that launcher, torchrun, Slurm, mpirun) is one rank of the job: it
+// resolves the batch rule for the world size, reads its share of each
+// global batch, joins the others (dist::connect, Gloo: the engine reduces
+// in host memory in this version) and trains with that communicator. Rank 0
+// alone prints and writes --log-json, --trace and --plot; every rank saves
+// its checkpoint shard into --save-dir. Errors of a rank start with
+// "rank R: ".
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -48,6 +65,8 @@
 #include "core/parse.h"
 #include "core/status.h"
 #include "core/trace.h"
+#include "dist/communicator.h"
+#include "dist/launcher.h"
 #include "engine/config_validate.h"
 #include "engine/training_engine.h"
 #include "gpu/device.h"
@@ -97,6 +116,8 @@ struct TrainFlags {
   bool lr_given = false, weight_decay_given = false;
   bool checkpoint_activations = false;
   bool async_save = false;
+  std::string nproc;                 // empty: no launching
+  std::string comm_timeout = "300";  // seconds
 };
 
 // The flags once parsed and checked against each other.
@@ -113,6 +134,9 @@ struct TrainArgs {
   double sample_temperature = 0;
   double lr = 0;
   double weight_decay = 0;
+  int nproc = 0;  // 0: not given
+  std::chrono::milliseconds comm_timeout{0};
+  dist::RankInfo rank;  // from the environment; world_size 1 alone
 };
 
 constexpr int64_t kMaxSteps = int64_t{1} << 40;
@@ -148,6 +172,21 @@ absl::StatusOr<TrainArgs> parse_flags(const TrainFlags& f) {
     return absl::InvalidArgumentError(
         "--save-every needs --save-dir DIR (where the checkpoint is written)");
   }
+  if (!f.nproc.empty()) {
+    STRATA_ASSIGN_OR_RETURN(const int64_t n, parse_int(f.nproc, "--nproc", 1, 1024));
+    a.nproc = static_cast<int>(n);
+  }
+  STRATA_ASSIGN_OR_RETURN(const double timeout, parse_double(f.comm_timeout, "--comm-timeout",
+                                                             {.min = 0.1, .max = 86400}));
+  a.comm_timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
+  STRATA_ASSIGN_OR_RETURN(a.rank, dist::rank_info_from_env());
+  if (a.nproc > 0 && std::getenv("RANK") != nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--nproc ", a.nproc, " in a process that is already rank ", a.rank.rank,
+                     " of ", a.rank.world_size,
+                     " (RANK is set, e.g. by torchrun): drop --nproc, the launcher "
+                     "started the ranks"));
+  }
   if (!f.init.empty() && !f.resume.empty()) {
     return absl::InvalidArgumentError(
         "--init and --resume both set the starting weights; pass one of them");
@@ -170,17 +209,22 @@ std::string format_count(double n) {
   return absl::StrFormat("%.0f", n);
 }
 
+// Rank 0 of a data-parallel job (or the one rank) prints and writes the log,
+// trace and plot.
+bool leader(const TrainArgs& a) { return a.rank.rank == 0; }
+
 model::TrainerOptions trainer_options(const TrainArgs& a, int64_t tokens_per_step,
-                                      TraceRecorder* trace) {
+                                      TraceRecorder* trace, dist::Communicator* comm = nullptr) {
   return {.steps = a.steps,
           .eval_every = a.eval_every,
           .eval_batches = a.eval_batches,
           .save_dir = a.flags.save_dir,
           .save_every = a.save_every,
           .async_save = a.flags.async_save,
-          .log_json = a.flags.log_json,
+          .log_json = leader(a) ? a.flags.log_json : "",
           .tokens_per_step = tokens_per_step,
-          .trace = trace};
+          .trace = leader(a) ? trace : nullptr,
+          .comm = comm};
 }
 
 // The destinations, checked before anything is built or trained.
@@ -240,17 +284,26 @@ absl::Status prepare(const TrainArgs& a, Setup* s) {
     s->vocab_note = "byte-level vocab 256";
   }
 
+  // The batch rule resolved for this job's world size.
+  const int world = a.rank.world_size;
   std::vector<std::string> warnings;
-  auto cfg = config::load_ds_config(f.config_file, &warnings);
-  for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
+  auto cfg = config::load_ds_config(f.config_file, &warnings, world);
+  if (leader(a)) {
+    for (const std::string& w : warnings) std::fprintf(stderr, "strata: warning: %s\n", w.c_str());
+  }
   if (!cfg.ok()) return cfg.status();
   s->cfg = *std::move(cfg);
-  choose_optimizer(a, &s->cfg);
+  if (leader(a)) {
+    choose_optimizer(a, &s->cfg);  // and says so
+  } else {
+    model::fill_missing_optimizer(&s->cfg, a.lr, a.weight_decay);
+  }
   // Everything `strata config check` refuses, before the model is built.
-  STRATA_RETURN_IF_ERROR(engine::validate_for_training(s->cfg, f.config_file));
+  STRATA_RETURN_IF_ERROR(engine::validate_for_training(s->cfg, f.config_file, world));
 
   if (f.device == "cuda") {
-    auto dev = gpu::make_cuda_device(0);
+    // One GPU per rank of this node.
+    auto dev = gpu::make_cuda_device(a.rank.local_rank);
     if (!dev.ok()) {
       const std::string why(dev.status().message());
       return absl::FailedPreconditionError(
@@ -277,7 +330,9 @@ absl::Status prepare(const TrainArgs& a, Setup* s) {
       model::load_text_corpus(f.data, {.micro_batch = s->cfg.train_micro_batch_size_per_gpu,
                                        .seq_len = s->seq_len,
                                        .seed = a.seed,
-                                       .tokenizer = s->tokenizer ? &*s->tokenizer : nullptr}));
+                                       .tokenizer = s->tokenizer ? &*s->tokenizer : nullptr,
+                                       .rank = a.rank.rank,
+                                       .world_size = world}));
   return absl::OkStatus();
 }
 
@@ -344,24 +399,34 @@ void print_header(const TrainArgs& a, const Setup& s, const gpu::Device& device,
     const auto& p = cfg.zero.offload_optimizer.nvme_paths;
     offload += absl::StrCat(" (", p.empty() ? "strata.nvme_paths" : p.front(), ")");
   }
-  std::fprintf(stderr,
-               "strata train: %s, %s params, %lld layers x %lld heads x %lld wide, %s; seq %lld, "
-               "micro batch %lld x accumulation %lld = %lld tokens/step; %s, %s, ZeRO %d, "
-               "optimizer offload %s; device %s, %d BLAS threads\n",
-               s.model.name.c_str(),
-               format_count(static_cast<double>(model::gpt2_param_count(s.model))).c_str(),
-               static_cast<long long>(s.model.n_layer), static_cast<long long>(s.model.n_head),
-               static_cast<long long>(s.model.n_embd), s.vocab_note.c_str(),
-               static_cast<long long>(s.seq_len),
-               static_cast<long long>(cfg.train_micro_batch_size_per_gpu),
-               static_cast<long long>(cfg.gradient_accumulation_steps),
-               static_cast<long long>(tokens_per_step), precision,
-               std::string(config::to_string(cfg.optimizer.type)).c_str(), cfg.zero.stage,
-               offload.c_str(), device.name().c_str(), threads);
+  std::fprintf(
+      stderr,
+      "strata train: %s, %s params, %lld layers x %lld heads x %lld wide, %s; seq %lld, "
+      "micro batch %lld x accumulation %lld x world %d = batch %lld (%lld tokens/step); "
+      "%s, %s, ZeRO %d, optimizer offload %s; device %s, %d BLAS threads\n",
+      s.model.name.c_str(),
+      format_count(static_cast<double>(model::gpt2_param_count(s.model))).c_str(),
+      static_cast<long long>(s.model.n_layer), static_cast<long long>(s.model.n_head),
+      static_cast<long long>(s.model.n_embd), s.vocab_note.c_str(),
+      static_cast<long long>(s.seq_len), static_cast<long long>(cfg.train_micro_batch_size_per_gpu),
+      static_cast<long long>(cfg.gradient_accumulation_steps), cfg.world_size,
+      static_cast<long long>(cfg.train_batch_size), static_cast<long long>(tokens_per_step),
+      precision, std::string(config::to_string(cfg.optimizer.type)).c_str(), cfg.zero.stage,
+      offload.c_str(), device.name().c_str(), threads);
   std::fprintf(stderr, "strata train: data %s: %zu file(s), %s train / %s validation tokens\n",
                a.flags.data.c_str(), s.corpus->files().size(),
                format_count(static_cast<double>(s.corpus->train_tokens())).c_str(),
                format_count(static_cast<double>(s.corpus->val_tokens())).c_str());
+  if (cfg.world_size > 1) {
+    std::fprintf(stderr,
+                 "strata train: rank 0 of %d (Gloo, %s:%d); each rank reads its %lld of every "
+                 "%lld sequences and keeps a 1/%d slice of the fp32 master and optimizer "
+                 "states\n",
+                 cfg.world_size, a.rank.master_addr.c_str(), a.rank.master_port,
+                 static_cast<long long>(cfg.train_micro_batch_size_per_gpu),
+                 static_cast<long long>(cfg.train_micro_batch_size_per_gpu * cfg.world_size),
+                 cfg.world_size);
+  }
 }
 
 void print_summary(const model::TrainerResult& r) {
@@ -397,6 +462,63 @@ void print_memory(const TrainArgs& a, const Setup& s) {
                predicted->describe_parts().c_str());
 }
 
+// This process's command line as typed (the launcher re-runs it per rank),
+// less `flag` and its value ("--nproc 2" or "--nproc=2"); argv[0] is this
+// executable's path.
+absl::StatusOr<std::vector<std::string>> own_command_line_without(std::string_view flag) {
+  // procfs reports size 0: read to the end rather than by size (read_file).
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  const std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> args;
+  for (size_t at = 0; at < raw.size();) {
+    const size_t end = raw.find('\0', at);
+    args.emplace_back(raw.substr(at, end == std::string::npos ? std::string::npos : end - at));
+    if (end == std::string::npos) break;
+    at = end + 1;
+  }
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (args.empty() || ec) {
+    return absl::InternalError("cannot read this process's command line from /proc/self");
+  }
+  std::vector<std::string> out = {self.string()};
+  const std::string with_value = std::string(flag) + "=";
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == flag) {
+      ++i;  // and its value
+    } else if (args[i].rfind(with_value, 0) != 0) {
+      out.push_back(args[i]);
+    }
+  }
+  return out;
+}
+
+// --nproc N: checks what every rank would refuse (once, here), then runs N
+// ranks of this command line on this machine and waits for them. Exit 0
+// when all succeed; 1 naming the first rank that failed (the others are
+// stopped); 130 when interrupted (the ranks got the signal and stopped
+// after their step in flight).
+int launch_ranks(const TrainArgs& a) {
+  const int n = a.nproc;
+  if (absl::Status st = check_destinations(a); !st.ok()) return report_status(st);
+  std::vector<std::string> warnings;
+  auto cfg = config::load_ds_config(a.flags.config_file, &warnings, n);
+  if (!cfg.ok()) return report_status(annotate(cfg.status(), absl::StrCat("--nproc ", n)));
+  model::fill_missing_optimizer(&*cfg, a.lr, a.weight_decay);
+  if (absl::Status st = engine::validate_for_training(*cfg, a.flags.config_file, n); !st.ok()) {
+    return report_status(st);
+  }
+  auto argv = own_command_line_without("--nproc");
+  if (!argv.ok()) return report_status(argv.status());
+  std::fprintf(stderr, "strata train: starting %d ranks on this machine (Gloo over loopback)\n", n);
+  const absl::Status st = dist::launch_local(n, *argv);
+  if (absl::IsCancelled(st)) {
+    std::fprintf(stderr, "strata train: %s\n", std::string(st.message()).c_str());
+    return 130;
+  }
+  return report_status(st);
+}
+
 int run_train(const TrainFlags& flags) {
   // From the start: a closed stderr or SIGPIPE must not end the run, and a
   // Ctrl-C / SIGTERM while the model is built still saves nothing it should
@@ -405,27 +527,58 @@ int run_train(const TrainFlags& flags) {
   auto parsed = parse_flags(flags);
   if (!parsed.ok()) return report_status(parsed.status()) == 0 ? 0 : 2;  // usage
   const TrainArgs& a = *parsed;
-  if (absl::Status st = check_destinations(a); !st.ok()) return report_status(st);
+  if (a.nproc > 1) return launch_ranks(a);
+  // A rank's errors say which rank failed.
+  const bool ranks = a.rank.world_size > 1;
+  auto report = [&](const absl::Status& st) {
+    return report_status(ranks && !st.ok() ? annotate(st, absl::StrCat("rank ", a.rank.rank)) : st);
+  };
+  if (absl::Status st = check_destinations(a); !st.ok()) return report(st);
   Setup s;
-  if (!a.flags.plot.empty()) {
+  if (!a.flags.plot.empty() && leader(a)) {
     auto gnuplot = prepare_loss_plot(a.flags.plot);
-    if (!gnuplot.ok()) return report_status(gnuplot.status());
+    if (!gnuplot.ok()) return report(gnuplot.status());
     s.gnuplot = *gnuplot;
   }
-  if (absl::Status st = prepare(a, &s); !st.ok()) return report_status(st);
+  if (absl::Status st = prepare(a, &s); !st.ok()) return report(st);
   std::function<void(int, int, float*)> init_weights;
   if (!a.flags.init.empty()) {
     auto w = model::Gpt2Init::open(a.flags.init, s.model);
-    if (!w.ok()) return report_status(annotate(w.status(), "--init"));
+    if (!w.ok()) return report(annotate(w.status(), "--init"));
     init_weights = [w = *std::move(w)](int l, int p, float* out) { w->fill(l, p, out); };
   }
   const config::DsConfig& cfg = s.cfg;
 
   TraceRecorder trace;
-  if (!a.flags.trace.empty()) trace.start();
+  if (!a.flags.trace.empty() && leader(a)) trace.start();
 
-  const int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // The ranks of this machine share its cores.
+  const int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
+                                      std::max(1, a.rank.local_world_size));
   model::cpu::set_blas_threads(threads);
+
+  // Join the other ranks before building anything large: a rank that cannot
+  // be reached fails here, within --comm-timeout.
+  std::unique_ptr<dist::Communicator> comm;
+  if (ranks) {
+    auto c = dist::connect(a.rank, {.backend = dist::Backend::kGloo, .timeout = a.comm_timeout});
+    if (!c.ok()) {
+      absl::Status st = annotate(c.status(), "joining the other ranks");
+      // torchrun's agent serves its own store on MASTER_PORT unless told not
+      // to share it (torch.distributed.elastic): say how.
+      const char* agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+      if (a.rank.rank == 0 && agent_store != nullptr &&
+          (std::string_view(agent_store) == "True" || std::string_view(agent_store) == "1")) {
+        st = absl::Status(st.code(),
+                          absl::StrCat(st.message(),
+                                       "; under torchrun, MASTER_PORT is its agent's own store: "
+                                       "set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (c10d "
+                                       "rendezvous) so the port is free for strata"));
+      }
+      return report(st);
+    }
+    comm = *std::move(c);
+  }
 
   auto net = model::make_gpt2_model({.config = s.model,
                                      .micro_batch = cfg.train_micro_batch_size_per_gpu,
@@ -434,26 +587,28 @@ int run_train(const TrainFlags& flags) {
                                      .checkpoint_activations = a.flags.checkpoint_activations,
                                      .init = init_weights},
                                     s.corpus.get());
-  if (!net.ok()) return report_status(net.status());
+  if (!net.ok()) return report(net.status());
   // --device cuda: the model runs its CUDA kernels (model/cuda) on the GPU;
   // otherwise the simulated device, whose memory the CPU kernels address.
   gpu::SimDevice sim({.capacity_bytes = a.gpu_mem, .move_data = true});
   gpu::Device& device = s.cuda != nullptr ? *s.cuda : static_cast<gpu::Device&>(sim);
   engine::EngineOptions eo;
   eo.allow_buffered_io = true;  // tmpfs and overlay filesystems have no O_DIRECT
+  eo.comm = comm.get();
   auto eng = engine::TrainingEngine::create(cfg, net->get(), &device, std::move(eo));
-  if (!eng.ok()) return report_status(eng.status());
+  if (!eng.ok()) return report(eng.status());
   engine::TrainingEngine& engine = **eng;
 
-  const int64_t tokens_per_step =
-      cfg.train_micro_batch_size_per_gpu * cfg.gradient_accumulation_steps * s.seq_len;
+  // Of the whole job: train_batch_size = micro x accumulation x world.
+  const int64_t tokens_per_step = cfg.train_batch_size * s.seq_len;
   Progress progress(a.steps, cfg.steps_per_print);
   auto trainer =
-      model::Trainer::create(&engine, trainer_options(a, tokens_per_step, &trace), &progress);
-  if (!trainer.ok()) return report_status(trainer.status());
+      model::Trainer::create(&engine, trainer_options(a, tokens_per_step, &trace, comm.get()),
+                             leader(a) ? &progress : nullptr);
+  if (!trainer.ok()) return report(trainer.status());
   if (!a.flags.resume.empty()) {
     if (absl::Status st = (*trainer)->resume(a.flags.resume); !st.ok()) {
-      return report_status(annotate(st, "--resume"));
+      return report(annotate(st, "--resume"));
     }
   }
   // Routed only from here to route_to(nullptr) below, with no return between:
@@ -473,11 +628,11 @@ int run_train(const TrainFlags& flags) {
        {"compute_dtype", std::string(dtype_name(engine.compute_dtype()))},
        {"train_seq_len", s.seq_len}});
 
-  print_header(a, s, device, tokens_per_step, threads);
-  if (!a.flags.init.empty()) {
+  if (leader(a)) print_header(a, s, device, tokens_per_step, threads);
+  if (!a.flags.init.empty() && leader(a)) {
     std::fprintf(stderr, "strata train: weights initialised from %s\n", a.flags.init.c_str());
   }
-  if (!a.flags.resume.empty()) {
+  if (!a.flags.resume.empty() && leader(a)) {
     std::fprintf(stderr, "strata train: resumed from %s after step %lld\n", a.flags.resume.c_str(),
                  static_cast<long long>(engine.steps()));
   }
@@ -491,20 +646,22 @@ int run_train(const TrainFlags& flags) {
       std::fprintf(stderr, "strata: warning: --trace: %s\n", std::string(w.message()).c_str());
     }
   }
-  print_summary(r);
-  print_memory(a, s);
-  if (!r.status.ok()) return report_status(r.status);
-  if (!a.flags.plot.empty() && !r.train_losses.empty()) {
+  if (leader(a)) {
+    print_summary(r);
+    print_memory(a, s);
+  }
+  if (!r.status.ok()) return report(r.status);
+  if (!a.flags.plot.empty() && leader(a) && !r.train_losses.empty()) {
     const LossCurve curve{
         .title = absl::StrCat("strata train: ", s.model.name, " on ", a.flags.data),
         .train = r.train_losses,
         .val = r.val_losses};
     if (absl::Status p = write_loss_plot(s.gnuplot, curve, a.flags.plot); !p.ok()) {
-      return report_status(p);
+      return report(p);
     }
     std::fprintf(stderr, "strata train: loss curve written to %s\n", a.flags.plot.c_str());
   }
-  if (a.sample_tokens > 0 && !r.stopped) {
+  if (a.sample_tokens > 0 && !r.stopped && leader(a)) {
     absl::StatusOr<std::string> text;
     if (s.tokenizer) {
       auto ids = model::sample_tokens(engine, **net, s.tokenizer->encode("\n"), a.sample_tokens,
@@ -513,14 +670,16 @@ int run_train(const TrainFlags& flags) {
     } else {
       text = model::sample_text(engine, **net, "\n", a.sample_tokens, a.sample_temperature, a.seed);
     }
-    if (!text.ok()) return report_status(text.status());
+    if (!text.ok()) return report(text.status());
     std::fprintf(stderr, "sample (%d %s, temperature %.2f):\n%s\n", a.sample_tokens,
                  s.tokenizer ? "tokens" : "bytes", a.sample_temperature, text->c_str());
   }
   if (r.stopped) {
     const int sig = signals.received() != 0 ? signals.received() : SIGINT;
     const char* how = sig == SIGTERM ? "terminated (SIGTERM)" : "interrupted";
-    if (a.flags.save_dir.empty()) {
+    if (!leader(a)) {
+      // Rank 0 says it for the job.
+    } else if (a.flags.save_dir.empty()) {
       std::fprintf(stderr,
                    "strata train: %s after step %lld; nothing was saved (pass "
                    "--save-dir DIR to keep a checkpoint)\n",
@@ -596,6 +755,15 @@ void add_train_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--init", f->init,
                   "start from the GPT-2 weights in FILE.safetensors (Hugging Face or strata "
                   "names, e.g. from `strata ckpt export`) instead of random ones");
+  cmd->add_option("--nproc", f->nproc,
+                  "train on N data-parallel ranks: start N local processes (torchrun's variables, "
+                  "Gloo over loopback; 1: this process alone); under torchrun or Slurm leave it "
+                  "out")
+      ->type_name("INT");
+  cmd->add_option("--comm-timeout", f->comm_timeout,
+                  "seconds a rank waits in a collective or the rendezvous before failing, naming "
+                  "the rank it waited for (300)")
+      ->type_name("SECONDS");
   cmd->add_flag("--async-save", f->async_save,
                 "write periodic checkpoints in the background (a host snapshot of ~14 bytes "
                 "per parameter)");

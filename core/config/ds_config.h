@@ -50,8 +50,13 @@ struct OffloadOptimizerConfig {
   std::vector<std::string> nvme_paths;  // "nvme_path": a string or (strata) a list
   int64_t buffer_count = 4;
   bool pin_memory = false;
-  bool pipeline_read = false;
-  bool pipeline_write = false;
+  // DeepSpeed's overlap of swap-in (read) and swap-out (write) with the
+  // optimizer. Unset: strata's NVMe pipeline (read-ahead, write-behind) is
+  // on; false turns that half off (each transfer then runs to its end on
+  // the thread that needs it), true keeps it on. Read by
+  // swap::nvme_pipeline (swap/io_config.h).
+  std::optional<bool> pipeline_read;
+  std::optional<bool> pipeline_write;
   bool fast_init = false;
   double ratio = 1.0;  // fraction of the optimizer step done on the CPU, in [0, 1]
   bool operator==(const OffloadOptimizerConfig&) const = default;
@@ -77,6 +82,11 @@ struct ZeroConfig {
   bool allgather_partitions = true;
   bool reduce_scatter = true;
   int64_t reduce_bucket_size = 500'000'000;
+  // false: the config did not set reduce_bucket_size, and the engine picks
+  // buckets that keep the host optimizer overlapped with backward (about
+  // eight per model) instead of DeepSpeed's 5e8, which makes a model below
+  // 500M params one bucket (engine/training_engine.cc, plan_buckets).
+  bool reduce_bucket_size_given = false;
   int64_t allgather_bucket_size = 500'000'000;
   int64_t stage3_prefetch_bucket_size = 50'000'000;
   int64_t stage3_max_live_parameters = 1'000'000'000;

@@ -109,8 +109,6 @@ json to_json(const DsConfig& c) {
         {"nvme_path", paths(oo.nvme_paths)},
         {"buffer_count", oo.buffer_count},
         {"pin_memory", oo.pin_memory},
-        {"pipeline_read", oo.pipeline_read},
-        {"pipeline_write", oo.pipeline_write},
         {"fast_init", oo.fast_init},
         {"ratio", oo.ratio}}},
       {"offload_param",
@@ -124,13 +122,20 @@ json to_json(const DsConfig& c) {
       {"overlap_comm", z.overlap_comm},
       {"allgather_partitions", z.allgather_partitions},
       {"reduce_scatter", z.reduce_scatter},
-      {"reduce_bucket_size", z.reduce_bucket_size},
       {"allgather_bucket_size", z.allgather_bucket_size},
       {"stage3_prefetch_bucket_size", z.stage3_prefetch_bucket_size},
       {"stage3_max_live_parameters", z.stage3_max_live_parameters},
       {"stage3_max_reuse_distance", z.stage3_max_reuse_distance},
       {"stage3_param_persistence_threshold", z.stage3_param_persistence_threshold},
       {"sub_group_size", z.sub_group_size}};
+  // Unset, strata picks the gradient buckets itself (ds_config.h).
+  if (z.reduce_bucket_size_given)
+    j["zero_optimization"]["reduce_bucket_size"] = z.reduce_bucket_size;
+  // Written only when the user set them: unset keeps strata's NVMe pipeline on.
+  for (auto [key, value] : {std::pair{"pipeline_read", oo.pipeline_read},
+                            std::pair{"pipeline_write", oo.pipeline_write}}) {
+    if (value.has_value()) j["zero_optimization"]["offload_optimizer"][key] = *value;
+  }
   j["aio"] = {{"block_size", c.aio.block_size},
               {"queue_depth", c.aio.queue_depth},
               {"intra_op_parallelism", c.aio.intra_op_parallelism},

@@ -42,9 +42,6 @@ constexpr std::string_view kPrefetchInstead =
     "the store prefetches ahead of use by a byte window, strata.prefetch_window_bytes "
     "(default 1 GiB), with aio.queue_depth NVMe requests in flight, instead of a fixed set of "
     "buffers";
-constexpr std::string_view kPipelineInstead =
-    "strata always prefetches optimizer states from NVMe ahead of the optimizer (window "
-    "strata.prefetch_window_bytes) and writes them back in the background";
 constexpr std::string_view kEvictionInstead =
     "the store records the order of the first step's accesses and evicts the tensor whose next "
     "use is furthest away (exact, as steps repeat), within the tier budgets from the placement "
@@ -75,16 +72,18 @@ absl::Status parse_offload_optimizer(ObjectReader& r, Diagnostics* diag,
   STRATA_RETURN_IF_ERROR(r.read_string_list("nvme_path", &o->nvme_paths));
   STRATA_RETURN_IF_ERROR(r.read_int("buffer_count", &o->buffer_count, 1, kI64Max));
   STRATA_RETURN_IF_ERROR(r.read_bool("pin_memory", &o->pin_memory));
-  STRATA_RETURN_IF_ERROR(r.read_bool("pipeline_read", &o->pipeline_read));
-  STRATA_RETURN_IF_ERROR(r.read_bool("pipeline_write", &o->pipeline_write));
+  for (auto [key, field] : {std::pair{"pipeline_read", &o->pipeline_read},
+                            std::pair{"pipeline_write", &o->pipeline_write}}) {
+    if (!r.has(key)) continue;
+    bool value = false;
+    STRATA_RETURN_IF_ERROR(r.read_bool(key, &value));
+    *field = value;
+  }
   STRATA_RETURN_IF_ERROR(r.read_bool("fast_init", &o->fast_init));
   STRATA_RETURN_IF_ERROR(r.read_double("ratio", &o->ratio, 0.0, 1.0));
   r.ignore("pipeline", "derived from pipeline_read / pipeline_write");
   const OffloadOptimizerConfig ds;
   warn_not_honoured(r, "buffer_count", o->buffer_count, ds.buffer_count, kPrefetchInstead, diag);
-  warn_not_honoured(r, "pipeline_read", o->pipeline_read, ds.pipeline_read, kPipelineInstead, diag);
-  warn_not_honoured(r, "pipeline_write", o->pipeline_write, ds.pipeline_write, kPipelineInstead,
-                    diag);
   r.finish();
   return absl::OkStatus();
 }
@@ -157,6 +156,7 @@ absl::Status parse_zero(ObjectReader& r, Diagnostics* diag, internal::ParseFacts
   STRATA_RETURN_IF_ERROR(r.read_bool("overlap_comm", &z->overlap_comm));
   STRATA_RETURN_IF_ERROR(r.read_bool("allgather_partitions", &z->allgather_partitions));
   STRATA_RETURN_IF_ERROR(r.read_bool("reduce_scatter", &z->reduce_scatter));
+  z->reduce_bucket_size_given = r.has("reduce_bucket_size");
   STRATA_RETURN_IF_ERROR(r.read_int("reduce_bucket_size", &z->reduce_bucket_size, 1, kI64Max));
   STRATA_RETURN_IF_ERROR(
       r.read_int("allgather_bucket_size", &z->allgather_bucket_size, 1, kI64Max));
@@ -175,10 +175,6 @@ absl::Status parse_zero(ObjectReader& r, Diagnostics* diag, internal::ParseFacts
   auto written = [&](std::string_view name, std::string_view alias) {
     return r.has(alias) ? alias : name;
   };
-  warn_not_honoured(r, "reduce_bucket_size", z->reduce_bucket_size, ds.reduce_bucket_size,
-                    "gradients leave the device one layer at a time (a layer is the bucket), and "
-                    "with one data-parallel rank nothing is reduced",
-                    diag);
   warn_not_honoured(r, written("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
                     z->stage3_prefetch_bucket_size, ds.stage3_prefetch_bucket_size,
                     "strata.prefetch_window_bytes plays this role (bytes, not elements; default "

@@ -345,7 +345,19 @@ absl::Status ObjectReader::read_string_list(std::string_view key, std::vector<st
   constexpr std::string_view kExpected = "a directory path or a list of them";
   std::vector<std::string> list;
   if (v->is_string()) {
-    list.push_back(v->get<std::string>());
+    // DeepSpeed passes several directories as one comma-separated string.
+    const std::string s = v->get<std::string>();
+    size_t start = 0;
+    for (;;) {
+      const size_t comma = s.find(',', start);
+      std::string part =
+          s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const size_t b = part.find_first_not_of(" \t");
+      const size_t e = part.find_last_not_of(" \t");
+      list.push_back(b == std::string::npos ? std::string() : part.substr(b, e - b + 1));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
   } else if (v->is_array() && !v->empty()) {
     for (const json& e : *v) {
       if (!e.is_string()) return type_error(key, kExpected, *v);

@@ -12,6 +12,12 @@
 // finish_step, state I/O, checkpoints), so backward hooks on other threads
 // and Python code keep running. Errors become exceptions (status.h).
 // Threading is the seam's: grad_ready from any thread, the rest from one.
+//
+// With a daemon session (daemon_session non-empty) the steps run in stratad
+// (daemon::HostClient): the local engine::OffloadOptimizer only keeps the
+// registration, CPU tensors only; what stratad does not serve yet
+// (report_overflow, write_state, set_optimizer_steps, changing a group's
+// hyper-parameters) raises NotImplementedError.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -21,6 +27,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -29,6 +36,8 @@
 #include "absl/status/status.h"
 #include "core/config/ds_config.h"
 #include "core/dtype.h"
+#include "daemon/host_client.h"
+#include "daemon/protocol.h"
 #include "engine/offload_optimizer.h"
 #include "gpu/device.h"
 #include "gpu/sim_device.h"
@@ -120,8 +129,23 @@ class PyOffloadOptimizer {
   // for the accelerator the seam expects) or "cuda:N".
   PyOffloadOptimizer(const std::string& config_json, const std::string& source,
                      const std::string& device, bool use_schedule, bool allow_buffered_io,
-                     const std::string& speculation) {
+                     const std::string& speculation, const std::string& daemon_socket,
+                     const std::string& daemon_session) {
     const config::DsConfig cfg = parse_config(config_json, source, &warnings_);
+    if (!daemon_session.empty()) {
+      if (device != "cpu") {
+        throw nb::value_error(("device '" + device +
+                               "': stratad serves CPU tensors only so far; use device 'cpu' "
+                               "or no daemon")
+                                  .c_str());
+      }
+      check(daemon::check_session_name(daemon_session));
+      remote_options_ =
+          daemon::RemoteOptions{.socket_path = daemon_socket, .session = daemon_session};
+      spec_.config_json = config_json;
+      spec_.use_schedule = use_schedule;
+      spec_.allow_buffered_io = allow_buffered_io;
+    }
     if (device == "cpu") {
       // Nothing of a CPU model lives on this device: the seam's placement
       // counts the framework's params as device-side, so its capacity is no
@@ -156,6 +180,7 @@ class PyOffloadOptimizer {
       throw nb::value_error(
           ("speculation '" + speculation + "': one of auto, always, never").c_str());
     }
+    spec_.speculation = o.speculation;
     opt_ = value_or_raise(engine::OffloadOptimizer::create(cfg, device_.get(), std::move(o)));
   }
 
@@ -213,8 +238,23 @@ class PyOffloadOptimizer {
   }
 
   void finalize() {
+    if (remote_options_) {
+      absl::StatusOr<std::unique_ptr<daemon::HostClient>> c;
+      {
+        nb::gil_scoped_release release;
+        c = daemon::HostClient::attach(*remote_options_, spec_, *opt_);
+      }
+      client_ = value_or_raise(std::move(c));
+      return;
+    }
     release_and_check([&] { return opt_->finalize(); });
   }
+
+  // Through stratad: whether attach created the session (or found one whose
+  // values were never all given), so the caller gives every value; false
+  // when it resumed one (the params already hold its values). In-process:
+  // always true.
+  bool needs_values() const { return client_ == nullptr || client_->created(); }
 
   void set_value(int p, Fp32Cpu value) {
     check_handle(p);
@@ -225,28 +265,49 @@ class PyOffloadOptimizer {
                                 .c_str());
     }
     const float* v = value.data();
+    if (client_) return release_and_check([&] { return client_->set_value(p, v); });
     release_and_check([&] { return opt_->set_value(p, v); });
   }
 
   double begin_step(std::optional<double> loss_scale) {
+    if (client_) {
+      absl::StatusOr<double> s;
+      {
+        nb::gil_scoped_release release;
+        s = client_->remote().begin_step(loss_scale);
+      }
+      if (s.ok() && opt_->loss_scaler() != nullptr) remote_loss_scale_ = *s;
+      return value_or_raise(std::move(s));
+    }
     return value_or_raise(opt_->begin_step(loss_scale));
   }
 
   void grad_ready(int bucket) {
+    if (client_) {
+      // The seam takes grad_ready from any thread; the client from one at a time.
+      return release_and_check([&] {
+        std::lock_guard<std::mutex> lock(grad_mu_);
+        return client_->grad_ready(bucket);
+      });
+    }
     release_and_check([&] { return opt_->grad_ready(bucket); });
   }
 
   void wait_grads() {
+    if (client_) return release_and_check([&] { return client_->remote().wait_grads(); });
     release_and_check([&] { return opt_->wait_grads(); });
   }
 
-  void report_overflow() { opt_->report_overflow(); }
+  void report_overflow() {
+    check(not_through_daemon("report_overflow"));
+    opt_->report_overflow();
+  }
 
   nb::dict finish_step() {
     absl::StatusOr<engine::OptimizerStepResult> r;
     {
       nb::gil_scoped_release release;
-      r = opt_->finish_step();
+      r = client_ ? client_->finish_step() : opt_->finish_step();
     }
     return result_dict(value_or_raise(std::move(r)));
   }
@@ -257,13 +318,15 @@ class PyOffloadOptimizer {
     absl::Status s;
     {
       nb::gil_scoped_release release;
-      s = opt_->abort_step(absl::AbortedError(why));
+      s = client_ ? client_->remote().abort_step(absl::AbortedError(why))
+                  : opt_->abort_step(absl::AbortedError(why));
     }
     if (!s.ok() && s.message() != why) raise_status(s);
   }
 
   // kDevice buckets: blocks until the updated params are back on the device.
   void wait_params_ready(int bucket) {
+    if (client_) return;  // host params: written before finish_step returned
     const std::optional<gpu::EventId> e = opt_->params_ready(bucket);
     if (!e) return;
     release_and_check([&] { return device_->synchronize_event(*e); });
@@ -271,12 +334,27 @@ class PyOffloadOptimizer {
 
   void set_group(int g, double lr, double beta1, double beta2, double eps, double weight_decay,
                  bool bias_correction) {
-    check(opt_->set_group(g, make_group(lr, beta1, beta2, eps, weight_decay, bias_correction)));
+    const engine::GroupHyperparams hp =
+        make_group(lr, beta1, beta2, eps, weight_decay, bias_correction);
+    if (client_) {
+      // The session's groups are part of its fingerprint, fixed at attach.
+      if (g < 0 || g >= opt_->num_groups()) check(opt_->set_group(g, hp));
+      const engine::GroupHyperparams& now = opt_->group(g);
+      if (now.lr != hp.lr || now.beta1 != hp.beta1 || now.beta2 != hp.beta2 || now.eps != hp.eps ||
+          now.weight_decay != hp.weight_decay || now.bias_correction != hp.bias_correction) {
+        check(not_through_daemon("changing a param group's hyper-parameters (an LR scheduler)"));
+      }
+      return;
+    }
+    check(opt_->set_group(g, hp));
   }
 
   nb::dict group(int g) const { return group_dict(opt_->group(g)); }
 
-  void set_optimizer_steps(int64_t steps) { check(opt_->set_optimizer_steps(steps)); }
+  void set_optimizer_steps(int64_t steps) {
+    check(not_through_daemon("set_optimizer_steps (load_state_dict)"));
+    check(opt_->set_optimizer_steps(steps));
+  }
 
   Fp32Tensor read_state(int p, const std::string& kind) {
     check_handle(p);
@@ -284,7 +362,7 @@ class PyOffloadOptimizer {
     absl::StatusOr<std::vector<float>> v;
     {
       nb::gil_scoped_release release;
-      v = opt_->read_state(p, k);
+      v = client_ ? client_->remote().read_state(p, k) : opt_->read_state(p, k);
     }
     return to_tensor(value_or_raise(std::move(v)));
   }
@@ -298,6 +376,7 @@ class PyOffloadOptimizer {
                              std::to_string(opt_->param(p).numel))
                                 .c_str());
     }
+    check(not_through_daemon("write_state (load_state_dict)"));
     const float* v = values.data();
     release_and_check([&] { return opt_->write_state(p, k, v); });
   }
@@ -307,7 +386,11 @@ class PyOffloadOptimizer {
     absl::StatusOr<std::vector<float>> v;
     {
       nb::gil_scoped_release release;
-      v = opt_->read_param(p);
+      if (client_) {
+        v = client_->read_param(p);
+      } else {
+        v = opt_->read_param(p);
+      }
     }
     return to_tensor(value_or_raise(std::move(v)));
   }
@@ -316,11 +399,15 @@ class PyOffloadOptimizer {
     nlohmann::json meta =
         nlohmann::json::parse(user_meta_json, nullptr, /*allow_exceptions=*/false);
     if (meta.is_discarded()) throw nb::value_error("save_state: user metadata is not valid JSON");
-    release_and_check([&] { return opt_->save_state(dir, meta); });
+    release_and_check([&] {
+      return client_ ? client_->remote().save_state(dir, meta) : opt_->save_state(dir, meta);
+    });
   }
 
   void load_state(const std::string& dir, bool weights_only) {
-    release_and_check([&] { return opt_->load_state(dir, weights_only); });
+    release_and_check([&] {
+      return client_ ? client_->load_state(dir, weights_only) : opt_->load_state(dir, weights_only);
+    });
   }
 
   void check_partly_stepped() const { check(opt_->partly_stepped()); }
@@ -328,15 +415,21 @@ class PyOffloadOptimizer {
   int num_params() const { return opt_->num_params(); }
   int num_buckets() const { return opt_->num_buckets(); }
   std::string compute_dtype() const { return std::string(dtype_name(opt_->compute_dtype())); }
-  int64_t optimizer_steps() const { return opt_->optimizer_steps(); }
-  int64_t steps() const { return opt_->steps(); }
+  int64_t optimizer_steps() const {
+    return client_ ? client_->remote().optimizer_steps() : opt_->optimizer_steps();
+  }
+  int64_t steps() const { return client_ ? client_->remote().steps() : opt_->steps(); }
   // The config's fp16 loss scaler's current scale; None without one.
   std::optional<double> config_loss_scale() const {
     const engine::LossScaler* s = opt_->loss_scaler();
     if (s == nullptr) return std::nullopt;
+    if (client_) return remote_loss_scale_.value_or(s->scale());
     return s->scale();
   }
-  std::string optimizer_tier() const { return offload::tier_name(opt_->optimizer_tier()); }
+  std::string optimizer_tier() const {
+    if (client_) return std::string(offload::tier_name(offload::Tier::kHost));
+    return offload::tier_name(opt_->optimizer_tier());
+  }
   const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
@@ -348,6 +441,12 @@ class PyOffloadOptimizer {
       s = f();
     }
     check(s);
+  }
+
+  absl::Status not_through_daemon(const char* what) const {
+    if (!remote_options_) return absl::OkStatus();
+    return absl::UnimplementedError(std::string(what) +
+                                    " is not available through stratad yet (daemon=...)");
   }
 
   void check_handle(int p) const {
@@ -365,6 +464,12 @@ class PyOffloadOptimizer {
   std::vector<AnyArray> keep_alive_;
   std::vector<std::string> warnings_;
   std::unique_ptr<engine::OffloadOptimizer> opt_;
+  // Through stratad: the session and the client (it reads opt_'s registration).
+  std::optional<daemon::RemoteOptions> remote_options_;
+  daemon::SessionSpec spec_;
+  std::unique_ptr<daemon::HostClient> client_;
+  std::optional<double> remote_loss_scale_;
+  std::mutex grad_mu_;
 };
 
 }  // namespace
@@ -387,10 +492,13 @@ void bind_offload_optimizer(nb::module_& m) {
       "(host memory or NVMe) and the CPU optimizer; the framework hands it gradients. "
       "strata.torch.OffloadOptimizer is the torch-facing class built on it.")
       .def(nb::init<const std::string&, const std::string&, const std::string&, bool, bool,
-                    const std::string&>(),
+                    const std::string&, const std::string&, const std::string&>(),
            nb::arg("config_json"), nb::arg("source") = "ds_config", nb::arg("device") = "cpu",
            nb::arg("use_schedule") = false, nb::arg("allow_buffered_io") = false,
-           nb::arg("speculation") = "auto")
+           nb::arg("speculation") = "auto", nb::arg("daemon_socket") = "",
+           nb::arg("daemon_session") = "",
+           "daemon_session non-empty: the steps run in stratad's session of that name "
+           "(daemon_socket, or the default socket when empty).")
       .def("add_group", &PyOffloadOptimizer::add_group, nb::arg("lr"), nb::arg("beta1"),
            nb::arg("beta2"), nb::arg("eps"), nb::arg("weight_decay"), nb::arg("bias_correction"))
       .def("add_param", &PyOffloadOptimizer::add_param, nb::arg("name"), nb::arg("bucket"),
@@ -398,6 +506,7 @@ void bind_offload_optimizer(nb::module_& m) {
            "Binds a param and its gradient buffer in place (CPU: host binding; CUDA: device "
            "binding); keeps both alive. Returns the param's handle.")
       .def("finalize", &PyOffloadOptimizer::finalize)
+      .def_prop_ro("needs_values", &PyOffloadOptimizer::needs_values)
       .def("set_value", &PyOffloadOptimizer::set_value, nb::arg("param"),
            nb::arg("value").noconvert())
       .def("begin_step", &PyOffloadOptimizer::begin_step, nb::arg("loss_scale").none() = nb::none())

@@ -121,6 +121,14 @@ class OffloadOptimizer(torch.optim.Optimizer):
             optimizer; optional (the first step finds it).
         allow_buffered_io: accept an nvme_path whose filesystem has no
             O_DIRECT (tmpfs, some overlay filesystems), at some speed cost.
+        daemon: run the optimizer in stratad (docs/daemon.md) instead of in
+            this process: a socket path, or True for the default socket
+            ($XDG_RUNTIME_DIR/strata/stratad.sock). CPU params only.
+        session: the stratad session's name (required with ``daemon``). A
+            new name starts a session from the params' values; an existing
+            one (this program run again after a crash) is resumed where its
+            last completed step left it, and its values are copied into the
+            params.
     """
 
     _step_supports_amp_scaling = True
@@ -132,7 +140,9 @@ class OffloadOptimizer(torch.optim.Optimizer):
                  gradient_clipping: float = 0.0, overlap: bool = True,
                  gradient_accumulation_steps: int = 1, bucket_bytes: int = 32 << 20,
                  grad_scaler: Optional[torch.amp.GradScaler] = None,
-                 allow_buffered_io: bool = False) -> None:
+                 allow_buffered_io: bool = False,
+                 daemon: Union[None, bool, str, os.PathLike] = None,
+                 session: Optional[str] = None) -> None:
         optimizer = str(optimizer).lower()
         if optimizer not in _DS_TYPES:
             raise ValueError(f"OffloadOptimizer: optimizer={optimizer!r}; strata runs "
@@ -166,13 +176,15 @@ class OffloadOptimizer(torch.optim.Optimizer):
         }
         self._setup(params, config, "OffloadOptimizer(...)", use_schedule=False,
                     bucket_bytes=bucket_bytes, grad_scaler=grad_scaler,
-                    allow_buffered_io=allow_buffered_io)
+                    allow_buffered_io=allow_buffered_io, daemon=daemon, session=session)
 
     @classmethod
     def from_ds_config(cls, params: ParamsT, path_or_dict: Union[str, os.PathLike, dict],
                        bucket_bytes: int = 32 << 20,
                        grad_scaler: Optional[torch.amp.GradScaler] = None,
-                       allow_buffered_io: bool = False) -> "OffloadOptimizer":
+                       allow_buffered_io: bool = False,
+                       daemon: Union[None, bool, str, os.PathLike] = None,
+                       session: Optional[str] = None) -> "OffloadOptimizer":
         """An OffloadOptimizer configured by a DeepSpeed ds_config (a file or a dict).
 
         The optimizer section gives the defaults of the param groups;
@@ -195,15 +207,18 @@ class OffloadOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{source}: not valid JSON ({e})") from None
         self = cls.__new__(cls)
         self._setup(params, config, source, use_schedule=None, bucket_bytes=bucket_bytes,
-                    grad_scaler=grad_scaler, allow_buffered_io=allow_buffered_io)
+                    grad_scaler=grad_scaler, allow_buffered_io=allow_buffered_io,
+                    daemon=daemon, session=session)
         return self
 
     # ---- construction -------------------------------------------------
 
     def _setup(self, params: ParamsT, config: dict, source: str, use_schedule: Optional[bool],
                bucket_bytes: int, grad_scaler: Optional[torch.amp.GradScaler],
-               allow_buffered_io: bool) -> None:
+               allow_buffered_io: bool, daemon: Union[None, bool, str, os.PathLike] = None,
+               session: Optional[str] = None) -> None:
         name = type(self).__name__
+        daemon_socket = _daemon_socket(name, daemon, session)
         if isinstance(params, torch.Tensor):
             params = [params]
         # Groups' params as lists (a generator would be consumed by the look below).
@@ -264,7 +279,9 @@ class OffloadOptimizer(torch.optim.Optimizer):
         self._device = dev
         try:
             self._native = _strata.OffloadOptimizer(json.dumps(config), source, device,
-                                                    use_schedule, allow_buffered_io, "auto")
+                                                    use_schedule, allow_buffered_io, "auto",
+                                                    daemon_socket or "",
+                                                    session if daemon_socket is not None else "")
         except RuntimeError as e:
             if dev.type != "cuda":
                 raise
@@ -312,7 +329,9 @@ class OffloadOptimizer(torch.optim.Optimizer):
 
         self._lock = threading.Lock()
         self._grad_scaler = grad_scaler
-        self._values_set = False  # strata's master holds the params' values
+        # strata's master holds the params' values (a resumed stratad session
+        # already does, and finalize copied them into the params).
+        self._values_set = not self._native.needs_values
         self._streaming = False  # hooks hand gradients over (after the first step)
         self._in_step = False  # begin_step called, finish_step not yet
         self._step_scale = 1.0
@@ -637,6 +656,20 @@ class OffloadOptimizer(torch.optim.Optimizer):
     @property
     def num_buckets(self) -> int:
         return len(self._buckets)
+
+
+def _daemon_socket(name: str, daemon: Any, session: Optional[str]) -> Optional[str]:
+    """The stratad socket ("" for the default one), or None: in-process."""
+    if daemon is None or daemon is False:
+        if session is not None:
+            raise ValueError(f"{name}: session={session!r} without daemon; pass daemon=True "
+                             "(the default socket) or daemon=SOCKET_PATH to use stratad")
+        return None
+    if not session:
+        raise ValueError(f"{name}: daemon is set but session is not; name the stratad session "
+                         "(session='my-run'): running the program again with the same name "
+                         "resumes it")
+    return "" if daemon is True else os.fspath(daemon)
 
 
 def _enabled(config: dict, key: str) -> bool:

@@ -1,0 +1,96 @@
+"""strata.torch.OffloadOptimizer(daemon=..., session=...): the steps run in
+stratad (docs/daemon.md), the one shipped in the package (strata/bin/stratad).
+
+Each test starts its own stratad on a temporary socket. Through stratad a run
+equals the same run in-process bit for bit (overlap and sync, several
+buckets); a second optimizer attaching to the same session resumes it (the
+program run again after a crash) and continues as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import strata
+import strata.torch as st
+from helpers import make_model, train
+
+STRATAD = Path(strata.__file__).parent / "bin" / "stratad"
+
+
+@pytest.fixture
+def stratad():
+    if not STRATAD.is_file():
+        pytest.skip(f"no stratad at {STRATAD}: the package was built without it "
+                    "(pyproject.toml's build.targets)")
+    # A short path: a Unix socket's path is limited to 107 bytes.
+    d = tempfile.mkdtemp(prefix="strata-py-")
+    sock = os.path.join(d, "s", "stratad.sock")
+    proc = subprocess.Popen([str(STRATAD), "--socket", sock, "--threads", "2",
+                             "--host-mem", "1G"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock):
+        if proc.poll() is not None:
+            raise RuntimeError(f"stratad exited: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("stratad did not create its socket within 20 s")
+        time.sleep(0.02)
+    yield sock
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()
+
+
+def params_of(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_daemon_equals_in_process(stratad: str, overlap: bool) -> None:
+    kw = dict(lr=5e-3, weight_decay=0.05, overlap=overlap, gradient_clipping=1.0,
+              bucket_bytes=8 << 10)
+    local, remote = make_model(), make_model()
+    local_losses = train(local, st.OffloadOptimizer(local.parameters(), **kw), steps=12)
+    opt = st.OffloadOptimizer(remote.parameters(), daemon=stratad, session="py-eq", **kw)
+    assert opt.num_buckets > 1
+    remote_losses = train(remote, opt, steps=12)
+    assert remote_losses == local_losses
+    for a, b in zip(params_of(remote), params_of(local)):
+        assert torch.equal(a, b)
+    # The states live in stratad and read back equal too.
+    assert opt.state_dict()["state"][0]["exp_avg"].shape == next(remote.parameters()).shape
+
+
+def test_reattach_resumes_the_session(stratad: str) -> None:
+    kw = dict(lr=5e-3, overlap=True)
+    whole = make_model()
+    train(whole, st.OffloadOptimizer(whole.parameters(), **kw), steps=10)
+
+    first = make_model()
+    opt = st.OffloadOptimizer(first.parameters(), daemon=stratad, session="py-resume", **kw)
+    train(first, opt, steps=6)
+    del opt  # the program ends (its connection closes); the session stays
+
+    again = make_model()  # fresh initial values: the session's replace them
+    opt = st.OffloadOptimizer(again.parameters(), daemon=stratad, session="py-resume", **kw)
+    for a, b in zip(params_of(again), params_of(first)):
+        assert torch.equal(a, b)
+    train(again, opt, steps=4)
+    for a, b in zip(params_of(again), params_of(whole)):
+        assert torch.equal(a, b)
+
+
+def test_daemon_misuse_is_explained(stratad: str) -> None:
+    model = make_model()
+    with pytest.raises(ValueError, match="session"):
+        st.OffloadOptimizer(model.parameters(), daemon=stratad)
+    with pytest.raises(ValueError, match="without daemon"):
+        st.OffloadOptimizer(model.parameters(), session="x")
+    with pytest.raises(RuntimeError, match="stratad"):
+        st.OffloadOptimizer(model.parameters(), daemon=stratad + ".missing", session="x")

@@ -25,8 +25,11 @@ void spin_for(std::chrono::microseconds d) {
 // Session A's jobs cost `cost_a` bytes and take `cost_a` ns of work, B's
 // likewise, so fairness in bytes is fairness in pool time. Each session
 // submits from one thread, one job at a time, as a stratad connection does.
+// The anticipation is longer than stratad's default so that a loaded test
+// machine's scheduling delays (a session's thread not back within 3 ms) do not
+// decide the shares: what is tested is the scheduler's accounting.
 std::pair<uint64_t, uint64_t> contend(uint64_t cost_a, uint64_t cost_b, double seconds) {
-  FairScheduler sched;
+  FairScheduler sched(std::chrono::milliseconds(50));
   const auto a = sched.add_session(), b = sched.add_session();
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> done_a{0}, done_b{0};

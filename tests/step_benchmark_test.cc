@@ -47,9 +47,15 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
       EXPECT_GT(s.d2h_seconds, 0);
       EXPECT_FALSE(s.slowest.empty());
       // Every resource time is busy time within the step, so no step is
-      // faster than its slowest resource (1e-3: timer granularity).
-      EXPECT_GE(s.ratio, 1 - 1e-3) << s.slowest;
-      EXPECT_LE(s.host_seconds, s.step_seconds * (1 + 1e-3));
+      // faster than its slowest resource.
+      // The host's gradient and optimizer work are timed with the wall clock
+      // on two threads (the step's and the optimizer worker's); on a loaded
+      // machine both are preempted inside their timers and their sum can
+      // pass a 5 ms step by a few percent (seen once at 3% under ctest -j2
+      // beside builds). Beyond that, the figure would be dishonest.
+      constexpr double kPreemption = 0.05;
+      EXPECT_GE(s.ratio, 1 - kPreemption) << s.slowest;
+      EXPECT_LE(s.host_seconds, s.step_seconds * (1 + kPreemption));
       // The delayed update steps step n during step n + 1.
       if (m.mode != "delayed" || &s != &m.steps[0]) {
         EXPECT_GT(s.optimizer_seconds, 0);

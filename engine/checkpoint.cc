@@ -269,6 +269,15 @@ absl::Status OffloadOptimizer::Impl::load(const std::string& dir_in, bool weight
       }
     }
   }
+  return restore_counters_and_bindings(ck, weights_only, ctx);
+}
+
+// The tail both loads share (one rank, and shards): the step counters and the
+// scaler from the checkpoint, then the framework's own copies of kHost /
+// kDevice params from the store's.
+absl::Status OffloadOptimizer::Impl::restore_counters_and_bindings(const Checkpoint& ck,
+                                                                   bool weights_only,
+                                                                   std::string_view ctx) {
   steps = ck.steps;
   adam_step = ck.optimizer_steps;
   micro_batches = ck.micro_batches;
@@ -283,7 +292,7 @@ absl::Status OffloadOptimizer::Impl::load(const std::string& dir_in, bool weight
   }
   // Every master, state and param now comes from the checkpoint.
   if (!weights_only) partly_stepped_status = absl::OkStatus();
-  // The framework's own copies of kHost / kDevice params follow.
+  std::vector<uint8_t> buf;
   for (const ParamRec& p : params) {
     if (p.desc.binding == ParamBinding::kStore) continue;
     buf.resize(p.desc.numel * dtype_size(dtype));

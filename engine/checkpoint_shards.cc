@@ -294,7 +294,7 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
 
   // Per param: this rank's slice of each state from the saved slices it
   // overlaps, the whole compute param from every shard.
-  std::vector<uint8_t> buf, mine, bound;
+  std::vector<uint8_t> buf, mine;
   idx = 0;
   for (const auto& bucket : buckets) {
     for (ParamHandle h : bucket) {
@@ -323,27 +323,7 @@ absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool
       ++idx;
     }
   }
-  const Checkpoint& ck = whole;
-  steps = ck.steps;
-  adam_step = ck.optimizer_steps;
-  micro_batches = ck.micro_batches;
-  schedule->set_iteration(ck.lr_schedule_iteration);
-  if (scaler != nullptr && ck.loss_scaler.has_value()) {
-    const CheckpointLossScaler& ls = *ck.loss_scaler;
-    scaler->restore(LossScaler::State{.scale = ls.scale,
-                                      .hysteresis = ls.hysteresis,
-                                      .iteration = ls.iteration,
-                                      .last_overflow_iteration = ls.last_overflow_iteration,
-                                      .skipped = ls.skipped});
-  }
-  if (!weights_only) partly_stepped_status = absl::OkStatus();
-  for (const ParamRec& p : params) {
-    if (p.desc.binding == ParamBinding::kStore) continue;
-    bound.resize(p.desc.numel * dtype_size(dtype));
-    STRATA_RETURN_IF_ERROR(read_raw(p.param, param_tier(p), bound.data(), bound.size()), ctx);
-    STRATA_RETURN_IF_ERROR(write_binding(p, bound.data()), ctx);
-  }
-  return absl::OkStatus();
+  return restore_counters_and_bindings(whole, weights_only, ctx);
 }
 
 }  // namespace strata::engine

@@ -15,6 +15,7 @@
 
 #include "core/scratch_lock.h"
 #include "core/status.h"
+#include "engine/checkpoint_format.h"
 #include "engine/offload_optimizer.h"
 #include "engine/ordered_worker.h"
 
@@ -178,6 +179,8 @@ struct OffloadOptimizer::Impl {
   // Data parallel (checkpoint.cc): one shard per rank, resharded on load.
   absl::Status save_shards(const std::string& dir, const nlohmann::json& user_meta);
   absl::Status load_shards(const std::string& dir, bool weights_only);
+  absl::Status restore_counters_and_bindings(const Checkpoint& ck, bool weights_only,
+                                             std::string_view ctx);
 
   config::DsConfig config;
   gpu::Device* device = nullptr;

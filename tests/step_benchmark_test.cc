@@ -63,7 +63,9 @@ TEST(StepBenchmarkTest, RunsSyncAndOverlapOnATinyShape) {
         // Adam pass's 28 B/param, more with rollback copies or grad32 (a
         // delayed update counts what it had done when the step ended).
         EXPECT_GT(s.optimizer_bytes, 0);
-        if (m.mode != "delayed") EXPECT_GE(s.optimizer_bytes, static_cast<double>(r->params) * 28);
+        if (m.mode != "delayed") {
+          EXPECT_GE(s.optimizer_bytes, static_cast<double>(r->params) * 28);
+        }
         EXPECT_NEAR(s.optimizer_gb_per_s, s.optimizer_bytes / s.optimizer_seconds / 1e9,
                     1e-9 * s.optimizer_gb_per_s);
       }
@@ -157,7 +159,9 @@ TEST(StepBenchmarkTest, NvmeTimeIsTheDrivesBusyTime) {
     // (The delayed update's first step runs no optimizer: it may move none.)
     EXPECT_GT(m.steps.back().nvme_read_bytes + m.steps.back().nvme_write_bytes, 0);
     for (const StepBenchmarkStep& s : m.steps) {
-      if (s.nvme_read_bytes + s.nvme_write_bytes > 0) EXPECT_GT(s.nvme_seconds, 0);
+      if (s.nvme_read_bytes + s.nvme_write_bytes > 0) {
+        EXPECT_GT(s.nvme_seconds, 0);
+      }
     }
   }
 }

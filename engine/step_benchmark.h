@@ -75,8 +75,9 @@ struct StepBenchmarkOptions {
   // keep NVMe-homed states moving on small shapes (tests).
   int64_t prefetch_window_bytes = 0;
   // zero_optimization.reduce_bucket_size (elements per gradient bucket);
-  // 0: DeepSpeed's default 5e8, which holds this whole model: overlap mode
-  // then hands the gradients over only after the backward.
+  // 0: not set, so the engine picks about eight buckets per model (DeepSpeed's
+  // 5e8 would hold this whole model, and overlap mode would then hand the
+  // gradients over only after the backward).
   int64_t reduce_bucket_size = 0;
   int world_size = 1;  // data-parallel ranks (threads), see above
 };

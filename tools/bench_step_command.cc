@@ -135,7 +135,8 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
   cmd->add_option("--nvme-path", o->nvme_dir, "directory for the NVMe swap file (/tmp)")
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--reduce-bucket-size", o->reduce_bucket_size,
-                  "elements per gradient bucket (zero_optimization.reduce_bucket_size; 5e8)")
+                  "elements per gradient bucket (zero_optimization.reduce_bucket_size; unset: "
+                  "about eight buckets per model)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--steps", o->steps, "steps per mode; the first records the trace (4)")
       ->check(CLI::Range(2, 100));
@@ -241,29 +242,30 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   {"ranks", per_rank}};
     }
     if (*json) {
-      print_json({{"model", *model},
-                  {"width", r->width},
-                  {"params", r->params},
-                  {"micro_batch", o->micro_batch},
-                  {"seq_len", o->seq_len},
-                  {"gradient_accumulation_steps", o->gradient_accumulation_steps},
-                  {"tflops", o->tflops},
-                  {"device_costs", o->device_costs},
-                  {"link_gb_per_s", o->link_gb_per_s},
-                  {"offload", o->offload},
-                  {"precision", o->precision},
-                  {"reduce_bucket_size", o->reduce_bucket_size > 0
-                                             ? o->reduce_bucket_size
-                                             : config::ZeroConfig{}.reduce_bucket_size},
-                  {"nvme_read_gb_per_s", r->nvme_read_gb_per_s},
-                  {"nvme_write_gb_per_s", r->nvme_write_gb_per_s},
-                  {"stream_gb_per_s", r->stream_gb_per_s},
-                  {"modes", modes},
-                  {"overlap_speedup", speedup},
-                  {"delayed_speedup",
-                   r->modes.size() > 2 ? nlohmann::json(delayed_speedup) : nlohmann::json(nullptr)},
-                  {"world_size", o->world_size},
-                  {"per_rank", per_rank}});
+      print_json(
+          {{"model", *model},
+           {"width", r->width},
+           {"params", r->params},
+           {"micro_batch", o->micro_batch},
+           {"seq_len", o->seq_len},
+           {"gradient_accumulation_steps", o->gradient_accumulation_steps},
+           {"tflops", o->tflops},
+           {"device_costs", o->device_costs},
+           {"link_gb_per_s", o->link_gb_per_s},
+           {"offload", o->offload},
+           {"precision", o->precision},
+           // "auto": not set, the engine's about eight buckets per model.
+           {"reduce_bucket_size", o->reduce_bucket_size > 0 ? nlohmann::json(o->reduce_bucket_size)
+                                                            : nlohmann::json("auto")},
+           {"nvme_read_gb_per_s", r->nvme_read_gb_per_s},
+           {"nvme_write_gb_per_s", r->nvme_write_gb_per_s},
+           {"stream_gb_per_s", r->stream_gb_per_s},
+           {"modes", modes},
+           {"overlap_speedup", speedup},
+           {"delayed_speedup",
+            r->modes.size() > 2 ? nlohmann::json(delayed_speedup) : nlohmann::json(nullptr)},
+           {"world_size", o->world_size},
+           {"per_rank", per_rank}});
     }
     *exit_code = 0;
   });

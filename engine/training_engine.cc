@@ -204,6 +204,20 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   return st;
 }
 
+absl::Status TrainingEngine::layer_params(int l, bool gathered, StreamPins* pins,
+                                          LayerContext* ctx) {
+  if (gathered) {
+    STRATA_ASSIGN_OR_RETURN(std::vector<void*> full, opt_->acquire_full_params(l));
+    ctx->params.assign(full.begin(), full.end());
+    return absl::OkStatus();
+  }
+  for (ParamHandle h : layers_[l]) {
+    STRATA_ASSIGN_OR_RETURN(TensorView v, pins->acquire(opt_->param_id(h), Access::kRead));
+    ctx->params.push_back(v.data);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TrainingEngine::run_layer(int l, StreamPins* grads, int64_t micro,
                                        double loss_grad_scale) {
   const bool backward = grads != nullptr;
@@ -225,15 +239,7 @@ absl::Status TrainingEngine::run_layer(int l, StreamPins* grads, int64_t micro,
   // device, and the copies are released as soon as the work is enqueued;
   // the store keeps them until that work has run (no host wait here).
   StreamPins params(store, Tier::kDevice, ctx.stream);
-  if (gathered) {
-    STRATA_ASSIGN_OR_RETURN(std::vector<void*> full, opt_->acquire_full_params(l));
-    ctx.params.assign(full.begin(), full.end());
-  } else {
-    for (ParamHandle h : ps) {
-      STRATA_ASSIGN_OR_RETURN(TensorView v, params.acquire(opt_->param_id(h), Access::kRead));
-      ctx.params.push_back(v.data);
-    }
-  }
+  STRATA_RETURN_IF_ERROR(layer_params(l, gathered, &params, &ctx));
   if (backward) {
     for (ParamHandle h : ps) {
       STRATA_ASSIGN_OR_RETURN(TensorView v, grads->acquire(opt_->grad_id(h), Access::kWrite));
@@ -377,7 +383,6 @@ absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
   double loss_sum = 0;
   for (int64_t k = 0; k < batches; ++k) {
     for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
-      const std::vector<ParamHandle>& ps = layers_[l];
       LayerContext ctx{.device = device_,
                        .stream = opt_->stream(),
                        .dtype = dtype_,
@@ -389,15 +394,7 @@ absl::StatusOr<double> TrainingEngine::evaluate(int64_t batches) {
         if (gathered) opt_->release_full_params(l).IgnoreError();
       };
       StreamPins pins(store, Tier::kDevice, ctx.stream);
-      if (gathered) {
-        STRATA_ASSIGN_OR_RETURN(std::vector<void*> full, opt_->acquire_full_params(l));
-        ctx.params.assign(full.begin(), full.end());
-      } else {
-        for (ParamHandle h : ps) {
-          STRATA_ASSIGN_OR_RETURN(TensorView v, pins.acquire(opt_->param_id(h), Access::kRead));
-          ctx.params.push_back(v.data);
-        }
-      }
+      STRATA_RETURN_IF_ERROR(layer_params(l, gathered, &pins, &ctx));
       STRATA_RETURN_IF_ERROR(model_->forward(l, ctx),
                              absl::StrCat("evaluate: batch ", k, ", forward of layer ", l));
       STRATA_RETURN_IF_ERROR(pins.release(/*dirty=*/false));

@@ -290,6 +290,10 @@ class TrainingEngine {
   absl::Status initialize_params();
   absl::Status run_micro_batch(int64_t micro, double loss_grad_scale, bool first, bool last,
                                double* loss, StepStats* st);
+  // Puts layer's params on the device into ctx->params: gathered whole
+  // (ZeRO-3 across ranks, released by release_full_params) or acquired on
+  // the stream through `pins`.
+  absl::Status layer_params(int layer, bool gathered, offload::StreamPins* pins, LayerContext* ctx);
   // Enqueues layer's forward, or its backward when `grads` is given (the
   // bucket's gradient pins, released by the caller once the bucket is done).
   absl::Status run_layer(int layer, offload::StreamPins* grads, int64_t micro,

@@ -192,14 +192,9 @@ strata_options default_options() {
 absl::StatusOr<std::unique_ptr<strata::gpu::Device>> make_device(const strata_options& o) {
   switch (o.device) {
     case STRATA_DEVICE_HOST: {
-      strata::gpu::SimDeviceOptions sim;
-      sim.capacity_bytes = o.host_device_bytes != 0 ? o.host_device_bytes : uint64_t{1} << 30;
-      sim.h2d_gb_per_s = 1e6;
-      sim.d2h_gb_per_s = 1e6;
-      sim.copy_latency_us = 0;
-      sim.move_data = true;
-      sim.costs.enabled = false;  // nor CUDA's synchronisation costs
-      return std::make_unique<strata::gpu::SimDevice>(sim);
+      return std::make_unique<strata::gpu::SimDevice>(
+          o.host_device_bytes != 0 ? strata::gpu::host_mode_options(o.host_device_bytes)
+                                   : strata::gpu::host_mode_options());
     }
     case STRATA_DEVICE_CUDA:
       if (o.cuda_ordinal < 0) {

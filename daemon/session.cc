@@ -81,13 +81,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const std::string& name
   }
   // Host mode, as the C API's: device copies are memcpys with no modelled
   // link time. kHost params keep nothing on it but the store's scratch.
-  gpu::SimDeviceOptions sim;
-  sim.capacity_bytes = uint64_t{1} << 30;
-  sim.h2d_gb_per_s = 1e6;
-  sim.d2h_gb_per_s = 1e6;
-  sim.copy_latency_us = 0;
-  sim.costs.enabled = false;  // nor CUDA's synchronisation costs (as the C API's host mode)
-  s->device_ = std::make_unique<gpu::SimDevice>(sim);
+  s->device_ = std::make_unique<gpu::SimDevice>(gpu::host_mode_options());
   engine::OffloadOptimizerOptions o;
   o.use_schedule = spec.use_schedule;
   o.speculation = spec.speculation;

@@ -91,6 +91,15 @@ class SimDevice::StreamWorker {
   std::thread thread_;  // last: starts after the members it uses exist
 };
 
+SimDeviceOptions host_mode_options(uint64_t capacity_bytes) {
+  return SimDeviceOptions{.capacity_bytes = capacity_bytes,
+                          .h2d_gb_per_s = 1e6,
+                          .d2h_gb_per_s = 1e6,
+                          .copy_latency_us = 0,
+                          .move_data = true,
+                          .costs = {.enabled = false}};
+}
+
 SimDevice::SimDevice(SimDeviceOptions options) : options_(options) {
   stats_.capacity_bytes = options_.capacity_bytes;
 }

@@ -93,6 +93,11 @@ struct SimDeviceOptions {
   SimDeviceCosts costs;
 };
 
+// Host mode: a SimDevice standing in for no GPU at all (the C API's and
+// Python's "cpu"/host device, stratad's sessions). Copies are plain memcpys
+// with no modelled link time or latency, and no CUDA costs are charged.
+SimDeviceOptions host_mode_options(uint64_t capacity_bytes = uint64_t{1} << 30);
+
 class SimDevice final : public Device {
  public:
   explicit SimDevice(SimDeviceOptions options = {});

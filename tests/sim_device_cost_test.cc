@@ -40,6 +40,19 @@ TEST(SimDeviceCosts, DefaultsAreOnWithThePublicFigures) {
   EXPECT_LE(c.launch_us, 5);
 }
 
+// Host mode (the C API's and Python's host device, stratad's sessions)
+// stands in for no GPU: data moves, nothing is charged.
+TEST(SimDeviceCosts, HostModeChargesNothingAndMovesData) {
+  const SimDeviceOptions o = host_mode_options();
+  EXPECT_FALSE(o.costs.enabled);
+  EXPECT_TRUE(o.move_data);
+  EXPECT_EQ(o.copy_latency_us, 0);
+  EXPECT_GE(o.h2d_gb_per_s, 1e6);
+  EXPECT_GE(o.d2h_gb_per_s, 1e6);
+  EXPECT_EQ(o.capacity_bytes, uint64_t{1} << 30);
+  EXPECT_EQ(host_mode_options(uint64_t{1} << 50).capacity_bytes, uint64_t{1} << 50);
+}
+
 TEST(SimDeviceCosts, EachHostSynchronisationCostsARoundTrip) {
   // Larger than kCharge: the calls that must not be charged are timed from
   // above against it.

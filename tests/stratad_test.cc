@@ -162,15 +162,7 @@ State state(Opt& opt, const Framework& fw) {
 
 // The same run in-process: the reference.
 State in_process(const SessionSpec& spec, int steps, int calls, double* ms_per_step = nullptr) {
-  // The device stratad's sessions use: host mode, no modelled link or
-  // synchronisation costs (so the timings compare like with like).
-  gpu::SimDeviceOptions sim;
-  sim.capacity_bytes = uint64_t{1} << 30;
-  sim.h2d_gb_per_s = 1e6;
-  sim.d2h_gb_per_s = 1e6;
-  sim.copy_latency_us = 0;
-  sim.costs.enabled = false;
-  gpu::SimDevice device(sim);
+  gpu::SimDevice device(gpu::host_mode_options());  // as stratad's sessions
   engine::OffloadOptimizerOptions o;
   o.use_schedule = spec.use_schedule;
   o.speculation = spec.speculation;
@@ -865,13 +857,7 @@ double time_steps(Opt& opt, int buckets, int steps) {
 }
 
 double in_process_ms(const SessionSpec& spec, int steps) {
-  gpu::SimDeviceOptions sim;
-  sim.capacity_bytes = uint64_t{1} << 30;
-  sim.h2d_gb_per_s = 1e6;
-  sim.d2h_gb_per_s = 1e6;
-  sim.copy_latency_us = 0;
-  sim.costs.enabled = false;
-  gpu::SimDevice device(sim);
+  gpu::SimDevice device(gpu::host_mode_options());  // as stratad's sessions
   engine::OffloadOptimizerOptions o;
   o.use_schedule = false;
   o.speculation = spec.speculation;

@@ -151,13 +151,7 @@ class PyOffloadOptimizer {
       // counts the framework's params as device-side, so its capacity is no
       // limit, and neither copies nor synchronisations take modelled time
       // (there is no GPU whose costs to charge).
-      device_ = std::make_unique<gpu::SimDevice>(
-          gpu::SimDeviceOptions{.capacity_bytes = uint64_t{1} << 50,
-                                .h2d_gb_per_s = 1e6,
-                                .d2h_gb_per_s = 1e6,
-                                .copy_latency_us = 0,
-                                .move_data = true,
-                                .costs = {.enabled = false}});
+      device_ = std::make_unique<gpu::SimDevice>(gpu::host_mode_options(uint64_t{1} << 50));
       device_is_cuda_ = false;
     } else if (device.rfind("cuda", 0) == 0) {
       int ordinal = 0;

@@ -100,8 +100,9 @@
 //     runs on it. The kStore grad stays whole; the compute param too,
 //     except in ZeRO-3 (below).
 //   - gradients: grad_ready records that a bucket's gradient is there and
-//     returns; the optimizer's reduction thread (one per optimizer, the
-//     only one that uses the communicator during a step) takes each
+//     returns; the optimizer's reduction thread (one per optimizer; a
+//     ZeRO-3 gather on the step's thread waits until it is blocked on a
+//     bucket not yet reported, so the order stays one) takes each
 //     micro-batch's buckets in descending bucket order (backward's order,
 //     so reductions overlap the rest of backward; grad_ready's order may
 //     differ, the collective order is the same on every rank), each once
@@ -115,7 +116,10 @@
 //     is not stepped), an overflow (then no rank reduces more this step)
 //     and a rank abandoning the step during its micro-batches (abort_step
 //     after a failed forward or backward: the others' wait_grads /
-//     finish_step then fail with Aborted at once, not at the timeout). The
+//     finish_step then fail with Aborted at once, not at the timeout; a
+//     rank whose buckets were all reduced before it failed says so in the
+//     one-value agreement that starts every later micro-batch's round and
+//     finish_step). The
 //     framework keeps each gradient unchanged until wait_grads() returns
 //     (which waits for the micro-batch's reductions) and calls it between
 //     micro-batches (the engine does); a bucket reported twice in one

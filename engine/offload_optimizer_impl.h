@@ -119,6 +119,30 @@ struct OffloadOptimizer::Impl {
   // One bucket of a round: agree with the other ranks (gradient here?
   // overflow? a rank abandoning the step?), then reduce.
   absl::Status dp_bucket(int bucket, bool have, bool local_overflow, bool aborting);
+  // Every round after the first and finish_step begin with it: one value,
+  // whether a rank abandons the step. A rank whose every bucket was reduced
+  // before its forward or backward failed tells the others here, whether
+  // they are at their next micro-batch or at finish_step.
+  absl::Status dp_agree(bool aborting);
+  // A collective of the step's thread (a ZeRO-3 gather) waits for its
+  // turn: the reduction thread blocked on a bucket not yet reported, or
+  // between rounds, which is the same point of the collective order on
+  // every rank; the reduction thread starts nothing while it is held.
+  class DpCommTurn {
+   public:
+    explicit DpCommTurn(Impl* m);
+    ~DpCommTurn();
+    DpCommTurn(const DpCommTurn&) = delete;
+    DpCommTurn& operator=(const DpCommTurn&) = delete;
+
+   private:
+    Impl* m_;
+  };
+  bool dp_thread_blocked() const;  // under grad_mu
+  static absl::Status dp_abandoned() {
+    return absl::AbortedError(
+        "a data-parallel rank abandoned the step (its own error says why); this rank stops too");
+  }
   // Closes the open round, waits for the thread to finish it and, with
   // open_next, opens the next one (wait_grads); returns the thread's error.
   absl::Status dp_close_round(bool open_next);
@@ -262,6 +286,12 @@ struct OffloadOptimizer::Impl {
   int dp_open = -1, dp_closed = -1, dp_done = -1;
   bool dp_stop = false;
   bool dp_aborting = false;
+  bool dp_abort_told = false;  // a collective carried dp_aborting
+  // What the reduction thread waits for: a bucket's report, the next round
+  // (kDpIdle), or nothing (kDpBusy: reducing, or not started).
+  static constexpr int kDpIdle = -1, kDpBusy = -2;
+  int dp_wait_bucket = kDpBusy;
+  bool dp_comm_held = false;  // a DpCommTurn is using the communicator
   absl::Status dp_error;
   std::atomic<bool> dp_overflow_agreed{false};
   std::vector<std::optional<gpu::EventId>> grad_events;  // per bucket: kDevice gradient written

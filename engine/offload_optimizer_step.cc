@@ -133,7 +133,7 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
     std::fill(m.reported_round.begin(), m.reported_round.end(), -1);
     m.dp_open = 0;
     m.dp_closed = m.dp_done = -1;
-    m.dp_aborting = false;
+    m.dp_aborting = m.dp_abort_told = false;
     m.dp_error = absl::OkStatus();
     m.dp_overflow_agreed = false;
     m.dp_cv.notify_all();
@@ -560,18 +560,25 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
   if (dp()) {
     // The round in flight ends with the other ranks told (they fail the
     // step too, rather than wait for this rank until their timeout).
-    {
-      std::lock_guard lock(grad_mu);
-      dp_aborting = true;
-      // The open round is reduced already (a forward failed before the
-      // next wait_grads): the next one carries the news, as the others'
-      // next micro-batch.
-      if (dp_open >= 0 && dp_done == dp_open && dp_error.ok()) {
-        ++dp_open;
+    std::unique_lock lock(grad_mu);
+    dp_aborting = true;
+    if (dp_open >= 0) {
+      // The round in flight ends: its buckets not reduced yet carry the news.
+      dp_closed = dp_open;
+      dp_cv.notify_all();
+      dp_cv.wait(lock, [&] { return dp_done >= dp_closed; });
+      // All of them went before it (a forward failed, or a backward after
+      // its last grad_ready): the next round's agreement carries it, which
+      // the others hold at their next wait_grads or at finish_step. An
+      // error already seen needs no telling: it was the news of another
+      // rank, or the communicator failed.
+      if (!dp_abort_told && dp_error.ok()) {
+        dp_closed = ++dp_open;
         dp_cv.notify_all();
+        dp_cv.wait(lock, [&] { return dp_done >= dp_closed; });
       }
+      dp_open = dp_done = -1;
     }
-    dp_close_round(/*open_next=*/false).IgnoreError();
   }
   // The worker may still hold this step's jobs, which use the store; a
   // delayed update of the step before that succeeded stays pending.
@@ -622,13 +629,29 @@ void OffloadOptimizer::Impl::dp_loop() {
   const int num_buckets = static_cast<int>(buckets.size());
   std::unique_lock lock(grad_mu);
   for (;;) {
-    dp_cv.wait(lock, [&] { return dp_stop || (dp_open >= 0 && dp_open > dp_done); });
+    dp_wait_bucket = kDpIdle;
+    dp_cv.notify_all();
+    dp_cv.wait(lock,
+               [&] { return dp_stop || (dp_open >= 0 && dp_open > dp_done && !dp_comm_held); });
+    dp_wait_bucket = kDpBusy;
     if (dp_stop) return;
     const int round = dp_open;
     absl::Status status = dp_error;  // after an error the communicator is unusable
+    if (status.ok() && round > 0) {
+      const bool aborting = dp_aborting;
+      lock.unlock();
+      status = dp_agree(aborting);
+      lock.lock();
+      if (aborting) dp_abort_told = true;
+    }
     for (int b = num_buckets - 1; b >= 0 && status.ok(); --b) {
       if (buckets[b].empty()) continue;
-      dp_cv.wait(lock, [&] { return dp_stop || reported_round[b] == round || dp_closed >= round; });
+      dp_wait_bucket = b;
+      dp_cv.notify_all();
+      dp_cv.wait(lock, [&] {
+        return dp_stop || ((reported_round[b] == round || dp_closed >= round) && !dp_comm_held);
+      });
+      dp_wait_bucket = kDpBusy;
       if (dp_stop) return;
       // Every rank saw the agreed overflow: none reduces more this step.
       if (dp_overflow_agreed.load()) break;
@@ -637,6 +660,7 @@ void OffloadOptimizer::Impl::dp_loop() {
       lock.unlock();
       status = dp_bucket(b, have, overflow.load(), aborting);
       lock.lock();
+      if (aborting) dp_abort_told = true;
     }
     if (!status.ok() && dp_error.ok()) dp_error = status;
     dp_done = round;
@@ -654,16 +678,43 @@ absl::Status OffloadOptimizer::Impl::dp_bucket(int bucket, bool have, bool local
   STRATA_RETURN_IF_ERROR(
       reduce_bucket(bucket, have, reductions[bucket] == 0, flags),
       absl::StrCat("reducing the gradients of bucket ", bucket, " across ", world, " ranks"));
-  if (flags[2] != 0) {
-    return absl::AbortedError(
-        "a data-parallel rank abandoned the step (its own error says why); this rank stops too");
-  }
+  if (flags[2] != 0) return dp_abandoned();
   if (flags[1] != 0) {
     overflow.store(true);
     dp_overflow_agreed.store(true);
   } else if (flags[0] != 0) {
     ++reductions[bucket];
   }
+  return absl::OkStatus();
+}
+
+bool OffloadOptimizer::Impl::dp_thread_blocked() const {
+  if (dp_stop || dp_wait_bucket == kDpIdle) return dp_stop || !(dp_open >= 0 && dp_open > dp_done);
+  if (dp_wait_bucket == kDpBusy) return false;
+  return reported_round[dp_wait_bucket] != dp_open && dp_closed < dp_open;
+}
+
+OffloadOptimizer::Impl::DpCommTurn::DpCommTurn(Impl* m)
+    : m_(m->dp_thread.joinable() ? m : nullptr) {
+  if (m_ == nullptr) return;
+  std::unique_lock lock(m_->grad_mu);
+  m_->dp_cv.wait(lock, [&] { return m_->dp_thread_blocked(); });
+  m_->dp_comm_held = true;
+}
+
+OffloadOptimizer::Impl::DpCommTurn::~DpCommTurn() {
+  if (m_ == nullptr) return;
+  std::lock_guard lock(m_->grad_mu);
+  m_->dp_comm_held = false;
+  m_->dp_cv.notify_all();
+}
+
+absl::Status OffloadOptimizer::Impl::dp_agree(bool aborting) {
+  double flag[1] = {aborting ? 1.0 : 0.0};
+  STRATA_RETURN_IF_ERROR(
+      comm->all_reduce_host(flag, dist::ReduceOp::kSum),
+      absl::StrCat("agreeing on the step's next micro-batch across ", world, " ranks"));
+  if (flag[0] != 0) return dp_abandoned();
   return absl::OkStatus();
 }
 
@@ -887,9 +938,12 @@ absl::Status OffloadOptimizer::Impl::pack_and_gather_slices(int bucket, const Bu
       std::memcpy(dp_bytes.data() + l.pos[i * world + rank] * esize, v.data, p.slice.numel * esize);
       STRATA_RETURN_IF_ERROR(pin.release(false));
     }
-    STRATA_RETURN_IF_ERROR(
-        comm->all_gather(dp_bytes.data() + l.pos[rank] * esize, dp_bytes.data(), l.counts, wire),
-        across);
+    {
+      const DpCommTurn turn(this);
+      STRATA_RETURN_IF_ERROR(
+          comm->all_gather(dp_bytes.data() + l.pos[rank] * esize, dp_bytes.data(), l.counts, wire),
+          across);
+    }
     STRATA_RETURN_IF_ERROR(
         device->copy_to_device(packed, dp_bytes.data(), l.total * esize, stream));
     dp_h2d_bytes += l.total * esize;
@@ -907,9 +961,8 @@ absl::Status OffloadOptimizer::Impl::pack_and_gather_slices(int bucket, const Bu
   }
   STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
   for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(false));
-  STRATA_RETURN_IF_ERROR(comm->all_gather(packed + l.pos[rank] * esize, packed, l.counts, wire),
-                         across);
-  return absl::OkStatus();
+  const DpCommTurn turn(this);
+  return annotate(comm->all_gather(packed + l.pos[rank] * esize, packed, l.counts, wire), across);
 }
 
 // The bucket's whole params on the device: each slice (through the store:
@@ -1062,6 +1115,7 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
     // The last micro-batch's gradients, reduced into the slices; buckets
     // with a gradient on any rank count as reported here.
     STRATA_RETURN_IF_ERROR(dp_close_round(/*open_next=*/false), absl::StrCat("step ", r.step));
+    STRATA_RETURN_IF_ERROR(dp_agree(/*aborting=*/false), absl::StrCat("step ", r.step));
     calls = reductions;
     std::copy(reductions.begin(), reductions.end(), stats_calls.begin());
     for (int b = 0; b < static_cast<int>(buckets.size()) && !overflow.load(); ++b) {

@@ -6,11 +6,13 @@
 // optimizer on cpu and nvme); every rank's params agree bit for bit; each
 // rank's states are its slice; the misuse errors.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -269,6 +271,71 @@ TEST_F(OffloadOptimizerDpTest, MisuseAcrossRanks) {
     return opt->finish_step().status();
   });
   for (int r = 0; r < 2; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+}
+
+// A rank that abandons the step after every bucket of its micro-batch was
+// reduced: the others learn it in their next micro-batch (a second one) or
+// at finish_step, and the next step runs in lockstep.
+TEST_F(OffloadOptimizerDpTest, AbandoningAfterTheLastReductionReachesTheOthers) {
+  for (const bool at_finish : {true, false}) {
+    std::vector<std::vector<float>> weights(2);
+    const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {
+      gpu::SimDevice device;
+      OffloadOptimizerOptions o;
+      o.comm = comm;
+      o.allow_buffered_io = true;
+      STRATA_ASSIGN_OR_RETURN(
+          auto opt, OffloadOptimizer::create(config(2, 2, false, r), &device, std::move(o)));
+      opt->add_group({});
+      std::vector<float> w(10, 1.0f), g(10, 0.25f * (r + 1));
+      STRATA_RETURN_IF_ERROR(opt->add_param({.name = "w",
+                                             .numel = 10,
+                                             .binding = ParamBinding::kHost,
+                                             .param = w.data(),
+                                             .grad = g.data()})
+                                 .status());
+      STRATA_RETURN_IF_ERROR(opt->finalize());
+      STRATA_RETURN_IF_ERROR(opt->set_value(0, w.data()));
+      STRATA_RETURN_IF_ERROR(opt->begin_step().status());
+      STRATA_RETURN_IF_ERROR(opt->grad_ready(0));
+      absl::Status failed;
+      if (r == 1) {
+        // Long enough for the bucket's reduction to finish first.
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        failed = opt->abort_step(absl::InternalError("framework failed"));
+        if (failed.message() != "framework failed") {
+          return absl::InternalError(absl::StrCat("rank 1: ", failed.ToString()));
+        }
+      } else {
+        if (!at_finish) {
+          // The next round's agreement runs on the reduction thread: this
+          // micro-batch's reductions fail, and finish_step says so.
+          STRATA_RETURN_IF_ERROR(opt->wait_grads());
+          STRATA_RETURN_IF_ERROR(opt->grad_ready(0));
+        }
+        failed = opt->finish_step().status();
+        if (failed.code() != absl::StatusCode::kAborted) {
+          return absl::InternalError(absl::StrCat("rank 0: ", failed.ToString()));
+        }
+        STRATA_RETURN_IF_ERROR(opt->abort_step(failed).code() == absl::StatusCode::kAborted
+                                   ? absl::OkStatus()
+                                   : absl::InternalError("abort_step changed the error"));
+      }
+      for (int s = 0; s < 2; ++s) {
+        STRATA_RETURN_IF_ERROR(opt->begin_step().status());
+        STRATA_RETURN_IF_ERROR(opt->grad_ready(0));
+        STRATA_RETURN_IF_ERROR(opt->finish_step().status());
+      }
+      weights[r] = w;
+      return absl::OkStatus();
+    });
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_TRUE(st[r].ok()) << (at_finish ? "at finish_step" : "next micro-batch") << ", rank "
+                              << r << ": " << st[r];
+    }
+    EXPECT_EQ(weights[0], weights[1]);
+    EXPECT_NE(weights[0], std::vector<float>(10, 1.0f));
+  }
 }
 
 // A communicator whose collectives take device memory (NCCL's kind): the

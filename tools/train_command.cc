@@ -486,8 +486,17 @@ void print_summary(const model::TrainerResult& r) {
                static_cast<long long>(r.skipped));
 }
 
-// The run's memory against what `strata plan --device cpu` predicts for it.
+// The run's memory against what `strata plan --device cpu` predicts for it
+// (through stratad: the client's peak alone).
 void print_memory(const TrainArgs& a, const Setup& s) {
+  if (a.flags.daemon) {
+    // The plan's host arena and rollback copies are stratad's here.
+    std::fprintf(stderr,
+                 "memory: peak RSS %s (the fp32 master weights and optimizer states are "
+                 "stratad's; `strata top` shows its host memory)\n",
+                 format_bytes(static_cast<double>(engine::peak_rss_bytes())).c_str());
+    return;
+  }
   auto predicted = model::estimate_gpt2_train_memory(
       {.model = s.model,
        .config = s.cfg,

@@ -4,7 +4,8 @@
 // same command in-process, for fp16 in overlap mode, fp16 with overflowing
 // steps and fp32 in sync mode with gradient accumulation; a client killed
 // with SIGKILL mid-run is continued by the same command from the daemon's
-// last completed step, bit for bit as an uninterrupted run; a missing
+// last completed step, bit for bit as an uninterrupted run; checkpoints
+// saved through stratad resume in-process and the other way round; a missing
 // daemon is an error naming its socket; flags it cannot serve yet are
 // refused with what to do (exit 2).
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
@@ -200,6 +202,46 @@ TEST_F(TrainDaemonTest, KilledClientContinuesFromTheLastCompletedStep) {
     EXPECT_EQ(line["loss_scale"], w["loss_scale"]);
     EXPECT_EQ(line["grad_norm"], w["grad_norm"]);
   }
+}
+
+// Checkpoints cross the boundary both ways: one stratad saved (a relative
+// --save-dir, written by the daemon) resumes in-process, one saved
+// in-process resumes through stratad (a new session loads it), and both
+// continue bit for bit as an uninterrupted run.
+TEST_F(TrainDaemonTest, CheckpointsResumeAcrossTheDaemonBoundary) {
+  const std::string config = scratch_.write("fp16.json", kFp16);
+  const auto ref = run(argv(config, 6, path("ref.jsonl")));
+  ASSERT_EQ(ref.exit_code, 0) << ref.err;
+  const auto want = json_lines(path("ref.jsonl"));
+  ASSERT_EQ(want.size(), 6u);
+  auto check_rest = [&](const std::string& log) {
+    const auto got = json_lines(log);
+    ASSERT_EQ(got.size(), 3u);
+    for (const json& line : got) {
+      ASSERT_GE(line.value("step", 0), 4);
+      expect_same_step(want[line["step"].get<int>() - 1], line);
+    }
+  };
+  // stratad saves (the path relative to the client's directory), in-process resumes.
+  const std::vector<std::string> daemon = {"--daemon", stratad_.socket(), "--session", "saver"};
+  std::vector<std::string> save = argv(config, 3, path("a1.jsonl"), daemon);
+  save.insert(save.end(), {"--save-dir", "ck_daemon"});
+  const auto saved = scratch_.run_strata(shell(save), "cd '" + scratch_.path() + "' && ");
+  ASSERT_EQ(saved.exit_code, 0) << saved.err << "\nstratad:\n" << stratad_.log();
+  ASSERT_TRUE(std::filesystem::exists(path("ck_daemon/meta.json")));
+  const auto resumed = run(argv(config, 6, path("a2.jsonl"), {"--resume", path("ck_daemon")}));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  check_rest(path("a2.jsonl"));
+
+  // In-process saves, a new stratad session resumes from it.
+  const auto saved2 = run(argv(config, 3, path("b1.jsonl"), {"--save-dir", path("ck_local")}));
+  ASSERT_EQ(saved2.exit_code, 0) << saved2.err;
+  std::vector<std::string> load =
+      argv(config, 6, path("b2.jsonl"), {"--daemon", stratad_.socket(), "--session", "loader"});
+  load.insert(load.end(), {"--resume", path("ck_local")});
+  const auto loaded = run(load);
+  ASSERT_EQ(loaded.exit_code, 0) << loaded.err << "\nstratad:\n" << stratad_.log();
+  check_rest(path("b2.jsonl"));
 }
 
 TEST_F(TrainDaemonTest, AMissingDaemonIsAnErrorNamingItsSocket) {

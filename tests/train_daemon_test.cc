@@ -6,7 +6,7 @@
 // with SIGKILL mid-run is continued by the same command from the daemon's
 // last completed step, bit for bit as an uninterrupted run; checkpoints
 // saved through stratad resume in-process and the other way round; a missing
-// daemon is an error naming its socket; flags it cannot serve yet are
+// daemon, or one killed mid-run, is an error naming its socket; flags it cannot serve yet are
 // refused with what to do (exit 2).
 #include <fcntl.h>
 #include <signal.h>
@@ -251,6 +251,35 @@ TEST_F(TrainDaemonTest, AMissingDaemonIsAnErrorNamingItsSocket) {
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("cannot connect to stratad at " + socket), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("stratad --socket " + socket), std::string::npos) << r.err;
+}
+
+// stratad killed mid-run: the client fails within its timeout with an
+// error naming the daemon, not a hang.
+TEST_F(TrainDaemonTest, ADaemonKilledMidRunIsAnErrorNamingIt) {
+  const std::string config = scratch_.write("fp16.json", kFp16);
+  const pid_t pid = start(argv(config, 100000, path("log.jsonl"),
+                               {"--daemon", stratad_.socket(), "--session", "orphan"}),
+                          path("client.err"));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (json_lines(path("log.jsonl")).size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  stratad_.kill_hard();
+  int status = 0;
+  pid_t done = 0;
+  for (int i = 0; i < 600 && done == 0; ++i) {  // 30 s
+    done = ::waitpid(pid, &status, WNOHANG);
+    if (done == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (done == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    FAIL() << "the client did not end within 30 s of stratad's death";
+  }
+  const std::string err = strata::testing::slurp(path("client.err"));
+  ASSERT_TRUE(WIFEXITED(status)) << err;
+  EXPECT_EQ(WEXITSTATUS(status), 1) << err;
+  EXPECT_NE(err.find("stratad at " + stratad_.socket()), std::string::npos) << err;
 }
 
 TEST_F(TrainDaemonTest, FlagsItCannotServeYetAreRefusedWithWhatToDo) {

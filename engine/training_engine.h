@@ -6,7 +6,9 @@
 // forward / backward loop, the device-side fp16 overflow check and
 // evaluate(): one bucket per layer, every param ParamBinding::kStore, and
 // grad_ready(layer) after the layer's backward (overlap, delayed update) or
-// for every layer after the whole backward (sync).
+// for every layer after the whole backward (sync). The step calls go
+// through engine/step_optimizer.h's StepOptimizer, so the same loop also
+// drives an optimizer in stratad ("Through a remote optimizer" below).
 //
 // Placement (per parameter of every layer, all in one TieredStore):
 //   param  compute dtype (fp16 / bf16, fp32 when neither is enabled)

@@ -57,6 +57,30 @@ class OffloadOptimizerDpTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
+  // Rank r's stage-2 optimizer over one kHost param "w" (its values `w`, its
+  // gradient `g`, both the caller's), finalized and given w's values.
+  absl::StatusOr<std::unique_ptr<OffloadOptimizer>> one_param_optimizer(dist::Communicator* comm,
+                                                                        int r,
+                                                                        gpu::SimDevice* device,
+                                                                        std::vector<float>* w,
+                                                                        std::vector<float>* g) {
+    OffloadOptimizerOptions o;
+    o.comm = comm;
+    o.allow_buffered_io = true;
+    STRATA_ASSIGN_OR_RETURN(auto opt,
+                            OffloadOptimizer::create(config(2, 2, false, r), device, std::move(o)));
+    opt->add_group({});
+    STRATA_RETURN_IF_ERROR(opt->add_param({.name = "w",
+                                           .numel = w->size(),
+                                           .binding = ParamBinding::kHost,
+                                           .param = w->data(),
+                                           .grad = g->data()})
+                               .status());
+    STRATA_RETURN_IF_ERROR(opt->finalize());
+    STRATA_RETURN_IF_ERROR(opt->set_value(0, w->data()));
+    return opt;
+  }
+
   config::DsConfig config(int world, int stage, bool nvme, int rank,
                           const std::string& extra = "") {
     const std::string offload =
@@ -243,21 +267,8 @@ TEST_F(OffloadOptimizerDpTest, MisuseAcrossRanks) {
           absl::StrCat("delayed update not refused: ", created.status().ToString()));
     }
     // A bucket reported twice without wait_grads in between.
-    OffloadOptimizerOptions o;
-    o.comm = comm;
-    o.allow_buffered_io = true;
-    STRATA_ASSIGN_OR_RETURN(
-        auto opt, OffloadOptimizer::create(config(2, 2, false, r), &device, std::move(o)));
-    opt->add_group({});
     std::vector<float> w(10, 1.0f), g(10, 0.5f);
-    STRATA_RETURN_IF_ERROR(opt->add_param({.name = "w",
-                                           .numel = 10,
-                                           .binding = ParamBinding::kHost,
-                                           .param = w.data(),
-                                           .grad = g.data()})
-                               .status());
-    STRATA_RETURN_IF_ERROR(opt->finalize());
-    STRATA_RETURN_IF_ERROR(opt->set_value(0, w.data()));
+    STRATA_ASSIGN_OR_RETURN(auto opt, one_param_optimizer(comm, r, &device, &w, &g));
     if (opt->world_size() != 2 || opt->rank() != r) return absl::InternalError("rank info");
     STRATA_RETURN_IF_ERROR(opt->begin_step().status());
     STRATA_RETURN_IF_ERROR(opt->grad_ready(0));
@@ -281,21 +292,8 @@ TEST_F(OffloadOptimizerDpTest, AbandoningAfterTheLastReductionReachesTheOthers) 
     std::vector<std::vector<float>> weights(2);
     const std::vector<absl::Status> st = run_ranks(2, [&](int r, dist::Communicator* comm) {
       gpu::SimDevice device;
-      OffloadOptimizerOptions o;
-      o.comm = comm;
-      o.allow_buffered_io = true;
-      STRATA_ASSIGN_OR_RETURN(
-          auto opt, OffloadOptimizer::create(config(2, 2, false, r), &device, std::move(o)));
-      opt->add_group({});
       std::vector<float> w(10, 1.0f), g(10, 0.25f * (r + 1));
-      STRATA_RETURN_IF_ERROR(opt->add_param({.name = "w",
-                                             .numel = 10,
-                                             .binding = ParamBinding::kHost,
-                                             .param = w.data(),
-                                             .grad = g.data()})
-                                 .status());
-      STRATA_RETURN_IF_ERROR(opt->finalize());
-      STRATA_RETURN_IF_ERROR(opt->set_value(0, w.data()));
+      STRATA_ASSIGN_OR_RETURN(auto opt, one_param_optimizer(comm, r, &device, &w, &g));
       STRATA_RETURN_IF_ERROR(opt->begin_step().status());
       STRATA_RETURN_IF_ERROR(opt->grad_ready(0));
       absl::Status failed;

@@ -408,6 +408,10 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
         if (session != nullptr) {
           release(id, session_name, *end, absl::StrCat("client pid ", pid, " detached mid-step"));
           session = nullptr;
+          // The session may be gone (ended), its eventfd closed and the
+          // number reused: this connection stops watching it.
+          ro.wake_fd = -1;
+          ro.on_wake = nullptr;
         }
         break;
       }

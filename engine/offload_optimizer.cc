@@ -130,6 +130,11 @@ absl::Status OffloadOptimizer::Impl::configure(const config::DsConfig& cfg, gpu:
   comm = options.comm;
   world = comm != nullptr ? comm->world_size() : 1;
   rank = comm != nullptr ? comm->rank() : 0;
+  if (!(options.grad_divisor > 0) || !std::isfinite(options.grad_divisor)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("OffloadOptimizerOptions::grad_divisor must be finite and above 0 (got ",
+                     options.grad_divisor, ")"));
+  }
   // What the config alone decides: the same checks as `strata config check`.
   STRATA_RETURN_IF_ERROR(validate_for_training(config, "ds_config", world));
   if (dp() && comm->device_memory()) {

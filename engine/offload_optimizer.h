@@ -284,6 +284,14 @@ struct OffloadOptimizerOptions {
   // a checkpoint is in flight. Its world size must equal the config's
   // (train_batch_size = micro x accumulation x world). null: one rank.
   dist::Communicator* comm = nullptr;
+  // The accumulated gradient is divided by loss_scale x clip coefficient x
+  // world size x grad_divisor in the fp32 optimizer pass (and the reported
+  // norm by loss_scale x world x grad_divisor). A framework that folds 1/gas
+  // into its loss, as DeepSpeed does, leaves 1. TrainingEngine sets it
+  // itself (training_engine.h, "Loss scaling and accumulation"): it divides
+  // its loss by a power of two instead of gas and leaves the rest here.
+  // Finite and above 0 (create() says InvalidArgument otherwise).
+  double grad_divisor = 1.0;
 };
 
 // One hyper-parameter group (torch's param_groups): the optimizer kind is

@@ -116,6 +116,10 @@ struct OffloadOptimizer::Impl {
   // the last flush, reduced over ranks into grad32's slices, in bucket
   // order; the updated slices gathered into the whole compute params.
   bool dp() const { return world > 1; }
+  // What the accumulated gradient is divided by besides the loss scale and
+  // the clip coefficient: the world (the mean over ranks) and
+  // options.grad_divisor (the engine's share of 1/gas).
+  double grad_divisor() const { return world * options.grad_divisor; }
   // Across ranks with the fp32 state split (ZeRO stage >= 1): gradients
   // reduced into slices, updated slices gathered. Stage 0 all_reduces
   // whole gradients and gathers nothing.

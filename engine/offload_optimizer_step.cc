@@ -113,7 +113,7 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
   ++m.steps;
   m.external_scale = loss_scale;
   m.loss_scale = loss_scale ? *loss_scale : m.scaler != nullptr ? m.scaler->scale() : 1.0;
-  m.spec_args = m.step_args(1.0 / m.loss_scale, m.adam_step + 1);
+  m.spec_args = m.step_args(1.0 / (m.loss_scale * m.grad_divisor()), m.adam_step + 1);
   m.store->begin_step();
   m.overflow.store(false);
   std::fill(m.calls.begin(), m.calls.end(), 0);
@@ -1128,7 +1128,7 @@ absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult*
   const int64_t next_adam_step = adam_step + (apply ? 1 : 0);
   StepArgs args = spec_args;
   args.step = next_adam_step;
-  args.grad_scale = 1.0 / (r.loss_scale * r.clip_coef * world);
+  args.grad_scale = 1.0 / (r.loss_scale * r.clip_coef * grad_divisor());
   const int num_buckets = static_cast<int>(buckets.size());
   if (apply && dpu) {
     // Delayed: the worker steps every bucket while the next step's forward
@@ -1229,9 +1229,10 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
     if (nonfinite) overflow.store(true);
   }
   r.overflow = nonfinite;
-  // Across ranks grad32 holds the sum over ranks: the mean is 1/world of it.
+  // Across ranks grad32 holds the sum over ranks: the mean is 1/world of it
+  // (and 1/grad_divisor: the engine's micro-batches summed, not averaged).
   r.grad_norm = nonfinite ? std::numeric_limits<double>::infinity()
-                          : std::sqrt(sum_sq) / (r.loss_scale * world);
+                          : std::sqrt(sum_sq) / (r.loss_scale * grad_divisor());
   r.speculative_buckets = spec != nullptr ? spec->stepped_layers() + early_rollbacks.load() : 0;
   r.rolled_back_buckets = early_rollbacks.load();
 

@@ -58,6 +58,11 @@ absl::Status TrainingEngine::build(const config::DsConfig& config, Model* model,
     return absl::InvalidArgumentError(
         "EngineOptions::use_schedule must be true: the engine's layers follow the LR schedule");
   }
+  // 1/gas split into a power of two before backward and the exact rest in
+  // the fp32 divisor (the header's "Loss scaling and accumulation").
+  loss_divisor_ = 1;
+  while (loss_divisor_ < static_cast<double>(gas_)) loss_divisor_ *= 2;
+  options.grad_divisor = static_cast<double>(gas_) / loss_divisor_;
   STRATA_ASSIGN_OR_RETURN(opt_, OffloadOptimizer::create(config, device, std::move(options)));
   dtype_ = opt_->compute_dtype();
   has_scaler_ = opt_->loss_scaler() != nullptr;
@@ -166,9 +171,9 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   STRATA_ASSIGN_OR_RETURN(st.loss_scale, opt_->begin_step());
   st.lr = opt_->lr_schedule().lr();
 
-  // DeepSpeed divides the loss by gradient_accumulation_steps, so grad32
-  // holds loss_scale * (mean gradient over the micro-batches).
-  const double loss_grad_scale = st.loss_scale / static_cast<double>(gas_);
+  // grad32 holds loss_scale * gas / loss_divisor_ * (mean gradient over the
+  // micro-batches); the optimizer divides by gas / loss_divisor_ too.
+  const double loss_grad_scale = st.loss_scale / loss_divisor_;
   const int64_t micro0 = opt_->micro_batches();
   double loss_sum = 0;
   for (int64_t k = 0; k < gas_; ++k) {

@@ -86,6 +86,8 @@ class CudaDevice final : public Device {
     return sync_;
   }
 
+  void* native_stream(StreamId stream) override { return find_stream(stream); }
+
   absl::StatusOr<StreamId> create_stream() override {
     cudaSetDevice(ordinal_);
     cudaStream_t s;

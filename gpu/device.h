@@ -100,6 +100,10 @@ class Device {
   virtual absl::Status synchronize_event(EventId event) = 0;
   virtual absl::Status synchronize_stream(StreamId stream) = 0;
   virtual absl::Status synchronize() = 0;
+  // The backend's handle of `stream` (a cudaStream_t on CUDA), for code that
+  // queues its own kernels in the stream's order (the GPT-2 CUDA path);
+  // null for an unknown stream and on devices without one (SimDevice).
+  virtual void* native_stream(StreamId stream) { return nullptr; }
 
   // Async copies; `host` should be registered (pinned) memory for full speed.
   virtual absl::Status copy_to_device(void* device_dst, const void* host_src, size_t bytes,

@@ -21,6 +21,12 @@
 // `shards`: its micro-batch k is rows [shard * batch, (shard + 1) * batch)
 // of the (batch * shards)-row micro-batch k of MlpTestModel(dims, batch *
 // shards), so N ranks together see what one rank sees.
+// interleave_ranks(N) on a one-rank model of `batch` rows makes it see the
+// N ranks' micro-batches one after another instead: its micro-batch m is
+// rank m % N's micro-batch m / N. Run with N times the ranks'
+// gradient_accumulation_steps, it computes the same per-micro-batch
+// gradients the N ranks compute (same rows, same rounding to the compute
+// dtype) and differs from them only in how they are summed.
 //
 // Not thread-safe; SimDevice only (it dereferences device pointers).
 #pragma once
@@ -157,6 +163,7 @@ class MlpTestModel final : public engine::Model {
 
   const std::vector<int>& dims() const { return dims_; }
   int batch() const { return batch_; }
+  void interleave_ranks(int ranks) { interleave_ = ranks; }
   int shard() const { return shard_; }
   int shards() const { return shards_; }
   // Micro-batch k's inputs (batch x dims.front()) and targets (batch x dims.back()).
@@ -177,10 +184,12 @@ class MlpTestModel final : public engine::Model {
   }
   void make_batch(int64_t micro) {
     const int in = dims_.front(), out = dims_.back();
+    const int64_t shard = interleave_ > 1 ? micro % interleave_ : shard_;
+    if (interleave_ > 1) micro /= interleave_;
     uint64_t s = 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(micro + 1);
     x_[0].resize(size_t(batch_) * in);
     // The shards before this one draw their rows first.
-    for (size_t k = 0; k < size_t(shard_) * batch_ * in; ++k) uniform(s);
+    for (size_t k = 0; k < size_t(shard) * batch_ * in; ++k) uniform(s);
     for (float& v : x_[0]) v = uniform(s);
     target_.assign(size_t(batch_) * out, 0.0f);
     for (int n = 0; n < batch_; ++n)
@@ -204,6 +213,7 @@ class MlpTestModel final : public engine::Model {
   std::vector<int> dims_;
   int batch_;
   int shard_ = 0, shards_ = 1;
+  int interleave_ = 1;  // interleave_ranks
   std::vector<float> teacher_, target_;
   std::vector<std::vector<float>> x_, z_, dx_;  // per layer: input, pre-activation, d(input)
   double loss_ = 0;

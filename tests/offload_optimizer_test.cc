@@ -118,8 +118,10 @@ class OffloadOptimizerTest : public ::testing::Test {
   // `dev` buffers the test copies through), initialised to model.w.
   std::unique_ptr<OffloadOptimizer> make(const config::DsConfig& cfg, HostModel& model,
                                          ParamBinding binding = ParamBinding::kHost,
-                                         std::vector<void*>* dev = nullptr) {
+                                         std::vector<void*>* dev = nullptr,
+                                         double grad_divisor = 1.0) {
     OffloadOptimizerOptions o;
+    o.grad_divisor = grad_divisor;
     o.use_schedule = false;
     o.allow_buffered_io = true;  // TempDir may be tmpfs
     o.speculation = SpeculationPolicy::kAlways;
@@ -152,16 +154,18 @@ class OffloadOptimizerTest : public ::testing::Test {
 
   // One step: `calls` micro-batches (grad_ready per bucket each), the
   // framework waiting for its gradients before the next backward.
+  // `grad_factor` multiplies every gradient besides the loss scale.
   static absl::StatusOr<OptimizerStepResult> step(OffloadOptimizer& opt, HostModel& model,
                                                   int calls,
-                                                  std::optional<double> scale = std::nullopt) {
+                                                  std::optional<double> scale = std::nullopt,
+                                                  float grad_factor = 1.0f) {
     auto s = opt.begin_step(scale);
     if (!s.ok()) return s.status();
     for (int k = 0; k < calls; ++k) {
       if (k > 0) {
         if (auto w = opt.wait_grads(); !w.ok()) return opt.abort_step(w);
       }
-      for (int p = 0; p < 3; ++p) model.grads(p, k, static_cast<float>(*s));
+      for (int p = 0; p < 3; ++p) model.grads(p, k, static_cast<float>(*s) * grad_factor);
       for (int b = 1; b >= 0; --b) {
         if (auto g = opt.grad_ready(b); !g.ok()) return opt.abort_step(g);
       }
@@ -356,6 +360,38 @@ TEST_F(OffloadOptimizerTest, ConcurrentGradReadyFromThreads) {
       ASSERT_TRUE(opt->finish_step().ok());
     }
     EXPECT_EQ(state(*opt, model), serial) << mode;
+  }
+}
+
+// grad_divisor (TrainingEngine's share of 1/gas): gradients 4x as large
+// with grad_divisor 4 clip, report their norm and step (speculatively,
+// then redone after the clip) exactly as the plain ones, a power of two
+// dividing out exactly; a divisor that is not finite and above 0 is refused.
+TEST_F(OffloadOptimizerTest, GradDivisorDividesTheAccumulatedGradient) {
+  const config::DsConfig cfg = make_config("overlap", 2, "\"gradient_clipping\": 0.5");
+  HostModel plain_model, model;
+  auto plain = make(cfg, plain_model);
+  auto opt = make(cfg, model, ParamBinding::kHost, nullptr, /*grad_divisor=*/4.0);
+  ASSERT_NE(plain, nullptr);
+  ASSERT_NE(opt, nullptr);
+  int clipped = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto a = step(*plain, plain_model, 2);
+    auto b = step(*opt, model, 2, std::nullopt, 4.0f);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(b->grad_norm, a->grad_norm) << "step " << i;
+    EXPECT_EQ(b->clip_coef, a->clip_coef) << "step " << i;
+    if (a->clip_coef > 1) ++clipped;
+  }
+  EXPECT_GT(clipped, 0);
+  EXPECT_EQ(state(*opt, model), state(*plain, plain_model));
+  for (double bad : {0.0, -1.0, std::numeric_limits<double>::infinity()}) {
+    OffloadOptimizerOptions o;
+    o.grad_divisor = bad;
+    EXPECT_EQ(OffloadOptimizer::create(cfg, &device_, std::move(o)).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
   }
 }
 

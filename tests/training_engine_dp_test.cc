@@ -1,8 +1,12 @@
 // TrainingEngine across data-parallel ranks (ranks as threads, Gloo over
 // loopback, SimDevice each): 2 and 3 ranks train the MlpTestModel as one
-// rank does on the same global batch (one rank sees the ranks' micro-batches
-// concatenated), per-step losses and the final masters agree over 30 steps
-// for ZeRO stage 1 and 2, optimizer on cpu and on nvme, fp32 and fp16; each
+// rank does on the same global batch, per-step losses and the final masters
+// within 1e-5 relative over 30 steps for ZeRO stage 1, 2 and 3, optimizer
+// on cpu and on nvme, fp32, fp16 and bf16 (2 ranks: 2e-3, said there). The
+// one rank sees the ranks' micro-batches concatenated into one (fp32), or
+// accumulates them one by one with world x the gradient_accumulation_steps
+// (fp16, bf16: the ranks round each micro-batch's gradient to 16 bits, and
+// so must the reference; MlpTestModel::interleave_ranks); each
 // rank holds ~1/N of the fp32 bytes; a checkpoint saved by 2 ranks resumes
 // on 1 and on 3 ranks; a config whose world size differs from the
 // communicator's is refused naming both.
@@ -34,6 +38,7 @@ using strata::testing::run_ranks;
 // Rows per rank per micro-batch at the case's world size (divisible by 3
 // and 2, so a checkpoint of 2 ranks resumes on 3 with the same batch).
 constexpr int kMicro = 6;
+constexpr int kGas = 2;  // the ranks' gradient_accumulation_steps
 const std::vector<int> kDims = {16, 128, 128, 4};
 
 struct Case {
@@ -48,6 +53,12 @@ struct Case {
   // >= 0: rank 0's (and one rank's) backward of that micro-batch writes
   // +inf into a gradient (an fp16 overflow seen by one rank only).
   int poison_micro = -1;
+  // The one-rank reference: false, one micro-batch of world x kMicro rows
+  // per rank micro-batch; true, world micro-batches of kMicro rows
+  // (gradient_accumulation_steps x world), the ranks' own.
+  bool accumulated_reference = false;
+  // Losses (relative, per step) and masters (relative, in norm).
+  double tolerance = 1e-5;
 };
 
 std::string case_name(const Case& c) {
@@ -55,7 +66,7 @@ std::string case_name(const Case& c) {
                       c.fp16   ? "_fp16"
                       : c.bf16 ? "_bf16"
                                : "_fp32",
-                      "_", c.overlap);
+                      "_", c.overlap, c.accumulated_reference ? "_vs_accumulated" : "");
 }
 
 class TrainingEngineDpTest : public TrainingEngineTest {
@@ -63,13 +74,16 @@ class TrainingEngineDpTest : public TrainingEngineTest {
   // The config of a run of `world` ranks, kMicro rows each per micro-batch
   // (one rank: kMicro * ranks rows, so the global batch is the same).
   config::DsConfig dp_config(const Case& c, int world, const std::string& nvme_dir) {
+    const bool accumulated = c.accumulated_reference && world == 1;
+    const int micro = accumulated ? kMicro : kMicro * c.world / world;
+    const int gas = accumulated ? kGas * c.world : kGas;
     const std::string offload =
         c.nvme      ? absl::StrCat("{\"device\": \"nvme\", \"nvme_path\": \"", nvme_dir, "\"}")
         : c.offload ? std::string("{\"device\": \"cpu\"}")
                     : std::string("{\"device\": \"none\"}");
     const std::string json = absl::StrCat(
-        "{\"train_micro_batch_size_per_gpu\": ", kMicro * c.world / world,
-        ", \"gradient_accumulation_steps\": 2, \"gradient_clipping\": 1.0, ",
+        "{\"train_micro_batch_size_per_gpu\": ", micro, ", \"gradient_accumulation_steps\": ", gas,
+        ", \"gradient_clipping\": 1.0, ",
         "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01, \"weight_decay\": "
         "0.01}}, \"strata\": {\"overlap\": \"",
         c.overlap, "\", \"prefetch_window_bytes\": 4096}, ",
@@ -100,8 +114,13 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     out->assign(ranks, {});
     auto body = [&](int r, dist::Communicator* comm) -> absl::Status {
       gpu::SimDevice device;
-      MlpTestModel model(kDims, kMicro * c.world / ranks, r, ranks);
-      if (c.poison_micro >= 0 && r == 0) model.poison(c.poison_micro, 1);
+      const bool accumulated = c.accumulated_reference && world == 0;
+      MlpTestModel model(kDims, accumulated ? kMicro : kMicro * c.world / ranks, r, ranks);
+      if (accumulated) model.interleave_ranks(c.world);
+      // Rank 0's micro-batch k is the accumulated reference's k * world.
+      if (c.poison_micro >= 0 && r == 0) {
+        model.poison(accumulated ? int64_t{c.poison_micro} * c.world : c.poison_micro, 1);
+      }
       const std::string nvme = (dir_ / absl::StrCat("nvme", r)).string();
       const config::DsConfig cfg = dp_config(c, ranks, nvme);
       EngineOptions o;
@@ -187,35 +206,34 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     train(c, 0, kSteps, &one);
     train(c, c.world, kSteps, &many);
     if (HasFatalFailure()) return;
-    // fp32: losses 1e-5 relative step by step, masters 1e-5 in norm
-    // (measured 1.6e-7). fp16: each rank's gradient is
-    // rounded to fp16 on its own (one rank rounds the whole batch's), about
-    // 2^-11 relative per element; Adam turns the noise on near-zero
-    // gradients into full-size updates and training amplifies it, so the
-    // runs agree at 2e-4 over the first steps and drift to ~1e-2 by step 30
-    // (measured); the check there is that they stay the same training run.
+    // Losses step by step, masters and compute params in norm within
+    // c.tolerance (1e-5 unless the case says why not). Measured (printed
+    // below): fp32 losses 6.6e-7 and masters 9.9e-7 at most; 16-bit at the cases.
+    double worst = 0;
     for (int s = 0; s < kSteps; ++s) {
       double mean = 0;
       for (const RankResult& r : many) mean += r.loss[s];
       mean /= c.world;
-      const double early = c.fp16 ? 2e-4 : 2e-3;  // bf16 rounds to 2^-8
-      const double tol = !c.fp16 && !c.bf16 ? 1e-5 : s < 3 ? early : 5e-2;
-      EXPECT_NEAR(mean, one[0].loss[s], tol * std::fabs(one[0].loss[s])) << "step " << s;
+      worst = std::max(worst, std::fabs(mean - one[0].loss[s]) / std::fabs(one[0].loss[s]));
+      EXPECT_NEAR(mean, one[0].loss[s], c.tolerance * std::fabs(one[0].loss[s])) << "step " << s;
     }
     const std::vector<float> masters = whole_masters(many);
-    if (c.fp16 || c.bf16) {
-      EXPECT_LE(norm_rel(masters, whole_masters(one)), 5e-2);
-      EXPECT_LE(norm_rel(many[0].param, one[0].param), 5e-2);
-    } else {
-      EXPECT_LE(norm_rel(masters, whole_masters(one)), 1e-5);
+    const double masters_rel = norm_rel(masters, whole_masters(one));
+    std::printf("%s: losses within %.3g relative over %d steps, masters %.3g in norm\n",
+                case_name(c).c_str(), worst, kSteps, masters_rel);
+    EXPECT_LE(masters_rel, c.tolerance);
+    EXPECT_LE(norm_rel(many[0].param, one[0].param), c.tolerance);
+    if (c.tolerance <= 1e-5) {
       // Element by element (floor 1e-2): an element whose gradient is near
-      // zero moves by Adam's noise (measured 8e-5 at 3 ranks).
+      // zero moves by Adam's noise (measured 8e-5 at 3 ranks, fp32).
       EXPECT_LE(max_rel(masters, whole_masters(one)), 1e-3);
       EXPECT_LE(max_rel(many[0].param, one[0].param), 1e-3);
     }
     // Skips are decided alike on every rank and as one rank decides.
     for (const RankResult& r : many) EXPECT_EQ(r.skipped, one[0].skipped);
-    if (c.poison_micro >= 0) EXPECT_TRUE(one[0].skipped[c.poison_micro / 2]);
+    if (c.poison_micro >= 0) {
+      EXPECT_TRUE(one[0].skipped[c.poison_micro / kGas]);
+    }
     // Every rank's forward sees the same params, the gathered masters rounded.
     for (int r = 1; r < c.world; ++r) EXPECT_EQ(many[r].param, many[0].param) << "rank " << r;
     // Per-rank fp32 bytes ~1/N of one rank's (4 KiB pages per tensor).
@@ -288,19 +306,56 @@ TEST_F(TrainingEngineDpTest, Stage2CpuFp32ThreeRanks) {
 TEST_F(TrainingEngineDpTest, Stage2NvmeFp32TwoRanks) {
   expect_equivalent({.world = 2, .stage = 2, .nvme = true});
 }
-TEST_F(TrainingEngineDpTest, Stage1NvmeFp16ThreeRanks) {
-  expect_equivalent({.world = 3, .stage = 1, .nvme = true, .fp16 = true});
+// fp16: 2 and 3 ranks against one rank accumulating their micro-batches
+// (gas 2 x world), every stage, optimizer on cpu and on nvme. Each
+// micro-batch's fp16 gradient then carries the same bits on both sides
+// (the engine's power-of-two loss divisor, training_engine.h), and the fp32
+// sums of fp16 values are exact in practice, so the runs agree to the
+// last bits: measured 2.3e-16 in the losses, 3.4e-9 in the masters, at 2
+// and at 3 ranks. (Against one rank computing each of the ranks'
+// micro-batches as one 2 x or 3 x larger micro-batch, the rounding to fp16
+// differs, about 2^-11 per element, and Adam on near-zero gradients grows
+// it to 1.2e-2 (2 ranks) and 5.2e-3 (3 ranks) by step 30; with 1/gas in
+// the loss as DeepSpeed scales it, 3 ranks against gas 6 drifted to
+// 3.1e-3, 2 ranks against gas 4 agreed to 2e-16.)
+TEST_F(TrainingEngineDpTest, Fp16TwoAndThreeRanksEqualOneRankAccumulating) {
+  for (int world : {2, 3}) {
+    for (int stage : {1, 2, 3}) {
+      for (bool nvme : {false, true}) {
+        expect_equivalent({.world = world,
+                           .stage = stage,
+                           .nvme = nvme,
+                           .fp16 = true,
+                           .accumulated_reference = true});
+      }
+    }
+  }
 }
-TEST_F(TrainingEngineDpTest, Stage2CpuFp16TwoRanks) {
-  expect_equivalent({.world = 2, .stage = 2, .fp16 = true});
-}
-// Only rank 0 of 3 sees the overflow (micro-batch 3: step 1's second):
-// every rank skips that step, as one rank does, and the scalers stay equal.
+// Only rank 0 of 3 sees the overflow (micro-batch 3: step 1's second; the
+// reference's micro-batch 9): every rank skips that step, as one rank
+// does, and the scalers stay equal. Measured: bit for bit in the losses
+// but at step 28 (1.8e-7: a master an ulp off through the clip norm, as
+// at Stage2CpuBf16TwoRanks), masters 7e-8.
 TEST_F(TrainingEngineDpTest, Fp16OverflowOnOneRankSkipsTheStepEverywhere) {
-  expect_equivalent({.world = 3, .stage = 2, .fp16 = true, .poison_micro = 3});
+  expect_equivalent(
+      {.world = 3, .stage = 2, .fp16 = true, .poison_micro = 3, .accumulated_reference = true});
 }
+// bf16, against one rank accumulating the ranks' micro-batches: at 3
+// ranks bit for bit in the masters (measured 2.3e-16 in the losses; 1.7e-2
+// with 1/6 in the loss before the engine's power-of-two divisor).
 TEST_F(TrainingEngineDpTest, Stage2CpuBf16ThreeRanks) {
-  expect_equivalent({.world = 3, .stage = 2, .bf16 = true});
+  expect_equivalent({.world = 3, .stage = 2, .bf16 = true, .accumulated_reference = true});
+}
+// At 2 ranks the gradients agree bit for bit too (without
+// gradient_clipping the masters are identical, measured), but the global
+// norm is summed in fp32 blocks (cpu_adam's statistics) over each rank's
+// slice instead of over the whole tensor: the clip coefficient differs in
+// its last bits, a master by an ulp, and once that flips a bf16 rounding
+// (2^-8) training amplifies it: identical to step 15, 8e-4 by step 30,
+// masters 8.9e-5 (measured; 4.9e-2 against the 2x larger micro-batch).
+TEST_F(TrainingEngineDpTest, Stage2CpuBf16TwoRanks) {
+  expect_equivalent(
+      {.world = 2, .stage = 2, .bf16 = true, .accumulated_reference = true, .tolerance = 2e-3});
 }
 TEST_F(TrainingEngineDpTest, Stage3CpuFp32TwoRanks) { expect_equivalent({.world = 2, .stage = 3}); }
 TEST_F(TrainingEngineDpTest, Stage3CpuFp32ThreeRanks) {
@@ -308,9 +363,6 @@ TEST_F(TrainingEngineDpTest, Stage3CpuFp32ThreeRanks) {
 }
 TEST_F(TrainingEngineDpTest, Stage3NvmeFp32TwoRanks) {
   expect_equivalent({.world = 2, .stage = 3, .nvme = true});
-}
-TEST_F(TrainingEngineDpTest, Stage3NvmeFp16ThreeRanks) {
-  expect_equivalent({.world = 3, .stage = 3, .nvme = true, .fp16 = true});
 }
 TEST_F(TrainingEngineDpTest, Stage3ParamsOffloadedToNvmeTwoRanks) {
   expect_equivalent({.world = 2, .stage = 3, .nvme = true, .offload_param = true});

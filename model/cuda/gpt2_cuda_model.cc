@@ -1,6 +1,7 @@
 #include "model/cuda/gpt2_cuda_model.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -35,12 +36,13 @@ Gpt2CudaPath::Gpt2CudaPath(const Gpt2Config& config, int64_t b, int64_t t, DType
       dtype_(dtype) {}
 
 Gpt2CudaPath::~Gpt2CudaPath() {
-  if (stream_ != nullptr) {
-    (void)cuda::synchronize(stream_);  // nothing may still use the buffers
-    (void)cuda::destroy_stream(stream_);
-  }
+  // Nothing may still use the buffers. The engine's stream may be gone with
+  // its device by now, so this waits for the whole GPU (once, at the end).
+  if (stream_ != nullptr) (void)cuda::synchronize_device();
   blas_.reset();
   for (void* p : allocations_) cuda::free(p);
+  cuda::free_host(host_ids_);
+  if (ids_copied_ != nullptr) (void)cuda::destroy_event(ids_copied_);
 }
 
 absl::StatusOr<std::unique_ptr<Gpt2CudaPath>> Gpt2CudaPath::create(gpu::Device& device,
@@ -68,8 +70,14 @@ absl::StatusOr<void*> Gpt2CudaPath::alloc(uint64_t bytes) {
 }
 
 absl::Status Gpt2CudaPath::init() {
-  STRATA_ASSIGN_OR_RETURN(stream_, cuda::create_stream());
   STRATA_ASSIGN_OR_RETURN(blas_, cuda::Blas::create());
+  // Tokens, targets and the loss: pinned, so their copies are queued
+  // without a staging wait.
+  STRATA_ASSIGN_OR_RETURN(void* ids, cuda::allocate_host(2 * n_ * sizeof(int32_t) + sizeof(float)));
+  host_ids_ = static_cast<int32_t*>(ids);
+  host_loss_ = reinterpret_cast<float*>(host_ids_ + 2 * n_);
+  *host_loss_ = 0;
+  STRATA_ASSIGN_OR_RETURN(ids_copied_, cuda::create_event());
   const uint64_t es = dtype_size(dtype_), n = n_, nc = n_ * c_, f = sizeof(float);
   auto act = [&](uint64_t elements) { return alloc(elements * es); };
   auto stat = [&](uint64_t elements) -> absl::StatusOr<float*> {
@@ -118,41 +126,50 @@ absl::Status Gpt2CudaPath::init() {
   return absl::OkStatus();
 }
 
-absl::Status Gpt2CudaPath::check_dtype(const LayerContext& ctx) const {
-  if (ctx.dtype == dtype_) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "gpt2 on a CUDA device: the compute dtype changed from ", std::string(dtype_name(dtype_)),
-      " to ", std::string(dtype_name(ctx.dtype)), " between calls; one model runs in one dtype"));
+absl::Status Gpt2CudaPath::begin_call(const LayerContext& ctx) {
+  if (ctx.dtype != dtype_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gpt2 on a CUDA device: the compute dtype changed from ", std::string(dtype_name(dtype_)),
+        " to ", std::string(dtype_name(ctx.dtype)), " between calls; one model runs in one dtype"));
+  }
+  void* s = ctx.device->native_stream(ctx.stream);
+  if (s == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gpt2 on a CUDA device: the engine's stream ", ctx.stream, " on ", ctx.device->name(),
+        " has no CUDA stream to queue the kernels on; this path needs a CUDA device"));
+  }
+  stream_ = s;
+  return absl::OkStatus();
 }
 
 absl::Status Gpt2CudaPath::forward_embedding(const LayerContext& ctx,
                                              const std::vector<int32_t>& inputs,
                                              const std::vector<int32_t>& targets) {
-  STRATA_RETURN_IF_ERROR(check_dtype(ctx));
-  STRATA_RETURN_IF_ERROR(ctx.device->synchronize_stream(ctx.stream), "waiting for layer 0 params");
+  STRATA_RETURN_IF_ERROR(begin_call(ctx));
+  // The staging buffer is reused once the last micro-batch's copies ran.
+  // The engine has waited for that micro-batch's backward by now, so this
+  // returns at once; it guards a caller that has not.
+  STRATA_RETURN_IF_ERROR(cuda::synchronize_event(ids_copied_), "gpt2 layer 0 forward");
   const uint64_t ids = n_ * sizeof(int32_t);
-  STRATA_RETURN_IF_ERROR(cuda::copy(tokens_, inputs.data(), ids, stream_));
-  STRATA_RETURN_IF_ERROR(cuda::copy(targets_, targets.data(), ids, stream_));
+  std::memcpy(host_ids_, inputs.data(), ids);
+  std::memcpy(host_ids_ + n_, targets.data(), ids);
+  STRATA_RETURN_IF_ERROR(cuda::copy(tokens_, host_ids_, ids, stream_));
+  STRATA_RETURN_IF_ERROR(cuda::copy(targets_, host_ids_ + n_, ids, stream_));
+  STRATA_RETURN_IF_ERROR(cuda::record_event(ids_copied_, stream_));
   // The head runs after layer 0's params are released: keep wte.
   STRATA_RETURN_IF_ERROR(
       cuda::copy(wte_, ctx.params[0], uint64_t(v_) * c_ * dtype_size(dtype_), stream_));
   STRATA_RETURN_IF_ERROR(cuda::encoder_forward(residual_[0], tokens_, ctx.params[0], ctx.params[1],
                                                b_, t_, c_, v_, dtype_, stream_),
                          "gpt2 layer 0 forward");
-  // Also keeps `inputs` and `targets` alive until their copies are done.
-  return cuda::synchronize(stream_);
+  return absl::OkStatus();
 }
 
 absl::Status Gpt2CudaPath::forward(int layer, const LayerContext& ctx) {
-  STRATA_RETURN_IF_ERROR(check_dtype(ctx));
-  STRATA_RETURN_IF_ERROR(ctx.device->synchronize_stream(ctx.stream), "waiting for layer params");
+  STRATA_RETURN_IF_ERROR(begin_call(ctx));
   const std::string where = absl::StrCat("gpt2 layer ", layer, " forward");
-  if (layer == nl_ + 1) {
-    STRATA_RETURN_IF_ERROR(head_forward(ctx), where);
-  } else {
-    STRATA_RETURN_IF_ERROR(block_forward(layer, ctx), where);
-  }
-  return cuda::synchronize(stream_);
+  if (layer == nl_ + 1) return annotate(head_forward(ctx), where);
+  return annotate(block_forward(layer, ctx), where);
 }
 
 absl::Status Gpt2CudaPath::block_forward(int layer, const LayerContext& ctx) {
@@ -189,8 +206,7 @@ absl::Status Gpt2CudaPath::head_forward(const LayerContext& ctx) {
       cuda::matmul_forward(*blas_, logits_, lnf_, wte_, nullptr, n_, c_, v_, dtype_, s));
   STRATA_RETURN_IF_ERROR(cuda::cross_entropy_forward(losses_, ce_lse_, mean_loss_, logits_,
                                                      targets_, n_, v_, v_, dtype_, s));
-  float mean = 0;
-  STRATA_RETURN_IF_ERROR(cuda::copy(&mean, mean_loss_, sizeof(float), s));
+  STRATA_RETURN_IF_ERROR(cuda::copy(host_loss_, mean_loss_, sizeof(float), s));
   if (!ctx.training) {
     // Sampling (sample_tokens) reads an evaluation's logits on the host.
     const uint64_t count = uint64_t(n_) * v_;
@@ -198,24 +214,24 @@ absl::Status Gpt2CudaPath::head_forward(const LayerContext& ctx) {
     std::vector<uint16_t> half(dtype_ == DType::kFloat32 ? 0 : count);
     void* dst = dtype_ == DType::kFloat32 ? static_cast<void*>(host_logits_.data()) : half.data();
     STRATA_RETURN_IF_ERROR(cuda::copy(dst, logits_, count * dtype_size(dtype_), s));
-    STRATA_RETURN_IF_ERROR(cuda::synchronize(s));
+    STRATA_RETURN_IF_ERROR(ctx.device->synchronize_stream(ctx.stream), "reading the logits");
     if (dtype_ == DType::kFloat16) convert_fp16_to_fp32(half.data(), host_logits_.data(), count);
     if (dtype_ == DType::kBFloat16) convert_bf16_to_fp32(half.data(), host_logits_.data(), count);
   }
-  STRATA_RETURN_IF_ERROR(cuda::synchronize(s));
-  loss_ = mean;
+  // Training reads the loss after the engine's wait for the backward: no
+  // wait here.
   return absl::OkStatus();
 }
 
 absl::Status Gpt2CudaPath::backward(int layer, const LayerContext& ctx,
                                     const std::vector<engine::ParamSpec>& specs) {
-  STRATA_RETURN_IF_ERROR(check_dtype(ctx));
-  STRATA_RETURN_IF_ERROR(ctx.device->synchronize_stream(ctx.stream), "waiting for layer params");
-  // fp32 gradient scratch, zeroed: the kernels accumulate.
+  STRATA_RETURN_IF_ERROR(begin_call(ctx));
+  // fp32 gradient scratch, zeroed: the kernels accumulate. It grows to the
+  // largest layer in the first backward (cudaFree waits for the GPU anyway).
   uint64_t total = 0;
   for (const engine::ParamSpec& spec : specs) total += align_up(spec.numel);
   if (total > grads_numel_) {
-    STRATA_RETURN_IF_ERROR(cuda::synchronize(stream_));
+    STRATA_RETURN_IF_ERROR(ctx.device->synchronize_stream(ctx.stream));
     if (grads_ != nullptr) {
       allocations_.erase(std::find(allocations_.begin(), allocations_.end(), grads_));
       cuda::free(grads_);
@@ -247,7 +263,7 @@ absl::Status Gpt2CudaPath::backward(int layer, const LayerContext& ctx,
                                                 static_cast<int64_t>(specs[i].numel), stream_),
                            where);
   }
-  return cuda::synchronize(stream_);
+  return absl::OkStatus();
 }
 
 // dres_ holds d(loss)/d(block output) on entry and d(loss)/d(block input) on

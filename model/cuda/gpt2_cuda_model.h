@@ -12,11 +12,15 @@
 // at create() on the device's GPU: not through the Device, so the path does
 // not depend on the Device object's lifetime (and its stats leave it out).
 //
-// Ordering: a call first waits for ctx.stream (the layer's parameters have
-// arrived), runs its kernels on the path's own stream, and waits for them
-// before it returns, so ctx's buffers are free for the engine once the call
-// returns. This gives up overlap between the engine's copies and compute for
-// simplicity; the Device interface exposes no native stream to queue on.
+// Ordering: every kernel and copy is queued on ctx.stream itself (its CUDA
+// handle, Device::native_stream), after the engine's waits for the layer's
+// parameters and before its gradient transfers, so no layer call waits for
+// the GPU: the engine's one wait per step (or per bucket event) covers the
+// path's work too. loss() is valid once the engine has waited for the
+// stream after the head's forward (an evaluation's forward waits itself, for
+// the logits); inputs and targets go through a pinned staging buffer whose
+// reuse waits on an event of its last copies (done by then in the engine's
+// order). The first backward waits once while the gradient scratch grows.
 //
 // Errors: the kernels' statuses, annotated with the layer; activation
 // checkpointing is Unimplemented here. Not thread-safe (one engine thread).
@@ -59,8 +63,8 @@ class Gpt2CudaPath {
   absl::Status backward(int layer, const engine::LayerContext& ctx,
                         const std::vector<engine::ParamSpec>& specs);
 
-  // The mean loss of the last forward of the head.
-  double loss() const { return loss_; }
+  // The mean loss of the last forward of the head (see Ordering).
+  double loss() const { return *host_loss_; }
   // Row `row` of the last evaluation forward's logits (fp32, host copy).
   const float* logits_row(int64_t row) const { return host_logits_.data() + row * v_; }
 
@@ -73,7 +77,8 @@ class Gpt2CudaPath {
   Gpt2CudaPath(const Gpt2Config& config, int64_t b, int64_t t, DType dtype);
   absl::Status init();
   absl::StatusOr<void*> alloc(uint64_t bytes);
-  absl::Status check_dtype(const engine::LayerContext& ctx) const;
+  // Checks ctx's dtype and takes its stream's CUDA handle for this call.
+  absl::Status begin_call(const engine::LayerContext& ctx);
   absl::Status block_forward(int layer, const engine::LayerContext& ctx);
   absl::Status head_forward(const engine::LayerContext& ctx);
   absl::Status block_backward(int layer, const engine::LayerContext& ctx,
@@ -84,7 +89,7 @@ class Gpt2CudaPath {
   const Gpt2Config cfg_;
   const int64_t b_, t_, c_, v_, nh_, nl_, n_;
   const DType dtype_;
-  cuda::Stream stream_ = nullptr;
+  cuda::Stream stream_ = nullptr;  // the engine's stream of the current call
   std::unique_ptr<cuda::Blas> blas_;
   std::vector<void*> allocations_;
 
@@ -101,7 +106,9 @@ class Gpt2CudaPath {
   float* grads_ = nullptr;  // fp32 gradient scratch for one layer
   uint64_t grads_numel_ = 0;
 
-  double loss_ = 0;
+  int32_t* host_ids_ = nullptr;  // pinned: tokens, targets (n_ each), then the loss
+  float* host_loss_ = nullptr;
+  cuda::Event ids_copied_ = nullptr;  // recorded after the copies from host_ids_
   std::vector<float> host_logits_;
 };
 

@@ -56,6 +56,7 @@
 namespace strata::model::cuda {
 
 using Stream = void*;  // a cudaStream_t
+using Event = void*;   // a cudaEvent_t
 
 // A cuBLAS handle bound to the device current at create().
 class Blas {
@@ -134,9 +135,22 @@ absl::StatusOr<Stream> create_stream();
 absl::Status destroy_stream(Stream stream);
 // Blocks until the work queued on `stream` has finished; reports its errors.
 absl::Status synchronize(Stream stream);
+// Blocks until all work on the current GPU has finished (teardown).
+absl::Status synchronize_device();
+// Events (cudaEventDisableTiming): record after the work queued so far on
+// `stream`; synchronize_event blocks until that work is done (at once for
+// an event never recorded).
+absl::StatusOr<Event> create_event();
+absl::Status destroy_event(Event event);
+absl::Status record_event(Event event, Stream stream);
+absl::Status synchronize_event(Event event);
 // Device memory (cudaMalloc); free(nullptr) is a no-op.
 absl::StatusOr<void*> allocate(size_t bytes);
 void free(void* ptr);
+// Pinned host memory (cudaMallocHost), which async copies read without a
+// staging wait; free_host(nullptr) is a no-op.
+absl::StatusOr<void*> allocate_host(size_t bytes);
+void free_host(void* ptr);
 // Async memset to 0 of `bytes` bytes of device memory.
 absl::Status zero(void* ptr, size_t bytes, Stream stream);
 // Async copy in any direction (unified addressing). A pageable host buffer

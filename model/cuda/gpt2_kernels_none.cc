@@ -73,8 +73,15 @@ absl::Status cross_entropy_backward(void*, const void*, const float*, const int3
 absl::StatusOr<Stream> create_stream() { return no_cuda("create_stream"); }
 absl::Status destroy_stream(Stream) { return no_cuda("destroy_stream"); }
 absl::Status synchronize(Stream) { return no_cuda("synchronize"); }
+absl::Status synchronize_device() { return no_cuda("synchronize_device"); }
+absl::StatusOr<Event> create_event() { return no_cuda("create_event"); }
+absl::Status destroy_event(Event) { return no_cuda("destroy_event"); }
+absl::Status record_event(Event, Stream) { return no_cuda("record_event"); }
+absl::Status synchronize_event(Event) { return no_cuda("synchronize_event"); }
 absl::StatusOr<void*> allocate(size_t) { return no_cuda("allocate"); }
 void free(void*) {}
+absl::StatusOr<void*> allocate_host(size_t) { return no_cuda("allocate_host"); }
+void free_host(void*) {}
 absl::Status zero(void*, size_t, Stream) { return no_cuda("zero"); }
 absl::Status copy(void*, const void*, size_t, Stream) { return no_cuda("copy"); }
 absl::Status cast_from_fp32(void*, DType, const float*, int64_t, Stream) {

@@ -29,6 +29,34 @@ absl::Status synchronize(Stream stream) {
                      "cudaStreamSynchronize");
 }
 
+absl::Status synchronize_device() {
+  return cuda_status(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+absl::StatusOr<Event> create_event() {
+  cudaEvent_t e = nullptr;
+  if (absl::Status st =
+          cuda_status(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+      !st.ok()) {
+    return st;
+  }
+  return static_cast<Event>(e);
+}
+
+absl::Status destroy_event(Event event) {
+  return cuda_status(cudaEventDestroy(static_cast<cudaEvent_t>(event)), "cudaEventDestroy");
+}
+
+absl::Status record_event(Event event, Stream stream) {
+  return cuda_status(
+      cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)),
+      "cudaEventRecord");
+}
+
+absl::Status synchronize_event(Event event) {
+  return cuda_status(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
+}
+
 absl::StatusOr<void*> allocate(size_t bytes) {
   void* p = nullptr;
   if (absl::Status st = cuda_status(cudaMalloc(&p, bytes), "cudaMalloc"); !st.ok()) {
@@ -40,6 +68,19 @@ absl::StatusOr<void*> allocate(size_t bytes) {
 
 void free(void* ptr) {
   if (ptr != nullptr) cudaFree(ptr);
+}
+
+absl::StatusOr<void*> allocate_host(size_t bytes) {
+  void* p = nullptr;
+  if (absl::Status st = cuda_status(cudaMallocHost(&p, bytes), "cudaMallocHost"); !st.ok()) {
+    return absl::Status(st.code(), std::string(st.message()) + " allocating " +
+                                       std::to_string(bytes) + " bytes of pinned host memory");
+  }
+  return p;
+}
+
+void free_host(void* ptr) {
+  if (ptr != nullptr) cudaFreeHost(ptr);
 }
 
 absl::Status zero(void* ptr, size_t bytes, Stream stream) {

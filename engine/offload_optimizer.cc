@@ -485,8 +485,11 @@ absl::Status OffloadOptimizer::Impl::prepare_device_reduction() {
                           "device memory for the gradient reduction across ranks");
   STRATA_ASSIGN_OR_RETURN(dp_dev_part, device->allocate(part * sizeof(float)),
                           "device memory for the gradient reduction across ranks");
-  if (dtype != DType::kFloat32) {
-    STRATA_ASSIGN_OR_RETURN(dp_dev_part16, device->allocate(part * dtype_size(dtype)),
+  dp_wire = config.communication_data_type == "fp16"   ? DType::kFloat16
+            : config.communication_data_type == "bf16" ? DType::kBFloat16
+                                                       : DType::kFloat32;
+  if (dp_wire != DType::kFloat32) {
+    STRATA_ASSIGN_OR_RETURN(dp_dev_part16, device->allocate(part * dtype_size(dp_wire)),
                             "device memory for the gradient reduction across ranks");
   }
   if (gather_whole == 0) return absl::OkStatus();

@@ -134,10 +134,12 @@
 //     it): on the device. The device widens the gradients into one fp32
 //     buffer in the rank-major layout, the reduce_scatter runs on it
 //     (stage 1 too: a rank keeps only its slice), and only this rank's
-//     part (~1/N of the bucket) is copied D2H, rounded to the compute
-//     dtype on the device first (fp16 / bf16: the gradients cross PCIe in
-//     the dtype one rank's do, as DeepSpeed communicates them; the sum is
-//     exact in fp32 and rounded once); the store's device copies of the
+//     part (~1/N of the bucket) is copied D2H: in fp32 (exact; with 16-bit
+//     gradients that is twice their bytes, 2/N of one rank's), or with
+//     ds_config communication_data_type "fp16" / "bf16" rounded to it once
+//     on the device (as DeepSpeed's reduction in that dtype, its default,
+//     rounds; the gradients then cross in the bytes one rank's do, 1/N);
+//     the store's device copies of the
 //     gradients are then marked clean (TieredStore::abandon_changes),
 //     never written back. The flags are written and read by the host in
 //     the device's memory (no transfer a device that moves no data would

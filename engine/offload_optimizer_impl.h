@@ -332,10 +332,12 @@ struct OffloadOptimizer::Impl {
   std::vector<char> dp_gather_device;
   std::vector<uint8_t> dp_param_part;  // the largest part, registered with the device
   bool dp_param_part_registered = false;
-  void* dp_dev_gather = nullptr;    // compute dtype, the largest bucket's layout
-  void* dp_dev_whole = nullptr;     // fp32, the largest bucket's layout (with flags)
-  void* dp_dev_part = nullptr;      // fp32, this rank's largest part
-  void* dp_dev_part16 = nullptr;    // it rounded to a 16-bit compute dtype (null: fp32)
+  void* dp_dev_gather = nullptr;  // compute dtype, the largest bucket's layout
+  void* dp_dev_whole = nullptr;   // fp32, the largest bucket's layout (with flags)
+  void* dp_dev_part = nullptr;    // fp32, this rank's largest part
+  // The dtype that part crosses PCIe in (ds_config communication_data_type).
+  DType dp_wire = DType::kFloat32;
+  void* dp_dev_part16 = nullptr;    // it rounded to dp_wire when 16-bit (else null)
   std::vector<uint16_t> dp_part16;  // that, on the host
   gpu::StreamId dp_stream = 0;      // the reduction thread's copies and casts
   bool have_dp_stream = false;

@@ -917,26 +917,26 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   for (int q = 0; q < world; ++q) std::copy(flags, flags + kDpFlags, whole + l.extra[q]);
   STRATA_RETURN_IF_ERROR(
       comm->reduce_scatter(whole, dp_dev_part, l.counts, DType::kFloat32, dist::ReduceOp::kSum));
-  // Only this rank's part of the gradients crosses PCIe, in the compute
-  // dtype as the gradients left one rank: the fp32 sum rounded once on the
-  // device (DeepSpeed's default too: it reduces in the gradients' dtype),
-  // widened again on the host.
+  // Only this rank's part of the gradients crosses PCIe, in fp32 (exact)
+  // or in communication_data_type's 16 bits: the fp32 sum rounded once on
+  // the device (as DeepSpeed's reduction in that dtype rounds it), half the
+  // bytes, widened again on the host.
   const uint64_t grads = l.counts[rank] - kDpFlags;
   dp_part.resize(l.counts[rank]);
-  if (grads > 0 && dtype == DType::kFloat32) {
+  if (grads > 0 && dp_wire == DType::kFloat32) {
     STRATA_RETURN_IF_ERROR(
         device->copy_to_host(dp_part.data(), dp_dev_part, grads * sizeof(float), dp_stream));
     STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
     dp_d2h_bytes += grads * sizeof(float);
   } else if (grads > 0) {
     STRATA_RETURN_IF_ERROR(
-        device->cast(dp_dev_part, DType::kFloat32, dp_dev_part16, dtype, grads, dp_stream));
+        device->cast(dp_dev_part, DType::kFloat32, dp_dev_part16, dp_wire, grads, dp_stream));
     dp_part16.resize(grads);
     STRATA_RETURN_IF_ERROR(
         device->copy_to_host(dp_part16.data(), dp_dev_part16, grads * sizeof(uint16_t), dp_stream));
     STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
     dp_d2h_bytes += grads * sizeof(uint16_t);
-    if (dtype == DType::kFloat16) {
+    if (dp_wire == DType::kFloat16) {
       convert_fp16_to_fp32(dp_part16.data(), dp_part.data(), grads);
     } else {
       convert_bf16_to_fp32(dp_part16.data(), dp_part.data(), grads);

@@ -103,8 +103,9 @@ absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
       "{\"train_micro_batch_size_per_gpu\": ", o.micro_batch,
       ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps, ", \"", o.precision,
       "\": {\"enabled\": true}, \"optimizer\": {\"type\": \"AdamW\", \"params\": "
-      "{\"lr\": 1e-4}}, \"zero_optimization\": ",
-      zero, ", \"strata\": {\"overlap\": \"", mode == "sync" ? "sync" : "overlap",
+      "{\"lr\": 1e-4}}, \"communication_data_type\": \"",
+      o.precision, "\", \"zero_optimization\": ", zero, ", \"strata\": {\"overlap\": \"",
+      mode == "sync" ? "sync" : "overlap",
       "\", \"delayed_param_update\": ", mode == "delayed" ? "true" : "false",
       o.prefetch_window_bytes > 0
           ? absl::StrCat(", \"prefetch_window_bytes\": ", o.prefetch_window_bytes)

@@ -42,7 +42,9 @@
 // no data but its memory is host memory, so Gloo reduces the gradients and
 // gathers the params on it as it would on a GPU with NCCL: the bytes each
 // rank moves over its link are its slice's (engine/offload_optimizer.h,
-// "Data parallel").
+// "Data parallel"). The config sets communication_data_type to the
+// precision, DeepSpeed's default, so that slice of the reduced gradients
+// crosses in 16 bits as one rank's gradients do.
 #pragma once
 
 #include <cstdint>

@@ -59,6 +59,7 @@ struct Case {
   bool accumulated_reference = false;
   // Losses (relative, per step) and masters (relative, in norm).
   double tolerance = 1e-5;
+  const char* communication_data_type = nullptr;  // ds_config's; null: unset
 };
 
 std::string case_name(const Case& c) {
@@ -90,6 +91,9 @@ class TrainingEngineDpTest : public TrainingEngineTest {
         "\"zero_optimization\": {\"stage\": ", c.stage, ", \"offload_optimizer\": ", offload,
         c.offload_param ? absl::StrCat(", \"offload_param\": ", offload) : "", "}",
         c.fp16 ? absl::StrCat(", ", kFp16) : "", c.bf16 ? ", \"bf16\": {\"enabled\": true}" : "",
+        c.communication_data_type != nullptr
+            ? absl::StrCat(", \"communication_data_type\": \"", c.communication_data_type, "\"")
+            : "",
         "}");
     return parse_config_at(json, world);
   }
@@ -400,18 +404,24 @@ TEST_F(TrainingEngineDpTest, Stage2OverlapModeTwoRanks) {
 }
 
 // Stages 1 to 3, fp32 and fp16: each rank reduces the gradients on the
-// device and moves only its slice of them D2H (in the compute dtype), and
-// only its updated slice of the params H2D (stage 1/2: gathered on the
-// device after the step; stage 3: before use), so per-rank PCIe bytes are
-// ~1/N of one rank's (which moves every gradient and param whole), while
-// the run stays the one rank's: same losses, the same params on every rank
-// (read_param brings the device's gathered copies back to the host).
+// device and moves only its slice of them D2H (fp16 ones in fp16, with
+// communication_data_type "fp16"), and only its updated slice of the params
+// H2D (stage 1/2: gathered on the device after the step; stage 3: before
+// use), so per-rank PCIe bytes are ~1/N of one rank's (which moves every
+// gradient and param whole), while the run stays the one rank's: same
+// losses (fp16: within its first steps' rounding, the sum rounded once
+// more), the same params on every rank (read_param brings the device's
+// gathered copies back to the host).
 TEST_F(TrainingEngineDpTest, EachRankMovesASliceOverPcieAtStages1To3) {
   constexpr int kSteps = 3;
   for (int stage : {1, 2, 3}) {
     for (bool fp16 : {false, true}) {
       for (int world : {2, 3}) {
-        const Case c{.world = world, .stage = stage, .fp16 = fp16};
+        // fp16 gradients cross in fp16 (as DeepSpeed's default does).
+        const Case c{.world = world,
+                     .stage = stage,
+                     .fp16 = fp16,
+                     .communication_data_type = fp16 ? "fp16" : nullptr};
         SCOPED_TRACE(case_name(c));
         // One rank on the same global batch (its bytes do not depend on the rows).
         std::vector<RankResult> ones, many;

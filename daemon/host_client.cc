@@ -71,22 +71,6 @@ absl::Status HostClient::load_state(const std::string& dir, bool weights_only) {
   return absl::OkStatus();
 }
 
-std::vector<float> HostClient::read_param(int p) const {
-  const uint64_t n = reg_->param(p).numel;
-  std::vector<float> out(n);
-  const void* src = remote_->param(p);
-  switch (remote_->compute_dtype()) {
-    case DType::kFloat32:
-      std::memcpy(out.data(), src, n * sizeof(float));
-      break;
-    case DType::kFloat16:
-      convert_fp16_to_fp32(static_cast<const uint16_t*>(src), out.data(), n);
-      break;
-    case DType::kBFloat16:
-      convert_bf16_to_fp32(static_cast<const uint16_t*>(src), out.data(), n);
-      break;
-  }
-  return out;
-}
+std::vector<float> HostClient::read_param(int p) const { return remote_->read_param(p); }
 
 }  // namespace strata::daemon

@@ -201,7 +201,7 @@ void Frame::close_fds() {
   fds.clear();
 }
 
-bool is_known_type(uint16_t t) { return (t >= 1 && t <= 13) || t == 100 || t == 101; }
+bool is_known_type(uint16_t t) { return (t >= 1 && t <= 14) || t == 100 || t == 101; }
 
 absl::string_view type_name(MsgType type) {
   switch (type) {
@@ -231,6 +231,8 @@ absl::string_view type_name(MsgType type) {
       return "detach";
     case MsgType::kStats:
       return "stats";
+    case MsgType::kReportOverflow:
+      return "report_overflow";
     case MsgType::kOk:
       return "ok";
     case MsgType::kError:

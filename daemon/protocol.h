@@ -58,6 +58,7 @@ enum class MsgType : uint16_t {
   kLoad = 11,      // {dir, weights_only}
   kDetach = 12,    // {end_session}
   kStats = 13,
+  kReportOverflow = 14,  // the client saw an fp16 overflow: no more gradients this step
   kOk = 100,
   kError = 101,  // {code, message}
 };

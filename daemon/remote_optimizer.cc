@@ -99,6 +99,7 @@ absl::StatusOr<std::unique_ptr<RemoteOptimizer>> RemoteOptimizer::attach(
   STRATA_ASSIGN_OR_RETURN(bool created, get_bool(f.body, "created"));
   STRATA_ASSIGN_OR_RETURN(r->steps_, get_int(f.body, "steps", 0, INT64_MAX));
   STRATA_ASSIGN_OR_RETURN(r->optimizer_steps_, get_int(f.body, "optimizer_steps", 0, INT64_MAX));
+  STRATA_ASSIGN_OR_RETURN(r->micro_batches_, get_int(f.body, "micro_batches", 0, INT64_MAX));
   STRATA_ASSIGN_OR_RETURN(int64_t nb, get_int(f.body, "num_buckets", 0, kMaxBucket));
   STRATA_ASSIGN_OR_RETURN(std::string dtype, get_string(f.body, "dtype", 8));
   r->created_ = created;
@@ -208,6 +209,10 @@ absl::Status RemoteOptimizer::wait_grads() {
   return call(MsgType::kWaitGrads, nlohmann::json::object()).status();
 }
 
+absl::Status RemoteOptimizer::report_overflow() {
+  return call(MsgType::kReportOverflow, nlohmann::json::object()).status();
+}
+
 absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::finish_step() {
   STRATA_ASSIGN_OR_RETURN(Frame f, call(MsgType::kFinishStep, nlohmann::json::object()));
   engine::OptimizerStepResult r;
@@ -223,6 +228,7 @@ absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::finish_step() {
   r.grad_seconds = f.body.value("grad_seconds", 0.0);
   r.optimizer_seconds = f.body.value("optimizer_seconds", 0.0);
   steps_ = r.step;
+  micro_batches_ = f.body.value("micro_batches", micro_batches_);
   if (!r.skipped) ++optimizer_steps_;
   return r;
 }
@@ -250,6 +256,24 @@ absl::StatusOr<std::vector<float>> RemoteOptimizer::read_state(int p, engine::St
   return out;
 }
 
+std::vector<float> RemoteOptimizer::read_param(int p) const {
+  const uint64_t n = numel_.at(p);
+  std::vector<float> out(n);
+  const void* src = param(p);
+  switch (dtype_) {
+    case DType::kFloat32:
+      std::memcpy(out.data(), src, n * sizeof(float));
+      break;
+    case DType::kFloat16:
+      convert_fp16_to_fp32(static_cast<const uint16_t*>(src), out.data(), n);
+      break;
+    case DType::kBFloat16:
+      convert_bf16_to_fp32(static_cast<const uint16_t*>(src), out.data(), n);
+      break;
+  }
+  return out;
+}
+
 absl::Status RemoteOptimizer::save_state(const std::string& dir, const nlohmann::json& user_meta) {
   return call(MsgType::kSave, {{"dir", dir}, {"user_meta", user_meta}}).status();
 }
@@ -259,6 +283,7 @@ absl::Status RemoteOptimizer::load_state(const std::string& dir, bool weights_on
                           call(MsgType::kLoad, {{"dir", dir}, {"weights_only", weights_only}}));
   steps_ = f.body.value("steps", steps_);
   optimizer_steps_ = f.body.value("optimizer_steps", optimizer_steps_);
+  micro_batches_ = f.body.value("micro_batches", micro_batches_);
   return absl::OkStatus();
 }
 

@@ -63,6 +63,9 @@ class RemoteOptimizer {
   bool created() const { return created_; }
   int64_t steps() const { return steps_; }  // finished steps, as the daemon counts them
   int64_t optimizer_steps() const { return optimizer_steps_; }
+  // gradient_accumulation_steps per finished step, as the daemon counts
+  // them (restored by load_state): where a client's data continues.
+  int64_t micro_batches() const { return micro_batches_; }
   DType compute_dtype() const { return dtype_; }
   int num_params() const { return static_cast<int>(slots_.size()); }
   int num_buckets() const { return num_buckets_; }
@@ -74,9 +77,14 @@ class RemoteOptimizer {
   absl::StatusOr<double> begin_step(std::optional<double> loss_scale = std::nullopt);
   absl::Status grad_ready(int bucket);
   absl::Status wait_grads();
+  // An fp16 overflow the client found (its device-side check): the daemon
+  // takes no further gradient this step and finish_step skips it.
+  absl::Status report_overflow();
   absl::StatusOr<engine::OptimizerStepResult> finish_step();
   absl::Status abort_step(absl::Status why);
   absl::StatusOr<std::vector<float>> read_state(int p, engine::StateKind kind);
+  // The compute-dtype param as fp32, read from the arena.
+  std::vector<float> read_param(int p) const;
   absl::Status save_state(const std::string& dir, const nlohmann::json& user_meta);
   absl::Status load_state(const std::string& dir, bool weights_only);
   // end_session: the daemon drops the session and frees its memory.
@@ -95,7 +103,7 @@ class RemoteOptimizer {
   int fd_ = -1;
   int timeout_ms_ = 0;
   bool created_ = false;
-  int64_t steps_ = 0, optimizer_steps_ = 0;
+  int64_t steps_ = 0, optimizer_steps_ = 0, micro_batches_ = 0;
   int num_buckets_ = 0;
   DType dtype_ = DType::kFloat32;
   std::vector<std::pair<uint64_t, uint64_t>> slots_;

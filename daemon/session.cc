@@ -192,6 +192,7 @@ nlohmann::json Session::attach_body(bool created) const {
           {"slots", slots},
           {"steps", opt_->steps()},
           {"optimizer_steps", opt_->optimizer_steps()},
+          {"micro_batches", opt_->micro_batches()},
           {"num_buckets", opt_->num_buckets()},
           {"ring_offset", 0},
           {"ring_entries", kRingEntries}};
@@ -223,6 +224,10 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       STRATA_RETURN_IF_ERROR(bucket_ready(static_cast<int>(b)));
       return reply;
     }
+    case MsgType::kReportOverflow:
+      if (!in_step_) return absl::FailedPreconditionError("report_overflow outside a step");
+      opt_->report_overflow();
+      return reply;
     case MsgType::kWaitGrads:
       STRATA_RETURN_IF_ERROR(ring_error_);
       STRATA_RETURN_IF_ERROR(opt_->wait_grads());
@@ -251,6 +256,7 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       steps_.store(opt_->steps());
       if (!r.ok()) return r.status();
       reply.body = {{"step", r->step},
+                    {"micro_batches", opt_->micro_batches()},
                     {"loss_scale", r->loss_scale},
                     {"skipped", r->skipped},
                     {"overflow", r->overflow},
@@ -286,7 +292,9 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       STRATA_ASSIGN_OR_RETURN(bool weights_only, get_bool(body, "weights_only"));
       STRATA_RETURN_IF_ERROR(opt_->load_state(dir, weights_only));
       steps_.store(opt_->steps());
-      reply.body = {{"steps", opt_->steps()}, {"optimizer_steps", opt_->optimizer_steps()}};
+      reply.body = {{"steps", opt_->steps()},
+                    {"optimizer_steps", opt_->optimizer_steps()},
+                    {"micro_batches", opt_->micro_batches()}};
       return reply;
     }
     default:

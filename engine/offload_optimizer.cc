@@ -196,14 +196,17 @@ absl::Status OffloadOptimizer::Impl::configure(const config::DsConfig& cfg, gpu:
   return absl::OkStatus();
 }
 
-GroupHyperparams OffloadOptimizer::default_group() const {
-  const config::DsConfig& c = impl_->config;
+GroupHyperparams group_hyperparams(const config::DsConfig& c) {
   return GroupHyperparams{.lr = c.optimizer.lr,
                           .beta1 = c.optimizer.betas[0],
                           .beta2 = c.optimizer.betas[1],
                           .eps = c.optimizer.eps,
                           .weight_decay = c.optimizer.weight_decay,
                           .bias_correction = c.optimizer.bias_correction};
+}
+
+GroupHyperparams OffloadOptimizer::default_group() const {
+  return group_hyperparams(impl_->config);
 }
 
 int OffloadOptimizer::add_group(const GroupHyperparams& hp) {

@@ -239,8 +239,10 @@
 #include "dist/communicator.h"
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
+#include "engine/offload_types.h"
 #include "engine/placement.h"
 #include "engine/speculation.h"
+#include "engine/step_optimizer.h"
 #include "engine/zero_partition.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
@@ -296,74 +298,18 @@ struct OffloadOptimizerOptions {
   double grad_divisor = 1.0;
 };
 
-// One hyper-parameter group (torch's param_groups): the optimizer kind is
-// the config's; the rest may differ per group and change between steps.
-struct GroupHyperparams {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-  bool bias_correction = true;
-};
+// The config's optimizer section as a group (what default_group() and the
+// engine's one group use).
+GroupHyperparams group_hyperparams(const config::DsConfig& config);
 
-enum class ParamBinding { kStore, kHost, kDevice };
-
-struct ParamDesc {
-  // Unique within its bucket; the store names its tensors
-  // "layer<bucket>.<name>.<kind>" and checkpoints record (bucket, index in
-  // bucket, name).
-  std::string name;
-  uint64_t numel = 0;
-  int bucket = 0;
-  int group = 0;
-  ParamBinding binding = ParamBinding::kStore;
-  void* param = nullptr;       // kHost / kDevice: numel values of the compute dtype
-  const void* grad = nullptr;  // kHost / kDevice: the gradient the framework writes
-};
-
-using ParamHandle = int;  // 0, 1, ... in add_param order
-
-// Which fp32 tensor of a parameter read_state / write_state address.
-// kGradAccum: the last step's accumulated gradient (its last micro-batch
-// added from the framework's gradient, which must still hold it).
-enum class StateKind { kMaster, kExpAvg, kExpAvgSq, kGradAccum };
-
-struct OptimizerStepResult {
-  int64_t step = 0;       // 1-based count of finished steps (a skipped one counts)
-  double loss_scale = 1;  // the scale the step's gradients carried
-  bool skipped = false;   // overflow: nothing applied
-  bool overflow = false;  // some gradient was inf or NaN
-  double grad_norm = 0;   // global L2, unscaled, before clipping (inf on overflow)
-  double clip_coef = 1;   // gradients were divided by this
-  double lr = 0;          // group 0's rate applied (or that would have been)
-  int speculative_buckets = 0;
-  int rolled_back_buckets = 0;   // restored after a speculative step
-  double grad_seconds = 0;       // host time on gradients (copy-out, accumulate, norm)
-  double optimizer_seconds = 0;  // host time in the optimizer (steps, rollbacks)
-  // Bytes those optimizer passes moved through host memory (cpu_adam::
-  // step_bytes of each step, plus rollback copies): optimizer_bytes /
-  // optimizer_seconds is the optimizer's effective bandwidth.
-  uint64_t optimizer_bytes = 0;
-  // Per tier, moved by the store between begin_step and finish_step.
-  std::array<uint64_t, offload::kTierCount> bytes_in{};
-  std::array<uint64_t, offload::kTierCount> bytes_out{};
-};
-
-struct CheckpointLoadStats {
-  uint64_t peak_buffer_bytes = 0;  // the largest host buffer the load held
-  uint64_t largest_tensor_bytes = 0;
-  uint64_t tensor_file_bytes = 0;
-};
-
-class OffloadOptimizer {
+class OffloadOptimizer final : public StepOptimizer {
  public:
   // `device` (and options.io) must outlive the optimizer. Rejects a config
   // that cannot run (no optimizer, a world size other than the communicator's, ...).
   static absl::StatusOr<std::unique_ptr<OffloadOptimizer>> create(const config::DsConfig& config,
                                                                   gpu::Device* device,
                                                                   OffloadOptimizerOptions options);
-  ~OffloadOptimizer();
+  ~OffloadOptimizer() override;
   OffloadOptimizer(const OffloadOptimizer&) = delete;
   OffloadOptimizer& operator=(const OffloadOptimizer&) = delete;
 
@@ -380,25 +326,28 @@ class OffloadOptimizer {
 
   // The fp32 starting value of a param: master = value, states zero, the
   // compute param = value rounded (and written to a kHost / kDevice binding).
-  absl::Status set_value(ParamHandle p, const float* value);
+  absl::Status set_value(ParamHandle p, const float* value) override;
 
-  absl::StatusOr<double> begin_step(std::optional<double> loss_scale = std::nullopt);
-  absl::Status grad_ready(int bucket, std::optional<gpu::EventId> grad_written = std::nullopt);
-  absl::Status wait_grads();
+  absl::StatusOr<double> begin_step(std::optional<double> loss_scale = std::nullopt) override;
+  // grad_ready(bucket): no event (kStore / kHost, or a kDevice gradient
+  // already written when the call is made).
+  absl::Status grad_ready(int bucket) override { return grad_ready(bucket, std::nullopt); }
+  absl::Status grad_ready(int bucket, std::optional<gpu::EventId> grad_written);
+  absl::Status wait_grads() override;
   // fp16 overflow seen by the framework on the device (the engine's check):
   // no further gradient is taken this step and finish_step skips it.
-  void report_overflow();
+  void report_overflow() override;
   // An overflow is known this step (reported, or seen in a bucket's gradient).
-  bool overflowed() const;
+  bool overflowed() const override;
   // The framework's backward time of the step's last micro-batch; kAuto
   // speculation compares the host's gradient and optimizer time with it
   // (not reported: the time from begin_step to the last grad_ready).
-  void set_backward_seconds(double seconds);
-  absl::StatusOr<OptimizerStepResult> finish_step();
+  void set_backward_seconds(double seconds) override;
+  absl::StatusOr<OptimizerStepResult> finish_step() override;
   // The step in flight is abandoned (the framework's forward or backward
   // failed): speculative updates are restored, counters put back; returns
   // `why` with what the undo added.
-  absl::Status abort_step(absl::Status why);
+  absl::Status abort_step(absl::Status why) override;
   std::optional<gpu::EventId> params_ready(int bucket) const;
 
   // Between steps: hyper-parameters (torch re-reads param_groups each step).
@@ -414,20 +363,20 @@ class OffloadOptimizer {
   // State, one param at a time (streamed: NVMe-homed states pass through one
   // host buffer of the tensor's size). Finishes a pending delayed update
   // first. write_state of kMaster does not change the compute param.
-  absl::StatusOr<std::vector<float>> read_state(ParamHandle p, StateKind kind);
+  absl::StatusOr<std::vector<float>> read_state(ParamHandle p, StateKind kind) override;
   absl::Status write_state(ParamHandle p, StateKind kind, const float* values);
   // The compute-dtype param as fp32, from its home.
-  absl::StatusOr<std::vector<float>> read_param(ParamHandle p);
+  absl::StatusOr<std::vector<float>> read_param(ParamHandle p) override;
 
   // Checkpoints in strata's format (checkpoint_format.h; the contract in
   // training_engine.h, save_checkpoint / load_checkpoint): user_meta is
   // stored under "user". load_state with weights_only loads masters and
   // params into a run with another optimizer or stage. Between steps.
-  absl::Status save_state(const std::string& dir, const nlohmann::json& user_meta);
-  absl::Status save_state_async(const std::string& dir, const nlohmann::json& user_meta);
-  absl::Status wait_for_save();
-  absl::Status load_state(const std::string& dir, bool weights_only);
-  const CheckpointLoadStats& last_load_stats() const;
+  absl::Status save_state(const std::string& dir, const nlohmann::json& user_meta) override;
+  absl::Status save_state_async(const std::string& dir, const nlohmann::json& user_meta) override;
+  absl::Status wait_for_save() override;
+  absl::Status load_state(const std::string& dir, bool weights_only) override;
+  const CheckpointLoadStats& last_load_stats() const override;
 
   // What the framework's kStore layers use: the store, each param's tensors
   // (kStore only), the optimizer's stream (store copies and kDevice copies
@@ -469,16 +418,16 @@ class OffloadOptimizer {
   int num_buckets() const;
   const ParamDesc& param(ParamHandle p) const;
   const std::vector<ParamHandle>& bucket_params(int bucket) const;
-  DType compute_dtype() const;
-  int64_t optimizer_steps() const;  // applied steps (the Adam step count)
-  int64_t steps() const;            // finished steps, skipped ones included
+  DType compute_dtype() const override;
+  int64_t optimizer_steps() const override;  // applied steps (the Adam step count)
+  int64_t steps() const override;            // finished steps, skipped ones included
   // gradient_accumulation_steps per finished step (restored by a load): the
   // engine picks its data by it.
-  int64_t micro_batches() const;
+  int64_t micro_batches() const override;
   const LossScaler* loss_scaler() const;
   const LrSchedule& lr_schedule() const;
   offload::Tier optimizer_tier() const;
-  absl::Status partly_stepped() const;
+  absl::Status partly_stepped() const override;
 
  private:
   OffloadOptimizer() = default;

@@ -6,7 +6,9 @@
 // forward / backward loop, the device-side fp16 overflow check and
 // evaluate(): one bucket per layer, every param ParamBinding::kStore, and
 // grad_ready(layer) after the layer's backward (overlap, delayed update) or
-// for every layer after the whole backward (sync).
+// for every layer after the whole backward (sync). The step calls go
+// through engine/step_optimizer.h's StepOptimizer, so the same loop also
+// drives an optimizer in stratad ("Through a remote optimizer" below).
 //
 // Placement (per parameter of every layer, all in one TieredStore):
 //   param  compute dtype (fp16 / bf16, fp32 when neither is enabled)
@@ -61,7 +63,9 @@
 // earlier) and at most 2x smaller; for a gas that is a power of two (1, 2,
 // 4, ...) every value, grad32 included, is DeepSpeed's. grad32 (read_fp32
 // kGradAccum) holds loss_scale x gas / P x the mean gradient over the
-// micro-batches; the reported norm is that of the mean gradient.
+// micro-batches; the reported norm is that of the mean gradient. Through
+// stratad (EngineOptions::remote) the loss is divided by gas itself, as
+// DeepSpeed does: the daemon's optimizer takes no divisor.
 //
 // Deliberate difference from DeepSpeed: with bf16 or fp32 (no loss scaler) a
 // non-finite gradient fails the step with an error instead of writing NaN
@@ -131,6 +135,22 @@
 // overlap of reductions with backward is lost in this mode); evaluate and
 // read_param are then collective too.
 //
+// Through a remote optimizer (EngineOptions::remote, a HostBoundOptimizer:
+// stratad): the same loop and the same arithmetic (losses bit-identical to
+// in-process), with the optimizer's params and gradients in the remote's
+// host memory instead of the store. The engine keeps every layer's
+// compute-dtype params and gradients on its device (allocated at create:
+// no ZeRO-3 param offload and no device budget in this version), copies
+// the params in after each change and each bucket's gradients out before
+// its grad_ready (waiting for the bucket's backward first). A session that
+// already has params (needs_values() false: a client that died or ended
+// and runs again) is continued from its last completed step, its data
+// picked by the remote's micro-batch count. Not available there: data
+// parallel (options.comm with N > 1) and strata.delayed_param_update
+// (InvalidArgument at create), and the in-process accessors store_stats,
+// optimizer_tier, loss_scaler, lr_schedule and optimizer() (they
+// STRATA_CHECK).
+//
 // Threading: not thread-safe; one thread calls train_step(). Errors: create()
 // rejects configs that parse but cannot run (no optimizer, a world size
 // other than options.comm's (1 without one), offload_param without
@@ -148,6 +168,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/config/ds_config.h"
+#include "core/status.h"
 #include "cpu_adam/optimizer.h"
 #include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
@@ -155,6 +176,7 @@
 #include "engine/offload_optimizer.h"
 #include "engine/placement.h"
 #include "engine/speculation.h"
+#include "engine/step_optimizer.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
 #include "offload/pin.h"
@@ -166,7 +188,14 @@ namespace strata::engine {
 // The engine's options are its optimizer's (offload_optimizer.h; a bucket
 // is a layer). use_schedule must stay true: the engine's one group follows
 // the LR schedule, which its checkpoints record.
-using EngineOptions = OffloadOptimizerOptions;
+struct EngineOptions : OffloadOptimizerOptions {
+  // Set: the optimizer runs outside this process (stratad's session through
+  // daemon/engine_client.h), built by this factory from the engine's
+  // registration; the options above then only say what the registration
+  // carries (use_schedule, speculation, allow_buffered_io). See "Through a
+  // remote optimizer" above. Unset: an in-process OffloadOptimizer.
+  HostBoundFactory remote;
+};
 
 struct StepStats {
   int64_t step = 0;         // 1-based count of successful train_step() calls
@@ -262,7 +291,7 @@ class TrainingEngine {
   using CheckpointLoadStats = engine::CheckpointLoadStats;
   absl::Status save_checkpoint(const std::string& dir);
   absl::Status load_checkpoint(const std::string& dir, CheckpointUse use = CheckpointUse::kResume);
-  const CheckpointLoadStats& last_checkpoint_load() const { return opt_->last_load_stats(); }
+  const CheckpointLoadStats& last_checkpoint_load() const { return step_->last_load_stats(); }
   // The same checkpoint, written in the background: the engine's tensors are
   // copied into a host snapshot (about 12 + compute-dtype bytes per param)
   // before it returns, and the files are written from the snapshot while
@@ -281,18 +310,21 @@ class TrainingEngine {
   // naming the file when meta.json is missing or not a strata checkpoint.
   static absl::StatusOr<nlohmann::json> read_checkpoint_user_metadata(const std::string& dir);
   // Successful train_step() calls (a failed one counts nothing), restored by a load.
-  int64_t steps() const { return opt_->steps(); }
+  int64_t steps() const { return step_->steps(); }
 
-  DType compute_dtype() const { return opt_->compute_dtype(); }
-  const LossScaler* loss_scaler() const { return opt_->loss_scaler(); }
-  const LrSchedule& lr_schedule() const { return opt_->lr_schedule(); }
-  int64_t optimizer_steps() const { return opt_->optimizer_steps(); }  // applied steps
-  offload::StoreStats store_stats() const { return opt_->store()->stats(); }
+  DType compute_dtype() const { return step_->compute_dtype(); }
+  int64_t optimizer_steps() const { return step_->optimizer_steps(); }  // applied steps
+  // Whether the optimizer runs outside this process (EngineOptions::remote).
+  bool remote() const { return remote_ != nullptr; }
+  // In-process only (STRATA_CHECK otherwise):
+  const LossScaler* loss_scaler() const { return local().loss_scaler(); }
+  const LrSchedule& lr_schedule() const { return local().lr_schedule(); }
+  offload::StoreStats store_stats() const { return local().store()->stats(); }
   // Where the optimizer works: kHost when offloaded, kDevice otherwise.
-  offload::Tier optimizer_tier() const { return opt_->optimizer_tier(); }
+  offload::Tier optimizer_tier() const { return local().optimizer_tier(); }
   // The seam the engine steps through: one bucket per layer, every param
   // ParamBinding::kStore (layer l's param i is handle layer_params(l)[i]).
-  OffloadOptimizer& optimizer() { return *opt_; }
+  OffloadOptimizer& optimizer() { return local(); }
   // InvalidArgument for a layer the model does not have.
   absl::StatusOr<std::vector<ParamHandle>> layer_params(int layer) const;
   // The layers of each gradient bucket, in backward order: a bucket's
@@ -329,11 +361,32 @@ class TrainingEngine {
   // then hands its layers' gradients to the optimizer unless the step overflowed.
   absl::Status finish_bucket(int b, int64_t micro, StepStats* st);
   absl::StatusOr<ParamHandle> handle(int layer, int param) const;
+  OffloadOptimizer& local() const {
+    STRATA_CHECK_MSG(opt_ != nullptr,
+                     "an in-process accessor of an engine with a remote optimizer");
+    return *opt_;
+  }
+  // Registers the layers' params, in-process or with options.remote.
+  absl::Status register_params(const config::DsConfig& config, EngineOptions options);
+  // Remote: copies every param's value from the remote's memory to the
+  // device (on stream_) when it changed since the last copy.
+  absl::Status upload_params();
+  // Remote: enqueues the copies of layer l's gradients into the remote's memory.
+  absl::Status download_grads(int layer);
 
   Model* model_ = nullptr;
   gpu::Device* device_ = nullptr;
-  std::unique_ptr<OffloadOptimizer> opt_;
+  std::unique_ptr<OffloadOptimizer> opt_;       // in-process; null with a remote
+  std::unique_ptr<HostBoundOptimizer> remote_;  // EngineOptions::remote
+  StepOptimizer* step_ = nullptr;               // whichever of the two
+  gpu::StreamId stream_ = 0;                    // opt_'s, or the engine's own (remote)
+  std::vector<ParamDesc> params_;               // per handle: name, numel, bucket
+  int num_buckets_ = 0;
   std::vector<std::vector<ParamHandle>> layers_;  // per layer: its params' handles
+  // Remote: per handle, the device copies of the param and its gradient,
+  // and whether the device params are the remote's current values.
+  std::vector<void*> device_params_, device_grads_;
+  bool params_uploaded_ = false;
   DType dtype_ = DType::kFloat32;
   int64_t gas_ = 1;
   // The power of two the loss is divided by (gas rounded up to one); the

@@ -283,7 +283,9 @@ class CliFuzzTest : public ::testing::Test {
           {"--resume", Kind::kInput},
           {"--init", Kind::kInput},
           {"--nproc", Kind::kNumber},
-          {"--comm-timeout", Kind::kNumber}},
+          {"--comm-timeout", Kind::kNumber},
+          {"--daemon", Kind::kInput},
+          {"--session", Kind::kChoice}},
          // --vocab and --merges need each other: fuzzed together below.
          {"--async-save", "--checkpoint-activations", "--vocab", "--merges"}},
         // Valid data: the flags train checks only after loading it. Each

@@ -11,6 +11,7 @@
 #include <array>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/placement.h"
@@ -123,7 +124,9 @@ TEST(PlanTest, TheEngineAllocatesWhatThePlanSays) {
         auto plan = plan_memory(m, cfg, {});
         ASSERT_TRUE(plan.ok()) << plan.status();
         gpu::SimDevice sim;
-        auto engine = TrainingEngine::create(cfg, &mlp, &sim, {.allow_buffered_io = true});
+        EngineOptions options;
+        options.allow_buffered_io = true;
+        auto engine = TrainingEngine::create(cfg, &mlp, &sim, std::move(options));
         ASSERT_TRUE(engine.ok()) << engine.status();
         ASSERT_TRUE((*engine)->train_step().ok());
         const offload::StoreStats st = (*engine)->store_stats();

@@ -4,6 +4,7 @@
 //              [--trace FILE] [--seed S] [--vocab vocab.json --merges merges.txt]
 //              [--plot FILE.png] [--lr LR --weight-decay WD]
 //              [--nproc N] [--comm-timeout SECONDS]
+//              [--daemon [SOCKET] --session NAME]
 // Trains a GPT-2 family model on text (bytes, or GPT-2 BPE tokens with
 // --vocab/--merges) with the ZeRO-Offload
 // engine (engine/training_engine.h) on a simulated device (SimDevice: the
@@ -37,6 +38,13 @@
 // alone prints and writes --log-json, --trace and --plot; every rank saves
 // its checkpoint shard into --save-dir. Errors of a rank start with
 // "rank R: ".
+// Through stratad (docs/daemon.md): --daemon [SOCKET] --session NAME runs
+// the optimizer in the daemon (daemon/engine_client.h; the socket defaults
+// to daemon::default_socket_path()): the same loop and the same losses as
+// in-process; the same command again after the client died (or ended)
+// continues the session from its last completed step. One rank on the
+// simulated device in this version: --nproc > 1, a rank of a job and
+// --device cuda are refused (exit 2) saying what to do instead.
 #include <unistd.h>
 
 #include <algorithm>
@@ -65,6 +73,8 @@
 #include "core/parse.h"
 #include "core/status.h"
 #include "core/trace.h"
+#include "daemon/engine_client.h"
+#include "daemon/protocol.h"
 #include "dist/communicator.h"
 #include "dist/launcher.h"
 #include "engine/config_validate.h"
@@ -118,6 +128,9 @@ struct TrainFlags {
   bool async_save = false;
   std::string nproc;                 // empty: no launching
   std::string comm_timeout = "300";  // seconds
+  bool daemon = false;               // --daemon given
+  std::string daemon_socket;         // its value; empty: the default socket
+  std::string session;               // --session
 };
 
 // The flags once parsed and checked against each other.
@@ -140,6 +153,33 @@ struct TrainArgs {
 };
 
 constexpr int64_t kMaxSteps = int64_t{1} << 40;
+
+// --daemon [SOCKET] --session NAME against the rest (usage errors).
+absl::Status check_daemon_flags(const TrainArgs& a) {
+  const TrainFlags& f = a.flags;
+  if (!f.daemon) {
+    return absl::InvalidArgumentError(
+        "--session NAME names a stratad session: it needs --daemon [SOCKET]");
+  }
+  if (f.session.empty()) {
+    return absl::InvalidArgumentError(
+        "--daemon needs --session NAME (stratad keeps the run under that name; the same command "
+        "again continues it)");
+  }
+  STRATA_RETURN_IF_ERROR(daemon::check_session_name(f.session), "--session");
+  if (a.nproc > 1 || a.rank.world_size > 1) {
+    return absl::InvalidArgumentError(
+        "--daemon trains one rank in this version: data-parallel ranks through stratad are not "
+        "supported yet; drop --nproc (and RANK/WORLD_SIZE) to train through stratad, or drop "
+        "--daemon to train the ranks in-process");
+  }
+  if (f.device == "cuda") {
+    return absl::InvalidArgumentError(
+        "--daemon with --device cuda is not supported yet (stratad sessions serve the simulated "
+        "device, --device cpu, in this version); drop --daemon to train on the GPU in-process");
+  }
+  return absl::OkStatus();
+}
 
 // Usage errors (exit 2): a number that does not parse or is out of range,
 // flags that contradict each other.
@@ -186,6 +226,9 @@ absl::StatusOr<TrainArgs> parse_flags(const TrainFlags& f) {
                      " of ", a.rank.world_size,
                      " (RANK is set, e.g. by torchrun): drop --nproc, the launcher "
                      "started the ranks"));
+  }
+  if (f.daemon || !f.session.empty()) {
+    STRATA_RETURN_IF_ERROR(check_daemon_flags(a));
   }
   if (!f.init.empty() && !f.resume.empty()) {
     return absl::InvalidArgumentError(
@@ -443,8 +486,17 @@ void print_summary(const model::TrainerResult& r) {
                static_cast<long long>(r.skipped));
 }
 
-// The run's memory against what `strata plan --device cpu` predicts for it.
+// The run's memory against what `strata plan --device cpu` predicts for it
+// (through stratad: the client's peak alone).
 void print_memory(const TrainArgs& a, const Setup& s) {
+  if (a.flags.daemon) {
+    // The plan's host arena and rollback copies are stratad's here.
+    std::fprintf(stderr,
+                 "memory: peak RSS %s (the fp32 master weights and optimizer states are "
+                 "stratad's; `strata top` shows its host memory)\n",
+                 format_bytes(static_cast<double>(engine::peak_rss_bytes())).c_str());
+    return;
+  }
   auto predicted = model::estimate_gpt2_train_memory(
       {.model = s.model,
        .config = s.cfg,
@@ -595,6 +647,10 @@ int run_train(const TrainFlags& flags) {
   engine::EngineOptions eo;
   eo.allow_buffered_io = true;  // tmpfs and overlay filesystems have no O_DIRECT
   eo.comm = comm.get();
+  if (a.flags.daemon) {
+    eo.remote = daemon::engine_client_factory(
+        {.socket_path = a.flags.daemon_socket, .session = a.flags.session});
+  }
   auto eng = engine::TrainingEngine::create(cfg, net->get(), &device, std::move(eo));
   if (!eng.ok()) return report(eng.status());
   engine::TrainingEngine& engine = **eng;
@@ -629,6 +685,19 @@ int run_train(const TrainFlags& flags) {
        {"train_seq_len", s.seq_len}});
 
   if (leader(a)) print_header(a, s, device, tokens_per_step, threads);
+  if (a.flags.daemon) {
+    const std::string socket =
+        a.flags.daemon_socket.empty() ? daemon::default_socket_path() : a.flags.daemon_socket;
+    if (engine.steps() > 0) {
+      std::fprintf(stderr,
+                   "strata train: optimizer in stratad at %s, session %s, continued after its "
+                   "step %lld\n",
+                   socket.c_str(), a.flags.session.c_str(), static_cast<long long>(engine.steps()));
+    } else {
+      std::fprintf(stderr, "strata train: optimizer in stratad at %s, session %s\n", socket.c_str(),
+                   a.flags.session.c_str());
+    }
+  }
   if (!a.flags.init.empty() && leader(a)) {
     std::fprintf(stderr, "strata train: weights initialised from %s\n", a.flags.init.c_str());
   }
@@ -764,6 +833,14 @@ void add_train_command(CLI::App& app, int* exit_code) {
                   "seconds a rank waits in a collective or the rendezvous before failing, naming "
                   "the rank it waited for (300)")
       ->type_name("SECONDS");
+  auto* daemon = cmd->add_option("--daemon", f->daemon_socket,
+                                 "run the optimizer in stratad at SOCKET (default: "
+                                 "$XDG_RUNTIME_DIR/strata/stratad.sock); needs --session")
+                     ->expected(0, 1)
+                     ->type_name("[SOCKET]");
+  cmd->add_option("--session", f->session,
+                  "the stratad session (with --daemon): a new name starts a run, the same name "
+                  "again continues it from its last completed step");
   cmd->add_flag("--async-save", f->async_save,
                 "write periodic checkpoints in the background (a host snapshot of ~14 bytes "
                 "per parameter)");
@@ -773,6 +850,7 @@ void add_train_command(CLI::App& app, int* exit_code) {
   cmd->callback([=] {
     f->lr_given = lr->count() > 0;
     f->weight_decay_given = wd->count() > 0;
+    f->daemon = daemon->count() > 0;
     *exit_code = run_train(*f);
   });
 }

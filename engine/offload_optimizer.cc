@@ -102,6 +102,10 @@ OffloadOptimizer::Impl::~Impl() {
     }
     if (dp_dev_whole != nullptr) device->free(dp_dev_whole);
     if (dp_dev_part != nullptr) device->free(dp_dev_part);
+    if (dp_dev_gather != nullptr) device->free(dp_dev_gather);
+    if (dp_dev_part16 != nullptr) device->free(dp_dev_part16);
+    if (dp_param_part_registered)
+      device->unregister_host_memory(dp_param_part.data()).IgnoreError();
     if (have_dp_stream) device->destroy_stream(dp_stream);
   }
   worker.reset();  // its jobs use the store
@@ -445,26 +449,37 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
   return store->finalize();
 }
 
-// Stage 2/3 gradients reduced where they lie: the device packs them and
-// the collective runs on its memory, so a rank moves only its slice D2H.
-// SimDevice's memory is host memory (Gloo works on it); a CUDA device with
-// Gloo keeps the host path (Gloo cannot read device memory).
+// Gradients reduced, and stage 1/2 params gathered, where they lie: the
+// device packs them and the collective runs on its memory, so a rank moves
+// only its slice over PCIe each way. SimDevice's memory is host memory
+// (Gloo works on it, whether the device moves data or only times it); a
+// CUDA device with Gloo keeps the host path (Gloo cannot read device
+// memory). Without offload the gradients are device-homed: nothing crosses.
 absl::Status OffloadOptimizer::Impl::prepare_device_reduction() {
-  dp_device = config.zero.stage >= 2 && device->host_addressable() && !comm->device_memory();
+  dp_device = partitioned() && plan.offload && dp_comm_on_device();
   const int num_buckets = static_cast<int>(buckets.size());
   dp_bucket_device.assign(num_buckets, 0);
+  dp_gather_device.assign(num_buckets, 0);
   if (!dp_device) return absl::OkStatus();
-  uint64_t whole = 0, part = 0;
+  const uint64_t esize = dtype_size(dtype);
+  uint64_t whole = 0, part = 0, gather_whole = 0, gather_part = 0;
   for (int b = 0; b < num_buckets; ++b) {
-    bool all_store = !buckets[b].empty();
+    bool all_store = !buckets[b].empty(), any_sliced = false;
     for (ParamHandle h : buckets[b]) {
       all_store = all_store && params[h].desc.binding == ParamBinding::kStore;
+      any_sliced = any_sliced || params[h].param_sliced;
     }
     if (!all_store) continue;
     dp_bucket_device[b] = 1;
     const BucketLayout l = bucket_layout(b, kDpFlags);
     whole = std::max(whole, l.total);
     part = std::max(part, l.counts[rank]);
+    // ZeRO-3's sliced params are gathered before use instead.
+    if (any_sliced || plan.compute_home != Tier::kHost) continue;
+    dp_gather_device[b] = 1;
+    const BucketLayout g = bucket_layout(b, 0);
+    gather_whole = std::max(gather_whole, g.total * esize);
+    gather_part = std::max(gather_part, g.counts[rank] * esize);
   }
   if (whole == 0) return absl::OkStatus();
   STRATA_ASSIGN_OR_RETURN(dp_stream, device->create_stream());
@@ -473,6 +488,20 @@ absl::Status OffloadOptimizer::Impl::prepare_device_reduction() {
                           "device memory for the gradient reduction across ranks");
   STRATA_ASSIGN_OR_RETURN(dp_dev_part, device->allocate(part * sizeof(float)),
                           "device memory for the gradient reduction across ranks");
+  dp_wire = config.communication_data_type == "fp16"   ? DType::kFloat16
+            : config.communication_data_type == "bf16" ? DType::kBFloat16
+                                                       : DType::kFloat32;
+  if (dp_wire != DType::kFloat32) {
+    STRATA_ASSIGN_OR_RETURN(dp_dev_part16, device->allocate(part * dtype_size(dp_wire)),
+                            "device memory for the gradient reduction across ranks");
+  }
+  if (gather_whole == 0) return absl::OkStatus();
+  STRATA_ASSIGN_OR_RETURN(dp_dev_gather, device->allocate(gather_whole),
+                          "device memory for the param gather across ranks");
+  dp_param_part.resize(std::max<uint64_t>(1, gather_part));
+  STRATA_RETURN_IF_ERROR(device->register_host_memory(dp_param_part.data(), dp_param_part.size()),
+                         "pinning the host buffer of the param gather across ranks");
+  dp_param_part_registered = true;
   return absl::OkStatus();
 }
 

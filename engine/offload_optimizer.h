@@ -109,8 +109,9 @@
 //     it is reported, or once wait_grads() / finish_step() says the
 //     micro-batch is over. A bucket's params' slices are packed rank by
 //     rank and summed over ranks in fp32 in one collective: ZeRO stage 1
-//     all_reduces the whole gradient, stage 2 and 3 reduce_scatter it into
-//     the rank's slices, which are accumulated into grad32. Three floats
+//     all_reduces the whole gradient (on the host; on the device it
+//     reduce_scatters, below), stage 2 and 3 reduce_scatter it into the
+//     rank's slices, which are accumulated into grad32. Three floats
 //     travel with each bucket so every rank agrees: whether any rank had
 //     its gradient (a rank without one adds zeros; a bucket no rank had
 //     is not stepped), an overflow (then no rank reduces more this step)
@@ -126,21 +127,31 @@
 //     micro-batch is FailedPrecondition. The sum over ranks is averaged
 //     (DeepSpeed's rule; the framework's loss is the per-rank mean): 1/N
 //     is folded into the gradient divisor with the loss scale. Where
-//     the reduction runs: stage 2/3, a bucket whose params are all kStore,
-//     on a device whose memory the communicator can use (SimDevice with
-//     Gloo): on the device. The device widens the gradients into one fp32
-//     buffer in the rank-major layout, the reduce_scatter runs on it, and
-//     only this rank's part (~1/N of the bucket) is copied D2H; the
-//     store's device copies of the gradients are then marked clean
-//     (TieredStore::abandon_changes), never written back. Those copies
-//     are counted in the step's device-tier bytes (OptimizerStepResult::
-//     bytes_in / bytes_out) beside the store's. Otherwise (stage 0/1, a
-//     bucket with kHost / kDevice params, Gloo beside a CUDA device) the
-//     gradient is read on the host (the store's D2H copy, a kDevice
-//     binding's copy-out) and reduced there: the whole gradient crosses
-//     PCIe on every rank. A communicator on device memory (NCCL) is
-//     refused at create() (Unimplemented) in this version: the param
-//     all_gather still runs on host memory.
+//     the reduction runs: stage 1 to 3 with the optimizer offloaded, a
+//     bucket whose params are all kStore, on a device whose memory the
+//     communicator can use (Gloo on a device whose memory is host memory,
+//     Device::host_backed_memory: SimDevice, moving data or only timing
+//     it): on the device. The device widens the gradients into one fp32
+//     buffer in the rank-major layout, the reduce_scatter runs on it
+//     (stage 1 too: a rank keeps only its slice), and only this rank's
+//     part (~1/N of the bucket) is copied D2H: in fp32 (exact; with 16-bit
+//     gradients that is twice their bytes, 2/N of one rank's), or with
+//     ds_config communication_data_type "fp16" / "bf16" rounded to it once
+//     on the device (as DeepSpeed's reduction in that dtype, its default,
+//     rounds; the gradients then cross in the bytes one rank's do, 1/N);
+//     the store's device copies of the
+//     gradients are then marked clean (TieredStore::abandon_changes),
+//     never written back. The flags are written and read by the host in
+//     the device's memory (no transfer a device that moves no data would
+//     lose). Those copies are counted in the step's device-tier bytes
+//     (OptimizerStepResult::bytes_in / bytes_out) beside the store's.
+//     Otherwise (stage 0, a bucket with kHost / kDevice params, Gloo
+//     beside a CUDA device) the gradient is read on the host (the store's
+//     D2H copy, a kDevice binding's copy-out) and reduced there in fp32
+//     (stage 1 all_reduces it whole, 2 and 3 reduce_scatter): the whole
+//     gradient crosses PCIe on every rank. Every rank must take the same
+//     path (the same kind of device). A communicator on device memory
+//     (NCCL) is refused at create() (Unimplemented) in this version.
 //   - norm and overflow: the slices' statistics are summed with one
 //     all_reduce_host per step, so clipping, skipping and the loss scaler
 //     agree on every rank bit for bit.
@@ -148,7 +159,16 @@
 //     collective per bucket) into the whole compute params (kStore: the
 //     store's param tensor; kHost: the binding; kDevice: the store's copy, then
 //     copied to the binding), in bucket order, so every rank's next
-//     forward sees the same params.
+//     forward sees the same params. Where the gradients were reduced on
+//     the device and the params are host-homed (stage 1/2): on the
+//     device, as DeepSpeed's ZeRO-Offload does on NCCL. The optimizer
+//     writes the rank's updated slices into a pinned host buffer (not the
+//     store's host copy), they go H2D (~1/N of the bucket), the all_gather
+//     runs on the device's memory, and each param's device copy is
+//     rewritten from it and left dirty: the host copy keeps the other
+//     ranks' old slices until the store writes the device copy back
+//     (evicted, or read on the host: read_param, a checkpoint), so no
+//     param crosses PCIe whole in a step.
 //   - no speculative step and no fused pass (the gradient is complete only
 //     after the reduction): in overlap mode the reductions overlap
 //     backward, the optimizer steps after the decision as in sync mode;

@@ -83,6 +83,13 @@ struct OffloadOptimizer::Impl {
   // reduce_bucket's device half (dp_bucket_device): packs, reduces and
   // copies this rank's part into dp_part.
   absl::Status reduce_bucket_on_device(int bucket, bool have, const float* flags);
+  // gather_bucket's device half (dp_gather_device): this rank's updated
+  // slices (dp_param_part) H2D, all_gathered on the device into the params'
+  // device copies.
+  absl::Status gather_bucket_on_device(int bucket);
+  // The communicator can work on the device's memory: Gloo on a device
+  // whose memory is host memory (SimDevice). NCCL is refused at create().
+  bool dp_comm_on_device() const { return !comm->device_memory() && device->host_backed_memory(); }
 
   // The step's pieces; bucket work runs on the calling thread (sync) or the
   // worker.
@@ -301,11 +308,13 @@ struct OffloadOptimizer::Impl {
   std::vector<std::optional<gpu::EventId>> grad_events;  // per bucket: kDevice gradient written
   std::vector<float> dp_whole, dp_part;  // a bucket's fp32 gradient, this rank's part of it
   std::vector<uint8_t> dp_bytes;         // a bucket's compute params, gathered
-  // Stage 2/3 reduction on the device (dp_on_device(b): every param of
-  // bucket b kStore, and the communicator can work on the device's memory):
-  // the gradients are packed into dp_dev_whole by the device, reduced
-  // there, and only this rank's part crosses to the host; the device
-  // copies of the gradients are then dropped unwritten.
+  // Reduction on the device (dp_bucket_device[b]: stage 1 to 3, the
+  // optimizer offloaded, every param of bucket b kStore, and the
+  // communicator can work on the device's memory): the gradients are packed
+  // into dp_dev_whole by the device, reduced there, and only this rank's
+  // part crosses to the host; the device copies of the gradients are then
+  // dropped unwritten. Stage 1/2 such buckets with host-homed params are
+  // also gathered there (dp_gather_device[b]).
   bool dp_device = false;
   // Any param_sliced (ZeRO-3 across ranks) and the whole params
   // acquire_full_params handed out, per bucket (device memory, freed on release).
@@ -314,11 +323,24 @@ struct OffloadOptimizer::Impl {
   absl::Status gather_full_params(int bucket);
   absl::Status pack_and_gather_slices(int bucket, const BucketLayout& l, uint8_t* packed);
   std::vector<char> dp_bucket_device;  // per bucket
-  void* dp_dev_whole = nullptr;        // fp32, the largest bucket's layout (with flags)
-  void* dp_dev_part = nullptr;         // fp32, this rank's largest part
-  gpu::StreamId dp_stream = 0;         // the reduction thread's copies and casts
+  // Per bucket: step_bucket writes the rank's updated slices into
+  // dp_param_part (rank-major, as the bucket's part of the gather layout)
+  // instead of the host copy of the params; gather_bucket sends them H2D
+  // and all_gathers them into dp_dev_gather, whence each param's device
+  // copy is rewritten and left dirty (the store writes it back only if it
+  // is evicted or read on the host).
+  std::vector<char> dp_gather_device;
+  std::vector<uint8_t> dp_param_part;  // the largest part, registered with the device
+  bool dp_param_part_registered = false;
+  void* dp_dev_gather = nullptr;  // compute dtype, the largest bucket's layout
+  void* dp_dev_whole = nullptr;   // fp32, the largest bucket's layout (with flags)
+  void* dp_dev_part = nullptr;    // fp32, this rank's largest part
+  // The dtype that part crosses PCIe in (ds_config communication_data_type).
+  DType dp_wire = DType::kFloat32;
+  void* dp_dev_part16 = nullptr;    // it rounded to dp_wire when 16-bit (else null)
+  std::vector<uint16_t> dp_part16;  // that, on the host
+  gpu::StreamId dp_stream = 0;      // the reduction thread's copies and casts
   bool have_dp_stream = false;
-  std::vector<float> dp_zeros;  // a bucket this rank has no gradient for
   // Bytes the optimizer itself moved over PCIe (the reduction's slices),
   // added to the step's device-tier bytes beside the store's.
   std::atomic<uint64_t> dp_d2h_bytes{0}, dp_h2d_bytes{0};

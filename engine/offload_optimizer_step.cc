@@ -372,6 +372,12 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
   const AddElapsed timed(&optimizer_ns);
   const std::vector<ParamHandle>& ps = buckets[bucket];
   if (stats != nullptr) *stats = {};
+  // Gathered on the device (stage 1/2): the updated slices go into the
+  // part gather_bucket sends, not into the host copy of the params (writing
+  // that would first bring the device's newer copy back, whole, D2H).
+  const bool to_part =
+      target == StepTarget::kParam && !dp_gather_device.empty() && dp_gather_device[bucket] != 0;
+  const BucketLayout gl = to_part ? bucket_layout(bucket, 0) : BucketLayout{};
   for (int i = 0; i < static_cast<int>(ps.size()); ++i) {
     const ParamRec& p = params[ps[i]];
     // The rank's slice of the param (the whole param with one rank).
@@ -384,10 +390,16 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
     STRATA_ASSIGN_OR_RETURN(TensorView pv, master.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView mv, m.acquire(Access::kReadWrite));
     STRATA_ASSIGN_OR_RETURN(TensorView vv, v.acquire(Access::kReadWrite));
-    STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
-    // The slice's place in the whole compute param.
-    void* out_slice =
-        static_cast<uint8_t*>(ov.data) + (p.slice.offset - p.param_lo()) * dtype_size(dtype);
+    void* out_slice = nullptr;
+    if (to_part) {
+      out_slice =
+          dp_param_part.data() + (gl.pos[i * world + rank] - gl.pos[rank]) * dtype_size(dtype);
+    } else {
+      STRATA_ASSIGN_OR_RETURN(TensorView ov, out.acquire(Access::kWrite));
+      // The slice's place in the whole compute param.
+      out_slice =
+          static_cast<uint8_t*>(ov.data) + (p.slice.offset - p.param_lo()) * dtype_size(dtype);
+    }
     // The speculative step writes its rollback copy in the same pass; a
     // state the kind leaves alone is copied here.
     float* slot = target == StepTarget::kSpeculative ? spec->save_slot(bucket, i) : nullptr;
@@ -443,7 +455,7 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
     STRATA_RETURN_IF_ERROR(v.release(true));
     // Dirtying the host copy drops the stale device copy; the next forward
     // loads the new one (H2D).
-    STRATA_RETURN_IF_ERROR(out.release(true));
+    if (!to_part) STRATA_RETURN_IF_ERROR(out.release(true));
     if (target == StepTarget::kParamNext) ++next_done[bucket];
   }
   return absl::OkStatus();
@@ -872,18 +884,6 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   const BucketLayout l = bucket_layout(bucket, kDpFlags);
   const uint64_t esize = dtype_size(dtype);
   auto* whole = static_cast<float*>(dp_dev_whole);
-  if (!have) {
-    // This rank adds nothing (rare: a bucket another rank reported).
-    dp_zeros.assign(l.total, 0.0f);
-    STRATA_RETURN_IF_ERROR(
-        device->copy_to_device(whole, dp_zeros.data(), l.total * sizeof(float), dp_stream));
-    dp_h2d_bytes += l.total * sizeof(float);
-  }
-  for (int q = 0; q < world; ++q) {
-    STRATA_RETURN_IF_ERROR(
-        device->copy_to_device(whole + l.extra[q], flags, kDpFlags * sizeof(float), dp_stream));
-    dp_h2d_bytes += kDpFlags * sizeof(float);
-  }
   // The gradients stay pinned on the device until the casts that read them are done.
   std::vector<Pin> pins;
   pins.reserve(ps.size());
@@ -908,28 +908,57 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   for (size_t i = 0; have && i < ps.size(); ++i) {
     STRATA_RETURN_IF_ERROR(store->abandon_changes(params[ps[i]].grad, Tier::kDevice));
   }
+  // The device's memory is host memory (dp_comm_on_device): the host
+  // writes the zeros of a missing gradient (rare: a bucket another rank
+  // reported) and the flags itself, and reads the flags' sums back. A
+  // device that only times its copies (move_data = false, bench step)
+  // would not carry them, and on a real link they are a memset and bytes.
+  if (!have) std::fill(whole, whole + l.total, 0.0f);
+  for (int q = 0; q < world; ++q) std::copy(flags, flags + kDpFlags, whole + l.extra[q]);
   STRATA_RETURN_IF_ERROR(
       comm->reduce_scatter(whole, dp_dev_part, l.counts, DType::kFloat32, dist::ReduceOp::kSum));
-  // Only this rank's part crosses PCIe.
-  dp_part.resize(std::max<uint64_t>(1, l.counts[rank]));
-  STRATA_RETURN_IF_ERROR(
-      device->copy_to_host(dp_part.data(), dp_dev_part, l.counts[rank] * sizeof(float), dp_stream));
-  STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
-  dp_d2h_bytes += l.counts[rank] * sizeof(float);
+  // Only this rank's part of the gradients crosses PCIe, in fp32 (exact)
+  // or in communication_data_type's 16 bits: the fp32 sum rounded once on
+  // the device (as DeepSpeed's reduction in that dtype rounds it), half the
+  // bytes, widened again on the host.
+  const uint64_t grads = l.counts[rank] - kDpFlags;
+  dp_part.resize(l.counts[rank]);
+  if (grads > 0 && dp_wire == DType::kFloat32) {
+    STRATA_RETURN_IF_ERROR(
+        device->copy_to_host(dp_part.data(), dp_dev_part, grads * sizeof(float), dp_stream));
+    STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
+    dp_d2h_bytes += grads * sizeof(float);
+  } else if (grads > 0) {
+    STRATA_RETURN_IF_ERROR(
+        device->cast(dp_dev_part, DType::kFloat32, dp_dev_part16, dp_wire, grads, dp_stream));
+    dp_part16.resize(grads);
+    STRATA_RETURN_IF_ERROR(
+        device->copy_to_host(dp_part16.data(), dp_dev_part16, grads * sizeof(uint16_t), dp_stream));
+    STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
+    dp_d2h_bytes += grads * sizeof(uint16_t);
+    if (dp_wire == DType::kFloat16) {
+      convert_fp16_to_fp32(dp_part16.data(), dp_part.data(), grads);
+    } else {
+      convert_bf16_to_fp32(dp_part16.data(), dp_part.data(), grads);
+    }
+  }
+  const float* summed = static_cast<const float*>(dp_dev_part) + grads;
+  std::copy(summed, summed + kDpFlags, dp_part.data() + grads);
   return absl::OkStatus();
 }
 
 // Every rank's slices of the bucket's params into `packed` (device memory,
 // rank-major): on the device where the communicator can use its memory
-// (each slice H2D through the store), else on the host (Gloo beside a real
-// device: host memory stays 1/N, the whole bucket goes H2D).
+// (each slice H2D through the store; dp_comm_on_device), else on the host
+// (Gloo beside a real device: host memory stays 1/N, the whole bucket goes
+// H2D).
 absl::Status OffloadOptimizer::Impl::pack_and_gather_slices(int bucket, const BucketLayout& l,
                                                             uint8_t* packed) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   const uint64_t esize = dtype_size(dtype);
   const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
   const std::string across = absl::StrCat("across ", world, " ranks");
-  if (!device->host_addressable() && !comm->device_memory()) {
+  if (!dp_comm_on_device()) {
     dp_bytes.resize(l.total * esize);
     for (size_t i = 0; i < ps.size(); ++i) {
       const ParamRec& p = params[ps[i]];
@@ -1000,12 +1029,57 @@ absl::Status OffloadOptimizer::Impl::gather_full_params(int bucket) {
   return st;
 }
 
+// The rank's updated slices (step_bucket wrote them into dp_param_part)
+// H2D into their place of the packed layout, every rank's gathered on the
+// device, and each param's device copy rewritten from them: 1/N of the
+// params crosses PCIe, as with DeepSpeed's ZeRO-Offload on NCCL. The
+// device copy is left dirty and not copied back; the host copy keeps stale
+// slices of the other ranks until the store writes the device copy back
+// (evicted, or read on the host: read_param, a checkpoint).
+absl::Status OffloadOptimizer::Impl::gather_bucket_on_device(int bucket) {
+  const std::vector<ParamHandle>& ps = buckets[bucket];
+  const BucketLayout l = bucket_layout(bucket, 0);
+  const uint64_t esize = dtype_size(dtype);
+  const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
+  auto* packed = static_cast<uint8_t*>(dp_dev_gather);
+  const uint64_t part_bytes = l.counts[rank] * esize;
+  if (part_bytes > 0) {
+    STRATA_RETURN_IF_ERROR(device->copy_to_device(packed + l.pos[rank] * esize,
+                                                  dp_param_part.data(), part_bytes, stream),
+                           "copying the updated slices of the params to the device");
+    dp_h2d_bytes += part_bytes;
+  }
+  // The collective reads the device's memory on the host: the copy (and
+  // the previous bucket's unpacking) are done first.
+  STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
+  STRATA_RETURN_IF_ERROR(
+      comm->all_gather(packed + l.pos[rank] * esize, packed, l.counts, wire),
+      absl::StrCat("gathering the params of bucket ", bucket, " across ", world, " ranks"));
+  // Every element is written below: the copies need no load (kWrite).
+  offload::StreamPins pins(store.get(), Tier::kDevice, stream);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const ParamRec& p = params[ps[i]];
+    STRATA_ASSIGN_OR_RETURN(TensorView v, pins.acquire(p.param, Access::kWrite), p.desc.name);
+    for (int q = 0; q < world; ++q) {
+      const ParamSlice sl = partition_slice(p.desc.numel, q, world);
+      if (sl.numel == 0) continue;
+      STRATA_RETURN_IF_ERROR(
+          device->copy_on_device(static_cast<uint8_t*>(v.data) + sl.offset * esize,
+                                 packed + l.pos[i * world + q] * esize, sl.numel * esize, stream),
+          p.desc.name);
+    }
+  }
+  // The next forward reads them after this work (the store keeps its event).
+  return pins.release(/*dirty=*/true, /*copy_back=*/false);
+}
+
 absl::Status OffloadOptimizer::Impl::gather_bucket(int bucket) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   if (ps.empty()) return absl::OkStatus();
   if (std::all_of(ps.begin(), ps.end(), [&](ParamHandle h) { return params[h].param_sliced; })) {
     return absl::OkStatus();  // ZeRO-3: gathered on the device before use
   }
+  if (dp_gather_device[bucket]) return gather_bucket_on_device(bucket);
   const BucketLayout l = bucket_layout(bucket, 0);
   const uint64_t esize = dtype_size(dtype);
   // Gathering copies bits: a 16-bit dtype travels as fp16 whatever it is.

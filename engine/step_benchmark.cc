@@ -91,8 +91,8 @@ class TimedGpt2Layers final : public Model {
 absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
                                               const std::string& mode, const std::string& dir) {
   // The global batch: each rank's micro batch times the ranks.
-  std::string zero =
-      absl::StrCat("{\"stage\": 2, \"offload_optimizer\": {\"device\": \"", o.offload, "\"");
+  std::string zero = absl::StrCat("{\"stage\": ", o.zero_stage,
+                                  ", \"offload_optimizer\": {\"device\": \"", o.offload, "\"");
   if (o.offload == "nvme") absl::StrAppend(&zero, ", \"nvme_path\": \"", dir, "\"");
   absl::StrAppend(&zero, "}");
   if (o.reduce_bucket_size > 0) {
@@ -103,8 +103,9 @@ absl::StatusOr<config::DsConfig> bench_config(const StepBenchmarkOptions& o,
       "{\"train_micro_batch_size_per_gpu\": ", o.micro_batch,
       ", \"gradient_accumulation_steps\": ", o.gradient_accumulation_steps, ", \"", o.precision,
       "\": {\"enabled\": true}, \"optimizer\": {\"type\": \"AdamW\", \"params\": "
-      "{\"lr\": 1e-4}}, \"zero_optimization\": ",
-      zero, ", \"strata\": {\"overlap\": \"", mode == "sync" ? "sync" : "overlap",
+      "{\"lr\": 1e-4}}, \"communication_data_type\": \"",
+      o.precision, "\", \"zero_optimization\": ", zero, ", \"strata\": {\"overlap\": \"",
+      mode == "sync" ? "sync" : "overlap",
       "\", \"delayed_param_update\": ", mode == "delayed" ? "true" : "false",
       o.prefetch_window_bytes > 0
           ? absl::StrCat(", \"prefetch_window_bytes\": ", o.prefetch_window_bytes)
@@ -213,11 +214,12 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
       o.micro_batch < 1 || o.seq_len < 1 || o.seq_len > o.positions || o.steps < 2 ||
       o.gradient_accumulation_steps < 1 || !(o.tflops > 0) || !(o.link_gb_per_s > 0) ||
       (o.offload != "cpu" && o.offload != "nvme") ||
-      (o.precision != "fp16" && o.precision != "bf16") || o.world_size < 1 || o.world_size > 64) {
+      (o.precision != "fp16" && o.precision != "bf16") || o.world_size < 1 || o.world_size > 64 ||
+      o.zero_stage < 1 || o.zero_stage > 3) {
     return absl::InvalidArgumentError(
         "bench step needs n_layer >= 1, a width divisor that divides n_embd, seq_len <= "
         "positions, steps >= 2, positive tflops and link rate, offload cpu or nvme, "
-        "precision fp16 or bf16 and a world size from 1 to 64");
+        "precision fp16 or bf16, a world size from 1 to 64 and a ZeRO stage from 1 to 3");
   }
   StepBenchmarkResult result;
   result.options = o;

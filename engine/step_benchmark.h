@@ -38,7 +38,13 @@
 // (h2d_bytes, d2h_bytes), the host tier's peak bytes (host_bytes) and the
 // bytes its optimizer pass moved (optimizer_bytes); `ranks` holds each
 // rank's. The delayed update does not run across ranks (the engine refuses
-// it), so only sync and overlap are measured.
+// it), so only sync and overlap are measured. Each rank's SimDevice moves
+// no data but its memory is host memory, so Gloo reduces the gradients and
+// gathers the params on it as it would on a GPU with NCCL: the bytes each
+// rank moves over its link are its slice's (engine/offload_optimizer.h,
+// "Data parallel"). The config sets communication_data_type to the
+// precision, DeepSpeed's default, so that slice of the reduced gradients
+// crosses in 16 bits as one rank's gradients do.
 #pragma once
 
 #include <cstdint>
@@ -80,6 +86,8 @@ struct StepBenchmarkOptions {
   // gradients over only after the backward).
   int64_t reduce_bucket_size = 0;
   int world_size = 1;  // data-parallel ranks (threads), see above
+  // zero_optimization.stage, 1 to 3 (stage 0 cannot offload the optimizer).
+  int zero_stage = 2;
 };
 
 // One rank's bytes in one step.

@@ -68,6 +68,14 @@ class Device {
   // and by default. The engine runs its host optimizer on device-homed
   // states only on such a device; models pick host or device kernels by it.
   virtual bool host_addressable() const { return false; }
+  // True when device allocations are host addresses that host code (a
+  // collective on host memory, such as Gloo's) may read and write once the
+  // streams using them are synchronised: SimDevice, whether or not it moves
+  // data. Unlike host_addressable(), their contents need not be what the
+  // device's copies and kernels would have left (SimDevice with move_data =
+  // false writes nothing): only values the host itself wrote there can be
+  // read back. False for CUDA, and by default.
+  virtual bool host_backed_memory() const { return false; }
 
   // Device memory. ResourceExhausted (naming requested, used and capacity
   // bytes) when the capacity would be exceeded. Both calls wait for every

@@ -106,6 +106,8 @@ class SimDevice final : public Device {
   std::string name() const override;
   // Device memory is host memory; with move_data = false it holds no data.
   bool host_addressable() const override { return options_.move_data; }
+  // Always: allocations are host memory, moving data or not.
+  bool host_backed_memory() const override { return true; }
   absl::StatusOr<void*> allocate(size_t bytes) override;
   void free(void* ptr) override;
   DeviceMemoryStats stats() const override;

@@ -244,6 +244,23 @@ TEST(DsConfigRules, Precision) {
               HasSubstr("bfloat16"));
 }
 
+// The dtype the reduced gradients cross PCIe in across ranks: DeepSpeed's
+// names, unset by default (fp32), anything else an error naming the key.
+TEST(DsConfigRules, CommunicationDataType) {
+  auto unset = parse({{"train_batch_size", 8}});
+  ASSERT_TRUE(unset.ok()) << unset.status();
+  EXPECT_EQ(unset->communication_data_type, "");
+  for (const char* t : {"fp16", "bf16", "fp32"}) {
+    std::vector<std::string> warnings;
+    auto cfg = parse({{"train_batch_size", 8}, {"communication_data_type", t}}, &warnings);
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    EXPECT_EQ(cfg->communication_data_type, t);
+    EXPECT_TRUE(warnings.empty()) << warnings.front();  // honoured, not ignored
+  }
+  EXPECT_THAT(error_of({{"train_batch_size", 8}, {"communication_data_type", "int8"}}),
+              HasSubstr("communication_data_type"));
+}
+
 TEST(DsConfigRules, OffloadDevicesAndStages) {
   json base = {{"train_batch_size", 8}};
   json j = base;
@@ -590,6 +607,7 @@ TEST(DsConfigJson, ResolvedConfigParsesBackUnchanged) {
   nvme["optimizer"] = {{"type", "Adam"}, {"params", {{"lr", 1e-4}, {"adam_w_mode", false}}}};
   nvme["scheduler"] = {{"type", "WarmupLR"}, {"params", {{"warmup_num_steps", 100}}}};
   nvme["strata"] = {{"overlap", "sync"}, {"nvme_paths", {"/x", "/y"}}};
+  nvme["communication_data_type"] = "bf16";
   json lion = {{"train_micro_batch_size_per_gpu", 4},
                {"bfloat16", {{"enabled", true}}},
                {"optimizer", {{"type", "Lion"}}}};

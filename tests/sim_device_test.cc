@@ -43,6 +43,33 @@ TEST(SimDevice, OutOfBoundsCopyFailsTheStream) {
   EXPECT_FALSE(dev.copy_to_device(d, host.data(), 16, 999).ok());  // unknown stream
 }
 
+// Its memory is host memory whether or not it moves data (a communicator
+// on host memory may use it), but only a device moving data lets the host
+// read what its copies wrote: with move_data = false a copy leaves the
+// destination as it was, and what the host wrote itself stays.
+TEST(SimDevice, MemoryIsHostBackedMovingDataOrNot) {
+  for (bool move : {true, false}) {
+    SCOPED_TRACE(move ? "moving data" : "timing only");
+    SimDevice dev({.move_data = move});
+    EXPECT_TRUE(dev.host_backed_memory());
+    EXPECT_EQ(dev.host_addressable(), move);
+    StreamId s = *dev.create_stream();
+    auto* d = static_cast<float*>(*dev.allocate(2 * sizeof(float)));
+    d[0] = d[1] = 0.0f;
+    const float src[1] = {3.0f};
+    ASSERT_TRUE(dev.copy_to_device(d, src, sizeof(float), s).ok());
+    ASSERT_TRUE(dev.synchronize_stream(s).ok());
+    d[1] = 5.0f;  // the host writes the device's memory itself
+    float back[2] = {-1.0f, -1.0f};
+    ASSERT_TRUE(dev.copy_to_host(back, d, sizeof(back), s).ok());
+    ASSERT_TRUE(dev.synchronize_stream(s).ok());
+    EXPECT_EQ(d[0], move ? 3.0f : 0.0f);
+    EXPECT_EQ(d[1], 5.0f);
+    EXPECT_EQ(back[0], move ? 3.0f : -1.0f);
+    dev.free(d);
+  }
+}
+
 TEST(SimDevice, LinkTimeFollowsTheModel) {
   // 8 MiB at 1 GB/s should take about 8.4 ms plus latency.
   SimDevice dev({.h2d_gb_per_s = 1.0, .d2h_gb_per_s = 1.0, .copy_latency_us = 0});

@@ -207,8 +207,10 @@ StepBenchmarkOptions tiny_shape() {
 
 // Two ranks, each with its own modelled link: every rank's bytes are
 // reported; the optimizer's pass and the fp32 slices on the host shrink to
-// about half of one rank's (ZeRO's partition); PCIe bytes are no more than
-// one rank's (this engine still moves whole gradients and params).
+// about half of one rank's (ZeRO's partition), and so do the bytes over
+// each link, each way: the SimDevice moves no data, yet the gradients are
+// reduced and the params gathered on its memory, so only the rank's slices
+// cross (stage 2 here, 3 through the CLI below).
 TEST(StepBenchmarkTest, TwoRanksReportEachRanksBytes) {
   StepBenchmarkOptions o = tiny_shape();
   auto one = run_step_benchmark(o);
@@ -221,15 +223,20 @@ TEST(StepBenchmarkTest, TwoRanksReportEachRanksBytes) {
   const StepBenchmarkStep& a = one->modes[0].steps.back();
   for (const StepBenchmarkMode& m : two->modes) {
     SCOPED_TRACE(m.mode);
-    for (const StepBenchmarkStep& s : m.steps) {
+    for (size_t i = 0; i < m.steps.size(); ++i) {
+      const StepBenchmarkStep& s = m.steps[i];
       ASSERT_EQ(s.ranks.size(), 2u);
       EXPECT_EQ(s.ranks[0].optimizer_bytes, s.optimizer_bytes);  // rank 0's are the fields
       for (const StepBenchmarkRankBytes& b : s.ranks) {
         EXPECT_GT(b.optimizer_bytes, 0.4 * a.optimizer_bytes);
         EXPECT_LT(b.optimizer_bytes, 0.6 * a.optimizer_bytes);
         EXPECT_LT(b.host_bytes, a.host_bytes);
-        EXPECT_GT(b.h2d_bytes, 0);
-        EXPECT_LE(b.h2d_bytes + b.d2h_bytes, a.h2d_bytes + a.d2h_bytes);
+        // The first step loads every param whole onto the device once.
+        if (i == 0) continue;
+        EXPECT_GT(b.h2d_bytes, 0.45 * a.h2d_bytes);
+        EXPECT_LT(b.h2d_bytes, 0.55 * a.h2d_bytes);
+        EXPECT_GT(b.d2h_bytes, 0.45 * a.d2h_bytes);
+        EXPECT_LT(b.d2h_bytes, 0.55 * a.d2h_bytes);
       }
     }
   }
@@ -237,10 +244,11 @@ TEST(StepBenchmarkTest, TwoRanksReportEachRanksBytes) {
   strata::testing::ScratchDir dir("step_benchmark_test.");
   const strata::testing::CliRun run = dir.run_strata(
       "bench step --model gpt2-tiny --width-divisor 1 --micro-batch 1 --seq-len 32 "
-      "--steps 2 --world-size 2 --json");
+      "--steps 2 --world-size 2 --zero-stage 3 --json");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const nlohmann::json j = nlohmann::json::parse(run.out);
   EXPECT_EQ(j["world_size"], 2);
+  EXPECT_EQ(j["zero_stage"], 3);
   EXPECT_TRUE(j["delayed_speedup"].is_null());
   EXPECT_FALSE(j["modes"].contains("delayed"));
   ASSERT_EQ(j["per_rank"]["ranks"].size(), 2u);
@@ -248,7 +256,8 @@ TEST(StepBenchmarkTest, TwoRanksReportEachRanksBytes) {
     EXPECT_GT(r["optimizer_ratio"].get<double>(), 0.4);
     EXPECT_LT(r["optimizer_ratio"].get<double>(), 0.6);
     EXPECT_LT(r["host_ratio"].get<double>(), 1.0);
-    EXPECT_GT(r["pcie_bytes"].get<double>(), 0);
+    EXPECT_GT(r["pcie_ratio"].get<double>(), 0.45);
+    EXPECT_LT(r["pcie_ratio"].get<double>(), 0.55);
   }
   EXPECT_GT(j["per_rank"]["one_rank"]["host_bytes"].get<double>(), 0);
   EXPECT_NE(run.err.find("rank 1 of 2"), std::string::npos) << run.err;
@@ -266,6 +275,9 @@ TEST(StepBenchmarkTest, RefusesInconsistentOptions) {
   EXPECT_EQ(run_step_benchmark(o).status().code(), absl::StatusCode::kInvalidArgument);
   o = {};
   o.world_size = 0;
+  EXPECT_EQ(run_step_benchmark(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = {};
+  o.zero_stage = 0;  // stage 0 cannot offload the optimizer
   EXPECT_EQ(run_step_benchmark(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

@@ -59,6 +59,7 @@ struct Case {
   bool accumulated_reference = false;
   // Losses (relative, per step) and masters (relative, in norm).
   double tolerance = 1e-5;
+  const char* communication_data_type = nullptr;  // ds_config's; null: unset
 };
 
 std::string case_name(const Case& c) {
@@ -90,6 +91,9 @@ class TrainingEngineDpTest : public TrainingEngineTest {
         "\"zero_optimization\": {\"stage\": ", c.stage, ", \"offload_optimizer\": ", offload,
         c.offload_param ? absl::StrCat(", \"offload_param\": ", offload) : "", "}",
         c.fp16 ? absl::StrCat(", ", kFp16) : "", c.bf16 ? ", \"bf16\": {\"enabled\": true}" : "",
+        c.communication_data_type != nullptr
+            ? absl::StrCat(", \"communication_data_type\": \"", c.communication_data_type, "\"")
+            : "",
         "}");
     return parse_config_at(json, world);
   }
@@ -157,7 +161,8 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       return absl::OkStatus();
     };
     if (world == 0) {
-      ASSERT_TRUE(body(0, nullptr).ok());
+      const absl::Status st = body(0, nullptr);
+      ASSERT_TRUE(st.ok()) << st;
     } else {
       const std::vector<absl::Status> st = run_ranks(world, body);
       for (int r = 0; r < world; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
@@ -398,39 +403,61 @@ TEST_F(TrainingEngineDpTest, Stage2OverlapModeTwoRanks) {
   expect_equivalent({.world = 2, .stage = 2, .overlap = "overlap"});
 }
 
-// Stage 2 and 3: each rank reduces the gradients on the device and moves
-// only its slice D2H, so per-rank D2H bytes are ~1/N of one rank's (which
-// moves every gradient once per micro-batch); stage 3 also moves only its
-// slice of the params H2D.
-TEST_F(TrainingEngineDpTest, Stage2And3MoveASliceOfTheGradientsPerRank) {
-  for (int stage : {2, 3}) {
-    std::vector<RankResult> runs[4];
-    for (int world : {0, 2, 3}) {
-      train({.world = std::max(1, world), .stage = stage}, world, 3, &runs[world]);
-      if (HasFatalFailure()) return;
-    }
-    const RankResult& one = runs[0][0];
-    ASSERT_GT(one.d2h_bytes, 0u);
-    std::printf("stage %d, 1 rank: PCIe D2H %llu B, H2D %llu B, compute params at home %llu B\n",
-                stage, static_cast<unsigned long long>(one.d2h_bytes),
-                static_cast<unsigned long long>(one.h2d_bytes),
-                static_cast<unsigned long long>(one.param_home_bytes));
-    for (int world : {2, 3}) {
-      for (int r = 0; r < world; ++r) {
-        const RankResult& res = runs[world][r];
-        std::printf(
-            "stage %d, %d ranks, rank %d: PCIe D2H %llu B, H2D %llu B, compute params at home "
-            "%llu B\n",
-            stage, world, r, static_cast<unsigned long long>(res.d2h_bytes),
-            static_cast<unsigned long long>(res.h2d_bytes),
-            static_cast<unsigned long long>(res.param_home_bytes));
-        // The slice, rounded up per param, plus the bucket's flags.
-        EXPECT_LE(res.d2h_bytes, one.d2h_bytes / world + 4096) << world << " ranks, rank " << r;
-        EXPECT_GE(res.d2h_bytes + 4096, one.d2h_bytes / world) << world << " ranks, rank " << r;
-        if (stage == 3) {
-          // Only the slices of the params go H2D (the gather fills the rest on the device).
-          EXPECT_LE(res.h2d_bytes, one.h2d_bytes / world + 4096) << world << " ranks, rank " << r;
+// Stages 1 to 3, fp32 and fp16: each rank reduces the gradients on the
+// device and moves only its slice of them D2H (fp16 ones in fp16, with
+// communication_data_type "fp16"), and only its updated slice of the params
+// H2D (stage 1/2: gathered on the device after the step; stage 3: before
+// use), so per-rank PCIe bytes are ~1/N of one rank's (which moves every
+// gradient and param whole), while the run stays the one rank's: same
+// losses (fp16: within its first steps' rounding, the sum rounded once
+// more), the same params on every rank (read_param brings the device's
+// gathered copies back to the host).
+TEST_F(TrainingEngineDpTest, EachRankMovesASliceOverPcieAtStages1To3) {
+  constexpr int kSteps = 3;
+  for (int stage : {1, 2, 3}) {
+    for (bool fp16 : {false, true}) {
+      for (int world : {2, 3}) {
+        // fp16 gradients cross in fp16 (as DeepSpeed's default does).
+        const Case c{.world = world,
+                     .stage = stage,
+                     .fp16 = fp16,
+                     .communication_data_type = fp16 ? "fp16" : nullptr};
+        SCOPED_TRACE(case_name(c));
+        // One rank on the same global batch (its bytes do not depend on the rows).
+        std::vector<RankResult> ones, many;
+        train(c, 0, kSteps, &ones);
+        train(c, world, kSteps, &many);
+        if (HasFatalFailure()) return;
+        const RankResult& one = ones[0];
+        ASSERT_GT(one.d2h_bytes, 0u);
+        ASSERT_GT(one.h2d_bytes, 0u);
+        for (int r = 0; r < world; ++r) {
+          const RankResult& res = many[r];
+          std::printf("%s, rank %d: PCIe D2H %llu B (%.3fx one rank's), H2D %llu B (%.3fx)\n",
+                      case_name(c).c_str(), r, static_cast<unsigned long long>(res.d2h_bytes),
+                      static_cast<double>(res.d2h_bytes) / one.d2h_bytes,
+                      static_cast<unsigned long long>(res.h2d_bytes),
+                      static_cast<double>(res.h2d_bytes) / one.h2d_bytes);
+          // The slice, rounded up per param (the first numel % N ranks hold
+          // one element more).
+          EXPECT_LE(res.d2h_bytes, one.d2h_bytes / world + 4096) << "rank " << r;
+          EXPECT_GE(res.d2h_bytes + 4096, one.d2h_bytes / world) << "rank " << r;
+          EXPECT_LE(res.h2d_bytes, one.h2d_bytes / world + 4096) << "rank " << r;
+          EXPECT_GE(res.h2d_bytes + 4096, one.h2d_bytes / world) << "rank " << r;
+          EXPECT_EQ(res.param, many[0].param) << "rank " << r;
         }
+        // As expect_equivalent's first steps: fp16 rounds each rank's
+        // gradient, and the reduced slice again.
+        for (int s = 0; s < kSteps; ++s) {
+          double mean = 0;
+          for (const RankResult& res : many) mean += res.loss[s];
+          mean /= world;
+          EXPECT_NEAR(mean, one.loss[s], (fp16 ? 2e-4 : 1e-5) * std::fabs(one.loss[s]))
+              << "step " << s;
+        }
+        // fp16: in norm (an element near zero moves by Adam's noise).
+        EXPECT_LE(fp16 ? norm_rel(many[0].param, one.param) : max_rel(many[0].param, one.param),
+                  fp16 ? 5e-2 : 1e-3);
       }
     }
   }

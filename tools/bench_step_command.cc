@@ -148,6 +148,9 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
                   "data-parallel ranks, threads of this process with a modelled link each; "
                   "compared with one rank (1)")
       ->check(CLI::Range(1, 64));
+  cmd->add_option("--zero-stage", o->zero_stage,
+                  "zero_optimization.stage, 1 to 3 (2); the optimizer is offloaded")
+      ->check(CLI::Range(1, 3));
   cmd->add_flag("--json", *json, "print one JSON object on stdout");
   cmd->callback([=] {
     auto shape = model::gpt2_config_by_name(*model);
@@ -167,13 +170,14 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
     nlohmann::json modes = nlohmann::json::object();
     std::fprintf(stderr,
                  "%s layer list, width %lld (/%lld), %.1fM params; B=%lld T=%lld gas %lld; device "
-                 "%.0f TFLOPS, link %.0f GB/s, CUDA costs %s; %s, optimizer offload %s\n",
+                 "%.0f TFLOPS, link %.0f GB/s, CUDA costs %s; %s, ZeRO stage %d, optimizer "
+                 "offload %s\n",
                  model->c_str(), static_cast<long long>(r->width),
                  static_cast<long long>(o->width_divisor), static_cast<double>(r->params) / 1e6,
                  static_cast<long long>(o->micro_batch), static_cast<long long>(o->seq_len),
                  static_cast<long long>(o->gradient_accumulation_steps), o->tflops,
                  o->link_gb_per_s, o->device_costs ? "charged" : "off", o->precision.c_str(),
-                 o->offload.c_str());
+                 o->zero_stage, o->offload.c_str());
     std::fprintf(stderr,
                  "mode     step s  compute   h2d     d2h     cpu    nvme   slowest  ratio  "
                  "speculative/rolled back  host/device syncs per step\n");
@@ -254,6 +258,7 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
            {"link_gb_per_s", o->link_gb_per_s},
            {"offload", o->offload},
            {"precision", o->precision},
+           {"zero_stage", o->zero_stage},
            // "auto": not set, the engine's about eight buckets per model.
            {"reduce_bucket_size", o->reduce_bucket_size > 0 ? nlohmann::json(o->reduce_bucket_size)
                                                             : nlohmann::json("auto")},

@@ -187,6 +187,14 @@ struct DsConfig {
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
   double gradient_clipping = 0;  // 0: off
+  // "fp16" | "bf16" | "fp32"; empty: unset. Across ranks, the dtype the
+  // rank's slice of the gradients' fp32 sum crosses PCIe in where the
+  // reduction runs on the device (engine/offload_optimizer.h, "Data
+  // parallel"): a 16-bit one rounds the sum once, as DeepSpeed's
+  // reduction in that dtype does, and moves half the bytes. Unset or
+  // "fp32": fp32, exact (strata's default; DeepSpeed's is the gradients'
+  // dtype).
+  std::string communication_data_type;
   int64_t steps_per_print = 10;
   bool wall_clock_breakdown = false;
   StrataConfig strata;

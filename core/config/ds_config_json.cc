@@ -148,6 +148,8 @@ json to_json(const DsConfig& c) {
           ? json(nullptr)
           : json{{"type", str(to_string(c.scheduler.type))}, {"params", c.scheduler.params}};
   j["gradient_clipping"] = c.gradient_clipping;
+  j["communication_data_type"] =
+      c.communication_data_type.empty() ? json(nullptr) : json(c.communication_data_type);
   j["steps_per_print"] = c.steps_per_print;
   j["wall_clock_breakdown"] = c.wall_clock_breakdown;
   j["strata"] = {{"overlap", str(to_string(c.strata.overlap))},

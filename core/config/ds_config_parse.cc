@@ -426,15 +426,17 @@ absl::Status parse_top(ObjectReader& r, Diagnostics* diag, internal::ParseFacts*
   if (scheduler) STRATA_RETURN_IF_ERROR(parse_scheduler(*scheduler, diag, &cfg->scheduler));
 
   STRATA_RETURN_IF_ERROR(r.read_double("gradient_clipping", &cfg->gradient_clipping, 0.0, kInf));
+  STRATA_RETURN_IF_ERROR(r.read_enum("communication_data_type", &cfg->communication_data_type,
+                                     {"fp16", "bf16", "fp32"}));
   STRATA_RETURN_IF_ERROR(r.read_int("steps_per_print", &cfg->steps_per_print, 1, kI64Max));
   STRATA_RETURN_IF_ERROR(r.read_bool("wall_clock_breakdown", &cfg->wall_clock_breakdown));
 
   STRATA_ASSIGN_OR_RETURN(auto strata, r.child("strata"));
   if (strata) STRATA_RETURN_IF_ERROR(parse_strata(*strata, diag, &cfg->strata));
 
-  for (std::string_view key : {"prescale_gradients", "gradient_predivide_factor",
-                               "communication_data_type", "sparse_gradients", "fp32_allreduce",
-                               "disable_allgather", "seq_parallel_communication_data_type"}) {
+  for (std::string_view key :
+       {"prescale_gradients", "gradient_predivide_factor", "sparse_gradients", "fp32_allreduce",
+        "disable_allgather", "seq_parallel_communication_data_type"}) {
     r.ignore(key, kNotUsedMultiGpu);
   }
   r.ignore("activation_checkpointing",

@@ -16,7 +16,9 @@ namespace {
 constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-constexpr std::string_view kNotUsedMultiGpu = "strata trains one data-parallel rank";
+constexpr std::string_view kNotUsedMultiGpu =
+    "a data-parallel tuning strata does not implement (it averages fp32 sums after the "
+    "reduction; communication_data_type picks the wire type)";
 constexpr std::string_view kNotUsed = "a DeepSpeed feature strata does not implement";
 
 // Sizes a config may ask for. Beyond these no machine has the memory, and a

@@ -16,6 +16,9 @@ class EngineClient final : public engine::HostBoundOptimizer {
   void* param_memory(engine::ParamHandle p) override { return remote_->param(p); }
   void* grad_memory(engine::ParamHandle p) override { return remote_->grad(p); }
   bool needs_values() const override { return remote_->created(); }
+  std::pair<void*, uint64_t> host_region() const override {
+    return {remote_->arena_base(), remote_->arena_bytes()};
+  }
 
   absl::Status set_value(engine::ParamHandle p, const float* value) override {
     return remote_->set_value(p, value);

@@ -72,6 +72,7 @@ class RemoteOptimizer {
   void* param(int p) const;
   void* grad(int p) const;
   uint64_t arena_bytes() const { return arena_->bytes(); }
+  void* arena_base() const { return arena_->base(); }
 
   absl::Status set_value(int p, const float* values);
   absl::StatusOr<double> begin_step(std::optional<double> loss_scale = std::nullopt);

@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -74,6 +75,10 @@ class HostBoundOptimizer : public StepOptimizer {
   // gives every param its initial value. False: the params hold the last
   // completed step's values, which the engine continues from.
   virtual bool needs_values() const = 0;
+  // The one mapping every param_memory / grad_memory lies in (stratad's
+  // arena), which the engine registers with the device for DMA while it
+  // lives; {nullptr, 0}: none (the engine copies from pageable memory).
+  virtual std::pair<void*, uint64_t> host_region() const { return {nullptr, 0}; }
 };
 
 // What the engine registers with a HostBoundOptimizer: one group (the

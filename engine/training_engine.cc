@@ -45,6 +45,7 @@ TrainingEngine::~TrainingEngine() {
     for (void* p : device_params_) device_->free(p);
     for (void* g : device_grads_) device_->free(g);
     if (remote_ != nullptr) device_->destroy_stream(stream_);
+    if (pinned_region_ != nullptr) device_->unregister_host_memory(pinned_region_).IgnoreError();
   }
   opt_.reset();
   remote_.reset();
@@ -154,6 +155,13 @@ absl::Status TrainingEngine::register_params(const config::DsConfig& config,
   step_ = remote_.get();
   has_scaler_ = config.fp16.enabled;
   STRATA_ASSIGN_OR_RETURN(stream_, device_->create_stream());
+  // The remote's memory is pinned, so the per-step copies run at DMA speed
+  // and queue without a staging wait (cudaHostRegister on CUDA).
+  if (const auto [base, bytes] = remote_->host_region(); base != nullptr && bytes > 0) {
+    STRATA_RETURN_IF_ERROR(device_->register_host_memory(base, bytes),
+                           "pinning the optimizer's shared memory for the device's copies");
+    pinned_region_ = base;
+  }
   // Allocated now so steps make none (device-wide synchronisations).
   const size_t dsize = dtype_size(remote_->compute_dtype());
   for (const ParamDesc& d : params_) {

@@ -387,6 +387,7 @@ class TrainingEngine {
   // and whether the device params are the remote's current values.
   std::vector<void*> device_params_, device_grads_;
   bool params_uploaded_ = false;
+  void* pinned_region_ = nullptr;  // the remote's host_region, registered with the device
   DType dtype_ = DType::kFloat32;
   int64_t gas_ = 1;
   // The power of two the loss is divided by (gas rounded up to one); the

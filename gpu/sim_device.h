@@ -146,6 +146,10 @@ class SimDevice final : public Device {
 
   const SimDeviceOptions& options() const { return options_; }
 
+  // Whether [ptr, ptr + bytes) lies inside one registered host range (its
+  // copies run at the pinned rate).
+  bool registered(const void* ptr, size_t bytes) const;
+
  private:
   class StreamWorker;
   enum class Engine { kNone, kH2D, kD2H, kCompute };
@@ -161,8 +165,6 @@ class SimDevice final : public Device {
   bool reached_locked(EventId event, uint64_t generation) const;
   absl::Status enqueue(StreamId id, Engine engine, std::function<absl::Status()> op);
   absl::Status check_device_range(const void* ptr, size_t bytes, const char* what) const;
-  // Whether [ptr, ptr + bytes) lies inside one registered host range.
-  bool registered(const void* ptr, size_t bytes) const;
   void run_copy(Engine engine, void* dst, const void* src, size_t bytes, bool pinned);
   // Drains every stream (errors stay sticky on their streams): the implicit
   // device synchronisation of cudaMalloc / cudaFree, when costs are charged.

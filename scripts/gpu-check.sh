@@ -9,7 +9,8 @@
 #      bench_pcie_command_test; they skip without a GPU);
 #   3. strata bench pcie (pinned and pageable H2D, D2H, both ways);
 #   4. strata train --device cuda, gpt2-medium, fp16, 20 steps, with the
-#      optimizer offloaded to cpu (overlap and sync mode) and to nvme; per
+#      optimizer offloaded to cpu (overlap and sync mode), to nvme, and to
+#      cpu through stratad (--daemon, the arena pinned by the client); per
 #      run from its --log-json: tokens/s, the model TFLOPS it implies
 #      (6 x params x tokens/s, attention left out), the step time, host and
 #      device synchronisations per step, bytes over PCIe and the loss; the
@@ -104,8 +105,9 @@ STRATA=$BUILD/tools/strata
 
 # The model with the user's RTX 5090 settings (fixture), fp16, byte-level
 # vocab, AdamW from the flags, the optimizer offloaded to cpu or nvme.
-train_run() {  # train_run NAME OFFLOAD OVERLAP
+train_run() {  # train_run NAME OFFLOAD OVERLAP [EXTRA FLAGS...]
   local name=$1 offload=$2 overlap=$3
+  shift 3
   local cfg=$LOGS/ds_config_$name.json log=$LOGS/$name.jsonl
   python3 - "$STRATA_ROOT/tests/fixtures/ds_config_gpt2_rtx5090.json" "$cfg" "$offload" \
     "$BUILD/nvme-swap" "$MICRO" "$overlap" <<'EOF'
@@ -123,7 +125,7 @@ EOF
   rm -f "$log"
   phase "$name" 150 "$STRATA" train --device "$DEVICE" --model "$MODEL" \
     --data /usr/share/games/fortunes --deepspeed_config "$cfg" --steps "$STEPS" \
-    --seq-len "$SEQ" --eval-every "$STEPS" --eval-batches 2 --log-json "$log"
+    --seq-len "$SEQ" --eval-every "$STEPS" --eval-batches 2 --log-json "$log" "$@"
   local line
   line=$(python3 - "$log" "$name" "$MODEL" <<'EOF' 2>&1
 import json, sys
@@ -155,6 +157,13 @@ EOF
 train_run train-cpu cpu overlap
 train_run train-cpu-sync cpu sync
 train_run train-nvme nvme overlap
+# Through stratad: the optimizer in the daemon, its arena pinned by the client.
+STRATAD_SOCK=/tmp/strata-gpu-check-$$.sock  # short: a socket path holds 107 bytes
+"$BUILD/daemon/stratad" --socket "$STRATAD_SOCK" 2>"$LOGS/stratad.log" &
+STRATAD_PID=$!
+train_run train-daemon cpu overlap --daemon "$STRATAD_SOCK" --session gpu-check
+kill "$STRATAD_PID" 2>/dev/null
+wait "$STRATAD_PID" 2>/dev/null
 
 # The Python tests' CUDA cases need torch in the venv; the GPU box cannot
 # download it, so only a venv that already has its requirements runs them.

@@ -291,7 +291,6 @@ TEST_F(TrainDaemonTest, FlagsItCannotServeYetAreRefusedWithWhatToDo) {
   };
   const std::vector<Case> cases = {
       {{"--daemon", stratad_.socket(), "--session", "s", "--nproc", "2"}, "drop --nproc"},
-      {{"--daemon", stratad_.socket(), "--session", "s", "--device", "cuda"}, "drop --daemon"},
       {{"--daemon", stratad_.socket()}, "--daemon needs --session NAME"},
       {{"--session", "s"}, "it needs --daemon"},
       {{"--daemon", stratad_.socket(), "--session", "no/slash"}, "--session"},

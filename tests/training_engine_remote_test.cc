@@ -30,21 +30,31 @@ class LocalHostBound final : public HostBoundOptimizer {
     STRATA_ASSIGN_OR_RETURN(r->opt_,
                             OffloadOptimizer::create(*reg.config, r->device_.get(), std::move(o)));
     r->opt_->add_group(reg.group);
+    // One block, as stratad's arena: params and grads fp32-sized (room for
+    // any compute dtype).
+    uint64_t total = 0;
+    for (const ParamDesc& d : reg.params) total += 2 * d.numel;
+    r->region_.resize(total);
+    float* at = r->region_.data();
     for (ParamDesc d : reg.params) {
       EXPECT_EQ(d.binding, ParamBinding::kHost);
-      r->params_.emplace_back(d.numel);  // fp32-sized: room for any compute dtype
-      r->grads_.emplace_back(d.numel);
-      d.param = r->params_.back().data();
-      d.grad = r->grads_.back().data();
+      r->params_.push_back(at);
+      r->grads_.push_back(at + d.numel);
+      at += 2 * d.numel;
+      d.param = r->params_.back();
+      d.grad = r->grads_.back();
       STRATA_RETURN_IF_ERROR(r->opt_->add_param(d).status());
     }
     STRATA_RETURN_IF_ERROR(r->opt_->finalize());
     return r;
   }
 
-  void* param_memory(ParamHandle p) override { return params_[p].data(); }
-  void* grad_memory(ParamHandle p) override { return grads_[p].data(); }
+  void* param_memory(ParamHandle p) override { return params_[p]; }
+  void* grad_memory(ParamHandle p) override { return grads_[p]; }
   bool needs_values() const override { return true; }
+  std::pair<void*, uint64_t> host_region() const override {
+    return {const_cast<float*>(region_.data()), region_.size() * sizeof(float)};
+  }
   absl::Status set_value(ParamHandle p, const float* v) override { return opt_->set_value(p, v); }
   absl::StatusOr<double> begin_step(std::optional<double> scale) override {
     return opt_->begin_step(scale);
@@ -92,7 +102,8 @@ class LocalHostBound final : public HostBoundOptimizer {
   LocalHostBound() = default;
   std::unique_ptr<gpu::SimDevice> device_;
   std::unique_ptr<OffloadOptimizer> opt_;
-  std::vector<std::vector<float>> params_, grads_;
+  std::vector<float> region_;
+  std::vector<float*> params_, grads_;  // into region_
 };
 
 class TrainingEngineRemoteTest : public TrainingEngineTest {
@@ -137,6 +148,9 @@ TEST_F(TrainingEngineRemoteTest, StepsBitForBitAsInProcess) {
     ASSERT_TRUE(engine.ok()) << engine.status();
     ASSERT_NE(remote, nullptr);
     EXPECT_TRUE((*engine)->remote());
+    // The remote's memory is pinned for the device's copies while the engine lives.
+    const auto [base, bytes] = remote->host_region();
+    EXPECT_TRUE(device_.registered(base, bytes));
     const bool fp16 = c.fp16;
     for (int s = 0; s < 5; ++s) {
       SCOPED_TRACE(s);
@@ -170,6 +184,8 @@ TEST_F(TrainingEngineRemoteTest, StepsBitForBitAsInProcess) {
     EXPECT_EQ(*ea, *eb);
     for (int l = 0; l < 3; ++l)
       EXPECT_EQ(*(*engine)->read_param(l, 0), *(*local)->read_param(l, 0));
+    engine->reset();
+    EXPECT_FALSE(device_.registered(base, 1));
   }
 }
 

@@ -42,9 +42,10 @@
 // the optimizer in the daemon (daemon/engine_client.h; the socket defaults
 // to daemon::default_socket_path()): the same loop and the same losses as
 // in-process; the same command again after the client died (or ended)
-// continues the session from its last completed step. One rank on the
-// simulated device in this version: --nproc > 1, a rank of a job and
-// --device cuda are refused (exit 2) saying what to do instead.
+// continues the session from its last completed step. One rank in this
+// version: --nproc > 1 and a rank of a job are refused (exit 2) saying what
+// to do instead. With --device cuda the engine pins the session's arena and
+// copies each layer's params and gradients over PCIe itself.
 #include <unistd.h>
 
 #include <algorithm>
@@ -172,11 +173,6 @@ absl::Status check_daemon_flags(const TrainArgs& a) {
         "--daemon trains one rank in this version: data-parallel ranks through stratad are not "
         "supported yet; drop --nproc (and RANK/WORLD_SIZE) to train through stratad, or drop "
         "--daemon to train the ranks in-process");
-  }
-  if (f.device == "cuda") {
-    return absl::InvalidArgumentError(
-        "--daemon with --device cuda is not supported yet (stratad sessions serve the simulated "
-        "device, --device cpu, in this version); drop --daemon to train on the GPU in-process");
   }
   return absl::OkStatus();
 }

@@ -201,7 +201,7 @@ void Frame::close_fds() {
   fds.clear();
 }
 
-bool is_known_type(uint16_t t) { return (t >= 1 && t <= 14) || t == 100 || t == 101; }
+bool is_known_type(uint16_t t) { return (t >= 1 && t <= 15) || t == 100 || t == 101; }
 
 absl::string_view type_name(MsgType type) {
   switch (type) {
@@ -233,6 +233,8 @@ absl::string_view type_name(MsgType type) {
       return "stats";
     case MsgType::kReportOverflow:
       return "report_overflow";
+    case MsgType::kEndSession:
+      return "end_session";
     case MsgType::kOk:
       return "ok";
     case MsgType::kError:

@@ -59,6 +59,7 @@ enum class MsgType : uint16_t {
   kDetach = 12,    // {end_session}
   kStats = 13,
   kReportOverflow = 14,  // the client saw an fp16 overflow: no more gradients this step
+  kEndSession = 15,      // {session}: end a session no client is attached to
   kOk = 100,
   kError = 101,  // {code, message}
 };

@@ -296,8 +296,21 @@ absl::Status RemoteOptimizer::detach(bool end_session) {
 
 absl::StatusOr<nlohmann::json> RemoteOptimizer::stats(const std::string& socket_path,
                                                       int timeout_ms) {
+  return one_request(socket_path, MsgType::kStats, nlohmann::json::object(), timeout_ms);
+}
+
+absl::Status RemoteOptimizer::end_session(const std::string& socket_path,
+                                          const std::string& session, int timeout_ms) {
+  return one_request(socket_path, MsgType::kEndSession, {{"session", session}}, timeout_ms)
+      .status();
+}
+
+absl::StatusOr<nlohmann::json> RemoteOptimizer::one_request(const std::string& socket_path,
+                                                            MsgType type,
+                                                            const nlohmann::json& body,
+                                                            int timeout_ms) {
   STRATA_ASSIGN_OR_RETURN(int fd, connect_to_stratad(socket_path, timeout_ms));
-  absl::Status s = send_frame(fd, MsgType::kStats, nlohmann::json::object(), {}, {}, timeout_ms);
+  absl::Status s = send_frame(fd, type, body, {}, {}, timeout_ms);
   auto f = s.ok() ? recv_frame(fd, {.idle_timeout_ms = timeout_ms, .body_timeout_ms = timeout_ms})
                   : absl::StatusOr<Frame>(s);
   ::close(fd);

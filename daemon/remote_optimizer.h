@@ -95,9 +95,16 @@ class RemoteOptimizer {
   // (what `strata top` prints).
   static absl::StatusOr<nlohmann::json> stats(const std::string& socket_path,
                                               int timeout_ms = 5000);
+  // Likewise: ends the named session, which no client may be attached to
+  // (`strata top --end-session NAME`).
+  static absl::Status end_session(const std::string& socket_path, const std::string& session,
+                                  int timeout_ms = 5000);
 
  private:
   RemoteOptimizer() = default;
+  // One request and its reply on a fresh connection (stats, end_session).
+  static absl::StatusOr<nlohmann::json> one_request(const std::string& socket_path, MsgType type,
+                                                    const nlohmann::json& body, int timeout_ms);
   absl::StatusOr<Frame> call(MsgType type, const nlohmann::json& body, absl::string_view blob = {});
 
   std::string socket_path_;

@@ -219,12 +219,13 @@ absl::StatusOr<std::unique_ptr<Session>> Server::make_session(const std::string&
     const uint64_t total = options_.host_mem_bytes;
     const uint64_t free = total > used_bytes_ ? total - used_bytes_ : 0;
     if (plan.charge_bytes > free) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "session ", name, " needs ", format_bytes(double(plan.charge_bytes)),
-          " of host memory (arena ", format_bytes(double(plan.arena_bytes)),
-          " + optimizer states); stratad has ", format_bytes(double(free)), " free of ",
-          format_bytes(double(total)),
-          " (--host-mem); end an idle session (strata top lists them) or raise --host-mem"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("session ", name, " needs ", format_bytes(double(plan.charge_bytes)),
+                       " of host memory (arena ", format_bytes(double(plan.arena_bytes)),
+                       " + optimizer states); stratad has ", format_bytes(double(free)),
+                       " free of ", format_bytes(double(total)),
+                       " (--host-mem); end an idle session (strata top lists them; strata top "
+                       "--end-session NAME) or raise --host-mem"));
     }
     used_bytes_ += plan.charge_bytes;
   }
@@ -374,6 +375,12 @@ void Server::serve(Conn* conn, uint64_t id, int pid, int uid) {
       case MsgType::kStats:
         body = stats();
         break;
+      case MsgType::kEndSession: {
+        auto name = get_string(f->body, "session", 64);
+        s = name.ok() ? end_idle_session(*name) : name.status();
+        close_after = !name.ok();
+        break;
+      }
       case MsgType::kAttach: {
         if (session != nullptr) {
           s = absl::FailedPreconditionError("already attached to session " + session_name);
@@ -543,6 +550,31 @@ void Server::release(uint64_t conn_id, const std::string& name, bool end_session
     e->owner_pid = 0;
   }
   released_.notify_all();
+}
+
+absl::Status Server::end_idle_session(const std::string& name) {
+  STRATA_RETURN_IF_ERROR(check_session_name(name));
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(name);
+    if (it == sessions_.end() || it->second->session == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("stratad has no session ", name, " (strata top lists them)"));
+    }
+    if (it->second->owner != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("session ", name, " is attached by pid ", it->second->owner_pid,
+                       "; stop that client first, then end the session"));
+    }
+    e = it->second;
+    used_bytes_ -= e->session->charge_bytes();
+    pools_->release(e->session->pool_index());
+    sessions_.erase(it);
+    released_.notify_all();
+  }
+  logger()->info("session {} ended (no client attached)", name);
+  return absl::OkStatus();  // e, the last owner, frees the session here
 }
 
 nlohmann::json Server::stats() const {

@@ -75,6 +75,10 @@ class Server {
   // What `strata top` shows: {daemon_pid, host_mem_total_bytes,
   // host_mem_used_bytes, sessions: [...]}.
   nlohmann::json stats() const;
+  // Ends a session no client is attached to, freeing its host memory and
+  // NVMe swap: NotFound for an unknown name, FailedPrecondition naming the
+  // attached client's pid.
+  absl::Status end_idle_session(const std::string& name);
 
  private:
   struct Entry {

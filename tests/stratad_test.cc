@@ -725,6 +725,44 @@ TEST_F(StratadTest, SigtermSavesSessionsAndARestartOffersThem) {
   EXPECT_EQ(state(**r, fw), ref) << "the restarted session ends as an uninterrupted run";
 }
 
+// A session no client is attached to can be ended (`strata top
+// --end-session`), which frees its share of --host-mem; an attached one is
+// refused naming its client, an unknown one named.
+TEST_F(StratadTest, EndingAnIdleSessionFreesItsMemory) {
+  // Each session charges ~587 KiB (see TwoClientsAtOnceAndQuota): one fits.
+  StratadProcess d(dir_, {"--host-mem", "900K"});
+  {
+    auto a = attach(d.socket(), "a", make_spec());
+    ASSERT_TRUE(a.ok()) << a.status();
+    const Framework fw = arena_framework(**a);
+    absl::Status st_ = step(**a, fw, 2);
+    ASSERT_TRUE(st_.ok()) << st_;
+    const absl::Status attached = RemoteOptimizer::end_session(d.socket(), "a");
+    EXPECT_TRUE(absl::IsFailedPrecondition(attached)) << attached;
+    EXPECT_NE(attached.message().find(absl::StrCat("pid ", ::getpid())), absl::string_view::npos)
+        << attached;
+  }  // detached, the session kept
+  auto refused = attach(d.socket(), "b", make_spec());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  EXPECT_NE(refused.status().message().find("--end-session"), absl::string_view::npos)
+      << refused.status();
+  const std::string cmd = "'" + std::string(STRATA_STRATA_BINARY) + "' top --socket '" +
+                          d.socket() + "' --end-session a 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ASSERT_EQ(WEXITSTATUS(::pclose(p)), 0) << out;
+  EXPECT_NE(out.find("session a ended"), std::string::npos) << out;
+  const absl::Status again = RemoteOptimizer::end_session(d.socket(), "a");
+  EXPECT_TRUE(absl::IsNotFound(again)) << again;
+  auto b = attach(d.socket(), "b", make_spec());
+  EXPECT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(d.alive());
+}
+
 TEST_F(StratadTest, TopJsonListsSessions) {
   StratadProcess d(dir_, {"--roofline", "10"});
   auto r = attach(d.socket(), "topme", make_spec());

@@ -1,4 +1,5 @@
-// strata top [--socket PATH] [--json]: what stratad is serving. --json
+// strata top [--socket PATH] [--json] [--end-session NAME]: what stratad is
+// serving; --end-session ends an idle session and exits. --json
 // prints one object (stratad's stats: a `sessions` array with name, pid,
 // step, optimizer GB/s and its ratio to the roofline, NVMe read/write GB/s,
 // arena used/total, queue depths, ...) on stdout and exits; otherwise a
@@ -64,8 +65,16 @@ void print_table(const nlohmann::json& stats, std::map<std::string, int64_t>* la
   }
 }
 
-int run_top(const std::string& socket_path, bool json) {
+int run_top(const std::string& socket_path, bool json, const std::string& end_session) {
   const std::string path = socket_path.empty() ? daemon::default_socket_path() : socket_path;
+  if (!end_session.empty()) {
+    if (absl::Status s = daemon::RemoteOptimizer::end_session(path, end_session); !s.ok()) {
+      return report_status(s);
+    }
+    std::fprintf(stderr, "strata top: session %s ended; stratad freed its memory\n",
+                 end_session.c_str());
+    return 0;
+  }
   if (json) {
     auto stats = daemon::RemoteOptimizer::stats(path);
     if (!stats.ok()) return report_status(stats.status());
@@ -90,11 +99,15 @@ void add_top_command(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand("top", "Show stratad's sessions (refreshed every second)");
   auto socket_path = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
+  auto end_session = std::make_shared<std::string>();
   cmd->add_option("--socket", *socket_path,
                   "stratad's socket (default: $XDG_RUNTIME_DIR/strata/stratad.sock, else "
                   "/run/strata/stratad.sock)");
   cmd->add_flag("--json", *json, "print one JSON object with a `sessions` array and exit");
-  cmd->callback([=] { *exit_code = run_top(*socket_path, *json); });
+  cmd->add_option("--end-session", *end_session,
+                  "end the named session (no client attached), freeing its host memory and "
+                  "swap, and exit");
+  cmd->callback([=] { *exit_code = run_top(*socket_path, *json, *end_session); });
 }
 
 }  // namespace strata::tools

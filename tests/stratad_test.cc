@@ -252,6 +252,18 @@ int raw_connect(const std::string& socket) {
   return fd;
 }
 
+// `strata top ARGS` (a shell command line: quote paths): its stdout and exit code.
+std::string strata_top(const std::string& args, int* exit_code) {
+  const std::string cmd = "'" + std::string(STRATA_STRATA_BINARY) + "' top " + args;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  *exit_code = WEXITSTATUS(::pclose(p));
+  return out;
+}
+
 absl::Status hello_reply(const std::string& socket, const nlohmann::json& hello) {
   const int fd = raw_connect(socket);
   if (fd < 0) return absl::UnavailableError("connect");
@@ -747,14 +759,10 @@ TEST_F(StratadTest, EndingAnIdleSessionFreesItsMemory) {
   EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
   EXPECT_NE(refused.status().message().find("--end-session"), absl::string_view::npos)
       << refused.status();
-  const std::string cmd = "'" + std::string(STRATA_STRATA_BINARY) + "' top --socket '" +
-                          d.socket() + "' --end-session a 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ASSERT_EQ(WEXITSTATUS(::pclose(p)), 0) << out;
+  int exit_code = -1;
+  const std::string out =
+      strata_top("--socket '" + d.socket() + "' --end-session a 2>&1", &exit_code);
+  ASSERT_EQ(exit_code, 0) << out;
   EXPECT_NE(out.find("session a ended"), std::string::npos) << out;
   const absl::Status again = RemoteOptimizer::end_session(d.socket(), "a");
   EXPECT_TRUE(absl::IsNotFound(again)) << again;
@@ -772,14 +780,9 @@ TEST_F(StratadTest, TopJsonListsSessions) {
     absl::Status st_ = step(**r, fw, 2);
     ASSERT_TRUE(st_.ok()) << st_;
   }
-  const std::string cmd =
-      "'" + std::string(STRATA_STRATA_BINARY) + "' top --json --socket '" + d.socket() + "'";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ASSERT_EQ(WEXITSTATUS(::pclose(p)), 0) << out;
+  int exit_code = -1;
+  const std::string out = strata_top("--json --socket '" + d.socket() + "'", &exit_code);
+  ASSERT_EQ(exit_code, 0) << out;
   const auto j = nlohmann::json::parse(out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << out;
   ASSERT_EQ(j["sessions"].size(), 1u) << out;

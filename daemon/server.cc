@@ -541,15 +541,19 @@ void Server::release(uint64_t conn_id, const std::string& name, bool end_session
   e->session->set_owner(0);
   lock.lock();
   if (end_session) {
-    used_bytes_ -= e->session->charge_bytes();
-    pools_->release(e->session->pool_index());
-    sessions_.erase(name);
+    drop_session_locked(name, *e);
     logger()->info("session {} ended", name);
   } else {
     e->owner = 0;
     e->owner_pid = 0;
   }
   released_.notify_all();
+}
+
+void Server::drop_session_locked(const std::string& name, const Entry& e) {
+  used_bytes_ -= e.session->charge_bytes();
+  pools_->release(e.session->pool_index());
+  sessions_.erase(name);
 }
 
 absl::Status Server::end_idle_session(const std::string& name) {
@@ -568,9 +572,7 @@ absl::Status Server::end_idle_session(const std::string& name) {
                        "; stop that client first, then end the session"));
     }
     e = it->second;
-    used_bytes_ -= e->session->charge_bytes();
-    pools_->release(e->session->pool_index());
-    sessions_.erase(it);
+    drop_session_locked(name, *e);
     released_.notify_all();
   }
   logger()->info("session {} ended (no client attached)", name);

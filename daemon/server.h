@@ -104,6 +104,9 @@ class Server {
   absl::StatusOr<Session*> attach(uint64_t conn_id, int pid, const nlohmann::json& body,
                                   bool* created);
   void release(uint64_t conn_id, const std::string& name, bool end_session, const std::string& why);
+  // Under mu_: the session leaves the table and gives back its share of
+  // --host-mem and its pool (the last Entry reference frees it).
+  void drop_session_locked(const std::string& name, const Entry& e);
 
   ServerOptions options_;
   int listen_fd_ = -1;

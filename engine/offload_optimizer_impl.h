@@ -157,6 +157,9 @@ struct OffloadOptimizer::Impl {
   // Closes the open round, waits for the thread to finish it and, with
   // open_next, opens the next one (wait_grads); returns the thread's error.
   absl::Status dp_close_round(bool open_next);
+  // Under grad_mu (held by `lock`): closes the open round and waits until
+  // the reduction thread has finished it.
+  void dp_end_round(std::unique_lock<std::mutex>& lock);
   void dp_stop_thread();
   struct BucketLayout {
     std::vector<uint64_t> counts;  // per rank: elements of its part

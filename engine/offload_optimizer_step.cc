@@ -576,18 +576,15 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
     dp_aborting = true;
     if (dp_open >= 0) {
       // The round in flight ends: its buckets not reduced yet carry the news.
-      dp_closed = dp_open;
-      dp_cv.notify_all();
-      dp_cv.wait(lock, [&] { return dp_done >= dp_closed; });
+      dp_end_round(lock);
       // All of them went before it (a forward failed, or a backward after
       // its last grad_ready): the next round's agreement carries it, which
       // the others hold at their next wait_grads or at finish_step. An
       // error already seen needs no telling: it was the news of another
       // rank, or the communicator failed.
       if (!dp_abort_told && dp_error.ok()) {
-        dp_closed = ++dp_open;
-        dp_cv.notify_all();
-        dp_cv.wait(lock, [&] { return dp_done >= dp_closed; });
+        ++dp_open;
+        dp_end_round(lock);
       }
       dp_open = dp_done = -1;
     }
@@ -730,12 +727,16 @@ absl::Status OffloadOptimizer::Impl::dp_agree(bool aborting) {
   return absl::OkStatus();
 }
 
-absl::Status OffloadOptimizer::Impl::dp_close_round(bool open_next) {
-  std::unique_lock lock(grad_mu);
-  if (dp_open < 0) return absl::OkStatus();  // no round open (between steps)
+void OffloadOptimizer::Impl::dp_end_round(std::unique_lock<std::mutex>& lock) {
   dp_closed = dp_open;
   dp_cv.notify_all();
   dp_cv.wait(lock, [&] { return dp_done >= dp_closed; });
+}
+
+absl::Status OffloadOptimizer::Impl::dp_close_round(bool open_next) {
+  std::unique_lock lock(grad_mu);
+  if (dp_open < 0) return absl::OkStatus();  // no round open (between steps)
+  dp_end_round(lock);
   if (open_next && dp_error.ok()) {
     ++dp_open;
     dp_cv.notify_all();

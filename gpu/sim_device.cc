@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,26 @@ void sleep_precisely(double seconds) {
   if (old_slack > 0) prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(old_slack), 0, 0, 0);
 }
 
+using Clock = std::chrono::steady_clock;
+
+Clock::duration seconds_of(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+// The modelled times of the operation a stream thread is running: when it
+// may start, and when it ended (unset: when it returned, or `ready` if later).
+struct OpTimes {
+  Clock::time_point ready;
+  std::optional<Clock::time_point> end;
+};
+thread_local OpTimes* current_op = nullptr;
+
+// When the running operation may start in the model; now off a stream thread.
+Clock::time_point op_ready() { return current_op != nullptr ? current_op->ready : Clock::now(); }
+void set_op_end(Clock::time_point end) {
+  if (current_op != nullptr) current_op->end = end;
+}
+
 }  // namespace
 
 // One host thread per stream, running its operations in order. The first
@@ -48,7 +69,7 @@ class SimDevice::StreamWorker {
   void push(std::function<absl::Status()> op) {
     {
       std::lock_guard lock(mu_);
-      queue_.push_back(std::move(op));
+      queue_.push_back({std::move(op), Clock::now()});
       ++submitted_;
     }
     cv_.notify_all();
@@ -69,11 +90,15 @@ class SimDevice::StreamWorker {
     for (;;) {
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and nothing left to do
-      std::function<absl::Status()> op = std::move(queue_.front());
+      Item item = std::move(queue_.front());
       queue_.pop_front();
       const bool skip = !error_.ok();
       lock.unlock();
-      absl::Status s = skip ? absl::OkStatus() : op();
+      OpTimes times{.ready = std::max(item.enqueued_at, modelled_end_)};
+      current_op = &times;
+      absl::Status s = skip ? absl::OkStatus() : item.op();
+      current_op = nullptr;
+      modelled_end_ = times.end.value_or(std::max(times.ready, Clock::now()));
       lock.lock();
       if (!s.ok() && error_.ok()) error_ = s;
       ++finished_;
@@ -83,7 +108,12 @@ class SimDevice::StreamWorker {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::function<absl::Status()>> queue_;
+  struct Item {
+    std::function<absl::Status()> op;
+    Clock::time_point enqueued_at;
+  };
+  std::deque<Item> queue_;
+  Clock::time_point modelled_end_;  // of the last operation; the stream thread's own
   uint64_t submitted_ = 0;
   uint64_t finished_ = 0;
   absl::Status error_;
@@ -240,8 +270,19 @@ absl::Status SimDevice::enqueue(StreamId id, Engine engine, std::function<absl::
     worker->push([this, op = std::move(op)] {
       std::lock_guard engine_lock(compute_engine_);
       // The launch overhead comes before the kernel runs and keeps the engine busy.
-      if (options_.costs.enabled) sleep_precisely(options_.costs.launch_us * 1e-6);
-      return op();
+      Clock::time_point start = std::max(op_ready(), compute_free_at_);
+      if (options_.costs.enabled) start += seconds_of(options_.costs.launch_us * 1e-6);
+      std::this_thread::sleep_until(start);
+      if (current_op != nullptr) current_op->ready = start;  // the kernel's own start
+      // A kernel that does real work takes the time its work took (not the
+      // wake-up above: that is the simulation's, not the device's).
+      const Clock::time_point work_start = Clock::now();
+      absl::Status s = op();
+      compute_free_at_ = current_op != nullptr && current_op->end
+                             ? *current_op->end
+                             : start + (Clock::now() - work_start);
+      set_op_end(compute_free_at_);
+      return s;
     });
   } else {
     worker->push(std::move(op));  // copies take their engine in run_copy
@@ -270,9 +311,12 @@ absl::Status SimDevice::record_event(EventId event, StreamId id) {
   }
   return enqueue(id, Engine::kNone, [this, event, generation] {
     std::lock_guard lock(mu_);
+    const Clock::time_point at = op_ready();
+    set_op_end(at);
     auto it = events_.find(event);
     if (it != events_.end() && it->second.completed < generation) {
       it->second.completed = generation;
+      it->second.completed_at = at;
     }
     events_cv_.notify_all();
     return absl::OkStatus();
@@ -290,6 +334,12 @@ absl::Status SimDevice::wait_event(StreamId id, EventId event) {
   worker->push([this, event, generation] {
     std::unique_lock lock(mu_);
     events_cv_.wait(lock, [&] { return reached_locked(event, generation); });
+    // The wait ends in the model when the awaited record ran there (a later
+    // record's time, if one has run since: a bound that errs late).
+    auto it = events_.find(event);
+    Clock::time_point end = op_ready();
+    if (it != events_.end()) end = std::max(end, it->second.completed_at);
+    set_op_end(end);
     return absl::OkStatus();
   });
   return absl::OkStatus();
@@ -355,15 +405,22 @@ absl::Status SimDevice::check_device_range(const void* ptr, size_t bytes, const 
 }
 
 void SimDevice::run_copy(Engine engine, void* dst, const void* src, size_t bytes, bool pinned) {
-  std::mutex& engine_mu = engine == Engine::kH2D ? h2d_engine_ : d2h_engine_;
-  double gbps = engine == Engine::kH2D ? options_.h2d_gb_per_s : options_.d2h_gb_per_s;
+  const bool h2d = engine == Engine::kH2D;
+  std::mutex& engine_mu = h2d ? h2d_engine_ : d2h_engine_;
+  Clock::time_point& free_at = h2d ? h2d_free_at_ : d2h_free_at_;
+  double gbps = h2d ? options_.h2d_gb_per_s : options_.d2h_gb_per_s;
   if (!pinned && options_.costs.enabled) gbps *= options_.costs.pageable_fraction;
   std::lock_guard engine_lock(engine_mu);
-  const auto start = std::chrono::steady_clock::now();
+  const Clock::time_point start = std::max(op_ready(), free_at);
+  const Clock::time_point copy_start = Clock::now();
   if (options_.move_data) std::memcpy(dst, src, bytes);
-  const double seconds =
-      options_.copy_latency_us * 1e-6 + static_cast<double>(bytes) / (gbps * 1e9);
-  std::this_thread::sleep_until(start + std::chrono::duration<double>(seconds));
+  // A memcpy slower than the link counts with its real time.
+  const Clock::duration took = std::max(
+      seconds_of(options_.copy_latency_us * 1e-6 + static_cast<double>(bytes) / (gbps * 1e9)),
+      Clock::now() - copy_start);
+  free_at = start + took;
+  std::this_thread::sleep_until(free_at);
+  set_op_end(free_at);
   std::lock_guard lock(mu_);
   (engine == Engine::kH2D ? stats_.h2d_bytes : stats_.d2h_bytes) += bytes;
 }
@@ -410,7 +467,9 @@ absl::Status SimDevice::launch_host_function(StreamId stream, std::function<void
 absl::Status SimDevice::launch_timed_compute(StreamId stream, double seconds) {
   if (!(seconds >= 0)) return absl::InvalidArgumentError("timed compute needs seconds >= 0");
   return enqueue(stream, Engine::kCompute, [seconds] {
-    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    const Clock::time_point end = op_ready() + seconds_of(seconds);
+    std::this_thread::sleep_until(end);
+    set_op_end(end);
     return absl::OkStatus();
   });
 }

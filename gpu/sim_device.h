@@ -15,6 +15,16 @@
 // core. Together they let schedule benchmarks model a GPU step while the CPU
 // cores stay free for the optimizer.
 //
+// Time is modelled, not measured: each operation starts when its stream's
+// previous one ended in the model (or when it was enqueued, if later) and
+// its engine is free in the model, and ends its modelled duration after
+// that. The stream thread then sleeps until that end, so nothing completes
+// before the model says, but a thread that wakes late (every sleep
+// overshoots by scheduler latency, a millisecond or more on a loaded box)
+// does not push the work queued behind it later: the next operation starts
+// at the modelled end, as back-to-back kernels do on a GPU. Only the last
+// operation before an idle stream shows its wake-up delay.
+//
 // Copies and kernels check that device pointers fall inside a live
 // allocation and fail the stream (InvalidArgument, surfaced at the next
 // synchronisation) when they do not: schedule bugs show up here, not as
@@ -42,6 +52,7 @@
 // `strata bench step --no-device-costs` to see a schedule's cost-free bound.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -153,9 +164,11 @@ class SimDevice final : public Device {
  private:
   class StreamWorker;
   enum class Engine { kNone, kH2D, kD2H, kCompute };
+  using Clock = std::chrono::steady_clock;
   struct EventState {
-    uint64_t recorded = 0;   // generations handed out by record_event
-    uint64_t completed = 0;  // highest generation whose work has finished
+    uint64_t recorded = 0;           // generations handed out by record_event
+    uint64_t completed = 0;          // highest generation whose work has finished
+    Clock::time_point completed_at;  // when `completed` was reached, in the model
   };
 
   absl::StatusOr<StreamWorker*> stream(StreamId id);
@@ -184,6 +197,8 @@ class SimDevice final : public Device {
   StreamId next_stream_ = 1;
   EventId next_event_ = 1;
   std::mutex h2d_engine_, d2h_engine_, compute_engine_;
+  // When each engine is free again in the model (each under its engine lock).
+  Clock::time_point h2d_free_at_, d2h_free_at_, compute_free_at_;
 };
 
 }  // namespace strata::gpu

@@ -131,6 +131,43 @@ TEST(SimDevice, DirectionsAreFullDuplexAndEachEngineSerial) {
   EXPECT_LT(both, 1.9 * one) << "copy engines should run both directions at once";
 }
 
+// The model's clock, not the stream threads' wake-ups, decides when work
+// starts: work queued behind a late wake-up starts at the modelled end of
+// what came before it. Checked from below (nothing ends before the model
+// says: kernels from two streams share the compute engine, copies overlap
+// them, a wait ends no earlier than the awaited work) and, loosely, from
+// above.
+TEST(SimDevice, QueuedWorkEndsNoEarlierThanItsModelledTime) {
+  SimDeviceCosts costs;
+  costs.launch_us = 1000;
+  SimDevice dev({.h2d_gb_per_s = 1, .copy_latency_us = 0, .move_data = false, .costs = costs});
+  const StreamId a = *dev.create_stream();
+  const StreamId b = *dev.create_stream();
+  const EventId half = *dev.create_event();
+  constexpr size_t kBytes = 2'000'000;  // 2 ms at 1 GB/s
+  void* d = *dev.allocate(kBytes);
+  std::vector<char> host(kBytes);
+  ASSERT_TRUE(dev.register_host_memory(host.data(), host.size()).ok());
+  const int64_t t0 = monotonic_ns();
+  for (int k = 0; k < 20; ++k) {
+    ASSERT_TRUE(dev.launch_timed_compute(a, 0.005).ok());
+    if (k == 9) ASSERT_TRUE(dev.record_event(half, a).ok());
+  }
+  for (int k = 0; k < 10; ++k) ASSERT_TRUE(dev.copy_to_device(d, host.data(), kBytes, b).ok());
+  ASSERT_TRUE(dev.wait_event(b, half).ok());
+  for (int k = 0; k < 5; ++k) ASSERT_TRUE(dev.launch_timed_compute(b, 0.005).ok());
+  ASSERT_TRUE(dev.synchronize_stream(b).ok());
+  // Stream b's kernels start after a's first ten (6 ms each with the
+  // launch): at least 15 x 6 ms. Its copies (20 ms) ran beside a's kernels.
+  EXPECT_GE(seconds_since(t0), 0.090);
+  ASSERT_TRUE(dev.synchronize().ok());
+  const double all = seconds_since(t0);
+  EXPECT_GE(all, 0.150);  // 25 kernels of 6 ms on one engine
+  EXPECT_LT(all, 0.450);
+  ASSERT_TRUE(dev.unregister_host_memory(host.data()).ok());
+  dev.destroy_event(half);
+}
+
 TEST(SimDevice, DestroyWithWorkInFlightIsClean) {
   auto dev = std::make_unique<SimDevice>(SimDeviceOptions{.h2d_gb_per_s = 0.5});
   StreamId s = *dev->create_stream();

@@ -548,6 +548,61 @@ absl::Status TieredStore::abandon_changes(TensorId id, Tier tier) {
   return absl::OkStatus();
 }
 
+absl::Status TieredStore::exchange(TensorId a, TensorId b) {
+  std::unique_lock lock(mu_);
+  if (a >= tensors_.size() || b >= tensors_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("exchange: no tensor ", std::max(a, b)));
+  }
+  Tensor& ta = tensors_[a];
+  Tensor& tb = tensors_[b];
+  const std::string what =
+      absl::StrCat("exchange of \"", ta.spec.name, "\" and \"", tb.spec.name, "\"");
+  if (a == b) return absl::InvalidArgumentError(absl::StrCat(what, ": the same tensor"));
+  if (ta.bytes != tb.bytes || ta.padded != tb.padded || ta.spec.home != tb.spec.home) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": they differ in size or home tier (", ta.bytes, " B on the ",
+        tier_name(ta.spec.home), ", ", tb.bytes, " B on the ", tier_name(tb.spec.home), ")"));
+  }
+  const Tier home = ta.spec.home;
+  if (home == Tier::kNvme) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": NVMe-homed tensors are copied"));
+  }
+  // Moves in flight (a prefetch of either onto the device) finish first.
+  auto settled = [&] {
+    for (const Tensor* t : {&ta, &tb}) {
+      for (const Copy& c : t->copies) {
+        if (c.state == Residency::kLoading || c.state == Residency::kWriting ||
+            c.transfers_reading > 0) {
+          return false;
+        }
+      }
+    }
+    return true;
+  };
+  changed_.wait(lock, settled);
+  for (const Tensor* t : {&ta, &tb}) {
+    for (int k = 0; k < kTierCount; ++k) {
+      const Copy& c = t->copies[k];
+      if (c.pins > 0 || (k != idx(home) && c.state == Residency::kDirty)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(what, ": \"", t->spec.name, "\" is ", c.pins > 0 ? "held" : "modified",
+                         " on the ", tier_name(static_cast<Tier>(k)), "; release it first"));
+      }
+    }
+  }
+  for (Tensor* t : {&ta, &tb}) {
+    for (int k = 0; k < kTierCount; ++k) {
+      if (k != idx(home) && t->copies[k].state != Residency::kAbsent) {
+        free_copy_locked(*t, static_cast<Tier>(k));
+      }
+    }
+  }
+  std::swap(ta.copies[idx(home)], tb.copies[idx(home)]);
+  std::swap(ta.copies[idx(home)].queued, tb.copies[idx(home)].queued);  // jobs name the tensor
+  changed_.notify_all();
+  return absl::OkStatus();
+}
+
 void TieredStore::prefetch(TensorId id, Tier tier) {
   std::unique_lock lock(mu_);
   if (id >= tensors_.size() || !finalized_ || !check_tier(tensors_[id], tier).ok()) return;

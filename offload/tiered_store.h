@@ -269,6 +269,17 @@ class TieredStore {
   // the tensor's home. FailedPrecondition: the copy is held or being
   // moved. On error nothing changes.
   absl::Status abandon_changes(TensorId id, Tier tier);
+  // Exchanges the contents of two tensors of one size and home tier (host
+  // or device) by swapping their home copies, so neither is copied: `a`
+  // reads as `b` did and `b` as `a` did. Their copies on other tiers hold
+  // what the other name held and are dropped. Device work still using a
+  // home copy moves with it (whoever acquires the copy next waits for it).
+  // Moves in flight of either (a prefetch) are waited for. InvalidArgument:
+  // an unknown id, a == b, sizes or home tiers that differ, or an NVMe
+  // home. FailedPrecondition: a copy of either is held, or modified on a
+  // tier other than home (release or flush it first). On error nothing
+  // changes.
+  absl::Status exchange(TensorId a, TensorId b);
   // Releases several copies (as release()) once the work submitted to
   // `stream` so far has finished, without waiting for it: the copies keep
   // an event of that work, and whoever reuses them orders itself after it.

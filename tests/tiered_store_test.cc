@@ -257,6 +257,48 @@ TEST_F(TieredStoreTest, WritingTheHostCopyInvalidatesTheDeviceCopy) {
   ASSERT_TRUE(store->release(ids[0], Tier::kDevice, false).ok());
 }
 
+// The delayed update's param_next goes in by exchanging buffers: each name
+// reads what the other held, stale device copies are gone, and the misuses
+// are refused with nothing changed.
+TEST_F(TieredStoreTest, ExchangeSwapsContentsAndDropsStaleCopies) {
+  auto store = make_store({.device_budget_bytes = 4 * kBytes, .host_budget_bytes = 4 * kBytes});
+  auto ids = register_n(*store, 2, Tier::kHost);
+  const TensorId a = ids[0], b = ids[1];
+  write_all(*store, ids, 1);
+  auto v = store->acquire(a, Tier::kDevice, Access::kRead);  // a device cache of a
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(store->release(a, Tier::kDevice, false).ok());
+  const uint64_t host_used = store->stats().tiers[1].used_bytes;
+  ASSERT_TRUE(store->exchange(a, b).ok());
+  EXPECT_EQ(store->residency(a, Tier::kDevice), Residency::kAbsent);
+  EXPECT_EQ(store->stats().tiers[1].used_bytes, host_used);
+  auto va = store->acquire(a, Tier::kHost, Access::kRead);
+  auto vb = store->acquire(b, Tier::kHost, Access::kRead);
+  ASSERT_TRUE(va.ok() && vb.ok());
+  EXPECT_TRUE(matches(static_cast<const float*>(va->data), b, 1));
+  EXPECT_TRUE(matches(static_cast<const float*>(vb->data), a, 1));
+  // Held: refused, and nothing moved.
+  absl::Status held = store->exchange(a, b);
+  EXPECT_EQ(held.code(), absl::StatusCode::kFailedPrecondition) << held;
+  EXPECT_NE(held.message().find("held"), std::string::npos) << held;
+  EXPECT_TRUE(matches(static_cast<const float*>(va->data), b, 1));
+  ASSERT_TRUE(store->release(a, Tier::kHost, false).ok());
+  ASSERT_TRUE(store->release(b, Tier::kHost, false).ok());
+  // The device reads the exchanged contents.
+  v = store->acquire(a, Tier::kDevice, Access::kRead);
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(device_matches(*v, b, 1));
+  ASSERT_TRUE(store->release(a, Tier::kDevice, false).ok());
+  // A modified device copy would be lost: refused.
+  v = store->acquire(b, Tier::kDevice, Access::kReadWrite);
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(store->release(b, Tier::kDevice, true).ok());
+  EXPECT_EQ(store->exchange(a, b).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store->residency(b, Tier::kDevice), Residency::kDirty);
+  EXPECT_EQ(store->exchange(a, a).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->exchange(a, 99).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(TieredStoreTest, TraceDrivesPrefetchAndBeladyEviction) {
   // Cyclic access to 6 tensors with room for 4: LRU would miss every time;
   // with the trace, eviction keeps the ones needed soonest and prefetch

@@ -27,7 +27,7 @@
 #include "core/file_util.h"
 #include "core/log.h"
 #include "core/status.h"
-#include "daemon/host_client.h"
+#include "daemon/binding_client.h"
 #include "daemon/remote_optimizer.h"
 #include "engine/offload_optimizer.h"
 #include "gpu/device.h"
@@ -46,7 +46,7 @@ struct strata_optimizer {
     std::string socket, session, config_json;
     bool use_schedule = true, allow_buffered_io = false;
     // The session, kept in step with the program's params and grads.
-    std::unique_ptr<strata::daemon::HostClient> client;
+    std::unique_ptr<strata::daemon::BindingClient> client;
   };
   std::unique_ptr<Daemon> daemon;
 };
@@ -231,11 +231,6 @@ absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strat
   STRATA_ASSIGN_OR_RETURN(h->opt,
                           OffloadOptimizer::create(*parsed, h->device.get(), std::move(eo)));
   if (o.daemon_session != nullptr) {
-    if (o.device != STRATA_DEVICE_HOST) {
-      return absl::InvalidArgumentError(
-          "options.daemon_session needs options.device STRATA_DEVICE_HOST (stratad serves host "
-          "bindings only so far)");
-    }
     STRATA_RETURN_IF_ERROR(strata::daemon::check_session_name(o.daemon_session),
                            "options.daemon_session");
     h->daemon = std::make_unique<strata_optimizer::Daemon>();
@@ -258,10 +253,10 @@ absl::Status attach_daemon(strata_optimizer* h) {
   spec.config_json = h->daemon->config_json;
   spec.use_schedule = h->daemon->use_schedule;
   spec.allow_buffered_io = h->daemon->allow_buffered_io;
-  STRATA_ASSIGN_OR_RETURN(
-      h->daemon->client,
-      strata::daemon::HostClient::attach(
-          {.socket_path = h->daemon->socket, .session = h->daemon->session}, spec, *h->opt));
+  STRATA_ASSIGN_OR_RETURN(h->daemon->client,
+                          strata::daemon::BindingClient::attach(
+                              {.socket_path = h->daemon->socket, .session = h->daemon->session},
+                              spec, *h->opt, h->device.get()));
   return absl::OkStatus();
 }
 
@@ -511,7 +506,7 @@ strata_status strata_begin_step(strata_optimizer* opt, double loss_scale, double
       scale = loss_scale;
     }
     STRATA_ASSIGN_OR_RETURN(const double used, opt->daemon != nullptr
-                                                   ? opt->daemon->client->remote().begin_step(scale)
+                                                   ? opt->daemon->client->begin_step(scale)
                                                    : opt->opt->begin_step(scale));
     if (out_scale != nullptr) *out_scale = used;
     return absl::OkStatus();
@@ -594,8 +589,9 @@ strata_status strata_wait_params(strata_optimizer* opt, int bucket) {
       return absl::InvalidArgumentError(
           absl::StrFormat("bucket %d does not exist (%d buckets: 0..%d)", bucket, n, n - 1));
     }
-    if (opt->daemon != nullptr) return absl::OkStatus();  // host params: written by finish_step
-    const std::optional<strata::gpu::EventId> event = opt->opt->params_ready(bucket);
+    const std::optional<strata::gpu::EventId> event =
+        opt->daemon != nullptr ? opt->daemon->client->params_ready(bucket)
+                               : opt->opt->params_ready(bucket);
     if (!event.has_value()) return absl::OkStatus();
     return opt->device->synchronize_event(*event);
   });

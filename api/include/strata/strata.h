@@ -147,12 +147,17 @@ typedef struct strata_options {
    * strata_finalize attaches to it: a new name creates the session, an
    * existing one with the same params and config resumes it where its last
    * completed step left it (the params' values are then copied into the
-   * program's param memory). Only STRATA_BINDING_HOST params with
-   * STRATA_DEVICE_HOST; grad_ready copies the bucket's gradients into the
-   * session's shared memory (the program may reuse its buffers at once) and
-   * finish_step / set_value / load_state copy the updated params back.
-   * Not available through stratad (UNIMPLEMENTED): report_overflow,
-   * set_group, write_state. Default NULL. */
+   * program's param memory). Both bindings: grad_ready copies the bucket's
+   * gradients into the session's shared memory (device bindings: on
+   * strata's stream, waiting for that copy only; the program may reuse its
+   * buffers once grad_ready returns) and finish_step copies the updated
+   * params back (host bindings before it returns, device bindings
+   * asynchronously: strata_wait_params); set_value and load_state copy them
+   * before they return. With device bindings the shared memory is pinned
+   * (cudaHostRegister) while the optimizer lives. The values are bit for
+   * bit the in-process ones. Not available through stratad
+   * (UNIMPLEMENTED): report_overflow, set_group, write_state. Default
+   * NULL. */
   const char* daemon_session;
   /* stratad's socket; NULL: $XDG_RUNTIME_DIR/strata/stratad.sock, else
    * /run/strata/stratad.sock. Default NULL. */
@@ -204,10 +209,11 @@ typedef enum strata_binding {
   /* Program host memory: finish_step reads the gradient from `grad` and
    * writes the updated param to `param`. */
   STRATA_BINDING_HOST = 1,
-  /* Memory on the optimizer's CUDA device (STRATA_DEVICE_CUDA only): the
-   * gradient is copied out at grad_ready, so it must be complete on the
-   * device by then (synchronise the stream that wrote it); the updated param
-   * is copied back asynchronously: strata_wait_params says when it landed. */
+  /* Memory on the optimizer's CUDA device (STRATA_DEVICE_CUDA only), in
+   * this process or through stratad (daemon_session): the gradient is
+   * copied out at grad_ready, so it must be complete on the device by then
+   * (synchronise the stream that wrote it); the updated param is copied
+   * back asynchronously: strata_wait_params says when it landed. */
   STRATA_BINDING_DEVICE = 2
 } strata_binding;
 

@@ -390,12 +390,13 @@ TEST_F(DaemonDeviceClientTest, DeviceParamWithoutDeviceIsRefused) {
 // bindings in-process and through stratad on SimDevice (its modelled PCIe
 // link and CUDA costs), fp16, 4 buckets of 2M params, gas 1, overlap mode,
 // constant gradients (only the seam's work is timed: begin_step, each
-// bucket's gradient write and grad_ready, finish_step, params_ready).
+// bucket's gradient write and grad_ready, finish_step, params_ready). The
+// two run side by side, step for step, so a busy machine slows both alike.
 TEST_F(DaemonDeviceClientTest, BenchDeviceBindingsStepThroughStratad) {
   if (std::getenv("STRATA_DAEMON_BENCH") == nullptr) {
     GTEST_SKIP() << "a benchmark: set STRATA_DAEMON_BENCH=1 to run it";
   }
-  constexpr int kB = 4, kWarm = 3, kTimed = 10;
+  constexpr int kB = 4, kWarm = 3, kTimed = 15;
   constexpr uint64_t kN = uint64_t{2} << 20;
   const std::string json =
       R"({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
@@ -406,91 +407,101 @@ TEST_F(DaemonDeviceClientTest, BenchDeviceBindingsStepThroughStratad) {
   std::vector<std::string> warnings;
   auto cfg = config::parse_ds_config(json, "bench", &warnings);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  std::vector<uint16_t> grad_bytes(kN), init16(kN);
-  std::vector<float> init(kN);
-  for (uint64_t i = 0; i < kN; ++i) init[i] = 0.01f * std::sin(0.001f * float(i));
-  std::vector<float> g32(kN);
-  for (uint64_t i = 0; i < kN; ++i) g32[i] = 0.5f * std::cos(0.002f * float(i));
+  std::vector<uint16_t> grad_bytes(kN);
+  std::vector<float> init(kN), g32(kN);
+  for (uint64_t i = 0; i < kN; ++i) {
+    init[i] = 0.01f * std::sin(0.001f * float(i));
+    g32[i] = 0.5f * std::cos(0.002f * float(i));
+  }
   convert_fp32_to_fp16(g32.data(), grad_bytes.data(), kN);
   StratadProcess d(dir_);
 
-  auto run = [&](bool remote) -> double {
+  // One framework and its optimizer (in-process, or the registration of a
+  // stratad session).
+  struct Side {
     gpu::SimDevice dev;
-    const gpu::StreamId fs = *dev.create_stream();
-    const gpu::EventId fe = *dev.create_event();
-    EXPECT_TRUE(dev.register_host_memory(grad_bytes.data(), kN * 2).ok());
+    gpu::StreamId stream = 0;
+    gpu::EventId event = 0;
     std::vector<void*> w, g;
-    auto opt = engine::OffloadOptimizer::create(*cfg, &dev, {});
-    EXPECT_TRUE(opt.ok()) << opt.status();
-    (*opt)->add_group((*opt)->default_group());
+    std::unique_ptr<engine::OffloadOptimizer> opt;
+    std::unique_ptr<BindingClient> client;
+    std::unique_ptr<Runner> runner;
+    std::vector<double> ms;
+    ~Side() {
+      runner.reset();
+      client.reset();
+      opt.reset();
+      for (void* p : w) dev.free(p);
+      for (void* p : g) dev.free(p);
+    }
+  };
+  auto make = [&](bool remote) {
+    auto s = std::make_unique<Side>();
+    s->stream = *s->dev.create_stream();
+    s->event = *s->dev.create_event();
+    EXPECT_TRUE(s->dev.register_host_memory(grad_bytes.data(), kN * 2).ok());
+    s->opt = std::move(*engine::OffloadOptimizer::create(*cfg, &s->dev, {}));
+    s->opt->add_group(s->opt->default_group());
     for (int b = 0; b < kB; ++b) {
-      w.push_back(*dev.allocate(kN * 2));
-      g.push_back(*dev.allocate(kN * 2));
-      EXPECT_TRUE((*opt)
+      s->w.push_back(*s->dev.allocate(kN * 2));
+      s->g.push_back(*s->dev.allocate(kN * 2));
+      EXPECT_TRUE(s->opt
                       ->add_param({.name = "w",
                                    .numel = kN,
                                    .bucket = b,
                                    .binding = engine::ParamBinding::kDevice,
-                                   .param = w[b],
-                                   .grad = g[b]})
+                                   .param = s->w[b],
+                                   .grad = s->g[b]})
                       .ok());
     }
-    std::unique_ptr<BindingClient> client;
     if (remote) {
-      auto c = attach(d.socket(), "bench", json, **opt, &dev);
+      auto c = attach(d.socket(), "bench", json, *s->opt, &s->dev);
       EXPECT_TRUE(c.ok()) << c.status();
-      client = std::move(*c);
+      s->client = std::move(*c);
+      s->runner = std::make_unique<ThroughStratad>(s->client.get());
     } else {
-      EXPECT_TRUE((*opt)->finalize().ok());
-    }
-    std::unique_ptr<Runner> r;
-    if (remote) {
-      r = std::make_unique<ThroughStratad>(client.get());
-    } else {
-      r = std::make_unique<InProcess>(opt->get());
+      EXPECT_TRUE(s->opt->finalize().ok());
+      s->runner = std::make_unique<InProcess>(s->opt.get());
     }
     for (int p = 0; p < kB; ++p) {
       EXPECT_TRUE(
-          (remote ? client->set_value(p, init.data()) : (*opt)->set_value(p, init.data())).ok());
+          (remote ? s->client->set_value(p, init.data()) : s->opt->set_value(p, init.data())).ok());
     }
-    std::vector<double> ms;
-    for (int s = 0; s < kWarm + kTimed; ++s) {
-      const auto t0 = std::chrono::steady_clock::now();
-      EXPECT_TRUE(r->begin_step().ok());
-      for (int b = kB - 1; b >= 0; --b) {
-        EXPECT_TRUE(dev.copy_to_device(g[b], grad_bytes.data(), kN * 2, fs).ok());
-        EXPECT_TRUE(dev.record_event(fe, fs).ok());
-        EXPECT_TRUE(r->grad_ready(b, fe).ok());
-      }
-      auto res = r->finish_step();
-      EXPECT_TRUE(res.ok()) << res.status();
-      for (int b = 0; b < kB; ++b) {
-        if (auto e = r->params_ready(b)) EXPECT_TRUE(dev.synchronize_event(*e).ok());
-      }
-      if (s >= kWarm) {
-        ms.push_back(
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                .count());
-      }
-    }
-    r.reset();
-    if (client) EXPECT_TRUE(client->remote().detach(/*end_session=*/true).ok());
-    client.reset();
-    opt->reset();
-    for (int b = 0; b < kB; ++b) {
-      dev.free(w[b]);
-      dev.free(g[b]);
-    }
-    EXPECT_TRUE(dev.unregister_host_memory(grad_bytes.data()).ok());
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
+    return s;
   };
-  const double in_ms = run(false);
-  const double out_ms = run(true);
+  auto step = [&](Side& s, bool timed) {
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(s.runner->begin_step().ok());
+    for (int b = kB - 1; b >= 0; --b) {
+      EXPECT_TRUE(s.dev.copy_to_device(s.g[b], grad_bytes.data(), kN * 2, s.stream).ok());
+      EXPECT_TRUE(s.dev.record_event(s.event, s.stream).ok());
+      EXPECT_TRUE(s.runner->grad_ready(b, s.event).ok());
+    }
+    auto res = s.runner->finish_step();
+    EXPECT_TRUE(res.ok()) << res.status();
+    for (int b = 0; b < kB; ++b) {
+      if (auto e = s.runner->params_ready(b)) EXPECT_TRUE(s.dev.synchronize_event(*e).ok());
+    }
+    if (timed) {
+      s.ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+  };
+  std::unique_ptr<Side> in = make(false), out = make(true);
+  for (int i = 0; i < kWarm + kTimed; ++i) {
+    step(*in, i >= kWarm);
+    step(*out, i >= kWarm);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double in_ms = median(in->ms), out_ms = median(out->ms);
   std::printf(
       "[ figure ] device bindings, fp16, %d buckets x %llu params, SimDevice: median step %.2f ms "
       "in-process, %.2f ms through stratad (%.2fx)\n",
       kB, static_cast<unsigned long long>(kN), in_ms, out_ms, out_ms / in_ms);
+  EXPECT_TRUE(out->client->remote().detach(/*end_session=*/true).ok());
 }
 
 }  // namespace

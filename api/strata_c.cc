@@ -16,6 +16,7 @@
 #include <memory>
 #include <new>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,6 +50,15 @@ struct strata_optimizer {
     std::unique_ptr<strata::daemon::BindingClient> client;
   };
   std::unique_ptr<Daemon> daemon;
+  // strata_device_alloc's memory not yet freed: freed last, once nothing
+  // strata runs can still copy into it.
+  std::set<void*> device_memory;
+
+  ~strata_optimizer() {
+    daemon.reset();
+    opt.reset();
+    for (void* p : device_memory) device->free(p);
+  }
 };
 
 namespace {
@@ -196,6 +206,13 @@ absl::StatusOr<std::unique_ptr<strata::gpu::Device>> make_device(const strata_op
           o.host_device_bytes != 0 ? strata::gpu::host_mode_options(o.host_device_bytes)
                                    : strata::gpu::host_mode_options());
     }
+    case STRATA_DEVICE_SIM: {
+      // A GPU's model (modelled link time and CUDA costs), not host mode:
+      // the program's device-binding path pays what it would on a GPU.
+      strata::gpu::SimDeviceOptions sim;
+      sim.capacity_bytes = o.host_device_bytes != 0 ? o.host_device_bytes : uint64_t{1} << 30;
+      return std::make_unique<strata::gpu::SimDevice>(sim);
+    }
     case STRATA_DEVICE_CUDA:
       if (o.cuda_ordinal < 0) {
         return absl::InvalidArgumentError(
@@ -205,7 +222,8 @@ absl::StatusOr<std::unique_ptr<strata::gpu::Device>> make_device(const strata_op
   }
   return absl::InvalidArgumentError(absl::StrCat("options.device: unknown strata_device_kind ",
                                                  int{o.device},
-                                                 " (STRATA_DEVICE_HOST or STRATA_DEVICE_CUDA)"));
+                                                 " (STRATA_DEVICE_HOST, STRATA_DEVICE_CUDA or "
+                                                 "STRATA_DEVICE_SIM)"));
 }
 
 absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strata_options* options,
@@ -372,6 +390,36 @@ void strata_optimizer_destroy(strata_optimizer* opt) {
   });
 }
 
+strata_status strata_device_alloc(strata_optimizer* opt, size_t bytes, void** out) {
+  return guarded(__func__, [&] {
+    STRATA_C_REQUIRE(out);
+    *out = nullptr;
+    STRATA_C_REQUIRE(opt);
+    if (opt->host_only) {
+      return absl::FailedPreconditionError(
+          "STRATA_DEVICE_HOST has no device memory; create the optimizer with "
+          "STRATA_DEVICE_CUDA or STRATA_DEVICE_SIM");
+    }
+    if (bytes == 0) return absl::InvalidArgumentError("bytes is 0");
+    STRATA_ASSIGN_OR_RETURN(*out, opt->device->allocate(bytes));
+    opt->device_memory.insert(*out);
+    return absl::OkStatus();
+  });
+}
+
+strata_status strata_device_free(strata_optimizer* opt, void* ptr) {
+  return guarded(__func__, [&] {
+    STRATA_C_REQUIRE(opt);
+    if (ptr == nullptr) return absl::OkStatus();
+    if (opt->device_memory.erase(ptr) == 0) {
+      return absl::InvalidArgumentError(
+          "ptr was not returned by strata_device_alloc on this optimizer (or is freed already)");
+    }
+    opt->device->free(ptr);
+    return absl::OkStatus();
+  });
+}
+
 strata_status strata_group_defaults(const strata_optimizer* opt, strata_group_hparams* out) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
@@ -419,7 +467,9 @@ strata_status strata_add_param(strata_optimizer* opt, const strata_param_desc* d
       case STRATA_BINDING_DEVICE:
         if (opt->host_only) {
           return absl::InvalidArgumentError(absl::StrCat(
-              where, ": STRATA_BINDING_DEVICE needs an optimizer created with STRATA_DEVICE_CUDA"));
+              where,
+              ": STRATA_BINDING_DEVICE needs an optimizer created with STRATA_DEVICE_CUDA (or "
+              "STRATA_DEVICE_SIM)"));
         }
         d.binding = strata::engine::ParamBinding::kDevice;
         break;

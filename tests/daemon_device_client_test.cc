@@ -2,8 +2,8 @@
 // through stratad), on SimDevice: a framework whose params and gradients
 // live in device memory trains through stratad bit for bit as the same
 // registration in-process (fp32, and fp16 with the config's dynamic scaler
-// and an overflow step), with a kHost param beside them in one bucket, gas 2
-// and overlap mode; the gradients are handed over with an event, the params
+// and an overflow step), with a kHost param beside them in one bucket, gas 2,
+// overlap and sync mode; the gradients are handed over with an event, the params
 // come back behind params_ready's events; the session's arena is pinned
 // (registered with the device) while the client lives and unregistered when
 // it goes; reattaching copies the session's params into device memory; a
@@ -44,17 +44,18 @@ constexpr engine::ParamBinding kBindings[kParams] = {
     engine::ParamBinding::kHost};
 constexpr int kGas = 2;
 
-std::string config_json(bool fp16) {
-  return std::string(
-             R"({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2,
-        "optimizer": {"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.1}},
-        "gradient_clipping": 0.5,
-        "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
-        "strata": {"overlap": "overlap"})") +
-         (fp16 ? R"(, "fp16": {"enabled": true, "loss_scale": 0, "initial_scale_power": 10,
-                   "loss_scale_window": 3})"
-               : "") +
-         "}";
+std::string config_json(bool fp16, const std::string& overlap = "overlap") {
+  std::string json = R"({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 2,
+      "optimizer": {"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.1}},
+      "gradient_clipping": 0.5,
+      "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+      "strata": {"overlap": ")";
+  json += overlap + "\"}";
+  if (fp16) {
+    json += R"(, "fp16": {"enabled": true, "loss_scale": 0, "initial_scale_power": 10,
+                          "loss_scale_window": 3})";
+  }
+  return json + "}";
 }
 
 float start_value(int p, uint64_t i) { return 0.5f * std::sin(0.37f * float(i) + float(p)); }
@@ -269,10 +270,11 @@ class DaemonDeviceClientTest : public ::testing::Test {
 TEST_F(DaemonDeviceClientTest, DeviceBindingsTrainBitForBitAsInProcess) {
   constexpr int kSteps = 7;
   StratadProcess d(dir_);
-  for (const bool fp16 : {false, true}) {
-    SCOPED_TRACE(fp16 ? "fp16" : "fp32");
+  for (const auto& [fp16, mode] : {std::pair{false, "overlap"}, std::pair{true, "overlap"},
+                                   std::pair{false, "sync"}, std::pair{true, "sync"}}) {
+    SCOPED_TRACE(std::string(fp16 ? "fp16 " : "fp32 ") + mode);
     const DType dtype = fp16 ? DType::kFloat16 : DType::kFloat32;
-    const std::string json = config_json(fp16);
+    const std::string json = config_json(fp16, mode);
     std::vector<std::string> warnings;
     auto cfg = config::parse_ds_config(json, "test", &warnings);
     ASSERT_TRUE(cfg.ok()) << cfg.status();
@@ -291,7 +293,7 @@ TEST_F(DaemonDeviceClientTest, DeviceBindingsTrainBitForBitAsInProcess) {
     auto reg = engine::OffloadOptimizer::create(*cfg, &remote_dev, optimizer_options());
     ASSERT_TRUE(reg.ok()) << reg.status();
     remote.add_to(**reg);
-    const std::string session = fp16 ? "dev16" : "dev32";
+    const std::string session = std::string(fp16 ? "dev16-" : "dev32-") + mode;
     auto client = attach(d.socket(), session, json, **reg, &remote_dev);
     ASSERT_TRUE(client.ok()) << client.status();
     ASSERT_TRUE((*client)->created());
@@ -342,9 +344,9 @@ TEST_F(DaemonDeviceClientTest, DeviceBindingsTrainBitForBitAsInProcess) {
       EXPECT_EQ(0, std::memcmp(a->data(), b->data(), a->size() * sizeof(float))) << "master " << p;
     }
     std::printf(
-        "[ figure ] %s, device bindings on SimDevice: %.3f ms per step through stratad, %.3f ms "
-        "in-process (%d params, %llu values, gas %d, 2 buckets)\n",
-        fp16 ? "fp16" : "fp32", out_ms / kSteps, in_ms / kSteps, kParams,
+        "[ figure ] %s %s, device bindings on SimDevice: %.3f ms per step through stratad, "
+        "%.3f ms in-process (%d params, %llu values, gas %d, 2 buckets)\n",
+        fp16 ? "fp16" : "fp32", mode, out_ms / kSteps, in_ms / kSteps, kParams,
         static_cast<unsigned long long>(kSizes[0] + kSizes[1] + kSizes[2] + kSizes[3]), kGas);
 
     // Reattaching: the session's params are copied into device memory.

@@ -16,6 +16,7 @@
 #include <memory>
 #include <new>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,7 +28,7 @@
 #include "core/file_util.h"
 #include "core/log.h"
 #include "core/status.h"
-#include "daemon/host_client.h"
+#include "daemon/binding_client.h"
 #include "daemon/remote_optimizer.h"
 #include "engine/offload_optimizer.h"
 #include "gpu/device.h"
@@ -46,9 +47,18 @@ struct strata_optimizer {
     std::string socket, session, config_json;
     bool use_schedule = true, allow_buffered_io = false;
     // The session, kept in step with the program's params and grads.
-    std::unique_ptr<strata::daemon::HostClient> client;
+    std::unique_ptr<strata::daemon::BindingClient> client;
   };
   std::unique_ptr<Daemon> daemon;
+  // strata_device_alloc's memory not yet freed: freed last, once nothing
+  // strata runs can still copy into it.
+  std::set<void*> device_memory;
+
+  ~strata_optimizer() {
+    daemon.reset();
+    opt.reset();
+    for (void* p : device_memory) device->free(p);
+  }
 };
 
 namespace {
@@ -196,6 +206,13 @@ absl::StatusOr<std::unique_ptr<strata::gpu::Device>> make_device(const strata_op
           o.host_device_bytes != 0 ? strata::gpu::host_mode_options(o.host_device_bytes)
                                    : strata::gpu::host_mode_options());
     }
+    case STRATA_DEVICE_SIM: {
+      // A GPU's model (modelled link time and CUDA costs), not host mode:
+      // the program's device-binding path pays what it would on a GPU.
+      strata::gpu::SimDeviceOptions sim;
+      sim.capacity_bytes = o.host_device_bytes != 0 ? o.host_device_bytes : uint64_t{1} << 30;
+      return std::make_unique<strata::gpu::SimDevice>(sim);
+    }
     case STRATA_DEVICE_CUDA:
       if (o.cuda_ordinal < 0) {
         return absl::InvalidArgumentError(
@@ -205,7 +222,8 @@ absl::StatusOr<std::unique_ptr<strata::gpu::Device>> make_device(const strata_op
   }
   return absl::InvalidArgumentError(absl::StrCat("options.device: unknown strata_device_kind ",
                                                  int{o.device},
-                                                 " (STRATA_DEVICE_HOST or STRATA_DEVICE_CUDA)"));
+                                                 " (STRATA_DEVICE_HOST, STRATA_DEVICE_CUDA or "
+                                                 "STRATA_DEVICE_SIM)"));
 }
 
 absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strata_options* options,
@@ -231,11 +249,6 @@ absl::Status create(absl::StatusOr<strata::config::DsConfig> parsed, const strat
   STRATA_ASSIGN_OR_RETURN(h->opt,
                           OffloadOptimizer::create(*parsed, h->device.get(), std::move(eo)));
   if (o.daemon_session != nullptr) {
-    if (o.device != STRATA_DEVICE_HOST) {
-      return absl::InvalidArgumentError(
-          "options.daemon_session needs options.device STRATA_DEVICE_HOST (stratad serves host "
-          "bindings only so far)");
-    }
     STRATA_RETURN_IF_ERROR(strata::daemon::check_session_name(o.daemon_session),
                            "options.daemon_session");
     h->daemon = std::make_unique<strata_optimizer::Daemon>();
@@ -258,10 +271,10 @@ absl::Status attach_daemon(strata_optimizer* h) {
   spec.config_json = h->daemon->config_json;
   spec.use_schedule = h->daemon->use_schedule;
   spec.allow_buffered_io = h->daemon->allow_buffered_io;
-  STRATA_ASSIGN_OR_RETURN(
-      h->daemon->client,
-      strata::daemon::HostClient::attach(
-          {.socket_path = h->daemon->socket, .session = h->daemon->session}, spec, *h->opt));
+  STRATA_ASSIGN_OR_RETURN(h->daemon->client,
+                          strata::daemon::BindingClient::attach(
+                              {.socket_path = h->daemon->socket, .session = h->daemon->session},
+                              spec, *h->opt, h->device.get()));
   return absl::OkStatus();
 }
 
@@ -377,6 +390,36 @@ void strata_optimizer_destroy(strata_optimizer* opt) {
   });
 }
 
+strata_status strata_device_alloc(strata_optimizer* opt, size_t bytes, void** out) {
+  return guarded(__func__, [&] {
+    STRATA_C_REQUIRE(out);
+    *out = nullptr;
+    STRATA_C_REQUIRE(opt);
+    if (opt->host_only) {
+      return absl::FailedPreconditionError(
+          "STRATA_DEVICE_HOST has no device memory; create the optimizer with "
+          "STRATA_DEVICE_CUDA or STRATA_DEVICE_SIM");
+    }
+    if (bytes == 0) return absl::InvalidArgumentError("bytes is 0");
+    STRATA_ASSIGN_OR_RETURN(*out, opt->device->allocate(bytes));
+    opt->device_memory.insert(*out);
+    return absl::OkStatus();
+  });
+}
+
+strata_status strata_device_free(strata_optimizer* opt, void* ptr) {
+  return guarded(__func__, [&] {
+    STRATA_C_REQUIRE(opt);
+    if (ptr == nullptr) return absl::OkStatus();
+    if (opt->device_memory.erase(ptr) == 0) {
+      return absl::InvalidArgumentError(
+          "ptr was not returned by strata_device_alloc on this optimizer (or is freed already)");
+    }
+    opt->device->free(ptr);
+    return absl::OkStatus();
+  });
+}
+
 strata_status strata_group_defaults(const strata_optimizer* opt, strata_group_hparams* out) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
@@ -424,7 +467,9 @@ strata_status strata_add_param(strata_optimizer* opt, const strata_param_desc* d
       case STRATA_BINDING_DEVICE:
         if (opt->host_only) {
           return absl::InvalidArgumentError(absl::StrCat(
-              where, ": STRATA_BINDING_DEVICE needs an optimizer created with STRATA_DEVICE_CUDA"));
+              where,
+              ": STRATA_BINDING_DEVICE needs an optimizer created with STRATA_DEVICE_CUDA (or "
+              "STRATA_DEVICE_SIM)"));
         }
         d.binding = strata::engine::ParamBinding::kDevice;
         break;
@@ -511,7 +556,7 @@ strata_status strata_begin_step(strata_optimizer* opt, double loss_scale, double
       scale = loss_scale;
     }
     STRATA_ASSIGN_OR_RETURN(const double used, opt->daemon != nullptr
-                                                   ? opt->daemon->client->remote().begin_step(scale)
+                                                   ? opt->daemon->client->begin_step(scale)
                                                    : opt->opt->begin_step(scale));
     if (out_scale != nullptr) *out_scale = used;
     return absl::OkStatus();
@@ -594,8 +639,9 @@ strata_status strata_wait_params(strata_optimizer* opt, int bucket) {
       return absl::InvalidArgumentError(
           absl::StrFormat("bucket %d does not exist (%d buckets: 0..%d)", bucket, n, n - 1));
     }
-    if (opt->daemon != nullptr) return absl::OkStatus();  // host params: written by finish_step
-    const std::optional<strata::gpu::EventId> event = opt->opt->params_ready(bucket);
+    const std::optional<strata::gpu::EventId> event =
+        opt->daemon != nullptr ? opt->daemon->client->params_ready(bucket)
+                               : opt->opt->params_ready(bucket);
     if (!event.has_value()) return absl::OkStatus();
     return opt->device->synchronize_event(*event);
   });

@@ -4,9 +4,10 @@
 # phase's timeout so the summary always prints):
 #   1. build for sm_90 only (release, CUDA on) into build-gpu/, only the
 #      strata binary and the CUDA test programs;
-#   2. nvidia-smi, and the CUDA test programs (c_api_cuda_test,
-#      device_conformance_test, model_cuda_kernels_test,
-#      bench_pcie_command_test; they skip without a GPU);
+#   2. nvidia-smi, and the CUDA test programs (c_api_cuda_test, whose
+#      device bindings also train through stratad, device_conformance_test,
+#      model_cuda_kernels_test, bench_pcie_command_test; they skip without
+#      a GPU);
 #   3. strata bench pcie (pinned and pageable H2D, D2H, both ways);
 #   4. strata train --device cuda, gpt2-medium, fp16, 20 steps, with the
 #      optimizer offloaded to cpu (overlap and sync mode), to nvme, and to
@@ -15,9 +16,9 @@
 #      (6 x params x tokens/s, attention left out), the step time, host and
 #      device synchronisations per step, bytes over PCIe and the loss; the
 #      overlap ratio is the sync run's step time over the overlap run's;
-#   5. the Python tests' CUDA cases, when the venv (scripts/python-tests.sh)
-#      already holds its requirements (the GPU box has no network); skipped
-#      otherwise.
+#   5. the Python tests' CUDA cases (through stratad too), when the venv
+#      (scripts/python-tests.sh) already holds its requirements (the GPU box
+#      has no network); skipped otherwise.
 # Every phase runs even when one before it failed; each writes its log under
 # $OUT (the device tool's output folder) or build-gpu/gpu-check/, and the
 # script ends with a summary table and a non-zero exit if any phase failed.

@@ -3,10 +3,12 @@
 // counts bit for bit, overlap mode, two buckets, gas 2); a second handle
 // on the same session resumes it, its param memory overwritten with the
 // session's values; what stratad does not serve yet is UNIMPLEMENTED; no
-// stratad is UNAVAILABLE naming the socket.
+// stratad is UNAVAILABLE naming the socket. Device bindings on the
+// simulated device (STRATA_DEVICE_SIM) train through stratad as in-process.
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -28,14 +30,22 @@ constexpr const char* kConfig =
         "strata": {"overlap": "overlap"}})";
 
 // A program: two fp32 params in two buckets, loss_k = sum 0.5 c_k (w - t)^2.
+// `device`: its params and grads live in the simulated device's memory
+// (STRATA_BINDING_DEVICE on STRATA_DEVICE_SIM); w and g are then the
+// program's host copies, written to / read from it around each call.
 struct Program {
   std::vector<float> w[2], g[2];
+  bool device = false;
+  void* dw[2] = {nullptr, nullptr};
+  void* dg[2] = {nullptr, nullptr};
   strata_optimizer* opt = nullptr;
 
-  explicit Program(const char* session, const std::string& socket = {}) {
+  explicit Program(const char* session, const std::string& socket = {}, bool on_device = false)
+      : device(on_device) {
     strata_options o;
     EXPECT_EQ(strata_options_init(&o), STRATA_STATUS_OK);
     o.num_threads = 1;
+    if (device) o.device = STRATA_DEVICE_SIM;
     o.daemon_session = session;
     if (!socket.empty()) o.daemon_socket = socket.c_str();
     EXPECT_EQ(strata_optimizer_create(kConfig, &o, &opt), STRATA_STATUS_OK) << strata_last_error();
@@ -51,6 +61,14 @@ struct Program {
       const std::string name = "w" + std::to_string(p);
       strata_param_desc d = {name.c_str(),        sizes[p],    p,          group,
                              STRATA_BINDING_HOST, w[p].data(), g[p].data()};
+      if (device) {
+        EXPECT_EQ(strata_device_alloc(opt, sizes[p] * sizeof(float), &dw[p]), STRATA_STATUS_OK)
+            << strata_last_error();
+        EXPECT_EQ(strata_device_alloc(opt, sizes[p] * sizeof(float), &dg[p]), STRATA_STATUS_OK);
+        d.binding = STRATA_BINDING_DEVICE;
+        d.param = dw[p];
+        d.grad = dg[p];
+      }
       int handle = -1;
       EXPECT_EQ(strata_add_param(opt, &d, &handle), STRATA_STATUS_OK) << strata_last_error();
     }
@@ -59,13 +77,23 @@ struct Program {
 
   strata_status finalize_and_init(bool init) {
     strata_status s = strata_finalize(opt);
-    if (s != STRATA_STATUS_OK || !init) return s;
-    for (int p = 0; p < 2; ++p) {
+    if (s != STRATA_STATUS_OK) return s;
+    for (int p = 0; p < 2 && init; ++p) {
       std::vector<float> v = w[p];
       s = strata_set_value(opt, p, v.data(), v.size());
       if (s != STRATA_STATUS_OK) return s;
     }
-    return s;
+    return read_params();
+  }
+
+  // Device params -> w, once strata_wait_params says they landed.
+  strata_status read_params() {
+    for (int p = 0; p < 2 && device; ++p) {
+      const strata_status s = strata_wait_params(opt, p);
+      if (s != STRATA_STATUS_OK) return s;
+      std::memcpy(w[p].data(), dw[p], w[p].size() * sizeof(float));
+    }
+    return STRATA_STATUS_OK;
   }
 
   void step() {
@@ -80,11 +108,13 @@ struct Program {
         }
       }
       for (int b = 1; b >= 0; --b) {
+        if (device) std::memcpy(dg[b], g[b].data(), g[b].size() * sizeof(float));
         ASSERT_EQ(strata_grad_ready(opt, b), STRATA_STATUS_OK) << strata_last_error();
       }
     }
     strata_step_result r;
     ASSERT_EQ(strata_finish_step(opt, &r), STRATA_STATUS_OK) << strata_last_error();
+    ASSERT_EQ(read_params(), STRATA_STATUS_OK) << strata_last_error();
   }
 
   std::vector<float> state(int p, strata_state_kind kind) {
@@ -137,6 +167,41 @@ TEST_F(CApiDaemonTest, TrainsAsInProcessAndResumes) {
   EXPECT_EQ(steps, 6);
   for (int p = 0; p < 2; ++p) EXPECT_EQ(again.w[p], local.w[p]);
   for (int s = 0; s < 3; ++s) {
+    local.step();
+    again.step();
+  }
+  for (int p = 0; p < 2; ++p) EXPECT_EQ(again.w[p], local.w[p]) << "param " << p;
+}
+
+// Device bindings (STRATA_DEVICE_SIM) through stratad: the same params and
+// states as in-process device bindings, bit for bit, and as host bindings;
+// a second program on the session gets the session's params in its device
+// memory.
+TEST_F(CApiDaemonTest, DeviceBindingsTrainAsInProcessAndResume) {
+  StratadProcess d(dir_);
+  Program local(nullptr, {}, /*on_device=*/true);
+  Program host(nullptr);
+  ASSERT_EQ(local.finalize_and_init(true), STRATA_STATUS_OK) << strata_last_error();
+  ASSERT_EQ(host.finalize_and_init(true), STRATA_STATUS_OK) << strata_last_error();
+  {
+    Program remote("capi-dev", d.socket(), /*on_device=*/true);
+    ASSERT_EQ(remote.finalize_and_init(true), STRATA_STATUS_OK) << strata_last_error();
+    for (int s = 0; s < 5; ++s) {
+      local.step();
+      host.step();
+      remote.step();
+    }
+    for (int p = 0; p < 2; ++p) {
+      EXPECT_EQ(remote.w[p], local.w[p]) << "param " << p;
+      EXPECT_EQ(local.w[p], host.w[p]) << "param " << p;
+      EXPECT_EQ(remote.state(p, STRATA_STATE_MASTER), local.state(p, STRATA_STATE_MASTER));
+      EXPECT_EQ(remote.state(p, STRATA_STATE_EXP_AVG), local.state(p, STRATA_STATE_EXP_AVG));
+    }
+  }
+  Program again("capi-dev", d.socket(), /*on_device=*/true);
+  ASSERT_EQ(again.finalize_and_init(false), STRATA_STATUS_OK) << strata_last_error();
+  for (int p = 0; p < 2; ++p) EXPECT_EQ(again.w[p], local.w[p]) << "param " << p;
+  for (int s = 0; s < 2; ++s) {
     local.step();
     again.step();
   }

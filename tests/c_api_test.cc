@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -515,6 +516,86 @@ TEST(CApiTest, CudaDeviceWithoutAGpuIsAnError) {
   options.cuda_ordinal = -1;
   EXPECT_EQ(strata_optimizer_create(kConfig, &options, &opt), STRATA_STATUS_INVALID_ARGUMENT);
   EXPECT_THAT(last_error(), HasSubstr("cuda_ordinal"));
+}
+
+// strata_device_alloc: device memory where the optimizer has a device
+// (STRATA_DEVICE_SIM here), an error to handle elsewhere; strata_device_free
+// takes only its own pointers; destroy frees what is left.
+TEST(CApiTest, DeviceMemoryOnlyWhereThereIsADevice) {
+  strata_optimizer* host = nullptr;
+  ASSERT_EQ(strata_optimizer_create(kConfig, nullptr, &host), STRATA_STATUS_OK);
+  void* p = reinterpret_cast<void*>(1);
+  EXPECT_EQ(strata_device_alloc(host, 64, &p), STRATA_STATUS_FAILED_PRECONDITION);
+  EXPECT_EQ(p, nullptr);
+  EXPECT_THAT(last_error(), HasSubstr("STRATA_DEVICE_SIM"));
+  strata_optimizer_destroy(host);
+
+  strata_options options;
+  ASSERT_EQ(strata_options_init(&options), STRATA_STATUS_OK);
+  options.device = STRATA_DEVICE_SIM;
+  options.host_device_bytes = 1 << 20;
+  strata_optimizer* opt = nullptr;
+  ASSERT_EQ(strata_optimizer_create(kConfig, &options, &opt), STRATA_STATUS_OK) << last_error();
+  EXPECT_EQ(strata_device_alloc(opt, 0, &p), STRATA_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(strata_device_alloc(opt, 4 << 20, &p), STRATA_STATUS_RESOURCE_EXHAUSTED);
+  void* a = nullptr;
+  void* b = nullptr;
+  ASSERT_EQ(strata_device_alloc(opt, 4096, &a), STRATA_STATUS_OK) << last_error();
+  ASSERT_EQ(strata_device_alloc(opt, 4096, &b), STRATA_STATUS_OK) << last_error();
+  std::memset(a, 7, 4096);  // simulated device memory is the program's to touch
+  int local = 0;
+  EXPECT_EQ(strata_device_free(opt, &local), STRATA_STATUS_INVALID_ARGUMENT);
+  EXPECT_THAT(last_error(), HasSubstr("strata_device_alloc"));
+  EXPECT_EQ(strata_device_free(opt, a), STRATA_STATUS_OK);
+  EXPECT_EQ(strata_device_free(opt, a), STRATA_STATUS_INVALID_ARGUMENT);  // twice
+  EXPECT_EQ(strata_device_free(opt, nullptr), STRATA_STATUS_OK);
+  strata_optimizer_destroy(opt);  // frees b
+}
+
+// Device bindings on the simulated device give the params host bindings
+// give, bit for bit (strata_wait_params before reading them).
+TEST(CApiTest, SimDeviceBindingsTrainAsHostBindings) {
+  constexpr size_t kN = 2000;
+  std::vector<float> result[2];
+  for (const bool device : {false, true}) {
+    strata_options options;
+    ASSERT_EQ(strata_options_init(&options), STRATA_STATUS_OK);
+    if (device) options.device = STRATA_DEVICE_SIM;
+    strata_optimizer* opt = nullptr;
+    ASSERT_EQ(strata_optimizer_create(kConfig, &options, &opt), STRATA_STATUS_OK) << last_error();
+    std::vector<float> w(kN), g(kN), init(kN);
+    for (size_t i = 0; i < kN; ++i) init[i] = std::cos(0.01f * float(i));
+    void* pw = w.data();
+    void* pg = g.data();
+    if (device) {
+      ASSERT_EQ(strata_device_alloc(opt, kN * 4, &pw), STRATA_STATUS_OK) << last_error();
+      ASSERT_EQ(strata_device_alloc(opt, kN * 4, &pg), STRATA_STATUS_OK) << last_error();
+    }
+    strata_group_hparams hp;
+    int group = -1, p = -1;
+    ASSERT_EQ(strata_group_defaults(opt, &hp), STRATA_STATUS_OK);
+    ASSERT_EQ(strata_add_group(opt, &hp, &group), STRATA_STATUS_OK);
+    strata_param_desc d = {"w", kN, 0, group, device ? STRATA_BINDING_DEVICE : STRATA_BINDING_HOST,
+                           pw,  pg};
+    ASSERT_EQ(strata_add_param(opt, &d, &p), STRATA_STATUS_OK) << last_error();
+    ASSERT_EQ(strata_finalize(opt), STRATA_STATUS_OK) << last_error();
+    ASSERT_EQ(strata_set_value(opt, p, init.data(), kN), STRATA_STATUS_OK) << last_error();
+    for (int step = 0; step < 4; ++step) {
+      ASSERT_EQ(strata_begin_step(opt, NAN, nullptr), STRATA_STATUS_OK) << last_error();
+      ASSERT_EQ(strata_wait_params(opt, 0), STRATA_STATUS_OK) << last_error();
+      const float* wv = static_cast<const float*>(pw);
+      float* gv = static_cast<float*>(pg);
+      for (size_t i = 0; i < kN; ++i) gv[i] = 2 * wv[i] - 0.5f;
+      ASSERT_EQ(strata_grad_ready(opt, 0), STRATA_STATUS_OK) << last_error();
+      ASSERT_EQ(strata_finish_step(opt, nullptr), STRATA_STATUS_OK) << last_error();
+    }
+    ASSERT_EQ(strata_wait_params(opt, 0), STRATA_STATUS_OK) << last_error();
+    const float* wv = static_cast<const float*>(pw);
+    result[device].assign(wv, wv + kN);
+    strata_optimizer_destroy(opt);
+  }
+  EXPECT_EQ(result[1], result[0]);
+  EXPECT_NE(result[0][0], std::cos(0.0f));  // it trained
 }
 
 TEST_F(CApiOptimizer, SetGroupChangesTheRateWithoutASchedule) {

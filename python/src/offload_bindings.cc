@@ -14,8 +14,10 @@
 // Threading is the seam's: grad_ready from any thread, the rest from one.
 //
 // With a daemon session (daemon_session non-empty) the steps run in stratad
-// (daemon::HostClient): the local engine::OffloadOptimizer only keeps the
-// registration, CPU tensors only; what stratad does not serve yet
+// (daemon::BindingClient): the local engine::OffloadOptimizer only keeps the
+// registration; CPU tensors are copied to and from the session's shared
+// memory, CUDA tensors through it on the optimizer's CUDA device (which pins
+// it for DMA) exactly as in-process. What stratad does not serve yet
 // (report_overflow, write_state, set_optimizer_steps, changing a group's
 // hyper-parameters) raises NotImplementedError.
 #include <nanobind/nanobind.h>
@@ -27,7 +29,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -36,7 +37,7 @@
 #include "absl/status/status.h"
 #include "core/config/ds_config.h"
 #include "core/dtype.h"
-#include "daemon/host_client.h"
+#include "daemon/binding_client.h"
 #include "daemon/protocol.h"
 #include "engine/offload_optimizer.h"
 #include "gpu/device.h"
@@ -133,12 +134,6 @@ class PyOffloadOptimizer {
                      const std::string& daemon_session) {
     const config::DsConfig cfg = parse_config(config_json, source, &warnings_);
     if (!daemon_session.empty()) {
-      if (device != "cpu") {
-        throw nb::value_error(("device '" + device +
-                               "': stratad serves CPU tensors only so far; use device 'cpu' "
-                               "or no daemon")
-                                  .c_str());
-      }
       check(daemon::check_session_name(daemon_session));
       remote_options_ =
           daemon::RemoteOptions{.socket_path = daemon_socket, .session = daemon_session};
@@ -233,10 +228,10 @@ class PyOffloadOptimizer {
 
   void finalize() {
     if (remote_options_) {
-      absl::StatusOr<std::unique_ptr<daemon::HostClient>> c;
+      absl::StatusOr<std::unique_ptr<daemon::BindingClient>> c;
       {
         nb::gil_scoped_release release;
-        c = daemon::HostClient::attach(*remote_options_, spec_, *opt_);
+        c = daemon::BindingClient::attach(*remote_options_, spec_, *opt_, device_.get());
       }
       client_ = value_or_raise(std::move(c));
       return;
@@ -268,7 +263,7 @@ class PyOffloadOptimizer {
       absl::StatusOr<double> s;
       {
         nb::gil_scoped_release release;
-        s = client_->remote().begin_step(loss_scale);
+        s = client_->begin_step(loss_scale);
       }
       if (s.ok() && opt_->loss_scaler() != nullptr) remote_loss_scale_ = *s;
       return value_or_raise(std::move(s));
@@ -277,13 +272,7 @@ class PyOffloadOptimizer {
   }
 
   void grad_ready(int bucket) {
-    if (client_) {
-      // The seam takes grad_ready from any thread; the client from one at a time.
-      return release_and_check([&] {
-        std::lock_guard<std::mutex> lock(grad_mu_);
-        return client_->grad_ready(bucket);
-      });
-    }
+    if (client_) return release_and_check([&] { return client_->grad_ready(bucket); });
     release_and_check([&] { return opt_->grad_ready(bucket); });
   }
 
@@ -320,8 +309,8 @@ class PyOffloadOptimizer {
 
   // kDevice buckets: blocks until the updated params are back on the device.
   void wait_params_ready(int bucket) {
-    if (client_) return;  // host params: written before finish_step returned
-    const std::optional<gpu::EventId> e = opt_->params_ready(bucket);
+    const std::optional<gpu::EventId> e =
+        client_ ? client_->params_ready(bucket) : opt_->params_ready(bucket);
     if (!e) return;
     release_and_check([&] { return device_->synchronize_event(*e); });
   }
@@ -461,9 +450,8 @@ class PyOffloadOptimizer {
   // Through stratad: the session and the client (it reads opt_'s registration).
   std::optional<daemon::RemoteOptions> remote_options_;
   daemon::SessionSpec spec_;
-  std::unique_ptr<daemon::HostClient> client_;
+  std::unique_ptr<daemon::BindingClient> client_;
   std::optional<double> remote_loss_scale_;
-  std::mutex grad_mu_;
 };
 
 }  // namespace

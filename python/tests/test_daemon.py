@@ -4,7 +4,10 @@ stratad (docs/daemon.md), the one shipped in the package (strata/bin/stratad).
 Each test starts its own stratad on a temporary socket. Through stratad a run
 equals the same run in-process bit for bit (overlap and sync, several
 buckets); a second optimizer attaching to the same session resumes it (the
-program run again after a crash) and continues as an uninterrupted run."""
+program run again after a crash) and continues as an uninterrupted run; CUDA
+params through stratad equal CUDA params in-process (skipped without a GPU:
+the Python package has no simulated device; tests/daemon_device_client_test
+covers the same client on SimDevice)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import torch
 
 import strata
 import strata.torch as st
-from helpers import make_model, train
+from helpers import make_data, make_model, train
 
 STRATAD = Path(strata.__file__).parent / "bin" / "stratad"
 
@@ -94,3 +97,36 @@ def test_daemon_misuse_is_explained(stratad: str) -> None:
         st.OffloadOptimizer(model.parameters(), session="x")
     with pytest.raises(RuntimeError, match="stratad"):
         st.OffloadOptimizer(model.parameters(), daemon=stratad + ".missing", session="x")
+
+
+# ---- CUDA ----------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA params need a GPU; none here")
+@pytest.mark.parametrize("overlap", [True, False])
+def test_cuda_params_through_daemon_equal_in_process(stratad: str, overlap: bool) -> None:
+    kw = dict(lr=5e-3, weight_decay=0.05, overlap=overlap, gradient_clipping=1.0,
+              bucket_bytes=8 << 10)
+    x, y = (t.cuda() for t in make_data())
+
+    def run(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[float]:
+        losses = []
+        for _ in range(8):
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    local, remote = make_model().cuda(), make_model().cuda()
+    try:
+        local_opt = st.OffloadOptimizer(local.parameters(), **kw)
+    except RuntimeError as e:
+        if "strata cannot use" in str(e):
+            pytest.skip(f"this strata build has no CUDA: {e}")
+        raise
+    local_losses = run(local, local_opt)
+    opt = st.OffloadOptimizer(remote.parameters(), daemon=stratad, session="py-cuda", **kw)
+    assert run(remote, opt) == local_losses
+    for a, b in zip(params_of(remote), params_of(local)):
+        assert torch.equal(a, b)

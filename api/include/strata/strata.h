@@ -121,13 +121,21 @@ typedef enum strata_device_kind {
   STRATA_DEVICE_HOST = 0,
   /* CUDA device cuda_ordinal (a build with CUDA and a GPU; else
    * FAILED_PRECONDITION saying why). Bindings may be host or device. */
-  STRATA_DEVICE_CUDA = 1
+  STRATA_DEVICE_CUDA = 1,
+  /* A simulated accelerator (no GPU needed), to test a program's
+   * device-binding path, in-process or through stratad, on any machine:
+   * device memory is host memory (host_device_bytes of it; 0: 1 GiB) that
+   * the program takes with strata_device_alloc and reads and writes
+   * directly; strata's copies to and from it take the time a PCIe Gen5
+   * link would. Bindings may be host or device. */
+  STRATA_DEVICE_SIM = 2
 } strata_device_kind;
 
 typedef struct strata_options {
   strata_device_kind device; /* default STRATA_DEVICE_HOST */
   int cuda_ordinal;          /* STRATA_DEVICE_CUDA: which GPU; default 0 */
-  /* STRATA_DEVICE_HOST: bytes of the emulated device tier; 0: 1 GiB. */
+  /* STRATA_DEVICE_HOST / STRATA_DEVICE_SIM: bytes of the emulated device
+   * memory; 0: 1 GiB. */
   uint64_t host_device_bytes;
   /* Device bytes strata may use for its tier; 0: what the device has free. */
   uint64_t device_budget_bytes;
@@ -147,12 +155,17 @@ typedef struct strata_options {
    * strata_finalize attaches to it: a new name creates the session, an
    * existing one with the same params and config resumes it where its last
    * completed step left it (the params' values are then copied into the
-   * program's param memory). Only STRATA_BINDING_HOST params with
-   * STRATA_DEVICE_HOST; grad_ready copies the bucket's gradients into the
-   * session's shared memory (the program may reuse its buffers at once) and
-   * finish_step / set_value / load_state copy the updated params back.
-   * Not available through stratad (UNIMPLEMENTED): report_overflow,
-   * set_group, write_state. Default NULL. */
+   * program's param memory). Both bindings: grad_ready copies the bucket's
+   * gradients into the session's shared memory (device bindings: on
+   * strata's stream, waiting for that copy only; the program may reuse its
+   * buffers once grad_ready returns) and finish_step copies the updated
+   * params back (host bindings before it returns, device bindings
+   * asynchronously: strata_wait_params); set_value and load_state copy them
+   * before they return. With device bindings the shared memory is pinned
+   * (cudaHostRegister) while the optimizer lives. The values are bit for
+   * bit the in-process ones. Not available through stratad
+   * (UNIMPLEMENTED): report_overflow, set_group, write_state. Default
+   * NULL. */
   const char* daemon_session;
   /* stratad's socket; NULL: $XDG_RUNTIME_DIR/strata/stratad.sock, else
    * /run/strata/stratad.sock. Default NULL. */
@@ -174,9 +187,23 @@ STRATA_API strata_status strata_optimizer_create(const char* ds_config_json,
 STRATA_API strata_status strata_optimizer_create_from_file(const char* ds_config_path,
                                                            const strata_options* options,
                                                            strata_optimizer** out);
-/* Frees everything the optimizer holds (its swap files included). NULL is a
+/* Frees everything the optimizer holds (its swap files and the device
+ * memory strata_device_alloc gave and was not freed included). NULL is a
  * no-op. Never fails. */
 STRATA_API void strata_optimizer_destroy(strata_optimizer* opt);
+
+/* Device memory of the optimizer's device, e.g. for STRATA_BINDING_DEVICE
+ * params and grads: cudaMalloc on STRATA_DEVICE_CUDA, host memory the
+ * program may use directly on STRATA_DEVICE_SIM; STRATA_DEVICE_HOST has
+ * none (FAILED_PRECONDITION). Like cudaMalloc it waits for the device's
+ * work: take memory before training, not in a step. RESOURCE_EXHAUSTED
+ * when the device is full. strata_device_free frees it, and
+ * strata_optimizer_destroy frees what is left. */
+STRATA_API strata_status strata_device_alloc(strata_optimizer* opt, size_t bytes, void** out);
+/* Frees what strata_device_alloc returned on this optimizer (anything
+ * else is INVALID_ARGUMENT); NULL is a no-op. Waits for the device's work,
+ * as cudaFree does. */
+STRATA_API strata_status strata_device_free(strata_optimizer* opt, void* ptr);
 
 /* ---- Registration (before strata_finalize) ------------------------------ */
 
@@ -204,10 +231,12 @@ typedef enum strata_binding {
   /* Program host memory: finish_step reads the gradient from `grad` and
    * writes the updated param to `param`. */
   STRATA_BINDING_HOST = 1,
-  /* Memory on the optimizer's CUDA device (STRATA_DEVICE_CUDA only): the
-   * gradient is copied out at grad_ready, so it must be complete on the
-   * device by then (synchronise the stream that wrote it); the updated param
-   * is copied back asynchronously: strata_wait_params says when it landed. */
+  /* Memory on the optimizer's device (STRATA_DEVICE_CUDA or
+   * STRATA_DEVICE_SIM), in this process or through stratad
+   * (daemon_session): the gradient is copied out at grad_ready, so it must
+   * be complete on the device by then (synchronise the stream that wrote
+   * it); the updated param is copied back asynchronously:
+   * strata_wait_params says when it landed. */
   STRATA_BINDING_DEVICE = 2
 } strata_binding;
 

@@ -123,7 +123,9 @@ class OffloadOptimizer(torch.optim.Optimizer):
             O_DIRECT (tmpfs, some overlay filesystems), at some speed cost.
         daemon: run the optimizer in stratad (docs/daemon.md) instead of in
             this process: a socket path, or True for the default socket
-            ($XDG_RUNTIME_DIR/strata/stratad.sock). CPU params only.
+            ($XDG_RUNTIME_DIR/strata/stratad.sock). CPU or CUDA params: CUDA
+            gradients and params cross through the session's shared memory,
+            which strata pins for DMA, and give the same values as in-process.
         session: the stratad session's name (required with ``daemon``). A
             new name starts a session from the params' values; an existing
             one (this program run again after a crash) is resumed where its

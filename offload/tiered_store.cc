@@ -130,6 +130,11 @@ absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
       return absl::AlreadyExistsError("tensor \"" + spec.name + "\" registered twice");
     }
   }
+  if (spec.allocate_on_use && spec.home != Tier::kHost) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor \"", spec.name, "\": allocate_on_use needs a host-homed tensor (home is ",
+        tier_name(spec.home), ")"));
+  }
   Tensor t;
   t.spec = spec;
   t.bytes = spec.numel * dtype_size(spec.dtype);
@@ -194,10 +199,10 @@ absl::Status TieredStore::finalize() {
   for (TensorId i = 0; i < tensors_.size(); ++i) {
     Tensor& t = tensors_[i];
     const Tier home = t.spec.home;
-    if (home == Tier::kNvme) continue;
+    if (home == Tier::kNvme || t.spec.allocate_on_use) continue;
     if (absl::Status s = allocate_copy_locked(t, home); !s.ok()) {
       for (TensorId k = 0; k < i; ++k) {
-        if (tensors_[k].spec.home != Tier::kNvme)
+        if (tensors_[k].spec.home != Tier::kNvme && !tensors_[k].spec.allocate_on_use)
           free_copy_locked(tensors_[k], tensors_[k].spec.home);
       }
       pool_.reset();
@@ -551,6 +556,7 @@ absl::Status TieredStore::abandon_changes(TensorId id, Tier tier) {
 void TieredStore::prefetch(TensorId id, Tier tier) {
   std::unique_lock lock(mu_);
   if (id >= tensors_.size() || !finalized_ || !check_tier(tensors_[id], tier).ok()) return;
+  if (tensors_[id].spec.home == tier) return;  // nothing to load (allocate_on_use: its acquire)
   Copy& c = tensors_[id].copies[idx(tier)];
   if (c.state != Residency::kAbsent || c.queued) return;
   c.queued = true;
@@ -577,6 +583,20 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
     if (c.state != Residency::kAbsent) return absl::OkStatus();
   }
   c.state = Residency::kLoading;
+  if (tier == t.spec.home) {
+    // An allocate_on_use home copy: it holds zeros until first written, as
+    // finalize() leaves the others; the block's previous owner's device
+    // work ends first.
+    if (absl::Status s = settle_locked(nullptr, c); !s.ok()) {
+      free_copy_locked(t, tier);
+      changed_.notify_all();
+      return s;
+    }
+    std::memset(c.data, 0, t.padded);
+    c.state = Residency::kResident;
+    changed_.notify_all();
+    return absl::OkStatus();
+  }
   if (!need_data) {
     c.state = Residency::kResident;
     changed_.notify_all();

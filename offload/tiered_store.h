@@ -151,6 +151,14 @@ struct TensorSpec {
   DType dtype = DType::kFloat32;
   TensorRole role = TensorRole::kMaster32;
   Tier home = Tier::kHost;
+  // A host-homed tensor a run may never touch (the fp32 gradient accumulator
+  // at gradient_accumulation_steps 1): its home copy is allocated by its
+  // first acquire (zero-filled, as finalize() fills the others) instead of
+  // by finalize(), and stays from then on. Until then its bytes of the host
+  // budget cache NVMe-homed tensors (they are evicted to make room for it).
+  // The budget still counts it at finalize(), so it always fits.
+  // InvalidArgument at register_tensor for another home tier.
+  bool allocate_on_use = false;
 };
 
 struct TensorView {

@@ -1137,6 +1137,7 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   const uint64_t n = tr.order.size();
   if (tr.order[tr.next_pos] == id) {
     tr.next_pos = (tr.next_pos + 1) % n;
+    ++tr.matched;
     tr.open_end = false;
     return;
   }
@@ -1159,6 +1160,7 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   if (!uses.empty() && !tr.jumped) {
     auto it = std::lower_bound(uses.begin(), uses.end(), tr.next_pos);
     tr.next_pos = ((it != uses.end() ? *it : uses.front()) + 1) % n;
+    ++tr.matched;
     tr.jumped = true;
     return;
   }
@@ -1182,11 +1184,16 @@ void TieredStore::queue_prefetches_locked(Tier tier) {
   for (uint64_t k = 0; k < lookahead && window < options_.prefetch_window_bytes; ++k) {
     const TensorId id = tr.order[(tr.next_pos + k) % tr.order.size()];
     Copy& c = tensors_[id].copies[idx(tier)];
-    if (holds_data(c.state)) continue;
+    // The window is a distance along the trace: copies already resident
+    // count too. Counting only missing ones reached past a resident stretch
+    // (what Belady keeps from one cycle to the next) for copies needed much
+    // later, and a full tier made room for them by evicting that stretch as
+    // it was used: every copy then crossed the disk every cycle.
     window += tensors_[id].bytes;
+    if (holds_data(c.state)) continue;
     if (c.state == Residency::kAbsent && !c.queued) {
       c.queued = true;
-      jobs_.push_back({id, tier});
+      jobs_.push_back({id, tier, tr.matched + k + 1});
       queued = true;
     }
   }
@@ -1203,6 +1210,8 @@ void TieredStore::mover_loop() {
     Copy& c = tensors_[job.id].copies[idx(job.tier)];
     c.queued = false;
     if (c.state != Residency::kAbsent) continue;
+    const TierTrace& tr = traces_[idx(job.tier)];
+    if (job.due != 0 && tr.valid && tr.matched >= job.due) continue;  // its use came first
     absl::Status s = load_locked(lock, job.id, job.tier, true, /*prefetch=*/true);
     if (!s.ok() && !absl::IsUnavailable(s) && !absl::IsResourceExhausted(s) &&
         background_error_.ok()) {

@@ -691,6 +691,53 @@ TEST_F(TieredStoreTest, AllocateOnUseIsForHostHomesOnly) {
   EXPECT_NE(id.status().message().find("host-homed"), absl::string_view::npos) << id.status();
 }
 
+// The optimizer's pass over NVMe-homed states, more of them than the host
+// holds (20 through 12 slots), with read-ahead: each steady cycle reads and
+// writes about what Belady must (20 - 12 + 1) plus the read-ahead window,
+// not every state. (Counting only missing copies in the window, the
+// read-ahead reached past the stretch Belady keeps resident and evicted it
+// as it was used: 21-39 reads and 20 writes a cycle.) No acquire waits.
+TEST_F(TieredStoreTest, ReadAheadKeepsBeladysResidentStretch) {
+  constexpr int kStates = 20, kSlots = 12, kWindow = 2, kSteps = 8;
+  auto store = make_store({.device_budget_bytes = 2 * kBytes,
+                           .host_budget_bytes = kSlots * kBytes,
+                           .prefetch_window_bytes = kWindow * kBytes});
+  auto ids = register_n(*store, kStates, Tier::kNvme);
+  double reads = 0, writes = 0;
+  uint64_t misses = 0;
+  StoreStats prev = store->stats();
+  for (int step = 0; step < kSteps; ++step) {
+    store->begin_step();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // forward and backward
+    for (TensorId id : ids) {
+      auto v = store->acquire(id, Tier::kHost, Access::kReadWrite);
+      ASSERT_TRUE(v.ok()) << v.status();
+      static_cast<float*>(v->data)[0] += 1;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+      ASSERT_TRUE(store->release(id, Tier::kHost, true).ok());
+    }
+    store->end_step();
+    const StoreStats s = store->stats();
+    if (step >= 3) {  // steady: the trace recorded, the cache warm
+      reads += static_cast<double>(s.tiers[2].bytes_out - prev.tiers[2].bytes_out) / kBytes;
+      writes += static_cast<double>(s.tiers[2].bytes_in - prev.tiers[2].bytes_in) / kBytes;
+      misses += s.tiers[1].misses - prev.tiers[1].misses;
+    }
+    prev = s;
+  }
+  const double cycles = kSteps - 3;
+  const double bound = kStates - kSlots + 1 + kWindow + 1;  // one slot of timing slack
+  EXPECT_LE(reads / cycles, bound);
+  EXPECT_LE(writes / cycles, bound);
+  EXPECT_GE(reads / cycles, kStates - kSlots);  // the states really cross the disk
+  EXPECT_LE(misses, cycles) << "read-ahead did not keep up";
+  auto v = store->acquire(ids[0], Tier::kHost, Access::kRead);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(static_cast<const float*>(v->data)[0], static_cast<float>(kSteps));
+  ASSERT_TRUE(store->release(ids[0], Tier::kHost, false).ok());
+  EXPECT_TRUE(store->background_error().ok());
+}
+
 // A finalize() that fails frees what it allocated, the device pool included.
 TEST_F(TieredStoreTest, FailedFinalizeLeavesNothingAllocated) {
   gpu::SimDevice tiny({.capacity_bytes = kBytes});

@@ -419,10 +419,10 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
       ParamRec& p = params[h];
       const bool in_store = p.desc.binding == ParamBinding::kStore;
       const std::string base = absl::StrCat("layer", b, ".", p.desc.name);
-      auto reg = [&](const char* suffix, DType dt, TensorRole role, Tier home,
-                     uint64_t numel = 0) -> absl::StatusOr<offload::TensorId> {
-        return store->register_tensor(
-            {absl::StrCat(base, ".", suffix), numel != 0 ? numel : p.desc.numel, dt, role, home});
+      auto reg = [&](const char* suffix, DType dt, TensorRole role, Tier home, uint64_t numel = 0,
+                     bool on_use = false) -> absl::StatusOr<offload::TensorId> {
+        return store->register_tensor({absl::StrCat(base, ".", suffix),
+                                       numel != 0 ? numel : p.desc.numel, dt, role, home, on_use});
       };
       STRATA_ASSIGN_OR_RETURN(p.param, reg("param", dtype, TensorRole::kParam16,
                                            in_store ? compute_home : opt_tier, p.param_numel()));
@@ -434,10 +434,13 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
       if (in_store) {
         STRATA_ASSIGN_OR_RETURN(p.grad, reg("grad", dtype, TensorRole::kGrad, grad_home));
       }
-      // The rank's slice only (the whole param with one rank).
+      // The rank's slice only (the whole param with one rank). On the host
+      // it is allocated by its first use: the fused pass at
+      // gradient_accumulation_steps 1 never touches it, and its share of the
+      // host budget then caches NVMe-homed states instead (fewer NVMe bytes).
       const uint64_t sn = p.state_numel();
-      STRATA_ASSIGN_OR_RETURN(p.grad32,
-                              reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home, sn));
+      STRATA_ASSIGN_OR_RETURN(p.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home,
+                                            sn, grad_home == Tier::kHost));
       STRATA_ASSIGN_OR_RETURN(
           p.master, reg("master", DType::kFloat32, TensorRole::kMaster32, state_home, sn));
       STRATA_ASSIGN_OR_RETURN(p.exp_avg,

@@ -130,6 +130,11 @@ absl::StatusOr<TensorId> TieredStore::register_tensor(const TensorSpec& spec) {
       return absl::AlreadyExistsError("tensor \"" + spec.name + "\" registered twice");
     }
   }
+  if (spec.allocate_on_use && spec.home != Tier::kHost) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor \"", spec.name, "\": allocate_on_use needs a host-homed tensor (home is ",
+        tier_name(spec.home), ")"));
+  }
   Tensor t;
   t.spec = spec;
   t.bytes = spec.numel * dtype_size(spec.dtype);
@@ -194,10 +199,10 @@ absl::Status TieredStore::finalize() {
   for (TensorId i = 0; i < tensors_.size(); ++i) {
     Tensor& t = tensors_[i];
     const Tier home = t.spec.home;
-    if (home == Tier::kNvme) continue;
+    if (home == Tier::kNvme || t.spec.allocate_on_use) continue;
     if (absl::Status s = allocate_copy_locked(t, home); !s.ok()) {
       for (TensorId k = 0; k < i; ++k) {
-        if (tensors_[k].spec.home != Tier::kNvme)
+        if (tensors_[k].spec.home != Tier::kNvme && !tensors_[k].spec.allocate_on_use)
           free_copy_locked(tensors_[k], tensors_[k].spec.home);
       }
       pool_.reset();
@@ -606,6 +611,7 @@ absl::Status TieredStore::exchange(TensorId a, TensorId b) {
 void TieredStore::prefetch(TensorId id, Tier tier) {
   std::unique_lock lock(mu_);
   if (id >= tensors_.size() || !finalized_ || !check_tier(tensors_[id], tier).ok()) return;
+  if (tensors_[id].spec.home == tier) return;  // nothing to load (allocate_on_use: its acquire)
   Copy& c = tensors_[id].copies[idx(tier)];
   if (c.state != Residency::kAbsent || c.queued) return;
   c.queued = true;
@@ -632,6 +638,20 @@ absl::Status TieredStore::load_locked(std::unique_lock<std::mutex>& lock, Tensor
     if (c.state != Residency::kAbsent) return absl::OkStatus();
   }
   c.state = Residency::kLoading;
+  if (tier == t.spec.home) {
+    // An allocate_on_use home copy: it holds zeros until first written, as
+    // finalize() leaves the others; the block's previous owner's device
+    // work ends first.
+    if (absl::Status s = settle_locked(nullptr, c); !s.ok()) {
+      free_copy_locked(t, tier);
+      changed_.notify_all();
+      return s;
+    }
+    std::memset(c.data, 0, t.padded);
+    c.state = Residency::kResident;
+    changed_.notify_all();
+    return absl::OkStatus();
+  }
   if (!need_data) {
     c.state = Residency::kResident;
     changed_.notify_all();
@@ -1172,6 +1192,7 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   const uint64_t n = tr.order.size();
   if (tr.order[tr.next_pos] == id) {
     tr.next_pos = (tr.next_pos + 1) % n;
+    ++tr.matched;
     tr.open_end = false;
     return;
   }
@@ -1194,6 +1215,7 @@ void TieredStore::record_acquire_locked(TensorId id, Tier tier) {
   if (!uses.empty() && !tr.jumped) {
     auto it = std::lower_bound(uses.begin(), uses.end(), tr.next_pos);
     tr.next_pos = ((it != uses.end() ? *it : uses.front()) + 1) % n;
+    ++tr.matched;
     tr.jumped = true;
     return;
   }
@@ -1217,11 +1239,16 @@ void TieredStore::queue_prefetches_locked(Tier tier) {
   for (uint64_t k = 0; k < lookahead && window < options_.prefetch_window_bytes; ++k) {
     const TensorId id = tr.order[(tr.next_pos + k) % tr.order.size()];
     Copy& c = tensors_[id].copies[idx(tier)];
-    if (holds_data(c.state)) continue;
+    // The window is a distance along the trace: copies already resident
+    // count too. Counting only missing ones reached past a resident stretch
+    // (what Belady keeps from one cycle to the next) for copies needed much
+    // later, and a full tier made room for them by evicting that stretch as
+    // it was used: every copy then crossed the disk every cycle.
     window += tensors_[id].bytes;
+    if (holds_data(c.state)) continue;
     if (c.state == Residency::kAbsent && !c.queued) {
       c.queued = true;
-      jobs_.push_back({id, tier});
+      jobs_.push_back({id, tier, tr.matched + k + 1});
       queued = true;
     }
   }
@@ -1238,6 +1265,8 @@ void TieredStore::mover_loop() {
     Copy& c = tensors_[job.id].copies[idx(job.tier)];
     c.queued = false;
     if (c.state != Residency::kAbsent) continue;
+    const TierTrace& tr = traces_[idx(job.tier)];
+    if (job.due != 0 && tr.valid && tr.matched >= job.due) continue;  // its use came first
     absl::Status s = load_locked(lock, job.id, job.tier, true, /*prefetch=*/true);
     if (!s.ok() && !absl::IsUnavailable(s) && !absl::IsResourceExhausted(s) &&
         background_error_.ok()) {

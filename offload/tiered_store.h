@@ -45,10 +45,13 @@
 // including acquires between the steps, as a delayed update makes), leaving
 // out acquires of copies homed on that tier (never moved, and often from
 // another thread: gradients land in the host tier while the optimizer reads
-// states). From then on each acquire prefetches the next tensors of the
-// cycle, up to prefetch_window_bytes not yet resident, on the store's mover
-// threads, and eviction drops the copy whose next use in the cycle is
-// furthest away (Belady's rule, exact because the trace repeats).
+// states). From then on each acquire prefetches, on the store's mover
+// threads, the tensors not yet resident among the next prefetch_window_bytes
+// of the cycle (a distance: resident ones count, so read-ahead never reaches
+// past the stretch Belady keeps resident and evicts it), a prefetch whose
+// acquire came first is dropped, and eviction drops the copy whose next use
+// in the cycle is furthest away (Belady's rule, exact because the trace
+// repeats).
 // Read-ahead (Options::read_ahead): a mover submits a host prefetch from
 // NVMe and goes on to the next one, so the reads of several tensors are in
 // flight at once (kLoading until their completion; a failed one is kept in
@@ -151,6 +154,14 @@ struct TensorSpec {
   DType dtype = DType::kFloat32;
   TensorRole role = TensorRole::kMaster32;
   Tier home = Tier::kHost;
+  // A host-homed tensor a run may never touch (the fp32 gradient accumulator
+  // at gradient_accumulation_steps 1): its home copy is allocated by its
+  // first acquire (zero-filled, as finalize() fills the others) instead of
+  // by finalize(), and stays from then on. Until then its bytes of the host
+  // budget cache NVMe-homed tensors (they are evicted to make room for it).
+  // The budget still counts it at finalize(), so it always fits.
+  // InvalidArgument at register_tensor for another home tier.
+  bool allocate_on_use = false;
 };
 
 struct TensorView {
@@ -347,6 +358,11 @@ class TieredStore {
   struct Job {
     TensorId id;
     Tier tier;
+    // A trace prefetch is due when the tier's trace has matched this many
+    // acquires; a job that runs after that (its acquire came first and
+    // loaded the copy, and it may be evicted since) loads nothing: reading
+    // it again would evict a copy needed sooner. 0: prefetch(), never stale.
+    uint64_t due = 0;
   };
 
   explicit TieredStore(const Options& options);
@@ -436,6 +452,7 @@ class TieredStore {
     bool recording = false;
     bool valid = false;
     uint64_t next_pos = 0;  // the position the next acquire should match (cyclic)
+    uint64_t matched = 0;   // acquires that followed the trace so far (Job::due)
     bool jumped = false;    // an acquire of this step missed next_pos and jumped
     bool open_end = false;  // recorded, not yet come round: may still grow at its end
   };

@@ -663,6 +663,123 @@ TEST_F(TieredStoreTest, EvictedDataIsOnDiskAndFlushCommitsTheSwapFile) {
   }
 }
 
+// An allocate_on_use home (the fp32 accumulator a run at gas 1 never
+// touches) takes no host memory until its first acquire: meanwhile its share
+// of the budget caches NVMe-homed tensors, so a steady cycle over them reads
+// and writes nothing. Its first acquire makes room (writing a dirty cache
+// back), finds zeros, and the copy stays from then on.
+TEST_F(TieredStoreTest, AllocateOnUseHomeLendsItsBytesToTheNvmeCache) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes,
+                           .host_budget_bytes = 4 * kBytes,
+                           .prefetch_window_bytes = 2 * kBytes});
+  auto acc = store->register_tensor(
+      {"acc", kNumel, DType::kFloat32, TensorRole::kGrad, Tier::kHost, /*allocate_on_use=*/true});
+  ASSERT_TRUE(acc.ok()) << acc.status();
+  std::vector<TensorId> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto id = store->register_tensor(
+        {"s" + std::to_string(i), kNumel, DType::kFloat32, TensorRole::kMaster32, Tier::kNvme});
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  ASSERT_TRUE(store->finalize().ok());
+  EXPECT_EQ(store->residency(*acc, Tier::kHost), Residency::kAbsent);
+  EXPECT_EQ(store->stats().tiers[1].used_bytes, 0u);
+  // Prefetches of a home copy load nothing.
+  store->prefetch(*acc, Tier::kHost);
+  EXPECT_EQ(store->residency(*acc, Tier::kHost), Residency::kAbsent);
+
+  for (int step = 0; step < 4; ++step) {
+    store->begin_step();
+    for (TensorId id : ids) {
+      auto v = store->acquire(id, Tier::kHost, Access::kReadWrite);
+      ASSERT_TRUE(v.ok()) << v.status();
+      if (step > 0) EXPECT_TRUE(matches(static_cast<float*>(v->data), id, step - 1));
+      fill(static_cast<float*>(v->data), id, step);
+      ASSERT_TRUE(store->release(id, Tier::kHost, true).ok());
+    }
+    store->end_step();
+  }
+  const StoreStats before = store->stats();
+  EXPECT_EQ(before.tiers[2].bytes_in + before.tiers[2].bytes_out, 0u)
+      << "the four states fit the budget only with the accumulator's share";
+
+  auto v = store->acquire(*acc, Tier::kHost, Access::kReadWrite);
+  ASSERT_TRUE(v.ok()) << v.status();
+  const auto* f = static_cast<const float*>(v->data);
+  EXPECT_TRUE(std::all_of(f, f + kNumel, [](float x) { return x == 0; }));
+  ASSERT_TRUE(store->release(*acc, Tier::kHost, true).ok());
+  EXPECT_EQ(store->residency(*acc, Tier::kHost), Residency::kResident);
+  EXPECT_LE(store->stats().tiers[1].used_bytes, 4 * kBytes);
+  // One state made room for it: written to NVMe, then read back intact.
+  ASSERT_TRUE(store->flush().ok());
+  EXPECT_GE(store->stats().tiers[2].bytes_in, kBytes);
+  for (TensorId id : ids) {
+    auto s = store->acquire(id, Tier::kHost, Access::kRead);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_TRUE(matches(static_cast<float*>(s->data), id, 3)) << "tensor " << id;
+    ASSERT_TRUE(store->release(id, Tier::kHost, false).ok());
+  }
+  EXPECT_EQ(store->residency(*acc, Tier::kHost), Residency::kResident) << "a home is never evicted";
+  EXPECT_TRUE(store->background_error().ok());
+}
+
+TEST_F(TieredStoreTest, AllocateOnUseIsForHostHomesOnly) {
+  auto store = make_store({.device_budget_bytes = 2 * kBytes, .host_budget_bytes = 2 * kBytes});
+  auto id = store->register_tensor(
+      {"x", kNumel, DType::kFloat32, TensorRole::kGrad, Tier::kNvme, /*allocate_on_use=*/true});
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(id.status().message().find("host-homed"), absl::string_view::npos) << id.status();
+}
+
+// The optimizer's pass over NVMe-homed states, more of them than the host
+// holds (20 through 12 slots), with read-ahead: each steady cycle reads and
+// writes about what Belady must (20 - 12 + 1) plus the read-ahead window,
+// not every state. (Counting only missing copies in the window, the
+// read-ahead reached past the stretch Belady keeps resident and evicted it
+// as it was used: 21-39 reads and 20 writes a cycle.) No acquire waits.
+TEST_F(TieredStoreTest, ReadAheadKeepsBeladysResidentStretch) {
+  constexpr int kStates = 20, kSlots = 12, kWindow = 2, kSteps = 8;
+  auto store = make_store({.device_budget_bytes = 2 * kBytes,
+                           .host_budget_bytes = kSlots * kBytes,
+                           .prefetch_window_bytes = kWindow * kBytes});
+  auto ids = register_n(*store, kStates, Tier::kNvme);
+  double reads = 0, writes = 0;
+  uint64_t misses = 0;
+  StoreStats prev = store->stats();
+  for (int step = 0; step < kSteps; ++step) {
+    store->begin_step();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // forward and backward
+    for (TensorId id : ids) {
+      auto v = store->acquire(id, Tier::kHost, Access::kReadWrite);
+      ASSERT_TRUE(v.ok()) << v.status();
+      static_cast<float*>(v->data)[0] += 1;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+      ASSERT_TRUE(store->release(id, Tier::kHost, true).ok());
+    }
+    store->end_step();
+    const StoreStats s = store->stats();
+    if (step >= 3) {  // steady: the trace recorded, the cache warm
+      reads += static_cast<double>(s.tiers[2].bytes_out - prev.tiers[2].bytes_out) / kBytes;
+      writes += static_cast<double>(s.tiers[2].bytes_in - prev.tiers[2].bytes_in) / kBytes;
+      misses += s.tiers[1].misses - prev.tiers[1].misses;
+    }
+    prev = s;
+  }
+  const double cycles = kSteps - 3;
+  const double bound = kStates - kSlots + 1 + kWindow + 1;  // one slot of timing slack
+  EXPECT_LE(reads / cycles, bound);
+  EXPECT_LE(writes / cycles, bound);
+  EXPECT_GE(reads / cycles, kStates - kSlots);  // the states really cross the disk
+  EXPECT_LE(misses, cycles) << "read-ahead did not keep up";
+  auto v = store->acquire(ids[0], Tier::kHost, Access::kRead);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(static_cast<const float*>(v->data)[0], static_cast<float>(kSteps));
+  ASSERT_TRUE(store->release(ids[0], Tier::kHost, false).ok());
+  EXPECT_TRUE(store->background_error().ok());
+}
+
 // A finalize() that fails frees what it allocated, the device pool included.
 TEST_F(TieredStoreTest, FailedFinalizeLeavesNothingAllocated) {
   gpu::SimDevice tiny({.capacity_bytes = kBytes});

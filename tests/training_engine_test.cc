@@ -87,6 +87,43 @@ TEST_F(TrainingEngineTest, LossCurvesAgreeAcrossPrecisionAndOffload) {
   EXPECT_EQ(fp32.last.bytes_in[0], 0u);  // nothing leaves the device
 }
 
+// At gradient_accumulation_steps 1 the fused pass never touches the fp32
+// accumulators (grad32): they take no host memory, their share of the plan's
+// host budget caches NVMe-homed states, and steady steps read and write no
+// NVMe bytes here (the plan's cache alone holds two of the three layers'
+// states, the accumulators' share the third). At gas 2 they are used, and
+// the states move as before. Either way the run is the cpu-offload run, bit
+// for bit.
+TEST_F(TrainingEngineTest, UnusedAccumulatorsLeaveTheirHostBytesToTheNvmeCache) {
+  for (const int gas : {1, 2}) {
+    SCOPED_TRACE(absl::StrCat("gas ", gas));
+    std::vector<double> losses[2];
+    StepStats last[2];
+    int run = 0;
+    for (const std::string& zero : {std::string(kCpuZero), nvme_zero()}) {
+      MlpTestModel model;
+      auto engine = make_engine(make_config(zero + ", " + kFp16, gas), &model);
+      ASSERT_TRUE(engine.ok()) << engine.status();
+      for (int s = 0; s < 4; ++s) {
+        auto st = (*engine)->train_step();
+        ASSERT_TRUE(st.ok()) << st.status();
+        losses[run].push_back(st->loss);
+        last[run] = *st;
+      }
+      ++run;
+    }
+    EXPECT_EQ(losses[0], losses[1]);
+    const StepStats& nvme = last[1];
+    if (gas == 1) {
+      EXPECT_EQ(nvme.bytes_in[2], 0u) << "a steady step wrote states the host could keep";
+      EXPECT_EQ(nvme.bytes_out[2], 0u) << "a steady step re-read states the host could keep";
+    } else {
+      EXPECT_GT(nvme.bytes_in[2], 0u);
+      EXPECT_GT(nvme.bytes_out[2], 0u);
+    }
+  }
+}
+
 // bf16 offloaded to the host follows the fp32 curve within bf16's precision.
 // The engine is the model's layers over an OffloadOptimizer: one bucket per
 // layer, store-held params, and what the engine reads is the optimizer's.

@@ -144,6 +144,11 @@ absl::Status BindingClient::grad_ready(int bucket, std::optional<gpu::EventId> g
   return remote_->grad_ready(bucket);
 }
 
+absl::Status BindingClient::report_overflow() {
+  std::lock_guard lock(grad_mu_);
+  return remote_->report_overflow();
+}
+
 absl::StatusOr<engine::OptimizerStepResult> BindingClient::finish_step() {
   STRATA_ASSIGN_OR_RETURN(engine::OptimizerStepResult r, remote_->finish_step());
   if (!r.skipped) {

@@ -75,6 +75,11 @@ class BindingClient {
   // grad_written: an event after which the bucket's kDevice gradients are
   // complete (none: they are when the call is made).
   absl::Status grad_ready(int bucket, std::optional<gpu::EventId> grad_written = std::nullopt);
+  // The framework's own fp16 overflow check fired: the session takes no
+  // further gradient this step and finish_step skips it. Any thread, at
+  // once with grad_ready (serialised with it, so a bucket pushed before it
+  // is taken before it).
+  absl::Status report_overflow();
   absl::StatusOr<engine::OptimizerStepResult> finish_step();
   absl::Status load_state(const std::string& dir, bool weights_only);
   // The event after which the bucket's kDevice params hold the last update;

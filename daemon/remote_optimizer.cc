@@ -194,6 +194,7 @@ absl::StatusOr<double> RemoteOptimizer::begin_step(std::optional<double> loss_sc
   nlohmann::json body = nlohmann::json::object();
   if (loss_scale) body["loss_scale"] = *loss_scale;
   STRATA_ASSIGN_OR_RETURN(Frame f, call(MsgType::kBeginStep, body));
+  next_loss_scale_.reset();  // the reply's scale is the one in force now
   return get_double(f.body, "loss_scale", 0, std::numeric_limits<double>::max());
 }
 
@@ -239,6 +240,9 @@ absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::finish_step() {
   steps_ = r.step;
   micro_batches_ = f.body.value("micro_batches", micro_batches_);
   if (!r.skipped) ++optimizer_steps_;
+  if (f.body.contains("next_loss_scale")) {
+    STRATA_ASSIGN_OR_RETURN(next_loss_scale_, get_double(f.body, "next_loss_scale", 0, 1e300));
+  }
   return r;
 }
 
@@ -330,6 +334,7 @@ absl::Status RemoteOptimizer::load_state(const std::string& dir, bool weights_on
   steps_ = f.body.value("steps", steps_);
   optimizer_steps_ = f.body.value("optimizer_steps", optimizer_steps_);
   micro_batches_ = f.body.value("micro_batches", micro_batches_);
+  next_loss_scale_.reset();  // the checkpoint's scaler replaced it
   return absl::OkStatus();
 }
 

@@ -82,6 +82,9 @@ class RemoteOptimizer {
   // takes no further gradient this step and finish_step skips it.
   absl::Status report_overflow();
   absl::StatusOr<engine::OptimizerStepResult> finish_step();
+  // With the config's fp16 loss scaler: the scale the next step's loss
+  // must carry, as of the last finish_step (none before the first).
+  std::optional<double> next_loss_scale() const { return next_loss_scale_; }
   absl::Status abort_step(absl::Status why);
   absl::StatusOr<std::vector<float>> read_state(int p, engine::StateKind kind);
   // Between steps, as engine::OffloadOptimizer's: a state tensor (fp32,
@@ -127,6 +130,7 @@ class RemoteOptimizer {
   std::vector<std::pair<uint64_t, uint64_t>> slots_;
   std::vector<uint64_t> numel_;
   std::vector<engine::GroupHyperparams> groups_;
+  std::optional<double> next_loss_scale_;
   std::unique_ptr<SharedArena> arena_;
   bool use_ring_ = true;
   int event_fd_ = -1;

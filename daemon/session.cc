@@ -280,6 +280,11 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
                     {"rolled_back_buckets", r->rolled_back_buckets},
                     {"grad_seconds", r->grad_seconds},
                     {"optimizer_seconds", r->optimizer_seconds}};
+      // The scale the next step's loss must carry (a skipped step backed
+      // the scaler off): a framework scaling its own backward needs it
+      // before its next begin_step.
+      if (opt_->loss_scaler() != nullptr)
+        reply.body["next_loss_scale"] = opt_->loss_scaler()->scale();
       return reply;
     }
     case MsgType::kAbortStep: {

@@ -414,7 +414,11 @@ class PyOffloadOptimizer {
   std::optional<double> config_loss_scale() const {
     const engine::LossScaler* s = opt_->loss_scaler();
     if (s == nullptr) return std::nullopt;
-    if (client_) return remote_loss_scale_.value_or(s->scale());
+    if (client_) {
+      // The session's scaler: the last finish_step's next scale (a skipped
+      // step backed it off), else the last begin_step's.
+      return client_->remote().next_loss_scale().value_or(remote_loss_scale_.value_or(s->scale()));
+    }
     return s->scale();
   }
   std::string optimizer_tier() const {

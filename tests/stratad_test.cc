@@ -707,7 +707,7 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
   // The 10 s of hostile traffic beside a live session.
   constexpr int kFuzzSeconds = 10;
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(kFuzzSeconds);
-  int sent = 0, answered = 0;
+  int sent = 0, answered = 0, attached = 0;
   while (std::chrono::steady_clock::now() < until) {
     const int fd = raw_connect(d.socket());
     ASSERT_GE(fd, 0) << "stratad stopped accepting";
@@ -766,6 +766,7 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
         // Attached to a real session (its own, beside the steady one): a
         // session request of any type with hostile fields and blob.
         if (!raw_attach(fd, "fuzz", fuzz_spec)) break;
+        ++attached;
         const std::string fields[] = {"param", "offset", "count",  "group", "steps",
                                       "kind",  "hp",     "bucket", "dir",   "why"};
         nlohmann::json body = nlohmann::json::object();
@@ -815,8 +816,11 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
   EXPECT_EQ(got, ref) << "the concurrent session is unaffected";
   EXPECT_TRUE(RemoteOptimizer::stats(d.socket()).ok());
   EXPECT_GT(answered, sent / 2) << "most hostile messages get an error reply";
-  std::printf("[ figure ] fuzzer: %d hostile connections in %d s, %d answered with an error\n",
-              sent, kFuzzSeconds, answered);
+  EXPECT_GT(attached, 0) << "no hostile request reached an attached session";
+  std::printf(
+      "[ figure ] fuzzer: %d hostile connections in %d s, %d answered with an error, %d of them "
+      "on an attached session\n",
+      sent, kFuzzSeconds, answered, attached);
 }
 
 TEST_F(StratadTest, OtherUidIsRefusedBySoPeercred) {

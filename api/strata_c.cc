@@ -577,7 +577,7 @@ strata_status strata_wait_grads(strata_optimizer* opt) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    if (opt->daemon != nullptr) return opt->daemon->client->remote().wait_grads();
+    if (opt->daemon != nullptr) return opt->daemon->client->wait_grads();
     return opt->opt->wait_grads();
   });
 }

@@ -277,7 +277,7 @@ class PyOffloadOptimizer {
   }
 
   void wait_grads() {
-    if (client_) return release_and_check([&] { return client_->remote().wait_grads(); });
+    if (client_) return release_and_check([&] { return client_->wait_grads(); });
     release_and_check([&] { return opt_->wait_grads(); });
   }
 

@@ -14,6 +14,7 @@ GradScaler, and the framework's own overflow check (report_overflow, fp16)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import tempfile
@@ -120,8 +121,9 @@ def test_scheduler_and_load_state_dict_through_daemon(stratad: str) -> None:
     local, remote = make_model(), make_model()
     local_opt = st.OffloadOptimizer(local.parameters(), **kw)
     remote_opt = st.OffloadOptimizer(remote.parameters(), daemon=stratad, session="py-sd", **kw)
-    for opt in (local_opt, remote_opt):
-        opt.load_state_dict(sd)
+    for o in (local_opt, remote_opt):
+        o.load_state_dict(sd)
+    del o
     assert remote_opt._native.optimizer_steps == local_opt._native.optimizer_steps == 4
     for a, b in zip(params_of(remote), params_of(local)):
         assert torch.equal(a, b)
@@ -136,6 +138,7 @@ def test_scheduler_and_load_state_dict_through_daemon(stratad: str) -> None:
     lr_now = remote_opt.param_groups[0]["lr"]
     assert lr_now == local_opt.param_groups[0]["lr"] < 1e-3
     del remote_opt
+    gc.collect()  # the scheduler's reference cycle: the program's optimizer is gone
     again = make_model()
     again_opt = st.OffloadOptimizer(again.parameters(), daemon=stratad, session="py-sd", **kw)
     assert again_opt._native.group(0)["lr"] == lr_now

@@ -134,9 +134,11 @@ def test_scheduler_and_load_state_dict_through_daemon(stratad: str) -> None:
     for i in ls:
         for k in ("exp_avg", "exp_avg_sq", "master"):
             assert torch.equal(rs[i][k], ls[i][k]), (i, k)
-    # The session keeps the scheduler's last lr: a program attaching again sees it.
-    lr_now = remote_opt.param_groups[0]["lr"]
-    assert lr_now == local_opt.param_groups[0]["lr"] < 1e-3
+    # The session keeps the groups in force, as the in-process optimizer
+    # has them (the scheduler's next lr goes in with the next step): a
+    # program attaching again sees them.
+    lr_now = local_opt._native.group(0)["lr"]
+    assert remote_opt._native.group(0)["lr"] == lr_now < 1e-3
     del remote_opt
     gc.collect()  # the scheduler's reference cycle: the program's optimizer is gone
     again = make_model()

@@ -36,9 +36,10 @@
 //
 // Threading: one thread at a time (RemoteOptimizer's rule), except
 // grad_ready and report_overflow, which any thread may call at once with
-// each other and with wait_grads / finish_step (they are serialised inside). Errors: the daemon's,
-// prefixed "stratad: "; the device's (a copy, pinning the arena); a kDevice param without a device
-// is InvalidArgument.
+// each other and with wait_grads / finish_step (they are serialised
+// inside). Errors: the daemon's, prefixed "stratad: "; the device's (a
+// copy, pinning the arena); a kDevice param without a device is
+// InvalidArgument.
 #pragma once
 
 #include <memory>

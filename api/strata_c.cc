@@ -278,11 +278,6 @@ absl::Status attach_daemon(strata_optimizer* h) {
   return absl::OkStatus();
 }
 
-absl::Status not_through_daemon(const strata_optimizer* h, const char* what) {
-  if (h->daemon == nullptr) return absl::OkStatus();
-  return absl::UnimplementedError(absl::StrCat(what, " is not available through stratad yet"));
-}
-
 }  // namespace
 
 extern "C" {
@@ -582,7 +577,7 @@ strata_status strata_wait_grads(strata_optimizer* opt) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    if (opt->daemon != nullptr) return opt->daemon->client->remote().wait_grads();
+    if (opt->daemon != nullptr) return opt->daemon->client->wait_grads();
     return opt->opt->wait_grads();
   });
 }
@@ -591,7 +586,7 @@ strata_status strata_report_overflow(strata_optimizer* opt) {
   return guarded(__func__, [&] {
     STRATA_C_REQUIRE(opt);
     STRATA_RETURN_IF_ERROR(require_finalized(opt, true));
-    STRATA_RETURN_IF_ERROR(not_through_daemon(opt, "strata_report_overflow"));
+    if (opt->daemon != nullptr) return opt->daemon->client->report_overflow();
     opt->opt->report_overflow();
     return absl::OkStatus();
   });
@@ -653,7 +648,11 @@ strata_status strata_set_group(strata_optimizer* opt, int group, const strata_gr
     STRATA_C_REQUIRE(hp);
     STRATA_RETURN_IF_ERROR(check_group(opt, group));
     STRATA_RETURN_IF_ERROR(check_hparams(*hp));
-    if (opt->finalized) STRATA_RETURN_IF_ERROR(not_through_daemon(opt, "strata_set_group"));
+    if (opt->daemon != nullptr && opt->finalized) {
+      // The session holds the groups in force; the registration only the
+      // ones it was created with (its fingerprint).
+      return opt->daemon->client->remote().set_group(group, to_cc(*hp));
+    }
     return opt->opt->set_group(group, to_cc(*hp));
   });
 }
@@ -663,7 +662,9 @@ strata_status strata_get_group(const strata_optimizer* opt, int group, strata_gr
     STRATA_C_REQUIRE(opt);
     STRATA_C_REQUIRE(out);
     STRATA_RETURN_IF_ERROR(check_group(opt, group));
-    *out = to_c(opt->opt->group(group));
+    *out =
+        to_c(opt->daemon != nullptr && opt->finalized ? opt->daemon->client->remote().group(group)
+                                                      : opt->opt->group(group));
     return absl::OkStatus();
   });
 }
@@ -697,7 +698,7 @@ strata_status strata_write_state(strata_optimizer* opt, int param, strata_state_
     STRATA_C_REQUIRE(values);
     STRATA_RETURN_IF_ERROR(check_count(opt, param, count));
     STRATA_ASSIGN_OR_RETURN(const strata::engine::StateKind k, to_cc(kind));
-    STRATA_RETURN_IF_ERROR(not_through_daemon(opt, "strata_write_state"));
+    if (opt->daemon != nullptr) return opt->daemon->client->remote().write_state(param, k, values);
     return opt->opt->write_state(param, k, values);
   });
 }

@@ -144,8 +144,23 @@ absl::Status BindingClient::grad_ready(int bucket, std::optional<gpu::EventId> g
   return remote_->grad_ready(bucket);
 }
 
+absl::Status BindingClient::report_overflow() {
+  std::lock_guard lock(grad_mu_);
+  return remote_->report_overflow();
+}
+
+absl::Status BindingClient::wait_grads() {
+  std::lock_guard lock(grad_mu_);
+  return remote_->wait_grads();
+}
+
 absl::StatusOr<engine::OptimizerStepResult> BindingClient::finish_step() {
-  STRATA_ASSIGN_OR_RETURN(engine::OptimizerStepResult r, remote_->finish_step());
+  absl::StatusOr<engine::OptimizerStepResult> finished;
+  {
+    std::lock_guard lock(grad_mu_);  // a late report_overflow goes before or after, whole
+    finished = remote_->finish_step();
+  }
+  STRATA_ASSIGN_OR_RETURN(engine::OptimizerStepResult r, std::move(finished));
   if (!r.skipped) {
     STRATA_RETURN_IF_ERROR(copy_params_out(-1, /*wait=*/false),
                            "copying the updated params to the framework");

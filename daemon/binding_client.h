@@ -35,10 +35,11 @@
 // were (the copy back follows only a success).
 //
 // Threading: one thread at a time (RemoteOptimizer's rule), except
-// grad_ready, which any thread may call at once with other grad_ready calls
-// (they are serialised inside). Errors: the daemon's, prefixed "stratad: ";
-// the device's (a copy, pinning the arena); a kDevice param without a
-// device is InvalidArgument.
+// grad_ready and report_overflow, which any thread may call at once with
+// each other and with wait_grads / finish_step (they are serialised
+// inside). Errors: the daemon's, prefixed "stratad: "; the device's (a
+// copy, pinning the arena); a kDevice param without a device is
+// InvalidArgument.
 #pragma once
 
 #include <memory>
@@ -75,6 +76,15 @@ class BindingClient {
   // grad_written: an event after which the bucket's kDevice gradients are
   // complete (none: they are when the call is made).
   absl::Status grad_ready(int bucket, std::optional<gpu::EventId> grad_written = std::nullopt);
+  // Between micro-batches: the session has taken every gradient handed
+  // over (the framework may overwrite its buffers). Serialised with
+  // report_overflow, which another thread may call meanwhile.
+  absl::Status wait_grads();
+  // The framework's own fp16 overflow check fired: the session takes no
+  // further gradient this step and finish_step skips it. Any thread, at
+  // once with grad_ready and wait_grads (serialised with them on the one
+  // connection, so a bucket pushed before it is taken before it).
+  absl::Status report_overflow();
   absl::StatusOr<engine::OptimizerStepResult> finish_step();
   absl::Status load_state(const std::string& dir, bool weights_only);
   // The event after which the bucket's kDevice params hold the last update;

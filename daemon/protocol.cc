@@ -155,15 +155,6 @@ std::string hex(uint64_t v) {
   return buf;
 }
 
-nlohmann::json group_to_json(const engine::GroupHyperparams& g) {
-  return {{"lr", g.lr},
-          {"beta1", g.beta1},
-          {"beta2", g.beta2},
-          {"eps", g.eps},
-          {"weight_decay", g.weight_decay},
-          {"bias_correction", g.bias_correction}};
-}
-
 absl::string_view speculation_name(engine::SpeculationPolicy p) {
   switch (p) {
     case engine::SpeculationPolicy::kAuto:
@@ -201,7 +192,29 @@ void Frame::close_fds() {
   fds.clear();
 }
 
-bool is_known_type(uint16_t t) { return (t >= 1 && t <= 15) || t == 100 || t == 101; }
+bool is_known_type(uint16_t t) { return (t >= 1 && t <= kLastRequestType) || t == 100 || t == 101; }
+
+nlohmann::json group_to_json(const engine::GroupHyperparams& g) {
+  return {{"lr", g.lr},
+          {"beta1", g.beta1},
+          {"beta2", g.beta2},
+          {"eps", g.eps},
+          {"weight_decay", g.weight_decay},
+          {"bias_correction", g.bias_correction}};
+}
+
+absl::StatusOr<engine::GroupHyperparams> group_from_json(const nlohmann::json& g,
+                                                         const std::string& where) {
+  if (!g.is_object()) return absl::InvalidArgumentError(where + ": not an object");
+  engine::GroupHyperparams hp;
+  STRATA_ASSIGN_OR_RETURN(hp.lr, get_double(g, "lr", 0, 1e6), where);
+  STRATA_ASSIGN_OR_RETURN(hp.beta1, get_double(g, "beta1", 0, 1), where);
+  STRATA_ASSIGN_OR_RETURN(hp.beta2, get_double(g, "beta2", 0, 1), where);
+  STRATA_ASSIGN_OR_RETURN(hp.eps, get_double(g, "eps", 0, 1), where);
+  STRATA_ASSIGN_OR_RETURN(hp.weight_decay, get_double(g, "weight_decay", 0, 1e6), where);
+  STRATA_ASSIGN_OR_RETURN(hp.bias_correction, get_bool(g, "bias_correction"), where);
+  return hp;
+}
 
 absl::string_view type_name(MsgType type) {
   switch (type) {
@@ -235,6 +248,12 @@ absl::string_view type_name(MsgType type) {
       return "report_overflow";
     case MsgType::kEndSession:
       return "end_session";
+    case MsgType::kWriteState:
+      return "write_state";
+    case MsgType::kSetGroup:
+      return "set_group";
+    case MsgType::kSetOptimizerSteps:
+      return "set_optimizer_steps";
     case MsgType::kOk:
       return "ok";
     case MsgType::kError:
@@ -446,16 +465,8 @@ absl::StatusOr<SessionSpec> spec_from_json(const nlohmann::json& j) {
         absl::StrCat("spec.groups: want an array of 1 to ", kMaxGroups, " groups"));
   }
   for (size_t i = 0; i < groups->size(); ++i) {
-    const auto& g = (*groups)[i];
-    const std::string where = absl::StrCat("spec.groups[", i, "]");
-    if (!g.is_object()) return absl::InvalidArgumentError(where + ": not an object");
-    engine::GroupHyperparams hp;
-    STRATA_ASSIGN_OR_RETURN(hp.lr, get_double(g, "lr", 0, 1e6), where);
-    STRATA_ASSIGN_OR_RETURN(hp.beta1, get_double(g, "beta1", 0, 1), where);
-    STRATA_ASSIGN_OR_RETURN(hp.beta2, get_double(g, "beta2", 0, 1), where);
-    STRATA_ASSIGN_OR_RETURN(hp.eps, get_double(g, "eps", 0, 1), where);
-    STRATA_ASSIGN_OR_RETURN(hp.weight_decay, get_double(g, "weight_decay", 0, 1e6), where);
-    STRATA_ASSIGN_OR_RETURN(hp.bias_correction, get_bool(g, "bias_correction"), where);
+    STRATA_ASSIGN_OR_RETURN(engine::GroupHyperparams hp,
+                            group_from_json((*groups)[i], absl::StrCat("spec.groups[", i, "]")));
     s.groups.push_back(hp);
   }
   auto params = j.find("params");

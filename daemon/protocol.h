@@ -60,9 +60,17 @@ enum class MsgType : uint16_t {
   kStats = 13,
   kReportOverflow = 14,  // the client saw an fp16 overflow: no more gradients this step
   kEndSession = 15,      // {session}: end a session no client is attached to
+  // Between steps, what the framework sets (torch's load_state_dict, LR
+  // schedulers), applied to the session's optimizer as in-process:
+  kWriteState = 16,         // {param, kind, offset, count} + count fp32 values, chunks in order
+  kSetGroup = 17,           // {group, hp: {lr, beta1, beta2, eps, weight_decay, bias_correction}}
+  kSetOptimizerSteps = 18,  // {steps}
   kOk = 100,
   kError = 101,  // {code, message}
 };
+// The highest request type: requests are 1..kLastRequestType (the fuzzer
+// enumerates them).
+inline constexpr uint16_t kLastRequestType = 18;
 bool is_known_type(uint16_t type);
 absl::string_view type_name(MsgType type);
 
@@ -131,6 +139,12 @@ inline constexpr size_t kMaxGroups = 256;
 inline constexpr int kMaxBucket = 1 << 16;
 inline constexpr uint64_t kMaxNumel = uint64_t{1} << 36;
 inline constexpr size_t kMaxNameBytes = 256;
+
+// A group's hyper-parameters (spec.groups[i], kSetGroup's hp); from_json
+// range-checks each field, `where` prefixing the error.
+nlohmann::json group_to_json(const engine::GroupHyperparams& g);
+absl::StatusOr<engine::GroupHyperparams> group_from_json(const nlohmann::json& j,
+                                                         const std::string& where);
 
 nlohmann::json spec_to_json(const SessionSpec& spec);
 absl::StatusOr<SessionSpec> spec_from_json(const nlohmann::json& j);

@@ -129,6 +129,15 @@ absl::StatusOr<std::unique_ptr<RemoteOptimizer>> RemoteOptimizer::attach(
     r->slots_.emplace_back(s[0].get<uint64_t>(), s[1].get<uint64_t>());
     r->numel_.push_back(spec.params[i].numel);
   }
+  auto groups = f.body.find("groups");
+  if (groups == f.body.end() || !groups->is_array() || groups->size() != spec.groups.size()) {
+    return absl::InternalError("stratad's attach reply has no hyper-parameters per group");
+  }
+  for (size_t g = 0; g < groups->size(); ++g) {
+    STRATA_ASSIGN_OR_RETURN(engine::GroupHyperparams hp,
+                            group_from_json((*groups)[g], absl::StrCat("stratad's group ", g)));
+    r->groups_.push_back(hp);
+  }
   return r;
 }
 
@@ -185,6 +194,7 @@ absl::StatusOr<double> RemoteOptimizer::begin_step(std::optional<double> loss_sc
   nlohmann::json body = nlohmann::json::object();
   if (loss_scale) body["loss_scale"] = *loss_scale;
   STRATA_ASSIGN_OR_RETURN(Frame f, call(MsgType::kBeginStep, body));
+  next_loss_scale_.reset();  // the reply's scale is the one in force now
   return get_double(f.body, "loss_scale", 0, std::numeric_limits<double>::max());
 }
 
@@ -230,6 +240,9 @@ absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::finish_step() {
   steps_ = r.step;
   micro_batches_ = f.body.value("micro_batches", micro_batches_);
   if (!r.skipped) ++optimizer_steps_;
+  if (f.body.contains("next_loss_scale")) {
+    STRATA_ASSIGN_OR_RETURN(next_loss_scale_, get_double(f.body, "next_loss_scale", 0, 1e300));
+  }
   return r;
 }
 
@@ -254,6 +267,43 @@ absl::StatusOr<std::vector<float>> RemoteOptimizer::read_state(int p, engine::St
     std::memcpy(out.data() + off, f.blob.data(), f.blob.size());
   }
   return out;
+}
+
+absl::Status RemoteOptimizer::write_state(int p, engine::StateKind kind, const float* values) {
+  if (p < 0 || p >= num_params()) return absl::InvalidArgumentError("write_state: unknown param");
+  const uint64_t numel = numel_[p], chunk = kMaxBlobBytes / 4;
+  for (uint64_t off = 0; off < numel; off += chunk) {
+    const uint64_t count = std::min(chunk, numel - off);
+    STRATA_RETURN_IF_ERROR(
+        call(MsgType::kWriteState,
+             {{"param", p}, {"kind", state_kind_name(kind)}, {"offset", off}, {"count", count}},
+             absl::string_view(reinterpret_cast<const char*>(values + off), count * 4))
+            .status());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoteOptimizer::set_group(int g, const engine::GroupHyperparams& hp) {
+  if (g < 0 || g >= num_groups()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("set_group: no group ", g, " (", num_groups(), " groups)"));
+  }
+  STRATA_ASSIGN_OR_RETURN(Frame f,
+                          call(MsgType::kSetGroup, {{"group", g}, {"hp", group_to_json(hp)}}));
+  auto now = f.body.find("hp");
+  if (now == f.body.end()) return absl::InternalError("stratad's set_group reply has no hp");
+  STRATA_ASSIGN_OR_RETURN(groups_[g], group_from_json(*now, "stratad's set_group reply"));
+  return absl::OkStatus();
+}
+
+absl::Status RemoteOptimizer::set_optimizer_steps(int64_t steps) {
+  if (steps < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("set_optimizer_steps: the step count must be >= 0 (got ", steps, ")"));
+  }
+  STRATA_ASSIGN_OR_RETURN(Frame f, call(MsgType::kSetOptimizerSteps, {{"steps", steps}}));
+  STRATA_ASSIGN_OR_RETURN(optimizer_steps_, get_int(f.body, "optimizer_steps", 0, INT64_MAX));
+  return absl::OkStatus();
 }
 
 std::vector<float> RemoteOptimizer::read_param(int p) const {
@@ -284,6 +334,7 @@ absl::Status RemoteOptimizer::load_state(const std::string& dir, bool weights_on
   steps_ = f.body.value("steps", steps_);
   optimizer_steps_ = f.body.value("optimizer_steps", optimizer_steps_);
   micro_batches_ = f.body.value("micro_batches", micro_batches_);
+  next_loss_scale_.reset();  // the checkpoint's scaler replaced it
   return absl::OkStatus();
 }
 

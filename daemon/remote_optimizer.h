@@ -82,8 +82,21 @@ class RemoteOptimizer {
   // takes no further gradient this step and finish_step skips it.
   absl::Status report_overflow();
   absl::StatusOr<engine::OptimizerStepResult> finish_step();
+  // With the config's fp16 loss scaler: the scale the next step's loss
+  // must carry, as of the last finish_step (none before the first).
+  std::optional<double> next_loss_scale() const { return next_loss_scale_; }
   absl::Status abort_step(absl::Status why);
   absl::StatusOr<std::vector<float>> read_state(int p, engine::StateKind kind);
+  // Between steps, as engine::OffloadOptimizer's: a state tensor (fp32,
+  // numel values; sent in chunks), a group's hyper-parameters, the Adam step
+  // count that goes with written states.
+  absl::Status write_state(int p, engine::StateKind kind, const float* values);
+  absl::Status set_group(int g, const engine::GroupHyperparams& hp);
+  absl::Status set_optimizer_steps(int64_t steps);
+  // The session's groups as they are in force: from the attach reply (a
+  // resumed session's set_group survives the client), then set_group's.
+  int num_groups() const { return static_cast<int>(groups_.size()); }
+  const engine::GroupHyperparams& group(int g) const { return groups_.at(g); }
   // The compute-dtype param as fp32, read from the arena.
   std::vector<float> read_param(int p) const;
   absl::Status save_state(const std::string& dir, const nlohmann::json& user_meta);
@@ -116,6 +129,8 @@ class RemoteOptimizer {
   DType dtype_ = DType::kFloat32;
   std::vector<std::pair<uint64_t, uint64_t>> slots_;
   std::vector<uint64_t> numel_;
+  std::vector<engine::GroupHyperparams> groups_;
+  std::optional<double> next_loss_scale_;
   std::unique_ptr<SharedArena> arena_;
   bool use_ring_ = true;
   int event_fd_ = -1;

@@ -186,6 +186,8 @@ nlohmann::json Session::attach_body(bool created) const {
   nlohmann::json slots = nlohmann::json::array();
   for (const auto& s : plan_.slots) slots.push_back({s.param_offset, s.grad_offset});
   const bool all_set = std::all_of(value_set_.begin(), value_set_.end(), [](bool b) { return b; });
+  nlohmann::json groups = nlohmann::json::array();
+  for (int g = 0; g < opt_->num_groups(); ++g) groups.push_back(group_to_json(opt_->group(g)));
   return {{"created", created || (!all_set && opt_->steps() == 0)},
           {"dtype", std::string(dtype_name(plan_.dtype))},
           {"arena_bytes", arena_->bytes()},
@@ -194,6 +196,7 @@ nlohmann::json Session::attach_body(bool created) const {
           {"optimizer_steps", opt_->optimizer_steps()},
           {"micro_batches", opt_->micro_batches()},
           {"num_buckets", opt_->num_buckets()},
+          {"groups", groups},
           {"ring_offset", 0},
           {"ring_entries", kRingEntries}};
 }
@@ -206,6 +209,16 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       return set_value(body, blob);
     case MsgType::kReadState:
       return read_state(body);
+    case MsgType::kWriteState:
+      return write_state(body, blob);
+    case MsgType::kSetGroup:
+      return set_group(body);
+    case MsgType::kSetOptimizerSteps: {
+      STRATA_ASSIGN_OR_RETURN(int64_t steps, get_int(body, "steps", 0, INT64_MAX));
+      STRATA_RETURN_IF_ERROR(opt_->set_optimizer_steps(steps));
+      reply.body = {{"optimizer_steps", opt_->optimizer_steps()}};
+      return reply;
+    }
     case MsgType::kBeginStep: {
       std::optional<double> scale;
       if (body.contains("loss_scale")) {
@@ -267,6 +280,11 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
                     {"rolled_back_buckets", r->rolled_back_buckets},
                     {"grad_seconds", r->grad_seconds},
                     {"optimizer_seconds", r->optimizer_seconds}};
+      // The scale the next step's loss must carry (a skipped step backed
+      // the scaler off): a framework scaling its own backward needs it
+      // before its next begin_step.
+      if (opt_->loss_scaler() != nullptr)
+        reply.body["next_loss_scale"] = opt_->loss_scaler()->scale();
       return reply;
     }
     case MsgType::kAbortStep: {
@@ -349,6 +367,62 @@ absl::StatusOr<SessionReply> Session::read_state(const nlohmann::json& body) {
                           opt_->read_state(static_cast<engine::ParamHandle>(p), kind));
   SessionReply r;
   r.blob.assign(reinterpret_cast<const char*>(values.data() + offset), count * sizeof(float));
+  return r;
+}
+
+absl::StatusOr<SessionReply> Session::write_state(const nlohmann::json& body,
+                                                  const std::string& blob) {
+  // The optimizer refuses it mid-step too; refusing the first chunk keeps
+  // a half-received tensor from waiting for the step's end.
+  if (in_step_) return absl::FailedPreconditionError("write_state during a step");
+  STRATA_ASSIGN_OR_RETURN(int64_t p, get_int(body, "param", 0, int64_t(spec_.params.size()) - 1));
+  STRATA_ASSIGN_OR_RETURN(std::string kind_name, get_string(body, "kind", 16));
+  STRATA_ASSIGN_OR_RETURN(engine::StateKind kind, parse_state_kind(kind_name));
+  const uint64_t numel = spec_.params[p].numel;
+  STRATA_ASSIGN_OR_RETURN(int64_t offset, get_int(body, "offset", 0, int64_t(numel) - 1));
+  STRATA_ASSIGN_OR_RETURN(
+      int64_t count,
+      get_int(body, "count", 1, std::min<int64_t>(numel - offset, kMaxBlobBytes / 4)));
+  if (blob.size() != static_cast<uint64_t>(count) * 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("write_state: blob of ", blob.size(), " bytes for ", count, " fp32 values"));
+  }
+  // Chunks of one tensor arrive in order; an offset 0 starts a tensor over
+  // (whatever was pending is dropped: its sender gave up on it).
+  PendingState& ps = pending_state_;
+  if (offset == 0) {
+    ps.param = p;
+    ps.kind = kind;
+    ps.filled = 0;
+  }
+  if (ps.param != p || ps.kind != kind || static_cast<uint64_t>(offset) != ps.filled) {
+    return absl::InvalidArgumentError(absl::StrCat("write_state: param ", p, " ", kind_name,
+                                                   " chunk at ", offset,
+                                                   " does not continue the tensor in flight"));
+  }
+  ps.values.resize(numel);
+  std::memcpy(ps.values.data() + offset, blob.data(), blob.size());
+  ps.filled += count;
+  if (ps.filled == numel) {
+    absl::Status s = opt_->write_state(static_cast<engine::ParamHandle>(p), kind, ps.values.data());
+    std::vector<float>().swap(ps.values);
+    ps = PendingState{};
+    STRATA_RETURN_IF_ERROR(s);
+  }
+  return SessionReply{};
+}
+
+absl::StatusOr<SessionReply> Session::set_group(const nlohmann::json& body) {
+  STRATA_ASSIGN_OR_RETURN(int64_t g, get_int(body, "group", 0, int64_t(opt_->num_groups()) - 1));
+  auto hp_json = body.find("hp");
+  if (hp_json == body.end()) return absl::InvalidArgumentError("field 'hp' is missing");
+  STRATA_ASSIGN_OR_RETURN(engine::GroupHyperparams hp, group_from_json(*hp_json, "field 'hp'"));
+  // The optimizer's own checks (mid-step: FailedPrecondition) answer the
+  // rest; the spec keeps the groups the session was created with (its
+  // fingerprint), the optimizer has the ones in force.
+  STRATA_RETURN_IF_ERROR(opt_->set_group(static_cast<int>(g), hp));
+  SessionReply r;
+  r.body = {{"hp", group_to_json(opt_->group(static_cast<int>(g)))}};
   return r;
 }
 

@@ -95,7 +95,10 @@ class Session {
   // was overwritten or names an unknown bucket (a protocol error).
   absl::Status drain_ring();
 
-  // The attach reply's fields: dtype, arena size, slots, step counters, and
+  // The attach reply's fields: dtype, arena size, slots, step counters, the
+  // groups' hyper-parameters as they are now (set_group may have changed
+  // them since the spec; the spec, and so the fingerprint, keeps those the
+  // session was created with), and
   // `created`: true for a new session, and for one whose params have not all
   // been given a value yet (its first client died during set_value), so the
   // attaching client gives them.
@@ -122,6 +125,8 @@ class Session {
   Session() = default;
   absl::StatusOr<SessionReply> set_value(const nlohmann::json& body, const std::string& blob);
   absl::StatusOr<SessionReply> read_state(const nlohmann::json& body);
+  absl::StatusOr<SessionReply> write_state(const nlohmann::json& body, const std::string& blob);
+  absl::StatusOr<SessionReply> set_group(const nlohmann::json& body);
   // grad_ready of one bucket in the pool's turn (see the class comment).
   absl::Status bucket_ready(int bucket);
   // `job` in a turn of the pool's scheduler, charged `cost` bytes; at once
@@ -140,6 +145,14 @@ class Session {
   std::vector<std::vector<float>> pending_values_;  // set_value chunks in flight
   std::vector<uint64_t> pending_filled_;
   std::vector<bool> value_set_;  // set_value completed, per param
+  // write_state chunks in flight: one (param, kind) at a time.
+  struct PendingState {
+    int64_t param = -1;
+    engine::StateKind kind = engine::StateKind::kMaster;
+    std::vector<float> values;
+    uint64_t filled = 0;
+  };
+  PendingState pending_state_;
   bool in_step_ = false;
   int event_fd_ = -1;
   uint32_t ring_tail_ = 0;   // the daemon's own copy: the page's is only published

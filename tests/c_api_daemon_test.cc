@@ -2,14 +2,18 @@
 // trains through stratad exactly as in-process (params, states and step
 // counts bit for bit, overlap mode, two buckets, gas 2); a second handle
 // on the same session resumes it, its param memory overwritten with the
-// session's values; what stratad does not serve yet is UNIMPLEMENTED; no
-// stratad is UNAVAILABLE naming the socket. Device bindings on the
-// simulated device (STRATA_DEVICE_SIM) train through stratad as in-process.
+// session's values; no stratad is UNAVAILABLE naming the socket. Device
+// bindings on the simulated device (STRATA_DEVICE_SIM) train through
+// stratad as in-process. The framework's own calls between and in steps
+// (set_group, write_state, report_overflow) give the in-process results bit
+// for bit, host and device bindings, and a resumed session keeps the
+// groups set_group gave it.
 #include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,11 +44,14 @@ struct Program {
   void* dg[2] = {nullptr, nullptr};
   strata_optimizer* opt = nullptr;
 
-  explicit Program(const char* session, const std::string& socket = {}, bool on_device = false)
+  // own_lr: the program sets lr through set_group (use_schedule false).
+  explicit Program(const char* session, const std::string& socket = {}, bool on_device = false,
+                   bool own_lr = false)
       : device(on_device) {
     strata_options o;
     EXPECT_EQ(strata_options_init(&o), STRATA_STATUS_OK);
     o.num_threads = 1;
+    o.use_schedule = !own_lr;
     if (device) o.device = STRATA_DEVICE_SIM;
     o.daemon_session = session;
     if (!socket.empty()) o.daemon_socket = socket.c_str();
@@ -154,10 +161,6 @@ TEST_F(CApiDaemonTest, TrainsAsInProcessAndResumes) {
       EXPECT_EQ(remote.state(p, STRATA_STATE_MASTER), local.state(p, STRATA_STATE_MASTER));
       EXPECT_EQ(remote.state(p, STRATA_STATE_EXP_AVG_SQ), local.state(p, STRATA_STATE_EXP_AVG_SQ));
     }
-    EXPECT_EQ(strata_write_state(remote.opt, 0, STRATA_STATE_MASTER, remote.w[0].data(),
-                                 remote.w[0].size()),
-              STRATA_STATUS_UNIMPLEMENTED);
-    EXPECT_NE(std::string(strata_last_error()).find("stratad"), std::string::npos);
   }
   // A new program on the same session: resumed, its params the session's.
   Program again("capi", d.socket());
@@ -206,6 +209,104 @@ TEST_F(CApiDaemonTest, DeviceBindingsTrainAsInProcessAndResume) {
     again.step();
   }
   for (int p = 0; p < 2; ++p) EXPECT_EQ(again.w[p], local.w[p]) << "param " << p;
+}
+
+// What a framework does besides stepping, through stratad and in-process
+// side by side: an LR scheduler's set_group between steps, a state_dict
+// load's write_state (master, exp_avg, exp_avg_sq), and its own overflow
+// check's report_overflow mid-step (fp32: the step fails). Params, states and
+// step counts bit for bit, host and device bindings; a program attaching to
+// the session again reads the groups set_group left there.
+TEST_F(CApiDaemonTest, FrameworkCallsGiveTheInProcessResults) {
+  StratadProcess d(dir_);
+  for (const bool on_device : {false, true}) {
+    SCOPED_TRACE(on_device ? "device bindings" : "host bindings");
+    const std::string session = on_device ? "calls-dev" : "calls-host";
+    Program local(nullptr, {}, on_device, /*own_lr=*/true);
+    strata_group_hparams changed;
+    {
+      Program remote(session.c_str(), d.socket(), on_device, /*own_lr=*/true);
+      ASSERT_EQ(local.finalize_and_init(true), STRATA_STATUS_OK) << strata_last_error();
+      ASSERT_EQ(remote.finalize_and_init(true), STRATA_STATUS_OK) << strata_last_error();
+      auto both = [&](const std::function<void(Program&)>& f) {
+        f(local);
+        f(remote);
+      };
+      both([](Program& x) { x.step(); });
+      // An LR scheduler between steps.
+      ASSERT_EQ(strata_get_group(local.opt, 0, &changed), STRATA_STATUS_OK);
+      changed.lr = 0.0037;
+      changed.beta1 = 0.8;
+      changed.weight_decay = 0.02;
+      both([&](Program& x) {
+        ASSERT_EQ(strata_set_group(x.opt, 0, &changed), STRATA_STATUS_OK) << strata_last_error();
+      });
+      strata_group_hparams got;
+      ASSERT_EQ(strata_get_group(remote.opt, 0, &got), STRATA_STATUS_OK);
+      EXPECT_EQ(got.lr, changed.lr);
+      EXPECT_EQ(got.beta1, changed.beta1);
+      both([](Program& x) { x.step(); });
+      // A state_dict load: every fp32 state of param 1 replaced.
+      std::vector<float> v(5000);
+      for (const strata_state_kind kind :
+           {STRATA_STATE_MASTER, STRATA_STATE_EXP_AVG, STRATA_STATE_EXP_AVG_SQ}) {
+        for (size_t i = 0; i < v.size(); ++i) {
+          v[i] = kind == STRATA_STATE_MASTER ? std::cos(0.05f * float(i))
+                                             : 0.001f * float(int(kind) + i % 7);
+        }
+        both([&](Program& x) {
+          ASSERT_EQ(strata_write_state(x.opt, 1, kind, v.data(), v.size()), STRATA_STATUS_OK)
+              << strata_last_error();
+        });
+        EXPECT_EQ(remote.state(1, kind), v);
+      }
+      both([](Program& x) { x.step(); });
+      // The framework's overflow check fires in the second micro-batch: fp32
+      // has no loss scaler to skip the step with, so finish_step fails (and
+      // abandons the step) as in-process, with the same message. (fp16's
+      // skip through stratad: python/tests/test_daemon.py.)
+      for (Program* x : {&local, &remote}) {
+        ASSERT_EQ(strata_begin_step(x->opt, NAN, nullptr), STRATA_STATUS_OK);
+        for (int b = 1; b >= 0; --b) {
+          ASSERT_EQ(strata_grad_ready(x->opt, b), STRATA_STATUS_OK) << strata_last_error();
+          if (b == 1) ASSERT_EQ(strata_report_overflow(x->opt), STRATA_STATUS_OK);
+        }
+      }
+      strata_step_result r;
+      EXPECT_EQ(strata_finish_step(local.opt, &r), STRATA_STATUS_FAILED_PRECONDITION);
+      const std::string local_error = strata_last_error();
+      EXPECT_EQ(strata_finish_step(remote.opt, &r), STRATA_STATUS_FAILED_PRECONDITION);
+      EXPECT_EQ(strata_last_error(),
+                "strata_finish_step: stratad: " + local_error.substr(local_error.find(' ') + 1));
+      ASSERT_EQ(local.read_params(), STRATA_STATUS_OK);
+      ASSERT_EQ(remote.read_params(), STRATA_STATUS_OK);
+      both([](Program& x) { x.step(); });
+      both([](Program& x) { x.step(); });
+      for (int p = 0; p < 2; ++p) {
+        EXPECT_EQ(remote.w[p], local.w[p]) << "param " << p;
+        for (const strata_state_kind kind :
+             {STRATA_STATE_MASTER, STRATA_STATE_EXP_AVG, STRATA_STATE_EXP_AVG_SQ}) {
+          EXPECT_EQ(remote.state(p, kind), local.state(p, kind)) << "param " << p << " " << kind;
+        }
+      }
+      int64_t ls = 0, lo = 0, rs = 0, ro = 0;
+      ASSERT_EQ(strata_steps(local.opt, &ls, &lo), STRATA_STATUS_OK);
+      ASSERT_EQ(strata_steps(remote.opt, &rs, &ro), STRATA_STATUS_OK);
+      EXPECT_EQ(rs, ls);
+      EXPECT_EQ(ro, lo);
+    }
+    // Attached again (registered with the original groups): the session's
+    // groups are the ones set_group gave it, and steps go on as in-process.
+    Program again(session.c_str(), d.socket(), on_device, /*own_lr=*/true);
+    ASSERT_EQ(again.finalize_and_init(false), STRATA_STATUS_OK) << strata_last_error();
+    strata_group_hparams got;
+    ASSERT_EQ(strata_get_group(again.opt, 0, &got), STRATA_STATUS_OK);
+    EXPECT_EQ(got.lr, changed.lr);
+    EXPECT_EQ(got.weight_decay, changed.weight_decay);
+    local.step();
+    again.step();
+    for (int p = 0; p < 2; ++p) EXPECT_EQ(again.w[p], local.w[p]) << "param " << p;
+  }
 }
 
 TEST_F(CApiDaemonTest, NoDaemonIsUnavailableNamingTheSocket) {

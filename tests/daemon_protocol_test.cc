@@ -116,6 +116,29 @@ TEST(DaemonProtocolTest, MalformedFramesAreRefused) {
   EXPECT_TRUE(absl::IsDeadlineExceeded(f.status())) << f.status();
 }
 
+// Every request type up to kLastRequestType is known and named (what the
+// fuzzer enumerates); the next one is not. kSetGroup's hp is range-checked.
+TEST(DaemonProtocolTest, RequestTypesAndGroupFields) {
+  for (uint16_t t = 1; t <= kLastRequestType; ++t) {
+    EXPECT_TRUE(is_known_type(t)) << t;
+    EXPECT_NE(type_name(static_cast<MsgType>(t)), "unknown") << t;
+  }
+  EXPECT_FALSE(is_known_type(kLastRequestType + 1));
+  EXPECT_EQ(type_name(MsgType::kWriteState), "write_state");
+  EXPECT_EQ(type_name(MsgType::kSetGroup), "set_group");
+  EXPECT_EQ(type_name(MsgType::kSetOptimizerSteps), "set_optimizer_steps");
+  const engine::GroupHyperparams hp{.lr = 0.25, .beta1 = 0.5, .weight_decay = 0.125};
+  auto back = group_from_json(group_to_json(hp), "hp");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(group_to_json(*back), group_to_json(hp));
+  nlohmann::json bad = group_to_json(hp);
+  bad["beta2"] = 1.5;
+  auto refused = group_from_json(bad, "field 'hp'");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("beta2"), absl::string_view::npos) << refused.status();
+  EXPECT_FALSE(group_from_json(nlohmann::json::array(), "hp").ok());
+}
+
 TEST(DaemonProtocolTest, DeeplyNestedJsonIsRefusedWithoutCrashing) {
   // A hostile 1 MiB body of nested arrays: parsed and destroyed without
   // recursion deep enough to overflow the connection thread's stack.

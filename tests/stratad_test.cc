@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/build_info.h"
+#include "core/status.h"
 #include "daemon/grad_ring.h"
 #include "daemon/protocol.h"
 #include "daemon/remote_optimizer.h"
@@ -250,6 +251,40 @@ int raw_connect(const std::string& socket) {
     return -1;
   }
   return fd;
+}
+
+// On a raw connection: hello, then attach to `name` (its arena and eventfd
+// closed at once); false when either is refused.
+bool raw_attach(int fd, const std::string& name, const SessionSpec& spec) {
+  if (!send_frame(fd, MsgType::kHello,
+                  {{"protocol_version", kProtocolVersion},
+                   {"strata_version", std::string(strata::build_info().version)}})
+           .ok()) {
+    return false;
+  }
+  auto h = recv_frame(fd, {.idle_timeout_ms = 5000});
+  if (!h.ok() || h->type != MsgType::kOk) return false;
+  auto fp = fingerprint(spec);
+  if (!fp.ok()) return false;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fp->combined()));
+  if (!send_frame(fd, MsgType::kAttach,
+                  {{"session", name}, {"fingerprint", hex}, {"spec", spec_to_json(spec)}})
+           .ok()) {
+    return false;
+  }
+  auto a = recv_frame(fd, {.idle_timeout_ms = 5000, .max_fds = 2});
+  if (!a.ok()) return false;
+  a->close_fds();
+  return a->type == MsgType::kOk;
+}
+
+// One request on a raw connection and its reply's status (kOk: OK).
+absl::Status raw_request(int fd, MsgType type, const nlohmann::json& body,
+                         const std::string& blob = {}) {
+  STRATA_RETURN_IF_ERROR(send_frame(fd, type, body, blob));
+  STRATA_ASSIGN_OR_RETURN(Frame f, recv_frame(fd, {.idle_timeout_ms = 5000}));
+  return f.type == MsgType::kError ? status_from_error(f.body) : absl::OkStatus();
 }
 
 // `strata top ARGS` (a shell command line: quote paths): its stdout and exit code.
@@ -553,6 +588,91 @@ TEST_F(StratadTest, TwoClientsAtOnceAndQuota) {
   EXPECT_TRUE(c.ok()) << c.status();
 }
 
+// write_state, set_group and set_optimizer_steps with bad fields: each is
+// an error reply naming what is wrong (a malformed one closes that
+// connection, one refused by the optimizer, mid-step, does not), and the
+// session is as it was: a client attaching afterwards steps it as if they
+// had never been sent.
+TEST_F(StratadTest, MalformedFrameworkRequestsChangeNothing) {
+  StratadProcess d(dir_);
+  const SessionSpec spec = make_spec("overlap", 2);
+  {
+    auto r = attach(d.socket(), "calls", spec);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  const std::string four(16, '\0');
+  const nlohmann::json hp = group_to_json(spec.groups[0]);
+  nlohmann::json bad_hp = hp;
+  bad_hp["lr"] = -1.0;
+  struct Case {
+    MsgType type;
+    nlohmann::json body;
+    std::string blob;
+    const char* names;  // what the error message must mention
+  };
+  const Case cases[] = {
+      {MsgType::kWriteState,
+       {{"param", 0}, {"kind", "exp_avg"}, {"offset", 0}, {"count", 4}},
+       "abc",
+       "blob"},
+      {MsgType::kWriteState,
+       {{"param", 0}, {"kind", "bogus"}, {"offset", 0}, {"count", 4}},
+       four,
+       "bogus"},
+      {MsgType::kWriteState,
+       {{"param", 1}, {"kind", "exp_avg"}, {"offset", 8}, {"count", 4}},
+       four,
+       "does not continue"},
+      {MsgType::kWriteState,
+       {{"param", 7}, {"kind", "exp_avg"}, {"offset", 0}, {"count", 4}},
+       four,
+       "param"},
+      {MsgType::kSetGroup, {{"group", 9}, {"hp", hp}}, "", "group"},
+      {MsgType::kSetGroup, {{"group", 0}, {"hp", bad_hp}}, "", "lr"},
+      {MsgType::kSetGroup, {{"group", 0}}, "", "hp"},
+      {MsgType::kSetOptimizerSteps, {{"steps", -3}}, "", "steps"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(type_name(c.type)) + " " + c.body.dump());
+    const int fd = raw_connect(d.socket());
+    ASSERT_TRUE(raw_attach(fd, "calls", spec));
+    const absl::Status s = raw_request(fd, c.type, c.body, c.blob);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(s.message().find(c.names), absl::string_view::npos) << s;
+    // The connection was closed after the error reply.
+    EXPECT_FALSE(raw_request(fd, MsgType::kWaitGrads, nlohmann::json::object()).ok());
+    ::close(fd);
+  }
+  {
+    // Mid-step: refused by the optimizer (FailedPrecondition), the
+    // connection stays, the step goes on.
+    const int fd = raw_connect(d.socket());
+    ASSERT_TRUE(raw_attach(fd, "calls", spec));
+    ASSERT_TRUE(raw_request(fd, MsgType::kBeginStep, nlohmann::json::object()).ok());
+    nlohmann::json changed = hp;
+    changed["lr"] = 0.5;
+    absl::Status s = raw_request(fd, MsgType::kSetGroup, {{"group", 0}, {"hp", changed}});
+    EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+    s = raw_request(fd, MsgType::kWriteState,
+                    {{"param", 0}, {"kind", "master"}, {"offset", 0}, {"count", 4}}, four);
+    EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+    s = raw_request(fd, MsgType::kSetOptimizerSteps, {{"steps", 5}});
+    EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+    EXPECT_TRUE(raw_request(fd, MsgType::kAbortStep, {{"why", "test"}}).ok());
+    ::close(fd);
+  }
+  // Nothing changed: the session steps as in-process from the start.
+  constexpr int kSteps = 3;
+  const State ref = in_process(spec, kSteps, 2);
+  auto r = attach(d.socket(), "calls", spec);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_FALSE((*r)->created());
+  EXPECT_EQ((*r)->group(0).lr, spec.groups[0].lr);
+  const Framework fw = arena_framework(**r);
+  for (int i = 0; i < kSteps; ++i) ASSERT_TRUE(step(**r, fw, 2).ok());
+  EXPECT_EQ(state(**r, fw), ref);
+}
+
 TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
   const SessionSpec spec = make_spec("overlap", 2);
   constexpr int kSteps = 40;
@@ -581,15 +701,18 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
   };
   const nlohmann::json hello = {{"protocol_version", kProtocolVersion},
                                 {"strata_version", std::string(strata::build_info().version)}};
+  // A session of its own that case 7 attaches to (a few hundred bytes).
+  SessionSpec fuzz_spec = make_spec();
+  for (auto& p : fuzz_spec.params) p.numel = 16;
   // The 10 s of hostile traffic beside a live session.
   constexpr int kFuzzSeconds = 10;
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(kFuzzSeconds);
-  int sent = 0, answered = 0;
+  int sent = 0, answered = 0, attached = 0;
   while (std::chrono::steady_clock::now() < until) {
     const int fd = raw_connect(d.socket());
     ASSERT_GE(fd, 0) << "stratad stopped accepting";
     std::string out;
-    const int kind = static_cast<int>(rng() % 7);
+    const int kind = static_cast<int>(rng() % 8);
     uint32_t magic = kFrameMagic;
     auto hdr = [&](uint16_t type, uint32_t jl, uint32_t bl) {
       std::string h(16, '\0');
@@ -599,7 +722,7 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
       std::memcpy(h.data() + 12, &bl, 4);
       return h;
     };
-    if (kind >= 3) {
+    if (kind >= 3 && kind != 7) {
       (void)send_frame(fd, MsgType::kHello, hello);
       (void)recv_frame(fd, {.idle_timeout_ms = 2000});
     }
@@ -608,14 +731,15 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
         out = bytes(1 + rng() % 64);
         break;
       case 1:
-        out = hdr(static_cast<uint16_t>(1 + rng() % 13), kMaxJsonBytes + 1 + rng() % 1000, 0);
+        out = hdr(static_cast<uint16_t>(1 + rng() % kLastRequestType),
+                  kMaxJsonBytes + 1 + rng() % 1000, 0);
         break;
       case 2:
         out = hdr(1, 200, 0) + "{\"protocol_version\"";  // truncated, then closed
         break;
       case 3: {
         const std::string junk = bytes(1 + rng() % 100);
-        out = hdr(static_cast<uint16_t>(rng() % 16), junk.size(), 0) + junk;
+        out = hdr(static_cast<uint16_t>(rng() % (kLastRequestType + 3)), junk.size(), 0) + junk;
         break;
       }
       case 4: {
@@ -629,14 +753,54 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
         break;
       }
       case 5: {
-        const std::string body = "{\"bucket\": 1e308, \"param\": -1}";
-        out = hdr(static_cast<uint16_t>(3 + rng() % 8), body.size(), rng() % 64) + body +
-              bytes(rng() % 64);
+        const std::string body = "{\"bucket\": 1e308, \"param\": -1, \"group\": 1e9}";
+        out = hdr(static_cast<uint16_t>(3 + rng() % (kLastRequestType - 2)), body.size(),
+                  rng() % 64) +
+              body + bytes(rng() % 64);
         break;
       }
       case 6:
         out = hdr(13, 2, kMaxBlobBytes + 1) + "{}";
         break;
+      case 7: {
+        // Attached to a real session (its own, beside the steady one): a
+        // session request of any type with hostile fields and blob.
+        if (!raw_attach(fd, "fuzz", fuzz_spec)) break;
+        ++attached;
+        const std::string fields[] = {"param", "offset", "count",  "group", "steps",
+                                      "kind",  "hp",     "bucket", "dir",   "why"};
+        nlohmann::json body = nlohmann::json::object();
+        for (const std::string& k : fields) {
+          switch (rng() % 5) {
+            case 0:
+              break;
+            case 1:
+              body[k] = static_cast<int64_t>(rng() % 7) - 3;
+              break;
+            case 2:
+              body[k] = 1e300;
+              break;
+            case 3:
+              body[k] = std::string(rng() % 8, static_cast<char>('a' + rng() % 26));
+              break;
+            case 4:
+              body[k] = {{"lr", -1}, {"beta1", "x"}};
+              break;
+          }
+        }
+        const std::string text = body.dump();
+        const std::string blob = bytes(rng() % 64);
+        // The requests that take params, states, groups and counts (not
+        // save / load: their paths would be written to).
+        const MsgType types[] = {MsgType::kSetValue,          MsgType::kReadState,
+                                 MsgType::kWriteState,        MsgType::kSetGroup,
+                                 MsgType::kSetOptimizerSteps, MsgType::kReportOverflow,
+                                 MsgType::kGradReady};
+        out =
+            hdr(static_cast<uint16_t>(types[rng() % std::size(types)]), text.size(), blob.size()) +
+            text + blob;
+        break;
+      }
     }
     (void)::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
     // Half-close: a partial frame is then truncated at once, not timed out.
@@ -652,8 +816,11 @@ TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
   EXPECT_EQ(got, ref) << "the concurrent session is unaffected";
   EXPECT_TRUE(RemoteOptimizer::stats(d.socket()).ok());
   EXPECT_GT(answered, sent / 2) << "most hostile messages get an error reply";
-  std::printf("[ figure ] fuzzer: %d hostile connections in %d s, %d answered with an error\n",
-              sent, kFuzzSeconds, answered);
+  EXPECT_GT(attached, 0) << "no hostile request reached an attached session";
+  std::printf(
+      "[ figure ] fuzzer: %d hostile connections in %d s, %d answered with an error, %d of them "
+      "on an attached session\n",
+      sent, kFuzzSeconds, answered, attached);
 }
 
 TEST_F(StratadTest, OtherUidIsRefusedBySoPeercred) {

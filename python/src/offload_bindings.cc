@@ -17,9 +17,9 @@
 // (daemon::BindingClient): the local engine::OffloadOptimizer only keeps the
 // registration; CPU tensors are copied to and from the session's shared
 // memory, CUDA tensors through it on the optimizer's CUDA device (which pins
-// it for DMA) exactly as in-process. What stratad does not serve yet
-// (report_overflow, write_state, set_optimizer_steps, changing a group's
-// hyper-parameters) raises NotImplementedError.
+// it for DMA) exactly as in-process. report_overflow, write_state,
+// set_optimizer_steps and set_group are requests to the session; the
+// groups in force are the session's (group() reads them from the client).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -277,12 +277,12 @@ class PyOffloadOptimizer {
   }
 
   void wait_grads() {
-    if (client_) return release_and_check([&] { return client_->remote().wait_grads(); });
+    if (client_) return release_and_check([&] { return client_->wait_grads(); });
     release_and_check([&] { return opt_->wait_grads(); });
   }
 
   void report_overflow() {
-    check(not_through_daemon("report_overflow"));
+    if (client_) return release_and_check([&] { return client_->report_overflow(); });
     opt_->report_overflow();
   }
 
@@ -320,22 +320,29 @@ class PyOffloadOptimizer {
     const engine::GroupHyperparams hp =
         make_group(lr, beta1, beta2, eps, weight_decay, bias_correction);
     if (client_) {
-      // The session's groups are part of its fingerprint, fixed at attach.
-      if (g < 0 || g >= opt_->num_groups()) check(opt_->set_group(g, hp));
-      const engine::GroupHyperparams& now = opt_->group(g);
+      // torch re-reads param_groups each step: only a change costs a request.
+      daemon::RemoteOptimizer& r = client_->remote();
+      if (g < 0 || g >= r.num_groups()) check(opt_->set_group(g, hp));  // its error
+      const engine::GroupHyperparams& now = r.group(g);
       if (now.lr != hp.lr || now.beta1 != hp.beta1 || now.beta2 != hp.beta2 || now.eps != hp.eps ||
           now.weight_decay != hp.weight_decay || now.bias_correction != hp.bias_correction) {
-        check(not_through_daemon("changing a param group's hyper-parameters (an LR scheduler)"));
+        release_and_check([&] { return r.set_group(g, hp); });
       }
       return;
     }
     check(opt_->set_group(g, hp));
   }
 
-  nb::dict group(int g) const { return group_dict(opt_->group(g)); }
+  nb::dict group(int g) const {
+    if (client_ && g >= 0 && g < client_->remote().num_groups()) {
+      return group_dict(client_->remote().group(g));
+    }
+    return group_dict(opt_->group(g));
+  }
 
   void set_optimizer_steps(int64_t steps) {
-    check(not_through_daemon("set_optimizer_steps (load_state_dict)"));
+    if (client_)
+      return release_and_check([&] { return client_->remote().set_optimizer_steps(steps); });
     check(opt_->set_optimizer_steps(steps));
   }
 
@@ -359,9 +366,10 @@ class PyOffloadOptimizer {
                              std::to_string(opt_->param(p).numel))
                                 .c_str());
     }
-    check(not_through_daemon("write_state (load_state_dict)"));
     const float* v = values.data();
-    release_and_check([&] { return opt_->write_state(p, k, v); });
+    release_and_check([&] {
+      return client_ ? client_->remote().write_state(p, k, v) : opt_->write_state(p, k, v);
+    });
   }
 
   Fp32Tensor read_param(int p) {
@@ -406,7 +414,11 @@ class PyOffloadOptimizer {
   std::optional<double> config_loss_scale() const {
     const engine::LossScaler* s = opt_->loss_scaler();
     if (s == nullptr) return std::nullopt;
-    if (client_) return remote_loss_scale_.value_or(s->scale());
+    if (client_) {
+      // The session's scaler: the last finish_step's next scale (a skipped
+      // step backed it off), else the last begin_step's.
+      return client_->remote().next_loss_scale().value_or(remote_loss_scale_.value_or(s->scale()));
+    }
     return s->scale();
   }
   std::string optimizer_tier() const {
@@ -424,12 +436,6 @@ class PyOffloadOptimizer {
       s = f();
     }
     check(s);
-  }
-
-  absl::Status not_through_daemon(const char* what) const {
-    if (!remote_options_) return absl::OkStatus();
-    return absl::UnimplementedError(std::string(what) +
-                                    " is not available through stratad yet (daemon=...)");
   }
 
   void check_handle(int p) const {

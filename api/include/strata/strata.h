@@ -163,9 +163,10 @@ typedef struct strata_options {
    * asynchronously: strata_wait_params); set_value and load_state copy them
    * before they return. With device bindings the shared memory is pinned
    * (cudaHostRegister) while the optimizer lives. The values are bit for
-   * bit the in-process ones. Not available through stratad
-   * (UNIMPLEMENTED): report_overflow, set_group, write_state. Default
-   * NULL. */
+   * bit the in-process ones, report_overflow, set_group and write_state
+   * included (each is one request to stratad; set_group's values stay
+   * with the session, so a program that attaches to it again reads them
+   * with get_group). Default NULL. */
   const char* daemon_session;
   /* stratad's socket; NULL: $XDG_RUNTIME_DIR/strata/stratad.sock, else
    * /run/strata/stratad.sock. Default NULL. */

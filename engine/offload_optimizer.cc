@@ -275,9 +275,22 @@ absl::Status OffloadOptimizer::finalize() {
   const bool whole_params =
       std::any_of(m.params.begin(), m.params.end(),
                   [](const Impl::ParamRec& p) { return p.desc.binding != ParamBinding::kStore; });
-  STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs, whole_params));
-  STRATA_ASSIGN_OR_RETURN(const Impl::StoreBudgets budgets, m.store_budgets());
-  STRATA_RETURN_IF_ERROR(m.create_store(budgets));
+  // Across ranks, reduced and gathered on the device: the compute grads and
+  // stage 1/2 params are homed there (PlacementOptions::reduce_on_device).
+  PlacementOptions placing{.whole_compute_params = whole_params,
+                           .reduce_on_device = m.dp() && m.dp_comm_on_device()};
+  STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs, placing));
+  absl::StatusOr<Impl::StoreBudgets> budgets = m.store_budgets();
+  if (!budgets.ok() && m.plan.offload && m.plan.device_homed > 0) {
+    // A device budget that cannot hold every layer's params and grads: they
+    // stay homed on the host, whence the store moves a window of them, as
+    // with one rank (the host then holds them whole).
+    placing.reduce_on_device = false;
+    STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs, placing));
+    budgets = m.store_budgets();
+  }
+  STRATA_RETURN_IF_ERROR(budgets.status());
+  STRATA_RETURN_IF_ERROR(m.create_store(*budgets));
   STRATA_RETURN_IF_ERROR(m.register_tensors());
   STRATA_RETURN_IF_ERROR(m.prepare_step_state());
   m.finalized = true;
@@ -411,7 +424,8 @@ absl::Status OffloadOptimizer::Impl::add_swap_files(offload::TieredStore::Option
 absl::Status OffloadOptimizer::Impl::register_tensors() {
   const Tier state_home = plan.state_home;
   const Tier compute_home = plan.compute_home;
-  const Tier grad_home = plan.offload ? Tier::kHost : Tier::kDevice;
+  const Tier grad_home = plan.grad_home;
+  const Tier grad32_home = plan.offload ? Tier::kHost : Tier::kDevice;  // the optimizer's side
   // Bucket by bucket, as the engine's layers: the store's order is the
   // checkpoint's and the trace's.
   for (int b = 0; b < static_cast<int>(buckets.size()); ++b) {
@@ -439,8 +453,8 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
       // gradient_accumulation_steps 1 never touches it, and its share of the
       // host budget then caches NVMe-homed states instead (fewer NVMe bytes).
       const uint64_t sn = p.state_numel();
-      STRATA_ASSIGN_OR_RETURN(p.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home,
-                                            sn, grad_home == Tier::kHost));
+      STRATA_ASSIGN_OR_RETURN(p.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad,
+                                            grad32_home, sn, grad32_home == Tier::kHost));
       STRATA_ASSIGN_OR_RETURN(
           p.master, reg("master", DType::kFloat32, TensorRole::kMaster32, state_home, sn));
       STRATA_ASSIGN_OR_RETURN(p.exp_avg,
@@ -477,8 +491,10 @@ absl::Status OffloadOptimizer::Impl::prepare_device_reduction() {
     const BucketLayout l = bucket_layout(b, kDpFlags);
     whole = std::max(whole, l.total);
     part = std::max(part, l.counts[rank]);
-    // ZeRO-3's sliced params are gathered before use instead.
-    if (any_sliced || plan.compute_home != Tier::kHost) continue;
+    // ZeRO-3's sliced params are gathered before use instead. Stage 1/2
+    // params are homed on the host or, where the placement keeps them on
+    // the device (PlacementOptions::reduce_on_device), there.
+    if (any_sliced || plan.compute_home == Tier::kNvme) continue;
     dp_gather_device[b] = 1;
     const BucketLayout g = bucket_layout(b, 0);
     gather_whole = std::max(gather_whole, g.total * esize);

@@ -98,7 +98,14 @@
 //     exp_avg_sq exist (store, host arena, NVMe swap; placement and budgets
 //     sized by the slice) only for the rank's slice, and the optimizer pass
 //     runs on it. The kStore grad stays whole; the compute param too,
-//     except in ZeRO-3 (below).
+//     except in ZeRO-3 (below). Where the reduction (and the stage 1/2
+//     gather) runs on the device (below), the kStore grads (not at stage 3
+//     with offload_param, whose device holds a window) and stage 1/2
+//     compute params are homed on the device (Placement::grad_home,
+//     compute_home; PlacementOptions::reduce_on_device), where they are
+//     read and written: a rank's host tier holds only its slices, ~1/N of
+//     one rank's. A device budget below every layer's params and grads
+//     keeps them homed on the host instead (the store then moves a window).
 //   - gradients: grad_ready records that a bucket's gradient is there and
 //     returns; the optimizer's reduction thread (one per optimizer; a
 //     ZeRO-3 gather on the step's thread waits until it is blocked on a
@@ -160,15 +167,15 @@
 //     store's param tensor; kHost: the binding; kDevice: the store's copy, then
 //     copied to the binding), in bucket order, so every rank's next
 //     forward sees the same params. Where the gradients were reduced on
-//     the device and the params are host-homed (stage 1/2): on the
-//     device, as DeepSpeed's ZeRO-Offload does on NCCL. The optimizer
-//     writes the rank's updated slices into a pinned host buffer (not the
-//     store's host copy), they go H2D (~1/N of the bucket), the all_gather
+//     the device (stage 1/2): on the device, as DeepSpeed's ZeRO-Offload
+//     does on NCCL. The optimizer writes the rank's updated slices into a
+//     pinned host buffer, they go H2D (~1/N of the bucket), the all_gather
 //     runs on the device's memory, and each param's device copy is
-//     rewritten from it and left dirty: the host copy keeps the other
-//     ranks' old slices until the store writes the device copy back
-//     (evicted, or read on the host: read_param, a checkpoint), so no
-//     param crosses PCIe whole in a step.
+//     rewritten from it: normally its home (above), so no param crosses
+//     PCIe whole in a step and the host holds none; homed on the host (a
+//     small device budget), the copy is left dirty and the host copy keeps
+//     the other ranks' old slices until the store writes it back (evicted,
+//     or read on the host: read_param, a checkpoint).
 //   - no speculative step and no fused pass (the gradient is complete only
 //     after the reduction): in overlap mode the reductions overlap
 //     backward, the optimizer steps after the decision as in sync mode;

@@ -328,10 +328,10 @@ struct OffloadOptimizer::Impl {
   std::vector<char> dp_bucket_device;  // per bucket
   // Per bucket: step_bucket writes the rank's updated slices into
   // dp_param_part (rank-major, as the bucket's part of the gather layout)
-  // instead of the host copy of the params; gather_bucket sends them H2D
-  // and all_gathers them into dp_dev_gather, whence each param's device
-  // copy is rewritten and left dirty (the store writes it back only if it
-  // is evicted or read on the host).
+  // instead of the params; gather_bucket sends them H2D and all_gathers
+  // them into dp_dev_gather, whence each param's device copy is rewritten:
+  // its home (Placement::compute_home), or left dirty over a host home
+  // (the store writes it back only if it is evicted or read on the host).
   std::vector<char> dp_gather_device;
   std::vector<uint8_t> dp_param_part;  // the largest part, registered with the device
   bool dp_param_part_registered = false;

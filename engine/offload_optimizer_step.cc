@@ -373,8 +373,9 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
   const std::vector<ParamHandle>& ps = buckets[bucket];
   if (stats != nullptr) *stats = {};
   // Gathered on the device (stage 1/2): the updated slices go into the
-  // part gather_bucket sends, not into the host copy of the params (writing
-  // that would first bring the device's newer copy back, whole, D2H).
+  // part gather_bucket sends, not into the params (homed on the device; or
+  // a host copy, writing which would first bring the device's newer copy
+  // back, whole, D2H).
   const bool to_part =
       target == StepTarget::kParam && !dp_gather_device.empty() && dp_gather_device[bucket] != 0;
   const BucketLayout gl = to_part ? bucket_layout(bucket, 0) : BucketLayout{};
@@ -920,9 +921,12 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
   for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(false));
   // Consumed: the device copies are never written back over PCIe (the
-  // next micro-batch's backward overwrites them where they are).
+  // next micro-batch's backward overwrites them where they are). Grads
+  // homed on the device (Placement::grad_home) have no copy below.
   for (size_t i = 0; have && i < ps.size(); ++i) {
-    STRATA_RETURN_IF_ERROR(store->abandon_changes(params[ps[i]].grad, Tier::kDevice));
+    const offload::TensorId g = params[ps[i]].grad;
+    if (store->spec(g).home == Tier::kDevice) continue;
+    STRATA_RETURN_IF_ERROR(store->abandon_changes(g, Tier::kDevice));
   }
   // The device's memory is host memory (dp_comm_on_device): the host
   // writes the zeros of a missing gradient (rare: a bucket another rank
@@ -1049,9 +1053,11 @@ absl::Status OffloadOptimizer::Impl::gather_full_params(int bucket) {
 // H2D into their place of the packed layout, every rank's gathered on the
 // device, and each param's device copy rewritten from them: 1/N of the
 // params crosses PCIe, as with DeepSpeed's ZeRO-Offload on NCCL. The
-// device copy is left dirty and not copied back; the host copy keeps stale
-// slices of the other ranks until the store writes the device copy back
-// (evicted, or read on the host: read_param, a checkpoint).
+// device copy is normally the param's home; homed on the host (a device
+// budget too small for every layer), it is left dirty and not copied back,
+// and the host copy keeps stale slices of the other ranks until the store
+// writes the device copy back (evicted, or read on the host: read_param, a
+// checkpoint).
 absl::Status OffloadOptimizer::Impl::gather_bucket_on_device(int bucket) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   const BucketLayout l = bucket_layout(bucket, 0);

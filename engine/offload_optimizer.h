@@ -185,8 +185,10 @@
 //     is its slice; acquire_full_params gathers a bucket's whole params on
 //     the device before use (below). The post-step all_gather is skipped
 //     for them. read_param of such a param is collective (it gathers).
-//     The gathered params are device memory outside the store's budget,
-//     one bucket's at a time per acquire. kHost / kDevice bindings keep
+//     The gathered params are device memory outside the store's budget:
+//     buffers of the largest bucket's params, one per bucket held and one
+//     for the prefetched next bucket, kept for reuse until the optimizer
+//     goes (see acquire_full_params). kHost / kDevice bindings keep
 //     whole compute params as in stage 2.
 //   - read_state / write_state address the rank's slice (param_slice(p)
 //     values); read_param the whole compute param (gathered across ranks
@@ -395,7 +397,8 @@ class OffloadOptimizer final : public StepOptimizer {
   // acquire_full_params (each rank's slice goes H2D through the store, the
   // all_gather fills the rest on the device; one pointer per param of the
   // bucket, in bucket order, valid until release_full_params(bucket), which
-  // frees them). Collective: every rank acquires the same buckets in the
+  // waits for the work enqueued on stream() and takes their buffer back).
+  // Collective: every rank acquires the same buckets in the
   // same order, from the step's thread, never while the reduction thread
   // may use the communicator (before the micro-batch's first grad_ready
   // and after wait_grads; the engine reports gradients after backward and
@@ -409,8 +412,17 @@ class OffloadOptimizer final : public StepOptimizer {
   // device copies dirty without copying them back (StreamPins::release
   // with copy_back false). False before finalize and for an unknown bucket.
   bool grads_reduced_on_device(int bucket) const;
+  // Prefetch: within a step (begin_step to finish_step) the order the last
+  // finished step acquired buckets in is expected again, and
+  // release_full_params gathers the next bucket of it before it waits for
+  // the released bucket's work (so the gather runs while the device
+  // computes); acquire_full_params then hands it out. A step that leaves
+  // the order gathers synchronously from there and is recorded as the new
+  // order. Every rank makes the same calls, so the same prefetches.
   absl::StatusOr<std::vector<void*>> acquire_full_params(int bucket);
   absl::Status release_full_params(int bucket);
+  // acquire_full_params calls served by a prefetched gather, since creation.
+  int64_t prefetched_gathers() const;
   offload::TensorId param_id(ParamHandle p) const;
   offload::TensorId grad_id(ParamHandle p) const;
   gpu::StreamId stream() const;

@@ -113,6 +113,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     uint64_t host_homed = 0;                        // the placement's host tier
     uint64_t host_cache = 0;                        // its cache of NVMe-homed tensors
     uint64_t host_peak = 0;                         // the store's host tier, measured
+    int64_t prefetched_gathers = 0;                 // ZeRO-3: gathers started ahead
     std::vector<std::vector<float>> master_slices;  // per param: this rank's slice
   };
 
@@ -167,6 +168,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       res.host_homed = pl.host_homed;
       res.host_cache = pl.host_cache;
       res.host_peak = e->store_stats().tiers[1].peak_bytes;
+      res.prefetched_gathers = e->optimizer().prefetched_gathers();
       res.fp32_device_bytes = pl.device_roles.grad32 + pl.device_roles.master +
                               pl.device_roles.exp_avg + pl.device_roles.exp_avg_sq;
       res.fp32_nvme_bytes = pl.nvme_roles.master + pl.nvme_roles.exp_avg + pl.nvme_roles.exp_avg_sq;
@@ -293,6 +295,13 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       } else if (c.offload) {
         EXPECT_LE(many[r].host_peak, many[r].host_homed + many[r].host_cache);
       }
+    }
+    // ZeRO-3: from the second step on, every gather but the step's first
+    // was started ahead, at the release of the bucket before it in the
+    // first step's order (3 layers forward and backward per micro-batch).
+    for (int r = 0; r < c.world; ++r) {
+      const int64_t expected = c.stage >= 3 ? (kSteps - 1) * (2 * 3 * kGas - 1) : 0;
+      EXPECT_EQ(many[r].prefetched_gathers, expected) << "rank " << r;
     }
     // Each rank's slice is its share of the elements.
     for (size_t p = 0; p < many[0].master_slices.size(); ++p) {

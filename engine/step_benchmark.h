@@ -117,8 +117,9 @@ struct StepBenchmarkStep {
   double d2h_bytes = 0;          // StepStats::bytes_out of the device tier
   double host_bytes = 0;         // the host tier's peak bytes after the step
   // The host tier the engine's placement plans (Placement::host_homed +
-  // host_cache, what `strata plan` prints as the host tier): with the
-  // optimizer on cpu, host_bytes is exactly this; with nvme, at most this.
+  // host_cache, what `strata plan` prints as the host tier): host_bytes is
+  // at most this; exactly this across ranks with the optimizer on cpu (one
+  // rank at gas 1 never allocates its fp32 accumulator, which it counts).
   double host_plan_bytes = 0;
   // With world_size > 1: every rank's bytes (rank 0's are the fields above).
   std::vector<StepBenchmarkRankBytes> ranks;

@@ -243,9 +243,12 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
       }
       // The placement's host tier beside the measured one: what `strata
       // plan --world-size N` prints for the same config.
-      std::fprintf(stderr, "host tier as planned (strata plan): 1 rank %s, rank 0 of %d %s\n",
-                   format_bytes(one_sync.host_plan_bytes).c_str(), o->world_size,
-                   format_bytes(dp_sync.ranks[0].host_plan_bytes).c_str());
+      std::fprintf(
+          stderr,
+          "host tier as planned (strata plan's budget, the fp32 accumulator counted): 1 rank %s, "
+          "rank 0 of %d %s\n",
+          format_bytes(one_sync.host_plan_bytes).c_str(), o->world_size,
+          format_bytes(dp_sync.ranks[0].host_plan_bytes).c_str());
       per_rank = {{"one_rank",
                    {{"h2d_bytes", one_sync.h2d_bytes},
                     {"d2h_bytes", one_sync.d2h_bytes},

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <limits>
 #include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/log.h"
@@ -97,9 +98,10 @@ OffloadOptimizer::Impl::~Impl() {
   }
   dp_stop_thread();  // it uses the store and the communicator
   if (device != nullptr) {
-    for (std::vector<void*>& held : full_params) {
-      for (void* ptr : held) device->free(ptr);
-    }
+    // Every bucket's gathered params live in these.
+    for (void* slot : gather_slots_all) device->free(slot);
+    if (gather_packed != nullptr) device->free(gather_packed);
+    if (have_gather_stream) device->destroy_stream(gather_stream);
     if (dp_dev_whole != nullptr) device->free(dp_dev_whole);
     if (dp_dev_part != nullptr) device->free(dp_dev_part);
     if (dp_dev_gather != nullptr) device->free(dp_dev_gather);
@@ -275,9 +277,22 @@ absl::Status OffloadOptimizer::finalize() {
   const bool whole_params =
       std::any_of(m.params.begin(), m.params.end(),
                   [](const Impl::ParamRec& p) { return p.desc.binding != ParamBinding::kStore; });
-  STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs, whole_params));
-  STRATA_ASSIGN_OR_RETURN(const Impl::StoreBudgets budgets, m.store_budgets());
-  STRATA_RETURN_IF_ERROR(m.create_store(budgets));
+  // Across ranks, reduced and gathered on the device: the compute grads and
+  // stage 1/2 params are homed there (PlacementOptions::reduce_on_device).
+  PlacementOptions placing{.whole_compute_params = whole_params,
+                           .reduce_on_device = m.dp() && m.dp_comm_on_device()};
+  STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs, placing));
+  absl::StatusOr<Impl::StoreBudgets> budgets = m.store_budgets();
+  if (!budgets.ok() && m.plan.offload && m.plan.device_homed > 0) {
+    // A device budget that cannot hold every layer's params and grads: they
+    // stay homed on the host, whence the store moves a window of them, as
+    // with one rank (the host then holds them whole).
+    placing.reduce_on_device = false;
+    STRATA_ASSIGN_OR_RETURN(m.plan, plan_placement(m.config, specs, placing));
+    budgets = m.store_budgets();
+  }
+  STRATA_RETURN_IF_ERROR(budgets.status());
+  STRATA_RETURN_IF_ERROR(m.create_store(*budgets));
   STRATA_RETURN_IF_ERROR(m.register_tensors());
   STRATA_RETURN_IF_ERROR(m.prepare_step_state());
   m.finalized = true;
@@ -411,7 +426,8 @@ absl::Status OffloadOptimizer::Impl::add_swap_files(offload::TieredStore::Option
 absl::Status OffloadOptimizer::Impl::register_tensors() {
   const Tier state_home = plan.state_home;
   const Tier compute_home = plan.compute_home;
-  const Tier grad_home = plan.offload ? Tier::kHost : Tier::kDevice;
+  const Tier grad_home = plan.grad_home;
+  const Tier grad32_home = plan.offload ? Tier::kHost : Tier::kDevice;  // the optimizer's side
   // Bucket by bucket, as the engine's layers: the store's order is the
   // checkpoint's and the trace's.
   for (int b = 0; b < static_cast<int>(buckets.size()); ++b) {
@@ -439,8 +455,8 @@ absl::Status OffloadOptimizer::Impl::register_tensors() {
       // gradient_accumulation_steps 1 never touches it, and its share of the
       // host budget then caches NVMe-homed states instead (fewer NVMe bytes).
       const uint64_t sn = p.state_numel();
-      STRATA_ASSIGN_OR_RETURN(p.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad, grad_home,
-                                            sn, grad_home == Tier::kHost));
+      STRATA_ASSIGN_OR_RETURN(p.grad32, reg("grad32", DType::kFloat32, TensorRole::kGrad,
+                                            grad32_home, sn, grad32_home == Tier::kHost));
       STRATA_ASSIGN_OR_RETURN(
           p.master, reg("master", DType::kFloat32, TensorRole::kMaster32, state_home, sn));
       STRATA_ASSIGN_OR_RETURN(p.exp_avg,
@@ -477,8 +493,10 @@ absl::Status OffloadOptimizer::Impl::prepare_device_reduction() {
     const BucketLayout l = bucket_layout(b, kDpFlags);
     whole = std::max(whole, l.total);
     part = std::max(part, l.counts[rank]);
-    // ZeRO-3's sliced params are gathered before use instead.
-    if (any_sliced || plan.compute_home != Tier::kHost) continue;
+    // ZeRO-3's sliced params are gathered before use instead. Stage 1/2
+    // params are homed on the host or, where the placement keeps them on
+    // the device (PlacementOptions::reduce_on_device), there.
+    if (any_sliced || plan.compute_home == Tier::kNvme) continue;
     dp_gather_device[b] = 1;
     const BucketLayout g = bucket_layout(b, 0);
     gather_whole = std::max(gather_whole, g.total * esize);
@@ -530,6 +548,20 @@ absl::Status OffloadOptimizer::Impl::prepare_step_state() {
   reported_round.assign(num_buckets, -1);
   reductions.assign(num_buckets, 0);
   if (dp()) STRATA_RETURN_IF_ERROR(prepare_device_reduction());
+  if (params_sliced) {
+    // ZeRO-3's gathers: their host waits must not wait for the framework's work.
+    STRATA_ASSIGN_OR_RETURN(gather_stream, device->create_stream());
+    have_gather_stream = true;
+    const uint64_t esize = dtype_size(dtype);
+    for (int b = 0; b < num_buckets; ++b) {
+      gather_packed_bytes =
+          std::max(gather_packed_bytes, std::max<uint64_t>(1, bucket_layout(b, 0).total) * esize);
+      uint64_t slot = 0;
+      for (ParamHandle h : buckets[b])
+        slot += offload::DevicePool::block_bytes(params[h].desc.numel * esize);
+      gather_slot_bytes = std::max(gather_slot_bytes, slot);
+    }
+  }
   if (dp()) dp_thread = std::thread([this] { dp_loop(); });
   grad_events.assign(num_buckets, std::nullopt);
   // Across ranks the gradient is whole only after the reduction, on the
@@ -813,7 +845,28 @@ absl::StatusOr<std::vector<void*>> OffloadOptimizer::acquire_full_params(int buc
     return absl::FailedPreconditionError(
         absl::StrCat("acquire_full_params: bucket ", bucket, " is held already"));
   }
-  STRATA_RETURN_IF_ERROR(m.gather_full_params(bucket),
+  if (m.in_step) {
+    m.gather_recording.push_back(bucket);
+    if (m.next_on_trace() == bucket) {
+      ++m.gather_pos;
+    } else {
+      m.gather_on_trace = false;  // recorded again from this step
+    }
+  }
+  if (m.prefetched_bucket == bucket) {
+    m.full_params[bucket] = std::move(m.prefetched);
+    m.prefetched.clear();
+    m.prefetched_bucket = -1;
+    ++m.prefetched_gathers;
+    return m.full_params[bucket];
+  }
+  m.drop_prefetched();  // every rank gathered it alike, and drops it alike
+  if (!m.prefetch_error.ok()) {
+    // The prefetch was this bucket's gather; the ranks' collectives stay in order.
+    absl::Status failed = std::exchange(m.prefetch_error, absl::OkStatus());
+    return annotate(failed, absl::StrCat("gathering the params of bucket ", bucket, " ahead"));
+  }
+  STRATA_RETURN_IF_ERROR(m.gather_full_params(bucket, &m.full_params[bucket]),
                          absl::StrCat("gathering the params of bucket ", bucket));
   return m.full_params[bucket];
 }
@@ -824,13 +877,29 @@ absl::Status OffloadOptimizer::release_full_params(int bucket) {
     return absl::InvalidArgumentError(absl::StrCat("release_full_params: no bucket ", bucket));
   }
   if (m.full_params[bucket].empty()) return absl::OkStatus();
+  // The next bucket of the recorded order is gathered now, while the device
+  // still runs the framework's work on this one (enqueued, not waited for).
+  const int next = m.next_on_trace();
+  if (next >= 0 && m.prefetched_bucket < 0 && m.prefetch_error.ok()) {
+    if (next == bucket) {
+      // Used again next (the last layer, forward then backward): kept whole.
+      m.prefetched = std::move(m.full_params[bucket]);
+      m.full_params[bucket].clear();
+      m.prefetched_bucket = bucket;
+      return absl::OkStatus();
+    }
+    if (m.full_params[next].empty()) {
+      m.prefetch_error = m.gather_full_params(next, &m.prefetched);
+      if (m.prefetch_error.ok()) m.prefetched_bucket = next;
+    }
+  }
   // The framework's work reading them is enqueued on the stream, not done
   // (the engine does not wait per layer): freed only after it has run.
   const absl::Status st = m.device->synchronize_stream(m.stream);
-  for (void* ptr : m.full_params[bucket]) m.device->free(ptr);
-  m.full_params[bucket].clear();
+  m.give_back_slot(&m.full_params[bucket]);
   return annotate(st, absl::StrCat("release_full_params: waiting for bucket ", bucket, "'s work"));
 }
+int64_t OffloadOptimizer::prefetched_gathers() const { return impl_->prefetched_gathers; }
 offload::TensorId OffloadOptimizer::grad_id(ParamHandle p) const { return impl_->rec(p).grad; }
 gpu::StreamId OffloadOptimizer::stream() const { return impl_->stream; }
 const Placement& OffloadOptimizer::placement() const { return impl_->plan; }

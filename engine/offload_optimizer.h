@@ -98,7 +98,14 @@
 //     exp_avg_sq exist (store, host arena, NVMe swap; placement and budgets
 //     sized by the slice) only for the rank's slice, and the optimizer pass
 //     runs on it. The kStore grad stays whole; the compute param too,
-//     except in ZeRO-3 (below).
+//     except in ZeRO-3 (below). Where the reduction (and the stage 1/2
+//     gather) runs on the device (below), the kStore grads (not at stage 3
+//     with offload_param, whose device holds a window) and stage 1/2
+//     compute params are homed on the device (Placement::grad_home,
+//     compute_home; PlacementOptions::reduce_on_device), where they are
+//     read and written: a rank's host tier holds only its slices, ~1/N of
+//     one rank's. A device budget below every layer's params and grads
+//     keeps them homed on the host instead (the store then moves a window).
 //   - gradients: grad_ready records that a bucket's gradient is there and
 //     returns; the optimizer's reduction thread (one per optimizer; a
 //     ZeRO-3 gather on the step's thread waits until it is blocked on a
@@ -160,15 +167,15 @@
 //     store's param tensor; kHost: the binding; kDevice: the store's copy, then
 //     copied to the binding), in bucket order, so every rank's next
 //     forward sees the same params. Where the gradients were reduced on
-//     the device and the params are host-homed (stage 1/2): on the
-//     device, as DeepSpeed's ZeRO-Offload does on NCCL. The optimizer
-//     writes the rank's updated slices into a pinned host buffer (not the
-//     store's host copy), they go H2D (~1/N of the bucket), the all_gather
+//     the device (stage 1/2): on the device, as DeepSpeed's ZeRO-Offload
+//     does on NCCL. The optimizer writes the rank's updated slices into a
+//     pinned host buffer, they go H2D (~1/N of the bucket), the all_gather
 //     runs on the device's memory, and each param's device copy is
-//     rewritten from it and left dirty: the host copy keeps the other
-//     ranks' old slices until the store writes the device copy back
-//     (evicted, or read on the host: read_param, a checkpoint), so no
-//     param crosses PCIe whole in a step.
+//     rewritten from it: normally its home (above), so no param crosses
+//     PCIe whole in a step and the host holds none; homed on the host (a
+//     small device budget), the copy is left dirty and the host copy keeps
+//     the other ranks' old slices until the store writes it back (evicted,
+//     or read on the host: read_param, a checkpoint).
 //   - no speculative step and no fused pass (the gradient is complete only
 //     after the reduction): in overlap mode the reductions overlap
 //     backward, the optimizer steps after the decision as in sync mode;
@@ -178,8 +185,10 @@
 //     is its slice; acquire_full_params gathers a bucket's whole params on
 //     the device before use (below). The post-step all_gather is skipped
 //     for them. read_param of such a param is collective (it gathers).
-//     The gathered params are device memory outside the store's budget,
-//     one bucket's at a time per acquire. kHost / kDevice bindings keep
+//     The gathered params are device memory outside the store's budget:
+//     buffers of the largest bucket's params, one per bucket held and one
+//     for the prefetched next bucket, kept for reuse until the optimizer
+//     goes (see acquire_full_params). kHost / kDevice bindings keep
 //     whole compute params as in stage 2.
 //   - read_state / write_state address the rank's slice (param_slice(p)
 //     values); read_param the whole compute param (gathered across ranks
@@ -388,7 +397,8 @@ class OffloadOptimizer final : public StepOptimizer {
   // acquire_full_params (each rank's slice goes H2D through the store, the
   // all_gather fills the rest on the device; one pointer per param of the
   // bucket, in bucket order, valid until release_full_params(bucket), which
-  // frees them). Collective: every rank acquires the same buckets in the
+  // waits for the work enqueued on stream() and takes their buffer back).
+  // Collective: every rank acquires the same buckets in the
   // same order, from the step's thread, never while the reduction thread
   // may use the communicator (before the micro-batch's first grad_ready
   // and after wait_grads; the engine reports gradients after backward and
@@ -402,8 +412,17 @@ class OffloadOptimizer final : public StepOptimizer {
   // device copies dirty without copying them back (StreamPins::release
   // with copy_back false). False before finalize and for an unknown bucket.
   bool grads_reduced_on_device(int bucket) const;
+  // Prefetch: within a step (begin_step to finish_step) the order the last
+  // finished step acquired buckets in is expected again, and
+  // release_full_params gathers the next bucket of it before it waits for
+  // the released bucket's work (so the gather runs while the device
+  // computes); acquire_full_params then hands it out. A step that leaves
+  // the order gathers synchronously from there and is recorded as the new
+  // order. Every rank makes the same calls, so the same prefetches.
   absl::StatusOr<std::vector<void*>> acquire_full_params(int bucket);
   absl::Status release_full_params(int bucket);
+  // acquire_full_params calls served by a prefetched gather, since creation.
+  int64_t prefetched_gathers() const;
   offload::TensorId param_id(ParamHandle p) const;
   offload::TensorId grad_id(ParamHandle p) const;
   gpu::StreamId stream() const;

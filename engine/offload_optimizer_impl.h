@@ -323,15 +323,55 @@ struct OffloadOptimizer::Impl {
   // acquire_full_params handed out, per bucket (device memory, freed on release).
   bool params_sliced = false;
   std::vector<std::vector<void*>> full_params;
-  absl::Status gather_full_params(int bucket);
+  // Gathers the bucket's whole params into `out` (empty on error), on
+  // gather_stream: its host waits do not wait for the framework's work on
+  // `stream`, which may still be using another bucket's.
+  absl::Status gather_full_params(int bucket, std::vector<void*>* out);
+  // ZeRO-3 prefetch by the recorded order: gather_trace holds the buckets
+  // acquire_full_params took in the last step that finished (recorded in
+  // gather_recording from begin_step); while a step follows it
+  // (gather_on_trace, at gather_pos), release_full_params gathers the next
+  // bucket of the trace into `prefetched` before it waits for the released
+  // bucket's work, so the host's gather (H2D of the slices, the collective)
+  // runs while the device computes. Every rank records the same order, so
+  // the ranks prefetch the same buckets at the same point of their
+  // collective order (the gather waits its DpCommTurn as a synchronous one
+  // does). A failed prefetch is returned by the acquire it was for.
+  std::vector<int> gather_trace, gather_recording;
+  size_t gather_pos = 0;
+  bool gather_on_trace = false;
+  int prefetched_bucket = -1;
+  std::vector<void*> prefetched;
+  absl::Status prefetch_error;
+  int64_t prefetched_gathers = 0;  // acquires served by a prefetch
+  gpu::StreamId gather_stream = 0;
+  bool have_gather_stream = false;
+  // The whole params of a bucket live in a slot: one device buffer the
+  // size of the largest bucket's params (each param 256-byte aligned),
+  // taken from gather_slots_free (allocated only when none is free: the
+  // first step), and given back on release, so a steady step allocates and
+  // frees no device memory for its gathers (on CUDA both synchronise the
+  // whole device, which would also wait for the prefetch's overlap). The
+  // collective's packed layout has one buffer (gather_packed), used only
+  // during a gather. A bucket's slot is its first param's pointer.
+  std::vector<void*> gather_slots_free, gather_slots_all;
+  uint64_t gather_slot_bytes = 0, gather_packed_bytes = 0;
+  void* gather_packed = nullptr;
+  absl::StatusOr<void*> take_gather_slot();
+  // Back to the free list (the caller waited for the work using it).
+  void give_back_slot(std::vector<void*>* whole_params);
+  // Frees a prefetch not taken (the trace was left, the step ended).
+  void drop_prefetched();
+  // The next bucket of the trace, or -1 off the trace or at its end.
+  int next_on_trace() const;
   absl::Status pack_and_gather_slices(int bucket, const BucketLayout& l, uint8_t* packed);
   std::vector<char> dp_bucket_device;  // per bucket
   // Per bucket: step_bucket writes the rank's updated slices into
   // dp_param_part (rank-major, as the bucket's part of the gather layout)
-  // instead of the host copy of the params; gather_bucket sends them H2D
-  // and all_gathers them into dp_dev_gather, whence each param's device
-  // copy is rewritten and left dirty (the store writes it back only if it
-  // is evicted or read on the host).
+  // instead of the params; gather_bucket sends them H2D and all_gathers
+  // them into dp_dev_gather, whence each param's device copy is rewritten:
+  // its home (Placement::compute_home), or left dirty over a host home
+  // (the store writes it back only if it is evicted or read on the host).
   std::vector<char> dp_gather_device;
   std::vector<uint8_t> dp_param_part;  // the largest part, registered with the device
   bool dp_param_part_registered = false;

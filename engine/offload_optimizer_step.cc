@@ -125,6 +125,14 @@ absl::StatusOr<double> OffloadOptimizer::begin_step(std::optional<double> loss_s
   if (m.spec != nullptr) m.spec->begin_step(m.last_host_seconds, m.last_backward_seconds);
   m.step_start = m.last_grad = std::chrono::steady_clock::now();
   m.backward_reported = false;
+  if (m.params_sliced) {
+    // The last finished step's acquires are this step's expected order.
+    m.drop_prefetched();
+    m.prefetch_error = absl::OkStatus();
+    m.gather_recording.clear();
+    m.gather_pos = 0;
+    m.gather_on_trace = !m.gather_trace.empty();
+  }
   m.in_step = true;
   if (m.dp()) {
     // Round 0 (the first micro-batch) opens: the reduction thread waits for
@@ -373,8 +381,9 @@ absl::Status OffloadOptimizer::Impl::step_bucket(int bucket, const StepArgs& arg
   const std::vector<ParamHandle>& ps = buckets[bucket];
   if (stats != nullptr) *stats = {};
   // Gathered on the device (stage 1/2): the updated slices go into the
-  // part gather_bucket sends, not into the host copy of the params (writing
-  // that would first bring the device's newer copy back, whole, D2H).
+  // part gather_bucket sends, not into the params (homed on the device; or
+  // a host copy, writing which would first bring the device's newer copy
+  // back, whole, D2H).
   const bool to_part =
       target == StepTarget::kParam && !dp_gather_device.empty() && dp_gather_device[bucket] != 0;
   const BucketLayout gl = to_part ? bucket_layout(bucket, 0) : BucketLayout{};
@@ -632,6 +641,7 @@ absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
                                             " param(s) were already updated with no copy to undo "
                                             "them: load the last checkpoint to continue"));
   }
+  if (params_sliced) drop_prefetched();
   steps = before.steps;
   micro_batches = before.micro_batches;
   adam_step = before.adam_step;
@@ -920,9 +930,12 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   STRATA_RETURN_IF_ERROR(device->synchronize_stream(dp_stream));
   for (Pin& pin : pins) STRATA_RETURN_IF_ERROR(pin.release(false));
   // Consumed: the device copies are never written back over PCIe (the
-  // next micro-batch's backward overwrites them where they are).
+  // next micro-batch's backward overwrites them where they are). Grads
+  // homed on the device (Placement::grad_home) have no copy below.
   for (size_t i = 0; have && i < ps.size(); ++i) {
-    STRATA_RETURN_IF_ERROR(store->abandon_changes(params[ps[i]].grad, Tier::kDevice));
+    const offload::TensorId g = params[ps[i]].grad;
+    if (store->spec(g).home == Tier::kDevice) continue;
+    STRATA_RETURN_IF_ERROR(store->abandon_changes(g, Tier::kDevice));
   }
   // The device's memory is host memory (dp_comm_on_device): the host
   // writes the zeros of a missing gradient (rare: a bucket another rank
@@ -963,6 +976,20 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket_on_device(int bucket, bool ha
   return absl::OkStatus();
 }
 
+void OffloadOptimizer::Impl::drop_prefetched() {
+  if (prefetched_bucket < 0) return;
+  // A prefetch's own work is done (gather_full_params waited for it); a
+  // bucket kept for its next use may still be read by the framework's.
+  device->synchronize_stream(stream).IgnoreError();
+  give_back_slot(&prefetched);
+  prefetched_bucket = -1;
+}
+
+int OffloadOptimizer::Impl::next_on_trace() const {
+  if (!in_step || !gather_on_trace || gather_pos >= gather_trace.size()) return -1;
+  return gather_trace[gather_pos];
+}
+
 // Every rank's slices of the bucket's params into `packed` (device memory,
 // rank-major): on the device where the communicator can use its memory
 // (each slice H2D through the store; dp_comm_on_device), else on the host
@@ -974,6 +1001,7 @@ absl::Status OffloadOptimizer::Impl::pack_and_gather_slices(int bucket, const Bu
   const uint64_t esize = dtype_size(dtype);
   const DType wire = dtype == DType::kFloat32 ? DType::kFloat32 : DType::kFloat16;
   const std::string across = absl::StrCat("across ", world, " ranks");
+  const gpu::StreamId stream = gather_stream;  // not the framework's (gather_full_params)
   if (!dp_comm_on_device()) {
     dp_bytes.resize(l.total * esize);
     for (size_t i = 0; i < ps.size(); ++i) {
@@ -1013,19 +1041,26 @@ absl::Status OffloadOptimizer::Impl::pack_and_gather_slices(int bucket, const Bu
 // The bucket's whole params on the device: each slice (through the store:
 // H2D of the slice only) into its place in the rank-major layout, the
 // all_gather on the device's memory, then each param made contiguous.
-absl::Status OffloadOptimizer::Impl::gather_full_params(int bucket) {
+absl::Status OffloadOptimizer::Impl::gather_full_params(int bucket,
+                                                        std::vector<void*>* whole_params) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   const BucketLayout l = bucket_layout(bucket, 0);
   const uint64_t esize = dtype_size(dtype);
-  STRATA_ASSIGN_OR_RETURN(void* packed_mem,
-                          device->allocate(std::max<uint64_t>(1, l.total) * esize));
-  auto* packed = static_cast<uint8_t*>(packed_mem);
-  std::vector<void*>& out = full_params[bucket];
+  const gpu::StreamId stream = gather_stream;
+  if (ps.empty()) return absl::OkStatus();
+  if (gather_packed == nullptr) {
+    STRATA_ASSIGN_OR_RETURN(gather_packed, device->allocate(gather_packed_bytes));
+  }
+  auto* packed = static_cast<uint8_t*>(gather_packed);
+  STRATA_ASSIGN_OR_RETURN(void* slot, take_gather_slot());
+  std::vector<void*>& out = *whole_params;
   absl::Status st = [&]() -> absl::Status {
     STRATA_RETURN_IF_ERROR(pack_and_gather_slices(bucket, l, packed));
+    uint64_t at = 0;
     for (size_t i = 0; i < ps.size(); ++i) {
       const ParamRec& p = params[ps[i]];
-      STRATA_ASSIGN_OR_RETURN(void* whole, device->allocate(p.desc.numel * esize));
+      void* whole = static_cast<uint8_t*>(slot) + at;
+      at += offload::DevicePool::block_bytes(p.desc.numel * esize);
       out.push_back(whole);
       for (int q = 0; q < world; ++q) {
         const ParamSlice sl = partition_slice(p.desc.numel, q, world);
@@ -1037,21 +1072,39 @@ absl::Status OffloadOptimizer::Impl::gather_full_params(int bucket) {
     }
     return device->synchronize_stream(stream);
   }();
-  device->free(packed_mem);
   if (!st.ok()) {
-    for (void* ptr : out) device->free(ptr);
     out.clear();
+    gather_slots_free.push_back(slot);
   }
   return st;
+}
+
+absl::StatusOr<void*> OffloadOptimizer::Impl::take_gather_slot() {
+  if (!gather_slots_free.empty()) {
+    void* slot = gather_slots_free.back();
+    gather_slots_free.pop_back();
+    return slot;
+  }
+  STRATA_ASSIGN_OR_RETURN(void* slot, device->allocate(gather_slot_bytes),
+                          "device memory for a bucket's gathered params");
+  gather_slots_all.push_back(slot);
+  return slot;
+}
+
+void OffloadOptimizer::Impl::give_back_slot(std::vector<void*>* whole_params) {
+  if (!whole_params->empty()) gather_slots_free.push_back(whole_params->front());
+  whole_params->clear();
 }
 
 // The rank's updated slices (step_bucket wrote them into dp_param_part)
 // H2D into their place of the packed layout, every rank's gathered on the
 // device, and each param's device copy rewritten from them: 1/N of the
 // params crosses PCIe, as with DeepSpeed's ZeRO-Offload on NCCL. The
-// device copy is left dirty and not copied back; the host copy keeps stale
-// slices of the other ranks until the store writes the device copy back
-// (evicted, or read on the host: read_param, a checkpoint).
+// device copy is normally the param's home; homed on the host (a device
+// budget too small for every layer), it is left dirty and not copied back,
+// and the host copy keeps stale slices of the other ranks until the store
+// writes the device copy back (evicted, or read on the host: read_param, a
+// checkpoint).
 absl::Status OffloadOptimizer::Impl::gather_bucket_on_device(int bucket) {
   const std::vector<ParamHandle>& ps = buckets[bucket];
   const BucketLayout l = bucket_layout(bucket, 0);
@@ -1286,6 +1339,11 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
   for (int t = 0; t < offload::kTierCount; ++t) {
     r.bytes_in[t] = after.tiers[t].bytes_in - stats_before.tiers[t].bytes_in;
     r.bytes_out[t] = after.tiers[t].bytes_out - stats_before.tiers[t].bytes_out;
+  }
+  if (params_sliced) {
+    drop_prefetched();  // none at the trace's end; one if the step cut it short
+    gather_trace = std::move(gather_recording);
+    gather_recording.clear();
   }
   // The reduction's own PCIe copies (device tier: in is H2D, out is D2H).
   const uint64_t d2h = dp_d2h_bytes.load(), h2d = dp_h2d_bytes.load();

@@ -19,7 +19,7 @@ constexpr uint64_t kPoolBlock = offload::DevicePool::kAlignment;
 
 absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
                                          const std::vector<std::vector<ParamSpec>>& layers,
-                                         bool whole_compute_params) {
+                                         const PlacementOptions& options) {
   if (layers.empty()) return absl::InvalidArgumentError("the model has no layers");
   const config::OffloadDevice where = config.zero.offload_optimizer.device;
   const config::OffloadDevice param_where = config.zero.offload_param.device;
@@ -55,6 +55,14 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
   const bool delayed = config.strata.delayed_param_update;  // + param_next
   // grad, grad32 and param_next live where the optimizer reads them.
   const Tier optimizer_side = p.offload ? Tier::kHost : Tier::kDevice;
+  p.grad_home = optimizer_side;
+  // Reduced (and stage 1/2 gathered) on the device across ranks: the
+  // compute grads and stage 1/2 params stay there (PlacementOptions).
+  if (world > 1 && zero_partitions_state(config.zero.stage) && p.offload &&
+      options.reduce_on_device && !options.whole_compute_params) {
+    if (config.zero.stage < 3) p.compute_home = Tier::kDevice;
+    if (param_where == config::OffloadDevice::kNone) p.grad_home = Tier::kDevice;
+  }
   uint64_t state_bytes = 0;
   size_t max_layer_params = 0, tensors = 0;
   // The device-homed tensors as the store's pool hands them out (whole blocks).
@@ -82,7 +90,7 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       // ZeRO-3 across ranks: each rank's home copy of the compute param is
       // its slice (gathered on the device for forward and backward).
       const uint64_t home16 =
-          world > 1 && config.zero.stage >= 3 && !whole_compute_params
+          world > 1 && config.zero.stage >= 3 && !options.whole_compute_params
               ? std::max<uint64_t>(1, partition_slice(s.numel, 0, world).numel) * esize
               : b16;
       layer_device += 2 * b16;  // param + grad, both on the device during backward
@@ -91,7 +99,7 @@ absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
       state_bytes += 3 * b32;
       home(p.compute_home, &RoleBytes::param, home16);
       if (delayed) home(optimizer_side, &RoleBytes::param_next, b16);
-      home(optimizer_side, &RoleBytes::grad, b16);
+      home(p.grad_home, &RoleBytes::grad, b16);
       home(optimizer_side, &RoleBytes::grad32, b32);
       home(p.state_home, &RoleBytes::master, b32);
       home(p.state_home, &RoleBytes::exp_avg, b32);

@@ -40,11 +40,18 @@ struct RoleBytes {
 
 struct Placement {
   DType dtype = DType::kFloat32;
-  bool offload = false;                                 // offload_optimizer cpu or nvme
-  offload::Tier compute_home = offload::Tier::kDevice;  // param (and its grad's device copy)
-  offload::Tier state_home = offload::Tier::kDevice;    // master, exp_avg, exp_avg_sq
+  bool offload = false;  // offload_optimizer cpu or nvme
+  // The compute param (kStore; with offload it has a device copy besides).
+  offload::Tier compute_home = offload::Tier::kDevice;
+  // The kStore compute-dtype grad: where the optimizer reads it (the host
+  // with offload), or the device where the ranks reduce it there (below).
+  offload::Tier grad_home = offload::Tier::kDevice;
+  offload::Tier state_home = offload::Tier::kDevice;  // master, exp_avg, exp_avg_sq
 
-  uint64_t device_homed = 0;  // homed on the device (offload none)
+  // Homed on the device: everything without offload; across ranks the
+  // compute grads and stage 1/2 params PlacementOptions::reduce_on_device
+  // homes there (inside device_working_set, not beside it).
+  uint64_t device_homed = 0;
   // Params + grads of one layer on the device during its backward; the largest.
   uint64_t largest_layer_device = 0;
   int largest_layer = 0;
@@ -78,12 +85,29 @@ struct Placement {
   uint64_t device_pool = 0;
 };
 
-// ZeRO-3 across ranks (config.world_size > 1) counts each compute param's
-// home copy at its slice, as the engine's params (ParamBinding::kStore) are
-// held; whole_compute_params counts them whole (a framework binding its
-// params in its own memory keeps a whole copy in the store).
+// Across ranks (config.world_size > 1), what the optimizer's data-parallel
+// path decides (engine/offload_optimizer.h, "Data parallel").
+struct PlacementOptions {
+  // ZeRO-3 counts each compute param's home copy at its slice, as the
+  // engine's params (ParamBinding::kStore) are held; true counts them whole
+  // (a framework binding its params in its own memory keeps a whole copy
+  // in the store), and homes nothing on the device below.
+  bool whole_compute_params = false;
+  // Stage 1 to 3 with the optimizer offloaded, where the communicator works
+  // on the device's memory (Gloo on SimDevice; DeepSpeed's NCCL path):
+  // gradients are reduced and stage 1/2 params gathered on the device, so
+  // a rank's host never reads the compute-dtype grads nor holds the
+  // stage 1/2 compute params. Both are then homed on the device, which holds
+  // every layer's params and grads anyway (device_all_layers), as
+  // DeepSpeed's ZeRO-Offload keeps them on the GPU: the rank's host tier
+  // holds only its fp32 slices (and, at stage 3, its param slice). Not the
+  // grads at stage 3 with offload_param (the device holds a window of
+  // layers there, not all of them). false: Gloo beside a CUDA device, where
+  // both cross PCIe whole and the host homes them whole.
+  bool reduce_on_device = true;
+};
 absl::StatusOr<Placement> plan_placement(const config::DsConfig& config,
                                          const std::vector<std::vector<ParamSpec>>& layers,
-                                         bool whole_compute_params = false);
+                                         const PlacementOptions& options = {});
 
 }  // namespace strata::engine

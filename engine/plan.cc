@@ -297,6 +297,19 @@ absl::StatusOr<MemoryPlan> plan_memory(const PlanModel& model, const config::DsC
     one.world_size = 1;
     STRATA_ASSIGN_OR_RETURN(const MemoryPlan alone, plan_memory(model, one, {}));
     name_partitions(alone, &p, config.zero.stage);
+    // The tiers above reduce and gather on the device (PlacementOptions);
+    // Gloo beside a CUDA device cannot, and the host holds more.
+    STRATA_ASSIGN_OR_RETURN(const Placement on_host,
+                            plan_placement(config, model.layers, {.reduce_on_device = false}));
+    if (on_host.host_homed > pl.host_homed) {
+      p.notes.push_back(absl::StrCat(
+          "each rank keeps its ", config.zero.stage < 3 ? "compute params and " : "",
+          "compute grads on the GPU only (the ranks reduce the grads",
+          config.zero.stage < 3 ? " and gather the params" : "",
+          " there); with the Gloo backend beside a CUDA GPU they are reduced on the host, which "
+          "then keeps a whole copy of them: ",
+          bytes(i64(on_host.host_homed - pl.host_homed)), " more host memory per rank"));
+    }
   }
   if (p.ranks_per_node > 1) {
     p.notes.push_back(

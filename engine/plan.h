@@ -23,6 +23,12 @@
 // 3: + param16) that each rank here still holds whole. Host and NVMe
 // capacities are a node's, shared by its world_size / nodes ranks: a tier
 // fits when ranks_per_node times the rank's need fits (TierPlan::sharers).
+// With the optimizer offloaded at stage 1 to 3 the ranks reduce the grads
+// (and gather stage 1/2 params) on the device, so the compute grads (and
+// stage 1/2 params) are homed there and a rank's host holds none of them
+// (PlacementOptions::reduce_on_device; they count in `partitioned`, being
+// held less than by one rank); a note says how much more host memory a
+// rank needs where Gloo reduces on the host instead (beside a CUDA GPU).
 // The engine registers master, exp_avg and exp_avg_sq for every optimizer
 // (Lion and Adagrad included), and so does the plan.
 //

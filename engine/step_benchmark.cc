@@ -12,6 +12,7 @@
 #include "core/status.h"
 #include "dist/communicator.h"
 #include "dist/net.h"
+#include "engine/placement.h"
 #include "engine/training_engine.h"
 #include "gpu/sim_device.h"
 #include "offload/busy_io_engine.h"
@@ -175,6 +176,8 @@ absl::StatusOr<StepBenchmarkMode> run_mode(const StepBenchmarkOptions& o, const 
     r.h2d_bytes = static_cast<double>(st.bytes_in[0]);
     r.d2h_bytes = static_cast<double>(st.bytes_out[0]);
     r.host_bytes = static_cast<double>(engine->store_stats().tiers[1].peak_bytes);
+    const Placement& plan = engine->optimizer().placement();
+    r.host_plan_bytes = static_cast<double>(plan.host_homed + plan.host_cache);
     r.nvme_read_seconds = (io1.read_ns - io0.read_ns) * 1e-9;
     r.nvme_write_seconds = (io1.write_ns - io0.write_ns) * 1e-9;
     r.nvme_seconds = (io1.any_ns - io0.any_ns) * 1e-9;
@@ -292,6 +295,7 @@ absl::StatusOr<StepBenchmarkResult> run_step_benchmark(const StepBenchmarkOption
         m.steps[s].ranks.push_back({.h2d_bytes = x.h2d_bytes,
                                     .d2h_bytes = x.d2h_bytes,
                                     .host_bytes = x.host_bytes,
+                                    .host_plan_bytes = x.host_plan_bytes,
                                     .optimizer_bytes = x.optimizer_bytes});
       }
     }

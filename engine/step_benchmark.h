@@ -35,14 +35,15 @@
 // batch N times larger). The ranks share this machine's cores (each rank's
 // CPU optimizer gets cpu_threads / N, or cores / N). Reported per step:
 // rank 0's times and, of every rank, the bytes it moved over its link
-// (h2d_bytes, d2h_bytes), the host tier's peak bytes (host_bytes) and the
-// bytes its optimizer pass moved (optimizer_bytes); `ranks` holds each
-// rank's. The delayed update does not run across ranks (the engine refuses
-// it), so only sync and overlap are measured. Each rank's SimDevice moves
-// no data but its memory is host memory, so Gloo reduces the gradients and
-// gathers the params on it as it would on a GPU with NCCL: the bytes each
-// rank moves over its link are its slice's (engine/offload_optimizer.h,
-// "Data parallel"). The config sets communication_data_type to the
+// (h2d_bytes, d2h_bytes), the host tier's peak bytes (host_bytes: its fp32
+// slices, and at stage 3 its compute param slice; the compute grads and
+// stage 1/2 params stay on the device, engine/placement.h
+// PlacementOptions) and the bytes its optimizer pass moved
+// (optimizer_bytes); `ranks` holds each rank's. The delayed update does not run across ranks (the
+// engine refuses it), so only sync and overlap are measured. Each rank's SimDevice moves no data
+// but its memory is host memory, so Gloo reduces the gradients and gathers the params on it as it
+// would on a GPU with NCCL: the bytes each rank moves over its link are its slice's
+// (engine/offload_optimizer.h, "Data parallel"). The config sets communication_data_type to the
 // precision, DeepSpeed's default, so that slice of the reduced gradients
 // crosses in 16 bits as one rank's gradients do.
 #pragma once
@@ -95,6 +96,7 @@ struct StepBenchmarkRankBytes {
   double h2d_bytes = 0;        // over its modelled PCIe link, host to device
   double d2h_bytes = 0;        // device to host
   double host_bytes = 0;       // its host tier's peak (the host arena in use)
+  double host_plan_bytes = 0;  // what its placement plans for that tier (below)
   double optimizer_bytes = 0;  // its optimizer passes (StepStats::optimizer_bytes)
 };
 
@@ -114,6 +116,11 @@ struct StepBenchmarkStep {
   double h2d_bytes = 0;          // StepStats::bytes_in of the device tier
   double d2h_bytes = 0;          // StepStats::bytes_out of the device tier
   double host_bytes = 0;         // the host tier's peak bytes after the step
+  // The host tier the engine's placement plans (Placement::host_homed +
+  // host_cache, what `strata plan` prints as the host tier): host_bytes is
+  // at most this; exactly this across ranks with the optimizer on cpu (one
+  // rank at gas 1 never allocates its fp32 accumulator, which it counts).
+  double host_plan_bytes = 0;
   // With world_size > 1: every rank's bytes (rank 0's are the fields above).
   std::vector<StepBenchmarkRankBytes> ranks;
   // optimizer_bytes / optimizer_seconds.

@@ -31,7 +31,12 @@ std::string TrainMemoryEstimate::describe_parts() const {
 }
 
 absl::StatusOr<TrainMemoryEstimate> estimate_train_memory(const TrainMemoryInputs& in) {
-  STRATA_ASSIGN_OR_RETURN(const Placement p, plan_placement(in.config, in.layers));
+  // Across ranks a SimDevice's memory is host memory, which Gloo reduces and
+  // gathers on (PlacementOptions::reduce_on_device); beside a CUDA device
+  // Gloo works on the host.
+  STRATA_ASSIGN_OR_RETURN(
+      const Placement p,
+      plan_placement(in.config, in.layers, {.reduce_on_device = in.simulated_device}));
   TrainMemoryEstimate e;
   if (p.offload) e.host_arena = p.host_homed + p.host_cache;
   e.rollback = p.rollback;

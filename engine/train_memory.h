@@ -48,6 +48,8 @@ struct TrainMemoryEstimate {
 struct TrainMemoryInputs {
   config::DsConfig config;
   std::vector<std::vector<ParamSpec>> layers;  // as Model::layer_params
+  // SimDevice (train --device cpu); false: a CUDA GPU (across ranks Gloo
+  // then reduces on the host, which holds the compute grads whole).
   bool simulated_device = true;
   uint64_t model_buffer_bytes = 0;  // the model's host buffers on a simulated device
   // What the corpus keeps resident (TextCorpus::resident_bytes): a byte

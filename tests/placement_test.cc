@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/test_ds_config.h"
 
@@ -108,6 +109,66 @@ TEST(PlacementTest, RolesPerTierAddUpToTheHomedBytes) {
   EXPECT_EQ(p->nvme_roles.param, 0u);
   // Stage 3 with the default stage3_max_live_parameters (1e9): every layer.
   EXPECT_EQ(p->device_working_set, p->device_all_layers);
+}
+
+// Across ranks, reduced and gathered on the device: the compute grads and
+// stage 1/2 params are homed there (whole: the device holds every layer's
+// anyway), the host keeps only the rank's fp32 slices (and at stage 3 its
+// param slice). Not the grads where offload_param caps the device's window;
+// reduced on the host (reduce_on_device false), or with whole compute params
+// (framework-held bindings), they stay homed on the host, whole.
+TEST(PlacementTest, AcrossRanksTheComputeGradsAndParamsStayOnTheDevice) {
+  const uint64_t page = 4096;
+  auto at = [&](int stage, int world, const std::string& extra, PlacementOptions o) {
+    config::DsConfig cfg = parse(
+        absl::StrCat("\"fp16\": {\"enabled\": true}, \"zero_optimization\": {\"stage\": ", stage,
+                     ", \"offload_optimizer\": {\"device\": \"cpu\"}", extra, "}"));
+    cfg.world_size = world;
+    auto p = plan_placement(cfg, kLayers, o);
+    EXPECT_TRUE(p.ok()) << p.status();
+    return *p;
+  };
+  // One rank alone: everything on the host (as above).
+  const Placement one = at(2, 1, "", {});
+  EXPECT_EQ(one.grad_home, Tier::kHost);
+  EXPECT_EQ(one.compute_home, Tier::kHost);
+  EXPECT_EQ(one.device_homed, 0u);
+  for (int stage : {1, 2, 3}) {
+    SCOPED_TRACE(stage);
+    const Placement p = at(stage, 2, "", {});
+    EXPECT_EQ(p.grad_home, Tier::kDevice);
+    EXPECT_EQ(p.host_roles.grad, 0u);
+    EXPECT_EQ(p.device_roles.grad, 6010u * 2);  // exact on the device
+    // Two ranks: w 500 + 5 + 2500 elements of fp32 each (1 + 1 + 3 pages).
+    EXPECT_EQ(p.host_roles.grad32, (1 + 1 + 3) * page);
+    if (stage < 3) {
+      EXPECT_EQ(p.compute_home, Tier::kDevice);
+      EXPECT_EQ(p.host_roles.param, 0u);
+      EXPECT_EQ(p.device_roles.param, 6010u * 2);
+    } else {
+      EXPECT_EQ(p.compute_home, Tier::kHost);
+      EXPECT_EQ(p.host_roles.param, (1 + 1 + 2) * page);  // the rank's fp16 slices
+      EXPECT_EQ(p.device_roles.param, 0u);
+    }
+    // Inside what the device holds anyway: the working set and pool unchanged.
+    EXPECT_EQ(p.device_working_set, one.device_all_layers);
+    EXPECT_EQ(p.device_pool, one.device_pool);
+    EXPECT_LE(p.device_homed, p.device_pool);
+    // Reduced on the host: both on the host, whole.
+    const Placement host = at(stage, 2, "", {.reduce_on_device = false});
+    EXPECT_EQ(host.grad_home, Tier::kHost);
+    EXPECT_EQ(host.host_roles.grad, one.host_roles.grad);
+    EXPECT_EQ(host.device_homed, 0u);
+    if (stage < 3) EXPECT_EQ(host.host_roles.param, one.host_roles.param);
+    const Placement whole = at(stage, 2, "", {.whole_compute_params = true});
+    EXPECT_EQ(whole.device_homed, 0u);
+    EXPECT_EQ(whole.host_roles.param, one.host_roles.param);
+  }
+  // Stage 3 with offload_param: the device holds a window, the grads stay on the host.
+  const Placement window = at(3, 2, ", \"offload_param\": {\"device\": \"cpu\"}", {});
+  EXPECT_EQ(window.grad_home, Tier::kHost);
+  EXPECT_EQ(window.host_roles.grad, one.host_roles.grad);
+  EXPECT_EQ(window.device_homed, 0u);
 }
 
 TEST(PlacementTest, ParamOffloadWithoutOptimizerOffloadIsRefused) {

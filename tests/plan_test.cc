@@ -371,6 +371,15 @@ TEST(PlanTest, EachRankHoldsWhatThePlacementGivesARank) {
           EXPECT_NE(notes.find("also splits " + whole + " across ranks"), std::string::npos)
               << notes;
         }
+        // Offloaded at stage 1 to 3, the compute grads (and stage 1/2 params)
+        // are homed on the GPU; a note says what Gloo beside a CUDA GPU adds.
+        const bool kept_on_gpu = stage >= 1 && std::string(offload) != "none";
+        EXPECT_EQ(notes.find("more host memory per rank") != std::string::npos, kept_on_gpu)
+            << notes;
+        if (kept_on_gpu) {
+          EXPECT_EQ(rank->host.need.grad16, 0);
+          if (stage < 3) EXPECT_EQ(rank->host.need.param16, 0);
+        }
         // DeepSpeed's estimate for the same world, one node.
         const bool opt = std::string(offload) != "none";
         const DeepSpeedEstimate ds =

@@ -4,7 +4,8 @@
 // slowest resource (with the optimizer on the host and on NVMe), `bench step
 // --json` has its keys, and bad options are refused. With --world-size 2
 // (ranks as threads over Gloo): each rank's optimizer pass and host tier
-// shrink against one rank's, measured per rank.
+// shrink against one rank's, measured per rank, the host tier to about
+// 1/N of one rank's and to what the placement plans.
 #include "engine/step_benchmark.h"
 
 #include <cstdio>
@@ -213,7 +214,8 @@ StepBenchmarkOptions tiny_shape() {
 // about half of one rank's (ZeRO's partition), and so do the bytes over
 // each link, each way: the SimDevice moves no data, yet the gradients are
 // reduced and the params gathered on its memory, so only the rank's slices
-// cross (stage 2 here, 3 through the CLI below).
+// cross (stage 2 here, 3 through the CLI below). Each rank's host tier is
+// what the placement plans (below: ~1/N).
 TEST(StepBenchmarkTest, TwoRanksReportEachRanksBytes) {
   StepBenchmarkOptions o = tiny_shape();
   auto one = run_step_benchmark(o);
@@ -258,12 +260,61 @@ TEST(StepBenchmarkTest, TwoRanksReportEachRanksBytes) {
   for (const nlohmann::json& r : j["per_rank"]["ranks"]) {
     EXPECT_GT(r["optimizer_ratio"].get<double>(), 0.4);
     EXPECT_LT(r["optimizer_ratio"].get<double>(), 0.6);
-    EXPECT_LT(r["host_ratio"].get<double>(), 1.0);
+    EXPECT_LT(r["host_ratio"].get<double>(), 0.6);     // 18/N of 16 B a param, and pages
+    EXPECT_EQ(r["host_bytes"], r["host_plan_bytes"]);  // as `strata plan` says
     EXPECT_GT(r["pcie_ratio"].get<double>(), 0.45);
     EXPECT_LT(r["pcie_ratio"].get<double>(), 0.55);
   }
   EXPECT_GT(j["per_rank"]["one_rank"]["host_bytes"].get<double>(), 0);
+  EXPECT_LE(j["per_rank"]["one_rank"]["host_bytes"].get<double>(),
+            j["per_rank"]["one_rank"]["host_plan_bytes"].get<double>());
   EXPECT_NE(run.err.find("rank 1 of 2"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("host tier as planned"), std::string::npos) << run.err;
+}
+
+// Each rank's host tier, measured, is what the placement plans and about
+// 1/N of one rank's at every stage: a rank homes only its slices of the
+// fp32 gradient, master and moments (and at stage 3 of the compute
+// params); the compute grads and stage 1/2 params are reduced and gathered
+// on the device and stay there. One rank alone: 16 B a param (fp16 param
+// and grad, master and moments; its fp32 accumulator, counted in the plan's
+// budget, is allocated on first use and gas 1 never uses it); a rank of N:
+// 16/N (stage 1/2) or 18/N (stage 3), plus a 4 KiB page per tensor. Wide
+// enough that those pages are noise.
+TEST(StepBenchmarkTest, EachRanksHostTierIsAboutOneNthOfOneRanks) {
+  StepBenchmarkOptions o;
+  o.n_layer = 2;
+  o.n_embd = 512;
+  o.vocab_size = 4096;
+  o.positions = 64;
+  o.width_divisor = 1;
+  o.micro_batch = 1;
+  o.seq_len = 32;
+  o.steps = 2;
+  o.cpu_threads = 2;
+  auto one = run_step_benchmark(o);
+  ASSERT_TRUE(one.ok()) << one.status();
+  const StepBenchmarkStep& a = one->modes[0].steps.back();
+  EXPECT_LE(a.host_bytes, a.host_plan_bytes);
+  // fp16: param and grad (2 + 2), master and two moments (4 each).
+  EXPECT_GT(a.host_bytes, 16.0 * static_cast<double>(one->params));
+  EXPECT_LT(a.host_bytes, 16.5 * static_cast<double>(one->params));
+  for (auto [world, stage] :
+       {std::pair{2, 1}, std::pair{2, 2}, std::pair{2, 3}, std::pair{3, 2}, std::pair{3, 3}}) {
+    SCOPED_TRACE(::testing::Message() << world << " ranks, stage " << stage);
+    StepBenchmarkOptions w = o;
+    w.world_size = world;
+    w.zero_stage = stage;
+    auto many = run_step_benchmark(w);
+    ASSERT_TRUE(many.ok()) << many.status();
+    const double per_param = stage == 3 ? 18 : 16;
+    for (const StepBenchmarkRankBytes& b : many->modes[0].steps.back().ranks) {
+      EXPECT_EQ(b.host_bytes, b.host_plan_bytes);
+      const double ratio = b.host_bytes / a.host_bytes;
+      EXPECT_GT(ratio, per_param / 16 / world - 0.01);
+      EXPECT_LT(ratio, per_param / 16 / world + 0.02);
+    }
+  }
 }
 
 TEST(StepBenchmarkTest, RefusesInconsistentOptions) {

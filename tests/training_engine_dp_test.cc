@@ -60,6 +60,8 @@ struct Case {
   // Losses (relative, per step) and masters (relative, in norm).
   double tolerance = 1e-5;
   const char* communication_data_type = nullptr;  // ds_config's; null: unset
+  // The store's device budget (EngineOptions::device_budget_bytes); 0: the device's.
+  uint64_t device_budget = 0;
 };
 
 std::string case_name(const Case& c) {
@@ -106,6 +108,12 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     uint64_t fp32_host_bytes = 0, fp32_nvme_bytes = 0, fp32_device_bytes = 0;
     uint64_t d2h_bytes = 0, h2d_bytes = 0;          // PCIe, the last step's
     uint64_t param_home_bytes = 0;                  // compute params on host and NVMe
+    uint64_t param_device_bytes = 0;                // compute params homed on the device
+    uint64_t grad_host_bytes = 0;                   // compute grads homed on the host
+    uint64_t host_homed = 0;                        // the placement's host tier
+    uint64_t host_cache = 0;                        // its cache of NVMe-homed tensors
+    uint64_t host_peak = 0;                         // the store's host tier, measured
+    int64_t prefetched_gathers = 0;                 // ZeRO-3: gathers started ahead
     std::vector<std::vector<float>> master_slices;  // per param: this rank's slice
   };
 
@@ -131,6 +139,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       o.comm = comm;
       o.lr_schedule = std::make_unique<ConstantLr>(cfg.optimizer.lr);
       o.allow_buffered_io = true;
+      o.device_budget_bytes = c.device_budget;
       STRATA_ASSIGN_OR_RETURN(auto e, TrainingEngine::create(cfg, &model, &device, std::move(o)));
       if (before) STRATA_RETURN_IF_ERROR(before(*e, r));
       RankResult& res = (*out)[r];
@@ -154,6 +163,12 @@ class TrainingEngineDpTest : public TrainingEngineTest {
         res.fp32_host_bytes = rb->grad32 + rb->master + rb->exp_avg + rb->exp_avg_sq;
       }
       res.param_home_bytes = pl.host_roles.param + pl.nvme_roles.param;
+      res.param_device_bytes = pl.device_roles.param;
+      res.grad_host_bytes = pl.host_roles.grad;
+      res.host_homed = pl.host_homed;
+      res.host_cache = pl.host_cache;
+      res.host_peak = e->store_stats().tiers[1].peak_bytes;
+      res.prefetched_gathers = e->optimizer().prefetched_gathers();
       res.fp32_device_bytes = pl.device_roles.grad32 + pl.device_roles.master +
                               pl.device_roles.exp_avg + pl.device_roles.exp_avg_sq;
       res.fp32_nvme_bytes = pl.nvme_roles.master + pl.nvme_roles.exp_avg + pl.nvme_roles.exp_avg_sq;
@@ -247,14 +262,46 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       EXPECT_LE(bytes, one_bytes / c.world + 24 * 4096) << "rank " << r;
       EXPECT_LT(bytes, one_bytes) << "rank " << r;
     }
-    // ZeRO-3: the compute params' home copies are ~1/N too; below, whole.
+    // ZeRO-3: the compute params' home copies are ~1/N too. Stage 1/2 with
+    // offload: reduced and gathered on the device (SimDevice), the compute
+    // params and grads are homed there, whole, and the host holds none of
+    // them (nor the grads at stage 3 without offload_param); so each rank's
+    // host tier, measured, is what the placement says and ~1/N of one rank's.
+    // A device budget below every layer's keeps both on the host, whole.
+    const bool on_device = c.offload && c.device_budget == 0;
     for (int r = 0; r < c.world; ++r) {
+      SCOPED_TRACE(::testing::Message() << "rank " << r);
       if (c.stage >= 3) {
-        EXPECT_LE(many[r].param_home_bytes, one[0].param_home_bytes / c.world + 12 * 4096)
-            << "rank " << r;
+        EXPECT_LE(many[r].param_home_bytes, one[0].param_home_bytes / c.world + 12 * 4096);
+      } else if (on_device) {
+        EXPECT_EQ(many[r].param_home_bytes, 0u);
+        // Whole on the device (exact there, 4 KiB pages a tensor on the host).
+        EXPECT_LE(many[r].param_device_bytes, one[0].param_home_bytes);
+        EXPECT_GT(many[r].param_device_bytes, one[0].param_home_bytes - 6 * 4096);
       } else {
-        EXPECT_EQ(many[r].param_home_bytes, one[0].param_home_bytes) << "rank " << r;
+        EXPECT_EQ(many[r].param_home_bytes, one[0].param_home_bytes);
       }
+      if (on_device && !c.offload_param && c.stage >= 1) {
+        EXPECT_EQ(many[r].grad_host_bytes, 0u);
+        EXPECT_GT(one[0].grad_host_bytes, 0u);
+        EXPECT_LE(many[r].host_homed, one[0].host_homed / c.world + 24 * 4096);
+      } else if (c.offload) {
+        EXPECT_EQ(many[r].grad_host_bytes, one[0].grad_host_bytes);
+        EXPECT_EQ(many[r].param_device_bytes, 0u);
+      }
+      if (c.offload && !c.nvme && !c.offload_param && c.device_budget == 0) {
+        EXPECT_EQ(many[r].host_peak, many[r].host_homed);
+        EXPECT_EQ(one[0].host_peak, one[0].host_homed);
+      } else if (c.offload) {
+        EXPECT_LE(many[r].host_peak, many[r].host_homed + many[r].host_cache);
+      }
+    }
+    // ZeRO-3: from the second step on, every gather but the step's first
+    // was started ahead, at the release of the bucket before it in the
+    // first step's order (3 layers forward and backward per micro-batch).
+    for (int r = 0; r < c.world; ++r) {
+      const int64_t expected = c.stage >= 3 ? (kSteps - 1) * (2 * 3 * kGas - 1) : 0;
+      EXPECT_EQ(many[r].prefetched_gathers, expected) << "rank " << r;
     }
     // Each rank's slice is its share of the elements.
     for (size_t p = 0; p < many[0].master_slices.size(); ++p) {
@@ -360,6 +407,14 @@ TEST_F(TrainingEngineDpTest, Stage2CpuBf16ThreeRanks) {
 TEST_F(TrainingEngineDpTest, Stage2CpuBf16TwoRanks) {
   expect_equivalent(
       {.world = 2, .stage = 2, .bf16 = true, .accumulated_reference = true, .tolerance = 2e-3});
+}
+// A device budget that holds the largest layer's params and grads but not
+// every layer's (154.1 KiB in fp32): the ranks keep them homed on the host
+// and the store moves a window of them, still reducing and gathering on
+// the device; the run equals one rank's under the same budget.
+TEST_F(TrainingEngineDpTest, ADeviceBudgetBelowEveryLayerKeepsGradsAndParamsOnTheHost) {
+  expect_equivalent({.world = 2, .stage = 2, .device_budget = 150000});
+  expect_equivalent({.world = 3, .stage = 1, .device_budget = 150000});
 }
 TEST_F(TrainingEngineDpTest, Stage3CpuFp32TwoRanks) { expect_equivalent({.world = 2, .stage = 3}); }
 TEST_F(TrainingEngineDpTest, Stage3CpuFp32ThreeRanks) {

@@ -31,6 +31,7 @@ nlohmann::json step_json(const engine::StepBenchmarkStep& s) {
           {"h2d_bytes", s.h2d_bytes},
           {"d2h_bytes", s.d2h_bytes},
           {"host_bytes", s.host_bytes},
+          {"host_plan_bytes", s.host_plan_bytes},
           {"optimizer_gb_per_s", s.optimizer_gb_per_s},
           {"slowest", s.slowest},
           {"slowest_seconds", s.slowest_seconds},
@@ -63,11 +64,13 @@ engine::StepBenchmarkStep steady(const engine::StepBenchmarkMode& m, int64_t par
     a.h2d_bytes += s.h2d_bytes / n;
     a.d2h_bytes += s.d2h_bytes / n;
     a.host_bytes += s.host_bytes / n;
+    a.host_plan_bytes += s.host_plan_bytes / n;
     a.ranks.resize(s.ranks.size());
     for (size_t r = 0; r < s.ranks.size(); ++r) {
       a.ranks[r].h2d_bytes += s.ranks[r].h2d_bytes / n;
       a.ranks[r].d2h_bytes += s.ranks[r].d2h_bytes / n;
       a.ranks[r].host_bytes += s.ranks[r].host_bytes / n;
+      a.ranks[r].host_plan_bytes += s.ranks[r].host_plan_bytes / n;
       a.ranks[r].optimizer_bytes += s.ranks[r].optimizer_bytes / n;
     }
     a.host_syncs += s.host_syncs / n;
@@ -94,6 +97,7 @@ nlohmann::json rank_bytes_json(const engine::StepBenchmarkStep& ranks,
                    {"d2h_bytes", b.d2h_bytes},
                    {"pcie_bytes", b.h2d_bytes + b.d2h_bytes},
                    {"host_bytes", b.host_bytes},
+                   {"host_plan_bytes", b.host_plan_bytes},
                    {"optimizer_bytes", b.optimizer_bytes},
                    {"pcie_ratio", ratio(b.h2d_bytes + b.d2h_bytes, one.h2d_bytes + one.d2h_bytes)},
                    {"h2d_ratio", ratio(b.h2d_bytes, one.h2d_bytes)},
@@ -237,11 +241,20 @@ void add_bench_step_command(CLI::App& bench, int* exit_code) {
             cell(b["host_bytes"].get<double>(), b["host_ratio"].get<double>()).c_str(),
             cell(b["optimizer_bytes"].get<double>(), b["optimizer_ratio"].get<double>()).c_str());
       }
+      // The placement's host tier beside the measured one: what `strata
+      // plan --world-size N` prints for the same config.
+      std::fprintf(
+          stderr,
+          "host tier as planned (strata plan's budget, the fp32 accumulator counted): 1 rank %s, "
+          "rank 0 of %d %s\n",
+          format_bytes(one_sync.host_plan_bytes).c_str(), o->world_size,
+          format_bytes(dp_sync.ranks[0].host_plan_bytes).c_str());
       per_rank = {{"one_rank",
                    {{"h2d_bytes", one_sync.h2d_bytes},
                     {"d2h_bytes", one_sync.d2h_bytes},
                     {"pcie_bytes", one_sync.h2d_bytes + one_sync.d2h_bytes},
                     {"host_bytes", one_sync.host_bytes},
+                    {"host_plan_bytes", one_sync.host_plan_bytes},
                     {"optimizer_bytes", one_sync.optimizer_bytes}}},
                   {"ranks", per_rank}};
     }

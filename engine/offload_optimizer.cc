@@ -108,6 +108,7 @@ OffloadOptimizer::Impl::~Impl() {
     if (dp_dev_part16 != nullptr) device->free(dp_dev_part16);
     if (dp_param_part_registered)
       device->unregister_host_memory(dp_param_part.data()).IgnoreError();
+    if (staging_registered) device->unregister_host_memory(staging.data()).IgnoreError();
     if (have_dp_stream) device->destroy_stream(dp_stream);
   }
   worker.reset();  // its jobs use the store
@@ -543,6 +544,23 @@ absl::Status OffloadOptimizer::Impl::prepare_step_state() {
     }
     if (bucket_has_device[b]) {
       STRATA_ASSIGN_OR_RETURN(bucket_events[b], device->create_event());
+    }
+  }
+  uint64_t staging_bytes = 0;
+  for (const ParamRec& p : params) {
+    if (p.desc.binding == ParamBinding::kDevice) {
+      staging_bytes = std::max<uint64_t>(staging_bytes, p.desc.numel * dtype_size(dtype));
+    }
+  }
+  if (staging_bytes > 0) {
+    staging.resize(staging_bytes);
+    if (absl::Status s = device->register_host_memory(staging.data(), staging.size()); s.ok()) {
+      staging_registered = true;
+    } else {
+      log::get("engine")->warn(
+          "pinning the {} B gradient staging buffer failed ({}); device gradients are copied "
+          "out through pageable memory, at a lower rate",
+          staging.size(), std::string(s.message()));
     }
   }
   reported_round.assign(num_buckets, -1);

@@ -284,7 +284,11 @@ struct OffloadOptimizer::Impl {
   // memory: what optimizer_ns was spent on.
   std::atomic<uint64_t> optimizer_bytes{0};
   uint64_t optimizer_bytes_reported = 0;
-  std::vector<uint8_t> staging;             // kDevice gradient copy-out (one at a time)
+  // kDevice gradient copy-out, one param at a time: sized at start to the
+  // largest and pinned, so the D2H runs at the pinned rate (registered
+  // unless the device refused; then pageable).
+  std::vector<uint8_t> staging;
+  bool staging_registered = false;
   std::vector<gpu::EventId> bucket_events;  // per bucket with kDevice params
   std::vector<char> bucket_has_device;
 

@@ -232,9 +232,8 @@ absl::Status OffloadOptimizer::Impl::accumulate_bucket(int bucket, bool first,
                                absl::StrCat("bucket ", bucket, ": waiting for its gradient"));
         waited = true;
       }
-      staging.resize(n * dtype_size(dtype));
       STRATA_RETURN_IF_ERROR(
-          device->copy_to_host(staging.data(), p.desc.grad, staging.size(), stream),
+          device->copy_to_host(staging.data(), p.desc.grad, n * dtype_size(dtype), stream),
           absl::StrCat("copying the gradient of ", p.desc.name));
       STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream),
                              absl::StrCat("copying the gradient of ", p.desc.name));
@@ -854,9 +853,8 @@ absl::Status OffloadOptimizer::Impl::reduce_bucket(int bucket, bool have, bool f
                                "waiting for the gradient");
         waited = true;
       }
-      staging.resize(p.desc.numel * esize);
       STRATA_RETURN_IF_ERROR(
-          device->copy_to_host(staging.data(), p.desc.grad, staging.size(), stream),
+          device->copy_to_host(staging.data(), p.desc.grad, p.desc.numel * esize, stream),
           absl::StrCat("copying the gradient of ", p.desc.name));
       STRATA_RETURN_IF_ERROR(device->synchronize_stream(stream));
       STRATA_RETURN_IF_ERROR(pack(staging.data()), p.desc.name);

@@ -383,6 +383,13 @@ absl::Status SimDevice::synchronize() {
   return first;
 }
 
+size_t SimDevice::registered_bytes() const {
+  std::lock_guard lock(mu_);
+  size_t sum = 0;
+  for (const auto& [start, bytes] : registered_) sum += bytes;
+  return sum;
+}
+
 bool SimDevice::registered(const void* ptr, size_t bytes) const {
   const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
   std::lock_guard lock(mu_);

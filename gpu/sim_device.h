@@ -160,6 +160,8 @@ class SimDevice final : public Device {
   // Whether [ptr, ptr + bytes) lies inside one registered host range (its
   // copies run at the pinned rate).
   bool registered(const void* ptr, size_t bytes) const;
+  // The bytes of host memory registered now (all ranges together).
+  size_t registered_bytes() const;
 
  private:
   class StreamWorker;

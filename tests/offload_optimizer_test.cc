@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -500,8 +501,13 @@ TEST_F(OffloadOptimizerTest, DeviceBindingOnSimDevice) {
       dev.push_back(*a);
     }
   }
+  const size_t pinned_before = device_.registered_bytes();
   {
     auto opt = make(cfg, model, ParamBinding::kDevice, &dev);
+    // The gradients leave the device through one pinned buffer the size of
+    // the largest (pageable memory would halve the link rate).
+    const size_t largest = *std::max_element(std::begin(kSizes), std::end(kSizes)) * sizeof(float);
+    EXPECT_EQ(device_.registered_bytes(), pinned_before + largest);
     auto stream = device_.create_stream();
     auto event = device_.create_event();
     ASSERT_TRUE(stream.ok() && event.ok());
@@ -539,6 +545,7 @@ TEST_F(OffloadOptimizerTest, DeviceBindingOnSimDevice) {
     device_.destroy_event(*event);
     device_.destroy_stream(*stream);
   }
+  EXPECT_EQ(device_.registered_bytes(), pinned_before);
   for (void* p : dev) device_.free(p);
 }
 

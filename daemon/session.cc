@@ -354,15 +354,21 @@ absl::StatusOr<SessionReply> Session::set_value(const nlohmann::json& body,
   return SessionReply{};
 }
 
-absl::StatusOr<SessionReply> Session::read_state(const nlohmann::json& body) {
-  STRATA_ASSIGN_OR_RETURN(int64_t p, get_int(body, "param", 0, int64_t(spec_.params.size()) - 1));
+absl::StatusOr<Session::StateRange> Session::state_range(const nlohmann::json& body) const {
+  StateRange r;
+  STRATA_ASSIGN_OR_RETURN(r.param, get_int(body, "param", 0, int64_t(spec_.params.size()) - 1));
   STRATA_ASSIGN_OR_RETURN(std::string kind_name, get_string(body, "kind", 16));
-  STRATA_ASSIGN_OR_RETURN(engine::StateKind kind, parse_state_kind(kind_name));
-  const uint64_t numel = spec_.params[p].numel;
-  STRATA_ASSIGN_OR_RETURN(int64_t offset, get_int(body, "offset", 0, int64_t(numel) - 1));
+  STRATA_ASSIGN_OR_RETURN(r.kind, parse_state_kind(kind_name));
+  const uint64_t numel = spec_.params[r.param].numel;
+  STRATA_ASSIGN_OR_RETURN(r.offset, get_int(body, "offset", 0, int64_t(numel) - 1));
   STRATA_ASSIGN_OR_RETURN(
-      int64_t count,
-      get_int(body, "count", 1, std::min<int64_t>(numel - offset, kMaxBlobBytes / 4)));
+      r.count, get_int(body, "count", 1, std::min<int64_t>(numel - r.offset, kMaxBlobBytes / 4)));
+  return r;
+}
+
+absl::StatusOr<SessionReply> Session::read_state(const nlohmann::json& body) {
+  STRATA_ASSIGN_OR_RETURN(const StateRange range, state_range(body));
+  const auto [p, kind, offset, count] = range;
   STRATA_ASSIGN_OR_RETURN(std::vector<float> values,
                           opt_->read_state(static_cast<engine::ParamHandle>(p), kind));
   SessionReply r;
@@ -375,14 +381,8 @@ absl::StatusOr<SessionReply> Session::write_state(const nlohmann::json& body,
   // The optimizer refuses it mid-step too; refusing the first chunk keeps
   // a half-received tensor from waiting for the step's end.
   if (in_step_) return absl::FailedPreconditionError("write_state during a step");
-  STRATA_ASSIGN_OR_RETURN(int64_t p, get_int(body, "param", 0, int64_t(spec_.params.size()) - 1));
-  STRATA_ASSIGN_OR_RETURN(std::string kind_name, get_string(body, "kind", 16));
-  STRATA_ASSIGN_OR_RETURN(engine::StateKind kind, parse_state_kind(kind_name));
-  const uint64_t numel = spec_.params[p].numel;
-  STRATA_ASSIGN_OR_RETURN(int64_t offset, get_int(body, "offset", 0, int64_t(numel) - 1));
-  STRATA_ASSIGN_OR_RETURN(
-      int64_t count,
-      get_int(body, "count", 1, std::min<int64_t>(numel - offset, kMaxBlobBytes / 4)));
+  STRATA_ASSIGN_OR_RETURN(const StateRange range, state_range(body));
+  const auto [p, kind, offset, count] = range;
   if (blob.size() != static_cast<uint64_t>(count) * 4) {
     return absl::InvalidArgumentError(
         absl::StrCat("write_state: blob of ", blob.size(), " bytes for ", count, " fp32 values"));
@@ -396,10 +396,11 @@ absl::StatusOr<SessionReply> Session::write_state(const nlohmann::json& body,
     ps.filled = 0;
   }
   if (ps.param != p || ps.kind != kind || static_cast<uint64_t>(offset) != ps.filled) {
-    return absl::InvalidArgumentError(absl::StrCat("write_state: param ", p, " ", kind_name,
-                                                   " chunk at ", offset,
+    return absl::InvalidArgumentError(absl::StrCat("write_state: param ", p, " ",
+                                                   state_kind_name(kind), " chunk at ", offset,
                                                    " does not continue the tensor in flight"));
   }
+  const uint64_t numel = spec_.params[p].numel;
   ps.values.resize(numel);
   std::memcpy(ps.values.data() + offset, blob.data(), blob.size());
   ps.filled += count;

@@ -124,6 +124,15 @@ class Session {
  private:
   Session() = default;
   absl::StatusOr<SessionReply> set_value(const nlohmann::json& body, const std::string& blob);
+  // A read_state / write_state request's param, state and element range
+  // (checked against the param's size and the largest blob).
+  struct StateRange {
+    int64_t param = 0;
+    engine::StateKind kind{};
+    int64_t offset = 0;
+    int64_t count = 0;
+  };
+  absl::StatusOr<StateRange> state_range(const nlohmann::json& body) const;
   absl::StatusOr<SessionReply> read_state(const nlohmann::json& body);
   absl::StatusOr<SessionReply> write_state(const nlohmann::json& body, const std::string& blob);
   absl::StatusOr<SessionReply> set_group(const nlohmann::json& body);

@@ -129,11 +129,13 @@
 // at the same points (they are collective); load_checkpoint reshards a
 // checkpoint of any world size. ZeRO-3 across ranks: each layer's params
 // are gathered on the device (OffloadOptimizer::acquire_full_params) for
-// its forward and again for its backward, and freed after; so the gathers
-// never meet the reductions, gradients are handed over after backward and
-// the previous micro-batch's reductions waited for before forward (the
-// overlap of reductions with backward is lost in this mode); evaluate and
-// read_param are then collective too.
+// its forward and again for its backward, and released after (a release
+// starts the next gather the previous step's order predicts, on its own
+// stream into reused device buffers); the gathers never meet the
+// reductions, gradients are handed over after backward and the previous
+// micro-batch's reductions waited for before forward (the overlap of
+// reductions with backward is lost in this mode); evaluate and read_param
+// are then collective too.
 //
 // Through a remote optimizer (EngineOptions::remote, a HostBoundOptimizer:
 // stratad): the same loop and the same arithmetic (losses bit-identical to

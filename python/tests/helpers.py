@@ -26,6 +26,25 @@ def make_data(seed: int = 1, dtype: torch.dtype = torch.float32) -> tuple[torch.
     return x.to(dtype), y.to(dtype)
 
 
+def scaled_step(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor,
+                poison: bool = False) -> float:
+    """One GradScaler step of make_model's model; `poison` makes the second
+    Linear's weight gradient inf (the scaler skips the step and backs off).
+    Returns the loss."""
+    opt.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    handle = None
+    if poison:
+        handle = model[2].weight.register_hook(lambda g: g * float("inf"))
+    scaler.scale(loss).backward()
+    if handle is not None:
+        handle.remove()
+    scaler.step(opt)
+    scaler.update()
+    return loss.item()
+
+
 def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = STEPS,
           after_step: Callable[[int], None] | None = None) -> list[float]:
     """Full-batch MSE training; returns each step's loss (before its update)."""

@@ -26,7 +26,7 @@ import torch
 
 import strata
 import strata.torch as st
-from helpers import make_data, make_model, train
+from helpers import make_data, make_model, scaled_step, train
 
 STRATAD = Path(strata.__file__).parent / "bin" / "stratad"
 
@@ -184,17 +184,8 @@ def test_grad_scaler_through_daemon_equals_in_process(stratad: str) -> None:
         scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
         out = []
         for i in range(8):
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            handle = None
-            if i in (2, 5):
-                handle = model[2].weight.register_hook(lambda g: g * float("inf"))
-            scaler.scale(loss).backward()
-            if handle is not None:
-                handle.remove()
-            scaler.step(opt)
-            scaler.update()
-            out.append((loss.item(), opt.last_step["skipped"], scaler.get_scale()))
+            loss = scaled_step(model, opt, scaler, x, y, poison=i in (2, 5))
+            out.append((loss, opt.last_step["skipped"], scaler.get_scale()))
         return out
 
     local, remote = make_model(), make_model()

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import strata.torch as st
-from helpers import STEPS, assert_losses_close, assert_params_close, make_data, make_model, train
+from helpers import (STEPS, assert_losses_close, assert_params_close, make_data, make_model,
+                     scaled_step, train)
 
 LR, WD = 5e-3, 0.05
 
@@ -169,16 +170,7 @@ def test_grad_scaler_overflow_skips_and_backs_off() -> None:
     x, y = make_data()
 
     def step(poison: bool) -> None:
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        handle = None
-        if poison:
-            handle = model[2].weight.register_hook(lambda g: g * float("inf"))
-        scaler.scale(loss).backward()
-        if handle is not None:
-            handle.remove()
-        scaler.step(opt)
-        scaler.update()
+        scaled_step(model, opt, scaler, x, y, poison)
 
     for _ in range(3):
         step(poison=False)

@@ -429,7 +429,7 @@ void SimDevice::run_copy(Engine engine, void* dst, const void* src, size_t bytes
   std::this_thread::sleep_until(free_at);
   set_op_end(free_at);
   std::lock_guard lock(mu_);
-  (engine == Engine::kH2D ? stats_.h2d_bytes : stats_.d2h_bytes) += bytes;
+  (h2d ? stats_.h2d_bytes : stats_.d2h_bytes) += bytes;
 }
 
 absl::Status SimDevice::copy_to_device(void* device_dst, const void* host_src, size_t bytes,

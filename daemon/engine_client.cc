@@ -41,6 +41,14 @@ class EngineClient final : public engine::HostBoundOptimizer {
     if (absl::Status s = send_overflow(); !s.ok()) return abort_step(s);
     return remote_->finish_step();
   }
+  absl::StatusOr<engine::StepGradStats> finish_step_local() override {
+    if (absl::Status s = send_overflow(); !s.ok()) return abort_step(s);
+    return remote_->finish_step_local();
+  }
+  absl::StatusOr<engine::OptimizerStepResult> finish_step_global(
+      engine::StepGradStats global) override {
+    return remote_->finish_step_global(global);
+  }
   absl::Status abort_step(absl::Status why) override {
     overflow_ = overflow_unsent_ = false;
     return remote_->abort_step(std::move(why));

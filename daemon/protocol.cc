@@ -254,6 +254,10 @@ absl::string_view type_name(MsgType type) {
       return "set_group";
     case MsgType::kSetOptimizerSteps:
       return "set_optimizer_steps";
+    case MsgType::kFinishLocal:
+      return "finish_local";
+    case MsgType::kFinishGlobal:
+      return "finish_global";
     case MsgType::kOk:
       return "ok";
     case MsgType::kError:

@@ -65,12 +65,17 @@ enum class MsgType : uint16_t {
   kWriteState = 16,         // {param, kind, offset, count} + count fp32 values, chunks in order
   kSetGroup = 17,           // {group, hp: {lr, beta1, beta2, eps, weight_decay, bias_correction}}
   kSetOptimizerSteps = 18,  // {steps}
+  // finish_step in two halves, for the sessions of one data-parallel job
+  // (each holding its rank's slices): the clients sum the statistics over
+  // their ranks between them (engine::OffloadOptimizer::finish_step_local).
+  kFinishLocal = 19,   // -> {sum_squares, nonfinite}
+  kFinishGlobal = 20,  // {sum_squares, nonfinite} over every rank -> as kFinishStep
   kOk = 100,
   kError = 101,  // {code, message}
 };
 // The highest request type: requests are 1..kLastRequestType (the fuzzer
 // enumerates them).
-inline constexpr uint16_t kLastRequestType = 18;
+inline constexpr uint16_t kLastRequestType = 20;
 bool is_known_type(uint16_t type);
 absl::string_view type_name(MsgType type);
 

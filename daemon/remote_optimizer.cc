@@ -225,6 +225,28 @@ absl::Status RemoteOptimizer::report_overflow() {
 
 absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::finish_step() {
   STRATA_ASSIGN_OR_RETURN(Frame f, call(MsgType::kFinishStep, nlohmann::json::object()));
+  return step_result(f);
+}
+
+absl::StatusOr<engine::StepGradStats> RemoteOptimizer::finish_step_local() {
+  STRATA_ASSIGN_OR_RETURN(Frame f, call(MsgType::kFinishLocal, nlohmann::json::object()));
+  engine::StepGradStats stats;
+  STRATA_ASSIGN_OR_RETURN(stats.sum_squares, get_double(f.body, "sum_squares", 0, HUGE_VAL));
+  STRATA_ASSIGN_OR_RETURN(stats.nonfinite, get_bool(f.body, "nonfinite"));
+  return stats;
+}
+
+absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::finish_step_global(
+    engine::StepGradStats global) {
+  // JSON has no inf: a non-finite sum travels as the flag.
+  const bool nonfinite = global.nonfinite || !std::isfinite(global.sum_squares);
+  STRATA_ASSIGN_OR_RETURN(
+      Frame f, call(MsgType::kFinishGlobal, {{"sum_squares", nonfinite ? 0.0 : global.sum_squares},
+                                             {"nonfinite", nonfinite}}));
+  return step_result(f);
+}
+
+absl::StatusOr<engine::OptimizerStepResult> RemoteOptimizer::step_result(const Frame& f) {
   engine::OptimizerStepResult r;
   STRATA_ASSIGN_OR_RETURN(r.step, get_int(f.body, "step", 0, INT64_MAX));
   STRATA_ASSIGN_OR_RETURN(r.loss_scale, get_double(f.body, "loss_scale", 0, 1e300));

@@ -82,6 +82,11 @@ class RemoteOptimizer {
   // takes no further gradient this step and finish_step skips it.
   absl::Status report_overflow();
   absl::StatusOr<engine::OptimizerStepResult> finish_step();
+  // finish_step in two halves (engine::OffloadOptimizer's of the same
+  // names), for the sessions of one data-parallel job: the client sums the
+  // local statistics over its ranks and hands the sums to finish_step_global.
+  absl::StatusOr<engine::StepGradStats> finish_step_local();
+  absl::StatusOr<engine::OptimizerStepResult> finish_step_global(engine::StepGradStats global);
   // With the config's fp16 loss scaler: the scale the next step's loss
   // must carry, as of the last finish_step (none before the first).
   std::optional<double> next_loss_scale() const { return next_loss_scale_; }
@@ -115,6 +120,8 @@ class RemoteOptimizer {
 
  private:
   RemoteOptimizer() = default;
+  // A finish_step / finish_global reply, parsed; the counters follow it.
+  absl::StatusOr<engine::OptimizerStepResult> step_result(const Frame& f);
   // One request and its reply on a fresh connection (stats, end_session).
   static absl::StatusOr<nlohmann::json> one_request(const std::string& socket_path, MsgType type,
                                                     const nlohmann::json& body, int timeout_ms);

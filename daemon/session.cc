@@ -201,9 +201,45 @@ nlohmann::json Session::attach_body(bool created) const {
           {"ring_entries", kRingEntries}};
 }
 
+void Session::end_step() {
+  finish_half_ = false;
+  in_step_ = false;
+  in_step_stat_.store(false);
+  steps_.store(opt_->steps());
+}
+
+absl::StatusOr<SessionReply> Session::step_reply(
+    const absl::StatusOr<engine::OptimizerStepResult>& r) {
+  if (r.ok()) count_step(*r, now_seconds() - step_started_);
+  end_step();
+  if (!r.ok()) return r.status();
+  SessionReply reply;
+  reply.body = {{"step", r->step},
+                {"micro_batches", opt_->micro_batches()},
+                {"loss_scale", r->loss_scale},
+                {"skipped", r->skipped},
+                {"overflow", r->overflow},
+                {"grad_norm", finite_or_null(r->grad_norm)},
+                {"clip_coef", finite_or_null(r->clip_coef)},
+                {"lr", r->lr},
+                {"speculative_buckets", r->speculative_buckets},
+                {"rolled_back_buckets", r->rolled_back_buckets},
+                {"grad_seconds", r->grad_seconds},
+                {"optimizer_seconds", r->optimizer_seconds}};
+  // The scale the next step's loss must carry (a skipped step backed the
+  // scaler off): a framework scaling its own backward needs it before its
+  // next begin_step.
+  if (opt_->loss_scaler() != nullptr) reply.body["next_loss_scale"] = opt_->loss_scaler()->scale();
+  return reply;
+}
+
 absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json& body,
                                              const std::string& blob) {
   SessionReply reply;
+  if (finish_half_ && type != MsgType::kFinishGlobal && type != MsgType::kAbortStep) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "'", type_name(type), "' between finish_local and finish_global; send finish_global"));
+  }
   switch (type) {
     case MsgType::kSetValue:
       return set_value(body, blob);
@@ -245,53 +281,74 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       STRATA_RETURN_IF_ERROR(ring_error_);
       STRATA_RETURN_IF_ERROR(opt_->wait_grads());
       return reply;
-    case MsgType::kFinishStep: {
+    case MsgType::kFinishStep:
+    case MsgType::kFinishLocal: {
+      const bool whole = type == MsgType::kFinishStep;
+      if (finish_half_) {
+        return absl::FailedPreconditionError(
+            "this step's finish_local is done; send finish_global (or abort_step)");
+      }
       absl::StatusOr<engine::OptimizerStepResult> r =
           absl::InternalError("finish_step did not run");
+      absl::StatusOr<engine::StepGradStats> local = absl::InternalError("finish_local did not run");
       if (ring_error_.ok()) {
         // The decided passes (all of sync mode's but what grad_ready ran,
         // overlap's rollbacks and redos): one turn, charged a full step.
         absl::Status turn = in_turn(
             step_cost_,
             [&] {
-              r = opt_->finish_step();
+              if (whole) {
+                r = opt_->finish_step();
+              } else {
+                local = opt_->finish_step_local();
+              }
               return absl::OkStatus();
             },
-            /*more_soon=*/false);
-        if (!turn.ok()) r = opt_->abort_step(turn);
+            /*more_soon=*/!whole);
+        if (!turn.ok()) {
+          r = opt_->abort_step(turn);
+          local = r.status();
+        }
       } else {
         r = opt_->abort_step(ring_error_);
+        local = r.status();
       }
-      if (r.ok()) count_step(*r, now_seconds() - step_started_);
       ring_error_ = absl::OkStatus();
-      in_step_ = false;
-      in_step_stat_.store(false);
-      steps_.store(opt_->steps());
-      if (!r.ok()) return r.status();
-      reply.body = {{"step", r->step},
-                    {"micro_batches", opt_->micro_batches()},
-                    {"loss_scale", r->loss_scale},
-                    {"skipped", r->skipped},
-                    {"overflow", r->overflow},
-                    {"grad_norm", finite_or_null(r->grad_norm)},
-                    {"clip_coef", finite_or_null(r->clip_coef)},
-                    {"lr", r->lr},
-                    {"speculative_buckets", r->speculative_buckets},
-                    {"rolled_back_buckets", r->rolled_back_buckets},
-                    {"grad_seconds", r->grad_seconds},
-                    {"optimizer_seconds", r->optimizer_seconds}};
-      // The scale the next step's loss must carry (a skipped step backed
-      // the scaler off): a framework scaling its own backward needs it
-      // before its next begin_step.
-      if (opt_->loss_scaler() != nullptr)
-        reply.body["next_loss_scale"] = opt_->loss_scaler()->scale();
-      return reply;
+      if (!whole) {
+        if (!local.ok()) {
+          end_step();
+          return local.status();
+        }
+        finish_half_ = true;
+        reply.body = {{"sum_squares", local->sum_squares}, {"nonfinite", local->nonfinite}};
+        return reply;
+      }
+      return step_reply(r);
+    }
+    case MsgType::kFinishGlobal: {
+      if (!finish_half_) {
+        return absl::FailedPreconditionError(
+            "finish_global without finish_local in this step; send finish_local first");
+      }
+      STRATA_ASSIGN_OR_RETURN(double sum_sq, get_double(body, "sum_squares", 0, HUGE_VAL));
+      STRATA_ASSIGN_OR_RETURN(bool nonfinite, get_bool(body, "nonfinite"));
+      finish_half_ = false;
+      absl::StatusOr<engine::OptimizerStepResult> r =
+          absl::InternalError("finish_global did not run");
+      absl::Status turn = in_turn(
+          step_cost_,
+          [&] {
+            r = opt_->finish_step_global({.sum_squares = sum_sq, .nonfinite = nonfinite});
+            return absl::OkStatus();
+          },
+          /*more_soon=*/false);
+      if (!turn.ok()) r = opt_->abort_step(turn);
+      return step_reply(r);
     }
     case MsgType::kAbortStep: {
       STRATA_ASSIGN_OR_RETURN(std::string why, get_string(body, "why", 4096));
       absl::Status s = opt_->abort_step(absl::AbortedError(why));
-      in_step_ = false;
-      in_step_stat_.store(false);
+      end_step();
       ring_error_ = absl::OkStatus();
       reply.body = {{"message", std::string(s.message())}};
       return reply;
@@ -445,8 +502,7 @@ absl::Status Session::restore_from(const std::string& dir) {
 absl::Status Session::client_lost(const std::string& why) {
   if (!in_step_) return absl::OkStatus();
   absl::Status s = opt_->abort_step(absl::AbortedError(why));
-  in_step_ = false;
-  in_step_stat_.store(false);
+  end_step();
   aborted_steps_.fetch_add(1);
   steps_.store(opt_->steps());
   return s;

@@ -143,6 +143,10 @@ class Session {
   absl::Status in_turn(uint64_t cost, const std::function<absl::Status()>& job,
                        bool more_soon = true);
   void count_step(const engine::OptimizerStepResult& r, double step_seconds);
+  // The step is over (finished, failed or aborted).
+  void end_step();
+  // finish_step's (and finish_global's) reply, the step ended.
+  absl::StatusOr<SessionReply> step_reply(const absl::StatusOr<engine::OptimizerStepResult>& r);
 
   std::string name_;
   SessionSpec spec_;
@@ -163,6 +167,7 @@ class Session {
   };
   PendingState pending_state_;
   bool in_step_ = false;
+  bool finish_half_ = false;  // finish_local done, finish_global next
   int event_fd_ = -1;
   uint32_t ring_tail_ = 0;   // the daemon's own copy: the page's is only published
   absl::Status ring_error_;  // the first failed grad_ready from the ring this step

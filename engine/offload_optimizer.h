@@ -353,6 +353,16 @@ class OffloadOptimizer final : public StepOptimizer {
   // (not reported: the time from begin_step to the last grad_ready).
   void set_backward_seconds(double seconds) override;
   absl::StatusOr<OptimizerStepResult> finish_step() override;
+  // finish_step in two halves, for a caller that sums the gradient
+  // statistics over several optimizers itself (stratad's sessions of one
+  // data-parallel job, each holding its rank's slices, no communicator):
+  // finish_step_local() does all of finish_step up to the decision and
+  // returns this optimizer's statistics; finish_step_global(sums) decides
+  // with the sums over every rank and finishes. finish_step() is the two,
+  // with the communicator's sum between them. Between the halves only
+  // abort_step may be called; a failed half undoes the step as finish_step.
+  absl::StatusOr<StepGradStats> finish_step_local();
+  absl::StatusOr<OptimizerStepResult> finish_step_global(StepGradStats global);
   // The step in flight is abandoned (the framework's forward or backward
   // failed): speculative updates are restored, counters put back; returns
   // `why` with what the undo added.

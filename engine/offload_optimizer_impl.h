@@ -184,7 +184,12 @@ struct OffloadOptimizer::Impl {
   absl::Status drain_worker();
   absl::Status finish_pending_update();
   Counters counters() const;
-  absl::Status run_finish(OptimizerStepResult* r);
+  // finish_step in two halves (finish_step_local / finish_step_global):
+  // `finishing` holds the result between them.
+  absl::Status run_finish_local(StepGradStats* local);
+  absl::Status run_finish_global(StepGradStats global);
+  OptimizerStepResult finishing;
+  bool finish_half = false;  // run_finish_local succeeded; global comes next
   absl::Status apply_step(bool apply, OptimizerStepResult* r);
   absl::Status undo_step(absl::Status status);
   StepArgs step_args(double grad_scale, int64_t step) const;

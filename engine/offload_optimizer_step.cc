@@ -592,6 +592,7 @@ static absl::Status with_note(const absl::Status& status, absl::string_view note
 }
 
 absl::Status OffloadOptimizer::Impl::undo_step(absl::Status status) {
+  finish_half = false;
   if (dp()) {
     // The round in flight ends with the other ranks told (they fail the
     // step too, rather than wait for this rank until their timeout).
@@ -1244,8 +1245,9 @@ absl::Status OffloadOptimizer::Impl::apply_step(bool apply, OptimizerStepResult*
   return absl::OkStatus();
 }
 
-absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
-  OptimizerStepResult& r = *out;
+absl::Status OffloadOptimizer::Impl::run_finish_local(StepGradStats* local) {
+  finishing = OptimizerStepResult{};
+  OptimizerStepResult& r = finishing;
   r.step = steps;
   r.loss_scale = loss_scale;
   r.lr = spec_args.lr.empty() ? 0 : spec_args.lr[0];
@@ -1285,16 +1287,15 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
     sum_sq += grad_stats[b].sum_squares;
     nonfinite = grad_stats[b].nonfinite;
   }
-  if (partitioned()) {
-    // Every rank's slices: one sum, so every rank decides alike (unsplit,
-    // every rank holds the same whole sums already).
-    double global[2] = {nonfinite ? 0.0 : sum_sq, nonfinite ? 1.0 : 0.0};
-    STRATA_RETURN_IF_ERROR(comm->all_reduce_host(global, dist::ReduceOp::kSum),
-                           absl::StrCat("step ", r.step, ": the global gradient norm"));
-    nonfinite = global[1] != 0 || !std::isfinite(global[0]);
-    sum_sq = global[0];
-    if (nonfinite) overflow.store(true);
-  }
+  *local = StepGradStats{.sum_squares = nonfinite ? 0.0 : sum_sq, .nonfinite = nonfinite};
+  return absl::OkStatus();
+}
+
+absl::Status OffloadOptimizer::Impl::run_finish_global(StepGradStats global) {
+  OptimizerStepResult& r = finishing;
+  const bool nonfinite = global.nonfinite || !std::isfinite(global.sum_squares);
+  const double sum_sq = nonfinite ? 0.0 : global.sum_squares;
+  if (nonfinite) overflow.store(true);
   r.overflow = nonfinite;
   // Across ranks grad32 holds the sum over ranks: the mean is 1/world of it
   // (and 1/grad_divisor: the engine's micro-batches summed, not averaged).
@@ -1355,15 +1356,47 @@ absl::Status OffloadOptimizer::Impl::run_finish(OptimizerStepResult* out) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<StepGradStats> OffloadOptimizer::finish_step_local() {
+  Impl& m = *impl_;
+  if (!m.in_step || m.finish_half) {
+    return absl::FailedPreconditionError(
+        m.in_step ? "finish_step_local called twice in one step; call finish_step_global"
+                  : "finish_step outside a step; call begin_step first");
+  }
+  StepGradStats local;
+  absl::Status status = m.run_finish_local(&local);
+  if (!status.ok()) return m.undo_step(std::move(status));
+  m.finish_half = true;
+  return local;
+}
+
+absl::StatusOr<OptimizerStepResult> OffloadOptimizer::finish_step_global(StepGradStats global) {
+  Impl& m = *impl_;
+  if (!m.in_step || !m.finish_half) {
+    return absl::FailedPreconditionError(
+        "finish_step_global without finish_step_local in this step; call finish_step_local first");
+  }
+  m.finish_half = false;
+  absl::Status status = m.run_finish_global(global);
+  if (status.ok()) return m.finishing;
+  return m.undo_step(std::move(status));
+}
+
 absl::StatusOr<OptimizerStepResult> OffloadOptimizer::finish_step() {
   Impl& m = *impl_;
-  if (!m.in_step) {
-    return absl::FailedPreconditionError("finish_step outside a step; call begin_step first");
+  STRATA_ASSIGN_OR_RETURN(StepGradStats stats, finish_step_local());
+  if (m.partitioned()) {
+    // Every rank's slices: one sum, so every rank decides alike (unsplit,
+    // every rank holds the same whole sums already).
+    double global[2] = {stats.sum_squares, stats.nonfinite ? 1.0 : 0.0};
+    if (absl::Status s = m.comm->all_reduce_host(global, dist::ReduceOp::kSum); !s.ok()) {
+      m.finish_half = false;
+      return m.undo_step(
+          annotate(s, absl::StrCat("step ", m.finishing.step, ": the global gradient norm")));
+    }
+    stats = StepGradStats{.sum_squares = global[0], .nonfinite = global[1] != 0};
   }
-  OptimizerStepResult r;
-  absl::Status status = m.run_finish(&r);
-  if (status.ok()) return r;
-  return m.undo_step(std::move(status));
+  return finish_step_global(stats);
 }
 
 absl::Status OffloadOptimizer::abort_step(absl::Status why) {

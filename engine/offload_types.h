@@ -65,6 +65,13 @@ struct OptimizerStepResult {
   std::array<uint64_t, offload::kTierCount> bytes_out{};
 };
 
+// A step's gradient statistics, as finish_step decides on them: the sum of
+// squares of the (scaled) gradient and whether any of it was inf or NaN.
+struct StepGradStats {
+  double sum_squares = 0;
+  bool nonfinite = false;
+};
+
 struct CheckpointLoadStats {
   uint64_t peak_buffer_bytes = 0;  // the largest host buffer the load held
   uint64_t largest_tensor_bytes = 0;

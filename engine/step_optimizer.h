@@ -79,6 +79,11 @@ class HostBoundOptimizer : public StepOptimizer {
   // arena), which the engine registers with the device for DMA while it
   // lives; {nullptr, 0}: none (the engine copies from pageable memory).
   virtual std::pair<void*, uint64_t> host_region() const { return {nullptr, 0}; }
+  // finish_step in two halves (OffloadOptimizer's of the same names): an
+  // engine whose ranks each hold their slices in a HostBoundOptimizer sums
+  // the local statistics over the ranks between them.
+  virtual absl::StatusOr<StepGradStats> finish_step_local() = 0;
+  virtual absl::StatusOr<OptimizerStepResult> finish_step_global(StepGradStats global) = 0;
 };
 
 // What the engine registers with a HostBoundOptimizer: one group (the

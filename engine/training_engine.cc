@@ -44,6 +44,11 @@ TrainingEngine::~TrainingEngine() {
     for (gpu::EventId e : bucket_events_) device_->destroy_event(e);
     for (void* p : device_params_) device_->free(p);
     for (void* g : device_grads_) device_->free(g);
+    if (rdp_ != nullptr) {
+      for (void* p : {rdp_->wide, rdp_->part, rdp_->part16}) {
+        if (p != nullptr) device_->free(p);
+      }
+    }
     if (remote_ != nullptr) device_->destroy_stream(stream_);
     if (pinned_region_ != nullptr) device_->unregister_host_memory(pinned_region_).IgnoreError();
   }
@@ -134,11 +139,6 @@ absl::Status TrainingEngine::register_params(const config::DsConfig& config,
     stream_ = opt_->stream();  // created by finalize
     return absl::OkStatus();
   }
-  if (options.comm != nullptr && options.comm->world_size() > 1) {
-    return absl::InvalidArgumentError(
-        "data parallel training (more than one rank) through a remote optimizer (stratad) is not "
-        "supported yet; train through stratad with one rank, or in-process with several");
-  }
   if (config.strata.delayed_param_update) {
     return absl::InvalidArgumentError(
         "strata.delayed_param_update needs the optimizer in this process; set it false to train "
@@ -151,6 +151,15 @@ absl::Status TrainingEngine::register_params(const config::DsConfig& config,
                             .speculation = options.speculation,
                             .allow_buffered_io = options.allow_buffered_io};
   for (ParamDesc& d : reg.params) d.binding = ParamBinding::kHost;
+  if (options.comm != nullptr && options.comm->world_size() > 1) {
+    STRATA_RETURN_IF_ERROR(plan_remote_slices(options.comm, &reg));
+    // Each rank's remote is a one-rank optimizer of its slices.
+    rdp_->config = config;
+    rdp_->config.world_size = 1;
+    rdp_->config.train_batch_size =
+        config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps;
+    reg.config = &rdp_->config;
+  }
   STRATA_ASSIGN_OR_RETURN(remote_, options.remote(reg));
   step_ = remote_.get();
   has_scaler_ = config.fp16.enabled;
@@ -174,11 +183,17 @@ absl::Status TrainingEngine::register_params(const config::DsConfig& config,
         absl::StrCat("device memory for the gradient of ", d.name, " of layer ", d.bucket));
     device_grads_.push_back(g);
   }
+  if (rdp_ != nullptr) STRATA_RETURN_IF_ERROR(setup_remote_dp());
   return absl::OkStatus();
 }
 
 absl::Status TrainingEngine::upload_params() {
   if (remote_ == nullptr || params_uploaded_) return absl::OkStatus();
+  if (rdp_ != nullptr) {
+    STRATA_RETURN_IF_ERROR(gather_params_from_remote());
+    params_uploaded_ = true;
+    return absl::OkStatus();
+  }
   const size_t dsize = dtype_size(dtype_);
   for (size_t h = 0; h < params_.size(); ++h) {
     STRATA_RETURN_IF_ERROR(
@@ -252,7 +267,13 @@ absl::Status TrainingEngine::initialize_params() {
     for (int i = 0; i < static_cast<int>(layers_[l].size()); ++i) {
       std::vector<float> init(params_[layers_[l][i]].numel);
       model_->init_param(l, i, init.data());
-      STRATA_RETURN_IF_ERROR(step_->set_value(layers_[l][i], init.data()));
+      const ParamHandle h = layers_[l][i];
+      if (rdp_ != nullptr) {
+        STRATA_RETURN_IF_ERROR(
+            step_->set_value(rdp_->handle[h], init.data() + rdp_->slice[h].offset));
+        continue;
+      }
+      STRATA_RETURN_IF_ERROR(step_->set_value(h, init.data()));
     }
   }
   return absl::OkStatus();
@@ -286,7 +307,8 @@ absl::StatusOr<StepStats> TrainingEngine::train_step() {
   st.loss = loss_sum / static_cast<double>(gas_);
   // A remote's finish_step writes the decided params into its memory.
   params_uploaded_ = false;
-  STRATA_ASSIGN_OR_RETURN(const OptimizerStepResult r, step_->finish_step());
+  STRATA_ASSIGN_OR_RETURN(const OptimizerStepResult r,
+                          rdp_ != nullptr ? finish_remote_dp() : step_->finish_step());
   st.skipped = r.skipped;
   st.grad_norm = r.grad_norm;
   st.clip_coef = r.clip_coef;
@@ -396,12 +418,14 @@ absl::Status TrainingEngine::finish_bucket(int b, int64_t micro, StepStats* st) 
   // The whole bucket's flags first: no layer of an overflowing bucket is
   // stepped speculatively only to be rolled back.
   for (int l : reduce_buckets_[b]) read_overflow_flags(l, micro, st);
-  for (int l : reduce_buckets_[b]) {
-    if (!step_->overflowed() && l < num_buckets_) {
-      STRATA_RETURN_IF_ERROR(step_->grad_ready(l));
-    }
-  }
+  for (int l : reduce_buckets_[b]) STRATA_RETURN_IF_ERROR(hand_on_grads(l));
   return absl::OkStatus();
+}
+
+absl::Status TrainingEngine::hand_on_grads(int l) {
+  if (l >= num_buckets_) return absl::OkStatus();
+  if (rdp_ != nullptr) STRATA_RETURN_IF_ERROR(reduce_grads_to_remote(l));
+  return step_->overflowed() ? absl::OkStatus() : step_->grad_ready(l);
 }
 
 absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_scale, bool first,
@@ -436,7 +460,10 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
       STRATA_RETURN_IF_ERROR(run_layer(l, &grads, micro, loss_grad_scale));
     }
     if (remote_ != nullptr) {
-      for (int l : reduce_buckets_[b]) STRATA_RETURN_IF_ERROR(download_grads(l));
+      // Across ranks the gradients are reduced once backward has run them.
+      for (int l : reduce_buckets_[b]) {
+        if (rdp_ == nullptr) STRATA_RETURN_IF_ERROR(download_grads(l));
+      }
     } else {
       // Gradients the optimizer reduces on the device stay there (only this
       // rank's part of them crosses PCIe, after the reduction).
@@ -476,8 +503,9 @@ absl::Status TrainingEngine::run_micro_batch(int64_t micro, double loss_grad_sca
   // sync: DeepSpeed's order, every gradient after the whole backward.
   if (!grads_during_backward_) {
     for (int l = num_layers - 1; l >= 0; --l) read_overflow_flags(l, micro, st);
-    for (int l = 0; l < num_buckets_ && !step_->overflowed(); ++l) {
-      STRATA_RETURN_IF_ERROR(step_->grad_ready(l));
+    for (int l = 0; l < num_buckets_; ++l) {
+      if (rdp_ == nullptr && step_->overflowed()) break;
+      STRATA_RETURN_IF_ERROR(hand_on_grads(l));
     }
   }
   return absl::OkStatus();
@@ -549,11 +577,19 @@ absl::StatusOr<std::vector<ParamHandle>> TrainingEngine::layer_params(int layer)
 
 absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int param, StateKind kind) {
   STRATA_ASSIGN_OR_RETURN(const ParamHandle h, handle(layer, param));
+  if (rdp_ != nullptr) {
+    STRATA_ASSIGN_OR_RETURN(std::vector<float> mine, step_->read_state(rdp_->handle[h], kind));
+    return gather_remote_fp32(h, mine);
+  }
   return step_->read_state(h, kind);
 }
 
 absl::StatusOr<std::vector<float>> TrainingEngine::read_param(int layer, int param) {
   STRATA_ASSIGN_OR_RETURN(const ParamHandle h, handle(layer, param));
+  if (rdp_ != nullptr) {
+    STRATA_ASSIGN_OR_RETURN(std::vector<float> mine, step_->read_param(rdp_->handle[h]));
+    return gather_remote_fp32(h, mine);
+  }
   return step_->read_param(h);
 }
 

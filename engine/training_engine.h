@@ -179,6 +179,7 @@
 #include "engine/placement.h"
 #include "engine/speculation.h"
 #include "engine/step_optimizer.h"
+#include "engine/zero_partition.h"
 #include "gpu/device.h"
 #include "nlohmann/json.hpp"
 #include "offload/pin.h"
@@ -376,6 +377,26 @@ class TrainingEngine {
   // Remote: enqueues the copies of layer l's gradients into the remote's memory.
   absl::Status download_grads(int layer);
 
+  // Data parallel through remote optimizers (training_engine_remote_dp.cc):
+  // rank r's remote holds its slice (zero_partition.h) of every param.
+  // Sets up rdp_ and the slices' registration.
+  absl::Status plan_remote_slices(dist::Communicator* comm, HostBoundRegistration* reg);
+  absl::Status setup_remote_dp();
+  // Sums layer l's gradients over the ranks and writes the rank's slice of
+  // their mean into the remote's memory (every rank, every layer, overflow
+  // or not: the collectives stay in step).
+  absl::Status reduce_grads_to_remote(int layer);
+  // Every rank's updated slices, gathered into the device params.
+  absl::Status gather_params_from_remote();
+  // finish_step: the ranks' gradient statistics summed between the halves.
+  absl::StatusOr<OptimizerStepResult> finish_remote_dp();
+  // A whole fp32 tensor from every rank's slice of it.
+  absl::StatusOr<std::vector<float>> gather_remote_fp32(ParamHandle h,
+                                                        const std::vector<float>& slice);
+  // Hands layer l's gradients to the optimizer (after its reduction across
+  // ranks) unless the step overflowed.
+  absl::Status hand_on_grads(int layer);
+
   Model* model_ = nullptr;
   gpu::Device* device_ = nullptr;
   std::unique_ptr<OffloadOptimizer> opt_;       // in-process; null with a remote
@@ -390,6 +411,23 @@ class TrainingEngine {
   std::vector<void*> device_params_, device_grads_;
   bool params_uploaded_ = false;
   void* pinned_region_ = nullptr;  // the remote's host_region, registered with the device
+  struct RemoteDp {
+    dist::Communicator* comm = nullptr;
+    config::DsConfig config;        // the remotes': one rank, the batch of this rank
+    std::vector<int> handle;        // per param: the remote's handle of its slice
+    std::vector<ParamSlice> slice;  // per param: the rank's
+    // Scratch for the largest param: its gradient widened to fp32 and the
+    // rank's slice of the sum (fp32, then the compute dtype), in memory the
+    // communicator reaches (the device's when the host can address it; else
+    // host memory, with `staging` for the device's copies).
+    void* wide = nullptr;
+    void* part = nullptr;
+    void* part16 = nullptr;
+    bool on_device = false;
+    std::vector<float> host_wide, host_part;
+    std::vector<uint8_t> staging;
+  };
+  std::unique_ptr<RemoteDp> rdp_;
   DType dtype_ = DType::kFloat32;
   int64_t gas_ = 1;
   // The power of two the loss is divided by (gas rounded up to one); the

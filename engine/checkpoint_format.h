@@ -29,6 +29,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,6 +39,10 @@
 #include "absl/status/statusor.h"
 #include "core/dtype.h"
 #include "nlohmann/json.hpp"
+
+namespace strata::dist {
+class Communicator;
+}  // namespace strata::dist
 
 namespace strata::engine {
 
@@ -170,6 +175,18 @@ absl::StatusOr<CheckpointShards> open_checkpoint_shards(const std::string& dir);
 // InvalidArgument for an index, kind or range outside the table.
 absl::Status read_checkpoint_range(const CheckpointShards& c, size_t index, int kind, uint64_t lo,
                                    uint64_t hi, void* dst, std::vector<uint8_t>* scratch = nullptr);
+
+// Writes a data-parallel checkpoint into DIR across the ranks of `comm`:
+// every rank's `write_shard(DIR/rank<r>)` writes its shard (a checkpoint in
+// the format above of its slices), and rank 0 publishes DIR/zero.json last
+// (removed first, so a save that fails half way leaves no checkpoint that
+// mixes two steps; shards of an earlier save with more ranks go). `ready`
+// is this rank's verdict before anything is written. The ranks agree after
+// each phase: all go on or all return an error (a rank that failed its
+// own, the others Aborted saying another rank failed). Collective.
+absl::Status save_checkpoint_shards(
+    dist::Communicator* comm, const std::string& dir, int64_t steps, absl::Status ready,
+    const std::function<absl::Status(const std::string& shard_dir)>& write_shard);
 
 std::string xxh3_hex(uint64_t v);
 

@@ -203,17 +203,16 @@ static absl::Status agree_across_ranks(dist::Communicator* comm, const absl::Sta
   return absl::OkStatus();
 }
 
-absl::Status OffloadOptimizer::Impl::save_shards(const std::string& dir_in, const json& user_meta) {
+absl::Status save_checkpoint_shards(
+    dist::Communicator* comm, const std::string& dir_in, int64_t steps, absl::Status ready,
+    const std::function<absl::Status(const std::string& shard_dir)>& write_shard) {
   const std::string dir = strip_trailing_slashes(dir_in);
+  const int rank = comm->rank(), world = comm->world_size();
   const std::string ctx =
       absl::StrCat("saving checkpoint ", dir, " (rank ", rank, " of ", world, ")");
-  absl::Status ready = partly_stepped_status;
-  if (ready.ok()) ready = wait_for_save();
-  if (ready.ok()) ready = finish_pending_update();
   if (ready.ok()) ready = check_shard_destination(dir);
   STRATA_RETURN_IF_ERROR(agree_across_ranks(comm, ready, ctx));
-  // zero.json goes first and comes back last: a save that fails half way
-  // leaves no checkpoint that mixes two steps.
+  // zero.json goes first and comes back last.
   absl::Status cleared;
   if (rank == 0) {
     std::error_code ec;
@@ -224,15 +223,8 @@ absl::Status OffloadOptimizer::Impl::save_shards(const std::string& dir_in, cons
           absl::FailedPreconditionError(absl::StrCat("cannot write in ", dir, ": ", ec.message()));
   }
   STRATA_RETURN_IF_ERROR(agree_across_ranks(comm, cleared, ctx));
-  absl::Status written = [&]() -> absl::Status {
-    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w,
-                            CheckpointWriter::create(checkpoint_shard_dir(dir, rank)));
-    auto meta = checkpoint_meta(
-        [&](const void* data, uint64_t bytes) { return w->append(data, bytes); }, user_meta);
-    if (!meta.ok()) return w->fail(meta.status());
-    return w->finish(*meta);
-  }();
-  STRATA_RETURN_IF_ERROR(agree_across_ranks(comm, written, ctx));
+  STRATA_RETURN_IF_ERROR(
+      agree_across_ranks(comm, write_shard(checkpoint_shard_dir(dir, rank)), ctx));
   absl::Status published;
   if (rank == 0) {
     json shards = json::array();
@@ -250,6 +242,20 @@ absl::Status OffloadOptimizer::Impl::save_shards(const std::string& dir_in, cons
     if (published.ok()) published = fsync_path(dir);
   }
   return agree_across_ranks(comm, published, ctx);
+}
+
+absl::Status OffloadOptimizer::Impl::save_shards(const std::string& dir, const json& user_meta) {
+  absl::Status ready = partly_stepped_status;
+  if (ready.ok()) ready = wait_for_save();
+  if (ready.ok()) ready = finish_pending_update();
+  return save_checkpoint_shards(comm, dir, steps, ready, [&](const std::string& shard_dir) {
+    STRATA_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w,
+                            CheckpointWriter::create(shard_dir));
+    auto meta = checkpoint_meta(
+        [&](const void* data, uint64_t bytes) { return w->append(data, bytes); }, user_meta);
+    if (!meta.ok()) return w->fail(meta.status());
+    return w->finish(*meta);
+  });
 }
 
 absl::Status OffloadOptimizer::Impl::load_shards(const std::string& dir_in, bool weights_only) {

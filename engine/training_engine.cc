@@ -594,10 +594,13 @@ absl::StatusOr<std::vector<float>> TrainingEngine::read_param(int layer, int par
 }
 
 absl::Status TrainingEngine::save_checkpoint(const std::string& dir) {
+  if (rdp_ != nullptr) return save_remote_shards(dir);
   return step_->save_state(dir, user_meta_);
 }
 
 absl::Status TrainingEngine::save_checkpoint_async(const std::string& dir) {
+  // Across ranks through remotes the save is collective: synchronous.
+  if (rdp_ != nullptr) return save_remote_shards(dir);
   return step_->save_state_async(dir, user_meta_);
 }
 
@@ -605,6 +608,7 @@ absl::Status TrainingEngine::wait_for_checkpoint() { return step_->wait_for_save
 
 absl::Status TrainingEngine::load_checkpoint(const std::string& dir, CheckpointUse use) {
   params_uploaded_ = false;
+  if (rdp_ != nullptr) return load_remote_shards(dir, use == CheckpointUse::kWeights);
   return step_->load_state(dir, use == CheckpointUse::kWeights);
 }
 

@@ -147,8 +147,21 @@
 // its grad_ready (waiting for the bucket's backward first). A session that
 // already has params (needs_values() false: a client that died or ended
 // and runs again) is continued from its last completed step, its data
-// picked by the remote's micro-batch count. Not available there: data
-// parallel (options.comm with N > 1) and strata.delayed_param_update
+// picked by the remote's micro-batch count. Across N ranks (options.comm,
+// a host-memory communicator: Gloo) each rank's remote holds only the
+// rank's slice of every param (zero_partition.h; registered with a one-rank
+// config), so a node's sessions together hold one copy of the host state:
+// each layer's gradients are widened to fp32 and reduce-scattered once its
+// backward has run (every rank, every layer, so the collectives stay in
+// step even when one rank overflowed) and the rank's slice of the mean goes
+// to the remote (on a device the host addresses, only that slice crosses
+// PCIe); finish_step runs in its two halves with the ranks' statistics
+// summed between them (every rank clips and skips alike); the updated
+// slices are all-gathered into the device params. Every rank's remote must
+// be new or every one continued (FailedPrecondition otherwise); checkpoints
+// are the data-parallel format (each remote writes DIR/rank<r>) and load at
+// the same world size only (FailedPrecondition naming both: the in-process
+// optimizer reshards). Not available there: strata.delayed_param_update
 // (InvalidArgument at create), and the in-process accessors store_stats,
 // optimizer_tier, loss_scaler, lr_schedule and optimizer() (they
 // STRATA_CHECK).
@@ -393,6 +406,10 @@ class TrainingEngine {
   // A whole fp32 tensor from every rank's slice of it.
   absl::StatusOr<std::vector<float>> gather_remote_fp32(ParamHandle h,
                                                         const std::vector<float>& slice);
+  // Checkpoints across ranks: each session saves its shard of DIR (the
+  // data-parallel format) and loads its own back (the same world size).
+  absl::Status save_remote_shards(const std::string& dir);
+  absl::Status load_remote_shards(const std::string& dir, bool weights_only);
   // Hands layer l's gradients to the optimizer (after its reduction across
   // ranks) unless the step overflowed.
   absl::Status hand_on_grads(int layer);

@@ -16,6 +16,7 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "dist/communicator.h"
+#include "engine/checkpoint_format.h"
 #include "engine/training_engine.h"
 
 namespace strata::engine {
@@ -214,6 +215,38 @@ absl::StatusOr<std::vector<float>> TrainingEngine::gather_remote_fp32(
                              DType::kFloat32),
       absl::StrCat("gathering param ", params_[h].name, " across ", world, " ranks"));
   return whole;
+}
+
+absl::Status TrainingEngine::save_remote_shards(const std::string& dir) {
+  return save_checkpoint_shards(
+      rdp_->comm, dir, step_->steps(), absl::OkStatus(),
+      [&](const std::string& shard_dir) { return step_->save_state(shard_dir, user_meta_); });
+}
+
+absl::Status TrainingEngine::load_remote_shards(const std::string& dir, bool weights_only) {
+  const int rank = rdp_->comm->rank(), world = rdp_->comm->world_size();
+  absl::Status mine = [&]() -> absl::Status {
+    // Each rank's session reads its own shard: the slices must be the ones
+    // it holds (a checkpoint of another world size is resharded by the
+    // in-process optimizer only).
+    STRATA_ASSIGN_OR_RETURN(const CheckpointShards cs, open_checkpoint_shards(dir));
+    if (!cs.sharded || cs.world_size() != world) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, " was saved by ", cs.world_size(), cs.world_size() == 1 ? " rank" : " ranks",
+          "; through stratad ", world, " ranks resume a checkpoint of ", world,
+          " ranks: resume it in-process (any number of ranks), or through stratad with ",
+          cs.world_size(), cs.world_size() == 1 ? " rank" : " ranks"));
+    }
+    return step_->load_state(checkpoint_shard_dir(dir, rank), weights_only);
+  }();
+  double failed[1] = {mine.ok() ? 0.0 : 1.0};
+  const std::string what = absl::StrCat("loading checkpoint ", dir, " (rank ", rank, ")");
+  STRATA_RETURN_IF_ERROR(rdp_->comm->all_reduce_host(failed, dist::ReduceOp::kMax), what);
+  STRATA_RETURN_IF_ERROR(mine, what);
+  if (failed[0] != 0) {
+    return absl::AbortedError(absl::StrCat(what, ": another rank failed (its log says why)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace strata::engine

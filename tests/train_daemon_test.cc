@@ -6,8 +6,9 @@
 // with SIGKILL mid-run is continued by the same command from the daemon's
 // last completed step, bit for bit as an uninterrupted run; checkpoints
 // saved through stratad resume in-process and the other way round; a missing
-// daemon, or one killed mid-run, is an error naming its socket; flags it cannot serve yet are
-// refused with what to do (exit 2).
+// daemon, or one killed mid-run, is an error naming its socket; a node's
+// ranks share the daemon, a slice of the model each; flags it cannot serve
+// are refused with what to do (exit 2).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -282,6 +283,57 @@ TEST_F(TrainDaemonTest, ADaemonKilledMidRunIsAnErrorNamingIt) {
   EXPECT_NE(err.find("stratad at " + stratad_.socket()), std::string::npos) << err;
 }
 
+// A node's ranks share one stratad (`--daemon S --session dp --nproc 2`):
+// each rank attaches as dp.rank<r>, whose session holds the rank's slice of
+// the model, so the two sessions' host bytes together are one session's of
+// the same model, and each about half; the run's losses are the in-process
+// ranks' (fp32: within 1e-5 relative; the engine reduces in fp32 either
+// way, in another order), and a checkpoint the ranks save through stratad
+// resumes in-process.
+TEST_F(TrainDaemonTest, RanksOfANodeShareOneStratadEachHoldingASlice) {
+  const std::string config = scratch_.write("fp32.json", kFp32SyncGas2);
+  const std::string ckpt = path("dp_ckpt");
+  const auto in = run(argv(config, 4, path("in.jsonl"), {"--nproc", "2"}));
+  ASSERT_EQ(in.exit_code, 0) << in.err;
+  const auto d = run(
+      argv(config, 4, path("d.jsonl"),
+           {"--daemon", stratad_.socket(), "--session", "dp", "--nproc", "2", "--save-dir", ckpt}));
+  ASSERT_EQ(d.exit_code, 0) << d.err << "\nstratad:\n" << stratad_.log();
+  EXPECT_NE(d.err.find("session dp.rank0..1 (a slice each)"), std::string::npos) << d.err;
+  const auto a = json_lines(path("in.jsonl"));
+  const auto b = json_lines(path("d.jsonl"));
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
+    EXPECT_NEAR(lb, la, 1e-5 * la) << "step " << i + 1;
+  }
+  // One rank's session of the same model, for its host bytes.
+  const auto one =
+      run(argv(config, 1, path("one.jsonl"), {"--daemon", stratad_.socket(), "--session", "one"}));
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  const auto top = scratch_.run_strata("top --json --socket '" + stratad_.socket() + "'");
+  ASSERT_EQ(top.exit_code, 0) << top.err;
+  const json stats = json::parse(top.out);
+  std::map<std::string, double> host;
+  for (const json& session : stats["sessions"]) {
+    host[session["name"].get<std::string>()] = session["host_bytes"].get<double>();
+  }
+  ASSERT_EQ(host.count("dp.rank0"), 1u) << top.out;
+  ASSERT_EQ(host.count("dp.rank1"), 1u) << top.out;
+  ASSERT_EQ(host.count("one"), 1u) << top.out;
+  // One copy, plus each session's own alignment of its slots (1.2% on
+  // this 1.2M-param model).
+  EXPECT_NEAR(host["dp.rank0"] + host["dp.rank1"], host["one"], 0.02 * host["one"]);
+  EXPECT_NEAR(host["dp.rank0"], host["one"] / 2, 0.02 * host["one"]);
+  // The ranks' checkpoint is the data-parallel format: it resumes in-process.
+  const auto resumed = run(argv(config, 5, path("resumed.jsonl"), {"--resume", ckpt}));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  const auto r = json_lines(path("resumed.jsonl"));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0]["step"], 5);
+}
+
 TEST_F(TrainDaemonTest, FlagsItCannotServeYetAreRefusedWithWhatToDo) {
   const std::string config = scratch_.write("fp16.json", kFp16);
   const std::string log = path("log.jsonl");
@@ -290,7 +342,9 @@ TEST_F(TrainDaemonTest, FlagsItCannotServeYetAreRefusedWithWhatToDo) {
     std::string says;
   };
   const std::vector<Case> cases = {
-      {{"--daemon", stratad_.socket(), "--session", "s", "--nproc", "2"}, "drop --nproc"},
+      // A rank's session is NAME.rank<r>: a name of 64 leaves no room.
+      {{"--daemon", stratad_.socket(), "--session", std::string(64, 's'), "--nproc", "2"},
+       "rank 1's session"},
       {{"--daemon", stratad_.socket()}, "--daemon needs --session NAME"},
       {{"--session", "s"}, "it needs --daemon"},
       {{"--daemon", stratad_.socket(), "--session", "no/slash"}, "--session"},

@@ -6,11 +6,15 @@
 // fp32 tensor are bit-identical to the in-process engine's (fp16 overlap
 // with an overflowing micro-batch, fp32 sync with accumulation), and what
 // the remote path cannot do is refused at create.
+#include <cmath>
+#include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/checkpoint_format.h"
 #include "engine/step_optimizer.h"
 #include "gtest/gtest.h"
 #include "tests/dp_test_util.h"
@@ -199,83 +203,113 @@ TEST_F(TrainingEngineRemoteTest, StepsBitForBitAsInProcess) {
 
 // Data parallel through remote optimizers (stratad's sessions of one job,
 // a node's ranks sharing the daemon): each rank's remote holds only its
-// slice of every param, 1/N of the model, and 2 and 3 ranks train as one
-// rank does on the same global batch. fp32: losses and params within 1e-5
-// relative over 30 steps; fp16: within the rounding of each rank's
-// gradient to 16 bits (one rank rounds the whole batch's), 3.6e-3 measured
-// at most; a step overflowing on one rank only is skipped on every rank.
-TEST_F(TrainingEngineRemoteTest, RanksHoldTheirSlicesAndTrainAsOneRank) {
-  using strata::testing::parse_config_at;
-  using strata::testing::run_ranks;
-  const std::vector<int> dims = {16, 64, 64, 4};
-  constexpr int kMicro = 6, kSteps = 30;
+// slice of every param.
+class TrainingEngineRemoteDpTest : public TrainingEngineTest {
+ protected:
   struct Case {
-    int world;
-    bool fp16;
-    const char* overlap;
-    double tolerance;
+    int world = 2;
+    bool fp16 = false;
+    const char* overlap = "sync";
+    double tolerance = 1e-5;
   };
+  struct Result {
+    std::vector<double> loss;
+    std::vector<bool> skipped;
+    std::vector<float> params;
+    uint64_t registered = 0, total = 0;  // elements in the remote, in the model
+  };
+  static constexpr int kMicro = 6;
+
+  // One rank of c's job run on `ranks` ranks (the same global batch), with
+  // remotes (LocalHostBound) or in-process; `before` runs after create.
+  absl::Status train_rank(const Case& c, int ranks, dist::Communicator* comm, int r, bool remote,
+                          int steps, Result* out,
+                          const std::function<absl::Status(TrainingEngine&)>& before = {}) {
+    const std::string json =
+        absl::StrCat("{\"train_micro_batch_size_per_gpu\": ", kMicro * c.world / ranks,
+                     ", \"gradient_accumulation_steps\": 2, \"gradient_clipping\": 1.0, ",
+                     "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01}}, ",
+                     "\"strata\": {\"overlap\": \"", c.overlap, "\"}, ",
+                     "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": "
+                     "\"cpu\"}}",
+                     c.fp16 ? absl::StrCat(", ", kFp16) : "", "}");
+    const config::DsConfig cfg = strata::testing::parse_config_at(json, ranks);
+    gpu::SimDevice device;
+    MlpTestModel model({16, 64, 64, 4}, kMicro * c.world / ranks, r, ranks);
+    if (c.fp16 && r == 0) model.poison(4, 1);  // step 3 overflows (rank 0 alone)
+    LocalHostBound* lb = nullptr;
+    EngineOptions o;
+    o.comm = comm;
+    o.lr_schedule = std::make_unique<ConstantLr>(cfg.optimizer.lr);
+    if (remote) {
+      o.remote = [&lb](const HostBoundRegistration& reg)
+          -> absl::StatusOr<std::unique_ptr<HostBoundOptimizer>> {
+        STRATA_ASSIGN_OR_RETURN(std::unique_ptr<LocalHostBound> made, LocalHostBound::create(reg));
+        lb = made.get();
+        return made;
+      };
+    }
+    STRATA_ASSIGN_OR_RETURN(auto e, TrainingEngine::create(cfg, &model, &device, std::move(o)));
+    if (before) STRATA_RETURN_IF_ERROR(before(*e));
+    for (int s = 0; s < steps; ++s) {
+      STRATA_ASSIGN_OR_RETURN(StepStats st, e->train_step(), absl::StrCat("step ", s));
+      out->loss.push_back(st.loss);
+      out->skipped.push_back(st.skipped);
+    }
+    for (int l = 0; l < 3; ++l) {
+      for (int p = 0; p < 2; ++p) {
+        STRATA_ASSIGN_OR_RETURN(std::vector<float> v, e->read_param(l, p));
+        out->params.insert(out->params.end(), v.begin(), v.end());
+        out->total += v.size();
+      }
+    }
+    if (lb != nullptr) out->registered = lb->registered_numel;
+    return absl::OkStatus();
+  }
+
+  // c.world ranks (threads, Gloo over loopback); each rank's status.
+  std::vector<absl::Status> train_ranks(
+      const Case& c, int ranks, bool remote, int steps, std::vector<Result>* out,
+      const std::function<absl::Status(TrainingEngine&)>& before = {}) {
+    out->assign(ranks, {});
+    return strata::testing::run_ranks(ranks, [&](int r, dist::Communicator* comm) {
+      return train_rank(c, ranks, comm, r, remote, steps, &(*out)[r], before);
+    });
+  }
+
+  static double norm_rel(const std::vector<float>& a, const std::vector<float>& b) {
+    EXPECT_EQ(a.size(), b.size());
+    double d = 0, n = 0;
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+      d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+      n += double(b[i]) * b[i];
+    }
+    return std::sqrt(d / n);
+  }
+};
+
+// 2 and 3 ranks train as one rank does on the same global batch. fp32:
+// losses and params within 1e-5 relative over 30 steps (2e-7 measured);
+// fp16: within the rounding of each rank's gradient to 16 bits (one rank
+// rounds the whole batch's), 3.6e-3 measured; a step overflowing on one
+// rank only is skipped on every rank.
+TEST_F(TrainingEngineRemoteDpTest, RanksHoldTheirSlicesAndTrainAsOneRank) {
+  constexpr int kSteps = 30;
   for (const Case c : {Case{2, false, "sync", 1e-5}, Case{3, false, "overlap", 1e-5},
                        Case{2, true, "overlap", 5e-3}}) {
     SCOPED_TRACE(::testing::Message() << c.world << " ranks, fp16 " << c.fp16 << ", " << c.overlap);
-    struct Result {
-      std::vector<double> loss;
-      std::vector<bool> skipped;
-      std::vector<float> params;
-      uint64_t registered = 0, total = 0;
-    };
-    auto train = [&](int ranks, dist::Communicator* comm, int r, Result* out) -> absl::Status {
-      const std::string json =
-          absl::StrCat("{\"train_micro_batch_size_per_gpu\": ", kMicro * c.world / ranks,
-                       ", \"gradient_accumulation_steps\": 2, \"gradient_clipping\": 1.0, ",
-                       "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01}}, ",
-                       "\"strata\": {\"overlap\": \"", c.overlap, "\"}, ",
-                       "\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": "
-                       "\"cpu\"}}",
-                       c.fp16 ? absl::StrCat(", ", kFp16) : "", "}");
-      const config::DsConfig cfg = parse_config_at(json, ranks);
-      gpu::SimDevice device;
-      MlpTestModel model(dims, kMicro * c.world / ranks, r, ranks);
-      if (c.fp16 && r == 0) model.poison(4, 1);  // step 3 overflows (rank 0 alone)
-      LocalHostBound* remote = nullptr;
-      EngineOptions o;
-      o.comm = comm;
-      o.remote = [&remote](const HostBoundRegistration& reg)
-          -> absl::StatusOr<std::unique_ptr<HostBoundOptimizer>> {
-        STRATA_ASSIGN_OR_RETURN(std::unique_ptr<LocalHostBound> lb, LocalHostBound::create(reg));
-        remote = lb.get();
-        return lb;
-      };
-      STRATA_ASSIGN_OR_RETURN(auto e, TrainingEngine::create(cfg, &model, &device, std::move(o)));
-      for (int s = 0; s < kSteps; ++s) {
-        STRATA_ASSIGN_OR_RETURN(StepStats st, e->train_step(), absl::StrCat("step ", s));
-        out->loss.push_back(st.loss);
-        out->skipped.push_back(st.skipped);
-      }
-      for (int l = 0; l < 3; ++l) {
-        for (int p = 0; p < 2; ++p) {
-          STRATA_ASSIGN_OR_RETURN(std::vector<float> v, e->read_param(l, p));
-          out->params.insert(out->params.end(), v.begin(), v.end());
-          out->total += v.size();
-        }
-      }
-      out->registered = remote->registered_numel;
-      return absl::OkStatus();
-    };
     Result one;
-    absl::Status s1 = train(1, nullptr, 0, &one);
+    absl::Status s1 = train_rank(c, 1, nullptr, 0, /*remote=*/true, kSteps, &one);
     ASSERT_TRUE(s1.ok()) << s1;
-    std::vector<Result> many(c.world);
-    const std::vector<absl::Status> st = run_ranks(c.world, [&](int r, dist::Communicator* comm) {
-      return train(c.world, comm, r, &many[r]);
-    });
+    std::vector<Result> many;
+    const std::vector<absl::Status> st = train_ranks(c, c.world, /*remote=*/true, kSteps, &many);
     for (int r = 0; r < c.world; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
     uint64_t slices = 0;
     for (int r = 0; r < c.world; ++r) {
       // Each rank's remote holds its slice: together, one copy.
       EXPECT_LE(many[r].registered, many[r].total / c.world + 6) << "rank " << r;
       slices += many[r].registered;
-      // Every rank holds the same gathered params.
+      // Every rank holds the same gathered params and skipped the same steps.
       EXPECT_EQ(many[r].params, many[0].params) << "rank " << r;
       EXPECT_EQ(many[r].skipped, many[0].skipped) << "rank " << r;
     }
@@ -288,18 +322,52 @@ TEST_F(TrainingEngineRemoteTest, RanksHoldTheirSlicesAndTrainAsOneRank) {
       worst = std::max(worst, std::fabs(mean - one.loss[s]) / one.loss[s]);
       EXPECT_EQ(many[0].skipped[s], one.skipped[s]) << "step " << s;
     }
-    double d = 0, n = 0;
-    for (size_t i = 0; i < one.params.size(); ++i) {
-      d +=
-          (double(many[0].params[i]) - one.params[i]) * (double(many[0].params[i]) - one.params[i]);
-      n += double(one.params[i]) * one.params[i];
-    }
+    const double params = norm_rel(many[0].params, one.params);
     std::printf("%d ranks, fp16 %d, %s: losses %.2g, params %.2g relative\n", c.world, c.fp16,
-                c.overlap, worst, std::sqrt(d / n));
+                c.overlap, worst, params);
     EXPECT_LE(worst, c.tolerance);
-    EXPECT_LE(std::sqrt(d / n), c.tolerance);
+    EXPECT_LE(params, c.tolerance);
     if (c.fp16) EXPECT_TRUE(one.skipped[2]);
     EXPECT_LT(one.loss.back(), one.loss.front());
+  }
+}
+
+// The ranks' sessions save the data-parallel checkpoint format: 2 ranks
+// through remotes resume it (and continue as an uninterrupted run), one
+// rank in-process reshards it; 3 ranks through remotes refuse it, saying
+// what to do.
+TEST_F(TrainingEngineRemoteDpTest, CheckpointOfRanksIsTheShardedFormat) {
+  const Case c{.world = 2};
+  const std::string ckpt = (dir_ / "ckpt").string();
+  std::vector<Result> straight, saved, resumed;
+  auto st = train_ranks(c, 2, true, 5, &straight);
+  for (const absl::Status& s : st) ASSERT_TRUE(s.ok()) << s;
+  st = train_ranks(c, 2, true, 3, &saved);
+  for (const absl::Status& s : st) ASSERT_TRUE(s.ok()) << s;
+  // The save after 3 steps (then 3 more, unused).
+  std::vector<Result> unused;
+  st = train_ranks(c, 2, true, 3, &unused, [&](TrainingEngine& e) {
+    for (int s = 0; s < 3; ++s) STRATA_RETURN_IF_ERROR(e.train_step().status());
+    return e.save_checkpoint(ckpt);
+  });
+  for (const absl::Status& s : st) ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(is_sharded_checkpoint(ckpt));
+  st = train_ranks(c, 2, true, 2, &resumed,
+                   [&](TrainingEngine& e) { return e.load_checkpoint(ckpt); });
+  for (const absl::Status& s : st) ASSERT_TRUE(s.ok()) << s;
+  for (int s = 0; s < 2; ++s) EXPECT_EQ(resumed[0].loss[s], straight[0].loss[3 + s]) << s;
+  EXPECT_EQ(resumed[0].params, straight[0].params);
+  Result one;
+  const absl::Status s1 = train_rank(c, 1, nullptr, 0, /*remote=*/false, 0, &one,
+                                     [&](TrainingEngine& e) { return e.load_checkpoint(ckpt); });
+  ASSERT_TRUE(s1.ok()) << s1;
+  EXPECT_EQ(one.params, saved[0].params);
+  std::vector<Result> three;
+  st = train_ranks(c, 3, true, 0, &three,
+                   [&](TrainingEngine& e) { return e.load_checkpoint(ckpt); });
+  for (const absl::Status& s : st) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("saved by 2 ranks"), std::string_view::npos) << s;
   }
 }
 

@@ -42,10 +42,13 @@
 // the optimizer in the daemon (daemon/engine_client.h; the socket defaults
 // to daemon::default_socket_path()): the same loop and the same losses as
 // in-process; the same command again after the client died (or ended)
-// continues the session from its last completed step. One rank in this
-// version: --nproc > 1 and a rank of a job are refused (exit 2) saying what
-// to do instead. With --device cuda the engine pins the session's arena and
-// copies each layer's params and gradients over PCIe itself.
+// continues the session from its last completed step. The ranks of a job
+// (--nproc N, or RANK / WORLD_SIZE) each attach to their node's stratad as
+// session NAME.rank<r>, which holds only the rank's slice of the model: a
+// node's sessions together hold one copy of the host state (the engine
+// reduces and gathers across the ranks, training_engine.h). With --device
+// cuda the engine pins the session's arena and copies each layer's params
+// and gradients over PCIe itself.
 #include <unistd.h>
 
 #include <algorithm>
@@ -168,12 +171,11 @@ absl::Status check_daemon_flags(const TrainArgs& a) {
         "again continues it)");
   }
   STRATA_RETURN_IF_ERROR(daemon::check_session_name(f.session), "--session");
-  if (a.nproc > 1 || a.rank.world_size > 1) {
-    return absl::InvalidArgumentError(
-        "--daemon trains one rank in this version: data-parallel ranks through stratad are not "
-        "supported yet; drop --nproc (and RANK/WORLD_SIZE) to train through stratad, or drop "
-        "--daemon to train the ranks in-process");
-  }
+  // Each rank of a job has its session, named after --session.
+  const int world = std::max(a.nproc, a.rank.world_size);
+  STRATA_RETURN_IF_ERROR(
+      daemon::check_session_name(daemon::rank_session_name(f.session, world - 1, world)),
+      absl::StrCat("--session (rank ", world - 1, "'s session)"));
   return absl::OkStatus();
 }
 
@@ -645,7 +647,8 @@ int run_train(const TrainFlags& flags) {
   eo.comm = comm.get();
   if (a.flags.daemon) {
     eo.remote = daemon::engine_client_factory(
-        {.socket_path = a.flags.daemon_socket, .session = a.flags.session});
+        {.socket_path = a.flags.daemon_socket,
+         .session = daemon::rank_session_name(a.flags.session, a.rank.rank, a.rank.world_size)});
   }
   auto eng = engine::TrainingEngine::create(cfg, net->get(), &device, std::move(eo));
   if (!eng.ok()) return report(eng.status());
@@ -681,17 +684,21 @@ int run_train(const TrainFlags& flags) {
        {"train_seq_len", s.seq_len}});
 
   if (leader(a)) print_header(a, s, device, tokens_per_step, threads);
-  if (a.flags.daemon) {
+  if (a.flags.daemon && leader(a)) {
     const std::string socket =
         a.flags.daemon_socket.empty() ? daemon::default_socket_path() : a.flags.daemon_socket;
+    // Across ranks: each rank's session holds its slice (rank 0's shown).
+    const std::string session =
+        ranks ? absl::StrCat(a.flags.session, ".rank0..", a.rank.world_size - 1, " (a slice each)")
+              : a.flags.session;
     if (engine.steps() > 0) {
       std::fprintf(stderr,
                    "strata train: optimizer in stratad at %s, session %s, continued after its "
                    "step %lld\n",
-                   socket.c_str(), a.flags.session.c_str(), static_cast<long long>(engine.steps()));
+                   socket.c_str(), session.c_str(), static_cast<long long>(engine.steps()));
     } else {
       std::fprintf(stderr, "strata train: optimizer in stratad at %s, session %s\n", socket.c_str(),
-                   a.flags.session.c_str());
+                   session.c_str());
     }
   }
   if (!a.flags.init.empty() && leader(a)) {

@@ -30,8 +30,10 @@ absl::StatusOr<void*> DevicePool::allocate(uint64_t bytes) {
   const uint64_t size = block_bytes(bytes);
   std::lock_guard lock(mu_);
   // Every range starts and ends on kAlignment, so the smallest range of at
-  // least `size` bytes fits the block at its start.
-  const std::optional<uint64_t> offset = ranges_.allocate(size, kAlignment);
+  // least `size` bytes fits the block at its start or its end (large ones:
+  // see the header).
+  const std::optional<uint64_t> offset =
+      ranges_.allocate(size, kAlignment, /*high_end=*/size >= capacity_ / kLargeShare);
   if (!offset) {
     ++failed_;
     return absl::ResourceExhaustedError(absl::StrCat(

@@ -13,6 +13,15 @@
 // that finds no range large enough fails with ResourceExhausted and changes
 // nothing: the caller evicts and retries, as it would over a budget.
 //
+// Large blocks (at least 1/kLargeShare of the pool) go at the high end of
+// their range, the others at its low end: large blocks stack down from the
+// top of the pool and small ones up from the bottom. Why: a caller may pin
+// blocks that together fit, yet one of them left in mid-pool (its
+// neighbours evicted since) splits the free space so no range holds the
+// next large request, and eviction cannot move a pinned block. Kept apart,
+// a pinned small block never cuts the span large ones use, and a large one
+// sits against the top or the hole of another large one.
+//
 // Threading: allocate(), free() and stats() are thread-safe (one internal
 // mutex, a leaf: it calls nothing while held). Ownership: the pool owns its
 // region and frees it (one Device::free) when destroyed; blocks still handed
@@ -47,6 +56,8 @@ struct DevicePoolStats {
 class DevicePool {
  public:
   static constexpr uint64_t kAlignment = 256;
+  // Blocks of at least capacity / kLargeShare are placed from the top.
+  static constexpr uint64_t kLargeShare = 8;
   // The size a request of `bytes` occupies in the pool.
   static uint64_t block_bytes(uint64_t bytes) {
     return (bytes + kAlignment - 1) / kAlignment * kAlignment;

@@ -9,12 +9,14 @@ RangeAllocator::RangeAllocator(uint64_t capacity) : capacity_(capacity) {
   if (capacity > 0) insert_free(0, capacity);
 }
 
-std::optional<uint64_t> RangeAllocator::allocate(uint64_t size, uint64_t alignment) {
+std::optional<uint64_t> RangeAllocator::allocate(uint64_t size, uint64_t alignment, bool high_end) {
   // Best fit: the smallest free range that still holds the block once aligned.
   for (auto it = free_by_size_.lower_bound({size, 0}); it != free_by_size_.end(); ++it) {
     const auto [free_bytes, free_offset] = *it;
-    const uint64_t start = (free_offset + alignment - 1) & ~(alignment - 1);
-    if (start + size > free_offset + free_bytes) continue;
+    const uint64_t end = free_offset + free_bytes;
+    uint64_t start = (free_offset + alignment - 1) & ~(alignment - 1);
+    if (start + size > end) continue;
+    if (high_end) start = (end - size) & ~(alignment - 1);  // >= the aligned low start
     erase_free(free_by_offset_.find(free_offset));
     if (start > free_offset) insert_free(free_offset, start - free_offset);
     if (start + size < free_offset + free_bytes) {

@@ -2,9 +2,10 @@
 // ranges coalesced on free. The bookkeeping behind HostArena and
 // DevicePool, which own the memory and the lock; it only hands out offsets.
 //
-// allocate(size, alignment) takes the smallest free range that holds `size`
-// bytes starting at a multiple of `alignment` (a power of two), splitting
-// off what is left on either side; nullopt when none does. free(offset)
+// allocate(size, alignment, high_end) takes the smallest free range that
+// holds `size` bytes starting at a multiple of `alignment` (a power of two),
+// the block at the range's lowest such offset (high_end: its highest),
+// splitting off what is left on either side; nullopt when none does. free(offset)
 // returns the block's size (0: no block starts there) and merges its range
 // with free neighbours.
 // Threading: none; the owner serialises calls.
@@ -22,7 +23,7 @@ class RangeAllocator {
  public:
   explicit RangeAllocator(uint64_t capacity);
 
-  std::optional<uint64_t> allocate(uint64_t size, uint64_t alignment);
+  std::optional<uint64_t> allocate(uint64_t size, uint64_t alignment, bool high_end = false);
   uint64_t free(uint64_t offset);
 
   uint64_t capacity() const { return capacity_; }

@@ -786,6 +786,17 @@ absl::Status TieredStore::make_room_locked(std::unique_lock<std::mutex>& lock, T
       // The deadline is for pinned copies; moves in flight end by themselves
       // (and notify), so past it this waits for them, never spins.
       const bool expired = std::chrono::steady_clock::now() >= deadline;
+      if (expired && !in_flight && evict_one && used_[ti] + bytes <= budget_[ti]) {
+        // The budget has room: the pinned copies split the tier's memory.
+        const uint64_t largest = tier == Tier::kDevice ? pool_->stats().largest_free_bytes
+                                                       : arena_->stats().largest_free_bytes;
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the ", tier_name(tier), " tier (budget ", budget_[ti], " bytes, ", used_[ti],
+            " used) has room for ", bytes, " more bytes but no free range that large (largest ",
+            largest, " bytes): ", pinned_bytes,
+            " bytes are pinned by acquires not yet released and split it; release tensors "
+            "sooner or raise the budget"));
+      }
       if (expired && !in_flight) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "the ", tier_name(tier), " tier (budget ", budget_[ti], " bytes, ", used_[ti],

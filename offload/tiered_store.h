@@ -71,7 +71,11 @@
 // device_pool_bytes when set), never more than all tensors together; when a
 // copy finds no free range large enough though the budget has room (the pool
 // fragmented), the store evicts one more copy and tries again, as the host
-// arena does.
+// arena does. Pinned copies cannot move, so the pool places large blocks
+// from its top and small ones from its bottom (device_pool.h): a copy left
+// pinned does not split the span a large one needs. Should pinned copies
+// still split it past pinned_wait_ms, the ResourceExhausted says the budget
+// had room and names the largest free range.
 //
 // Stream order (device <-> host moves): a copy between the device and the
 // host is enqueued on one of the store's streams and never waited for by

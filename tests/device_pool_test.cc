@@ -72,6 +72,7 @@ TEST_F(DevicePoolTest, BlocksAreAlignedRoundedAndDisjoint) {
 }
 
 TEST_F(DevicePoolTest, FreeCoalescesWithBothNeighbours) {
+  // Blocks of 2 of 8 units are large: they stack down from the top, a highest.
   auto pool = make(8 * kUnit);
   void* a = *pool->allocate(2 * kUnit);
   void* b = *pool->allocate(2 * kUnit);
@@ -87,7 +88,7 @@ TEST_F(DevicePoolTest, FreeCoalescesWithBothNeighbours) {
   EXPECT_EQ(pool->stats().largest_free_bytes, 6 * kUnit);
   auto big = pool->allocate(6 * kUnit);
   ASSERT_TRUE(big.ok()) << big.status();
-  EXPECT_EQ(*big, a);
+  EXPECT_EQ(*big, c);  // the range from c's start to a's end
   pool->free(*big);
   pool->free(d);
   const DevicePoolStats s = pool->stats();
@@ -98,11 +99,15 @@ TEST_F(DevicePoolTest, FreeCoalescesWithBothNeighbours) {
 }
 
 TEST_F(DevicePoolTest, BestFitKeepsTheLargeRangeWhole) {
-  auto pool = make(10 * kUnit);
+  // Blocks under 5 units are small in 40: placed from the bottom; `top`
+  // (large) fills [10,40) from the top.
+  auto pool = make(40 * kUnit);
   void* a = *pool->allocate(kUnit);
   void* keep1 = *pool->allocate(kUnit);
   void* b = *pool->allocate(4 * kUnit);
   void* keep2 = *pool->allocate(kUnit);
+  void* top = *pool->allocate(30 * kUnit);
+  EXPECT_EQ(offset(*pool, top), 10 * kUnit);
   // Free ranges: [0,1) one unit, [2,6) four units, [7,10) three units.
   pool->free(a);
   pool->free(b);
@@ -117,6 +122,28 @@ TEST_F(DevicePoolTest, BestFitKeepsTheLargeRangeWhole) {
   EXPECT_EQ(*four, b);
   (void)keep1;
   (void)keep2;
+}
+
+// Large blocks stack down from the top, small ones up from the bottom, so a
+// small block left behind does not cut the span the large ones need.
+TEST_F(DevicePoolTest, LargeBlocksGoToTheTopSmallOnesToTheBottom) {
+  auto pool = make(64 * kUnit);  // large: at least 8 units
+  void* small1 = *pool->allocate(kUnit);
+  void* large1 = *pool->allocate(20 * kUnit);
+  void* large2 = *pool->allocate(8 * kUnit);
+  void* small2 = *pool->allocate(2 * kUnit);
+  EXPECT_EQ(offset(*pool, small1), 0u);
+  EXPECT_EQ(offset(*pool, large1), 44 * kUnit);
+  EXPECT_EQ(offset(*pool, large2), 36 * kUnit);
+  EXPECT_EQ(offset(*pool, small2), kUnit);
+  // Only large2 and small2 stay: the free space is [0,1) and [3,36), [44,64)
+  // instead of a small block splitting the middle.
+  pool->free(small1);
+  pool->free(large1);
+  EXPECT_EQ(pool->stats().largest_free_bytes, 33 * kUnit);
+  auto big = pool->allocate(33 * kUnit);
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_EQ(offset(*pool, *big), 3 * kUnit);
 }
 
 TEST_F(DevicePoolTest, FragmentationRefusesWhatTheFreeTotalWouldHold) {
@@ -158,7 +185,7 @@ TEST_F(DevicePoolTest, APoolLargerThanTheDeviceFailsWithTheDevicesError) {
 }
 
 TEST_F(DevicePoolTest, FreeOfAForeignPointerStops) {
-  auto pool = make(4 * kUnit);
+  auto pool = make(16 * kUnit);  // a small block: at 0, the next unit inside the pool
   void* p = *pool->allocate(kUnit);
   EXPECT_DEATH(pool->free(static_cast<char*>(p) + kUnit), "did not hand out");
   int outside = 0;

@@ -33,6 +33,25 @@ TEST(RangeAllocatorTest, BestFitSplitsAndCoalesces) {
   EXPECT_EQ(r.peak_bytes(), 400u);
 }
 
+TEST(RangeAllocatorTest, HighEndTakesTheTopOfTheBestFitRange) {
+  RangeAllocator r(1000);
+  const auto a = r.allocate(100, 1, /*high_end=*/true);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(*a, 900u);  // the top of the one range
+  const auto b = r.allocate(100, 64, /*high_end=*/true);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(*b, 768u);                // [768, 868): aligned down, below a
+  const auto c = r.allocate(100, 1);  // low end as before
+  ASSERT_TRUE(c);
+  EXPECT_EQ(*c, 0u);
+  // Free ranges: [100, 768) and [868, 900); best fit still picks the smallest.
+  const auto d = r.allocate(32, 1, /*high_end=*/true);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(*d, 868u);
+  EXPECT_EQ(r.free_ranges(), 1u);
+  EXPECT_FALSE(r.allocate(669, 1, /*high_end=*/true));
+}
+
 TEST(RangeAllocatorTest, AlignmentLeavesTheHeadFree) {
   RangeAllocator r(8192);
   ASSERT_EQ(r.allocate(10, 1), 0u);

@@ -65,10 +65,10 @@ absl::Status TrainingEngine::setup_remote_dp() {
         " ranks have a new stratad session and the others continue theirs; end the job's "
         "sessions (strata top --end-session NAME.rankR) or give the run another --session"));
   }
-  // The communicator reaches device memory only where the host addresses
-  // it (the simulated device): there the gradients are widened and the
-  // slices narrowed on the device and only the rank's slice crosses PCIe.
-  dp.on_device = device_->host_addressable();
+  // The communicator reaches device memory only where it is host memory
+  // (the simulated device): there the gradients are widened and the slices
+  // narrowed on the device and only the rank's slice crosses PCIe.
+  dp.on_device = device_->host_backed_memory();
   if (dp.on_device) {
     STRATA_ASSIGN_OR_RETURN(dp.wide, device_->allocate(largest * sizeof(float)),
                             "device scratch for the reduction across ranks");

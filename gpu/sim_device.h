@@ -101,6 +101,12 @@ struct SimDeviceOptions {
   double d2h_gb_per_s = 50.0;
   double copy_latency_us = 5.0;
   bool move_data = true;
+  // A discrete GPU's memory as the code that chooses by it sees it:
+  // host_addressable() and host_backed_memory() say false (the host never
+  // touches device memory, a host-memory communicator cannot reach it)
+  // while copies still move the data, so those paths are tested for what
+  // they compute.
+  bool discrete = false;
   SimDeviceCosts costs;
 };
 
@@ -116,9 +122,9 @@ class SimDevice final : public Device {
 
   std::string name() const override;
   // Device memory is host memory; with move_data = false it holds no data.
-  bool host_addressable() const override { return options_.move_data; }
-  // Always: allocations are host memory, moving data or not.
-  bool host_backed_memory() const override { return true; }
+  bool host_addressable() const override { return options_.move_data && !options_.discrete; }
+  // Allocations are host memory, moving data or not (unless modelled discrete).
+  bool host_backed_memory() const override { return !options_.discrete; }
   absl::StatusOr<void*> allocate(size_t bytes) override;
   void free(void* ptr) override;
   DeviceMemoryStats stats() const override;

@@ -62,6 +62,10 @@ struct Case {
   const char* communication_data_type = nullptr;  // ds_config's; null: unset
   // The store's device budget (EngineOptions::device_budget_bytes); 0: the device's.
   uint64_t device_budget = 0;
+  // Each rank's device modelled discrete (SimDeviceOptions::discrete): Gloo
+  // cannot reach its memory, as beside a GPU, so the reduction runs on host
+  // copies.
+  bool discrete = false;
 };
 
 std::string case_name(const Case& c) {
@@ -69,7 +73,8 @@ std::string case_name(const Case& c) {
                       c.fp16   ? "_fp16"
                       : c.bf16 ? "_bf16"
                                : "_fp32",
-                      "_", c.overlap, c.accumulated_reference ? "_vs_accumulated" : "");
+                      "_", c.overlap, c.accumulated_reference ? "_vs_accumulated" : "",
+                      c.discrete ? "_discrete" : "");
 }
 
 class TrainingEngineDpTest : public TrainingEngineTest {
@@ -125,7 +130,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     const int ranks = std::max(1, world);
     out->assign(ranks, {});
     auto body = [&](int r, dist::Communicator* comm) -> absl::Status {
-      gpu::SimDevice device;
+      gpu::SimDevice device({.discrete = c.discrete});
       const bool accumulated = c.accumulated_reference && world == 0;
       MlpTestModel model(kDims, accumulated ? kMicro : kMicro * c.world / ranks, r, ranks);
       if (accumulated) model.interleave_ranks(c.world);
@@ -268,7 +273,7 @@ class TrainingEngineDpTest : public TrainingEngineTest {
     // them (nor the grads at stage 3 without offload_param); so each rank's
     // host tier, measured, is what the placement says and ~1/N of one rank's.
     // A device budget below every layer's keeps both on the host, whole.
-    const bool on_device = c.offload && c.device_budget == 0;
+    const bool on_device = c.offload && c.device_budget == 0 && !c.discrete;
     for (int r = 0; r < c.world; ++r) {
       SCOPED_TRACE(::testing::Message() << "rank " << r);
       if (c.stage >= 3) {
@@ -415,6 +420,15 @@ TEST_F(TrainingEngineDpTest, Stage2CpuBf16TwoRanks) {
 TEST_F(TrainingEngineDpTest, ADeviceBudgetBelowEveryLayerKeepsGradsAndParamsOnTheHost) {
   expect_equivalent({.world = 2, .stage = 2, .device_budget = 150000});
   expect_equivalent({.world = 3, .stage = 1, .device_budget = 150000});
+}
+// Gloo beside a device it cannot reach (a GPU): the gradients cross whole
+// and are reduced in host memory, the params gathered there and copied up
+// whole; the run is the same.
+TEST_F(TrainingEngineDpTest, GlooBesideADiscreteDeviceReducesOnTheHost) {
+  expect_equivalent({.world = 2, .stage = 2, .discrete = true});
+  expect_equivalent({.world = 3, .stage = 3, .discrete = true});
+  expect_equivalent(
+      {.world = 2, .stage = 1, .fp16 = true, .accumulated_reference = true, .discrete = true});
 }
 TEST_F(TrainingEngineDpTest, Stage3CpuFp32TwoRanks) { expect_equivalent({.world = 2, .stage = 3}); }
 TEST_F(TrainingEngineDpTest, Stage3CpuFp32ThreeRanks) {

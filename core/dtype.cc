@@ -1,5 +1,6 @@
 #include "core/dtype.h"
 
+#include <cstring>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -116,6 +117,34 @@ void convert_fp32_to_bf16(const float* src, uint16_t* dst, size_t n) {
   if (kIsa == Isa::kAvx512) done = simd::fp32_to_bf16_avx512(src, dst, n);
   if (kIsa == Isa::kAvx2) done = simd::fp32_to_bf16_avx2(src, dst, n);
   for (size_t i = done; i < n; ++i) dst[i] = fp32_to_bf16(src[i]);
+}
+
+void convert_to_fp32(const void* src, DType type, float* dst, size_t n) {
+  switch (type) {
+    case DType::kFloat32:
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    case DType::kFloat16:
+      convert_fp16_to_fp32(static_cast<const uint16_t*>(src), dst, n);
+      return;
+    case DType::kBFloat16:
+      convert_bf16_to_fp32(static_cast<const uint16_t*>(src), dst, n);
+      return;
+  }
+}
+
+void convert_from_fp32(const float* src, DType type, void* dst, size_t n) {
+  switch (type) {
+    case DType::kFloat32:
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    case DType::kFloat16:
+      convert_fp32_to_fp16(src, static_cast<uint16_t*>(dst), n);
+      return;
+    case DType::kBFloat16:
+      convert_fp32_to_bf16(src, static_cast<uint16_t*>(dst), n);
+      return;
+  }
 }
 
 }  // namespace strata

@@ -54,6 +54,9 @@ void convert_fp16_to_fp32(const uint16_t* src, float* dst, size_t n);
 void convert_fp32_to_fp16(const float* src, uint16_t* dst, size_t n);
 void convert_bf16_to_fp32(const uint16_t* src, float* dst, size_t n);
 void convert_fp32_to_bf16(const float* src, uint16_t* dst, size_t n);
+// The same for n elements of any DType (fp32: a copy).
+void convert_to_fp32(const void* src, DType type, float* dst, size_t n);
+void convert_from_fp32(const float* src, DType type, void* dst, size_t n);
 
 // Which implementation the array conversions use on this CPU: "avx512", "avx2", "scalar".
 std::string_view dtype_conversion_isa();

@@ -84,39 +84,6 @@ absl::Status TrainingEngine::setup_remote_dp() {
   return absl::OkStatus();
 }
 
-namespace {
-
-// n values of `type` at src, widened to fp32 (host memory).
-void widen(const void* src, DType type, float* dst, size_t n) {
-  switch (type) {
-    case DType::kFloat32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
-    case DType::kFloat16:
-      convert_fp16_to_fp32(static_cast<const uint16_t*>(src), dst, n);
-      return;
-    case DType::kBFloat16:
-      convert_bf16_to_fp32(static_cast<const uint16_t*>(src), dst, n);
-      return;
-  }
-}
-
-void narrow(const float* src, DType type, void* dst, size_t n) {
-  switch (type) {
-    case DType::kFloat32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
-    case DType::kFloat16:
-      convert_fp32_to_fp16(src, static_cast<uint16_t*>(dst), n);
-      return;
-    case DType::kBFloat16:
-      convert_fp32_to_bf16(src, static_cast<uint16_t*>(dst), n);
-      return;
-  }
-}
-
-}  // namespace
-
 absl::Status TrainingEngine::reduce_grads_to_remote(int layer) {
   RemoteDp& dp = *rdp_;
   const int world = dp.comm->world_size();
@@ -150,12 +117,12 @@ absl::Status TrainingEngine::reduce_grads_to_remote(int layer) {
       STRATA_RETURN_IF_ERROR(
           device_->copy_to_host(dp.staging.data(), device_grads_[h], n * dsize, stream_), what);
       STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
-      widen(dp.staging.data(), dtype_, dp.host_wide.data(), n);
+      convert_to_fp32(dp.staging.data(), dtype_, dp.host_wide.data(), n);
       STRATA_RETURN_IF_ERROR(dp.comm->reduce_scatter(dp.host_wide.data(), dp.host_part.data(),
                                                      counts, DType::kFloat32, dist::ReduceOp::kSum),
                              what);
       for (uint64_t i = 0; i < s.numel; ++i) dp.host_part[i] *= mean;
-      narrow(dp.host_part.data(), dtype_, grad, s.numel);
+      convert_from_fp32(dp.host_part.data(), dtype_, grad, s.numel);
     }
   }
   // The slices are in the remote's memory before it is told.

@@ -56,22 +56,8 @@ void fill_normal(float* out, uint64_t n, double stddev, uint64_t seed) {
 const float* as_fp32(const void* p, DType dtype, uint64_t n, std::vector<float>& scratch) {
   if (dtype == DType::kFloat32) return static_cast<const float*>(p);
   scratch.resize(n);
-  if (dtype == DType::kFloat16) {
-    convert_fp16_to_fp32(static_cast<const uint16_t*>(p), scratch.data(), n);
-  } else {
-    convert_bf16_to_fp32(static_cast<const uint16_t*>(p), scratch.data(), n);
-  }
+  convert_to_fp32(p, dtype, scratch.data(), n);
   return scratch.data();
-}
-
-void copy_to_fp32(const void* p, DType dtype, uint64_t n, float* out) {
-  if (dtype == DType::kFloat32) {
-    std::memcpy(out, p, n * sizeof(float));
-  } else if (dtype == DType::kFloat16) {
-    convert_fp16_to_fp32(static_cast<const uint16_t*>(p), out, n);
-  } else {
-    convert_bf16_to_fp32(static_cast<const uint16_t*>(p), out, n);
-  }
 }
 
 class Gpt2Model final : public engine::Model {
@@ -314,7 +300,7 @@ class Gpt2Model final : public engine::Model {
   void embedding_forward(const LayerContext& ctx) {
     // The head runs after this layer's params are released, so it reads its
     // own fp32 copy of wte, taken here.
-    copy_to_fp32(ctx.params[0], ctx.dtype, wte32_.size(), wte32_.data());
+    convert_to_fp32(ctx.params[0], ctx.dtype, wte32_.data(), wte32_.size());
     std::vector<float> wpe_scratch;
     const float* wpe = as_fp32(ctx.params[1], ctx.dtype, uint64_t(cfg_.seq_len) * c_, wpe_scratch);
     cpu::encoder_forward(residual_[0].data(), inputs_.data(), wte32_.data(), wpe, b_, t_, c_, v_);

@@ -4,7 +4,9 @@
 // uses across processes), and ds_configs parsed at a world size.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <string>
@@ -49,6 +51,17 @@ inline std::vector<absl::Status> run_ranks(
   }
   for (std::thread& t : threads) t.join();
   return out;
+}
+
+// ||a - b|| / ||b|| (a and b of the same size).
+inline double norm_rel(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double d = 0, n = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    n += double(b[i]) * b[i];
+  }
+  return std::sqrt(d / n);
 }
 
 inline config::DsConfig parse_config_at(const std::string& json, int world_size) {

@@ -189,6 +189,31 @@ TEST(DType, OddLengthsUseScalarTail) {
   }
 }
 
+// The any-dtype conversions are the typed ones (fp32: a copy).
+TEST(DType, AnyDtypeConversionsAreTheTypedOnes) {
+  constexpr size_t n = 37;
+  std::vector<float> src(n), back(n), want(n);
+  for (size_t i = 0; i < n; ++i) src[i] = static_cast<float>(i) * 0.731f - 9.0f;
+  std::vector<uint16_t> h(n), typed(n);
+  convert_from_fp32(src.data(), DType::kFloat16, h.data(), n);
+  convert_fp32_to_fp16(src.data(), typed.data(), n);
+  EXPECT_EQ(h, typed);
+  convert_to_fp32(h.data(), DType::kFloat16, back.data(), n);
+  convert_fp16_to_fp32(typed.data(), want.data(), n);
+  EXPECT_EQ(back, want);
+  convert_from_fp32(src.data(), DType::kBFloat16, h.data(), n);
+  convert_fp32_to_bf16(src.data(), typed.data(), n);
+  EXPECT_EQ(h, typed);
+  convert_to_fp32(h.data(), DType::kBFloat16, back.data(), n);
+  convert_bf16_to_fp32(typed.data(), want.data(), n);
+  EXPECT_EQ(back, want);
+  std::vector<float> copy(n);
+  convert_from_fp32(src.data(), DType::kFloat32, copy.data(), n);
+  EXPECT_EQ(copy, src);
+  convert_to_fp32(src.data(), DType::kFloat32, copy.data(), n);
+  EXPECT_EQ(copy, src);
+}
+
 TEST(DType, ReportsIsa) {
   std::string_view isa = dtype_conversion_isa();
   EXPECT_TRUE(isa == "avx512" || isa == "avx2" || isa == "scalar") << isa;

@@ -32,6 +32,7 @@
 namespace strata::engine {
 namespace {
 
+using strata::testing::norm_rel;
 using strata::testing::parse_config_at;
 using strata::testing::run_ranks;
 
@@ -209,18 +210,6 @@ class TrainingEngineDpTest : public TrainingEngineTest {
       worst = std::max(worst, std::fabs(double(a[i]) - double(b[i])) / scale);
     }
     return worst;
-  }
-
-  // ||a - b|| / ||b||.
-  static double norm_rel(const std::vector<float>& a, const std::vector<float>& b) {
-    EXPECT_EQ(a.size(), b.size());
-    double d = 0, n = 0;
-    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-      d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-      n += double(b[i]) * b[i];
-    }
-    const double rel = std::sqrt(d / n);
-    return rel;
   }
 
   void expect_equivalent(const Case& c) {

@@ -277,16 +277,6 @@ class TrainingEngineRemoteDpTest : public TrainingEngineTest {
       return train_rank(c, ranks, comm, r, remote, steps, &(*out)[r], before);
     });
   }
-
-  static double norm_rel(const std::vector<float>& a, const std::vector<float>& b) {
-    EXPECT_EQ(a.size(), b.size());
-    double d = 0, n = 0;
-    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-      d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-      n += double(b[i]) * b[i];
-    }
-    return std::sqrt(d / n);
-  }
 };
 
 // 2 and 3 ranks train as one rank does on the same global batch, on the
@@ -328,7 +318,7 @@ TEST_F(TrainingEngineRemoteDpTest, RanksHoldTheirSlicesAndTrainAsOneRank) {
       worst = std::max(worst, std::fabs(mean - one.loss[s]) / one.loss[s]);
       EXPECT_EQ(many[0].skipped[s], one.skipped[s]) << "step " << s;
     }
-    const double params = norm_rel(many[0].params, one.params);
+    const double params = strata::testing::norm_rel(many[0].params, one.params);
     std::printf("%d ranks, fp16 %d, %s%s: losses %.2g, params %.2g relative\n", c.world, c.fp16,
                 c.overlap, c.discrete ? ", discrete" : "", worst, params);
     EXPECT_LE(worst, c.tolerance);

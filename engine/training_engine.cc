@@ -45,9 +45,10 @@ TrainingEngine::~TrainingEngine() {
     for (void* p : device_params_) device_->free(p);
     for (void* g : device_grads_) device_->free(g);
     if (rdp_ != nullptr) {
-      for (void* p : {rdp_->wide, rdp_->part, rdp_->part16}) {
+      for (void* p : {rdp_->wide, rdp_->part, rdp_->part16, rdp_->packed16}) {
         if (p != nullptr) device_->free(p);
       }
+      if (rdp_->has_stream) device_->destroy_stream(rdp_->stream);
     }
     if (remote_ != nullptr) device_->destroy_stream(stream_);
     if (pinned_region_ != nullptr) device_->unregister_host_memory(pinned_region_).IgnoreError();

@@ -433,16 +433,28 @@ class TrainingEngine {
     config::DsConfig config;        // the remotes': one rank, the batch of this rank
     std::vector<int> handle;        // per param: the remote's handle of its slice
     std::vector<ParamSlice> slice;  // per param: the rank's
-    // Scratch for the largest param: its gradient widened to fp32 and the
-    // rank's slice of the sum (fp32, then the compute dtype), in memory the
-    // communicator reaches (the device's when the host can address it; else
-    // host memory, with `staging` for the device's copies).
+    // Per layer: its params' slices packed for one collective, rank by rank
+    // (rank q's segment: its slice of each param in turn).
+    struct Layout {
+      std::vector<uint64_t> counts;  // per rank: elements in its segment
+      std::vector<uint64_t> pos;     // per rank: where its segment starts
+      uint64_t total = 0;
+    };
+    std::vector<Layout> layout;
+    // Scratch for the largest layer, in memory the communicator reaches:
+    // the device's when it is host memory (wide: the packed gradients in
+    // fp32; part / part16: the rank's segment of the sum, fp32 and compute
+    // dtype; packed16: the gathered params), else host memory (staging: the
+    // layer's gradients or gathered params in the compute dtype).
+    bool on_device = false;
+    gpu::StreamId stream = 0;  // the reduction's, once has_stream
+    bool has_stream = false;
     void* wide = nullptr;
     void* part = nullptr;
     void* part16 = nullptr;
-    bool on_device = false;
+    void* packed16 = nullptr;
     std::vector<float> host_wide, host_part;
-    std::vector<uint8_t> staging;
+    std::vector<uint8_t> staging, host_mine16;
   };
   std::unique_ptr<RemoteDp> rdp_;
   DType dtype_ = DType::kFloat32;

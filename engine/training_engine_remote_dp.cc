@@ -52,8 +52,7 @@ absl::Status TrainingEngine::plan_remote_slices(dist::Communicator* comm,
 
 absl::Status TrainingEngine::setup_remote_dp() {
   RemoteDp& dp = *rdp_;
-  uint64_t largest = 0;
-  for (const ParamDesc& d : params_) largest = std::max<uint64_t>(largest, d.numel);
+  const int world = dp.comm->world_size(), rank = dp.comm->rank();
   // Every rank's session must be new, or every one must continue: a mix
   // would start some slices from the initial values and others not.
   double fresh[2] = {remote_->needs_values() ? 1.0 : 0.0, 1.0};
@@ -65,68 +64,125 @@ absl::Status TrainingEngine::setup_remote_dp() {
         " ranks have a new stratad session and the others continue theirs; end the job's "
         "sessions (strata top --end-session NAME.rankR) or give the run another --session"));
   }
+  // A layer travels packed in one collective: rank q's segment holds its
+  // slice of each of the layer's params in turn.
+  uint64_t largest = 0, largest_mine = 0;
+  for (const std::vector<ParamHandle>& ps : layers_) {
+    RemoteDp::Layout l;
+    l.counts.assign(world, 0);
+    for (ParamHandle h : ps) {
+      for (int q = 0; q < world; ++q) {
+        l.counts[q] += partition_slice(params_[h].numel, q, world).numel;
+      }
+    }
+    for (int q = 0; q < world; ++q) {
+      l.pos.push_back(l.total);
+      l.total += l.counts[q];
+    }
+    largest = std::max(largest, l.total);
+    largest_mine = std::max(largest_mine, l.counts[rank]);
+    dp.layout.push_back(std::move(l));
+  }
   // The communicator reaches device memory only where it is host memory
   // (the simulated device): there the gradients are widened and the slices
   // narrowed on the device and only the rank's slice crosses PCIe.
   dp.on_device = device_->host_backed_memory();
+  const size_t dsize = dtype_size(dtype_);
+  const std::string what = "device scratch for the reduction across ranks";
+  STRATA_ASSIGN_OR_RETURN(dp.stream, device_->create_stream(), what);
+  dp.has_stream = true;
   if (dp.on_device) {
-    STRATA_ASSIGN_OR_RETURN(dp.wide, device_->allocate(largest * sizeof(float)),
-                            "device scratch for the reduction across ranks");
-    STRATA_ASSIGN_OR_RETURN(dp.part, device_->allocate(largest * sizeof(float)),
-                            "device scratch for the reduction across ranks");
-    STRATA_ASSIGN_OR_RETURN(dp.part16, device_->allocate(largest * dtype_size(dtype_)),
-                            "device scratch for the reduction across ranks");
+    STRATA_ASSIGN_OR_RETURN(dp.wide, device_->allocate(largest * sizeof(float)), what);
+    STRATA_ASSIGN_OR_RETURN(dp.packed16, device_->allocate(largest * dsize), what);
+    STRATA_ASSIGN_OR_RETURN(dp.part, device_->allocate(largest_mine * sizeof(float)), what);
+    STRATA_ASSIGN_OR_RETURN(dp.part16, device_->allocate(largest_mine * dsize), what);
   } else {
     dp.host_wide.resize(largest);
-    dp.host_part.resize(largest);
-    dp.staging.resize(largest * dtype_size(dtype_));
+    dp.host_part.resize(largest_mine);
+    dp.staging.resize(largest * dsize);
+    dp.host_mine16.resize(largest_mine * dsize);
   }
   return absl::OkStatus();
 }
 
 absl::Status TrainingEngine::reduce_grads_to_remote(int layer) {
   RemoteDp& dp = *rdp_;
+  const RemoteDp::Layout& l = dp.layout[layer];
   const int world = dp.comm->world_size();
+  const uint64_t mine = l.counts[dp.comm->rank()];
   const float mean = 1.0f / static_cast<float>(world);
   const size_t dsize = dtype_size(dtype_);
   const std::string what =
       absl::StrCat("reducing layer ", layer, "'s gradients across ", world, " ranks");
-  for (ParamHandle h : layers_[layer]) {
-    const uint64_t n = params_[h].numel;
-    const ParamSlice s = dp.slice[h];
-    const std::vector<uint64_t> counts = partition_counts(n, world);
-    void* grad = remote_->grad_memory(dp.handle[h]);
-    if (dp.on_device) {
-      // Widen on the device, sum over the ranks there, and bring back only
-      // the rank's slice of the mean, in the compute dtype.
-      STRATA_RETURN_IF_ERROR(
-          device_->cast(device_grads_[h], dtype_, dp.wide, DType::kFloat32, n, stream_), what);
-      STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
-      STRATA_RETURN_IF_ERROR(
-          dp.comm->reduce_scatter(dp.wide, dp.part, counts, DType::kFloat32, dist::ReduceOp::kSum),
-          what);
-      STRATA_RETURN_IF_ERROR(device_->scale(dp.part, DType::kFloat32, s.numel, mean, stream_),
-                             what);
-      STRATA_RETURN_IF_ERROR(
-          device_->cast(dp.part, DType::kFloat32, dp.part16, dtype_, s.numel, stream_), what);
-      STRATA_RETURN_IF_ERROR(device_->copy_to_host(grad, dp.part16, s.numel * dsize, stream_),
-                             what);
-    } else {
-      // The device's memory is out of the communicator's reach: the whole
-      // gradient crosses and is summed in host memory.
-      STRATA_RETURN_IF_ERROR(
-          device_->copy_to_host(dp.staging.data(), device_grads_[h], n * dsize, stream_), what);
-      STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
-      convert_to_fp32(dp.staging.data(), dtype_, dp.host_wide.data(), n);
-      STRATA_RETURN_IF_ERROR(dp.comm->reduce_scatter(dp.host_wide.data(), dp.host_part.data(),
-                                                     counts, DType::kFloat32, dist::ReduceOp::kSum),
-                             what);
-      for (uint64_t i = 0; i < s.numel; ++i) dp.host_part[i] *= mean;
-      convert_from_fp32(dp.host_part.data(), dtype_, grad, s.numel);
+  const std::vector<ParamHandle>& ps = layers_[layer];
+  std::vector<uint64_t> at = l.pos;  // per rank: where the next slice goes
+  if (dp.on_device) {
+    // Widened into the packed layout on the device; only the rank's part
+    // of the sum comes back, in the compute dtype. On a stream of its own:
+    // the layer's backward has run (the caller waited for it), and the
+    // engine's stream already holds the next layers' backward, which the
+    // reduction need not wait for.
+    auto* wide = static_cast<float*>(dp.wide);
+    for (ParamHandle h : ps) {
+      const auto* grad = static_cast<const uint8_t*>(device_grads_[h]);
+      for (int q = 0; q < world; ++q) {
+        const ParamSlice sq = partition_slice(params_[h].numel, q, world);
+        STRATA_RETURN_IF_ERROR(device_->cast(grad + sq.offset * dsize, dtype_, wide + at[q],
+                                             DType::kFloat32, sq.numel, dp.stream),
+                               what);
+        at[q] += sq.numel;
+      }
     }
+    STRATA_RETURN_IF_ERROR(device_->synchronize_stream(dp.stream), what);
+    STRATA_RETURN_IF_ERROR(
+        dp.comm->reduce_scatter(wide, dp.part, l.counts, DType::kFloat32, dist::ReduceOp::kSum),
+        what);
+    STRATA_RETURN_IF_ERROR(device_->scale(dp.part, DType::kFloat32, mine, mean, dp.stream), what);
+    STRATA_RETURN_IF_ERROR(
+        device_->cast(dp.part, DType::kFloat32, dp.part16, dtype_, mine, dp.stream), what);
+    uint64_t off = 0;
+    for (ParamHandle h : ps) {
+      const uint64_t n = dp.slice[h].numel;
+      STRATA_RETURN_IF_ERROR(device_->copy_to_host(remote_->grad_memory(dp.handle[h]),
+                                                   static_cast<uint8_t*>(dp.part16) + off * dsize,
+                                                   n * dsize, dp.stream),
+                             what);
+      off += n;
+    }
+    // The slices are in the remote's memory before it is told.
+    return annotate(device_->synchronize_stream(dp.stream), what);
   }
-  // The slices are in the remote's memory before it is told.
-  if (dp.on_device) STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
+  // The device's memory is out of the communicator's reach: the layer's
+  // gradients cross whole (on the reduction's stream, as above) and are
+  // summed in host memory.
+  uint64_t base = 0;
+  for (ParamHandle h : ps) {
+    STRATA_RETURN_IF_ERROR(device_->copy_to_host(dp.staging.data() + base * dsize, device_grads_[h],
+                                                 params_[h].numel * dsize, dp.stream),
+                           what);
+    base += params_[h].numel;
+  }
+  STRATA_RETURN_IF_ERROR(device_->synchronize_stream(dp.stream), what);
+  base = 0;
+  for (ParamHandle h : ps) {
+    for (int q = 0; q < world; ++q) {
+      const ParamSlice sq = partition_slice(params_[h].numel, q, world);
+      convert_to_fp32(dp.staging.data() + (base + sq.offset) * dsize, dtype_,
+                      dp.host_wide.data() + at[q], sq.numel);
+      at[q] += sq.numel;
+    }
+    base += params_[h].numel;
+  }
+  STRATA_RETURN_IF_ERROR(dp.comm->reduce_scatter(dp.host_wide.data(), dp.host_part.data(), l.counts,
+                                                 DType::kFloat32, dist::ReduceOp::kSum),
+                         what);
+  uint64_t off = 0;
+  for (ParamHandle h : ps) {
+    const uint64_t n = dp.slice[h].numel;
+    for (uint64_t i = off; i < off + n; ++i) dp.host_part[i] *= mean;
+    convert_from_fp32(dp.host_part.data() + off, dtype_, remote_->grad_memory(dp.handle[h]), n);
+    off += n;
+  }
   return absl::OkStatus();
 }
 
@@ -135,26 +191,45 @@ absl::Status TrainingEngine::gather_params_from_remote() {
   const int world = dp.comm->world_size();
   const size_t dsize = dtype_size(dtype_);
   const std::string what = absl::StrCat("gathering the updated params across ", world, " ranks");
-  for (size_t h = 0; h < params_.size(); ++h) {
-    const uint64_t n = params_[h].numel;
-    const ParamSlice s = dp.slice[h];
-    const std::vector<uint64_t> counts = partition_counts(n, world);
-    const void* mine = remote_->param_memory(dp.handle[h]);
-    if (dp.on_device) {
-      // Only the rank's slice crosses PCIe; the rest comes from the others.
-      STRATA_RETURN_IF_ERROR(device_->copy_to_device(dp.part16, mine, s.numel * dsize, stream_),
-                             what);
-      STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
-      STRATA_RETURN_IF_ERROR(dp.comm->all_gather(dp.part16, device_params_[h], counts, dtype_),
-                             what);
-    } else {
-      STRATA_RETURN_IF_ERROR(dp.comm->all_gather(mine, dp.staging.data(), counts, dtype_), what);
-      STRATA_RETURN_IF_ERROR(
-          device_->copy_to_device(device_params_[h], dp.staging.data(), n * dsize, stream_), what);
-      // The staging buffer is the next param's.
-      STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
+  for (size_t layer = 0; layer < layers_.size(); ++layer) {
+    const RemoteDp::Layout& l = dp.layout[layer];
+    const std::vector<ParamHandle>& ps = layers_[layer];
+    // The rank's slices, packed: on the device (only they cross PCIe), or
+    // on the host beside a device the communicator cannot reach.
+    auto* mine = static_cast<uint8_t*>(dp.on_device ? dp.part16 : dp.host_mine16.data());
+    uint64_t off = 0;
+    for (ParamHandle h : ps) {
+      const uint64_t n = dp.slice[h].numel;
+      const void* slice = remote_->param_memory(dp.handle[h]);
+      if (dp.on_device) {
+        STRATA_RETURN_IF_ERROR(
+            device_->copy_to_device(mine + off * dsize, slice, n * dsize, stream_), what);
+      } else {
+        std::memcpy(mine + off * dsize, slice, n * dsize);
+      }
+      off += n;
+    }
+    // Also the previous layer's copies out of the packed buffer are done.
+    STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
+    auto* packed = static_cast<uint8_t*>(dp.on_device ? dp.packed16 : dp.staging.data());
+    STRATA_RETURN_IF_ERROR(dp.comm->all_gather(mine, packed, l.counts, dtype_), what);
+    std::vector<uint64_t> at = l.pos;
+    for (ParamHandle h : ps) {
+      auto* param = static_cast<uint8_t*>(device_params_[h]);
+      for (int q = 0; q < world; ++q) {
+        const ParamSlice sq = partition_slice(params_[h].numel, q, world);
+        void* dst = param + sq.offset * dsize;
+        const uint8_t* src = packed + at[q] * dsize;
+        STRATA_RETURN_IF_ERROR(dp.on_device
+                                   ? device_->copy_on_device(dst, src, sq.numel * dsize, stream_)
+                                   : device_->copy_to_device(dst, src, sq.numel * dsize, stream_),
+                               what);
+        at[q] += sq.numel;
+      }
     }
   }
+  // The host staging is reused by the next reduction.
+  if (!dp.on_device) STRATA_RETURN_IF_ERROR(device_->synchronize_stream(stream_), what);
   return absl::OkStatus();
 }
 

@@ -158,7 +158,9 @@
 // PCIe); finish_step runs in its two halves with the ranks' statistics
 // summed between them (every rank clips and skips alike); the updated
 // slices are all-gathered into the device params. Every rank's remote must
-// be new or every one continued (FailedPrecondition otherwise); checkpoints
+// be new or every one continued (FailedPrecondition otherwise), continued
+// ones at the same step (DataLoss otherwise: a rank died between the
+// halves of a finish the others completed); checkpoints
 // are the data-parallel format (each remote writes DIR/rank<r>) and load at
 // the same world size only (FailedPrecondition naming both: the in-process
 // optimizer reshards). Not available there: strata.delayed_param_update

@@ -64,6 +64,21 @@ absl::Status TrainingEngine::setup_remote_dp() {
         " ranks have a new stratad session and the others continue theirs; end the job's "
         "sessions (strata top --end-session NAME.rankR) or give the run another --session"));
   }
+  // Continued sessions must stand at the same step: a rank that died
+  // between the halves of a finish left its session a step behind the
+  // others', and their slices would no longer be one model's.
+  const double steps = static_cast<double>(remote_->steps());
+  double range[2] = {steps, -steps};
+  STRATA_RETURN_IF_ERROR(dp.comm->all_reduce_host(range, dist::ReduceOp::kMax),
+                         "agreeing on the ranks' sessions");
+  if (range[0] != -range[1]) {
+    return absl::DataLossError(absl::StrCat(
+        "the ranks' sessions stopped at different steps (", -range[1], " to ", range[0],
+        "; this rank's at ", steps,
+        "): a rank died while the others finished a step, so their slices are not one model's; "
+        "end the job's sessions (strata top --end-session NAME.rankR) and resume from a "
+        "checkpoint (--resume DIR)"));
+  }
   // A layer travels packed in one collective: rank q's segment holds its
   // slice of each of the layer's params in turn.
   uint64_t largest = 0, largest_mine = 0;

@@ -25,7 +25,10 @@ namespace {
 
 class LocalHostBound final : public HostBoundOptimizer {
  public:
-  static absl::StatusOr<std::unique_ptr<LocalHostBound>> create(const HostBoundRegistration& reg) {
+  // `continue_dir` set: a session that continues (as stratad's does after
+  // its client left), its state loaded from that one-rank checkpoint.
+  static absl::StatusOr<std::unique_ptr<LocalHostBound>> create(
+      const HostBoundRegistration& reg, const std::string& continue_dir = "") {
     auto r = std::unique_ptr<LocalHostBound>(new LocalHostBound);
     r->device_ = std::make_unique<gpu::SimDevice>(gpu::host_mode_options());
     OffloadOptimizerOptions o;
@@ -53,12 +56,16 @@ class LocalHostBound final : public HostBoundOptimizer {
       STRATA_RETURN_IF_ERROR(r->opt_->add_param(d).status());
     }
     STRATA_RETURN_IF_ERROR(r->opt_->finalize());
+    if (!continue_dir.empty()) {
+      STRATA_RETURN_IF_ERROR(r->opt_->load_state(continue_dir, /*weights_only=*/false));
+      r->continued_ = true;
+    }
     return r;
   }
 
   void* param_memory(ParamHandle p) override { return params_[p]; }
   void* grad_memory(ParamHandle p) override { return grads_[p]; }
-  bool needs_values() const override { return true; }
+  bool needs_values() const override { return !continued_; }
   std::pair<void*, uint64_t> host_region() const override {
     return {const_cast<float*>(region_.data()), region_.size() * sizeof(float)};
   }
@@ -116,6 +123,7 @@ class LocalHostBound final : public HostBoundOptimizer {
   std::unique_ptr<OffloadOptimizer> opt_;
   std::vector<float> region_;
   std::vector<float*> params_, grads_;  // into region_
+  bool continued_ = false;
 };
 
 class TrainingEngineRemoteTest : public TrainingEngineTest {
@@ -223,9 +231,12 @@ class TrainingEngineRemoteDpTest : public TrainingEngineTest {
 
   // One rank of c's job run on `ranks` ranks (the same global batch), with
   // remotes (LocalHostBound) or in-process; `before` runs after create.
+  // `continue_dir` (remote): rank r's session continues from that one-rank
+  // checkpoint of its slices.
   absl::Status train_rank(const Case& c, int ranks, dist::Communicator* comm, int r, bool remote,
                           int steps, Result* out,
-                          const std::function<absl::Status(TrainingEngine&)>& before = {}) {
+                          const std::function<absl::Status(TrainingEngine&)>& before = {},
+                          const std::string& continue_dir = "") {
     const std::string json =
         absl::StrCat("{\"train_micro_batch_size_per_gpu\": ", kMicro * c.world / ranks,
                      ", \"gradient_accumulation_steps\": 2, \"gradient_clipping\": 1.0, ",
@@ -243,9 +254,10 @@ class TrainingEngineRemoteDpTest : public TrainingEngineTest {
     o.comm = comm;
     o.lr_schedule = std::make_unique<ConstantLr>(cfg.optimizer.lr);
     if (remote) {
-      o.remote = [&lb](const HostBoundRegistration& reg)
+      o.remote = [&lb, &continue_dir](const HostBoundRegistration& reg)
           -> absl::StatusOr<std::unique_ptr<HostBoundOptimizer>> {
-        STRATA_ASSIGN_OR_RETURN(std::unique_ptr<LocalHostBound> made, LocalHostBound::create(reg));
+        STRATA_ASSIGN_OR_RETURN(std::unique_ptr<LocalHostBound> made,
+                                LocalHostBound::create(reg, continue_dir));
         lb = made.get();
         return made;
       };
@@ -271,10 +283,12 @@ class TrainingEngineRemoteDpTest : public TrainingEngineTest {
   // c.world ranks (threads, Gloo over loopback); each rank's status.
   std::vector<absl::Status> train_ranks(
       const Case& c, int ranks, bool remote, int steps, std::vector<Result>* out,
-      const std::function<absl::Status(TrainingEngine&)>& before = {}) {
+      const std::function<absl::Status(TrainingEngine&)>& before = {},
+      const std::vector<std::string>& continue_dirs = {}) {
     out->assign(ranks, {});
     return strata::testing::run_ranks(ranks, [&](int r, dist::Communicator* comm) {
-      return train_rank(c, ranks, comm, r, remote, steps, &(*out)[r], before);
+      return train_rank(c, ranks, comm, r, remote, steps, &(*out)[r], before,
+                        continue_dirs.empty() ? "" : continue_dirs[r]);
     });
   }
 };
@@ -364,6 +378,37 @@ TEST_F(TrainingEngineRemoteDpTest, CheckpointOfRanksIsTheShardedFormat) {
   for (const absl::Status& s : st) {
     EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
     EXPECT_NE(s.message().find("saved by 2 ranks"), std::string_view::npos) << s;
+  }
+}
+
+// Sessions that continue (stratad's after the clients left) go on from
+// their step as one run; sessions stopped at different steps (a rank died
+// between the halves of a finish) are refused, naming the steps, before
+// anything trains.
+TEST_F(TrainingEngineRemoteDpTest, ContinuedSessionsGoOnAndMismatchedOnesAreRefused) {
+  const Case c{.world = 2};
+  const std::string at2 = (dir_ / "at2").string(), at3 = (dir_ / "at3").string();
+  std::vector<Result> straight, unused, continued, mixed;
+  auto st = train_ranks(c, 2, true, 5, &straight);
+  for (const absl::Status& s : st) ASSERT_TRUE(s.ok()) << s;
+  st = train_ranks(c, 2, true, 0, &unused, [&](TrainingEngine& e) {
+    for (int s = 0; s < 3; ++s) {
+      STRATA_RETURN_IF_ERROR(e.train_step().status());
+      if (s == 1) STRATA_RETURN_IF_ERROR(e.save_checkpoint(at2));
+    }
+    return e.save_checkpoint(at3);
+  });
+  for (const absl::Status& s : st) ASSERT_TRUE(s.ok()) << s;
+  st = train_ranks(c, 2, true, 2, &continued, {},
+                   {checkpoint_shard_dir(at3, 0), checkpoint_shard_dir(at3, 1)});
+  for (const absl::Status& s : st) ASSERT_TRUE(s.ok()) << s;
+  for (int s = 0; s < 2; ++s) EXPECT_EQ(continued[0].loss[s], straight[0].loss[3 + s]) << s;
+  EXPECT_EQ(continued[1].params, straight[1].params);
+  st = train_ranks(c, 2, true, 1, &mixed, {},
+                   {checkpoint_shard_dir(at3, 0), checkpoint_shard_dir(at2, 1)});
+  for (const absl::Status& s : st) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_NE(s.message().find("different steps (2 to 3"), std::string_view::npos) << s;
   }
 }
 

@@ -673,6 +673,58 @@ TEST_F(StratadTest, MalformedFrameworkRequestsChangeNothing) {
   EXPECT_EQ(state(**r, fw), ref);
 }
 
+// finish_step in halves (the sessions of data-parallel ranks): with the
+// session's own statistics handed back as the global ones, a run is bit for
+// bit the in-process one; between the halves only finish_global and
+// abort_step are taken (the step goes on), finish_global without
+// finish_local is refused, and a larger global norm clips.
+TEST_F(StratadTest, FinishInHalvesStepsAsFinishStep) {
+  StratadProcess d(dir_);
+  const SessionSpec spec = make_spec("overlap", 2);
+  constexpr int kSteps = 3;
+  const State ref = in_process(spec, kSteps, 2);
+  auto r = attach(d.socket(), "halves", spec);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const Framework fw = arena_framework(**r);
+  auto st = (*r)->finish_step_global({.sum_squares = 1, .nonfinite = false});
+  EXPECT_TRUE(absl::IsFailedPrecondition(st.status())) << st.status();
+  for (int i = 0; i < kSteps; ++i) {
+    auto scale = (*r)->begin_step();
+    ASSERT_TRUE(scale.ok()) << scale.status();
+    for (int k = 0; k < 2; ++k) {
+      if (k > 0) ASSERT_TRUE((*r)->wait_grads().ok());
+      for (int p = 0; p < 3; ++p) fw.grads(p, k, *scale);
+      for (int b = 1; b >= 0; --b) ASSERT_TRUE((*r)->grad_ready(b).ok());
+    }
+    auto local = (*r)->finish_step_local();
+    ASSERT_TRUE(local.ok()) << local.status();
+    EXPECT_GT(local->sum_squares, 0);
+    EXPECT_FALSE(local->nonfinite);
+    // Between the halves: refused, the connection and the step stay.
+    const absl::Status again = (*r)->begin_step().status();
+    EXPECT_TRUE(absl::IsFailedPrecondition(again)) << again;
+    EXPECT_NE(again.message().find("finish_global"), std::string_view::npos) << again;
+    auto done = (*r)->finish_step_global(*local);
+    ASSERT_TRUE(done.ok()) << done.status();
+    EXPECT_EQ(done->step, i + 1);
+  }
+  EXPECT_EQ(state(**r, fw), ref);
+  // A global norm 100 times this rank's clips the step.
+  auto scale = (*r)->begin_step();
+  ASSERT_TRUE(scale.ok());
+  for (int p = 0; p < 3; ++p) fw.grads(p, 0, *scale);
+  for (int k = 0; k < 2; ++k) {
+    if (k > 0) ASSERT_TRUE((*r)->wait_grads().ok());
+    for (int b = 1; b >= 0; --b) ASSERT_TRUE((*r)->grad_ready(b).ok());
+  }
+  auto local = (*r)->finish_step_local();
+  ASSERT_TRUE(local.ok()) << local.status();
+  auto clipped = (*r)->finish_step_global({.sum_squares = local->sum_squares * 1e4});
+  ASSERT_TRUE(clipped.ok()) << clipped.status();
+  EXPECT_GT(clipped->grad_norm, 0.5);  // gradient_clipping
+  EXPECT_GT(clipped->clip_coef, 1.0);
+}
+
 TEST_F(StratadTest, FuzzerDoesNotDisturbAnotherSession) {
   const SessionSpec spec = make_spec("overlap", 2);
   constexpr int kSteps = 40;

@@ -189,7 +189,7 @@ struct OffloadOptimizer::Impl {
   absl::Status run_finish_local(StepGradStats* local);
   absl::Status run_finish_global(StepGradStats global);
   OptimizerStepResult finishing;
-  bool finish_half = false;  // run_finish_local succeeded; global comes next
+  std::atomic<bool> finish_half{false};  // run_finish_local succeeded; global comes next
   absl::Status apply_step(bool apply, OptimizerStepResult* r);
   absl::Status undo_step(absl::Status status);
   StepArgs step_args(double grad_scale, int64_t step) const;

@@ -155,6 +155,10 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
     return absl::FailedPreconditionError(
         absl::StrCat("grad_ready(", bucket, ") outside a step; call begin_step first"));
   }
+  if (m.finish_half) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("grad_ready(", bucket, ") after finish_step_local; call finish_step_global"));
+  }
   if (bucket < 0 || bucket >= static_cast<int>(m.buckets.size())) {
     return absl::InvalidArgumentError(
         absl::StrCat("grad_ready: no bucket ", bucket, " (", m.buckets.size(), " buckets)"));
@@ -187,6 +191,10 @@ absl::Status OffloadOptimizer::grad_ready(int bucket, std::optional<gpu::EventId
 
 absl::Status OffloadOptimizer::wait_grads() {
   Impl& m = *impl_;
+  if (m.finish_half) {
+    return absl::FailedPreconditionError(
+        "wait_grads after finish_step_local; call finish_step_global");
+  }
   STRATA_RETURN_IF_ERROR(m.drain_worker());
   if (m.dp() && m.in_step) return m.dp_close_round(/*open_next=*/true);
   // The framework may now overwrite its gradients: a last micro-batch the

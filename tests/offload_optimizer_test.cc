@@ -23,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/dtype.h"
+#include "core/status.h"
 #include "gpu/sim_device.h"
 #include "gtest/gtest.h"
 #include "tests/test_ds_config.h"
@@ -269,6 +270,58 @@ TEST_F(OffloadOptimizerTest, OverlapEqualsSyncWithClipping) {
   EXPECT_GT(speculative, 0);
   EXPECT_GT(rolled_back, 0) << "the clip should have redone speculative steps";
   EXPECT_EQ(state(*opt, model), sync);
+}
+
+// finish_step in halves: with its own statistics as the global ones the run
+// is finish_step's bit for bit (overlap, clipping: speculative steps rolled
+// back and redone in the second half); a larger global norm clips harder;
+// between the halves grad_ready, wait_grads and a second finish_step_local
+// are refused, abort_step undoes the step; finish_step_global without a first
+// half is refused.
+TEST_F(OffloadOptimizerTest, FinishInHalvesIsFinishStep) {
+  const config::DsConfig cfg = make_config("overlap", 2, "\"gradient_clipping\": 0.5");
+  const State whole = run(cfg, 10, 2);
+  HostModel model;
+  auto opt = make(cfg, model);
+  auto halves = [&](double norm_factor) -> absl::StatusOr<OptimizerStepResult> {
+    auto s = opt->begin_step();
+    if (!s.ok()) return s.status();
+    for (int k = 0; k < 2; ++k) {
+      if (k > 0) STRATA_RETURN_IF_ERROR(opt->wait_grads());
+      for (int p = 0; p < 3; ++p) model.grads(p, k, static_cast<float>(*s));
+      for (int b = 1; b >= 0; --b) STRATA_RETURN_IF_ERROR(opt->grad_ready(b));
+    }
+    STRATA_ASSIGN_OR_RETURN(StepGradStats local, opt->finish_step_local());
+    EXPECT_TRUE(absl::IsFailedPrecondition(opt->grad_ready(0)));
+    EXPECT_TRUE(absl::IsFailedPrecondition(opt->wait_grads()));
+    EXPECT_TRUE(absl::IsFailedPrecondition(opt->finish_step_local().status()));
+    local.sum_squares *= norm_factor * norm_factor;
+    return opt->finish_step_global(local);
+  };
+  EXPECT_TRUE(absl::IsFailedPrecondition(opt->finish_step_global({}).status()));
+  for (int i = 0; i < 10; ++i) {
+    auto r = halves(1.0);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_EQ(state(*opt, model), whole);
+  // Ten times the norm: ten times the clip coefficient of the same step.
+  HostModel twin_model;
+  auto twin = make(cfg, twin_model);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(step(*twin, twin_model, 2).ok());
+  auto same = step(*twin, twin_model, 2);
+  auto harder = halves(10.0);
+  ASSERT_TRUE(same.ok() && harder.ok());
+  EXPECT_NEAR(harder->grad_norm, 10 * same->grad_norm, 1e-9 * harder->grad_norm);
+  EXPECT_GT(harder->clip_coef, same->clip_coef);
+  // abort_step between the halves undoes the step.
+  const State before = state(*opt, model);
+  ASSERT_TRUE(opt->begin_step().ok());
+  for (int p = 0; p < 3; ++p) model.grads(p, 0, 1.0f);
+  for (int b = 1; b >= 0; --b) ASSERT_TRUE(opt->grad_ready(b).ok());
+  ASSERT_TRUE(opt->finish_step_local().ok());
+  EXPECT_TRUE(absl::IsAborted(opt->abort_step(absl::AbortedError("test"))));
+  EXPECT_EQ(state(*opt, model).master, before.master);
+  EXPECT_EQ(opt->steps(), before.steps);
 }
 
 TEST_F(OffloadOptimizerTest, AccumulationAndExtraCallsEqualSync) {

@@ -843,7 +843,8 @@ void add_train_command(CLI::App& app, int* exit_code) {
                      ->type_name("[SOCKET]");
   cmd->add_option("--session", f->session,
                   "the stratad session (with --daemon): a new name starts a run, the same name "
-                  "again continues it from its last completed step");
+                  "again continues it from its last completed step; rank R of several uses "
+                  "NAME.rankR (its slice of the model)");
   cmd->add_flag("--async-save", f->async_save,
                 "write periodic checkpoints in the background (a host snapshot of ~14 bytes "
                 "per parameter)");

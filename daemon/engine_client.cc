@@ -116,8 +116,4 @@ engine::HostBoundFactory engine_client_factory(RemoteOptions options) {
   };
 }
 
-std::string rank_session_name(const std::string& session, int rank, int world_size) {
-  return world_size > 1 ? absl::StrCat(session, ".rank", rank) : session;
-}
-
 }  // namespace strata::daemon

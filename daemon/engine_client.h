@@ -23,19 +23,11 @@
 // start it).
 #pragma once
 
-#include <string>
-
 #include "daemon/remote_optimizer.h"
 #include "engine/step_optimizer.h"
 
 namespace strata::daemon {
 
 engine::HostBoundFactory engine_client_factory(RemoteOptions options);
-
-// The session of rank `rank` of a data-parallel job of `world_size` ranks
-// whose sessions are called `session`: `session` itself for one rank, else
-// "<session>.rank<r>" (each rank's session holds its slice of the model:
-// the engine registers the slices, training_engine.h).
-std::string rank_session_name(const std::string& session, int rank, int world_size);
 
 }  // namespace strata::daemon

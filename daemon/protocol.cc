@@ -5,12 +5,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 
@@ -574,6 +576,24 @@ absl::Status check_session_name(absl::string_view name) {
                      "': want 1-64 of [A-Za-z0-9._-], not starting with '.'"));
   }
   return absl::OkStatus();
+}
+
+std::string rank_session_name(const std::string& session, int rank, int world_size) {
+  return world_size > 1 ? absl::StrCat(session, ".rank", rank) : session;
+}
+
+std::optional<RankSession> parse_rank_session_name(absl::string_view name) {
+  const size_t dot = name.rfind(".rank");
+  if (dot == absl::string_view::npos || dot == 0) return std::nullopt;
+  const absl::string_view digits = name.substr(dot + 5);
+  int rank = 0;
+  const bool all_digits =
+      std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (digits.empty() || digits.size() > 7 || !all_digits ||
+      (digits.size() > 1 && digits[0] == '0') || !absl::SimpleAtoi(digits, &rank)) {
+    return std::nullopt;
+  }
+  return RankSession{.job = std::string(name.substr(0, dot)), .rank = rank};
 }
 
 std::string default_socket_path() {

@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -172,6 +173,18 @@ std::string describe_mismatch(const SessionSpec& session, const SessionSpec& req
 
 // Session names: 1-64 of [A-Za-z0-9._-], not starting with '.'.
 absl::Status check_session_name(absl::string_view name);
+// The session of rank `rank` of a data-parallel job of `world_size` ranks
+// whose sessions are called `session`: `session` itself for one rank, else
+// "<session>.rank<r>" (each rank's session holds its slice of the model:
+// the engine registers the slices, engine/training_engine.h).
+std::string rank_session_name(const std::string& session, int rank, int world_size);
+// The job and rank of a session so named ("<job>.rank<r>"); nullopt for
+// any other name.
+struct RankSession {
+  std::string job;
+  int rank = 0;
+};
+std::optional<RankSession> parse_rank_session_name(absl::string_view name);
 
 // $XDG_RUNTIME_DIR/strata/stratad.sock, else /run/strata/stratad.sock.
 std::string default_socket_path();

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/build_info.h"
@@ -590,6 +592,28 @@ nlohmann::json Server::stats() const {
     st["roofline_ratio"] = roofline > 0 ? gbs / roofline : 0.0;
     sessions.push_back(std::move(st));
   }
+  // The sessions of data-parallel jobs (NAME.rank<r>), each holding a
+  // rank's slice: together one copy of the job's model.
+  std::map<std::string, nlohmann::json> jobs;
+  for (const nlohmann::json& st : sessions) {
+    const std::optional<RankSession> rs = parse_rank_session_name(st.value("name", ""));
+    if (!rs) continue;
+    nlohmann::json& j = jobs[rs->job];
+    const int64_t step = st.value("step", int64_t{0});
+    if (j.is_null()) {
+      j = {{"name", rs->job},
+           {"sessions", 0},
+           {"host_bytes", uint64_t{0}},
+           {"min_step", step},
+           {"max_step", step}};
+    }
+    j["sessions"] = j["sessions"].get<int>() + 1;
+    j["host_bytes"] = j["host_bytes"].get<uint64_t>() + st.value("host_bytes", uint64_t{0});
+    j["min_step"] = std::min(j["min_step"].get<int64_t>(), step);
+    j["max_step"] = std::max(j["max_step"].get<int64_t>(), step);
+  }
+  nlohmann::json job_list = nlohmann::json::array();
+  for (auto& [name, j] : jobs) job_list.push_back(std::move(j));
   nlohmann::json pools = nlohmann::json::array();
   for (int i = 0; i < pools_->size(); ++i) {
     OptimizerPool& p = pools_->pool(i);
@@ -607,7 +631,8 @@ nlohmann::json Server::stats() const {
           {"session_quota_bytes", options_.session_quota_bytes},
           {"roofline_gb_per_s", roofline},
           {"pools", pools},
-          {"sessions", sessions}};
+          {"sessions", sessions},
+          {"jobs", job_list}};
 }
 
 }  // namespace strata::daemon

@@ -173,6 +173,19 @@ TEST(DaemonProtocolTest, FieldsAreRangeChecked) {
   EXPECT_FALSE(check_session_name(std::string(65, 'a')).ok());
 }
 
+// A data-parallel rank's session name, and back.
+TEST(DaemonProtocolTest, RankSessionNamesRoundTrip) {
+  EXPECT_EQ(rank_session_name("job", 0, 1), "job");
+  EXPECT_EQ(rank_session_name("job", 3, 4), "job.rank3");
+  const auto rs = parse_rank_session_name(rank_session_name("a.rank1", 12, 16));
+  ASSERT_TRUE(rs.has_value());
+  EXPECT_EQ(rs->job, "a.rank1");
+  EXPECT_EQ(rs->rank, 12);
+  for (const char* other : {"job", "job.rank", "job.rankx", "job.rank01", ".rank2", "job.rank-1"}) {
+    EXPECT_FALSE(parse_rank_session_name(other).has_value()) << other;
+  }
+}
+
 SessionSpec spec() {
   SessionSpec s;
   s.config_json = R"({"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW"}})";

@@ -326,6 +326,14 @@ TEST_F(TrainDaemonTest, RanksOfANodeShareOneStratadEachHoldingASlice) {
   // this 1.2M-param model).
   EXPECT_NEAR(host["dp.rank0"] + host["dp.rank1"], host["one"], 0.02 * host["one"]);
   EXPECT_NEAR(host["dp.rank0"], host["one"] / 2, 0.02 * host["one"]);
+  // ... and `jobs` sums them: one job of two rank sessions at step 4.
+  ASSERT_EQ(stats["jobs"].size(), 1u) << top.out;
+  const json& job = stats["jobs"][0];
+  EXPECT_EQ(job["name"], "dp");
+  EXPECT_EQ(job["sessions"], 2);
+  EXPECT_EQ(job["host_bytes"].get<double>(), host["dp.rank0"] + host["dp.rank1"]);
+  EXPECT_EQ(job["min_step"], 4);
+  EXPECT_EQ(job["max_step"], 4);
   // The ranks' checkpoint is the data-parallel format: it resumes in-process.
   const auto resumed = run(argv(config, 5, path("resumed.jsonl"), {"--resume", ckpt}));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;

@@ -2,7 +2,9 @@
 // serving; --end-session ends an idle session and exits. --json
 // prints one object (stratad's stats: a `sessions` array with name, pid,
 // step, optimizer GB/s and its ratio to the roofline, NVMe read/write GB/s,
-// arena used/total, queue depths, ...) on stdout and exits; otherwise a
+// arena used/total, queue depths, ...; a `jobs` array summing the sessions
+// of each data-parallel job, NAME.rank<r>: sessions, host bytes, the lowest
+// and highest step) on stdout and exits; otherwise a
 // table on stderr, refreshed every second (steps/s from the change since
 // the last refresh; the rates are those of each session's last step) until
 // Ctrl-C.
@@ -14,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "core/format_bytes.h"
 #include "daemon/protocol.h"
 #include "daemon/remote_optimizer.h"
@@ -62,6 +65,16 @@ void print_table(const nlohmann::json& stats, std::map<std::string, int64_t>* la
                  s.value("optimizer_gb_per_s", 0.0), 100 * s.value("roofline_ratio", 0.0),
                  s.value("nvme_read_gb_per_s", 0.0), s.value("nvme_write_gb_per_s", 0.0),
                  arena.c_str(), queue.c_str());
+  }
+  const nlohmann::json jobs = stats.value("jobs", nlohmann::json::array());
+  if (!jobs.empty()) std::fprintf(stderr, "\n%-20s %8s %12s %s\n", "JOB", "RANKS", "HOST", "STEPS");
+  for (const auto& j : jobs) {
+    const int64_t lo = j.value("min_step", int64_t{0}), hi = j.value("max_step", int64_t{0});
+    const std::string steps =
+        lo == hi ? absl::StrCat(lo) : absl::StrCat(lo, "..", hi, " (a rank's session is behind)");
+    std::fprintf(stderr, "%-20s %8d %12s %s\n", j.value("name", std::string()).c_str(),
+                 j.value("sessions", 0), format_bytes(j.value("host_bytes", 0.0)).c_str(),
+                 steps.c_str());
   }
 }
 

@@ -6,8 +6,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -594,26 +596,30 @@ nlohmann::json Server::stats() const {
   }
   // The sessions of data-parallel jobs (NAME.rank<r>), each holding a
   // rank's slice: together one copy of the job's model.
-  std::map<std::string, nlohmann::json> jobs;
+  struct Job {
+    int sessions = 0;
+    uint64_t host_bytes = 0;
+    int64_t min_step = INT64_MAX, max_step = INT64_MIN;
+  };
+  std::map<std::string, Job> jobs;
   for (const nlohmann::json& st : sessions) {
     const std::optional<RankSession> rs = parse_rank_session_name(st.value("name", ""));
     if (!rs) continue;
-    nlohmann::json& j = jobs[rs->job];
+    Job& j = jobs[rs->job];
     const int64_t step = st.value("step", int64_t{0});
-    if (j.is_null()) {
-      j = {{"name", rs->job},
-           {"sessions", 0},
-           {"host_bytes", uint64_t{0}},
-           {"min_step", step},
-           {"max_step", step}};
-    }
-    j["sessions"] = j["sessions"].get<int>() + 1;
-    j["host_bytes"] = j["host_bytes"].get<uint64_t>() + st.value("host_bytes", uint64_t{0});
-    j["min_step"] = std::min(j["min_step"].get<int64_t>(), step);
-    j["max_step"] = std::max(j["max_step"].get<int64_t>(), step);
+    ++j.sessions;
+    j.host_bytes += st.value("host_bytes", uint64_t{0});
+    j.min_step = std::min(j.min_step, step);
+    j.max_step = std::max(j.max_step, step);
   }
   nlohmann::json job_list = nlohmann::json::array();
-  for (auto& [name, j] : jobs) job_list.push_back(std::move(j));
+  for (const auto& [name, j] : jobs) {
+    job_list.push_back({{"name", name},
+                        {"sessions", j.sessions},
+                        {"host_bytes", j.host_bytes},
+                        {"min_step", j.min_step},
+                        {"max_step", j.max_step}});
+  }
   nlohmann::json pools = nlohmann::json::array();
   for (int i = 0; i < pools_->size(); ++i) {
     OptimizerPool& p = pools_->pool(i);

@@ -283,19 +283,18 @@ absl::StatusOr<SessionReply> Session::handle(MsgType type, const nlohmann::json&
       return reply;
     case MsgType::kFinishStep:
     case MsgType::kFinishLocal: {
+      // (Between the halves handle() refuses both, above.)
       const bool whole = type == MsgType::kFinishStep;
-      if (finish_half_) {
-        return absl::FailedPreconditionError(
-            "this step's finish_local is done; send finish_global (or abort_step)");
-      }
       absl::StatusOr<engine::OptimizerStepResult> r =
           absl::InternalError("finish_step did not run");
       absl::StatusOr<engine::StepGradStats> local = absl::InternalError("finish_local did not run");
       if (ring_error_.ok()) {
         // The decided passes (all of sync mode's but what grad_ready ran,
         // overlap's rollbacks and redos): one turn, charged a full step.
+        // finish_local does the statistics only: the step is charged once,
+        // to finish_global, which does those passes.
         absl::Status turn = in_turn(
-            step_cost_,
+            whole ? step_cost_ : 0,
             [&] {
               if (whole) {
                 r = opt_->finish_step();
@@ -504,7 +503,6 @@ absl::Status Session::client_lost(const std::string& why) {
   absl::Status s = opt_->abort_step(absl::AbortedError(why));
   end_step();
   aborted_steps_.fetch_add(1);
-  steps_.store(opt_->steps());
   return s;
 }
 

@@ -1398,7 +1398,6 @@ absl::StatusOr<OptimizerStepResult> OffloadOptimizer::finish_step() {
     // every rank holds the same whole sums already).
     double global[2] = {stats.sum_squares, stats.nonfinite ? 1.0 : 0.0};
     if (absl::Status s = m.comm->all_reduce_host(global, dist::ReduceOp::kSum); !s.ok()) {
-      m.finish_half = false;
       return m.undo_step(
           annotate(s, absl::StrCat("step ", m.finishing.step, ": the global gradient norm")));
     }

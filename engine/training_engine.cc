@@ -270,8 +270,7 @@ absl::Status TrainingEngine::initialize_params() {
       model_->init_param(l, i, init.data());
       const ParamHandle h = layers_[l][i];
       if (rdp_ != nullptr) {
-        STRATA_RETURN_IF_ERROR(
-            step_->set_value(rdp_->handle[h], init.data() + rdp_->slice[h].offset));
+        STRATA_RETURN_IF_ERROR(step_->set_value(h, init.data() + rdp_->slice[h].offset));
         continue;
       }
       STRATA_RETURN_IF_ERROR(step_->set_value(h, init.data()));
@@ -579,7 +578,7 @@ absl::StatusOr<std::vector<ParamHandle>> TrainingEngine::layer_params(int layer)
 absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int param, StateKind kind) {
   STRATA_ASSIGN_OR_RETURN(const ParamHandle h, handle(layer, param));
   if (rdp_ != nullptr) {
-    STRATA_ASSIGN_OR_RETURN(std::vector<float> mine, step_->read_state(rdp_->handle[h], kind));
+    STRATA_ASSIGN_OR_RETURN(std::vector<float> mine, step_->read_state(h, kind));
     return gather_remote_fp32(h, mine);
   }
   return step_->read_state(h, kind);
@@ -588,7 +587,7 @@ absl::StatusOr<std::vector<float>> TrainingEngine::read_fp32(int layer, int para
 absl::StatusOr<std::vector<float>> TrainingEngine::read_param(int layer, int param) {
   STRATA_ASSIGN_OR_RETURN(const ParamHandle h, handle(layer, param));
   if (rdp_ != nullptr) {
-    STRATA_ASSIGN_OR_RETURN(std::vector<float> mine, step_->read_param(rdp_->handle[h]));
+    STRATA_ASSIGN_OR_RETURN(std::vector<float> mine, step_->read_param(h));
     return gather_remote_fp32(h, mine);
   }
   return step_->read_param(h);

@@ -432,9 +432,10 @@ class TrainingEngine {
   void* pinned_region_ = nullptr;  // the remote's host_region, registered with the device
   struct RemoteDp {
     dist::Communicator* comm = nullptr;
-    config::DsConfig config;        // the remotes': one rank, the batch of this rank
-    std::vector<int> handle;        // per param: the remote's handle of its slice
-    std::vector<ParamSlice> slice;  // per param: the rank's
+    config::DsConfig config;  // the remotes': one rank, the batch of this rank
+    // Per param (the remote's handle is the param's: every param has a
+    // slice on every rank): the rank's slice.
+    std::vector<ParamSlice> slice;
     // Per layer: its params' slices packed for one collective, rank by rank
     // (rank q's segment: its slice of each param in turn).
     struct Layout {

@@ -41,7 +41,6 @@ absl::Status TrainingEngine::plan_remote_slices(dist::Communicator* comm,
     }
     const ParamSlice s = partition_slice(d.numel, rank, world);
     rdp_->slice.push_back(s);
-    rdp_->handle.push_back(static_cast<int>(slices.size()));
     ParamDesc mine = d;
     mine.numel = s.numel;
     slices.push_back(mine);
@@ -158,7 +157,7 @@ absl::Status TrainingEngine::reduce_grads_to_remote(int layer) {
     uint64_t off = 0;
     for (ParamHandle h : ps) {
       const uint64_t n = dp.slice[h].numel;
-      STRATA_RETURN_IF_ERROR(device_->copy_to_host(remote_->grad_memory(dp.handle[h]),
+      STRATA_RETURN_IF_ERROR(device_->copy_to_host(remote_->grad_memory(h),
                                                    static_cast<uint8_t*>(dp.part16) + off * dsize,
                                                    n * dsize, dp.stream),
                              what);
@@ -191,11 +190,11 @@ absl::Status TrainingEngine::reduce_grads_to_remote(int layer) {
   STRATA_RETURN_IF_ERROR(dp.comm->reduce_scatter(dp.host_wide.data(), dp.host_part.data(), l.counts,
                                                  DType::kFloat32, dist::ReduceOp::kSum),
                          what);
+  for (uint64_t i = 0; i < mine; ++i) dp.host_part[i] *= mean;
   uint64_t off = 0;
   for (ParamHandle h : ps) {
     const uint64_t n = dp.slice[h].numel;
-    for (uint64_t i = off; i < off + n; ++i) dp.host_part[i] *= mean;
-    convert_from_fp32(dp.host_part.data() + off, dtype_, remote_->grad_memory(dp.handle[h]), n);
+    convert_from_fp32(dp.host_part.data() + off, dtype_, remote_->grad_memory(h), n);
     off += n;
   }
   return absl::OkStatus();
@@ -215,7 +214,7 @@ absl::Status TrainingEngine::gather_params_from_remote() {
     uint64_t off = 0;
     for (ParamHandle h : ps) {
       const uint64_t n = dp.slice[h].numel;
-      const void* slice = remote_->param_memory(dp.handle[h]);
+      const void* slice = remote_->param_memory(h);
       if (dp.on_device) {
         STRATA_RETURN_IF_ERROR(
             device_->copy_to_device(mine + off * dsize, slice, n * dsize, stream_), what);

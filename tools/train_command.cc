@@ -687,7 +687,7 @@ int run_train(const TrainFlags& flags) {
   if (a.flags.daemon && leader(a)) {
     const std::string socket =
         a.flags.daemon_socket.empty() ? daemon::default_socket_path() : a.flags.daemon_socket;
-    // Across ranks: each rank's session holds its slice (rank 0's shown).
+    // Across ranks: each rank's session holds its slice (their range shown).
     const std::string session =
         ranks ? absl::StrCat(a.flags.session, ".rank0..", a.rank.world_size - 1, " (a slice each)")
               : a.flags.session;
